@@ -1,0 +1,33 @@
+package forwarder
+
+import "net/netip"
+
+const (
+	// maxDatagram is the largest datagram the forwarder accepts. Media never
+	// exceeds a path MTU; anything larger is dropped as oversized.
+	maxDatagram = 1500
+	// bufSize leaves room to notice a datagram larger than maxDatagram.
+	bufSize = 2048
+	// readBatch is how many datagrams one read (recvmmsg) takes at most.
+	readBatch = 64
+	// writeBatch is how many datagrams one write (sendmmsg) sends at most.
+	writeBatch = 256
+)
+
+// packetConn is the batched socket of one reader. Implementations:
+// batch_linux.go (recvmmsg/sendmmsg, no allocation) and batch_other.go (one
+// datagram per call).
+//
+// The read side owns readBatch buffers; Buf(i), Len(i) and Src(i) describe the
+// i-th datagram of the last ReadBatch and stay valid until the next one.
+// The write side queues (buffer, destination) pairs and sends them with Flush;
+// a queued buffer must stay untouched until Flush returns.
+type packetConn interface {
+	ReadBatch() (int, error)
+	Buf(i int) []byte
+	Src(i int) netip.AddrPort
+	Truncated(i int) bool
+	Queue(b []byte, dst *sockaddr) bool // false when the queue is full: Flush first
+	Flush() (sent, failed int)
+	Close() error
+}

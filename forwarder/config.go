@@ -1,0 +1,84 @@
+package forwarder
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// Config is what a forwarder needs. Start from Default() and override.
+type Config struct {
+	// Listen is the one UDP address the forwarder serves media on.
+	Listen string
+	// Verifier checks join tokens (the forwarder holds only public keys).
+	Verifier *protocol.TokenVerifier
+	// Readers is the number of reader goroutines, each on its own
+	// SO_REUSEPORT socket bound to the same port (Linux). Default: one per core.
+	Readers int
+	// KeepaliveInterval is what devices are told to use.
+	KeepaliveInterval time.Duration
+	// IdleTimeout forgets a session that sent no authenticated keepalive for this long.
+	IdleTimeout time.Duration
+	// MaxSessions refuses new sessions beyond this with 508 (0: no limit).
+	MaxSessions int
+	// Alternate is where a draining forwarder sends new joins (300 Try Alternate).
+	Alternate netip.AddrPort
+	// STUNRate and STUNBurst bound the join/keepalive requests one source
+	// address may make per second before they are dropped unread.
+	STUNRate  float64
+	STUNBurst float64
+	// Logger receives lifecycle and control-path events, never per-packet lines.
+	Logger *zap.Logger
+	// Now is the clock (tests may replace it).
+	Now func() time.Time
+}
+
+// Default returns a Config with production defaults and no verifier.
+func Default() Config {
+	return Config{
+		Listen:            "0.0.0.0:3478",
+		Readers:           runtime.NumCPU(),
+		KeepaliveInterval: time.Second,
+		IdleTimeout:       10 * time.Second,
+		STUNRate:          20,
+		STUNBurst:         40,
+		Logger:            zap.NewNop(),
+		Now:               time.Now,
+	}
+}
+
+// Validate says what to fix.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Verifier == nil {
+		errs = append(errs, errors.New("forwarder: no token verifier: give the signing service's public key (--public-key or CALLRELAY_PUBLIC_KEY)"))
+	}
+	if _, err := netip.ParseAddrPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("forwarder: listen address %q: want ip:port, e.g. 0.0.0.0:3478", c.Listen))
+	}
+	if c.Readers < 1 || c.Readers > 256 {
+		errs = append(errs, fmt.Errorf("forwarder: readers = %d, want 1..256", c.Readers))
+	}
+	if c.KeepaliveInterval <= 0 || c.IdleTimeout < 2*c.KeepaliveInterval {
+		errs = append(errs, fmt.Errorf("forwarder: idle timeout %s must be at least twice the keepalive interval %s", c.IdleTimeout, c.KeepaliveInterval))
+	}
+	if c.MaxSessions < 0 {
+		errs = append(errs, fmt.Errorf("forwarder: max sessions = %d, want >= 0", c.MaxSessions))
+	}
+	if c.STUNRate <= 0 || c.STUNBurst < 1 {
+		errs = append(errs, fmt.Errorf("forwarder: STUN rate %.1f/s burst %.1f: both must be positive", c.STUNRate, c.STUNBurst))
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return errors.Join(errs...)
+}

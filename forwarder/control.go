@@ -1,0 +1,240 @@
+package forwarder
+
+import (
+	"bytes"
+	"net/netip"
+	"time"
+
+	"github.com/pion/stun/v3"
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// ctrlMsg is a STUN datagram handed from a reader to the control goroutine.
+// A fixed pool of them bounds the memory a flood can take.
+type ctrlMsg struct {
+	src netip.AddrPort
+	n   int
+	buf [maxDatagram]byte
+}
+
+const ctrlQueue = 512
+
+// session is one participant's place on this forwarder. Only the control
+// goroutine touches sessions and calls, so they need no lock.
+type session struct {
+	call        *call
+	participant protocol.ID
+	addr        netip.AddrPort
+	token       []byte // verified once; identical bytes later skip the signature check
+	key         []byte // MESSAGE-INTEGRITY key of the token
+	lastSeen    time.Time
+	log         *zap.Logger
+}
+
+type call struct {
+	id      protocol.ID
+	class   protocol.CallClass
+	maxSize int
+	members map[protocol.ID]*session
+}
+
+type sessionKey struct{ call, participant protocol.ID }
+
+// control owns the session table. One goroutine runs it; readers reach it
+// only through the ctrl queues, and it publishes routes for them.
+type control struct {
+	f        *Forwarder
+	calls    map[protocol.ID]*call
+	sessions map[sessionKey]*session
+	byAddr   map[netip.AddrPort]*session
+	msg      stun.Message
+	reqLen   int // size of the request being answered
+}
+
+func newControl(f *Forwarder) *control {
+	return &control{
+		f:        f,
+		calls:    make(map[protocol.ID]*call),
+		sessions: make(map[sessionKey]*session),
+		byAddr:   make(map[netip.AddrPort]*session),
+	}
+}
+
+// handle answers one join, keepalive, address change or leave.
+func (c *control) handle(src netip.AddrPort, raw []byte) {
+	f := c.f
+	c.msg.Reset()
+	c.msg.Raw = append(c.msg.Raw[:0], raw...)
+	c.reqLen = len(raw)
+	if err := c.msg.Decode(); err != nil || c.msg.Type != stun.BindingRequest {
+		f.countDrop(DropMalformed) // not a request of ours: no answer
+		return
+	}
+	now := f.cfg.Now()
+	req, err := protocol.ParseJoinRequest(&c.msg)
+	if err != nil {
+		c.refuse(src, req, protocol.ErrorCodeFor(err), err.Error())
+		return
+	}
+	s := c.sessions[sessionKey{req.CallID, req.ParticipantID}]
+	if s == nil || !bytes.Equal(s.token, req.Token) {
+		// A new session, or a known one with a new token: verify it fully.
+		tok, err := protocol.VerifyJoin(req, f.cfg.Verifier, now)
+		if err != nil {
+			c.refuse(src, req, protocol.ErrorCodeFor(err), err.Error())
+			return
+		}
+		if s == nil && !req.Leave {
+			c.admit(src, req, tok, now)
+			return
+		}
+		if s != nil {
+			s.token = append([]byte(nil), req.Token...)
+			s.key = protocol.IntegrityKey(s.token)
+		}
+	}
+	switch {
+	case s == nil: // a leave for a session we do not have: already gone
+		c.accept(src, req, protocol.IntegrityKey(req.Token))
+	case req.Leave:
+		s.log.Info("participant left")
+		c.remove(s)
+		c.accept(src, req, s.key)
+	default:
+		if s.addr != src && !c.move(s, src) {
+			c.refuse(src, req, protocol.CodeForbidden, "address in use by another participant")
+			return
+		}
+		s.lastSeen = now
+		c.accept(src, req, s.key)
+	}
+}
+
+// admit creates a session for a verified join, or refuses it.
+func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protocol.Token, now time.Time) {
+	f := c.f
+	if other := c.byAddr[src]; other != nil {
+		c.refuse(src, req, protocol.CodeForbidden, "address in use by another participant")
+		return
+	}
+	if f.draining.Load() {
+		c.refuseBusy(src, req, "draining")
+		return
+	}
+	if f.cfg.MaxSessions > 0 && len(c.sessions) >= f.cfg.MaxSessions {
+		c.refuseBusy(src, req, "at capacity")
+		return
+	}
+	cl := c.calls[tok.CallID]
+	if cl == nil {
+		cl = &call{id: tok.CallID, class: tok.Class, maxSize: int(tok.MaxSize), members: make(map[protocol.ID]*session)}
+		c.calls[tok.CallID] = cl
+	}
+	if len(cl.members) >= min(cl.maxSize, int(tok.MaxSize)) {
+		c.refuse(src, req, protocol.CodeForbidden, "call is full")
+		if len(cl.members) == 0 {
+			delete(c.calls, cl.id)
+		}
+		return
+	}
+	s := &session{
+		call: cl, participant: tok.ParticipantID, addr: src,
+		token: append([]byte(nil), req.Token...), lastSeen: now,
+		log: f.log.With(zap.Stringer("call", tok.CallID), zap.Stringer("participant", tok.ParticipantID)),
+	}
+	s.key = protocol.IntegrityKey(s.token)
+	cl.members[s.participant] = s
+	c.sessions[sessionKey{cl.id, s.participant}] = s
+	c.byAddr[src] = s
+	c.publish()
+	f.joins.Add(1)
+	s.log.Info("participant joined", zap.Stringer("addr", src), zap.Stringer("class", cl.class), zap.Int("members", len(cl.members)))
+	c.accept(src, req, s.key)
+}
+
+// move gives s a new address after an authenticated Binding from it.
+func (c *control) move(s *session, src netip.AddrPort) bool {
+	if c.byAddr[src] != nil {
+		return false
+	}
+	s.log.Info("address changed", zap.Stringer("from", s.addr), zap.Stringer("to", src))
+	delete(c.byAddr, s.addr)
+	s.addr = src
+	c.byAddr[src] = s
+	c.publish()
+	c.f.addrChanges.Add(1)
+	return true
+}
+
+func (c *control) remove(s *session) {
+	delete(s.call.members, s.participant)
+	if len(s.call.members) == 0 {
+		delete(c.calls, s.call.id)
+	}
+	delete(c.sessions, sessionKey{s.call.id, s.participant})
+	delete(c.byAddr, s.addr)
+	c.publish()
+}
+
+// sweep forgets sessions that sent no authenticated keepalive in time.
+func (c *control) sweep(now time.Time) {
+	for _, s := range c.sessions {
+		if now.Sub(s.lastSeen) > c.f.cfg.IdleTimeout {
+			s.log.Info("session timed out", zap.Duration("idle", now.Sub(s.lastSeen)))
+			c.remove(s)
+		}
+	}
+}
+
+// publish swaps in a new routes snapshot and the session gauges.
+func (c *control) publish() {
+	c.f.routes.Store(buildRoutes(c.calls, c.f.v6))
+	c.f.nSessions.Store(int64(len(c.sessions)))
+	c.f.nCalls.Store(int64(len(c.calls)))
+}
+
+func (c *control) accept(src netip.AddrPort, req protocol.JoinRequest, key []byte) {
+	p := protocol.SessionParams{KeepaliveInterval: c.f.cfg.KeepaliveInterval, IdleTimeout: c.f.cfg.IdleTimeout}
+	raw, err := protocol.BuildJoinSuccess(req, src, p, key)
+	if err != nil {
+		c.f.log.Error("building join success", zap.Error(err))
+		return
+	}
+	c.f.reply(raw, src)
+}
+
+func (c *control) refuseBusy(src netip.AddrPort, req protocol.JoinRequest, reason string) {
+	e := protocol.JoinError{Code: protocol.CodeInsufficientCapacity, Reason: reason, RetryAfter: time.Second}
+	if alt := c.f.cfg.Alternate; alt.IsValid() {
+		e.Code = protocol.CodeTryAlternate
+		e.Alternate = alt
+	}
+	c.sendError(src, req, e)
+}
+
+func (c *control) refuse(src netip.AddrPort, req protocol.JoinRequest, code stun.ErrorCode, reason string) {
+	c.sendError(src, req, protocol.JoinError{Code: code, Reason: reason})
+}
+
+func (c *control) sendError(src netip.AddrPort, req protocol.JoinRequest, e protocol.JoinError) {
+	c.f.joinErrors.Add(1)
+	var key []byte
+	if len(req.Token) > 0 {
+		key = protocol.IntegrityKey(req.Token)
+	}
+	raw, err := protocol.BuildJoinError(req.TransactionID, e, key)
+	if err != nil {
+		c.f.log.Error("building join error", zap.Error(err))
+		return
+	}
+	if len(raw) > c.reqLen {
+		// Never answer an unauthenticated request with more bytes than it
+		// carried: the forwarder must not amplify a spoofed flood.
+		c.f.countDrop(DropMalformed)
+		return
+	}
+	c.f.log.Debug("join refused", zap.Stringer("addr", src), zap.Int("code", int(e.Code)), zap.String("reason", e.Reason))
+	c.f.reply(raw, src)
+}

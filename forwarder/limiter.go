@@ -1,0 +1,54 @@
+package forwarder
+
+import "net/netip"
+
+// stunLimiter bounds the join/keepalive requests each source may make, before
+// they reach the (expensive) control path. One per reader, so no lock; a
+// fixed table of token buckets indexed by a hash of the source, so no
+// allocation and bounded memory whatever a flood looks like. Two sources
+// sharing a bucket share a budget; the budget is far above what a device
+// needs (one keepalive a second and a few join retransmissions).
+type stunLimiter struct {
+	rate, burst float64 // tokens per nanosecond, bucket size
+	buckets     [1024]bucket
+}
+
+type bucket struct {
+	tokens float64
+	last   int64 // ns
+}
+
+func newSTUNLimiter(perSecond, burst float64) stunLimiter {
+	return stunLimiter{rate: perSecond / 1e9, burst: burst}
+}
+
+func (l *stunLimiter) allow(src netip.AddrPort, nowNS int64) bool {
+	b := &l.buckets[hashAddrPort(src)%uint32(len(l.buckets))]
+	if b.last == 0 {
+		b.tokens = l.burst
+	} else {
+		b.tokens += float64(nowNS-b.last) * l.rate
+		if b.tokens > l.burst {
+			b.tokens = l.burst
+		}
+	}
+	b.last = nowNS
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// hashAddrPort is FNV-1a over the address and port.
+func hashAddrPort(ap netip.AddrPort) uint32 {
+	a := ap.Addr().As16()
+	h := uint32(2166136261)
+	for _, c := range a {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	p := ap.Port()
+	h = (h ^ uint32(p>>8)) * 16777619
+	h = (h ^ uint32(p&0xff)) * 16777619
+	return h
+}

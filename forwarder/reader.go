@@ -1,0 +1,146 @@
+package forwarder
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// reader is one goroutine serving one socket: the per-packet path. It reads
+// a batch, forwards media by the routes snapshot, hands STUN to the control
+// goroutine, and sends the whole fan-out of the batch in one write batch.
+// It allocates nothing, takes no lock shared with other readers, and logs
+// nothing.
+type reader struct {
+	f       *Forwarder
+	pc      packetConn
+	c       *counters
+	limiter stunLimiter
+	hdr     protocol.RTPHeader // reused: parsing allocates nothing
+
+	// Per-batch tallies, added to the shared counters once per batch.
+	pin, bin, pout, bout uint64
+	drops                [numDropReasons]uint64
+}
+
+func (r *reader) run() {
+	for {
+		n, err := r.pc.ReadBatch()
+		if err != nil {
+			return // socket closed: the forwarder is stopping
+		}
+		rt := r.f.routes.Load()
+		var nowNS int64 // read the clock only if a STUN message needs it
+		for i := 0; i < n; i++ {
+			b := r.pc.Buf(i)
+			if r.pc.Truncated(i) || len(b) > maxDatagram {
+				r.pin++
+				r.bin += uint64(len(b))
+				r.drops[DropOversized]++
+				continue
+			}
+			if len(b) > 0 && b[0] < 4 && nowNS == 0 {
+				nowNS = r.f.cfg.Now().UnixNano()
+			}
+			r.handle(rt, b, r.pc.Src(i), nowNS)
+		}
+		r.flush()
+	}
+}
+
+// handle classifies one datagram and forwards, hands over or drops it.
+func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
+	r.pin++
+	r.bin += uint64(len(b))
+	switch protocol.Classify(b) {
+	case protocol.KindSTUN:
+		r.toControl(rt, b, src, nowNS)
+		return
+	case protocol.KindRTP:
+		if r.hdr.Parse(b) != nil {
+			r.drops[DropMalformed]++
+			return
+		}
+	case protocol.KindRTCP:
+		if !rtcpHeaderValid(b) {
+			r.drops[DropMalformed]++
+			return
+		}
+	default:
+		r.drops[DropNotMedia]++
+		return
+	}
+	rte := rt.bySrc[src]
+	if rte == nil {
+		r.drops[DropUnknownSource]++
+		return
+	}
+	for i := range rte.dests {
+		if !r.pc.Queue(b, &rte.dests[i]) {
+			r.flushQueue()
+			r.pc.Queue(b, &rte.dests[i])
+		}
+		r.bout += uint64(len(b))
+	}
+}
+
+// rtcpHeaderValid checks the first RTCP header of a (compound) packet: version
+// 2 and a length that fits. The rest is opaque to the relay for now.
+func rtcpHeaderValid(b []byte) bool {
+	if len(b) < 4 || b[0]>>6 != 2 {
+		return false
+	}
+	return 4*(int(binary.BigEndian.Uint16(b[2:4]))+1) <= len(b)
+}
+
+func (r *reader) toControl(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
+	if !r.limiter.allow(src, nowNS) {
+		r.drops[DropSTUNRateLimited]++
+		return
+	}
+	// Requests from members in a call go to the priority queue: a flood of
+	// joins from elsewhere cannot starve their keepalives.
+	q := r.f.ctrlNew
+	if rt.bySrc[src] != nil {
+		q = r.f.ctrlKnown
+	}
+	var m *ctrlMsg
+	select {
+	case m = <-r.f.ctrlFree:
+	default:
+		r.drops[DropControlBusy]++
+		return
+	}
+	m.n = copy(m.buf[:], b)
+	m.src = src
+	select {
+	case q <- m:
+	default:
+		r.f.ctrlFree <- m // cannot block: we just took it from there
+		r.drops[DropControlBusy]++
+	}
+}
+
+func (r *reader) flushQueue() {
+	sent, failed := r.pc.Flush()
+	r.pout += uint64(sent)
+	r.drops[DropSendFailed] += uint64(failed)
+}
+
+// flush sends the batch's fan-out and publishes the batch's tallies.
+func (r *reader) flush() {
+	r.flushQueue()
+	c := r.c
+	c.packetsIn.Add(r.pin)
+	c.bytesIn.Add(r.bin)
+	c.packetsOut.Add(r.pout)
+	c.bytesOut.Add(r.bout)
+	for i, d := range r.drops {
+		if d != 0 {
+			c.drops[i].Add(d)
+			r.drops[i] = 0
+		}
+	}
+	r.pin, r.bin, r.pout, r.bout = 0, 0, 0, 0
+}

@@ -1,0 +1,58 @@
+package forwarder
+
+import "sync/atomic"
+
+// DropReason says why a datagram was not forwarded.
+type DropReason int
+
+const (
+	DropNotMedia        DropReason = iota // neither STUN nor RTP/RTCP (RFC 7983)
+	DropUnknownSource                     // media from an address with no session
+	DropMalformed                         // RTP/RTCP that does not parse, or unusable STUN
+	DropOversized                         // larger than maxDatagram
+	DropSTUNRateLimited                   // one source sent too many requests
+	DropControlBusy                       // control queue full
+	DropSendFailed                        // the kernel refused a send
+	numDropReasons
+)
+
+var dropNames = [numDropReasons]string{
+	"not_media", "unknown_source", "malformed", "oversized", "stun_rate_limited", "control_busy", "send_failed",
+}
+
+func (r DropReason) String() string { return dropNames[r] }
+
+// counters belong to one reader; only it writes them, anyone may read them.
+// The padding keeps readers' counters off each other's cache lines.
+type counters struct {
+	packetsIn, bytesIn, packetsOut, bytesOut atomic.Uint64
+	drops                                    [numDropReasons]atomic.Uint64
+	_                                        [64]byte
+}
+
+// Stats is a snapshot of a forwarder's counters since it started.
+type Stats struct {
+	PacketsIn, BytesIn, PacketsOut, BytesOut uint64
+	Drops                                    [numDropReasons]uint64
+	Sessions, Calls                          int
+	Joins, JoinErrors, AddressChanges        uint64
+}
+
+// TotalDrops sums all drop reasons.
+func (s Stats) TotalDrops() uint64 {
+	var n uint64
+	for _, d := range s.Drops {
+		n += d
+	}
+	return n
+}
+
+func (s *Stats) add(c *counters) {
+	s.PacketsIn += c.packetsIn.Load()
+	s.BytesIn += c.bytesIn.Load()
+	s.PacketsOut += c.packetsOut.Load()
+	s.BytesOut += c.bytesOut.Load()
+	for i := range s.Drops {
+		s.Drops[i] += c.drops[i].Load()
+	}
+}
