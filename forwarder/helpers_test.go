@@ -128,3 +128,40 @@ func rtpPacket(ssrc uint32, seq uint16, payload []byte) []byte {
 		byte(ssrc >> 24), byte(ssrc >> 16), byte(ssrc >> 8), byte(ssrc)}
 	return append(h, payload...)
 }
+
+// startRelayB is startRelay for benchmarks: one reader (the reflector has one
+// too) and no per-test logger.
+func startRelayB(b *testing.B) *testRelay {
+	pub, priv, err := protocol.GenerateSigningKey()
+	require.NoError(b, err)
+	v, err := protocol.NewTokenVerifier(pub)
+	require.NoError(b, err)
+	cfg := Default()
+	cfg.Listen, cfg.Verifier, cfg.Readers = "127.0.0.1:0", v, 1
+	f, err := New(cfg)
+	require.NoError(b, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = f.Run(ctx) }()
+	b.Cleanup(func() { cancel(); <-done })
+	return &testRelay{f: f, priv: priv}
+}
+
+// joinFrom joins conn to call through the real join protocol.
+func joinFrom(b *testing.B, r *testRelay, conn *net.UDPConn, call protocol.ID) {
+	tok, err := protocol.SignToken(r.priv, protocol.Token{CallID: call, ParticipantID: protocol.NewID(),
+		Class: protocol.ClassGroup, MaxSize: 16, Expiry: time.Now().Add(time.Hour)})
+	require.NoError(b, err)
+	m, err := protocol.BuildJoinRequest(tok, false)
+	require.NoError(b, err)
+	_, err = conn.WriteToUDPAddrPort(m.Raw, r.f.Addr())
+	require.NoError(b, err)
+	buf := make([]byte, 1500)
+	_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, _, err := conn.ReadFromUDPAddrPort(buf)
+	require.NoError(b, err)
+	_ = conn.SetReadDeadline(time.Time{})
+	resp, err := protocol.ParseJoinResponse(buf[:n], m.TransactionID, protocol.IntegrityKey(tok))
+	require.NoError(b, err)
+	require.True(b, resp.OK)
+}
