@@ -1,0 +1,41 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/callrelay/callrelay/internal/demo"
+	"github.com/callrelay/callrelay/internal/logging"
+)
+
+// runDemo runs the whole system on this machine with embedded defaults.
+func runDemo(ctx context.Context, args []string) error {
+	var cfg demo.Config
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:0", "forwarder UDP address")
+	fs.IntVar(&cfg.OneToOne, "one-to-one", 2, "number of one-to-one calls")
+	fs.IntVar(&cfg.Groups, "groups", 1, "number of group calls")
+	fs.IntVar(&cfg.GroupSize, "group-size", 5, "members per group call")
+	fs.DurationVar(&cfg.Duration, "duration", 0, "stop after this long (default: until Ctrl-C)")
+	fs.DurationVar(&cfg.Interval, "interval", cfg.Interval, "summary line period (default 1s)")
+	level := fs.String("log-level", "warn", "log level of the components (debug, info, warn, error)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := logging.NewConsole(*level)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	cfg.Logger = log
+	res, err := demo.Run(ctx, cfg, os.Stdout)
+	if err != nil {
+		return err
+	}
+	if res.Failed > 0 || res.Decrypted == 0 {
+		return fmt.Errorf("demo: receivers decrypted %d packets, %d failed", res.Decrypted, res.Failed)
+	}
+	return nil
+}

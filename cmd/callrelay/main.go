@@ -1,0 +1,70 @@
+// Command callrelay is the one binary of the relay. Each subcommand builds a
+// config from flags and environment, constructs its component, and runs it
+// until the first SIGINT/SIGTERM (a second one exits at once).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+var commands = map[string]struct {
+	run  func(ctx context.Context, args []string) error
+	help string
+}{
+	"demo":      {runDemo, "run a forwarder and simulated, end-to-end encrypted calls on this machine"},
+	"forwarder": {runForwarder, "run a forwarder on one UDP port"},
+	"token":     {runToken, "make signing keys and mint join tokens"},
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: callrelay <command> [flags]   (callrelay <command> -h for its flags)")
+	for _, name := range []string{"demo", "forwarder", "token"} {
+		fmt.Fprintf(os.Stderr, "  %-10s %s\n", name, commands[name].help)
+	}
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	cmd, ok := commands[os.Args[1]]
+	if !ok {
+		usage()
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// First signal: ctx is cancelled and the command winds down.
+		// Second signal: exit now.
+		<-ctx.Done()
+		stop()
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, os.Interrupt, syscall.SIGTERM)
+		<-c
+		fmt.Fprintln(os.Stderr, "callrelay: second signal, exiting now")
+		os.Exit(1)
+	}()
+	err := cmd.run(ctx, os.Args[2:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "callrelay:", err)
+		os.Exit(1)
+	}
+}
+
+// envOr returns the environment variable's value, or def when unset.
+func envOr(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}

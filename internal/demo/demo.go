@@ -1,0 +1,191 @@
+// Package demo runs the whole relay on one machine: a forwarder on a loopback
+// port and simulated participants in one-to-one and group calls whose media
+// is end-to-end encrypted with SRTP keys the forwarder never sees. It is what
+// `callrelay demo` runs, and the integration tests drive it too.
+//
+// It must never hand a media key to the forwarder, and never decide success
+// on anything but what the receiving devices decrypted.
+package demo
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/forwarder"
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// Config says what to simulate.
+type Config struct {
+	Listen      string        // forwarder address; default 127.0.0.1:0
+	OneToOne    int           // number of one-to-one calls; default 2
+	Groups      int           // number of group calls; default 1
+	GroupSize   int           // members per group call; default 5
+	Duration    time.Duration // 0: until ctx ends
+	Interval    time.Duration // summary line period; default 1s
+	PacketEvery time.Duration // audio packetisation; default 20ms (50 packets/s)
+	Logger      *zap.Logger
+}
+
+func (c *Config) defaults() {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:0"
+	}
+	if c.OneToOne == 0 && c.Groups == 0 {
+		c.OneToOne, c.Groups = 2, 1
+	}
+	if c.GroupSize == 0 {
+		c.GroupSize = 5
+	}
+	if c.Interval == 0 {
+		c.Interval = time.Second
+	}
+	if c.PacketEvery == 0 {
+		c.PacketEvery = 20 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+}
+
+// Result is what the devices saw, summed over all of them.
+type Result struct {
+	Participants int
+	Sent         uint64 // packets the devices sent
+	Decrypted    uint64 // packets receivers decrypted and found byte-exact
+	Failed       uint64 // packets that failed to decrypt or differed
+	Forwarder    forwarder.Stats
+}
+
+// Run starts the forwarder and the calls, prints a summary line every
+// Interval to out, and returns when ctx ends or Duration has passed.
+func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
+	cfg.defaults()
+	if cfg.GroupSize < 3 || cfg.GroupSize > 64 {
+		return Result{}, fmt.Errorf("demo: group size %d: want 3..64", cfg.GroupSize)
+	}
+	if cfg.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
+		defer cancel()
+	}
+	pub, priv, err := protocol.GenerateSigningKey()
+	if err != nil {
+		return Result{}, err
+	}
+	verifier, err := protocol.NewTokenVerifier(pub)
+	if err != nil {
+		return Result{}, err
+	}
+	fcfg := forwarder.Default()
+	fcfg.Listen, fcfg.Verifier, fcfg.Logger = cfg.Listen, verifier, cfg.Logger.Named("forwarder")
+	fwd, err := forwarder.New(fcfg)
+	if err != nil {
+		return Result{}, err
+	}
+	fctx, stopFwd := context.WithCancel(context.Background())
+	fdone := make(chan struct{})
+	go func() { defer close(fdone); _ = fwd.Run(fctx) }()
+	defer func() { stopFwd(); <-fdone }()
+
+	fmt.Fprintf(out, "callrelay demo: forwarder on %s; %d one-to-one call(s), %d group call(s) of %d; media SRTP-encrypted end to end\n",
+		fwd.Addr(), cfg.OneToOne, cfg.Groups, cfg.GroupSize)
+	var members []*participant
+	defer func() {
+		for _, m := range members {
+			m.close()
+		}
+	}()
+	for i := 0; i < cfg.OneToOne+cfg.Groups; i++ {
+		class, size := protocol.ClassOneToOne, 2
+		if i >= cfg.OneToOne {
+			class, size = protocol.ClassGroup, cfg.GroupSize
+		}
+		ms, err := joinCall(ctx, priv, fwd.Addr(), class, size, len(members), cfg)
+		members = append(members, ms...)
+		if err != nil {
+			return Result{}, err
+		}
+	}
+	fmt.Fprintf(out, "%d participants joined; Ctrl-C to stop\n", len(members))
+
+	var wg sync.WaitGroup
+	for _, m := range members {
+		wg.Add(2)
+		go func() { defer wg.Done(); m.send(ctx, cfg.PacketEvery) }()
+		go func() { defer wg.Done(); m.receive(ctx) }()
+	}
+	summarise(ctx, cfg.Interval, out, fwd, members)
+	wg.Wait()
+	res := Result{Participants: len(members), Forwarder: fwd.Stats()}
+	for _, m := range members {
+		res.Sent += m.sent.Load()
+		res.Decrypted += m.decrypted.Load()
+		res.Failed += m.failed.Load()
+	}
+	fmt.Fprintf(out, "done: %d participants, %d packets sent, %d decrypted byte-exact by receivers, %d failed; forwarder: %d in, %d out, %d dropped\n",
+		res.Participants, res.Sent, res.Decrypted, res.Failed, res.Forwarder.PacketsIn, res.Forwarder.PacketsOut, res.Forwarder.TotalDrops())
+	return res, nil
+}
+
+// summarise prints one line per interval until ctx ends.
+func summarise(ctx context.Context, every time.Duration, out io.Writer, fwd *forwarder.Forwarder, members []*participant) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	prev, prevAt := fwd.Stats(), time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s := fwd.Stats()
+			secs := now.Sub(prevAt).Seconds()
+			var dec, failed uint64
+			for _, m := range members {
+				dec += m.decrypted.Load()
+				failed += m.failed.Load()
+			}
+			fmt.Fprintf(out, "sessions %d  calls %d  in %6.0f pkt/s  out %6.0f pkt/s  %7.1f kB/s out  drops %d  decrypted %d  failed %d\n",
+				s.Sessions, s.Calls,
+				float64(s.PacketsIn-prev.PacketsIn)/secs, float64(s.PacketsOut-prev.PacketsOut)/secs,
+				float64(s.BytesOut-prev.BytesOut)/secs/1000, s.TotalDrops(), dec, failed)
+			prev, prevAt = s, now
+		}
+	}
+}
+
+// joinCall mints tokens for one call, joins its members, and gives each
+// member the others' media keys (standing in for the app's end-to-end
+// encrypted key exchange, which the relay is not part of).
+func joinCall(ctx context.Context, priv []byte, fwd netip.AddrPort, class protocol.CallClass, size, firstIndex int, cfg Config) ([]*participant, error) {
+	call := protocol.NewID()
+	var ms []*participant
+	for j := 0; j < size; j++ {
+		tok, err := protocol.SignToken(priv, protocol.Token{CallID: call, ParticipantID: protocol.NewID(),
+			Class: class, MaxSize: uint16(size), Expiry: time.Now().Add(time.Hour)})
+		if err != nil {
+			return ms, err
+		}
+		p, err := newParticipant(ctx, fwd, tok, uint32(firstIndex+j+1), cfg.Logger)
+		if err != nil {
+			return ms, fmt.Errorf("demo: joining participant %d of call %s: %w", j+1, call, err)
+		}
+		ms = append(ms, p)
+	}
+	for _, a := range ms {
+		for _, b := range ms {
+			if a != b {
+				if err := a.recv.AddSender(b.ssrc, b.key); err != nil {
+					return ms, err
+				}
+			}
+		}
+	}
+	return ms, nil
+}

@@ -1,0 +1,21 @@
+// Package protocol holds callrelay's wire formats: everything a device and a
+// forwarder say to each other on the forwarder's one UDP port, and the join
+// tokens that admit a device. It does no I/O and imports nothing of ours.
+//
+// The standards each part follows:
+//
+//   - demux.go: RFC 7983 (first-byte demultiplexing) and RFC 5761 (RTP and
+//     RTCP on one port).
+//   - join.go: STUN Binding requests and responses, RFC 8489, built on
+//     github.com/pion/stun (MESSAGE-INTEGRITY, FINGERPRINT, ERROR-CODE,
+//     ALTERNATE-SERVER), with attributes of ours in the
+//     comprehension-optional range.
+//   - token.go: join tokens signed with Ed25519 (RFC 8032).
+//   - rtp_header.go: a zero-copy RTP header view, RFC 3550, with header
+//     extensions of RFC 8285 and the audio level of RFC 6464.
+//   - relay_*.go: the relay's instructions as RTCP APP packets (RFC 3550
+//     6.7), carried with github.com/pion/rtcp.
+//
+// README.md in this directory is the wire specification, written so that a
+// client can be built from it alone.
+package protocol
