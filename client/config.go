@@ -1,0 +1,110 @@
+package client
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// Config configures Dial. Zero values take the defaults listed per field.
+type Config struct {
+	// Forwarders are the candidate forwarder addresses; the join goes to all
+	// of them at once and the first to accept wins. Required.
+	Forwarders []netip.AddrPort
+	// Token is the signed join token from the application's signalling
+	// service (protocol.SignToken). Required.
+	Token []byte
+	// LocalAddr is the local address to bind sockets to. The zero Addr (the
+	// default) lets the system choose (the unspecified address); tests use
+	// 127.0.0.1.
+	LocalAddr netip.Addr
+
+	// JoinTimeout bounds Dial when ctx has no earlier deadline. Default 5s.
+	JoinTimeout time.Duration
+	// RetransmitInitial is the first retransmission interval of a join; it
+	// doubles after each retransmission up to RetransmitMax. Defaults 100ms
+	// and 1.6s.
+	RetransmitInitial time.Duration
+	RetransmitMax     time.Duration
+	// MaxAlternates bounds how many 300 Try Alternate addresses one Dial
+	// follows in total. Default 4; negative follows none.
+	MaxAlternates int
+	// MaxRetryAfter caps a forwarder's 508 retry-after. Default 10s.
+	MaxRetryAfter time.Duration
+	// LoserGrace is how long, after a winner, Dial keeps listening on the
+	// other candidates whose join is unanswered, so that one that accepts
+	// late is sent a leave. Default 500ms. It runs in the background; Close
+	// cuts it short.
+	LoserGrace time.Duration
+	// LeaveTimeout is how long Close waits for the forwarder to answer the
+	// leave. Default 300ms.
+	LeaveTimeout time.Duration
+	// MediaQueue is the capacity of the Media channel; when it is full,
+	// incoming packets are dropped and counted. Default 512.
+	MediaQueue int
+
+	// Logger receives join, rebind and session events, never per-packet
+	// lines. Default zap.NewNop().
+	Logger *zap.Logger
+}
+
+// withDefaults returns a copy with every zero knob set to its default, and
+// checks what cannot be defaulted.
+func (c Config) withDefaults() (Config, error) {
+	if len(c.Forwarders) == 0 {
+		return c, fmt.Errorf("%w: Forwarders is empty; give at least one forwarder address", ErrConfig)
+	}
+	seen := make(map[netip.AddrPort]bool, len(c.Forwarders))
+	fwd := make([]netip.AddrPort, 0, len(c.Forwarders))
+	for i, a := range c.Forwarders {
+		if !a.IsValid() || a.Port() == 0 {
+			return c, fmt.Errorf("%w: Forwarders[%d] = %q is not an address with a port", ErrConfig, i, a)
+		}
+		a = unmap(a)
+		if !seen[a] {
+			seen[a] = true
+			fwd = append(fwd, a)
+		}
+	}
+	c.Forwarders = fwd
+	if _, err := protocol.DecodeToken(c.Token); err != nil {
+		return c, fmt.Errorf("%w: Token: %w", ErrConfig, err)
+	}
+	c.LocalAddr = c.LocalAddr.Unmap()
+	setDefault(&c.JoinTimeout, 5*time.Second)
+	setDefault(&c.RetransmitInitial, 100*time.Millisecond)
+	setDefault(&c.RetransmitMax, 1600*time.Millisecond)
+	setDefault(&c.MaxRetryAfter, 10*time.Second)
+	setDefault(&c.LoserGrace, 500*time.Millisecond)
+	setDefault(&c.LeaveTimeout, 300*time.Millisecond)
+	switch {
+	case c.MaxAlternates == 0:
+		c.MaxAlternates = 4
+	case c.MaxAlternates < 0:
+		c.MaxAlternates = 0
+	}
+	setDefault(&c.MediaQueue, 512)
+	if c.RetransmitMax < c.RetransmitInitial {
+		c.RetransmitMax = c.RetransmitInitial
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	return c, nil
+}
+
+func setDefault[T time.Duration | int](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
+}
+
+// unmap turns an IPv4-mapped IPv6 address into plain IPv4, so addresses
+// compare equal however the socket reported them.
+func unmap(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}

@@ -1,0 +1,268 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/pion/stun/v3"
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// Conn is a joined session on one forwarder. Its methods are safe for
+// concurrent use.
+//
+// Media arrives on the channel Media (bounded; full means dropped and
+// counted, never a blocked reader). The session ends when Close is called,
+// when the forwarder refuses a keepalive for good (a *JoinError), or when no
+// authenticated keepalive answer arrived within the idle timeout
+// (ErrSessionLost): Done is then closed and Err says why. Failover to another
+// forwarder is up to the caller (Dial again).
+type Conn struct {
+	cfg    Config
+	log    *zap.Logger
+	key    []byte
+	fwd    netip.AddrPort
+	stats  *counters
+	dialer *dialer
+
+	sock  atomic.Pointer[net.UDPConn] // swapped by Rebind
+	media chan *Packet
+	done  chan struct{}
+	ctx   context.Context // cancelled when done closes
+	stop  context.CancelFunc
+
+	mu        sync.Mutex // guards the fields below; never held while blocking
+	err       error
+	mapped    netip.AddrPort
+	params    protocol.SessionParams
+	lastAlive time.Time
+	ka        [keepaliveSlots]keepaliveTx
+	kaNext    int
+	leaveTID  [stun.TransactionIDSize]byte
+	leaveCh   chan struct{}
+
+	rebindMu  sync.Mutex // one Rebind at a time; lock order: rebindMu, then mu
+	closeOnce sync.Once
+	wg        sync.WaitGroup // reader and keepalive goroutines
+}
+
+func newConn(cfg Config, d *dialer, win *candidate, resp protocol.JoinResponse) *Conn {
+	ctx, stop := context.WithCancel(context.Background())
+	c := &Conn{
+		cfg:       cfg,
+		log:       d.log.With(zap.Stringer("forwarder", win.addr)),
+		key:       d.key,
+		fwd:       win.addr,
+		stats:     d.stats,
+		dialer:    d,
+		media:     make(chan *Packet, cfg.MediaQueue),
+		done:      make(chan struct{}),
+		ctx:       ctx,
+		stop:      stop,
+		mapped:    resp.Mapped,
+		params:    sanitize(resp.Params),
+		lastAlive: time.Now(),
+	}
+	c.sock.Store(win.sock)
+	c.wg.Add(2)
+	go c.readLoop()
+	go c.keepaliveLoop()
+	return c
+}
+
+// Keepalive bounds: a forwarder's parameters are authenticated, but a zero or
+// tiny interval would still spin.
+const (
+	minKeepalive     = 10 * time.Millisecond
+	defaultKeepalive = 5 * time.Second
+)
+
+// sanitize fills in missing session parameters: an idle timeout not longer
+// than the interval would lose every session, so it becomes 3 intervals.
+func sanitize(p protocol.SessionParams) protocol.SessionParams {
+	if p.KeepaliveInterval <= 0 {
+		p.KeepaliveInterval = defaultKeepalive
+	}
+	p.KeepaliveInterval = max(p.KeepaliveInterval, minKeepalive)
+	if p.IdleTimeout <= p.KeepaliveInterval {
+		p.IdleTimeout = 3 * p.KeepaliveInterval
+	}
+	return p
+}
+
+// Media returns the channel of received RTP and RTCP packets, in arrival
+// order. It holds at most Config.MediaQueue packets; when the consumer falls
+// behind, newer packets are dropped (Stats.MediaDropped). It is closed after
+// the session ends. Release each Packet when done with it.
+func (c *Conn) Media() <-chan *Packet { return c.media }
+
+// Done is closed when the session has ended; Err then says why.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err is nil while the session lives, then ErrClosed after Close, an error
+// wrapping ErrSessionLost, or the forwarder's *JoinError.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Forwarder is the address of the forwarder serving the session.
+func (c *Conn) Forwarder() netip.AddrPort { return c.fwd }
+
+// LocalAddr is the current socket's local address (it changes on Rebind).
+func (c *Conn) LocalAddr() netip.AddrPort {
+	if a, ok := c.sock.Load().LocalAddr().(*net.UDPAddr); ok {
+		return unmap(a.AddrPort())
+	}
+	return netip.AddrPort{}
+}
+
+// MappedAddr is the device's address as the forwarder last saw it
+// (XOR-MAPPED-ADDRESS): behind a NAT, the public one.
+func (c *Conn) MappedAddr() netip.AddrPort {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mapped
+}
+
+// Params are the session parameters the forwarder last gave.
+func (c *Conn) Params() protocol.SessionParams {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.params
+}
+
+// Stats returns the counters since Dial began.
+func (c *Conn) Stats() Stats { return c.stats.snapshot() }
+
+// WriteRTP sends one RTP packet (as built by Sender.Seal) to the forwarder,
+// which relays it byte-exact to the other members of the call.
+func (c *Conn) WriteRTP(pkt []byte) error {
+	if protocol.Classify(pkt) != protocol.KindRTP {
+		return fmt.Errorf("%w (%d bytes)", ErrNotMedia, len(pkt))
+	}
+	return c.WriteRaw(pkt)
+}
+
+// WriteRaw sends b as one datagram, unchecked: for tests and for the load
+// tester's bad-input cases.
+func (c *Conn) WriteRaw(b []byte) error {
+	if err := c.send(b); err != nil {
+		return err
+	}
+	c.stats.packetsSent.Add(1)
+	c.stats.bytesSent.Add(uint64(len(b)))
+	return nil
+}
+
+// WriteRTCP sends a compound RTCP packet (feedback to the relay and the other
+// members: receiver reports, NACK, PLI, REMB, relay APP packets). RTCP is not
+// end-to-end encrypted: the relay reads it.
+func (c *Conn) WriteRTCP(pkts ...rtcp.Packet) error {
+	b, err := rtcp.Marshal(pkts)
+	if err != nil {
+		return fmt.Errorf("client: marshal RTCP: %w", err)
+	}
+	return c.WriteRaw(b)
+}
+
+// send writes one datagram on the current socket.
+func (c *Conn) send(b []byte) error {
+	select {
+	case <-c.done:
+		return c.Err()
+	default:
+	}
+	sock := c.sock.Load()
+	_, err := sock.Write(b)
+	if err != nil && errors.Is(err, net.ErrClosed) {
+		if now := c.sock.Load(); now != sock { // Rebind swapped sockets meanwhile
+			_, err = now.Write(b)
+		}
+	}
+	if err != nil {
+		c.stats.sendErrors.Add(1)
+		if e := c.Err(); e != nil {
+			return e
+		}
+		return fmt.Errorf("client: send to %s: %w", c.fwd, err)
+	}
+	return nil
+}
+
+// Close ends the session: it sends a leave and waits up to
+// Config.LeaveTimeout for the forwarder's answer (best effort), then closes
+// the socket and waits for the Conn's goroutines. Close is idempotent and
+// always returns nil.
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		if c.Err() == nil {
+			answered := c.leave()
+			c.log.Debug("left the call", zap.Bool("answered", answered))
+		}
+		c.finish(ErrClosed)
+		c.dialer.cancelGrace()
+		c.wg.Wait()
+	})
+	return nil
+}
+
+// leave sends the leave request, retransmitting, until the forwarder answers
+// (any authenticated answer), the session ends or LeaveTimeout passes.
+func (c *Conn) leave() bool {
+	tx, err := newTransaction(c.cfg.Token, true)
+	if err != nil {
+		return false
+	}
+	answered := make(chan struct{}, 1)
+	c.mu.Lock()
+	c.leaveTID, c.leaveCh = tx.tid, answered
+	c.mu.Unlock()
+	deadline := time.NewTimer(c.cfg.LeaveTimeout)
+	defer deadline.Stop()
+	rto := c.cfg.RetransmitInitial
+	retransmit := time.NewTimer(rto)
+	defer retransmit.Stop()
+	for {
+		_ = c.send(tx.raw)
+		select {
+		case <-answered:
+			return true
+		case <-c.done:
+			return false
+		case <-deadline.C:
+			return false
+		case <-retransmit.C:
+			rto = min(2*rto, c.cfg.RetransmitMax)
+			retransmit.Reset(rto)
+		}
+	}
+}
+
+// finish ends the session once: records why, closes Done and the socket
+// (which stops the reader).
+func (c *Conn) finish(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = err
+	close(c.done)
+	c.stop()
+	_ = c.sock.Load().Close()
+	c.mu.Unlock()
+	if !errors.Is(err, ErrClosed) {
+		c.log.Warn("session ended", zap.Error(err))
+	}
+}

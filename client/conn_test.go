@@ -1,0 +1,302 @@
+package client
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/stretchr/testify/require"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// recv waits for the next packet on c, or fails the test.
+func recv(t *testing.T, c *Conn) *Packet {
+	t.Helper()
+	select {
+	case p, ok := <-c.Media():
+		require.True(t, ok, "media channel closed: %v", c.Err())
+		return p
+	case <-time.After(3 * time.Second):
+		t.Fatal("no media within 3s")
+		return nil
+	}
+}
+
+func participant(t *testing.T, cfg Config) protocol.ID {
+	tok, err := protocol.DecodeToken(cfg.Token)
+	require.NoError(t, err)
+	return tok.ParticipantID
+}
+
+func TestConnMediaBothWays(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(fastParams)
+	x, y := e.dial(e.config(r)), e.dial(e.config(r))
+
+	key := NewMediaKey()
+	snd, err := NewSender(SenderConfig{SSRC: 0x1234, PayloadType: 111, Key: key})
+	require.NoError(t, err)
+	rcv := NewReceiver()
+	require.NoError(t, rcv.AddSender(0x1234, key))
+
+	for i := range 5 {
+		plain := []byte{'o', 'p', 'u', 's', byte(i)}
+		pkt, err := snd.Seal(nil, Sample{Payload: plain, Timestamp: uint32(960 * i), AudioLevel: AudioLevel{Level: 30, Voice: true}})
+		require.NoError(t, err)
+		require.NoError(t, x.WriteRTP(pkt))
+		p := recv(t, y)
+		require.Equal(t, protocol.KindRTP, p.Kind)
+		require.Equal(t, pkt, p.Data, "relayed byte-exact")
+		got, err := rcv.Open(nil, p.Data, nil)
+		require.NoError(t, err)
+		require.Equal(t, plain, got)
+		p.Release()
+	}
+
+	pli := &rtcp.PictureLossIndication{SenderSSRC: 1, MediaSSRC: 0x1234}
+	require.NoError(t, y.WriteRTCP(pli))
+	p := recv(t, x)
+	require.Equal(t, protocol.KindRTCP, p.Kind)
+	pkts, err := rtcp.Unmarshal(p.Data)
+	require.NoError(t, err)
+	require.Equal(t, []rtcp.Packet{pli}, pkts)
+	p.Release()
+
+	require.ErrorIs(t, x.WriteRTP([]byte{0, 1, 2}), ErrNotMedia)
+	sx, sy := x.Stats(), y.Stats()
+	require.Equal(t, uint64(5), sx.PacketsSent)
+	require.Equal(t, uint64(1), sx.PacketsReceived)
+	require.Equal(t, uint64(5), sy.PacketsReceived)
+	require.Zero(t, sy.MediaDropped)
+}
+
+func TestConnSlowConsumerDropsNotBlocks(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(fastParams)
+	cfg := e.config(r)
+	cfg.MediaQueue = 4
+	x, y := e.dial(e.config(r)), e.dial(cfg)
+
+	const sent = 40
+	pkt := []byte{0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 'x'}
+	for range sent {
+		require.NoError(t, x.WriteRTP(pkt))
+	}
+	eventually(t, func() bool { return y.Stats().PacketsReceived == sent }, "every packet reaches the reader")
+	require.Equal(t, uint64(sent-4), y.Stats().MediaDropped)
+	require.Len(t, y.Media(), 4)
+
+	// The reader kept running: keepalives still work, new media still flows
+	// once the consumer catches up.
+	for range 4 {
+		recv(t, y).Release()
+	}
+	require.NoError(t, x.WriteRTP(pkt))
+	recv(t, y).Release()
+}
+
+func TestConnKeepaliveInterval(t *testing.T) {
+	e := newEnv(t)
+	const interval = 50 * time.Millisecond
+	r := e.responder(protocol.SessionParams{KeepaliveInterval: interval, IdleTimeout: 2 * time.Second})
+	// Each keepalive gets a forged answer first: ignored and counted.
+	r.script(func(n int, _ protocol.JoinRequest) []reply {
+		if n == 0 {
+			return []reply{{}}
+		}
+		return []reply{{forge: forgeWrongKey}, {}}
+	})
+	c := e.dial(e.config(r))
+	require.Equal(t, interval, c.Params().KeepaliveInterval)
+
+	const keepalives = 6
+	eventually(t, func() bool { return len(r.from(c.LocalAddr())) >= 1+keepalives }, "keepalives arrive")
+	got := r.from(c.LocalAddr())[:1+keepalives]
+	mean := got[keepalives].at.Sub(got[0].at) / keepalives
+	require.GreaterOrEqual(t, mean, interval*9/10, "keepalives no faster than the interval")
+	require.Less(t, mean, 3*interval, "keepalives at the interval")
+	for _, q := range got[1:] {
+		require.False(t, q.leave)
+		require.NotEqual(t, got[0].tid, q.tid, "each keepalive is a new transaction")
+	}
+	eventually(t, func() bool {
+		s := c.Stats()
+		return s.KeepalivesAnswered >= keepalives-1 && s.Unauthenticated >= keepalives-1
+	}, "answers counted, forgeries ignored and counted")
+	require.NoError(t, c.Err())
+	require.Positive(t, c.Stats().RTT)
+}
+
+func TestConnSessionLost(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(protocol.SessionParams{KeepaliveInterval: 30 * time.Millisecond, IdleTimeout: 150 * time.Millisecond})
+	r.script(func(n int, _ protocol.JoinRequest) []reply {
+		if n == 0 {
+			return []reply{{}}
+		}
+		return nil // the forwarder died after the join
+	})
+	c := e.dial(e.config(r))
+	select {
+	case <-c.Done():
+	case <-time.After(3 * time.Second):
+		t.Fatal("session not reported lost")
+	}
+	require.ErrorIs(t, c.Err(), ErrSessionLost)
+	require.ErrorIs(t, c.WriteRTP([]byte{0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1}), ErrSessionLost)
+	for range c.Media() { // closed once the session ended
+	}
+	require.NoError(t, c.Close())
+}
+
+func TestConnKeepaliveRefusedEndsSession(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(protocol.SessionParams{KeepaliveInterval: 30 * time.Millisecond, IdleTimeout: time.Second})
+	r.script(func(n int, _ protocol.JoinRequest) []reply {
+		if n == 0 {
+			return []reply{{}}
+		}
+		return []reply{{err: &protocol.JoinError{Code: protocol.CodeForbidden, Reason: "removed from call"}}}
+	})
+	c := e.dial(e.config(r))
+	select {
+	case <-c.Done():
+	case <-time.After(3 * time.Second):
+		t.Fatal("refusal did not end the session")
+	}
+	var je *JoinError
+	require.ErrorAs(t, c.Err(), &je)
+	require.Equal(t, protocol.CodeForbidden, je.Code)
+	require.Equal(t, r.addr, je.Forwarder)
+}
+
+func TestConnRebindMovesAddress(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(fastParams)
+	cfg := e.config(r)
+	who := participant(t, cfg)
+	x, y := e.dial(cfg), e.dial(e.config(r))
+	old := x.LocalAddr()
+	require.Equal(t, old, r.session(who))
+
+	require.NoError(t, x.Rebind(testContext(t), netip.MustParseAddr("127.0.0.1")))
+	moved := x.LocalAddr()
+	require.NotEqual(t, old, moved)
+	require.Equal(t, moved, x.MappedAddr(), "the forwarder saw the new address")
+	require.Equal(t, moved, r.session(who), "the session moved with an authenticated Binding")
+	fromNew := r.from(moved)
+	require.NotEmpty(t, fromNew)
+	require.False(t, fromNew[0].leave)
+
+	// Media flows both ways on the new socket; the forwarder only relays
+	// from (and to) the session's current address.
+	pkt := []byte{0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7, 'w', 'a', 'n'}
+	require.NoError(t, y.WriteRTP(pkt))
+	p := recv(t, x)
+	require.Equal(t, pkt, p.Data)
+	p.Release()
+	require.NoError(t, x.WriteRTP(pkt))
+	p = recv(t, y)
+	require.Equal(t, pkt, p.Data)
+	p.Release()
+
+	// Keepalives now come from the new address.
+	require.NoError(t, x.Err())
+}
+
+func TestConnRebindRefusedKeepsSession(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(fastParams)
+	r.script(func(n int, _ protocol.JoinRequest) []reply {
+		if n == 0 {
+			return []reply{{}}
+		}
+		return []reply{{err: &protocol.JoinError{Code: protocol.CodeInsufficientCapacity, Reason: "throttled"}}}
+	})
+	c := e.dial(e.config(r))
+	old := c.LocalAddr()
+	err := c.Rebind(testContext(t), netip.Addr{})
+	var je *JoinError
+	require.ErrorAs(t, err, &je)
+	require.Equal(t, protocol.CodeInsufficientCapacity, je.Code)
+	require.Equal(t, old, c.LocalAddr())
+	require.NoError(t, c.Err())
+}
+
+func TestConnCloseSendsLeave(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(fastParams)
+	cfg := e.config(r)
+	cfg.LeaveTimeout = 3 * time.Second
+	c := e.dial(cfg)
+	local := c.LocalAddr()
+
+	start := time.Now()
+	require.NoError(t, c.Close())
+	require.Less(t, time.Since(start), cfg.LeaveTimeout, "an answered leave does not wait out the timeout")
+	leaves := r.leaves()
+	require.Len(t, leaves, 1)
+	require.Equal(t, local, leaves[0].from)
+	require.ErrorIs(t, c.Err(), ErrClosed)
+	require.ErrorIs(t, c.WriteRaw([]byte{0x80}), ErrClosed)
+	_, open := <-c.Media()
+	require.False(t, open)
+	require.NoError(t, c.Close(), "Close is idempotent")
+}
+
+func TestConnCloseUnansweredLeaveIsBounded(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(fastParams)
+	r.mu.Lock()
+	r.dropLeaves = true
+	r.mu.Unlock()
+	cfg := e.config(r)
+	cfg.LeaveTimeout = 150 * time.Millisecond
+	c := e.dial(cfg)
+
+	start := time.Now()
+	require.NoError(t, c.Close())
+	took := time.Since(start)
+	require.GreaterOrEqual(t, took, cfg.LeaveTimeout)
+	require.Less(t, took, cfg.LeaveTimeout+time.Second)
+	eventually(t, func() bool { return len(r.leaves()) >= 2 }, "the leave is retransmitted while unanswered")
+}
+
+func TestConnIgnoresStrayAndForeign(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(fastParams)
+	x, y := e.dial(e.config(r)), e.dial(e.config(r))
+
+	// From the forwarder's address: a datagram of no known kind, and a STUN
+	// success for a transaction the client never started.
+	_, err := r.conn.WriteToUDPAddrPort([]byte{0x40, 1, 2, 3}, y.LocalAddr())
+	require.NoError(t, err)
+	tok, _ := e.token()
+	m, err := protocol.BuildJoinRequest(tok, false)
+	require.NoError(t, err)
+	req, err := protocol.ParseJoinRequest(m)
+	require.NoError(t, err)
+	raw, err := protocol.BuildJoinSuccess(req, y.LocalAddr(), fastParams, protocol.IntegrityKey(tok))
+	require.NoError(t, err)
+	_, err = r.conn.WriteToUDPAddrPort(raw, y.LocalAddr())
+	require.NoError(t, err)
+	eventually(t, func() bool { return y.Stats().Stray == 2 }, "stray datagrams counted")
+
+	// From anyone else: RTP that the connected socket never lets through.
+	foreign, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	defer foreign.Close()
+	_, err = foreign.WriteToUDPAddrPort([]byte{0x80, 111, 0, 1, 0, 0, 0, 0, 0, 0, 0, 66, 'e', 'v', 'i', 'l'}, y.LocalAddr())
+	require.NoError(t, err)
+
+	good := []byte{0x80, 111, 0, 2, 0, 0, 0, 0, 0, 0, 0, 7, 'o', 'k'}
+	require.NoError(t, x.WriteRTP(good))
+	p := recv(t, y)
+	require.Equal(t, good, p.Data, "only the forwarder's packet arrives")
+	p.Release()
+	require.Equal(t, uint64(1), y.Stats().PacketsReceived)
+	require.NoError(t, y.Err())
+}

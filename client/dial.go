@@ -1,0 +1,379 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// Dial joins the call named by cfg.Token on the first of cfg.Forwarders that
+// accepts, and returns the joined Conn.
+//
+// The join goes to every candidate at once, each from its own UDP socket, and
+// is retransmitted with exponential backoff (RetransmitInitial, doubling up
+// to RetransmitMax) until an authenticated answer, ctx's end or JoinTimeout,
+// whichever comes first. The first success wins; the other sockets are
+// closed, and a candidate that also accepts (now or within LoserGrace) is
+// sent a leave so it frees the session. Answers:
+//   - 300 Try Alternate adds ALTERNATE-SERVER as a new candidate, at most
+//     MaxAlternates times per Dial and never an address already tried;
+//   - 508 retries that forwarder with a new transaction after its
+//     retry-after (capped by MaxRetryAfter) plus up to 20% jitter;
+//   - 400, 401, 403 end that candidate. When every candidate has ended,
+//     Dial fails with ErrJoinRejected wrapping one *JoinError per refusal.
+//
+// Answers that fail MESSAGE-INTEGRITY are ignored and counted
+// (Stats.Unauthenticated). On timeout Dial fails with ErrJoinTimeout,
+// wrapping any refusal seen meanwhile. Dial leaves no goroutine behind when
+// it fails.
+func Dial(ctx context.Context, cfg Config) (*Conn, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%w (%w): not started", ErrJoinTimeout, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
+	defer cancel()
+	d := newDialer(cfg)
+	go d.run(ctx)
+	res := <-d.result
+	if res.err != nil {
+		<-d.done
+		return nil, res.err
+	}
+	return newConn(cfg, d, res.win, res.resp), nil
+}
+
+type dialEvent struct {
+	c    *candidate
+	resp protocol.JoinResponse
+	err  error // the socket failed
+	at   time.Time
+}
+
+type dialResult struct {
+	win  *candidate
+	resp protocol.JoinResponse
+	err  error
+}
+
+// dialer runs the multi-connect state machine in one goroutine (run); one
+// reader goroutine per candidate socket feeds it authenticated answers.
+// Candidate state is touched only by run.
+type dialer struct {
+	cfg        Config
+	log        *zap.Logger
+	key        []byte
+	stats      *counters
+	cands      []*candidate
+	winner     *candidate
+	alternates int
+
+	events   chan dialEvent
+	result   chan dialResult // exactly one value
+	quit     chan struct{}   // closed when run ends: readers stop
+	stop     chan struct{}   // closed by Conn.Close: end the loser grace now
+	stopOnce sync.Once
+	done     chan struct{} // closed when run has returned and readers exited
+	readers  sync.WaitGroup
+}
+
+func newDialer(cfg Config) *dialer {
+	tok, _ := protocol.DecodeToken(cfg.Token) // checked by withDefaults
+	return &dialer{
+		cfg:    cfg,
+		log:    cfg.Logger.With(zap.Stringer("call", tok.CallID), zap.Stringer("participant", tok.ParticipantID)),
+		key:    protocol.IntegrityKey(cfg.Token),
+		stats:  new(counters),
+		events: make(chan dialEvent),
+		result: make(chan dialResult, 1),
+		quit:   make(chan struct{}),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+}
+
+// cancelGrace ends the loser grace early and waits for run to return.
+func (d *dialer) cancelGrace() {
+	d.stopOnce.Do(func() { close(d.stop) })
+	<-d.done
+}
+
+func (d *dialer) run(ctx context.Context) {
+	defer close(d.done)
+	defer d.shutdown()
+	d.log.Debug("joining", zap.Int("candidates", len(d.cfg.Forwarders)))
+	for _, a := range d.cfg.Forwarders {
+		d.add(a)
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for d.winner == nil {
+		if err := d.finalError(ctx); err != nil {
+			d.result <- dialResult{err: err}
+			return
+		}
+		timer.Reset(time.Until(d.nextDue()))
+		select {
+		case <-ctx.Done():
+			d.result <- dialResult{err: d.timeoutError(ctx.Err())}
+			return
+		case ev := <-d.events:
+			d.handle(ev)
+		case <-timer.C:
+			d.tick(time.Now())
+		}
+	}
+	d.drainLosers()
+}
+
+// add opens a socket to addr, sends the join and starts its reader.
+func (d *dialer) add(addr netip.AddrPort) {
+	c := &candidate{addr: addr, rto: d.cfg.RetransmitInitial}
+	d.cands = append(d.cands, c)
+	tx, err := newTransaction(d.cfg.Token, false)
+	if err == nil {
+		c.sock, err = openSocket(d.cfg.LocalAddr, addr)
+	}
+	if err != nil {
+		c.state, c.closed, c.err = candDone, true, fmt.Errorf("client: forwarder %s: %w", addr, err)
+		d.log.Info("cannot try forwarder", zap.Stringer("forwarder", addr), zap.Error(err))
+		return
+	}
+	c.tx.Store(tx)
+	d.readers.Add(1)
+	go d.read(c)
+	now := time.Now()
+	c.sentAt, c.due = now, now.Add(c.rto)
+	d.send(c, tx.raw)
+}
+
+func (d *dialer) send(c *candidate, raw []byte) {
+	if _, err := c.sock.Write(raw); err != nil {
+		// ICMP errors surface here on a connected socket; keep trying until
+		// the deadline, the forwarder may be starting.
+		d.stats.sendErrors.Add(1)
+	}
+}
+
+// tick sends every retransmission (or 508 retry) that is due.
+func (d *dialer) tick(now time.Time) {
+	for _, c := range d.cands {
+		if (c.state != candPending && c.state != candWaiting) || now.Before(c.due) {
+			continue
+		}
+		if c.state == candWaiting {
+			tx, err := newTransaction(d.cfg.Token, false)
+			if err != nil {
+				d.drop(c, err)
+				continue
+			}
+			c.tx.Store(tx)
+			c.state, c.rto, c.sentAt = candPending, d.cfg.RetransmitInitial, now
+			c.due = now.Add(c.rto)
+		} else {
+			c.rto = min(2*c.rto, d.cfg.RetransmitMax)
+			c.due = now.Add(c.rto)
+		}
+		d.send(c, c.tx.Load().raw)
+	}
+}
+
+func (d *dialer) nextDue() time.Time {
+	next := time.Now().Add(time.Hour)
+	for _, c := range d.cands {
+		if (c.state == candPending || c.state == candWaiting) && c.due.Before(next) {
+			next = c.due
+		}
+	}
+	return next
+}
+
+// handle applies one authenticated answer (or socket failure).
+func (d *dialer) handle(ev dialEvent) {
+	c := ev.c
+	if c.state != candPending && c.state != candWaiting {
+		return // a late duplicate for an ended candidate
+	}
+	switch {
+	case ev.err != nil:
+		d.log.Info("forwarder socket failed", zap.Stringer("forwarder", c.addr), zap.Error(ev.err))
+		d.drop(c, fmt.Errorf("client: forwarder %s: %w", c.addr, ev.err))
+	case ev.resp.OK: // the first success: run stops here, later ones meet drainLosers
+		c.state, d.winner = candJoined, c
+		d.stats.rtt.Store(int64(ev.at.Sub(c.sentAt)))
+		d.log.Info("joined", zap.Stringer("forwarder", c.addr), zap.Stringer("mapped", ev.resp.Mapped),
+			zap.Duration("keepalive", ev.resp.Params.KeepaliveInterval), zap.Duration("idle_timeout", ev.resp.Params.IdleTimeout))
+		d.result <- dialResult{win: c, resp: ev.resp}
+	case c.state == candWaiting:
+		// a duplicate refusal of a retransmission; already waiting
+	default:
+		d.refused(c, ev.resp)
+	}
+}
+
+func (d *dialer) refused(c *candidate, r protocol.JoinResponse) {
+	je := &JoinError{Forwarder: c.addr, Code: r.Code, Reason: r.Reason, Alternate: r.Alternate, RetryAfter: r.RetryAfter}
+	d.log.Debug("join refused", zap.Stringer("forwarder", c.addr), zap.Int("code", int(r.Code)), zap.String("reason", r.Reason))
+	switch r.Code {
+	case protocol.CodeInsufficientCapacity:
+		c.err, c.state = je, candWaiting
+		c.due = time.Now().Add(d.retryDelay(r.RetryAfter))
+	case protocol.CodeTryAlternate:
+		d.drop(c, je)
+		if r.Alternate.IsValid() {
+			d.follow(unmap(r.Alternate))
+		}
+	default:
+		d.drop(c, je)
+	}
+}
+
+// retryDelay is a 508's retry-after (1s if absent), capped, plus up to 20%
+// jitter so that refused devices do not all return at the same instant.
+func (d *dialer) retryDelay(ra time.Duration) time.Duration {
+	if ra <= 0 {
+		ra = time.Second
+	}
+	ra = min(ra, d.cfg.MaxRetryAfter)
+	return ra + rand.N(ra/5+1)
+}
+
+// follow adds a 300's alternate as a candidate, unless already tried or the
+// alternates budget is spent: redirections cannot loop.
+func (d *dialer) follow(alt netip.AddrPort) {
+	for _, c := range d.cands {
+		if c.addr == alt {
+			d.log.Info("alternate already tried, not following", zap.Stringer("alternate", alt))
+			return
+		}
+	}
+	if d.alternates >= d.cfg.MaxAlternates {
+		d.log.Info("too many alternates, not following", zap.Stringer("alternate", alt), zap.Int("max", d.cfg.MaxAlternates))
+		return
+	}
+	d.alternates++
+	d.log.Info("following alternate", zap.Stringer("alternate", alt))
+	d.add(alt)
+}
+
+// leave tells a losing candidate that accepted to free the session (one
+// best-effort datagram from the socket it accepted), then drops it.
+func (d *dialer) leave(c *candidate) {
+	if tx, err := newTransaction(d.cfg.Token, true); err == nil {
+		d.send(c, tx.raw)
+	}
+	d.log.Debug("left losing forwarder", zap.Stringer("forwarder", c.addr))
+	d.drop(c, nil)
+}
+
+func (d *dialer) drop(c *candidate, err error) {
+	if err != nil {
+		c.err = err
+	}
+	if c != d.winner {
+		c.state = candDone
+	}
+	if !c.closed && c != d.winner {
+		c.closed = true
+		_ = c.sock.Close()
+	}
+}
+
+// drainLosers, after Dial has its winner, keeps listening for LoserGrace on
+// candidates whose join is unanswered, and sends a leave to any that accepts.
+func (d *dialer) drainLosers() {
+	pending := 0
+	for _, c := range d.cands {
+		switch {
+		case c == d.winner:
+		case c.state == candPending:
+			pending++
+		default:
+			d.drop(c, nil) // waiting after a 508 or ended: no session there
+		}
+	}
+	if pending == 0 {
+		return
+	}
+	grace := time.NewTimer(d.cfg.LoserGrace)
+	defer grace.Stop()
+	for pending > 0 {
+		select {
+		case ev := <-d.events:
+			if ev.c.state != candPending {
+				continue
+			}
+			if ev.err == nil && ev.resp.OK {
+				d.leave(ev.c)
+			} else {
+				d.drop(ev.c, nil)
+			}
+			pending--
+		case <-grace.C:
+			return
+		case <-d.stop:
+			return
+		}
+	}
+}
+
+// shutdown closes every socket but the winner's and waits for the readers.
+func (d *dialer) shutdown() {
+	for _, c := range d.cands {
+		d.drop(c, nil)
+	}
+	close(d.quit)
+	d.readers.Wait()
+}
+
+// finalError is the error Dial fails with when no candidate can still
+// succeed before ctx's deadline, else nil.
+func (d *dialer) finalError(ctx context.Context) error {
+	deadline, hasDeadline := ctx.Deadline()
+	alive, late := 0, 0
+	for _, c := range d.cands {
+		switch c.state {
+		case candPending:
+			alive++
+		case candWaiting:
+			alive++
+			if hasDeadline && c.due.After(deadline) {
+				late++
+			}
+		}
+	}
+	switch {
+	case alive == 0:
+		return fmt.Errorf("%w (%d tried): %w", ErrJoinRejected, len(d.cands), d.causes())
+	case alive == late:
+		return d.timeoutError(fmt.Errorf("%w: every retry-after ends past it", context.DeadlineExceeded))
+	}
+	return nil
+}
+
+func (d *dialer) timeoutError(cause error) error {
+	if errs := d.causes(); len(errs) > 0 {
+		return fmt.Errorf("%w (%w): %w", ErrJoinTimeout, cause, errs)
+	}
+	return fmt.Errorf("%w (%w): no authenticated answer from %d forwarders", ErrJoinTimeout, cause, len(d.cands))
+}
+
+func (d *dialer) causes() multiError {
+	var errs multiError
+	for _, c := range d.cands {
+		if c.err != nil {
+			errs = append(errs, c.err)
+		}
+	}
+	return errs
+}

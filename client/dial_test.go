@@ -1,0 +1,250 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pion/stun/v3"
+	"github.com/stretchr/testify/require"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+func TestDialMultiConnectKeepsFirstAndLeavesLoser(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		loserDelay time.Duration // the loser accepts this much later
+	}{
+		{"loser accepts later", 200 * time.Millisecond},
+		{"both accept at once", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			a, b := e.responder(fastParams), e.responder(fastParams)
+			if tc.loserDelay > 0 {
+				b.script(answer(reply{delay: tc.loserDelay}))
+			}
+			cfg := e.config(a, b)
+			cfg.LoserGrace = 3 * time.Second // Close cuts it short
+			c := e.dial(cfg)
+			winner, loser := a, b
+			if c.Forwarder() == b.addr {
+				require.Zero(t, tc.loserDelay, "the delayed forwarder must not win")
+				winner, loser = b, a
+			}
+			require.Equal(t, winner.addr, c.Forwarder())
+			require.Equal(t, c.LocalAddr(), c.MappedAddr())
+
+			eventually(t, func() bool { return len(loser.leaves()) == 1 }, "the loser that accepted gets a leave")
+			join := loser.from(netip.AddrPort{})[0]
+			require.Equal(t, join.from, loser.leaves()[0].from, "the leave comes from the socket that joined")
+			require.Empty(t, winner.leaves(), "the winner keeps its session")
+		})
+	}
+}
+
+func TestDialSilentCandidate(t *testing.T) {
+	e := newEnv(t)
+	dead, live := e.responder(fastParams), e.responder(fastParams)
+	dead.script(silent)
+	live.script(func(n int, _ protocol.JoinRequest) []reply {
+		if n < 2 {
+			return nil // lose the first two copies: retransmission must carry the join
+		}
+		return []reply{{}}
+	})
+	c := e.dial(e.config(dead, live))
+	require.Equal(t, live.addr, c.Forwarder())
+
+	got := live.from(netip.AddrPort{})
+	require.GreaterOrEqual(t, len(got), 3)
+	for _, q := range got[1:3] {
+		require.Equal(t, got[0].tid, q.tid, "a retransmission repeats the transaction")
+	}
+	require.GreaterOrEqual(t, got[1].at.Sub(got[0].at), 15*time.Millisecond, "retransmissions back off")
+	eventually(t, func() bool { return len(dead.from(netip.AddrPort{})) >= 2 }, "the silent one was tried and retried too")
+	require.Empty(t, dead.leaves(), "no leave to a forwarder that never accepted")
+}
+
+func TestDialFollowsTryAlternate(t *testing.T) {
+	e := newEnv(t)
+	busy, alt := e.responder(fastParams), e.responder(fastParams)
+	busy.script(answer(reply{err: &protocol.JoinError{Code: protocol.CodeTryAlternate, Reason: "draining", Alternate: alt.addr}}))
+	c := e.dial(e.config(busy))
+	require.Equal(t, alt.addr, c.Forwarder())
+	require.Len(t, busy.from(netip.AddrPort{}), 1)
+}
+
+func TestDialTryAlternateIsBounded(t *testing.T) {
+	to := func(r *responder) func(int, protocol.JoinRequest) []reply {
+		return answer(reply{err: &protocol.JoinError{Code: protocol.CodeTryAlternate, Reason: "go away", Alternate: r.addr}})
+	}
+	t.Run("loop", func(t *testing.T) {
+		e := newEnv(t)
+		a, b := e.responder(fastParams), e.responder(fastParams)
+		a.script(to(b))
+		b.script(to(a))
+		start := time.Now()
+		_, err := Dial(testContext(t), e.config(a))
+		require.ErrorIs(t, err, ErrJoinRejected)
+		var je *JoinError
+		require.ErrorAs(t, err, &je)
+		require.Equal(t, protocol.CodeTryAlternate, je.Code)
+		require.Less(t, time.Since(start), time.Second, "a loop ends at once, not at the timeout")
+		require.Len(t, a.from(netip.AddrPort{}), 1, "never back to an address already tried")
+	})
+	t.Run("chain", func(t *testing.T) {
+		e := newEnv(t)
+		rs := []*responder{e.responder(fastParams), e.responder(fastParams), e.responder(fastParams), e.responder(fastParams)}
+		for i := range 3 {
+			rs[i].script(to(rs[i+1]))
+		}
+		cfg := e.config(rs[0])
+		cfg.MaxAlternates = 2
+		_, err := Dial(testContext(t), cfg)
+		require.ErrorIs(t, err, ErrJoinRejected)
+		require.Len(t, rs[2].from(netip.AddrPort{}), 1)
+		require.Empty(t, rs[3].from(netip.AddrPort{}), "the third alternate is beyond MaxAlternates")
+	})
+}
+
+func TestDialRetryAfterInsufficientCapacity(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(fastParams)
+	const retryAfter = 150 * time.Millisecond
+	var mu sync.Mutex
+	var first *[stun.TransactionIDSize]byte
+	r.script(func(_ int, req protocol.JoinRequest) []reply {
+		mu.Lock()
+		defer mu.Unlock()
+		if first == nil {
+			first = &req.TransactionID
+		}
+		if *first == req.TransactionID { // every copy of the first transaction
+			return []reply{{err: &protocol.JoinError{Code: protocol.CodeInsufficientCapacity, Reason: "throttled", RetryAfter: retryAfter}}}
+		}
+		return []reply{{}}
+	})
+	c := e.dial(e.config(r))
+	require.Equal(t, r.addr, c.Forwarder())
+
+	got := r.from(netip.AddrPort{})
+	require.Len(t, got, 2)
+	require.NotEqual(t, got[0].tid, got[1].tid, "the retry is a new transaction")
+	wait := got[1].at.Sub(got[0].at)
+	require.GreaterOrEqual(t, wait, retryAfter, "never before retry-after")
+	require.Less(t, wait, retryAfter*6/5+200*time.Millisecond, "retry-after plus at most 20%% jitter (and scheduling)")
+}
+
+func TestDialRetryAfterPastDeadlineFailsAtOnce(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(fastParams)
+	r.script(answer(reply{err: &protocol.JoinError{Code: protocol.CodeInsufficientCapacity, Reason: "throttled", RetryAfter: 5 * time.Second}}))
+	cfg := e.config(r)
+	cfg.JoinTimeout = 2 * time.Second
+	start := time.Now()
+	_, err := Dial(testContext(t), cfg)
+	require.ErrorIs(t, err, ErrJoinTimeout)
+	var je *JoinError
+	require.ErrorAs(t, err, &je)
+	require.Equal(t, protocol.CodeInsufficientCapacity, je.Code)
+	require.Equal(t, 5*time.Second, je.RetryAfter)
+	require.Less(t, time.Since(start), time.Second)
+}
+
+func TestDialRefusedEverywhere(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		code stun.ErrorCode
+	}{
+		{"400 bad request", protocol.CodeBadRequest},
+		{"401 unauthorized (wrong signing key)", protocol.CodeUnauthorized},
+		{"403 forbidden", protocol.CodeForbidden},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			var a, b *responder
+			if tc.code == protocol.CodeUnauthorized {
+				// Forwarders that trust another signing key: CheckJoin's own 401.
+				other := newEnv(t)
+				a, b = other.responder(fastParams), other.responder(fastParams)
+			} else {
+				a, b = e.responder(fastParams), e.responder(fastParams)
+				a.script(refuse(tc.code))
+				b.script(refuse(tc.code))
+			}
+			_, err := Dial(testContext(t), e.config(a, b))
+			require.ErrorIs(t, err, ErrJoinRejected)
+			var je *JoinError
+			require.ErrorAs(t, err, &je)
+			require.Equal(t, tc.code, je.Code)
+			require.Contains(t, []netip.AddrPort{a.addr, b.addr}, je.Forwarder)
+			var all multiError
+			require.ErrorAs(t, err, &all)
+			require.Len(t, all, 2, "one refusal per forwarder: %v", err)
+		})
+	}
+}
+
+func TestDialIgnoresUnauthenticatedAnswers(t *testing.T) {
+	forged := []reply{
+		{err: &protocol.JoinError{Code: protocol.CodeUnauthorized, Reason: "forged"}, forge: forgeNoIntegrity},
+		{err: &protocol.JoinError{Code: protocol.CodeForbidden, Reason: "forged"}, forge: forgeWrongKey},
+		{forge: forgeWrongKey}, // a forged success
+	}
+	t.Run("then genuine", func(t *testing.T) {
+		e := newEnv(t)
+		r := e.responder(fastParams)
+		r.script(func(n int, _ protocol.JoinRequest) []reply {
+			if n == 0 {
+				return append(forged, reply{})
+			}
+			return nil
+		})
+		c := e.dial(e.config(r))
+		require.Equal(t, uint64(len(forged)), c.Stats().Unauthenticated)
+	})
+	t.Run("only forged", func(t *testing.T) {
+		e := newEnv(t)
+		r := e.responder(fastParams)
+		r.script(answer(forged...))
+		cfg := e.config(r)
+		cfg.JoinTimeout = 300 * time.Millisecond
+		_, err := Dial(testContext(t), cfg)
+		require.ErrorIs(t, err, ErrJoinTimeout)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		var je *JoinError
+		require.False(t, errors.As(err, &je), "a forged refusal is not a refusal: %v", err)
+	})
+}
+
+func TestDialConfigErrors(t *testing.T) {
+	e := newEnv(t)
+	tok, _ := e.token()
+	for name, cfg := range map[string]Config{
+		"no forwarders": {Token: tok},
+		"bad address":   {Token: tok, Forwarders: []netip.AddrPort{{}}},
+		"no port":       {Token: tok, Forwarders: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}},
+		"bad token":     {Token: []byte("nope"), Forwarders: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9")}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Dial(testContext(t), cfg)
+			require.ErrorIs(t, err, ErrConfig)
+		})
+	}
+}
+
+func TestDialContextCancelled(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(fastParams)
+	r.script(silent)
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	_, err := Dial(ctx, e.config(r))
+	require.ErrorIs(t, err, ErrJoinTimeout)
+	require.ErrorIs(t, err, context.Canceled)
+}

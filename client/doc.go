@@ -1,0 +1,42 @@
+// Package client is the device side of callrelay: the library that apps,
+// tests, the demo and the load tester use to join a call on a forwarder and
+// exchange media through it.
+//
+// What it does:
+//
+//   - Dial joins with a signed token (protocol.BuildJoinRequest, a STUN
+//     Binding request protected by MESSAGE-INTEGRITY, RFC 8489) on every
+//     candidate forwarder at once, retransmitting with exponential backoff,
+//     keeps the first that answers with success and drops the others (a loser
+//     that also said yes is sent a leave). It follows 300 Try Alternate
+//     (bounded, never back to an address it already tried), honours 508's
+//     retry-after with jitter, and fails with a *JoinError when every
+//     forwarder refuses.
+//   - A Conn then owns one UDP socket to its forwarder: one reader goroutine
+//     demultiplexes datagrams by their first byte (RFC 7983; RTCP by the
+//     second, RFC 5761), answers its own STUN transactions and hands RTP/RTCP
+//     to the application through the bounded channel Media; a keepalive
+//     goroutine re-sends the join at the forwarder's interval and reports the
+//     session lost (Done, Err) when no authenticated answer came within the
+//     idle timeout. Rebind moves the session to a new local socket (WiFi to
+//     cellular); Close sends a leave.
+//   - Sender and Receiver (e2ee.go) protect media end to end with SRTP
+//     (RFC 3711, AES128_CM_HMAC_SHA1_80), one master key per sender. The RTP
+//     header and its RFC 8285 extensions, including the RFC 6464 audio level
+//     the relay reads, stay in clear; the payload is opaque to the relay.
+//
+// What it must never do:
+//
+//   - Trust an unauthenticated response. Every STUN answer is checked against
+//     the transaction it answers and the token's integrity key; anything else
+//     is ignored and counted (Stats.Unauthenticated, Stats.Stray), so a forged
+//     401 or a forged success changes nothing.
+//   - Hand media keys to the relay or see other participants' keys beyond
+//     what the application gives Receiver.AddSender: keys travel out of band,
+//     end to end, and the relay only ever sees ciphertext payloads.
+//   - Accept media from anyone but its forwarder: each socket is connected to
+//     exactly one forwarder address, so the kernel drops other sources.
+//   - Block its reader on a slow consumer: when the Media channel is full the
+//     packet is dropped and counted (Stats.MediaDropped).
+//   - Log per packet.
+package client

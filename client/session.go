@@ -1,0 +1,189 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/pion/stun/v3"
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// keepaliveSlots outstanding keepalive transactions are remembered; an answer
+// to an older one is stray. Each keepalive is a new transaction, so a
+// replayed old success cannot fake liveness.
+const keepaliveSlots = 8
+
+type keepaliveTx struct {
+	tid  [stun.TransactionIDSize]byte
+	sent time.Time
+	live bool
+}
+
+// readLoop is the Conn's only reader: it reads the current socket into
+// pooled packets, passes media to the Media channel (dropping when full),
+// answers its own STUN transactions and counts everything else.
+func (c *Conn) readLoop() {
+	defer c.wg.Done()
+	defer close(c.media)
+	p := getPacket()
+	defer func() { p.Release() }()
+	failures := 0
+	for {
+		sock := c.sock.Load()
+		n, err := sock.Read(p.buf[:])
+		if err != nil {
+			if c.Err() != nil {
+				return
+			}
+			if errors.Is(err, net.ErrClosed) && c.sock.Load() != sock {
+				continue // Rebind moved us to a new socket
+			}
+			c.stats.readErrors.Add(1)
+			if failures++; failures < maxReadFailures && !errors.Is(err, net.ErrClosed) {
+				continue // ICMP unreachable: transient, the idle timeout decides
+			}
+			c.finish(fmt.Errorf("%w: read: %w", ErrSessionLost, err))
+			return
+		}
+		failures = 0
+		if n > MaxPacketSize {
+			c.stats.stray.Add(1)
+			continue
+		}
+		switch kind := protocol.Classify(p.buf[:n]); kind {
+		case protocol.KindRTP, protocol.KindRTCP:
+			c.stats.packetsReceived.Add(1)
+			c.stats.bytesReceived.Add(uint64(n))
+			p.Kind, p.Data, p.Received = kind, p.buf[:n], time.Now()
+			select {
+			case c.media <- p:
+				p = getPacket()
+			default:
+				c.stats.dropped.Add(1)
+			}
+		case protocol.KindSTUN:
+			c.handleSTUN(p.buf[:n])
+		default:
+			c.stats.stray.Add(1)
+		}
+	}
+}
+
+// handleSTUN acts on an answer to one of our keepalive or leave
+// transactions, and only after its integrity checked.
+func (c *Conn) handleSTUN(raw []byte) {
+	var tid [stun.TransactionIDSize]byte
+	copy(tid[:], raw[8:20]) // Classify guaranteed the 20-byte header
+	c.mu.Lock()
+	slot := c.findKeepalive(tid)
+	isLeave := c.leaveCh != nil && tid == c.leaveTID
+	c.mu.Unlock()
+	if slot < 0 && !isLeave {
+		c.stats.stray.Add(1)
+		return
+	}
+	resp, err := protocol.ParseJoinResponse(raw, tid, c.key)
+	if err != nil {
+		c.stats.countBadResponse(err)
+		return
+	}
+	now := time.Now()
+	if isLeave {
+		select {
+		case c.leaveCh <- struct{}{}:
+		default:
+		}
+		return
+	}
+	c.mu.Lock()
+	ka := c.ka[slot]
+	c.ka[slot].live = false // count an answer once, however often it is retransmitted
+	c.mu.Unlock()
+	if ka.live && ka.tid == tid {
+		c.onKeepaliveAnswer(resp, now.Sub(ka.sent))
+	}
+}
+
+// findKeepalive returns the ring slot of a live keepalive transaction, or -1.
+// c.mu must be held.
+func (c *Conn) findKeepalive(tid [stun.TransactionIDSize]byte) int {
+	for i := range c.ka {
+		if c.ka[i].live && c.ka[i].tid == tid {
+			return i
+		}
+	}
+	return -1
+}
+
+func (c *Conn) onKeepaliveAnswer(resp protocol.JoinResponse, rtt time.Duration) {
+	if !resp.OK {
+		c.stats.kaErrs.Add(1)
+		je := &JoinError{Forwarder: c.fwd, Code: resp.Code, Reason: resp.Reason, Alternate: resp.Alternate, RetryAfter: resp.RetryAfter}
+		if je.fatal() {
+			c.finish(je)
+			return
+		}
+		// 300 (draining) or 508: the session still stands; failover is the
+		// caller's decision.
+		c.log.Debug("keepalive refused", zap.Error(je))
+		return
+	}
+	c.stats.keepalivesAnswered.Add(1)
+	c.stats.rtt.Store(int64(rtt))
+	c.mu.Lock()
+	moved := resp.Mapped != c.mapped
+	c.mapped, c.params, c.lastAlive = resp.Mapped, sanitize(resp.Params), time.Now()
+	c.mu.Unlock()
+	if moved {
+		c.log.Info("mapped address changed", zap.Stringer("mapped", resp.Mapped))
+	}
+}
+
+// keepaliveLoop re-sends the join every KeepaliveInterval and ends the
+// session when no authenticated answer came for IdleTimeout.
+func (c *Conn) keepaliveLoop() {
+	defer c.wg.Done()
+	lastSent := time.Now()
+	timer := time.NewTimer(c.Params().KeepaliveInterval)
+	defer timer.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-timer.C:
+		}
+		now := time.Now()
+		c.mu.Lock()
+		p, alive := c.params, c.lastAlive
+		c.mu.Unlock()
+		if silent := now.Sub(alive); silent >= p.IdleTimeout {
+			c.finish(fmt.Errorf("%w: no answer from %s for %v (idle timeout %v)",
+				ErrSessionLost, c.fwd, silent.Round(time.Millisecond), p.IdleTimeout))
+			return
+		}
+		if now.Sub(lastSent) >= p.KeepaliveInterval {
+			c.sendKeepalive(now)
+			lastSent = now
+		}
+		next := min(lastSent.Add(p.KeepaliveInterval).Sub(now), alive.Add(p.IdleTimeout).Sub(now))
+		timer.Reset(max(next, time.Millisecond))
+	}
+}
+
+func (c *Conn) sendKeepalive(now time.Time) {
+	tx, err := newTransaction(c.cfg.Token, false)
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	c.ka[c.kaNext] = keepaliveTx{tid: tx.tid, sent: now, live: true}
+	c.kaNext = (c.kaNext + 1) % keepaliveSlots
+	c.mu.Unlock()
+	if c.send(tx.raw) == nil {
+		c.stats.keepalivesSent.Add(1)
+	}
+}

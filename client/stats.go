@@ -1,0 +1,59 @@
+package client
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Stats are a Conn's counters since Dial began. Media counts are of RTP and
+// RTCP datagrams; STUN (join, keepalive, leave) is counted separately.
+type Stats struct {
+	PacketsSent     uint64 // media datagrams written
+	BytesSent       uint64
+	SendErrors      uint64 // writes the socket refused
+	PacketsReceived uint64 // media datagrams received, including dropped ones
+	BytesReceived   uint64
+	// MediaDropped counts packets dropped because the Media channel was full.
+	MediaDropped uint64
+	// Unauthenticated counts STUN answers to our transactions that failed
+	// MESSAGE-INTEGRITY: ignored, never acted upon.
+	Unauthenticated uint64
+	// Stray counts datagrams that were neither media nor an answer to one of
+	// our transactions (unknown kind, unknown transaction, oversized).
+	Stray              uint64
+	ReadErrors         uint64 // transient socket read errors (e.g. ICMP unreachable)
+	KeepalivesSent     uint64
+	KeepalivesAnswered uint64 // authenticated successes
+	KeepaliveErrors    uint64 // authenticated error answers to keepalives
+	// RTT is the round-trip time of the last answered keepalive (or of the
+	// join, before any keepalive).
+	RTT time.Duration
+}
+
+// counters are shared by the dialer's readers and the Conn; every field is
+// updated atomically.
+type counters struct {
+	packetsSent, bytesSent, sendErrors         atomic.Uint64
+	packetsReceived, bytesReceived, dropped    atomic.Uint64
+	unauthenticated, stray, readErrors         atomic.Uint64
+	keepalivesSent, keepalivesAnswered, kaErrs atomic.Uint64
+	rtt                                        atomic.Int64
+}
+
+func (c *counters) snapshot() Stats {
+	return Stats{
+		PacketsSent:        c.packetsSent.Load(),
+		BytesSent:          c.bytesSent.Load(),
+		SendErrors:         c.sendErrors.Load(),
+		PacketsReceived:    c.packetsReceived.Load(),
+		BytesReceived:      c.bytesReceived.Load(),
+		MediaDropped:       c.dropped.Load(),
+		Unauthenticated:    c.unauthenticated.Load(),
+		Stray:              c.stray.Load(),
+		ReadErrors:         c.readErrors.Load(),
+		KeepalivesSent:     c.keepalivesSent.Load(),
+		KeepalivesAnswered: c.keepalivesAnswered.Load(),
+		KeepaliveErrors:    c.kaErrs.Load(),
+		RTT:                time.Duration(c.rtt.Load()),
+	}
+}
