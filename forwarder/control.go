@@ -99,8 +99,14 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 	case s == nil: // a leave for a session we do not have: already gone
 		c.accept(src, req, protocol.IntegrityKey(req.Token))
 	case req.Leave:
-		s.log.Info("participant left")
-		c.remove(s)
+		// Only the session's own address may end it: a multi-connect device
+		// sends leaves from the sockets that lost the race, and those must not
+		// end the session that won. Answered either way, so the device stops
+		// retrying.
+		if s.addr == src {
+			s.log.Info("participant left")
+			c.remove(s)
+		}
 		c.accept(src, req, s.key)
 	default:
 		if s.addr != src && !c.move(s, src) {

@@ -160,6 +160,11 @@ func TestLeaveAndIdleTimeout(t *testing.T) {
 	c.join()
 	require.Equal(t, 3, r.f.Stats().Sessions)
 
+	// A leave from another address (a multi-connect loser's socket) is
+	// answered but does not end the session.
+	stray := newRawDevice(t, r.f.Addr(), a.token)
+	require.True(t, stray.bind(true).OK)
+	require.Equal(t, 3, r.f.Stats().Sessions)
 	require.True(t, a.bind(true).OK, "leave refused")
 	require.Equal(t, 2, r.f.Stats().Sessions)
 

@@ -12,22 +12,29 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestWriteMediaFuzzSeeds regenerates the committed seed corpora of
-// FuzzClassify, FuzzRTPHeader and FuzzRelayApp under testdata/fuzz. It runs
-// only when asked:
+// TestMediaFuzzSeeds checks that the committed seed corpora of FuzzClassify,
+// FuzzRTPHeader and FuzzRelayApp under testdata/fuzz hold every seed this
+// file generates, byte for byte (go test runs those files as ordinary test
+// cases, so a stale corpus would silently test less). To rewrite them:
 //
-//	CALLRELAY_WRITE_FUZZ_SEEDS=1 go test -run TestWriteMediaFuzzSeeds ./protocol/
-func TestWriteMediaFuzzSeeds(t *testing.T) {
-	if os.Getenv("CALLRELAY_WRITE_FUZZ_SEEDS") == "" {
-		t.Skip("set CALLRELAY_WRITE_FUZZ_SEEDS=1 to rewrite testdata/fuzz seeds")
-	}
-	seeds := mediaFuzzSeeds(t)
-	for target, named := range seeds {
+//	CALLRELAY_WRITE_FUZZ_SEEDS=1 go test -run TestMediaFuzzSeeds ./protocol/
+func TestMediaFuzzSeeds(t *testing.T) {
+	write := os.Getenv("CALLRELAY_WRITE_FUZZ_SEEDS") != ""
+	for target, named := range mediaFuzzSeeds(t) {
 		dir := filepath.Join("testdata", "fuzz", target)
-		require.NoError(t, os.MkdirAll(dir, 0o755))
+		if write {
+			require.NoError(t, os.MkdirAll(dir, 0o755))
+		}
 		for name, b := range named {
 			body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", b)
-			require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644))
+			path := filepath.Join(dir, name)
+			if write {
+				require.NoError(t, os.WriteFile(path, []byte(body), 0o644))
+				continue
+			}
+			got, err := os.ReadFile(path)
+			require.NoError(t, err, "seed missing: rerun with CALLRELAY_WRITE_FUZZ_SEEDS=1")
+			require.Equal(t, body, string(got), "seed %s is stale: rerun with CALLRELAY_WRITE_FUZZ_SEEDS=1", path)
 		}
 	}
 }

@@ -77,7 +77,7 @@ func newRelayMessage(subType uint8) (RelayMessage, error) {
 
 // NewRelayApp wraps m in an RTCP APP packet named CRLY, for callers that
 // send it inside a compound packet with rtcp.Marshal. ssrc is the sender's
-// SSRC (see protocol/README_media.md): a device puts one of its own media
+// SSRC (see protocol/README.md, section 5.1): a device puts one of its own media
 // SSRCs, the relay 0 unless the message says otherwise.
 func NewRelayApp(ssrc uint32, m RelayMessage) (*rtcp.ApplicationDefined, error) {
 	data, err := m.MarshalData(nil)
