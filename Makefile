@@ -32,7 +32,7 @@ fuzz:
 		done; \
 	done
 
-# The whole system in one process tree: embedded NATS, Redis, forwarders, conductor.
+# The demo: a forwarder and simulated, end-to-end encrypted calls on this machine.
 demo:
 	$(GO) run ./cmd/callrelay demo
 
