@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
+	"os"
 	"strconv"
 	"time"
 
@@ -18,11 +19,19 @@ import (
 // runForwarder runs one forwarder until the context ends.
 func runForwarder(ctx context.Context, args []string) error {
 	cfg := forwarder.Default()
+	readers, err := envInt("CALLRELAY_READERS", cfg.Readers)
+	if err != nil {
+		return err
+	}
+	maxSessions, err := envInt("CALLRELAY_MAX_SESSIONS", 0)
+	if err != nil {
+		return err
+	}
 	fs := flag.NewFlagSet("forwarder", flag.ContinueOnError)
 	fs.StringVar(&cfg.Listen, "listen", envOr("CALLRELAY_LISTEN", cfg.Listen), "UDP ip:port to serve (env CALLRELAY_LISTEN)")
 	pubKey := fs.String("public-key", envOr("CALLRELAY_PUBLIC_KEY", ""), "base64 Ed25519 public key of the token signer (env CALLRELAY_PUBLIC_KEY)")
-	fs.IntVar(&cfg.Readers, "readers", envInt("CALLRELAY_READERS", cfg.Readers), "reader goroutines on SO_REUSEPORT sockets (env CALLRELAY_READERS)")
-	fs.IntVar(&cfg.MaxSessions, "max-sessions", envInt("CALLRELAY_MAX_SESSIONS", 0), "refuse new sessions beyond this many with 508; 0 = no limit (env CALLRELAY_MAX_SESSIONS)")
+	fs.IntVar(&cfg.Readers, "readers", readers, "reader goroutines on SO_REUSEPORT sockets (env CALLRELAY_READERS)")
+	fs.IntVar(&cfg.MaxSessions, "max-sessions", maxSessions, "refuse new sessions beyond this many with 508; 0 = no limit (env CALLRELAY_MAX_SESSIONS)")
 	fs.DurationVar(&cfg.KeepaliveInterval, "keepalive", cfg.KeepaliveInterval, "keepalive interval devices are told to use")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "forget sessions silent this long")
 	alt := fs.String("alternate", envOr("CALLRELAY_ALTERNATE", ""), "ip:port to send joins to while draining (env CALLRELAY_ALTERNATE)")
@@ -77,9 +86,16 @@ func logStats(ctx context.Context, log *zap.Logger, f *forwarder.Forwarder, ever
 	}
 }
 
-func envInt(name string, def int) int {
-	if v, err := strconv.Atoi(envOr(name, "")); err == nil {
-		return v
+// envInt reads an integer environment variable; a value that is set but
+// not an integer is an error, not a silent default.
+func envInt(name string, def int) (int, error) {
+	v, ok := os.LookupEnv(name)
+	if !ok || v == "" {
+		return def, nil
 	}
-	return def
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, fmt.Errorf("%s=%q: want an integer", name, v)
+	}
+	return n, nil
 }

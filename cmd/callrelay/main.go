@@ -39,15 +39,16 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// One channel for both signals, registered before anything runs, so no
+	// signal falls between two handlers. First: cancel ctx and wind down.
+	// Second: exit now.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
-		// First signal: ctx is cancelled and the command winds down.
-		// Second signal: exit now.
-		<-ctx.Done()
-		stop()
-		c := make(chan os.Signal, 1)
-		signal.Notify(c, os.Interrupt, syscall.SIGTERM)
-		<-c
+		<-sigs
+		cancel()
+		<-sigs
 		fmt.Fprintln(os.Stderr, "callrelay: second signal, exiting now")
 		os.Exit(1)
 	}()

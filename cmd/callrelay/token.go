@@ -66,6 +66,8 @@ func mintToken(args []string) error {
 		t.MaxSize = uint16(*size)
 	case t.Class == protocol.ClassGroup:
 		t.MaxSize = 8
+	default:
+		t.MaxSize = 2 // one-to-one; set here so the line below reports it
 	}
 	b, err := protocol.SignToken(priv, t)
 	if err != nil {

@@ -60,7 +60,10 @@ type Result struct {
 	Sent         uint64 // packets the devices sent
 	Decrypted    uint64 // packets receivers decrypted and found byte-exact
 	Failed       uint64 // packets that failed to decrypt or differed
-	Forwarder    forwarder.Stats
+	// Forwarder holds the forwarder's final counters, read after the
+	// participants left and it stopped (Sessions and Calls no longer count
+	// the participants whose leave it answered).
+	Forwarder forwarder.Stats
 }
 
 // Run starts the forwarder and the calls, prints a summary line every
@@ -123,6 +126,15 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	}
 	summarise(ctx, cfg.Interval, out, fwd, members)
 	wg.Wait()
+	// Leave while the forwarder still answers, then stop it, and only then
+	// read its counters: a reader publishes them after sending its batch, so
+	// a snapshot of a running forwarder can lag what the receivers already
+	// decrypted.
+	for _, m := range members {
+		m.close()
+	}
+	stopFwd()
+	<-fdone
 	res := Result{Participants: len(members), Forwarder: fwd.Stats()}
 	for _, m := range members {
 		res.Sent += m.sent.Load()

@@ -104,7 +104,10 @@ func (p *participant) receive(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case pkt := <-p.conn.Media():
+		case pkt, ok := <-p.conn.Media():
+			if !ok {
+				return // the session ended: Media is closed
+			}
 			if pkt.Kind == protocol.KindRTP {
 				got, err := p.recv.Open(plain, pkt.Data, &hdr)
 				if err == nil && len(got) >= 8 {
