@@ -17,7 +17,7 @@ import (
 // call packet must still arrive, and each kind of bad input must be counted
 // under its reason.
 func TestBadInputDoesNotDisturbCalls(t *testing.T) {
-	r := startRelay(t, func(c *Config) { c.STUNRate, c.STUNBurst = 10, 10 })
+	r := startRelay(t, func(c *Config) { c.JoinRate, c.JoinBurst = 10, 10 })
 	forger := startRelay(t, nil)
 	call := protocol.NewID()
 	a := newRawDevice(t, r.f.Addr(), r.token(t, call, protocol.NewID(), protocol.ClassOneToOne, 2))
@@ -43,7 +43,7 @@ func TestBadInputDoesNotDisturbCalls(t *testing.T) {
 	evil.send(make([]byte, 1800))                         // oversized (first byte 0: "STUN" but too big)
 	evil.send(rtpPacket(66, 1, []byte("intruder")))       // media from a non-member
 	for i := 0; i < 200; i++ {                            // a STUN flood from one source
-		m, _ := protocol.BuildJoinRequest(evil.token, false)
+		m, _ := protocol.BuildJoinRequest(evil.token, protocol.JoinOptions{})
 		evil.send(m.Raw)
 	}
 

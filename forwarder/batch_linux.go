@@ -67,11 +67,12 @@ func (m *mmsgConn) doRead(fd uintptr) bool {
 	}
 	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.rhdrs[0])),
 		readBatch, unix.MSG_DONTWAIT, 0, 0)
+	for errno == unix.EINTR {
+		n, _, errno = unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.rhdrs[0])),
+			readBatch, unix.MSG_DONTWAIT, 0, 0)
+	}
 	if errno == unix.EAGAIN || errno == unix.EWOULDBLOCK {
 		return false // not ready: let the runtime poller wait
-	}
-	if errno == unix.EINTR {
-		return false
 	}
 	m.rn, m.rerr = int(n), nil
 	if errno != 0 {

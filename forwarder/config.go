@@ -29,10 +29,15 @@ type Config struct {
 	MaxSessions int
 	// Alternate is where a draining forwarder sends new joins (300 Try Alternate).
 	Alternate netip.AddrPort
-	// STUNRate and STUNBurst bound the join/keepalive requests one source
-	// address may make per second before they are dropped unread.
+	// STUNRate and STUNBurst bound the keepalives (and other requests) one
+	// member's address may send per second before they are dropped unread.
 	STUNRate  float64
 	STUNBurst float64
+	// JoinRate and JoinBurst bound the requests from addresses that are not
+	// members, per IP address (all ports together). Higher than STUNRate:
+	// one carrier-grade NAT address may carry many devices.
+	JoinRate  float64
+	JoinBurst float64
 	// Logger receives lifecycle and control-path events, never per-packet lines.
 	Logger *zap.Logger
 	// Now is the clock (tests may replace it).
@@ -48,6 +53,8 @@ func Default() Config {
 		IdleTimeout:       10 * time.Second,
 		STUNRate:          20,
 		STUNBurst:         40,
+		JoinRate:          200,
+		JoinBurst:         400,
 		Logger:            zap.NewNop(),
 		Now:               time.Now,
 	}
@@ -71,8 +78,9 @@ func (c *Config) Validate() error {
 	if c.MaxSessions < 0 {
 		errs = append(errs, fmt.Errorf("forwarder: max sessions = %d, want >= 0", c.MaxSessions))
 	}
-	if c.STUNRate <= 0 || c.STUNBurst < 1 {
-		errs = append(errs, fmt.Errorf("forwarder: STUN rate %.1f/s burst %.1f: both must be positive", c.STUNRate, c.STUNBurst))
+	if c.STUNRate <= 0 || c.STUNBurst < 1 || c.JoinRate <= 0 || c.JoinBurst < 1 {
+		errs = append(errs, fmt.Errorf("forwarder: STUN rate %.1f/s burst %.1f, join rate %.1f/s burst %.1f: all must be positive",
+			c.STUNRate, c.STUNBurst, c.JoinRate, c.JoinBurst))
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()

@@ -2,6 +2,7 @@ package forwarder
 
 import (
 	"bytes"
+	"maps"
 	"net/netip"
 	"time"
 
@@ -14,9 +15,10 @@ import (
 // ctrlMsg is a STUN datagram handed from a reader to the control goroutine.
 // A fixed pool of them bounds the memory a flood can take.
 type ctrlMsg struct {
-	src netip.AddrPort
-	n   int
-	buf [maxDatagram]byte
+	free chan *ctrlMsg // the pool it returns to
+	src  netip.AddrPort
+	n    int
+	buf  [maxDatagram]byte
 }
 
 const ctrlQueue = 512
@@ -49,8 +51,22 @@ type control struct {
 	calls    map[protocol.ID]*call
 	sessions map[sessionKey]*session
 	byAddr   map[netip.AddrPort]*session
+	cookies  *cookieJar
 	msg      stun.Message
 	reqLen   int // size of the request being answered
+
+	// Changes and answers are batched: routes are republished once per
+	// batch of requests (only the changed calls' routes are rebuilt), and
+	// the answers go out after the routes that make them true.
+	dirtyCalls  map[protocol.ID]struct{}
+	staleAddrs  []netip.AddrPort
+	pending     []pendingReply
+	lastPublish time.Time
+}
+
+type pendingReply struct {
+	b  []byte
+	to netip.AddrPort
 }
 
 func newControl(f *Forwarder) *control {
@@ -59,6 +75,9 @@ func newControl(f *Forwarder) *control {
 		calls:    make(map[protocol.ID]*call),
 		sessions: make(map[sessionKey]*session),
 		byAddr:   make(map[netip.AddrPort]*session),
+		cookies:  newCookieJar(),
+
+		dirtyCalls: make(map[protocol.ID]struct{}),
 	}
 }
 
@@ -75,15 +94,22 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 	now := f.cfg.Now()
 	req, err := protocol.ParseJoinRequest(&c.msg)
 	if err != nil {
-		c.refuse(src, req, protocol.ErrorCodeFor(err), err.Error())
+		c.refuseFor(src, req, err)
 		return
 	}
 	s := c.sessions[sessionKey{req.CallID, req.ParticipantID}]
+	// Joining, moving and leaving need proof that src receives what we
+	// send; the cheap HMAC check comes before any signature check.
+	if (s == nil || s.addr != src || req.Leave) && !c.cookies.valid(req.Cookie, src, now) {
+		c.sendError(src, req, protocol.JoinError{Code: protocol.CodeUnauthorized,
+			Reason: "address check: repeat with this cookie", Cookie: c.cookies.issue(src, now)})
+		return
+	}
 	if s == nil || !bytes.Equal(s.token, req.Token) {
 		// A new session, or a known one with a new token: verify it fully.
 		tok, err := protocol.VerifyJoin(req, f.cfg.Verifier, now)
 		if err != nil {
-			c.refuse(src, req, protocol.ErrorCodeFor(err), err.Error())
+			c.refuseFor(src, req, err)
 			return
 		}
 		if s == nil && !req.Leave {
@@ -154,7 +180,7 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 	cl.members[s.participant] = s
 	c.sessions[sessionKey{cl.id, s.participant}] = s
 	c.byAddr[src] = s
-	c.publish()
+	c.dirtyCalls[cl.id] = struct{}{}
 	f.joins.Add(1)
 	s.log.Info("participant joined", zap.Stringer("addr", src), zap.Stringer("class", cl.class), zap.Int("members", len(cl.members)))
 	c.accept(src, req, s.key)
@@ -167,9 +193,10 @@ func (c *control) move(s *session, src netip.AddrPort) bool {
 	}
 	s.log.Info("address changed", zap.Stringer("from", s.addr), zap.Stringer("to", src))
 	delete(c.byAddr, s.addr)
+	c.staleAddrs = append(c.staleAddrs, s.addr)
 	s.addr = src
 	c.byAddr[src] = s
-	c.publish()
+	c.dirtyCalls[s.call.id] = struct{}{}
 	c.f.addrChanges.Add(1)
 	return true
 }
@@ -181,7 +208,8 @@ func (c *control) remove(s *session) {
 	}
 	delete(c.sessions, sessionKey{s.call.id, s.participant})
 	delete(c.byAddr, s.addr)
-	c.publish()
+	c.staleAddrs = append(c.staleAddrs, s.addr)
+	c.dirtyCalls[s.call.id] = struct{}{}
 }
 
 // sweep forgets sessions that sent no authenticated keepalive in time.
@@ -194,11 +222,52 @@ func (c *control) sweep(now time.Time) {
 	}
 }
 
-// publish swaps in a new routes snapshot and the session gauges.
-func (c *control) publish() {
-	c.f.routes.Store(buildRoutes(c.calls, c.f.v6))
-	c.f.nSessions.Store(int64(len(c.sessions)))
-	c.f.nCalls.Store(int64(len(c.calls)))
+// publish swaps in a new routes snapshot if anything changed: a copy of the
+// current one without the addresses that left, with the changed calls'
+// routes rebuilt. Then it sends the answers held back until now.
+func (c *control) publish(now time.Time) {
+	f := c.f
+	if len(c.dirtyCalls) > 0 || len(c.staleAddrs) > 0 {
+		m := maps.Clone(f.routes.Load().bySrc)
+		for _, a := range c.staleAddrs {
+			delete(m, a)
+		}
+		for id := range c.dirtyCalls {
+			if cl := c.calls[id]; cl != nil {
+				addCallRoutes(m, cl, f.v6)
+			}
+			delete(c.dirtyCalls, id)
+		}
+		c.staleAddrs = c.staleAddrs[:0]
+		f.routes.Store(&routes{bySrc: m})
+		f.nSessions.Store(int64(len(c.sessions)))
+		f.nCalls.Store(int64(len(c.calls)))
+	}
+	for i, p := range c.pending {
+		f.reply(p.b, p.to)
+		c.pending[i] = pendingReply{}
+	}
+	c.pending = c.pending[:0]
+	c.lastPublish = now
+}
+
+// publishDue: publish when the queues are idle, or at least every
+// publishEvery under a steady stream of requests.
+func (c *control) publishDue(idle bool, now time.Time) bool {
+	if len(c.pending) == 0 && len(c.dirtyCalls) == 0 && len(c.staleAddrs) == 0 {
+		return false
+	}
+	return idle || now.Sub(c.lastPublish) >= publishEvery || len(c.pending) >= maxPending
+}
+
+const (
+	publishEvery = 10 * time.Millisecond
+	maxPending   = 256
+)
+
+// reply queues an answer until the next publish.
+func (c *control) reply(b []byte, to netip.AddrPort) {
+	c.pending = append(c.pending, pendingReply{b, to})
 }
 
 func (c *control) accept(src netip.AddrPort, req protocol.JoinRequest, key []byte) {
@@ -208,7 +277,7 @@ func (c *control) accept(src netip.AddrPort, req protocol.JoinRequest, key []byt
 		c.f.log.Error("building join success", zap.Error(err))
 		return
 	}
-	c.f.reply(raw, src)
+	c.reply(raw, src)
 }
 
 func (c *control) refuseBusy(src netip.AddrPort, req protocol.JoinRequest, reason string) {
@@ -218,6 +287,20 @@ func (c *control) refuseBusy(src netip.AddrPort, req protocol.JoinRequest, reaso
 		e.Alternate = alt
 	}
 	c.sendError(src, req, e)
+}
+
+// refuseFor answers a request that failed to parse or verify. The reason is
+// fixed per code: nothing of the request is echoed back.
+func (c *control) refuseFor(src netip.AddrPort, req protocol.JoinRequest, err error) {
+	code := protocol.ErrorCodeFor(err)
+	reason := "malformed request"
+	switch code {
+	case protocol.CodeUnauthorized:
+		reason = "token or integrity invalid, or token expired"
+	case protocol.CodeForbidden:
+		reason = "token is for another call or participant"
+	}
+	c.refuse(src, req, code, reason)
 }
 
 func (c *control) refuse(src netip.AddrPort, req protocol.JoinRequest, code stun.ErrorCode, reason string) {
@@ -242,5 +325,5 @@ func (c *control) sendError(src netip.AddrPort, req protocol.JoinRequest, e prot
 		return
 	}
 	c.f.log.Debug("join refused", zap.Stringer("addr", src), zap.Int("code", int(e.Code)), zap.String("reason", e.Reason))
-	c.f.reply(raw, src)
+	c.reply(raw, src)
 }

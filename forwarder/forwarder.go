@@ -10,6 +10,7 @@ package forwarder
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -31,8 +32,13 @@ type Forwarder struct {
 
 	routes atomic.Pointer[routes]
 
-	ctrlFree, ctrlKnown, ctrlNew chan *ctrlMsg
-	ctrlDrops                    counters // drops decided by the control goroutine
+	// STUN from members and from strangers travel in separate queues with
+	// separate pools of buffers, so strangers can never use up what members'
+	// keepalives need.
+	knownFree, newFree, ctrlKnown, ctrlNew chan *ctrlMsg
+	ctrlDrops                              counters // drops decided by the control goroutine
+
+	started atomic.Bool
 
 	draining                       atomic.Bool
 	nSessions, nCalls              atomic.Int64
@@ -80,13 +86,15 @@ func New(cfg Config) (*Forwarder, error) {
 			f.closeConns()
 			return nil, err
 		}
-		f.rdrs = append(f.rdrs, &reader{f: f, pc: pc, c: new(counters), limiter: newSTUNLimiter(cfg.STUNRate, cfg.STUNBurst)})
+		f.rdrs = append(f.rdrs, &reader{f: f, pc: pc, c: new(counters),
+			knownLimiter: newSTUNLimiter(cfg.STUNRate, cfg.STUNBurst),
+			newLimiter:   newSTUNLimiter(cfg.JoinRate, cfg.JoinBurst)})
 	}
-	f.ctrlFree = make(chan *ctrlMsg, ctrlQueue)
-	f.ctrlKnown = make(chan *ctrlMsg, ctrlQueue)
-	f.ctrlNew = make(chan *ctrlMsg, ctrlQueue)
+	f.knownFree, f.newFree = make(chan *ctrlMsg, ctrlQueue), make(chan *ctrlMsg, ctrlQueue)
+	f.ctrlKnown, f.ctrlNew = make(chan *ctrlMsg, ctrlQueue), make(chan *ctrlMsg, ctrlQueue)
 	for i := 0; i < ctrlQueue; i++ {
-		f.ctrlFree <- new(ctrlMsg)
+		f.knownFree <- &ctrlMsg{free: f.knownFree}
+		f.newFree <- &ctrlMsg{free: f.newFree}
 	}
 	f.routes.Store(&routes{bySrc: map[netip.AddrPort]*route{}})
 	return f, nil
@@ -95,8 +103,12 @@ func New(cfg Config) (*Forwarder, error) {
 // Addr is the UDP address the forwarder serves.
 func (f *Forwarder) Addr() netip.AddrPort { return f.addr }
 
-// Run serves until ctx is done, then closes the sockets and returns.
+// Run serves until ctx is done, then closes the sockets and returns. A
+// Forwarder runs once.
 func (f *Forwarder) Run(ctx context.Context) error {
+	if !f.started.CompareAndSwap(false, true) {
+		return errors.New("forwarder: Run called twice")
+	}
 	f.log.Info("forwarder serving", zap.Stringer("addr", f.addr), zap.Int("readers", len(f.rdrs)))
 	var wg sync.WaitGroup
 	for _, r := range f.rdrs {
@@ -114,27 +126,37 @@ func (f *Forwarder) runControl(ctx context.Context) {
 	c := newControl(f)
 	tick := time.NewTicker(f.cfg.IdleTimeout / 4)
 	defer tick.Stop()
-	serve := func(m *ctrlMsg) {
-		c.handle(m.src, m.buf[:m.n])
-		f.ctrlFree <- m
-	}
 	for {
+		now := f.cfg.Now()
 		// Members' keepalives first, whatever else is queued.
+		var m *ctrlMsg
 		select {
-		case m := <-f.ctrlKnown:
-			serve(m)
-			continue
+		case m = <-f.ctrlKnown:
 		default:
+			select {
+			case m = <-f.ctrlNew:
+			default:
+			}
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case m := <-f.ctrlKnown:
-			serve(m)
-		case m := <-f.ctrlNew:
-			serve(m)
-		case <-tick.C:
-			c.sweep(f.cfg.Now())
+		if m == nil {
+			// Idle: make this batch's changes visible, then wait.
+			if c.publishDue(true, now) {
+				c.publish(now)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case m = <-f.ctrlKnown:
+			case m = <-f.ctrlNew:
+			case <-tick.C:
+				c.sweep(f.cfg.Now())
+				continue
+			}
+		}
+		c.handle(m.src, m.buf[:m.n])
+		m.free <- m
+		if c.publishDue(false, now) {
+			c.publish(now)
 		}
 	}
 }
@@ -160,7 +182,7 @@ func (f *Forwarder) Stats() Stats {
 
 func (f *Forwarder) countDrop(r DropReason) { f.ctrlDrops.drops[r].Add(1) }
 
-// reply sends a control answer from the forwarder's port.
+// reply sends a control answer from the forwarder's port (control goroutine).
 func (f *Forwarder) reply(b []byte, to netip.AddrPort) {
 	if _, err := f.conns[0].WriteToUDPAddrPort(b, to); err != nil {
 		f.countDrop(DropSendFailed)

@@ -179,7 +179,7 @@ func TestLeaveAndIdleTimeout(t *testing.T) {
 			case <-stop:
 				return
 			case <-tk.C:
-				m, _ := protocol.BuildJoinRequest(b.token, false)
+				m, _ := protocol.BuildJoinRequest(b.token, protocol.JoinOptions{})
 				_, _ = b.conn.WriteToUDPAddrPort(m.Raw, b.relay)
 			}
 		}

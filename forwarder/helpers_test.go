@@ -58,10 +58,11 @@ func (r *testRelay) token(t *testing.T, call, participant protocol.ID, class pro
 // rawDevice speaks the wire protocol by hand over a real loopback socket, so
 // these tests exercise the forwarder without the client library.
 type rawDevice struct {
-	t     *testing.T
-	conn  *net.UDPConn
-	relay netip.AddrPort
-	token []byte
+	t      *testing.T
+	conn   *net.UDPConn
+	relay  netip.AddrPort
+	token  []byte
+	cookie []byte // the forwarder's address cookie for this socket
 }
 
 func newRawDevice(t *testing.T, relay netip.AddrPort, token []byte) *rawDevice {
@@ -80,17 +81,24 @@ func (d *rawDevice) send(b []byte) {
 	require.NoError(d.t, err)
 }
 
-// bind sends a join (or leave) and returns the forwarder's verified answer.
+// bind sends a join, keepalive or leave and returns the forwarder's
+// verified answer. Like a device, it repeats a request the forwarder answered
+// with an address cookie, echoing the cookie.
 func (d *rawDevice) bind(leave bool) protocol.JoinResponse {
 	d.t.Helper()
-	m, err := protocol.BuildJoinRequest(d.token, leave)
-	require.NoError(d.t, err)
-	d.send(m.Raw)
-	raw, ok := d.recvSTUN(2 * time.Second)
-	require.True(d.t, ok, "no answer to join")
-	resp, err := protocol.ParseJoinResponse(raw, m.TransactionID, protocol.IntegrityKey(d.token))
-	require.NoError(d.t, err)
-	return resp
+	for try := 0; ; try++ {
+		m, err := protocol.BuildJoinRequest(d.token, protocol.JoinOptions{Leave: leave, Cookie: d.cookie})
+		require.NoError(d.t, err)
+		d.send(m.Raw)
+		raw, ok := d.recvSTUN(2 * time.Second)
+		require.True(d.t, ok, "no answer to join")
+		resp, err := protocol.ParseJoinResponse(raw, m.TransactionID, protocol.IntegrityKey(d.token))
+		require.NoError(d.t, err)
+		if resp.Code != protocol.CodeUnauthorized || len(resp.Cookie) == 0 || try == 2 {
+			return resp
+		}
+		d.cookie = resp.Cookie
+	}
 }
 
 func (d *rawDevice) join() {
@@ -147,21 +155,29 @@ func startRelayB(b *testing.B) *testRelay {
 	return &testRelay{f: f, priv: priv}
 }
 
-// joinFrom joins conn to call through the real join protocol.
+// joinFrom joins conn to call through the real join protocol, address
+// cookie round trip included.
 func joinFrom(b *testing.B, r *testRelay, conn *net.UDPConn, call protocol.ID) {
 	tok, err := protocol.SignToken(r.priv, protocol.Token{CallID: call, ParticipantID: protocol.NewID(),
 		Class: protocol.ClassGroup, MaxSize: 16, Expiry: time.Now().Add(time.Hour)})
 	require.NoError(b, err)
-	m, err := protocol.BuildJoinRequest(tok, false)
-	require.NoError(b, err)
-	_, err = conn.WriteToUDPAddrPort(m.Raw, r.f.Addr())
-	require.NoError(b, err)
-	buf := make([]byte, 1500)
-	_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-	n, _, err := conn.ReadFromUDPAddrPort(buf)
-	require.NoError(b, err)
-	_ = conn.SetReadDeadline(time.Time{})
-	resp, err := protocol.ParseJoinResponse(buf[:n], m.TransactionID, protocol.IntegrityKey(tok))
-	require.NoError(b, err)
-	require.True(b, resp.OK)
+	var cookie []byte
+	for try := 0; try < 2; try++ {
+		m, err := protocol.BuildJoinRequest(tok, protocol.JoinOptions{Cookie: cookie})
+		require.NoError(b, err)
+		_, err = conn.WriteToUDPAddrPort(m.Raw, r.f.Addr())
+		require.NoError(b, err)
+		buf := make([]byte, 1500)
+		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, _, err := conn.ReadFromUDPAddrPort(buf)
+		require.NoError(b, err)
+		_ = conn.SetReadDeadline(time.Time{})
+		resp, err := protocol.ParseJoinResponse(buf[:n], m.TransactionID, protocol.IntegrityKey(tok))
+		require.NoError(b, err)
+		if resp.OK {
+			return
+		}
+		cookie = resp.Cookie
+	}
+	b.Fatal("join refused")
 }

@@ -40,7 +40,7 @@ func hotPathFixture(t testing.TB) (*reader, *routes, netip.AddrPort, *memConn) {
 	require.Len(t, rt.bySrc[first].dests, 4)
 	mc := &memConn{}
 	f := &Forwarder{cfg: Default()}
-	r := &reader{f: f, pc: mc, c: new(counters), limiter: newSTUNLimiter(20, 40)}
+	r := &reader{f: f, pc: mc, c: new(counters), knownLimiter: newSTUNLimiter(20, 40), newLimiter: newSTUNLimiter(20, 40)}
 	return r, rt, first, mc
 }
 

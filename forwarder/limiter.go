@@ -22,8 +22,9 @@ func newSTUNLimiter(perSecond, burst float64) stunLimiter {
 	return stunLimiter{rate: perSecond / 1e9, burst: burst}
 }
 
-func (l *stunLimiter) allow(src netip.AddrPort, nowNS int64) bool {
-	b := &l.buckets[hashAddrPort(src)%uint32(len(l.buckets))]
+// allow spends a token of the bucket of key (a hash of the source).
+func (l *stunLimiter) allow(key uint32, nowNS int64) bool {
+	b := &l.buckets[key%uint32(len(l.buckets))]
 	if b.last == 0 {
 		b.tokens = l.burst
 	} else {
@@ -40,13 +41,19 @@ func (l *stunLimiter) allow(src netip.AddrPort, nowNS int64) bool {
 	return true
 }
 
-// hashAddrPort is FNV-1a over the address and port.
-func hashAddrPort(ap netip.AddrPort) uint32 {
-	a := ap.Addr().As16()
+// hashAddr is FNV-1a over the address.
+func hashAddr(addr netip.Addr) uint32 {
+	a := addr.As16()
 	h := uint32(2166136261)
 	for _, c := range a {
 		h = (h ^ uint32(c)) * 16777619
 	}
+	return h
+}
+
+// hashAddrPort is FNV-1a over the address and port.
+func hashAddrPort(ap netip.AddrPort) uint32 {
+	h := hashAddr(ap.Addr())
 	p := ap.Port()
 	h = (h ^ uint32(p>>8)) * 16777619
 	h = (h ^ uint32(p&0xff)) * 16777619

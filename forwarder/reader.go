@@ -2,6 +2,8 @@ package forwarder
 
 import (
 	"encoding/binary"
+	"errors"
+	"net"
 	"net/netip"
 
 	"github.com/callrelay/callrelay/protocol"
@@ -13,11 +15,14 @@ import (
 // It allocates nothing, takes no lock shared with other readers, and logs
 // nothing.
 type reader struct {
-	f       *Forwarder
-	pc      packetConn
-	c       *counters
-	limiter stunLimiter
-	hdr     protocol.RTPHeader // reused: parsing allocates nothing
+	f  *Forwarder
+	pc packetConn
+	c  *counters
+	// Requests per source before the control path: members by address and
+	// port, strangers by address alone (one host cannot dodge the limit by
+	// using many ports).
+	knownLimiter, newLimiter stunLimiter
+	hdr                      protocol.RTPHeader // reused: parsing allocates nothing
 
 	// Per-batch tallies, added to the shared counters once per batch.
 	pin, bin, pout, bout uint64
@@ -27,8 +32,15 @@ type reader struct {
 func (r *reader) run() {
 	for {
 		n, err := r.pc.ReadBatch()
+		if errors.Is(err, net.ErrClosed) {
+			return // the forwarder is stopping
+		}
 		if err != nil {
-			return // socket closed: the forwarder is stopping
+			// A transient error (e.g. ENOMEM): count it and go on. A
+			// reader that stopped would silently blackhole every flow the
+			// kernel hashes to its socket.
+			r.c.drops[DropReadError].Add(1)
+			continue
 		}
 		rt := r.f.routes.Load()
 		var nowNS int64 // read the clock only if a STUN message needs it
@@ -95,19 +107,17 @@ func rtcpHeaderValid(b []byte) bool {
 }
 
 func (r *reader) toControl(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
-	if !r.limiter.allow(src, nowNS) {
+	q, free, lim, key := r.f.ctrlNew, r.f.newFree, &r.newLimiter, hashAddr(src.Addr())
+	if rt.bySrc[src] != nil {
+		q, free, lim, key = r.f.ctrlKnown, r.f.knownFree, &r.knownLimiter, hashAddrPort(src)
+	}
+	if !lim.allow(key, nowNS) {
 		r.drops[DropSTUNRateLimited]++
 		return
 	}
-	// Requests from members in a call go to the priority queue: a flood of
-	// joins from elsewhere cannot starve their keepalives.
-	q := r.f.ctrlNew
-	if rt.bySrc[src] != nil {
-		q = r.f.ctrlKnown
-	}
 	var m *ctrlMsg
 	select {
-	case m = <-r.f.ctrlFree:
+	case m = <-free:
 	default:
 		r.drops[DropControlBusy]++
 		return
@@ -117,7 +127,7 @@ func (r *reader) toControl(rt *routes, b []byte, src netip.AddrPort, nowNS int64
 	select {
 	case q <- m:
 	default:
-		r.f.ctrlFree <- m // cannot block: we just took it from there
+		free <- m // cannot block: we just took it from there
 		r.drops[DropControlBusy]++
 	}
 }

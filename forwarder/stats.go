@@ -13,11 +13,12 @@ const (
 	DropSTUNRateLimited                   // one source sent too many requests
 	DropControlBusy                       // control queue full
 	DropSendFailed                        // the kernel refused a send
+	DropReadError                         // a receive call failed (counted per call, not per datagram)
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
-	"not_media", "unknown_source", "malformed", "oversized", "stun_rate_limited", "control_busy", "send_failed",
+	"not_media", "unknown_source", "malformed", "oversized", "stun_rate_limited", "control_busy", "send_failed", "read_error",
 }
 
 func (r DropReason) String() string { return dropNames[r] }

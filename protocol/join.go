@@ -27,7 +27,14 @@ const (
 	// AttrRetryAfter, in a 508 or 300 response: a uint32 of milliseconds to
 	// wait before trying this forwarder again.
 	AttrRetryAfter stun.AttrType = 0xC004
+	// AttrCookie: in a 401 answer, an opaque value (at most 32 bytes) bound
+	// to the device's address; the device repeats the request with it. In a
+	// request, the cookie the device was given for the socket it sends from.
+	AttrCookie stun.AttrType = 0xC005
 )
+
+// MaxCookieSize bounds AttrCookie.
+const MaxCookieSize = 32
 
 // STUN error codes the forwarder answers with (RFC 8489 14.8).
 const (
@@ -61,22 +68,35 @@ type JoinRequest struct {
 	ParticipantID ID
 	Token         []byte // raw token bytes (a sub-slice of the message)
 	Leave         bool
+	Cookie        []byte // the address cookie the device echoes, if any
 }
 
-// BuildJoinRequest encodes a join (or, with leave, a leave) request for the
-// given token. The call and participant ids come from the token.
-func BuildJoinRequest(token []byte, leave bool) (*stun.Message, error) {
+// JoinOptions are the variable parts of a join request.
+type JoinOptions struct {
+	Leave  bool   // leave the call instead of joining or keeping alive
+	Cookie []byte // the last cookie the forwarder gave this socket, if any
+}
+
+// BuildJoinRequest encodes a join, keepalive or leave request for the given
+// token. The call and participant ids come from the token.
+func BuildJoinRequest(token []byte, o JoinOptions) (*stun.Message, error) {
 	t, err := DecodeToken(token)
 	if err != nil {
 		return nil, err
+	}
+	if len(o.Cookie) > MaxCookieSize {
+		return nil, fmt.Errorf("%w: cookie of %d bytes", ErrJoinMalformed, len(o.Cookie))
 	}
 	setters := []stun.Setter{
 		stun.TransactionID, stun.BindingRequest,
 		stun.NewUsername(t.CallID.String() + ":" + t.ParticipantID.String()),
 		rawAttr{AttrJoinToken, token},
 	}
-	if leave {
+	if o.Leave {
 		setters = append(setters, rawAttr{AttrLeave, nil})
+	}
+	if len(o.Cookie) > 0 {
+		setters = append(setters, rawAttr{AttrCookie, o.Cookie})
 	}
 	setters = append(setters, stun.MessageIntegrity(IntegrityKey(token)), stun.Fingerprint)
 	return stun.Build(setters...)
@@ -101,14 +121,14 @@ func ParseJoinRequest(m *stun.Message) (JoinRequest, error) {
 	}
 	call, part, ok := strings.Cut(string(user), ":")
 	if !ok {
-		return r, fmt.Errorf("%w: USERNAME %q is not call:participant", ErrJoinMalformed, string(user))
+		return r, fmt.Errorf("%w: USERNAME is not call:participant", ErrJoinMalformed)
 	}
 	var err error
 	if r.CallID, err = ParseID(call); err != nil {
-		return r, fmt.Errorf("%w: USERNAME: %v", ErrJoinMalformed, err)
+		return r, fmt.Errorf("%w: USERNAME: bad call id", ErrJoinMalformed)
 	}
 	if r.ParticipantID, err = ParseID(part); err != nil {
-		return r, fmt.Errorf("%w: USERNAME: %v", ErrJoinMalformed, err)
+		return r, fmt.Errorf("%w: USERNAME: bad participant id", ErrJoinMalformed)
 	}
 	tok, err := m.Get(AttrJoinToken)
 	if err != nil {
@@ -116,13 +136,39 @@ func ParseJoinRequest(m *stun.Message) (JoinRequest, error) {
 	}
 	r.Token = tok
 	r.Leave = m.Contains(AttrLeave)
-	if !m.Contains(stun.AttrMessageIntegrity) {
-		return r, fmt.Errorf("%w: no MESSAGE-INTEGRITY", ErrIntegrity)
+	if c, err := m.Get(AttrCookie); err == nil {
+		if len(c) > MaxCookieSize {
+			return r, fmt.Errorf("%w: cookie of %d bytes", ErrJoinMalformed, len(c))
+		}
+		r.Cookie = c
+	}
+	if err := onlyFingerprintAfterIntegrity(m); err != nil {
+		return r, err
 	}
 	if err := stun.MessageIntegrity(IntegrityKey(tok)).Check(m); err != nil {
 		return r, fmt.Errorf("%w: %v", ErrIntegrity, err)
 	}
 	return r, nil
+}
+
+// onlyFingerprintAfterIntegrity: MESSAGE-INTEGRITY must be present, and only
+// FINGERPRINT may follow it, since nothing after it is protected
+// (RFC 8489 14.5). Otherwise an attacker could append a LEAVE to a captured
+// keepalive.
+func onlyFingerprintAfterIntegrity(m *stun.Message) error {
+	seen := false
+	for _, a := range m.Attributes {
+		switch {
+		case a.Type == stun.AttrMessageIntegrity:
+			seen = true
+		case seen && a.Type != stun.AttrFingerprint:
+			return fmt.Errorf("%w: attribute %s after MESSAGE-INTEGRITY", ErrIntegrity, a.Type)
+		}
+	}
+	if !seen {
+		return fmt.Errorf("%w: no MESSAGE-INTEGRITY", ErrIntegrity)
+	}
+	return nil
 }
 
 // CheckJoin parses a request and verifies its token at now (see VerifyJoin).
@@ -179,6 +225,7 @@ type JoinResponse struct {
 	Reason     string
 	Alternate  netip.AddrPort // with 300 Try Alternate
 	RetryAfter time.Duration  // with 300 or 508, if the forwarder said
+	Cookie     []byte         // with 401: repeat the request with this cookie
 }
 
 // BuildJoinSuccess answers req with the device's mapped address and the
@@ -203,6 +250,7 @@ type JoinError struct {
 	Reason     string
 	Alternate  netip.AddrPort // set only with CodeTryAlternate
 	RetryAfter time.Duration
+	Cookie     []byte // with CodeUnauthorized: the address check's cookie
 }
 
 // BuildJoinError answers transaction tid with an error. key may be nil when
@@ -220,6 +268,9 @@ func BuildJoinError(tid [stun.TransactionIDSize]byte, e JoinError, key []byte) (
 		var ra [4]byte
 		binary.BigEndian.PutUint32(ra[:], uint32(e.RetryAfter/time.Millisecond))
 		setters = append(setters, rawAttr{AttrRetryAfter, ra[:]})
+	}
+	if len(e.Cookie) > 0 {
+		setters = append(setters, rawAttr{AttrCookie, e.Cookie})
 	}
 	if key != nil {
 		setters = append(setters, stun.MessageIntegrity(key))
@@ -266,6 +317,9 @@ func ParseJoinResponse(raw []byte, tid [stun.TransactionIDSize]byte, key []byte)
 	}
 	if ra, err := m.Get(AttrRetryAfter); err == nil && len(ra) == 4 {
 		r.RetryAfter = time.Duration(binary.BigEndian.Uint32(ra)) * time.Millisecond
+	}
+	if c, err := m.Get(AttrCookie); err == nil && len(c) <= MaxCookieSize {
+		r.Cookie = append([]byte(nil), c...)
 	}
 	return r, nil
 }

@@ -22,7 +22,7 @@ func TestJoinRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	tok := testToken(t, priv, nil)
 
-	req, err := BuildJoinRequest(tok, false)
+	req, err := BuildJoinRequest(tok, JoinOptions{})
 	require.NoError(t, err)
 	got := decodeSTUN(t, req.Raw)
 	jr, tk, err := CheckJoin(got, v, testNow)
@@ -48,11 +48,15 @@ func TestJoinRoundTrip(t *testing.T) {
 	_, err = ParseJoinResponse(raw, req.TransactionID, []byte("wrong key"))
 	require.ErrorIs(t, err, ErrIntegrity)
 
-	leave, err := BuildJoinRequest(tok, true)
+	cookie := []byte("0123456789abcdef")
+	leave, err := BuildJoinRequest(tok, JoinOptions{Leave: true, Cookie: cookie})
 	require.NoError(t, err)
 	jr, _, err = CheckJoin(decodeSTUN(t, leave.Raw), v, testNow)
 	require.NoError(t, err)
 	require.True(t, jr.Leave)
+	require.Equal(t, cookie, jr.Cookie)
+	_, err = BuildJoinRequest(tok, JoinOptions{Cookie: make([]byte, MaxCookieSize+1)})
+	require.ErrorIs(t, err, ErrJoinMalformed)
 }
 
 func TestJoinErrors(t *testing.T) {
@@ -72,7 +76,7 @@ func TestJoinErrors(t *testing.T) {
 		return m
 	}
 	build := func(tok []byte) *stun.Message {
-		m, err := BuildJoinRequest(tok, false)
+		m, err := BuildJoinRequest(tok, JoinOptions{})
 		require.NoError(t, err)
 		return m
 	}
@@ -89,6 +93,15 @@ func TestJoinErrors(t *testing.T) {
 		require.NoError(t, err)
 		return m
 	}
+	// An attribute after MESSAGE-INTEGRITY is not protected by it: a LEAVE
+	// appended to a captured keepalive must not count.
+	leaveAfterIntegrity := func() *stun.Message {
+		m, err := stun.Build(stun.TransactionID, stun.BindingRequest,
+			stun.NewUsername(ID{0xca, 0x11}.String()+":"+ID{0xbe, 0xef}.String()),
+			rawAttr{AttrJoinToken, good}, stun.MessageIntegrity(IntegrityKey(good)), rawAttr{AttrLeave, nil}, stun.Fingerprint)
+		require.NoError(t, err)
+		return m
+	}
 	tests := []struct {
 		name string
 		msg  *stun.Message
@@ -100,6 +113,7 @@ func TestJoinErrors(t *testing.T) {
 		{"token for another call", wrongCall(), ErrWrongCall, CodeForbidden},
 		{"bad integrity", badIntegrity(), ErrIntegrity, CodeUnauthorized},
 		{"no token", noToken(), ErrJoinMalformed, CodeBadRequest},
+		{"attribute after integrity", leaveAfterIntegrity(), ErrIntegrity, CodeUnauthorized},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -115,9 +129,15 @@ func TestJoinErrorResponse(t *testing.T) {
 	tok := testToken(t, priv, nil)
 	tid := [12]byte{1, 2, 3}
 	alt := netip.MustParseAddrPort("127.0.0.2:3478")
-	raw, err := BuildJoinError(tid, JoinError{Code: CodeTryAlternate, Reason: "draining", Alternate: alt, RetryAfter: 1500 * time.Millisecond}, IntegrityKey(tok))
+	raw, err := BuildJoinError(tid, JoinError{Code: CodeUnauthorized, Reason: "address check", Cookie: []byte("cookie")}, IntegrityKey(tok))
 	require.NoError(t, err)
 	r, err := ParseJoinResponse(raw, tid, IntegrityKey(tok))
+	require.NoError(t, err)
+	require.Equal(t, []byte("cookie"), r.Cookie)
+
+	raw, err = BuildJoinError(tid, JoinError{Code: CodeTryAlternate, Reason: "draining", Alternate: alt, RetryAfter: 1500 * time.Millisecond}, IntegrityKey(tok))
+	require.NoError(t, err)
+	r, err = ParseJoinResponse(raw, tid, IntegrityKey(tok))
 	require.NoError(t, err)
 	require.False(t, r.OK)
 	require.Equal(t, CodeTryAlternate, r.Code)
@@ -138,7 +158,7 @@ func FuzzJoinRequest(f *testing.F) {
 	_, priv := testKeys(f)
 	tok := testToken(f, priv, nil)
 	for _, leave := range []bool{false, true} {
-		m, err := BuildJoinRequest(tok, leave)
+		m, err := BuildJoinRequest(tok, JoinOptions{Leave: leave, Cookie: []byte("0123456789abcdef")})
 		if err != nil {
 			f.Fatal(err)
 		}
