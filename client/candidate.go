@@ -2,6 +2,7 @@ package client
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -21,8 +22,17 @@ type candidate struct {
 	rto    time.Duration // wait before the next retransmission
 	due    time.Time     // next (re)transmission
 	sentAt time.Time     // first transmission of the current transaction
+	until  time.Time     // candLeaving: give up on the leave's answer then
 	err    error         // last refusal or failure
 	closed bool
+	// cookie is the last address cookie the forwarder gave this socket (never
+	// another's); cookieRounds counts consecutive 401+cookie answers.
+	cookie       []byte
+	cookieRounds int
+	// resume wakes the reader after a success when run wants it to keep
+	// reading (a loser being sent a leave); the winner's reader is never
+	// resumed, its socket belongs to the Conn.
+	resume chan struct{}
 }
 
 type candState uint8
@@ -31,26 +41,50 @@ const (
 	candPending candState = iota // join outstanding, retransmitting
 	candWaiting                  // refused with 508, waiting for retry-after
 	candJoined                   // accepted (the winner)
+	candLeaving                  // a loser that accepted: leave outstanding
 	candDone                     // ended: refused, dropped or failed; socket closed
 )
 
-// transaction is one join or leave request; retransmissions resend raw.
+// transaction is one join, keepalive or leave request; retransmissions
+// resend raw.
 type transaction struct {
 	tid [stun.TransactionIDSize]byte
 	raw []byte
 }
 
-func newTransaction(token []byte, leave bool) (*transaction, error) {
-	m, err := protocol.BuildJoinRequest(token, leave)
+func newTransaction(token []byte, o protocol.JoinOptions) (*transaction, error) {
+	m, err := protocol.BuildJoinRequest(token, o)
 	if err != nil {
 		return nil, err
 	}
 	return &transaction{tid: m.TransactionID, raw: m.Raw}, nil
 }
 
+// maxCookieRounds bounds the address check: a request (join, rebind, leave)
+// is repeated with a new cookie at most this many times in a row; a further
+// 401 with a cookie, without progress in between, counts as a refusal. One
+// round is the norm; more happen only when the device's address changed
+// between request and repeat (NAT rebinding) or the forwarder restarted.
+const maxCookieRounds = 3
+
+// cookieChallenge reports whether an authenticated answer is the address
+// check's 401 with a cookie (repeat the request with it), as opposed to a
+// real 401 refusal, which carries no cookie.
+func cookieChallenge(r protocol.JoinResponse) bool {
+	return !r.OK && r.Code == protocol.CodeUnauthorized && len(r.Cookie) > 0
+}
+
+// cookieLoopError is the refusal a forwarder that keeps asking for new
+// cookies earns.
+func cookieLoopError(fwd netip.AddrPort, r protocol.JoinResponse) *JoinError {
+	return &JoinError{Forwarder: fwd, Code: r.Code,
+		Reason: fmt.Sprintf("%s (address check still failing after %d cookies)", r.Reason, maxCookieRounds)}
+}
+
 // read is a candidate's reader goroutine. It passes authenticated answers to
-// the current transaction to run, and stops after a success: the socket then
-// belongs to the Conn (winner) or gets a leave (loser).
+// the current transaction to run. After a success it stops reading until run
+// resumes it (a loser being sent a leave) or ends: the winner's socket then
+// belongs to the Conn.
 func (d *dialer) read(c *candidate) {
 	defer d.readers.Done()
 	buf := make([]byte, MaxPacketSize+1)
@@ -73,13 +107,21 @@ func (d *dialer) read(c *candidate) {
 			d.stats.stray.Add(1)
 			continue
 		}
-		resp, err := protocol.ParseJoinResponse(buf[:n], c.tx.Load().tid, d.key)
+		tid := c.tx.Load().tid
+		resp, err := protocol.ParseJoinResponse(buf[:n], tid, d.key)
 		if err != nil {
 			d.stats.countBadResponse(err)
 			continue
 		}
-		if !d.deliver(dialEvent{c: c, resp: resp, at: time.Now()}) || resp.OK {
+		if !d.deliver(dialEvent{c: c, tid: tid, resp: resp, at: time.Now()}) {
 			return
+		}
+		if resp.OK {
+			select {
+			case <-c.resume:
+			case <-d.quit:
+				return
+			}
 		}
 	}
 }

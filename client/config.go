@@ -41,7 +41,7 @@ type Config struct {
 	// cuts it short.
 	LoserGrace time.Duration
 	// LeaveTimeout is how long Close waits for the forwarder to answer the
-	// leave. Default 300ms.
+	// leave (a losing forwarder's leave gets as long). Default 300ms.
 	LeaveTimeout time.Duration
 	// MediaQueue is the capacity of the Media channel; when it is full,
 	// incoming packets are dropped and counted. Default 512.

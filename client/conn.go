@@ -45,17 +45,24 @@ type Conn struct {
 	mapped    netip.AddrPort
 	params    protocol.SessionParams
 	lastAlive time.Time
-	ka        [keepaliveSlots]keepaliveTx
-	kaNext    int
-	leaveTID  [stun.TransactionIDSize]byte
-	leaveCh   chan struct{}
+	// cookie is the forwarder's last address cookie for the current socket
+	// (replaced, with the socket, by Rebind); every request carries it.
+	// kaCookieRounds counts 401+cookie answers to keepalives since the last
+	// success.
+	cookie         []byte
+	kaCookieRounds int
+	ka             [keepaliveSlots]keepaliveTx
+	kaNext         int
+	leaveTID       [stun.TransactionIDSize]byte
+	leaveCh        chan protocol.JoinResponse // the answer to leaveTID
 
 	rebindMu  sync.Mutex // one Rebind at a time; lock order: rebindMu, then mu
 	closeOnce sync.Once
 	wg        sync.WaitGroup // reader and keepalive goroutines
 }
 
-func newConn(cfg Config, d *dialer, win *candidate, resp protocol.JoinResponse) *Conn {
+func newConn(cfg Config, d *dialer, res dialResult) *Conn {
+	win, resp := res.win, res.resp
 	ctx, stop := context.WithCancel(context.Background())
 	c := &Conn{
 		cfg:       cfg,
@@ -71,6 +78,7 @@ func newConn(cfg Config, d *dialer, win *candidate, resp protocol.JoinResponse) 
 		mapped:    resp.Mapped,
 		params:    sanitize(resp.Params),
 		lastAlive: time.Now(),
+		cookie:    res.cookie,
 	}
 	c.sock.Store(win.sock)
 	c.wg.Add(2)
@@ -200,10 +208,11 @@ func (c *Conn) send(b []byte) error {
 	return nil
 }
 
-// Close ends the session: it sends a leave and waits up to
-// Config.LeaveTimeout for the forwarder's answer (best effort), then closes
-// the socket and waits for the Conn's goroutines. Close is idempotent and
-// always returns nil.
+// Close ends the session: it sends a leave (with the socket's address
+// cookie, repeated at once with a new one if the forwarder asks) and waits up
+// to Config.LeaveTimeout for the forwarder's answer (best effort), then
+// closes the socket and waits for the Conn's goroutines. Close is idempotent
+// and always returns nil.
 func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
 		if c.Err() == nil {
@@ -218,30 +227,58 @@ func (c *Conn) Close() error {
 }
 
 // leave sends the leave request, retransmitting, until the forwarder answers
-// (any authenticated answer), the session ends or LeaveTimeout passes.
+// (any authenticated answer but the address check's 401 with a cookie, which
+// repeats the leave with that cookie at once, at most maxCookieRounds times),
+// the session ends or LeaveTimeout passes. It reports whether the leave was
+// answered.
 func (c *Conn) leave() bool {
-	tx, err := newTransaction(c.cfg.Token, true)
-	if err != nil {
-		return false
-	}
-	answered := make(chan struct{}, 1)
 	c.mu.Lock()
-	c.leaveTID, c.leaveCh = tx.tid, answered
+	cookie := c.cookie
 	c.mu.Unlock()
 	deadline := time.NewTimer(c.cfg.LeaveTimeout)
 	defer deadline.Stop()
-	rto := c.cfg.RetransmitInitial
-	retransmit := time.NewTimer(rto)
+	retransmit := time.NewTimer(time.Hour)
 	defer retransmit.Stop()
+	for rounds := 0; ; rounds++ {
+		tx, err := newTransaction(c.cfg.Token, protocol.JoinOptions{Leave: true, Cookie: cookie})
+		if err != nil {
+			return false
+		}
+		// A channel per transaction: a late answer to the previous one
+		// cannot be taken for this one's.
+		answered := make(chan protocol.JoinResponse, 1)
+		c.mu.Lock()
+		c.leaveTID, c.leaveCh = tx.tid, answered
+		c.mu.Unlock()
+		resp, ok := c.leaveRound(tx, answered, deadline.C, retransmit)
+		switch {
+		case !ok:
+			return false
+		case !cookieChallenge(resp):
+			return true
+		case rounds >= maxCookieRounds:
+			c.log.Info("leave: address check still failing", zap.Error(cookieLoopError(c.fwd, resp)))
+			return false
+		}
+		c.stats.cookieRetries.Add(1)
+		cookie = resp.Cookie
+	}
+}
+
+// leaveRound sends one leave transaction, retransmitting, until its answer
+// (ok), the session's end or the deadline (not ok).
+func (c *Conn) leaveRound(tx *transaction, answered <-chan protocol.JoinResponse, deadline <-chan time.Time, retransmit *time.Timer) (protocol.JoinResponse, bool) {
+	rto := c.cfg.RetransmitInitial
+	retransmit.Reset(rto)
 	for {
 		_ = c.send(tx.raw)
 		select {
-		case <-answered:
-			return true
+		case resp := <-answered:
+			return resp, true
 		case <-c.done:
-			return false
-		case <-deadline.C:
-			return false
+			return protocol.JoinResponse{}, false
+		case <-deadline:
+			return protocol.JoinResponse{}, false
 		case <-retransmit.C:
 			rto = min(2*rto, c.cfg.RetransmitMax)
 			retransmit.Reset(rto)

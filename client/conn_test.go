@@ -275,7 +275,7 @@ func TestConnIgnoresStrayAndForeign(t *testing.T) {
 	_, err := r.conn.WriteToUDPAddrPort([]byte{0x40, 1, 2, 3}, y.LocalAddr())
 	require.NoError(t, err)
 	tok, _ := e.token()
-	m, err := protocol.BuildJoinRequest(tok, false)
+	m, err := protocol.BuildJoinRequest(tok, protocol.JoinOptions{})
 	require.NoError(t, err)
 	req, err := protocol.ParseJoinRequest(m)
 	require.NoError(t, err)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pion/stun/v3"
 	"go.uber.org/zap"
 
 	"github.com/callrelay/callrelay/protocol"
@@ -16,18 +17,24 @@ import (
 // Dial joins the call named by cfg.Token on the first of cfg.Forwarders that
 // accepts, and returns the joined Conn.
 //
-// The join goes to every candidate at once, each from its own UDP socket, and
-// is retransmitted with exponential backoff (RetransmitInitial, doubling up
-// to RetransmitMax) until an authenticated answer, ctx's end or JoinTimeout,
-// whichever comes first. The first success wins; the other sockets are
-// closed, and a candidate that also accepts (now or within LoserGrace) is
-// sent a leave so it frees the session. Answers:
+// The join goes to every candidate at once (duplicates in cfg.Forwarders
+// count once), each from its own UDP socket, and is retransmitted with
+// exponential backoff (RetransmitInitial, doubling up to RetransmitMax) until
+// an authenticated answer, ctx's end or JoinTimeout, whichever comes first.
+// The first success wins; the other sockets are closed, and a candidate that
+// also accepts (now or within LoserGrace) is sent a leave so it frees the
+// session. Answers:
+//   - 401 with a COOKIE is the forwarder's address check: the join is
+//     repeated at once, as a new transaction, with that cookie (kept per
+//     socket for later requests). At most maxCookieRounds in a row; one more
+//     is a refusal, so a broken forwarder cannot loop the device;
 //   - 300 Try Alternate adds ALTERNATE-SERVER as a new candidate, at most
 //     MaxAlternates times per Dial and never an address already tried;
 //   - 508 retries that forwarder with a new transaction after its
 //     retry-after (capped by MaxRetryAfter) plus up to 20% jitter;
-//   - 400, 401, 403 end that candidate. When every candidate has ended,
-//     Dial fails with ErrJoinRejected wrapping one *JoinError per refusal.
+//   - 400, 401 without a cookie, 403 end that candidate. When every
+//     candidate has ended, Dial fails with ErrJoinRejected wrapping one
+//     *JoinError per refusal.
 //
 // Answers that fail MESSAGE-INTEGRITY are ignored and counted
 // (Stats.Unauthenticated). On timeout Dial fails with ErrJoinTimeout,
@@ -50,20 +57,22 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		<-d.done
 		return nil, res.err
 	}
-	return newConn(cfg, d, res.win, res.resp), nil
+	return newConn(cfg, d, res), nil
 }
 
 type dialEvent struct {
 	c    *candidate
+	tid  [stun.TransactionIDSize]byte // the transaction resp answers
 	resp protocol.JoinResponse
 	err  error // the socket failed
 	at   time.Time
 }
 
 type dialResult struct {
-	win  *candidate
-	resp protocol.JoinResponse
-	err  error
+	win    *candidate
+	resp   protocol.JoinResponse
+	cookie []byte // the winner socket's address cookie
+	err    error
 }
 
 // dialer runs the multi-connect state machine in one goroutine (run); one
@@ -138,22 +147,44 @@ func (d *dialer) run(ctx context.Context) {
 
 // add opens a socket to addr, sends the join and starts its reader.
 func (d *dialer) add(addr netip.AddrPort) {
-	c := &candidate{addr: addr, rto: d.cfg.RetransmitInitial}
+	c := &candidate{addr: addr, resume: make(chan struct{}, 1)}
 	d.cands = append(d.cands, c)
-	tx, err := newTransaction(d.cfg.Token, false)
-	if err == nil {
-		c.sock, err = openSocket(d.cfg.LocalAddr, addr)
-	}
+	sock, err := openSocket(d.cfg.LocalAddr, addr)
 	if err != nil {
 		c.state, c.closed, c.err = candDone, true, fmt.Errorf("client: forwarder %s: %w", addr, err)
 		d.log.Info("cannot try forwarder", zap.Stringer("forwarder", addr), zap.Error(err))
 		return
 	}
-	c.tx.Store(tx)
+	c.sock = sock
+	tx, err := newTransaction(d.cfg.Token, protocol.JoinOptions{})
+	if err != nil {
+		d.drop(c, err)
+		return
+	}
+	c.tx.Store(tx) // before the reader starts: it parses answers against it
 	d.readers.Add(1)
 	go d.read(c)
+	d.begin(c, tx)
+}
+
+// start begins a new transaction on c (a retry after 508, a repeat with a
+// new cookie, a leave) and sends it at once. On failure c is dropped.
+func (d *dialer) start(c *candidate, o protocol.JoinOptions) bool {
+	tx, err := newTransaction(d.cfg.Token, o)
+	if err != nil {
+		d.drop(c, fmt.Errorf("client: forwarder %s: %w", c.addr, err))
+		return false
+	}
+	c.tx.Store(tx)
+	d.begin(c, tx)
+	return true
+}
+
+// begin sends tx, c's current transaction, for the first time.
+func (d *dialer) begin(c *candidate, tx *transaction) {
 	now := time.Now()
-	c.sentAt, c.due = now, now.Add(c.rto)
+	c.rto, c.sentAt = d.cfg.RetransmitInitial, now
+	c.due = now.Add(c.rto)
 	d.send(c, tx.raw)
 }
 
@@ -172,20 +203,19 @@ func (d *dialer) tick(now time.Time) {
 			continue
 		}
 		if c.state == candWaiting {
-			tx, err := newTransaction(d.cfg.Token, false)
-			if err != nil {
-				d.drop(c, err)
-				continue
-			}
-			c.tx.Store(tx)
-			c.state, c.rto, c.sentAt = candPending, d.cfg.RetransmitInitial, now
-			c.due = now.Add(c.rto)
-		} else {
-			c.rto = min(2*c.rto, d.cfg.RetransmitMax)
-			c.due = now.Add(c.rto)
+			c.state = candPending
+			d.start(c, protocol.JoinOptions{Cookie: c.cookie})
+			continue
 		}
-		d.send(c, c.tx.Load().raw)
+		d.retransmit(c, now)
 	}
+}
+
+// retransmit resends c's current transaction and backs off.
+func (d *dialer) retransmit(c *candidate, now time.Time) {
+	c.rto = min(2*c.rto, d.cfg.RetransmitMax)
+	c.due = now.Add(c.rto)
+	d.send(c, c.tx.Load().raw)
 }
 
 func (d *dialer) nextDue() time.Time {
@@ -213,12 +243,32 @@ func (d *dialer) handle(ev dialEvent) {
 		d.stats.rtt.Store(int64(ev.at.Sub(c.sentAt)))
 		d.log.Info("joined", zap.Stringer("forwarder", c.addr), zap.Stringer("mapped", ev.resp.Mapped),
 			zap.Duration("keepalive", ev.resp.Params.KeepaliveInterval), zap.Duration("idle_timeout", ev.resp.Params.IdleTimeout))
-		d.result <- dialResult{win: c, resp: ev.resp}
-	case c.state == candWaiting:
-		// a duplicate refusal of a retransmission; already waiting
+		d.result <- dialResult{win: c, resp: ev.resp, cookie: c.cookie}
+	case c.state == candWaiting, ev.tid != c.tx.Load().tid:
+		// a duplicate refusal of a retransmission (already waiting), or an
+		// answer to a transaction we have moved on from
+	case cookieChallenge(ev.resp):
+		d.challenged(c, ev.resp, protocol.JoinOptions{})
 	default:
 		d.refused(c, ev.resp)
 	}
+}
+
+// challenged repeats c's request (a join, or with o.Leave a leave) with the
+// cookie of a 401 address check, unless the forwarder has already asked
+// maxCookieRounds times in a row: then c is dropped as refused.
+func (d *dialer) challenged(c *candidate, r protocol.JoinResponse, o protocol.JoinOptions) {
+	c.cookie = r.Cookie // this socket's cookie, even if we give up
+	if c.cookieRounds >= maxCookieRounds {
+		je := cookieLoopError(c.addr, r)
+		d.log.Info("address check failed", zap.Stringer("forwarder", c.addr), zap.Bool("leave", o.Leave), zap.Error(je))
+		d.drop(c, je)
+		return
+	}
+	c.cookieRounds++
+	d.stats.cookieRetries.Add(1)
+	o.Cookie = c.cookie
+	d.start(c, o)
 }
 
 func (d *dialer) refused(c *candidate, r protocol.JoinResponse) {
@@ -227,6 +277,7 @@ func (d *dialer) refused(c *candidate, r protocol.JoinResponse) {
 	switch r.Code {
 	case protocol.CodeInsufficientCapacity:
 		c.err, c.state = je, candWaiting
+		c.cookieRounds = 0 // the address check passed: progress
 		c.due = time.Now().Add(d.retryDelay(r.RetryAfter))
 	case protocol.CodeTryAlternate:
 		d.drop(c, je)
@@ -266,14 +317,17 @@ func (d *dialer) follow(alt netip.AddrPort) {
 	d.add(alt)
 }
 
-// leave tells a losing candidate that accepted to free the session (one
-// best-effort datagram from the socket it accepted), then drops it.
+// leave tells a losing candidate that accepted to free the session: a leave
+// from the socket it accepted, with that socket's cookie, retransmitted (and
+// repeated after a 401 with a new cookie) until answered, for at most
+// LeaveTimeout. drainLosers drops it then.
 func (d *dialer) leave(c *candidate) {
-	if tx, err := newTransaction(d.cfg.Token, true); err == nil {
-		d.send(c, tx.raw)
+	d.log.Debug("leaving losing forwarder", zap.Stringer("forwarder", c.addr))
+	c.state, c.cookieRounds = candLeaving, 0
+	c.until = time.Now().Add(d.cfg.LeaveTimeout)
+	if d.start(c, protocol.JoinOptions{Leave: true, Cookie: c.cookie}) {
+		c.resume <- struct{}{} // the reader waits since the success; cap 1, never blocks
 	}
-	d.log.Debug("left losing forwarder", zap.Stringer("forwarder", c.addr))
-	d.drop(c, nil)
 }
 
 func (d *dialer) drop(c *candidate, err error) {
@@ -290,41 +344,74 @@ func (d *dialer) drop(c *candidate, err error) {
 }
 
 // drainLosers, after Dial has its winner, keeps listening for LoserGrace on
-// candidates whose join is unanswered, and sends a leave to any that accepts.
+// candidates whose join is unanswered, and sends a leave to any that accepts
+// (each leave gets up to LeaveTimeout, even past the grace). Conn.Close cuts
+// it all short.
 func (d *dialer) drainLosers() {
-	pending := 0
+	graceEnd := time.Now().Add(d.cfg.LoserGrace)
 	for _, c := range d.cands {
-		switch {
-		case c == d.winner:
-		case c.state == candPending:
-			pending++
-		default:
+		if c != d.winner && c.state != candPending {
 			d.drop(c, nil) // waiting after a 508 or ended: no session there
 		}
 	}
-	if pending == 0 {
-		return
-	}
-	grace := time.NewTimer(d.cfg.LoserGrace)
-	defer grace.Stop()
-	for pending > 0 {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		next, busy := now.Add(time.Hour), false
+		for _, c := range d.cands {
+			switch {
+			case c.state == candPending && now.Before(graceEnd):
+				next, busy = minTime(next, graceEnd), true
+			case c.state == candLeaving && now.Before(c.until):
+				if !now.Before(c.due) {
+					d.retransmit(c, now)
+				}
+				next, busy = minTime(next, minTime(c.due, c.until)), true
+			case c != d.winner:
+				d.drop(c, nil) // its grace or leave time is over
+			}
+		}
+		if !busy {
+			return
+		}
+		timer.Reset(next.Sub(now))
 		select {
 		case ev := <-d.events:
-			if ev.c.state != candPending {
-				continue
-			}
-			if ev.err == nil && ev.resp.OK {
-				d.leave(ev.c)
-			} else {
-				d.drop(ev.c, nil)
-			}
-			pending--
-		case <-grace.C:
-			return
+			d.handleLoser(ev)
+		case <-timer.C:
 		case <-d.stop:
 			return
 		}
 	}
+}
+
+// handleLoser applies an answer (or socket failure) after the winner: a
+// pending join that succeeds is sent a leave; a leave's answer ends it.
+func (d *dialer) handleLoser(ev dialEvent) {
+	c := ev.c
+	switch {
+	case c.state != candPending && c.state != candLeaving:
+	case ev.err != nil:
+		d.drop(c, nil)
+	case c.state == candPending && ev.resp.OK:
+		d.leave(c)
+	case ev.tid != c.tx.Load().tid:
+		// an answer to a transaction we have moved on from
+	case c.state == candLeaving && cookieChallenge(ev.resp):
+		d.challenged(c, ev.resp, protocol.JoinOptions{Leave: true})
+	default:
+		// a pending join refused (a 401 with a cookie too: nothing was
+		// admitted), or the leave answered
+		d.drop(c, nil)
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // shutdown closes every socket but the winner's and waits for the readers.

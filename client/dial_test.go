@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,15 +19,41 @@ func TestDialMultiConnectKeepsFirstAndLeavesLoser(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		loserDelay time.Duration // the loser accepts this much later
+		rotate     bool          // the loser rotates its cookie secret once it has accepted
 	}{
-		{"loser accepts later", 200 * time.Millisecond},
-		{"both accept at once", 0},
+		{"loser accepts later", 200 * time.Millisecond, false},
+		{"both accept at once", 0, false},
+		{"loser's cookie rotated before the leave", 200 * time.Millisecond, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
 			a, b := e.responder(fastParams), e.responder(fastParams)
-			if tc.loserDelay > 0 {
-				b.script(answer(reply{delay: tc.loserDelay}))
+			// Both admit the join before either answers it (each join takes
+			// the address check's round trip first, so otherwise the loser
+			// might still be at its 401 when the winner is chosen, and then
+			// never join at all).
+			both := make(chan struct{})
+			var arrived atomic.Int32
+			rendezvous := func() {
+				if arrived.Add(1) == 2 {
+					close(both)
+				}
+				select {
+				case <-both:
+				case <-time.After(3 * time.Second):
+				}
+			}
+			rb := reply{delay: tc.loserDelay}
+			if tc.rotate {
+				var once sync.Once
+				rb.first = func() { once.Do(b.rotate) } // the leave's cookie is now stale
+			}
+			for r, rp := range map[*responder]reply{a: {}, b: rb} {
+				var once sync.Once
+				r.script(func(int, protocol.JoinRequest) []reply {
+					once.Do(rendezvous)
+					return []reply{rp}
+				})
 			}
 			cfg := e.config(a, b)
 			cfg.LoserGrace = 3 * time.Second // Close cuts it short
@@ -43,6 +70,24 @@ func TestDialMultiConnectKeepsFirstAndLeavesLoser(t *testing.T) {
 			join := loser.from(netip.AddrPort{})[0]
 			require.Equal(t, join.from, loser.leaves()[0].from, "the leave comes from the socket that joined")
 			require.Empty(t, winner.leaves(), "the winner keeps its session")
+			if tc.loserDelay == 0 { // delayed answers to retransmissions would re-add it
+				eventually(t, func() bool { return !loser.session(participant(t, cfg)).IsValid() }, "the loser freed the session")
+			}
+			if !tc.rotate {
+				for _, r := range []*responder{a, b} {
+					q := r.from(netip.AddrPort{})[0]
+					require.Equal(t, r.cookie(q.from), q.cookie, "each socket echoes its own cookie")
+				}
+			}
+			if tc.rotate {
+				all := loser.allLeaves()
+				require.Len(t, all, 2, "the stale-cookie leave is challenged, then repeated")
+				require.True(t, all[0].challenged)
+				require.Equal(t, loser.cookie(join.from), all[1].cookie)
+			} else {
+				require.Len(t, loser.allLeaves(), 1, "the join's cookie is still good for the leave")
+				require.Equal(t, join.cookie, loser.leaves()[0].cookie)
+			}
 		})
 	}
 }
@@ -186,6 +231,10 @@ func TestDialRefusedEverywhere(t *testing.T) {
 			var all multiError
 			require.ErrorAs(t, err, &all)
 			require.Len(t, all, 2, "one refusal per forwarder: %v", err)
+			for _, r := range []*responder{a, b} {
+				require.Len(t, r.challenges(netip.AddrPort{}), 1, "the address check first")
+				require.Len(t, r.from(netip.AddrPort{}), 1, "then one refused join, not retried")
+			}
 		})
 	}
 }
@@ -193,6 +242,7 @@ func TestDialRefusedEverywhere(t *testing.T) {
 func TestDialIgnoresUnauthenticatedAnswers(t *testing.T) {
 	forged := []reply{
 		{err: &protocol.JoinError{Code: protocol.CodeUnauthorized, Reason: "forged"}, forge: forgeNoIntegrity},
+		{err: &protocol.JoinError{Code: protocol.CodeUnauthorized, Reason: "forged", Cookie: []byte("forged cookie")}, forge: forgeWrongKey},
 		{err: &protocol.JoinError{Code: protocol.CodeForbidden, Reason: "forged"}, forge: forgeWrongKey},
 		{forge: forgeWrongKey}, // a forged success
 	}

@@ -8,7 +8,11 @@
 //     Binding request protected by MESSAGE-INTEGRITY, RFC 8489) on every
 //     candidate forwarder at once, retransmitting with exponential backoff,
 //     keeps the first that answers with success and drops the others (a loser
-//     that also said yes is sent a leave). It follows 300 Try Alternate
+//     that also said yes is sent a leave). It passes the forwarder's
+//     return-routability check: a 401 carrying a COOKIE is answered by
+//     repeating the request with it at once (bounded), and each socket keeps
+//     its own latest cookie for its later keepalives, rebind join and leave.
+//     It follows 300 Try Alternate
 //     (bounded, never back to an address it already tried), honours 508's
 //     retry-after with jitter, and fails with a *JoinError when every
 //     forwarder refuses.

@@ -1,8 +1,12 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"net"
 	"net/netip"
@@ -18,8 +22,9 @@ import (
 )
 
 // responder is a stand-in for the forwarder, over real loopback UDP: just
-// enough of the join protocol (protocol.CheckJoin, BuildJoinSuccess,
-// BuildJoinError) and of the fan-out to test the client's own logic in
+// enough of the join protocol (the address cookie check, protocol.VerifyJoin,
+// BuildJoinSuccess, BuildJoinError) and of the fan-out to test the client's
+// own logic in
 // isolation, with scripted answers (silence, delays, refusals, forgeries)
 // that a real forwarder would not produce on demand. The real forwarder
 // together with this client is covered by the forwarder package's
@@ -35,19 +40,36 @@ type responder struct {
 	// Returning no reply drops the request.
 	policy     func(n int, req protocol.JoinRequest) []reply
 	dropLeaves bool
-	requests   []request
+	requests   []request // every request that passed the integrity check
 	sessions   map[protocol.ID]netip.AddrPort
 	joins      int
+	// The address check, as the forwarder's: a join, a move or a leave needs
+	// the cookie issued to its exact source address (HMAC of secret and the
+	// address), else it is answered 401 with that cookie. rotate replaces
+	// the secret, voiding every cookie issued so far.
+	secret []byte
+	// cookieAlways asks keepalives from the session's address for a valid
+	// cookie too (the client must cope with a 401+cookie on a keepalive).
+	cookieAlways bool
+	// challengeAll is a broken forwarder: every request gets 401 with a
+	// fresh cookie.
+	challengeAll bool
+	// after, if set, runs after each request that passed the address check
+	// has been answered (immediate replies only), on the serving goroutine.
+	after func(req protocol.JoinRequest, from netip.AddrPort)
 
 	wg     sync.WaitGroup
 	closed chan struct{}
 }
 
 type request struct {
-	at    time.Time
-	from  netip.AddrPort
-	tid   [stun.TransactionIDSize]byte
-	leave bool
+	at     time.Time
+	from   netip.AddrPort
+	tid    [stun.TransactionIDSize]byte
+	leave  bool
+	cookie []byte // the cookie the request carried
+	// challenged: refused by the address check, answered 401 with a cookie
+	challenged bool
 }
 
 type forgery uint8
@@ -62,6 +84,7 @@ type reply struct {
 	delay time.Duration
 	err   *protocol.JoinError // nil: success
 	forge forgery
+	first func() // if set, runs just before the reply is sent
 }
 
 func answer(replies ...reply) func(int, protocol.JoinRequest) []reply {
@@ -86,6 +109,7 @@ func newResponder(t *testing.T, pub ed25519.PublicKey, params protocol.SessionPa
 		conn: conn, addr: conn.LocalAddr().(*net.UDPAddr).AddrPort(), verify: v, params: params,
 		sessions: make(map[protocol.ID]netip.AddrPort), closed: make(chan struct{}),
 	}
+	r.rotate()
 	r.wg.Add(1)
 	go r.serve()
 	t.Cleanup(func() {
@@ -118,24 +142,90 @@ func (r *responder) handleJoin(data []byte, from netip.AddrPort) {
 	if m.Decode() != nil {
 		return
 	}
-	req, tok, err := protocol.CheckJoin(m, r.verify, time.Now())
-	if err != nil {
-		var key []byte
-		if !errors.Is(err, protocol.ErrIntegrity) && !errors.Is(err, protocol.ErrJoinMalformed) {
-			key = protocol.IntegrityKey(req.Token)
+	// As the forwarder: parse and integrity first, then the (cheap) address
+	// check, then the token's signature.
+	req, err := protocol.ParseJoinRequest(m)
+	var tok protocol.Token
+	if err == nil && r.addressCheck(req, from) {
+		tok, err = protocol.VerifyJoin(req, r.verify, time.Now())
+		if err == nil {
+			r.admit(req, tok, from)
+			return
 		}
-		raw, _ := protocol.BuildJoinError(req.TransactionID, protocol.JoinError{Code: protocol.ErrorCodeFor(err), Reason: err.Error()}, key)
-		_, _ = r.conn.WriteToUDPAddrPort(raw, from)
-		return
+	} else if err == nil {
+		return // challenged
 	}
+	var key []byte
+	if !errors.Is(err, protocol.ErrIntegrity) && !errors.Is(err, protocol.ErrJoinMalformed) {
+		key = protocol.IntegrityKey(req.Token)
+	}
+	raw, _ := protocol.BuildJoinError(req.TransactionID, protocol.JoinError{Code: protocol.ErrorCodeFor(err), Reason: err.Error()}, key)
+	_, _ = r.conn.WriteToUDPAddrPort(raw, from)
+}
+
+// addressCheck records req and reports whether it passes the address check;
+// if not, it answers 401 with the cookie for from.
+func (r *responder) addressCheck(req protocol.JoinRequest, from netip.AddrPort) bool {
 	r.mu.Lock()
-	r.requests = append(r.requests, request{at: time.Now(), from: from, tid: req.TransactionID, leave: req.Leave})
+	at, ok := r.sessions[req.ParticipantID]
+	need := !ok || at != from || req.Leave || r.cookieAlways || r.challengeAll
+	pass := !need || (!r.challengeAll && hmac.Equal(req.Cookie, r.cookieFor(from)))
+	r.requests = append(r.requests, request{at: time.Now(), from: from, tid: req.TransactionID, leave: req.Leave,
+		cookie: bytes.Clone(req.Cookie), challenged: !pass})
+	if pass {
+		r.mu.Unlock()
+		return true
+	}
+	if r.challengeAll {
+		r.rotateLocked() // a new cookie every time
+	}
+	cookie := r.cookieFor(from)
+	r.mu.Unlock()
+	raw, _ := protocol.BuildJoinError(req.TransactionID, protocol.JoinError{Code: protocol.CodeUnauthorized,
+		Reason: "address check", Cookie: cookie}, protocol.IntegrityKey(req.Token))
+	_, _ = r.conn.WriteToUDPAddrPort(raw, from)
+	return false
+}
+
+// cookieFor is the cookie for addr under the current secret. r.mu must be held.
+func (r *responder) cookieFor(addr netip.AddrPort) []byte {
+	m := hmac.New(sha256.New, r.secret)
+	b, _ := addr.MarshalBinary()
+	m.Write(b)
+	return m.Sum(nil)[:16]
+}
+
+// rotate replaces the cookie secret: every cookie issued so far is void.
+func (r *responder) rotate() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rotateLocked()
+}
+
+func (r *responder) rotateLocked() {
+	r.secret = make([]byte, 32)
+	_, _ = rand.Read(r.secret)
+}
+
+// cookie is the cookie r would issue to addr now.
+func (r *responder) cookie(addr netip.AddrPort) []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cookieFor(addr)
+}
+
+// admit answers a request that passed the address check and the token check.
+func (r *responder) admit(req protocol.JoinRequest, tok protocol.Token, from netip.AddrPort) {
+	r.mu.Lock()
 	n := r.joins
 	if !req.Leave {
 		r.joins++
 	}
-	policy, dropLeaves := r.policy, r.dropLeaves
+	policy, dropLeaves, after := r.policy, r.dropLeaves, r.after
 	r.mu.Unlock()
+	if after != nil {
+		defer after(req, from)
+	}
 	if req.Leave {
 		r.mu.Lock()
 		if r.sessions[tok.ParticipantID] == from {
@@ -189,6 +279,9 @@ func (r *responder) send(req protocol.JoinRequest, who protocol.ID, from netip.A
 			r.mu.Unlock()
 		}
 	}
+	if rp.first != nil {
+		rp.first()
+	}
 	_, _ = r.conn.WriteToUDPAddrPort(raw, from)
 }
 
@@ -221,9 +314,21 @@ func (r *responder) script(policy func(n int, req protocol.JoinRequest) []reply)
 	r.policy = policy
 }
 
-// from returns the requests received from addr (all of them if addr is the
-// zero value).
+// from returns the requests received from addr (from anyone if addr is the
+// zero value) that passed the address check.
 func (r *responder) from(addr netip.AddrPort) []request {
+	var out []request
+	for _, q := range r.all(addr) {
+		if !q.challenged {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+// all returns every request received from addr (from anyone if addr is the
+// zero value), challenged ones included.
+func (r *responder) all(addr netip.AddrPort) []request {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []request
@@ -235,6 +340,19 @@ func (r *responder) from(addr netip.AddrPort) []request {
 	return out
 }
 
+// challenges returns the requests from addr (or anyone) answered 401 with a
+// cookie.
+func (r *responder) challenges(addr netip.AddrPort) []request {
+	var out []request
+	for _, q := range r.all(addr) {
+		if q.challenged {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+// leaves returns the leaves that passed the address check.
 func (r *responder) leaves() []request {
 	var out []request
 	for _, q := range r.from(netip.AddrPort{}) {
@@ -243,6 +361,24 @@ func (r *responder) leaves() []request {
 		}
 	}
 	return out
+}
+
+// allLeaves returns every leave, challenged ones included.
+func (r *responder) allLeaves() []request {
+	var out []request
+	for _, q := range r.all(netip.AddrPort{}) {
+		if q.leave {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+// set changes r's fields under its lock; tests call it to switch behaviour.
+func (r *responder) set(f func(r *responder)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f(r)
 }
 
 func (r *responder) session(who protocol.ID) netip.AddrPort {

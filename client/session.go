@@ -21,6 +21,7 @@ type keepaliveTx struct {
 	tid  [stun.TransactionIDSize]byte
 	sent time.Time
 	live bool
+	sock *net.UDPConn // sent from: a cookie in the answer is for this socket only
 }
 
 // readLoop is the Conn's only reader: it reads the current socket into
@@ -66,21 +67,22 @@ func (c *Conn) readLoop() {
 				c.stats.dropped.Add(1)
 			}
 		case protocol.KindSTUN:
-			c.handleSTUN(p.buf[:n])
+			c.handleSTUN(p.buf[:n], sock)
 		default:
 			c.stats.stray.Add(1)
 		}
 	}
 }
 
-// handleSTUN acts on an answer to one of our keepalive or leave
-// transactions, and only after its integrity checked.
-func (c *Conn) handleSTUN(raw []byte) {
+// handleSTUN acts on an answer, read from sock, to one of our keepalive or
+// leave transactions, and only after its integrity checked.
+func (c *Conn) handleSTUN(raw []byte, sock *net.UDPConn) {
 	var tid [stun.TransactionIDSize]byte
 	copy(tid[:], raw[8:20]) // Classify guaranteed the 20-byte header
 	c.mu.Lock()
 	slot := c.findKeepalive(tid)
-	isLeave := c.leaveCh != nil && tid == c.leaveTID
+	leaveCh := c.leaveCh
+	isLeave := leaveCh != nil && tid == c.leaveTID
 	c.mu.Unlock()
 	if slot < 0 && !isLeave {
 		c.stats.stray.Add(1)
@@ -93,8 +95,11 @@ func (c *Conn) handleSTUN(raw []byte) {
 	}
 	now := time.Now()
 	if isLeave {
+		if cookieChallenge(resp) {
+			c.setCookie(sock, resp.Cookie)
+		}
 		select {
-		case c.leaveCh <- struct{}{}:
+		case leaveCh <- resp:
 		default:
 		}
 		return
@@ -104,8 +109,21 @@ func (c *Conn) handleSTUN(raw []byte) {
 	c.ka[slot].live = false // count an answer once, however often it is retransmitted
 	c.mu.Unlock()
 	if ka.live && ka.tid == tid {
-		c.onKeepaliveAnswer(resp, now.Sub(ka.sent))
+		c.onKeepaliveAnswer(resp, now.Sub(ka.sent), ka.sock)
 	}
+}
+
+// setCookie keeps a cookie the forwarder gave sock, if sock is still the
+// current socket (a cookie is worth nothing from another address), and
+// reports whether it was.
+func (c *Conn) setCookie(sock *net.UDPConn, cookie []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sock.Load() != sock {
+		return false
+	}
+	c.cookie = cookie
+	return true
 }
 
 // findKeepalive returns the ring slot of a live keepalive transaction, or -1.
@@ -119,7 +137,28 @@ func (c *Conn) findKeepalive(tid [stun.TransactionIDSize]byte) int {
 	return -1
 }
 
-func (c *Conn) onKeepaliveAnswer(resp protocol.JoinResponse, rtt time.Duration) {
+func (c *Conn) onKeepaliveAnswer(resp protocol.JoinResponse, rtt time.Duration, sock *net.UDPConn) {
+	if cookieChallenge(resp) {
+		// The forwarder wants the address check (it lost the session, or
+		// sees us from a new address): never an end of the session. Resend
+		// at once with the new cookie, at most maxCookieRounds times between
+		// successes; beyond that keep to the interval, and the idle timeout
+		// decides.
+		c.mu.Lock()
+		current := c.sock.Load() == sock
+		if current {
+			c.cookie = resp.Cookie
+			c.kaCookieRounds++
+		}
+		again := current && c.kaCookieRounds <= maxCookieRounds
+		c.mu.Unlock()
+		c.log.Debug("keepalive: address check", zap.Bool("resending", again))
+		if again {
+			c.stats.cookieRetries.Add(1)
+			c.sendKeepalive(time.Now())
+		}
+		return
+	}
 	if !resp.OK {
 		c.stats.kaErrs.Add(1)
 		je := &JoinError{Forwarder: c.fwd, Code: resp.Code, Reason: resp.Reason, Alternate: resp.Alternate, RetryAfter: resp.RetryAfter}
@@ -137,6 +176,7 @@ func (c *Conn) onKeepaliveAnswer(resp protocol.JoinResponse, rtt time.Duration) 
 	c.mu.Lock()
 	moved := resp.Mapped != c.mapped
 	c.mapped, c.params, c.lastAlive = resp.Mapped, sanitize(resp.Params), time.Now()
+	c.kaCookieRounds = 0
 	c.mu.Unlock()
 	if moved {
 		c.log.Info("mapped address changed", zap.Stringer("mapped", resp.Mapped))
@@ -174,16 +214,29 @@ func (c *Conn) keepaliveLoop() {
 	}
 }
 
+// sendKeepalive sends a keepalive from the current socket, with that
+// socket's latest cookie. Should Rebind swap sockets meanwhile, it goes
+// nowhere (the old socket is closed): Rebind sends its own.
 func (c *Conn) sendKeepalive(now time.Time) {
-	tx, err := newTransaction(c.cfg.Token, false)
-	if err != nil {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
 		return
 	}
-	c.mu.Lock()
-	c.ka[c.kaNext] = keepaliveTx{tid: tx.tid, sent: now, live: true}
+	sock := c.sock.Load()
+	tx, err := newTransaction(c.cfg.Token, protocol.JoinOptions{Cookie: c.cookie})
+	if err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.ka[c.kaNext] = keepaliveTx{tid: tx.tid, sent: now, live: true, sock: sock}
 	c.kaNext = (c.kaNext + 1) % keepaliveSlots
 	c.mu.Unlock()
-	if c.send(tx.raw) == nil {
-		c.stats.keepalivesSent.Add(1)
+	if _, err := sock.Write(tx.raw); err != nil {
+		if !errors.Is(err, net.ErrClosed) {
+			c.stats.sendErrors.Add(1)
+		}
+		return
 	}
+	c.stats.keepalivesSent.Add(1)
 }

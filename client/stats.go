@@ -25,6 +25,10 @@ type Stats struct {
 	KeepalivesSent     uint64
 	KeepalivesAnswered uint64 // authenticated successes
 	KeepaliveErrors    uint64 // authenticated error answers to keepalives
+	// CookieRetries counts requests (join, rebind, keepalive, leave)
+	// repeated because the forwarder's address check answered 401 with a
+	// new cookie.
+	CookieRetries uint64
 	// RTT is the round-trip time of the last answered keepalive (or of the
 	// join, before any keepalive).
 	RTT time.Duration
@@ -37,6 +41,7 @@ type counters struct {
 	packetsReceived, bytesReceived, dropped    atomic.Uint64
 	unauthenticated, stray, readErrors         atomic.Uint64
 	keepalivesSent, keepalivesAnswered, kaErrs atomic.Uint64
+	cookieRetries                              atomic.Uint64
 	rtt                                        atomic.Int64
 }
 
@@ -54,6 +59,7 @@ func (c *counters) snapshot() Stats {
 		KeepalivesSent:     c.keepalivesSent.Load(),
 		KeepalivesAnswered: c.keepalivesAnswered.Load(),
 		KeepaliveErrors:    c.kaErrs.Load(),
+		CookieRetries:      c.cookieRetries.Load(),
 		RTT:                time.Duration(c.rtt.Load()),
 	}
 }

@@ -1,0 +1,291 @@
+package client
+
+import (
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// The address check costs a join exactly one round trip: the cookie-less
+// join is answered 401+cookie, the repeat (a new transaction) carries the
+// socket's own cookie and is admitted; keepalives then carry it too.
+func TestJoinCookieOneRoundTrip(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(protocol.SessionParams{KeepaliveInterval: 50 * time.Millisecond, IdleTimeout: 2 * time.Second})
+	c := e.dial(e.config(r))
+	local := c.LocalAddr()
+	cookie := r.cookie(local)
+
+	got := r.all(local)
+	require.GreaterOrEqual(t, len(got), 2)
+	require.True(t, got[0].challenged)
+	require.Empty(t, got[0].cookie, "a new socket has no cookie")
+	require.False(t, got[1].challenged)
+	require.Equal(t, cookie, got[1].cookie, "the repeat echoes this socket's cookie")
+	require.NotEqual(t, got[0].tid, got[1].tid, "the repeat is a new transaction")
+	require.Len(t, r.all(netip.AddrPort{}), len(got), "one socket only")
+	require.Equal(t, uint64(1), c.Stats().CookieRetries)
+
+	eventually(t, func() bool { return len(r.from(local)) >= 4 }, "keepalives arrive")
+	for _, q := range r.from(local)[1:4] {
+		require.Equal(t, cookie, q.cookie, "keepalives carry the latest cookie")
+	}
+	require.Len(t, r.challenges(netip.AddrPort{}), 1, "exactly one extra round trip")
+	require.NoError(t, c.Err())
+}
+
+// A forwarder that asks for the cookie on keepalives too (here after it
+// rotated its secret): the keepalive's 401+cookie does not end the session;
+// the device takes the new cookie and resends at once.
+func TestKeepaliveCookieRotationKeepsSession(t *testing.T) {
+	e := newEnv(t)
+	const interval = 400 * time.Millisecond
+	r := e.responder(protocol.SessionParams{KeepaliveInterval: interval, IdleTimeout: 5 * time.Second})
+	r.set(func(r *responder) { r.cookieAlways = true })
+	c := e.dial(e.config(r))
+	local := c.LocalAddr()
+	old := r.cookie(local)
+
+	r.rotate()
+	fresh := r.cookie(local)
+	require.NotEqual(t, old, fresh)
+	eventually(t, func() bool { return len(r.challenges(local)) == 2 }, "a keepalive meets the rotation")
+	eventually(t, func() bool {
+		got := r.all(local)
+		return !got[len(got)-1].challenged && len(r.from(local)) >= 3
+	}, "the keepalive is resent")
+
+	got := r.all(local)
+	i := 0
+	for i = len(got) - 1; !got[i].challenged; i-- {
+	}
+	require.Equal(t, old, got[i].cookie, "the keepalive carried the old cookie")
+	resent := got[i+1]
+	require.False(t, resent.challenged)
+	require.Equal(t, fresh, resent.cookie)
+	require.NotEqual(t, got[i].tid, resent.tid)
+	require.Less(t, resent.at.Sub(got[i].at), interval/2, "resent at once, not at the next interval")
+
+	answered := c.Stats().KeepalivesAnswered
+	eventually(t, func() bool { return c.Stats().KeepalivesAnswered > answered+1 }, "keepalives keep being answered")
+	require.NoError(t, c.Err())
+	require.Len(t, r.challenges(local), 2, "the new cookie is used from then on")
+	for _, q := range r.all(local)[i+1:] {
+		require.Equal(t, fresh, q.cookie)
+	}
+}
+
+// A forwarder that answers every keepalive 401+cookie: the device resends at
+// most maxCookieRounds times between keepalive ticks instead of spinning, and
+// the idle timeout, not the 401, ends the session.
+func TestKeepaliveEndlessCookieIsBounded(t *testing.T) {
+	e := newEnv(t)
+	const interval, idle = 50 * time.Millisecond, 500 * time.Millisecond
+	r := e.responder(protocol.SessionParams{KeepaliveInterval: interval, IdleTimeout: idle})
+	c := e.dial(e.config(r))
+	local := c.LocalAddr()
+	before := len(r.all(local))
+	start := time.Now()
+	r.set(func(r *responder) { r.challengeAll = true })
+	select {
+	case <-c.Done():
+	case <-time.After(3 * time.Second):
+		t.Fatal("session not ended by the idle timeout")
+	}
+	require.ErrorIs(t, c.Err(), ErrSessionLost)
+	ticks := int(time.Since(start)/interval) + 2
+	sent := len(r.all(local)) - before
+	require.LessOrEqual(t, sent, ticks*(1+maxCookieRounds), "bounded resends per keepalive")
+	require.GreaterOrEqual(t, sent, 1+maxCookieRounds, "but the device did resend")
+}
+
+// Close's leave carries the cookie it has; when the forwarder has rotated
+// its secret meanwhile, the leave is repeated at once with the new one.
+func TestCloseLeaveWithCookie(t *testing.T) {
+	for _, rotate := range []bool{false, true} {
+		name := map[bool]string{false: "cookie still valid", true: "cookie rotated"}[rotate]
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t)
+			r := e.responder(fastParams)
+			cfg := e.config(r)
+			cfg.LeaveTimeout = 3 * time.Second
+			who := participant(t, cfg)
+			c := e.dial(cfg)
+			local := c.LocalAddr()
+			if rotate {
+				r.rotate()
+			}
+			start := time.Now()
+			require.NoError(t, c.Close())
+			require.Less(t, time.Since(start), time.Second, "the leave was answered, not timed out")
+
+			leaves := r.leaves()
+			require.Len(t, leaves, 1, "the leave passed the address check")
+			require.Equal(t, local, leaves[0].from)
+			require.Equal(t, r.cookie(local), leaves[0].cookie)
+			require.False(t, r.session(who).IsValid(), "the session ended")
+			if rotate {
+				all := r.allLeaves()
+				require.Len(t, all, 2)
+				require.True(t, all[0].challenged)
+				require.NotEqual(t, all[0].cookie, all[1].cookie)
+				require.NotEqual(t, all[0].tid, all[1].tid)
+			} else {
+				require.Len(t, r.allLeaves(), 1)
+			}
+		})
+	}
+}
+
+// A 401 without a cookie is still a refusal, even after the address check.
+func TestDialUnauthorizedWithoutCookieFails(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(fastParams)
+	r.script(refuse(protocol.CodeUnauthorized))
+	start := time.Now()
+	_, err := Dial(testContext(t), e.config(r))
+	require.ErrorIs(t, err, ErrJoinRejected)
+	var je *JoinError
+	require.ErrorAs(t, err, &je)
+	require.Equal(t, protocol.CodeUnauthorized, je.Code)
+	require.Equal(t, "scripted", je.Reason)
+	require.Less(t, time.Since(start), time.Second)
+	require.Len(t, r.challenges(netip.AddrPort{}), 1)
+	require.Len(t, r.from(netip.AddrPort{}), 1, "not retried")
+}
+
+// A forwarder that never stops asking for a new cookie fails Dial (and
+// Rebind) after maxCookieRounds repeats, at once, instead of looping.
+func TestEndlessCookieIsBounded(t *testing.T) {
+	t.Run("dial", func(t *testing.T) {
+		e := newEnv(t)
+		r := e.responder(fastParams)
+		r.set(func(r *responder) { r.challengeAll = true })
+		start := time.Now()
+		_, err := Dial(testContext(t), e.config(r))
+		require.ErrorIs(t, err, ErrJoinRejected)
+		var je *JoinError
+		require.ErrorAs(t, err, &je)
+		require.Equal(t, protocol.CodeUnauthorized, je.Code)
+		require.Equal(t, r.addr, je.Forwarder)
+		require.Less(t, time.Since(start), time.Second, "refused at once, not at the timeout")
+		require.Equal(t, 1+maxCookieRounds, distinctTIDs(r.all(netip.AddrPort{})))
+	})
+	t.Run("rebind", func(t *testing.T) {
+		e := newEnv(t)
+		r := e.responder(fastParams)
+		c := e.dial(e.config(r))
+		old := c.LocalAddr()
+		r.set(func(r *responder) { r.challengeAll = true })
+		start := time.Now()
+		err := c.Rebind(testContext(t), netip.MustParseAddr("127.0.0.1"))
+		var je *JoinError
+		require.ErrorAs(t, err, &je)
+		require.Equal(t, protocol.CodeUnauthorized, je.Code)
+		require.Less(t, time.Since(start), time.Second)
+		require.Equal(t, old, c.LocalAddr(), "the session stays on the old socket")
+		require.NoError(t, c.Err())
+	})
+}
+
+func distinctTIDs(qs []request) int {
+	seen := map[[12]byte]bool{}
+	for _, q := range qs {
+		seen[q.tid] = true
+	}
+	return len(seen)
+}
+
+// Rebind: the new socket's join gets 401+cookie first and is repeated with
+// the new socket's cookie; keepalives from the new socket then carry that
+// cookie, never the old socket's.
+func TestRebindWithCookie(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(fastParams)
+	cfg := e.config(r)
+	who := participant(t, cfg)
+	c := e.dial(cfg)
+	old := c.LocalAddr()
+
+	require.NoError(t, c.Rebind(testContext(t), netip.MustParseAddr("127.0.0.1")))
+	moved := c.LocalAddr()
+	require.Equal(t, moved, r.session(who))
+	got := r.all(moved)
+	require.GreaterOrEqual(t, len(got), 2)
+	require.True(t, got[0].challenged)
+	require.Empty(t, got[0].cookie, "the old socket's cookie is not offered from the new one")
+	require.Equal(t, r.cookie(moved), got[1].cookie)
+	require.NotEqual(t, r.cookie(old), r.cookie(moved))
+	eventually(t, func() bool { return len(r.from(moved)) >= 2 }, "a keepalive from the new socket")
+	for _, q := range r.from(moved) {
+		require.Equal(t, r.cookie(moved), q.cookie)
+	}
+	require.Equal(t, uint64(2), c.Stats().CookieRetries, "one for the join, one for the rebind")
+}
+
+// A keepalive in flight from the old socket reaches the forwarder after the
+// rebind's join and moves the session back to the old address (it carries
+// the old socket's valid cookie). The keepalive Rebind sends at once from
+// the new socket moves it forward again, well before the next interval.
+func TestRebindKeepaliveRaceFromOldSocket(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(protocol.SessionParams{KeepaliveInterval: 10 * time.Second, IdleTimeout: 30 * time.Second})
+	cfg := e.config(r)
+	who := participant(t, cfg)
+	c := e.dial(cfg)
+	old := c.LocalAddr()
+	var once sync.Once
+	movedBack := make(chan struct{})
+	r.set(func(r *responder) {
+		r.after = func(req protocol.JoinRequest, from netip.AddrPort) {
+			if from != old && !req.Leave {
+				once.Do(func() { // the old keepalive lands just after the rebind's join
+					r.mu.Lock()
+					r.sessions[who] = old
+					r.mu.Unlock()
+					close(movedBack)
+				})
+			}
+		}
+	})
+
+	start := time.Now()
+	require.NoError(t, c.Rebind(testContext(t), netip.MustParseAddr("127.0.0.1")))
+	moved := c.LocalAddr()
+	select {
+	case <-movedBack:
+	case <-time.After(3 * time.Second):
+		t.Fatal("the rebind's join never reached the forwarder")
+	}
+	eventually(t, func() bool { return r.session(who) == moved && len(r.from(moved)) >= 2 },
+		"the keepalive sent at the switch moves the session back to the new address")
+	require.Less(t, time.Since(start), 5*time.Second, "long before the next keepalive interval")
+	ka := r.from(moved)
+	require.False(t, ka[1].leave)
+	require.Equal(t, r.cookie(moved), ka[1].cookie, "the keepalive carries the new socket's cookie (a move needs it)")
+}
+
+// The same forwarder given twice (or once more as an IPv4-mapped address) is
+// one candidate: one socket, one join.
+func TestDialDedupesForwarders(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(fastParams)
+	cfg := e.config(r)
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(r.addr.Addr().As16()), r.addr.Port())
+	cfg.Forwarders = []netip.AddrPort{r.addr, r.addr, mapped}
+	c := e.dial(cfg)
+	require.Equal(t, r.addr, c.Forwarder())
+	froms := map[netip.AddrPort]bool{}
+	for _, q := range r.all(netip.AddrPort{}) {
+		froms[q.from] = true
+	}
+	require.Len(t, froms, 1, "one socket")
+	require.Len(t, r.challenges(netip.AddrPort{}), 1)
+	require.Len(t, r.from(netip.AddrPort{}), 1, "one join")
+	require.Len(t, cfg.Forwarders, 3, "the caller's slice is left alone")
+}
