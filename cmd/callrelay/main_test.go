@@ -15,7 +15,6 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -133,7 +132,7 @@ func run(t *testing.T, environ []string, args ...string) result {
 // proc is a started callrelay process.
 type proc struct {
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *testenv.SyncBuffer
 	done           chan struct{} // closed when Wait has returned
 }
 
@@ -141,7 +140,7 @@ type proc struct {
 // left it running, and logs its output if the test failed.
 func start(t *testing.T, environ []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(binary, args...), stdout: new(syncBuffer), stderr: new(syncBuffer), done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(binary, args...), stdout: new(testenv.SyncBuffer), stderr: new(testenv.SyncBuffer), done: make(chan struct{})}
 	p.cmd.Env = environ
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	p.cmd.WaitDelay = time.Second
@@ -481,23 +480,4 @@ func TestDemoStopsOnSIGINT(t *testing.T) {
 	require.Equal(t, 0, code)
 	checkDemoOutput(t, p.stdout.String())
 	require.NotContains(t, p.stderr.String(), "second signal")
-}
-
-// syncBuffer is a bytes.Buffer safe for a process's output copier and the
-// test reading it concurrently.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

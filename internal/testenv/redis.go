@@ -47,7 +47,7 @@ type RedisServer struct {
 	bin  string
 	dir  string
 	port int
-	out  *syncBuffer // combined output of every incarnation, for failures
+	out  *SyncBuffer // combined output of every incarnation, for failures
 
 	mu   sync.Mutex // serialises start, stop and signals
 	proc *redisProc // nil while the server is down
@@ -56,7 +56,7 @@ type RedisServer struct {
 // redisProc is one incarnation of the server process.
 type redisProc struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer   // this incarnation's output only
+	out  *SyncBuffer   // this incarnation's output only
 	done chan struct{} // closed once cmd.Wait has returned
 	err  error         // cmd.Wait's result; read only after done is closed
 }
@@ -72,7 +72,7 @@ func Redis(t testing.TB) *RedisServer {
 		t.Fatalf("testenv: redis-server not found on PATH (%v): run `make deps` to install it", err)
 		return nil
 	}
-	r := &RedisServer{bin: bin, dir: t.TempDir(), out: &syncBuffer{}}
+	r := &RedisServer{bin: bin, dir: t.TempDir(), out: &SyncBuffer{}}
 	// Registered after t.TempDir so it runs first: the process is gone
 	// before its directory is removed.
 	t.Cleanup(func() {
@@ -189,7 +189,7 @@ func (r *RedisServer) start(port int) (*redisProc, error) {
 		"--logfile", "", // log to stdout, which we capture
 	)
 	fmt.Fprintf(r.out, "--- start on port %d\n", port)
-	p := &redisProc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &redisProc{cmd: cmd, out: &SyncBuffer{}, done: make(chan struct{})}
 	w := io.MultiWriter(p.out, r.out)
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = sysProcAttr()
@@ -311,26 +311,26 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a process's
+// SyncBuffer is a bytes.Buffer safe for the concurrent writes of a process's
 // stdout and stderr copiers and reads from the test.
-type syncBuffer struct {
+type SyncBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *SyncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
 
-func (b *syncBuffer) Len() int {
+func (b *SyncBuffer) Len() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Len()

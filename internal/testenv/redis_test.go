@@ -129,7 +129,7 @@ func TestRedisParallelStartsGetDistinctPorts(t *testing.T) {
 // answers our PING first.
 func TestRedisStartOnTakenPortIsPortInUse(t *testing.T) {
 	taken := Redis(t)
-	other := &RedisServer{bin: taken.bin, dir: t.TempDir(), out: &syncBuffer{}}
+	other := &RedisServer{bin: taken.bin, dir: t.TempDir(), out: &SyncBuffer{}}
 	p, err := other.start(taken.port)
 	require.ErrorIs(t, err, errPortInUse)
 	require.Nil(t, p)
