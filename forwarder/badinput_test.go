@@ -17,7 +17,7 @@ import (
 // call packet must still arrive, and each kind of bad input must be counted
 // under its reason.
 func TestBadInputDoesNotDisturbCalls(t *testing.T) {
-	r := startRelay(t, func(c *Config) { c.JoinRate, c.JoinBurst = 10, 10 })
+	r := startRelay(t, func(c *Config) { c.JoinRate, c.JoinBurst = 20, 20 }) // per IP: 10 per reader
 	forger := startRelay(t, nil)
 	call := protocol.NewID()
 	a := newRawDevice(t, r.f.Addr(), r.token(t, call, protocol.NewID(), protocol.ClassOneToOne, 2))

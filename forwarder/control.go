@@ -2,7 +2,6 @@ package forwarder
 
 import (
 	"bytes"
-	"maps"
 	"net/netip"
 	"time"
 
@@ -101,10 +100,12 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 	// Joining, moving and leaving need proof that src receives what we
 	// send; the cheap HMAC check comes before any signature check.
 	if (s == nil || s.addr != src || req.Leave) && !c.cookies.valid(req.Cookie, src, now) {
+		c.f.cookieChallenges.Add(1) // a challenge, not a refusal
 		c.sendError(src, req, protocol.JoinError{Code: protocol.CodeUnauthorized,
 			Reason: "address check: repeat with this cookie", Cookie: c.cookies.issue(src, now)})
 		return
 	}
+	newToken := false
 	if s == nil || !bytes.Equal(s.token, req.Token) {
 		// A new session, or a known one with a new token: verify it fully.
 		tok, err := protocol.VerifyJoin(req, f.cfg.Verifier, now)
@@ -116,10 +117,7 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 			c.admit(src, req, tok, now)
 			return
 		}
-		if s != nil {
-			s.token = append([]byte(nil), req.Token...)
-			s.key = protocol.IntegrityKey(s.token)
-		}
+		newToken = s != nil
 	}
 	switch {
 	case s == nil: // a leave for a session we do not have: already gone
@@ -133,11 +131,19 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 			s.log.Info("participant left")
 			c.remove(s)
 		}
+		if newToken {
+			c.accept(src, req, protocol.IntegrityKey(req.Token))
+			return
+		}
 		c.accept(src, req, s.key)
 	default:
 		if s.addr != src && !c.move(s, src) {
 			c.refuse(src, req, protocol.CodeForbidden, "address in use by another participant")
 			return
+		}
+		if newToken { // a refreshed token, verified above
+			s.token = append([]byte(nil), req.Token...)
+			s.key = protocol.IntegrityKey(s.token)
 		}
 		s.lastSeen = now
 		c.accept(src, req, s.key)
@@ -228,7 +234,13 @@ func (c *control) sweep(now time.Time) {
 func (c *control) publish(now time.Time) {
 	f := c.f
 	if len(c.dirtyCalls) > 0 || len(c.staleAddrs) > 0 {
-		m := maps.Clone(f.routes.Load().bySrc)
+		// A fresh map, not maps.Clone: a clone keeps the capacity of the
+		// largest table ever published, and every later copy pays for it.
+		old := f.routes.Load().bySrc
+		m := make(map[netip.AddrPort]*route, len(old)+len(c.dirtyCalls))
+		for a, r := range old {
+			m[a] = r
+		}
 		for _, a := range c.staleAddrs {
 			delete(m, a)
 		}
@@ -286,6 +298,7 @@ func (c *control) refuseBusy(src netip.AddrPort, req protocol.JoinRequest, reaso
 		e.Code = protocol.CodeTryAlternate
 		e.Alternate = alt
 	}
+	c.f.joinErrors.Add(1)
 	c.sendError(src, req, e)
 }
 
@@ -304,11 +317,11 @@ func (c *control) refuseFor(src netip.AddrPort, req protocol.JoinRequest, err er
 }
 
 func (c *control) refuse(src netip.AddrPort, req protocol.JoinRequest, code stun.ErrorCode, reason string) {
+	c.f.joinErrors.Add(1)
 	c.sendError(src, req, protocol.JoinError{Code: code, Reason: reason})
 }
 
 func (c *control) sendError(src netip.AddrPort, req protocol.JoinRequest, e protocol.JoinError) {
-	c.f.joinErrors.Add(1)
 	var key []byte
 	if len(req.Token) > 0 {
 		key = protocol.IntegrityKey(req.Token)

@@ -1,6 +1,8 @@
 package forwarder
 
 import (
+	"context"
+	"errors"
 	"net"
 	"sync"
 	"testing"
@@ -8,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/callrelay/callrelay/internal/testenv"
 	"github.com/callrelay/callrelay/protocol"
 )
 
@@ -62,7 +65,7 @@ func TestJoinNeedsAddressCookie(t *testing.T) {
 // TestKeepalivesSurviveAJoinFlood: one host floods joins from many ports
 // while a member keeps alive; every keepalive must still be answered.
 func TestKeepalivesSurviveAJoinFlood(t *testing.T) {
-	r := startRelay(t, nil)
+	r := startRelay(t, func(c *Config) { c.JoinRate, c.JoinBurst = 50, 50 })
 	call := protocol.NewID()
 	member := newRawDevice(t, r.f.Addr(), r.token(t, call, protocol.NewID(), protocol.ClassGroup, 5))
 	member.join()
@@ -93,6 +96,13 @@ func TestKeepalivesSurviveAJoinFlood(t *testing.T) {
 			}
 		}()
 	}
+	// Keep alive while the flood is being refused.
+	testenv.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if r.f.Stats().Drops[DropSTUNRateLimited] == 0 {
+			return errors.New("the flood has not reached the limiter yet")
+		}
+		return nil
+	})
 	for i := 0; i < 20; i++ {
 		require.True(t, member.bind(false).OK, "keepalive %d not answered during the flood", i)
 	}
@@ -100,4 +110,28 @@ func TestKeepalivesSurviveAJoinFlood(t *testing.T) {
 	wg.Wait()
 	require.Positive(t, r.f.Stats().Drops[DropSTUNRateLimited])
 	require.Equal(t, 1, r.f.Stats().Sessions)
+}
+
+// TestShutdownDoesNotWaitForIdleQueues: with the control queue full, a
+// cancelled forwarder stops after the message at hand instead of draining
+// the queue first (under a flood the queue might never drain).
+func TestShutdownDoesNotWaitForIdleQueues(t *testing.T) {
+	pub, _, err := protocol.GenerateSigningKey()
+	require.NoError(t, err)
+	v, err := protocol.NewTokenVerifier(pub)
+	require.NoError(t, err)
+	cfg := Default()
+	cfg.Listen, cfg.Verifier, cfg.Readers = "127.0.0.1:0", v, 1
+	f, err := New(cfg)
+	require.NoError(t, err)
+	for i := 0; i < ctrlQueue; i++ {
+		m := <-f.newFree
+		m.n = copy(m.buf[:], "not a STUN message at all, but queued")
+		f.ctrlNew <- m
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.NoError(t, f.Run(ctx))
+	require.NotZero(t, len(f.ctrlNew), "Run drained the whole queue before noticing shutdown")
+	require.Error(t, f.Run(context.Background()), "a second Run must be refused")
 }

@@ -43,6 +43,7 @@ type Forwarder struct {
 	draining                       atomic.Bool
 	nSessions, nCalls              atomic.Int64
 	joins, joinErrors, addrChanges atomic.Uint64
+	cookieChallenges               atomic.Uint64
 }
 
 // New validates cfg and binds the forwarder's sockets, so Addr is known
@@ -88,7 +89,9 @@ func New(cfg Config) (*Forwarder, error) {
 		}
 		f.rdrs = append(f.rdrs, &reader{f: f, pc: pc, c: new(counters),
 			knownLimiter: newSTUNLimiter(cfg.STUNRate, cfg.STUNBurst),
-			newLimiter:   newSTUNLimiter(cfg.JoinRate, cfg.JoinBurst)})
+			// SO_REUSEPORT spreads one IP's ports over all readers: each
+			// reader gets its share of the per-IP budget.
+			newLimiter: newSTUNLimiter(cfg.JoinRate/float64(n), max(1, cfg.JoinBurst/float64(n)))})
 	}
 	f.knownFree, f.newFree = make(chan *ctrlMsg, ctrlQueue), make(chan *ctrlMsg, ctrlQueue)
 	f.ctrlKnown, f.ctrlNew = make(chan *ctrlMsg, ctrlQueue), make(chan *ctrlMsg, ctrlQueue)
@@ -158,6 +161,15 @@ func (f *Forwarder) runControl(ctx context.Context) {
 		if c.publishDue(false, now) {
 			c.publish(now)
 		}
+		// A queue that never empties must not hold off shutdown or the sweep.
+		select {
+		case <-ctx.Done():
+			c.publish(now)
+			return
+		case <-tick.C:
+			c.sweep(now)
+		default:
+		}
 	}
 }
 
@@ -177,6 +189,7 @@ func (f *Forwarder) Stats() Stats {
 	s.Joins = f.joins.Load()
 	s.JoinErrors = f.joinErrors.Load()
 	s.AddressChanges = f.addrChanges.Load()
+	s.CookieChallenges = f.cookieChallenges.Load()
 	return s
 }
 

@@ -37,6 +37,7 @@ type Stats struct {
 	Drops                                    [numDropReasons]uint64
 	Sessions, Calls                          int
 	Joins, JoinErrors, AddressChanges        uint64
+	CookieChallenges                         uint64 // 401s asking a device to prove its address (not refusals)
 }
 
 // TotalDrops sums all drop reasons.
