@@ -131,11 +131,7 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 			s.log.Info("participant left")
 			c.remove(s)
 		}
-		if newToken {
-			c.accept(src, req, protocol.IntegrityKey(req.Token))
-			return
-		}
-		c.accept(src, req, s.key)
+		c.accept(src, req, protocol.IntegrityKey(req.Token)) // the key the device checks with
 	default:
 		if s.addr != src && !c.move(s, src) {
 			c.refuse(src, req, protocol.CodeForbidden, "address in use by another participant")
