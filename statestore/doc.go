@@ -1,0 +1,28 @@
+// Package statestore holds the state a call needs to outlive one forwarder:
+// the critical call record (who is in the call, on which forwarder, at which
+// address, with which SSRCs) and ephemeral checkpoints (opaque bytes a
+// forwarder saves now and then so a successor can resume with less
+// re-negotiation).
+//
+// Forwarders and conductors use the Store interface. Redis is the production
+// backend and Memory its in-memory twin with the same semantics; one
+// conformance suite runs against both.
+//
+// Critical state is changed only by compare-and-set: the record is read,
+// changed in Go, and written back by a Lua script (EVALSHA) that applies the
+// write only if the record is still the one that was read. Two forwarders
+// changing one call at once therefore lose nothing; the loser retries. Every
+// change increments Call.Version. A call's keys share a Redis Cluster hash
+// tag ({call:<hex id>}) so they live on one slot, carry a TTL refreshed on
+// every change and by Touch, and are all deleted when the last member leaves.
+//
+// The record format is documented in codec.go.
+//
+// What statestore must never do:
+//   - let go-redis types or errors leave the package: callers see Call,
+//     Member and the sentinel errors in errors.go, never redis.Nil;
+//   - block or fail a critical write because of an ephemeral checkpoint;
+//   - overwrite a record it cannot decode (it reports ErrCorrupt and leaves
+//     the record for an operator) or panic on one;
+//   - wait on Redis beyond the caller's context.
+package statestore
