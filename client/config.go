@@ -10,7 +10,7 @@ import (
 	"github.com/callrelay/callrelay/protocol"
 )
 
-// Config configures Dial. Zero values take the defaults listed per field.
+// Config configures Dial and Join. Zero values take the defaults listed per field.
 type Config struct {
 	// Forwarders are the candidate forwarder addresses; the join goes to all
 	// of them at once and the first to accept wins. Required.
@@ -46,6 +46,19 @@ type Config struct {
 	// MediaQueue is the capacity of the Media channel; when it is full,
 	// incoming packets are dropped and counted. Default 512.
 	MediaQueue int
+
+	// FailoverAfter is how long a Session lets its Conn go without an
+	// authenticated keepalive answer before giving it up and re-joining.
+	// Zero (the default) means 3 keepalive intervals, as the forwarder set
+	// them in the session parameters (3s with the forwarder's default 1s).
+	// Port unreachable and a Conn that ends re-join at once, without
+	// waiting for this.
+	FailoverAfter time.Duration
+	// RejoinTimeout bounds one re-join of a Session, from the moment it
+	// noticed the trouble: it retries the join (multi-connect across all
+	// Forwarders, jittered backoff between rounds) until then, and ends
+	// with ErrSessionLost if no forwarder took it back. Default 30s.
+	RejoinTimeout time.Duration
 
 	// Logger receives join, rebind and session events, never per-packet
 	// lines. Default zap.NewNop().
@@ -88,6 +101,10 @@ func (c Config) withDefaults() (Config, error) {
 		c.MaxAlternates = 0
 	}
 	setDefault(&c.MediaQueue, 512)
+	setDefault(&c.RejoinTimeout, 30*time.Second)
+	if c.FailoverAfter < 0 {
+		c.FailoverAfter = 0
+	}
 	if c.RetransmitMax < c.RetransmitInitial {
 		c.RetransmitMax = c.RetransmitInitial
 	}

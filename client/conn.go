@@ -24,8 +24,10 @@ import (
 // counted, never a blocked reader). The session ends when Close is called,
 // when the forwarder refuses a keepalive for good (a *JoinError), or when no
 // authenticated keepalive answer arrived within the idle timeout
-// (ErrSessionLost): Done is then closed and Err says why. Failover to another
-// forwarder is up to the caller (Dial again).
+// (ErrSessionLost): Done is then closed and Err says why. The relay's
+// session-control messages (Rejoin, MigrateTo) arrive on Control, and ICMP
+// port unreachable is reported on Unreachable. Failover to another forwarder
+// is up to the caller: Session does it (Join), or Dial again.
 type Conn struct {
 	cfg    Config
 	log    *zap.Logger
@@ -34,17 +36,21 @@ type Conn struct {
 	stats  *counters
 	dialer *dialer
 
-	sock  atomic.Pointer[net.UDPConn] // swapped by Rebind
-	media chan *Packet
-	done  chan struct{}
-	ctx   context.Context // cancelled when done closes
-	stop  context.CancelFunc
+	sock        atomic.Pointer[net.UDPConn] // swapped by Rebind
+	media       chan *Packet
+	control     chan protocol.RelayMessage
+	unreachable chan struct{} // capacity 1: a coalesced ECONNREFUSED hint
+	answered    chan struct{} // capacity 1: a coalesced "a keepalive was answered"
+	done        chan struct{}
+	ctx         context.Context // cancelled when done closes
+	stop        context.CancelFunc
 
 	mu        sync.Mutex // guards the fields below; never held while blocking
 	err       error
 	mapped    netip.AddrPort
 	params    protocol.SessionParams
 	lastAlive time.Time
+	nudgedAt  time.Time // the last keepalive sent because of a Rejoin
 	// cookie is the forwarder's last address cookie for the current socket
 	// (replaced, with the socket, by Rebind); every request carries it.
 	// kaCookieRounds counts 401+cookie answers to keepalives since the last
@@ -56,7 +62,12 @@ type Conn struct {
 	leaveTID       [stun.TransactionIDSize]byte
 	leaveCh        chan protocol.JoinResponse // the answer to leaveTID
 
-	rebindMu  sync.Mutex // one Rebind at a time; lock order: rebindMu, then mu
+	rebindMu sync.Mutex // one Rebind at a time; lock order: rebindMu, kaMu, mu
+	// kaMu is held across a keepalive's check and write, so that none is
+	// written after Close has begun (a keepalive that reached the forwarder
+	// after the leave would join again). Lock order: kaMu, then mu.
+	kaMu      sync.Mutex
+	leaving   bool // guarded by kaMu
 	closeOnce sync.Once
 	wg        sync.WaitGroup // reader and keepalive goroutines
 }
@@ -65,22 +76,28 @@ func newConn(cfg Config, d *dialer, res dialResult) *Conn {
 	win, resp := res.win, res.resp
 	ctx, stop := context.WithCancel(context.Background())
 	c := &Conn{
-		cfg:       cfg,
-		log:       d.log.With(zap.Stringer("forwarder", win.addr)),
-		key:       d.key,
-		fwd:       win.addr,
-		stats:     d.stats,
-		dialer:    d,
-		media:     make(chan *Packet, cfg.MediaQueue),
-		done:      make(chan struct{}),
-		ctx:       ctx,
-		stop:      stop,
-		mapped:    resp.Mapped,
-		params:    sanitize(resp.Params),
-		lastAlive: time.Now(),
-		cookie:    res.cookie,
+		cfg:         cfg,
+		log:         d.log.With(zap.Stringer("forwarder", win.addr)),
+		key:         d.key,
+		fwd:         win.addr,
+		stats:       d.stats,
+		dialer:      d,
+		media:       make(chan *Packet, cfg.MediaQueue),
+		control:     make(chan protocol.RelayMessage, controlQueue),
+		unreachable: make(chan struct{}, 1),
+		answered:    make(chan struct{}, 1),
+		done:        make(chan struct{}),
+		ctx:         ctx,
+		stop:        stop,
+		mapped:      resp.Mapped,
+		params:      sanitize(resp.Params),
+		lastAlive:   time.Now(),
+		cookie:      res.cookie,
 	}
 	c.sock.Store(win.sock)
+	// The first keepalive goes out at once, before Dial returns: it tells
+	// the forwarder that it won the multi-connect race.
+	c.sendKeepalive(time.Now())
 	c.wg.Add(2)
 	go c.readLoop()
 	go c.keepaliveLoop()
@@ -200,6 +217,7 @@ func (c *Conn) send(b []byte) error {
 	}
 	if err != nil {
 		c.stats.sendErrors.Add(1)
+		c.refused(err)
 		if e := c.Err(); e != nil {
 			return e
 		}
@@ -215,6 +233,9 @@ func (c *Conn) send(b []byte) error {
 // and always returns nil.
 func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
+		c.kaMu.Lock()
+		c.leaving = true
+		c.kaMu.Unlock()
 		if c.Err() == nil {
 			answered := c.leave()
 			c.log.Debug("left the call", zap.Bool("answered", answered))

@@ -178,7 +178,9 @@ func TestDialRetryAfterInsufficientCapacity(t *testing.T) {
 	require.Equal(t, r.addr, c.Forwarder())
 
 	got := r.from(netip.AddrPort{})
-	require.Len(t, got, 2)
+	// The refused join, the retry, and perhaps already the first keepalive.
+	require.GreaterOrEqual(t, len(got), 2)
+	require.LessOrEqual(t, len(got), 3)
 	require.NotEqual(t, got[0].tid, got[1].tid, "the retry is a new transaction")
 	wait := got[1].at.Sub(got[0].at)
 	require.GreaterOrEqual(t, wait, retryAfter, "never before retry-after")

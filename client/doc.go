@@ -19,11 +19,21 @@
 //   - A Conn then owns one UDP socket to its forwarder: one reader goroutine
 //     demultiplexes datagrams by their first byte (RFC 7983; RTCP by the
 //     second, RFC 5761), answers its own STUN transactions and hands RTP/RTCP
-//     to the application through the bounded channel Media; a keepalive
-//     goroutine re-sends the join at the forwarder's interval and reports the
-//     session lost (Done, Err) when no authenticated answer came within the
-//     idle timeout. Rebind moves the session to a new local socket (WiFi to
-//     cellular); Close sends a leave.
+//     to the application through the bounded channel Media, except the
+//     relay's session-control CRLY APP messages (Rejoin, MigrateTo), which go
+//     to the bounded channel Control; ICMP port unreachable is a hint on
+//     Unreachable. A keepalive goroutine re-sends the join at the forwarder's
+//     interval (the first at once after Dial: the forwarder takes it as the
+//     device's choice among multi-connect winners) and reports the session
+//     lost (Done, Err) when no authenticated answer came within the idle
+//     timeout. A Rejoin makes the Conn re-send the join at once (at most
+//     once a second). Rebind moves the session to a new local socket (WiFi
+//     to cellular); Close sends a leave.
+//   - A Session (Join) keeps a participant's place in the call across
+//     forwarders: it replaces its Conn through a new multi-connect join when
+//     the forwarder dies (silence for FailoverAfter, the Conn's end, or port
+//     unreachable), re-joins when nudged, and migrates make-before-break on
+//     MigrateTo. Media from every Conn it had arrives on one channel.
 //   - Sender and Receiver (e2ee.go) protect media end to end with SRTP
 //     (RFC 3711, AES128_CM_HMAC_SHA1_80), one master key per sender. The RTP
 //     header and its RFC 8285 extensions, including the RFC 6464 audio level
@@ -40,6 +50,12 @@
 //     end to end, and the relay only ever sees ciphertext payloads.
 //   - Accept media from anyone but its forwarder: each socket is connected to
 //     exactly one forwarder address, so the kernel drops other sources.
+//   - Let an unauthenticated relay message cost more than a little: RTCP
+//     APP packets carry no integrity, so a forged Rejoin costs one keepalive
+//     (a second), and a forged MigrateTo one failed join (then, if other
+//     forwarders are configured, at most a make-before-break move to one of
+//     them; with none, the old Conn simply goes on). The Session acts on at
+//     most one of either a second.
 //   - Block its reader on a slow consumer: when the Media channel is full the
 //     packet is dropped and counted (Stats.MediaDropped).
 //   - Log per packet.

@@ -54,6 +54,10 @@ type responder struct {
 	// challengeAll is a broken forwarder: every request gets 401 with a
 	// fresh cookie.
 	challengeAll bool
+	// dead drops every datagram unread and unanswered: a forwarder whose
+	// host died or was cut off (no ICMP either). kill closes the socket
+	// instead: a dead process on a live host (ICMP port unreachable).
+	dead bool
 	// after, if set, runs after each request that passed the address check
 	// has been answered (immediate replies only), on the serving goroutine.
 	after func(req protocol.JoinRequest, from netip.AddrPort)
@@ -127,6 +131,12 @@ func (r *responder) serve() {
 		n, from, err := r.conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			return
+		}
+		r.mu.Lock()
+		dead := r.dead
+		r.mu.Unlock()
+		if dead {
+			continue
 		}
 		switch protocol.Classify(buf[:n]) {
 		case protocol.KindSTUN:
@@ -305,6 +315,37 @@ func (r *responder) forward(data []byte, from netip.AddrPort) {
 	for _, a := range to {
 		_, _ = r.conn.WriteToUDPAddrPort(data, a)
 	}
+}
+
+// kill closes r's socket, as a forwarder process that died: the host then
+// answers with ICMP port unreachable.
+func (r *responder) kill() {
+	_ = r.conn.Close()
+}
+
+// forget drops every session and voids every cookie, as a forwarder that
+// restarted on the same address.
+func (r *responder) forget() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	clear(r.sessions)
+	r.rotateLocked()
+}
+
+// tell sends the relay instruction m to addr, from r's port, as a
+// stand-alone CRLY APP packet.
+func (r *responder) tell(t *testing.T, addr netip.AddrPort, m protocol.RelayMessage) {
+	t.Helper()
+	raw, err := protocol.MarshalRelayApp(0, m)
+	require.NoError(t, err)
+	r.raw(t, addr, raw)
+}
+
+// raw sends b to addr from r's port.
+func (r *responder) raw(t *testing.T, addr netip.AddrPort, b []byte) {
+	t.Helper()
+	_, err := r.conn.WriteToUDPAddrPort(b, addr)
+	require.NoError(t, err)
 }
 
 // script sets the policy; tests call it before any client talks to r.

@@ -29,6 +29,7 @@ type keepaliveTx struct {
 // answers its own STUN transactions and counts everything else.
 func (c *Conn) readLoop() {
 	defer c.wg.Done()
+	defer close(c.control)
 	defer close(c.media)
 	p := getPacket()
 	defer func() { p.Release() }()
@@ -44,6 +45,7 @@ func (c *Conn) readLoop() {
 				continue // Rebind moved us to a new socket
 			}
 			c.stats.readErrors.Add(1)
+			c.refused(err)
 			if failures++; failures < maxReadFailures && !errors.Is(err, net.ErrClosed) {
 				continue // ICMP unreachable: transient, the idle timeout decides
 			}
@@ -59,7 +61,13 @@ func (c *Conn) readLoop() {
 		case protocol.KindRTP, protocol.KindRTCP:
 			c.stats.packetsReceived.Add(1)
 			c.stats.bytesReceived.Add(uint64(n))
-			p.Kind, p.Data, p.Received = kind, p.buf[:n], time.Now()
+			data := p.buf[:n]
+			if kind == protocol.KindRTCP {
+				if data = c.takeControl(data); len(data) == 0 {
+					continue // only session control: nothing for Media
+				}
+			}
+			p.Kind, p.Data, p.Received = kind, data, time.Now()
 			select {
 			case c.media <- p:
 				p = getPacket()
@@ -178,13 +186,18 @@ func (c *Conn) onKeepaliveAnswer(resp protocol.JoinResponse, rtt time.Duration, 
 	c.mapped, c.params, c.lastAlive = resp.Mapped, sanitize(resp.Params), time.Now()
 	c.kaCookieRounds = 0
 	c.mu.Unlock()
+	select {
+	case c.answered <- struct{}{}:
+	default:
+	}
 	if moved {
 		c.log.Info("mapped address changed", zap.Stringer("mapped", resp.Mapped))
 	}
 }
 
 // keepaliveLoop re-sends the join every KeepaliveInterval and ends the
-// session when no authenticated answer came for IdleTimeout.
+// session when no authenticated answer came for IdleTimeout. (newConn has
+// sent the first one.)
 func (c *Conn) keepaliveLoop() {
 	defer c.wg.Done()
 	lastSent := time.Now()
@@ -216,8 +229,15 @@ func (c *Conn) keepaliveLoop() {
 
 // sendKeepalive sends a keepalive from the current socket, with that
 // socket's latest cookie. Should Rebind swap sockets meanwhile, it goes
-// nowhere (the old socket is closed): Rebind sends its own.
+// nowhere (the old socket is closed): Rebind sends its own. Once Close has
+// begun, nothing is sent: a keepalive that reached the forwarder after the
+// leave would join the call again.
 func (c *Conn) sendKeepalive(now time.Time) {
+	c.kaMu.Lock()
+	defer c.kaMu.Unlock()
+	if c.leaving {
+		return
+	}
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
@@ -235,6 +255,7 @@ func (c *Conn) sendKeepalive(now time.Time) {
 	if _, err := sock.Write(tx.raw); err != nil {
 		if !errors.Is(err, net.ErrClosed) {
 			c.stats.sendErrors.Add(1)
+			c.refused(err)
 		}
 		return
 	}

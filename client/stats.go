@@ -29,6 +29,23 @@ type Stats struct {
 	// repeated because the forwarder's address check answered 401 with a
 	// new cookie.
 	CookieRetries uint64
+	// ControlReceived counts the relay's session-control messages (Rejoin,
+	// MigrateTo) decoded from RTCP and passed to Control; ControlDropped
+	// those of them dropped because Control was full; ControlMalformed the
+	// session-control CRLY APP packets that failed to decode (bad body,
+	// reserved subtype, broken length), dropped.
+	ControlReceived  uint64
+	ControlDropped   uint64
+	ControlMalformed uint64
+	// RejoinNudges counts Rejoin messages; NudgesLimited those that sent no
+	// keepalive because one had gone out for a nudge less than a second
+	// before.
+	RejoinNudges  uint64
+	NudgesLimited uint64
+	// PortUnreachable counts ECONNREFUSED on the socket (ICMP port
+	// unreachable from the forwarder's host), each also a hint on
+	// Conn.Unreachable.
+	PortUnreachable uint64
 	// RTT is the round-trip time of the last answered keepalive (or of the
 	// join, before any keepalive).
 	RTT time.Duration
@@ -42,6 +59,9 @@ type counters struct {
 	unauthenticated, stray, readErrors         atomic.Uint64
 	keepalivesSent, keepalivesAnswered, kaErrs atomic.Uint64
 	cookieRetries                              atomic.Uint64
+	controlReceived, controlDropped            atomic.Uint64
+	controlMalformed, rejoinNudges             atomic.Uint64
+	nudgesLimited, portUnreachable             atomic.Uint64
 	rtt                                        atomic.Int64
 }
 
@@ -60,6 +80,12 @@ func (c *counters) snapshot() Stats {
 		KeepalivesAnswered: c.keepalivesAnswered.Load(),
 		KeepaliveErrors:    c.kaErrs.Load(),
 		CookieRetries:      c.cookieRetries.Load(),
+		ControlReceived:    c.controlReceived.Load(),
+		ControlDropped:     c.controlDropped.Load(),
+		ControlMalformed:   c.controlMalformed.Load(),
+		RejoinNudges:       c.rejoinNudges.Load(),
+		NudgesLimited:      c.nudgesLimited.Load(),
+		PortUnreachable:    c.portUnreachable.Load(),
 		RTT:                time.Duration(c.rtt.Load()),
 	}
 }

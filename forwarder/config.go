@@ -38,6 +38,14 @@ type Config struct {
 	// one carrier-grade NAT address may carry many devices.
 	JoinRate  float64
 	JoinBurst float64
+	// DrainDeadline is how long a draining forwarder keeps serving sessions
+	// it has told to move before it gives up on them.
+	DrainDeadline time.Duration
+
+	// Cluster joins the forwarder to others through the state store, NATS
+	// and the trunk. Zero: a forwarder on its own.
+	Cluster Cluster
+
 	// Logger receives lifecycle and control-path events, never per-packet lines.
 	Logger *zap.Logger
 	// Now is the clock (tests may replace it).
@@ -55,6 +63,8 @@ func Default() Config {
 		STUNBurst:         40,
 		JoinRate:          200,
 		JoinBurst:         400,
+		DrainDeadline:     30 * time.Second,
+		Cluster:           DefaultCluster(),
 		Logger:            zap.NewNop(),
 		Now:               time.Now,
 	}
@@ -82,6 +92,10 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("forwarder: STUN rate %.1f/s burst %.1f, join rate %.1f/s burst %.1f: all must be positive",
 			c.STUNRate, c.STUNBurst, c.JoinRate, c.JoinBurst))
 	}
+	if c.DrainDeadline <= 0 {
+		errs = append(errs, fmt.Errorf("forwarder: drain deadline %s must be positive", c.DrainDeadline))
+	}
+	errs = append(errs, c.Cluster.validate())
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/pion/stun/v3"
 	"go.uber.org/zap"
 
@@ -32,6 +33,14 @@ type session struct {
 	key         []byte // MESSAGE-INTEGRITY key of the token
 	lastSeen    time.Time
 	log         *zap.Logger
+	media       *mediaInfo // what the data path learned; shared with its routes
+
+	// confirmed: the device kept the session alive after joining, so it
+	// won the device's multi-connect race here. refused: the store refused
+	// the join after the fact (call full); nothing of it is written.
+	confirmed, refused bool
+	written            []uint32 // SSRCs as last written to the store
+	migrateSent        time.Time
 }
 
 type call struct {
@@ -39,6 +48,11 @@ type call struct {
 	class   protocol.CallClass
 	maxSize int
 	members map[protocol.ID]*session
+
+	remote      map[remoteKey]*remotePlacement // members on other forwarders
+	sub         *nats.Subscription             // the call's notices
+	nextRefresh time.Time
+	stateErr    bool // a store error was logged for this call
 }
 
 type sessionKey struct{ call, participant protocol.ID }
@@ -61,6 +75,16 @@ type control struct {
 	staleAddrs  []netip.AddrPort
 	pending     []pendingReply
 	lastPublish time.Time
+
+	// Cluster and state store (cluster.go, state.go, peers.go).
+	held      map[uint64]heldReply // join answers waiting for their write
+	tag       uint64
+	degraded  bool
+	peers     map[string]*peer
+	deadPeers map[string]time.Time // when each was taken for dead
+	started   time.Time
+	seq       uint64
+	scratch   []byte
 }
 
 type pendingReply struct {
@@ -77,6 +101,11 @@ func newControl(f *Forwarder) *control {
 		cookies:  newCookieJar(),
 
 		dirtyCalls: make(map[protocol.ID]struct{}),
+		held:       make(map[uint64]heldReply),
+		peers:      make(map[string]*peer),
+		deadPeers:  make(map[string]time.Time),
+		started:    f.cfg.Now(),
+		scratch:    make([]byte, 0, 512),
 	}
 }
 
@@ -143,6 +172,14 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 		}
 		s.lastSeen = now
 		c.accept(src, req, s.key)
+		if !s.confirmed {
+			// The device's first keepalive: it chose this forwarder.
+			// Re-assert the placement, which a losing forwarder's leave
+			// may have removed meanwhile.
+			s.confirmed = true
+			c.place(s, nil, nil)
+			c.notify(s.call, s.participant, protocol.MemberPlaced, now)
+		}
 	}
 }
 
@@ -162,20 +199,20 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 		return
 	}
 	cl := c.calls[tok.CallID]
-	if cl == nil {
-		cl = &call{id: tok.CallID, class: tok.Class, maxSize: int(tok.MaxSize), members: make(map[protocol.ID]*session)}
-		c.calls[tok.CallID] = cl
-	}
-	if len(cl.members) >= min(cl.maxSize, int(tok.MaxSize)) {
+	if cl != nil && len(cl.members) >= min(cl.maxSize, int(tok.MaxSize)) {
 		c.refuse(src, req, protocol.CodeForbidden, "call is full")
-		if len(cl.members) == 0 {
-			delete(c.calls, cl.id)
-		}
 		return
+	}
+	if cl == nil {
+		cl = &call{id: tok.CallID, class: tok.Class, maxSize: int(tok.MaxSize),
+			members: make(map[protocol.ID]*session), remote: make(map[remoteKey]*remotePlacement)}
+		c.calls[tok.CallID] = cl
+		c.subscribe(cl)
+		cl.nextRefresh = now.Add(jitter(f.cfg.Cluster.ReconcileEvery))
 	}
 	s := &session{
 		call: cl, participant: tok.ParticipantID, addr: src,
-		token: append([]byte(nil), req.Token...), lastSeen: now,
+		token: append([]byte(nil), req.Token...), lastSeen: now, media: new(mediaInfo),
 		log: f.log.With(zap.Stringer("call", tok.CallID), zap.Stringer("participant", tok.ParticipantID)),
 	}
 	s.key = protocol.IntegrityKey(s.token)
@@ -183,9 +220,23 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 	c.sessions[sessionKey{cl.id, s.participant}] = s
 	c.byAddr[src] = s
 	c.dirtyCalls[cl.id] = struct{}{}
+	answer, err := c.success(src, req, s.key)
+	if err != nil {
+		s.refused = true
+		c.remove(s)
+		return
+	}
+	if !c.place(s, answer, &req) {
+		// The store has been away so long that its queue is full: a join
+		// that cannot be recorded is refused; sessions already here go on.
+		s.refused = true
+		c.remove(s)
+		c.refuseBusy(src, req, "call state store unavailable")
+		return
+	}
 	f.joins.Add(1)
+	c.notify(cl, s.participant, protocol.MemberPlaced, now)
 	s.log.Info("participant joined", zap.Stringer("addr", src), zap.Stringer("class", cl.class), zap.Int("members", len(cl.members)))
-	c.accept(src, req, s.key)
 }
 
 // move gives s a new address after an authenticated Binding from it.
@@ -200,13 +251,24 @@ func (c *control) move(s *session, src netip.AddrPort) bool {
 	c.byAddr[src] = s
 	c.dirtyCalls[s.call.id] = struct{}{}
 	c.f.addrChanges.Add(1)
+	if s.confirmed {
+		c.place(s, nil, nil)
+	}
 	return true
 }
 
+// remove ends s here, and says so to the store and the call's other
+// forwarders.
 func (c *control) remove(s *session) {
-	delete(s.call.members, s.participant)
-	if len(s.call.members) == 0 {
-		delete(c.calls, s.call.id)
+	cl := s.call
+	delete(cl.members, s.participant)
+	if !s.refused {
+		c.unplace(s)
+		c.notify(cl, s.participant, protocol.MemberLeft, c.f.cfg.Now())
+	}
+	if len(cl.members) == 0 {
+		delete(c.calls, cl.id)
+		c.unsubscribe(cl)
 	}
 	delete(c.sessions, sessionKey{s.call.id, s.participant})
 	delete(c.byAddr, s.addr)
@@ -230,24 +292,31 @@ func (c *control) sweep(now time.Time) {
 func (c *control) publish(now time.Time) {
 	f := c.f
 	if len(c.dirtyCalls) > 0 || len(c.staleAddrs) > 0 {
-		// A fresh map, not maps.Clone: a clone keeps the capacity of the
+		// Fresh maps, not maps.Clone: a clone keeps the capacity of the
 		// largest table ever published, and every later copy pays for it.
-		old := f.routes.Load().bySrc
-		m := make(map[netip.AddrPort]*route, len(old)+len(c.dirtyCalls))
-		for a, r := range old {
-			m[a] = r
+		old := f.routes.Load()
+		r := &routes{
+			bySrc:  make(map[netip.AddrPort]*route, len(old.bySrc)+len(c.dirtyCalls)),
+			byCall: make(map[protocol.ID]*callRoute, len(old.byCall)+len(c.dirtyCalls)),
+		}
+		for a, rt := range old.bySrc {
+			r.bySrc[a] = rt
+		}
+		for id, cr := range old.byCall {
+			r.byCall[id] = cr
 		}
 		for _, a := range c.staleAddrs {
-			delete(m, a)
+			delete(r.bySrc, a)
 		}
 		for id := range c.dirtyCalls {
+			delete(r.byCall, id)
 			if cl := c.calls[id]; cl != nil {
-				addCallRoutes(m, cl, f.v6)
+				addCallRoutes(r, cl, c.trunksOf(cl), f.v6, f.trunkV6)
 			}
 			delete(c.dirtyCalls, id)
 		}
 		c.staleAddrs = c.staleAddrs[:0]
-		f.routes.Store(&routes{bySrc: m})
+		f.routes.Store(r)
 		f.nSessions.Store(int64(len(c.sessions)))
 		f.nCalls.Store(int64(len(c.calls)))
 	}
@@ -279,18 +348,23 @@ func (c *control) reply(b []byte, to netip.AddrPort) {
 }
 
 func (c *control) accept(src netip.AddrPort, req protocol.JoinRequest, key []byte) {
+	if raw, err := c.success(src, req, key); err == nil {
+		c.reply(raw, src)
+	}
+}
+
+func (c *control) success(src netip.AddrPort, req protocol.JoinRequest, key []byte) ([]byte, error) {
 	p := protocol.SessionParams{KeepaliveInterval: c.f.cfg.KeepaliveInterval, IdleTimeout: c.f.cfg.IdleTimeout}
 	raw, err := protocol.BuildJoinSuccess(req, src, p, key)
 	if err != nil {
 		c.f.log.Error("building join success", zap.Error(err))
-		return
 	}
-	c.reply(raw, src)
+	return raw, err
 }
 
 func (c *control) refuseBusy(src netip.AddrPort, req protocol.JoinRequest, reason string) {
 	e := protocol.JoinError{Code: protocol.CodeInsufficientCapacity, Reason: reason, RetryAfter: time.Second}
-	if alt := c.f.cfg.Alternate; alt.IsValid() {
+	if alt := c.pickAlternate(); alt.IsValid() {
 		e.Code = protocol.CodeTryAlternate
 		e.Alternate = alt
 	}

@@ -18,7 +18,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/protocol"
+	"github.com/callrelay/callrelay/statestore"
 )
 
 // Forwarder serves one UDP port. Create it with New, run it with Run.
@@ -40,10 +44,28 @@ type Forwarder struct {
 
 	started atomic.Bool
 
+	// The cluster (zero on a lone forwarder): trunk sockets, one per reader;
+	// the addresses other forwarders and devices are told; this forwarder's
+	// tag in trunk frames; the store writer; NATS messages for the control
+	// goroutine.
+	trunkConns     []*net.UDPConn
+	trunkRdrs      []*trunkReader
+	trunkV6        bool
+	trunkAdvertise netip.AddrPort
+	mediaAdvertise netip.AddrPort
+	tag            uint64
+	writer         *statestore.Writer
+	clusterIn      chan clusterMsg
+	nudge          []byte
+
 	draining                       atomic.Bool
-	nSessions, nCalls              atomic.Int64
+	drainStarted                   atomic.Int64 // unix ns
+	nSessions, nCalls, nPeers      atomic.Int64
 	joins, joinErrors, addrChanges atomic.Uint64
-	cookieChallenges               atomic.Uint64
+	cookieChallenges, migrations   atomic.Uint64
+	stateErrors, stateDropped      atomic.Uint64
+	clusterBad, clusterDrops       atomic.Uint64
+	natsErrors                     atomic.Uint64
 }
 
 // New validates cfg and binds the forwarder's sockets, so Addr is known
@@ -99,9 +121,101 @@ func New(cfg Config) (*Forwarder, error) {
 		f.knownFree <- &ctrlMsg{free: f.knownFree}
 		f.newFree <- &ctrlMsg{free: f.newFree}
 	}
-	f.routes.Store(&routes{bySrc: map[netip.AddrPort]*route{}})
+	f.routes.Store(&routes{bySrc: map[netip.AddrPort]*route{}, byCall: map[protocol.ID]*callRoute{}})
+	nudge, err := protocol.MarshalRelayApp(0, &protocol.Rejoin{Reason: protocol.RejoinUnknownAddress})
+	if err != nil {
+		f.closeConns()
+		return nil, err
+	}
+	f.nudge = nudge
+	for _, r := range f.rdrs {
+		r.nudgeLimiter = newSTUNLimiter(nudgeRate, nudgeBurst)
+		r.nudgeAll = newSTUNLimiter(nudgeAllRate/float64(n), nudgeAllRate/float64(n))
+	}
+	if err := f.setupCluster(n); err != nil {
+		f.closeConns()
+		return nil, err
+	}
 	return f, nil
 }
+
+// Rejoin nudges: per device address, a few a second (the first one does
+// the job; the rest cover loss); per reader, a fixed budget in all, so a
+// spoofed flood from many addresses is answered by little.
+const (
+	nudgeRate    = 2
+	nudgeBurst   = 3
+	nudgeAllRate = 2000
+)
+
+// setupCluster binds the trunk sockets and prepares the state writer.
+func (f *Forwarder) setupCluster(n int) error {
+	cc := &f.cfg.Cluster
+	if cc.Store != nil {
+		f.writer = statestore.NewWriter(cc.Store, statestore.WriterConfig{QueueLimit: cc.StateQueue, Logger: f.log})
+	}
+	f.mediaAdvertise = cc.MediaAdvertise
+	if !f.mediaAdvertise.IsValid() && !f.addr.Addr().IsUnspecified() {
+		f.mediaAdvertise = f.addr
+	}
+	if !cc.enabled() {
+		return nil
+	}
+	f.tag = protocol.ForwarderTag(cc.ID)
+	f.clusterIn = make(chan clusterMsg, clusterQueue)
+	tap := netip.MustParseAddrPort(cc.TrunkListen)
+	network := "udp4"
+	if f.trunkV6 = tap.Addr().Is6() && !tap.Addr().Is4In6(); f.trunkV6 {
+		network = "udp6"
+	}
+	addr := cc.TrunkListen
+	for i := 0; i < n; i++ {
+		c, err := listenUDP(network, addr, n > 1)
+		if err != nil {
+			return fmt.Errorf("forwarder: trunk listen on %s: %w", addr, err)
+		}
+		_ = c.SetReadBuffer(4 << 20)
+		_ = c.SetWriteBuffer(4 << 20)
+		f.trunkConns = append(f.trunkConns, c)
+		if i == 0 {
+			bound := c.LocalAddr().(*net.UDPAddr).AddrPort()
+			addr = bound.String()
+			f.trunkAdvertise = cc.TrunkAdvertise
+			if !f.trunkAdvertise.IsValid() {
+				if bound.Addr().IsUnspecified() {
+					return fmt.Errorf("forwarder: trunk bound to %s: give the address other forwarders reach it at (--trunk-advertise)", bound)
+				}
+				f.trunkAdvertise = netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port())
+			}
+		}
+	}
+	if !f.mediaAdvertise.IsValid() {
+		return fmt.Errorf("forwarder: media bound to %s: give the address devices reach it at (--media-advertise)", f.addr)
+	}
+	for i, tc := range f.trunkConns {
+		in, err := newPacketConn(tc)
+		if err != nil {
+			return err
+		}
+		send, err := newPacketConn(tc)
+		if err != nil {
+			return err
+		}
+		out, err := newPacketConn(f.conns[i])
+		if err != nil {
+			return err
+		}
+		r := f.rdrs[i]
+		r.tpc, r.tcodec = send, protocol.NewTrunkCodec(cc.Key)
+		r.tbufs = new([readBatch][maxDatagram + protocol.TrunkOverhead]byte)
+		f.trunkRdrs = append(f.trunkRdrs, &trunkReader{f: f, in: in, out: out, c: r.c, codec: protocol.NewTrunkCodec(cc.Key)})
+	}
+	return nil
+}
+
+// TrunkAddr is the trunk address other forwarders send to (zero on a lone
+// forwarder).
+func (f *Forwarder) TrunkAddr() netip.AddrPort { return f.trunkAdvertise }
 
 // Addr is the UDP address the forwarder serves.
 func (f *Forwarder) Addr() netip.AddrPort { return f.addr }
@@ -112,23 +226,79 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	if !f.started.CompareAndSwap(false, true) {
 		return errors.New("forwarder: Run called twice")
 	}
-	f.log.Info("forwarder serving", zap.Stringer("addr", f.addr), zap.Int("readers", len(f.rdrs)))
+	f.log.Info("forwarder serving", zap.Stringer("addr", f.addr), zap.Int("readers", len(f.rdrs)),
+		zap.String("id", f.cfg.Cluster.ID), zap.Stringer("trunk", f.trunkAdvertise))
 	var wg sync.WaitGroup
 	for _, r := range f.rdrs {
 		wg.Add(1)
 		go func() { defer wg.Done(); r.run() }()
 	}
-	f.runControl(ctx)
+	for _, t := range f.trunkRdrs {
+		wg.Add(1)
+		go func() { defer wg.Done(); t.run() }()
+	}
+	wctx, stopWriter := context.WithCancel(context.Background())
+	var wwg sync.WaitGroup
+	if f.writer != nil {
+		wwg.Add(1)
+		go func() { defer wwg.Done(); f.writer.Run(wctx) }()
+	}
+	c := newControl(f)
+	var sub *nats.Subscription
+	if cc := &f.cfg.Cluster; cc.enabled() {
+		var err error
+		sub, err = cc.NATS.Subscribe(cc.announceSubject(), func(m *nats.Msg) { f.enqueueCluster(true, m.Data) })
+		if err != nil {
+			f.log.Warn("subscribing to forwarder heartbeats", zap.Error(err))
+			f.natsErrors.Add(1)
+		}
+		c.announce(f.cfg.Now())
+	}
+	f.runControl(ctx, c)
+	if sub != nil {
+		_ = sub.Unsubscribe()
+	}
+	for _, cl := range c.calls {
+		c.unsubscribe(cl)
+	}
+	f.flushWriter()
+	stopWriter()
+	wwg.Wait()
 	f.closeConns()
 	wg.Wait()
 	f.log.Info("forwarder stopped", zap.Stringer("addr", f.addr))
 	return nil
 }
 
-func (f *Forwarder) runControl(ctx context.Context) {
-	c := newControl(f)
+// flushWriter gives the store a moment to take the last changes (the leaves
+// of a drain, say). The writer delivers every result, so they are read.
+func (f *Forwarder) flushWriter() {
+	if f.writer == nil {
+		return
+	}
+	deadline := time.NewTimer(2 * time.Second)
+	defer deadline.Stop()
+	for f.writer.Pending() > 0 && !f.writer.Degraded() {
+		select {
+		case <-f.writer.Results():
+		case <-deadline.C:
+			return
+		}
+	}
+	if n := f.writer.Pending(); n > 0 {
+		f.log.Warn("stopping with call state changes not written", zap.Int("pending", n))
+	}
+}
+
+func (f *Forwarder) runControl(ctx context.Context, c *control) {
 	tick := time.NewTicker(f.cfg.IdleTimeout / 4)
 	defer tick.Stop()
+	cluster := time.NewTicker(f.clusterTick())
+	defer cluster.Stop()
+	var results <-chan statestore.Result
+	if f.writer != nil {
+		results = f.writer.Results()
+	}
 	for {
 		now := f.cfg.Now()
 		// Members' keepalives first, whatever else is queued.
@@ -148,11 +318,21 @@ func (f *Forwarder) runControl(ctx context.Context) {
 			}
 			select {
 			case <-ctx.Done():
+				c.publish(now)
 				return
 			case m = <-f.ctrlKnown:
 			case m = <-f.ctrlNew:
+			case r := <-results:
+				c.onResult(r, now)
+				continue
+			case cm := <-f.clusterIn:
+				c.onCluster(cm, now)
+				continue
 			case <-tick.C:
-				c.sweep(f.cfg.Now())
+				c.sweep(now)
+				continue
+			case <-cluster.C:
+				c.clusterTick(now)
 				continue
 			}
 		}
@@ -161,21 +341,42 @@ func (f *Forwarder) runControl(ctx context.Context) {
 		if c.publishDue(false, now) {
 			c.publish(now)
 		}
-		// A queue that never empties must not hold off shutdown or the sweep.
+		// A queue that never empties must not hold off shutdown, the
+		// store's results, notices or the timers.
 		select {
 		case <-ctx.Done():
 			c.publish(now)
 			return
+		case r := <-results:
+			c.onResult(r, now)
+		case cm := <-f.clusterIn:
+			c.onCluster(cm, now)
 		case <-tick.C:
 			c.sweep(now)
+		case <-cluster.C:
+			c.clusterTick(now)
 		default:
 		}
 	}
 }
 
-// Drain stops admitting new sessions: joins are answered 300 Try Alternate
-// (when an alternate is configured) or 508. Sessions already here go on.
-func (f *Forwarder) Drain() { f.draining.Store(true) }
+// clusterTick is the period of heartbeats, reconciles and drain messages.
+func (f *Forwarder) clusterTick() time.Duration {
+	d := f.cfg.Cluster.AnnounceEvery
+	if d <= 0 {
+		d = time.Second
+	}
+	return d
+}
+
+// clusterTick: heartbeat, peers, store upkeep, drain.
+func (c *control) clusterTick(now time.Time) {
+	c.announce(now)
+	c.expirePeers(now)
+	c.stateTick(now)
+	c.drainTick(now)
+	c.f.nPeers.Store(int64(len(c.peers)))
+}
 
 // Stats adds up every reader's counters.
 func (f *Forwarder) Stats() Stats {
@@ -190,6 +391,18 @@ func (f *Forwarder) Stats() Stats {
 	s.JoinErrors = f.joinErrors.Load()
 	s.AddressChanges = f.addrChanges.Load()
 	s.CookieChallenges = f.cookieChallenges.Load()
+	s.Migrations = f.migrations.Load()
+	s.Draining = f.draining.Load()
+	if f.writer != nil {
+		s.StateDegraded = f.writer.Degraded()
+		s.StateQueued = f.writer.Pending()
+	}
+	s.StateErrors = f.stateErrors.Load()
+	s.StateDropped = f.stateDropped.Load()
+	s.ClusterBad = f.clusterBad.Load()
+	s.ClusterDrops = f.clusterDrops.Load()
+	s.NATSErrors = f.natsErrors.Load()
+	s.Peers = int(f.nPeers.Load())
 	return s
 }
 
@@ -204,6 +417,9 @@ func (f *Forwarder) reply(b []byte, to netip.AddrPort) {
 
 func (f *Forwarder) closeConns() {
 	for _, c := range f.conns {
+		_ = c.Close()
+	}
+	for _, c := range f.trunkConns {
 		_ = c.Close()
 	}
 }

@@ -24,8 +24,22 @@ type reader struct {
 	knownLimiter, newLimiter stunLimiter
 	hdr                      protocol.RTPHeader // reused: parsing allocates nothing
 
+	// The trunk: this reader's own trunk socket (nil on a lone forwarder),
+	// and fixed slots for the frames of one batch.
+	tpc    packetConn
+	tcodec *protocol.TrunkCodec
+	tbufs  *[readBatch][maxDatagram + protocol.TrunkOverhead]byte
+	tn     int
+
+	// Rejoin nudges to media from unknown addresses: per address, and in
+	// all, bounded; destinations in fixed slots.
+	nudgeLimiter, nudgeAll stunLimiter
+	nudgeTo                [readBatch]sockaddr
+	nn                     int
+
 	// Per-batch tallies, added to the shared counters once per batch.
 	pin, bin, pout, bout uint64
+	tout, tbout, nudges  uint64
 	drops                [numDropReasons]uint64
 }
 
@@ -65,7 +79,8 @@ func (r *reader) run() {
 func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 	r.pin++
 	r.bin += uint64(len(b))
-	switch protocol.Classify(b) {
+	kind := protocol.Classify(b)
+	switch kind {
 	case protocol.KindSTUN:
 		r.toControl(rt, b, src, nowNS)
 		return
@@ -79,6 +94,12 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 			r.drops[DropMalformed]++
 			return
 		}
+		if relayControl(b) {
+			// Relay instructions come from forwarders only; one device
+			// must not send another a forged Rejoin or MigrateTo.
+			r.drops[DropRelayControl]++
+			return
+		}
 	default:
 		r.drops[DropNotMedia]++
 		return
@@ -86,7 +107,11 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 	rte := rt.bySrc[src]
 	if rte == nil {
 		r.drops[DropUnknownSource]++
+		r.nudge(b, src, nowNS)
 		return
+	}
+	if kind == protocol.KindRTP && rte.media != nil {
+		rte.media.note(r.hdr.SSRC)
 	}
 	for i := range rte.dests {
 		if !r.pc.Queue(b, &rte.dests[i]) {
@@ -95,6 +120,76 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 		}
 		r.bout += uint64(len(b))
 	}
+	if len(rte.trunks) > 0 && r.tpc != nil {
+		r.toTrunks(rte, b)
+	}
+}
+
+// toTrunks seals b once and queues the frame to every other forwarder of
+// the call.
+func (r *reader) toTrunks(rte *route, b []byte) {
+	if r.tn == len(r.tbufs) {
+		r.flushTrunk(true)
+	}
+	h := protocol.TrunkHeader{Call: rte.call, Sender: rte.participant, Origin: r.f.tag}
+	frame := r.tcodec.Seal(r.tbufs[r.tn][:0], &h, b)
+	r.tn++
+	for i := range rte.trunks {
+		if !r.tpc.Queue(frame, &rte.trunks[i]) {
+			r.flushTrunk(false) // the frame's slot stays taken
+			r.tpc.Queue(frame, &rte.trunks[i])
+		}
+		r.tbout += uint64(len(frame))
+	}
+}
+
+func (r *reader) flushTrunk(freeSlots bool) {
+	sent, failed := r.tpc.Flush()
+	r.tout += uint64(sent)
+	r.drops[DropSendFailed] += uint64(failed)
+	if freeSlots {
+		r.tn = 0
+	}
+}
+
+// nudge answers media from an unknown address with a Rejoin, so a device
+// whose forwarder restarted, or whose flow a load balancer moved here,
+// re-authenticates at once. Never larger than what it answers, and bounded
+// per address and in all.
+func (r *reader) nudge(b []byte, src netip.AddrPort, nowNS int64) {
+	nudge := r.f.nudge
+	if len(b) < len(nudge) || r.nudgeAll.burst == 0 {
+		return
+	}
+	if nowNS == 0 {
+		nowNS = r.f.cfg.Now().UnixNano()
+	}
+	if !r.nudgeLimiter.allow(hashAddrPort(src), nowNS) || !r.nudgeAll.allow(0, nowNS) {
+		return
+	}
+	sa := &r.nudgeTo[r.nn]
+	*sa = encodeSockaddr(src, r.f.v6)
+	if !r.pc.Queue(nudge, sa) {
+		r.flushQueue() // frees every slot
+		r.nudgeTo[0] = *sa
+		sa = &r.nudgeTo[0]
+		r.pc.Queue(nudge, sa)
+	}
+	r.nn++
+	r.nudges++
+	r.bout += uint64(len(nudge))
+}
+
+// relayControl says whether an RTCP datagram (whose first header is valid)
+// carries a CRLY APP packet anywhere in its compound.
+func relayControl(b []byte) bool {
+	for off := 0; off+12 <= len(b); {
+		if b[off+1] == 204 && string(b[off+8:off+12]) == protocol.RelayAppName {
+			return true
+		}
+		off += 4 * (int(binary.BigEndian.Uint16(b[off+2:off+4])) + 1)
+	}
+	return false
 }
 
 // rtcpHeaderValid checks the first RTCP header of a (compound) packet: version
@@ -136,16 +231,26 @@ func (r *reader) flushQueue() {
 	sent, failed := r.pc.Flush()
 	r.pout += uint64(sent)
 	r.drops[DropSendFailed] += uint64(failed)
+	r.nn = 0
 }
 
 // flush sends the batch's fan-out and publishes the batch's tallies.
 func (r *reader) flush() {
 	r.flushQueue()
+	if r.tpc != nil {
+		r.flushTrunk(true)
+	}
 	c := r.c
 	c.packetsIn.Add(r.pin)
 	c.bytesIn.Add(r.bin)
 	c.packetsOut.Add(r.pout)
 	c.bytesOut.Add(r.bout)
+	if r.tout|r.tbout|r.nudges != 0 {
+		c.trunkOut.Add(r.tout)
+		c.trunkBytesOut.Add(r.tbout)
+		c.nudges.Add(r.nudges)
+		r.tout, r.tbout, r.nudges = 0, 0, 0
+	}
 	for i, d := range r.drops {
 		if d != 0 {
 			c.drops[i].Add(d)

@@ -14,11 +14,15 @@ const (
 	DropControlBusy                       // control queue full
 	DropSendFailed                        // the kernel refused a send
 	DropReadError                         // a receive call failed (counted per call, not per datagram)
+	DropRelayControl                      // a device sent a CRLY relay instruction (only forwarders may)
+	DropTrunkAuth                         // a trunk frame that does not authenticate or parse
+	DropTrunkNoCall                       // a trunk frame for a call with no member here
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"not_media", "unknown_source", "malformed", "oversized", "stun_rate_limited", "control_busy", "send_failed", "read_error",
+	"relay_control", "trunk_auth", "trunk_no_call",
 }
 
 func (r DropReason) String() string { return dropNames[r] }
@@ -27,6 +31,9 @@ func (r DropReason) String() string { return dropNames[r] }
 // The padding keeps readers' counters off each other's cache lines.
 type counters struct {
 	packetsIn, bytesIn, packetsOut, bytesOut atomic.Uint64
+	trunkIn, trunkBytesIn                    atomic.Uint64 // frames from other forwarders
+	trunkOut, trunkBytesOut                  atomic.Uint64 // frames to other forwarders
+	nudges                                   atomic.Uint64 // Rejoin nudges sent
 	drops                                    [numDropReasons]atomic.Uint64
 	_                                        [64]byte
 }
@@ -38,6 +45,22 @@ type Stats struct {
 	Sessions, Calls                          int
 	Joins, JoinErrors, AddressChanges        uint64
 	CookieChallenges                         uint64 // 401s asking a device to prove its address (not refusals)
+
+	TrunkIn, TrunkBytesIn, TrunkOut, TrunkBytesOut uint64
+	RejoinNudges                                   uint64 // Rejoin answers to media from unknown addresses
+	Migrations                                     uint64 // MigrateTo messages sent while draining
+	Draining                                       bool
+
+	// The call state store (zero without one).
+	StateDegraded bool   // unreachable: changes are queued
+	StateQueued   int    // changes waiting for the store
+	StateErrors   uint64 // writes that failed for good (e.g. a corrupt record)
+	StateDropped  uint64 // changes not queued because the queue was full
+	// NATS and peers.
+	ClusterBad   uint64 // notices or heartbeats that did not authenticate or parse
+	ClusterDrops uint64 // cluster messages dropped because the control queue was full
+	NATSErrors   uint64
+	Peers        int // live peer forwarders
 }
 
 // TotalDrops sums all drop reasons.
@@ -54,6 +77,11 @@ func (s *Stats) add(c *counters) {
 	s.BytesIn += c.bytesIn.Load()
 	s.PacketsOut += c.packetsOut.Load()
 	s.BytesOut += c.bytesOut.Load()
+	s.TrunkIn += c.trunkIn.Load()
+	s.TrunkBytesIn += c.trunkBytesIn.Load()
+	s.TrunkOut += c.trunkOut.Load()
+	s.TrunkBytesOut += c.trunkBytesOut.Load()
+	s.RejoinNudges += c.nudges.Load()
 	for i := range s.Drops {
 		s.Drops[i] += c.drops[i].Load()
 	}

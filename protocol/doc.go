@@ -1,6 +1,7 @@
 // Package protocol holds callrelay's wire formats: everything a device and a
-// forwarder say to each other on the forwarder's one UDP port, and the join
-// tokens that admit a device. It does no I/O and imports nothing of ours.
+// forwarder say to each other on the forwarder's one UDP port, the join
+// tokens that admit a device, and what forwarders say to each other (trunk
+// frames, cluster messages). It does no I/O and imports nothing of ours.
 //
 // The standards each part follows:
 //
@@ -15,6 +16,13 @@
 //     extensions of RFC 8285 and the audio level of RFC 6464.
 //   - relay_*.go: the relay's instructions as RTCP APP packets (RFC 3550
 //     6.7), carried with github.com/pion/rtcp.
+//   - clusterkey.go: the cluster key shared by forwarders, its subkeys
+//     (HMAC-SHA256, RFC 2104) and forwarder tags (SHA-256, FIPS 180-4).
+//   - trunk.go: trunk frames, one media datagram between forwarders,
+//     authenticated with HMAC-SHA256 truncated to 128 bits (as RFC 4868's
+//     HMAC-SHA-256-128).
+//   - cluster_msg.go: MemberNotice and ForwarderAnnounce, the authenticated
+//     messages forwarders exchange over NATS.
 //
 // README.md in this directory is the wire specification, written so that a
 // client can be built from it alone.

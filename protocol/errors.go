@@ -27,3 +27,25 @@ var (
 	// ErrNotResponse: a datagram is not a response to the given transaction.
 	ErrNotResponse = errors.New("protocol: not a join response")
 )
+
+// Sentinel errors of the cluster: the cluster key, trunk frames between
+// forwarders and the messages forwarders exchange over NATS.
+var (
+	// ErrClusterKey: a cluster key is not 64 hex digits, or is all zeros.
+	ErrClusterKey = errors.New("protocol: bad cluster key")
+	// ErrTrunkTruncated: a trunk frame is shorter than its header and tag
+	// plus one payload byte.
+	ErrTrunkTruncated = errors.New("protocol: trunk frame truncated")
+	// ErrTrunkVersion: a trunk frame's version byte is not 1.
+	ErrTrunkVersion = errors.New("protocol: unknown trunk frame version")
+	// ErrTrunkAuth: a trunk frame's tag does not match (wrong cluster key,
+	// or the frame was altered).
+	ErrTrunkAuth = errors.New("protocol: trunk frame authentication failed")
+	// ErrClusterMsgInvalid: a cluster message does not have the envelope or
+	// body layout (magic, version, type, length, field values), or a message
+	// to encode holds a value the format forbids.
+	ErrClusterMsgInvalid = errors.New("protocol: invalid cluster message")
+	// ErrClusterMsgAuth: a cluster message's tag does not match (wrong
+	// cluster key, or the message was altered).
+	ErrClusterMsgAuth = errors.New("protocol: cluster message authentication failed")
+)

@@ -11,9 +11,9 @@ import (
 	"github.com/callrelay/callrelay/protocol"
 )
 
-// Call record wire format, version 1. All integers are big-endian.
+// Call record wire format, version 2. All integers are big-endian.
 //
-//	0       format = 1
+//	0       format = 2
 //	1..9    version (uint64, at least 1)
 //	9..25   call id
 //	25      class (1 one-to-one, 2 group)
@@ -22,17 +22,24 @@ import (
 //	30..    members, sorted by participant id, strictly ascending:
 //	        16  participant id
 //	        1+n forwarder id: length byte, then n bytes
-//	        1   address family: 0 none, 4 IPv4, 6 IPv6 (no zone)
-//	        0/4/16 address bytes
-//	        2   port
+//	        3+a forwarder trunk address (address, below)
+//	        3+a participant address (address, below)
 //	        8   joined at, Unix nanoseconds (int64; 0 means unset)
 //	        1+4n SSRCs: count byte, then n uint32
 //	        1+16n subscriptions: count byte, then n participant ids
 //
+// An address is a family byte (0 none, 4 IPv4, 6 IPv6, no zone), then a = 0,
+// 4 or 16 address bytes, then the port (uint16).
+//
+// Version 1 is the same without the trunk address. It is still decoded (with
+// a zero Trunk) so records written before an upgrade stay readable; it is
+// never written.
+//
 // Nothing may follow the last member. The encoding is canonical: decoding
-// then encoding a valid record gives back the same bytes.
+// then encoding a valid record in its own format gives back the same bytes.
 const (
-	recordFormat     = 1
+	recordFormat     = 2 // written
+	recordFormatV1   = 1 // read only: no trunk address
 	recordHeaderSize = 30
 	maxListLen       = 255 // forwarder id bytes, SSRCs, subscriptions
 	maxMembers       = 1<<16 - 1
@@ -41,10 +48,16 @@ const (
 // encodeCall appends c's record to dst. It fails only for values the format
 // cannot carry; validate members before storing them.
 func encodeCall(dst []byte, c Call) ([]byte, error) {
+	return appendRecord(dst, c, recordFormat)
+}
+
+// appendRecord appends c's record in the given format; format 1 cannot carry
+// a trunk address.
+func appendRecord(dst []byte, c Call, format byte) ([]byte, error) {
 	if len(c.Members) > maxMembers {
 		return nil, fmt.Errorf("%w: %d members", ErrInvalid, len(c.Members))
 	}
-	dst = append(dst, recordFormat)
+	dst = append(dst, format)
 	dst = binary.BigEndian.AppendUint64(dst, c.Version)
 	dst = append(dst, c.ID[:]...)
 	dst = append(dst, byte(c.Class))
@@ -60,27 +73,22 @@ func encodeCall(dst []byte, c Call) ([]byte, error) {
 		if err := validateMember(m); err != nil {
 			return nil, err
 		}
+		if format == recordFormatV1 && m.Trunk != (netip.AddrPort{}) {
+			return nil, fmt.Errorf("%w: format 1 has no trunk address", ErrInvalid)
+		}
 		dst = append(dst, id[:]...)
-		dst = appendMember(dst, m)
+		dst = appendMember(dst, m, format)
 	}
 	return dst, nil
 }
 
-func appendMember(dst []byte, m Member) []byte {
+func appendMember(dst []byte, m Member, format byte) []byte {
 	dst = append(dst, byte(len(m.Forwarder)))
 	dst = append(dst, m.Forwarder...)
-	a := m.Addr.Addr()
-	switch {
-	case a.Is4():
-		dst = append(dst, 4)
-		dst = append(dst, a.AsSlice()...)
-	case a.Is6():
-		dst = append(dst, 6)
-		dst = append(dst, a.AsSlice()...)
-	default:
-		dst = append(dst, 0)
+	if format != recordFormatV1 {
+		dst = appendAddrPort(dst, m.Trunk)
 	}
-	dst = binary.BigEndian.AppendUint16(dst, m.Addr.Port())
+	dst = appendAddrPort(dst, m.Addr)
 	var joined int64
 	if !m.JoinedAt.IsZero() {
 		joined = m.JoinedAt.UnixNano()
@@ -97,6 +105,21 @@ func appendMember(dst []byte, m Member) []byte {
 	return dst
 }
 
+func appendAddrPort(dst []byte, ap netip.AddrPort) []byte {
+	a := ap.Addr()
+	switch {
+	case a.Is4():
+		dst = append(dst, 4)
+		dst = append(dst, a.AsSlice()...)
+	case a.Is6():
+		dst = append(dst, 6)
+		dst = append(dst, a.AsSlice()...)
+	default:
+		dst = append(dst, 0)
+	}
+	return binary.BigEndian.AppendUint16(dst, ap.Port())
+}
+
 // validateMember reports whether the record format can carry m.
 func validateMember(m Member) error {
 	switch {
@@ -108,6 +131,8 @@ func validateMember(m Member) error {
 		return fmt.Errorf("%w: %d subscriptions, at most %d", ErrInvalid, len(m.Subscriptions), maxListLen)
 	case m.Addr.Addr().Zone() != "":
 		return fmt.Errorf("%w: address %s has a zone", ErrInvalid, m.Addr)
+	case m.Trunk.Addr().Zone() != "":
+		return fmt.Errorf("%w: trunk address %s has a zone", ErrInvalid, m.Trunk)
 	}
 	return nil
 }
@@ -147,8 +172,9 @@ func decodeCall(b []byte) (Call, error) {
 	if len(b) < recordHeaderSize {
 		return c, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrCorrupt, len(b), recordHeaderSize)
 	}
-	if b[0] != recordFormat {
-		return c, fmt.Errorf("%w: format %d, want %d", ErrCorrupt, b[0], recordFormat)
+	format := b[0]
+	if format != recordFormat && format != recordFormatV1 {
+		return c, fmt.Errorf("%w: format %d, want %d or %d", ErrCorrupt, format, recordFormatV1, recordFormat)
 	}
 	r := &reader{b: b[1:]}
 	c.Version = r.u64()
@@ -168,7 +194,7 @@ func decodeCall(b []byte) (Call, error) {
 	var prev protocol.ID
 	for i := range n {
 		id := r.id()
-		m := r.member()
+		m := r.member(format)
 		if r.err != nil {
 			return Call{}, fmt.Errorf("member %d: %w", i, r.err)
 		}
@@ -184,22 +210,13 @@ func decodeCall(b []byte) (Call, error) {
 	return c, nil
 }
 
-func (r *reader) member() Member {
+func (r *reader) member(format byte) Member {
 	var m Member
 	m.Forwarder = string(r.take(r.u8()))
-	var addr netip.Addr
-	switch fam := r.u8(); fam {
-	case 0:
-	case 4:
-		addr = netip.AddrFrom4([4]byte(r.take(4)))
-	case 6:
-		addr = netip.AddrFrom16([16]byte(r.take(16)))
-	default:
-		if r.err == nil {
-			r.err = fmt.Errorf("%w: address family %d", ErrCorrupt, fam)
-		}
+	if format != recordFormatV1 {
+		m.Trunk = r.addrPort()
 	}
-	m.Addr = netip.AddrPortFrom(addr, r.u16())
+	m.Addr = r.addrPort()
 	if ns := int64(r.u64()); ns != 0 {
 		m.JoinedAt = time.Unix(0, ns).UTC()
 	}
@@ -216,4 +233,20 @@ func (r *reader) member() Member {
 		}
 	}
 	return m
+}
+
+func (r *reader) addrPort() netip.AddrPort {
+	var addr netip.Addr
+	switch fam := r.u8(); fam {
+	case 0:
+	case 4:
+		addr = netip.AddrFrom4([4]byte(r.take(4)))
+	case 6:
+		addr = netip.AddrFrom16([16]byte(r.take(16)))
+	default:
+		if r.err == nil {
+			r.err = fmt.Errorf("%w: address family %d", ErrCorrupt, fam)
+		}
+	}
+	return netip.AddrPortFrom(addr, r.u16())
 }

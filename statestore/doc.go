@@ -16,7 +16,20 @@
 // tag ({call:<hex id>}) so they live on one slot, carry a TTL refreshed on
 // every change and by Touch, and are all deleted when the last member leaves.
 //
-// The record format is documented in codec.go.
+// A member's placement names the forwarder serving it and that forwarder's
+// trunk address. AddMember writes nothing when the placement is already the
+// stored one, so re-asserting it (or retrying a lost answer) is free, and
+// RemoveMemberServedBy removes a member only on behalf of the forwarder that
+// holds it, so a forwarder that lost a participant to another can never
+// remove the newer placement.
+//
+// Writer puts a queue in front of a Store for a control loop that must never
+// wait on Redis: changes are applied in order in the background, kept
+// (bounded) and retried while the store is unreachable, and reported back on
+// a channel.
+//
+// The record format is documented in codec.go; format 1 records (before
+// trunk addresses) are still read.
 //
 // What statestore must never do:
 //   - let go-redis types or errors leave the package: callers see Call,

@@ -21,4 +21,7 @@ var (
 	// ErrUnavailable means the backend could not be reached or did not answer
 	// in time. The context's error is wrapped too when it caused this.
 	ErrUnavailable = errors.New("statestore: backend unavailable")
+	// ErrQueueFull means a Writer already holds its QueueLimit of ops; the
+	// op was not taken.
+	ErrQueueFull = errors.New("statestore: writer queue full")
 )

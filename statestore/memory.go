@@ -121,6 +121,11 @@ func (s *Memory) RemoveMember(ctx context.Context, callID, participant protocol.
 	return removeMember(ctx, s, callID, participant)
 }
 
+// RemoveMemberServedBy implements Store.
+func (s *Memory) RemoveMemberServedBy(ctx context.Context, callID, participant protocol.ID, forwarder string) (Call, error) {
+	return removeMemberServedBy(ctx, s, callID, participant, forwarder)
+}
+
 // Touch implements Store.
 func (s *Memory) Touch(ctx context.Context, callID protocol.ID) error {
 	if err := ctx.Err(); err != nil {

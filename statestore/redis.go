@@ -3,9 +3,11 @@ package statestore
 import (
 	"context"
 	"crypto/sha1"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -74,16 +76,73 @@ var _ Store = (*Redis)(nil)
 
 // OpenRedis connects to the Redis at url (redis:// or rediss://, with
 // password, database and go-redis query options as redis.ParseURL reads
-// them). Socket I/O is bounded by each call's context. Close releases it.
+// them), with cfg's TLS, Password and timeouts applied on top (see Config).
+// Socket I/O is bounded by OpTimeout and by each call's context. Close
+// releases it.
 func OpenRedis(url string, cfg Config) (*Redis, error) {
+	opt, err := redisOptions(url, cfg)
+	if err != nil {
+		return nil, err
+	}
+	r := NewRedis(redis.NewClient(opt), cfg)
+	r.owns = true
+	return r, nil
+}
+
+// redisOptions parses url and merges cfg into the result.
+func redisOptions(url string, cfg Config) (*redis.Options, error) {
 	opt, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("%w: redis url: %v", ErrInvalid, err)
 	}
 	opt.ContextTimeoutEnabled = true
-	r := NewRedis(redis.NewClient(opt), cfg)
-	r.owns = true
-	return r, nil
+	if cfg.Password != "" {
+		opt.Password = cfg.Password
+	}
+	if cfg.TLS != nil {
+		t := cfg.TLS.Clone()
+		if t.ServerName == "" {
+			if opt.TLSConfig != nil {
+				t.ServerName = opt.TLSConfig.ServerName
+			} else if host, _, err := net.SplitHostPort(opt.Addr); err == nil {
+				t.ServerName = host
+			}
+		}
+		if t.MinVersion == 0 {
+			t.MinVersion = tls.VersionTLS12
+		}
+		opt.TLSConfig = t
+	}
+	switch {
+	case cfg.DialTimeout > 0:
+		opt.DialTimeout = cfg.DialTimeout
+	case opt.DialTimeout == 0:
+		opt.DialTimeout = DefaultDialTimeout
+	}
+	// Fail fast and leave the retrying to the caller (a Writer): one quick
+	// retry covers a pooled connection that died with a restarted server,
+	// more only stretches each failure while Redis is away. The URL's
+	// max_retries and max_retry_backoff still win.
+	if opt.MaxRetries == 0 {
+		opt.MaxRetries = 1
+	}
+	if opt.MaxRetryBackoff == 0 {
+		opt.MaxRetryBackoff = 100 * time.Millisecond
+	}
+	if opt.DialerRetries == 0 {
+		opt.DialerRetries = 2
+	}
+	switch {
+	case cfg.OpTimeout > 0:
+		opt.ReadTimeout, opt.WriteTimeout = cfg.OpTimeout, cfg.OpTimeout
+	case opt.ReadTimeout == 0 && opt.WriteTimeout == 0:
+		opt.ReadTimeout, opt.WriteTimeout = DefaultOpTimeout, DefaultOpTimeout
+	case opt.WriteTimeout == 0:
+		opt.WriteTimeout = opt.ReadTimeout // as go-redis does
+	case opt.ReadTimeout == 0:
+		opt.ReadTimeout = DefaultOpTimeout
+	}
+	return opt, nil
 }
 
 // NewRedis uses an existing client, which the caller keeps and closes. Set
@@ -105,6 +164,14 @@ func (r *Redis) Close() error {
 
 // fail turns a go-redis error into one of ours; none of go-redis's types
 // escape, only its message.
+//
+// A key of the wrong type is ErrCorrupt. Everything else is ErrUnavailable:
+// network errors and timeouts, and the server errors that say Redis cannot
+// serve us now (LOADING, READONLY after a failover, CLUSTERDOWN, TRYAGAIN,
+// MASTERDOWN, BUSY, OOM, NOAUTH or WRONGPASS while a password rotates). Our
+// scripts and commands raise no other error on a healthy Redis, so an
+// unknown one is treated as the backend being unusable, not the change
+// being refused: a Writer keeps the change and retries it.
 func fail(ctx context.Context, op string, id protocol.ID, err error) error {
 	if redis.HasErrorPrefix(err, "WRONGTYPE") {
 		return fmt.Errorf("%w: %s call %s: key holds the wrong type: %v", ErrCorrupt, op, id, err)
@@ -161,6 +228,11 @@ func (r *Redis) UpdateMember(ctx context.Context, callID, participant protocol.I
 // RemoveMember implements Store.
 func (r *Redis) RemoveMember(ctx context.Context, callID, participant protocol.ID) (Call, error) {
 	return removeMember(ctx, r, callID, participant)
+}
+
+// RemoveMemberServedBy implements Store.
+func (r *Redis) RemoveMemberServedBy(ctx context.Context, callID, participant protocol.ID, forwarder string) (Call, error) {
+	return removeMemberServedBy(ctx, r, callID, participant, forwarder)
 }
 
 // Touch implements Store.

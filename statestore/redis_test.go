@@ -2,6 +2,9 @@ package statestore
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -9,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
+	"github.com/callrelay/callrelay/internal/embedredis"
 	"github.com/callrelay/callrelay/internal/testenv"
 	"github.com/callrelay/callrelay/protocol"
 )
@@ -97,25 +101,41 @@ func TestRedisTTLSetAndRefreshed(t *testing.T) {
 	requireTTL(ckptKey(call), 59*time.Minute, time.Hour)
 }
 
-// TestRedisExpiry lets a call and a checkpoint expire on the server's clock.
+// TestRedisExpiry lets a call and a checkpoint expire on the server's clock,
+// on a real redis-server and on the demo's stand-in.
 func TestRedisExpiry(t *testing.T) {
-	s, _ := newTestRedis(t, Config{TTL: 100 * time.Millisecond})
-	ctx, call := testCtx(t), protocol.NewID()
-	_, err := s.AddMember(ctx, call, protocol.ClassGroup, 3, protocol.NewID(), testMember(1))
-	require.NoError(t, err)
-	require.NoError(t, s.SaveCheckpoint(ctx, call, "short", []byte("x"), 50*time.Millisecond))
-	require.NoError(t, s.SaveCheckpoint(ctx, call, "long", []byte("y"), time.Minute))
-	require.Eventually(t, func() bool {
-		_, err := s.Get(ctx, call)
-		return err != nil
-	}, 5*time.Second, 10*time.Millisecond)
-	_, err = s.Get(ctx, call)
-	require.ErrorIs(t, err, ErrNotFound)
-	_, err = s.LoadCheckpoint(ctx, call, "short")
-	require.ErrorIs(t, err, ErrNotFound)
-	got, err := s.LoadCheckpoint(ctx, call, "long")
-	require.NoError(t, err)
-	require.Equal(t, []byte("y"), got)
+	for name, url := range map[string]func(t *testing.T) string{
+		"redis-server": func(t *testing.T) string { return testenv.Redis(t).URL() },
+		"embedredis": func(t *testing.T) string {
+			srv, err := embedredis.Start(nil)
+			require.NoError(t, err)
+			t.Cleanup(srv.Close)
+			return srv.URL()
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, err := OpenRedis(url(t), Config{TTL: 100 * time.Millisecond})
+			require.NoError(t, err)
+			t.Cleanup(func() { require.NoError(t, s.Close()) })
+			ctx, call := testCtx(t), protocol.NewID()
+			_, err = s.AddMember(ctx, call, protocol.ClassGroup, 3, protocol.NewID(), testMember(1))
+			require.NoError(t, err)
+			require.NoError(t, s.SaveCheckpoint(ctx, call, "short", []byte("x"), 50*time.Millisecond))
+			require.NoError(t, s.SaveCheckpoint(ctx, call, "long", []byte("y"), time.Minute))
+			testenv.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+				_, err := s.Get(ctx, call)
+				if !errors.Is(err, ErrNotFound) {
+					return fmt.Errorf("call not expired: %v", err)
+				}
+				return nil
+			})
+			_, err = s.LoadCheckpoint(ctx, call, "short")
+			require.ErrorIs(t, err, ErrNotFound)
+			got, err := s.LoadCheckpoint(ctx, call, "long")
+			require.NoError(t, err)
+			require.Equal(t, []byte("y"), got)
+		})
+	}
 }
 
 // TestRedisDown checks that a dead or hung Redis yields errors within the
@@ -171,9 +191,13 @@ func TestRedisCorruptRecords(t *testing.T) {
 		"garbage": func(k string, _ protocol.ID) error {
 			return raw.Set(ctx, k, "\x00\xffnot a record at all, really", 0).Err()
 		},
-		"empty":          func(k string, _ protocol.ID) error { return raw.Set(ctx, k, "", 0).Err() },
-		"JSON":           func(k string, _ protocol.ID) error { return raw.Set(ctx, k, `{"id":"x","members":[]}`, 0).Err() },
-		"future format":  func(k string, id protocol.ID) error { r := valid(id); r[0] = 2; return raw.Set(ctx, k, r, 0).Err() },
+		"empty": func(k string, _ protocol.ID) error { return raw.Set(ctx, k, "", 0).Err() },
+		"JSON":  func(k string, _ protocol.ID) error { return raw.Set(ctx, k, `{"id":"x","members":[]}`, 0).Err() },
+		"future format": func(k string, id protocol.ID) error {
+			r := valid(id)
+			r[0] = recordFormat + 1
+			return raw.Set(ctx, k, r, 0).Err()
+		},
 		"truncated":      func(k string, id protocol.ID) error { r := valid(id); return raw.Set(ctx, k, r[:len(r)-3], 0).Err() },
 		"trailing bytes": func(k string, id protocol.ID) error { return raw.Set(ctx, k, append(valid(id), 0), 0).Err() },
 		"foreign call":   func(k string, _ protocol.ID) error { return raw.Set(ctx, k, valid(protocol.NewID()), 0).Err() },
@@ -271,4 +295,45 @@ func BenchmarkAddRemoveMember(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkJoinWrite measures the write a join makes: AddMember of a new
+// participant into a call of five, making it six, on a real redis-server.
+// The participant is removed again outside the timed part. It reports the
+// median and 99th percentile of the AddMember latency.
+func BenchmarkJoinWrite(b *testing.B) {
+	s, _ := newTestRedis(b, Config{})
+	ctx := context.Background()
+	calls := make([]protocol.ID, 64)
+	for i := range calls {
+		calls[i] = protocol.NewID()
+		for j := range 5 {
+			if _, err := s.AddMember(ctx, calls[i], protocol.ClassGroup, 6, protocol.NewID(), testMember(j)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	m := testMember(6)
+	var lat []time.Duration
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		call, p := calls[i%len(calls)], protocol.NewID()
+		i++
+		start := time.Now()
+		if _, err := s.AddMember(ctx, call, protocol.ClassGroup, 6, p, m); err != nil {
+			b.Fatal(err)
+		}
+		d := time.Since(start)
+		b.StopTimer()
+		lat = append(lat, d)
+		if _, err := s.RemoveMemberServedBy(ctx, call, p, m.Forwarder); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	slices.Sort(lat)
+	pct := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Nanoseconds()) / 1e3 }
+	b.ReportMetric(pct(0.50), "p50-µs")
+	b.ReportMetric(pct(0.99), "p99-µs")
 }

@@ -2,6 +2,8 @@ package statestore
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -29,7 +31,11 @@ type Store interface {
 	// AddMember adds (or replaces) participant's membership, creating the
 	// call with class and maxSize if it does not exist; an existing call
 	// keeps its own class and max size. It fails with ErrCallFull if a new
-	// member would exceed MaxSize.
+	// member would exceed MaxSize. If the stored member already has m's
+	// Forwarder, Trunk, Addr, SSRCs and Subscriptions (JoinedAt aside),
+	// nothing is written, the version stays, and the current Call is
+	// returned: re-asserting a placement, or retrying an add whose answer
+	// was lost, costs no change.
 	AddMember(ctx context.Context, callID protocol.ID, class protocol.CallClass, maxSize int, participant protocol.ID, m Member) (Call, error)
 	// UpdateMember replaces an existing member, or fails with ErrNotFound or
 	// ErrNotMember.
@@ -37,6 +43,13 @@ type Store interface {
 	// RemoveMember removes participant. When the last member leaves, every
 	// key of the call is deleted and the returned Call has no members.
 	RemoveMember(ctx context.Context, callID, participant protocol.ID) (Call, error)
+	// RemoveMemberServedBy removes participant only if the stored member is
+	// served by forwarder, so a forwarder that lost the participant to
+	// another one can never remove the newer placement. Otherwise it
+	// returns the current Call and an error wrapping ErrNotMember (also
+	// when participant is not a member at all), or ErrNotFound. Removing
+	// the last member deletes every key of the call, as RemoveMember does.
+	RemoveMemberServedBy(ctx context.Context, callID, participant protocol.ID, forwarder string) (Call, error)
 	// Touch refreshes the call's TTL, or fails with ErrNotFound.
 	Touch(ctx context.Context, callID protocol.ID) error
 	// SaveCheckpoint stores opaque data of the given kind for ttl. It never
@@ -61,12 +74,22 @@ type Call struct {
 // Member is one participant's place in a call.
 type Member struct {
 	Forwarder string         // id of the forwarder serving the participant
+	Trunk     netip.AddrPort // that forwarder's trunk address, where any forwarder reaches it
 	Addr      netip.AddrPort // the participant's address as that forwarder sees it
 	SSRCs     []uint32       // the participant's media streams
-	JoinedAt  time.Time      // stored with nanosecond precision, in UTC
+	// JoinedAt is when this placement was written: a rejoin, or a
+	// re-assert that changes the placement, updates it. Stored with
+	// nanosecond precision, in UTC.
+	JoinedAt time.Time
 	// Subscriptions lists the participants whose media this one receives.
 	Subscriptions []protocol.ID
 }
+
+// Default Redis timeouts (Config.DialTimeout, Config.OpTimeout).
+const (
+	DefaultDialTimeout = time.Second
+	DefaultOpTimeout   = 500 * time.Millisecond
+)
 
 // Config tunes a store. The zero value uses the defaults.
 type Config struct {
@@ -74,6 +97,25 @@ type Config struct {
 	TTL time.Duration
 	// Now is Memory's clock (time.Now if nil). Redis uses the server's.
 	Now func() time.Time
+
+	// The rest applies to OpenRedis only (NewRedis takes a ready client).
+
+	// TLS, if not nil, makes the connection use TLS with this
+	// configuration, even for a redis:// URL; its ServerName defaults to the
+	// URL's host. With a rediss:// URL and nil TLS, go-redis's default
+	// (system roots, the URL's host) is used.
+	TLS *tls.Config
+	// Password, if not empty, overrides the URL's.
+	Password string
+	// DialTimeout bounds connecting (DefaultDialTimeout if zero and the URL
+	// sets no dial_timeout).
+	DialTimeout time.Duration
+	// OpTimeout bounds each command's socket reads and writes, so an
+	// unreachable or hung Redis fails fast even under a generous context.
+	// If zero, the URL's read_timeout and write_timeout apply (write
+	// following read, as in go-redis), and DefaultOpTimeout where it sets
+	// neither.
+	OpTimeout time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -97,8 +139,23 @@ type backend interface {
 }
 
 // mutateFunc changes c in place; exists says whether the call was stored.
-// An error aborts the change and is returned as is.
+// An error aborts the change and is returned as is, with a zero Call; a
+// mutateFunc that leaves c alone may instead return errUnchanged (change
+// returns the stored call, no error, and writes nothing) or keepCall(err)
+// (change returns the stored call and err).
 type mutateFunc func(c *Call, exists bool) error
+
+// errUnchanged, from a mutateFunc, means there is nothing to write.
+var errUnchanged = errors.New("statestore: unchanged")
+
+// callError, from a mutateFunc, makes change return the stored call along
+// with err.
+type callError struct{ err error }
+
+func (e callError) Error() string { return e.err.Error() }
+func (e callError) Unwrap() error { return e.err }
+
+func keepCall(err error) error { return callError{err} }
 
 // get loads and decodes a call; a record naming another call is corrupt.
 func get(ctx context.Context, b backend, callID protocol.ID) (Call, []byte, error) {
@@ -133,6 +190,13 @@ func change(ctx context.Context, b backend, callID protocol.ID, mutate mutateFun
 			return Call{}, err
 		}
 		if err := mutate(&c, old != nil); err != nil {
+			var ce callError
+			switch {
+			case err == errUnchanged:
+				return c, nil
+			case errors.As(err, &ce):
+				return c, ce.err
+			}
 			return Call{}, err
 		}
 		c.Version++
@@ -172,7 +236,11 @@ func addMember(ctx context.Context, b backend, callID protocol.ID, class protoco
 		if !exists {
 			*c = Call{ID: callID, Class: class, MaxSize: maxSize, Members: map[protocol.ID]Member{}}
 		}
-		if _, ok := c.Members[participant]; !ok && len(c.Members) >= c.MaxSize {
+		cur, ok := c.Members[participant]
+		if ok && samePlacement(cur, m) {
+			return errUnchanged
+		}
+		if !ok && len(c.Members) >= c.MaxSize {
 			return fmt.Errorf("%w: call %s has %d of %d members", ErrCallFull, callID, len(c.Members), c.MaxSize)
 		}
 		c.Members[participant] = cloneMember(m)
@@ -207,6 +275,30 @@ func removeMember(ctx context.Context, b backend, callID, participant protocol.I
 		delete(c.Members, participant)
 		return nil
 	})
+}
+
+func removeMemberServedBy(ctx context.Context, b backend, callID, participant protocol.ID, forwarder string) (Call, error) {
+	return change(ctx, b, callID, func(c *Call, exists bool) error {
+		if !exists {
+			return fmt.Errorf("%w: call %s", ErrNotFound, callID)
+		}
+		m, ok := c.Members[participant]
+		switch {
+		case !ok:
+			return keepCall(fmt.Errorf("%w: %s in call %s", ErrNotMember, participant, callID))
+		case m.Forwarder != forwarder:
+			return keepCall(fmt.Errorf("%w: %s in call %s is served by %q, not %q",
+				ErrNotMember, participant, callID, m.Forwarder, forwarder))
+		}
+		delete(c.Members, participant)
+		return nil
+	})
+}
+
+// samePlacement reports whether a and b differ at most in JoinedAt.
+func samePlacement(a, b Member) bool {
+	return a.Forwarder == b.Forwarder && a.Trunk == b.Trunk && a.Addr == b.Addr &&
+		slices.Equal(a.SSRCs, b.SSRCs) && slices.Equal(a.Subscriptions, b.Subscriptions)
 }
 
 func validateCheckpoint(kind string, data []byte, ttl time.Duration) error {

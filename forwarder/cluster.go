@@ -1,0 +1,112 @@
+package forwarder
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/callrelay/callrelay/protocol"
+	"github.com/callrelay/callrelay/statestore"
+)
+
+// Cluster is what a forwarder needs to serve calls whose members sit on
+// several forwarders, and to let any forwarder take a call over.
+//
+//   - Store holds each call's critical state (who is in it, which forwarder
+//     serves whom); every change is written there before it is acknowledged,
+//     through a bounded queue that keeps changes while the store is down.
+//   - NATS carries change notices per call (a new member on C is heard on A
+//     and B within milliseconds) and every forwarder's heartbeat and load.
+//   - The trunk is a separate UDP socket: one authenticated copy of each
+//     packet crosses to each other forwarder of the call, which fans it out.
+//
+// A zero TrunkListen means the forwarder runs on its own (the other fields
+// are then ignored, except Store, which still records state).
+type Cluster struct {
+	// ID names this forwarder in the cluster and in the state store. It
+	// should stay the same across restarts of the same forwarder.
+	ID string
+	// TrunkListen is the internal UDP ip:port for trunk frames.
+	TrunkListen string
+	// TrunkAdvertise is the trunk address other forwarders send to. Default:
+	// the bound trunk address, which must then not be unspecified.
+	TrunkAdvertise netip.AddrPort
+	// MediaAdvertise is the address devices join, as told to other
+	// forwarders (for Try Alternate and migration). Default: the bound
+	// media address, which must then not be unspecified.
+	MediaAdvertise netip.AddrPort
+	// Key authenticates trunk frames and cluster messages.
+	Key protocol.ClusterKey
+	// Store keeps critical call state; nil keeps none (no takeover).
+	Store statestore.Store
+	// NATS carries notices and heartbeats; required with a trunk.
+	NATS *nats.Conn
+	// Subject is the prefix of every NATS subject used.
+	Subject string
+
+	// StateQueue bounds the changes waiting for the store.
+	StateQueue int
+	// ReconcileEvery is how often each call's view is checked against the
+	// store and its TTL refreshed (must be well under the store's TTL).
+	ReconcileEvery time.Duration
+	// AnnounceEvery is the heartbeat interval; a peer silent for
+	// PeerTimeout is taken for dead.
+	AnnounceEvery, PeerTimeout time.Duration
+	// OrphanAfter: a member the store places on a forwarder that has been
+	// dead (or unknown) for this long is removed by whoever sees it.
+	OrphanAfter time.Duration
+}
+
+// DefaultCluster returns the tuning defaults, with the cluster off.
+func DefaultCluster() Cluster {
+	return Cluster{
+		Subject:        "callrelay",
+		StateQueue:     16384,
+		ReconcileEvery: 5 * time.Second,
+		AnnounceEvery:  time.Second,
+		PeerTimeout:    3 * time.Second,
+		OrphanAfter:    10 * time.Second,
+	}
+}
+
+func (c *Cluster) enabled() bool { return c.TrunkListen != "" }
+
+func (c *Cluster) validate() error {
+	var errs []error
+	if c.Store != nil || c.enabled() {
+		if err := protocol.ValidForwarderID(c.ID); err != nil {
+			errs = append(errs, fmt.Errorf("forwarder: cluster id (--id), the same across restarts: %w", err))
+		}
+		if c.StateQueue < 1 || c.ReconcileEvery <= 0 {
+			errs = append(errs, fmt.Errorf("forwarder: state queue %d and reconcile interval %s must be positive", c.StateQueue, c.ReconcileEvery))
+		}
+	}
+	if !c.enabled() {
+		return errors.Join(errs...)
+	}
+	if _, err := netip.ParseAddrPort(c.TrunkListen); err != nil {
+		errs = append(errs, fmt.Errorf("forwarder: trunk listen address %q: want ip:port, e.g. 10.0.0.5:7000", c.TrunkListen))
+	}
+	if c.Key.IsZero() {
+		errs = append(errs, errors.New("forwarder: no cluster key: give the same 64-hex-digit key to every forwarder (--cluster-key or CALLRELAY_CLUSTER_KEY; `callrelay token cluster-key` makes one)"))
+	}
+	if c.NATS == nil {
+		errs = append(errs, errors.New("forwarder: a trunk needs NATS for change notices (--nats-url)"))
+	}
+	if c.Subject == "" {
+		errs = append(errs, errors.New("forwarder: empty NATS subject prefix"))
+	}
+	if c.AnnounceEvery <= 0 || c.PeerTimeout < 2*c.AnnounceEvery || c.OrphanAfter < c.PeerTimeout {
+		errs = append(errs, fmt.Errorf("forwarder: announce every %s, peer timeout %s, orphan after %s: want peer timeout >= 2 announces and orphan after >= peer timeout",
+			c.AnnounceEvery, c.PeerTimeout, c.OrphanAfter))
+	}
+	return errors.Join(errs...)
+}
+
+// Subjects. Per-call subjects let a forwarder hear only about the calls it
+// serves; NATS interest makes each notice cross only to those.
+func (c *Cluster) callSubject(id protocol.ID) string { return c.Subject + ".call." + id.String() }
+func (c *Cluster) announceSubject() string           { return c.Subject + ".forwarders" }

@@ -1,0 +1,254 @@
+package forwarder
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// A call's view of the other forwarders is a set of (participant, forwarder)
+// placements, learned from the store and from notices. It is a set, not a
+// map from participant to forwarder, on purpose: a device racing its join
+// to several forwarders is briefly placed on all of them, and the losers'
+// "left" notices must remove only their own placements, never the winner's.
+// The data path sends one copy of each packet to every forwarder that has at
+// least one placement.
+type remoteKey struct {
+	participant protocol.ID
+	fwd         string
+}
+
+type remotePlacement struct {
+	trunk   netip.AddrPort
+	learned time.Time
+}
+
+// peer is another forwarder, as its heartbeats describe it.
+type peer struct {
+	last  protocol.ForwarderAnnounce
+	heard time.Time
+	// assigned counts devices this forwarder sent there since the last
+	// heartbeat, so a burst of migrations or refusals is spread out.
+	assigned int
+}
+
+// clusterMsg is a NATS message handed to the control goroutine.
+type clusterMsg struct {
+	announce bool
+	data     []byte
+}
+
+const clusterQueue = 4096
+
+// subscribe starts listening to a call's notices.
+func (c *control) subscribe(cl *call) {
+	nc := c.f.cfg.Cluster.NATS
+	if nc == nil {
+		return
+	}
+	sub, err := nc.Subscribe(c.f.cfg.Cluster.callSubject(cl.id), func(m *nats.Msg) { c.f.enqueueCluster(false, m.Data) })
+	if err != nil {
+		c.f.natsErrors.Add(1)
+		c.f.log.Warn("subscribing to call notices", zap.Stringer("call", cl.id), zap.Error(err))
+		return
+	}
+	cl.sub = sub
+}
+
+func (c *control) unsubscribe(cl *call) {
+	if cl.sub != nil {
+		_ = cl.sub.Unsubscribe()
+		cl.sub = nil
+	}
+}
+
+// enqueueCluster runs on NATS goroutines: it never blocks them.
+func (f *Forwarder) enqueueCluster(announce bool, data []byte) {
+	select {
+	case f.clusterIn <- clusterMsg{announce, data}:
+	default:
+		f.clusterDrops.Add(1)
+	}
+}
+
+// notify tells the call's other forwarders that participant was placed here
+// or left here.
+func (c *control) notify(cl *call, participant protocol.ID, op protocol.MemberOp, now time.Time) {
+	cc := &c.f.cfg.Cluster
+	if cc.NATS == nil || !cc.enabled() {
+		return
+	}
+	n := protocol.MemberNotice{Op: op, Call: cl.id, Participant: participant, Forwarder: cc.ID,
+		Trunk: c.f.trunkAdvertise, At: now}
+	b, err := n.Marshal(c.scratch[:0], cc.Key)
+	if err == nil {
+		err = cc.NATS.Publish(cc.callSubject(cl.id), b)
+	}
+	if err != nil {
+		c.f.natsErrors.Add(1)
+	}
+}
+
+// onCluster applies a notice or a heartbeat. Anything that does not
+// authenticate and parse is counted and dropped.
+func (c *control) onCluster(m clusterMsg, now time.Time) {
+	key := c.f.cfg.Cluster.Key
+	if m.announce {
+		var a protocol.ForwarderAnnounce
+		if err := a.Unmarshal(m.data, key); err != nil {
+			c.f.clusterBad.Add(1)
+			return
+		}
+		c.onAnnounce(a, now)
+		return
+	}
+	var n protocol.MemberNotice
+	if err := n.Unmarshal(m.data, key); err != nil {
+		c.f.clusterBad.Add(1)
+		return
+	}
+	if n.Forwarder == c.f.cfg.Cluster.ID {
+		return // our own
+	}
+	cl := c.calls[n.Call]
+	if cl == nil {
+		return // a call we no longer serve
+	}
+	k := remoteKey{n.Participant, n.Forwarder}
+	switch n.Op {
+	case protocol.MemberPlaced:
+		if p, ok := cl.remote[k]; ok && p.trunk == n.Trunk {
+			p.learned = now
+			return
+		}
+		cl.remote[k] = &remotePlacement{trunk: n.Trunk, learned: now}
+	case protocol.MemberLeft:
+		if _, ok := cl.remote[k]; !ok {
+			return
+		}
+		delete(cl.remote, k)
+	default:
+		return
+	}
+	c.dirtyCalls[cl.id] = struct{}{}
+}
+
+func (c *control) onAnnounce(a protocol.ForwarderAnnounce, now time.Time) {
+	if a.ID == c.f.cfg.Cluster.ID {
+		return
+	}
+	p := c.peers[a.ID]
+	if p == nil {
+		p = &peer{}
+		c.peers[a.ID] = p
+		delete(c.deadPeers, a.ID)
+		c.f.log.Info("peer forwarder up", zap.String("peer", a.ID), zap.Stringer("media", a.Media), zap.Stringer("trunk", a.Trunk))
+	} else if !a.Started.Equal(p.last.Started) {
+		// Restarted: what it served before is gone; placements it made
+		// since it started (its notices may beat its heartbeat) stay.
+		c.f.log.Info("peer forwarder restarted", zap.String("peer", a.ID))
+		c.forgetPeer(a.ID, a.Started)
+	}
+	if a.Seq < p.last.Seq && a.Started.Equal(p.last.Started) {
+		return // reordered
+	}
+	p.last, p.heard, p.assigned = a, now, 0
+}
+
+// expirePeers forgets forwarders silent for PeerTimeout, and stops sending
+// them trunk copies.
+func (c *control) expirePeers(now time.Time) {
+	for id, p := range c.peers {
+		if now.Sub(p.heard) > c.f.cfg.Cluster.PeerTimeout {
+			c.f.log.Warn("peer forwarder silent: taken for dead", zap.String("peer", id), zap.Duration("silent", now.Sub(p.heard)))
+			delete(c.peers, id)
+			c.deadPeers[id] = now
+			c.forgetPeer(id, now)
+		}
+	}
+	for id, t := range c.deadPeers {
+		if now.Sub(t) > 10*c.f.cfg.Cluster.OrphanAfter {
+			delete(c.deadPeers, id)
+		}
+	}
+}
+
+// forgetPeer drops the placements on fwd learned before since.
+func (c *control) forgetPeer(fwd string, since time.Time) {
+	for _, cl := range c.calls {
+		for k, p := range cl.remote {
+			if k.fwd == fwd && p.learned.Before(since) {
+				delete(cl.remote, k)
+				c.dirtyCalls[cl.id] = struct{}{}
+			}
+		}
+	}
+}
+
+// announce publishes this forwarder's heartbeat.
+func (c *control) announce(now time.Time) {
+	f := c.f
+	cc := &f.cfg.Cluster
+	if cc.NATS == nil || !cc.enabled() {
+		return
+	}
+	c.seq++
+	a := protocol.ForwarderAnnounce{
+		ID: cc.ID, Media: f.mediaAdvertise, Trunk: f.trunkAdvertise,
+		Sessions: uint32(len(c.sessions)), Calls: uint32(len(c.calls)),
+		Draining: f.draining.Load(), Seq: c.seq, Started: c.started, At: now,
+	}
+	b, err := a.Marshal(c.scratch[:0], cc.Key)
+	if err == nil {
+		err = cc.NATS.Publish(cc.announceSubject(), b)
+	}
+	if err != nil {
+		f.natsErrors.Add(1)
+	}
+}
+
+// pickAlternate names the least loaded live peer that is not draining, or
+// the configured alternate.
+func (c *control) pickAlternate() netip.AddrPort {
+	var best *peer
+	for _, p := range c.peers {
+		if p.last.Draining || !p.last.Media.IsValid() {
+			continue
+		}
+		if best == nil || int(p.last.Sessions)+p.assigned < int(best.last.Sessions)+best.assigned ||
+			(int(p.last.Sessions)+p.assigned == int(best.last.Sessions)+best.assigned && p.last.ID < best.last.ID) {
+			best = p
+		}
+	}
+	if best == nil {
+		return c.f.cfg.Alternate
+	}
+	best.assigned++
+	return best.last.Media
+}
+
+// trunksOf lists the trunk addresses of the other forwarders with members
+// of cl, once each.
+func (c *control) trunksOf(cl *call) []netip.AddrPort {
+	var out []netip.AddrPort
+	for k, p := range cl.remote {
+		if k.fwd == c.f.cfg.Cluster.ID || !p.trunk.IsValid() || p.trunk == c.f.trunkAdvertise {
+			continue
+		}
+		dup := false
+		for _, t := range out {
+			if t == p.trunk {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			out = append(out, p.trunk)
+		}
+	}
+	return out
+}

@@ -1,0 +1,96 @@
+package forwarder
+
+import (
+	"errors"
+	"net"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// trunkReader serves one trunk socket: it authenticates each frame from
+// another forwarder and fans the packet out to the call's members here,
+// from the media port (devices hear everything from the address they
+// joined). Like the media reader it allocates nothing, locks nothing shared
+// and logs nothing per packet.
+type trunkReader struct {
+	f     *Forwarder
+	in    packetConn // the trunk socket
+	out   packetConn // the media socket of the same index, write side
+	c     *counters
+	codec *protocol.TrunkCodec
+	hdr   protocol.TrunkHeader
+
+	pin, bin, pout, bout uint64
+	drops                [numDropReasons]uint64
+}
+
+func (t *trunkReader) run() {
+	for {
+		n, err := t.in.ReadBatch()
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			t.c.drops[DropReadError].Add(1)
+			continue
+		}
+		rt := t.f.routes.Load()
+		for i := 0; i < n; i++ {
+			if t.in.Truncated(i) {
+				t.pin++
+				t.drops[DropOversized]++
+				continue
+			}
+			t.handle(rt, t.in.Buf(i))
+		}
+		t.flush()
+	}
+}
+
+func (t *trunkReader) handle(rt *routes, frame []byte) {
+	t.pin++
+	t.bin += uint64(len(frame))
+	payload, err := t.codec.Open(frame, &t.hdr)
+	if err != nil || t.hdr.Origin == t.f.tag {
+		t.drops[DropTrunkAuth]++
+		return
+	}
+	cr := rt.byCall[t.hdr.Call]
+	if cr == nil {
+		t.drops[DropTrunkNoCall]++
+		return
+	}
+	for i := range cr.members {
+		m := &cr.members[i]
+		if m.participant == t.hdr.Sender {
+			continue // a device briefly on two forwarders hears no echo
+		}
+		if !t.out.Queue(payload, &m.sa) {
+			t.flushQueue()
+			t.out.Queue(payload, &m.sa)
+		}
+		t.bout += uint64(len(payload))
+	}
+}
+
+func (t *trunkReader) flushQueue() {
+	sent, failed := t.out.Flush()
+	t.pout += uint64(sent)
+	t.drops[DropSendFailed] += uint64(failed)
+}
+
+func (t *trunkReader) flush() {
+	t.flushQueue()
+	c := t.c
+	c.trunkIn.Add(t.pin)
+	c.trunkBytesIn.Add(t.bin)
+	c.packetsOut.Add(t.pout)
+	c.bytesOut.Add(t.bout)
+	for i, d := range t.drops {
+		if d != 0 {
+			c.drops[i].Add(d)
+			t.drops[i] = 0
+		}
+	}
+	t.pin, t.bin, t.pout, t.bout = 0, 0, 0, 0
+}
