@@ -10,8 +10,8 @@ import (
 // through an atomic pointer for every batch and never lock; the control path
 // builds a new one on every membership or address change (copy-on-write).
 type routes struct {
-	bySrc  map[netip.AddrPort]*route     // media from a local member
-	byCall map[protocol.ID]*callRoute    // trunk frames into a call
+	bySrc  map[netip.AddrPort]*route  // media from a local member
+	byCall map[protocol.ID]*callRoute // trunk frames into a call
 }
 
 // route is one joined session as the data path sees it.
