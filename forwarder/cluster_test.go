@@ -3,7 +3,6 @@ package forwarder_test
 import (
 	"context"
 	"crypto/ed25519"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -18,8 +17,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/callrelay/callrelay/client"
 	"github.com/callrelay/callrelay/forwarder"
+	"github.com/callrelay/callrelay/internal/calltest"
 	"github.com/callrelay/callrelay/internal/testenv"
 	"github.com/callrelay/callrelay/protocol"
 	"github.com/callrelay/callrelay/statestore"
@@ -95,95 +94,17 @@ func (e *clusterEnv) token(t *testing.T, call protocol.ID, size int) ([]byte, pr
 	return b, p
 }
 
-// member is a device in a cluster test: a failover Session that sends RTP
-// with its own SSRC and records from whom it hears.
-type member struct {
-	s    *client.Session
-	ssrc uint32
-	seq  uint16
-
-	mu    sync.Mutex
-	heard map[uint32]time.Time // last packet from each SSRC
-}
-
 func (e *clusterEnv) join(t *testing.T, call protocol.ID, size int, ssrc uint32, fwds ...netip.AddrPort) *member {
 	t.Helper()
 	tok, _ := e.token(t, call, size)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := client.Join(ctx, client.Config{Forwarders: fwds, Token: tok, LocalAddr: loopback,
-		FailoverAfter: 300 * time.Millisecond, JoinTimeout: 3 * time.Second})
-	require.NoError(t, err)
-	m := &member{s: s, ssrc: ssrc, heard: map[uint32]time.Time{}}
-	go func() {
-		for p := range s.Media() {
-			if p.Kind == protocol.KindRTP && len(p.Data) >= 12 {
-				m.mu.Lock()
-				m.heard[binary.BigEndian.Uint32(p.Data[8:12])] = p.Received
-				m.mu.Unlock()
-			}
-			p.Release()
-		}
-	}()
-	t.Cleanup(func() { _ = s.Close() })
-	return m
+	return calltest.Join(t, tok, ssrc, fwds...)
 }
 
-func (m *member) send() {
-	m.seq++
-	_ = m.s.WriteRTP(rtpPacket(m.ssrc, m.seq))
-}
+type member = calltest.Member
 
-func (m *member) lastFrom(ssrc uint32) time.Time {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.heard[ssrc]
-}
+func talk(t *testing.T, ms []*member, stop <-chan struct{}) { calltest.Talk(t, ms, stop) }
 
-func rtpPacket(ssrc uint32, seq uint16) []byte {
-	b := make([]byte, 12+40)
-	b[0], b[1] = 0x80, 111
-	binary.BigEndian.PutUint16(b[2:], seq)
-	binary.BigEndian.PutUint32(b[8:], ssrc)
-	return b
-}
-
-// talk makes every member send one packet every 20 ms until stop is closed.
-func talk(ms []*member, stop <-chan struct{}) *sync.WaitGroup {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				for _, m := range ms {
-					m.send()
-				}
-			}
-		}
-	}()
-	return &wg
-}
-
-// allHearAll waits until every member has heard every other after since.
-func allHearAll(t *testing.T, ms []*member, since time.Time, timeout time.Duration) {
-	t.Helper()
-	testenv.CheckFor(t, timeout, 10*time.Millisecond, func() error {
-		for i, a := range ms {
-			for j, b := range ms {
-				if i != j && !a.lastFrom(b.ssrc).After(since) {
-					return fmt.Errorf("member %d (on %s) has not heard member %d (on %s)", i, a.s.Forwarder(), j, b.s.Forwarder())
-				}
-			}
-		}
-		return nil
-	})
-}
+var allHearAll = calltest.AllHearAll
 
 func TestClusterCrossForwarderCall(t *testing.T) {
 	e := newClusterEnv(t)
@@ -193,13 +114,13 @@ func TestClusterCrossForwarderCall(t *testing.T) {
 	m2 := e.join(t, call, 6, 2, b.f.Addr())
 	stop := make(chan struct{})
 	defer close(stop)
-	talk([]*member{m1, m2}, stop)
+	talk(t, []*member{m1, m2}, stop)
 	allHearAll(t, []*member{m1, m2}, time.Now(), 5*time.Second)
 
 	// A new member on C is heard on A and B at once, through notices.
 	m3 := e.join(t, call, 6, 3, c.f.Addr())
 	joined := time.Now()
-	talk([]*member{m3}, stop)
+	talk(t, []*member{m3}, stop)
 	allHearAll(t, []*member{m1, m2, m3}, joined, 5*time.Second)
 	t.Logf("3 forwarders: everyone heard everyone %v after the third joined", time.Since(joined))
 
@@ -234,7 +155,7 @@ func TestClusterCrossForwarderCall(t *testing.T) {
 
 	// Everyone leaves: the call's state is deleted.
 	for _, m := range []*member{m1, m2, m3} {
-		require.NoError(t, m.s.Close())
+		require.NoError(t, m.S.Close())
 	}
 	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		_, err := e.store.Get(context.Background(), call)
@@ -267,7 +188,7 @@ func TestClusterConcurrentJoins(t *testing.T) {
 	require.Len(t, rec.Members, n)
 	stop := make(chan struct{})
 	defer close(stop)
-	talk(ms, stop)
+	talk(t, ms, stop)
 	allHearAll(t, ms, time.Now(), 10*time.Second)
 }
 
@@ -279,20 +200,20 @@ func TestClusterFailover(t *testing.T) {
 	a, b := e.start(t, "fwd-a"), e.start(t, "fwd-b")
 	call := protocol.NewID()
 	m1 := e.join(t, call, 6, 1, a.f.Addr(), b.f.Addr())
-	if m1.s.Forwarder() == b.f.Addr() { // multi-connect: whichever answered first
+	if m1.S.Forwarder() == b.f.Addr() { // multi-connect: whichever answered first
 		a, b = b, a
 	}
 	m2 := e.join(t, call, 6, 2, b.f.Addr())
 	stop := make(chan struct{})
 	defer close(stop)
-	talk([]*member{m1, m2}, stop)
+	talk(t, []*member{m1, m2}, stop)
 	allHearAll(t, []*member{m1, m2}, time.Now(), 5*time.Second)
 
 	killed := time.Now()
 	a.stop()
 	allHearAll(t, []*member{m1, m2}, killed, 10*time.Second)
-	require.Equal(t, b.f.Addr(), m1.s.Forwarder())
-	require.EqualValues(t, 1, m1.s.Stats().Failovers)
+	require.Equal(t, b.f.Addr(), m1.S.Forwarder())
+	require.EqualValues(t, 1, m1.S.Stats().Failovers)
 	rec, err := e.store.Get(context.Background(), call)
 	require.NoError(t, err)
 	require.Len(t, rec.Members, 2)
@@ -311,13 +232,13 @@ func TestClusterBadInput(t *testing.T) {
 	m2 := e.join(t, call, 6, 2, b.f.Addr())
 	stop := make(chan struct{})
 	defer close(stop)
-	talk([]*member{m1, m2}, stop)
+	talk(t, []*member{m1, m2}, stop)
 	allHearAll(t, []*member{m1, m2}, time.Now(), 5*time.Second)
 
 	// A frame sealed with another key, and plain garbage, to A's trunk.
 	other, err := protocol.NewClusterKey()
 	require.NoError(t, err)
-	forged := protocol.NewTrunkCodec(other).Seal(nil, &protocol.TrunkHeader{Call: call, Sender: protocol.NewID(), Origin: 7}, rtpPacket(66, 1))
+	forged := protocol.NewTrunkCodec(other).Seal(nil, &protocol.TrunkHeader{Call: call, Sender: protocol.NewID(), Origin: 7}, calltest.RTP(66, 1))
 	sock, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, 0)))
 	require.NoError(t, err)
 	defer sock.Close()
@@ -367,7 +288,7 @@ func TestClusterRedisOutage(t *testing.T) {
 	m2 := e.join(t, call, 6, 2, b.f.Addr())
 	stop := make(chan struct{})
 	defer close(stop)
-	talk([]*member{m1, m2}, stop)
+	talk(t, []*member{m1, m2}, stop)
 	allHearAll(t, []*member{m1, m2}, time.Now(), 5*time.Second)
 
 	e.redis.Stop()
@@ -379,10 +300,10 @@ func TestClusterRedisOutage(t *testing.T) {
 		return nil
 	})
 	m3 := e.join(t, call, 6, 3, a.f.Addr())
-	talk([]*member{m3}, stop)
+	talk(t, []*member{m3}, stop)
 	allHearAll(t, []*member{m1, m2, m3}, time.Now(), 5*time.Second)
 	require.NotZero(t, a.f.Stats().StateQueued)
-	require.NoError(t, m2.s.Close()) // a leave while Redis is down
+	require.NoError(t, m2.S.Close()) // a leave while Redis is down
 	allHearAll(t, []*member{m1, m3}, time.Now(), 5*time.Second)
 
 	require.NoError(t, e.redis.Restart()) // it comes back empty: nothing is kept on disk

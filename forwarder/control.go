@@ -208,7 +208,10 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 			members: make(map[protocol.ID]*session), remote: make(map[remoteKey]*remotePlacement)}
 		c.calls[tok.CallID] = cl
 		c.subscribe(cl)
-		cl.nextRefresh = now.Add(jitter(f.cfg.Cluster.ReconcileEvery))
+		// Notices sent before the subscription was live are missed, and
+		// the join's own write may race another forwarder's change: read
+		// the call again soon.
+		cl.nextRefresh = now.Add(min(f.cfg.Cluster.ReconcileEvery, newCallRecheck))
 	}
 	s := &session{
 		call: cl, participant: tok.ParticipantID, addr: src,
@@ -336,6 +339,10 @@ func (c *control) publishDue(idle bool, now time.Time) bool {
 	}
 	return idle || now.Sub(c.lastPublish) >= publishEvery || len(c.pending) >= maxPending
 }
+
+// newCallRecheck: a call new to this forwarder is read from the store again
+// this soon (at the next cluster tick after it).
+const newCallRecheck = 300 * time.Millisecond
 
 const (
 	publishEvery = 10 * time.Millisecond

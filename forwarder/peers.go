@@ -127,6 +127,14 @@ func (c *control) onCluster(m clusterMsg, now time.Time) {
 		}
 		cl.remote[k] = &remotePlacement{trunk: n.Trunk, learned: now}
 	case protocol.MemberLeft:
+		if s := cl.members[n.Participant]; s != nil && s.confirmed && !s.refused {
+			// A forwarder that lost this device's multi-connect race let
+			// it go. Its join was written after ours and its removal may
+			// take our placement with it: write ours again (the removal
+			// is conditional, so whichever lands last, ours stands).
+			c.place(s, nil, nil)
+			c.notify(cl, s.participant, protocol.MemberPlaced, now)
+		}
 		if _, ok := cl.remote[k]; !ok {
 			return
 		}

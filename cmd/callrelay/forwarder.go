@@ -9,11 +9,13 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
 	"github.com/callrelay/callrelay/forwarder"
 	"github.com/callrelay/callrelay/internal/logging"
 	"github.com/callrelay/callrelay/protocol"
+	"github.com/callrelay/callrelay/statestore"
 )
 
 // runForwarder runs one forwarder until the context ends.
@@ -35,6 +37,14 @@ func runForwarder(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.KeepaliveInterval, "keepalive", cfg.KeepaliveInterval, "keepalive interval devices are told to use")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "forget sessions silent this long")
 	alt := fs.String("alternate", envOr("CALLRELAY_ALTERNATE", ""), "ip:port to send joins to while draining (env CALLRELAY_ALTERNATE)")
+	fs.StringVar(&cfg.Cluster.ID, "id", envOr("CALLRELAY_ID", ""), "forwarder id in the cluster and the state store, stable across restarts (env CALLRELAY_ID)")
+	fs.StringVar(&cfg.Cluster.TrunkListen, "trunk-listen", envOr("CALLRELAY_TRUNK_LISTEN", ""), "internal UDP ip:port for other forwarders; empty: no cluster (env CALLRELAY_TRUNK_LISTEN)")
+	trunkAdv := fs.String("trunk-advertise", envOr("CALLRELAY_TRUNK_ADVERTISE", ""), "trunk ip:port as other forwarders reach it (default: the bound one)")
+	mediaAdv := fs.String("media-advertise", envOr("CALLRELAY_MEDIA_ADVERTISE", ""), "media ip:port as devices reach it (default: the bound one)")
+	clusterKey := fs.String("cluster-key", envOr("CALLRELAY_CLUSTER_KEY", ""), "64 hex digits shared by the cluster (env CALLRELAY_CLUSTER_KEY; `callrelay token cluster-key`)")
+	redisURL := fs.String("redis-url", envOr("CALLRELAY_REDIS_URL", ""), "redis:// or rediss:// URL of the call state store; empty: none (env CALLRELAY_REDIS_URL)")
+	natsURL := fs.String("nats-url", envOr("CALLRELAY_NATS_URL", ""), "NATS server URL(s), comma-separated (env CALLRELAY_NATS_URL)")
+	fs.DurationVar(&cfg.DrainDeadline, "drain-deadline", cfg.DrainDeadline, "on SIGTERM, stop admitting, ask sessions to move, and exit when empty or after this long")
 	level := fs.String("log-level", envOr("CALLRELAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CALLRELAY_LOG_LEVEL)")
 	statsEvery := fs.Duration("stats-every", 10*time.Second, "log a stats line this often (0: never)")
 	if err := fs.Parse(args); err != nil {
@@ -60,6 +70,22 @@ func runForwarder(ctx context.Context, args []string) error {
 			return fmt.Errorf("forwarder: --alternate %q: want ip:port", *alt)
 		}
 	}
+	if err := parseAddr("--trunk-advertise", *trunkAdv, &cfg.Cluster.TrunkAdvertise); err != nil {
+		return err
+	}
+	if err := parseAddr("--media-advertise", *mediaAdv, &cfg.Cluster.MediaAdvertise); err != nil {
+		return err
+	}
+	if *clusterKey != "" {
+		if cfg.Cluster.Key, err = protocol.ParseClusterKey(*clusterKey); err != nil {
+			return fmt.Errorf("forwarder: --cluster-key: %w", err)
+		}
+	}
+	closeDeps, err := connectDeps(&cfg, *redisURL, *natsURL, log)
+	if err != nil {
+		return err
+	}
+	defer closeDeps()
 	f, err := forwarder.New(cfg)
 	if err != nil {
 		return err
@@ -67,7 +93,65 @@ func runForwarder(ctx context.Context, args []string) error {
 	if *statsEvery > 0 {
 		go logStats(ctx, log, f, *statsEvery)
 	}
-	return f.Run(ctx)
+	// The first signal drains: no new sessions, sessions asked to move,
+	// exit when empty or at the deadline (the second signal exits at once).
+	runCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- f.Run(runCtx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainDeadline)
+	_ = f.Shutdown(dctx)
+	cancel()
+	stop()
+	return <-done
+}
+
+func parseAddr(flag, v string, dst *netip.AddrPort) error {
+	if v == "" {
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(v)
+	if err != nil {
+		return fmt.Errorf("forwarder: %s %q: want ip:port", flag, v)
+	}
+	*dst = ap
+	return nil
+}
+
+// connectDeps opens the state store and NATS the flags name.
+func connectDeps(cfg *forwarder.Config, redisURL, natsURL string, log *zap.Logger) (func(), error) {
+	var closers []func()
+	closeAll := func() {
+		for _, c := range closers {
+			c()
+		}
+	}
+	if redisURL != "" {
+		st, err := statestore.OpenRedis(redisURL, statestore.Config{})
+		if err != nil {
+			return nil, fmt.Errorf("forwarder: --redis-url: %w", err)
+		}
+		cfg.Cluster.Store = st
+		closers = append(closers, func() { _ = st.Close() })
+	}
+	if natsURL != "" {
+		nc, err := nats.Connect(natsURL, nats.Name("callrelay forwarder "+cfg.Cluster.ID), nats.MaxReconnects(-1),
+			nats.ReconnectWait(200*time.Millisecond),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", zap.Error(err)) }),
+			nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", zap.String("url", c.ConnectedUrl())) }))
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("forwarder: --nats-url: %w", err)
+		}
+		cfg.Cluster.NATS = nc
+		closers = append(closers, nc.Close)
+	}
+	return closeAll, nil
 }
 
 func logStats(ctx context.Context, log *zap.Logger, f *forwarder.Forwarder, every time.Duration) {

@@ -12,10 +12,11 @@ import (
 )
 
 // runToken: `callrelay token keygen` prints a key pair;
-// `callrelay token mint ...` prints a signed join token.
+// `callrelay token mint ...` prints a signed join token; `callrelay token
+// cluster-key` prints a new key for a cluster's trunk and messages.
 func runToken(_ context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("token: want a subcommand: keygen | mint (callrelay token mint -h)")
+		return errors.New("token: want a subcommand: keygen | mint | cluster-key (callrelay token mint -h)")
 	}
 	switch args[0] {
 	case "keygen":
@@ -27,8 +28,15 @@ func runToken(_ context.Context, args []string) error {
 		return nil
 	case "mint":
 		return mintToken(args[1:])
+	case "cluster-key":
+		k, err := protocol.NewClusterKey()
+		if err != nil {
+			return err
+		}
+		fmt.Printf("CALLRELAY_CLUSTER_KEY=%s\n", k)
+		return nil
 	}
-	return fmt.Errorf("token: unknown subcommand %q: want keygen or mint", args[0])
+	return fmt.Errorf("token: unknown subcommand %q: want keygen, mint or cluster-key", args[0])
 }
 
 func mintToken(args []string) error {
