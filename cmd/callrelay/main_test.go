@@ -264,7 +264,7 @@ func TestTokenErrorsSayWhatToFix(t *testing.T) {
 		want []string
 	}{
 		{"no subcommand", []string{"token"}, []string{"keygen | mint"}},
-		{"unknown subcommand", []string{"token", "frob"}, []string{`"frob"`, "want keygen or mint"}},
+		{"unknown subcommand", []string{"token", "frob"}, []string{`"frob"`, "want keygen, mint or cluster-key"}},
 		{"no key", []string{"token", "mint"}, []string{"no signing key", "--signing-key", "CALLRELAY_SIGNING_KEY", "callrelay token keygen"}},
 		{"key not base64", []string{"token", "mint", "--signing-key", "not*base64"}, []string{"--signing-key", "bad key"}},
 		{"key too short", []string{"token", "mint", "--signing-key", "AAAA"}, []string{"--signing-key", "want 64 or 32"}},
@@ -435,7 +435,7 @@ func checkDemoOutput(t *testing.T, stdout string) {
 	t.Helper()
 	lines := strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
 	require.NotEmpty(t, lines)
-	require.True(t, strings.HasPrefix(lines[0], "callrelay demo: forwarder on 127.0.0.1:"), "header: %q", lines[0])
+	require.True(t, strings.HasPrefix(lines[0], "callrelay demo: 3 forwarders on 127.0.0.1:"), "header: %q", lines[0])
 	require.Contains(t, lines[0], "2 one-to-one call(s), 1 group call(s) of 5")
 	require.Contains(t, stdout, "\n9 participants joined")
 	sums := summaryLine.FindAllStringSubmatch(stdout, -1)

@@ -11,7 +11,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,11 +19,13 @@ import (
 
 	"github.com/callrelay/callrelay/forwarder"
 	"github.com/callrelay/callrelay/protocol"
+	"github.com/callrelay/callrelay/statestore"
 )
 
 // Config says what to simulate.
 type Config struct {
-	Listen      string        // forwarder address; default 127.0.0.1:0
+	Listen      string        // forwarders' address; default 127.0.0.1:0 (a port each)
+	Forwarders  int           // forwarders in the cluster; default 3
 	OneToOne    int           // number of one-to-one calls; default 2
 	Groups      int           // number of group calls; default 1
 	GroupSize   int           // members per group call; default 5
@@ -36,6 +38,9 @@ type Config struct {
 func (c *Config) defaults() {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:0"
+	}
+	if c.Forwarders == 0 {
+		c.Forwarders = 3
 	}
 	if c.OneToOne == 0 && c.Groups == 0 {
 		c.OneToOne, c.Groups = 2, 1
@@ -86,19 +91,25 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	fcfg := forwarder.Default()
-	fcfg.Listen, fcfg.Verifier, fcfg.Logger = cfg.Listen, verifier, cfg.Logger.Named("forwarder")
-	fwd, err := forwarder.New(fcfg)
+	if cfg.Forwarders < 1 || cfg.Forwarders > 16 {
+		return Result{}, fmt.Errorf("demo: %d forwarders: want 1..16", cfg.Forwarders)
+	}
+	in, err := startInfra(cfg.Logger)
 	if err != nil {
 		return Result{}, err
 	}
-	fctx, stopFwd := context.WithCancel(context.Background())
-	fdone := make(chan struct{})
-	go func() { defer close(fdone); _ = fwd.Run(fctx) }()
-	defer func() { stopFwd(); <-fdone }()
-
-	fmt.Fprintf(out, "callrelay demo: forwarder on %s; %d one-to-one call(s), %d group call(s) of %d; media SRTP-encrypted end to end\n",
-		fwd.Addr(), cfg.OneToOne, cfg.Groups, cfg.GroupSize)
+	defer in.close()
+	fwds, stopFwds, err := startForwarders(cfg, verifier, in)
+	if err != nil {
+		return Result{}, err
+	}
+	defer stopFwds()
+	var addrs []string
+	for _, f := range fwds {
+		addrs = append(addrs, f.Addr().String())
+	}
+	fmt.Fprintf(out, "callrelay demo: %d forwarders on %s (trunk between them, embedded NATS, %s); %d one-to-one call(s), %d group call(s) of %d spread over them; media SRTP-encrypted end to end\n",
+		len(fwds), strings.Join(addrs, ", "), in.kind, cfg.OneToOne, cfg.Groups, cfg.GroupSize)
 	var members []*participant
 	defer func() {
 		for _, m := range members {
@@ -110,7 +121,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		if i >= cfg.OneToOne {
 			class, size = protocol.ClassGroup, cfg.GroupSize
 		}
-		ms, err := joinCall(ctx, priv, fwd.Addr(), class, size, len(members), cfg)
+		ms, err := joinCall(ctx, priv, fwds, class, size, len(members), cfg)
 		members = append(members, ms...)
 		if err != nil {
 			return Result{}, err
@@ -124,7 +135,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		go func() { defer wg.Done(); m.send(ctx, cfg.PacketEvery) }()
 		go func() { defer wg.Done(); m.receive(ctx) }()
 	}
-	summarise(ctx, cfg.Interval, out, fwd, members)
+	summarise(ctx, cfg.Interval, out, fwds, members)
 	wg.Wait()
 	// Leave while the forwarder still answers, then stop it, and only then
 	// read its counters: a reader publishes them after sending its batch, so
@@ -133,39 +144,39 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	for _, m := range members {
 		m.close()
 	}
-	stopFwd()
-	<-fdone
-	res := Result{Participants: len(members), Forwarder: fwd.Stats()}
+	stopFwds()
+	res := Result{Participants: len(members), Forwarder: sumStats(fwds)}
 	for _, m := range members {
 		res.Sent += m.sent.Load()
 		res.Decrypted += m.decrypted.Load()
 		res.Failed += m.failed.Load()
 	}
-	fmt.Fprintf(out, "done: %d participants, %d packets sent, %d decrypted byte-exact by receivers, %d failed; forwarder: %d in, %d out, %d dropped\n",
-		res.Participants, res.Sent, res.Decrypted, res.Failed, res.Forwarder.PacketsIn, res.Forwarder.PacketsOut, res.Forwarder.TotalDrops())
+	fmt.Fprintf(out, "done: %d participants, %d packets sent, %d decrypted byte-exact by receivers, %d failed; forwarders: %d in, %d out, %d over the trunk, %d dropped\n",
+		res.Participants, res.Sent, res.Decrypted, res.Failed, res.Forwarder.PacketsIn, res.Forwarder.PacketsOut, res.Forwarder.TrunkOut, res.Forwarder.TotalDrops())
 	return res, nil
 }
 
 // summarise prints one line per interval until ctx ends.
-func summarise(ctx context.Context, every time.Duration, out io.Writer, fwd *forwarder.Forwarder, members []*participant) {
+func summarise(ctx context.Context, every time.Duration, out io.Writer, fwds []*forwarder.Forwarder, members []*participant) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	prev, prevAt := fwd.Stats(), time.Now()
+	prev, prevAt := sumStats(fwds), time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			s := fwd.Stats()
+			s := sumStats(fwds)
 			secs := now.Sub(prevAt).Seconds()
 			var dec, failed uint64
 			for _, m := range members {
 				dec += m.decrypted.Load()
 				failed += m.failed.Load()
 			}
-			fmt.Fprintf(out, "sessions %d  calls %d  in %6.0f pkt/s  out %6.0f pkt/s  %7.1f kB/s out  drops %d  decrypted %d  failed %d\n",
+			fmt.Fprintf(out, "sessions %d  calls %d  in %6.0f pkt/s  out %6.0f pkt/s  trunk %6.0f pkt/s  %7.1f kB/s out  drops %d  decrypted %d  failed %d\n",
 				s.Sessions, s.Calls,
 				float64(s.PacketsIn-prev.PacketsIn)/secs, float64(s.PacketsOut-prev.PacketsOut)/secs,
+				float64(s.TrunkOut-prev.TrunkOut)/secs,
 				float64(s.BytesOut-prev.BytesOut)/secs/1000, s.TotalDrops(), dec, failed)
 			prev, prevAt = s, now
 		}
@@ -175,7 +186,7 @@ func summarise(ctx context.Context, every time.Duration, out io.Writer, fwd *for
 // joinCall mints tokens for one call, joins its members, and gives each
 // member the others' media keys (standing in for the app's end-to-end
 // encrypted key exchange, which the relay is not part of).
-func joinCall(ctx context.Context, priv []byte, fwd netip.AddrPort, class protocol.CallClass, size, firstIndex int, cfg Config) ([]*participant, error) {
+func joinCall(ctx context.Context, priv []byte, fwds []*forwarder.Forwarder, class protocol.CallClass, size, firstIndex int, cfg Config) ([]*participant, error) {
 	call := protocol.NewID()
 	var ms []*participant
 	for j := 0; j < size; j++ {
@@ -184,6 +195,8 @@ func joinCall(ctx context.Context, priv []byte, fwd netip.AddrPort, class protoc
 		if err != nil {
 			return ms, err
 		}
+		// Members of one call on different forwarders: the trunk joins them.
+		fwd := fwds[(firstIndex+j)%len(fwds)].Addr()
 		p, err := newParticipant(ctx, fwd, tok, uint32(firstIndex+j+1), cfg.Logger)
 		if err != nil {
 			return ms, fmt.Errorf("demo: joining participant %d of call %s: %w", j+1, call, err)
@@ -200,4 +213,73 @@ func joinCall(ctx context.Context, priv []byte, fwd netip.AddrPort, class protoc
 		}
 	}
 	return ms, nil
+}
+
+// startForwarders runs cfg.Forwarders forwarders as one cluster sharing the
+// infra; stop stops them all (it may be called twice).
+func startForwarders(cfg Config, verifier *protocol.TokenVerifier, in *infra) ([]*forwarder.Forwarder, func(), error) {
+	key, err := protocol.NewClusterKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	var fwds []*forwarder.Forwarder
+	var stops []func()
+	stop := func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+		stops = nil
+	}
+	for i := range cfg.Forwarders {
+		id := fmt.Sprintf("demo-%d", i+1)
+		nc, err := in.connectNATS()
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
+		store, err := statestore.OpenRedis(in.redisURL, statestore.Config{})
+		if err != nil {
+			nc.Close()
+			stop()
+			return nil, nil, err
+		}
+		fcfg := forwarder.Default()
+		fcfg.Listen, fcfg.Verifier, fcfg.Logger = cfg.Listen, verifier, cfg.Logger.Named(id)
+		fcfg.Cluster.ID, fcfg.Cluster.TrunkListen, fcfg.Cluster.Key = id, "127.0.0.1:0", key
+		fcfg.Cluster.Store, fcfg.Cluster.NATS = store, nc
+		f, err := forwarder.New(fcfg)
+		if err != nil {
+			nc.Close()
+			_ = store.Close()
+			stop()
+			return nil, nil, err
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = f.Run(ctx) }()
+		stops = append(stops, func() { cancel(); <-done; nc.Close(); _ = store.Close() })
+		fwds = append(fwds, f)
+	}
+	return fwds, stop, nil
+}
+
+// sumStats adds up the forwarders' counters.
+func sumStats(fwds []*forwarder.Forwarder) forwarder.Stats {
+	var t forwarder.Stats
+	for _, f := range fwds {
+		s := f.Stats()
+		t.PacketsIn += s.PacketsIn
+		t.BytesIn += s.BytesIn
+		t.PacketsOut += s.PacketsOut
+		t.BytesOut += s.BytesOut
+		t.TrunkIn += s.TrunkIn
+		t.TrunkOut += s.TrunkOut
+		t.Sessions += s.Sessions
+		t.Calls += s.Calls
+		t.Joins += s.Joins
+		for i := range t.Drops {
+			t.Drops[i] += s.Drops[i]
+		}
+	}
+	return t
 }
