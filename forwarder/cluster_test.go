@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/callrelay/callrelay/client"
 	"github.com/callrelay/callrelay/forwarder"
 	"github.com/callrelay/callrelay/internal/calltest"
 	"github.com/callrelay/callrelay/internal/testenv"
@@ -324,4 +325,124 @@ func TestClusterRedisOutage(t *testing.T) {
 		return nil
 	})
 	require.False(t, a.f.Stats().StateDegraded)
+}
+
+// udpBalancer is a user-space UDP load balancer for the test: devices send
+// to its one address; it relays each device's flow to the current backend
+// from a socket of its own per flow, and answers come back the same way.
+// Move sends every flow to another backend (new upstream sockets, as when a
+// real balancer rehashes), which sees them as unknown addresses.
+type udpBalancer struct {
+	t       *testing.T
+	front   *net.UDPConn
+	mu      sync.Mutex
+	backend netip.AddrPort
+	flows   map[netip.AddrPort]*net.UDPConn
+	wg      sync.WaitGroup
+}
+
+func newUDPBalancer(t *testing.T, backend netip.AddrPort) *udpBalancer {
+	front, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(calltest.Loopback, 0)))
+	require.NoError(t, err)
+	lb := &udpBalancer{t: t, front: front, backend: backend, flows: map[netip.AddrPort]*net.UDPConn{}}
+	lb.wg.Add(1)
+	go lb.run()
+	t.Cleanup(func() {
+		_ = front.Close()
+		lb.mu.Lock()
+		for _, c := range lb.flows {
+			_ = c.Close()
+		}
+		lb.mu.Unlock()
+		lb.wg.Wait()
+	})
+	return lb
+}
+
+func (lb *udpBalancer) addr() netip.AddrPort { return lb.front.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+func (lb *udpBalancer) run() {
+	defer lb.wg.Done()
+	buf := make([]byte, 2048)
+	for {
+		n, dev, err := lb.front.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		lb.mu.Lock()
+		up := lb.flows[dev]
+		if up == nil {
+			up, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(lb.backend))
+			if err != nil {
+				lb.mu.Unlock()
+				continue
+			}
+			lb.flows[dev] = up
+			lb.wg.Add(1)
+			go lb.back(up, dev)
+		}
+		lb.mu.Unlock()
+		_, _ = up.Write(buf[:n])
+	}
+}
+
+// back relays a backend's answers to the device, from the front address.
+func (lb *udpBalancer) back(up *net.UDPConn, dev netip.AddrPort) {
+	defer lb.wg.Done()
+	buf := make([]byte, 2048)
+	for {
+		n, err := up.Read(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		_, _ = lb.front.WriteToUDPAddrPort(buf[:n], dev)
+	}
+}
+
+// move sends every flow, existing and new, to backend.
+func (lb *udpBalancer) move(backend netip.AddrPort) {
+	lb.mu.Lock()
+	defer lb.mu.Unlock()
+	lb.backend = backend
+	for dev, c := range lb.flows {
+		_ = c.Close()
+		delete(lb.flows, dev)
+	}
+}
+
+// Behind a load balancer that moves a device's flow to another forwarder,
+// the new forwarder answers the device's media with a Rejoin nudge; the
+// device re-authenticates through the same address at once and is heard
+// again, long before any timeout.
+func TestClusterLoadBalancerMovesFlow(t *testing.T) {
+	e := newClusterEnv(t)
+	a, b, c := e.start(t, "fwd-a"), e.start(t, "fwd-b"), e.start(t, "fwd-c")
+	lb := newUDPBalancer(t, a.f.Addr())
+	call := protocol.NewID()
+	tok, _ := e.token(t, call, 6)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := client.Join(ctx, client.Config{Forwarders: []netip.AddrPort{lb.addr()}, Token: tok,
+		LocalAddr: calltest.Loopback, FailoverAfter: time.Minute, JoinTimeout: 3 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	behind := calltest.Watch(t, s, 1)
+	listener := e.join(t, call, 6, 2, c.f.Addr())
+	stop := make(chan struct{})
+	defer close(stop)
+	talk(t, []*member{behind, listener}, stop)
+	allHearAll(t, []*member{behind, listener}, time.Now(), 5*time.Second)
+	listener.ResetGaps()
+
+	moved := time.Now()
+	lb.move(b.f.Addr())
+	allHearAll(t, []*member{behind, listener}, moved, 5*time.Second)
+	time.Sleep(100 * time.Millisecond)
+	t.Logf("flow moved by the balancer: longest silence at the listener %v", listener.MaxGap(behind.SSRC))
+	require.NotZero(t, b.f.Stats().RejoinNudges, "the new forwarder nudged")
+	require.NotZero(t, s.Stats().RejoinNudges)
+	require.Zero(t, s.Stats().Failovers, "no timeout-driven failover was needed")
 }

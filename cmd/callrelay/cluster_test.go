@@ -198,7 +198,14 @@ func TestClusterRollingRestart(t *testing.T) {
 				}
 			}
 		}
-		require.Len(t, c.placements(t, call), 6, "no member lost in the store")
+		// The store converges within one reconcile interval (5 s): see
+		// the closing note of issue 3 for the race this covers.
+		testenv.CheckFor(t, 15*time.Second, 50*time.Millisecond, func() error {
+			if got := c.placements(t, call); len(got) != 6 {
+				return fmt.Errorf("after %s moved, the store places %v", n.id, got)
+			}
+			return nil
+		})
 		c.start(t, n)
 		t.Logf("%s back after %v", n.id, time.Since(began))
 	}

@@ -42,9 +42,14 @@ func Join(t testing.TB, token []byte, ssrc uint32, fwds ...netip.AddrPort) *Memb
 	s, err := client.Join(ctx, client.Config{Forwarders: fwds, Token: token, LocalAddr: Loopback,
 		FailoverAfter: 300 * time.Millisecond, JoinTimeout: 3 * time.Second})
 	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	return Watch(t, s, ssrc)
+}
+
+// Watch makes a Member of a Session joined elsewhere.
+func Watch(t testing.TB, s *client.Session, ssrc uint32) *Member {
 	m := &Member{S: s, SSRC: ssrc, heard: map[uint32]time.Time{}, maxGap: map[uint32]time.Duration{}}
 	go m.record()
-	t.Cleanup(func() { _ = s.Close() })
 	return m
 }
 
