@@ -85,6 +85,9 @@ func New(cfg Config) (*Forwarder, error) {
 		n = 1
 	}
 	f := &Forwarder{cfg: cfg, log: cfg.Logger, v6: v6}
+	if cfg.Cluster.ID != "" {
+		f.log = f.log.With(zap.String("forwarder", cfg.Cluster.ID))
+	}
 	addr := cfg.Listen
 	for i := 0; i < n; i++ {
 		c, err := listenUDP(network, addr, n > 1)

@@ -165,7 +165,9 @@ func logStats(ctx context.Context, log *zap.Logger, f *forwarder.Forwarder, ever
 			s := f.Stats()
 			log.Info("stats", zap.Int("sessions", s.Sessions), zap.Int("calls", s.Calls),
 				zap.Uint64("packets_in", s.PacketsIn), zap.Uint64("packets_out", s.PacketsOut),
-				zap.Uint64("drops", s.TotalDrops()))
+				zap.Uint64("drops", s.TotalDrops()), zap.Uint64("trunk_in", s.TrunkIn), zap.Uint64("trunk_out", s.TrunkOut),
+				zap.Int("peers", s.Peers), zap.Bool("state_degraded", s.StateDegraded), zap.Int("state_queued", s.StateQueued),
+				zap.Uint64("state_errors", s.StateErrors), zap.Uint64("cluster_bad", s.ClusterBad))
 		}
 	}
 }
