@@ -8,11 +8,14 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
@@ -300,6 +303,16 @@ func TestClusterRedisOutage(t *testing.T) {
 		}
 		return nil
 	})
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(a.f.Collector())
+	n, err := testutil.GatherAndCount(reg, "callrelay_statestore_degraded")
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP callrelay_statestore_degraded 1 while the call state store is unreachable and changes are queued.
+# TYPE callrelay_statestore_degraded gauge
+callrelay_statestore_degraded 1
+`), "callrelay_statestore_degraded"), "the outage is exported as a metric")
 	m3 := e.join(t, call, 6, 3, a.f.Addr())
 	talk(t, []*member{m3}, stop)
 	allHearAll(t, []*member{m1, m2, m3}, time.Now(), 5*time.Second)

@@ -2,6 +2,10 @@ package main
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
 	"crypto/ed25519"
 	"fmt"
 	"net/netip"
@@ -48,12 +52,17 @@ func newCluster(t *testing.T) *cluster {
 type node struct {
 	id           string
 	media, trunk netip.AddrPort
+	metrics      string // host:port of /metrics
 	p            *proc
 }
 
 func (c *cluster) node(t *testing.T, id string) *node {
 	lo := netip.AddrFrom4([4]byte{127, 0, 0, 1})
 	n := &node{id: id, media: netip.AddrPortFrom(lo, uint16(freeUDPPort(t))), trunk: netip.AddrPortFrom(lo, uint16(freeUDPPort(t)))}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	n.metrics = l.Addr().String()
+	require.NoError(t, l.Close())
 	c.start(t, n)
 	return n
 }
@@ -64,7 +73,7 @@ func (c *cluster) start(t *testing.T, n *node) {
 	n.p = start(t, env("CALLRELAY_LOG_LEVEL=info", "CALLRELAY_CLUSTER_KEY="+c.key),
 		"forwarder", "--id", n.id, "--listen", n.media.String(), "--trunk-listen", n.trunk.String(),
 		"--public-key", c.pub, "--redis-url", c.redis.URL(), "--nats-url", c.nats.ClientURL(),
-		"--keepalive", "100ms", "--idle-timeout", "1s", "--drain-deadline", "10s", "--readers", "1")
+		"--keepalive", "100ms", "--idle-timeout", "1s", "--drain-deadline", "10s", "--readers", "1", "--metrics-listen", n.metrics)
 	testenv.CheckFor(t, readyTimeout, 50*time.Millisecond, func() error {
 		if n.p.exited() {
 			t.Fatalf("forwarder %s exited:\n%s", n.id, n.p.stderr)
@@ -209,10 +218,39 @@ func TestClusterRollingRestart(t *testing.T) {
 		c.start(t, n)
 		t.Logf("%s back after %v", n.id, time.Since(began))
 	}
+	scrapeMetrics(t, nodes[0])
 	t.Logf("rolling restart of 3 forwarders, 6 members: longest silence any member heard from another, per move: %v", worst)
 	var moves int
 	for _, m := range ms {
 		moves += int(m.S.Stats().Migrations)
 	}
 	require.GreaterOrEqual(t, moves, 6, "every device moved at least once")
+}
+
+var callIDLike = regexp.MustCompile(`[0-9a-f]{32}`)
+
+// scrapeMetrics reads a node's /metrics, /healthz and /readyz: the metric
+// names are there, and no label carries a call or participant id.
+func scrapeMetrics(t *testing.T, n *node) {
+	t.Helper()
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + n.metrics + path)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get("/metrics")
+	require.Equal(t, http.StatusOK, code)
+	for _, name := range []string{"callrelay_forwarder_packets_total{direction=\"trunk_out\"}", "callrelay_forwarder_drops_total{reason=",
+		"callrelay_forwarder_sessions", "callrelay_forwarder_peers", "callrelay_statestore_degraded 0", "callrelay_statestore_queued_changes",
+		"callrelay_forwarder_migrations_total", "process_cpu_seconds_total"} {
+		require.Contains(t, body, name)
+	}
+	require.NotRegexp(t, callIDLike, body, "no ids as label values")
+	code, _ = get("/healthz")
+	require.Equal(t, http.StatusOK, code)
+	code, _ = get("/readyz")
+	require.Equal(t, http.StatusOK, code)
 }

@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
+	"net"
+	"net/http"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -10,6 +13,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
 	"github.com/callrelay/callrelay/forwarder"
@@ -45,6 +51,7 @@ func runForwarder(ctx context.Context, args []string) error {
 	redisURL := fs.String("redis-url", envOr("CALLRELAY_REDIS_URL", ""), "redis:// or rediss:// URL of the call state store; empty: none (env CALLRELAY_REDIS_URL)")
 	natsURL := fs.String("nats-url", envOr("CALLRELAY_NATS_URL", ""), "NATS server URL(s), comma-separated (env CALLRELAY_NATS_URL)")
 	fs.DurationVar(&cfg.DrainDeadline, "drain-deadline", cfg.DrainDeadline, "on SIGTERM, stop admitting, ask sessions to move, and exit when empty or after this long")
+	metricsListen := fs.String("metrics-listen", envOr("CALLRELAY_METRICS_LISTEN", ""), "TCP ip:port for /metrics, /healthz and /readyz; empty: none (env CALLRELAY_METRICS_LISTEN)")
 	level := fs.String("log-level", envOr("CALLRELAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CALLRELAY_LOG_LEVEL)")
 	statsEvery := fs.Duration("stats-every", 10*time.Second, "log a stats line this often (0: never)")
 	if err := fs.Parse(args); err != nil {
@@ -92,6 +99,13 @@ func runForwarder(ctx context.Context, args []string) error {
 	}
 	if *statsEvery > 0 {
 		go logStats(ctx, log, f, *statsEvery)
+	}
+	if *metricsListen != "" {
+		stopHTTP, err := serveMetrics(*metricsListen, f, log)
+		if err != nil {
+			return err
+		}
+		defer stopHTTP()
 	}
 	// The first signal drains: no new sessions, sessions asked to move,
 	// exit when empty or at the deadline (the second signal exits at once).
@@ -184,4 +198,34 @@ func envInt(name string, def int) (int, error) {
 		return 0, fmt.Errorf("%s=%q: want an integer", name, v)
 	}
 	return n, nil
+}
+
+// serveMetrics serves Prometheus metrics and health endpoints: /healthz is
+// 200 while the process runs, /readyz 503 once it drains (a load balancer
+// stops sending new devices).
+func serveMetrics(addr string, f *forwarder.Forwarder, log *zap.Logger) (func(), error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(f.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if f.Stats().Draining {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("forwarder: --metrics-listen %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server", zap.Error(err))
+		}
+	}()
+	log.Info("metrics serving", zap.Stringer("addr", l.Addr()))
+	return func() { _ = srv.Close() }, nil
 }

@@ -1,0 +1,88 @@
+package forwarder
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Collector exports the forwarder's counters to Prometheus, read from Stats
+// at each scrape (the data path keeps its own atomics; nothing is added to
+// the per-packet path). Label sets are bounded: drop reasons and
+// directions, never calls or addresses.
+func (f *Forwarder) Collector() prometheus.Collector { return &collector{f: f} }
+
+type collector struct{ f *Forwarder }
+
+var (
+	mPackets = prometheus.NewDesc("callrelay_forwarder_packets_total",
+		"Datagrams by direction: in and out on the media port, trunk_in and trunk_out between forwarders.", []string{"direction"}, nil)
+	mBytes = prometheus.NewDesc("callrelay_forwarder_bytes_total",
+		"Bytes by direction, as callrelay_forwarder_packets_total.", []string{"direction"}, nil)
+	mDrops = prometheus.NewDesc("callrelay_forwarder_drops_total",
+		"Datagrams dropped, by reason.", []string{"reason"}, nil)
+	mSessions = prometheus.NewDesc("callrelay_forwarder_sessions", "Sessions served.", nil, nil)
+	mCalls    = prometheus.NewDesc("callrelay_forwarder_calls", "Calls with at least one session here.", nil, nil)
+	mPeers    = prometheus.NewDesc("callrelay_forwarder_peers", "Live peer forwarders heard over NATS.", nil, nil)
+	mDraining = prometheus.NewDesc("callrelay_forwarder_draining", "1 while draining.", nil, nil)
+	mJoins    = prometheus.NewDesc("callrelay_forwarder_joins_total", "Sessions admitted.", nil, nil)
+	mRefusals = prometheus.NewDesc("callrelay_forwarder_join_refusals_total", "Joins refused (not counting address-cookie challenges).", nil, nil)
+	mNudges   = prometheus.NewDesc("callrelay_forwarder_rejoin_nudges_total", "Rejoin answers to media from unknown addresses.", nil, nil)
+	mMigrate  = prometheus.NewDesc("callrelay_forwarder_migrations_total", "MigrateTo messages sent while draining.", nil, nil)
+	mDegraded = prometheus.NewDesc("callrelay_statestore_degraded",
+		"1 while the call state store is unreachable and changes are queued.", nil, nil)
+	mQueued = prometheus.NewDesc("callrelay_statestore_queued_changes", "Call state changes waiting for the store.", nil, nil)
+	mStErr  = prometheus.NewDesc("callrelay_statestore_errors_total",
+		"Call state writes that failed for good (e.g. a corrupt record).", nil, nil)
+	mStDrop = prometheus.NewDesc("callrelay_statestore_dropped_changes_total",
+		"Changes not queued because the queue was full (repaired by the next reconcile).", nil, nil)
+	mClBad = prometheus.NewDesc("callrelay_cluster_messages_rejected_total",
+		"NATS notices or heartbeats that did not authenticate or parse.", nil, nil)
+	mNATSErr = prometheus.NewDesc("callrelay_nats_errors_total", "NATS publish or subscribe errors.", nil, nil)
+)
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{mPackets, mBytes, mDrops, mSessions, mCalls, mPeers, mDraining, mJoins,
+		mRefusals, mNudges, mMigrate, mDegraded, mQueued, mStErr, mStDrop, mClBad, mNATSErr} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.f.Stats()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
+	}
+	b2f := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	counter(mPackets, s.PacketsIn, "in")
+	counter(mPackets, s.PacketsOut, "out")
+	counter(mPackets, s.TrunkIn, "trunk_in")
+	counter(mPackets, s.TrunkOut, "trunk_out")
+	counter(mBytes, s.BytesIn, "in")
+	counter(mBytes, s.BytesOut, "out")
+	counter(mBytes, s.TrunkBytesIn, "trunk_in")
+	counter(mBytes, s.TrunkBytesOut, "trunk_out")
+	for i, d := range s.Drops {
+		counter(mDrops, d, DropReason(i).String())
+	}
+	gauge(mSessions, float64(s.Sessions))
+	gauge(mCalls, float64(s.Calls))
+	gauge(mPeers, float64(s.Peers))
+	gauge(mDraining, b2f(s.Draining))
+	counter(mJoins, s.Joins)
+	counter(mRefusals, s.JoinErrors)
+	counter(mNudges, s.RejoinNudges)
+	counter(mMigrate, s.Migrations)
+	gauge(mDegraded, b2f(s.StateDegraded))
+	gauge(mQueued, float64(s.StateQueued))
+	counter(mStErr, s.StateErrors)
+	counter(mStDrop, s.StateDropped)
+	counter(mClBad, s.ClusterBad)
+	counter(mNATSErr, s.NATSErrors)
+}
