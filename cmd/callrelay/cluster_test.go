@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"regexp"
-	"crypto/ed25519"
-	"fmt"
 	"net/netip"
+	"regexp"
 	"slices"
 	"syscall"
 	"testing"

@@ -3,10 +3,10 @@ package main
 import (
 	"context"
 	"errors"
-	"net"
-	"net/http"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"strconv"
