@@ -239,7 +239,6 @@ func TestSessionRejoinNudgeInPlace(t *testing.T) {
 	cfg.FailoverAfter = time.Minute
 	who := participant(t, cfg)
 	s := e.joinOn(cfg, r, r, other)
-	peer := e.dial(e.config(r))
 	local := s.current().LocalAddr()
 	eventually(t, func() bool { return len(r.from(local)) == 2 }, "the join and the first keepalive")
 
@@ -255,6 +254,7 @@ func TestSessionRejoinNudgeInPlace(t *testing.T) {
 	require.Equal(t, local, r.session(who), "the same socket joined again")
 	require.Equal(t, local, s.current().LocalAddr())
 	require.NotEmpty(t, r.challenges(local), "the restarted forwarder asked for a new cookie")
+	peer := e.dial(e.config(r)) // after forget, which a restart would have done to it too
 	talk(t, s, peer)
 
 	eventually(t, func() bool { return s.Stats().RejoinNudges == 3 }, "every nudge seen")
@@ -276,6 +276,9 @@ func TestSessionRejoinNudgeEscalates(t *testing.T) {
 	cfg.FailoverAfter = time.Minute
 	s := e.joinOn(cfg, r, r, other)
 	local := s.current().LocalAddr()
+	// The answer to the first keepalive must not be in flight when r dies.
+	eventually(t, func() bool { return len(r.from(local)) == 2 }, "the join and the first keepalive")
+	eventually(t, func() bool { return s.current().Stats().KeepalivesAnswered >= 1 }, "the first keepalive answered")
 
 	r.set(func(r *responder) { r.dead = true })
 	r.tell(t, local, &protocol.Rejoin{})
