@@ -79,3 +79,53 @@ func BenchmarkHotPath(b *testing.B) {
 	r.flush()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "packets/s")
 }
+
+// hotPathTrunkFixture is hotPathFixture with the call spanning two other
+// forwarders: every packet is also sealed once and sent to both trunks.
+func hotPathTrunkFixture(t testing.TB) (*reader, *routes, netip.AddrPort, *memConn, *memConn) {
+	r, _, first, mc := hotPathFixture(t)
+	cl := &call{id: protocol.NewID(), members: map[protocol.ID]*session{}}
+	for i := 0; i < 5; i++ {
+		ap := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(20000+i))
+		id := protocol.NewID()
+		cl.members[id] = &session{call: cl, participant: id, addr: ap, media: new(mediaInfo)}
+	}
+	rt := &routes{bySrc: map[netip.AddrPort]*route{}, byCall: map[protocol.ID]*callRoute{}}
+	trunks := []netip.AddrPort{netip.MustParseAddrPort("127.0.0.2:7000"), netip.MustParseAddrPort("127.0.0.3:7000")}
+	addCallRoutes(rt, cl, trunks, false, false)
+	require.Len(t, rt.bySrc[first].trunks, 2)
+	key, err := protocol.NewClusterKey()
+	require.NoError(t, err)
+	tc := &memConn{}
+	r.tpc, r.tcodec = tc, protocol.NewTrunkCodec(key)
+	r.tbufs = new([readBatch][maxDatagram + protocol.TrunkOverhead]byte)
+	return r, rt, first, mc, tc
+}
+
+func TestHotPathWithTrunksAllocatesNothing(t *testing.T) {
+	r, rt, src, mc, tc := hotPathTrunkFixture(t)
+	allocs := testing.AllocsPerRun(1000, func() {
+		r.handle(rt, audioPacket, src, 0)
+		r.flush()
+	})
+	require.Zero(t, allocs)
+	require.Equal(t, 4*1001, mc.sent)
+	require.Equal(t, 2*1001, tc.sent, "one sealed copy per other forwarder")
+	require.Equal(t, []uint32{0xdeadbeef}, rt.bySrc[src].media.ssrcList(), "the data path noted the SSRC")
+}
+
+// BenchmarkHotPathTrunk: BenchmarkHotPath plus sealing each packet once for
+// two other forwarders.
+func BenchmarkHotPathTrunk(b *testing.B) {
+	r, rt, src, _, _ := hotPathTrunkFixture(b)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(audioPacket)))
+	for i := 0; i < b.N; i++ {
+		r.handle(rt, audioPacket, src, 0)
+		if i%readBatch == readBatch-1 {
+			r.flush()
+		}
+	}
+	r.flush()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "packets/s")
+}
