@@ -110,16 +110,24 @@ func talk(t *testing.T, ms []*member, stop <-chan struct{}) { calltest.Talk(t, m
 
 var allHearAll = calltest.AllHearAll
 
-func TestClusterCrossForwarderCall(t *testing.T) {
-	e := newClusterEnv(t)
-	a, b, c := e.start(t, "fwd-a"), e.start(t, "fwd-b"), e.start(t, "fwd-c")
+// callAcross starts a call with one talking member on a and one on b, and
+// waits until they hear each other. Closing stop silences them.
+func (e *clusterEnv) callAcross(t *testing.T, a, b *clusterNode) (protocol.ID, *member, *member, chan struct{}) {
+	t.Helper()
 	call := protocol.NewID()
 	m1 := e.join(t, call, 6, 1, a.f.Addr())
 	m2 := e.join(t, call, 6, 2, b.f.Addr())
 	stop := make(chan struct{})
-	defer close(stop)
 	talk(t, []*member{m1, m2}, stop)
 	allHearAll(t, []*member{m1, m2}, time.Now(), 5*time.Second)
+	return call, m1, m2, stop
+}
+
+func TestClusterCrossForwarderCall(t *testing.T) {
+	e := newClusterEnv(t)
+	a, b, c := e.start(t, "fwd-a"), e.start(t, "fwd-b"), e.start(t, "fwd-c")
+	call, m1, m2, stop := e.callAcross(t, a, b)
+	defer close(stop)
 
 	// A new member on C is heard on A and B at once, through notices.
 	m3 := e.join(t, call, 6, 3, c.f.Addr())
@@ -231,13 +239,8 @@ func TestClusterFailover(t *testing.T) {
 func TestClusterBadInput(t *testing.T) {
 	e := newClusterEnv(t)
 	a, b := e.start(t, "fwd-a"), e.start(t, "fwd-b")
-	call := protocol.NewID()
-	m1 := e.join(t, call, 6, 1, a.f.Addr())
-	m2 := e.join(t, call, 6, 2, b.f.Addr())
-	stop := make(chan struct{})
+	call, m1, m2, stop := e.callAcross(t, a, b)
 	defer close(stop)
-	talk(t, []*member{m1, m2}, stop)
-	allHearAll(t, []*member{m1, m2}, time.Now(), 5*time.Second)
 
 	// A frame sealed with another key, and plain garbage, to A's trunk.
 	other, err := protocol.NewClusterKey()
@@ -287,13 +290,8 @@ func TestClusterBadInput(t *testing.T) {
 func TestClusterRedisOutage(t *testing.T) {
 	e := newClusterEnv(t)
 	a, b := e.start(t, "fwd-a"), e.start(t, "fwd-b")
-	call := protocol.NewID()
-	m1 := e.join(t, call, 6, 1, a.f.Addr())
-	m2 := e.join(t, call, 6, 2, b.f.Addr())
-	stop := make(chan struct{})
+	call, m1, m2, stop := e.callAcross(t, a, b)
 	defer close(stop)
-	talk(t, []*member{m1, m2}, stop)
-	allHearAll(t, []*member{m1, m2}, time.Now(), 5*time.Second)
 
 	e.redis.Stop()
 	down := time.Now()
