@@ -296,7 +296,7 @@ func (f *Forwarder) flushWriter() {
 func (f *Forwarder) runControl(ctx context.Context, c *control) {
 	tick := time.NewTicker(f.cfg.IdleTimeout / 4)
 	defer tick.Stop()
-	cluster := time.NewTicker(f.clusterTick())
+	cluster := time.NewTicker(f.clusterPeriod())
 	defer cluster.Stop()
 	var results <-chan statestore.Result
 	if f.writer != nil {
@@ -363,8 +363,8 @@ func (f *Forwarder) runControl(ctx context.Context, c *control) {
 	}
 }
 
-// clusterTick is the period of heartbeats, reconciles and drain messages.
-func (f *Forwarder) clusterTick() time.Duration {
+// clusterPeriod is the period of heartbeats, reconciles and drain messages.
+func (f *Forwarder) clusterPeriod() time.Duration {
 	d := f.cfg.Cluster.AnnounceEvery
 	if d <= 0 {
 		d = time.Second
