@@ -58,6 +58,14 @@ type Cluster struct {
 	// OrphanAfter: a member the store places on a forwarder that has been
 	// dead (or unknown) for this long is removed by whoever sees it.
 	OrphanAfter time.Duration
+
+	// Partitions is the number of conductor partitions calls hash into
+	// (protocol.PartitionOf); every forwarder and conductor of a cluster
+	// must use the same number.
+	Partitions int
+	// MetadataEvery is the metadata tick: audio summaries go to the
+	// conductors this often (with NATS, an ID and a cluster key).
+	MetadataEvery time.Duration
 }
 
 // DefaultCluster returns the tuning defaults, with the cluster off.
@@ -69,13 +77,24 @@ func DefaultCluster() Cluster {
 		AnnounceEvery:  time.Second,
 		PeerTimeout:    3 * time.Second,
 		OrphanAfter:    10 * time.Second,
+		Partitions:     DefaultPartitions,
+		MetadataEvery:  100 * time.Millisecond,
 	}
 }
 
 func (c *Cluster) enabled() bool { return c.TrunkListen != "" }
 
+// DefaultPartitions is the default number of conductor partitions.
+const DefaultPartitions = 64
+
 func (c *Cluster) validate() error {
 	var errs []error
+	if c.Partitions < 1 || c.Partitions > 65535 {
+		errs = append(errs, fmt.Errorf("forwarder: %d conductor partitions, want 1..65535 (the same on every forwarder and conductor)", c.Partitions))
+	}
+	if c.MetadataEvery < 10*time.Millisecond || c.MetadataEvery > 10*time.Second {
+		errs = append(errs, fmt.Errorf("forwarder: metadata tick %s, want 10ms..10s", c.MetadataEvery))
+	}
 	if c.Store != nil || c.enabled() {
 		if err := protocol.ValidForwarderID(c.ID); err != nil {
 			errs = append(errs, fmt.Errorf("forwarder: cluster id (--id), the same across restarts: %w", err))

@@ -42,6 +42,9 @@ type Config struct {
 	// it has told to move before it gives up on them.
 	DrainDeadline time.Duration
 
+	// Audio tunes the audio forwarding gate and loud-onset fast path.
+	Audio AudioConfig
+
 	// Cluster joins the forwarder to others through the state store, NATS
 	// and the trunk. Zero: a forwarder on its own.
 	Cluster Cluster
@@ -64,6 +67,7 @@ func Default() Config {
 		JoinRate:          200,
 		JoinBurst:         400,
 		DrainDeadline:     30 * time.Second,
+		Audio:             DefaultAudio(),
 		Cluster:           DefaultCluster(),
 		Logger:            zap.NewNop(),
 		Now:               time.Now,
@@ -95,12 +99,51 @@ func (c *Config) Validate() error {
 	if c.DrainDeadline <= 0 {
 		errs = append(errs, fmt.Errorf("forwarder: drain deadline %s must be positive", c.DrainDeadline))
 	}
-	errs = append(errs, c.Cluster.validate())
+	errs = append(errs, c.Audio.validate(), c.Cluster.validate())
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	return errors.Join(errs...)
+}
+
+// AudioConfig is how the forwarder reads audio levels and when a muted
+// member's audio is let through at once (audio.go).
+type AudioConfig struct {
+	// ExtensionID is the RFC 8285 id of the RFC 6464 audio level element
+	// (protocol.DefaultAudioLevelExtensionID unless the application
+	// negotiates another).
+	ExtensionID uint8
+	// OnsetLevel: a packet is loud at this level or louder (-dBov, lower
+	// is louder), with the VAD flag set.
+	OnsetLevel uint8
+	// OnsetMinPayload: a loud packet carries at least this many payload
+	// bytes (comfort noise and DTX frames are a few bytes; speech is tens).
+	OnsetMinPayload int
+	// OnsetHold is how long a loud onset opens a muted member's audio.
+	OnsetHold time.Duration
+}
+
+// DefaultAudio returns the audio defaults.
+func DefaultAudio() AudioConfig {
+	return AudioConfig{
+		ExtensionID:     protocol.DefaultAudioLevelExtensionID,
+		OnsetLevel:      50,
+		OnsetMinPayload: 30,
+		OnsetHold:       time.Second,
+	}
+}
+
+func (a *AudioConfig) validate() error {
+	var errs []error
+	if a.ExtensionID < 1 || a.ExtensionID > 14 {
+		errs = append(errs, fmt.Errorf("forwarder: audio level extension id %d, want 1..14 (one-byte RFC 8285 ids)", a.ExtensionID))
+	}
+	if a.OnsetLevel > 127 || a.OnsetMinPayload < 0 || a.OnsetHold <= 0 {
+		errs = append(errs, fmt.Errorf("forwarder: onset level %d (0..127), minimum payload %d (>= 0), hold %s (> 0)",
+			a.OnsetLevel, a.OnsetMinPayload, a.OnsetHold))
 	}
 	return errors.Join(errs...)
 }

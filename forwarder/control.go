@@ -41,6 +41,7 @@ type session struct {
 	confirmed, refused bool
 	written            []uint32 // SSRCs as last written to the store
 	migrateSent        time.Time
+	audioLast          audioTotals // the audio meter at the last metadata tick
 }
 
 type call struct {
@@ -53,6 +54,7 @@ type call struct {
 	sub         *nats.Subscription             // the call's notices
 	nextRefresh time.Time
 	stateErr    bool // a store error was logged for this call
+	decision    callDecision
 }
 
 type sessionKey struct{ call, participant protocol.ID }
@@ -85,6 +87,10 @@ type control struct {
 	started   time.Time
 	seq       uint64
 	scratch   []byte
+
+	// The conductor (decisions.go).
+	meta            metaState
+	decisionScratch protocol.CallDecision
 }
 
 type pendingReply struct {
@@ -179,6 +185,7 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 			s.confirmed = true
 			c.place(s, nil, nil)
 			c.notify(s.call, s.participant, protocol.MemberPlaced, now)
+			c.tellSpeaker(s.call, s)
 		}
 	}
 }
@@ -219,6 +226,7 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 		log: f.log.With(zap.Stringer("call", tok.CallID), zap.Stringer("participant", tok.ParticipantID)),
 	}
 	s.key = protocol.IntegrityKey(s.token)
+	c.applyGate(cl, s)
 	cl.members[s.participant] = s
 	c.sessions[sessionKey{cl.id, s.participant}] = s
 	c.byAddr[src] = s
@@ -266,6 +274,7 @@ func (c *control) remove(s *session) {
 	cl := s.call
 	delete(cl.members, s.participant)
 	if !s.refused {
+		c.noteLeft(cl, s)
 		c.unplace(s)
 		c.notify(cl, s.participant, protocol.MemberLeft, c.f.cfg.Now())
 	}

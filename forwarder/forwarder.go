@@ -66,6 +66,12 @@ type Forwarder struct {
 	stateErrors, stateDropped      atomic.Uint64
 	clusterBad, clusterDrops       atomic.Uint64
 	natsErrors                     atomic.Uint64
+
+	// The conductor's side (audio.go, decisions.go).
+	audio                                       audioParams
+	onsets, metaSent, metaBytes                 atomic.Uint64
+	decisions, decisionsStale, decisionsUnknown atomic.Uint64
+	speakerUpdates                              atomic.Uint64
 }
 
 // New validates cfg and binds the forwarder's sockets, so Addr is known
@@ -84,7 +90,7 @@ func New(cfg Config) (*Forwarder, error) {
 	if !reusePortSupported {
 		n = 1
 	}
-	f := &Forwarder{cfg: cfg, log: cfg.Logger, v6: v6}
+	f := &Forwarder{cfg: cfg, log: cfg.Logger, v6: v6, audio: audioParamsOf(cfg.Audio)}
 	if cfg.Cluster.ID != "" {
 		f.log = f.log.With(zap.String("forwarder", cfg.Cluster.ID))
 	}
@@ -298,6 +304,8 @@ func (f *Forwarder) runControl(ctx context.Context, c *control) {
 	defer tick.Stop()
 	cluster := time.NewTicker(f.clusterPeriod())
 	defer cluster.Stop()
+	meta := time.NewTicker(f.cfg.Cluster.MetadataEvery)
+	defer meta.Stop()
 	var results <-chan statestore.Result
 	if f.writer != nil {
 		results = f.writer.Results()
@@ -337,6 +345,9 @@ func (f *Forwarder) runControl(ctx context.Context, c *control) {
 			case <-cluster.C:
 				c.clusterTick(now)
 				continue
+			case <-meta.C:
+				c.metaTick(now)
+				continue
 			}
 		}
 		c.handle(m.src, m.buf[:m.n])
@@ -358,6 +369,8 @@ func (f *Forwarder) runControl(ctx context.Context, c *control) {
 			c.sweep(now)
 		case <-cluster.C:
 			c.clusterTick(now)
+		case <-meta.C:
+			c.metaTick(now)
 		default:
 		}
 	}
@@ -406,6 +419,10 @@ func (f *Forwarder) Stats() Stats {
 	s.ClusterDrops = f.clusterDrops.Load()
 	s.NATSErrors = f.natsErrors.Load()
 	s.Peers = int(f.nPeers.Load())
+	s.Onsets = f.onsets.Load()
+	s.MetadataSent, s.MetadataBytes = f.metaSent.Load(), f.metaBytes.Load()
+	s.Decisions, s.DecisionsStale, s.DecisionsUnknown = f.decisions.Load(), f.decisionsStale.Load(), f.decisionsUnknown.Load()
+	s.SpeakerUpdates = f.speakerUpdates.Load()
 	return s
 }
 

@@ -34,12 +34,12 @@ func hotPathFixture(t testing.TB) (*reader, *routes, netip.AddrPort, *memConn) {
 			first = ap
 		}
 		id := protocol.NewID()
-		cl.members[id] = &session{call: cl, participant: id, addr: ap}
+		cl.members[id] = &session{call: cl, participant: id, addr: ap, media: new(mediaInfo)}
 	}
 	rt := buildRoutes(map[protocol.ID]*call{cl.id: cl}, false)
 	require.Len(t, rt.bySrc[first].dests, 4)
 	mc := &memConn{}
-	f := &Forwarder{cfg: Default()}
+	f := &Forwarder{cfg: Default(), audio: audioParamsOf(DefaultAudio())}
 	r := &reader{f: f, pc: mc, c: new(counters), knownLimiter: newSTUNLimiter(20, 40), newLimiter: newSTUNLimiter(20, 40)}
 	return r, rt, first, mc
 }

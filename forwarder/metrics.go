@@ -37,11 +37,22 @@ var (
 	mClBad = prometheus.NewDesc("callrelay_cluster_messages_rejected_total",
 		"NATS notices or heartbeats that did not authenticate or parse.", nil, nil)
 	mNATSErr = prometheus.NewDesc("callrelay_nats_errors_total", "NATS publish or subscribe errors.", nil, nil)
+
+	mMuted = prometheus.NewDesc("callrelay_forwarder_audio_muted_packets_total",
+		"Audio packets not forwarded because their sender is outside the call's audio forwarding set.", nil, nil)
+	mOnsets = prometheus.NewDesc("callrelay_forwarder_loud_onsets_total",
+		"Loud onsets seen (level steps and device LoudOnset messages).", nil, nil)
+	mMeta      = prometheus.NewDesc("callrelay_forwarder_metadata_batches_total", "Metadata batches published to conductors.", nil, nil)
+	mMetaBytes = prometheus.NewDesc("callrelay_forwarder_metadata_bytes_total", "Bytes of metadata published to conductors.", nil, nil)
+	mDecisions = prometheus.NewDesc("callrelay_forwarder_decisions_total",
+		"Conductor decisions by outcome: applied, stale (an older epoch: a fenced-off conductor), unknown_call.", []string{"outcome"}, nil)
+	mSpeaker = prometheus.NewDesc("callrelay_forwarder_dominant_speaker_messages_total", "DominantSpeaker messages sent to devices.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mPackets, mBytes, mDrops, mSessions, mCalls, mPeers, mDraining, mJoins,
-		mRefusals, mNudges, mMigrate, mDegraded, mQueued, mStErr, mStDrop, mClBad, mNATSErr} {
+		mRefusals, mNudges, mMigrate, mDegraded, mQueued, mStErr, mStDrop, mClBad, mNATSErr,
+		mMuted, mOnsets, mMeta, mMetaBytes, mDecisions, mSpeaker} {
 		ch <- d
 	}
 }
@@ -85,4 +96,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mStDrop, s.StateDropped)
 	counter(mClBad, s.ClusterBad)
 	counter(mNATSErr, s.NATSErrors)
+	counter(mMuted, s.AudioMuted)
+	counter(mOnsets, s.Onsets)
+	counter(mMeta, s.MetadataSent)
+	counter(mMetaBytes, s.MetadataBytes)
+	counter(mDecisions, s.Decisions, "applied")
+	counter(mDecisions, s.DecisionsStale, "stale")
+	counter(mDecisions, s.DecisionsUnknown, "unknown_call")
+	counter(mSpeaker, s.SpeakerUpdates)
 }

@@ -106,6 +106,9 @@ func (c *control) onCluster(m clusterMsg, now time.Time) {
 		c.onAnnounce(a, now)
 		return
 	}
+	if c.onCallSubject(m.data, now) {
+		return
+	}
 	var n protocol.MemberNotice
 	if err := n.Unmarshal(m.data, key); err != nil {
 		c.f.clusterBad.Add(1)

@@ -23,6 +23,7 @@ type reader struct {
 	// using many ports).
 	knownLimiter, newLimiter stunLimiter
 	hdr                      protocol.RTPHeader // reused: parsing allocates nothing
+	batchNow                 int64              // unix ns of this batch, 0 until read (now())
 
 	// The trunk: this reader's own trunk socket (nil on a lone forwarder),
 	// and fixed slots for the frames of one batch.
@@ -40,6 +41,7 @@ type reader struct {
 	// Per-batch tallies, added to the shared counters once per batch.
 	pin, bin, pout, bout uint64
 	tout, tbout, nudges  uint64
+	muted, onsetMsgs     uint64 // audio held back by the gate; LoudOnset messages taken
 	drops                [numDropReasons]uint64
 }
 
@@ -57,6 +59,7 @@ func (r *reader) run() {
 			continue
 		}
 		rt := r.f.routes.Load()
+		r.batchNow = 0
 		var nowNS int64 // read the clock only if a STUN message needs it
 		for i := 0; i < n; i++ {
 			b := r.pc.Buf(i)
@@ -94,9 +97,15 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 			r.drops[DropMalformed]++
 			return
 		}
-		if relayControl(b) {
+		if sub, pkt, ok := relayControlSubType(b); ok {
 			// Relay instructions come from forwarders only; one device
-			// must not send another a forged Rejoin or MigrateTo.
+			// must not send another a forged Rejoin or MigrateTo. A
+			// member's LoudOnset is for this forwarder, and stops here.
+			if rte := rt.bySrc[src]; sub == protocol.SubTypeLoudOnset && rte != nil && rte.media != nil && len(pkt) == 20 {
+				r.deviceOnset(&rte.media.audio)
+				r.onsetMsgs++
+				return
+			}
 			r.drops[DropRelayControl]++
 			return
 		}
@@ -110,8 +119,16 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 		r.nudge(b, src, nowNS)
 		return
 	}
-	if kind == protocol.KindRTP && rte.media != nil {
-		rte.media.note(r.hdr.SSRC)
+	if m := rte.media; m != nil {
+		m.audio.bytes.Add(uint64(len(b)) << 32)
+		if kind == protocol.KindRTP {
+			m.note(r.hdr.SSRC)
+			if voice, level, ok := r.hdr.AudioLevel(r.f.audio.extID); ok &&
+				!r.audio(&m.audio, r.hdr.SequenceNumber, voice, level, len(b)-r.hdr.HeaderLen-r.hdr.PaddingLen) {
+				r.muted++
+				return
+			}
+		}
 	}
 	for i := range rte.dests {
 		if !r.pc.Queue(b, &rte.dests[i]) {
@@ -180,18 +197,6 @@ func (r *reader) nudge(b []byte, src netip.AddrPort, nowNS int64) {
 	r.bout += uint64(len(nudge))
 }
 
-// relayControl says whether an RTCP datagram (whose first header is valid)
-// carries a CRLY APP packet anywhere in its compound.
-func relayControl(b []byte) bool {
-	for off := 0; off+12 <= len(b); {
-		if b[off+1] == 204 && string(b[off+8:off+12]) == protocol.RelayAppName {
-			return true
-		}
-		off += 4 * (int(binary.BigEndian.Uint16(b[off+2:off+4])) + 1)
-	}
-	return false
-}
-
 // rtcpHeaderValid checks the first RTCP header of a (compound) packet: version
 // 2 and a length that fits. The rest is opaque to the relay for now.
 func rtcpHeaderValid(b []byte) bool {
@@ -245,11 +250,13 @@ func (r *reader) flush() {
 	c.bytesIn.Add(r.bin)
 	c.packetsOut.Add(r.pout)
 	c.bytesOut.Add(r.bout)
-	if r.tout|r.tbout|r.nudges != 0 {
+	if r.tout|r.tbout|r.nudges|r.muted|r.onsetMsgs != 0 {
 		c.trunkOut.Add(r.tout)
 		c.trunkBytesOut.Add(r.tbout)
 		c.nudges.Add(r.nudges)
-		r.tout, r.tbout, r.nudges = 0, 0, 0
+		c.audioMuted.Add(r.muted)
+		c.onsetMsgs.Add(r.onsetMsgs)
+		r.tout, r.tbout, r.nudges, r.muted, r.onsetMsgs = 0, 0, 0, 0, 0
 	}
 	for i, d := range r.drops {
 		if d != 0 {

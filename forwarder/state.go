@@ -298,6 +298,7 @@ func (c *control) stateTick(now time.Time) {
 // goroutine reads it.
 type mediaInfo struct {
 	ssrcs [maxSSRCs]atomicSSRC
+	audio audioMeter // the session's audio and its forwarding gate (audio.go)
 }
 
 const maxSSRCs = 8

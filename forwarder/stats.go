@@ -34,6 +34,8 @@ type counters struct {
 	trunkIn, trunkBytesIn                    atomic.Uint64 // frames from other forwarders
 	trunkOut, trunkBytesOut                  atomic.Uint64 // frames to other forwarders
 	nudges                                   atomic.Uint64 // Rejoin nudges sent
+	audioMuted                               atomic.Uint64 // audio packets not forwarded: the member is outside the forwarding set
+	onsetMsgs                                atomic.Uint64 // LoudOnset messages from devices
 	drops                                    [numDropReasons]atomic.Uint64
 	_                                        [64]byte
 }
@@ -61,6 +63,17 @@ type Stats struct {
 	ClusterDrops uint64 // cluster messages dropped because the control queue was full
 	NATSErrors   uint64
 	Peers        int // live peer forwarders
+
+	// The conductor's decisions (audio.go, decisions.go).
+	AudioMuted       uint64 // audio packets not forwarded: the member is outside the call's forwarding set
+	OnsetMessages    uint64 // LoudOnset messages from devices
+	Onsets           uint64 // loud onsets that opened a muted member's audio (level steps and device flags)
+	MetadataSent     uint64 // metadata batches published to conductors
+	MetadataBytes    uint64
+	Decisions        uint64 // conductor decisions applied
+	DecisionsStale   uint64 // decisions ignored: not newer than the last applied (an old epoch)
+	DecisionsUnknown uint64 // decisions for calls not served here
+	SpeakerUpdates   uint64 // DominantSpeaker messages sent to devices
 }
 
 // TotalDrops sums all drop reasons.
@@ -82,6 +95,8 @@ func (s *Stats) add(c *counters) {
 	s.TrunkOut += c.trunkOut.Load()
 	s.TrunkBytesOut += c.trunkBytesOut.Load()
 	s.RejoinNudges += c.nudges.Load()
+	s.AudioMuted += c.audioMuted.Load()
+	s.OnsetMessages += c.onsetMsgs.Load()
 	for i := range s.Drops {
 		s.Drops[i] += c.drops[i].Load()
 	}

@@ -10,15 +10,18 @@ import (
 )
 
 // TestClusterFuzzSeeds checks that the committed seed corpora of
-// FuzzTrunkOpen and FuzzClusterMsg under testdata/fuzz hold every seed the
-// cluster tests generate, byte for byte, as TestMediaFuzzSeeds does for the
-// media fuzz targets. To rewrite them:
+// FuzzTrunkOpen, FuzzClusterMsg, FuzzMetadataBatch and FuzzCallDecision
+// under testdata/fuzz hold every seed the cluster tests generate, byte for
+// byte, as TestMediaFuzzSeeds does for the media fuzz targets. To rewrite
+// them:
 //
 //	CALLRELAY_WRITE_FUZZ_SEEDS=1 go test -run TestClusterFuzzSeeds ./protocol/
 func TestClusterFuzzSeeds(t *testing.T) {
 	checkFuzzSeeds(t, map[string]map[string][]byte{
-		"FuzzTrunkOpen":  trunkFuzzSeeds(t),
-		"FuzzClusterMsg": clusterFuzzSeeds(t),
+		"FuzzTrunkOpen":     trunkFuzzSeeds(t),
+		"FuzzClusterMsg":    clusterFuzzSeeds(t),
+		"FuzzMetadataBatch": metadataFuzzSeeds(t),
+		"FuzzCallDecision":  decisionFuzzSeeds(t),
 	}, true)
 }
 

@@ -37,6 +37,8 @@ type ClusterMsgType uint8
 const (
 	ClusterMsgMemberNotice      ClusterMsgType = 1
 	ClusterMsgForwarderAnnounce ClusterMsgType = 2
+	ClusterMsgMetadata          ClusterMsgType = 3 // forwarder -> conductor, per partition and tick
+	ClusterMsgDecision          ClusterMsgType = 4 // conductor -> forwarders, per call
 )
 
 // String names the type.
@@ -46,6 +48,10 @@ func (t ClusterMsgType) String() string {
 		return "member-notice"
 	case ClusterMsgForwarderAnnounce:
 		return "forwarder-announce"
+	case ClusterMsgMetadata:
+		return "metadata"
+	case ClusterMsgDecision:
+		return "decision"
 	}
 	return "type-" + strconv.Itoa(int(t))
 }
@@ -80,7 +86,7 @@ func PeekClusterMsgType(b []byte) (ClusterMsgType, error) {
 		return 0, fmt.Errorf("%w: version %d, want %d", ErrClusterMsgInvalid, b[4], clusterMsgVersion)
 	}
 	t := ClusterMsgType(b[5])
-	if t != ClusterMsgMemberNotice && t != ClusterMsgForwarderAnnounce {
+	if t < ClusterMsgMemberNotice || t > ClusterMsgDecision {
 		return 0, fmt.Errorf("%w: unknown type %d", ErrClusterMsgInvalid, b[5])
 	}
 	if want := clusterMsgOverhead + int(binary.BigEndian.Uint16(b[6:8])); len(b) != want {

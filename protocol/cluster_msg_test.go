@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// clusterMsg is what both cluster message types have in common.
+// clusterMsg is what all cluster message types have in common.
 type clusterMsg interface {
 	Marshal(dst []byte, k ClusterKey) ([]byte, error)
 	Unmarshal(b []byte, k ClusterKey) error
@@ -31,6 +31,10 @@ func newClusterMsg(t ClusterMsgType) clusterMsg {
 		return new(MemberNotice)
 	case ClusterMsgForwarderAnnounce:
 		return new(ForwarderAnnounce)
+	case ClusterMsgMetadata:
+		return new(MetadataBatch)
+	case ClusterMsgDecision:
+		return new(CallDecision)
 	}
 	return nil
 }
@@ -173,7 +177,9 @@ func TestClusterMsgRejects(t *testing.T) {
 				b := bytes.Clone(tt.wire)
 				b[i/8] ^= 1 << (i % 8)
 				err := unmarshal(b, k)
-				if i/8 < clusterMsgHeaderLen {
+				if _, perr := PeekClusterMsgType(b); i/8 < clusterMsgHeaderLen && perr == nil {
+					require.ErrorIs(t, err, ErrClusterMsgAuth, "bit %d turns the type into another known one", i)
+				} else if i/8 < clusterMsgHeaderLen {
 					require.ErrorIs(t, err, ErrClusterMsgInvalid, "bit %d of the envelope header", i)
 				} else {
 					require.ErrorIs(t, err, ErrClusterMsgAuth, "bit %d", i)
@@ -215,7 +221,7 @@ func TestClusterMsgEnvelope(t *testing.T) {
 		{"empty", "0 bytes", nil},
 		{"magic", `magic "CRLY"`, append([]byte("CRLY"), good[4:]...)},
 		{"version 2", "version 2", append(append([]byte("CRLC"), 2), good[5:]...)},
-		{"unknown type", "unknown type 3", rawClusterMsg(k, 3, []byte{1, 2, 3})},
+		{"unknown type", "unknown type 5", rawClusterMsg(k, 5, []byte{1, 2, 3})},
 		{"type 0", "unknown type 0", rawClusterMsg(k, 0, nil)},
 		{"length too long", "truncated", append(append([]byte{}, good[:7]...), append([]byte{0x3f}, good[8:]...)...)},
 		{"length too short", "trailing bytes", append(append([]byte{}, good[:7]...), append([]byte{0x3d}, good[8:]...)...)},
@@ -437,7 +443,9 @@ func clusterFuzzSeeds(t testing.TB) map[string][]byte {
 	}
 	seeds["trailing-byte"] = append(bytes.Clone(clusterGoldenTests[0].wire), 0)
 	seeds["bad-magic"] = append([]byte("CRLY"), clusterGoldenTests[0].wire[4:]...)
-	seeds["unknown-type"] = rawClusterMsg(k, 3, []byte{1, 2, 3, 4})
+	seeds["unknown-type"] = rawClusterMsg(k, 5, []byte{1, 2, 3, 4})
+	seeds["metadata"] = metaGoldenTests[0].wire
+	seeds["decision"] = decisionGoldenTests[0].wire
 	seeds["id-length-mismatch"] = rawClusterMsg(k, 1, noticeBody(clusterSet(1, 4)))
 	seeds["mapped-trunk"] = rawClusterMsg(k, 1, noticeBody(func(b []byte) []byte {
 		b[50] = 2

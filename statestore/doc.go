@@ -31,6 +31,18 @@
 // The record format is documented in codec.go; format 1 records (before
 // trunk addresses) are still read.
 //
+// Leases (lease.go) give conductors exclusive, expiring ownership of a named
+// thing, such as a partition of calls. A lease carries a fencing epoch: taking
+// a free lease (never held, expired or released) hands out the next epoch of
+// that name, while the holder renewing keeps its epoch, so an epoch stands for
+// one uninterrupted holding and receivers drop decisions with an older epoch
+// than the newest they saw. On Redis a lease is two keys under the hash tag
+// {lease:<name>}: the holder ("<epoch> <owner>", expiring with the lease, on
+// the server's clock) and the epoch counter, which never expires, so epochs
+// never go back. Each operation is one Lua script. The counter is only as
+// durable as Redis itself: a Redis that loses its data starts epochs again
+// at 1.
+//
 // What statestore must never do:
 //   - let go-redis types or errors leave the package: callers see Call,
 //     Member and the sentinel errors in errors.go, never redis.Nil;

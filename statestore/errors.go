@@ -25,3 +25,11 @@ var (
 	// op was not taken.
 	ErrQueueFull = errors.New("statestore: writer queue full")
 )
+
+var (
+	// ErrLeaseHeld means another owner holds the lease; the message names it.
+	ErrLeaseHeld = errors.New("statestore: lease held by another owner")
+	// ErrLeaseLost means the caller no longer holds the lease with the epoch
+	// it has: it expired, was released, or another owner took it since.
+	ErrLeaseLost = errors.New("statestore: lease lost")
+)

@@ -50,6 +50,7 @@ func runForwarder(ctx context.Context, args []string) error {
 	clusterKey := fs.String("cluster-key", envOr("CALLRELAY_CLUSTER_KEY", ""), "64 hex digits shared by the cluster (env CALLRELAY_CLUSTER_KEY; `callrelay token cluster-key`)")
 	redisURL := fs.String("redis-url", envOr("CALLRELAY_REDIS_URL", ""), "redis:// or rediss:// URL of the call state store; empty: none (env CALLRELAY_REDIS_URL)")
 	natsURL := fs.String("nats-url", envOr("CALLRELAY_NATS_URL", ""), "NATS server URL(s), comma-separated (env CALLRELAY_NATS_URL)")
+	fs.IntVar(&cfg.Cluster.Partitions, "partitions", cfg.Cluster.Partitions, "conductor partitions calls hash into; the same on every forwarder and conductor")
 	fs.DurationVar(&cfg.DrainDeadline, "drain-deadline", cfg.DrainDeadline, "on SIGTERM, stop admitting, ask sessions to move, and exit when empty or after this long")
 	metricsListen := fs.String("metrics-listen", envOr("CALLRELAY_METRICS_LISTEN", ""), "TCP ip:port for /metrics, /healthz and /readyz; empty: none (env CALLRELAY_METRICS_LISTEN)")
 	level := fs.String("log-level", envOr("CALLRELAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CALLRELAY_LOG_LEVEL)")
@@ -101,7 +102,9 @@ func runForwarder(ctx context.Context, args []string) error {
 		go logStats(ctx, log, f, *statsEvery)
 	}
 	if *metricsListen != "" {
-		stopHTTP, err := serveMetrics(*metricsListen, f, log)
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(f.Collector())
+		stopHTTP, err := serveMetrics(*metricsListen, reg, func() bool { return !f.Stats().Draining }, log)
 		if err != nil {
 			return err
 		}
@@ -200,25 +203,25 @@ func envInt(name string, def int) (int, error) {
 	return n, nil
 }
 
-// serveMetrics serves Prometheus metrics and health endpoints: /healthz is
-// 200 while the process runs, /readyz 503 once it drains (a load balancer
+// serveMetrics serves Prometheus metrics from reg (plus Go and process
+// metrics) and health endpoints: /healthz is 200 while the process runs,
+// /readyz 503 while ready says no (a draining forwarder: a load balancer
 // stops sending new devices).
-func serveMetrics(addr string, f *forwarder.Forwarder, log *zap.Logger) (func(), error) {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(f.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+func serveMetrics(addr string, reg *prometheus.Registry, ready func() bool, log *zap.Logger) (func(), error) {
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if f.Stats().Draining {
-			http.Error(w, "draining", http.StatusServiceUnavailable)
+		if !ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("forwarder: --metrics-listen %s: %w", addr, err)
+		return nil, fmt.Errorf("--metrics-listen %s: %w", addr, err)
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {

@@ -29,9 +29,22 @@ type Member struct {
 	SSRC uint32
 	seq  uint16
 
-	mu     sync.Mutex
-	heard  map[uint32]time.Time     // last packet from each SSRC
-	maxGap map[uint32]time.Duration // longest silence from each SSRC since ResetGaps
+	// ID is the member's participant id (set by callers that know it).
+	ID protocol.ID
+	// Speaker follows the relay's DominantSpeaker messages.
+	Speaker client.SpeakerTracker
+
+	mu       sync.Mutex
+	heard    map[uint32]time.Time     // last packet from each SSRC
+	maxGap   map[uint32]time.Duration // longest silence from each SSRC since ResetGaps
+	counts   map[uint32]int           // packets from each SSRC
+	speakers []SpeakerChange
+}
+
+// SpeakerChange is one change of dominant speaker as a device saw it.
+type SpeakerChange struct {
+	At      time.Time
+	Speaker protocol.ID
 }
 
 // Join joins with token through fwds and starts recording what arrives.
@@ -48,7 +61,7 @@ func Join(t testing.TB, token []byte, ssrc uint32, fwds ...netip.AddrPort) *Memb
 
 // Watch makes a Member of a Session joined elsewhere.
 func Watch(t testing.TB, s *client.Session, ssrc uint32) *Member {
-	m := &Member{S: s, SSRC: ssrc, heard: map[uint32]time.Time{}, maxGap: map[uint32]time.Duration{}}
+	m := &Member{S: s, SSRC: ssrc, heard: map[uint32]time.Time{}, maxGap: map[uint32]time.Duration{}, counts: map[uint32]int{}}
 	go m.record()
 	return m
 }
@@ -62,7 +75,15 @@ func (m *Member) record() {
 				m.maxGap[ssrc] = max(m.maxGap[ssrc], p.Received.Sub(last))
 			}
 			m.heard[ssrc] = p.Received
+			m.counts[ssrc]++
 			m.mu.Unlock()
+		}
+		if p.Kind == protocol.KindRTCP {
+			if id, changed := m.Speaker.Observe(p.Data); changed {
+				m.mu.Lock()
+				m.speakers = append(m.speakers, SpeakerChange{p.Received, id})
+				m.mu.Unlock()
+			}
 		}
 		p.Release()
 	}
@@ -86,6 +107,75 @@ func (m *Member) MaxGap(ssrc uint32) time.Duration {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.maxGap[ssrc]
+}
+
+// Count is how many RTP packets from ssrc arrived.
+func (m *Member) Count(ssrc uint32) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.counts[ssrc]
+}
+
+// Speakers returns the dominant speaker changes seen so far.
+func (m *Member) Speakers() []SpeakerChange {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]SpeakerChange(nil), m.speakers...)
+}
+
+// SendAudio sends one 20 ms audio packet with the RFC 6464 level: speech
+// (-30 dBov, voice flag, 90 payload bytes, what Opus sends for speech) or
+// silence (127, no flag, 8 bytes, a comfort-noise frame).
+func (m *Member) SendAudio(speaking bool) {
+	m.seq++
+	_ = m.S.WriteRTP(AudioRTP(m.SSRC, m.seq, speaking))
+}
+
+// AudioRTP is an audio packet from ssrc with the audio level element
+// (extension id 1) of speech or silence.
+func AudioRTP(ssrc uint32, seq uint16, speaking bool) []byte {
+	level, payload := byte(127), 8
+	if speaking {
+		level, payload = 0x80|30, 90
+	}
+	b := make([]byte, 16, 20+payload)
+	b[0], b[1] = 0x90, 111
+	binary.BigEndian.PutUint16(b[2:], seq)
+	binary.BigEndian.PutUint32(b[4:], uint32(seq)*960)
+	binary.BigEndian.PutUint32(b[8:], ssrc)
+	b[12], b[13], b[15] = 0xbe, 0xde, 1
+	b = append(b, 0x10, level, 0, 0)
+	return append(b, make([]byte, payload)...)
+}
+
+// Speak makes every member send audio every 20 ms, speaking when
+// script(i, elapsed) says so, until stop is closed (and the test ends).
+// It returns the start time of the script.
+func Speak(t testing.TB, ms []*Member, script func(i int, at time.Duration) bool, stop <-chan struct{}) time.Time {
+	var wg sync.WaitGroup
+	ended := make(chan struct{})
+	start := time.Now()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tk := time.NewTicker(20 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ended:
+				return
+			case <-tk.C:
+				at := time.Since(start)
+				for i, m := range ms {
+					m.SendAudio(script(i, at))
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() { close(ended); wg.Wait() })
+	return start
 }
 
 // ResetGaps starts measuring silences afresh.

@@ -1,0 +1,82 @@
+package conductor
+
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the conductor's Prometheus series. Label sets are bounded:
+// reasons only, never calls or partitions.
+type metrics struct {
+	owned         prometheus.Gauge
+	takeovers     prometheus.Counter
+	decisions     prometheus.Counter
+	metadata      prometheus.Counter
+	rejected      *prometheus.CounterVec
+	switches      prometheus.Counter
+	switchLatency prometheus.Histogram
+	decideSeconds prometheus.Histogram
+	leaseErrors   prometheus.Counter
+	storeErrors   prometheus.Counter
+	natsErrors    prometheus.Counter
+	ioDropped     prometheus.Counter
+	checkpoints   prometheus.Counter
+	restored      prometheus.Counter
+	storeDown     prometheus.Gauge
+	down          atomic.Bool
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		owned: prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrelay_conductor_partitions_owned",
+			Help: "Partitions this conductor holds the lease of."}),
+		takeovers: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_partition_takeovers_total",
+			Help: "Partition leases acquired (at start and when taking over from another conductor)."}),
+		decisions: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_decisions_total",
+			Help: "Decisions published to forwarders (changes and periodic repeats)."}),
+		metadata: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_metadata_batches_total",
+			Help: "Metadata batches accepted from forwarders."}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrelay_conductor_metadata_rejected_total",
+			Help: "Metadata rejected, by reason: malformed (bad encoding or key), wrong_partition, unknown_call, queue_full."},
+			[]string{"reason"}),
+		switches: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_speaker_switches_total",
+			Help: "Dominant speaker changes."}),
+		switchLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrelay_conductor_speaker_switch_latency_seconds",
+			Help:    "From the start of the new dominant speaker's speech run to the switch.",
+			Buckets: []float64{0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5}}),
+		decideSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrelay_conductor_decide_seconds",
+			Help:    "Time to decide one call that was published.",
+			Buckets: prometheus.ExponentialBuckets(1e-6, 4, 10)}),
+		leaseErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_lease_errors_total",
+			Help: "Lease operations that failed because the state store did not answer."}),
+		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_store_errors_total",
+			Help: "Call reads and checkpoint writes that failed, and unreadable checkpoints."}),
+		natsErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_nats_errors_total",
+			Help: "NATS publish or subscribe errors."}),
+		ioDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_store_queue_dropped_total",
+			Help: "Store reads or checkpoint writes dropped because the queue was full."}),
+		checkpoints: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_checkpoints_total",
+			Help: "Checkpoints written."}),
+		restored: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_checkpoints_restored_total",
+			Help: "Calls resumed from a checkpoint."}),
+		storeDown: prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrelay_conductor_store_unreachable",
+			Help: "1 while lease operations fail because the state store does not answer."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.owned, m.takeovers, m.decisions, m.metadata, m.rejected, m.switches, m.switchLatency,
+			m.decideSeconds, m.leaseErrors, m.storeErrors, m.natsErrors, m.ioDropped, m.checkpoints, m.restored, m.storeDown)
+	}
+	return m
+}
+
+// noteStoreDown records whether the store answers and returns the previous
+// state, so the caller logs only the change.
+func (m *metrics) noteStoreDown(down bool) bool {
+	v := 0.0
+	if down {
+		v = 1
+	}
+	m.storeDown.Set(v)
+	return m.down.Swap(down)
+}

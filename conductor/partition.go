@@ -1,0 +1,429 @@
+package conductor
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/protocol"
+	"github.com/callrelay/callrelay/statestore"
+)
+
+// partition decides for the calls of one partition while its lease is
+// held. One goroutine runs it; NATS callbacks only queue raw messages for
+// it, and store reads and writes go through the conductor's ioQueue.
+type partition struct {
+	c      *Conductor
+	part   int
+	epoch  uint32
+	in     chan []byte
+	loaded chan loadResult
+	sub    *nats.Subscription
+
+	validUntil atomic.Int64 // unix ns: the lease as renewed, less a margin
+
+	calls    map[protocol.ID]*callState
+	unknown  map[protocol.ID]time.Time // calls the store does not know, until when to ignore them
+	batch    protocol.MetadataBatch
+	dec      protocol.CallDecision
+	buf      []byte
+	fwd      []protocol.ID
+	lastWarn time.Time
+}
+
+// callState is one call as the conductor sees it.
+type callState struct {
+	id       protocol.ID
+	det      *SpeakerDetector
+	ready    bool // the store knows the call and its checkpoint is restored
+	seq      uint32
+	forward  []protocol.ID
+	dominant protocol.ID
+	decided  bool
+	lastSent time.Time
+	lastSeen time.Time
+	lastCkpt time.Time
+	dirty    bool
+	spurts   map[protocol.ID]spurt
+}
+
+// spurt is a member's current run of speech, for switch latency.
+type spurt struct{ start, last time.Time }
+
+// loadResult is what the store said about a call new to this partition.
+type loadResult struct {
+	call     protocol.ID
+	notFound bool
+	err      error
+	ckpt     []byte
+}
+
+func newPartition(c *Conductor, part int, epoch uint32) *partition {
+	p := &partition{
+		c: c, part: part, epoch: epoch,
+		in:      make(chan []byte, c.cfg.Queue),
+		loaded:  make(chan loadResult, c.cfg.Queue),
+		calls:   make(map[protocol.ID]*callState),
+		unknown: make(map[protocol.ID]time.Time),
+	}
+	p.setValidUntil(c.cfg.Now().Add(c.validFor()))
+	return p
+}
+
+func (p *partition) setValidUntil(t time.Time) { p.validUntil.Store(t.UnixNano()) }
+
+func (p *partition) subscribe() error {
+	sub, err := p.c.cfg.NATS.Subscribe(p.c.cfg.metaSubject(p.part), func(m *nats.Msg) {
+		select {
+		case p.in <- m.Data:
+		default:
+			p.c.m.rejected.WithLabelValues("queue_full").Inc()
+		}
+	})
+	p.sub = sub
+	return err
+}
+
+func (p *partition) run(ctx context.Context, o *ownedPartition) {
+	tick := time.NewTicker(p.c.cfg.DecideEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			_ = p.sub.Unsubscribe()
+			p.checkpointAll(p.c.cfg.Now(), true)
+			return
+		case data := <-p.in:
+			p.onMetadata(data, p.c.cfg.Now())
+		case r := <-p.loaded:
+			p.onLoaded(r, p.c.cfg.Now())
+		case <-tick.C:
+			p.decideAll(p.c.cfg.Now())
+		}
+	}
+}
+
+// reject counts a rejected message and logs at most one line every 10 s
+// per partition.
+func (p *partition) reject(reason string, now time.Time, fields ...zap.Field) {
+	p.c.m.rejected.WithLabelValues(reason).Inc()
+	if now.Sub(p.lastWarn) >= 10*time.Second {
+		p.lastWarn = now
+		p.c.log.Warn("metadata rejected", append(fields, zap.String("reason", reason), zap.Int("partition", p.part))...)
+	}
+}
+
+// onMetadata feeds one batch to the calls' detectors.
+func (p *partition) onMetadata(data []byte, now time.Time) {
+	b := &p.batch
+	if err := b.Unmarshal(data, p.c.cfg.Key); err != nil {
+		p.reject("malformed", now, zap.Error(err))
+		return
+	}
+	if int(b.Partition) != p.part {
+		p.reject("wrong_partition", now, zap.String("forwarder", b.Forwarder), zap.Uint16("batch_partition", b.Partition))
+		return
+	}
+	p.c.m.metadata.Inc()
+	tick := time.Duration(b.TickMillis) * time.Millisecond
+	for i := range b.Calls {
+		cm := &b.Calls[i]
+		if protocol.PartitionOf(cm.Call, p.c.cfg.Partitions) != p.part {
+			p.reject("wrong_partition", now, zap.Stringer("call", cm.Call), zap.String("forwarder", b.Forwarder))
+			continue
+		}
+		cs := p.call(cm.Call, now)
+		if cs == nil {
+			continue
+		}
+		cs.lastSeen = now
+		for j := range cm.Members {
+			p.observe(cs, &cm.Members[j], tick, now)
+		}
+	}
+}
+
+// call returns the call's state, creating it (and asking the store about
+// it) on first sight; nil for a call the store recently did not know.
+func (p *partition) call(id protocol.ID, now time.Time) *callState {
+	if cs := p.calls[id]; cs != nil {
+		return cs
+	}
+	if until, ok := p.unknown[id]; ok {
+		if now.Before(until) {
+			p.c.m.rejected.WithLabelValues("unknown_call").Inc()
+			return nil
+		}
+		delete(p.unknown, id)
+	}
+	cs := &callState{id: id, det: NewSpeakerDetector(p.c.cfg.Speaker), lastSeen: now, spurts: make(map[protocol.ID]spurt)}
+	p.calls[id] = cs
+	if !p.c.io.load(id, p.loaded) {
+		cs.ready = true // the queue is full: decide without the checkpoint
+	}
+	return cs
+}
+
+func (p *partition) observe(cs *callState, mm *protocol.MemberMetadata, tick time.Duration, now time.Time) {
+	if mm.Flags&protocol.MetaLeft != 0 {
+		cs.det.Remove(mm.Participant)
+		delete(cs.spurts, mm.Participant)
+		cs.dirty = true
+		return
+	}
+	cs.det.Observe(now, Observation{
+		Participant: mm.Participant, Tick: tick,
+		Packets: int(mm.Packets), VoicePackets: int(mm.VoicePackets), PayloadBytes: int(mm.PayloadBytes),
+		MeanLevel: mm.MeanLevel, MaxLevel: mm.MaxLevel, Onset: mm.Flags&protocol.MetaOnset != 0,
+	})
+	// Speech runs, for the switch latency histogram: a tick with mostly
+	// voice-flagged packets continues a run, a gap of 400 ms ends it.
+	if mm.Packets >= 2 && 2*int(mm.VoicePackets) >= int(mm.Packets) {
+		s := cs.spurts[mm.Participant]
+		if now.Sub(s.last) > 400*time.Millisecond {
+			s.start = now.Add(-tick)
+		}
+		s.last = now
+		cs.spurts[mm.Participant] = s
+	}
+}
+
+// onLoaded completes a new call with what the store said.
+func (p *partition) onLoaded(r loadResult, now time.Time) {
+	cs := p.calls[r.call]
+	if cs == nil {
+		return
+	}
+	switch {
+	case r.notFound:
+		delete(p.calls, r.call)
+		p.unknown[r.call] = now.Add(unknownHold)
+		p.reject("unknown_call", now, zap.Stringer("call", r.call))
+		return
+	case r.err != nil:
+		// The store is down: the metadata is authenticated by the
+		// cluster key, so decide without the checkpoint.
+		p.c.m.storeErrors.Inc()
+	case r.ckpt != nil:
+		var ck checkpoint
+		if err := ck.UnmarshalBinary(r.ckpt); err != nil {
+			p.c.m.storeErrors.Inc()
+			p.c.log.Warn("checkpoint unreadable: starting the call afresh", zap.Stringer("call", r.call), zap.Error(err))
+			break
+		}
+		cs.det.Restore(ck.Speaker)
+		cs.seq = ck.Seq
+		p.c.m.restored.Inc()
+	}
+	cs.ready = true
+}
+
+// decideAll runs one decision tick over every call.
+func (p *partition) decideAll(now time.Time) {
+	if now.UnixNano() > p.validUntil.Load() {
+		return // the lease may have passed to another conductor: stay quiet
+	}
+	for id, cs := range p.calls {
+		if now.Sub(cs.lastSeen) > p.c.cfg.IdleCall {
+			delete(p.calls, id)
+			continue
+		}
+		if !cs.ready {
+			continue
+		}
+		p.decide(cs, now)
+		if cs.dirty && now.Sub(cs.lastCkpt) >= p.c.cfg.CheckpointEvery {
+			p.checkpoint(cs, now)
+		}
+	}
+	for id, until := range p.unknown {
+		if now.After(until) {
+			delete(p.unknown, id)
+		}
+	}
+}
+
+func (p *partition) decide(cs *callState, now time.Time) {
+	start := time.Now()
+	dom, changed := cs.det.Decide(now)
+	p.fwd = cs.det.Recent(now, p.c.cfg.RecentWindow, p.c.cfg.MaxForwarded, p.fwd[:0])
+	setChanged := !sameSet(p.fwd, cs.forward)
+	if changed && !dom.IsZero() {
+		p.c.m.switches.Inc()
+		if s, ok := cs.spurts[dom]; ok && now.Sub(s.last) < time.Second {
+			p.c.m.switchLatency.Observe(now.Sub(s.start).Seconds())
+		}
+	}
+	if !changed && !setChanged && cs.decided && now.Sub(cs.lastSent) < p.c.cfg.Republish {
+		return
+	}
+	if changed || setChanged || !cs.decided {
+		cs.seq++
+		cs.dirty = true
+		cs.dominant = dom
+		cs.forward = append(cs.forward[:0], p.fwd...)
+	}
+	cs.decided = true
+	p.publish(cs, now)
+	p.c.m.decideSeconds.Observe(time.Since(start).Seconds())
+}
+
+func (p *partition) publish(cs *callState, now time.Time) {
+	d := &p.dec
+	d.Call, d.Partition, d.Epoch, d.Seq, d.At = cs.id, uint16(p.part), p.epoch, cs.seq, now
+	d.Dominant, d.Forward, d.Conductor = cs.dominant, cs.forward, p.c.cfg.ID
+	var err error
+	if p.buf, err = d.Marshal(p.buf[:0], p.c.cfg.Key); err != nil {
+		p.c.log.Error("encoding decision", zap.Stringer("call", cs.id), zap.Error(err))
+		return
+	}
+	if err := p.c.cfg.NATS.Publish(p.c.cfg.callSubject(cs.id), p.buf); err != nil {
+		p.c.m.natsErrors.Inc()
+		return
+	}
+	cs.lastSent = now
+	p.c.m.decisions.Inc()
+}
+
+// checkpoint saves a call's ephemeral state through the io queue.
+func (p *partition) checkpoint(cs *callState, now time.Time) {
+	ck := checkpoint{Epoch: p.epoch, Seq: cs.seq, Speaker: cs.det.State()}
+	data, err := ck.MarshalBinary()
+	if err != nil {
+		p.c.log.Error("encoding checkpoint", zap.Stringer("call", cs.id), zap.Error(err))
+		return
+	}
+	if p.c.io.save(cs.id, data, p.c.cfg.CheckpointTTL) {
+		cs.lastCkpt, cs.dirty = now, false
+	}
+}
+
+// checkpointAll saves every changed call (on stop, so a successor resumes
+// from the latest state).
+func (p *partition) checkpointAll(now time.Time, onlyDirty bool) {
+	for _, cs := range p.calls {
+		if cs.ready && (cs.dirty || !onlyDirty) {
+			p.checkpoint(cs, now)
+		}
+	}
+}
+
+func sameSet(a, b []protocol.ID) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
+}
+
+// ioQueue runs store reads and checkpoint writes off the decision loops,
+// on a bounded queue: when it is full, work is dropped and counted.
+type ioQueue struct {
+	store statestore.Store
+	m     *metrics
+	log   interface{ Warn(string, ...zap.Field) }
+	jobs  chan func(context.Context)
+}
+
+const (
+	ioQueueLen  = 4096
+	ioWorkers   = 4
+	ioOpTimeout = 500 * time.Millisecond
+)
+
+func newIOQueue(s statestore.Store, m *metrics, log *zap.Logger) *ioQueue {
+	return &ioQueue{store: s, m: m, log: log, jobs: make(chan func(context.Context), ioQueueLen)}
+}
+
+func (q *ioQueue) run(ctx context.Context) {
+	done := make(chan struct{})
+	for range ioWorkers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for {
+				select {
+				case <-ctx.Done():
+					q.drain()
+					return
+				case job := <-q.jobs:
+					job(context.Background())
+				}
+			}
+		}()
+	}
+	for range ioWorkers {
+		<-done
+	}
+}
+
+// drain runs what is queued at stop (final checkpoints), each bounded.
+func (q *ioQueue) drain() {
+	for {
+		select {
+		case job := <-q.jobs:
+			job(context.Background())
+		default:
+			return
+		}
+	}
+}
+
+func (q *ioQueue) submit(job func(context.Context)) bool {
+	select {
+	case q.jobs <- job:
+		return true
+	default:
+		q.m.ioDropped.Inc()
+		return false
+	}
+}
+
+// load asks the store about a call; the result goes to out.
+func (q *ioQueue) load(id protocol.ID, out chan<- loadResult) bool {
+	return q.submit(func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, ioOpTimeout)
+		defer cancel()
+		r := loadResult{call: id}
+		if _, err := q.store.Get(ctx, id); err != nil {
+			if errors.Is(err, statestore.ErrNotFound) {
+				r.notFound = true
+			} else {
+				r.err = err
+			}
+		} else if ck, err := q.store.LoadCheckpoint(ctx, id, checkpointKind); err == nil {
+			r.ckpt = ck
+		} else if !errors.Is(err, statestore.ErrNotFound) {
+			r.err = err
+		}
+		select {
+		case out <- r:
+		default: // the partition is gone or flooded; it decides without
+		}
+	})
+}
+
+func (q *ioQueue) save(id protocol.ID, data []byte, ttl time.Duration) bool {
+	return q.submit(func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, ioOpTimeout)
+		defer cancel()
+		if err := q.store.SaveCheckpoint(ctx, id, checkpointKind, data, ttl); err != nil {
+			q.m.storeErrors.Inc()
+		} else {
+			q.m.checkpoints.Inc()
+		}
+	})
+}
+
+// unknownHold is how long metadata for a call the store did not know is
+// ignored before the store is asked again (a Redis that came back empty is
+// refilled by the forwarders' reconcile within seconds).
+const unknownHold = 3 * time.Second

@@ -1,0 +1,262 @@
+package forwarder
+
+import (
+	"slices"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// The forwarder's side of the conductor (see conductor/doc.go):
+//
+//   - every MetadataEvery it publishes, per conductor partition, a batch of
+//     what changed for its members since the last tick: the audio summary
+//     of every member that sent audio, onsets, members that left;
+//   - it applies the conductor's decisions for the calls it serves (they
+//     arrive on the call's subject, with the notices), ignoring any that is
+//     not newer than the last one applied: an older epoch is a conductor
+//     that lost its lease;
+//   - it tells its devices the dominant speaker (a CRLY DominantSpeaker).
+//
+// All of it runs on the control goroutine.
+
+// callDecision is the last decision applied to a call.
+type callDecision struct {
+	d       protocol.CallDecision
+	applied bool
+}
+
+// metaState is the control goroutine's metadata publisher.
+type metaState struct {
+	batches map[uint16]*protocol.MetadataBatch
+	seq     map[uint16]uint64
+	left    []leftMember
+	buf     []byte
+}
+
+type leftMember struct {
+	call, participant protocol.ID
+}
+
+func (c *control) metaEnabled() bool {
+	cc := &c.f.cfg.Cluster
+	return cc.NATS != nil && cc.ID != "" && !cc.Key.IsZero()
+}
+
+// metaTick publishes one tick of metadata.
+func (c *control) metaTick(now time.Time) {
+	if !c.metaEnabled() {
+		return
+	}
+	cc := &c.f.cfg.Cluster
+	ms := &c.meta
+	if ms.batches == nil {
+		ms.batches = make(map[uint16]*protocol.MetadataBatch)
+		ms.seq = make(map[uint16]uint64)
+	}
+	for _, b := range ms.batches {
+		b.Calls = b.Calls[:0]
+	}
+	tick := cc.MetadataEvery
+	for _, cl := range c.calls {
+		var members []protocol.MemberMetadata
+		for _, s := range cl.members {
+			mm, ok, onsets := s.tickMetadata(tick)
+			c.f.onsets.Add(onsets)
+			if ok {
+				members = append(members, mm)
+			}
+		}
+		members = c.appendLeft(cl.id, members)
+		if len(members) > 0 {
+			c.addCallMeta(cl.id, members)
+		}
+	}
+	for _, l := range ms.left { // calls that ended here
+		if c.calls[l.call] == nil {
+			c.addCallMeta(l.call, []protocol.MemberMetadata{{Participant: l.participant, MeanLevel: 127, MaxLevel: 127, Flags: protocol.MetaLeft}})
+		}
+	}
+	ms.left = ms.left[:0]
+	for part, b := range ms.batches {
+		if len(b.Calls) == 0 {
+			continue
+		}
+		ms.seq[part]++
+		b.Forwarder, b.Partition, b.Seq, b.At = cc.ID, part, ms.seq[part], now
+		b.TickMillis = uint16(max(1, min(10000, tick.Milliseconds())))
+		var err error
+		if ms.buf, err = b.Marshal(ms.buf[:0], cc.Key); err != nil {
+			c.f.log.Error("encoding metadata", zap.Error(err))
+			continue
+		}
+		if err := cc.NATS.Publish(cc.metaSubject(part), ms.buf); err != nil {
+			c.f.natsErrors.Add(1)
+			continue
+		}
+		c.f.metaSent.Add(1)
+		c.f.metaBytes.Add(uint64(len(ms.buf)))
+	}
+}
+
+// appendLeft adds the members of call id that left since the last tick.
+func (c *control) appendLeft(id protocol.ID, members []protocol.MemberMetadata) []protocol.MemberMetadata {
+	for _, l := range c.meta.left {
+		if l.call == id && len(members) < 255 {
+			members = append(members, protocol.MemberMetadata{Participant: l.participant, MeanLevel: 127, MaxLevel: 127, Flags: protocol.MetaLeft})
+		}
+	}
+	return members
+}
+
+func (c *control) addCallMeta(id protocol.ID, members []protocol.MemberMetadata) {
+	part := uint16(protocol.PartitionOf(id, c.f.cfg.Cluster.Partitions))
+	b := c.meta.batches[part]
+	if b == nil {
+		b = new(protocol.MetadataBatch)
+		c.meta.batches[part] = b
+	}
+	if len(members) > 255 {
+		members = members[:255]
+	}
+	b.Calls = append(b.Calls, protocol.CallMetadata{Call: id, Members: members})
+}
+
+// tickMetadata is s's audio since the last tick, and whether there is
+// anything to say (it sent audio, or had an onset).
+func (s *session) tickMetadata(tick time.Duration) (mm protocol.MemberMetadata, ok bool, onsets uint64) {
+	m := &s.media.audio
+	now := m.totals()
+	d := now.since(s.audioLast)
+	s.audioLast = now
+	loudest := m.loudest.Swap(0)
+	if d.packets == 0 && d.onsets == 0 {
+		return mm, false, 0
+	}
+	mm = protocol.MemberMetadata{
+		Participant:  s.participant,
+		Packets:      uint16(d.packets),
+		VoicePackets: uint16(min(d.voice, d.packets)),
+		PayloadBytes: uint32(d.payload),
+		MeanLevel:    127,
+		MaxLevel:     uint8(127 - min(loudest, 127)),
+	}
+	if d.packets > 0 {
+		mm.MeanLevel = uint8(127 - min(d.loudSum/d.packets, 127))
+	}
+	if d.onsets > 0 {
+		mm.Flags |= protocol.MetaOnset
+	}
+	if secs := tick.Seconds(); secs > 0 {
+		mm.UplinkBps = uint32(min(float64(d.all)*8/secs, 1<<32-1))
+	}
+	if d.expected > d.packets {
+		mm.LossPermille = uint16(min(1000, (d.expected-d.packets)*1000/d.expected))
+	}
+	return mm, true, d.onsets
+}
+
+// onDecision applies a conductor's decision for a call served here.
+func (c *control) onDecision(data []byte, now time.Time) {
+	d := &c.decisionScratch
+	if err := d.Unmarshal(data, c.f.cfg.Cluster.Key); err != nil {
+		c.f.clusterBad.Add(1)
+		c.f.log.Debug("bad decision", zap.Error(err))
+		return
+	}
+	cl := c.calls[d.Call]
+	if cl == nil {
+		c.f.decisionsUnknown.Add(1)
+		return
+	}
+	if cl.decision.applied && !d.Newer(&cl.decision.d) {
+		if d.Epoch < cl.decision.d.Epoch {
+			c.f.decisionsStale.Add(1) // a fenced-off conductor; equal ones are repeats
+		}
+		return
+	}
+	prevDominant, had := cl.decision.d.Dominant, cl.decision.applied
+	cl.decision.d.Call, cl.decision.d.Partition = d.Call, d.Partition
+	cl.decision.d.Epoch, cl.decision.d.Seq, cl.decision.d.At = d.Epoch, d.Seq, d.At
+	cl.decision.d.Dominant, cl.decision.d.Conductor = d.Dominant, d.Conductor
+	cl.decision.d.Forward = append(cl.decision.d.Forward[:0], d.Forward...)
+	cl.decision.applied = true
+	c.f.decisions.Add(1)
+	for _, s := range cl.members {
+		c.applyGate(cl, s)
+	}
+	if !had || prevDominant != d.Dominant {
+		if had {
+			cl.log(c.f.log).Debug("dominant speaker", zap.Stringer("participant", d.Dominant), zap.Uint32("epoch", d.Epoch))
+		}
+		c.tellSpeaker(cl, nil)
+	}
+}
+
+// applyGate opens or closes s's audio by the call's last decision.
+func (c *control) applyGate(cl *call, s *session) {
+	g := gateAll
+	if cl.decision.applied {
+		g = gateOff
+		if slices.Contains(cl.decision.d.Forward, s.participant) {
+			g = gateOn
+		}
+	}
+	s.media.audio.gate.Store(g)
+}
+
+// tellSpeaker sends the call's dominant speaker to one member (only) or to
+// every member here.
+func (c *control) tellSpeaker(cl *call, only *session) {
+	d := &cl.decision.d
+	if !cl.decision.applied || d.Dominant.IsZero() {
+		return
+	}
+	msg := protocol.DominantSpeaker{Participant: d.Dominant, Epoch: d.Epoch, Sequence: d.Seq}
+	b, err := protocol.MarshalRelayApp(0, &msg)
+	if err != nil {
+		c.f.log.Error("encoding dominant speaker", zap.Error(err))
+		return
+	}
+	for _, s := range cl.members {
+		if only == nil || s == only {
+			c.reply(b, s.addr)
+			c.f.speakerUpdates.Add(1)
+		}
+	}
+}
+
+// noteLeft remembers a member that left, for the next metadata tick.
+func (c *control) noteLeft(cl *call, s *session) {
+	if c.metaEnabled() && len(c.meta.left) < maxLeftPerTick {
+		c.meta.left = append(c.meta.left, leftMember{cl.id, s.participant})
+	}
+}
+
+// maxLeftPerTick bounds the leave notes kept between two ticks; beyond it
+// the conductor learns from silence.
+const maxLeftPerTick = 4096
+
+func (cl *call) log(l *zap.Logger) *zap.Logger { return l.With(zap.Stringer("call", cl.id)) }
+
+// metaSubject is where the metadata of one partition goes.
+func (c *Cluster) metaSubject(part uint16) string {
+	return c.Subject + ".meta." + strconv.Itoa(int(part))
+}
+
+// onCallSubject dispatches a message of a call's subject: a member notice
+// or a decision.
+func (c *control) onCallSubject(data []byte, now time.Time) bool {
+	t, err := protocol.PeekClusterMsgType(data)
+	if err != nil {
+		return false
+	}
+	if t == protocol.ClusterMsgDecision {
+		c.onDecision(data, now)
+		return true
+	}
+	return false
+}

@@ -1,0 +1,121 @@
+package systemtest
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/callrelay/callrelay/internal/calltest"
+	"github.com/callrelay/callrelay/internal/testenv"
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// spurt is one scripted stretch of speech.
+type spurt struct {
+	who        int
+	start, end time.Duration
+}
+
+func scripted(spurts []spurt) func(int, time.Duration) bool {
+	return func(i int, at time.Duration) bool {
+		for _, s := range spurts {
+			if s.who == i && at >= s.start && at < s.end {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// sixPersonCall is a group call of six devices, three on each forwarder.
+func sixPersonCall(t *testing.T, e *env) (protocol.ID, []*calltest.Member) {
+	t.Helper()
+	a, b := e.forwarder(t, "fwd-a"), e.forwarder(t, "fwd-b")
+	call := protocol.NewID()
+	var ms []*calltest.Member
+	for i := range 6 {
+		fwd := a.Addr()
+		if i >= 3 {
+			fwd = b.Addr()
+		}
+		ms = append(ms, e.join(t, call, uint32(100+i), fwd))
+	}
+	return call, ms
+}
+
+// A six-person call across two forwarders with one conductor: scripted
+// speakers (turn-taking with an interjection and a cough) give the
+// expected dominant-speaker sequence at every device, within a bounded
+// latency, and the audio of a member who never speaks is not forwarded
+// once the conductor has decided.
+func TestDominantSpeakerAcrossForwarders(t *testing.T) {
+	e := newEnv(t)
+	_, ms := sixPersonCall(t, e)
+	cd := e.conductor(t, "cond-1", nil)
+	script := []spurt{
+		{0, 500 * time.Millisecond, 3500 * time.Millisecond},  // on fwd-a
+		{4, 3500 * time.Millisecond, 6500 * time.Millisecond}, // on fwd-b
+		{3, 5000 * time.Millisecond, 5400 * time.Millisecond}, // an interjection over 4
+		{2, 6500 * time.Millisecond, 9500 * time.Millisecond}, // on fwd-a
+		{5, 8000 * time.Millisecond, 8100 * time.Millisecond}, // a cough over 2
+	}
+	stop := make(chan struct{})
+	start := calltest.Speak(t, ms, scripted(script), stop)
+	want := []protocol.ID{ms[0].ID, ms[4].ID, ms[2].ID}
+	spurtStart := []time.Duration{500 * time.Millisecond, 3500 * time.Millisecond, 6500 * time.Millisecond}
+
+	// Member 1 never speaks: once every device has its first decision, none
+	// of its packets reaches anyone.
+	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		for i, m := range ms {
+			if len(m.Speakers()) == 0 {
+				return fmt.Errorf("member %d has no dominant speaker yet", i)
+			}
+		}
+		return nil
+	})
+	time.Sleep(200 * time.Millisecond) // decisions in flight to the other forwarder's devices
+	silentBefore := make([]int, len(ms))
+	for i, m := range ms {
+		silentBefore[i] = m.Count(ms[1].SSRC)
+	}
+	speakerBefore := ms[3].Count(ms[0].SSRC)
+
+	testenv.CheckFor(t, 15*time.Second, 50*time.Millisecond, func() error {
+		for i, m := range ms {
+			if got := ids(m.Speakers()); len(got) < len(want) {
+				return fmt.Errorf("member %d saw %d speakers so far", i, len(got))
+			}
+		}
+		return nil
+	})
+	time.Sleep(time.Second) // past the script's end: no late false switch
+	close(stop)
+	var worst time.Duration
+	for i, m := range ms {
+		changes := m.Speakers()
+		require.Equal(t, want, ids(changes), "member %d: dominant speaker sequence", i)
+		for k, ch := range changes {
+			lat := ch.At.Sub(start) - spurtStart[k]
+			worst = max(worst, lat)
+			require.Less(t, lat, 1500*time.Millisecond, "member %d: switch %d latency", i, k)
+		}
+		if i != 1 {
+			require.Equal(t, silentBefore[i], m.Count(ms[1].SSRC), "member %d heard the silent member after the decision", i)
+		}
+	}
+	require.Greater(t, ms[3].Count(ms[0].SSRC)-speakerBefore, 50, "the speaker on the other forwarder was heard")
+	t.Logf("worst switch latency seen by a device: %s", worst)
+	require.Positive(t, metric(t, cd.reg, "callrelay_conductor_speaker_switch_latency_seconds", ""))
+	require.Equal(t, 3.0, metric(t, cd.reg, "callrelay_conductor_speaker_switches_total", ""))
+}
+
+func ids(cs []calltest.SpeakerChange) []protocol.ID {
+	var out []protocol.ID
+	for _, c := range cs {
+		out = append(out, c.Speaker)
+	}
+	return out
+}
