@@ -123,6 +123,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("conductor: max forwarded %d (1..255), recent window %s, idle call %s, queue %d: all must be positive",
 			c.MaxForwarded, c.RecentWindow, c.IdleCall, c.Queue))
 	}
+	if err := c.Speaker.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("conductor: speaker detection: %w", err))
+	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}

@@ -236,8 +236,10 @@ func (p *partition) decideAll(now time.Time) {
 		if !cs.ready {
 			continue
 		}
-		p.decide(cs, now)
-		if cs.dirty && now.Sub(cs.lastCkpt) >= p.c.cfg.CheckpointEvery {
+		switched := p.decide(cs, now)
+		// A new dominant speaker is saved at once (a successor must not
+		// start from silence); the rest of the state every CheckpointEvery.
+		if switched || cs.dirty && now.Sub(cs.lastCkpt) >= p.c.cfg.CheckpointEvery {
 			p.checkpoint(cs, now)
 		}
 	}
@@ -248,7 +250,9 @@ func (p *partition) decideAll(now time.Time) {
 	}
 }
 
-func (p *partition) decide(cs *callState, now time.Time) {
+// decide runs one call's decision and publishes it when it changed (or is
+// due for a repeat); it reports whether the dominant speaker changed.
+func (p *partition) decide(cs *callState, now time.Time) bool {
 	start := time.Now()
 	dom, changed := cs.det.Decide(now)
 	p.fwd = cs.det.Recent(now, p.c.cfg.RecentWindow, p.c.cfg.MaxForwarded, p.fwd[:0])
@@ -260,7 +264,7 @@ func (p *partition) decide(cs *callState, now time.Time) {
 		}
 	}
 	if !changed && !setChanged && cs.decided && now.Sub(cs.lastSent) < p.c.cfg.Republish {
-		return
+		return false
 	}
 	if changed || setChanged || !cs.decided {
 		cs.seq++
@@ -271,6 +275,7 @@ func (p *partition) decide(cs *callState, now time.Time) {
 	cs.decided = true
 	p.publish(cs, now)
 	p.c.m.decideSeconds.Observe(time.Since(start).Seconds())
+	return changed
 }
 
 func (p *partition) publish(cs *callState, now time.Time) {

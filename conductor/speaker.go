@@ -67,7 +67,8 @@ ticks in its medium window, i.e. 0.7 s of speech in the last second. Then
 it takes the floor by
 
   - election: there is no dominant speaker yet; or
-  - turn-taking: the dominant speaker is not speaking in the newest tick and
+  - turn-taking: the dominant speaker is not speaking now (neither of its two
+    newest ticks, so one late or lost tick does not hand its floor away) and
     has at most 1/TurnRatio (half) as many speech ticks in its medium window
     as the challenger: it has stopped, or only says "mm" now and then; or
   - overlap: the challenger has OverlapTicks (18) speech ticks in the long
@@ -128,8 +129,8 @@ type Observation struct {
 	Onset        bool          // the forwarder saw a loud onset (level step or device flag)
 }
 
-// speakerRing is the number of ticks kept per participant; LongTicks and
-// QuietTicks may not exceed it.
+// speakerRing is the number of ticks kept per participant; LongTicks may not
+// exceed it.
 const speakerRing = 32
 
 // SpeakerConfig tunes the dominant speaker detector. The zero value of a
@@ -183,8 +184,8 @@ type SpeakerConfig struct {
 	MinDwell time.Duration
 }
 
-// DefaultSpeakerConfig returns the tuning the package comment of speaker.go
-// explains.
+// DefaultSpeakerConfig returns the tuning explained in the comment at the
+// top of speaker.go.
 func DefaultSpeakerConfig() SpeakerConfig {
 	return SpeakerConfig{
 		Tick:           100 * time.Millisecond,
@@ -510,7 +511,7 @@ func (d *SpeakerDetector) challenger(now time.Time) int {
 		if i == d.dom || !e.now || e.med < c.TurnTicks {
 			continue // not speaking now, or not steadily
 		}
-		turn := dm == nil || (!dm.imm && float64(e.med) >= c.TurnRatio*float64(dm.med))
+		turn := dm == nil || (!dm.now && float64(e.med) >= c.TurnRatio*float64(dm.med))
 		overlap := dm != nil && e.long >= c.OverlapTicks && float64(e.longAct) > c.OverlapMargin*float64(dm.longAct)
 		if (turn || overlap) && e.longAct > bestAct {
 			best, bestAct = i, e.longAct
@@ -527,14 +528,14 @@ func (d *SpeakerDetector) Dominant() protocol.ID {
 	return d.parts[d.dom].id
 }
 
-// Recent returns up to max participants that spoke (had a speech tick)
+// Recent returns up to limit participants that spoke (had a speech tick)
 // within window before now, most recent first, the dominant speaker always
 // first if it spoke within window. It is used for the audio forwarding set.
 // The result reuses dst's storage (dst's contents are overwritten); with
 // enough capacity it does not allocate.
-func (d *SpeakerDetector) Recent(now time.Time, window time.Duration, max int, dst []protocol.ID) []protocol.ID {
+func (d *SpeakerDetector) Recent(now time.Time, window time.Duration, limit int, dst []protocol.ID) []protocol.ID {
 	dst = dst[:0]
-	if max <= 0 {
+	if limit <= 0 {
 		return dst
 	}
 	recent := func(i int) bool {
@@ -557,7 +558,7 @@ func (d *SpeakerDetector) Recent(now time.Time, window time.Duration, max int, d
 		dst = append(dst, d.parts[d.dom].id)
 	}
 	for _, i := range d.order {
-		if len(dst) >= max {
+		if len(dst) >= limit {
 			break
 		}
 		dst = append(dst, d.parts[i].id)

@@ -103,7 +103,13 @@ func TestAudioMeter(t *testing.T) {
 	require.Equal(t, uint8(127-(5*97+117)/6), mm.MeanLevel)
 	require.Equal(t, uint16(5*1000/11), mm.LossPermille)
 	_, ok, _ = s.tickMetadata(100 * time.Millisecond)
+	require.True(t, ok, "the first quiet tick after speech is said")
+	_, ok, _ = s.tickMetadata(100 * time.Millisecond)
 	require.False(t, ok, "nothing new: nothing to say")
+	r.handle(rt, audioPkt(111, false, 120, 8), src, 0)
+	r.flush()
+	_, ok, _ = s.tickMetadata(100 * time.Millisecond)
+	require.False(t, ok, "quiet stays quiet: nothing to say")
 }
 
 // TestAudioGateAllocatesNothing: metering and gating stay allocation-free,

@@ -42,6 +42,7 @@ type session struct {
 	written            []uint32 // SSRCs as last written to the store
 	migrateSent        time.Time
 	audioLast          audioTotals // the audio meter at the last metadata tick
+	metaSpeaking       bool        // the last metadata reported speech
 }
 
 type call struct {

@@ -133,9 +133,15 @@ func (s *session) tickMetadata(tick time.Duration) (mm protocol.MemberMetadata, 
 	d := now.since(s.audioLast)
 	s.audioLast = now
 	loudest := m.loudest.Swap(0)
-	if d.packets == 0 && d.onsets == 0 {
+	// Only what changed: a member who neither spoke nor had an onset in
+	// this tick, and was already reported quiet, is left out (the conductor
+	// takes a missing member for silent). A speaker's first quiet tick is
+	// reported, so the end of speech is not only inferred.
+	speaking := d.voice > 0 || d.onsets > 0
+	if !speaking && !s.metaSpeaking {
 		return mm, false, 0
 	}
+	s.metaSpeaking = speaking
 	mm = protocol.MemberMetadata{
 		Participant:  s.participant,
 		Packets:      uint16(d.packets),

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/callrelay/callrelay/internal/embedredis"
@@ -30,6 +31,18 @@ type leaseBackend struct {
 	// expire returns once the lease name, last acquired or renewed with
 	// ttl short, has expired.
 	expire func(t *testing.T, name string)
+	// requireFirst fails t unless epoch is what the store hands out first
+	// for a name it has no counter for: its clock in Unix seconds plus one.
+	requireFirst func(t *testing.T, epoch uint64)
+}
+
+// requireFirstEpochNow fails t unless epoch is a first epoch of a store on
+// the wall clock of this machine: time.Now().Unix()+1, give or take 5 s.
+func requireFirstEpochNow(t *testing.T, epoch uint64) {
+	t.Helper()
+	want := time.Now().Unix() + 1
+	require.True(t, int64(epoch) >= want-5 && int64(epoch) <= want+5,
+		"first epoch %d, want the store's clock in Unix seconds plus one, %d ± 5", epoch, want)
 }
 
 // TestLeaseConformance runs one lease suite against Memory (on a fake
@@ -44,6 +57,11 @@ func TestLeaseConformance(t *testing.T) {
 				open:   func() Leases { return s },
 				short:  time.Second,
 				expire: func(*testing.T, string) { clk.Advance(time.Second) },
+				requireFirst: func(t *testing.T, epoch uint64) {
+					t.Helper()
+					require.Equal(t, uint64(clk.Now().Unix())+1, epoch,
+						"first epoch: the fake clock's Unix seconds plus one")
+				},
 			}
 		},
 		"redis": func(t *testing.T) leaseBackend {
@@ -98,6 +116,7 @@ func redisLeaseBackend(t *testing.T, url string) leaseBackend {
 				return nil
 			})
 		},
+		requireFirst: requireFirstEpochNow,
 	}
 }
 
@@ -108,8 +127,9 @@ func testLeaseAcquireFree(t *testing.T, b leaseBackend) {
 
 	l, err := s.AcquireLease(ctx, testLeaseName, "conductor-a", time.Minute)
 	require.NoError(t, err)
-	want := Lease{Name: testLeaseName, Owner: "conductor-a", Epoch: 1}
-	require.Equal(t, want, l, "a never-held lease starts at epoch 1")
+	b.requireFirst(t, l.Epoch) // a never-held lease starts at the store's clock + 1
+	want := Lease{Name: testLeaseName, Owner: "conductor-a", Epoch: l.Epoch}
+	require.Equal(t, want, l)
 	got, err := s.LeaseHolder(ctx, testLeaseName)
 	require.NoError(t, err)
 	require.Equal(t, want, got)
@@ -204,6 +224,8 @@ func testLeaseReleaseByNonHolder(t *testing.T, b leaseBackend) {
 	for _, l := range []Lease{
 		{Name: testLeaseName, Owner: "conductor-b", Epoch: la.Epoch},
 		{Name: testLeaseName, Owner: "conductor-a", Epoch: la.Epoch + 1},
+		{Name: testLeaseName, Owner: "conductor-a", Epoch: la.Epoch - 1},
+		{Name: testLeaseName, Owner: "conductor-a", Epoch: 1}, // the first epoch before it followed the clock
 		{Name: testLeaseName, Owner: "conductor-b", Epoch: 99},
 		{Name: "conductor/partition/18", Owner: "conductor-a", Epoch: la.Epoch},
 	} {
@@ -234,7 +256,8 @@ func testLeaseStaleEpochSameOwner(t *testing.T, b leaseBackend) {
 }
 
 // testLeaseEpochsNeverDecrease alternates two owners over 100 acquisitions,
-// ended by release or, now and then, by expiry: each one is exactly one more.
+// ended by release or, now and then, by expiry: the first is the store's
+// clock plus one, each later one exactly one more.
 func testLeaseEpochsNeverDecrease(t *testing.T, b leaseBackend) {
 	ctx := testCtx(t)
 	stores := [2]Leases{b.open(), b.open()}
@@ -248,7 +271,11 @@ func testLeaseEpochsNeverDecrease(t *testing.T, b leaseBackend) {
 		}
 		l, err := stores[i%2].AcquireLease(ctx, testLeaseName, owner, ttl)
 		require.NoError(t, err, "acquisition %d", i)
-		require.Equal(t, last+1, l.Epoch, "acquisition %d", i)
+		if i == 0 {
+			b.requireFirst(t, l.Epoch)
+		} else {
+			require.Equal(t, last+1, l.Epoch, "acquisition %d", i)
+		}
 		require.Equal(t, owner, l.Owner)
 		last = l.Epoch
 		if expire {
@@ -262,7 +289,8 @@ func testLeaseEpochsNeverDecrease(t *testing.T, b leaseBackend) {
 // testLeaseRace has 8 owners, each with its own client, grab one lease for
 // 200 rounds, releasing it whenever they got it. No two may ever believe
 // they hold it at once, every epoch has exactly one owner, and the epochs
-// handed out are 1, 2, 3... without a gap.
+// handed out are base, base+1, base+2... without a gap, base being the
+// store's clock plus one.
 func testLeaseRace(t *testing.T, b leaseBackend) {
 	const owners, rounds = 8, 200
 	ctx := testCtx(t)
@@ -323,14 +351,17 @@ func testLeaseRace(t *testing.T, b leaseBackend) {
 	require.NotEmpty(t, grants)
 
 	ownerOf := map[uint64]string{}
+	base := grants[0].epoch
 	for _, g := range grants {
 		prev, dup := ownerOf[g.epoch]
 		require.False(t, dup, "epoch %d granted to %s and %s", g.epoch, prev, g.owner)
 		ownerOf[g.epoch] = g.owner
+		base = min(base, g.epoch)
 	}
+	b.requireFirst(t, base)
 	for e := range uint64(len(grants)) {
-		if _, ok := ownerOf[e+1]; !ok {
-			t.Fatalf("epoch %d never granted; want epochs 1..%d, each granted once", e+1, len(grants))
+		if _, ok := ownerOf[base+e]; !ok {
+			t.Fatalf("epoch %d never granted; want epochs %d..%d, each granted once", base+e, base, base+uint64(len(grants))-1)
 		}
 	}
 	_, err := stores[0].LeaseHolder(ctx, testLeaseName)
@@ -396,7 +427,12 @@ func testLeaseInvalidArguments(t *testing.T, b leaseBackend) {
 	l, err := s.AcquireLease(ctx, strings.Repeat("n", MaxLeaseNameLen), strings.Repeat("o", MaxLeaseNameLen), MinLeaseTTL)
 	require.NoError(t, err)
 	require.NoError(t, s.RenewLease(ctx, l, MaxLeaseTTL))
-	require.Equal(t, uint64(1), l.Epoch, "refused calls used no epoch")
+	b.requireFirst(t, l.Epoch)
+	// Refused calls used no epoch: the first grant of the name they named
+	// is still a first epoch.
+	l, err = s.AcquireLease(ctx, testLeaseName, good.Owner, time.Minute)
+	require.NoError(t, err)
+	b.requireFirst(t, l.Epoch)
 }
 
 func testLeaseCanceledContext(t *testing.T, b leaseBackend) {
@@ -419,18 +455,23 @@ func testLeaseCanceledContext(t *testing.T, b leaseBackend) {
 
 func testLeaseNamesAreIndependent(t *testing.T, b leaseBackend) {
 	ctx, s := testCtx(t), b.open()
+	var base uint64
 	for i := range 3 {
 		l, err := s.AcquireLease(ctx, testLeaseName, "conductor-a", time.Minute)
 		require.NoError(t, err)
-		require.Equal(t, uint64(i+1), l.Epoch)
+		if i == 0 {
+			b.requireFirst(t, l.Epoch)
+			base = l.Epoch
+		}
+		require.Equal(t, base+uint64(i), l.Epoch)
 		require.NoError(t, s.ReleaseLease(ctx, l))
 	}
 	other, err := s.AcquireLease(ctx, "conductor/partition/18", "conductor-b", time.Minute)
 	require.NoError(t, err)
-	require.Equal(t, uint64(1), other.Epoch, "each name counts its own epochs")
+	b.requireFirst(t, other.Epoch) // each name counts its own epochs
 	l, err := s.AcquireLease(ctx, testLeaseName, "conductor-a", time.Minute)
 	require.NoError(t, err)
-	require.Equal(t, uint64(4), l.Epoch)
+	require.Equal(t, base+3, l.Epoch, "another name's grant took no epoch of this one")
 }
 
 // testLeaseOddOwner: owners and names may hold any printable ASCII,
@@ -440,7 +481,8 @@ func testLeaseOddOwner(t *testing.T, b leaseBackend) {
 	const name, owner = "lease with spaces: a/b:c", " host 7 {pid 12} 42 "
 	l, err := s.AcquireLease(ctx, name, owner, time.Minute)
 	require.NoError(t, err)
-	require.Equal(t, Lease{Name: name, Owner: owner, Epoch: 1}, l)
+	b.requireFirst(t, l.Epoch)
+	require.Equal(t, Lease{Name: name, Owner: owner, Epoch: l.Epoch}, l)
 	got, err := s.LeaseHolder(ctx, name)
 	require.NoError(t, err)
 	require.Equal(t, l, got)
@@ -458,6 +500,7 @@ func TestMemoryLeaseClock(t *testing.T) {
 	ctx := testCtx(t)
 	l, err := s.AcquireLease(ctx, testLeaseName, "conductor-a", time.Minute)
 	require.NoError(t, err)
+	require.Equal(t, uint64(1_700_000_001), l.Epoch, "the first epoch is the clock's Unix seconds plus one")
 
 	clk.Advance(50 * time.Second)
 	again, err := s.AcquireLease(ctx, testLeaseName, "conductor-a", time.Minute)
@@ -472,13 +515,31 @@ func TestMemoryLeaseClock(t *testing.T) {
 	_, err = s.LeaseHolder(ctx, testLeaseName)
 	require.ErrorIs(t, err, ErrNotFound, "free at the expiry instant")
 
-	// Another Memory has leases of its own.
+	// Another Memory has leases of its own: its first epoch follows the
+	// clock at that first acquisition, 110 s on.
 	other, err := NewMemory(Config{Now: clk.Now}).AcquireLease(ctx, testLeaseName, "conductor-b", time.Minute)
 	require.NoError(t, err)
-	require.Equal(t, uint64(1), other.Epoch)
+	require.Equal(t, uint64(1_700_000_111), other.Epoch)
+	// While this one goes on counting from its own first epoch, whatever
+	// the clock did since.
 	next, err := s.AcquireLease(ctx, testLeaseName, "conductor-b", time.Minute)
 	require.NoError(t, err)
-	require.Equal(t, uint64(2), next.Epoch)
+	require.Equal(t, l.Epoch+1, next.Epoch)
+	// A name first taken later starts from the clock then.
+	late, err := s.AcquireLease(ctx, "conductor/partition/18", "conductor-a", time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1_700_000_111), late.Epoch)
+
+	// On a clock at the Unix epoch, the first epoch is 1, and 0 is never
+	// handed out.
+	zero := NewMemory(Config{Now: (&fakeClock{now: time.Unix(0, 0)}).Now})
+	first, err := zero.AcquireLease(ctx, testLeaseName, "conductor-a", time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), first.Epoch)
+	require.NoError(t, zero.ReleaseLease(ctx, first))
+	second, err := zero.AcquireLease(ctx, testLeaseName, "conductor-a", time.Minute)
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), second.Epoch)
 }
 
 func TestRedisLeaseKeys(t *testing.T) {
@@ -486,6 +547,7 @@ func TestRedisLeaseKeys(t *testing.T) {
 	ctx := testCtx(t)
 	l, err := s.AcquireLease(ctx, testLeaseName, "conductor-a", 30*time.Second)
 	require.NoError(t, err)
+	requireFirstEpochNow(t, l.Epoch)
 
 	tag := "{lease:" + testLeaseName + "}"
 	holderKey, epochKey := tag+":holder", tag+":epoch"
@@ -494,7 +556,7 @@ func TestRedisLeaseKeys(t *testing.T) {
 	require.ElementsMatch(t, []string{holderKey, epochKey}, keys, "one hash tag, one slot")
 	v, err := raw.Get(ctx, holderKey).Result()
 	require.NoError(t, err)
-	require.Equal(t, "1 conductor-a", v)
+	require.Equal(t, fmt.Sprintf("%d conductor-a", l.Epoch), v)
 	requirePTTL := func(key string, lo, hi time.Duration) {
 		t.Helper()
 		got, err := raw.PTTL(ctx, key).Result()
@@ -520,7 +582,7 @@ func TestRedisLeaseKeys(t *testing.T) {
 	require.Equal(t, []string{epochKey}, keys, "release deletes the holder, keeps the counter")
 	n, err := raw.Get(ctx, epochKey).Result()
 	require.NoError(t, err)
-	require.Equal(t, "1", n)
+	require.Equal(t, fmt.Sprint(l.Epoch), n, "the counter holds the last epoch handed out")
 }
 
 // TestRedisLeaseCounterLost: if the epoch counter disappears while a holder
@@ -528,21 +590,102 @@ func TestRedisLeaseKeys(t *testing.T) {
 func TestRedisLeaseCounterLost(t *testing.T) {
 	s, raw := newTestRedis(t, Config{})
 	ctx := testCtx(t)
-	var l Lease
-	for range 5 {
-		var err error
-		l, err = s.AcquireLease(ctx, testLeaseName, "conductor-a", time.Minute)
+	var base uint64
+	for i := range 5 {
+		l, err := s.AcquireLease(ctx, testLeaseName, "conductor-a", time.Minute)
 		require.NoError(t, err)
+		if i == 0 {
+			requireFirstEpochNow(t, l.Epoch)
+			base = l.Epoch
+		}
+		require.Equal(t, base+uint64(i), l.Epoch)
 		require.NoError(t, s.ReleaseLease(ctx, l))
 	}
 	l, err := s.AcquireLease(ctx, testLeaseName, "conductor-a", time.Minute)
 	require.NoError(t, err)
-	require.Equal(t, uint64(6), l.Epoch)
+	require.Equal(t, base+5, l.Epoch)
 	require.NoError(t, raw.Del(ctx, leaseEpochKey(testLeaseName)).Err())
 	require.NoError(t, s.ReleaseLease(ctx, l))
 	next, err := s.AcquireLease(ctx, testLeaseName, "conductor-b", time.Minute)
 	require.NoError(t, err)
-	require.Equal(t, uint64(7), next.Epoch)
+	require.Equal(t, l.Epoch+1, next.Epoch)
+}
+
+// TestRedisLeaseDataLost: a Redis that lost its data (restarted without
+// persistence, failed over to a replica that had not seen the counter) has
+// neither the holder nor the epoch counter. The next epoch must still be
+// above every epoch handed out before, so the holder it had stays fenced
+// off. That holds while takeovers of the name average less than one a
+// second since its first epoch (see Leases), so the test waits out the
+// seconds its five quick takeovers ran ahead of the clock.
+func TestRedisLeaseDataLost(t *testing.T) {
+	backends := map[string]func(t *testing.T) (*Redis, *redis.Client){
+		"redis": func(t *testing.T) (*Redis, *redis.Client) { return newTestRedis(t, Config{}) },
+		"embedredis": func(t *testing.T) (*Redis, *redis.Client) {
+			srv, err := embedredis.Start(nil)
+			require.NoError(t, err)
+			t.Cleanup(srv.Close)
+			s, err := OpenRedis(srv.URL(), Config{})
+			require.NoError(t, err)
+			opt, err := redis.ParseURL(srv.URL())
+			require.NoError(t, err)
+			raw := redis.NewClient(opt)
+			t.Cleanup(func() {
+				require.NoError(t, s.Close())
+				require.NoError(t, raw.Close())
+			})
+			return s, raw
+		},
+	}
+	for name, open := range backends {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			s, raw := open(t)
+			ctx := testCtx(t)
+			var granted []Lease
+			for i := range 5 {
+				l, err := s.AcquireLease(ctx, testLeaseName, fmt.Sprintf("conductor-%d", i), time.Minute)
+				require.NoError(t, err)
+				granted = append(granted, l)
+				if i < 4 { // the last one still holds it when the data goes
+					require.NoError(t, s.ReleaseLease(ctx, l))
+				}
+			}
+			requireFirstEpochNow(t, granted[0].Epoch)
+			last := granted[len(granted)-1]
+			require.Equal(t, granted[0].Epoch+4, last.Epoch)
+
+			// Five takeovers in five seconds: wait until the server's
+			// clock has reached the last epoch.
+			testenv.CheckFor(t, 7*time.Second, 50*time.Millisecond, func() error {
+				now, err := raw.Time(ctx).Result()
+				if err != nil {
+					return err
+				}
+				if uint64(now.Unix()) < last.Epoch {
+					return fmt.Errorf("server clock at %d s, last epoch %d", now.Unix(), last.Epoch)
+				}
+				return nil
+			})
+
+			n, err := raw.Del(ctx, leaseHolderKey(testLeaseName), leaseEpochKey(testLeaseName)).Result()
+			require.NoError(t, err)
+			require.Equal(t, int64(2), n, "both keys were there to lose")
+
+			next, err := s.AcquireLease(ctx, testLeaseName, "conductor-new", time.Minute)
+			require.NoError(t, err)
+			requireFirstEpochNow(t, next.Epoch)
+			for _, l := range granted {
+				require.Greater(t, next.Epoch, l.Epoch, "epoch after the loss vs. %+v granted before", l)
+			}
+			// The holder from before the loss stays fenced off.
+			require.ErrorIs(t, s.RenewLease(ctx, last, time.Minute), ErrLeaseLost)
+			require.NoError(t, s.ReleaseLease(ctx, last))
+			holder, err := s.LeaseHolder(ctx, testLeaseName)
+			require.NoError(t, err)
+			require.Equal(t, next, holder)
+		})
+	}
 }
 
 func TestRedisLeaseCorrupt(t *testing.T) {

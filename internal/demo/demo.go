@@ -11,13 +11,16 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/callrelay/callrelay/conductor"
 	"github.com/callrelay/callrelay/forwarder"
+	"github.com/callrelay/callrelay/internal/talkspurt"
 	"github.com/callrelay/callrelay/protocol"
 	"github.com/callrelay/callrelay/statestore"
 )
@@ -94,21 +97,31 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	if cfg.Forwarders < 1 || cfg.Forwarders > 16 {
 		return Result{}, fmt.Errorf("demo: %d forwarders: want 1..16", cfg.Forwarders)
 	}
+	out = &lockedWriter{w: out}
 	in, err := startInfra(cfg.Logger)
 	if err != nil {
 		return Result{}, err
 	}
 	defer in.close()
-	fwds, stopFwds, err := startForwarders(cfg, verifier, in)
+	key, err := protocol.NewClusterKey()
+	if err != nil {
+		return Result{}, err
+	}
+	fwds, stopFwds, err := startForwarders(cfg, verifier, key, in)
 	if err != nil {
 		return Result{}, err
 	}
 	defer stopFwds()
+	stopConductor, err := startConductor(cfg, key, in)
+	if err != nil {
+		return Result{}, err
+	}
+	defer stopConductor()
 	var addrs []string
 	for _, f := range fwds {
 		addrs = append(addrs, f.Addr().String())
 	}
-	fmt.Fprintf(out, "callrelay demo: %d forwarders on %s (trunk between them, embedded NATS, %s); %d one-to-one call(s), %d group call(s) of %d spread over them; media SRTP-encrypted end to end\n",
+	fmt.Fprintf(out, "callrelay demo: %d forwarders on %s (trunk between them, embedded NATS, %s) and a conductor; %d one-to-one call(s), %d group call(s) of %d spread over them; media SRTP-encrypted end to end\n",
 		len(fwds), strings.Join(addrs, ", "), in.kind, cfg.OneToOne, cfg.Groups, cfg.GroupSize)
 	var members []*participant
 	defer func() {
@@ -121,7 +134,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		if i >= cfg.OneToOne {
 			class, size = protocol.ClassGroup, cfg.GroupSize
 		}
-		ms, err := joinCall(ctx, priv, fwds, class, size, len(members), cfg)
+		ms, err := joinCall(ctx, priv, fwds, class, size, len(members), i+1, cfg, out)
 		members = append(members, ms...)
 		if err != nil {
 			return Result{}, err
@@ -144,6 +157,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	for _, m := range members {
 		m.close()
 	}
+	stopConductor()
 	stopFwds()
 	res := Result{Participants: len(members), Forwarder: sumStats(fwds)}
 	for _, m := range members {
@@ -173,10 +187,10 @@ func summarise(ctx context.Context, every time.Duration, out io.Writer, fwds []*
 				dec += m.decrypted.Load()
 				failed += m.failed.Load()
 			}
-			fmt.Fprintf(out, "sessions %d  calls %d  in %6.0f pkt/s  out %6.0f pkt/s  trunk %6.0f pkt/s  %7.1f kB/s out  drops %d  decrypted %d  failed %d\n",
+			fmt.Fprintf(out, "sessions %d  calls %d  in %6.0f pkt/s  out %6.0f pkt/s  trunk %6.0f pkt/s  silent %5.0f pkt/s held back  %7.1f kB/s out  drops %d  decrypted %d  failed %d\n",
 				s.Sessions, s.Calls,
 				float64(s.PacketsIn-prev.PacketsIn)/secs, float64(s.PacketsOut-prev.PacketsOut)/secs,
-				float64(s.TrunkOut-prev.TrunkOut)/secs,
+				float64(s.TrunkOut-prev.TrunkOut)/secs, float64(s.AudioMuted-prev.AudioMuted)/secs,
 				float64(s.BytesOut-prev.BytesOut)/secs/1000, s.TotalDrops(), dec, failed)
 			prev, prevAt = s, now
 		}
@@ -185,23 +199,44 @@ func summarise(ctx context.Context, every time.Duration, out io.Writer, fwds []*
 
 // joinCall mints tokens for one call, joins its members, and gives each
 // member the others' media keys (standing in for the app's end-to-end
-// encrypted key exchange, which the relay is not part of).
-func joinCall(ctx context.Context, priv []byte, fwds []*forwarder.Forwarder, class protocol.CallClass, size, firstIndex int, cfg Config) ([]*participant, error) {
+// encrypted key exchange, which the relay is not part of). The members talk
+// by a P.59 conversation schedule; in a group call the first member prints
+// each change of dominant speaker the relay tells it.
+func joinCall(ctx context.Context, priv []byte, fwds []*forwarder.Forwarder, class protocol.CallClass, size, firstIndex, callNo int, cfg Config, out io.Writer) ([]*participant, error) {
 	call := protocol.NewID()
+	length := cfg.Duration
+	if length <= 0 {
+		length = 8 * time.Hour
+	}
+	rng := rand.New(rand.NewPCG(uint64(callNo), uint64(time.Now().UnixNano())))
+	sched := talkspurt.Group(rng, size, length+time.Minute)
+	start := time.Now()
 	var ms []*participant
 	for j := 0; j < size; j++ {
-		tok, err := protocol.SignToken(priv, protocol.Token{CallID: call, ParticipantID: protocol.NewID(),
+		id := protocol.NewID()
+		tok, err := protocol.SignToken(priv, protocol.Token{CallID: call, ParticipantID: id,
 			Class: class, MaxSize: uint16(size), Expiry: time.Now().Add(time.Hour)})
 		if err != nil {
 			return ms, err
 		}
 		// Members of one call on different forwarders: the trunk joins them.
 		fwd := fwds[(firstIndex+j)%len(fwds)].Addr()
-		p, err := newParticipant(ctx, fwd, tok, uint32(firstIndex+j+1), cfg.Logger)
+		p, err := newParticipant(ctx, fwd, tok, id, uint32(firstIndex+j+1), cfg.Logger)
 		if err != nil {
 			return ms, fmt.Errorf("demo: joining participant %d of call %s: %w", j+1, call, err)
 		}
+		p.talking = func(at time.Duration) bool { return sched.Talking(j, at) }
+		p.start = start
 		ms = append(ms, p)
+	}
+	if class == protocol.ClassGroup {
+		ms[0].onSpeaker = func(id protocol.ID) {
+			for _, m := range ms {
+				if m.id == id {
+					fmt.Fprintf(out, "call %d (group): dominant speaker is participant %d\n", callNo, m.ssrc)
+				}
+			}
+		}
 	}
 	for _, a := range ms {
 		for _, b := range ms {
@@ -217,11 +252,7 @@ func joinCall(ctx context.Context, priv []byte, fwds []*forwarder.Forwarder, cla
 
 // startForwarders runs cfg.Forwarders forwarders as one cluster sharing the
 // infra; stop stops them all (it may be called twice).
-func startForwarders(cfg Config, verifier *protocol.TokenVerifier, in *infra) ([]*forwarder.Forwarder, func(), error) {
-	key, err := protocol.NewClusterKey()
-	if err != nil {
-		return nil, nil, err
-	}
+func startForwarders(cfg Config, verifier *protocol.TokenVerifier, key protocol.ClusterKey, in *infra) ([]*forwarder.Forwarder, func(), error) {
 	var fwds []*forwarder.Forwarder
 	var stops []func()
 	stop := func() {
@@ -277,9 +308,50 @@ func sumStats(fwds []*forwarder.Forwarder) forwarder.Stats {
 		t.Sessions += s.Sessions
 		t.Calls += s.Calls
 		t.Joins += s.Joins
+		t.AudioMuted += s.AudioMuted
 		for i := range t.Drops {
 			t.Drops[i] += s.Drops[i]
 		}
 	}
 	return t
+}
+
+// startConductor runs one conductor for all partitions; stop stops it (it
+// may be called twice).
+func startConductor(cfg Config, key protocol.ClusterKey, in *infra) (func(), error) {
+	nc, err := in.connectNATS()
+	if err != nil {
+		return nil, err
+	}
+	store, err := statestore.OpenRedis(in.redisURL, statestore.Config{})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	ccfg := conductor.Default()
+	ccfg.ID, ccfg.NATS, ccfg.Key, ccfg.Store, ccfg.Leases = "demo-conductor", nc, key, store, store
+	ccfg.Partitions, ccfg.Logger = forwarder.DefaultPartitions, cfg.Logger.Named("conductor")
+	c, err := conductor.New(ccfg)
+	if err != nil {
+		nc.Close()
+		_ = store.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	var once sync.Once
+	return func() { once.Do(func() { cancel(); <-done; nc.Close(); _ = store.Close() }) }, nil
+}
+
+// lockedWriter serialises the lines of several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/callrelay/callrelay/internal/calltest"
+	"github.com/callrelay/callrelay/internal/testenv"
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// conductorProc starts a conductor process of the cluster.
+func (c *cluster) conductor(t *testing.T, id string) *proc {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	metrics := l.Addr().String()
+	require.NoError(t, l.Close())
+	return start(t, env("CALLRELAY_LOG_LEVEL=info", "CALLRELAY_CLUSTER_KEY="+c.key),
+		"conductor", "--id", id, "--redis-url", c.redis.URL(), "--nats-url", c.nats.ClientURL(),
+		"--lease-ttl", "1s", "--metrics-listen", metrics)
+}
+
+// decisionLog records the decisions published for one call.
+type decisionLog struct {
+	mu sync.Mutex
+	ds []protocol.CallDecision
+	at []time.Time
+}
+
+func (c *cluster) watchDecisions(t *testing.T, call protocol.ID) *decisionLog {
+	t.Helper()
+	key, err := protocol.ParseClusterKey(c.key)
+	require.NoError(t, err)
+	nc, err := nats.Connect(c.nats.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	d := &decisionLog{}
+	_, err = nc.Subscribe("callrelay.call."+call.String(), func(m *nats.Msg) {
+		var dec protocol.CallDecision
+		if typ, err := protocol.PeekClusterMsgType(m.Data); err != nil || typ != protocol.ClusterMsgDecision || dec.Unmarshal(m.Data, key) != nil {
+			return
+		}
+		dec.Forward = slices.Clone(dec.Forward)
+		d.mu.Lock()
+		d.ds, d.at = append(d.ds, dec), append(d.at, time.Now())
+		d.mu.Unlock()
+	})
+	require.NoError(t, err)
+	require.NoError(t, nc.Flush())
+	return d
+}
+
+// since returns the decisions published after t0.
+func (d *decisionLog) since(t0 time.Time) ([]protocol.CallDecision, []time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	i, _ := slices.BinarySearchFunc(d.at, t0, func(a, b time.Time) int { return a.Compare(b) })
+	return slices.Clone(d.ds[i:]), slices.Clone(d.at[i:])
+}
+
+// SIGKILL the conductor that decides a call, three times, while one member
+// talks across two forwarder processes: the other conductor process takes
+// the partition over with a higher epoch, resumes with the same dominant
+// speaker, the forwarders keep the last decision in the gap (the speaker is
+// heard throughout, the silent member stays muted), and no decision of the
+// dead conductor's epoch is applied after the takeover.
+func TestConductorSIGKILLTakeover(t *testing.T) {
+	c := newCluster(t)
+	a, b := c.node(t, "fwd-a"), c.node(t, "fwd-b")
+	conds := map[string]*proc{"cond-1": c.conductor(t, "cond-1"), "cond-2": c.conductor(t, "cond-2")}
+	call := protocol.NewID()
+	var ms []*calltest.Member
+	for i, fwd := range []*node{a, b, b} {
+		p := protocol.NewID()
+		tok, err := protocol.SignToken(c.priv, protocol.Token{CallID: call, ParticipantID: p,
+			Class: protocol.ClassGroup, MaxSize: 8, Expiry: time.Now().Add(time.Hour)})
+		require.NoError(t, err)
+		m := calltest.Join(t, tok, uint32(10+i), fwd.media)
+		m.ID = p
+		ms = append(ms, m)
+	}
+	log := c.watchDecisions(t, call)
+	stop := make(chan struct{})
+	defer close(stop)
+	calltest.Speak(t, ms, func(i int, _ time.Duration) bool { return i == 0 }, stop)
+	lease := fmt.Sprintf("conductor/partition/%d", protocol.PartitionOf(call, 64))
+	holder := func() string {
+		l, err := c.store.LeaseHolder(context.Background(), lease)
+		if err != nil {
+			return ""
+		}
+		return strings.SplitN(l.Owner, "/", 2)[0]
+	}
+	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if len(ms[1].Speakers()) == 0 || len(ms[2].Speakers()) == 0 || holder() == "" {
+			return fmt.Errorf("no decision yet")
+		}
+		return nil
+	})
+
+	const trials = 3
+	var gaps []time.Duration
+	for trial := range trials {
+		victim := holder()
+		require.Contains(t, conds, victim)
+		before, _ := log.since(time.Time{})
+		oldEpoch := before[len(before)-1].Epoch
+		heard, muted := ms[1].Count(ms[0].SSRC), ms[1].Count(ms[2].SSRC)
+		ms[1].ResetGaps()
+		killed := time.Now()
+		require.NoError(t, conds[victim].cmd.Process.Signal(syscall.SIGKILL))
+		<-conds[victim].done
+		var first time.Time
+		testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+			ds, at := log.since(killed)
+			for i, d := range ds {
+				if d.Epoch > oldEpoch {
+					first = at[i]
+					return nil
+				}
+			}
+			return fmt.Errorf("trial %d: no decision of a newer epoch yet", trial)
+		})
+		gaps = append(gaps, first.Sub(killed))
+		ds, _ := log.since(killed)
+		for _, d := range ds {
+			require.Equal(t, ms[0].ID, d.Dominant, "trial %d: the successor resumed with the same speaker", trial)
+			require.NotEqual(t, oldEpoch, d.Epoch, "trial %d: the dead conductor's epoch after the kill", trial)
+		}
+		require.Greater(t, ms[1].Count(ms[0].SSRC), heard+25, "trial %d: the speaker was heard through the gap", trial)
+		require.Less(t, ms[1].MaxGap(ms[0].SSRC), 300*time.Millisecond, "trial %d: media gap", trial)
+		require.Equal(t, muted, ms[1].Count(ms[2].SSRC), "trial %d: the silent member stayed muted", trial)
+		conds[victim] = c.conductor(t, victim) // back, as a new lease holder
+	}
+	for i, m := range ms {
+		require.Equal(t, []protocol.ID{ms[0].ID}, ids(m.Speakers()), "member %d saw the speaker change", i)
+	}
+	t.Logf("conductor SIGKILL, lease TTL 1s: decision gap over %d trials: p50 %v, max %v (gaps %v)",
+		trials, percentile(gaps, 0.5), slices.Max(gaps), gaps)
+	require.Less(t, slices.Max(gaps), 2500*time.Millisecond, "TTL + acquire interval + a tick, with margin")
+}
+
+func ids(cs []calltest.SpeakerChange) []protocol.ID {
+	var out []protocol.ID
+	for _, c := range cs {
+		out = append(out, c.Speaker)
+	}
+	return out
+}
