@@ -39,6 +39,7 @@ type partition struct {
 // callState is one call as the conductor sees it.
 type callState struct {
 	id       protocol.ID
+	subject  string // where its decisions go
 	det      *SpeakerDetector
 	ready    bool // the store knows the call and its checkpoint is restored
 	seq      uint32
@@ -161,7 +162,7 @@ func (p *partition) call(id protocol.ID, now time.Time) *callState {
 		}
 		delete(p.unknown, id)
 	}
-	cs := &callState{id: id, det: NewSpeakerDetector(p.c.cfg.Speaker), lastSeen: now, spurts: make(map[protocol.ID]spurt)}
+	cs := &callState{id: id, subject: p.c.cfg.callSubject(id), det: NewSpeakerDetector(p.c.cfg.Speaker), lastSeen: now, spurts: make(map[protocol.ID]spurt)}
 	p.calls[id] = cs
 	if !p.c.io.load(id, p.loaded) {
 		cs.ready = true // the queue is full: decide without the checkpoint
@@ -287,7 +288,7 @@ func (p *partition) publish(cs *callState, now time.Time) {
 		p.c.log.Error("encoding decision", zap.Stringer("call", cs.id), zap.Error(err))
 		return
 	}
-	if err := p.c.cfg.NATS.Publish(p.c.cfg.callSubject(cs.id), p.buf); err != nil {
+	if err := p.c.cfg.NATS.Publish(cs.subject, p.buf); err != nil {
 		p.c.m.natsErrors.Inc()
 		return
 	}

@@ -71,9 +71,10 @@ func audioParamsOf(a AudioConfig) audioParams {
 }
 
 // audio meters one audio packet of a session and says whether it passes
-// the gate. payload is the packet's length after the RTP header. The clock
+// the gate. payload is the packet's length after the RTP header, size its
+// whole length. The clock
 // is read only for a muted stream.
-func (r *reader) audio(m *audioMeter, seq uint16, voice bool, level uint8, payload int) bool {
+func (r *reader) audio(m *audioMeter, seq uint16, voice bool, level uint8, payload, size int) bool {
 	p := &r.f.audio
 	loudness := uint32(127 - level)
 	inc := 1 | uint64(loudness)<<32
@@ -81,7 +82,7 @@ func (r *reader) audio(m *audioMeter, seq uint16, voice bool, level uint8, paylo
 		inc |= 1 << 16
 	}
 	m.levels.Add(inc)
-	m.bytes.Add(uint64(payload))
+	m.bytes.Add(uint64(payload) | uint64(size)<<32)
 	if loudness > m.loudest.Load() {
 		m.loudest.Store(loudness) // a lost race with the control's reset costs one tick's peak
 	}

@@ -120,14 +120,19 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 		return
 	}
 	if m := rte.media; m != nil {
-		m.audio.bytes.Add(uint64(len(b)) << 32)
+		audio := false
 		if kind == protocol.KindRTP {
 			m.note(r.hdr.SSRC)
-			if voice, level, ok := r.hdr.AudioLevel(r.f.audio.extID); ok &&
-				!r.audio(&m.audio, r.hdr.SequenceNumber, voice, level, len(b)-r.hdr.HeaderLen-r.hdr.PaddingLen) {
+			var voice bool
+			var level uint8
+			if voice, level, audio = r.hdr.AudioLevel(r.f.audio.extID); audio &&
+				!r.audio(&m.audio, r.hdr.SequenceNumber, voice, level, len(b)-r.hdr.HeaderLen-r.hdr.PaddingLen, len(b)) {
 				r.muted++
 				return
 			}
+		}
+		if !audio {
+			m.audio.bytes.Add(uint64(len(b)) << 32)
 		}
 	}
 	for i := range rte.dests {

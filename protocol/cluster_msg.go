@@ -109,18 +109,7 @@ func clusterMsgTag(k ClusterKey, b []byte) []byte {
 
 // openClusterMsg checks the envelope and tag of b and returns its body.
 func openClusterMsg(b []byte, k ClusterKey, want ClusterMsgType) ([]byte, error) {
-	t, err := PeekClusterMsgType(b)
-	if err != nil {
-		return nil, err
-	}
-	end := len(b) - clusterMsgTagLen
-	if !hmac.Equal(clusterMsgTag(k, b[:end]), b[end:]) {
-		return nil, fmt.Errorf("%w: %s of %d bytes", ErrClusterMsgAuth, t, len(b))
-	}
-	if t != want {
-		return nil, fmt.Errorf("%w: got a %s, want a %s", ErrClusterMsgInvalid, t, want)
-	}
-	return b[clusterMsgHeaderLen:end], nil
+	return openClusterMsgReusing(b, k, want)
 }
 
 // sealClusterMsg appends the envelope around body, which appendBody
@@ -135,7 +124,7 @@ func sealClusterMsg(dst []byte, k ClusterKey, t ClusterMsgType, appendBody func(
 		return dst[:start], fmt.Errorf("%w: %s body of %d bytes", ErrClusterMsgInvalid, t, n)
 	}
 	binary.BigEndian.PutUint16(dst[start+6:start+8], uint16(n))
-	return append(dst, clusterMsgTag(k, dst[start:])...), nil
+	return clusterAppendTag(dst, k, dst[start:]), nil
 }
 
 // ValidForwarderID checks a forwarder id: 1 to 64 bytes of printable ASCII

@@ -10,9 +10,10 @@ import (
 	"strings"
 )
 
-// ClusterKey is the secret shared by all forwarders of a cluster; it
-// authenticates trunk frames and cluster messages. It never leaves the
-// cluster: devices and conductors do not hold it.
+// ClusterKey is the secret shared by all forwarders and conductors of a
+// cluster; it authenticates trunk frames and cluster messages (conductors
+// use only the latter). It never leaves the cluster: devices do not hold
+// it.
 //
 // The key itself is never used directly. Each use has its own subkey,
 // HMAC-SHA256(key, label), with the labels clusterTrunkLabel and

@@ -332,6 +332,13 @@ var clusterMACs [16]clusterMAC
 // clusterTagMatches reports, in constant time, whether tag is the first
 // clusterMsgTagLen bytes of b's MAC under k.
 func clusterTagMatches(k ClusterKey, b, tag []byte) bool {
+	var sum [sha256.Size]byte
+	return hmac.Equal(clusterAppendTag(sum[:0], k, b), tag)
+}
+
+// clusterAppendTag appends the tag of b under k to dst, with a borrowed
+// keyed MAC when one is free (no allocation), else a fresh one.
+func clusterAppendTag(dst []byte, k ClusterKey, b []byte) []byte {
 	for i := range clusterMACs {
 		m := &clusterMACs[i]
 		if !m.mu.TryLock() {
@@ -343,11 +350,11 @@ func clusterTagMatches(k ClusterKey, b, tag []byte) bool {
 		}
 		m.mac.Reset() // the first Reset saves the keyed state; later ones only restore it
 		m.mac.Write(b)
-		ok := hmac.Equal(m.mac.Sum(m.sum[:0])[:clusterMsgTagLen], tag)
+		dst = append(dst, m.mac.Sum(m.sum[:0])[:clusterMsgTagLen]...)
 		m.mu.Unlock()
-		return ok
+		return dst
 	}
-	return hmac.Equal(clusterMsgTag(k, b), tag)
+	return append(dst, clusterMsgTag(k, b)...)
 }
 
 // openClusterMsgReusing does what openClusterMsg does (envelope, tag in
