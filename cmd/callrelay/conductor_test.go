@@ -158,3 +158,27 @@ func ids(cs []calltest.SpeakerChange) []protocol.ID {
 	}
 	return out
 }
+
+// A conductor without its dependencies, or with a bad key, says what to
+// fix and exits non-zero.
+func TestConductorRefusesBadConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		environ []string
+		args    []string
+		want    []string
+	}{
+		{"nothing given", env(), nil, []string{"--nats-url", "--redis-url", "--cluster-key"}},
+		{"bad cluster key", env(), []string{"--cluster-key", "abc"}, []string{"--cluster-key"}},
+		{"bad partitions", env(), []string{"--partitions", "0"}, []string{"0 partitions, want 1..65535"}},
+		{"unreachable redis", env(), []string{"--redis-url", "nonsense://x"}, []string{"--redis-url"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := run(t, tc.environ, append([]string{"conductor"}, tc.args...)...)
+			require.NotEqual(t, 0, r.code)
+			for _, w := range tc.want {
+				require.Contains(t, r.stderr, w)
+			}
+		})
+	}
+}

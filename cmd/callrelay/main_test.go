@@ -188,7 +188,7 @@ func TestUsage(t *testing.T) {
 			require.Equal(t, 2, r.code)
 			require.Empty(t, r.stdout)
 			require.Contains(t, r.stderr, "usage: callrelay <command> [flags]")
-			for _, cmd := range []string{"demo", "forwarder", "token"} {
+			for _, cmd := range []string{"demo", "forwarder", "conductor", "token"} {
 				require.Regexp(t, `(?m)^  `+cmd+` +\S`, r.stderr, "usage lists %s with its help", cmd)
 			}
 		})
@@ -196,7 +196,7 @@ func TestUsage(t *testing.T) {
 }
 
 func TestCommandHelpExitsZero(t *testing.T) {
-	for cmd, flag := range map[string]string{"demo": "-duration", "forwarder": "-public-key", "token mint": "-signing-key"} {
+	for cmd, flag := range map[string]string{"demo": "-duration", "forwarder": "-public-key", "conductor": "-lease-ttl", "token mint": "-signing-key"} {
 		t.Run(cmd, func(t *testing.T) {
 			r := run(t, env(), append(strings.Fields(cmd), "-h")...)
 			require.Equal(t, 0, r.code, r.stderr)
