@@ -61,7 +61,10 @@ type clusterNode struct {
 	stop func() // stops Run and waits for it
 }
 
-func (e *clusterEnv) start(t *testing.T, id string) *clusterNode {
+func (e *clusterEnv) start(t *testing.T, id string) *clusterNode { return e.startWith(t, id, nil) }
+
+// startWith is start with mod applied to the config.
+func (e *clusterEnv) startWith(t *testing.T, id string, mod func(*forwarder.Config)) *clusterNode {
 	t.Helper()
 	v, err := protocol.NewTokenVerifier(e.priv.Public().(ed25519.PublicKey))
 	require.NoError(t, err)
@@ -76,6 +79,9 @@ func (e *clusterEnv) start(t *testing.T, id string) *clusterNode {
 	cfg.Cluster.Store, cfg.Cluster.NATS = store, nc
 	cfg.Cluster.AnnounceEvery, cfg.Cluster.PeerTimeout = 100*time.Millisecond, 500*time.Millisecond
 	cfg.Cluster.ReconcileEvery, cfg.Cluster.OrphanAfter = 500*time.Millisecond, 2*time.Second
+	if mod != nil {
+		mod(&cfg)
+	}
 	f, err := forwarder.New(cfg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

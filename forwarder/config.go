@@ -45,6 +45,13 @@ type Config struct {
 	// Audio tunes the audio forwarding gate and loud-onset fast path.
 	Audio AudioConfig
 
+	// Load tunes the load signals and the throttle levels; LoadEvery is how
+	// often the load is sampled. From level ShedVideoAt on, group calls
+	// shed their video (admission.go).
+	Load        LoadConfig
+	LoadEvery   time.Duration
+	ShedVideoAt ThrottleLevel
+
 	// Cluster joins the forwarder to others through the state store, NATS
 	// and the trunk. Zero: a forwarder on its own.
 	Cluster Cluster
@@ -68,6 +75,9 @@ func Default() Config {
 		JoinBurst:         400,
 		DrainDeadline:     30 * time.Second,
 		Audio:             DefaultAudio(),
+		Load:              DefaultLoad(),
+		LoadEvery:         250 * time.Millisecond,
+		ShedVideoAt:       ThrottleGroupJoin,
 		Cluster:           DefaultCluster(),
 		Logger:            zap.NewNop(),
 		Now:               time.Now,
@@ -99,7 +109,13 @@ func (c *Config) Validate() error {
 	if c.DrainDeadline <= 0 {
 		errs = append(errs, fmt.Errorf("forwarder: drain deadline %s must be positive", c.DrainDeadline))
 	}
-	errs = append(errs, c.Audio.validate(), c.Cluster.validate())
+	errs = append(errs, c.Audio.validate(), c.Load.validate(), c.Cluster.validate())
+	if c.LoadEvery < 10*time.Millisecond || c.LoadEvery > 10*time.Second {
+		errs = append(errs, fmt.Errorf("forwarder: load sample interval %s, want 10ms..10s", c.LoadEvery))
+	}
+	if c.ShedVideoAt < ThrottleNewGroup || c.ShedVideoAt > ThrottleSecondParty+1 {
+		errs = append(errs, fmt.Errorf("forwarder: shed group video at level %d, want 1..5 (5: never)", c.ShedVideoAt))
+	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}

@@ -89,7 +89,8 @@ type control struct {
 	seq       uint64
 	scratch   []byte
 
-	// The conductor (decisions.go).
+	// The conductor (decisions.go) and admission under overload (admission.go).
+	adm             admissionState
 	meta            metaState
 	decisionScratch protocol.CallDecision
 }
@@ -113,6 +114,8 @@ func newControl(f *Forwarder) *control {
 		deadPeers:  make(map[string]time.Time),
 		started:    f.cfg.Now(),
 		scratch:    make([]byte, 0, 512),
+		adm: admissionState{thr: newThrottle(f.cfg.Load), pending: make(map[netip.AddrPort]struct{}),
+			classified: make(map[netip.AddrPort]classifiedJoin)},
 	}
 }
 
@@ -199,16 +202,20 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 		return
 	}
 	if f.draining.Load() {
-		c.refuseBusy(src, req, "draining")
+		c.refuseBusyClass(src, req, joinClassUnclassified, refusedDraining, "draining")
 		return
 	}
 	if f.cfg.MaxSessions > 0 && len(c.sessions) >= f.cfg.MaxSessions {
-		c.refuseBusy(src, req, "at capacity")
+		c.refuseBusyClass(src, req, joinClassUnclassified, refusedAtCapacity, "at capacity")
 		return
 	}
 	cl := c.calls[tok.CallID]
 	if cl != nil && len(cl.members) >= min(cl.maxSize, int(tok.MaxSize)) {
 		c.refuse(src, req, protocol.CodeForbidden, "call is full")
+		return
+	}
+	class, ok := c.admissible(src, req, tok, cl, now)
+	if !ok {
 		return
 	}
 	if cl == nil {
@@ -243,10 +250,11 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 		// that cannot be recorded is refused; sessions already here go on.
 		s.refused = true
 		c.remove(s)
-		c.refuseBusy(src, req, "call state store unavailable")
+		c.refuseBusyClass(src, req, class, refusedStore, "call state store unavailable")
 		return
 	}
 	f.joins.Add(1)
+	c.admittedNow(class, now)
 	c.notify(cl, s.participant, protocol.MemberPlaced, now)
 	s.log.Info("participant joined", zap.Stringer("addr", src), zap.Stringer("class", cl.class), zap.Int("members", len(cl.members)))
 }
@@ -377,16 +385,6 @@ func (c *control) success(src netip.AddrPort, req protocol.JoinRequest, key []by
 		c.f.log.Error("building join success", zap.Error(err))
 	}
 	return raw, err
-}
-
-func (c *control) refuseBusy(src netip.AddrPort, req protocol.JoinRequest, reason string) {
-	e := protocol.JoinError{Code: protocol.CodeInsufficientCapacity, Reason: reason, RetryAfter: time.Second}
-	if alt := c.pickAlternate(); alt.IsValid() {
-		e.Code = protocol.CodeTryAlternate
-		e.Alternate = alt
-	}
-	c.f.joinErrors.Add(1)
-	c.sendError(src, req, e)
 }
 
 // refuseFor answers a request that failed to parse or verify. The reason is

@@ -72,6 +72,10 @@ type Forwarder struct {
 	onsets, metaSent, metaBytes                 atomic.Uint64
 	decisions, decisionsStale, decisionsUnknown atomic.Uint64
 	speakerUpdates                              atomic.Uint64
+
+	// Overload throttling (load.go, admission.go).
+	thr                 throttleStats
+	lookupIn, lookupOut chan *lookup
 }
 
 // New validates cfg and binds the forwarder's sockets, so Addr is known
@@ -124,6 +128,7 @@ func New(cfg Config) (*Forwarder, error) {
 			// reader gets its share of the per-IP budget.
 			newLimiter: newSTUNLimiter(cfg.JoinRate/float64(n), max(1, cfg.JoinBurst/float64(n)))})
 	}
+	f.lookupIn, f.lookupOut = make(chan *lookup, lookupQueue), make(chan *lookup, lookupQueue)
 	f.knownFree, f.newFree = make(chan *ctrlMsg, ctrlQueue), make(chan *ctrlMsg, ctrlQueue)
 	f.ctrlKnown, f.ctrlNew = make(chan *ctrlMsg, ctrlQueue), make(chan *ctrlMsg, ctrlQueue)
 	for i := 0; i < ctrlQueue; i++ {
@@ -249,8 +254,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	wctx, stopWriter := context.WithCancel(context.Background())
 	var wwg sync.WaitGroup
 	if f.writer != nil {
-		wwg.Add(1)
+		wwg.Add(2)
 		go func() { defer wwg.Done(); f.writer.Run(wctx) }()
+		go func() { defer wwg.Done(); f.runLookups(wctx) }()
 	}
 	c := newControl(f)
 	var sub *nats.Subscription
@@ -306,6 +312,8 @@ func (f *Forwarder) runControl(ctx context.Context, c *control) {
 	defer cluster.Stop()
 	meta := time.NewTicker(f.cfg.Cluster.MetadataEvery)
 	defer meta.Stop()
+	load := time.NewTicker(f.cfg.LoadEvery)
+	defer load.Stop()
 	var results <-chan statestore.Result
 	if f.writer != nil {
 		results = f.writer.Results()
@@ -348,6 +356,12 @@ func (f *Forwarder) runControl(ctx context.Context, c *control) {
 			case <-meta.C:
 				c.metaTick(now)
 				continue
+			case <-load.C:
+				c.loadTick(f.cfg.Now())
+				continue
+			case l := <-f.lookupOut:
+				c.onLookup(l, now)
+				continue
 			}
 		}
 		c.handle(m.src, m.buf[:m.n])
@@ -371,6 +385,10 @@ func (f *Forwarder) runControl(ctx context.Context, c *control) {
 			c.clusterTick(now)
 		case <-meta.C:
 			c.metaTick(now)
+		case <-load.C:
+			c.loadTick(f.cfg.Now())
+		case l := <-f.lookupOut:
+			c.onLookup(l, now)
 		default:
 		}
 	}
@@ -423,6 +441,22 @@ func (f *Forwarder) Stats() Stats {
 	s.MetadataSent, s.MetadataBytes = f.metaSent.Load(), f.metaBytes.Load()
 	s.Decisions, s.DecisionsStale, s.DecisionsUnknown = f.decisions.Load(), f.decisionsStale.Load(), f.decisionsUnknown.Load()
 	s.SpeakerUpdates = f.speakerUpdates.Load()
+	s.ThrottleLevel = ThrottleLevel(f.thr.level.Load())
+	sig := [5]float64{}
+	for i := range sig {
+		sig[i] = float64(f.thr.signals[i].Load()) / 1000
+	}
+	s.Load = LoadSignals{CPU: sig[0], Packets: sig[1], QueueDrops: sig[2], Memory: sig[3], Sessions: sig[4]}
+	for c := range s.Refusals {
+		for r := range s.Refusals[c] {
+			s.Refusals[c][r] = f.thr.refusals[c][r].Load()
+		}
+		s.Admissions[c] = f.thr.admissions[c].Load()
+	}
+	for l := range s.LevelChanges {
+		s.LevelChanges[l] = f.thr.changes[l].Load()
+	}
+	s.LookupsFailed = f.thr.lookupFailed.Load()
 	return s
 }
 

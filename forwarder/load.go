@@ -29,6 +29,11 @@ type LoadConfig struct {
 	// MemoryLimit is the Go runtime memory, in bytes, that counts as 100 %.
 	// 0 (the default): memory is not a signal.
 	MemoryLimit uint64
+	// CapacitySessions is the number of sessions the forwarder is sized
+	// for. Unlike the rates, this signal moves with every admission at
+	// once, so a burst of joins within one sample cannot all land here.
+	// 0 (the default): sessions are not a signal.
+	CapacitySessions int
 	// QueueDropsFull is the rate of kernel UDP receive-buffer drops per
 	// second that counts as 100 % load. Default 100.
 	QueueDropsFull float64
@@ -104,6 +109,9 @@ func (c *LoadConfig) validate() error {
 		errs = append(errs, fmt.Errorf("forwarder: load thresholds %v: want four strictly increasing loads, the first above the hysteresis %v, the last at most 1.0 (default 0.70 0.80 0.90 1.00)",
 			t, c.Hysteresis))
 	}
+	if c.CapacitySessions < 0 {
+		errs = append(errs, fmt.Errorf("forwarder: load capacity %d sessions: want >= 0 (0: sessions are not a load signal)", c.CapacitySessions))
+	}
 	if c.HoldDown < 0 {
 		errs = append(errs, fmt.Errorf("forwarder: load hold-down %s: want > 0 (default 5s)", c.HoldDown))
 	}
@@ -119,6 +127,7 @@ type LoadSample struct {
 	Packets     uint64  // packets in + out so far (the caller fills this from Stats)
 	QueueDrops  uint64  // UDP receive-buffer errors so far (system-wide or per network namespace)
 	MemoryBytes uint64  // Go runtime memory now
+	Sessions    int     // sessions now, admissions of this instant included (the caller fills this)
 }
 
 // readProcessSample reads this process's CPU time, the kernel's UDP
@@ -208,12 +217,13 @@ type LoadSignals struct {
 	Packets    float64 // packet rate / CapacityPPS
 	QueueDrops float64 // receive-buffer drop rate / QueueDropsFull
 	Memory     float64 // Go runtime memory / MemoryLimit
+	Sessions   float64 // sessions / CapacitySessions
 }
 
-var loadSignalNames = [4]string{"cpu", "packets", "queue_drops", "memory"}
+var loadSignalNames = [5]string{"cpu", "packets", "queue_drops", "memory", "sessions"}
 
-func (s LoadSignals) values() [4]float64 {
-	return [4]float64{s.CPU, s.Packets, s.QueueDrops, s.Memory}
+func (s LoadSignals) values() [5]float64 {
+	return [5]float64{s.CPU, s.Packets, s.QueueDrops, s.Memory, s.Sessions}
 }
 
 func (s LoadSignals) worst() (int, float64) {
@@ -233,8 +243,9 @@ func (s LoadSignals) Max() float64 {
 	return v
 }
 
-// Worst names the worst signal: "cpu", "packets", "queue_drops" or
-// "memory" (the first of them in that order on a tie, "cpu" when all are 0).
+// Worst names the worst signal: "cpu", "packets", "queue_drops", "memory"
+// or "sessions" (the first of them in that order on a tie, "cpu" when all
+// are 0).
 func (s LoadSignals) Worst() string {
 	i, _ := s.worst()
 	return loadSignalNames[i]
@@ -360,6 +371,22 @@ func (t *throttle) update(s LoadSample) (ThrottleLevel, LoadSignals, bool) {
 // level is the current level.
 func (t *throttle) level() ThrottleLevel { return t.lvl }
 
+// admitted re-reads the sessions signal right after an admission, between
+// two samples: the level may rise at once (never fall: that waits for the
+// next sample and the hold-down).
+func (t *throttle) admitted(sessions int) (ThrottleLevel, bool) {
+	if t.cfg.CapacitySessions <= 0 {
+		return t.lvl, false
+	}
+	t.sig.Sessions = float64(sessions) / float64(t.cfg.CapacitySessions)
+	t.prev.Sessions = sessions
+	if up := t.levelFor(t.sig.Max()); up > t.lvl {
+		t.lvl, t.below = up, false
+		return t.lvl, true
+	}
+	return t.lvl, false
+}
+
 // load is the last load (the worst signal of the last update).
 func (t *throttle) load() float64 { return t.sig.Max() }
 
@@ -387,6 +414,9 @@ func (t *throttle) signals(s LoadSample) LoadSignals {
 	var sig LoadSignals
 	if t.cfg.MemoryLimit > 0 {
 		sig.Memory = float64(s.MemoryBytes) / float64(t.cfg.MemoryLimit)
+	}
+	if t.cfg.CapacitySessions > 0 {
+		sig.Sessions = float64(s.Sessions) / float64(t.cfg.CapacitySessions)
 	}
 	if !t.havePrev {
 		return sig

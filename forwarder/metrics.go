@@ -47,12 +47,23 @@ var (
 	mDecisions = prometheus.NewDesc("callrelay_forwarder_decisions_total",
 		"Conductor decisions by outcome: applied, stale (an older epoch: a fenced-off conductor), unknown_call.", []string{"outcome"}, nil)
 	mSpeaker = prometheus.NewDesc("callrelay_forwarder_dominant_speaker_messages_total", "DominantSpeaker messages sent to devices.", nil, nil)
+
+	mLevel = prometheus.NewDesc("callrelay_forwarder_throttle_level",
+		"Throttle level: 0 none, 1 new group calls refused, 2 also new one-to-one calls, 3 also new group members, 4 also second parties.", nil, nil)
+	mLoad = prometheus.NewDesc("callrelay_forwarder_load",
+		"Load signals at the last sample, 1 = at capacity (the worst one drives the throttle level).", []string{"signal"}, nil)
+	mLevelChanges = prometheus.NewDesc("callrelay_forwarder_throttle_level_changes_total",
+		"Throttle level changes, by the level entered.", []string{"level"}, nil)
+	mRefusedClass = prometheus.NewDesc("callrelay_forwarder_join_refusals_by_class_total",
+		"Joins refused for capacity, by class (unclassified: refused before being classified) and reason.", []string{"class", "reason"}, nil)
+	mAdmittedClass = prometheus.NewDesc("callrelay_forwarder_joins_by_class_total",
+		"Joins admitted, by class (unclassified: admitted while not throttling).", []string{"class"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mPackets, mBytes, mDrops, mSessions, mCalls, mPeers, mDraining, mJoins,
 		mRefusals, mNudges, mMigrate, mDegraded, mQueued, mStErr, mStDrop, mClBad, mNATSErr,
-		mMuted, mOnsets, mMeta, mMetaBytes, mDecisions, mSpeaker} {
+		mMuted, mOnsets, mMeta, mMetaBytes, mDecisions, mSpeaker, mLevel, mLoad, mLevelChanges, mRefusedClass, mAdmittedClass} {
 		ch <- d
 	}
 }
@@ -104,4 +115,17 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mDecisions, s.DecisionsStale, "stale")
 	counter(mDecisions, s.DecisionsUnknown, "unknown_call")
 	counter(mSpeaker, s.SpeakerUpdates)
+	gauge(mLevel, float64(s.ThrottleLevel))
+	for i, v := range s.Load.values() {
+		ch <- prometheus.MustNewConstMetric(mLoad, prometheus.GaugeValue, v, loadSignalNames[i])
+	}
+	for l, n := range s.LevelChanges {
+		counter(mLevelChanges, n, ThrottleLevel(l).String())
+	}
+	for class := range s.Refusals {
+		for why, n := range s.Refusals[class] {
+			counter(mRefusedClass, n, joinClassName(JoinClass(class)), refusalNames[why])
+		}
+		counter(mAdmittedClass, s.Admissions[class], joinClassName(JoinClass(class)))
+	}
 }

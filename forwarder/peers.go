@@ -211,7 +211,7 @@ func (c *control) announce(now time.Time) {
 	a := protocol.ForwarderAnnounce{
 		ID: cc.ID, Media: f.mediaAdvertise, Trunk: f.trunkAdvertise,
 		Sessions: uint32(len(c.sessions)), Calls: uint32(len(c.calls)),
-		Draining: f.draining.Load(), Seq: c.seq, Started: c.started, At: now,
+		Draining: f.draining.Load(), Seq: c.seq, Started: c.started, At: now, Load: f.loadPermille(),
 	}
 	b, err := a.Marshal(c.scratch[:0], cc.Key)
 	if err == nil {

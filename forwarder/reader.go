@@ -133,6 +133,10 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 		}
 		if !audio {
 			m.audio.bytes.Add(uint64(len(b)) << 32)
+			if kind == protocol.KindRTP && rte.group && r.f.thr.shedVideo.Load() {
+				r.drops[DropShedVideo]++ // overload: group video goes before any audio
+				return
+			}
 		}
 	}
 	for i := range rte.dests {

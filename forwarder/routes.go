@@ -21,6 +21,7 @@ type route struct {
 	dests       []sockaddr // the other members of the call on this forwarder
 	trunks      []sockaddr // one per other forwarder serving members of the call
 	media       *mediaInfo // the session's, where the data path notes SSRCs
+	group       bool       // a group call: its video is shed first under overload
 }
 
 // callRoute is where a trunk frame of the call goes: every local member but
@@ -52,7 +53,8 @@ func addCallRoutes(r *routes, c *call, trunks []netip.AddrPort, v6socket, trunkV
 				dests = append(dests, m.sa)
 			}
 		}
-		r.bySrc[s.addr] = &route{call: c.id, participant: s.participant, dests: dests, trunks: ts, media: s.media}
+		r.bySrc[s.addr] = &route{call: c.id, participant: s.participant, dests: dests, trunks: ts, media: s.media,
+			group: c.class == protocol.ClassGroup}
 	}
 	if len(cr.members) > 0 {
 		r.byCall[c.id] = cr

@@ -17,12 +17,13 @@ const (
 	DropRelayControl                      // a device sent a CRLY relay instruction (only forwarders may)
 	DropTrunkAuth                         // a trunk frame that does not authenticate or parse
 	DropTrunkNoCall                       // a trunk frame for a call with no member here
+	DropShedVideo                         // group-call video shed under overload
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"not_media", "unknown_source", "malformed", "oversized", "stun_rate_limited", "control_busy", "send_failed", "read_error",
-	"relay_control", "trunk_auth", "trunk_no_call",
+	"relay_control", "trunk_auth", "trunk_no_call", "shed_video",
 }
 
 func (r DropReason) String() string { return dropNames[r] }
@@ -74,6 +75,16 @@ type Stats struct {
 	DecisionsStale   uint64 // decisions ignored: not newer than the last applied (an old epoch)
 	DecisionsUnknown uint64 // decisions for calls not served here
 	SpeakerUpdates   uint64 // DominantSpeaker messages sent to devices
+
+	// Overload throttling (admission.go).
+	ThrottleLevel ThrottleLevel
+	Load          LoadSignals // the last sample's signals (1.0 = at capacity)
+	// Refusals and Admissions by join class (index JoinClass; 0: refused
+	// or admitted without being classified) and, for refusals, reason.
+	Refusals      [numJoinClasses][numRefusalReasons]uint64
+	Admissions    [numJoinClasses]uint64
+	LevelChanges  [5]uint64 // by the level entered
+	LookupsFailed uint64    // join classifications whose store read failed
 }
 
 // TotalDrops sums all drop reasons.
@@ -101,3 +112,7 @@ func (s *Stats) add(c *counters) {
 		s.Drops[i] += c.drops[i].Load()
 	}
 }
+
+// RefusedThrottled is the number of joins of class c refused by the
+// throttle.
+func (s Stats) RefusedThrottled(c JoinClass) uint64 { return s.Refusals[c][refusedThrottled] }
