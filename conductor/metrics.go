@@ -24,6 +24,8 @@ type metrics struct {
 	checkpoints   prometheus.Counter
 	restored      prometheus.Counter
 	storeDown     prometheus.Gauge
+	behind        prometheus.Gauge
+	deferred      prometheus.Counter
 	down          atomic.Bool
 }
 
@@ -62,10 +64,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Calls resumed from a checkpoint."}),
 		storeDown: prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrelay_conductor_store_unreachable",
 			Help: "1 while lease operations fail because the state store does not answer."}),
+		behind: prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrelay_conductor_group_decision_stride",
+			Help: "Group calls are decided every this many ticks (1: every tick; more when the conductor is behind)."}),
+		deferred: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_group_decisions_deferred_total",
+			Help: "Group-call decisions skipped for a tick because the conductor was behind."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.owned, m.takeovers, m.decisions, m.metadata, m.rejected, m.switches, m.switchLatency,
-			m.decideSeconds, m.leaseErrors, m.storeErrors, m.natsErrors, m.ioDropped, m.checkpoints, m.restored, m.storeDown)
+			m.decideSeconds, m.leaseErrors, m.storeErrors, m.natsErrors, m.ioDropped, m.checkpoints, m.restored, m.storeDown,
+			m.behind, m.deferred)
 	}
 	return m
 }

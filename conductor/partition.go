@@ -28,6 +28,8 @@ type partition struct {
 	validUntil atomic.Int64 // unix ns: the lease as renewed, less a margin
 
 	calls    map[protocol.ID]*callState
+	tick     uint64                    // decision ticks so far
+	stride   int                       // group calls are decided every stride ticks
 	unknown  map[protocol.ID]time.Time // calls the store does not know, until when to ignore them
 	batch    protocol.MetadataBatch
 	dec      protocol.CallDecision
@@ -51,6 +53,7 @@ type callState struct {
 	lastCkpt time.Time
 	dirty    bool
 	spurts   map[protocol.ID]spurt
+	members  map[protocol.ID]struct{} // everyone the metadata named
 }
 
 // spurt is a member's current run of speech, for switch latency.
@@ -70,6 +73,7 @@ func newPartition(c *Conductor, part int, epoch uint32) *partition {
 		in:      make(chan []byte, c.cfg.Queue),
 		loaded:  make(chan loadResult, c.cfg.Queue),
 		calls:   make(map[protocol.ID]*callState),
+		stride:  1,
 		unknown: make(map[protocol.ID]time.Time),
 	}
 	p.setValidUntil(c.cfg.Now().Add(c.validFor()))
@@ -162,7 +166,8 @@ func (p *partition) call(id protocol.ID, now time.Time) *callState {
 		}
 		delete(p.unknown, id)
 	}
-	cs := &callState{id: id, subject: p.c.cfg.callSubject(id), det: NewSpeakerDetector(p.c.cfg.Speaker), lastSeen: now, spurts: make(map[protocol.ID]spurt)}
+	cs := &callState{id: id, subject: p.c.cfg.callSubject(id), det: NewSpeakerDetector(p.c.cfg.Speaker), lastSeen: now,
+		spurts: make(map[protocol.ID]spurt), members: make(map[protocol.ID]struct{})}
 	p.calls[id] = cs
 	if !p.c.io.load(id, p.loaded) {
 		cs.ready = true // the queue is full: decide without the checkpoint
@@ -174,8 +179,12 @@ func (p *partition) observe(cs *callState, mm *protocol.MemberMetadata, tick tim
 	if mm.Flags&protocol.MetaLeft != 0 {
 		cs.det.Remove(mm.Participant)
 		delete(cs.spurts, mm.Participant)
+		delete(cs.members, mm.Participant)
 		cs.dirty = true
 		return
+	}
+	if len(cs.members) < 256 {
+		cs.members[mm.Participant] = struct{}{}
 	}
 	cs.det.Observe(now, Observation{
 		Participant: mm.Participant, Tick: tick,
@@ -229,12 +238,18 @@ func (p *partition) decideAll(now time.Time) {
 	if now.UnixNano() > p.validUntil.Load() {
 		return // the lease may have passed to another conductor: stay quiet
 	}
+	began := time.Now()
+	p.tick++
 	for id, cs := range p.calls {
 		if now.Sub(cs.lastSeen) > p.c.cfg.IdleCall {
 			delete(p.calls, id)
 			continue
 		}
 		if !cs.ready {
+			continue
+		}
+		if cs.group() && p.tick%uint64(p.stride) != 0 {
+			p.c.m.deferred.Inc() // behind: group calls wait, one-to-one calls never do
 			continue
 		}
 		switched := p.decide(cs, now)
@@ -249,7 +264,35 @@ func (p *partition) decideAll(now time.Time) {
 			delete(p.unknown, id)
 		}
 	}
+	if s := nextStride(p.stride, time.Since(began), p.c.cfg.DecideEvery, len(p.in), cap(p.in)); s != p.stride {
+		p.c.log.Info("decision rate for group calls changed", zap.Int("partition", p.part),
+			zap.Int("every_n_ticks", s), zap.Duration("tick_took", time.Since(began)), zap.Int("queued", len(p.in)))
+		p.stride = s
+	}
+	p.c.m.behind.Set(float64(p.stride))
 }
+
+// The conductor protects itself: when a decision tick takes more than half
+// its period, or metadata piles up in the queue, group calls are decided
+// every second tick, then every fourth; one-to-one calls are decided every
+// tick whatever happens. When a tick is cheap again (under a quarter of the
+// period, queue under a quarter full) the stride halves back. Forwarders
+// never wait for any of it: they keep the last decision.
+const maxStride = 4
+
+func nextStride(stride int, took, period time.Duration, queued, queueCap int) int {
+	switch {
+	case took > period/2 || queued > queueCap/2:
+		return min(stride*2, maxStride)
+	case took < period/4 && queued < queueCap/4:
+		return max(stride/2, 1)
+	}
+	return stride
+}
+
+// group reports whether the call has more than two members, as far as
+// the metadata showed.
+func (cs *callState) group() bool { return len(cs.members) > 2 }
 
 // decide runs one call's decision and publishes it when it changed (or is
 // due for a repeat); it reports whether the dominant speaker changed.

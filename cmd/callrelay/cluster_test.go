@@ -245,7 +245,9 @@ func scrapeMetrics(t *testing.T, n *node) {
 	require.Equal(t, http.StatusOK, code)
 	for _, name := range []string{"callrelay_forwarder_packets_total{direction=\"trunk_out\"}", "callrelay_forwarder_drops_total{reason=",
 		"callrelay_forwarder_sessions", "callrelay_forwarder_peers", "callrelay_statestore_degraded 0", "callrelay_statestore_queued_changes",
-		"callrelay_forwarder_migrations_total", "process_cpu_seconds_total"} {
+		"callrelay_forwarder_migrations_total", "process_cpu_seconds_total", "callrelay_forwarder_throttle_level 0",
+		"callrelay_forwarder_load{signal=\"cpu\"}", "callrelay_forwarder_join_refusals_by_class_total{class=\"new_group\",reason=\"throttled\"}",
+		"callrelay_forwarder_audio_muted_packets_total", "callrelay_forwarder_decisions_total{outcome=\"stale\"}"} {
 		require.Contains(t, body, name)
 	}
 	require.NotRegexp(t, callIDLike, body, "no ids as label values")

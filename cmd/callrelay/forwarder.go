@@ -50,6 +50,10 @@ func runForwarder(ctx context.Context, args []string) error {
 	clusterKey := fs.String("cluster-key", envOr("CALLRELAY_CLUSTER_KEY", ""), "64 hex digits shared by the cluster (env CALLRELAY_CLUSTER_KEY; `callrelay token cluster-key`)")
 	redisURL := fs.String("redis-url", envOr("CALLRELAY_REDIS_URL", ""), "redis:// or rediss:// URL of the call state store; empty: none (env CALLRELAY_REDIS_URL)")
 	natsURL := fs.String("nats-url", envOr("CALLRELAY_NATS_URL", ""), "NATS server URL(s), comma-separated (env CALLRELAY_NATS_URL)")
+	fs.Float64Var(&cfg.Load.CapacityPPS, "capacity-pps", cfg.Load.CapacityPPS, "packets/s (in + out) this forwarder is sized for: a load signal for throttling; 0 = not a signal")
+	fs.IntVar(&cfg.Load.CapacitySessions, "capacity-sessions", cfg.Load.CapacitySessions, "sessions this forwarder is sized for: a load signal for throttling; 0 = not a signal")
+	fs.Float64Var(&cfg.Load.CPUCores, "cpu-cores", cfg.Load.CPUCores, "CPU cores the process may use: 100 % of the CPU load signal")
+	fs.Uint64Var(&cfg.Load.MemoryLimit, "memory-limit", cfg.Load.MemoryLimit, "bytes of Go memory that count as 100 % load; 0 = not a signal")
 	fs.IntVar(&cfg.Cluster.Partitions, "partitions", cfg.Cluster.Partitions, "conductor partitions calls hash into; the same on every forwarder and conductor")
 	fs.DurationVar(&cfg.DrainDeadline, "drain-deadline", cfg.DrainDeadline, "on SIGTERM, stop admitting, ask sessions to move, and exit when empty or after this long")
 	metricsListen := fs.String("metrics-listen", envOr("CALLRELAY_METRICS_LISTEN", ""), "TCP ip:port for /metrics, /healthz and /readyz; empty: none (env CALLRELAY_METRICS_LISTEN)")
@@ -184,7 +188,8 @@ func logStats(ctx context.Context, log *zap.Logger, f *forwarder.Forwarder, ever
 				zap.Uint64("packets_in", s.PacketsIn), zap.Uint64("packets_out", s.PacketsOut),
 				zap.Uint64("drops", s.TotalDrops()), zap.Uint64("trunk_in", s.TrunkIn), zap.Uint64("trunk_out", s.TrunkOut),
 				zap.Int("peers", s.Peers), zap.Bool("state_degraded", s.StateDegraded), zap.Int("state_queued", s.StateQueued),
-				zap.Uint64("state_errors", s.StateErrors), zap.Uint64("cluster_bad", s.ClusterBad))
+				zap.Uint64("state_errors", s.StateErrors), zap.Uint64("cluster_bad", s.ClusterBad),
+				zap.Stringer("throttle", s.ThrottleLevel), zap.Float64("load", s.Load.Max()), zap.String("load_worst", s.Load.Worst()))
 		}
 	}
 }
