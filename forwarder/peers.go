@@ -98,6 +98,9 @@ func (c *control) notify(cl *call, participant protocol.ID, op protocol.MemberOp
 func (c *control) onCluster(m clusterMsg, now time.Time) {
 	key := c.f.cfg.Cluster.Key
 	if m.announce {
+		if t, err := protocol.PeekClusterMsgType(m.data); err == nil && t == protocol.ClusterMsgLoadReport {
+			return // for dashboards
+		}
 		var a protocol.ForwarderAnnounce
 		if err := a.Unmarshal(m.data, key); err != nil {
 			c.f.clusterBad.Add(1)
@@ -214,6 +217,45 @@ func (c *control) announce(now time.Time) {
 		Draining: f.draining.Load(), Seq: c.seq, Started: c.started, At: now, Load: f.loadPermille(),
 	}
 	b, err := a.Marshal(c.scratch[:0], cc.Key)
+	if err == nil {
+		err = cc.NATS.Publish(cc.announceSubject(), b)
+	}
+	if err != nil {
+		f.natsErrors.Add(1)
+	}
+	c.reportLoad(now)
+}
+
+// reportLoad publishes the throttling picture for dashboards, with the
+// heartbeat.
+func (c *control) reportLoad(now time.Time) {
+	f := c.f
+	cc := &f.cfg.Cluster
+	s := f.Stats()
+	r := protocol.LoadReport{
+		Forwarder: cc.ID, Started: c.started, At: now, Seq: c.seq, Level: uint8(min(s.ThrottleLevel, 4)),
+		Sessions: uint32(s.Sessions), StateDegraded: s.StateDegraded, Draining: s.Draining,
+		StateQueued: uint32(s.StateQueued), AudioMuted: s.AudioMuted, ShedVideo: s.Drops[DropShedVideo],
+	}
+	for i := range r.Signals {
+		r.Signals[i] = uint16(min(f.thr.signals[i].Load(), 65535))
+	}
+	for class := range s.Admissions {
+		r.Admitted[class] = uint32(s.Admissions[class])
+		var refused uint64
+		for _, n := range s.Refusals[class] {
+			refused += n
+		}
+		r.Refused[class] = uint32(refused)
+	}
+	for _, cl := range c.calls {
+		if cl.class == protocol.ClassOneToOne {
+			r.CallsOneToOne++
+		} else {
+			r.CallsGroup++
+		}
+	}
+	b, err := r.Marshal(c.scratch[:0], cc.Key)
 	if err == nil {
 		err = cc.NATS.Publish(cc.announceSubject(), b)
 	}

@@ -10,7 +10,8 @@ import (
 )
 
 // TestClusterFuzzSeeds checks that the committed seed corpora of
-// FuzzTrunkOpen, FuzzClusterMsg, FuzzMetadataBatch and FuzzCallDecision
+// FuzzTrunkOpen, FuzzClusterMsg, FuzzMetadataBatch, FuzzCallDecision and
+// FuzzLoadReport
 // under testdata/fuzz hold every seed the cluster tests generate, byte for
 // byte, as TestMediaFuzzSeeds does for the media fuzz targets. To rewrite
 // them:
@@ -22,6 +23,7 @@ func TestClusterFuzzSeeds(t *testing.T) {
 		"FuzzClusterMsg":    clusterFuzzSeeds(t),
 		"FuzzMetadataBatch": metadataFuzzSeeds(t),
 		"FuzzCallDecision":  decisionFuzzSeeds(t),
+		"FuzzLoadReport":    loadReportFuzzSeeds(t),
 	}, true)
 }
 

@@ -52,6 +52,8 @@ func (t ClusterMsgType) String() string {
 		return "metadata"
 	case ClusterMsgDecision:
 		return "decision"
+	case ClusterMsgLoadReport:
+		return "load-report"
 	}
 	return "type-" + strconv.Itoa(int(t))
 }
@@ -86,7 +88,7 @@ func PeekClusterMsgType(b []byte) (ClusterMsgType, error) {
 		return 0, fmt.Errorf("%w: version %d, want %d", ErrClusterMsgInvalid, b[4], clusterMsgVersion)
 	}
 	t := ClusterMsgType(b[5])
-	if t < ClusterMsgMemberNotice || t > ClusterMsgDecision {
+	if t < ClusterMsgMemberNotice || t > ClusterMsgLoadReport {
 		return 0, fmt.Errorf("%w: unknown type %d", ErrClusterMsgInvalid, b[5])
 	}
 	if want := clusterMsgOverhead + int(binary.BigEndian.Uint16(b[6:8])); len(b) != want {

@@ -35,6 +35,8 @@ func newClusterMsg(t ClusterMsgType) clusterMsg {
 		return new(MetadataBatch)
 	case ClusterMsgDecision:
 		return new(CallDecision)
+	case ClusterMsgLoadReport:
+		return new(LoadReport)
 	}
 	return nil
 }
@@ -221,7 +223,7 @@ func TestClusterMsgEnvelope(t *testing.T) {
 		{"empty", "0 bytes", nil},
 		{"magic", `magic "CRLY"`, append([]byte("CRLY"), good[4:]...)},
 		{"version 2", "version 2", append(append([]byte("CRLC"), 2), good[5:]...)},
-		{"unknown type", "unknown type 5", rawClusterMsg(k, 5, []byte{1, 2, 3})},
+		{"unknown type", "unknown type 6", rawClusterMsg(k, 6, []byte{1, 2, 3})},
 		{"type 0", "unknown type 0", rawClusterMsg(k, 0, nil)},
 		{"length too long", "truncated", append(append([]byte{}, good[:7]...), append([]byte{0x3f}, good[8:]...)...)},
 		{"length too short", "trailing bytes", append(append([]byte{}, good[:7]...), append([]byte{0x3d}, good[8:]...)...)},
@@ -443,7 +445,7 @@ func clusterFuzzSeeds(t testing.TB) map[string][]byte {
 	}
 	seeds["trailing-byte"] = append(bytes.Clone(clusterGoldenTests[0].wire), 0)
 	seeds["bad-magic"] = append([]byte("CRLY"), clusterGoldenTests[0].wire[4:]...)
-	seeds["unknown-type"] = rawClusterMsg(k, 5, []byte{1, 2, 3, 4})
+	seeds["unknown-type"] = rawClusterMsg(k, 6, []byte{1, 2, 3, 4})
 	seeds["metadata"] = metaGoldenTests[0].wire
 	seeds["decision"] = decisionGoldenTests[0].wire
 	seeds["id-length-mismatch"] = rawClusterMsg(k, 1, noticeBody(clusterSet(1, 4)))

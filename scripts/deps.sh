@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Ensures what `make test` needs is installed: Go, and a redis-server binary
-# that internal/testenv starts on a private port for each test. NATS needs
-# nothing: tests embed nats-server as a library.
-#
-# Tests never use a Redis on :6379 or a NATS on :4222 that may already run on
-# this machine, so their presence neither helps nor satisfies this script.
+# Ensures what `make test` needs is installed:
+#   - Go;
+#   - redis-server, which internal/testenv starts on a private port for each
+#     test (tests never use a Redis on :6379 or a NATS on :4222 that may
+#     already run on this machine; NATS is embedded as a library);
+#   - promtool (Debian's prometheus package), which checks the alert rules
+#     and the dashboards' queries in deploy/;
+#   - chromium, which the dashboard's browser test drives headless.
+# Missing ones are installed with apt-get, as root or through passwordless
+# sudo; otherwise the script says what to install and fails.
 set -euo pipefail
 
 die() {
@@ -18,19 +22,7 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 echo "go: found $(command -v go) ($(go env GOVERSION))"
 
-# --- redis-server -------------------------------------------------------------
-redis_version() {
-	# "Redis server v=7.0.15 sha=..." -> "7.0.15"
-	redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'
-}
-
-if command -v redis-server >/dev/null 2>&1; then
-	echo "redis-server: found $(command -v redis-server) ($(redis_version))"
-	exit 0
-fi
-
-# Not installed: install it with apt-get if we may, as root or via
-# passwordless sudo (-n never prompts, so CI cannot hang on a password).
+# --- apt-installed tools ------------------------------------------------------
 can_install=false
 as_root=()
 if [ "$(id -u)" -eq 0 ]; then
@@ -39,23 +31,38 @@ elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
 	can_install=true
 	as_root=(sudo -n)
 fi
+command -v apt-get >/dev/null 2>&1 || can_install=false
 
-if $can_install && command -v apt-get >/dev/null 2>&1; then
-	echo "redis-server: not found; installing with ${as_root[*]+${as_root[*]} }apt-get"
-	export DEBIAN_FRONTEND=noninteractive
-	${as_root[@]+"${as_root[@]}"} apt-get update
-	${as_root[@]+"${as_root[@]}"} apt-get install -y redis-server
-	# apt may also start a redis service on :6379; tests do not use it.
-	command -v redis-server >/dev/null 2>&1 ||
-		die "redis-server: apt-get install finished but redis-server is still not on PATH"
-	echo "redis-server: installed via apt-get: $(command -v redis-server) ($(redis_version))"
+missing_pkgs=()
+missing_bins=()
+need() { # need BINARY DEBIAN-PACKAGE
+	if command -v "$1" >/dev/null 2>&1; then
+		echo "$1: found $(command -v "$1")"
+	else
+		missing_bins+=("$1")
+		missing_pkgs+=("$2")
+	fi
+}
+need redis-server redis-server
+need promtool prometheus
+need chromium chromium
+
+if [ ${#missing_pkgs[@]} -eq 0 ]; then
 	exit 0
 fi
-
-die "redis-server: not found on PATH and cannot install it automatically
-  (needs apt-get and either root or passwordless sudo). Install it, then rerun \`make deps\`:
-    Debian/Ubuntu: sudo apt-get install redis-server
-    Fedora/RHEL:   sudo dnf install redis
-    macOS:         brew install redis
-    from source:   https://redis.io/docs/latest/operate/oss_and_stack/install/
-  Only the binary is needed; tests start their own server on a free port."
+if ! $can_install; then
+	die "not found on PATH: ${missing_bins[*]}; cannot install automatically
+  (needs apt-get and either root or passwordless sudo). Install them, then rerun \`make deps\`:
+    Debian/Ubuntu: sudo apt-get install ${missing_pkgs[*]}
+    other systems: redis-server (https://redis.io), promtool (https://prometheus.io/download/), chromium"
+fi
+echo "installing with ${as_root[*]+${as_root[*]} }apt-get: ${missing_pkgs[*]}"
+export DEBIAN_FRONTEND=noninteractive
+${as_root[@]+"${as_root[@]}"} apt-get update
+# Services these packages may start (redis on :6379, prometheus on :9090)
+# are not used by the tests.
+${as_root[@]+"${as_root[@]}"} apt-get install -y "${missing_pkgs[@]}"
+for b in "${missing_bins[@]}"; do
+	command -v "$b" >/dev/null 2>&1 || die "$b: apt-get install finished but $b is still not on PATH"
+	echo "$b: installed: $(command -v "$b")"
+done

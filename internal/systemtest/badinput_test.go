@@ -26,7 +26,7 @@ func TestBadMetadataAndStaleDecisions(t *testing.T) {
 	calltest.Speak(t, ms, func(i int, _ time.Duration) bool { return i == 0 }, stop)
 	defer close(stop)
 	c1 := e.conductor(t, "cond-1", nil)
-	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testenv.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		if len(ms[1].Speakers()) == 0 {
 			return fmt.Errorf("no dominant speaker yet")
 		}
@@ -60,7 +60,7 @@ func TestBadMetadataAndStaleDecisions(t *testing.T) {
 		require.NoError(t, nc.Publish(subject, raw))
 	}
 	require.NoError(t, nc.Flush())
-	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testenv.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		for reason, want := range map[string]float64{"malformed": 3, "unknown_call": 1, "wrong_partition": 1} {
 			if got := metric(t, c1.reg, "callrelay_conductor_metadata_rejected_total", reason); got < want {
 				return fmt.Errorf("%s: %v rejected, want %v", reason, got, want)
@@ -78,7 +78,7 @@ func TestBadMetadataAndStaleDecisions(t *testing.T) {
 	stale := old[len(old)-1]
 	c1.stop()
 	e.conductor(t, "cond-2", nil)
-	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testenv.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		all, _ := watch.snapshot()
 		if last := all[len(all)-1]; last.Epoch <= stale.Epoch {
 			return fmt.Errorf("no decision of a newer epoch yet")
@@ -96,7 +96,7 @@ func TestBadMetadataAndStaleDecisions(t *testing.T) {
 	require.NoError(t, nc.Publish("callrelay.call."+call.String(), forged))
 	require.NoError(t, nc.Publish("callrelay.call."+call.String(), []byte("CRLC\x01\x04garbage")))
 	require.NoError(t, nc.Flush())
-	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testenv.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		s := fa.Stats()
 		if s.DecisionsStale == before.DecisionsStale || s.ClusterBad < before.ClusterBad+2 {
 			return fmt.Errorf("stale %d, bad %d", s.DecisionsStale, s.ClusterBad)
@@ -128,7 +128,7 @@ func TestConductorWithoutRedisFailsStatic(t *testing.T) {
 	calltest.Speak(t, ms, func(i int, _ time.Duration) bool { return i == 0 }, stop)
 	defer close(stop)
 	cd := e.conductor(t, "cond-1", nil)
-	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testenv.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		if len(ms[1].Speakers()) == 0 || len(ms[2].Speakers()) == 0 {
 			return fmt.Errorf("no dominant speaker yet")
 		}
@@ -136,7 +136,7 @@ func TestConductorWithoutRedisFailsStatic(t *testing.T) {
 	})
 	time.Sleep(300 * time.Millisecond)
 	e.redis.Stop()
-	testenv.CheckFor(t, 5*time.Second, 50*time.Millisecond, func() error {
+	testenv.CheckFor(t, 15*time.Second, 50*time.Millisecond, func() error {
 		if metric(t, cd.reg, "callrelay_conductor_partitions_owned", "") != 0 {
 			return fmt.Errorf("still holding partitions")
 		}

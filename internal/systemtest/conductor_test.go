@@ -68,7 +68,7 @@ func TestDominantSpeakerAcrossForwarders(t *testing.T) {
 
 	// Member 1 never speaks: once every device has its first decision, none
 	// of its packets reaches anyone.
-	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testenv.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		for i, m := range ms {
 			if len(m.Speakers()) == 0 {
 				return fmt.Errorf("member %d has no dominant speaker yet", i)

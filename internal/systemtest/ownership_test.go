@@ -44,7 +44,7 @@ func TestConductorsRaceAndTakeOver(t *testing.T) {
 		}
 		return hs[0]
 	}
-	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testenv.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		total := 0
 		for _, c := range conds {
 			total += len(c.c.Owned())
@@ -64,7 +64,7 @@ func TestConductorsRaceAndTakeOver(t *testing.T) {
 	conds[first].stop()
 	stopped := time.Now()
 	delete(conds, first)
-	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testenv.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		if holder() == "" {
 			return fmt.Errorf("nobody holds partition %d yet", part)
 		}
@@ -72,7 +72,7 @@ func TestConductorsRaceAndTakeOver(t *testing.T) {
 	})
 	second := holder()
 	var firstNew time.Time
-	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testenv.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		all, at := watch.snapshot()
 		for i, d := range all {
 			if d.Call == call && d.Conductor == second {

@@ -1,0 +1,172 @@
+package dashboard
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/callrelay/callrelay/conductor"
+	"github.com/callrelay/callrelay/protocol"
+	"github.com/callrelay/callrelay/statestore"
+)
+
+// checkpointKind is the conductor's checkpoint kind in the state store.
+const checkpointKind = "conductor"
+
+// CallView is one call's drill-down.
+type CallView struct {
+	ID        string       `json:"id"`
+	Class     string       `json:"class"`
+	MaxSize   int          `json:"maxSize"`
+	Version   uint64       `json:"version"`
+	Partition int          `json:"partition"`
+	Conductor string       `json:"conductor"` // the partition's holder, "" if unowned or unknown
+	Members   []MemberView `json:"members"`
+	Speaker   SpeakerView  `json:"speaker"`
+}
+
+// MemberView is one member of a call.
+type MemberView struct {
+	Participant string    `json:"participant"`
+	Forwarder   string    `json:"forwarder"`
+	ForwarderUp bool      `json:"forwarderUp"`
+	Addr        string    `json:"addr"`
+	Trunk       string    `json:"trunk"`
+	JoinedAt    time.Time `json:"joinedAt"`
+	Streams     int       `json:"streams"`
+	Dominant    bool      `json:"dominant"`
+	LastSpoke   time.Time `json:"lastSpoke,omitzero"`
+}
+
+// SpeakerView is what the conductor's last checkpoint says.
+type SpeakerView struct {
+	Known    bool      `json:"known"`
+	Note     string    `json:"note,omitempty"`
+	Dominant string    `json:"dominant,omitempty"` // "" for nobody yet
+	Since    time.Time `json:"since,omitzero"`
+	Epoch    uint32    `json:"epoch"`
+	Seq      uint32    `json:"seq"`
+}
+
+func (s *Server) handleCall(w http.ResponseWriter, r *http.Request) {
+	raw := strings.TrimSpace(r.URL.Query().Get("id"))
+	id, err := parseCallID(raw)
+	if err != nil {
+		s.fail(w, http.StatusBadRequest, err.Error(), nil)
+		return
+	}
+	if s.cfg.Store == nil {
+		s.fail(w, http.StatusServiceUnavailable, "no state store configured: start the dashboard with --redis-url", nil)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	v, err := s.callView(ctx, id)
+	switch {
+	case errors.Is(err, statestore.ErrNotFound):
+		s.fail(w, http.StatusNotFound, fmt.Sprintf("call %s not found: it has ended, or never existed", id), nil)
+	case err != nil:
+		s.fail(w, http.StatusServiceUnavailable, "cannot read the call from Redis: "+err.Error(), err)
+	default:
+		writeJSON(w, http.StatusOK, v)
+	}
+}
+
+// parseCallID accepts exactly 32 hex digits (a pasted id's spaces and
+// dashes aside).
+func parseCallID(raw string) (protocol.ID, error) {
+	if raw == "" {
+		return protocol.ID{}, errors.New("missing call id: use /api/call?id=<32 hex digits>")
+	}
+	h := strings.ReplaceAll(raw, "-", "")
+	if len(h) != 32 || strings.Trim(h, "0123456789abcdefABCDEF") != "" {
+		return protocol.ID{}, fmt.Errorf("call id %q: want 32 hex digits", truncate(raw, 80))
+	}
+	id, err := protocol.ParseID(h)
+	if err != nil || id.IsZero() {
+		return protocol.ID{}, fmt.Errorf("call id %q: want 32 hex digits, not all zero", truncate(raw, 80))
+	}
+	return id, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+func (s *Server) callView(ctx context.Context, id protocol.ID) (CallView, error) {
+	c, err := s.cfg.Store.Get(ctx, id)
+	if err != nil {
+		return CallView{}, err
+	}
+	v := CallView{ID: id.String(), Class: c.Class.String(), MaxSize: c.MaxSize, Version: c.Version,
+		Partition: protocol.PartitionOf(id, s.cfg.Partitions), Members: []MemberView{}}
+	s.mu.Lock()
+	if p := s.parts; p.Checked && p.Error == "" && v.Partition < len(p.Owner) && p.Owner[v.Partition] >= 0 {
+		v.Conductor = p.Owners[p.Owner[v.Partition]].Owner
+	}
+	s.mu.Unlock()
+	fwds, _ := s.fwd.view(s.cfg.Now(), s.cfg.DownAfter, s.cfg.ForgetAfter)
+	up := map[string]bool{}
+	for _, f := range fwds {
+		up[f.ID] = f.Up
+	}
+	var st conductor.SpeakerState
+	v.Speaker, st = s.speaker(ctx, id)
+	for p, m := range c.Members {
+		mv := MemberView{Participant: p.String(), Forwarder: m.Forwarder, ForwarderUp: up[m.Forwarder],
+			Addr: m.Addr.String(), Trunk: m.Trunk.String(), JoinedAt: m.JoinedAt, Streams: len(m.SSRCs),
+			Dominant: v.Speaker.Known && p == st.Dominant, LastSpoke: st.LastSpoke[p]}
+		v.Members = append(v.Members, mv)
+	}
+	sort.Slice(v.Members, func(i, j int) bool { return v.Members[i].JoinedAt.Before(v.Members[j].JoinedAt) })
+	return v, nil
+}
+
+// speaker reads the conductor's checkpoint. Its layout (conductor's
+// checkpoint.go): version (1 byte, = 1) | epoch (4) | sequence (4) |
+// speaker state length (2) | SpeakerState bytes, big-endian.
+func (s *Server) speaker(ctx context.Context, id protocol.ID) (SpeakerView, conductor.SpeakerState) {
+	b, err := s.cfg.Store.LoadCheckpoint(ctx, id, checkpointKind)
+	switch {
+	case errors.Is(err, statestore.ErrNotFound):
+		return SpeakerView{Note: "no conductor checkpoint yet (saved every few seconds while the call changes)"}, conductor.SpeakerState{}
+	case err != nil:
+		return SpeakerView{Note: "cannot read the conductor checkpoint: " + err.Error()}, conductor.SpeakerState{}
+	}
+	epoch, seq, st, err := decodeCheckpoint(b)
+	if err != nil {
+		return SpeakerView{Note: err.Error()}, conductor.SpeakerState{}
+	}
+	v := SpeakerView{Known: true, Epoch: epoch, Seq: seq, Since: st.Since}
+	if !st.Dominant.IsZero() {
+		v.Dominant = st.Dominant.String()
+	} else {
+		v.Note = "no dominant speaker yet"
+	}
+	return v, st
+}
+
+func decodeCheckpoint(b []byte) (epoch, seq uint32, st conductor.SpeakerState, err error) {
+	const header = 11
+	switch {
+	case len(b) < header:
+		return 0, 0, st, fmt.Errorf("malformed conductor checkpoint: %d bytes, want at least %d", len(b), header)
+	case b[0] != 1:
+		return 0, 0, st, fmt.Errorf("conductor checkpoint version %d: this dashboard reads version 1", b[0])
+	}
+	if n := int(binary.BigEndian.Uint16(b[9:11])); len(b) != header+n {
+		return 0, 0, st, fmt.Errorf("malformed conductor checkpoint: speaker state of %d bytes, %d present", n, len(b)-header)
+	}
+	if err := st.UnmarshalBinary(b[header:]); err != nil {
+		return 0, 0, st, fmt.Errorf("malformed conductor checkpoint: %w", err)
+	}
+	return binary.BigEndian.Uint32(b[1:5]), binary.BigEndian.Uint32(b[5:9]), st, nil
+}

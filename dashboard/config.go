@@ -1,0 +1,102 @@
+package dashboard
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/protocol"
+	"github.com/callrelay/callrelay/statestore"
+)
+
+// Config is what the dashboard needs. Start from Default() and override.
+type Config struct {
+	// NATS carries the forwarders' heartbeats (required).
+	NATS *nats.Conn
+	// Subject is the cluster's NATS subject prefix; heartbeats arrive on
+	// <Subject>.forwarders.
+	Subject string
+	// Key authenticates the heartbeats (the cluster key, required).
+	Key protocol.ClusterKey
+	// Store serves the call drill-down and Leases the conductor partitions'
+	// holders. Usually the same *statestore.Redis. Either may be nil: the
+	// page then says the state store is not configured.
+	Store  statestore.Store
+	Leases statestore.Leases
+	// Partitions is the cluster's partition count (the conductors' and
+	// forwarders' number).
+	Partitions int
+	// Listen is the TCP address of the page (use 127.0.0.1:0 in tests).
+	Listen string
+	Logger *zap.Logger
+	// Now is the clock; it decides when a forwarder counts as down and
+	// which second a report's deltas fall in.
+	Now func() time.Time
+
+	// DownAfter: a forwarder silent this long is shown as down.
+	DownAfter time.Duration
+	// ForgetAfter: a forwarder silent this long leaves the page.
+	ForgetAfter time.Duration
+	// PushEvery is the period of the server-sent snapshots.
+	PushEvery time.Duration
+	// PollEvery is the period of the partition and health checks.
+	PollEvery time.Duration
+	// ProbeTimeout bounds one health probe and one partition sweep.
+	ProbeTimeout time.Duration
+	// MaxForwarders bounds the forwarders tracked; heartbeats from more
+	// are counted and dropped.
+	MaxForwarders int
+}
+
+// Default returns the production defaults.
+func Default() Config {
+	return Config{
+		Subject:       "callrelay",
+		Partitions:    64,
+		Listen:        "127.0.0.1:8080",
+		Logger:        zap.NewNop(),
+		Now:           time.Now,
+		DownAfter:     3 * time.Second,
+		ForgetAfter:   10 * time.Minute,
+		PushEvery:     time.Second,
+		PollEvery:     2 * time.Second,
+		ProbeTimeout:  1500 * time.Millisecond,
+		MaxForwarders: 1024,
+	}
+}
+
+// Validate says what to fix.
+func (c Config) Validate() error {
+	var errs []error
+	if c.NATS == nil {
+		errs = append(errs, errors.New("dashboard: no NATS connection: set --nats-url"))
+	}
+	if c.Subject == "" {
+		errs = append(errs, errors.New("dashboard: empty subject prefix: use the forwarders' one (default callrelay)"))
+	}
+	if c.Key.IsZero() {
+		errs = append(errs, errors.New("dashboard: no cluster key: set --cluster-key (or CALLRELAY_CLUSTER_KEY) to the forwarders' key"))
+	}
+	if c.Partitions < 1 || c.Partitions > protocol.MaxPartitions {
+		errs = append(errs, fmt.Errorf("dashboard: %d partitions: want 1..%d, the conductors' number", c.Partitions, protocol.MaxPartitions))
+	}
+	if c.Listen == "" {
+		errs = append(errs, errors.New("dashboard: empty listen address: want host:port such as 127.0.0.1:8080"))
+	}
+	if c.Logger == nil || c.Now == nil {
+		errs = append(errs, errors.New("dashboard: Logger and Now must be set (start from Default())"))
+	}
+	if c.DownAfter <= 0 || c.ForgetAfter < c.DownAfter {
+		errs = append(errs, fmt.Errorf("dashboard: down after %v, forget after %v: want 0 < down after <= forget after", c.DownAfter, c.ForgetAfter))
+	}
+	if c.PushEvery <= 0 || c.PollEvery <= 0 || c.ProbeTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("dashboard: push every %v, poll every %v, probe timeout %v: all must be positive", c.PushEvery, c.PollEvery, c.ProbeTimeout))
+	}
+	if c.MaxForwarders < 1 {
+		errs = append(errs, fmt.Errorf("dashboard: max forwarders %d: want at least 1", c.MaxForwarders))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,14 @@
+// Package dashboard is the live throttling dashboard for on-call engineers:
+// one page that says at a glance whether the relay is throttling, where, and
+// whom it is refusing.
+//
+// It listens to the forwarders' heartbeats on NATS (ForwarderAnnounce and
+// LoadReport on <prefix>.forwarders), reads the conductor partitions' lease
+// holders and single calls from the state store, and serves a page, a JSON
+// snapshot (/api/state), server-sent events (/events) and a call drill-down
+// (/api/call).
+//
+// It only observes: it never publishes on NATS, never writes to the state
+// store, never takes a lease, and never sees media or media keys. Messages
+// that do not authenticate with the cluster key are counted and dropped.
+package dashboard

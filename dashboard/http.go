@@ -1,0 +1,121 @@
+package dashboard
+
+import (
+	"embed"
+	"encoding/json"
+	"io/fs"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+//go:embed static
+var staticFiles embed.FS
+
+// routes is the HTTP interface:
+//
+//	/            the page (static files, embedded)
+//	/events      server-sent events: a JSON Snapshot at once, then every PushEvery
+//	/api/state   the same Snapshot, built on the spot
+//	/api/call    ?id=<32 hex>: one call's drill-down
+//	/healthz     200 "ok" while serving
+func (s *Server) routes() http.Handler {
+	static, err := fs.Sub(staticFiles, "static")
+	if err != nil {
+		panic(err) // the embedded tree is fixed at build time
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /", http.FileServerFS(static))
+	mux.HandleFunc("GET /events", s.handleEvents)
+	mux.HandleFunc("GET /api/state", s.handleState)
+	mux.HandleFunc("GET /api/call", s.handleCall)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return secure(mux)
+}
+
+// secure adds headers that keep the page to its own origin: no inline or
+// third-party script, style or connection.
+func secure(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hd := w.Header()
+		hd.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
+		hd.Set("X-Content-Type-Options", "nosniff")
+		hd.Set("Referrer-Policy", "no-referrer")
+		hd.Set("Cache-Control", "no-store")
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) handleState(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.Snapshot())
+}
+
+// handleEvents streams snapshots. Each stream only ever sends the latest
+// snapshot, so a slow client skips snapshots instead of queueing them.
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Connection", "keep-alive")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	first, err := json.Marshal(s.Snapshot())
+	if err != nil {
+		return
+	}
+	send := func(b []byte) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if _, err := w.Write([]byte("event: snapshot\ndata: ")); err != nil {
+			return false
+		}
+		if _, err := w.Write(b); err != nil {
+			return false
+		}
+		if _, err := w.Write([]byte("\n\n")); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	if _, err := w.Write([]byte("retry: 2000\n\n")); err != nil || !send(first) {
+		return
+	}
+	for {
+		next := s.next()
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.done:
+			return
+		case <-next:
+		}
+		if b := s.pushed.Load(); b != nil && !send(*b) {
+			return
+		}
+	}
+}
+
+// apiError is the body of every error answer.
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":"encoding the answer failed"}`)
+	}
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func (s *Server) fail(w http.ResponseWriter, status int, msg string, err error) {
+	if status >= 500 {
+		s.log.Warn("drill-down failed", zap.String("reason", msg), zap.Error(err))
+	}
+	writeJSON(w, status, apiError{Error: msg})
+}

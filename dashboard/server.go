@@ -1,0 +1,323 @@
+package dashboard
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/protocol"
+	"github.com/callrelay/callrelay/statestore"
+)
+
+// Server is the dashboard: a NATS listener, a poller and an HTTP server.
+type Server struct {
+	cfg Config
+	log *zap.Logger
+	ln  net.Listener
+	fwd *tracker
+
+	mu     sync.Mutex // guards parts and health
+	parts  PartitionsView
+	health HealthView
+
+	// pushed is the latest pushed snapshot (JSON); tick is closed and
+	// replaced at every push, waking the event streams.
+	pushed atomic.Pointer[[]byte]
+	tickMu sync.Mutex
+	tick   chan struct{}
+	done   chan struct{} // closed when Run winds down: event streams end
+}
+
+// New checks cfg and listens on cfg.Listen; Run serves.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("dashboard: listening on %s: %w", cfg.Listen, err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, ln: ln, fwd: newTracker(cfg.MaxForwarders),
+		tick: make(chan struct{}), done: make(chan struct{})}
+	s.parts = PartitionsView{Total: cfg.Partitions, Owner: []int{}, Owners: []OwnerView{}, Unowned: []int{}}
+	s.health.Redis.Configured = cfg.Leases != nil
+	s.health.NATS.Configured = true
+	return s, nil
+}
+
+// Addr is the page's address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Run serves until ctx ends, then closes the listener and the NATS
+// subscription. It returns nil on a clean stop.
+func (s *Server) Run(ctx context.Context) error {
+	subject := s.cfg.Subject + ".forwarders"
+	sub, err := s.cfg.NATS.Subscribe(subject, s.onMsg)
+	if err != nil {
+		_ = s.ln.Close()
+		return fmt.Errorf("dashboard: subscribing to %s: %w", subject, err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: zap.NewStdLog(s.log.Named("http"))}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(s.ln) }()
+	s.log.Info("dashboard listening", zap.String("addr", "http://"+s.ln.Addr().String()),
+		zap.String("subject", subject), zap.Int("partitions", s.cfg.Partitions))
+
+	var wg sync.WaitGroup
+	loopCtx, stop := context.WithCancel(ctx)
+	wg.Add(2)
+	go func() { defer wg.Done(); s.pollLoop(loopCtx) }()
+	go func() { defer wg.Done(); s.pushLoop(loopCtx) }()
+
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		err = fmt.Errorf("dashboard: serving: %w", err)
+	}
+	stop()
+	wg.Wait()
+	close(s.done) // the event streams end, so Shutdown need not wait for them
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if serr := srv.Shutdown(sctx); serr != nil {
+		_ = srv.Close()
+	}
+	return err
+}
+
+// onMsg takes one heartbeat. Nothing is believed before it authenticates.
+func (s *Server) onMsg(m *nats.Msg) {
+	now := s.cfg.Now()
+	t, err := protocol.PeekClusterMsgType(m.Data)
+	if err != nil {
+		s.fwd.drop(&s.fwd.drops.Malformed)
+		return
+	}
+	switch t {
+	case protocol.ClusterMsgForwarderAnnounce:
+		var a protocol.ForwarderAnnounce
+		if err := a.Unmarshal(m.Data, s.cfg.Key); err != nil {
+			s.dropped(err)
+			return
+		}
+		s.fwd.addAnnounce(&a, now)
+	case protocol.ClusterMsgLoadReport:
+		var r protocol.LoadReport
+		if err := r.Unmarshal(m.Data, s.cfg.Key); err != nil {
+			s.dropped(err)
+			return
+		}
+		s.fwd.addReport(&r, now)
+	default:
+		s.fwd.drop(&s.fwd.drops.Unexpected)
+	}
+}
+
+func (s *Server) dropped(err error) {
+	if errors.Is(err, protocol.ErrClusterMsgAuth) {
+		s.fwd.drop(&s.fwd.drops.Forged)
+		s.log.Debug("dropped a heartbeat that does not authenticate", zap.Error(err))
+		return
+	}
+	s.fwd.drop(&s.fwd.drops.Malformed)
+}
+
+// Snapshot builds the current picture.
+func (s *Server) Snapshot() Snapshot {
+	now := s.cfg.Now()
+	snap := Snapshot{At: now.UTC()}
+	snap.Forwarders, snap.Dropped = s.fwd.view(now, s.cfg.DownAfter, s.cfg.ForgetAfter)
+	snap.Cluster = totals(snap.Forwarders)
+	s.mu.Lock()
+	snap.Partitions, snap.Health = s.parts, s.health
+	s.mu.Unlock()
+	snap.Verdict = verdict(&snap)
+	return snap
+}
+
+// pushLoop publishes a snapshot every PushEvery to the event streams.
+func (s *Server) pushLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.PushEvery)
+	defer t.Stop()
+	for {
+		s.push()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Server) push() {
+	b, err := json.Marshal(s.Snapshot())
+	if err != nil {
+		s.log.Error("encoding the snapshot", zap.Error(err))
+		return
+	}
+	s.pushed.Store(&b)
+	s.tickMu.Lock()
+	close(s.tick)
+	s.tick = make(chan struct{})
+	s.tickMu.Unlock()
+}
+
+// next returns the channel closed at the next push.
+func (s *Server) next() <-chan struct{} {
+	s.tickMu.Lock()
+	defer s.tickMu.Unlock()
+	return s.tick
+}
+
+// pollLoop checks the partitions and health every PollEvery.
+func (s *Server) pollLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.PollEvery)
+	defer t.Stop()
+	for {
+		s.poll(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Server) poll(ctx context.Context) {
+	nats := s.probeNATS(ctx)
+	redis, parts := s.probeRedis(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.health.NATS = nats
+	if redis.Checked {
+		s.health.Redis = redis
+	}
+	if parts.Checked {
+		s.parts = parts
+	}
+}
+
+func (s *Server) probeNATS(ctx context.Context) Probe {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
+	defer cancel()
+	start := time.Now()
+	err := s.cfg.NATS.FlushWithContext(ctx)
+	p := Probe{Configured: true, Checked: true, OK: err == nil, At: s.cfg.Now().UTC(),
+		LatencyMs: float64(time.Since(start).Microseconds()) / 1000}
+	if err != nil {
+		p.Error = fmt.Sprintf("%v (connection %s)", err, s.cfg.NATS.Status())
+	}
+	return p
+}
+
+// probeRedis times one lease read (the Redis ping) and then reads every
+// partition's holder within ProbeTimeout, a few at a time.
+func (s *Server) probeRedis(ctx context.Context) (Probe, PartitionsView) {
+	if s.cfg.Leases == nil {
+		return Probe{}, PartitionsView{}
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
+	defer cancel()
+	start := time.Now()
+	_, err := s.cfg.Leases.LeaseHolder(ctx, partitionLease(0))
+	if errors.Is(err, statestore.ErrNotFound) {
+		err = nil
+	}
+	p := Probe{Configured: true, Checked: true, OK: err == nil, At: s.cfg.Now().UTC(),
+		LatencyMs: float64(time.Since(start).Microseconds()) / 1000}
+	pv := PartitionsView{Total: s.cfg.Partitions, Checked: true, CheckedAt: p.At, Owner: []int{}, Owners: []OwnerView{}, Unowned: []int{}}
+	if err != nil {
+		if ctx.Err() != nil && parentDone(ctx) {
+			return Probe{}, PartitionsView{} // shutting down: not a finding
+		}
+		p.Error = err.Error()
+		pv.Error = "cannot read the partition leases: " + err.Error()
+		return p, pv
+	}
+	holders, err := s.readHolders(ctx)
+	if err != nil {
+		pv.Error = "cannot read the partition leases: " + err.Error()
+		return p, pv
+	}
+	pv.Owner = make([]int, len(holders))
+	index := map[string]int{}
+	for part, h := range holders {
+		if h.Owner == "" {
+			pv.Owner[part] = -1
+			pv.Unowned = append(pv.Unowned, part)
+			continue
+		}
+		i, ok := index[h.Owner]
+		if !ok {
+			i = len(pv.Owners)
+			index[h.Owner] = i
+			conductor, _, _ := strings.Cut(h.Owner, "/")
+			pv.Owners = append(pv.Owners, OwnerView{Owner: h.Owner, Conductor: conductor, MinEpoch: h.Epoch, MaxEpoch: h.Epoch})
+		}
+		o := &pv.Owners[i]
+		o.Partitions++
+		o.MinEpoch, o.MaxEpoch = min(o.MinEpoch, h.Epoch), max(o.MaxEpoch, h.Epoch)
+		pv.Owner[part] = i
+	}
+	return p, pv
+}
+
+// parentDone is a guess good enough for logs: the context ended before its
+// own deadline.
+func parentDone(ctx context.Context) bool {
+	d, ok := ctx.Deadline()
+	return !ok || time.Now().Before(d)
+}
+
+// readHolders reads every partition's lease holder (zero Lease: free) with
+// a few workers.
+func (s *Server) readHolders(ctx context.Context) ([]statestore.Lease, error) {
+	const workers = 16
+	holders := make([]statestore.Lease, s.cfg.Partitions)
+	var next atomic.Int64
+	var firstErr atomic.Pointer[error]
+	var wg sync.WaitGroup
+	for range min(workers, s.cfg.Partitions) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				part := int(next.Add(1) - 1)
+				if part >= s.cfg.Partitions || firstErr.Load() != nil {
+					return
+				}
+				l, err := s.cfg.Leases.LeaseHolder(ctx, partitionLease(part))
+				switch {
+				case errors.Is(err, statestore.ErrNotFound):
+				case err != nil:
+					err = fmt.Errorf("partition %d: %w", part, err)
+					firstErr.CompareAndSwap(nil, &err)
+					return
+				default:
+					holders[part] = l
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if e := firstErr.Load(); e != nil {
+		return nil, *e
+	}
+	return holders, nil
+}
+
+// partitionLease is the conductor's lease name for a partition.
+func partitionLease(part int) string { return "conductor/partition/" + strconv.Itoa(part) }

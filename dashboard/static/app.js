@@ -1,0 +1,259 @@
+// callrelay dashboard: renders the snapshots /events pushes. No framework,
+// no third-party code; every value goes in through textContent.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+
+  // el builds an element: el("td", {class: "num"}, "12", child, ...).
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "class") e.className = v;
+      else if (k === "text") e.textContent = v;
+      else e.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const c of children) {
+      if (c === undefined || c === null) continue;
+      e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return e;
+  }
+
+  const fmt = (n) => (n === undefined || n === null ? "–" : Number(n).toLocaleString("en-US"));
+  const pct = (permille) => (permille / 10).toFixed(permille >= 100 ? 0 : 1) + "%";
+
+  function count(n, cls) {
+    return el("td", { class: n > 0 ? cls || "" : "zero" }, fmt(n));
+  }
+
+  // ---- forwarders -------------------------------------------------------
+
+  function loadCell(f) {
+    const load = Math.max(0, f.load);
+    const fill = el("div", { class: "fill" + (load >= 1000 ? " over" : load >= 800 ? " hot" : "") });
+    fill.style.width = Math.min(100, load / 10) + "%";
+    const bar = el("div", { class: "loadbar", title: pct(load) + " of capacity" }, fill);
+    const label = el("div", { class: "loadlabel" }, pct(load) + (f.worst ? " " + f.worst.replace("_", " ") : ""));
+    const td = el("td", { class: "load" }, bar, label);
+    if (f.signals && f.signals.length) {
+      td.append(el("div", { class: "signals" }, f.signals.map((s) => s.name.replace("_", " ") + " " + pct(s.permille)).join(" · ")));
+    }
+    return td;
+  }
+
+  function classesTable(classes) {
+    if (!classes || !classes.length) return el("span", { class: "empty" }, "no load report");
+    const t = el("table", { class: "classes" });
+    t.append(el("tr", {}, el("th", {}, ""), el("th", {}, "1 min"), el("th", {}, ""), el("th", {}, "5 min"), el("th", {}, "")));
+    for (const c of classes) {
+      if (c.class === 0 && c.admitted5m === 0 && c.refused5m === 0) continue;
+      t.append(el("tr", { "data-class": c.class },
+        el("th", {}, c.name),
+        count(c.admitted1m), count(c.refused1m, "refused"),
+        count(c.admitted5m), count(c.refused5m, "refused")));
+    }
+    if (t.rows.length === 1) return el("span", { class: "empty" }, "no joins in the last 5 minutes");
+    return t;
+  }
+
+  function forwarderRow(f) {
+    const status = el("td", { class: "status" });
+    status.append(el("span", { class: "pill " + (f.up ? "up" : "down") }, f.up ? "up" : "DOWN"));
+    if (!f.up) status.append(el("div", { class: "hint" }, "silent for " + Math.round(f.silentSecs) + " s"));
+    if (f.draining) status.append(el("span", { class: "pill draining", title: "admits nobody new; moving its devices away" }, "draining"));
+    if (f.stateDegraded) status.append(el("span", { class: "pill degraded", title: "cannot reach Redis; call-state changes are queued" }, "Redis unreachable, " + fmt(f.stateQueued) + " queued"));
+    if (f.media) status.append(el("div", { class: "hint mono" }, f.media));
+
+    const level = el("td", { class: "level-cell" },
+      el("span", { class: "level", "data-level": f.level, title: f.levelMeaning }, f.level >= 0 ? "L" + f.level : "?"),
+      el("span", { class: "level-text" }, f.levelText));
+    if (f.shedVideo || f.audioMuted) {
+      level.append(el("div", { class: "hint" }, "video shed " + fmt(f.shedVideo) + " pkts · silent audio held back " + fmt(f.audioMuted) + " pkts"));
+    }
+    return el("tr", { "data-forwarder": f.id, "data-up": f.up, class: f.up ? "" : "down" },
+      el("td", { class: "fid" }, f.id),
+      status, level, loadCell(f),
+      el("td", { class: "num sessions" }, fmt(f.sessions)),
+      el("td", { class: "num calls" }, f.hasReport ? fmt(f.callsOneToOne) + " / " + fmt(f.callsGroup) : fmt(f.calls) + " (all)"),
+      el("td", { class: "admissions" }, classesTable(f.classes)));
+  }
+
+  // ---- partitions -------------------------------------------------------
+
+  const palette = ["#2e86de", "#8e44ad", "#16a085", "#2c3e50", "#d35400", "#7f8c8d", "#27ae60", "#c0392b", "#f39c12", "#1abc9c"];
+
+  function renderPartitions(p) {
+    const owners = $("partition-owners"), grid = $("partitions"), summary = $("partitions-summary");
+    owners.replaceChildren();
+    grid.replaceChildren();
+    if (!p.checked) {
+      summary.textContent = p.error || "not checked yet (needs Redis)";
+      return;
+    }
+    if (p.error) {
+      summary.textContent = p.error;
+      summary.className = "hint error";
+      return;
+    }
+    summary.className = "hint";
+    const unowned = p.unowned.length;
+    summary.textContent = p.total + " partitions, " + (p.total - unowned) + " owned, " + unowned + " unowned · checked " + new Date(p.checkedAt).toLocaleTimeString();
+    p.owners.forEach((o, i) => {
+      const swatch = el("span", { class: "swatch" });
+      swatch.style.background = palette[i % palette.length];
+      owners.append(el("span", { class: "owner", "data-owner": o.owner, title: o.owner },
+        swatch,
+        o.conductor + " — " + o.partitions + " partition(s), epoch " + (o.minEpoch === o.maxEpoch ? o.minEpoch : o.minEpoch + "…" + o.maxEpoch)));
+    });
+    if (unowned) owners.append(el("span", { class: "owner refused" }, unowned + " unowned: calls there get no speaker decisions"));
+    if (p.total > 2048) return;
+    p.owner.forEach((o, n) => {
+      const cell = el("div", { class: "part" + (o < 0 ? " unowned" : ""), "data-partition": n,
+        title: "partition " + n + ": " + (o < 0 ? "UNOWNED" : p.owners[o].owner) }, n);
+      if (o >= 0) cell.style.background = palette[o % palette.length];
+      grid.append(cell);
+    });
+  }
+
+  // ---- health -----------------------------------------------------------
+
+  function renderProbe(row, probe, what) {
+    const state = row.querySelector(".state"), detail = row.querySelector(".detail");
+    if (!probe.configured) {
+      state.textContent = "not configured";
+      state.className = "state";
+      detail.textContent = what === "Redis" ? "start with --redis-url for partitions and the drill-down" : "";
+      return;
+    }
+    if (!probe.checked) {
+      state.textContent = "checking…";
+      state.className = "state";
+      detail.textContent = "";
+      return;
+    }
+    state.textContent = probe.ok ? "ok" : "ERROR";
+    state.className = "state " + (probe.ok ? "ok" : "bad");
+    detail.textContent = probe.ok ? probe.latencyMs.toFixed(2) + " ms round trip" : probe.error;
+  }
+
+  // ---- the whole snapshot -----------------------------------------------
+
+  let lastSnapshot = 0;
+
+  function render(s) {
+    lastSnapshot = Date.now();
+    document.body.classList.remove("stale");
+    const v = $("verdict");
+    v.dataset.status = s.verdict.status;
+    v.textContent = s.verdict.text;
+    document.title = s.verdict.status + " — callrelay";
+    $("issues").replaceChildren(...s.verdict.issues.map((i) => el("li", {}, i)));
+
+    const tbody = $("forwarders").tBodies[0];
+    tbody.replaceChildren(...s.forwarders.map(forwarderRow));
+    $("no-forwarders").hidden = s.forwarders.length > 0;
+
+    $("calls-1to1").textContent = fmt(s.cluster.callsOneToOne);
+    $("calls-group").textContent = fmt(s.cluster.callsGroup);
+    $("sessions").textContent = fmt(s.cluster.sessions);
+    $("fwd-up").textContent = s.cluster.up + " / " + s.cluster.known;
+    $("cluster-classes").tBodies[0].replaceChildren(...s.cluster.classes.map((c) =>
+      el("tr", { "data-class": c.class }, el("th", {}, c.name),
+        count(c.admitted1m), count(c.refused1m, "refused"), count(c.admitted5m), count(c.refused5m, "refused"))));
+
+    renderProbe($("health-nats"), s.health.nats, "NATS");
+    renderProbe($("health-redis"), s.health.redis, "Redis");
+    const d = s.dropped, dropped = d.forged + d.malformed + d.unexpected + d.stale + d.overflow;
+    const dr = $("health-dropped");
+    dr.querySelector(".state").textContent = fmt(dropped);
+    dr.querySelector(".state").className = "state" + (d.forged > 0 ? " bad" : "");
+    dr.querySelector(".detail").textContent = "forged " + fmt(d.forged) + " · malformed " + fmt(d.malformed) +
+      " · other types " + fmt(d.unexpected) + " · stale " + fmt(d.stale) + (d.overflow ? " · over the forwarder limit " + fmt(d.overflow) : "");
+
+    renderPartitions(s.partitions);
+  }
+
+  // ---- live connection --------------------------------------------------
+
+  function connect() {
+    const conn = $("conn");
+    const es = new EventSource("events");
+    es.addEventListener("snapshot", (ev) => {
+      try {
+        render(JSON.parse(ev.data));
+        conn.dataset.state = "live";
+        conn.textContent = "live · updated " + new Date().toLocaleTimeString();
+      } catch (err) {
+        conn.dataset.state = "lost";
+        conn.textContent = "cannot read a snapshot: " + err.message;
+      }
+    });
+    es.onerror = () => {
+      conn.dataset.state = "lost";
+      conn.textContent = "lost the connection to the dashboard; retrying… (the page below is stale)";
+      document.body.classList.add("stale");
+    };
+  }
+
+  // A snapshot older than 5 s means the stream stalled: say so.
+  setInterval(() => {
+    if (lastSnapshot && Date.now() - lastSnapshot > 5000) {
+      document.body.classList.add("stale");
+      $("conn").dataset.state = "lost";
+      $("conn").textContent = "no update for " + Math.round((Date.now() - lastSnapshot) / 1000) + " s; the page below is stale";
+    }
+  }, 1000);
+
+  // ---- call drill-down --------------------------------------------------
+
+  function renderCall(c) {
+    const out = [];
+    out.push(el("p", { class: "call-summary" },
+      el("span", { class: "mono" }, c.id), " — " + c.class + " call, " + c.members.length + " of " + c.maxSize + " members, state version " + c.version +
+      ", partition " + c.partition + " (" + (c.conductor ? "conductor " + c.conductor : "no conductor owns it") + ")"));
+    const sp = c.speaker;
+    out.push(el("p", { class: "speaker", id: "call-speaker" },
+      "dominant speaker: ", el("span", { class: "mono" }, sp.dominant || "none"),
+      sp.known ? " (conductor checkpoint epoch " + sp.epoch + ", decision " + sp.seq + (sp.since ? ", since " + new Date(sp.since).toLocaleTimeString() : "") + ")" : "",
+      sp.note ? " — " + sp.note : ""));
+    const t = el("table", { class: "grid small", id: "call-members" },
+      el("thead", {}, el("tr", {}, el("th", {}, "participant"), el("th", {}, "forwarder"), el("th", {}, "device address"),
+        el("th", {}, "joined"), el("th", {}, "streams"), el("th", {}, "last spoke"))));
+    const tb = el("tbody");
+    for (const m of c.members) {
+      tb.append(el("tr", { "data-participant": m.participant, class: m.dominant ? "dominant" : "" },
+        el("td", { class: "mono" }, m.participant, m.dominant ? el("span", { class: "pill up" }, "dominant") : null),
+        el("td", {}, el("span", { class: "fid" }, m.forwarder), " ", el("span", { class: "pill " + (m.forwarderUp ? "up" : "down") }, m.forwarderUp ? "up" : "down")),
+        el("td", { class: "mono" }, m.addr),
+        el("td", {}, new Date(m.joinedAt).toLocaleTimeString()),
+        el("td", { class: "num" }, m.streams),
+        el("td", {}, m.lastSpoke ? new Date(m.lastSpoke).toLocaleTimeString() : "–")));
+    }
+    t.append(tb);
+    out.push(t);
+    $("call-result").replaceChildren(...out);
+  }
+
+  async function lookUp(ev) {
+    ev.preventDefault();
+    const id = $("call-id").value.trim();
+    const res = $("call-result");
+    res.replaceChildren(el("p", { class: "hint" }, "looking up…"));
+    try {
+      const r = await fetch("api/call?id=" + encodeURIComponent(id));
+      const body = await r.json();
+      if (!r.ok) {
+        res.replaceChildren(el("p", { class: "error", id: "call-error" }, r.status + ": " + body.error));
+        return;
+      }
+      renderCall(body);
+    } catch (err) {
+      res.replaceChildren(el("p", { class: "error", id: "call-error" }, "lookup failed: " + err.message));
+    }
+  }
+
+  $("call-form").addEventListener("submit", lookUp);
+  connect();
+})();

@@ -1,0 +1,292 @@
+package dashboard
+
+import (
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// historySeconds is how far back the per-second admission deltas go.
+const historySeconds = 300
+
+// Join classes as LoadReport counts them (index into Admitted/Refused).
+var classNames = [6]string{"unclassified", "new group call", "new one-to-one call", "new member of a group call", "second party of a one-to-one call", "rejoin"}
+
+// signalNames are LoadReport.Signals' names.
+var signalNames = [5]string{"cpu", "packets", "queue_drops", "memory", "sessions"}
+
+// levelHeadline says what a throttle level adds to the one below; levelMeaning
+// lists everything it refuses.
+var (
+	levelHeadline = [5]string{"admitting every join", "new group calls refused", "new one-to-one calls refused",
+		"new members of group calls refused", "second parties of one-to-one calls refused"}
+	levelMeaning = [5]string{"admits every join",
+		"refuses new group calls",
+		"refuses new group and new one-to-one calls",
+		"refuses new calls and new members of group calls; admits second parties and rejoins",
+		"refuses every join but rejoins"}
+)
+
+// bucket is one second of admission deltas.
+type bucket struct {
+	sec      int64
+	admitted [6]uint64
+	refused  [6]uint64
+}
+
+// fwdState is what the dashboard knows of one forwarder.
+type fwdState struct {
+	id       string
+	lastSeen time.Time // local clock, last authentic message
+
+	announce    protocol.ForwarderAnnounce
+	hasAnnounce bool
+
+	report    protocol.LoadReport
+	hasReport bool
+	reportAt  time.Time // local clock
+	ring      [historySeconds]bucket
+}
+
+// newer reports whether (started, seq) comes after the last one taken.
+func newer(started time.Time, seq uint64, lastStarted time.Time, lastSeq uint64) bool {
+	if !started.Equal(lastStarted) {
+		return started.After(lastStarted)
+	}
+	return seq > lastSeq
+}
+
+// addReport takes r, received at now, and books its counters' growth since
+// the previous report in now's second. A report from a new incarnation
+// (later started) books its counters whole: they started from zero.
+func (f *fwdState) addReport(r *protocol.LoadReport, now time.Time) bool {
+	if f.hasReport && !newer(r.Started, r.Seq, f.report.Started, f.report.Seq) {
+		return false
+	}
+	if f.hasReport {
+		restarted := !r.Started.Equal(f.report.Started)
+		b := f.bucketAt(now.Unix())
+		for i := range r.Admitted {
+			b.admitted[i] += delta(f.report.Admitted[i], r.Admitted[i], restarted)
+			b.refused[i] += delta(f.report.Refused[i], r.Refused[i], restarted)
+		}
+	}
+	f.report, f.hasReport, f.reportAt = *r, true, now
+	return true
+}
+
+// delta is how much a cumulative counter grew; a counter that went back
+// (a restart the started field did not show) counts from zero.
+func delta(prev, cur uint32, restarted bool) uint64 {
+	if restarted || cur < prev {
+		return uint64(cur)
+	}
+	return uint64(cur - prev)
+}
+
+func (f *fwdState) bucketAt(sec int64) *bucket {
+	b := &f.ring[((sec%historySeconds)+historySeconds)%historySeconds]
+	if b.sec != sec {
+		*b = bucket{sec: sec}
+	}
+	return b
+}
+
+// window sums the buckets of the last n seconds up to now.
+func (f *fwdState) window(now time.Time, n int64) (adm, ref [6]uint64) {
+	cur := now.Unix()
+	for i := range f.ring {
+		b := &f.ring[i]
+		if b.sec > cur-n && b.sec <= cur {
+			for c := range adm {
+				adm[c] += b.admitted[c]
+				ref[c] += b.refused[c]
+			}
+		}
+	}
+	return adm, ref
+}
+
+// dropCounts counts what the subscription dropped.
+type dropCounts struct {
+	Forged     uint64 `json:"forged"`     // failed the tag: wrong key or tampered
+	Malformed  uint64 `json:"malformed"`  // not a valid envelope or body
+	Unexpected uint64 `json:"unexpected"` // authentic, but not a heartbeat type
+	Stale      uint64 `json:"stale"`      // older than what was taken (replay, reordering)
+	Overflow   uint64 `json:"overflow"`   // beyond MaxForwarders
+}
+
+// tracker holds the forwarders' state; safe for concurrent use.
+type tracker struct {
+	mu    sync.Mutex
+	fwds  map[string]*fwdState
+	drops dropCounts
+	max   int
+}
+
+func newTracker(max int) *tracker {
+	return &tracker{fwds: make(map[string]*fwdState), max: max}
+}
+
+// get returns id's state, creating it; nil when full.
+func (t *tracker) get(id string) *fwdState {
+	f := t.fwds[id]
+	if f == nil {
+		if len(t.fwds) >= t.max {
+			t.drops.Overflow++
+			return nil
+		}
+		f = &fwdState{id: id}
+		t.fwds[id] = f
+	}
+	return f
+}
+
+func (t *tracker) addAnnounce(a *protocol.ForwarderAnnounce, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	f := t.get(a.ID)
+	if f == nil {
+		return
+	}
+	if f.hasAnnounce && !newer(a.Started, a.Seq, f.announce.Started, f.announce.Seq) {
+		t.drops.Stale++
+		return
+	}
+	f.announce, f.hasAnnounce, f.lastSeen = *a, true, now
+}
+
+func (t *tracker) addReport(r *protocol.LoadReport, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	f := t.get(r.Forwarder)
+	if f == nil {
+		return
+	}
+	if !f.addReport(r, now) {
+		t.drops.Stale++
+		return
+	}
+	f.lastSeen = now
+}
+
+func (t *tracker) drop(what *uint64) {
+	t.mu.Lock()
+	*what++
+	t.mu.Unlock()
+}
+
+// view builds the forwarders' part of a snapshot at now, forgetting those
+// silent for forget.
+func (t *tracker) view(now time.Time, down, forget time.Duration) ([]ForwarderView, dropCounts) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]ForwarderView, 0, len(t.fwds))
+	for id, f := range t.fwds {
+		if now.Sub(f.lastSeen) > forget {
+			delete(t.fwds, id)
+			continue
+		}
+		out = append(out, f.view(now, down))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, t.drops
+}
+
+// ForwarderView is one forwarder's row.
+type ForwarderView struct {
+	ID         string  `json:"id"`
+	Up         bool    `json:"up"`
+	SilentSecs float64 `json:"silentSecs"` // since its last heartbeat
+	Media      string  `json:"media,omitempty"`
+	Draining   bool    `json:"draining"`
+	// HasReport is false for a forwarder that sends announces only: level,
+	// signals and admissions are then unknown, Load is the announce's.
+	HasReport     bool          `json:"hasReport"`
+	Level         int           `json:"level"` // -1 unknown
+	LevelText     string        `json:"levelText"`
+	LevelMeaning  string        `json:"levelMeaning"`
+	Load          int           `json:"load"`  // permille, the worst signal
+	Worst         string        `json:"worst"` // the worst signal's name
+	Signals       []SignalView  `json:"signals"`
+	Sessions      uint32        `json:"sessions"`
+	Calls         uint32        `json:"calls"`
+	CallsOneToOne uint32        `json:"callsOneToOne"`
+	CallsGroup    uint32        `json:"callsGroup"`
+	StateDegraded bool          `json:"stateDegraded"`
+	StateQueued   uint32        `json:"stateQueued"`
+	AudioMuted    uint64        `json:"audioMuted"`
+	ShedVideo     uint64        `json:"shedVideo"`
+	Classes       []ClassCounts `json:"classes"`
+	Started       time.Time     `json:"started"`
+	Seq           uint64        `json:"seq"`
+}
+
+// SignalView is one load signal.
+type SignalView struct {
+	Name     string `json:"name"`
+	Permille int    `json:"permille"`
+}
+
+// ClassCounts are one join class's admissions and refusals.
+type ClassCounts struct {
+	Class     int    `json:"class"`
+	Name      string `json:"name"`
+	Admitted1 uint64 `json:"admitted1m"`
+	Refused1  uint64 `json:"refused1m"`
+	Admitted5 uint64 `json:"admitted5m"`
+	Refused5  uint64 `json:"refused5m"`
+	// Since the process started.
+	AdmittedTotal uint64 `json:"admittedTotal"`
+	RefusedTotal  uint64 `json:"refusedTotal"`
+}
+
+func (f *fwdState) view(now time.Time, down time.Duration) ForwarderView {
+	silent := now.Sub(f.lastSeen)
+	v := ForwarderView{ID: f.id, Up: silent < down, SilentSecs: max(0, silent.Seconds()), Level: -1,
+		LevelText: "no load report", LevelMeaning: "this forwarder sends no load report: level unknown"}
+	if f.hasAnnounce {
+		a := &f.announce
+		v.Media, v.Draining, v.Load, v.Worst = a.Media.String(), a.Draining, int(a.Load), "load"
+		v.Sessions, v.Calls, v.Started, v.Seq = a.Sessions, a.Calls, a.Started, a.Seq
+	}
+	if f.hasReport {
+		r := &f.report
+		v.HasReport, v.Level = true, int(r.Level)
+		v.LevelText, v.LevelMeaning = "level "+strconv.Itoa(int(r.Level))+": "+levelHeadline[r.Level], levelMeaning[r.Level]
+		v.Draining = v.Draining || r.Draining
+		v.Sessions, v.CallsOneToOne, v.CallsGroup = r.Sessions, r.CallsOneToOne, r.CallsGroup
+		v.Calls = r.CallsOneToOne + r.CallsGroup
+		v.StateDegraded, v.StateQueued, v.AudioMuted, v.ShedVideo = r.StateDegraded, r.StateQueued, r.AudioMuted, r.ShedVideo
+		v.Load, v.Worst, v.Started, v.Seq = -1, "", r.Started, r.Seq
+		for i, s := range r.Signals {
+			v.Signals = append(v.Signals, SignalView{Name: signalNames[i], Permille: int(s)})
+			if int(s) > v.Load {
+				v.Load, v.Worst = int(s), signalNames[i]
+			}
+		}
+		adm1, ref1 := f.window(now, 60)
+		adm5, ref5 := f.window(now, historySeconds)
+		for c := range classNames {
+			v.Classes = append(v.Classes, ClassCounts{Class: c, Name: classNames[c],
+				Admitted1: adm1[c], Refused1: ref1[c], Admitted5: adm5[c], Refused5: ref5[c],
+				AdmittedTotal: uint64(r.Admitted[c]), RefusedTotal: uint64(r.Refused[c])})
+		}
+	}
+	return v
+}
+
+// refusing names the classes a row refused in the last minute.
+func (v *ForwarderView) refusing() string {
+	var names []string
+	for _, c := range v.Classes {
+		if c.Refused1 > 0 {
+			names = append(names, c.Name)
+		}
+	}
+	return strings.Join(names, ", ")
+}

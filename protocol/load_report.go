@@ -1,0 +1,170 @@
+package protocol
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+)
+
+// ClusterMsgLoadReport is a forwarder's throttling picture (LoadReport),
+// published with its heartbeat for dashboards.
+const ClusterMsgLoadReport ClusterMsgType = 5
+
+// LoadReport (type 5) is a forwarder's throttling picture, published with
+// its heartbeat (about once a second) on the heartbeat subject
+// <prefix>.forwarders, for dashboards. Counters are cumulative since the
+// process started. Body, big-endian (README.md section 7.6):
+//
+//	0         flags: 0x01 state degraded, 0x02 draining; the other bits
+//	          are reserved (sent 0, ignored)
+//	1         forwarder id length n (1..64)
+//	2         throttle level (0..4)
+//	3         reserved (sent 0, ignored)
+//	4..12     sequence
+//	12..20    started, Unix milliseconds (signed; 0: unknown)
+//	20..28    at, Unix milliseconds (signed; 0: unknown)
+//	28..32    sessions
+//	32..36    one-to-one calls
+//	36..40    group calls
+//	40..44    state changes queued
+//	44..52    audio packets held back
+//	52..60    group video packets shed
+//	60..84    admitted joins, 6 classes × 4 bytes
+//	84..108   refused joins, 6 classes × 4 bytes
+//	108..118  signals, 5 × 2 bytes (permille)
+//	118..end  forwarder id (n bytes)
+type LoadReport struct {
+	Forwarder     string    // forwarder id, see ValidForwarderID
+	Started       time.Time // process start (a restart resets the counters)
+	At            time.Time // when the report was made
+	Seq           uint64    // increases with every report of one process
+	Level         uint8     // throttle level 0..4 (>4 invalid)
+	Signals       [5]uint16 // permille of capacity: cpu, packets, queue_drops, memory, sessions
+	Sessions      uint32
+	CallsOneToOne uint32
+	CallsGroup    uint32
+	// Admitted counts joins admitted by class: 0 unclassified (not
+	// throttling), 1 new group call, 2 new one-to-one call, 3 new member
+	// of a group call, 4 second party of a one-to-one call, 5 rejoin.
+	Admitted [6]uint32
+	// Refused counts joins refused for capacity by the same classes (0:
+	// refused before being classified: draining, hard capacity).
+	Refused       [6]uint32
+	StateDegraded bool   // the forwarder cannot reach Redis
+	Draining      bool   // the forwarder admits nobody new
+	StateQueued   uint32 // call-state changes queued while Redis is away
+	AudioMuted    uint64 // audio packets held back (silent members)
+	ShedVideo     uint64 // group video packets shed under overload
+}
+
+// Load report limits and layout.
+const (
+	// MaxThrottleLevel is the highest throttle level a LoadReport carries.
+	MaxThrottleLevel = 4
+
+	loadReportFixedLen      = 118
+	loadFlagStateDegraded   = 0x01
+	loadFlagDraining        = 0x02
+	loadReportAdmittedStart = 60
+	loadReportRefusedStart  = 84
+	loadReportSignalsStart  = 108
+)
+
+func (r *LoadReport) check() error {
+	if err := ValidForwarderID(r.Forwarder); err != nil {
+		return err
+	}
+	if r.Level > MaxThrottleLevel {
+		return fmt.Errorf("%w: throttle level %d, want 0..%d", ErrClusterMsgInvalid, r.Level, MaxThrottleLevel)
+	}
+	if err := clusterCheckTime("started", r.Started); err != nil {
+		return err
+	}
+	return clusterCheckTime("at", r.At)
+}
+
+// Marshal appends the sealed message to dst. A report that breaks the
+// rules on its fields is refused with ErrClusterMsgInvalid and dst is
+// returned as it was.
+func (r *LoadReport) Marshal(dst []byte, k ClusterKey) ([]byte, error) {
+	if err := r.check(); err != nil {
+		return dst, err
+	}
+	return sealClusterMsg(dst, k, ClusterMsgLoadReport, r.appendBody)
+}
+
+func (r *LoadReport) appendBody(b []byte) []byte {
+	var flags byte
+	if r.StateDegraded {
+		flags |= loadFlagStateDegraded
+	}
+	if r.Draining {
+		flags |= loadFlagDraining
+	}
+	b = append(b, flags, byte(len(r.Forwarder)), r.Level, 0)
+	b = binary.BigEndian.AppendUint64(b, r.Seq)
+	b = clusterAppendTime(b, r.Started)
+	b = clusterAppendTime(b, r.At)
+	b = binary.BigEndian.AppendUint32(b, r.Sessions)
+	b = binary.BigEndian.AppendUint32(b, r.CallsOneToOne)
+	b = binary.BigEndian.AppendUint32(b, r.CallsGroup)
+	b = binary.BigEndian.AppendUint32(b, r.StateQueued)
+	b = binary.BigEndian.AppendUint64(b, r.AudioMuted)
+	b = binary.BigEndian.AppendUint64(b, r.ShedVideo)
+	for _, v := range r.Admitted {
+		b = binary.BigEndian.AppendUint32(b, v)
+	}
+	for _, v := range r.Refused {
+		b = binary.BigEndian.AppendUint32(b, v)
+	}
+	for _, v := range r.Signals {
+		b = binary.BigEndian.AppendUint16(b, v)
+	}
+	return append(b, r.Forwarder...)
+}
+
+// Unmarshal authenticates and decodes b, which must be exactly one
+// LoadReport. On error r is the zero report.
+func (r *LoadReport) Unmarshal(b []byte, k ClusterKey) error {
+	*r = LoadReport{}
+	body, err := openClusterMsgReusing(b, k, ClusterMsgLoadReport)
+	if err != nil {
+		return err
+	}
+	if err := r.decode(body); err != nil {
+		*r = LoadReport{}
+		return err
+	}
+	return nil
+}
+
+func (r *LoadReport) decode(b []byte) error {
+	if len(b) < loadReportFixedLen {
+		return fmt.Errorf("%w: load report body of %d bytes, want at least %d", ErrClusterMsgInvalid, len(b), loadReportFixedLen+1)
+	}
+	r.StateDegraded = b[0]&loadFlagStateDegraded != 0
+	r.Draining = b[0]&loadFlagDraining != 0
+	idLen := int(b[1])
+	r.Level = b[2]
+	r.Seq = binary.BigEndian.Uint64(b[4:12])
+	r.Started = clusterTime(b[12:20])
+	r.At = clusterTime(b[20:28])
+	r.Sessions = binary.BigEndian.Uint32(b[28:32])
+	r.CallsOneToOne = binary.BigEndian.Uint32(b[32:36])
+	r.CallsGroup = binary.BigEndian.Uint32(b[36:40])
+	r.StateQueued = binary.BigEndian.Uint32(b[40:44])
+	r.AudioMuted = binary.BigEndian.Uint64(b[44:52])
+	r.ShedVideo = binary.BigEndian.Uint64(b[52:60])
+	for i := range r.Admitted {
+		r.Admitted[i] = binary.BigEndian.Uint32(b[loadReportAdmittedStart+4*i:])
+		r.Refused[i] = binary.BigEndian.Uint32(b[loadReportRefusedStart+4*i:])
+	}
+	for i := range r.Signals {
+		r.Signals[i] = binary.BigEndian.Uint16(b[loadReportSignalsStart+2*i:])
+	}
+	var err error
+	if r.Forwarder, err = readForwarderID(b[loadReportFixedLen:], idLen); err != nil {
+		return err
+	}
+	return r.check()
+}

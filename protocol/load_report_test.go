@@ -1,0 +1,309 @@
+package protocol
+
+import (
+	"bytes"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+var _ clusterMsg = (*LoadReport)(nil)
+
+// loadReportGolden is fwd-b at level 2 with Redis away, sealed with
+// testClusterKey (README.md 7.6 shows the same bytes).
+var loadReportGolden = struct {
+	msg  LoadReport
+	wire []byte
+}{
+	msg: LoadReport{
+		Forwarder: "fwd-b", Started: time.UnixMilli(1_800_000_000_000).UTC(), At: clusterTestAt, Seq: 7,
+		Level: 2, Signals: [5]uint16{812, 640, 10, 300, 450}, Sessions: 300, CallsOneToOne: 40, CallsGroup: 12,
+		Admitted: [6]uint32{100, 1, 2, 3, 4, 5}, Refused: [6]uint32{6, 7, 8, 0, 0, 0},
+		StateDegraded: true, StateQueued: 3, AudioMuted: 1000, ShedVideo: 250,
+	},
+	wire: []byte{
+		0x43, 0x52, 0x4c, 0x43, // "CRLC"
+		0x01, 0x05, 0x00, 0x7b, // version 1, type 5, body 123 bytes
+		0x01, 0x05, 0x02, 0x00, // flags: state degraded; id length 5, level 2, reserved
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, // sequence 7
+		0x00, 0x00, 0x01, 0xa3, 0x18, 0x5c, 0x50, 0x00, // started 1800000000000 ms
+		0x00, 0x00, 0x01, 0xa3, 0x18, 0x5c, 0x50, 0x7b, // at 1800000000123 ms
+		0x00, 0x00, 0x01, 0x2c, // 300 sessions
+		0x00, 0x00, 0x00, 0x28, // 40 one-to-one calls
+		0x00, 0x00, 0x00, 0x0c, // 12 group calls
+		0x00, 0x00, 0x00, 0x03, // 3 state changes queued
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xe8, // 1000 audio packets held back
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xfa, // 250 video packets shed
+		0x00, 0x00, 0x00, 0x64, // admitted unclassified: 100
+		0x00, 0x00, 0x00, 0x01, // admitted new group call: 1
+		0x00, 0x00, 0x00, 0x02, // admitted new one-to-one call: 2
+		0x00, 0x00, 0x00, 0x03, // admitted new group member: 3
+		0x00, 0x00, 0x00, 0x04, // admitted second party: 4
+		0x00, 0x00, 0x00, 0x05, // admitted rejoin: 5
+		0x00, 0x00, 0x00, 0x06, // refused unclassified: 6
+		0x00, 0x00, 0x00, 0x07, // refused new group call: 7
+		0x00, 0x00, 0x00, 0x08, // refused new one-to-one call: 8
+		0x00, 0x00, 0x00, 0x00, // refused new group member: 0
+		0x00, 0x00, 0x00, 0x00, // refused second party: 0
+		0x00, 0x00, 0x00, 0x00, // refused rejoin: 0
+		0x03, 0x2c, 0x02, 0x80, 0x00, 0x0a, // signals: cpu 812, packets 640, queue drops 10 permille
+		0x01, 0x2c, 0x01, 0xc2, // memory 300, sessions 450 permille
+		0x66, 0x77, 0x64, 0x2d, 0x62, // "fwd-b"
+		0x0c, 0xd2, 0xe7, 0x40, 0xb2, 0xe4, 0x3b, 0xbc, // tag (checked with Python's hmac)
+		0xa5, 0x94, 0x14, 0x61, 0x7e, 0x93, 0x81, 0x56,
+	},
+}
+
+func TestLoadReportGolden(t *testing.T) {
+	k := testClusterKey(t)
+	g := loadReportGolden
+	b, err := g.msg.Marshal([]byte("prefix"), k)
+	require.NoError(t, err)
+	require.Equal(t, append([]byte("prefix"), g.wire...), b, "Marshal appends")
+
+	typ, err := PeekClusterMsgType(g.wire)
+	require.NoError(t, err)
+	require.Equal(t, ClusterMsgLoadReport, typ)
+	require.Equal(t, "load-report", typ.String())
+
+	var r LoadReport
+	require.NoError(t, r.Unmarshal(g.wire, k))
+	require.Equal(t, g.msg, r)
+	m, err := decodeClusterMsg(g.wire, k)
+	require.NoError(t, err)
+	require.Equal(t, &g.msg, m)
+}
+
+func TestLoadReportRoundTrip(t *testing.T) {
+	k := testClusterKey(t)
+	zone := time.FixedZone("x", 3600)
+	for _, tt := range []struct {
+		name     string
+		in, want LoadReport
+	}{
+		{"minimal", LoadReport{Forwarder: "f"}, LoadReport{Forwarder: "f"}},
+		{"golden", loadReportGolden.msg, loadReportGolden.msg},
+		{
+			"extremes",
+			LoadReport{
+				Forwarder: strings.Repeat("~", 64), Started: time.UnixMilli(-5).In(zone), At: time.UnixMilli(1<<62 + 999).In(zone),
+				Seq: 1<<64 - 1, Level: MaxThrottleLevel, Signals: [5]uint16{65535, 0, 1000, 1, 65535},
+				Sessions: 1<<32 - 1, CallsOneToOne: 1<<32 - 1, CallsGroup: 1<<32 - 1,
+				Admitted: [6]uint32{1<<32 - 1, 0, 1, 2, 3, 1<<32 - 1}, Refused: [6]uint32{9, 8, 7, 6, 5, 1<<32 - 1},
+				StateDegraded: true, Draining: true, StateQueued: 1<<32 - 1, AudioMuted: 1<<64 - 1, ShedVideo: 1<<64 - 1,
+			},
+			LoadReport{
+				Forwarder: strings.Repeat("~", 64), Started: time.UnixMilli(-5).UTC(), At: time.UnixMilli(1<<62 + 999).UTC(),
+				Seq: 1<<64 - 1, Level: MaxThrottleLevel, Signals: [5]uint16{65535, 0, 1000, 1, 65535},
+				Sessions: 1<<32 - 1, CallsOneToOne: 1<<32 - 1, CallsGroup: 1<<32 - 1,
+				Admitted: [6]uint32{1<<32 - 1, 0, 1, 2, 3, 1<<32 - 1}, Refused: [6]uint32{9, 8, 7, 6, 5, 1<<32 - 1},
+				StateDegraded: true, Draining: true, StateQueued: 1<<32 - 1, AudioMuted: 1<<64 - 1, ShedVideo: 1<<64 - 1,
+			},
+		},
+		{
+			"sub-millisecond times are truncated",
+			LoadReport{Forwarder: "fwd-a", Draining: true, At: time.Unix(1_800_000_000, 123_456_789)},
+			LoadReport{Forwarder: "fwd-a", Draining: true, At: time.UnixMilli(1_800_000_000_123).UTC()},
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := tt.in.Marshal(nil, k)
+			require.NoError(t, err)
+			require.Len(t, b, clusterMsgOverhead+loadReportFixedLen+len(tt.in.Forwarder))
+			var got LoadReport
+			require.NoError(t, got.Unmarshal(b, k))
+			require.Equal(t, tt.want, got)
+			again, err := got.Marshal(nil, k)
+			require.NoError(t, err)
+			require.Equal(t, b, again)
+		})
+	}
+}
+
+func TestLoadReportMarshalRejects(t *testing.T) {
+	k := testClusterKey(t)
+	for _, tt := range []struct {
+		name, msg string
+		edit      func(r *LoadReport)
+	}{
+		{"empty forwarder id", "forwarder id of 0 bytes", func(r *LoadReport) { r.Forwarder = "" }},
+		{"forwarder id 65 bytes", "65 bytes", func(r *LoadReport) { r.Forwarder = strings.Repeat("f", 65) }},
+		{"forwarder id with space", "not printable ASCII", func(r *LoadReport) { r.Forwarder = "fwd a" }},
+		{"forwarder id not ASCII", "not printable ASCII", func(r *LoadReport) { r.Forwarder = "fwd-ü" }},
+		{"level 5", "throttle level 5, want 0..4", func(r *LoadReport) { r.Level = 5 }},
+		{"level 255", "throttle level 255", func(r *LoadReport) { r.Level = 255 }},
+		{"started out of range", "started time", func(r *LoadReport) { r.Started = time.Unix(1<<62, 0) }},
+		{"at out of range", "at time", func(r *LoadReport) { r.At = time.Unix(-1<<62, 0) }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := loadReportGolden.msg
+			tt.edit(&r)
+			dst := []byte("keep")
+			out, err := r.Marshal(dst, k)
+			require.ErrorIs(t, err, ErrClusterMsgInvalid)
+			require.ErrorContains(t, err, tt.msg)
+			require.Equal(t, []byte("keep"), out, "dst is returned as it was")
+		})
+	}
+}
+
+// loadBody returns the golden body, edited.
+func loadBody(edit func(b []byte) []byte) []byte {
+	g := loadReportGolden.wire
+	return edit(bytes.Clone(g[clusterMsgHeaderLen : len(g)-clusterMsgTagLen]))
+}
+
+func TestLoadReportUnmarshalRejects(t *testing.T) {
+	k := testClusterKey(t)
+	for _, tt := range []struct {
+		name, msg string
+		body      []byte
+	}{
+		{"level 5", "throttle level 5", loadBody(func(b []byte) []byte { b[2] = 5; return b })},
+		{"level 255", "throttle level 255", loadBody(func(b []byte) []byte { b[2] = 255; return b })},
+		{"id length 0", "5 trailing bytes", loadBody(func(b []byte) []byte { b[1] = 0; return b })},
+		{"id length too long", "forwarder id truncated", loadBody(func(b []byte) []byte { b[1] = 6; return b })},
+		{"id length short", "1 trailing bytes", loadBody(func(b []byte) []byte { b[1] = 4; return b })},
+		{"no id", "forwarder id truncated", loadBody(func(b []byte) []byte { return b[:loadReportFixedLen] })},
+		{"short body", "body of 117 bytes", loadBody(func(b []byte) []byte { return b[:loadReportFixedLen-1] })},
+		{"empty body", "body of 0 bytes", nil},
+		{"id with space", "not printable ASCII", loadBody(func(b []byte) []byte { b[len(b)-2] = ' '; return b })},
+		{"id 65 bytes", "65 bytes", loadBody(func(b []byte) []byte {
+			b[1] = 65
+			return append(b[:loadReportFixedLen], strings.Repeat("f", 65)...)
+		})},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := loadReportGolden.msg
+			err := r.Unmarshal(rawClusterMsg(k, byte(ClusterMsgLoadReport), tt.body), k)
+			require.ErrorIs(t, err, ErrClusterMsgInvalid)
+			require.ErrorContains(t, err, tt.msg)
+			require.Equal(t, LoadReport{}, r, "a rejected report leaves the zero value")
+		})
+	}
+
+	t.Run("reserved bits are ignored", func(t *testing.T) {
+		b := rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] |= 0xfc; b[3] = 0xff; return b }))
+		var r LoadReport
+		require.NoError(t, r.Unmarshal(b, k))
+		require.Equal(t, loadReportGolden.msg, r)
+	})
+}
+
+func TestLoadReportEnvelopeRejects(t *testing.T) {
+	k := testClusterKey(t)
+	wire := loadReportGolden.wire
+	unmarshal := func(b []byte, k ClusterKey) error {
+		t.Helper()
+		r := loadReportGolden.msg
+		err := r.Unmarshal(b, k)
+		require.Equal(t, LoadReport{}, r, "a rejected report leaves the zero value")
+		return err
+	}
+	for i := range len(wire) {
+		require.ErrorIs(t, unmarshal(wire[:i], k), ErrClusterMsgInvalid, "truncated to %d bytes", i)
+	}
+	require.ErrorContains(t, unmarshal(append(bytes.Clone(wire), 0), k), "trailing bytes")
+	for i := range len(wire) * 8 {
+		b := bytes.Clone(wire)
+		b[i/8] ^= 1 << (i % 8)
+		err := unmarshal(b, k)
+		if _, perr := PeekClusterMsgType(b); i/8 < clusterMsgHeaderLen && perr != nil {
+			require.ErrorIs(t, err, ErrClusterMsgInvalid, "bit %d of the envelope header", i)
+		} else {
+			require.ErrorIs(t, err, ErrClusterMsgAuth, "bit %d", i)
+		}
+	}
+	other := k
+	other[31] ^= 0x01
+	require.ErrorIs(t, unmarshal(wire, other), ErrClusterMsgAuth, "wrong key")
+
+	// Authentic messages of another type are refused by type, both ways.
+	err := unmarshal(clusterGoldenTests[2].wire, k)
+	require.ErrorIs(t, err, ErrClusterMsgInvalid)
+	require.ErrorContains(t, err, "got a forwarder-announce, want a load-report")
+	err = new(ForwarderAnnounce).Unmarshal(wire, k)
+	require.ErrorIs(t, err, ErrClusterMsgInvalid)
+	require.ErrorContains(t, err, "got a load-report, want a forwarder-announce")
+}
+
+// loadReportFuzzSeeds are FuzzLoadReport's committed corpus (checked by
+// TestClusterFuzzSeeds).
+func loadReportFuzzSeeds(t testing.TB) map[string][]byte {
+	t.Helper()
+	k := testClusterKey(t)
+	g := loadReportGolden.wire
+	minimal, err := (&LoadReport{Forwarder: "f", Draining: true}).Marshal(nil, k)
+	require.NoError(t, err)
+	altered := bytes.Clone(g)
+	altered[clusterMsgHeaderLen+2] ^= 0x07
+	return map[string][]byte{
+		"golden":         g,
+		"minimal":        minimal,
+		"truncated":      g[:len(g)-1],
+		"altered":        altered,
+		"level-5":        rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[2] = 5; return b })),
+		"reserved-bits":  rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] = 0xff; b[3] = 0xff; return b })),
+		"id-length-off":  rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[1] = 4; return b })),
+		"short-body":     rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { return b[:loadReportFixedLen] })),
+		"announce":       clusterGoldenTests[2].wire,
+		"trailing-byte":  append(bytes.Clone(g), 0),
+		"empty":          {},
+		"envelope-only":  rawClusterMsg(k, byte(ClusterMsgLoadReport), nil),
+		"wrong-key-like": append(bytes.Clone(g[:len(g)-clusterMsgTagLen]), make([]byte, clusterMsgTagLen)...),
+	}
+}
+
+// FuzzLoadReport: decoding never panics and fails only with the cluster
+// sentinels; whatever decodes re-encodes to the same bytes (reserved bits
+// aside) and decodes equal. Each input is also tried with its tag
+// recomputed, so mutated bodies reach the body checks.
+func FuzzLoadReport(f *testing.F) {
+	for _, b := range loadReportFuzzSeeds(f) {
+		f.Add(b)
+	}
+	k := testClusterKey(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		check := func(b []byte) error {
+			var r LoadReport
+			if err := r.Unmarshal(b, k); err != nil {
+				if !errors.Is(err, ErrClusterMsgInvalid) && !errors.Is(err, ErrClusterMsgAuth) {
+					t.Fatalf("error without a sentinel: %v", err)
+				}
+				if !reflect.DeepEqual(r, LoadReport{}) {
+					t.Fatalf("rejected report left %+v", r)
+				}
+				return err
+			}
+			out, err := r.Marshal(nil, k)
+			if err != nil {
+				t.Fatalf("decoded %+v but cannot encode it: %v", r, err)
+			}
+			if len(out) != len(b) {
+				t.Fatalf("re-encoded to %d bytes from %d", len(out), len(b))
+			}
+			var r2 LoadReport
+			if err := r2.Unmarshal(out, k); err != nil || !reflect.DeepEqual(r, r2) {
+				t.Fatalf("round trip: %+v -> %x -> %+v (%v)", r, out, r2, err)
+			}
+			out2, err := r2.Marshal(nil, k)
+			if err != nil || !bytes.Equal(out, out2) {
+				t.Fatalf("encoding not stable: %x vs %x (%v)", out, out2, err)
+			}
+			return nil
+		}
+		if check(b) == nil || len(b) < clusterMsgOverhead {
+			return
+		}
+		resealed := bytes.Clone(b)
+		end := len(b) - clusterMsgTagLen
+		copy(resealed[end:], clusterMsgTag(k, resealed[:end]))
+		if err := check(resealed); errors.Is(err, ErrClusterMsgAuth) {
+			t.Fatalf("resealed message still fails its tag: %v", err)
+		}
+	})
+}
