@@ -35,7 +35,15 @@ type Config struct {
 	Duration    time.Duration // 0: until ctx ends
 	Interval    time.Duration // summary line period; default 1s
 	PacketEvery time.Duration // audio packetisation; default 20ms (50 packets/s)
-	Logger      *zap.Logger
+	// CapacitySessions sizes each forwarder for this many sessions (a load
+	// signal of the throttle; 0: not a signal).
+	CapacitySessions int
+	// SpikeCalls group calls of GroupSize join at once SpikeAfter into the
+	// run (New Year's Eve at midnight, in small); joins the cluster refuses
+	// are counted, not fatal.
+	SpikeAfter time.Duration
+	SpikeCalls int
+	Logger     *zap.Logger
 }
 
 func (c *Config) defaults() {
@@ -143,10 +151,21 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	fmt.Fprintf(out, "%d participants joined; Ctrl-C to stop\n", len(members))
 
 	var wg sync.WaitGroup
-	for _, m := range members {
+	start := func(m *participant) {
 		wg.Add(2)
 		go func() { defer wg.Done(); m.send(ctx, cfg.PacketEvery) }()
 		go func() { defer wg.Done(); m.receive(ctx) }()
+	}
+	for _, m := range members {
+		start(m)
+	}
+	sp := &spike{}
+	if cfg.SpikeCalls > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sp.run(ctx, cfg, priv, fwds, len(members), cfg.OneToOne+cfg.Groups, out, start)
+		}()
 	}
 	summarise(ctx, cfg.Interval, out, fwds, members)
 	wg.Wait()
@@ -155,6 +174,10 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	// a snapshot of a running forwarder can lag what the receivers already
 	// decrypted.
 	for _, m := range members {
+		m.close()
+	}
+	members = append(members, sp.members()...)
+	for _, m := range sp.members() {
 		m.close()
 	}
 	stopConductor()
@@ -187,8 +210,8 @@ func summarise(ctx context.Context, every time.Duration, out io.Writer, fwds []*
 				dec += m.decrypted.Load()
 				failed += m.failed.Load()
 			}
-			fmt.Fprintf(out, "sessions %d  calls %d  in %6.0f pkt/s  out %6.0f pkt/s  trunk %6.0f pkt/s  silent %5.0f pkt/s held back  %7.1f kB/s out  drops %d  decrypted %d  failed %d\n",
-				s.Sessions, s.Calls,
+			fmt.Fprintf(out, "sessions %d  calls %d  throttle %s  in %6.0f pkt/s  out %6.0f pkt/s  trunk %6.0f pkt/s  silent %5.0f pkt/s held back  %7.1f kB/s out  drops %d  decrypted %d  failed %d\n",
+				s.Sessions, s.Calls, levels(fwds),
 				float64(s.PacketsIn-prev.PacketsIn)/secs, float64(s.PacketsOut-prev.PacketsOut)/secs,
 				float64(s.TrunkOut-prev.TrunkOut)/secs, float64(s.AudioMuted-prev.AudioMuted)/secs,
 				float64(s.BytesOut-prev.BytesOut)/secs/1000, s.TotalDrops(), dec, failed)
@@ -276,6 +299,7 @@ func startForwarders(cfg Config, verifier *protocol.TokenVerifier, key protocol.
 		}
 		fcfg := forwarder.Default()
 		fcfg.Listen, fcfg.Verifier, fcfg.Logger = cfg.Listen, verifier, cfg.Logger.Named(id)
+		fcfg.Load.CapacitySessions = cfg.CapacitySessions
 		fcfg.Cluster.ID, fcfg.Cluster.TrunkListen, fcfg.Cluster.Key = id, "127.0.0.1:0", key
 		fcfg.Cluster.Store, fcfg.Cluster.NATS = store, nc
 		f, err := forwarder.New(fcfg)
@@ -354,4 +378,63 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// levels shows each forwarder's throttle level, e.g. "0/2/0".
+func levels(fwds []*forwarder.Forwarder) string {
+	var b strings.Builder
+	for i, f := range fwds {
+		if i > 0 {
+			b.WriteByte('/')
+		}
+		fmt.Fprintf(&b, "%d", f.Stats().ThrottleLevel)
+	}
+	return b.String()
+}
+
+// spike joins a burst of group calls and reports what the cluster took.
+type spike struct {
+	mu sync.Mutex
+	ms []*participant
+}
+
+func (s *spike) members() []*participant {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*participant(nil), s.ms...)
+}
+
+func (s *spike) run(ctx context.Context, cfg Config, priv []byte, fwds []*forwarder.Forwarder, firstIndex, firstCall int, out io.Writer, start func(*participant)) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(cfg.SpikeAfter):
+	}
+	fmt.Fprintf(out, "spike: %d group calls of %d joining now\n", cfg.SpikeCalls, cfg.GroupSize)
+	joined, refused := 0, 0
+	for i := range cfg.SpikeCalls {
+		jctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		ms, err := joinCall(jctx, priv, fwds, protocol.ClassGroup, cfg.GroupSize, firstIndex+i*cfg.GroupSize, firstCall+i+1, cfg, out)
+		cancel()
+		if err != nil {
+			// A call that could not gather all its members is given up
+			// whole: its media keys were never exchanged.
+			for _, m := range ms {
+				m.close()
+			}
+			refused += cfg.GroupSize
+			continue
+		}
+		joined += len(ms)
+		s.mu.Lock()
+		s.ms = append(s.ms, ms...)
+		s.mu.Unlock()
+		for _, m := range ms {
+			start(m)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+	fmt.Fprintf(out, "spike: %d participants joined, %d refused (throttled: try alternate, then retry later)\n", joined, refused)
 }
