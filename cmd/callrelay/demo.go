@@ -21,6 +21,7 @@ func runDemo(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.GroupSize, "group-size", 5, "members per group call")
 	fs.DurationVar(&cfg.Duration, "duration", 0, "stop after this long (default: until Ctrl-C)")
 	fs.DurationVar(&cfg.Interval, "interval", cfg.Interval, "summary line period (default 1s)")
+	fs.StringVar(&cfg.Dashboard, "dashboard", "127.0.0.1:8080", "serve the live dashboard here (empty: none; port 0: any free port)")
 	fs.IntVar(&cfg.CapacitySessions, "capacity-sessions", 0, "size each forwarder for this many sessions, so a spike makes it throttle (0: sessions are not a load signal)")
 	fs.IntVar(&cfg.SpikeCalls, "spike-calls", 0, "group calls that join at once, --spike-after into the run (a New Year's Eve spike in small)")
 	fs.DurationVar(&cfg.SpikeAfter, "spike-after", 5*time.Second, "when the spike joins")

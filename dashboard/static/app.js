@@ -46,7 +46,7 @@
   function classesTable(classes) {
     if (!classes || !classes.length) return el("span", { class: "empty" }, "no load report");
     const t = el("table", { class: "classes" });
-    t.append(el("tr", {}, el("th", {}, ""), el("th", {}, "1 min"), el("th", {}, ""), el("th", {}, "5 min"), el("th", {}, "")));
+    t.append(el("tr", {}, el("th", {}, ""), el("th", {}, "adm 1m"), el("th", {}, "ref 1m"), el("th", {}, "adm 5m"), el("th", {}, "ref 5m")));
     for (const c of classes) {
       if (c.class === 0 && c.admitted5m === 0 && c.refused5m === 0) continue;
       t.append(el("tr", { "data-class": c.class },

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/callrelay/callrelay/conductor"
+	"github.com/callrelay/callrelay/dashboard"
 	"github.com/callrelay/callrelay/forwarder"
 	"github.com/callrelay/callrelay/internal/talkspurt"
 	"github.com/callrelay/callrelay/protocol"
@@ -43,7 +44,9 @@ type Config struct {
 	// are counted, not fatal.
 	SpikeAfter time.Duration
 	SpikeCalls int
-	Logger     *zap.Logger
+	// Dashboard is the live dashboard's listen address (empty: none).
+	Dashboard string
+	Logger    *zap.Logger
 }
 
 func (c *Config) defaults() {
@@ -125,6 +128,13 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		return Result{}, err
 	}
 	defer stopConductor()
+	if cfg.Dashboard != "" {
+		stopDashboard, err := startDashboard(cfg, key, in, out)
+		if err != nil {
+			return Result{}, err
+		}
+		defer stopDashboard()
+	}
 	var addrs []string
 	for _, f := range fwds {
 		addrs = append(addrs, f.Addr().String())
@@ -437,4 +447,39 @@ func (s *spike) run(ctx context.Context, cfg Config, priv []byte, fwds []*forwar
 		}
 	}
 	fmt.Fprintf(out, "spike: %d participants joined, %d refused (throttled: try alternate, then retry later)\n", joined, refused)
+}
+
+// startDashboard serves the live dashboard for the demo's cluster and
+// prints its address.
+func startDashboard(cfg Config, key protocol.ClusterKey, in *infra, out io.Writer) (func(), error) {
+	nc, err := in.connectNATS()
+	if err != nil {
+		return nil, err
+	}
+	store, err := statestore.OpenRedis(in.redisURL, statestore.Config{})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	dcfg := dashboard.Default()
+	dcfg.NATS, dcfg.Key, dcfg.Store, dcfg.Leases = nc, key, store, store
+	dcfg.Partitions, dcfg.Listen, dcfg.Logger = forwarder.DefaultPartitions, cfg.Dashboard, cfg.Logger.Named("dashboard")
+	d, err := dashboard.New(dcfg)
+	if err != nil && dcfg.Listen != "127.0.0.1:0" {
+		// The port is taken (another demo, say): any free port will do.
+		fmt.Fprintf(out, "dashboard: %s unavailable (%v); using a free port\n", dcfg.Listen, err)
+		dcfg.Listen = "127.0.0.1:0"
+		d, err = dashboard.New(dcfg)
+	}
+	if err != nil {
+		nc.Close()
+		_ = store.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = d.Run(ctx) }()
+	fmt.Fprintf(out, "dashboard: http://%s\n", d.Addr())
+	var once sync.Once
+	return func() { once.Do(func() { cancel(); <-done; nc.Close(); _ = store.Close() }) }, nil
 }
