@@ -108,7 +108,8 @@ func totals(fwds []ForwarderView) ClusterTotals {
 
 // verdict decides the headline from the rest of the snapshot.
 func verdict(s *Snapshot) Verdict {
-	var down, throttling, issues []string
+	var down, throttling []string
+	issues := []string{} // never null in the JSON
 	for i := range s.Forwarders {
 		f := &s.Forwarders[i]
 		switch {

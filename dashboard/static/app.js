@@ -149,7 +149,7 @@
     v.dataset.status = s.verdict.status;
     v.textContent = s.verdict.text;
     document.title = s.verdict.status + " — callrelay";
-    $("issues").replaceChildren(...s.verdict.issues.map((i) => el("li", {}, i)));
+    $("issues").replaceChildren(...(s.verdict.issues || []).map((i) => el("li", {}, i)));
 
     const tbody = $("forwarders").tBodies[0];
     tbody.replaceChildren(...s.forwarders.map(forwarderRow));
