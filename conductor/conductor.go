@@ -78,6 +78,8 @@ func (c *Conductor) Run(ctx context.Context) error {
 	ioCtx, stopIO := context.WithCancel(context.Background())
 	ioDone := make(chan struct{})
 	go func() { defer close(ioDone); c.io.run(ioCtx) }()
+	rttDone := make(chan struct{})
+	go func() { defer close(rttDone); c.measureNATS(ioCtx) }()
 
 	acquire := time.NewTicker(c.cfg.AcquireEvery)
 	defer acquire.Stop()
@@ -90,6 +92,7 @@ func (c *Conductor) Run(ctx context.Context) error {
 			c.releaseAll()
 			stopIO()
 			<-ioDone
+			<-rttDone
 			c.log.Info("conductor stopped")
 			return nil
 		case <-acquire.C:
@@ -121,7 +124,9 @@ func (c *Conductor) acquireFree(ctx context.Context) {
 		}
 		octx, cancel := context.WithTimeout(ctx, c.opTimeout())
 		now := c.cfg.Now()
+		began := time.Now()
 		l, err := c.cfg.Leases.AcquireLease(octx, leaseName(part), c.owner, c.cfg.LeaseTTL)
+		c.m.storeLatency.Observe(time.Since(began).Seconds())
 		cancel()
 		switch {
 		case errors.Is(err, statestore.ErrLeaseHeld):
@@ -179,7 +184,9 @@ func (c *Conductor) renewOwned(ctx context.Context) {
 		c.mu.Unlock()
 		now := c.cfg.Now()
 		octx, cancel := context.WithTimeout(ctx, c.opTimeout())
+		began := time.Now()
 		err := c.cfg.Leases.RenewLease(octx, o.lease, c.cfg.LeaseTTL)
+		c.m.storeLatency.Observe(time.Since(began).Seconds())
 		cancel()
 		switch {
 		case err == nil:
@@ -247,5 +254,24 @@ func (c *Conductor) releaseAll() {
 	c.mu.Unlock()
 	for _, p := range parts {
 		c.stop(p, true)
+	}
+}
+
+// measureNATS times a NATS round trip every few seconds, off the lease
+// loop (a round trip waits on the network).
+func (c *Conductor) measureNATS(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if rtt, err := c.cfg.NATS.RTT(); err == nil {
+				c.m.natsRTT.Set(rtt.Seconds())
+			} else {
+				c.m.natsErrors.Inc()
+			}
+		}
 	}
 }

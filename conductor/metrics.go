@@ -25,6 +25,8 @@ type metrics struct {
 	restored      prometheus.Counter
 	storeDown     prometheus.Gauge
 	behind        prometheus.Gauge
+	storeLatency  prometheus.Histogram
+	natsRTT       prometheus.Gauge
 	deferred      prometheus.Counter
 	down          atomic.Bool
 }
@@ -64,6 +66,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Calls resumed from a checkpoint."}),
 		storeDown: prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrelay_conductor_store_unreachable",
 			Help: "1 while lease operations fail because the state store does not answer."}),
+		storeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrelay_conductor_store_op_seconds",
+			Help:    "Latency of the conductor's Redis operations (leases, call reads, checkpoints).",
+			Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}}),
+		natsRTT: prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrelay_conductor_nats_rtt_seconds",
+			Help: "The last NATS round trip, measured every 5 s."}),
 		behind: prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrelay_conductor_group_decision_stride",
 			Help: "Group calls are decided every this many ticks (1: every tick; more when the conductor is behind)."}),
 		deferred: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_group_decisions_deferred_total",
@@ -72,7 +79,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.owned, m.takeovers, m.decisions, m.metadata, m.rejected, m.switches, m.switchLatency,
 			m.decideSeconds, m.leaseErrors, m.storeErrors, m.natsErrors, m.ioDropped, m.checkpoints, m.restored, m.storeDown,
-			m.behind, m.deferred)
+			m.behind, m.deferred, m.storeLatency, m.natsRTT)
 	}
 	return m
 }

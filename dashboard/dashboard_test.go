@@ -447,6 +447,8 @@ func TestDashboardPage(t *testing.T) {
 		"/app.js":    "EventSource",
 		"/style.css": ".level[data-level=\"2\"]",
 		"/healthz":   "ok",
+		"/readyz":    "ready",
+		"/metrics":   `callrelay_dashboard_heartbeats_dropped_total{reason="forged"}`,
 	} {
 		r, err := e.client.Get(e.base + path)
 		require.NoError(t, err)

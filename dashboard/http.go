@@ -20,6 +20,8 @@ var staticFiles embed.FS
 //	/api/state   the same Snapshot, built on the spot
 //	/api/call    ?id=<32 hex>: one call's drill-down
 //	/healthz     200 "ok" while serving
+//	/readyz      200 once NATS is connected, else 503
+//	/metrics     Prometheus metrics of what the dashboard sees and drops
 func (s *Server) routes() http.Handler {
 	static, err := fs.Sub(staticFiles, "static")
 	if err != nil {
@@ -34,6 +36,15 @@ func (s *Server) routes() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		// Ready once NATS is connected: without it the page shows nothing.
+		if !s.cfg.NATS.IsConnected() {
+			http.Error(w, "NATS not connected", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.Handle("GET /metrics", s.metricsHandler())
 	return secure(mux)
 }
 

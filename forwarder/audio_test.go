@@ -2,6 +2,8 @@ package forwarder
 
 import (
 	"encoding/binary"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"testing"
 	"time"
 
@@ -137,4 +139,23 @@ func TestAudioTotalsWrap(t *testing.T) {
 	m.bytes.Add(500 | 700<<32)
 	d := m.totals().since(before)
 	require.Equal(t, audioTick{packets: 3, voice: 2, loudSum: 300, payload: 500, all: 700}, d)
+}
+
+func TestLatencyHistogram(t *testing.T) {
+	var h latencyHistogram
+	for _, d := range []time.Duration{100 * time.Microsecond, 3 * time.Millisecond, 3 * time.Millisecond, 10 * time.Second} {
+		h.observe(d)
+	}
+	m := &dto.Metric{}
+	require.NoError(t, h.metric(prometheus.NewDesc("x", "x", nil, nil)).Write(m))
+	hist := m.GetHistogram()
+	require.Equal(t, uint64(4), hist.GetSampleCount())
+	require.InDelta(t, 10.0061, hist.GetSampleSum(), 1e-9)
+	cum := map[float64]uint64{}
+	for _, b := range hist.GetBucket() {
+		cum[b.GetUpperBound()] = b.GetCumulativeCount()
+	}
+	require.Equal(t, uint64(1), cum[0.0005])
+	require.Equal(t, uint64(3), cum[0.005])
+	require.Equal(t, uint64(3), cum[2.5], "10 s is above every bound")
 }

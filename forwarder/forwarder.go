@@ -74,8 +74,10 @@ type Forwarder struct {
 	speakerUpdates                              atomic.Uint64
 
 	// Overload throttling (load.go, admission.go).
-	thr                 throttleStats
-	lookupIn, lookupOut chan *lookup
+	thr throttleStats
+	// Dependencies' latency: call-state writes, NATS round trips.
+	storeLatency, natsRTT latencyHistogram
+	lookupIn, lookupOut   chan *lookup
 }
 
 // New validates cfg and binds the forwarder's sockets, so Addr is known
@@ -257,6 +259,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		wwg.Add(2)
 		go func() { defer wwg.Done(); f.writer.Run(wctx) }()
 		go func() { defer wwg.Done(); f.runLookups(wctx) }()
+	}
+	if nc := f.cfg.Cluster.NATS; nc != nil {
+		wwg.Add(1)
+		go func() { defer wwg.Done(); f.measureNATS(wctx) }()
 	}
 	c := newControl(f)
 	var sub *nats.Subscription

@@ -56,6 +56,9 @@ var (
 		"Throttle level changes, by the level entered.", []string{"level"}, nil)
 	mRefusedClass = prometheus.NewDesc("callrelay_forwarder_join_refusals_by_class_total",
 		"Joins refused for capacity, by class (unclassified: refused before being classified) and reason.", []string{"class", "reason"}, nil)
+	mStoreLatency = prometheus.NewDesc("callrelay_statestore_write_seconds",
+		"Latency of call-state writes to Redis (the attempt that applied each change).", nil, nil)
+	mNATSRTT       = prometheus.NewDesc("callrelay_nats_rtt_seconds", "NATS round trips, measured every few seconds.", nil, nil)
 	mAdmittedClass = prometheus.NewDesc("callrelay_forwarder_joins_by_class_total",
 		"Joins admitted, by class (unclassified: admitted while not throttling).", []string{"class"}, nil)
 )
@@ -63,7 +66,7 @@ var (
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mPackets, mBytes, mDrops, mSessions, mCalls, mPeers, mDraining, mJoins,
 		mRefusals, mNudges, mMigrate, mDegraded, mQueued, mStErr, mStDrop, mClBad, mNATSErr,
-		mMuted, mOnsets, mMeta, mMetaBytes, mDecisions, mSpeaker, mLevel, mLoad, mLevelChanges, mRefusedClass, mAdmittedClass} {
+		mMuted, mOnsets, mMeta, mMetaBytes, mDecisions, mSpeaker, mLevel, mLoad, mLevelChanges, mRefusedClass, mAdmittedClass, mStoreLatency, mNATSRTT} {
 		ch <- d
 	}
 }
@@ -116,6 +119,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mDecisions, s.DecisionsUnknown, "unknown_call")
 	counter(mSpeaker, s.SpeakerUpdates)
 	gauge(mLevel, float64(s.ThrottleLevel))
+	ch <- c.f.storeLatency.metric(mStoreLatency)
+	ch <- c.f.natsRTT.metric(mNATSRTT)
 	for i, v := range s.Load.values() {
 		ch <- prometheus.MustNewConstMetric(mLoad, prometheus.GaugeValue, v, loadSignalNames[i])
 	}

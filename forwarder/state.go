@@ -104,6 +104,7 @@ func jitter(d time.Duration) time.Duration {
 // onResult acts on a landed (or failed) write.
 func (c *control) onResult(r statestore.Result, now time.Time) {
 	f := c.f
+	f.storeLatency.observe(r.Took)
 	if r.Err != nil && !errors.Is(r.Err, statestore.ErrNotMember) && !errors.Is(r.Err, statestore.ErrNotFound) &&
 		!errors.Is(r.Err, statestore.ErrCallFull) {
 		f.stateErrors.Add(1)

@@ -61,6 +61,8 @@ type Result struct {
 	// Queued is how long the op waited, from Submit until the attempt that
 	// applied it began.
 	Queued time.Duration
+	// Took is how long that attempt took (the store's latency).
+	Took time.Duration
 }
 
 // WriterConfig tunes a Writer. The zero value uses the defaults.
@@ -262,7 +264,7 @@ func (w *Writer) Run(ctx context.Context) {
 			continue
 		}
 		backoff = w.cfg.RetryMin
-		res := Result{Op: q.op, Call: c, Err: err, Queued: start.Sub(q.at)}
+		res := Result{Op: q.op, Call: c, Err: err, Queued: start.Sub(q.at), Took: time.Since(start)}
 		if err != nil {
 			res.Call = Call{}
 		}

@@ -32,6 +32,8 @@ type cluster struct {
 	pub   string
 	priv  ed25519.PrivateKey
 	store *statestore.Redis
+	// metricsOf lists the /metrics addresses of the conductors started.
+	metricsOf []string
 }
 
 func newCluster(t *testing.T) *cluster {

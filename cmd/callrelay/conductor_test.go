@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -19,13 +21,15 @@ import (
 	"github.com/callrelay/callrelay/protocol"
 )
 
-// conductorProc starts a conductor process of the cluster.
+// conductor starts a conductor process of the cluster; the address of its
+// /metrics is appended to c.metricsOf.
 func (c *cluster) conductor(t *testing.T, id string) *proc {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	metrics := l.Addr().String()
 	require.NoError(t, l.Close())
+	defer func() { c.metricsOf = append(c.metricsOf, metrics) }()
 	return start(t, env("CALLRELAY_LOG_LEVEL=info", "CALLRELAY_CLUSTER_KEY="+c.key),
 		"conductor", "--id", id, "--redis-url", c.redis.URL(), "--nats-url", c.nats.ClientURL(),
 		"--lease-ttl", "1s", "--metrics-listen", metrics)
@@ -146,6 +150,7 @@ func TestConductorSIGKILLTakeover(t *testing.T) {
 	for i, m := range ms {
 		require.Equal(t, []protocol.ID{ms[0].ID}, ids(m.Speakers()), "member %d saw the speaker change", i)
 	}
+	scrapeConductor(t, c.metricsOf[len(c.metricsOf)-1])
 	t.Logf("conductor SIGKILL, lease TTL 1s: decision gap over %d trials: p50 %v, max %v (gaps %v)",
 		trials, percentile(gaps, 0.5), slices.Max(gaps), gaps)
 	require.Less(t, slices.Max(gaps), 2500*time.Millisecond, "TTL + acquire interval + a tick, with margin")
@@ -181,4 +186,37 @@ func TestConductorRefusesBadConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// scrapeConductor reads a conductor's /metrics, /healthz and /readyz: the
+// metric names are there and no label carries an id.
+func scrapeConductor(t *testing.T, addr string) {
+	t.Helper()
+	var body string
+	testenv.CheckFor(t, readyTimeout, 50*time.Millisecond, func() error {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		if body = string(b); !strings.Contains(body, "callrelay_conductor_partitions_owned") {
+			return fmt.Errorf("no conductor metrics yet")
+		}
+		return nil
+	})
+	for _, name := range []string{"callrelay_conductor_partition_takeovers_total", "callrelay_conductor_decisions_total",
+		"callrelay_conductor_speaker_switches_total", "callrelay_conductor_speaker_switch_latency_seconds_bucket",
+		"callrelay_conductor_metadata_batches_total", "callrelay_conductor_store_op_seconds_bucket",
+		"callrelay_conductor_group_decision_stride", "process_cpu_seconds_total"} {
+		require.Contains(t, body, name)
+	}
+	require.NotRegexp(t, callIDLike, body, "no ids as label values")
+	resp, err := http.Get("http://" + addr + "/healthz")
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
 }
