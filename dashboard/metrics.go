@@ -12,7 +12,7 @@ import (
 // dropped, read from a snapshot at each scrape. Labels are bounded
 // (reasons, statuses), never forwarder or call ids.
 var (
-	mUp = prometheus.NewDesc("callrelay_dashboard_forwarders", "Forwarders heard, by state (up, down).", []string{"state"}, nil)
+	mUp         = prometheus.NewDesc("callrelay_dashboard_forwarders", "Forwarders heard, by state (up, down).", []string{"state"}, nil)
 	mThrottling = prometheus.NewDesc("callrelay_dashboard_forwarders_throttling",
 		"Forwarders whose last report shows a throttle level above none.", nil, nil)
 	mDropped = prometheus.NewDesc("callrelay_dashboard_heartbeats_dropped_total",
