@@ -222,7 +222,11 @@ func TestRebindMovesTheSession(t *testing.T) {
 	require.Equal(t, pkt, nextMedia(t, b, "media from the new address did not arrive"))
 	require.NoError(t, b.WriteRTP(pkt))
 	require.Equal(t, pkt, nextMedia(t, a, "media to the new address did not arrive"))
-	require.EqualValues(t, 1, r.f.Stats().AddressChanges)
+	// At least one move; a keepalive already in flight from the old socket
+	// can move the session back and forth before it settles on the new
+	// address (the rebind race in the README's notes), which the media
+	// checks above show it did.
+	require.GreaterOrEqual(t, r.f.Stats().AddressChanges, uint64(1))
 }
 
 // nextMedia returns the next datagram conn receives, or fails with what.

@@ -428,7 +428,7 @@ func TestForwarderRelaysThenStopsOnSIGTERM(t *testing.T) {
 }
 
 // summaryLine matches the demo's per-interval line.
-var summaryLine = regexp.MustCompile(`(?m)^sessions \d+  calls \d+  in .* decrypted (\d+)  failed (\d+)$`)
+var summaryLine = regexp.MustCompile(`(?m)^sessions \d+  calls \d+  throttle [0-4/]+  in .* decrypted (\d+)  failed (\d+)$`)
 
 // checkDemoOutput checks the header, the summary lines and the final line.
 func checkDemoOutput(t *testing.T, stdout string) {

@@ -128,6 +128,12 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		return Result{}, err
 	}
 	defer stopConductor()
+	var addrs []string
+	for _, f := range fwds {
+		addrs = append(addrs, f.Addr().String())
+	}
+	fmt.Fprintf(out, "callrelay demo: %d forwarders on %s (trunk between them, embedded NATS, %s) and a conductor; %d one-to-one call(s), %d group call(s) of %d spread over them; media SRTP-encrypted end to end\n",
+		len(fwds), strings.Join(addrs, ", "), in.kind, cfg.OneToOne, cfg.Groups, cfg.GroupSize)
 	if cfg.Dashboard != "" {
 		stopDashboard, err := startDashboard(cfg, key, in, out)
 		if err != nil {
@@ -135,12 +141,6 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		}
 		defer stopDashboard()
 	}
-	var addrs []string
-	for _, f := range fwds {
-		addrs = append(addrs, f.Addr().String())
-	}
-	fmt.Fprintf(out, "callrelay demo: %d forwarders on %s (trunk between them, embedded NATS, %s) and a conductor; %d one-to-one call(s), %d group call(s) of %d spread over them; media SRTP-encrypted end to end\n",
-		len(fwds), strings.Join(addrs, ", "), in.kind, cfg.OneToOne, cfg.Groups, cfg.GroupSize)
 	var members []*participant
 	defer func() {
 		for _, m := range members {
