@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -161,10 +160,7 @@ func connectDeps(cfg *forwarder.Config, redisURL, natsURL string, log *zap.Logge
 		closers = append(closers, func() { _ = st.Close() })
 	}
 	if natsURL != "" {
-		nc, err := nats.Connect(natsURL, nats.Name("callrelay forwarder "+cfg.Cluster.ID), nats.MaxReconnects(-1),
-			nats.ReconnectWait(200*time.Millisecond),
-			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", zap.Error(err)) }),
-			nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", zap.String("url", c.ConnectedUrl())) }))
+		nc, err := connectNATS(natsURL, "callrelay forwarder "+cfg.Cluster.ID, log)
 		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("forwarder: --nats-url: %w", err)

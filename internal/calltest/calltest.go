@@ -152,29 +152,13 @@ func AudioRTP(ssrc uint32, seq uint16, speaking bool) []byte {
 // script(i, elapsed) says so, until stop is closed (and the test ends).
 // It returns the start time of the script.
 func Speak(t testing.TB, ms []*Member, script func(i int, at time.Duration) bool, stop <-chan struct{}) time.Time {
-	var wg sync.WaitGroup
-	ended := make(chan struct{})
 	start := time.Now()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tk := time.NewTicker(20 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-ended:
-				return
-			case <-tk.C:
-				at := time.Since(start)
-				for i, m := range ms {
-					m.SendAudio(script(i, at))
-				}
-			}
+	every20ms(t, stop, func() {
+		at := time.Since(start)
+		for i, m := range ms {
+			m.SendAudio(script(i, at))
 		}
-	}()
-	t.Cleanup(func() { close(ended); wg.Wait() })
+	})
 	return start
 }
 
@@ -197,6 +181,16 @@ func RTP(ssrc uint32, seq uint16) []byte {
 // Talk makes every member send a packet every 20 ms until stop is closed
 // (and the test ends).
 func Talk(t testing.TB, ms []*Member, stop <-chan struct{}) {
+	every20ms(t, stop, func() {
+		for _, m := range ms {
+			m.Send()
+		}
+	})
+}
+
+// every20ms runs tick every 20 ms on its own goroutine until stop is
+// closed or the test ends.
+func every20ms(t testing.TB, stop <-chan struct{}, tick func()) {
 	var wg sync.WaitGroup
 	ended := make(chan struct{})
 	wg.Add(1)
@@ -211,9 +205,7 @@ func Talk(t testing.TB, ms []*Member, stop <-chan struct{}) {
 			case <-ended:
 				return
 			case <-tk.C:
-				for _, m := range ms {
-					m.Send()
-				}
+				tick()
 			}
 		}
 	}()

@@ -23,7 +23,6 @@ import (
 	"github.com/callrelay/callrelay/forwarder"
 	"github.com/callrelay/callrelay/internal/talkspurt"
 	"github.com/callrelay/callrelay/protocol"
-	"github.com/callrelay/callrelay/statestore"
 )
 
 // Config says what to simulate.
@@ -296,14 +295,8 @@ func startForwarders(cfg Config, verifier *protocol.TokenVerifier, key protocol.
 	}
 	for i := range cfg.Forwarders {
 		id := fmt.Sprintf("demo-%d", i+1)
-		nc, err := in.connectNATS()
+		nc, store, err := in.connect()
 		if err != nil {
-			stop()
-			return nil, nil, err
-		}
-		store, err := statestore.OpenRedis(in.redisURL, statestore.Config{})
-		if err != nil {
-			nc.Close()
 			stop()
 			return nil, nil, err
 		}
@@ -353,13 +346,8 @@ func sumStats(fwds []*forwarder.Forwarder) forwarder.Stats {
 // startConductor runs one conductor for all partitions; stop stops it (it
 // may be called twice).
 func startConductor(cfg Config, key protocol.ClusterKey, in *infra) (func(), error) {
-	nc, err := in.connectNATS()
+	nc, store, err := in.connect()
 	if err != nil {
-		return nil, err
-	}
-	store, err := statestore.OpenRedis(in.redisURL, statestore.Config{})
-	if err != nil {
-		nc.Close()
 		return nil, err
 	}
 	ccfg := conductor.Default()
@@ -452,13 +440,8 @@ func (s *spike) run(ctx context.Context, cfg Config, priv []byte, fwds []*forwar
 // startDashboard serves the live dashboard for the demo's cluster and
 // prints its address.
 func startDashboard(cfg Config, key protocol.ClusterKey, in *infra, out io.Writer) (func(), error) {
-	nc, err := in.connectNATS()
+	nc, store, err := in.connect()
 	if err != nil {
-		return nil, err
-	}
-	store, err := statestore.OpenRedis(in.redisURL, statestore.Config{})
-	if err != nil {
-		nc.Close()
 		return nil, err
 	}
 	dcfg := dashboard.Default()

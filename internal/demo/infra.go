@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/callrelay/callrelay/internal/embedredis"
+	"github.com/callrelay/callrelay/statestore"
 )
 
 // infra is what the demo's forwarders share: an embedded NATS server and a
@@ -93,6 +94,21 @@ func (in *infra) startRedisServer(path string) error {
 }
 
 func (in *infra) connectNATS() (*nats.Conn, error) { return nats.Connect(in.nats.ClientURL()) }
+
+// connect opens a NATS connection and a state store client for one
+// component; the caller closes both.
+func (in *infra) connect() (*nats.Conn, *statestore.Redis, error) {
+	nc, err := in.connectNATS()
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := statestore.OpenRedis(in.redisURL, statestore.Config{})
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, store, nil
+}
 
 func (in *infra) close() {
 	for i := len(in.closers) - 1; i >= 0; i-- {

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/protocol"
+	"github.com/callrelay/callrelay/statestore"
+)
+
+// clusterFlags are the flags every cluster process shares: the cluster
+// key, the state store and NATS.
+type clusterFlags struct {
+	key, redisURL, natsURL *string
+}
+
+// addClusterFlags registers them on fs; what the store is for goes into
+// the help text.
+func addClusterFlags(fs *flag.FlagSet, redisFor string) clusterFlags {
+	return clusterFlags{
+		key:      fs.String("cluster-key", envOr("CALLRELAY_CLUSTER_KEY", ""), "64 hex digits, the forwarders' cluster key (env CALLRELAY_CLUSTER_KEY)"),
+		redisURL: fs.String("redis-url", envOr("CALLRELAY_REDIS_URL", ""), "redis:// or rediss:// URL of the state store, "+redisFor+" (env CALLRELAY_REDIS_URL)"),
+		natsURL:  fs.String("nats-url", envOr("CALLRELAY_NATS_URL", ""), "NATS server URL(s), comma-separated (env CALLRELAY_NATS_URL)"),
+	}
+}
+
+// clusterDeps is what the flags opened; close releases it.
+type clusterDeps struct {
+	key   protocol.ClusterKey
+	store *statestore.Redis
+	nats  *nats.Conn
+}
+
+func (d *clusterDeps) close() {
+	if d.nats != nil {
+		d.nats.Close()
+	}
+	if d.store != nil {
+		_ = d.store.Close()
+	}
+}
+
+// open parses the key and connects to what the flags name (an empty flag
+// opens nothing: Validate of the component says what is missing). cmd
+// prefixes the errors.
+func (f clusterFlags) open(cmd string, log *zap.Logger) (*clusterDeps, error) {
+	d := &clusterDeps{}
+	var err error
+	if *f.key != "" {
+		if d.key, err = protocol.ParseClusterKey(*f.key); err != nil {
+			return nil, fmt.Errorf("%s: --cluster-key: %w", cmd, err)
+		}
+	}
+	if *f.redisURL != "" {
+		if d.store, err = statestore.OpenRedis(*f.redisURL, statestore.Config{}); err != nil {
+			return nil, fmt.Errorf("%s: --redis-url: %w", cmd, err)
+		}
+	}
+	if *f.natsURL != "" {
+		if d.nats, err = connectNATS(*f.natsURL, "callrelay "+cmd, log); err != nil {
+			d.close()
+			return nil, fmt.Errorf("%s: --nats-url: %w", cmd, err)
+		}
+	}
+	return d, nil
+}
+
+// connectNATS connects with reconnection for ever, logging each
+// disconnection and reconnection once.
+func connectNATS(url, name string, log *zap.Logger) (*nats.Conn, error) {
+	return nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", zap.Error(err)) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", zap.String("url", c.ConnectedUrl())) }))
+}
