@@ -30,6 +30,7 @@ type cluster struct {
 	nats  *testenv.NATSServer
 	key   string
 	pub   string
+	seed  string // the signing key, as `token keygen` prints it
 	priv  ed25519.PrivateKey
 	store *statestore.Redis
 	// metricsOf lists the /metrics addresses of the conductors started.
@@ -43,7 +44,7 @@ func newCluster(t *testing.T) *cluster {
 	require.NoError(t, err)
 	k, err := protocol.NewClusterKey()
 	require.NoError(t, err)
-	c := &cluster{redis: testenv.Redis(t), nats: testenv.NATS(t), key: k.String(), pub: pub, priv: priv}
+	c := &cluster{redis: testenv.Redis(t), nats: testenv.NATS(t), key: k.String(), pub: pub, seed: seed, priv: priv}
 	c.store, err = statestore.OpenRedis(c.redis.URL(), statestore.Config{})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.store.Close() })

@@ -47,31 +47,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		return nil
 	})
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium), chromedp.NoSandbox,
-		chromedp.DisableGPU, chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1400, 1100))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
-	defer cancelTimeout()
-
-	var mu sync.Mutex
-	var problems []string
-	require.NoError(t, chromedp.Listen(ctx, func(ev any) {
-		mu.Lock()
-		defer mu.Unlock()
-		switch ev := ev.(type) {
-		case *runtime.EventConsoleAPICalled:
-			if ev.Type == runtime.ConsoleAPICalledTypeError || ev.Type == runtime.ConsoleAPICalledTypeWarning {
-				problems = append(problems, fmt.Sprintf("console %s: %v", ev.Type, ev.Args))
-			}
-		case *runtime.EventExceptionThrown:
-			problems = append(problems, fmt.Sprintf("uncaught: %s %v", ev.ExceptionDetails.Text, ev.ExceptionDetails.Exception))
-		}
-	}))
+	ctx, problems := newBrowser(t, chromium)
 	levels := func() []string {
 		ls, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
 			`Array.from(document.querySelectorAll('tr[data-forwarder] .level')).map(e => e.dataset.level)`))
@@ -108,9 +84,42 @@ func TestDashboardInBrowser(t *testing.T) {
 	shot := filepath.Join(dir, "callrelay-dashboard.png")
 	require.NoError(t, os.WriteFile(shot, png, 0o644))
 	t.Logf("dashboard screenshot: %s (%d bytes); levels %v; %s", shot, len(png), levels(), verdict)
-	mu.Lock()
-	require.Empty(t, problems, "console errors or exceptions")
-	mu.Unlock()
+	require.Empty(t, problems(), "console errors or exceptions")
 	code, _ := demo.stop(t, syscall.SIGINT)
 	require.Equal(t, 0, code, "the demo ends cleanly:\n%s", demo.stderr)
+}
+
+// newBrowser starts headless Chromium for the test and records console
+// errors, warnings and uncaught exceptions; problems returns them.
+func newBrowser(t *testing.T, chromium string) (ctx context.Context, problems func() []string) {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium), chromedp.NoSandbox,
+		chromedp.DisableGPU, chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1400, 1100))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancelAlloc)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(cancel)
+	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
+	t.Cleanup(cancelTimeout)
+	var mu sync.Mutex
+	var seen []string
+	require.NoError(t, chromedp.Listen(ctx, func(ev any) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch ev := ev.(type) {
+		case *runtime.EventConsoleAPICalled:
+			if ev.Type == runtime.ConsoleAPICalledTypeError || ev.Type == runtime.ConsoleAPICalledTypeWarning {
+				seen = append(seen, fmt.Sprintf("console %s: %v", ev.Type, ev.Args))
+			}
+		case *runtime.EventExceptionThrown:
+			seen = append(seen, fmt.Sprintf("uncaught: %s %v", ev.ExceptionDetails.Text, ev.ExceptionDetails.Exception))
+		}
+	}))
+	return ctx, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), seen...)
+	}
 }

@@ -19,6 +19,7 @@ var commands = map[string]struct {
 }{
 	"demo":      {runDemo, "run a forwarder and simulated, end-to-end encrypted calls on this machine"},
 	"forwarder": {runForwarder, "run a forwarder on one UDP port"},
+	"loadtest":  {runLoadtest, "make calls against forwarders (steady, spike or ramp) and report what they held"},
 	"dashboard": {runDashboard, "serve the live throttling dashboard: who is throttling, where, and whom it refuses"},
 	"conductor": {runConductor, "decide dominant speakers and audio forwarding for the calls of the partitions it leases"},
 	"token":     {runToken, "make signing keys and mint join tokens"},
@@ -26,7 +27,7 @@ var commands = map[string]struct {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: callrelay <command> [flags]   (callrelay <command> -h for its flags)")
-	for _, name := range []string{"demo", "forwarder", "conductor", "dashboard", "token"} {
+	for _, name := range []string{"demo", "forwarder", "conductor", "dashboard", "loadtest", "token"} {
 		fmt.Fprintf(os.Stderr, "  %-10s %s\n", name, commands[name].help)
 	}
 }
