@@ -1,0 +1,38 @@
+// Package loadtest is the core of `callrelay loadtest`: it makes realistic
+// end-to-end-encrypted calls against a relay through the client library
+// (real protocol, real sockets) and measures their quality.
+//
+// A Plan says where the relay's forwarders are, the call mix (one-to-one
+// and group calls of a size range), how long calls last (exponential,
+// clamped), and how calls arrive: a Poisson process whose rate follows a
+// profile, steady, spike (base to peak within a minute, hold, decay) or
+// ramp (step by step until a quality target breaks; the last good step is
+// the knee). Every participant joins with its own signed token through
+// multi-connect, and sends 20 ms audio frames, SRTP-encrypted, with RFC 6464
+// levels following an ITU-T P.59 conversation (internal/talkspurt): 80-byte
+// speech frames while talking, 12-byte comfort-noise frames otherwise. The
+// plaintext carries the frame counter and the send time, so the receivers,
+// which hold the senders' keys, measure one-way delay, RFC 3550 jitter,
+// loss and media gaps; one member of each group call follows the relay's
+// dominant-speaker messages and measures switch latency.
+//
+// Run aggregates everything per second and per call class into a Result
+// (result.go: the stable JSON the report renderer reads), with fixed-size
+// sketches for percentiles, and says when the generator itself was the
+// bottleneck (its CPU, late sender ticks, dropped media).
+//
+// With Plan.NATS and Plan.ClusterKey, Run also reads the forwarders' own
+// LoadReports on <subject>.forwarders (relay.go): throttle level, sessions,
+// CPU and memory signals per forwarder and second (Second.Forwarders,
+// Result.Relay). Plan.Chaos injects failures (chaos.go): SIGKILL, SIGTERM
+// or SIGSTOP/SIGCONT of processes whose pids the caller names in
+// Plan.Processes; each is recorded as an Event with the longest media gap
+// after it. RunController and RunAgent (agent.go) spread a plan over
+// agent processes on other hosts through NATS; Merge (partial.go) combines
+// their raw per-second counts and sketches into one Result.
+//
+// It must never send to any address but the plan's forwarders: joins do
+// not follow 300 Try Alternate unless Plan.FollowAlternates says so (a
+// forwarder's MigrateTo during a drain is still obeyed by the client
+// library). Every run is bounded in time and in calls and ends by itself.
+package loadtest

@@ -1,0 +1,357 @@
+package loadtest
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// Duration is a time.Duration that reads and writes as a Go duration
+// string ("1m30s") in YAML and JSON plans and results.
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// MarshalText writes d as a duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText reads a duration string such as "500ms" or "2m".
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("loadtest: duration %q: want a Go duration such as 500ms or 2m: %w", b, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Profile kinds.
+const (
+	ProfileSteady = "steady"
+	ProfileSpike  = "spike"
+	ProfileRamp   = "ramp"
+)
+
+// Plan describes one load test: where to send, what calls to make, how
+// their arrivals are shaped, the bounds that stop the run whatever
+// happens, and the quality targets. Zero fields take the defaults of
+// DefaultPlan (see WithDefaults); Validate says what is wrong.
+type Plan struct {
+	// Forwarders are the relay's forwarder addresses. Every call joins
+	// through multi-connect to all of them; the generator sends to no
+	// other address. Required.
+	Forwarders []netip.AddrPort `json:"forwarders" yaml:"forwarders"`
+	// SigningKey is the Ed25519 private key that mints join tokens (the
+	// one whose public key the forwarders trust). Required; never written
+	// to a plan or result file.
+	SigningKey ed25519.PrivateKey `json:"-" yaml:"-"`
+	// LocalAddr is the address the participants' sockets bind to. Default:
+	// unspecified (the system chooses).
+	LocalAddr netip.Addr `json:"local_addr,omitzero" yaml:"local_addr,omitempty"`
+
+	// Mix is the call mix.
+	Mix Mix `json:"mix" yaml:"mix"`
+	// CallDuration is the calls' length distribution.
+	CallDuration CallDuration `json:"call_duration" yaml:"call_duration"`
+	// Profile shapes the call arrivals over time.
+	Profile Profile `json:"profile" yaml:"profile"`
+	// Bounds stop the run whatever the profile says.
+	Bounds Bounds `json:"bounds" yaml:"bounds"`
+	// Targets are the quality targets of the verdict (and of the ramp).
+	Targets Targets `json:"targets" yaml:"targets"`
+
+	// RelayCores is how many CPU cores the relay's forwarders have in
+	// total, if known (0: unknown); the ramp's knee is divided by it.
+	RelayCores float64 `json:"relay_cores,omitempty" yaml:"relay_cores,omitempty"`
+	// JoinTimeout bounds one participant's join. Default 5s.
+	JoinTimeout Duration `json:"join_timeout" yaml:"join_timeout"`
+	// FollowAlternates lets a join follow 300 Try Alternate to a
+	// forwarder the relay names, which may be outside Forwarders. Off by
+	// default: the generator then sends to Forwarders only, and a 300
+	// counts as a refusal (try_alternate_300).
+	FollowAlternates bool `json:"follow_alternates,omitempty" yaml:"follow_alternates,omitempty"`
+	// Seed makes the call mix, durations, arrivals and conversations
+	// reproducible; 0 picks one from the clock (written back in the
+	// result's plan echo).
+	Seed uint64 `json:"seed" yaml:"seed"`
+
+	// NATS, when set, is the relay's cluster bus: Run subscribes to
+	// <Subject>.forwarders and records the forwarders' LoadReports
+	// (throttle level, sessions, CPU and memory signals) per second in
+	// Second.Forwarders and Result.Relay. Set by the caller, never written.
+	NATS *nats.Conn `json:"-" yaml:"-"`
+	// ClusterKey authenticates the LoadReports; required with NATS.
+	// Set by the caller like SigningKey; never written.
+	ClusterKey protocol.ClusterKey `json:"-" yaml:"-"`
+	// Subject is the relay's NATS subject prefix. Default "callrelay".
+	Subject string `json:"subject,omitempty" yaml:"subject,omitempty"`
+
+	// Chaos are the failures to inject during the run (chaos.go): kill,
+	// term or stop a process named in Processes at a given time.
+	Chaos []ChaosAction `json:"chaos,omitempty" yaml:"chaos,omitempty"`
+	// Processes maps the chaos targets' names ("fwd-a", "conductor",
+	// "redis") to their process ids. Set by the caller: the library never
+	// guesses a pid. Never written.
+	Processes map[string]int `json:"-" yaml:"-"`
+
+	// share is the part of the arrivals this process runs (agents).
+	share share
+}
+
+// share selects arrivals with index % of == index (of <= 1: all).
+type share struct{ index, of int }
+
+func (s share) mine(i int) bool { return s.of <= 1 || i%s.of == s.index }
+
+// Mix is the share of one-to-one and group calls and the group sizes.
+type Mix struct {
+	// OneToOne is the fraction of calls that are one-to-one, 0..1; the
+	// rest are group calls. Default 0.7.
+	OneToOne float64 `json:"one_to_one" yaml:"one_to_one"`
+	// GroupMin and GroupMax bound a group call's size, drawn uniformly.
+	// Defaults 3 and 6.
+	GroupMin int `json:"group_min" yaml:"group_min"`
+	GroupMax int `json:"group_max" yaml:"group_max"`
+}
+
+// CallDuration is an exponential distribution with mean Mean, clamped to
+// [Min, Max]. Defaults 60s, 5s, 5m.
+type CallDuration struct {
+	Mean Duration `json:"mean" yaml:"mean"`
+	Min  Duration `json:"min" yaml:"min"`
+	Max  Duration `json:"max" yaml:"max"`
+}
+
+// Profile is the arrival process: Poisson arrivals whose rate follows the
+// kind's shape.
+type Profile struct {
+	// Kind is "steady", "spike" or "ramp". Default steady.
+	Kind   string `json:"kind" yaml:"kind"`
+	Steady Steady `json:"steady,omitzero" yaml:"steady,omitempty"`
+	Spike  Spike  `json:"spike,omitzero" yaml:"spike,omitempty"`
+	Ramp   Ramp   `json:"ramp,omitzero" yaml:"ramp,omitempty"`
+}
+
+// Steady is a constant arrival rate for a duration.
+type Steady struct {
+	Rate     float64  `json:"rate" yaml:"rate"`         // calls/s, default 1
+	Duration Duration `json:"duration" yaml:"duration"` // default 30s
+}
+
+// Spike goes from Base to Peak: Base for Lead, a linear rise over RampUp
+// (at most a minute), Peak for Hold, a linear fall back to Base over Decay,
+// then Base for Tail.
+type Spike struct {
+	Base   float64  `json:"base" yaml:"base"`       // calls/s, default 0.5
+	Peak   float64  `json:"peak" yaml:"peak"`       // calls/s, default 5
+	Lead   Duration `json:"lead" yaml:"lead"`       // default 10s
+	RampUp Duration `json:"ramp_up" yaml:"ramp_up"` // default 30s, at most 1m
+	Hold   Duration `json:"hold" yaml:"hold"`       // default 30s
+	Decay  Duration `json:"decay" yaml:"decay"`     // default 30s
+	Tail   Duration `json:"tail" yaml:"tail"`       // default 10s
+}
+
+// Ramp raises the rate by Step every StepDuration from Start until a step
+// breaks a target (or a bound is reached). StepDuration should be several
+// mean call durations, so that a step reaches its steady concurrency.
+type Ramp struct {
+	Start        float64  `json:"start" yaml:"start"`                 // calls/s, default 1
+	Step         float64  `json:"step" yaml:"step"`                   // calls/s, default 1
+	StepDuration Duration `json:"step_duration" yaml:"step_duration"` // default 30s
+	// MaxSteps bounds the ramp. Default 20.
+	MaxSteps int `json:"max_steps" yaml:"max_steps"`
+}
+
+// Bounds stop the run whatever the profile says.
+type Bounds struct {
+	// MaxDuration ends the run (all calls closed). Default 2m.
+	MaxDuration Duration `json:"max_duration" yaml:"max_duration"`
+	// MaxConcurrentCalls: arrivals beyond it are skipped (and counted).
+	// Default 50.
+	MaxConcurrentCalls int `json:"max_concurrent_calls" yaml:"max_concurrent_calls"`
+	// MaxCalls: no call is started after this many. Default 500.
+	MaxCalls int `json:"max_calls" yaml:"max_calls"`
+}
+
+// Targets are the quality targets. Defaults: setups 99%, p95 setup 1s,
+// loss 1%, p95 one-way delay 150ms (ITU-T G.114's comfortable bound, of
+// which the relay should take a small part).
+type Targets struct {
+	SetupSuccessPct float64  `json:"setup_success_pct" yaml:"setup_success_pct"`
+	SetupP95        Duration `json:"setup_p95" yaml:"setup_p95"`
+	LossPct         float64  `json:"loss_pct" yaml:"loss_pct"`
+	DelayP95        Duration `json:"delay_p95" yaml:"delay_p95"`
+}
+
+// ErrPlan is wrapped by every plan error.
+var ErrPlan = errors.New("loadtest: invalid plan")
+
+// maxRampUp is the longest spike rise the profile accepts.
+const maxRampUp = time.Minute
+
+func setF(v *float64, def float64) {
+	if *v == 0 {
+		*v = def
+	}
+}
+
+func setD(v *Duration, def time.Duration) {
+	if *v == 0 {
+		*v = Duration(def)
+	}
+}
+
+func setI(v *int, def int) {
+	if *v == 0 {
+		*v = def
+	}
+}
+
+// WithDefaults returns p with every zero field set to its default.
+func (p Plan) WithDefaults() Plan {
+	setF(&p.Mix.OneToOne, 0.7)
+	setI(&p.Mix.GroupMin, 3)
+	setI(&p.Mix.GroupMax, 6)
+	setD(&p.CallDuration.Mean, time.Minute)
+	setD(&p.CallDuration.Min, 5*time.Second)
+	setD(&p.CallDuration.Max, 5*time.Minute)
+	if p.Profile.Kind == "" {
+		p.Profile.Kind = ProfileSteady
+	}
+	s := &p.Profile.Steady
+	setF(&s.Rate, 1)
+	setD(&s.Duration, 30*time.Second)
+	k := &p.Profile.Spike
+	setF(&k.Base, 0.5)
+	setF(&k.Peak, 5)
+	setD(&k.Lead, 10*time.Second)
+	setD(&k.RampUp, 30*time.Second)
+	setD(&k.Hold, 30*time.Second)
+	setD(&k.Decay, 30*time.Second)
+	setD(&k.Tail, 10*time.Second)
+	r := &p.Profile.Ramp
+	setF(&r.Start, 1)
+	setF(&r.Step, 1)
+	setD(&r.StepDuration, 30*time.Second)
+	setI(&r.MaxSteps, 20)
+	setD(&p.Bounds.MaxDuration, 2*time.Minute)
+	setI(&p.Bounds.MaxConcurrentCalls, 50)
+	setI(&p.Bounds.MaxCalls, 500)
+	setF(&p.Targets.SetupSuccessPct, 99)
+	setD(&p.Targets.SetupP95, time.Second)
+	setF(&p.Targets.LossPct, 1)
+	setD(&p.Targets.DelayP95, 150*time.Millisecond)
+	setD(&p.JoinTimeout, 5*time.Second)
+	if p.Subject == "" {
+		p.Subject = DefaultSubject
+	}
+	return p
+}
+
+// DefaultSubject is the relay's default NATS subject prefix.
+const DefaultSubject = "callrelay"
+
+// Validate reports what is wrong with a plan (after WithDefaults).
+func (p Plan) Validate() error { return p.validate(true) }
+
+// validate checks the plan; a controller, which makes no calls itself,
+// needs no signing key (needKey false).
+func (p Plan) validate(needKey bool) error {
+	var errs []error
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrPlan}, a...)...))
+	}
+	if len(p.Forwarders) == 0 {
+		bad("forwarders is empty: give the relay's forwarder addresses (host:port)")
+	}
+	for i, a := range p.Forwarders {
+		if !a.IsValid() || a.Port() == 0 {
+			bad("forwarders[%d] = %q is not an address with a port", i, a)
+		}
+	}
+	if needKey && len(p.SigningKey) != ed25519.PrivateKeySize {
+		bad("signing key has %d bytes, want an Ed25519 private key (%d)", len(p.SigningKey), ed25519.PrivateKeySize)
+	}
+	if p.Mix.OneToOne < 0 || p.Mix.OneToOne > 1 {
+		bad("mix.one_to_one = %v, want 0..1", p.Mix.OneToOne)
+	}
+	if p.Mix.GroupMin < 3 || p.Mix.GroupMax < p.Mix.GroupMin || p.Mix.GroupMax > 100 {
+		bad("mix group size %d..%d, want 3 <= group_min <= group_max <= 100", p.Mix.GroupMin, p.Mix.GroupMax)
+	}
+	cd := p.CallDuration
+	if cd.Min <= 0 || cd.Max < cd.Min || cd.Mean <= 0 {
+		bad("call_duration mean %v min %v max %v: want 0 < min <= max and mean > 0", cd.Mean.D(), cd.Min.D(), cd.Max.D())
+	}
+	switch p.Profile.Kind {
+	case ProfileSteady:
+		if p.Profile.Steady.Rate < 0 || p.Profile.Steady.Duration <= 0 {
+			bad("profile.steady: rate must be >= 0 and duration > 0")
+		}
+	case ProfileSpike:
+		k := p.Profile.Spike
+		if k.Base < 0 || k.Peak < k.Base {
+			bad("profile.spike: want 0 <= base <= peak, have base %v peak %v", k.Base, k.Peak)
+		}
+		if k.RampUp.D() > maxRampUp {
+			bad("profile.spike.ramp_up = %v, want at most %v (a spike reaches its peak within a minute)", k.RampUp.D(), maxRampUp)
+		}
+		if k.Lead < 0 || k.RampUp < 0 || k.Hold < 0 || k.Decay < 0 || k.Tail < 0 {
+			bad("profile.spike: durations must not be negative")
+		}
+	case ProfileRamp:
+		r := p.Profile.Ramp
+		if r.Start < 0 || r.Step <= 0 || r.StepDuration <= 0 || r.MaxSteps < 1 {
+			bad("profile.ramp: want start >= 0, step > 0, step_duration > 0, max_steps >= 1")
+		}
+		if r.StepDuration.D()%time.Second != 0 {
+			bad("profile.ramp.step_duration = %v, want whole seconds (steps are measured per second)", r.StepDuration.D())
+		}
+	default:
+		bad("profile.kind = %q, want steady, spike or ramp", p.Profile.Kind)
+	}
+	if p.Bounds.MaxDuration <= 0 || p.Bounds.MaxConcurrentCalls < 1 || p.Bounds.MaxCalls < 1 {
+		bad("bounds: max_duration, max_concurrent_calls and max_calls must be positive")
+	}
+	if p.Targets.SetupSuccessPct < 0 || p.Targets.SetupSuccessPct > 100 || p.Targets.LossPct < 0 {
+		bad("targets: setup_success_pct must be 0..100 and loss_pct >= 0")
+	}
+	if p.NATS != nil && p.ClusterKey.IsZero() {
+		bad("nats is set but the cluster key is not: it is needed to authenticate the forwarders' load reports")
+	}
+	if p.Subject != "" && !validSubjectPrefix(p.Subject) {
+		bad("subject = %q: want a NATS subject without spaces or wildcards", p.Subject)
+	}
+	errs = append(errs, p.validateChaos(os.Getpid())...)
+	return errors.Join(errs...)
+}
+
+// validSubjectPrefix reports whether s is a usable literal NATS subject.
+func validSubjectPrefix(s string) bool {
+	if s == "" || strings.ContainsAny(s, " \t\r\n*>") || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..") {
+		return false
+	}
+	return true
+}
+
+// ParsePlan reads a YAML (or JSON) plan strictly: unknown keys are errors.
+// The signing key is not part of the file; set Plan.SigningKey.
+func ParsePlan(b []byte) (Plan, error) {
+	var p Plan
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&p); err != nil {
+		return p, fmt.Errorf("%w: %w", ErrPlan, err)
+	}
+	return p, nil
+}

@@ -1,0 +1,287 @@
+package loadtest
+
+import "time"
+
+// Result is what a load test run measured. It is written as JSON (the
+// `callrelay loadtest` result file) and read by the report renderer
+// (loadtest/report). Field names and JSON keys are stable: add fields, do
+// not rename or remove them.
+//
+// Units: every latency or duration measured by the run is a float64 in
+// milliseconds, in a field whose JSON key ends in `_ms`; rates are per
+// second; percentages are 0..100 in fields ending in `_pct`. Durations that
+// come from the plan keep the plan's form (a Go duration string, "30s").
+type Result struct {
+	// Plan is the plan that ran, with its defaults filled in. The signing
+	// key is never part of it.
+	Plan Plan `json:"plan"`
+	// Start is when the first arrival was scheduled (wall clock, UTC).
+	Start time.Time `json:"start"`
+	// DurationMs is how long the run lasted, from Start to the last call
+	// closed.
+	DurationMs float64 `json:"duration_ms"`
+	// Stopped says why the run ended: "profile_done", "target_broken"
+	// (ramp), "max_duration", "max_calls" or "cancelled".
+	Stopped string `json:"stopped"`
+
+	// Seconds is the per-second series, one entry per whole second since
+	// Start (index i covers [i s, i+1 s)).
+	Seconds []Second `json:"seconds"`
+	// Totals are the whole run's figures per call class.
+	Totals Totals `json:"totals"`
+
+	// Steps are the ramp profile's steps (empty for other profiles).
+	Steps []Step `json:"steps,omitempty"`
+	// Knee is where the ramp profile broke (nil for other profiles).
+	Knee *Knee `json:"knee,omitempty"`
+
+	// Generator is the load generator's own health: if Bottleneck is true,
+	// the figures may reflect the generator's limits, not the relay's.
+	Generator GeneratorHealth `json:"generator"`
+	// Verdict compares Totals.All with the plan's targets.
+	Verdict Verdict `json:"verdict"`
+
+	// Relay summarises the forwarders' own LoadReports (throttle levels,
+	// CPU, memory, sessions); nil when the plan gave no NATS connection.
+	Relay *RelayHealth `json:"relay,omitempty"`
+	// Events are the chaos actions executed, in order (chaos.go).
+	Events []Event `json:"events,omitempty"`
+	// Agents lists the agents whose partial results were merged (empty
+	// for a run on one machine); see Merge.
+	Agents []AgentInfo `json:"agents,omitempty"`
+}
+
+// Call class keys, as used in Totals and Second and by Measures.Class.
+const (
+	ClassOneToOne = "one_to_one"
+	ClassGroup    = "group"
+	ClassAll      = "all"
+)
+
+// Totals holds Measures per call class and over all calls.
+type Totals struct {
+	All      Measures `json:"all"`
+	OneToOne Measures `json:"one_to_one"`
+	Group    Measures `json:"group"`
+}
+
+// Second is one second of the run.
+type Second struct {
+	// T is the second's index since Result.Start.
+	T int `json:"t"`
+	// Phase is the profile phase at the second's start: "steady";
+	// "base", "rise", "hold", "decay", "tail" (spike); "step-N" (ramp,
+	// N from 0); "ending" past the profile's end. Figures reported while
+	// the calls close after the last second go to Totals only.
+	Phase string `json:"phase"`
+	// TargetRate is the call arrival rate the profile asked for (calls/s)
+	// at the second's start.
+	TargetRate float64 `json:"target_rate"`
+	// CallsUp is how many calls were up at the end of the second (at least
+	// one member admitted and not yet closed).
+	CallsUp int `json:"calls_up"`
+	// ParticipantsUp is how many participants were joined at the end of
+	// the second.
+	ParticipantsUp int `json:"participants_up"`
+	// All, OneToOne and Group are the second's measures per class.
+	All      Measures `json:"all"`
+	OneToOne Measures `json:"one_to_one"`
+	Group    Measures `json:"group"`
+	// GeneratorCPUPct is the generator's process CPU in the second, in
+	// percent of one core (200 = two cores busy).
+	GeneratorCPUPct float64 `json:"generator_cpu_pct"`
+	// TickLagMs is the mean lateness of the senders' 20 ms ticks in the
+	// second.
+	TickLagMs float64 `json:"tick_lag_ms"`
+	// Forwarders holds, per forwarder id, what its LoadReports said in the
+	// second (only with Plan.NATS; absent for a forwarder that did not
+	// report in the second).
+	Forwarders map[string]ForwarderSecond `json:"forwarders,omitempty"`
+}
+
+// Measures are the figures of one call class over a second, a ramp step or
+// the whole run.
+type Measures struct {
+	// CallsStarted counts calls whose setup began; CallsFailed those of
+	// them in which fewer than two members were admitted.
+	CallsStarted int `json:"calls_started"`
+	CallsFailed  int `json:"calls_failed"`
+	// Setups counts joins (one per participant), by outcome.
+	Setups Setups `json:"setups"`
+	// SetupSuccessPct is Setups.Admitted / Setups.Attempted, in percent
+	// (100 when nothing was attempted).
+	SetupSuccessPct float64 `json:"setup_success_pct"`
+	// SetupMs is the join latency of admitted joins (client.Join call to
+	// its return).
+	SetupMs Percentiles `json:"setup_ms"`
+	// FirstAudioMs is, per admitted participant, the time from the start
+	// of its join to the first audio frame it decrypted.
+	FirstAudioMs Percentiles `json:"first_audio_ms"`
+
+	// PacketsSent counts audio packets the participants sent;
+	// PacketsReceived those other participants received and decrypted.
+	PacketsSent     uint64 `json:"packets_sent"`
+	PacketsReceived uint64 `json:"packets_received"`
+	// PacketsExpected is what receivers should have got, from the gaps in
+	// the senders' frame counters; PacketsLost = Expected - Received
+	// (never negative). LossPct = Lost / Expected in percent.
+	PacketsExpected uint64  `json:"packets_expected"`
+	PacketsLost     uint64  `json:"packets_lost"`
+	LossPct         float64 `json:"loss_pct"`
+	// DecryptFailures counts packets that failed SRTP authentication or
+	// whose plaintext did not parse.
+	DecryptFailures uint64 `json:"decrypt_failures"`
+	// RelayPacketsPerSec is (PacketsSent + PacketsReceived) per second of
+	// the window: the packets into and out of the relay the load caused.
+	RelayPacketsPerSec float64 `json:"relay_packets_per_sec"`
+
+	// DelayMs is the one-way delay (sender's timestamp in the plaintext to
+	// the receiver's socket read; sender and receiver share the
+	// generator's clock).
+	DelayMs Percentiles `json:"delay_ms"`
+	// JitterMs is the mean, over received packets, of the receiving
+	// stream's RFC 3550 interarrival jitter estimate (6.4.1) at that
+	// packet; JitterMaxMs its largest value.
+	JitterMs    float64 `json:"jitter_ms"`
+	JitterMaxMs float64 `json:"jitter_max_ms"`
+	// MaxGapMs is the longest time between two consecutive packets of one
+	// received stream (a media gap: loss bursts, failover, held-back audio).
+	MaxGapMs float64 `json:"max_gap_ms"`
+
+	// SpeakerSwitchMs is the dominant-speaker switch latency: from the
+	// start of the new speaker's talk spurt to the relay's DominantSpeaker
+	// message naming it (group calls with a conductor only).
+	SpeakerSwitchMs Percentiles `json:"speaker_switch_ms"`
+}
+
+// Setups counts joins by outcome. A join is counted in the second it
+// ended (admitted or refused); joins cut short by the end of the run are
+// not counted.
+type Setups struct {
+	Attempted int `json:"attempted"`
+	Admitted  int `json:"admitted"`
+	// Refused counts joins that did not succeed, by reason; their sum is
+	// Attempted - Admitted once every attempt has ended.
+	Refused Refusals `json:"refused"`
+}
+
+// Refusals counts failed joins by reason, from the *client.JoinError the
+// join failed with (the last forwarder's answer decides).
+type Refusals struct {
+	// Capacity: 508 Insufficient Capacity (throttled), retry-after ran out.
+	Capacity int `json:"capacity_508"`
+	// TryAlternate: the join ended on 300 Try Alternate (not followed, as
+	// Plan.FollowAlternates is off by default, or followed and still not
+	// admitted).
+	TryAlternate int `json:"try_alternate_300"`
+	// Timeout: no forwarder answered in time.
+	Timeout int `json:"timeout"`
+	// Other: anything else (401/403/400, socket errors).
+	Other int `json:"other"`
+}
+
+// Total returns the number of refused joins.
+func (r Refusals) Total() int { return r.Capacity + r.TryAlternate + r.Timeout + r.Other }
+
+// Percentiles summarises a latency distribution (milliseconds), computed
+// from a fixed-size log-bucketed sketch (relative error about 2%).
+type Percentiles struct {
+	Count uint64  `json:"count"`
+	P50   float64 `json:"p50"`
+	P95   float64 `json:"p95"`
+	P99   float64 `json:"p99"`
+	Max   float64 `json:"max"`
+	Mean  float64 `json:"mean"`
+}
+
+// Step is one step of the ramp profile, measured over the step.
+type Step struct {
+	Index int `json:"index"`
+	// Rate is the step's call arrival rate (calls/s).
+	Rate float64 `json:"rate"`
+	// StartS and EndS are the step's bounds in seconds since Result.Start.
+	StartS float64 `json:"start_s"`
+	EndS   float64 `json:"end_s"`
+	// MeanCallsUp is the mean of the per-second CallsUp over the step;
+	// MaxCallsUp the largest.
+	MeanCallsUp float64 `json:"mean_calls_up"`
+	MaxCallsUp  int     `json:"max_calls_up"`
+	// Measures are the step's figures over all classes.
+	Measures Measures `json:"measures"`
+	// Met is true when the step met every target; Broken names the targets
+	// it broke (Check.Target values).
+	Met    bool     `json:"met"`
+	Broken []string `json:"broken,omitempty"`
+}
+
+// Knee is the ramp's capacity estimate: the last step that met every
+// target.
+type Knee struct {
+	// Found is false when even the first step broke a target (then the
+	// other fields describe nothing) .
+	Found bool `json:"found"`
+	// Step is the index of the last step that met the targets.
+	Step int     `json:"step"`
+	Rate float64 `json:"rate"`
+	// ConcurrentCalls is that step's mean number of calls up.
+	ConcurrentCalls float64 `json:"concurrent_calls"`
+	// PacketsPerSec is that step's relay packets per second (in + out).
+	PacketsPerSec float64 `json:"packets_per_sec"`
+	// RelayCores is Plan.RelayCores; when it is known (> 0),
+	// ConcurrentCallsPerCore and PacketsPerSecPerCore divide by it.
+	RelayCores             float64 `json:"relay_cores,omitempty"`
+	ConcurrentCallsPerCore float64 `json:"concurrent_calls_per_core,omitempty"`
+	PacketsPerSecPerCore   float64 `json:"packets_per_sec_per_core,omitempty"`
+	// BrokeAtStep is the index of the first step that broke a target (-1
+	// when none broke: the ramp ended on a bound, and the knee is a lower
+	// bound); BrokenTargets what it broke.
+	BrokeAtStep   int      `json:"broke_at_step"`
+	BrokenTargets []string `json:"broken_targets,omitempty"`
+}
+
+// GeneratorHealth says whether the load generator itself kept up.
+type GeneratorHealth struct {
+	// GOMAXPROCS and NumCPU of the generator process.
+	GOMAXPROCS int `json:"gomaxprocs"`
+	NumCPU     int `json:"num_cpu"`
+	// CPUMeanPct and CPUMaxPct are the process CPU (user + system, from
+	// getrusage) in percent of one core, mean and worst second.
+	CPUMeanPct float64 `json:"cpu_mean_pct"`
+	CPUMaxPct  float64 `json:"cpu_max_pct"`
+	// TickLagMeanMs is the mean lateness of the senders' 20 ms ticks
+	// (timer fire to send); TickLagMaxMs the worst; LateTicks counts ticks
+	// more than 10 ms late.
+	TickLagMeanMs float64 `json:"tick_lag_mean_ms"`
+	TickLagMaxMs  float64 `json:"tick_lag_max_ms"`
+	LateTicks     uint64  `json:"late_ticks"`
+	// MediaDropped counts received packets the client library dropped
+	// because the generator did not read them fast enough.
+	MediaDropped uint64 `json:"media_dropped"`
+	// SkippedArrivals counts calls the profile asked for that were not
+	// started because Plan.MaxConcurrentCalls were up.
+	SkippedArrivals int `json:"skipped_arrivals"`
+	// Bottleneck is true when the generator's CPU was above 85% of its
+	// GOMAXPROCS cores, ticks were late by more than 10 ms on average, or
+	// it dropped received media; Reasons says which.
+	Bottleneck bool     `json:"bottleneck"`
+	Reasons    []string `json:"reasons,omitempty"`
+}
+
+// Verdict is the run's pass/fail against the plan's targets.
+type Verdict struct {
+	// Pass is true when every check passed.
+	Pass   bool    `json:"pass"`
+	Checks []Check `json:"checks"`
+}
+
+// Check is one target compared with its measured value.
+type Check struct {
+	// Target is one of "setup_success_pct", "setup_p95_ms", "loss_pct",
+	// "delay_p95_ms".
+	Target string `json:"target"`
+	// Op is ">=" or "<=": Pass is Measured Op Limit.
+	Op       string  `json:"op"`
+	Limit    float64 `json:"limit"`
+	Measured float64 `json:"measured"`
+	Pass     bool    `json:"pass"`
+}

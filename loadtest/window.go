@@ -1,0 +1,110 @@
+package loadtest
+
+import "math"
+
+// window accumulates one call class's figures over an interval (a second,
+// a ramp step, the run). It is fixed in size whatever the load: counters
+// and Sketches. Not safe for concurrent use; its owner locks.
+type window struct {
+	callsStarted, callsFailed int
+	setups                    Setups
+
+	setup, firstAudio, delay, speaker Sketch
+
+	sent, received, expected, decryptFail uint64
+	jitterSum                             float64
+	jitterN                               uint64
+	jitterMax                             float64
+	maxGap                                float64
+}
+
+func (w *window) merge(o *window) {
+	w.callsStarted += o.callsStarted
+	w.callsFailed += o.callsFailed
+	w.setups.Attempted += o.setups.Attempted
+	w.setups.Admitted += o.setups.Admitted
+	w.setups.Refused.Capacity += o.setups.Refused.Capacity
+	w.setups.Refused.TryAlternate += o.setups.Refused.TryAlternate
+	w.setups.Refused.Timeout += o.setups.Refused.Timeout
+	w.setups.Refused.Other += o.setups.Refused.Other
+	w.setup.Merge(&o.setup)
+	w.firstAudio.Merge(&o.firstAudio)
+	w.delay.Merge(&o.delay)
+	w.speaker.Merge(&o.speaker)
+	w.sent += o.sent
+	w.received += o.received
+	w.expected += o.expected
+	w.decryptFail += o.decryptFail
+	w.jitterSum += o.jitterSum
+	w.jitterN += o.jitterN
+	w.jitterMax = math.Max(w.jitterMax, o.jitterMax)
+	w.maxGap = math.Max(w.maxGap, o.maxGap)
+}
+
+func (w *window) reset() { *w = window{} }
+
+// measures turns the window into Measures; secs is its length, for rates.
+func (w *window) measures(secs float64) Measures {
+	m := Measures{
+		CallsStarted:    w.callsStarted,
+		CallsFailed:     w.callsFailed,
+		Setups:          w.setups,
+		SetupSuccessPct: 100,
+		SetupMs:         w.setup.Percentiles(),
+		FirstAudioMs:    w.firstAudio.Percentiles(),
+		PacketsSent:     w.sent,
+		PacketsReceived: w.received,
+		PacketsExpected: w.expected,
+		DecryptFailures: w.decryptFail,
+		DelayMs:         w.delay.Percentiles(),
+		JitterMaxMs:     round3(w.jitterMax),
+		MaxGapMs:        round3(w.maxGap),
+		SpeakerSwitchMs: w.speaker.Percentiles(),
+	}
+	if ended := w.setups.Admitted + w.setups.Refused.Total(); ended > 0 {
+		m.SetupSuccessPct = round3(100 * float64(w.setups.Admitted) / float64(ended))
+	}
+	if w.expected > w.received {
+		m.PacketsLost = w.expected - w.received
+	}
+	if w.expected > 0 {
+		m.LossPct = round3(100 * float64(m.PacketsLost) / float64(w.expected))
+	}
+	if w.jitterN > 0 {
+		m.JitterMs = round3(w.jitterSum / float64(w.jitterN))
+	}
+	if secs > 0 {
+		m.RelayPacketsPerSec = round3(float64(w.sent+w.received) / secs)
+	}
+	return m
+}
+
+// classWindows holds one window per call class (index classIndex).
+type classWindows [2]window
+
+const (
+	idxOneToOne = 0
+	idxGroup    = 1
+)
+
+func (c *classWindows) merge(o *classWindows) {
+	c[0].merge(&o[0])
+	c[1].merge(&o[1])
+}
+
+func (c *classWindows) reset() { *c = classWindows{} }
+
+// all returns the classes merged.
+func (c *classWindows) all() *window {
+	var w window
+	w.merge(&c[0])
+	w.merge(&c[1])
+	return &w
+}
+
+// jitterUpdate is RFC 3550 6.4.1's interarrival jitter estimator: d is the
+// difference of relative transit times of two consecutive packets,
+// (Rj - Ri) - (Sj - Si); the estimate moves 1/16 of the way to |d|.
+func jitterUpdate(j, d float64) float64 {
+	return j + (math.Abs(d)-j)/16
+}
