@@ -21,10 +21,11 @@ import (
 const (
 	frameEvery = 20 * time.Millisecond
 	frameTicks = 960 // RTP timestamp units per frame
-	// Plaintext: frame counter (4 bytes) and send time in Unix ns (8),
-	// then filler up to speechSize for speech; silence (DTX comfort noise)
-	// is the 12-byte header alone.
-	frameHeader = 12
+	// Plaintext: frame counter (4 bytes), speech-frame counter (4: counts
+	// speech frames only) and send time in Unix ns (8), then filler up to
+	// speechSize for speech; silence (DTX comfort noise) is the 16-byte
+	// header alone.
+	frameHeader = 16
 	speechSize  = 80
 	payloadType = 111
 )
@@ -57,9 +58,10 @@ type member struct {
 	recv   *client.Receiver
 	began  time.Time // join start
 
-	frame uint32 // sender goroutine only
-	plain []byte
-	pkt   []byte
+	frame  uint32 // sender goroutine only
+	speech uint32 // speech frames sent, sender goroutine only
+	plain  []byte
+	pkt    []byte
 
 	mu  sync.Mutex
 	win window // media figures since the last harvest
@@ -67,8 +69,11 @@ type member struct {
 
 // stream is what a receiver knows of one sender's stream.
 type stream struct {
-	next        uint32  // highest frame counter seen + 1
-	lastTransit float64 // ns
+	next        uint32 // highest frame counter seen + 1
+	speechNext  uint32 // highest speech-frame counter seen + 1 (0: none yet)
+	lastSpeech  frameInfo
+	lastSpArr   time.Time // arrival of lastSpeech
+	lastTransit float64   // ns
 	lastArrival time.Time
 	jitter      float64 // ns, RFC 3550 estimate
 }
@@ -238,8 +243,12 @@ func (m *member) sendFrame(rng *rand.Rand, talking bool) {
 		lvl, size = client.AudioLevel{Level: 15 + uint8(rng.IntN(20)), Voice: true}, speechSize
 	}
 	p := m.plain[:size]
+	if talking {
+		m.speech++
+	}
 	binary.BigEndian.PutUint32(p[0:4], m.frame)
-	binary.BigEndian.PutUint64(p[4:12], uint64(time.Now().UnixNano()))
+	binary.BigEndian.PutUint32(p[4:8], m.speech)
+	binary.BigEndian.PutUint64(p[8:16], uint64(time.Now().UnixNano()))
 	for i := frameHeader; i < size; i++ {
 		p[i] = byte(m.frame) + byte(i)
 	}
@@ -273,13 +282,14 @@ func (r *runner) receive(m *member, cls int, observer bool, members []*member, s
 				break
 			}
 			counter := binary.BigEndian.Uint32(got[0:4])
-			sent := int64(binary.BigEndian.Uint64(got[4:12]))
+			speech := binary.BigEndian.Uint32(got[4:8])
+			sent := int64(binary.BigEndian.Uint64(got[8:16]))
 			m.mu.Lock()
 			if !heard {
 				heard = true
 				m.win.firstAudio.Add(ms(pkt.Received.Sub(m.began)))
 			}
-			observe(&m.win, streams, hdr.SSRC, counter, sent, pkt.Received)
+			observe(&m.win, streams, hdr.SSRC, frameInfo{counter, speech, len(got) > frameHeader}, sent, pkt.Received)
 			m.mu.Unlock()
 		case protocol.KindRTCP:
 			if !observer {
@@ -295,31 +305,58 @@ func (r *runner) receive(m *member, cls int, observer bool, members []*member, s
 	}
 }
 
-// observe records one decrypted frame of stream ssrc in w.
-func observe(w *window, streams map[uint32]*stream, ssrc, counter uint32, sentNs int64, arrival time.Time) {
+// frameInfo is what a frame's header says of it.
+type frameInfo struct {
+	counter, speech uint32 // frame counter, speech-frame counter
+	isSpeech        bool
+}
+
+// observe records one decrypted frame of stream ssrc in w. Delay and
+// jitter count every frame; loss and gaps count speech frames only (see
+// Measures.PacketsExpected): a gap is measured between two speech frames
+// of one talk spurt (no silence frame was sent between them), so the
+// silence a conductor holds back is no gap, but a failover in mid-sentence
+// is.
+func observe(w *window, streams map[uint32]*stream, ssrc uint32, f frameInfo, sentNs int64, arrival time.Time) {
 	transit := float64(arrival.UnixNano() - sentNs)
 	w.received++
 	w.delay.Add(transit / 1e6)
 	s := streams[ssrc]
 	if s == nil {
-		streams[ssrc] = &stream{next: counter + 1, lastTransit: transit, lastArrival: arrival}
-		w.expected++
+		s = &stream{next: f.counter + 1, lastTransit: transit, lastArrival: arrival}
+		streams[ssrc] = s
+	} else {
+		if f.counter >= s.next {
+			s.next = f.counter + 1
+		}
+		s.jitter = jitterUpdate(s.jitter, transit-s.lastTransit)
+		s.lastTransit, s.lastArrival = transit, arrival
+		j := s.jitter / 1e6
+		w.jitterSum += j
+		w.jitterN++
+		if j > w.jitterMax {
+			w.jitterMax = j
+		}
+	}
+	if !f.isSpeech {
 		return
 	}
-	if counter >= s.next {
-		w.expected += uint64(counter - s.next + 1)
-		s.next = counter + 1
+	w.speechRcvd++
+	switch {
+	case s.speechNext == 0:
+		w.expected++
+		s.speechNext = f.speech + 1
+	case f.speech >= s.speechNext:
+		w.expected += uint64(f.speech - s.speechNext + 1)
+		s.speechNext = f.speech + 1
 	}
-	if gap := ms(arrival.Sub(s.lastArrival)); gap > w.maxGap {
-		w.maxGap = gap
+	if l := s.lastSpeech; l.isSpeech && f.counter > l.counter && f.counter-l.counter == f.speech-l.speech {
+		if gap := ms(arrival.Sub(s.lastSpArr)); gap > w.maxGap {
+			w.maxGap = gap
+		}
 	}
-	s.jitter = jitterUpdate(s.jitter, transit-s.lastTransit)
-	s.lastTransit, s.lastArrival = transit, arrival
-	j := s.jitter / 1e6
-	w.jitterSum += j
-	w.jitterN++
-	if j > w.jitterMax {
-		w.jitterMax = j
+	if f.counter >= s.lastSpeech.counter || !s.lastSpeech.isSpeech {
+		s.lastSpeech, s.lastSpArr = f, arrival
 	}
 }
 

@@ -177,7 +177,7 @@ func TestObserveStream(t *testing.T) {
 		if n%2 == 1 {
 			arr = arr.Add(2 * time.Millisecond)
 		}
-		observe(&w, streams, 1, n, sent.UnixNano(), arr)
+		observe(&w, streams, 1, frameInfo{n, n, true}, sent.UnixNano(), arr)
 	}
 	m := w.measures(1)
 	require.EqualValues(t, 6, m.PacketsReceived)
@@ -250,4 +250,31 @@ relay_cores: 2
 	require.ErrorIs(t, err, ErrPlan)
 	_, err = ParsePlan([]byte("call_duration: {mean: soon}\n"))
 	require.ErrorIs(t, err, ErrPlan)
+}
+
+// Silence frames a conductor holds back are neither loss nor a gap; a
+// speech frame lost in the middle of a talk spurt is both.
+func TestObserveHeldBackSilence(t *testing.T) {
+	var w window
+	streams := map[uint32]*stream{}
+	base := time.Unix(1000, 0)
+	at := func(n uint32) time.Time { return base.Add(time.Duration(n) * frameEvery) }
+	// Frames 0..4 speech (speech counters 1..5), 5..54 silence (held
+	// back: none arrive), 55..59 speech (6..10) with frame 57 (speech 8)
+	// lost.
+	for n := uint32(0); n < 60; n++ {
+		speech := n < 5 || n >= 55
+		if !speech || n == 57 {
+			continue
+		}
+		sc := n + 1
+		if n >= 55 {
+			sc = n - 49
+		}
+		observe(&w, streams, 7, frameInfo{n, sc, true}, at(n).UnixNano(), at(n).Add(time.Millisecond))
+	}
+	m := w.measures(1)
+	require.EqualValues(t, 10, m.PacketsExpected, "speech frames 1..10")
+	require.EqualValues(t, 1, m.PacketsLost)
+	require.InDelta(t, 40, m.MaxGapMs, 1e-6, "the lost frame inside the spurt; not the second of held-back silence")
 }

@@ -68,6 +68,7 @@ type WindowData struct {
 	Sent            uint64  `json:"sent"`
 	Received        uint64  `json:"received"`
 	Expected        uint64  `json:"expected"`
+	SpeechReceived  uint64  `json:"speech_received"`
 	DecryptFailures uint64  `json:"decrypt_failures"`
 	JitterSum       float64 `json:"jitter_sum"`
 	JitterN         uint64  `json:"jitter_n"`
@@ -78,14 +79,14 @@ type WindowData struct {
 func (w *window) data() WindowData {
 	return WindowData{CallsStarted: w.callsStarted, CallsFailed: w.callsFailed, Setups: w.setups,
 		Setup: w.setup, FirstAudio: w.firstAudio, Delay: w.delay, Speaker: w.speaker,
-		Sent: w.sent, Received: w.received, Expected: w.expected, DecryptFailures: w.decryptFail,
+		Sent: w.sent, Received: w.received, Expected: w.expected, SpeechReceived: w.speechRcvd, DecryptFailures: w.decryptFail,
 		JitterSum: w.jitterSum, JitterN: w.jitterN, JitterMax: w.jitterMax, MaxGap: w.maxGap}
 }
 
 func (d *WindowData) window() window {
 	return window{callsStarted: d.CallsStarted, callsFailed: d.CallsFailed, setups: d.Setups,
 		setup: d.Setup, firstAudio: d.FirstAudio, delay: d.Delay, speaker: d.Speaker,
-		sent: d.Sent, received: d.Received, expected: d.Expected, decryptFail: d.DecryptFailures,
+		sent: d.Sent, received: d.Received, expected: d.Expected, speechRcvd: d.SpeechReceived, decryptFail: d.DecryptFailures,
 		jitterSum: d.JitterSum, jitterN: d.JitterN, jitterMax: d.JitterMax, maxGap: d.MaxGap}
 }
 

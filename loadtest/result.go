@@ -122,9 +122,12 @@ type Measures struct {
 	// PacketsReceived those other participants received and decrypted.
 	PacketsSent     uint64 `json:"packets_sent"`
 	PacketsReceived uint64 `json:"packets_received"`
-	// PacketsExpected is what receivers should have got, from the gaps in
-	// the senders' frame counters; PacketsLost = Expected - Received
-	// (never negative). LossPct = Lost / Expected in percent.
+	// PacketsExpected is the speech frames receivers should have got, from
+	// the gaps in the senders' speech-frame counters; PacketsLost = the
+	// speech frames expected and not received (never negative); LossPct =
+	// Lost / Expected in percent. Silence frames are left out on purpose:
+	// the conductor holds back the audio of members outside a call's
+	// forwarding set, which is a decision, not loss.
 	PacketsExpected uint64  `json:"packets_expected"`
 	PacketsLost     uint64  `json:"packets_lost"`
 	LossPct         float64 `json:"loss_pct"`

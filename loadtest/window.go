@@ -12,6 +12,7 @@ type window struct {
 	setup, firstAudio, delay, speaker Sketch
 
 	sent, received, expected, decryptFail uint64
+	speechRcvd                            uint64 // speech frames received (expected counts speech frames)
 	jitterSum                             float64
 	jitterN                               uint64
 	jitterMax                             float64
@@ -34,6 +35,7 @@ func (w *window) merge(o *window) {
 	w.sent += o.sent
 	w.received += o.received
 	w.expected += o.expected
+	w.speechRcvd += o.speechRcvd
 	w.decryptFail += o.decryptFail
 	w.jitterSum += o.jitterSum
 	w.jitterN += o.jitterN
@@ -64,8 +66,8 @@ func (w *window) measures(secs float64) Measures {
 	if ended := w.setups.Admitted + w.setups.Refused.Total(); ended > 0 {
 		m.SetupSuccessPct = round3(100 * float64(w.setups.Admitted) / float64(ended))
 	}
-	if w.expected > w.received {
-		m.PacketsLost = w.expected - w.received
+	if w.expected > w.speechRcvd {
+		m.PacketsLost = w.expected - w.speechRcvd
 	}
 	if w.expected > 0 {
 		m.LossPct = round3(100 * float64(m.PacketsLost) / float64(w.expected))

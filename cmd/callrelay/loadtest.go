@@ -9,17 +9,23 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/callrelay/callrelay/internal/logging"
 	"github.com/callrelay/callrelay/loadtest"
 	"github.com/callrelay/callrelay/loadtest/report"
 	"github.com/callrelay/callrelay/protocol"
 )
 
 // runLoadtest runs one load test against the forwarders given and writes
-// its result (JSON) and report (HTML).
+// its result (JSON) and report (HTML); `loadtest agent` runs a share of a
+// controller's plan instead.
 func runLoadtest(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "agent" {
+		return runLoadtestAgent(ctx, args[1:])
+	}
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
 	planFile := fs.String("plan", "", "YAML or JSON plan file (flags below override it)")
 	fwds := fs.String("forwarders", envOr("CALLRELAY_FORWARDERS", ""), "comma-separated forwarder ip:ports: the only addresses traffic goes to (env CALLRELAY_FORWARDERS)")
@@ -33,6 +39,11 @@ func runLoadtest(ctx context.Context, args []string) error {
 	cores := fs.Float64("relay-cores", 0, "CPU cores of all the forwarders together, for the knee per core")
 	out := fs.String("out", "loadtest-result.json", "where the JSON result goes")
 	html := fs.String("report", "loadtest-report.html", "where the HTML report goes (empty: none)")
+	cf := addClusterFlags(fs, "unused by the load test")
+	agents := fs.Int("agents", 0, "run through this many `callrelay loadtest agent` processes (over --nats-url) instead of locally")
+	agentWait := fs.Duration("agents-wait", 30*time.Second, "how long to wait for the agents to show up")
+	var procs processFlag
+	fs.Var(&procs, "process", "name=pid of a process the plan's chaos actions may signal (repeatable), e.g. fwd-a=1234")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -57,7 +68,29 @@ func runLoadtest(ctx context.Context, args []string) error {
 		return fmt.Errorf("loadtest: --signing-key: %w", err)
 	}
 	p.SigningKey = priv
-	res, err := loadtest.Run(ctx, p, os.Stderr)
+	p.Processes = procs
+	log, err := logging.New("warn")
+	if err != nil {
+		return err
+	}
+	deps, err := cf.open("loadtest", log)
+	if err != nil {
+		return err
+	}
+	defer deps.close()
+	if deps.nats != nil && !deps.key.IsZero() {
+		// The forwarders' load reports: throttle levels and CPU per second.
+		p.NATS, p.ClusterKey = deps.nats, deps.key
+	}
+	var res *loadtest.Result
+	if *agents > 0 {
+		if deps.nats == nil {
+			return errors.New("loadtest: --agents needs --nats-url")
+		}
+		res, err = loadtest.RunController(ctx, p, deps.nats, loadtest.DefaultSubject, *agents, *agentWait, os.Stderr)
+	} else {
+		res, err = loadtest.Run(ctx, p, os.Stderr)
+	}
 	if err != nil {
 		return err
 	}
@@ -136,5 +169,65 @@ func applyLoadFlags(p *loadtest.Plan, fwds, profile string, rate float64, d time
 	if cores > 0 {
 		p.RelayCores = cores
 	}
+	return nil
+}
+
+// runLoadtestAgent takes a share of the plans a controller publishes over
+// NATS, for as long as ctx lives (one run at a time).
+func runLoadtestAgent(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("loadtest agent", flag.ContinueOnError)
+	key := fs.String("signing-key", envOr("CALLRELAY_SIGNING_KEY", ""), "base64 Ed25519 key that mints join tokens; plans must be signed with it (env CALLRELAY_SIGNING_KEY)")
+	natsURL := fs.String("nats-url", envOr("CALLRELAY_NATS_URL", ""), "NATS server URL(s) where the controller publishes plans (env CALLRELAY_NATS_URL)")
+	once := fs.Bool("once", false, "exit after one run")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *key == "" || *natsURL == "" {
+		return errors.New("loadtest agent: --signing-key (or CALLRELAY_SIGNING_KEY) and --nats-url are required")
+	}
+	priv, err := protocol.ParsePrivateKey(*key)
+	if err != nil {
+		return fmt.Errorf("loadtest agent: --signing-key: %w", err)
+	}
+	log, err := logging.New("warn")
+	if err != nil {
+		return err
+	}
+	nc, err := connectNATS(*natsURL, "callrelay loadtest agent", log)
+	if err != nil {
+		return fmt.Errorf("loadtest agent: --nats-url: %w", err)
+	}
+	defer nc.Close()
+	for ctx.Err() == nil {
+		part, err := loadtest.RunAgent(ctx, nc, loadtest.DefaultSubject, priv, os.Stderr)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		fmt.Printf("loadtest agent: share %d of %d of run %s done (stopped: %s)\n", part.Index+1, part.Of, part.RunID, part.Stopped)
+		if *once {
+			return nil
+		}
+	}
+	return nil
+}
+
+// processFlag collects name=pid pairs.
+type processFlag map[string]int
+
+func (p *processFlag) String() string { return fmt.Sprint(map[string]int(*p)) }
+
+func (p *processFlag) Set(v string) error {
+	name, pid, ok := strings.Cut(v, "=")
+	n, err := strconv.Atoi(pid)
+	if !ok || name == "" || err != nil || n <= 1 {
+		return fmt.Errorf("want name=pid, e.g. fwd-a=1234, got %q", v)
+	}
+	if *p == nil {
+		*p = processFlag{}
+	}
+	(*p)[name] = n
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
@@ -87,4 +88,37 @@ func renderInChromium(t *testing.T, url, name string) string {
 	require.NoError(t, err)
 	require.True(t, strings.Contains(text, "PASS") || strings.Contains(text, "FAIL"), "a verdict banner: %.200q", text)
 	return fmt.Sprint(path)
+}
+
+// Bigger than one machine: two `loadtest agent` processes take their
+// shares of a controller's plan over NATS and report back; the controller
+// merges them, and with the cluster key it also records the forwarders'
+// throttle levels from their load reports.
+func TestLoadtestAgentsMerge(t *testing.T) {
+	c := newCluster(t)
+	a := c.node(t, "fwd-a")
+	environ := env("CALLRELAY_SIGNING_KEY="+c.seed, "CALLRELAY_NATS_URL="+c.nats.ClientURL())
+	agents := []*proc{start(t, environ, "loadtest", "agent", "--once"), start(t, environ, "loadtest", "agent", "--once")}
+	dir := t.TempDir()
+	out := filepath.Join(dir, "result.json")
+	r := run(t, env("CALLRELAY_SIGNING_KEY="+c.seed, "CALLRELAY_CLUSTER_KEY="+c.key), "loadtest",
+		"--forwarders", a.media.String(), "--nats-url", c.nats.ClientURL(), "--agents", "2", "--agents-wait", "10s",
+		"--profile", "steady", "--rate", "3", "--duration", "3s", "--out", out, "--report", "")
+	require.Equal(t, 0, r.code, "stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+	raw, err := os.ReadFile(out)
+	require.NoError(t, err)
+	var res loadtest.Result
+	require.NoError(t, json.Unmarshal(raw, &res))
+	require.Len(t, res.Agents, 2, "both agents' shares merged")
+	require.Positive(t, res.Totals.All.Setups.Admitted)
+	require.Positive(t, res.Totals.All.PacketsReceived)
+	require.NotNil(t, res.Relay, "the forwarders' load reports were read")
+	for _, p := range agents {
+		select {
+		case <-p.done:
+		case <-time.After(readyTimeout):
+			t.Fatal("an agent did not exit after its share")
+		}
+	}
+	t.Logf("merged: %d setups admitted, %d packets received, agents %d", res.Totals.All.Setups.Admitted, res.Totals.All.PacketsReceived, len(res.Agents))
 }
