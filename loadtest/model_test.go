@@ -278,3 +278,14 @@ func TestObserveHeldBackSilence(t *testing.T) {
 	require.EqualValues(t, 1, m.PacketsLost)
 	require.InDelta(t, 40, m.MaxGapMs, 1e-6, "the lost frame inside the spurt; not the second of held-back silence")
 }
+
+// A plan of group calls only says one_to_one: 0 with its group sizes; a
+// plan that says nothing of the mix gets the default.
+func TestMixDefaults(t *testing.T) {
+	p, err := ParsePlan([]byte("mix: {one_to_one: 0, group_min: 6, group_max: 6}\n"))
+	require.NoError(t, err)
+	require.Zero(t, p.WithDefaults().Mix.OneToOne)
+	p, err = ParsePlan([]byte("bounds: {max_calls: 10}\n"))
+	require.NoError(t, err)
+	require.Equal(t, 0.7, p.WithDefaults().Mix.OneToOne)
+}

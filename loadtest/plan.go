@@ -117,7 +117,8 @@ func (s share) mine(i int) bool { return s.of <= 1 || i%s.of == s.index }
 // Mix is the share of one-to-one and group calls and the group sizes.
 type Mix struct {
 	// OneToOne is the fraction of calls that are one-to-one, 0..1; the
-	// rest are group calls. Default 0.7.
+	// rest are group calls. Default 0.7 when the whole mix is left out;
+	// with group sizes given, 0 means group calls only.
 	OneToOne float64 `json:"one_to_one" yaml:"one_to_one"`
 	// GroupMin and GroupMax bound a group call's size, drawn uniformly.
 	// Defaults 3 and 6.
@@ -220,7 +221,12 @@ func setI(v *int, def int) {
 
 // WithDefaults returns p with every zero field set to its default.
 func (p Plan) WithDefaults() Plan {
-	setF(&p.Mix.OneToOne, 0.7)
+	if p.Mix == (Mix{}) {
+		// Nothing said of the mix: the default one. A mix that names its
+		// group sizes keeps one_to_one as given, 0 (all group calls)
+		// included.
+		p.Mix.OneToOne = 0.7
+	}
 	setI(&p.Mix.GroupMin, 3)
 	setI(&p.Mix.GroupMax, 6)
 	setD(&p.CallDuration.Mean, time.Minute)
