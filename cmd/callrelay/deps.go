@@ -3,7 +3,6 @@ package main
 import (
 	"flag"
 	"fmt"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
@@ -15,7 +14,8 @@ import (
 // clusterFlags are the flags every cluster process shares: the cluster
 // key, the state store and NATS.
 type clusterFlags struct {
-	key, redisURL, natsURL *string
+	key, redisURL *string
+	nats          *natsConfig
 }
 
 // addClusterFlags registers them on fs; what the store is for goes into
@@ -24,7 +24,7 @@ func addClusterFlags(fs *flag.FlagSet, redisFor string) clusterFlags {
 	return clusterFlags{
 		key:      fs.String("cluster-key", envOr("CALLRELAY_CLUSTER_KEY", ""), "64 hex digits, the forwarders' cluster key (env CALLRELAY_CLUSTER_KEY)"),
 		redisURL: fs.String("redis-url", envOr("CALLRELAY_REDIS_URL", ""), "redis:// or rediss:// URL of the state store, "+redisFor+" (env CALLRELAY_REDIS_URL)"),
-		natsURL:  fs.String("nats-url", envOr("CALLRELAY_NATS_URL", ""), "NATS server URL(s), comma-separated (env CALLRELAY_NATS_URL)"),
+		nats:     addNATSFlags(fs),
 	}
 }
 
@@ -60,19 +60,23 @@ func (f clusterFlags) open(cmd string, log *zap.Logger) (*clusterDeps, error) {
 			return nil, fmt.Errorf("%s: --redis-url: %w", cmd, err)
 		}
 	}
-	if *f.natsURL != "" {
-		if d.nats, err = connectNATS(*f.natsURL, "callrelay "+cmd, log); err != nil {
-			d.close()
-			return nil, fmt.Errorf("%s: --nats-url: %w", cmd, err)
-		}
+	if d.nats, err = connectNATS(f.nats, "callrelay "+cmd, log); err != nil {
+		d.close()
+		return nil, fmt.Errorf("%s: %w", cmd, err)
 	}
 	return d, nil
 }
 
-// connectNATS connects with reconnection for ever, logging each
-// disconnection and reconnection once.
-func connectNATS(url, name string, log *zap.Logger) (*nats.Conn, error) {
-	return nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", zap.Error(err)) }),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", zap.String("url", c.ConnectedUrl())) }))
+// connectNATS validates c and, when it names servers, connects with its
+// credentials and TLS and reconnection for ever, logging each
+// disconnection and reconnection once. No URL: nil, nil (what needs NATS
+// says so).
+func connectNATS(c *natsConfig, name string, log *zap.Logger) (*nats.Conn, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	if c.URL == "" {
+		return nil, nil
+	}
+	return c.connect(name, log)
 }

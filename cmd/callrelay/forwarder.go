@@ -48,7 +48,7 @@ func runForwarder(ctx context.Context, args []string) error {
 	mediaAdv := fs.String("media-advertise", envOr("CALLRELAY_MEDIA_ADVERTISE", ""), "media ip:port as devices reach it (default: the bound one)")
 	clusterKey := fs.String("cluster-key", envOr("CALLRELAY_CLUSTER_KEY", ""), "64 hex digits shared by the cluster (env CALLRELAY_CLUSTER_KEY; `callrelay token cluster-key`)")
 	redisURL := fs.String("redis-url", envOr("CALLRELAY_REDIS_URL", ""), "redis:// or rediss:// URL of the call state store; empty: none (env CALLRELAY_REDIS_URL)")
-	natsURL := fs.String("nats-url", envOr("CALLRELAY_NATS_URL", ""), "NATS server URL(s), comma-separated (env CALLRELAY_NATS_URL)")
+	natsCfg := addNATSFlags(fs)
 	fs.Float64Var(&cfg.Load.CapacityPPS, "capacity-pps", cfg.Load.CapacityPPS, "packets/s (in + out) this forwarder is sized for: a load signal for throttling; 0 = not a signal")
 	fs.IntVar(&cfg.Load.CapacitySessions, "capacity-sessions", cfg.Load.CapacitySessions, "sessions this forwarder is sized for: a load signal for throttling; 0 = not a signal")
 	fs.Float64Var(&cfg.Load.CPUCores, "cpu-cores", cfg.Load.CPUCores, "CPU cores the process may use: 100 % of the CPU load signal")
@@ -92,7 +92,7 @@ func runForwarder(ctx context.Context, args []string) error {
 			return fmt.Errorf("forwarder: --cluster-key: %w", err)
 		}
 	}
-	closeDeps, err := connectDeps(&cfg, *redisURL, *natsURL, log)
+	closeDeps, err := connectDeps(&cfg, *redisURL, natsCfg, log)
 	if err != nil {
 		return err
 	}
@@ -144,7 +144,7 @@ func parseAddr(flag, v string, dst *netip.AddrPort) error {
 }
 
 // connectDeps opens the state store and NATS the flags name.
-func connectDeps(cfg *forwarder.Config, redisURL, natsURL string, log *zap.Logger) (func(), error) {
+func connectDeps(cfg *forwarder.Config, redisURL string, natsCfg *natsConfig, log *zap.Logger) (func(), error) {
 	var closers []func()
 	closeAll := func() {
 		for _, c := range closers {
@@ -159,12 +159,12 @@ func connectDeps(cfg *forwarder.Config, redisURL, natsURL string, log *zap.Logge
 		cfg.Cluster.Store = st
 		closers = append(closers, func() { _ = st.Close() })
 	}
-	if natsURL != "" {
-		nc, err := connectNATS(natsURL, "callrelay forwarder "+cfg.Cluster.ID, log)
-		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("forwarder: --nats-url: %w", err)
-		}
+	nc, err := connectNATS(natsCfg, "callrelay forwarder "+cfg.Cluster.ID, log)
+	if err != nil {
+		closeAll()
+		return nil, fmt.Errorf("forwarder: %w", err)
+	}
+	if nc != nil {
 		cfg.Cluster.NATS = nc
 		closers = append(closers, nc.Close)
 	}

@@ -177,12 +177,15 @@ func applyLoadFlags(p *loadtest.Plan, fwds, profile string, rate float64, d time
 func runLoadtestAgent(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("loadtest agent", flag.ContinueOnError)
 	key := fs.String("signing-key", envOr("CALLRELAY_SIGNING_KEY", ""), "base64 Ed25519 key that mints join tokens; plans must be signed with it (env CALLRELAY_SIGNING_KEY)")
-	natsURL := fs.String("nats-url", envOr("CALLRELAY_NATS_URL", ""), "NATS server URL(s) where the controller publishes plans (env CALLRELAY_NATS_URL)")
+	natsCfg := addNATSFlags(fs) // where the controller publishes plans
 	once := fs.Bool("once", false, "exit after one run")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *key == "" || *natsURL == "" {
+	if err := natsCfg.Validate(); err != nil {
+		return fmt.Errorf("loadtest agent: %w", err)
+	}
+	if *key == "" || natsCfg.URL == "" {
 		return errors.New("loadtest agent: --signing-key (or CALLRELAY_SIGNING_KEY) and --nats-url are required")
 	}
 	priv, err := protocol.ParsePrivateKey(*key)
@@ -193,9 +196,9 @@ func runLoadtestAgent(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	nc, err := connectNATS(*natsURL, "callrelay loadtest agent", log)
+	nc, err := connectNATS(natsCfg, "callrelay loadtest agent", log)
 	if err != nil {
-		return fmt.Errorf("loadtest agent: --nats-url: %w", err)
+		return fmt.Errorf("loadtest agent: %w", err)
 	}
 	defer nc.Close()
 	for ctx.Err() == nil {

@@ -23,14 +23,20 @@ import (
 	"github.com/callrelay/callrelay/statestore"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// go-redis keeps redialling a killed Redis Cluster node from a background
+// goroutine that sleeps a second between tries and ends on its own after
+// the client is closed; it is go-redis's, not ours.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial"))
+}
 
 // partitions is small so tests put several calls in one partition.
 const partitions = 4
 
 type env struct {
-	redis *testenv.RedisServer
-	nats  *testenv.NATSServer
+	redis    *testenv.RedisServer // nil when storeURL names another deployment
+	storeURL string               // what every component opens
+	nats     *testenv.NATSServer
 	key   protocol.ClusterKey
 	priv  ed25519.PrivateKey
 	store *statestore.Redis
@@ -38,13 +44,23 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	e := &env{redis: testenv.Redis(t), nats: testenv.NATS(t)}
+	r := testenv.Redis(t)
+	e := newEnvOn(t, r.URL())
+	e.redis = r
+	return e
+}
+
+// newEnvOn is newEnv with the state store at storeURL (a Redis Cluster,
+// say) instead of a redis-server of its own.
+func newEnvOn(t *testing.T, storeURL string) *env {
+	t.Helper()
+	e := &env{storeURL: storeURL, nats: testenv.NATS(t)}
 	var err error
 	e.key, err = protocol.NewClusterKey()
 	require.NoError(t, err)
 	_, e.priv, err = protocol.GenerateSigningKey()
 	require.NoError(t, err)
-	e.store, err = statestore.OpenRedis(e.redis.URL(), statestore.Config{})
+	e.store, err = statestore.OpenRedis(e.storeURL, statestore.Config{})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = e.store.Close() })
 	return e
@@ -62,7 +78,7 @@ func (e *env) forwarder(t *testing.T, id string) *forwarder.Forwarder {
 	t.Helper()
 	v, err := protocol.NewTokenVerifier(e.priv.Public().(ed25519.PublicKey))
 	require.NoError(t, err)
-	store, err := statestore.OpenRedis(e.redis.URL(), statestore.Config{})
+	store, err := statestore.OpenRedis(e.storeURL, statestore.Config{})
 	require.NoError(t, err)
 	nc := e.natsConn(t)
 	cfg := forwarder.Default()
@@ -91,7 +107,7 @@ type cond struct {
 
 func (e *env) conductor(t *testing.T, id string, mod func(*conductor.Config)) *cond {
 	t.Helper()
-	store, err := statestore.OpenRedis(e.redis.URL(), statestore.Config{})
+	store, err := statestore.OpenRedis(e.storeURL, statestore.Config{})
 	require.NoError(t, err)
 	nc := e.natsConn(t)
 	cfg := conductor.Default()
