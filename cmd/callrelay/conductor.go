@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -24,7 +25,7 @@ func runConductor(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.RecentWindow, "recent-window", cfg.RecentWindow, "a member who spoke within this window stays in the audio forwarding set")
 	metricsListen := fs.String("metrics-listen", envOr("CALLRELAY_METRICS_LISTEN", ""), "TCP ip:port for /metrics, /healthz and /readyz; empty: none")
 	level := fs.String("log-level", envOr("CALLRELAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CALLRELAY_LOG_LEVEL)")
-	if err := fs.Parse(args); err != nil {
+	if done, err := parseWithConfig(fs, args, os.Stdout); err != nil || done {
 		return err
 	}
 	log, err := logging.New(*level)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"os"
 
 	"github.com/callrelay/callrelay/dashboard"
 	"github.com/callrelay/callrelay/internal/logging"
@@ -19,7 +20,7 @@ func runDashboard(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partitions calls hash into; the conductors' number")
 	fs.DurationVar(&cfg.DownAfter, "down-after", cfg.DownAfter, "a forwarder silent this long is shown as down")
 	level := fs.String("log-level", envOr("CALLRELAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CALLRELAY_LOG_LEVEL)")
-	if err := fs.Parse(args); err != nil {
+	if done, err := parseWithConfig(fs, args, os.Stdout); err != nil || done {
 		return err
 	}
 	log, err := logging.New(*level)

@@ -58,7 +58,7 @@ func runForwarder(ctx context.Context, args []string) error {
 	metricsListen := fs.String("metrics-listen", envOr("CALLRELAY_METRICS_LISTEN", ""), "TCP ip:port for /metrics, /healthz and /readyz; empty: none (env CALLRELAY_METRICS_LISTEN)")
 	level := fs.String("log-level", envOr("CALLRELAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CALLRELAY_LOG_LEVEL)")
 	statsEvery := fs.Duration("stats-every", 10*time.Second, "log a stats line this often (0: never)")
-	if err := fs.Parse(args); err != nil {
+	if done, err := parseWithConfig(fs, args, os.Stdout); err != nil || done {
 		return err
 	}
 	log, err := logging.New(*level)

@@ -13,29 +13,29 @@ import (
 	"go.uber.org/zap"
 )
 
-// natsConfig is how a process connects to NATS: the `nats:` section of its
-// config file, the CALLRELAY_NATS_* variables and the --nats-* flags. An
-// empty URL means no NATS.
+// natsConfig is how a process connects to NATS: the --nats-* flags (also
+// keys of its config file, see configfile.go) and the CALLRELAY_NATS_*
+// variables. An empty URL means no NATS.
 type natsConfig struct {
 	// URL is one or more server URLs, comma-separated; the client picks one
 	// and fails over to the others (and to the ones the cluster gossips).
 	// A URL may carry user:password@ or token@.
-	URL string `yaml:"url"`
+	URL string
 	// User and Password authenticate with a username and password.
-	User     string `yaml:"user"`
-	Password string `yaml:"password"`
+	User     string
+	Password string
 	// Token authenticates with an authorization token.
-	Token string `yaml:"token"`
+	Token string
 	// Creds is a .creds file (user JWT and nkey seed) for decentralized auth.
-	Creds string `yaml:"creds"`
+	Creds string
 	// NKey is a file holding an nkey seed (SU...).
-	NKey string `yaml:"nkey"`
+	NKey string
 	// TLSCA is a PEM file of CAs the server certificate must chain to.
-	TLSCA string `yaml:"tls_ca"`
+	TLSCA string
 	// TLSCert and TLSKey are a PEM client certificate and its key (mutual
 	// TLS); both or neither.
-	TLSCert string `yaml:"tls_cert"`
-	TLSKey  string `yaml:"tls_key"`
+	TLSCert string
+	TLSKey  string
 }
 
 // natsSetting ties a natsConfig field to its env variable and flag.
@@ -199,20 +199,6 @@ func (c *natsConfig) connect(name string, log *zap.Logger) (*nats.Conn, error) {
 		return nil, fmt.Errorf("nats: connecting to %s: %w%s", maskNATSURLs(c.URL), err, hint)
 	}
 	return nc, nil
-}
-
-// masked returns c with its secrets replaced for printing: the password
-// and token by "****", and so the password or token inside each URL.
-// File names are not secrets and stay.
-func (c natsConfig) masked() natsConfig {
-	c.URL = maskNATSURLs(c.URL)
-	if c.Password != "" {
-		c.Password = "****"
-	}
-	if c.Token != "" {
-		c.Token = "****"
-	}
-	return c
 }
 
 // natsServers splits a comma-separated URL list, dropping blanks.
