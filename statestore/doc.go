@@ -43,6 +43,21 @@
 // durable as Redis itself: a Redis that loses its data starts epochs again
 // at 1.
 //
+// OpenRedis takes one URL for every deployment: redis:// (or rediss:// for
+// TLS) for one server, redis+cluster://host:port,host:port,... for a Redis
+// Cluster, and redis+sentinel://host:port,host:port,.../<master-name> for a
+// primary and its replicas watched by Sentinel (the hosts are the
+// sentinels). Each goes through a redis.UniversalClient, and every command
+// goes to a master, never a replica. Because each script's keys share one
+// hash tag and are passed in KEYS, every operation runs on one cluster slot.
+// During a failover operations fail with ErrUnavailable until the replica
+// has taken over (a few seconds with node or down-after timeouts of one
+// second); a Writer keeps and retries its changes meanwhile. Redis
+// replication is asynchronous and the store does not WAIT for replicas: a
+// write acknowledged by a master that dies before its replica has received
+// it is lost. The failover tests kill a master once its replica has caught
+// up, and show that the failover and every write after it lose nothing.
+//
 // What statestore must never do:
 //   - let go-redis types or errors leave the package: callers see Call,
 //     Member and the sentinel errors in errors.go, never redis.Nil;

@@ -22,8 +22,10 @@ func leaseEpochKey(name string) string  { return "{lease:" + name + "}:epoch" }
 
 var _ Leases = (*Redis)(nil)
 
-// leaseLua is shared by the lease scripts. KEYS[1] is the holder key and
-// KEYS[2] the epoch key.
+// leaseLua is shared by the lease scripts. Like the call scripts (see the
+// cluster-safety note in redis.go) they touch only the KEYS they are given,
+// both under {lease:<name>}, so each runs on one Redis Cluster slot.
+// KEYS[1] is the holder key and KEYS[2] the epoch key.
 //
 // parse splits a holder value into its epoch and owner, or returns nil if it
 // is not "<epoch> <owner>" with a canonical epoch of at most 19 digits (so it

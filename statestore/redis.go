@@ -3,11 +3,9 @@ package statestore
 import (
 	"context"
 	"crypto/sha1"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -23,6 +21,13 @@ import (
 //	                   the key's TTL is the longest checkpoint TTL asked for
 func stateKey(id protocol.ID) string { return "{call:" + id.String() + "}:state" }
 func ckptKey(id protocol.ID) string  { return "{call:" + id.String() + "}:ckpt" }
+
+// Cluster safety: every script below and in lease_redis.go is given all the
+// keys it touches in KEYS, never builds a key name inside Lua, and its keys
+// share one hash tag ({call:<id>} here, {lease:<name>} for leases), so each
+// runs on the one node that owns that slot and Redis Cluster never answers
+// CROSSSLOT. TIME inside a script is safe: Redis 7 replicates a script's
+// effects, not the script. Keep it so when adding a script.
 
 // swapScript is the compare-and-set. KEYS: state, ckpt. ARGV: SHA-1 (hex) of
 // the record read, "" if there was none; the new record, "" to delete the
@@ -64,8 +69,8 @@ if not exp or exp <= now then return false end
 return v[1]
 `)
 
-// Redis is the Store backed by Redis (standalone, or later cluster or
-// sentinel through NewRedis).
+// Redis is the Store backed by Redis: standalone, Redis Cluster or
+// Sentinel, through a redis.UniversalClient.
 type Redis struct {
 	c    redis.UniversalClient
 	ttl  time.Duration
@@ -74,74 +79,53 @@ type Redis struct {
 
 var _ Store = (*Redis)(nil)
 
-// OpenRedis connects to the Redis at url (redis:// or rediss://, with
-// password, database and go-redis query options as redis.ParseURL reads
-// them), with cfg's TLS, Password and timeouts applied on top (see Config).
+// OpenRedis connects to the Redis deployment at url, with cfg's TLS,
+// Password and timeouts applied on top (see Config). The URL forms are:
+//
+//	redis://[[user]:password@]host:port[/db][?options]     one server
+//	rediss://...                                           the same over TLS
+//	redis+cluster://[[user]:password@]host:port,host:port,...[?options]
+//	                                                       a Redis Cluster
+//	redis+sentinel://[[user]:password@]host:port,host:port,.../<master>[/db][?options]
+//	                                                       a primary found through
+//	                                                       Sentinel; the hosts are
+//	                                                       the sentinels
+//
+// and rediss+cluster:// and rediss+sentinel:// over TLS. Options are
+// go-redis's query options (dial_timeout, read_timeout, max_retries, ...).
+// A cluster URL lists as many nodes as you like (one that answers is
+// enough to find the rest) and has no database. A sentinel URL's user info
+// is the data nodes' credentials; sentinel_username and sentinel_password
+// in the query are the sentinels' own. Options that read from replicas
+// (read_only, route_by_latency, route_randomly, replica_only) are refused:
+// every command goes to the master. A malformed URL is ErrInvalid with a
+// message saying what to fix.
+//
 // Socket I/O is bounded by OpTimeout and by each call's context. Close
 // releases it.
 func OpenRedis(url string, cfg Config) (*Redis, error) {
-	opt, err := redisOptions(url, cfg)
+	c, err := newRedisClient(url, cfg)
 	if err != nil {
 		return nil, err
 	}
-	r := NewRedis(redis.NewClient(opt), cfg)
+	r := NewRedis(c, cfg)
 	r.owns = true
 	return r, nil
 }
 
-// redisOptions parses url and merges cfg into the result.
+// redisOptions parses a redis:// or rediss:// url and merges cfg into the
+// result.
 func redisOptions(url string, cfg Config) (*redis.Options, error) {
 	opt, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("%w: redis url: %v", ErrInvalid, err)
 	}
-	opt.ContextTimeoutEnabled = true
-	if cfg.Password != "" {
-		opt.Password = cfg.Password
-	}
-	if cfg.TLS != nil {
-		t := cfg.TLS.Clone()
-		if t.ServerName == "" {
-			if opt.TLSConfig != nil {
-				t.ServerName = opt.TLSConfig.ServerName
-			} else if host, _, err := net.SplitHostPort(opt.Addr); err == nil {
-				t.ServerName = host
-			}
-		}
-		if t.MinVersion == 0 {
-			t.MinVersion = tls.VersionTLS12
-		}
-		opt.TLSConfig = t
-	}
-	switch {
-	case cfg.DialTimeout > 0:
-		opt.DialTimeout = cfg.DialTimeout
-	case opt.DialTimeout == 0:
-		opt.DialTimeout = DefaultDialTimeout
-	}
-	// Fail fast and leave the retrying to the caller (a Writer): one quick
-	// retry covers a pooled connection that died with a restarted server,
-	// more only stretches each failure while Redis is away. The URL's
-	// max_retries and max_retry_backoff still win.
-	if opt.MaxRetries == 0 {
-		opt.MaxRetries = 1
-	}
-	if opt.MaxRetryBackoff == 0 {
-		opt.MaxRetryBackoff = 100 * time.Millisecond
-	}
-	if opt.DialerRetries == 0 {
-		opt.DialerRetries = 2
-	}
-	switch {
-	case cfg.OpTimeout > 0:
-		opt.ReadTimeout, opt.WriteTimeout = cfg.OpTimeout, cfg.OpTimeout
-	case opt.ReadTimeout == 0 && opt.WriteTimeout == 0:
-		opt.ReadTimeout, opt.WriteTimeout = DefaultOpTimeout, DefaultOpTimeout
-	case opt.WriteTimeout == 0:
-		opt.WriteTimeout = opt.ReadTimeout // as go-redis does
-	case opt.ReadTimeout == 0:
-		opt.ReadTimeout = DefaultOpTimeout
-	}
+	applyConfig(knobs{
+		password: &opt.Password, tls: &opt.TLSConfig, host: opt.Addr,
+		dial: &opt.DialTimeout, read: &opt.ReadTimeout, write: &opt.WriteTimeout,
+		maxRetries: &opt.MaxRetries, maxRetryBackoff: &opt.MaxRetryBackoff, dialerRetries: &opt.DialerRetries,
+		contextTimeout: &opt.ContextTimeoutEnabled,
+	}, cfg)
 	return opt, nil
 }
 

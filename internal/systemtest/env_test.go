@@ -37,9 +37,9 @@ type env struct {
 	redis    *testenv.RedisServer // nil when storeURL names another deployment
 	storeURL string               // what every component opens
 	nats     *testenv.NATSServer
-	key   protocol.ClusterKey
-	priv  ed25519.PrivateKey
-	store *statestore.Redis
+	key      protocol.ClusterKey
+	priv     ed25519.PrivateKey
+	store    *statestore.Redis
 }
 
 func newEnv(t *testing.T) *env {
