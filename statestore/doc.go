@@ -53,10 +53,15 @@
 // During a failover operations fail with ErrUnavailable until the replica
 // has taken over (a few seconds with node or down-after timeouts of one
 // second); a Writer keeps and retries its changes meanwhile. Redis
-// replication is asynchronous and the store does not WAIT for replicas: a
-// write acknowledged by a master that dies before its replica has received
-// it is lost. The failover tests kill a master once its replica has caught
-// up, and show that the failover and every write after it lose nothing.
+// replication is asynchronous, so on these deployments every critical
+// write (a call's compare-and-set, a lease operation) is followed on the
+// same master connection by WAIT for one replica (up to 50 ms), and is
+// acknowledged only then: a master that dies right after answering cannot
+// take an acknowledged change with it. A shard without a replica (just
+// after a failover) still takes writes; they are counted
+// (Redis.UnderReplicated) and for two seconds no longer wait. The failover
+// tests kill a master the instant after an acknowledged write and find
+// nothing lost.
 //
 // What statestore must never do:
 //   - let go-redis types or errors leave the package: callers see Call,

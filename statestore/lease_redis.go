@@ -117,7 +117,7 @@ func (r *Redis) runLease(ctx context.Context, op string, s *redis.Script, name s
 	ctx, cancel := context.WithTimeout(ctx, leaseOpTimeout)
 	defer cancel()
 	keys := []string{leaseHolderKey(name), leaseEpochKey(name)}
-	res, err := s.Run(ctx, r.c, keys, args...).Slice()
+	res, err := r.runScript(ctx, s, keys, args...).Slice()
 	if err != nil {
 		return leaseReply{}, leaseFail(ctx, op, name, err)
 	}

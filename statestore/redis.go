@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -75,6 +76,15 @@ type Redis struct {
 	c    redis.UniversalClient
 	ttl  time.Duration
 	owns bool // Close closes c
+
+	// Replicated deployments (Cluster, Sentinel): every critical write is
+	// followed, on the same connection to the master, by WAIT for
+	// waitReplicas replicas, so a master that dies right after answering
+	// cannot take an acknowledged change with it (durable.go).
+	waitReplicas    int
+	waitTimeout     time.Duration
+	lastUnder       atomic.Int64 // unix ns of the last write no replica acknowledged in time
+	underReplicated atomic.Uint64
 }
 
 var _ Store = (*Redis)(nil)
@@ -110,6 +120,9 @@ func OpenRedis(url string, cfg Config) (*Redis, error) {
 	}
 	r := NewRedis(c, cfg)
 	r.owns = true
+	if replicated(url) {
+		r.waitReplicas, r.waitTimeout = 1, defaultWaitTimeout
+	}
 	return r, nil
 }
 
@@ -187,7 +200,7 @@ func (r *Redis) swap(ctx context.Context, id protocol.ID, old, new []byte) (bool
 		sum = hex.EncodeToString(h[:])
 	}
 	keys := []string{stateKey(id), ckptKey(id)}
-	n, err := swapScript.Run(ctx, r.c, keys, sum, new, r.ttl.Milliseconds()).Int()
+	n, err := r.runScript(ctx, swapScript, keys, sum, new, r.ttl.Milliseconds()).Int()
 	if err != nil {
 		return false, fail(ctx, "compare-and-set", id, err)
 	}

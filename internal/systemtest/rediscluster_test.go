@@ -22,7 +22,28 @@ import (
 // after it are written too (no critical change lost).
 func TestCallSurvivesRedisClusterFailover(t *testing.T) {
 	rc := testenv.RedisCluster(t, 3, 1)
-	e := newEnvOn(t, rc.URL())
+	callSurvivesStoreFailover(t, rc.URL(), func(call protocol.ID) string {
+		victim, err := rc.MasterOf("{call:" + call.String() + "}:state")
+		require.NoError(t, err)
+		rc.Kill(victim)
+		return fmt.Sprintf("Redis Cluster master %d", victim)
+	})
+}
+
+// The same with Sentinel: one primary, one replica, three sentinels; the
+// primary is SIGKILLed and the replica promoted.
+func TestCallSurvivesSentinelFailover(t *testing.T) {
+	sn := testenv.RedisSentinel(t)
+	callSurvivesStoreFailover(t, sn.URL(), func(protocol.ID) string {
+		sn.KillPrimary()
+		return "Sentinel primary"
+	})
+}
+
+// callSurvivesStoreFailover runs a call on the store at url, has kill take
+// down the node holding the call's record, and checks the call through it.
+func callSurvivesStoreFailover(t *testing.T, url string, kill func(call protocol.ID) string) {
+	e := newEnvOn(t, url)
 	fa, fb := e.forwarder(t, "fwd-a"), e.forwarder(t, "fwd-b")
 	watch := e.watchDecisions(t)
 	e.conductor(t, "cond-1", nil)
@@ -63,12 +84,10 @@ func TestCallSurvivesRedisClusterFailover(t *testing.T) {
 		return nil
 	})
 
-	victim, err := rc.MasterOf("{call:" + call.String() + "}:state")
-	require.NoError(t, err)
 	ms[2].ResetGaps()
 	heard := ms[2].Count(ms[0].SSRC)
 	killed := time.Now()
-	rc.Kill(victim)
+	victim := kill(call)
 
 	// Through the failover: a new member joins, one leaves.
 	late := e.join(t, call, 4, fb.Addr())
@@ -105,6 +124,6 @@ func TestCallSurvivesRedisClusterFailover(t *testing.T) {
 			lastBefore = at[i]
 		}
 	}
-	t.Logf("Redis Cluster master %d killed: record complete again after %s; decision gap %s; media gap %s; fwd-a queued %d, degraded %v",
+	t.Logf("%s killed: record complete again after %s; decision gap %s; media gap %s; fwd-a queued %d, degraded %v",
 		victim, recovered.Round(time.Millisecond), firstAfter.Sub(lastBefore).Round(time.Millisecond), gap, fa.Stats().StateQueued, fa.Stats().StateDegraded)
 }
