@@ -76,11 +76,16 @@ func (e *env) natsConn(t *testing.T) *nats.Conn {
 // forwarder starts a forwarder of the cluster; it stops with the test.
 func (e *env) forwarder(t *testing.T, id string) *forwarder.Forwarder {
 	t.Helper()
+	return e.forwarderWith(t, id, e.natsConn(t))
+}
+
+// forwarderWith is forwarder with the given NATS client (closed with it).
+func (e *env) forwarderWith(t *testing.T, id string, nc *nats.Conn) *forwarder.Forwarder {
+	t.Helper()
 	v, err := protocol.NewTokenVerifier(e.priv.Public().(ed25519.PublicKey))
 	require.NoError(t, err)
 	store, err := statestore.OpenRedis(e.storeURL, statestore.Config{})
 	require.NoError(t, err)
-	nc := e.natsConn(t)
 	cfg := forwarder.Default()
 	cfg.Listen, cfg.Verifier, cfg.Readers, cfg.Logger = "127.0.0.1:0", v, 2, zaptest.NewLogger(t).Named(id)
 	cfg.KeepaliveInterval, cfg.IdleTimeout = 100*time.Millisecond, time.Second
@@ -107,9 +112,14 @@ type cond struct {
 
 func (e *env) conductor(t *testing.T, id string, mod func(*conductor.Config)) *cond {
 	t.Helper()
+	return e.conductorWith(t, id, e.natsConn(t), mod)
+}
+
+// conductorWith is conductor with the given NATS client (closed with it).
+func (e *env) conductorWith(t *testing.T, id string, nc *nats.Conn, mod func(*conductor.Config)) *cond {
+	t.Helper()
 	store, err := statestore.OpenRedis(e.storeURL, statestore.Config{})
 	require.NoError(t, err)
-	nc := e.natsConn(t)
 	cfg := conductor.Default()
 	cfg.ID, cfg.NATS, cfg.Key, cfg.Store, cfg.Leases = id, nc, e.key, store, store
 	cfg.Partitions, cfg.LeaseTTL, cfg.AcquireEvery = partitions, time.Second, 100*time.Millisecond
@@ -152,7 +162,13 @@ type decisions struct {
 
 func (e *env) watchDecisions(t *testing.T) *decisions {
 	t.Helper()
-	nc := e.natsConn(t)
+	return watchDecisionsWith(t, e.natsConn(t), e.key)
+}
+
+// watchDecisionsWith records the decisions nc hears, authenticated with
+// key; it closes nc when the test ends.
+func watchDecisionsWith(t *testing.T, nc *nats.Conn, key protocol.ClusterKey) *decisions {
+	t.Helper()
 	t.Cleanup(nc.Close)
 	d := &decisions{}
 	_, err := nc.Subscribe("callrelay.call.*", func(m *nats.Msg) {
@@ -160,7 +176,7 @@ func (e *env) watchDecisions(t *testing.T) *decisions {
 			return
 		}
 		var dec protocol.CallDecision
-		if dec.Unmarshal(m.Data, e.key) != nil {
+		if dec.Unmarshal(m.Data, key) != nil {
 			return
 		}
 		dec.Forward = append([]protocol.ID(nil), dec.Forward...)

@@ -1,8 +1,6 @@
 package systemtest
 
 import (
-	"context"
-	"crypto/ed25519"
 	"fmt"
 	"slices"
 	"strings"
@@ -11,16 +9,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/zap/zaptest"
 
-	"github.com/callrelay/callrelay/conductor"
 	"github.com/callrelay/callrelay/forwarder"
 	"github.com/callrelay/callrelay/internal/calltest"
 	"github.com/callrelay/callrelay/internal/testenv"
 	"github.com/callrelay/callrelay/protocol"
-	"github.com/callrelay/callrelay/statestore"
 )
 
 // clusterEnv is env with a NATS cluster instead of one server: every
@@ -32,16 +26,7 @@ type clusterEnv struct {
 
 func newClusterEnv(t *testing.T, nodes int) *clusterEnv {
 	t.Helper()
-	e := &env{redis: testenv.Redis(t)}
-	var err error
-	e.key, err = protocol.NewClusterKey()
-	require.NoError(t, err)
-	_, e.priv, err = protocol.GenerateSigningKey()
-	require.NoError(t, err)
-	e.store, err = statestore.OpenRedis(e.redis.URL(), statestore.Config{})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = e.store.Close() })
-	return &clusterEnv{env: e, nc: testenv.NATSCluster(t, nodes)}
+	return &clusterEnv{env: newEnv(t), nc: testenv.NATSCluster(t, nodes)}
 }
 
 // pinnedURLs lists node i first and then the others: with DontRandomize the
@@ -69,75 +54,21 @@ func (ce *clusterEnv) natsConnOn(t *testing.T, i int, opts ...nats.Option) *nats
 // forwarderOn is env.forwarder with its NATS client on node.
 func (ce *clusterEnv) forwarderOn(t *testing.T, id string, node int) *forwarder.Forwarder {
 	t.Helper()
-	e := ce.env
-	v, err := protocol.NewTokenVerifier(e.priv.Public().(ed25519.PublicKey))
-	require.NoError(t, err)
-	store, err := statestore.OpenRedis(e.redis.URL(), statestore.Config{})
-	require.NoError(t, err)
-	nc := ce.natsConnOn(t, node)
-	cfg := forwarder.Default()
-	cfg.Listen, cfg.Verifier, cfg.Readers, cfg.Logger = "127.0.0.1:0", v, 2, zaptest.NewLogger(t).Named(id)
-	cfg.KeepaliveInterval, cfg.IdleTimeout = 100*time.Millisecond, time.Second
-	cfg.Cluster.ID, cfg.Cluster.TrunkListen, cfg.Cluster.Key = id, "127.0.0.1:0", e.key
-	cfg.Cluster.Store, cfg.Cluster.NATS = store, nc
-	cfg.Cluster.AnnounceEvery, cfg.Cluster.PeerTimeout = 100*time.Millisecond, 500*time.Millisecond
-	cfg.Cluster.ReconcileEvery, cfg.Cluster.OrphanAfter = 500*time.Millisecond, 2*time.Second
-	cfg.Cluster.Partitions = partitions
-	f, err := forwarder.New(cfg)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = f.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; nc.Close(); _ = store.Close() })
-	return f
+	return ce.forwarderWith(t, id, ce.natsConnOn(t, node))
 }
 
 // conductorOn is env.conductor with its NATS client on node; it also
 // returns the client, to see where it reconnected.
 func (ce *clusterEnv) conductorOn(t *testing.T, id string, node int, opts ...nats.Option) (*cond, *nats.Conn) {
 	t.Helper()
-	e := ce.env
-	store, err := statestore.OpenRedis(e.redis.URL(), statestore.Config{})
-	require.NoError(t, err)
 	nc := ce.natsConnOn(t, node, opts...)
-	cfg := conductor.Default()
-	cfg.ID, cfg.NATS, cfg.Key, cfg.Store, cfg.Leases = id, nc, e.key, store, store
-	cfg.Partitions, cfg.LeaseTTL, cfg.AcquireEvery = partitions, time.Second, 100*time.Millisecond
-	cfg.Logger = zaptest.NewLogger(t).Named(id)
-	reg := prometheus.NewRegistry()
-	cfg.Registerer = reg
-	c, err := conductor.New(cfg)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; nc.Close(); _ = store.Close() })
-	return &cond{c: c, reg: reg, stop: cancel}, nc
+	return ce.conductorWith(t, id, nc, nil), nc
 }
 
 // watchDecisionsOn is env.watchDecisions with its client on node.
 func (ce *clusterEnv) watchDecisionsOn(t *testing.T, node int) *decisions {
 	t.Helper()
-	nc := ce.natsConnOn(t, node)
-	t.Cleanup(nc.Close)
-	d := &decisions{}
-	_, err := nc.Subscribe("callrelay.call.*", func(m *nats.Msg) {
-		if typ, err := protocol.PeekClusterMsgType(m.Data); err != nil || typ != protocol.ClusterMsgDecision {
-			return
-		}
-		var dec protocol.CallDecision
-		if dec.Unmarshal(m.Data, ce.key) != nil {
-			return
-		}
-		dec.Forward = append([]protocol.ID(nil), dec.Forward...)
-		d.mu.Lock()
-		d.all = append(d.all, dec)
-		d.at = append(d.at, time.Now())
-		d.mu.Unlock()
-	})
-	require.NoError(t, err)
-	require.NoError(t, nc.Flush())
-	return d
+	return watchDecisionsWith(t, ce.natsConnOn(t, node), ce.key)
 }
 
 // A call across two forwarders on different nodes of a 3-node NATS cluster,
