@@ -8,7 +8,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callrelay/callrelay/conductor"
-	"github.com/callrelay/callrelay/internal/logging"
 )
 
 // runConductor runs one conductor instance until the context ends.
@@ -28,18 +27,12 @@ func runConductor(ctx context.Context, args []string) error {
 	if done, err := parseWithConfig(fs, args, os.Stdout); err != nil || done {
 		return err
 	}
-	log, err := logging.New(*level)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = log.Sync() }()
-	cfg.Logger = log
-	deps, err := cf.open("conductor", log)
+	log, deps, err := cf.start("conductor", *level)
 	if err != nil {
 		return err
 	}
 	defer deps.close()
-	cfg.Key, cfg.NATS = deps.key, deps.nats
+	cfg.Logger, cfg.Key, cfg.NATS = log, deps.key, deps.nats
 	if deps.store != nil {
 		cfg.Store, cfg.Leases = deps.store, deps.store
 	}

@@ -7,7 +7,6 @@ import (
 	"os"
 
 	"github.com/callrelay/callrelay/dashboard"
-	"github.com/callrelay/callrelay/internal/logging"
 )
 
 // runDashboard serves the live throttling dashboard until the context ends.
@@ -23,18 +22,12 @@ func runDashboard(ctx context.Context, args []string) error {
 	if done, err := parseWithConfig(fs, args, os.Stdout); err != nil || done {
 		return err
 	}
-	log, err := logging.New(*level)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = log.Sync() }()
-	cfg.Logger = log
-	deps, err := cf.open("dashboard", log)
+	log, deps, err := cf.start("dashboard", *level)
 	if err != nil {
 		return err
 	}
 	defer deps.close()
-	cfg.Key, cfg.NATS = deps.key, deps.nats
+	cfg.Logger, cfg.Key, cfg.NATS = log, deps.key, deps.nats
 	if deps.store != nil {
 		cfg.Store, cfg.Leases = deps.store, deps.store
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
+	"github.com/callrelay/callrelay/internal/logging"
 	"github.com/callrelay/callrelay/protocol"
 	"github.com/callrelay/callrelay/statestore"
 )
@@ -30,12 +31,16 @@ func addClusterFlags(fs *flag.FlagSet, redisFor string) clusterFlags {
 
 // clusterDeps is what the flags opened; close releases it.
 type clusterDeps struct {
+	log   *zap.Logger // flushed by close, when start made it
 	key   protocol.ClusterKey
 	store *statestore.Redis
 	nats  *nats.Conn
 }
 
 func (d *clusterDeps) close() {
+	if d.log != nil {
+		defer func() { _ = d.log.Sync() }()
+	}
 	if d.nats != nil {
 		d.nats.Close()
 	}
@@ -79,4 +84,20 @@ func connectNATS(c *natsConfig, name string, log *zap.Logger) (*nats.Conn, error
 		return nil, nil
 	}
 	return c.connect(name, log)
+}
+
+// start builds the process's logger at level and opens what the flags
+// name; closing deps also flushes the logger.
+func (f clusterFlags) start(cmd, level string) (*zap.Logger, *clusterDeps, error) {
+	log, err := logging.New(level)
+	if err != nil {
+		return nil, nil, err
+	}
+	deps, err := f.open(cmd, log)
+	if err != nil {
+		_ = log.Sync()
+		return nil, nil, err
+	}
+	deps.log = log
+	return log, deps, nil
 }
