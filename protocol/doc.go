@@ -14,6 +14,13 @@
 //   - token.go: join tokens signed with Ed25519 (RFC 8032).
 //   - rtp_header.go: a zero-copy RTP header view, RFC 3550, with header
 //     extensions of RFC 8285 and the audio level of RFC 6464.
+//   - rtp_video_frame.go, rtp_abs_send_time.go: the header extensions the
+//     relay reads on video (callrelay's video frame extension) and on every
+//     packet (WebRTC's abs-send-time, 6.18 fixed-point seconds taken from
+//     the NTP timestamp of RFC 5905).
+//   - rtcp_walk.go: a zero-allocation walk over RTCP compound packets (RFC
+//     3550 6.1, reduced-size RFC 5506) reading reports, generic NACK and
+//     PLI (RFC 4585) and REMB (draft-alvestrand-rmcat-remb).
 //   - relay_*.go: the relay's instructions as RTCP APP packets (RFC 3550
 //     6.7), carried with github.com/pion/rtcp.
 //   - clusterkey.go: the cluster key shared by forwarders, its subkeys
@@ -22,7 +29,8 @@
 //     authenticated with HMAC-SHA256 truncated to 128 bits (as RFC 4868's
 //     HMAC-SHA-256-128).
 //   - cluster_msg.go: MemberNotice and ForwarderAnnounce, the authenticated
-//     messages forwarders exchange over NATS.
+//     messages forwarders exchange over NATS; metadata.go, decision.go and
+//     load_report.go: the other messages of that envelope.
 //
 // README.md in this directory is the wire specification, written so that a
 // client can be built from it alone.

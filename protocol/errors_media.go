@@ -27,6 +27,15 @@ var (
 	ErrRTPPayloadType = errors.New("protocol: rtp payload type out of range")
 	// ErrRTPShortBuffer: the destination buffer cannot hold the header.
 	ErrRTPShortBuffer = errors.New("protocol: buffer too small for rtp header")
+	// ErrRTPVideoFrame: a video frame extension to write has a layer count
+	// outside 1..3 or a layer index not below it.
+	ErrRTPVideoFrame = errors.New("protocol: invalid video frame extension")
+
+	// ErrRTCPMalformed: an RTCP datagram is not a well-formed packet or
+	// compound packet: empty, bad version, not an RTCP packet type, a
+	// length past the end, bad padding, or a packet too short for what its
+	// type and count declare (report blocks, feedback FCI).
+	ErrRTCPMalformed = errors.New("protocol: malformed rtcp compound packet")
 
 	// ErrRelayAppMalformed: the datagram is not a well-formed RTCP packet
 	// or compound packet (bad version, length past the end).

@@ -11,8 +11,8 @@ import (
 )
 
 // TestMediaFuzzSeeds checks that the committed seed corpora of FuzzClassify,
-// FuzzRTPHeader and FuzzRelayApp under testdata/fuzz hold every seed this
-// file generates, byte for byte (go test runs those files as ordinary test
+// FuzzRTPHeader, FuzzRelayApp and FuzzRTCPWalk under testdata/fuzz hold
+// every seed this file generates, byte for byte (go test runs those files as ordinary test
 // cases, so a stale corpus would silently test less). To rewrite them:
 //
 //	CALLRELAY_WRITE_FUZZ_SEEDS=1 go test -run TestMediaFuzzSeeds ./protocol/
@@ -69,5 +69,6 @@ func mediaFuzzSeeds(t *testing.T) map[string]map[string][]byte {
 		"FuzzClassify":  classify,
 		"FuzzRTPHeader": rtpSeeds,
 		"FuzzRelayApp":  app,
+		"FuzzRTCPWalk":  rtcpWalkSeeds(t),
 	}
 }

@@ -16,13 +16,17 @@ import (
 const (
 	MetaOnset uint8 = 1 << 0 // a loud onset was seen in the tick (a level step or the device's LoudOnset)
 	MetaLeft  uint8 = 1 << 1 // the member left this forwarder during the tick
+	MetaVideo uint8 = 1 << 2 // a video section (MemberMetadata.Video) follows the member's fixed fields
 )
 
 const (
-	metaFlagsKnown    = MetaOnset | MetaLeft
+	metaFlagsKnown    = MetaOnset | MetaLeft | MetaVideo
 	metaBatchFixedLen = 23 // the batch body up to the forwarder id
 	metaCallFixedLen  = 17 // call id and member count
-	metaMemberLen     = 33
+	metaMemberLen     = 33 // a member without its video section
+	metaVideoFixedLen = 10 // uplink and downlink estimates, layer count, subscription count
+	metaVideoLayerLen = 4
+	metaVideoSubLen   = 18 // participant id, max height
 	metaMaxLevel      = 127
 	metaMaxTickMillis = 10000
 	metaMaxLoss       = 1000
@@ -32,7 +36,9 @@ const (
 )
 
 // MemberMetadata is one member's audio summary for one tick, as its
-// forwarder measured it. On the wire it is always metaMemberLen (33) bytes.
+// forwarder measured it, and with MetaVideo its video picture. On the wire
+// it is 33 bytes, followed with MetaVideo by the video section of
+// 10 + 4*Video.Layers + 18*Video.NumSubs bytes.
 type MemberMetadata struct {
 	Participant  ID
 	Packets      uint16 // audio RTP packets received in the tick
@@ -40,9 +46,55 @@ type MemberMetadata struct {
 	PayloadBytes uint32 // sum of (packet length - RTP header length) of those packets
 	MeanLevel    uint8  // mean RFC 6464 level, -dBov 0..127 (127: silence or no packets); >127 is invalid
 	MaxLevel     uint8  // loudest packet's level (the minimum -dBov) 0..127; >127 invalid
-	Flags        uint8  // MetaOnset | MetaLeft; unknown bits are invalid on decode and encode
+	Flags        uint8  // MetaOnset | MetaLeft | MetaVideo; unknown bits are invalid on decode and encode
 	UplinkBps    uint32 // bits per second received from the member over the tick (all its RTP)
 	LossPermille uint16 // audio packets lost in the tick from sequence gaps, per mille 0..1000 (>1000 invalid)
+	// Video is on the wire only when Flags has MetaVideo; without it, it
+	// must be the zero value (encoding refuses anything else) and decodes
+	// as such.
+	Video MemberVideo
+}
+
+// MemberVideo is what a forwarder knows of one member's video at the end
+// of a tick: the capacity of its links, the simulcast layers it sends and
+// the videos it subscribes to, for the conductor's layer and bitrate
+// decisions (CallDecision's video section). On the wire (with MetaVideo):
+//
+//	0..4    uplink estimate, bits per second (0: unknown)
+//	4..8    downlink estimate, bits per second (0: unknown)
+//	8       layer count l (0..3)
+//	9       subscription count s (0..16)
+//	10..    l layer rates, 4 bytes each, lowest layer first
+//	..end   s subscriptions: participant id (16), max height (2)
+//
+// Entries of LayerBps and Subs beyond Layers and NumSubs are not written,
+// and decode as zero.
+type MemberVideo struct {
+	UplinkEstBps   uint32                     // the forwarder's estimate of the member's uplink capacity (0 unknown)
+	DownlinkEstBps uint32                     // the member's downlink capacity from its feedback (REMB), 0 unknown
+	Layers         uint8                      // simulcast layers the member sends now: 0 no video, 1..MaxSimulcastLayers
+	LayerBps       [MaxSimulcastLayers]uint32 // measured send rate per layer over the tick, lowest first; Layers entries in use
+	NumSubs        uint8                      // entries of Subs in use, 0..MaxSubscriptions
+	Subs           [MaxSubscriptions]VideoSub // the member's video subscriptions (its Subscription), no participant twice
+}
+
+// VideoSub is one video a member subscribes to.
+type VideoSub struct {
+	Participant ID     // whose video; not the zero id
+	MaxHeight   uint16 // the largest picture height wanted, pixels; 0 no limit
+}
+
+// size returns the member's length on the wire.
+func (m *MemberMetadata) size() int {
+	if m.Flags&MetaVideo == 0 {
+		return metaMemberLen
+	}
+	return metaMemberLen + m.Video.size()
+}
+
+// size returns the video section's length on the wire.
+func (v *MemberVideo) size() int {
+	return metaVideoFixedLen + metaVideoLayerLen*int(v.Layers) + metaVideoSubLen*int(v.NumSubs)
 }
 
 // CallMetadata is the summary of the members of one call that one forwarder
@@ -67,7 +119,8 @@ type CallMetadata struct {
 //	..end   the calls, each: call id (16), member count m (1..255), then
 //	        m members of 33 bytes: participant id (16), packets (2),
 //	        voice packets (2), payload bytes (4), uplink bps (4), loss
-//	        permille (2), mean level (1), max level (1), flags (1)
+//	        permille (2), mean level (1), max level (1), flags (1), each
+//	        followed, with MetaVideo, by its video section (MemberVideo)
 type MetadataBatch struct {
 	Forwarder  string         // ValidForwarderID
 	Partition  uint16         // the partition all Calls hash to
@@ -83,7 +136,10 @@ type MetadataBatch struct {
 func (b *MetadataBatch) MarshalSize() int {
 	n := clusterMsgOverhead + metaBatchFixedLen + len(b.Forwarder)
 	for i := range b.Calls {
-		n += metaCallFixedLen + metaMemberLen*len(b.Calls[i].Members)
+		n += metaCallFixedLen
+		for j := range b.Calls[i].Members {
+			n += b.Calls[i].Members[j].size()
+		}
 	}
 	return n
 }
@@ -100,6 +156,41 @@ func (m *MemberMetadata) check() error {
 		return fmt.Errorf("%w: member %s: unknown flags %#02x", ErrClusterMsgInvalid, m.Participant, m.Flags&^metaFlagsKnown)
 	case m.LossPermille > metaMaxLoss:
 		return fmt.Errorf("%w: member %s: loss %d permille", ErrClusterMsgInvalid, m.Participant, m.LossPermille)
+	case m.Flags&MetaVideo == 0 && m.Video != MemberVideo{}:
+		return fmt.Errorf("%w: member %s: video fields set without the video flag", ErrClusterMsgInvalid, m.Participant)
+	case m.Flags&MetaVideo != 0:
+		return m.Video.check(m.Participant)
+	}
+	return nil
+}
+
+// check checks the counts and the subscriptions in use; p names the member
+// in errors.
+func (v *MemberVideo) check(p ID) error {
+	if v.Layers > MaxSimulcastLayers {
+		return fmt.Errorf("%w: member %s: %d video layers, want 0..%d", ErrClusterMsgInvalid, p, v.Layers, MaxSimulcastLayers)
+	}
+	if v.NumSubs > MaxSubscriptions {
+		return fmt.Errorf("%w: member %s: %d subscriptions, want 0..%d", ErrClusterMsgInvalid, p, v.NumSubs, MaxSubscriptions)
+	}
+	for i := range int(v.NumSubs) {
+		if err := v.checkSub(p, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkSub checks v.Subs[i] against the subscriptions before it.
+func (v *MemberVideo) checkSub(p ID, i int) error {
+	s := v.Subs[i].Participant
+	if s.IsZero() {
+		return fmt.Errorf("%w: member %s subscribes to the zero participant id", ErrClusterMsgInvalid, p)
+	}
+	for _, q := range v.Subs[:i] {
+		if q.Participant == s {
+			return fmt.Errorf("%w: member %s subscribes to %s twice", ErrClusterMsgInvalid, p, s)
+		}
 	}
 	return nil
 }
@@ -184,12 +275,34 @@ func (m *MemberMetadata) append(b []byte) []byte {
 	b = binary.BigEndian.AppendUint32(b, m.PayloadBytes)
 	b = binary.BigEndian.AppendUint32(b, m.UplinkBps)
 	b = binary.BigEndian.AppendUint16(b, m.LossPermille)
-	return append(b, m.MeanLevel, m.MaxLevel, m.Flags)
+	b = append(b, m.MeanLevel, m.MaxLevel, m.Flags)
+	if m.Flags&MetaVideo != 0 {
+		b = m.Video.append(b)
+	}
+	return b
 }
 
-// decode reads one member from the first metaMemberLen bytes of b.
-func (m *MemberMetadata) decode(b []byte) {
-	_ = b[metaMemberLen-1]
+func (v *MemberVideo) append(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, v.UplinkEstBps)
+	b = binary.BigEndian.AppendUint32(b, v.DownlinkEstBps)
+	b = append(b, v.Layers, v.NumSubs)
+	for _, r := range v.LayerBps[:v.Layers] {
+		b = binary.BigEndian.AppendUint32(b, r)
+	}
+	for _, s := range v.Subs[:v.NumSubs] {
+		b = append(b, s.Participant[:]...)
+		b = binary.BigEndian.AppendUint16(b, s.MaxHeight)
+	}
+	return b
+}
+
+// decode reads and checks one member at the front of b and returns its
+// length on the wire.
+func (m *MemberMetadata) decode(b []byte) (int, error) {
+	if len(b) < metaMemberLen {
+		return 0, fmt.Errorf("%w: member truncated", ErrClusterMsgInvalid)
+	}
+	*m = MemberMetadata{}
 	copy(m.Participant[:], b[:16])
 	m.Packets = binary.BigEndian.Uint16(b[16:18])
 	m.VoicePackets = binary.BigEndian.Uint16(b[18:20])
@@ -197,6 +310,47 @@ func (m *MemberMetadata) decode(b []byte) {
 	m.UplinkBps = binary.BigEndian.Uint32(b[24:28])
 	m.LossPermille = binary.BigEndian.Uint16(b[28:30])
 	m.MeanLevel, m.MaxLevel, m.Flags = b[30], b[31], b[32]
+	if err := m.check(); err != nil {
+		return 0, err
+	}
+	if m.Flags&MetaVideo == 0 {
+		return metaMemberLen, nil
+	}
+	n, err := m.Video.decode(m.Participant, b[metaMemberLen:])
+	return metaMemberLen + n, err
+}
+
+// decode reads and checks the video section at the front of b and
+// returns its length; p names the member in errors.
+func (v *MemberVideo) decode(p ID, b []byte) (int, error) {
+	if len(b) < metaVideoFixedLen {
+		return 0, fmt.Errorf("%w: member %s: video section truncated", ErrClusterMsgInvalid, p)
+	}
+	v.UplinkEstBps = binary.BigEndian.Uint32(b[0:4])
+	v.DownlinkEstBps = binary.BigEndian.Uint32(b[4:8])
+	v.Layers, v.NumSubs = b[8], b[9]
+	if v.Layers > MaxSimulcastLayers || v.NumSubs > MaxSubscriptions {
+		return 0, v.check(p)
+	}
+	n := v.size()
+	if len(b) < n {
+		return 0, fmt.Errorf("%w: member %s: video section of %d layers and %d subscriptions truncated", ErrClusterMsgInvalid, p, v.Layers, v.NumSubs)
+	}
+	off := metaVideoFixedLen
+	for i := range int(v.Layers) {
+		v.LayerBps[i] = binary.BigEndian.Uint32(b[off : off+4])
+		off += metaVideoLayerLen
+	}
+	for i := range int(v.NumSubs) {
+		s := &v.Subs[i]
+		copy(s.Participant[:], b[off:off+16])
+		s.MaxHeight = binary.BigEndian.Uint16(b[off+16 : off+18])
+		off += metaVideoSubLen
+		if err := v.checkSub(p, i); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
 }
 
 // Unmarshal authenticates and decodes data, which must be exactly one
@@ -282,19 +436,20 @@ func (b *MetadataBatch) decodeCall(rest []byte) ([]byte, error) {
 	if members == 0 {
 		return nil, fmt.Errorf("%w: call %s without members", ErrClusterMsgInvalid, c.Call)
 	}
+	// Every member takes at least metaMemberLen bytes.
 	if len(rest) < members*metaMemberLen {
 		return nil, fmt.Errorf("%w: call %s: %d members truncated", ErrClusterMsgInvalid, c.Call, members)
 	}
 	c.Members = c.Members[:0]
 	for j := range members {
 		c.Members = append(c.Members, MemberMetadata{})
-		m := &c.Members[j]
-		m.decode(rest[j*metaMemberLen:])
-		if err := m.check(); err != nil {
+		n, err := c.Members[j].decode(rest)
+		if err != nil {
 			return nil, err
 		}
+		rest = rest[n:]
 	}
-	return rest[members*metaMemberLen:], nil
+	return rest, nil
 }
 
 // readClusterID reads an id of n bytes (a forwarder or conductor id) from

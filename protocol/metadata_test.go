@@ -72,6 +72,53 @@ var metaGoldenTests = []struct {
 		},
 	},
 	{
+		name: "member with video",
+		msg: &MetadataBatch{
+			Forwarder: "fwd-a", Partition: 7, Seq: 44, At: clusterTestAt, TickMillis: 100,
+			Calls: []CallMetadata{{Call: clusterTestCall, Members: []MemberMetadata{{
+				Participant: clusterTestPart, Packets: 5, VoicePackets: 5, PayloadBytes: 400,
+				MeanLevel: 30, MaxLevel: 22, Flags: MetaVideo, UplinkBps: 736000,
+				Video: MemberVideo{
+					UplinkEstBps: 2_000_000, DownlinkEstBps: 3_000_000,
+					Layers: 2, LayerBps: [MaxSimulcastLayers]uint32{150_000, 600_000},
+					NumSubs: 1, Subs: [MaxSubscriptions]VideoSub{{Participant: clusterTestPart3, MaxHeight: 720}},
+				},
+			}}}},
+		},
+		wire: []byte{
+			0x43, 0x52, 0x4c, 0x43, // "CRLC"
+			0x01, 0x03, 0x00, 0x72, // version 1, type 3 (metadata), body 114 bytes
+			0x05,       // forwarder id 5 bytes
+			0x00, 0x07, // partition 7
+			0x00, 0x64, // tick 100 ms
+			0x00, 0x01, // 1 call
+			0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2c, // sequence 44
+			0x00, 0x00, 0x01, 0xa3, 0x18, 0x5c, 0x50, 0x7b, // at 1800000000123 ms
+			0x66, 0x77, 0x64, 0x2d, 0x61, // "fwd-a"
+			0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, // call id
+			0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11,
+			0x01,                                           // 1 member
+			0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, // participant id
+			0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22,
+			0x00, 0x05, // 5 packets
+			0x00, 0x05, // 5 with voice
+			0x00, 0x00, 0x01, 0x90, // 400 payload bytes
+			0x00, 0x0b, 0x3b, 0x00, // uplink 736000 bit/s
+			0x00, 0x00, // loss 0 permille
+			0x1e, 0x16, 0x04, // mean level 30, max level 22, flags: video
+			0x00, 0x1e, 0x84, 0x80, // video: uplink estimate 2000000 bit/s
+			0x00, 0x2d, 0xc6, 0xc0, // downlink estimate 3000000 bit/s
+			0x02, 0x01, // 2 layers, 1 subscription
+			0x00, 0x02, 0x49, 0xf0, // layer 0: 150000 bit/s
+			0x00, 0x09, 0x27, 0xc0, // layer 1: 600000 bit/s
+			0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, // subscribes to 3333...
+			0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33,
+			0x02, 0xd0, // up to 720 pixels high
+			0xe4, 0x67, 0x08, 0x1d, 0xb0, 0xb2, 0x9e, 0x9f, // tag
+			0x58, 0x9d, 0xac, 0x51, 0xf4, 0xda, 0x0c, 0xfc,
+		},
+	},
+	{
 		name: "no calls",
 		msg:  &MetadataBatch{Forwarder: "fwd-a", Partition: 7, Seq: 43, At: clusterTestAt, TickMillis: 100},
 		wire: []byte{
@@ -119,10 +166,47 @@ func metaTestBatch(calls, members int) *MetadataBatch {
 	return b
 }
 
+// metaTestVideo returns a valid video section that differs with i: i%4
+// layers and i%17 subscriptions.
+func metaTestVideo(i int) MemberVideo {
+	v := MemberVideo{
+		UplinkEstBps: 1_000_000 + uint32(i), DownlinkEstBps: uint32(i * 1000),
+		Layers: uint8(i % 4), NumSubs: uint8(i % 17),
+	}
+	for l := range int(v.Layers) {
+		v.LayerBps[l] = uint32(100_000 * (l + 1))
+	}
+	for j := range int(v.NumSubs) {
+		v.Subs[j] = VideoSub{Participant: ID{0xb0, 14: byte(i), 15: byte(j)}, MaxHeight: uint16(180 * j)}
+	}
+	return v
+}
+
+// metaTestVideoBatch is metaTestBatch with a video section on every member.
+func metaTestVideoBatch(calls, members int) *MetadataBatch {
+	b := metaTestBatch(calls, members)
+	for c := range b.Calls {
+		for m := range b.Calls[c].Members {
+			mm := &b.Calls[c].Members[m]
+			mm.Flags |= MetaVideo
+			mm.Video = metaTestVideo(c*members + m)
+		}
+	}
+	return b
+}
+
 func metaBody(edit func(b []byte) []byte) []byte {
-	w := metaGoldenTests[0].wire
+	return metaBodyOf(0, edit)
+}
+
+// metaBodyOf edits a clone of golden batch i's body.
+func metaBodyOf(i int, edit func(b []byte) []byte) []byte {
+	w := metaGoldenTests[i].wire
 	return edit(bytes.Clone(w[clusterMsgHeaderLen : len(w)-clusterMsgTagLen]))
 }
+
+// metaVideoBody edits the body of the golden batch with video.
+func metaVideoBody(edit func(b []byte) []byte) []byte { return metaBodyOf(1, edit) }
 
 // checkClusterMsgRejects runs the checks every message type shares on an
 // authentic message: truncation at every length, every bit flipped, a
@@ -215,9 +299,24 @@ func TestMetadataBadBodies(t *testing.T) {
 		{"voice > packets", metaBody(clusterSet(63, 0, 6)), "6 voice packets of 5"},
 		{"mean level 128", metaBody(clusterSet(75, 128)), "level mean 128"},
 		{"max level 255", metaBody(clusterSet(109, 255)), "max 255"},
-		{"flag 0x04", metaBody(clusterSet(77, 0x05)), "unknown flags 0x04"},
+		{"flag 0x08", metaBody(clusterSet(77, 0x09)), "unknown flags 0x08"},
 		{"flag 0x80", metaBody(clusterSet(110, 0x80)), "unknown flags 0x80"},
 		{"loss 1001", metaBody(clusterSet(73, 0x03, 0xe9)), "loss 1001 permille"},
+		// The golden batch with video: flags at 77, then the video section
+		// at 78: estimates 78 and 82, layers 86, subscriptions 87, layer
+		// rates 88 and 92, the subscription at 96 (height 112).
+		{"video: 4 layers", metaVideoBody(clusterSet(86, 4)), "4 video layers, want 0..3"},
+		{"video: 17 subscriptions", metaVideoBody(clusterSet(87, 17)), "17 subscriptions, want 0..16"},
+		{"video: section cut short", metaVideoBody(func(b []byte) []byte { return b[:85] }), "video section truncated"},
+		{"video: 3 layers, 2 present", metaVideoBody(clusterSet(86, 3)), "3 layers and 1 subscriptions truncated"},
+		{"video: subscription cut short", metaVideoBody(func(b []byte) []byte { return b[:113] }), "2 layers and 1 subscriptions truncated"},
+		{"video: zero subscription", metaVideoBody(clusterSet(96, make([]byte, 16)...)), "subscribes to the zero participant id"},
+		{"video: subscription twice", metaVideoBody(func(b []byte) []byte {
+			b[87] = 2
+			return append(b, b[96:114]...)
+		}), "subscribes to 33333333333333333333333333333333 twice"},
+		{"video: flag off, section left", metaVideoBody(clusterSet(77, 0)), "36 trailing bytes"},
+		{"video: 1 layer, 2 present", metaVideoBody(clusterSet(86, 1)), "4 trailing bytes"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var m MetadataBatch
@@ -257,8 +356,20 @@ func TestMetadataMarshalRejects(t *testing.T) {
 		{"voice > packets", "6 voice packets of 5", member(func(m *MemberMetadata) { m.VoicePackets = 6 })},
 		{"mean level 128", "level mean 128", member(func(m *MemberMetadata) { m.MeanLevel = 128 })},
 		{"max level 200", "max 200", member(func(m *MemberMetadata) { m.MaxLevel = 200 })},
-		{"flag 0x04", "unknown flags 0x04", member(func(m *MemberMetadata) { m.Flags = MetaOnset | 0x04 })},
+		{"flag 0x08", "unknown flags 0x08", member(func(m *MemberMetadata) { m.Flags = MetaOnset | 0x08 })},
 		{"loss 1001", "loss 1001 permille", member(func(m *MemberMetadata) { m.LossPermille = 1001 })},
+		{"video without the flag", "video fields set without the video flag", member(func(m *MemberMetadata) { m.Video.DownlinkEstBps = 1 })},
+		{"video: 4 layers", "4 video layers", member(func(m *MemberMetadata) { m.Flags, m.Video.Layers = MetaVideo, 4 })},
+		{"video: 17 subscriptions", "17 subscriptions", member(func(m *MemberMetadata) { m.Flags, m.Video.NumSubs = MetaVideo, 17 })},
+		{"video: zero subscription", "subscribes to the zero participant id", member(func(m *MemberMetadata) {
+			m.Flags, m.Video = MetaVideo, metaTestVideo(5)
+			m.Video.Subs[4].Participant = ID{}
+		})},
+		{"video: subscription twice", "twice", member(func(m *MemberMetadata) {
+			m.Flags, m.Video = MetaVideo, metaTestVideo(16)
+			m.Video.Subs[15] = m.Video.Subs[0]
+		})},
+		{"body too large with video", "split the batch", metaTestVideoBatch(60, 6)},
 		{"65536 calls", "65536 calls", edit(func(b *MetadataBatch) { b.Calls = make([]CallMetadata, 65536) })},
 		{"body too large", "split the batch", metaTestBatch(400, 6)},
 	} {
@@ -317,6 +428,34 @@ func TestMetadataRoundTrip(t *testing.T) {
 			name: "before 1970",
 			in:   &MetadataBatch{Forwarder: "f", TickMillis: 20, At: time.UnixMilli(-1).UTC()},
 		},
+		{name: "video, every shape", in: metaTestVideoBatch(4, 17)},
+		{
+			name: "video, largest values",
+			in: &MetadataBatch{Forwarder: "f", TickMillis: 100, Calls: []CallMetadata{{Call: clusterTestCall, Members: []MemberMetadata{
+				func() MemberMetadata {
+					m := full
+					m.Flags |= MetaVideo
+					m.Video = metaTestVideo(16 + 3*17) // 3 layers, 16 subscriptions
+					m.Video.UplinkEstBps, m.Video.DownlinkEstBps = 1<<32-1, 1<<32-1
+					m.Video.LayerBps = [MaxSimulcastLayers]uint32{1<<32 - 1, 1<<32 - 1, 1<<32 - 1}
+					m.Video.Subs[3].MaxHeight = 65535
+					return m
+				}(),
+			}}}},
+		},
+		{
+			name: "video, entries beyond the counts are not sent",
+			in: &MetadataBatch{Forwarder: "f", TickMillis: 100, Calls: []CallMetadata{{Call: clusterTestCall, Members: []MemberMetadata{{
+				Participant: clusterTestPart, Flags: MetaVideo,
+				Video: MemberVideo{Layers: 1, LayerBps: [MaxSimulcastLayers]uint32{1, 2, 3},
+					NumSubs: 1, Subs: [MaxSubscriptions]VideoSub{{Participant: clusterTestPart3}, {Participant: clusterTestPart3}}},
+			}}}}},
+			out: &MetadataBatch{Forwarder: "f", TickMillis: 100, Calls: []CallMetadata{{Call: clusterTestCall, Members: []MemberMetadata{{
+				Participant: clusterTestPart, Flags: MetaVideo,
+				Video: MemberVideo{Layers: 1, LayerBps: [MaxSimulcastLayers]uint32{1},
+					NumSubs: 1, Subs: [MaxSubscriptions]VideoSub{{Participant: clusterTestPart3}}},
+			}}}}},
+		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.out == nil {
@@ -346,8 +485,9 @@ func metaNormalize(b *MetadataBatch) *MetadataBatch {
 // gets, whatever it held before, and keeps its arrays.
 func TestMetadataReuse(t *testing.T) {
 	k := testClusterKey(t)
-	batches := []*MetadataBatch{metaTestBatch(5, 6), metaTestBatch(2, 2), metaGoldenTests[0].msg, metaTestBatch(0, 0), metaTestBatch(7, 1)}
-	batches[1].Forwarder = "fwd-b"
+	batches := []*MetadataBatch{metaTestBatch(5, 6), metaTestVideoBatch(3, 17), metaTestBatch(2, 2), metaGoldenTests[0].msg,
+		metaTestBatch(0, 0), metaGoldenTests[1].msg, metaTestBatch(7, 1)}
+	batches[2].Forwarder = "fwd-b"
 	var m MetadataBatch
 	for round := range 2 {
 		for i, want := range batches {
@@ -374,6 +514,8 @@ func TestMetadataUnmarshalAllocs(t *testing.T) {
 	require.NoError(t, err)
 	small, err := metaTestBatch(3, 4).Marshal(nil, k)
 	require.NoError(t, err)
+	video, err := metaTestVideoBatch(20, 6).Marshal(nil, k)
+	require.NoError(t, err)
 	var m MetadataBatch
 	require.NoError(t, m.Unmarshal(big, k), "warm-up")
 	allocs := testing.AllocsPerRun(100, func() {
@@ -381,6 +523,9 @@ func TestMetadataUnmarshalAllocs(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := m.Unmarshal(small, k); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Unmarshal(video, k); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -451,6 +596,17 @@ func TestClusterMACShared(t *testing.T) {
 
 func TestMetadataSizes(t *testing.T) {
 	k := testClusterKey(t)
+	check := func(b *MetadataBatch, size int, what string) {
+		t.Helper()
+		require.Equal(t, size, b.MarshalSize(), what)
+		wire, err := b.Marshal(nil, k)
+		if size > clusterMsgOverhead+clusterMaxBody {
+			require.ErrorIs(t, err, ErrClusterMsgInvalid, what)
+			return
+		}
+		require.NoError(t, err, what)
+		require.Len(t, wire, size, what)
+	}
 	for _, tt := range []struct{ calls, members, size int }{
 		{0, 0, 52},
 		{1, 6, 267},      // 24 + 23 + 5 + 17 + 6*33
@@ -461,16 +617,37 @@ func TestMetadataSizes(t *testing.T) {
 		{300, 1, 15052},  // 24 + 23 + 5 + 300*(17 + 33)
 		{1300, 1, 65052}, // many one-member calls
 	} {
-		b := metaTestBatch(tt.calls, tt.members)
-		require.Equal(t, tt.size, b.MarshalSize(), "%d x %d", tt.calls, tt.members)
-		wire, err := b.Marshal(nil, k)
-		if tt.size > clusterMsgOverhead+clusterMaxBody {
-			require.ErrorIs(t, err, ErrClusterMsgInvalid)
-			continue
-		}
-		require.NoError(t, err)
-		require.Len(t, wire, tt.size)
+		check(metaTestBatch(tt.calls, tt.members), tt.size, fmt.Sprintf("%d x %d", tt.calls, tt.members))
 	}
+	// With video, member i of metaTestVideoBatch takes 33 + 10 + 4*(i%4) +
+	// 18*(i%17) bytes.
+	for _, tt := range []struct{ calls, members, size int }{
+		{1, 1, 112},    // 24 + 23 + 5 + 17 + (33 + 10)
+		{1, 2, 177},    // and (33 + 10 + 4*1 + 18*1)
+		{1, 17, 3344},  // 24 + 23 + 5 + 17 + 17*43 + 4*24 + 18*136
+		{56, 6, 65384}, // the most calls of 6 that fit one batch
+		{57, 6, 66749}, // too large: split
+	} {
+		what := fmt.Sprintf("video %d x %d", tt.calls, tt.members)
+		require.Equal(t, tt.size, metaVideoSize(tt.calls, tt.members), what)
+		check(metaTestVideoBatch(tt.calls, tt.members), tt.size, what)
+	}
+}
+
+// metaVideoSize is the size of metaTestVideoBatch(calls, members) by the
+// README's formula: 24 + 23 + id length + Σ (17 + Σ member length), a
+// member taking 33 bytes, or 43 + 4 × layers + 18 × subscriptions with
+// video.
+func metaVideoSize(calls, members int) int {
+	n := clusterMsgOverhead + 23 + len("fwd-a")
+	for c := range calls {
+		n += 17
+		for m := range members {
+			i := c*members + m
+			n += 43 + 4*(i%4) + 18*(i%17)
+		}
+	}
+	return n
 }
 
 // metadataFuzzSeeds are the committed seeds of FuzzMetadataBatch (see
@@ -493,6 +670,14 @@ func metadataFuzzSeeds(t testing.TB) map[string][]byte {
 		require.NoError(t, err)
 		seeds[fmt.Sprintf("%d-calls-of-%d", shape[0], shape[1])] = wire
 	}
+	video, err := metaTestVideoBatch(2, 17).Marshal(nil, k)
+	require.NoError(t, err)
+	seeds["video-2-calls-of-17"] = video
+	seeds["video-4-layers"] = rawClusterMsg(k, byte(ClusterMsgMetadata), metaVideoBody(clusterSet(86, 4)))
+	seeds["video-subscription-twice"] = rawClusterMsg(k, byte(ClusterMsgMetadata), metaVideoBody(func(b []byte) []byte {
+		b[87] = 2
+		return append(b, b[96:114]...)
+	}))
 	seeds["no-members"] = rawClusterMsg(k, byte(ClusterMsgMetadata), metaBody(clusterSet(44, 0)))
 	seeds["unknown-flag"] = rawClusterMsg(k, byte(ClusterMsgMetadata), metaBody(clusterSet(77, 0x81)))
 	seeds["call-count-too-large"] = rawClusterMsg(k, byte(ClusterMsgMetadata), metaBody(clusterSet(5, 0xff, 0xff)))

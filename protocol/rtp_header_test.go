@@ -77,6 +77,24 @@ var rtpParseTests = []struct {
 		},
 	},
 	{
+		name: "video with frame and abs-send-time extensions",
+		in: []byte{
+			0x90, 0x60, 0x00, 0x07, // V=2 X, PT=96, seq 7
+			0x00, 0x01, 0x5f, 0x90, // timestamp 90000
+			0xca, 0xfe, 0x00, 0x01, // SSRC
+			0xbe, 0xde, 0x00, 0x02, // profile 0xBEDE, 2 words
+			0x20, 0xc5, // id 2 len 0: K S, 2 layers, layer 1
+			0x32, 0x2a, 0x00, 0x00, // id 3 len 2: abs-send-time 10.5 s
+			0x00, 0x00, // padding
+			0x01, 0x02, 0x03, // payload (encrypted)
+		},
+		want: rtpWant{
+			Extension: true, PayloadType: 96, SequenceNumber: 7, Timestamp: 90000, SSRC: 0xcafe0001,
+			HeaderLen: 24, ExtProfile: 0xBEDE, Payload: []byte{0x01, 0x02, 0x03},
+			Exts: map[uint8][]byte{2: {0xc5}, 3: {0x2a, 0x00, 0x00}},
+		},
+	},
+	{
 		name: "marker and two CSRCs",
 		in: []byte{
 			0x82, 0xe0, 0xff, 0xff, // V=2 CC=2, M=1 PT=96, seq 65535
@@ -659,6 +677,8 @@ func FuzzRTPHeader(f *testing.F) {
 				}
 			}
 			h.AudioLevel(1)
+			rtpCheckVideoFrame(t, &h)
+			rtpCheckAbsSendTime(t, &h)
 		}
 		// Differential: pion/rtp must reach the same verdict and fields.
 		if len(b) > 0 && b[0]>>6 == 2 && !rtpHasAppBits(b) {
