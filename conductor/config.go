@@ -55,6 +55,8 @@ type Config struct {
 	IdleCall time.Duration
 	// Speaker tunes dominant-speaker detection.
 	Speaker SpeakerConfig
+	// Video is the bitrate ladder the allocator plans with (allocate.go).
+	Video VideoLadder
 	// Queue bounds the metadata waiting per partition; beyond it messages
 	// are dropped and counted.
 	Queue int
@@ -82,6 +84,7 @@ func Default() Config {
 		RecentWindow:    5 * time.Second,
 		IdleCall:        30 * time.Second,
 		Speaker:         DefaultSpeakerConfig(),
+		Video:           DefaultVideoLadder(),
 		Queue:           1024,
 		Logger:          zap.NewNop(),
 		Now:             time.Now,
@@ -114,6 +117,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxPartitions < 0 {
 		errs = append(errs, fmt.Errorf("conductor: max partitions %d, want >= 0", c.MaxPartitions))
+	}
+	if err := c.Video.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.DecideEvery <= 0 || c.Republish < c.DecideEvery || c.CheckpointEvery <= 0 || c.CheckpointTTL < c.CheckpointEvery {
 		errs = append(errs, fmt.Errorf("conductor: decide every %s, republish %s (>= decide), checkpoint every %s, kept %s (>= every)",

@@ -54,6 +54,7 @@ type callState struct {
 	dirty    bool
 	spurts   map[protocol.ID]spurt
 	members  map[protocol.ID]struct{} // everyone the metadata named
+	video    *callVideo               // nil until a member reports video (video.go)
 }
 
 // spurt is a member's current run of speech, for switch latency.
@@ -180,9 +181,11 @@ func (p *partition) observe(cs *callState, mm *protocol.MemberMetadata, tick tim
 		cs.det.Remove(mm.Participant)
 		delete(cs.spurts, mm.Participant)
 		delete(cs.members, mm.Participant)
+		cs.forgetVideo(mm.Participant)
 		cs.dirty = true
 		return
 	}
+	cs.observeVideo(mm, now, p.c.cfg.Video)
 	if len(cs.members) < 256 {
 		cs.members[mm.Participant] = struct{}{}
 	}
@@ -307,10 +310,11 @@ func (p *partition) decide(cs *callState, now time.Time) bool {
 			p.c.m.switchLatency.Observe(now.Sub(s.start).Seconds())
 		}
 	}
-	if !changed && !setChanged && cs.decided && now.Sub(cs.lastSent) < p.c.cfg.Republish {
+	videoChanged := cs.allocateVideo(now, dom, p.fwd)
+	if !changed && !setChanged && !videoChanged && cs.decided && now.Sub(cs.lastSent) < p.c.cfg.Republish {
 		return false
 	}
-	if changed || setChanged || !cs.decided {
+	if changed || setChanged || videoChanged || !cs.decided {
 		cs.seq++
 		cs.dirty = true
 		cs.dominant = dom
@@ -326,6 +330,10 @@ func (p *partition) publish(cs *callState, now time.Time) {
 	d := &p.dec
 	d.Call, d.Partition, d.Epoch, d.Seq, d.At = cs.id, uint16(p.part), p.epoch, cs.seq, now
 	d.Dominant, d.Forward, d.Conductor = cs.dominant, cs.forward, p.c.cfg.ID
+	d.Video, d.Senders, d.Layers = false, nil, nil
+	if cs.video != nil {
+		d.Video, d.Senders, d.Layers = true, cs.video.senders, cs.video.layers
+	}
 	var err error
 	if p.buf, err = d.Marshal(p.buf[:0], p.c.cfg.Key); err != nil {
 		p.c.log.Error("encoding decision", zap.Stringer("call", cs.id), zap.Error(err))

@@ -44,6 +44,8 @@ type Config struct {
 
 	// Audio tunes the audio forwarding gate and loud-onset fast path.
 	Audio AudioConfig
+	// Adapt tunes the NACK cache, bandwidth estimates and video routing.
+	Adapt AdaptConfig
 
 	// Load tunes the load signals and the throttle levels; LoadEvery is how
 	// often the load is sampled. From level ShedVideoAt on, group calls
@@ -75,6 +77,7 @@ func Default() Config {
 		JoinBurst:         400,
 		DrainDeadline:     30 * time.Second,
 		Audio:             DefaultAudio(),
+		Adapt:             DefaultAdapt(),
 		Load:              DefaultLoad(),
 		LoadEvery:         250 * time.Millisecond,
 		ShedVideoAt:       ThrottleGroupJoin,
@@ -109,7 +112,7 @@ func (c *Config) Validate() error {
 	if c.DrainDeadline <= 0 {
 		errs = append(errs, fmt.Errorf("forwarder: drain deadline %s must be positive", c.DrainDeadline))
 	}
-	errs = append(errs, c.Audio.validate(), c.Load.validate(), c.Cluster.validate())
+	errs = append(errs, c.Audio.validate(), c.Adapt.validate(), c.Load.validate(), c.Cluster.validate())
 	if c.LoadEvery < 10*time.Millisecond || c.LoadEvery > 10*time.Second {
 		errs = append(errs, fmt.Errorf("forwarder: load sample interval %s, want 10ms..10s", c.LoadEvery))
 	}
@@ -160,6 +163,57 @@ func (a *AudioConfig) validate() error {
 	if a.OnsetLevel > 127 || a.OnsetMinPayload < 0 || a.OnsetHold <= 0 {
 		errs = append(errs, fmt.Errorf("forwarder: onset level %d (0..127), minimum payload %d (>= 0), hold %s (> 0)",
 			a.OnsetLevel, a.OnsetMinPayload, a.OnsetHold))
+	}
+	return errors.Join(errs...)
+}
+
+// AdaptConfig is how the forwarder adapts calls to their networks: the NACK
+// cache, the per-leg bandwidth estimates and what senders are told
+// (adapt.go, nack.go, leg.go, video.go).
+type AdaptConfig struct {
+	// VideoFrameExtensionID and AbsSendTimeExtensionID are the RFC 8285
+	// ids of the video frame and abs-send-time elements (protocol/README.md
+	// section 4).
+	VideoFrameExtensionID  uint8
+	AbsSendTimeExtensionID uint8
+	// NackCacheBytes is each sender's retransmission cache: 512 KiB holds
+	// about 4 s of a 1 Mbit/s sender.
+	NackCacheBytes int
+	// NackResendGap is the least time between two resends of one packet
+	// (about a round trip: a repeated NACK within it is a duplicate).
+	NackResendGap time.Duration
+	// UnknownDownlinkBps bounds retransmissions to a receiver that has not
+	// yet reported its downlink (REMB).
+	UnknownDownlinkBps uint64
+	// FeedbackEvery is how often senders are told their uplink estimate
+	// (REMB) and key frames are requested.
+	FeedbackEvery time.Duration
+}
+
+// DefaultAdapt returns the adaptation defaults.
+func DefaultAdapt() AdaptConfig {
+	return AdaptConfig{
+		VideoFrameExtensionID:  protocol.DefaultVideoFrameExtensionID,
+		AbsSendTimeExtensionID: protocol.DefaultAbsSendTimeExtensionID,
+		NackCacheBytes:         512 << 10,
+		NackResendGap:          100 * time.Millisecond,
+		UnknownDownlinkBps:     1_000_000,
+		FeedbackEvery:          50 * time.Millisecond,
+	}
+}
+
+func (a *AdaptConfig) validate() error {
+	var errs []error
+	for _, id := range []uint8{a.VideoFrameExtensionID, a.AbsSendTimeExtensionID} {
+		if id < 1 || id > 14 {
+			errs = append(errs, fmt.Errorf("forwarder: header extension id %d, want 1..14 (one-byte RFC 8285 ids)", id))
+		}
+	}
+	if a.NackCacheBytes < 64<<10 || a.NackCacheBytes > 64<<20 {
+		errs = append(errs, fmt.Errorf("forwarder: NACK cache %d bytes, want 64 KiB..64 MiB", a.NackCacheBytes))
+	}
+	if a.NackResendGap <= 0 || a.FeedbackEvery < 10*time.Millisecond || a.FeedbackEvery > time.Second {
+		errs = append(errs, fmt.Errorf("forwarder: NACK resend gap %s (> 0), feedback interval %s (10ms..1s)", a.NackResendGap, a.FeedbackEvery))
 	}
 	return errors.Join(errs...)
 }

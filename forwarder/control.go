@@ -41,8 +41,9 @@ type session struct {
 	confirmed, refused bool
 	written            []uint32 // SSRCs as last written to the store
 	migrateSent        time.Time
-	audioLast          audioTotals // the audio meter at the last metadata tick
-	metaSpeaking       bool        // the last metadata reported speech
+	audioLast          audioTotals  // the audio meter at the last metadata tick
+	metaSpeaking       bool         // the last metadata reported speech
+	video              sessionVideo // subscriptions and what the sender was told (adapt.go)
 }
 
 type call struct {
@@ -56,6 +57,7 @@ type call struct {
 	nextRefresh time.Time
 	stateErr    bool // a store error was logged for this call
 	decision    callDecision
+	remoteMedia map[protocol.ID]*mediaInfo // remote members' packets seen over the trunk
 }
 
 type sessionKey struct{ call, participant protocol.ID }
@@ -93,6 +95,7 @@ type control struct {
 	adm             admissionState
 	meta            metaState
 	decisionScratch protocol.CallDecision
+	trunkCodec      *protocol.TrunkCodec // key-frame requests to remote senders; nil on a lone forwarder
 }
 
 type pendingReply struct {
@@ -101,12 +104,17 @@ type pendingReply struct {
 }
 
 func newControl(f *Forwarder) *control {
+	var tc *protocol.TrunkCodec
+	if f.cfg.Cluster.enabled() {
+		tc = protocol.NewTrunkCodec(f.cfg.Cluster.Key)
+	}
 	return &control{
-		f:        f,
-		calls:    make(map[protocol.ID]*call),
-		sessions: make(map[sessionKey]*session),
-		byAddr:   make(map[netip.AddrPort]*session),
-		cookies:  newCookieJar(),
+		trunkCodec: tc,
+		f:          f,
+		calls:      make(map[protocol.ID]*call),
+		sessions:   make(map[sessionKey]*session),
+		byAddr:     make(map[netip.AddrPort]*session),
+		cookies:    newCookieJar(),
 
 		dirtyCalls: make(map[protocol.ID]struct{}),
 		held:       make(map[uint64]heldReply),
@@ -122,6 +130,10 @@ func newControl(f *Forwarder) *control {
 // handle answers one join, keepalive, address change or leave.
 func (c *control) handle(src netip.AddrPort, raw []byte) {
 	f := c.f
+	if len(raw) > 0 && raw[0] >= 128 {
+		c.onRTCP(src, raw) // a Subscription, handed over by a reader
+		return
+	}
 	c.msg.Reset()
 	c.msg.Raw = append(c.msg.Raw[:0], raw...)
 	c.reqLen = len(raw)
@@ -332,6 +344,7 @@ func (c *control) publish(now time.Time) {
 		for id := range c.dirtyCalls {
 			delete(r.byCall, id)
 			if cl := c.calls[id]; cl != nil {
+				syncRemoteMedia(cl)
 				addCallRoutes(r, cl, c.trunksOf(cl), f.v6, f.trunkV6)
 			}
 			delete(c.dirtyCalls, id)

@@ -66,7 +66,10 @@ func (c *control) metaTick(now time.Time) {
 		for _, s := range cl.members {
 			mm, ok, onsets := s.tickMetadata(tick)
 			c.f.onsets.Add(onsets)
-			if ok {
+			if !ok {
+				mm = protocol.MemberMetadata{Participant: s.participant, MeanLevel: 127, MaxLevel: 127}
+			}
+			if c.videoMeta(s, &mm, now) || ok {
 				members = append(members, mm)
 			}
 		}
@@ -189,7 +192,11 @@ func (c *control) onDecision(data []byte, now time.Time) {
 	cl.decision.d.Epoch, cl.decision.d.Seq, cl.decision.d.At = d.Epoch, d.Seq, d.At
 	cl.decision.d.Dominant, cl.decision.d.Conductor = d.Dominant, d.Conductor
 	cl.decision.d.Forward = append(cl.decision.d.Forward[:0], d.Forward...)
+	cl.decision.d.Video = d.Video
+	cl.decision.d.Senders = append(cl.decision.d.Senders[:0], d.Senders...)
+	cl.decision.d.Layers = append(cl.decision.d.Layers[:0], d.Layers...)
 	cl.decision.applied = true
+	c.applyVideo(cl, now)
 	c.f.decisions.Add(1)
 	for _, s := range cl.members {
 		c.applyGate(cl, s)

@@ -69,9 +69,12 @@ type Forwarder struct {
 
 	// The conductor's side (audio.go, decisions.go).
 	audio                                       audioParams
+	adapt                                       adaptParams
 	onsets, metaSent, metaBytes                 atomic.Uint64
 	decisions, decisionsStale, decisionsUnknown atomic.Uint64
 	speakerUpdates                              atomic.Uint64
+	subsApplied, subsRejected                   atomic.Uint64
+	targetsSent, keyFramesAsked                 atomic.Uint64
 
 	// Overload throttling (load.go, admission.go).
 	thr throttleStats
@@ -96,7 +99,7 @@ func New(cfg Config) (*Forwarder, error) {
 	if !reusePortSupported {
 		n = 1
 	}
-	f := &Forwarder{cfg: cfg, log: cfg.Logger, v6: v6, audio: audioParamsOf(cfg.Audio)}
+	f := &Forwarder{cfg: cfg, log: cfg.Logger, v6: v6, audio: audioParamsOf(cfg.Audio), adapt: adaptParamsOf(cfg.Adapt)}
 	if cfg.Cluster.ID != "" {
 		f.log = f.log.With(zap.String("forwarder", cfg.Cluster.ID))
 	}
@@ -320,6 +323,8 @@ func (f *Forwarder) runControl(ctx context.Context, c *control) {
 	defer meta.Stop()
 	load := time.NewTicker(f.cfg.LoadEvery)
 	defer load.Stop()
+	fb := time.NewTicker(f.cfg.Adapt.FeedbackEvery)
+	defer fb.Stop()
 	var results <-chan statestore.Result
 	if f.writer != nil {
 		results = f.writer.Results()
@@ -365,6 +370,9 @@ func (f *Forwarder) runControl(ctx context.Context, c *control) {
 			case <-load.C:
 				c.loadTick(f.cfg.Now())
 				continue
+			case <-fb.C:
+				c.feedbackTick(now)
+				continue
 			case l := <-f.lookupOut:
 				c.onLookup(l, now)
 				continue
@@ -393,6 +401,8 @@ func (f *Forwarder) runControl(ctx context.Context, c *control) {
 			c.metaTick(now)
 		case <-load.C:
 			c.loadTick(f.cfg.Now())
+		case <-fb.C:
+			c.feedbackTick(now)
 		case l := <-f.lookupOut:
 			c.onLookup(l, now)
 		default:
@@ -447,6 +457,8 @@ func (f *Forwarder) Stats() Stats {
 	s.MetadataSent, s.MetadataBytes = f.metaSent.Load(), f.metaBytes.Load()
 	s.Decisions, s.DecisionsStale, s.DecisionsUnknown = f.decisions.Load(), f.decisionsStale.Load(), f.decisionsUnknown.Load()
 	s.SpeakerUpdates = f.speakerUpdates.Load()
+	s.Subscriptions, s.SubsRejected = f.subsApplied.Load(), f.subsRejected.Load()
+	s.TargetsSent, s.KeyFramesAsked = f.targetsSent.Load(), f.keyFramesAsked.Load()
 	s.ThrottleLevel = ThrottleLevel(f.thr.level.Load())
 	sig := [5]float64{}
 	for i := range sig {

@@ -39,7 +39,7 @@ func hotPathFixture(t testing.TB) (*reader, *routes, netip.AddrPort, *memConn) {
 	rt := buildRoutes(map[protocol.ID]*call{cl.id: cl}, false)
 	require.Len(t, rt.bySrc[first].dests, 4)
 	mc := &memConn{}
-	f := &Forwarder{cfg: Default(), audio: audioParamsOf(DefaultAudio())}
+	f := &Forwarder{cfg: Default(), audio: audioParamsOf(DefaultAudio()), adapt: adaptParamsOf(DefaultAdapt())}
 	r := &reader{f: f, pc: mc, c: new(counters), knownLimiter: newSTUNLimiter(20, 40), newLimiter: newSTUNLimiter(20, 40)}
 	return r, rt, first, mc
 }

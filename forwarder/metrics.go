@@ -61,12 +61,24 @@ var (
 	mNATSRTT       = prometheus.NewDesc("callrelay_nats_rtt_seconds", "NATS round trips, measured every few seconds.", nil, nil)
 	mAdmittedClass = prometheus.NewDesc("callrelay_forwarder_joins_by_class_total",
 		"Joins admitted, by class (unclassified: admitted while not throttling).", []string{"class"}, nil)
+	mNacked = prometheus.NewDesc("callrelay_forwarder_nacked_packets_total",
+		"Packets receivers NACKed, by outcome: resent from the cache, not cached, bounded (resent too often or too soon), over the leg's budget.", []string{"outcome"}, nil)
+	mKeyReq = prometheus.NewDesc("callrelay_forwarder_key_frame_requests_total",
+		"Key frame requests: from receivers (PLI/FIR), and sent by the relay to senders.", []string{"from"}, nil)
+	mTargets = prometheus.NewDesc("callrelay_forwarder_sender_feedback_total",
+		"REMB, TargetBitrate and SimulcastControl messages sent to senders.", nil, nil)
+	mSubs = prometheus.NewDesc("callrelay_forwarder_subscriptions_total",
+		"Video Subscription messages from devices, applied or rejected (malformed or not newer).", []string{"outcome"}, nil)
+	mResent = prometheus.NewDesc("callrelay_forwarder_retransmitted_bytes_total", "Bytes resent to receivers from the NACK cache.", nil, nil)
 )
+
+var nackOutcomeNames = [4]string{"resent", "not_cached", "bounded", "over_budget"}
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mPackets, mBytes, mDrops, mSessions, mCalls, mPeers, mDraining, mJoins,
 		mRefusals, mNudges, mMigrate, mDegraded, mQueued, mStErr, mStDrop, mClBad, mNATSErr,
-		mMuted, mOnsets, mMeta, mMetaBytes, mDecisions, mSpeaker, mLevel, mLoad, mLevelChanges, mRefusedClass, mAdmittedClass, mStoreLatency, mNATSRTT} {
+		mMuted, mOnsets, mMeta, mMetaBytes, mDecisions, mSpeaker, mLevel, mLoad, mLevelChanges, mRefusedClass, mAdmittedClass, mStoreLatency, mNATSRTT,
+		mNacked, mKeyReq, mTargets, mSubs, mResent} {
 		ch <- d
 	}
 }
@@ -118,6 +130,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mDecisions, s.DecisionsStale, "stale")
 	counter(mDecisions, s.DecisionsUnknown, "unknown_call")
 	counter(mSpeaker, s.SpeakerUpdates)
+	for i, n := range s.NackOutcomes {
+		counter(mNacked, n, nackOutcomeNames[i])
+	}
+	counter(mKeyReq, s.KeyRequests, "receivers")
+	counter(mKeyReq, s.KeyFramesAsked, "relay")
+	counter(mTargets, s.TargetsSent)
+	counter(mSubs, s.Subscriptions, "applied")
+	counter(mSubs, s.SubsRejected, "rejected")
+	counter(mResent, s.ResentBytes)
 	gauge(mLevel, float64(s.ThrottleLevel))
 	ch <- c.f.storeLatency.metric(mStoreLatency)
 	ch <- c.f.natsRTT.metric(mNATSRTT)

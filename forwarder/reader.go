@@ -38,10 +38,19 @@ type reader struct {
 	nudgeTo                [readBatch]sockaddr
 	nn                     int
 
+	// Feedback: the RTCP walker, and fixed slots for the retransmissions
+	// of one batch.
+	rtcp    protocol.RTCPWalker
+	rtxBufs [readBatch][maxDatagram]byte
+	rtxTo   [readBatch]sockaddr
+	rn      int
+
 	// Per-batch tallies, added to the shared counters once per batch.
 	pin, bin, pout, bout uint64
 	tout, tbout, nudges  uint64
-	muted, onsetMsgs     uint64 // audio held back by the gate; LoudOnset messages taken
+	muted, onsetMsgs     uint64    // audio held back by the gate; LoudOnset messages taken
+	nacked, keyRequests  uint64    // packets NACKed by receivers; PLI/FIR taken
+	nackOut              [4]uint64 // by nackOutcome
 	drops                [numDropReasons]uint64
 }
 
@@ -97,16 +106,17 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 			r.drops[DropMalformed]++
 			return
 		}
-		if sub, pkt, ok := relayControlSubType(b); ok {
-			// Relay instructions come from forwarders only; one device
-			// must not send another a forged Rejoin or MigrateTo. A
-			// member's LoudOnset is for this forwarder, and stops here.
-			if rte := rt.bySrc[src]; sub == protocol.SubTypeLoudOnset && rte != nil && rte.media != nil && len(pkt) == 20 {
-				r.deviceOnset(&rte.media.audio)
-				r.onsetMsgs++
+		if rte := rt.bySrc[src]; rte != nil && rte.media != nil {
+			consumed, ok := r.feedback(rt, rte, b, src, nowNS)
+			if !ok {
+				r.drops[DropMalformed]++
 				return
 			}
-			r.drops[DropRelayControl]++
+			if consumed {
+				return
+			}
+		} else if _, _, ok := relayControlSubType(b); ok {
+			r.drops[DropRelayControl]++ // relay instructions come from forwarders only
 			return
 		}
 	default:
@@ -119,35 +129,68 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 		r.nudge(b, src, nowNS)
 		return
 	}
-	if m := rte.media; m != nil {
-		audio := false
-		if kind == protocol.KindRTP {
-			m.note(r.hdr.SSRC)
-			var voice bool
-			var level uint8
-			if voice, level, audio = r.hdr.AudioLevel(r.f.audio.extID); audio &&
-				!r.audio(&m.audio, r.hdr.SequenceNumber, voice, level, len(b)-r.hdr.HeaderLen-r.hdr.PaddingLen, len(b)) {
-				r.muted++
-				return
-			}
-		}
-		if !audio {
-			m.audio.bytes.Add(uint64(len(b)) << 32)
-			if kind == protocol.KindRTP && rte.group && r.f.thr.shedVideo.Load() {
-				r.drops[DropShedVideo]++ // overload: group video goes before any audio
-				return
-			}
-		}
+	m := rte.media
+	if m == nil || kind != protocol.KindRTP {
+		r.fanOut(rte, b)
+		return
 	}
-	for i := range rte.dests {
-		if !r.pc.Queue(b, &rte.dests[i]) {
-			r.flushQueue()
-			r.pc.Queue(b, &rte.dests[i])
+	slot := m.note(r.hdr.SSRC)
+	nowNS = r.now()
+	m.up.onPacket(&r.hdr, r.f.adapt.absID, len(b), slot, nowNS)
+	voice, level, audio := r.hdr.AudioLevel(r.f.audio.extID)
+	if audio {
+		if !r.audio(&m.audio, r.hdr.SequenceNumber, voice, level, len(b)-r.hdr.HeaderLen-r.hdr.PaddingLen, len(b)) {
+			r.muted++
+			return
 		}
-		r.bout += uint64(len(b))
+		r.cache(m, b, nowNS)
+		r.fanOut(rte, b)
+		return
+	}
+	m.audio.bytes.Add(uint64(len(b)) << 32)
+	if rte.group && r.f.thr.shedVideo.Load() {
+		r.drops[DropShedVideo]++ // overload: group video goes before any audio
+		return
+	}
+	vf, has := r.hdr.VideoFrame(r.f.adapt.videoID)
+	m.video.note(vf, has, len(b), nowNS)
+	r.cache(m, b, nowNS)
+	for i := range rte.dests {
+		d := &rte.dests[i]
+		if d.pair != nil && d.pair.pass(vf, has, m, slot) {
+			r.queue(b, d)
+		}
 	}
 	if len(rte.trunks) > 0 && r.tpc != nil {
 		r.toTrunks(rte, b)
+	}
+}
+
+// fanOut sends b to every other member of the call: audio, and RTCP that
+// is not the relay's.
+func (r *reader) fanOut(rte *route, b []byte) {
+	for i := range rte.dests {
+		r.queue(b, &rte.dests[i])
+	}
+	if len(rte.trunks) > 0 && r.tpc != nil {
+		r.toTrunks(rte, b)
+	}
+}
+
+func (r *reader) queue(b []byte, d *dest) {
+	if !r.pc.Queue(b, &d.sa) {
+		r.flushQueue()
+		r.pc.Queue(b, &d.sa)
+	}
+	r.bout += uint64(len(b))
+	d.rx.down.sent.Add(uint64(len(b)))
+}
+
+// cache keeps a sender's RTP packet for NACKs.
+func (r *reader) cache(m *mediaInfo, b []byte, nowNS int64) {
+	m.rtpSeen.Store(true)
+	if c := m.cache.Load(); c != nil {
+		c.put(b, r.hdr.SSRC, r.hdr.SequenceNumber, nowNS)
 	}
 }
 
@@ -245,7 +288,7 @@ func (r *reader) flushQueue() {
 	sent, failed := r.pc.Flush()
 	r.pout += uint64(sent)
 	r.drops[DropSendFailed] += uint64(failed)
-	r.nn = 0
+	r.nn, r.rn = 0, 0
 }
 
 // flush sends the batch's fan-out and publishes the batch's tallies.
@@ -259,6 +302,15 @@ func (r *reader) flush() {
 	c.bytesIn.Add(r.bin)
 	c.packetsOut.Add(r.pout)
 	c.bytesOut.Add(r.bout)
+	if r.nacked|r.keyRequests != 0 {
+		c.nacked.Add(r.nacked)
+		c.keyRequests.Add(r.keyRequests)
+		for i, n := range r.nackOut {
+			c.nackOut[i].Add(n)
+			r.nackOut[i] = 0
+		}
+		r.nacked, r.keyRequests = 0, 0
+	}
 	if r.tout|r.tbout|r.nudges|r.muted|r.onsetMsgs != 0 {
 		c.trunkOut.Add(r.tout)
 		c.trunkBytesOut.Add(r.tbout)

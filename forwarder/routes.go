@@ -18,43 +18,77 @@ type routes struct {
 type route struct {
 	call        protocol.ID
 	participant protocol.ID
-	dests       []sockaddr // the other members of the call on this forwarder
+	dests       []dest     // the other members of the call on this forwarder
 	trunks      []sockaddr // one per other forwarder serving members of the call
 	media       *mediaInfo // the session's, where the data path notes SSRCs
 	group       bool       // a group call: its video is shed first under overload
+	cr          *callRoute // the call's, for NACKs and key-frame requests
+}
+
+// dest is one receiver of a sender's packets.
+type dest struct {
+	sa   sockaddr
+	rx   *mediaInfo // the receiver's: its leg's accounting and feedback
+	pair *pair      // the sender's video to this receiver; nil: not subscribed
 }
 
 // callRoute is where a trunk frame of the call goes: every local member but
-// its sender.
+// its sender. senders are the call's senders whose packets this forwarder
+// sees (local members, and remote ones through the trunk), for NACKs.
 type callRoute struct {
 	members []memberDest
+	remote  map[protocol.ID]*trunkSender // by remote participant
+	senders []*mediaInfo
 }
 
 type memberDest struct {
 	participant protocol.ID
 	sa          sockaddr
+	rx          *mediaInfo
+}
+
+// trunkSender is a remote member as the trunk reader sees it: its media
+// (NACK cache, video meter) and its video pair to each local member, in
+// the order of callRoute.members (nil: not subscribed).
+type trunkSender struct {
+	media *mediaInfo
+	pairs []*pair
 }
 
 // addCallRoutes (re)writes the routes of one call's members into r. Cost is
 // the call's size squared: fine for calls of tens, paid on changes only.
 func addCallRoutes(r *routes, c *call, trunks []netip.AddrPort, v6socket, trunkV6 bool) {
 	cr := &callRoute{members: make([]memberDest, 0, len(c.members))}
+	local := make([]*session, 0, len(c.members))
 	for _, s := range c.members {
-		cr.members = append(cr.members, memberDest{s.participant, encodeSockaddr(s.addr, v6socket)})
+		cr.members = append(cr.members, memberDest{s.participant, encodeSockaddr(s.addr, v6socket), s.media})
+		cr.senders = append(cr.senders, s.media)
+		local = append(local, s)
+	}
+	for id, m := range c.remoteMedia {
+		ts := &trunkSender{media: m, pairs: make([]*pair, len(local))}
+		for i, rx := range local {
+			ts.pairs[i] = rx.pairFor(id)
+		}
+		if cr.remote == nil {
+			cr.remote = make(map[protocol.ID]*trunkSender, len(c.remoteMedia))
+		}
+		cr.remote[id] = ts
+		cr.senders = append(cr.senders, m)
 	}
 	var ts []sockaddr
 	for _, t := range trunks {
 		ts = append(ts, encodeSockaddr(t, trunkV6))
 	}
-	for _, s := range c.members {
-		dests := make([]sockaddr, 0, len(cr.members)-1)
-		for _, m := range cr.members {
+	for _, s := range local {
+		dests := make([]dest, 0, len(cr.members)-1)
+		for i, m := range cr.members {
 			if m.sa.ap != s.addr {
-				dests = append(dests, m.sa)
+				dests = append(dests, dest{sa: m.sa, rx: m.rx, pair: local[i].pairFor(s.participant)})
 			}
 		}
 		r.bySrc[s.addr] = &route{call: c.id, participant: s.participant, dests: dests, trunks: ts, media: s.media,
-			group: c.class == protocol.ClassGroup}
+			group: c.class == protocol.ClassGroup, cr: cr}
 	}
 	if len(cr.members) > 0 {
 		r.byCall[c.id] = cr

@@ -300,6 +300,20 @@ func (c *control) stateTick(now time.Time) {
 type mediaInfo struct {
 	ssrcs [maxSSRCs]atomicSSRC
 	audio audioMeter // the session's audio and its forwarding gate (audio.go)
+
+	// As a sender: its recent packets for NACKs (nil until the control
+	// goroutine makes the cache, after the first RTP), its video, the
+	// key frames receivers wait for (a bit per SSRC slot), and the uplink
+	// estimate (leg.go).
+	cache     atomic.Pointer[nackCache]
+	rtpSeen   atomic.Bool
+	video     videoMeter
+	keyWanted atomic.Uint32
+	up        uplink
+
+	// As a receiver: what its feedback says about its downlink, and what
+	// was sent to it (leg.go).
+	down downlink
 }
 
 const maxSSRCs = 8
@@ -317,19 +331,21 @@ func (m *mediaInfo) ssrcList() []uint32 {
 	return out
 }
 
-// note records ssrc if it is new and a slot is free. Allocation-free; the
-// common case (known SSRC) is a few loads.
-func (m *mediaInfo) note(ssrc uint32) {
+// note records ssrc if it is new and a slot is free, and returns its slot
+// (-1: no slot left). Allocation-free; the common case (known SSRC) is a
+// few loads.
+func (m *mediaInfo) note(ssrc uint32) int {
 	for i := range m.ssrcs {
 		v, ok := m.ssrcs[i].get()
 		if !ok {
 			m.ssrcs[i].set(ssrc)
-			return
+			return i
 		}
 		if v == ssrc {
-			return
+			return i
 		}
 	}
+	return -1
 }
 
 // atomicSSRC is one slot: 0 is empty, else 1<<32 | ssrc.

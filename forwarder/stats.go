@@ -18,12 +18,13 @@ const (
 	DropTrunkAuth                         // a trunk frame that does not authenticate or parse
 	DropTrunkNoCall                       // a trunk frame for a call with no member here
 	DropShedVideo                         // group-call video shed under overload
+	DropUnsubscribed                      // trunk video of a sender not known here yet (no subscription can name it)
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"not_media", "unknown_source", "malformed", "oversized", "stun_rate_limited", "control_busy", "send_failed", "read_error",
-	"relay_control", "trunk_auth", "trunk_no_call", "shed_video",
+	"relay_control", "trunk_auth", "trunk_no_call", "shed_video", "unsubscribed",
 }
 
 func (r DropReason) String() string { return dropNames[r] }
@@ -32,11 +33,14 @@ func (r DropReason) String() string { return dropNames[r] }
 // The padding keeps readers' counters off each other's cache lines.
 type counters struct {
 	packetsIn, bytesIn, packetsOut, bytesOut atomic.Uint64
-	trunkIn, trunkBytesIn                    atomic.Uint64 // frames from other forwarders
-	trunkOut, trunkBytesOut                  atomic.Uint64 // frames to other forwarders
-	nudges                                   atomic.Uint64 // Rejoin nudges sent
-	audioMuted                               atomic.Uint64 // audio packets not forwarded: the member is outside the forwarding set
-	onsetMsgs                                atomic.Uint64 // LoudOnset messages from devices
+	trunkIn, trunkBytesIn                    atomic.Uint64    // frames from other forwarders
+	trunkOut, trunkBytesOut                  atomic.Uint64    // frames to other forwarders
+	nudges                                   atomic.Uint64    // Rejoin nudges sent
+	audioMuted                               atomic.Uint64    // audio packets not forwarded: the member is outside the forwarding set
+	onsetMsgs                                atomic.Uint64    // LoudOnset messages from devices
+	nacked, keyRequests                      atomic.Uint64    // packets NACKed by receivers; PLI/FIR taken
+	nackOut                                  [4]atomic.Uint64 // by nackOutcome
+	resentBytes                              atomic.Uint64
 	drops                                    [numDropReasons]atomic.Uint64
 	_                                        [64]byte
 }
@@ -76,6 +80,16 @@ type Stats struct {
 	DecisionsUnknown uint64 // decisions for calls not served here
 	SpeakerUpdates   uint64 // DominantSpeaker messages sent to devices
 
+	// Network adaptation (nack.go, feedback.go, adapt.go).
+	Nacked         uint64    // packets receivers NACKed
+	NackOutcomes   [4]uint64 // by outcome: resent, not cached, bounded (too often/soon), over the leg's budget
+	KeyRequests    uint64    // PLI/FIR from receivers
+	ResentBytes    uint64    // bytes resent from the NACK cache
+	KeyFramesAsked uint64    // PLIs the relay sent to senders
+	TargetsSent    uint64    // TargetBitrate/SimulcastControl/REMB messages sent to senders
+	Subscriptions  uint64    // Subscription messages applied
+	SubsRejected   uint64    // Subscription messages malformed or not newer
+
 	// Overload throttling (admission.go).
 	ThrottleLevel ThrottleLevel
 	Load          LoadSignals // the last sample's signals (1.0 = at capacity)
@@ -108,6 +122,12 @@ func (s *Stats) add(c *counters) {
 	s.RejoinNudges += c.nudges.Load()
 	s.AudioMuted += c.audioMuted.Load()
 	s.OnsetMessages += c.onsetMsgs.Load()
+	s.Nacked += c.nacked.Load()
+	s.KeyRequests += c.keyRequests.Load()
+	s.ResentBytes += c.resentBytes.Load()
+	for i := range s.NackOutcomes {
+		s.NackOutcomes[i] += c.nackOut[i].Load()
+	}
 	for i := range s.Drops {
 		s.Drops[i] += c.drops[i].Load()
 	}

@@ -19,6 +19,8 @@ type trunkReader struct {
 	c     *counters
 	codec *protocol.TrunkCodec
 	hdr   protocol.TrunkHeader
+	rtp   protocol.RTPHeader
+	nowNS int64 // this batch's clock, 0 until read
 
 	pin, bin, pout, bout uint64
 	drops                [numDropReasons]uint64
@@ -35,6 +37,7 @@ func (t *trunkReader) run() {
 			continue
 		}
 		rt := t.f.routes.Load()
+		t.nowNS = 0
 		for i := 0; i < n; i++ {
 			if t.in.Truncated(i) {
 				t.pin++
@@ -60,16 +63,61 @@ func (t *trunkReader) handle(rt *routes, frame []byte) {
 		t.drops[DropTrunkNoCall]++
 		return
 	}
+	ts := cr.remote[t.hdr.Sender]
+	if protocol.Classify(payload) == protocol.KindRTP && t.rtp.Parse(payload) == nil {
+		if t.video(cr, ts, payload) {
+			return
+		}
+	}
 	for i := range cr.members {
-		m := &cr.members[i]
-		if m.participant == t.hdr.Sender {
-			continue // a device briefly on two forwarders hears no echo
+		t.queue(payload, &cr.members[i])
+	}
+}
+
+// video forwards a remote sender's video to the members subscribed to it,
+// and caches every RTP packet of a known remote sender for NACKs. It
+// returns false for audio, which goes to every member.
+func (t *trunkReader) video(cr *callRoute, ts *trunkSender, payload []byte) bool {
+	_, _, audio := t.rtp.AudioLevel(t.f.audio.extID)
+	if ts == nil {
+		if !audio {
+			t.drops[DropUnsubscribed]++ // no member here has subscribed to a sender we do not know yet
 		}
-		if !t.out.Queue(payload, &m.sa) {
-			t.flushQueue()
-			t.out.Queue(payload, &m.sa)
+		return !audio
+	}
+	if t.nowNS == 0 {
+		t.nowNS = t.f.cfg.Now().UnixNano()
+	}
+	m := ts.media
+	slot := m.note(t.rtp.SSRC)
+	m.rtpSeen.Store(true)
+	if c := m.cache.Load(); c != nil {
+		c.put(payload, t.rtp.SSRC, t.rtp.SequenceNumber, t.nowNS)
+	}
+	if audio {
+		return false
+	}
+	vf, has := t.rtp.VideoFrame(t.f.adapt.videoID)
+	m.video.note(vf, has, len(payload), t.nowNS)
+	for i := range cr.members {
+		if p := ts.pairs[i]; p != nil && p.pass(vf, has, m, slot) {
+			t.queue(payload, &cr.members[i])
 		}
-		t.bout += uint64(len(payload))
+	}
+	return true
+}
+
+func (t *trunkReader) queue(payload []byte, m *memberDest) {
+	if m.participant == t.hdr.Sender {
+		return // a device briefly on two forwarders hears no echo
+	}
+	if !t.out.Queue(payload, &m.sa) {
+		t.flushQueue()
+		t.out.Queue(payload, &m.sa)
+	}
+	t.bout += uint64(len(payload))
+	if m.rx != nil {
+		m.rx.down.sent.Add(uint64(len(payload)))
 	}
 }
 

@@ -1,0 +1,375 @@
+package forwarder
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/pion/rtcp"
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// The control goroutine's part of network adaptation: subscriptions,
+// what senders are told (REMB with their uplink estimate, the conductor's
+// TargetBitrate and SimulcastControl, PLI when a receiver waits for a key
+// frame), retransmission budgets, NACK caches, and the video section of
+// the metadata.
+
+// adaptParams are the data path's adaptation settings, fixed at start.
+type adaptParams struct {
+	videoID, absID uint8
+	resendGapNS    int64
+}
+
+func adaptParamsOf(a AdaptConfig) adaptParams {
+	return adaptParams{videoID: a.VideoFrameExtensionID, absID: a.AbsSendTimeExtensionID, resendGapNS: a.NackResendGap.Nanoseconds()}
+}
+
+// sessionVideo is a session's subscriptions and what it was told as a
+// sender. Control goroutine only.
+type sessionVideo struct {
+	subs       map[protocol.ID]*pair // senders it subscribed to; shared with routes
+	defaults   map[protocol.ID]*pair // before its first Subscription: every sender, lowest layer
+	subList    []protocol.VideoSubscription
+	subSeq     uint16
+	subApplied bool
+	subChanged bool // not yet in the metadata
+
+	target     *protocol.SenderTarget // the conductor's last plan for it as a sender
+	toldAt     time.Time              // when TargetBitrate/SimulcastControl last went out
+	rembAt     time.Time
+	pliAt      [maxSSRCs]time.Time
+	videoLast  [protocol.MaxSimulcastLayers]uint64 // the video meter at the last metadata with video
+	videoAt    time.Time
+	downSentAt time.Time
+	sentLast   uint64
+	resentLast uint64
+}
+
+// Intervals of what senders are told again without a change.
+const (
+	retellEvery  = time.Second
+	rembEvery    = 250 * time.Millisecond
+	pliMinGap    = 200 * time.Millisecond
+	metaVideoGap = 500 * time.Millisecond
+)
+
+// onRTCP takes a device's RTCP that the reader handed over: a
+// Subscription.
+func (c *control) onRTCP(src netip.AddrPort, raw []byte) {
+	s := c.byAddr[src]
+	if s == nil {
+		c.f.countDrop(DropUnknownSource)
+		return
+	}
+	_, pkt, ok := relayControlSubType(raw)
+	if !ok {
+		return
+	}
+	msg, _, err := protocol.ParseRelayApp(pkt)
+	sub, isSub := msg.(*protocol.Subscription)
+	if err != nil || !isSub {
+		c.f.subsRejected.Add(1)
+		return
+	}
+	v := &s.video
+	if v.subApplied && !sub.Newer(v.subSeq) {
+		if sub.Sequence != v.subSeq {
+			c.f.subsRejected.Add(1)
+		}
+		return
+	}
+	v.subSeq, v.subApplied, v.subChanged = sub.Sequence, true, true
+	v.subList = append(v.subList[:0], sub.Videos...)
+	old := v.subs
+	if old == nil {
+		old = v.defaults // keep the layer being forwarded
+	}
+	v.defaults = nil
+	v.subs = make(map[protocol.ID]*pair, len(sub.Videos))
+	for _, vs := range sub.Videos {
+		id := protocol.ID(vs.Participant)
+		if id == s.participant {
+			continue
+		}
+		p := old[id]
+		if p == nil {
+			p = newPair()
+			c.applyLayer(s.call, s.participant, id, p)
+		}
+		v.subs[id] = p
+	}
+	c.f.subsApplied.Add(1)
+	c.dirtyCalls[s.call.id] = struct{}{}
+}
+
+// pairFor is the pair from sender tx to s: its subscription, or, until s
+// sends its first Subscription, a default pair (every video, the lowest
+// layer: the default policy). nil: s did not subscribe to tx.
+func (s *session) pairFor(tx protocol.ID) *pair {
+	v := &s.video
+	if v.subApplied {
+		return v.subs[tx]
+	}
+	p := v.defaults[tx]
+	if p == nil {
+		if v.defaults == nil {
+			v.defaults = make(map[protocol.ID]*pair)
+		}
+		p = newPair()
+		v.defaults[tx] = p
+	}
+	return p
+}
+
+// applyLayer sets a pair's target from the call's last decision.
+func (c *control) applyLayer(cl *call, rx, tx protocol.ID, p *pair) {
+	if !cl.decision.applied || !cl.decision.d.Video {
+		return
+	}
+	for _, a := range cl.decision.d.Layers {
+		if a.Receiver == rx && a.Sender == tx {
+			p.target.Store(uint32(a.Rank))
+			return
+		}
+	}
+}
+
+// applyVideo applies the video part of a new decision: receivers' ranks,
+// and senders' targets (told at once).
+func (c *control) applyVideo(cl *call, now time.Time) {
+	d := &cl.decision.d
+	if !d.Video {
+		return
+	}
+	for _, a := range d.Layers {
+		if s := cl.members[a.Receiver]; s != nil {
+			if p := s.video.subs[a.Sender]; p != nil {
+				p.target.Store(uint32(a.Rank))
+			}
+		}
+	}
+	for i := range d.Senders {
+		st := &d.Senders[i]
+		s := cl.members[st.Participant]
+		if s == nil {
+			continue
+		}
+		if s.video.target == nil || *s.video.target != *st {
+			t := *st
+			s.video.target = &t
+			c.tellTarget(s, now)
+		}
+	}
+}
+
+// tellTarget sends a sender the conductor's plan: SimulcastControl and
+// TargetBitrate in one compound packet.
+func (c *control) tellTarget(s *session, now time.Time) {
+	st := s.video.target
+	if st == nil {
+		return
+	}
+	sc := protocol.SimulcastControl{Enabled: st.Layers > 1, Layers: max(1, st.Layers)}
+	tb := protocol.TargetBitrate{Total: st.TotalBps, LayerCount: st.Layers}
+	copy(tb.Layers[:], st.LayerBps[:])
+	a, err := protocol.MarshalRelayApp(0, &sc)
+	if err != nil {
+		c.f.log.Error("encoding simulcast control", zap.Error(err))
+		return
+	}
+	b, err := protocol.MarshalRelayApp(0, &tb)
+	if err != nil {
+		c.f.log.Error("encoding target bitrate", zap.Error(err))
+		return
+	}
+	c.f.reply(append(a, b...), s.addr)
+	s.video.toldAt = now
+	c.f.targetsSent.Add(1)
+}
+
+// feedbackTick runs every FeedbackEvery: caches for new senders, key frame
+// requests, retransmission budgets, REMB, and repeats of the targets.
+func (c *control) feedbackTick(now time.Time) {
+	for _, cl := range c.calls {
+		for _, s := range cl.members {
+			c.senderTick(cl, s, now)
+			c.receiverTick(s, now)
+		}
+		for id, m := range cl.remoteMedia {
+			c.ensureCache(m)
+			c.remoteKeyFrames(cl, id, m, now)
+		}
+	}
+}
+
+func (c *control) ensureCache(m *mediaInfo) {
+	if m.rtpSeen.Load() && m.cache.Load() == nil {
+		m.cache.Store(newNackCache(c.f.cfg.Adapt.NackCacheBytes))
+	}
+}
+
+func (c *control) senderTick(cl *call, s *session, now time.Time) {
+	m := s.media
+	c.ensureCache(m)
+	if !m.rtpSeen.Load() {
+		return
+	}
+	v := &s.video
+	if bits := m.keyWanted.Swap(0); bits != 0 {
+		for slot := 0; slot < maxSSRCs; slot++ {
+			if bits&(1<<slot) == 0 || now.Sub(v.pliAt[slot]) < pliMinGap {
+				continue
+			}
+			ssrc, ok := m.ssrcs[slot].get()
+			if !ok {
+				continue
+			}
+			v.pliAt[slot] = now
+			c.sendRTCP(s.addr, &rtcp.PictureLossIndication{MediaSSRC: ssrc})
+			c.f.keyFramesAsked.Add(1)
+		}
+	}
+	if est := m.up.bps.Load(); est > 0 && now.Sub(v.rembAt) >= rembEvery {
+		v.rembAt = now
+		c.sendRTCP(s.addr, &rtcp.ReceiverEstimatedMaximumBitrate{Bitrate: float32(est), SSRCs: m.ssrcList()})
+	}
+	if v.target != nil && now.Sub(v.toldAt) >= retellEvery {
+		c.tellTarget(s, now)
+	}
+}
+
+// receiverTick sets what retransmissions the receiver's leg may carry: its
+// estimate less the media sent to it lately.
+func (c *control) receiverTick(s *session, now time.Time) {
+	d := &s.media.down
+	v := &s.video
+	sent, resent := d.sent.Load(), d.resent.Load()
+	if !v.downSentAt.IsZero() {
+		if secs := now.Sub(v.downSentAt).Seconds(); secs > 0 {
+			media := float64((sent-v.sentLast)-(resent-v.resentLast)) * 8 / secs
+			est := float64(d.estimate())
+			if est == 0 {
+				est = float64(c.f.cfg.Adapt.UnknownDownlinkBps)
+			}
+			d.rtxAllow.Store(uint64(max(0, est-media)))
+		}
+	}
+	v.downSentAt, v.sentLast, v.resentLast = now, sent, resent
+}
+
+// remoteKeyFrames asks a remote sender for the key frames local receivers
+// wait for: a PLI over the trunk to the forwarders of the call, which hand
+// it to their members (the sender acts on it, others ignore it).
+func (c *control) remoteKeyFrames(cl *call, id protocol.ID, m *mediaInfo, now time.Time) {
+	bits := m.keyWanted.Swap(0)
+	if bits == 0 || c.trunkCodec == nil || len(c.f.trunkConns) == 0 {
+		return
+	}
+	var from protocol.ID
+	for p := range cl.members {
+		from = p // a local member, so the frame reaches every member there
+		break
+	}
+	for slot := 0; slot < maxSSRCs; slot++ {
+		if bits&(1<<slot) == 0 {
+			continue
+		}
+		ssrc, ok := m.ssrcs[slot].get()
+		if !ok {
+			continue
+		}
+		pkt, err := (&rtcp.PictureLossIndication{MediaSSRC: ssrc}).Marshal()
+		if err != nil {
+			continue
+		}
+		h := protocol.TrunkHeader{Call: cl.id, Sender: from, Origin: c.f.tag}
+		frame := c.trunkCodec.Seal(nil, &h, pkt)
+		for k, p := range cl.remote {
+			if k.participant == id {
+				if _, err := c.f.trunkConns[0].WriteToUDPAddrPort(frame, p.trunk); err != nil {
+					c.f.countDrop(DropSendFailed)
+				}
+			}
+		}
+		c.f.keyFramesAsked.Add(1)
+	}
+}
+
+func (c *control) sendRTCP(to netip.AddrPort, p rtcp.Packet) {
+	b, err := p.Marshal()
+	if err != nil {
+		c.f.log.Error("encoding RTCP", zap.Error(err))
+		return
+	}
+	c.f.reply(b, to)
+	c.f.targetsSent.Add(1)
+}
+
+// syncRemoteMedia keeps one mediaInfo per remote member of the call.
+func syncRemoteMedia(cl *call) {
+	for k := range cl.remote {
+		if _, ok := cl.members[k.participant]; ok {
+			continue
+		}
+		if cl.remoteMedia == nil {
+			cl.remoteMedia = make(map[protocol.ID]*mediaInfo)
+		}
+		if cl.remoteMedia[k.participant] == nil {
+			cl.remoteMedia[k.participant] = new(mediaInfo)
+		}
+	}
+	for id := range cl.remoteMedia {
+		_, local := cl.members[id]
+		placed := false
+		for k := range cl.remote {
+			placed = placed || k.participant == id
+		}
+		if local || !placed {
+			delete(cl.remoteMedia, id)
+		}
+	}
+}
+
+// videoMeta fills the video section of a member's metadata, at most every
+// metaVideoGap unless its subscriptions changed. It reports whether it did.
+func (c *control) videoMeta(s *session, mm *protocol.MemberMetadata, now time.Time) bool {
+	v := &s.video
+	m := s.media
+	if !v.subChanged && now.Sub(v.videoAt) < metaVideoGap {
+		return false
+	}
+	if !v.subApplied && !m.rtpSeen.Load() {
+		return false
+	}
+	secs := now.Sub(v.videoAt).Seconds()
+	vid := &mm.Video
+	*vid = protocol.MemberVideo{
+		UplinkEstBps:   uint32(min(m.up.bps.Load(), 1<<32-1)),
+		DownlinkEstBps: uint32(min(m.down.estimate(), 1<<32-1)),
+	}
+	if now.UnixNano()-m.video.lastNS.Load() < int64(2*time.Second) {
+		vid.Layers = uint8(m.video.layers.Load())
+	}
+	for r := range protocol.MaxSimulcastLayers {
+		b := m.video.bytes[r].Load()
+		if vid.Layers > 0 && r >= protocol.MaxSimulcastLayers-int(vid.Layers) && !v.videoAt.IsZero() && secs > 0 {
+			vid.LayerBps[r-(protocol.MaxSimulcastLayers-int(vid.Layers))] = uint32(min(float64(b-v.videoLast[r])*8/secs, 1<<32-1))
+		}
+		v.videoLast[r] = b
+	}
+	for _, vs := range v.subList {
+		if int(vid.NumSubs) == len(vid.Subs) {
+			break
+		}
+		if protocol.ID(vs.Participant) == s.participant {
+			continue
+		}
+		vid.Subs[vid.NumSubs] = protocol.VideoSub{Participant: vs.Participant, MaxHeight: vs.MaxHeight}
+		vid.NumSubs++
+	}
+	mm.Flags |= protocol.MetaVideo
+	v.videoAt, v.subChanged = now, false
+	return true
+}

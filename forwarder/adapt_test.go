@@ -1,0 +1,204 @@
+package forwarder
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/stretchr/testify/require"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// adaptCall is a 3-member group call of raw devices on one forwarder:
+// devs[0] sends video, devs[1] and devs[2] receive it.
+func adaptCall(t *testing.T) (*testRelay, []*rawDevice, []protocol.ID) {
+	t.Helper()
+	r := startRelay(t, nil)
+	call := protocol.NewID()
+	var devs []*rawDevice
+	var ids []protocol.ID
+	for range 3 {
+		id := protocol.NewID()
+		d := newRawDevice(t, r.f.Addr(), r.token(t, call, id, protocol.ClassGroup, 8))
+		d.join()
+		devs = append(devs, d)
+		ids = append(ids, id)
+	}
+	return r, devs, ids
+}
+
+// media returns the RTP and RTCP d receives within d, skipping STUN.
+func (d *rawDevice) media(wait time.Duration) [][]byte {
+	var out [][]byte
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		b, ok := d.recv(time.Until(deadline))
+		if ok && protocol.Classify(b) != protocol.KindSTUN {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func rtpOnly(pkts [][]byte) [][]byte {
+	var out [][]byte
+	for _, p := range pkts {
+		if protocol.Classify(p) == protocol.KindRTP {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func TestNackAnsweredOnTheLossyLegOnly(t *testing.T) {
+	r, devs, _ := adaptCall(t)
+	const ssrc = 0x5ead
+	var sent [][]byte
+	for seq := uint16(1); seq <= 40; seq++ {
+		p := videoPacket(ssrc, seq, protocol.VideoFrame{Key: seq == 1, Start: true, End: true, Layers: 1})
+		sent = append(sent, p)
+		devs[0].send(p)
+	}
+	require.Len(t, rtpOnly(devs[1].media(300*time.Millisecond)), 40)
+	require.Len(t, rtpOnly(devs[2].media(100*time.Millisecond)), 40)
+	// Let the control goroutine make the sender's cache... it is made
+	// after the first packet, so packets before it are not held: send
+	// more once it exists.
+	require.Eventually(t, func() bool { return r.f.senderCached(ssrc) }, 2*time.Second, 10*time.Millisecond)
+	sent = sent[:0]
+	for seq := uint16(41); seq <= 80; seq++ {
+		p := videoPacket(ssrc, seq, protocol.VideoFrame{Start: true, End: true, Layers: 1})
+		sent = append(sent, p)
+		devs[0].send(p)
+	}
+	devs[1].media(200 * time.Millisecond)
+	devs[2].media(100 * time.Millisecond)
+
+	// devs[1] lost 45 and 47..49: one NACK (pid 45, bitmask 0b1110).
+	nack, err := (&rtcp.TransportLayerNack{SenderSSRC: 1, MediaSSRC: ssrc,
+		Nacks: []rtcp.NackPair{{PacketID: 45, LostPackets: 0b1110}}}).Marshal()
+	require.NoError(t, err)
+	devs[1].send(nack)
+	devs[1].send(nack) // a repeat at once is a duplicate: nothing more is resent
+	got := rtpOnly(devs[1].media(300 * time.Millisecond))
+	require.Len(t, got, 4)
+	for i, seq := range []int{45, 47, 48, 49} {
+		require.True(t, bytes.Equal(sent[seq-41], got[i]), "retransmission of %d is byte-exact", seq)
+	}
+	// Nobody else hears of it: not the other receiver, not the sender.
+	require.Empty(t, len(rtpOnly(devs[2].media(100*time.Millisecond))))
+	for _, p := range devs[0].media(100 * time.Millisecond) {
+		require.NotEqual(t, byte(205), p[1], "the sender never sees a receiver's NACK")
+	}
+	s := r.f.Stats()
+	require.EqualValues(t, 8, s.Nacked)
+	require.EqualValues(t, 4, s.NackOutcomes[nackSent])
+	require.EqualValues(t, 4, s.NackOutcomes[nackBounded])
+	require.Zero(t, s.Drops[DropMalformed])
+}
+
+func TestSubscriptionsChooseWhoGetsVideo(t *testing.T) {
+	r, devs, ids := adaptCall(t)
+	const ssrc = 0x71de0
+	seq := uint16(0)
+	burst := func(key bool) {
+		for range 5 {
+			seq++
+			devs[0].send(videoPacket(ssrc, seq, protocol.VideoFrame{Key: key, Start: true, End: true, Layers: 1}))
+		}
+	}
+	// Before any Subscription, everyone gets video (the default policy).
+	burst(true)
+	require.Len(t, rtpOnly(devs[1].media(200*time.Millisecond)), 5)
+	require.Len(t, rtpOnly(devs[2].media(50*time.Millisecond)), 5)
+
+	// devs[1] subscribes to nobody, devs[2] to devs[0].
+	sub := func(d *rawDevice, seq uint16, who ...protocol.ID) {
+		s := protocol.Subscription{Sequence: seq}
+		for _, id := range who {
+			s.Videos = append(s.Videos, protocol.VideoSubscription{Participant: id, MaxHeight: 720})
+		}
+		b, err := protocol.MarshalRelayApp(1, &s)
+		require.NoError(t, err)
+		d.send(b)
+	}
+	sub(devs[1], 1)
+	sub(devs[2], 1, ids[0])
+	require.Eventually(t, func() bool { return r.f.Stats().Subscriptions == 2 }, 2*time.Second, 5*time.Millisecond)
+	time.Sleep(50 * time.Millisecond) // the routes are published after the control goroutine's batch
+	burst(false)
+	require.Empty(t, rtpOnly(devs[1].media(200*time.Millisecond)), "not subscribed: no video")
+	require.Len(t, rtpOnly(devs[2].media(50*time.Millisecond)), 5)
+
+	// An older sequence is ignored; a newer one applies.
+	sub(devs[1], 0xFFFF, ids[0]) // older than 1 in serial arithmetic
+	sub(devs[2], 2)
+	require.Eventually(t, func() bool { return r.f.Stats().Subscriptions == 3 }, 2*time.Second, 5*time.Millisecond)
+	require.EqualValues(t, 1, r.f.Stats().SubsRejected)
+	time.Sleep(50 * time.Millisecond)
+	burst(true)
+	require.Empty(t, rtpOnly(devs[1].media(200*time.Millisecond)))
+	require.Empty(t, rtpOnly(devs[2].media(50*time.Millisecond)))
+
+	// Audio needs no subscription.
+	devs[0].send(audioPacket)
+	require.Len(t, rtpOnly(devs[1].media(200*time.Millisecond)), 1)
+	require.Len(t, rtpOnly(devs[2].media(50*time.Millisecond)), 1)
+
+	// A forged relay instruction from a device goes nowhere.
+	forged, err := protocol.MarshalRelayApp(0, &protocol.Rejoin{})
+	require.NoError(t, err)
+	devs[1].send(forged)
+	require.Empty(t, len(devs[2].media(100*time.Millisecond)))
+	require.Positive(t, r.f.Stats().Drops[DropRelayControl])
+}
+
+func TestReceiverPLIReachesTheSenderAndREMBIsRead(t *testing.T) {
+	r, devs, _ := adaptCall(t)
+	const ssrc = 0xabc
+	devs[0].send(videoPacket(ssrc, 1, protocol.VideoFrame{Key: true, Start: true, Layers: 1}))
+	devs[1].media(200 * time.Millisecond)
+	devs[2].media(50 * time.Millisecond)
+	pli, err := (&rtcp.PictureLossIndication{SenderSSRC: 9, MediaSSRC: ssrc}).Marshal()
+	require.NoError(t, err)
+	remb, err := (&rtcp.ReceiverEstimatedMaximumBitrate{SenderSSRC: 9, Bitrate: 345_000, SSRCs: []uint32{ssrc}}).Marshal()
+	require.NoError(t, err)
+	devs[1].send(append(pli, remb...))
+	var gotPLI bool
+	for _, p := range devs[0].media(500 * time.Millisecond) {
+		pkts, err := rtcp.Unmarshal(p)
+		if err != nil {
+			continue
+		}
+		for _, pk := range pkts {
+			if x, ok := pk.(*rtcp.PictureLossIndication); ok && x.MediaSSRC == ssrc {
+				gotPLI = true
+			}
+		}
+	}
+	require.True(t, gotPLI, "the relay asks the sender for a key frame")
+	require.Empty(t, len(devs[2].media(50*time.Millisecond)), "feedback is not forwarded to other receivers")
+	require.EqualValues(t, 1, r.f.Stats().KeyRequests)
+	require.Equal(t, uint64(345_000), r.f.downlinkOf(devs[1].addr()))
+}
+
+// senderCached reports whether the sender of ssrc has its NACK cache yet.
+func (f *Forwarder) senderCached(ssrc uint32) bool {
+	for _, rte := range f.routes.Load().bySrc {
+		if rte.media != nil && rte.media.slotOf(ssrc) >= 0 && rte.media.cache.Load() != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// downlinkOf is the downlink estimate the receiver at a reported.
+func (f *Forwarder) downlinkOf(a netip.AddrPort) uint64 {
+	if rte := f.routes.Load().bySrc[a]; rte != nil {
+		return rte.media.down.estimate()
+	}
+	return 0
+}

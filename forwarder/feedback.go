@@ -1,0 +1,175 @@
+package forwarder
+
+import (
+	"net/netip"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// A device's RTCP, read on the data path without allocating
+// (protocol.RTCPWalker):
+//
+//   - generic NACK: answered here from the sender's NACK cache, to this
+//     device only, within its leg's budget; never forwarded;
+//   - PLI and FIR: the sender is asked for a key frame by the control
+//     goroutine (at most one request per stream per feedback interval);
+//   - REMB: the device's downlink estimate; receiver reports: its loss;
+//   - CRLY APP: LoudOnset is applied, Subscription goes to the control
+//     goroutine, anything else is a forgery and dropped;
+//   - anything else (sender reports, SDES, BYE, other APP) is the devices'
+//     business: the datagram is forwarded byte-exact as before, after the
+//     feedback in it has been read. A datagram with a CRLY packet is never
+//     forwarded.
+//
+// feedback returns whether the datagram was consumed, and false for ok
+// when it is malformed.
+func (r *reader) feedback(rt *routes, rte *route, b []byte, src netip.AddrPort, nowNS int64) (consumed, ok bool) {
+	w := &r.rtcp
+	w.Reset(b)
+	forward, crly := false, false
+	for w.Next() {
+		switch w.Type() {
+		case rtcpRR:
+			r.receiverReport(rte)
+		case rtcpRTPFB:
+			if w.Count() == 1 {
+				r.nack(rte, w, src)
+			} // transport-wide feedback (FMT 15) is read by nobody yet
+		case rtcpPSFB:
+			switch w.Count() {
+			case 1, 4: // PLI, FIR
+				r.keyRequest(rte, w.MediaSSRC())
+			case 15:
+				if bps, ok := w.REMB(); ok {
+					rte.media.down.remb.Store(bps)
+				}
+			}
+		case rtcpAPP:
+			p := w.Packet()
+			if len(p) < 12 || string(p[8:12]) != protocol.RelayAppName {
+				forward = true
+				continue
+			}
+			crly = true
+			switch p[0] & 0x1F {
+			case protocol.SubTypeLoudOnset:
+				if len(p) == 20 && rte.media != nil {
+					r.deviceOnset(&rte.media.audio)
+					r.onsetMsgs++
+				}
+			case protocol.SubTypeSubscription:
+				if nowNS == 0 {
+					nowNS = r.now()
+				}
+				r.toControl(rt, b, src, nowNS)
+			default:
+				r.drops[DropRelayControl]++ // relay instructions come from forwarders only
+			}
+		default:
+			forward = true
+		}
+	}
+	if w.Err() != nil {
+		return true, false
+	}
+	return crly || !forward, true
+}
+
+const (
+	rtcpRR    = 201
+	rtcpAPP   = 204
+	rtcpRTPFB = 205
+	rtcpPSFB  = 206
+)
+
+// receiverReport keeps the worst loss the device reports.
+func (r *reader) receiverReport(rte *route) {
+	w := &r.rtcp
+	var worst uint8
+	for i := 0; i < w.ReportBlocks(); i++ {
+		_, frac, _, _, _ := w.ReportBlock(i)
+		worst = max(worst, frac)
+	}
+	rte.media.down.lossQ8.Store(uint32(worst))
+}
+
+// senderOf finds the sender of ssrc among the call's senders seen here.
+func senderOf(cr *callRoute, self *mediaInfo, ssrc uint32) (*mediaInfo, int) {
+	if cr == nil {
+		return nil, -1
+	}
+	for _, m := range cr.senders {
+		if m == self {
+			continue
+		}
+		if slot := m.slotOf(ssrc); slot >= 0 {
+			return m, slot
+		}
+	}
+	return nil, -1
+}
+
+// keyRequest notes that a receiver asked for a key frame of ssrc.
+func (r *reader) keyRequest(rte *route, ssrc uint32) {
+	if m, slot := senderOf(rte.cr, rte.media, ssrc); m != nil {
+		m.keyWanted.Or(1 << slot)
+		r.keyRequests++
+	}
+}
+
+// nack answers one generic NACK from the sender's cache: each lost packet
+// still held, not resent too often, and within the leg's budget, goes to
+// this device alone.
+func (r *reader) nack(rte *route, w *protocol.RTCPWalker, src netip.AddrPort) {
+	m, _ := senderOf(rte.cr, rte.media, w.MediaSSRC())
+	var cache *nackCache
+	if m != nil {
+		cache = m.cache.Load()
+	}
+	nowNS := r.now()
+	ssrc := w.MediaSSRC()
+	for i := 0; i < w.NackPairs(); i++ {
+		pid, blp := w.NackPair(i)
+		r.resend(rte, cache, ssrc, pid, src, nowNS)
+		for bit := uint16(0); bit < 16; bit++ {
+			if blp&(1<<bit) != 0 {
+				r.resend(rte, cache, ssrc, pid+bit+1, src, nowNS)
+			}
+		}
+	}
+}
+
+func (r *reader) resend(rte *route, cache *nackCache, ssrc uint32, seq uint16, src netip.AddrPort, nowNS int64) {
+	r.nacked++
+	if cache == nil {
+		r.nackOut[nackMiss]++
+		return
+	}
+	if r.rn == len(r.rtxBufs) {
+		r.flushQueue()
+	}
+	buf := r.rtxBufs[r.rn][:]
+	n, out := cache.resend(buf, ssrc, seq, nowNS, r.f.adapt.resendGapNS)
+	if out == nackSent && !rte.media.down.rtxTake(n, nowNS) {
+		out = nackBudget
+	}
+	r.nackOut[out]++
+	if out != nackSent {
+		return
+	}
+	r.rtxTo[r.rn] = encodeSockaddr(src, r.f.v6)
+	if !r.pc.Queue(buf[:n], &r.rtxTo[r.rn]) {
+		// The write batch is full: send it, which frees every slot, and
+		// start again from the first.
+		to := r.rtxTo[r.rn]
+		r.flushQueue()
+		copy(r.rtxBufs[0][:], buf[:n])
+		r.rtxTo[0] = to
+		r.pc.Queue(r.rtxBufs[0][:n], &r.rtxTo[0])
+	}
+	r.rn++
+	rte.media.down.sent.Add(uint64(n))
+	rte.media.down.resent.Add(uint64(n))
+	r.c.resentBytes.Add(uint64(n))
+	r.bout += uint64(n)
+}
