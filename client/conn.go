@@ -61,6 +61,7 @@ type Conn struct {
 	kaNext         int
 	leaveTID       [stun.TransactionIDSize]byte
 	leaveCh        chan protocol.JoinResponse // the answer to leaveTID
+	subs           *Subscriber                // made by the first Subscribe (subscribe.go)
 
 	rebindMu sync.Mutex // one Rebind at a time; lock order: rebindMu, kaMu, mu
 	// kaMu is held across a keepalive's check and write, so that none is
