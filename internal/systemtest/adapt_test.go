@@ -1,0 +1,195 @@
+package systemtest
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/callrelay/callrelay/client"
+	"github.com/callrelay/callrelay/forwarder"
+	"github.com/callrelay/callrelay/internal/calltest"
+	"github.com/callrelay/callrelay/internal/linkem"
+	"github.com/callrelay/callrelay/internal/testenv"
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// The network adaptation proofs (issue 5): real forwarders and conductors,
+// real UDP, and devices on the client library, each behind its own
+// in-process link emulator (internal/linkem) where the test impairs it.
+
+// vdev is a device of these tests: a client Conn, its receiver feedback,
+// and optionally a camera and a microphone.
+type vdev struct {
+	id    protocol.ID
+	conn  *client.Conn
+	link  *linkem.Link // nil: straight to the forwarder
+	fb    *client.Feedback
+	video *client.VideoSender
+	audio *client.Sender
+	done  chan struct{}
+}
+
+// dialVia joins call through fwd, behind a link emulator when link is set.
+func (e *env) dialVia(t *testing.T, call protocol.ID, fwd netip.AddrPort, link bool) *vdev {
+	t.Helper()
+	d := &vdev{id: protocol.NewID(), done: make(chan struct{})}
+	tok, err := protocol.SignToken(e.priv, protocol.Token{CallID: call, ParticipantID: d.id,
+		Class: protocol.ClassGroup, MaxSize: 8, Expiry: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	to := fwd
+	if link {
+		d.link, err = linkem.New(fwd, linkem.Profile{}, linkem.Profile{}, int64(len(e.priv))+int64(d.id[0]))
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = d.link.Close() })
+		to = d.link.Addr()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d.conn, err = client.Dial(ctx, client.Config{Forwarders: []netip.AddrPort{to}, Token: tok, LocalAddr: calltest.Loopback})
+	require.NoError(t, err)
+	d.fb = client.NewFeedback(d.conn, client.FeedbackConfig{SSRC: randSSRC()})
+	go d.receive()
+	t.Cleanup(func() {
+		if d.video != nil {
+			d.video.Close()
+		}
+		d.fb.Close()
+		_ = d.conn.Close()
+		<-d.done
+	})
+	return d
+}
+
+func randSSRC() uint32 {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | 1
+}
+
+// receive feeds everything the device gets to its feedback (dropping
+// duplicates) and the relay's instructions to its camera.
+func (d *vdev) receive() {
+	defer close(d.done)
+	for p := range d.conn.Media() {
+		if d.fb.Observe(p) && p.Kind == protocol.KindRTCP && d.video != nil {
+			d.video.HandleRTCP(p.Data)
+		}
+		p.Release()
+	}
+}
+
+// camera starts sending video at initial bit/s.
+func (d *vdev) camera(t *testing.T, initial uint32) {
+	t.Helper()
+	var err error
+	d.video, err = client.NewVideoSender(d.conn, client.VideoConfig{
+		SSRCs: [3]uint32{randSSRC(), randSSRC(), randSSRC()}, Key: client.NewMediaKey(), InitialBitrate: initial})
+	require.NoError(t, err)
+}
+
+// talk sends speech (loud, voice-flagged audio, 50 packets/s) until stop.
+func (d *vdev) talk(t *testing.T, stop <-chan struct{}, wg *sync.WaitGroup) {
+	t.Helper()
+	var err error
+	d.audio, err = client.NewSender(client.SenderConfig{SSRC: randSSRC(), PayloadType: 111, Key: client.NewMediaKey()})
+	require.NoError(t, err)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tk := time.NewTicker(20 * time.Millisecond)
+		defer tk.Stop()
+		payload := make([]byte, 80)
+		var buf []byte
+		for n := uint32(0); ; n++ {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+			}
+			_ = d.audio.SetAbsSendTime(protocol.DefaultAbsSendTimeExtensionID, time.Now())
+			buf, err = d.audio.Seal(buf[:0], client.Sample{Payload: payload, Timestamp: n * 960,
+				AudioLevel: client.AudioLevel{Level: 20, Voice: true}})
+			if err == nil {
+				_ = d.conn.WriteRTP(buf)
+			}
+		}
+	}()
+}
+
+func (d *vdev) stream(ssrc uint32) client.StreamStats {
+	s, _ := d.fb.Stats().Stream(ssrc)
+	return s
+}
+
+// leg is the forwarder's view of d's legs.
+func leg(f *forwarder.Forwarder, d *vdev) (forwarder.Leg, bool) {
+	for _, l := range f.Legs() {
+		if l.Participant == d.id {
+			return l, true
+		}
+	}
+	return forwarder.Leg{}, false
+}
+
+// TestNackRecoversLossOnTheLossyLegOnly: one receiver's downlink loses 5%
+// of its packets at random; the forwarder's retransmissions bring its
+// unrecovered loss under 0.5%, and only its leg carries retransmissions.
+func TestNackRecoversLossOnTheLossyLegOnly(t *testing.T) {
+	e := newEnv(t)
+	f := e.forwarder(t, "fwd-a")
+	call := protocol.NewID()
+	sender := e.dialVia(t, call, f.Addr(), false)
+	lossy := e.dialVia(t, call, f.Addr(), true)
+	clean := e.dialVia(t, call, f.Addr(), true)
+	lossy.link.SetDown(linkem.Profile{Loss: 0.05, Delay: 10 * time.Millisecond})
+	clean.link.SetDown(linkem.Profile{Delay: 10 * time.Millisecond})
+	sender.camera(t, 600_000)
+	ssrc := sender.video.SSRCs()[0]
+
+	// Warm up (the sender's cache is made after its first packet), then
+	// measure 8 s of video.
+	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		if lossy.stream(ssrc).Packets < 50 {
+			return fmt.Errorf("video not flowing yet")
+		}
+		return nil
+	})
+	before, linkBefore := lossy.stream(ssrc), lossy.link.Stats().Down
+	time.Sleep(8 * time.Second)
+	sender.video.Close()
+	sender.video = nil
+	time.Sleep(1500 * time.Millisecond) // every gap NACKed to the end, or given up
+	after, linkAfter := lossy.stream(ssrc), lossy.link.Stats().Down
+
+	expected := (after.Packets - before.Packets) + (after.Unrecovered - before.Unrecovered)
+	dropped := linkAfter.Lost - linkBefore.Lost
+	unrecovered := float64(after.Unrecovered-before.Unrecovered) / float64(expected)
+	t.Logf("lossy leg: %d packets expected, the link dropped %d of all it carried (%.1f%%), NACKed %d, recovered %d, unrecovered %d (%.3f%%)",
+		expected, dropped, 100*float64(dropped)/float64(linkAfter.Received-linkBefore.Received),
+		after.NACKed-before.NACKed, after.Recovered-before.Recovered, after.Unrecovered-before.Unrecovered, 100*unrecovered)
+	require.Greater(t, expected, uint64(300), "enough video to measure")
+	require.Greater(t, after.Recovered-before.Recovered, expected/50, "the link really lost packets and NACKs recovered them")
+	require.Less(t, unrecovered, 0.005, "unrecovered loss after relay NACKs")
+
+	// Only the lossy leg carried retransmissions.
+	cs := clean.stream(ssrc)
+	require.Zero(t, cs.NACKed, "the clean receiver lost nothing")
+	require.Zero(t, cs.Duplicates)
+	ll, ok := leg(f, lossy)
+	require.True(t, ok)
+	cl, _ := leg(f, clean)
+	sl, _ := leg(f, sender)
+	t.Logf("resent bytes: lossy leg %d, clean leg %d, sender's leg %d", ll.ResentBytes, cl.ResentBytes, sl.ResentBytes)
+	require.Positive(t, ll.ResentBytes)
+	require.Zero(t, cl.ResentBytes)
+	require.Zero(t, sl.ResentBytes)
+	s := f.Stats()
+	require.Positive(t, s.NackOutcomes[0])
+	require.Zero(t, s.Drops[forwarder.DropMalformed])
+}
