@@ -81,7 +81,11 @@ high stream never cause a split.
 The sender splits once WANT has held on every tick since a tick at least
 SplitAfter (1 s) ago, and goes back to one stream once WANT has been false
 on every tick since a tick at least UnsplitAfter (5 s) ago; one tick the
-other way restarts the wait. Splitting quickly rescues the slow receiver;
+other way restarts the wait. When a receiver that needs the low layer
+would get none of the video until the split (it cannot take the single
+stream), the sender splits on that tick (StarvedSplitAfter, 0): a
+receiver without video receives only audio, and its downlink estimate,
+fed by what it receives, would sink meanwhile. Splitting quickly rescues the slow receiver;
 unsplitting slowly avoids flapping (every change of shape costs a key
 frame). A tick that changes a sender's shape is allocated again with the
 new shape, so the output always matches the state. Senders that turn
@@ -145,9 +149,11 @@ type VideoLadder struct {
 	LowHeight, HighHeight uint16
 }
 
-// DefaultVideoLadder returns the production ladder.
+// DefaultVideoLadder returns the production ladder. The low layer (180p at
+// about 15 frames/s) is small enough that a receiver whose estimate is
+// 20% under a 300 kbit/s link still fits it next to a speaker's audio.
 func DefaultVideoLadder() VideoLadder {
-	return VideoLadder{AudioBps: 40_000, LowBps: 150_000, HighBps: 900_000, MinHighBps: 300_000,
+	return VideoLadder{AudioBps: 40_000, LowBps: 100_000, HighBps: 900_000, MinHighBps: 300_000,
 		LowHeight: 180, HighHeight: 720}
 }
 
@@ -250,6 +256,9 @@ type Allocator struct {
 	// wanting it before it sends one stream again. NewAllocator sets
 	// DefaultSplitAfter and DefaultUnsplitAfter.
 	SplitAfter, UnsplitAfter time.Duration
+	// StarvedSplitAfter replaces SplitAfter when a receiver would get none
+	// of the sender's video until it splits (0: split on that tick).
+	StarvedSplitAfter time.Duration
 
 	ladder   VideoLadder
 	downlink uint64
@@ -281,6 +290,8 @@ type allocMember struct {
 	recvLow   bool // someone receives rank 1
 	recvHigh  bool // someone receives rank 2
 	needsLow  bool // some receiver needs the low layer (see the file comment)
+	starved   bool // and, unsplit, that receiver gets none of its video
+
 }
 
 // NewAllocator returns an allocator for one call. Zero fields of l take
@@ -383,7 +394,7 @@ func (a *Allocator) allocateReceivers(in *AllocInput, out *Allocation, want bool
 		s := &a.mem[i]
 		s.recvLow, s.recvHigh = false, false
 		if want {
-			s.needsLow = false
+			s.needsLow, s.starved = false, false
 		}
 	}
 	dom, hasDom := a.index[in.Dominant]
@@ -440,6 +451,7 @@ func (a *Allocator) consider(out *Allocation, receiver protocol.ID, sub AllocSub
 	highOK := sub.MaxHeight == 0 || sub.MaxHeight >= l.HighHeight
 	if want && s.canSplit && left >= l.LowBps && (left < s.high || !highOK) {
 		s.needsLow = true
+		s.starved = s.starved || !s.split && s.single > left
 	}
 	rank, rate := RankNone, uint64(0)
 	switch {
@@ -482,8 +494,11 @@ func (a *Allocator) advanceStates(now time.Time, in *AllocInput) bool {
 				st.since = now
 			}
 			hold := a.SplitAfter
-			if !want {
+			switch {
+			case !want:
 				hold = a.UnsplitAfter
+			case s.starved:
+				hold = a.StarvedSplitAfter // a receiver would see none of this video meanwhile
 			}
 			if now.Sub(st.since) >= hold {
 				st = senderState{split: want}

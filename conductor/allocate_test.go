@@ -60,7 +60,7 @@ type allocClock struct {
 }
 
 func newAllocClock() *allocClock {
-	return &allocClock{a: NewAllocator(DefaultVideoLadder(), 0), now: allocT0}
+	return &allocClock{a: NewAllocator(testLadder, 0), now: allocT0}
 }
 
 func (c *allocClock) tick(in *AllocInput) *Allocation {
@@ -69,17 +69,36 @@ func (c *allocClock) tick(in *AllocInput) *Allocation {
 	return &c.out
 }
 
-func TestAllocSplitHysteresis(t *testing.T) {
+// TestAllocStarvedReceiverSplitsAtOnce: a receiver that could take the low
+// layer but not the single stream would see none of the video while the
+// sender waits: the sender is asked to split on the first tick.
+func TestAllocStarvedReceiverSplitsAtOnce(t *testing.T) {
 	in := fanOut(3_000_000, 3_000_000, 3_000_000, 3_000_000, 300_000)
+	c := newAllocClock()
+	s := aid(1)
+	out := c.tick(in)
+	require.True(t, c.a.Split(s))
+	r, _ := allocRank(out, aid(6), s)
+	require.Equal(t, RankLow, r)
+	r, _ = allocRank(out, aid(2), s)
+	require.Equal(t, RankHigh, r)
+	require.Equal(t, SenderPlan{Sender: s, Layers: 2, TotalBps: 1_090_000, LayerBps: [3]uint64{150_000, 900_000}}, allocPlan(t, out, s))
+}
+
+func TestAllocSplitHysteresis(t *testing.T) {
+	// A thumbnail receiver (it wants at most 180 lines) still gets the
+	// single stream while the sender waits, so the wait applies.
+	in := fanOut(3_000_000, 3_000_000, 3_000_000, 3_000_000, 3_000_000)
+	in.Members[5].Subs[0].MaxHeight = 180
 	c := newAllocClock()
 	fast, slow, s := aid(2), aid(6), aid(1)
 
-	// Unsplit: the slow receiver cannot take the 900 kbit/s stream.
+	// Unsplit: everyone gets the single stream.
 	for i := 0; i < 10; i++ {
 		out := c.tick(in)
 		require.False(t, c.a.Split(s), "tick %d", i)
 		r, _ := allocRank(out, slow, s)
-		require.Equal(t, RankNone, r)
+		require.Equal(t, RankHigh, r)
 		r, _ = allocRank(out, fast, s)
 		require.Equal(t, RankHigh, r)
 		require.Equal(t, SenderPlan{Sender: s, Layers: 1, TotalBps: 940_000, LayerBps: [3]uint64{900_000}}, allocPlan(t, out, s))
@@ -100,9 +119,9 @@ func TestAllocSplitHysteresis(t *testing.T) {
 		c.tick(in)
 		require.True(t, c.a.Split(s))
 	}
-	// The slow one recovers: it gets the high layer at once, the sender
-	// stays split for UnsplitAfter.
-	in.Members[5].DownlinkBps = 3_000_000
+	// The thumbnail grows to full size: it gets the high layer at once,
+	// the sender stays split for UnsplitAfter.
+	in.Members[5].Subs[0].MaxHeight = 0
 	for i := 0; i < 50; i++ {
 		out := c.tick(in)
 		require.True(t, c.a.Split(s), "tick %d after recovery", i)
@@ -120,14 +139,15 @@ func TestAllocSplitHysteresis(t *testing.T) {
 }
 
 func TestAllocSplitNeedsSteadyWant(t *testing.T) {
-	in := fanOut(3_000_000, 300_000)
+	in := fanOut(3_000_000, 3_000_000)
+	in.Members[2].Subs[0].MaxHeight = 180 // a thumbnail
 	c := newAllocClock()
 	for range 9 {
 		c.tick(in)
 	}
-	in.Members[2].DownlinkBps = 3_000_000 // one tick without "want" restarts the wait
+	in.Members[2].Subs[0].MaxHeight = 0 // one tick without "want" restarts the wait
 	c.tick(in)
-	in.Members[2].DownlinkBps = 300_000
+	in.Members[2].Subs[0].MaxHeight = 180
 	for i := range 10 {
 		c.tick(in)
 		require.False(t, c.a.Split(aid(1)), "tick %d", i)
@@ -309,6 +329,7 @@ func TestAllocReceiverRules(t *testing.T) {
 				in.Forwarded = append(in.Forwarded, aid(f))
 			}
 			a := NewAllocator(VideoLadder{}, 0)
+			a.StarvedSplitAfter = DefaultSplitAfter // the rules, not the timing
 			for id, st := range tc.state {
 				a.senders[id] = st
 			}
@@ -642,6 +663,9 @@ func TestAllocMoreBudgetNeverWorse(t *testing.T) {
 		hi := lo + 1 + rng.Uint64N(2_000_000)
 		seed := rng.Uint64()
 		a, b := NewAllocator(VideoLadder{}, 0), NewAllocator(VideoLadder{}, 0)
+		// The property holds for the same simulcast state: keep a starved
+		// receiver from splitting the sender on the tick under test.
+		a.StarvedSplitAfter, b.StarvedSplitAfter = time.Hour, time.Hour
 		randomState(rand.New(rand.NewPCG(seed, 0)), a, in)
 		randomState(rand.New(rand.NewPCG(seed, 0)), b, in)
 		var outLo, outHi Allocation
@@ -732,3 +756,6 @@ func BenchmarkAllocate(b *testing.B) {
 		})
 	}
 }
+
+// testLadder is the ladder the hand-made cases are computed for.
+var testLadder = VideoLadder{AudioBps: 40_000, LowBps: 150_000, HighBps: 900_000, MinHighBps: 300_000, LowHeight: 180, HighHeight: 720}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -192,4 +193,154 @@ func TestNackRecoversLossOnTheLossyLegOnly(t *testing.T) {
 	s := f.Stats()
 	require.Positive(t, s.NackOutcomes[0])
 	require.Zero(t, s.Drops[forwarder.DropMalformed])
+}
+
+// TestSimulcastForTheSlowReceiver: a 6-person call where one member sends
+// video and everyone else subscribes to it. While every receiver is fast
+// the sender sends one stream. When one receiver's downlink is capped at
+// 300 kbit/s its estimate converges to the cap, the conductor asks the
+// sender to split, and that receiver gets the low layer while the others
+// keep the high one.
+func TestSimulcastForTheSlowReceiver(t *testing.T) {
+	e := newEnv(t)
+	f := e.forwarder(t, "fwd-a")
+	e.conductor(t, "cond-1", nil)
+	dec := e.watchDecisions(t)
+	call := protocol.NewID()
+	var devs []*vdev
+	for i := range 6 {
+		devs = append(devs, e.dialVia(t, call, f.Addr(), i > 0))
+	}
+	cam, slow := devs[0], devs[4]
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	cam.talk(t, stop, &wg) // the dominant speaker: their video comes first
+	cam.camera(t, 800_000)
+	for _, d := range devs[1:] {
+		require.NoError(t, d.conn.Subscribe([]protocol.VideoSubscription{{Participant: cam.id, MaxHeight: 720}}))
+	}
+	ssrcs := cam.video.SSRCs()
+
+	// Every receiver fast: 4 s of one stream, no split asked for.
+	testenv.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		for _, d := range devs[1:] {
+			if d.stream(ssrcs[0]).Packets < 100 {
+				return fmt.Errorf("video not flowing to every receiver yet")
+			}
+		}
+		return nil
+	})
+	time.Sleep(4 * time.Second)
+	vs := cam.video.Stats()
+	require.Equal(t, 1, vs.Layers, "no split while every receiver can take the stream")
+
+	// Cap one receiver's downlink.
+	capped := time.Now()
+	slow.link.SetDown(linkem.Profile{RateBps: 300_000, Delay: 10 * time.Millisecond})
+	// Converged: within 20% for 5 samples in a row (250 ms).
+	var converged time.Duration
+	inRow := 0
+	testenv.CheckFor(t, 5*time.Second, 50*time.Millisecond, func() error {
+		l, _ := leg(f, slow)
+		if err := within(l.DownlinkEstBps, 300_000, 0.2); err != nil {
+			inRow = 0
+			return err
+		}
+		if inRow++; inRow < 5 {
+			return fmt.Errorf("%d samples within 20%% in a row", inRow)
+		}
+		converged = time.Since(capped)
+		return nil
+	})
+	testenv.CheckFor(t, 15*time.Second, 50*time.Millisecond, func() error {
+		if l := cam.video.Stats().Layers; l != 2 {
+			return fmt.Errorf("sender sends %d layers", l)
+		}
+		return nil
+	})
+	split := time.Since(capped)
+
+	// After the switch: the slow receiver on the low layer, the others on
+	// the high one; its estimate stays near the cap.
+	low, high := ssrcs[0], ssrcs[1]
+	time.Sleep(2 * time.Second)
+	type got struct{ low, high uint64 }
+	count := func() []got {
+		var out []got
+		for _, d := range devs[1:] {
+			out = append(out, got{d.stream(low).Packets, d.stream(high).Packets})
+		}
+		return out
+	}
+	a := count()
+	var ests []uint64
+	for range 30 { // 3 s
+		time.Sleep(100 * time.Millisecond)
+		l, _ := leg(f, slow)
+		ests = append(ests, l.DownlinkEstBps)
+	}
+	b := count()
+	for i, d := range devs[1:] {
+		dl, dh := b[i].low-a[i].low, b[i].high-a[i].high
+		if d == slow {
+			require.Positive(t, dl, "the slow receiver gets the low layer")
+			require.Zero(t, dh, "and not the high one")
+		} else {
+			require.Positive(t, dh, "receiver %d gets the high layer", i+1)
+			require.Zero(t, dl, "receiver %d gets only the high layer", i+1)
+		}
+	}
+	for _, est := range ests {
+		// It receives less than the link carries now, so the estimate
+		// may sit under the cap, but never over it by more than 20%, and
+		// never so low that the low layer stops fitting.
+		require.LessOrEqual(t, est, uint64(360_000))
+		require.GreaterOrEqual(t, est, uint64(140_000))
+	}
+	vs = cam.video.Stats()
+	t.Logf("estimate within 20%% of the 300 kbit/s cap after %s; sender split after %s; layer targets %d/%d bit/s; slow leg's estimate afterwards %d..%d bit/s",
+		converged.Round(time.Millisecond), split.Round(time.Millisecond), vs.Layer[0].Target, vs.Layer[1].Target, slices.Min(ests), slices.Max(ests))
+	require.Positive(t, f.Stats().KeyFramesAsked+vs.PLIs+uint64(vs.Layer[1].KeyFrames), "layer switches waited for key frames")
+
+	// The decisions said so: the slow receiver at rank 1, the others at 2,
+	// the sender split with a low and a high target.
+	all, _ := dec.snapshot()
+	require.NotEmpty(t, all)
+	last := all[len(all)-1]
+	require.True(t, last.Video)
+	for _, l := range last.Layers {
+		if l.Sender == cam.id {
+			want := uint8(2)
+			if l.Receiver == slow.id {
+				want = 1
+			}
+			require.Equal(t, want, l.Rank)
+		}
+	}
+
+	// The receivers no longer differ (the slow one stops watching): after
+	// the unsplit wait the sender goes back to one stream.
+	require.NoError(t, slow.conn.Subscribe(nil))
+	unsub := time.Now()
+	testenv.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		if l := cam.video.Stats().Layers; l != 1 {
+			return fmt.Errorf("sender sends %d layers", l)
+		}
+		return nil
+	})
+	t.Logf("one stream again %s after the receivers stopped differing", time.Since(unsub).Round(time.Millisecond))
+	require.GreaterOrEqual(t, time.Since(unsub), 4*time.Second, "not before the unsplit wait")
+	time.Sleep(time.Second)
+	before := devs[1].stream(ssrcs[0]).Packets
+	time.Sleep(time.Second)
+	require.Positive(t, devs[1].stream(ssrcs[0]).Packets-before, "the fast receivers get the single stream")
+}
+
+// within checks v against want ± frac.
+func within(v, want uint64, frac float64) error {
+	if float64(v) < float64(want)*(1-frac) || float64(v) > float64(want)*(1+frac) {
+		return fmt.Errorf("%d bit/s is not within %.0f%% of %d", v, 100*frac, want)
+	}
+	return nil
 }
