@@ -344,3 +344,143 @@ func within(v, want uint64, frac float64) error {
 	}
 	return nil
 }
+
+// TestUplinkEstimateConverges: a sender whose uplink is capped at
+// 500 kbit/s starts its camera at 1.2 Mbit/s; the forwarder's estimate of
+// that uplink comes within 20% of the cap within 5 s, the sender is told
+// it (REMB and the conductor's TargetBitrate) and settles under it.
+func TestUplinkEstimateConverges(t *testing.T) {
+	e := newEnv(t)
+	f := e.forwarder(t, "fwd-a")
+	e.conductor(t, "cond-1", nil)
+	call := protocol.NewID()
+	cam := e.dialVia(t, call, f.Addr(), true)
+	viewer := e.dialVia(t, call, f.Addr(), false)
+	require.NoError(t, viewer.conn.Subscribe([]protocol.VideoSubscription{{Participant: cam.id}}))
+	cam.link.SetUp(linkem.Profile{RateBps: 500_000, Delay: 10 * time.Millisecond})
+	cam.camera(t, 1_200_000)
+	start := time.Now()
+	inRow := 0
+	var converged time.Duration
+	testenv.CheckFor(t, 5*time.Second, 50*time.Millisecond, func() error {
+		l, _ := leg(f, cam)
+		if err := within(l.UplinkEstBps, 500_000, 0.2); err != nil {
+			inRow = 0
+			return err
+		}
+		if inRow++; inRow < 5 {
+			return fmt.Errorf("%d samples within 20%% in a row", inRow)
+		}
+		converged = time.Since(start)
+		return nil
+	})
+	// The sender follows: REMB and TargetBitrate arrive, and what it
+	// sends over 3 s stays near the cap (not the 1.2 Mbit/s it began at).
+	testenv.CheckFor(t, 5*time.Second, 50*time.Millisecond, func() error {
+		if s := cam.video.Stats(); s.REMBs == 0 || s.TargetBitrates == 0 {
+			return fmt.Errorf("REMBs %d, TargetBitrates %d", s.REMBs, s.TargetBitrates)
+		}
+		return nil
+	})
+	b0, l0 := cam.video.Stats().Layer[0].Bytes, cam.link.Stats().Up
+	time.Sleep(3 * time.Second)
+	vs, l1 := cam.video.Stats(), cam.link.Stats().Up
+	rate := float64(vs.Layer[0].Bytes-b0) * 8 / 3
+	dropped := l1.QueueDropped - l0.QueueDropped
+	l, _ := leg(f, cam)
+	t.Logf("uplink estimate within 20%% of 500 kbit/s after %s (now %d bit/s); sender at %.0f bit/s of video, target %d, REMB %d; %d packets dropped at the bottleneck in 3 s",
+		converged.Round(time.Millisecond), l.UplinkEstBps, rate, vs.TargetTotal, vs.REMB, dropped)
+	require.Less(t, rate, 500_000.0, "the sender keeps under its uplink")
+	require.LessOrEqual(t, uint64(vs.TargetTotal), uint64(600_000), "the conductor's target is capped by the uplink estimate")
+}
+
+// TestUnwatchedVideoIsNotRequested: video nobody subscribed to is not
+// forwarded, and its sender is told not to send it.
+func TestUnwatchedVideoIsNotRequested(t *testing.T) {
+	e := newEnv(t)
+	f := e.forwarder(t, "fwd-a")
+	e.conductor(t, "cond-1", nil)
+	call := protocol.NewID()
+	cam := e.dialVia(t, call, f.Addr(), false)
+	a := e.dialVia(t, call, f.Addr(), false)
+	b := e.dialVia(t, call, f.Addr(), false)
+	for _, d := range []*vdev{a, b} {
+		require.NoError(t, d.conn.Subscribe([]protocol.VideoSubscription{})) // audio only
+	}
+	testenv.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := f.Stats().Subscriptions; n < 2 {
+			return fmt.Errorf("%d subscriptions applied", n)
+		}
+		return nil
+	})
+	cam.camera(t, 600_000)
+	testenv.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		s := cam.video.Stats()
+		if s.TargetBitrates == 0 || s.Layer[0].Target != 0 {
+			return fmt.Errorf("TargetBitrates %d, video target %d", s.TargetBitrates, s.Layer[0].Target)
+		}
+		return nil
+	})
+	time.Sleep(500 * time.Millisecond)
+	p0 := cam.video.Stats().Layer[0].Packets
+	time.Sleep(time.Second)
+	require.Equal(t, p0, cam.video.Stats().Layer[0].Packets, "the camera sends nothing nobody watches")
+	ssrc := cam.video.SSRCs()[0]
+	// What it sent before the decision reached nobody who unsubscribed.
+	require.Zero(t, a.stream(ssrc).Packets+b.stream(ssrc).Packets)
+
+	// Someone subscribes: the video is asked for again and flows to them only.
+	require.NoError(t, a.conn.Subscribe([]protocol.VideoSubscription{{Participant: cam.id}}))
+	testenv.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		if n := a.stream(ssrc).Packets; n < 30 {
+			return fmt.Errorf("%d video packets at the subscriber", n)
+		}
+		return nil
+	})
+	require.Zero(t, b.stream(ssrc).Packets)
+	require.Positive(t, f.Stats().Subscriptions)
+}
+
+// TestVideoAcrossForwarders: the sender on one forwarder, receivers on
+// another. The receiving forwarder filters by subscription and answers
+// its lossy receiver's NACKs from what came over the trunk.
+func TestVideoAcrossForwarders(t *testing.T) {
+	e := newEnv(t)
+	fa, fb := e.forwarder(t, "fwd-a"), e.forwarder(t, "fwd-b")
+	call := protocol.NewID()
+	cam := e.dialVia(t, call, fa.Addr(), false)
+	lossy := e.dialVia(t, call, fb.Addr(), true)
+	clean := e.dialVia(t, call, fb.Addr(), false)
+	none := e.dialVia(t, call, fb.Addr(), false)
+	for _, d := range []*vdev{lossy, clean} {
+		require.NoError(t, d.conn.Subscribe([]protocol.VideoSubscription{{Participant: cam.id}}))
+	}
+	require.NoError(t, none.conn.Subscribe(nil))
+	lossy.link.SetDown(linkem.Profile{Loss: 0.05, Delay: 10 * time.Millisecond})
+	time.Sleep(time.Second) // the forwarders learn of each other's members
+	cam.camera(t, 600_000)
+	ssrc := cam.video.SSRCs()[0]
+	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if n := lossy.stream(ssrc).Packets; n < 50 {
+			return fmt.Errorf("%d video packets across the trunk", n)
+		}
+		return nil
+	})
+	before := lossy.stream(ssrc)
+	time.Sleep(6 * time.Second)
+	cam.video.Close()
+	cam.video = nil
+	time.Sleep(1500 * time.Millisecond)
+	after := lossy.stream(ssrc)
+	expected := (after.Packets - before.Packets) + (after.Unrecovered - before.Unrecovered)
+	unrecovered := float64(after.Unrecovered-before.Unrecovered) / float64(expected)
+	t.Logf("across the trunk: %d expected, recovered %d, unrecovered %d (%.3f%%)", expected,
+		after.Recovered-before.Recovered, after.Unrecovered-before.Unrecovered, 100*unrecovered)
+	require.Positive(t, after.Recovered-before.Recovered)
+	require.Less(t, unrecovered, 0.005)
+	require.Positive(t, clean.stream(ssrc).Packets)
+	require.Zero(t, none.stream(ssrc).Packets, "not subscribed: no video")
+	require.Zero(t, clean.stream(ssrc).NACKed)
+	require.Positive(t, fb.Stats().NackOutcomes[0], "answered by the receivers' forwarder")
+	require.Zero(t, fa.Stats().Nacked, "the sender's forwarder never saw a NACK")
+}
