@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,7 +32,7 @@ type vdev struct {
 	conn  *client.Conn
 	link  *linkem.Link // nil: straight to the forwarder
 	fb    *client.Feedback
-	video *client.VideoSender
+	video atomic.Pointer[client.VideoSender] // read by the receive goroutine
 	audio *client.Sender
 	done  chan struct{}
 }
@@ -57,8 +58,8 @@ func (e *env) dialVia(t *testing.T, call protocol.ID, fwd netip.AddrPort, link b
 	d.fb = client.NewFeedback(d.conn, client.FeedbackConfig{SSRC: randSSRC()})
 	go d.receive()
 	t.Cleanup(func() {
-		if d.video != nil {
-			d.video.Close()
+		if v := d.video.Load(); v != nil {
+			v.Close()
 		}
 		d.fb.Close()
 		_ = d.conn.Close()
@@ -78,8 +79,8 @@ func randSSRC() uint32 {
 func (d *vdev) receive() {
 	defer close(d.done)
 	for p := range d.conn.Media() {
-		if d.fb.Observe(p) && p.Kind == protocol.KindRTCP && d.video != nil {
-			d.video.HandleRTCP(p.Data)
+		if v := d.video.Load(); d.fb.Observe(p) && p.Kind == protocol.KindRTCP && v != nil {
+			v.HandleRTCP(p.Data)
 		}
 		p.Release()
 	}
@@ -88,10 +89,10 @@ func (d *vdev) receive() {
 // camera starts sending video at initial bit/s.
 func (d *vdev) camera(t *testing.T, initial uint32) {
 	t.Helper()
-	var err error
-	d.video, err = client.NewVideoSender(d.conn, client.VideoConfig{
+	v, err := client.NewVideoSender(d.conn, client.VideoConfig{
 		SSRCs: [3]uint32{randSSRC(), randSSRC(), randSSRC()}, Key: client.NewMediaKey(), InitialBitrate: initial})
 	require.NoError(t, err)
+	d.video.Store(v)
 }
 
 // talk sends speech (loud, voice-flagged audio, 50 packets/s) until stop.
@@ -151,7 +152,7 @@ func TestNackRecoversLossOnTheLossyLegOnly(t *testing.T) {
 	lossy.link.SetDown(linkem.Profile{Loss: 0.05, Delay: 10 * time.Millisecond})
 	clean.link.SetDown(linkem.Profile{Delay: 10 * time.Millisecond})
 	sender.camera(t, 600_000)
-	ssrc := sender.video.SSRCs()[0]
+	ssrc := sender.video.Load().SSRCs()[0]
 
 	// Warm up (the sender's cache is made after its first packet), then
 	// measure 8 s of video.
@@ -163,8 +164,7 @@ func TestNackRecoversLossOnTheLossyLegOnly(t *testing.T) {
 	})
 	before, linkBefore := lossy.stream(ssrc), lossy.link.Stats().Down
 	time.Sleep(8 * time.Second)
-	sender.video.Close()
-	sender.video = nil
+	sender.video.Swap(nil).Close()
 	time.Sleep(1500 * time.Millisecond) // every gap NACKed to the end, or given up
 	after, linkAfter := lossy.stream(ssrc), lossy.link.Stats().Down
 
@@ -220,7 +220,7 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 	for _, d := range devs[1:] {
 		require.NoError(t, d.conn.Subscribe([]protocol.VideoSubscription{{Participant: cam.id, MaxHeight: 720}}))
 	}
-	ssrcs := cam.video.SSRCs()
+	ssrcs := cam.video.Load().SSRCs()
 
 	// Every receiver fast: 4 s of one stream, no split asked for.
 	testenv.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
@@ -232,7 +232,7 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 		return nil
 	})
 	time.Sleep(4 * time.Second)
-	vs := cam.video.Stats()
+	vs := cam.video.Load().Stats()
 	require.Equal(t, 1, vs.Layers, "no split while every receiver can take the stream")
 
 	// Cap one receiver's downlink.
@@ -254,7 +254,7 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 		return nil
 	})
 	testenv.CheckFor(t, 15*time.Second, 50*time.Millisecond, func() error {
-		if l := cam.video.Stats().Layers; l != 2 {
+		if l := cam.video.Load().Stats().Layers; l != 2 {
 			return fmt.Errorf("sender sends %d layers", l)
 		}
 		return nil
@@ -298,7 +298,7 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 		require.LessOrEqual(t, est, uint64(360_000))
 		require.GreaterOrEqual(t, est, uint64(140_000))
 	}
-	vs = cam.video.Stats()
+	vs = cam.video.Load().Stats()
 	t.Logf("estimate within 20%% of the 300 kbit/s cap after %s; sender split after %s; layer targets %d/%d bit/s; slow leg's estimate afterwards %d..%d bit/s",
 		converged.Round(time.Millisecond), split.Round(time.Millisecond), vs.Layer[0].Target, vs.Layer[1].Target, slices.Min(ests), slices.Max(ests))
 	require.Positive(t, f.Stats().KeyFramesAsked+vs.PLIs+uint64(vs.Layer[1].KeyFrames), "layer switches waited for key frames")
@@ -324,7 +324,7 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 	require.NoError(t, slow.conn.Subscribe(nil))
 	unsub := time.Now()
 	testenv.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
-		if l := cam.video.Stats().Layers; l != 1 {
+		if l := cam.video.Load().Stats().Layers; l != 1 {
 			return fmt.Errorf("sender sends %d layers", l)
 		}
 		return nil
@@ -377,14 +377,14 @@ func TestUplinkEstimateConverges(t *testing.T) {
 	// The sender follows: REMB and TargetBitrate arrive, and what it
 	// sends over 3 s stays near the cap (not the 1.2 Mbit/s it began at).
 	testenv.CheckFor(t, 5*time.Second, 50*time.Millisecond, func() error {
-		if s := cam.video.Stats(); s.REMBs == 0 || s.TargetBitrates == 0 {
+		if s := cam.video.Load().Stats(); s.REMBs == 0 || s.TargetBitrates == 0 {
 			return fmt.Errorf("REMBs %d, TargetBitrates %d", s.REMBs, s.TargetBitrates)
 		}
 		return nil
 	})
-	b0, l0 := cam.video.Stats().Layer[0].Bytes, cam.link.Stats().Up
+	b0, l0 := cam.video.Load().Stats().Layer[0].Bytes, cam.link.Stats().Up
 	time.Sleep(3 * time.Second)
-	vs, l1 := cam.video.Stats(), cam.link.Stats().Up
+	vs, l1 := cam.video.Load().Stats(), cam.link.Stats().Up
 	rate := float64(vs.Layer[0].Bytes-b0) * 8 / 3
 	dropped := l1.QueueDropped - l0.QueueDropped
 	l, _ := leg(f, cam)
@@ -415,17 +415,17 @@ func TestUnwatchedVideoIsNotRequested(t *testing.T) {
 	})
 	cam.camera(t, 600_000)
 	testenv.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
-		s := cam.video.Stats()
+		s := cam.video.Load().Stats()
 		if s.TargetBitrates == 0 || s.Layer[0].Target != 0 {
 			return fmt.Errorf("TargetBitrates %d, video target %d", s.TargetBitrates, s.Layer[0].Target)
 		}
 		return nil
 	})
 	time.Sleep(500 * time.Millisecond)
-	p0 := cam.video.Stats().Layer[0].Packets
+	p0 := cam.video.Load().Stats().Layer[0].Packets
 	time.Sleep(time.Second)
-	require.Equal(t, p0, cam.video.Stats().Layer[0].Packets, "the camera sends nothing nobody watches")
-	ssrc := cam.video.SSRCs()[0]
+	require.Equal(t, p0, cam.video.Load().Stats().Layer[0].Packets, "the camera sends nothing nobody watches")
+	ssrc := cam.video.Load().SSRCs()[0]
 	// What it sent before the decision reached nobody who unsubscribed.
 	require.Zero(t, a.stream(ssrc).Packets+b.stream(ssrc).Packets)
 
@@ -459,7 +459,7 @@ func TestVideoAcrossForwarders(t *testing.T) {
 	lossy.link.SetDown(linkem.Profile{Loss: 0.05, Delay: 10 * time.Millisecond})
 	time.Sleep(time.Second) // the forwarders learn of each other's members
 	cam.camera(t, 600_000)
-	ssrc := cam.video.SSRCs()[0]
+	ssrc := cam.video.Load().SSRCs()[0]
 	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		if n := lossy.stream(ssrc).Packets; n < 50 {
 			return fmt.Errorf("%d video packets across the trunk", n)
@@ -468,8 +468,7 @@ func TestVideoAcrossForwarders(t *testing.T) {
 	})
 	before := lossy.stream(ssrc)
 	time.Sleep(6 * time.Second)
-	cam.video.Close()
-	cam.video = nil
+	cam.video.Swap(nil).Close()
 	time.Sleep(1500 * time.Millisecond)
 	after := lossy.stream(ssrc)
 	expected := (after.Packets - before.Packets) + (after.Unrecovered - before.Unrecovered)
