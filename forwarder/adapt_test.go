@@ -202,3 +202,99 @@ func (f *Forwarder) downlinkOf(a netip.AddrPort) uint64 {
 	}
 	return 0
 }
+
+func TestBadFeedbackIsDroppedAndCounted(t *testing.T) {
+	r, devs, ids := adaptCall(t)
+	const ssrc = 0xf00d
+	for seq := uint16(1); seq <= 5; seq++ {
+		devs[0].send(videoPacket(ssrc, seq, protocol.VideoFrame{Key: true, Start: true, Layers: 1}))
+	}
+	devs[1].media(200 * time.Millisecond)
+	devs[2].media(50 * time.Millisecond)
+	before := r.f.Stats()
+
+	nack, err := (&rtcp.TransportLayerNack{MediaSSRC: ssrc, Nacks: []rtcp.NackPair{{PacketID: 3}}}).Marshal()
+	require.NoError(t, err)
+	truncated := append([]byte(nil), nack...)
+	truncated[3]++ // the length says one word more than there is
+	badSub, err := protocol.MarshalRelayApp(1, &protocol.Subscription{Sequence: 1,
+		Videos: []protocol.VideoSubscription{{Participant: ids[0]}}})
+	require.NoError(t, err)
+	badSub[12] = 3 // count 3, one entry
+	for _, b := range [][]byte{
+		truncated,
+		{0x81, 205, 0, 2, 0, 0, 0, 1, 0, 0}, // shorter than its header
+		nack[:len(nack)-1],                 // not a whole word
+		badSub,
+	} {
+		devs[1].send(b)
+	}
+	// A NACK for a stream nobody sends answers nothing.
+	ghost, err := (&rtcp.TransportLayerNack{MediaSSRC: 0x9999, Nacks: []rtcp.NackPair{{PacketID: 1}}}).Marshal()
+	require.NoError(t, err)
+	devs[1].send(ghost)
+	require.Empty(t, len(rtpOnly(devs[1].media(200*time.Millisecond))))
+	require.Empty(t, len(devs[2].media(50*time.Millisecond)), "nothing reaches the other members")
+	s := r.f.Stats()
+	require.EqualValues(t, 3, s.Drops[DropMalformed]-before.Drops[DropMalformed])
+	require.EqualValues(t, 1, s.SubsRejected-before.SubsRejected)
+	require.EqualValues(t, 1, s.NackOutcomes[nackMiss]-before.NackOutcomes[nackMiss])
+
+	// The call goes on: video still flows to both receivers.
+	devs[0].send(videoPacket(ssrc, 6, protocol.VideoFrame{Start: true, Layers: 1}))
+	require.Len(t, rtpOnly(devs[1].media(200*time.Millisecond)), 1)
+	require.Len(t, rtpOnly(devs[2].media(50*time.Millisecond)), 1)
+}
+
+// TestNackFloodIsBoundedByTheLegsEstimate: a receiver that NACKs every
+// packet again and again gets each at most nackMaxResends times, and no
+// more retransmitted bytes than its own estimate leaves room for.
+func TestNackFloodIsBoundedByTheLegsEstimate(t *testing.T) {
+	r, devs, _ := adaptCall(t)
+	const ssrc = 0xf1d
+	seq := uint16(0)
+	send := func(n int) {
+		for range n {
+			seq++
+			devs[0].send(videoPacket(ssrc, seq, protocol.VideoFrame{Key: true, Start: true, Layers: 1}))
+		}
+	}
+	send(1)
+	require.Eventually(t, func() bool { return r.f.senderCached(ssrc) }, 2*time.Second, 10*time.Millisecond)
+	send(100) // about 110 kB cached
+	remb, err := (&rtcp.ReceiverEstimatedMaximumBitrate{Bitrate: 200_000, SSRCs: []uint32{ssrc}}).Marshal()
+	require.NoError(t, err)
+	devs[1].send(remb)
+	time.Sleep(100 * time.Millisecond) // the control goroutine sets the budget from it
+	var pairs []rtcp.NackPair
+	for p := uint16(2); p <= 101; p += 17 {
+		pairs = append(pairs, rtcp.NackPair{PacketID: p, LostPackets: 0xFFFF})
+	}
+	flood, err := (&rtcp.TransportLayerNack{MediaSSRC: ssrc, Nacks: pairs}).Marshal()
+	require.NoError(t, err)
+	start := time.Now()
+	for range 50 { // 50 floods of 100 packets, 20 ms apart: 1 s
+		devs[1].send(flood)
+		time.Sleep(20 * time.Millisecond)
+	}
+	devs[1].media(200 * time.Millisecond)
+	elapsed := time.Since(start).Seconds()
+	l, _ := legOf(r.f, devs[1].addr())
+	// 200 kbit/s for the elapsed time, plus the 100 ms burst allowance.
+	bound := 200_000.0/8*elapsed + 200_000.0/8/10 + 3*maxDatagram
+	t.Logf("flood of %d NACKed packets in %.2f s: %d bytes resent, bound %.0f", 50*100, elapsed, l.ResentBytes, bound)
+	require.Positive(t, l.ResentBytes)
+	require.LessOrEqual(t, float64(l.ResentBytes), bound)
+	s := r.f.Stats()
+	require.Positive(t, s.NackOutcomes[nackBudget]+s.NackOutcomes[nackBounded])
+	require.LessOrEqual(t, s.NackOutcomes[nackSent], uint64(100*nackMaxResends))
+}
+
+func legOf(f *Forwarder, a netip.AddrPort) (Leg, bool) {
+	for _, l := range f.Legs() {
+		if l.Addr == a {
+			return l, true
+		}
+	}
+	return Leg{}, false
+}

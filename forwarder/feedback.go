@@ -149,10 +149,7 @@ func (r *reader) resend(rte *route, cache *nackCache, ssrc uint32, seq uint16, s
 		r.flushQueue()
 	}
 	buf := r.rtxBufs[r.rn][:]
-	n, out := cache.resend(buf, ssrc, seq, nowNS, r.f.adapt.resendGapNS)
-	if out == nackSent && !rte.media.down.rtxTake(n, nowNS) {
-		out = nackBudget
-	}
+	n, out := cache.resend(buf, ssrc, seq, nowNS, r.f.adapt.resendGapNS, &rte.media.down)
 	r.nackOut[out]++
 	if out != nackSent {
 		return

@@ -92,10 +92,11 @@ func (c *nackCache) put(b []byte, ssrc uint32, seq uint16, nowNS int64) {
 }
 
 // resend copies the cached packet (ssrc, seq) into dst if it is still held
-// and may be resent now: not more than nackMaxResends times, and not sooner
-// than minGapNS after its previous resend. It returns the packet's length,
-// or 0 and why not.
-func (c *nackCache) resend(dst []byte, ssrc uint32, seq uint16, nowNS, minGapNS int64) (int, nackOutcome) {
+// and may be resent now: not more than nackMaxResends times, not sooner
+// than minGapNS after its previous resend, and within the receiver's leg
+// budget (leg nil: no budget). It returns the packet's length, or 0 and
+// why not. A packet refused for the budget keeps its resends.
+func (c *nackCache) resend(dst []byte, ssrc uint32, seq uint16, nowNS, minGapNS int64, leg *downlink) (int, nackOutcome) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var s *nackStream
@@ -117,6 +118,9 @@ func (c *nackCache) resend(dst []byte, ssrc uint32, seq uint16, nowNS, minGapNS 
 	}
 	if int(e.n) > len(dst) {
 		return 0, nackMiss
+	}
+	if leg != nil && !leg.rtxTake(int(e.n), nowNS) {
+		return 0, nackBudget
 	}
 	size := uint64(len(c.arena))
 	n := copy(dst, c.arena[e.pos%size:e.pos%size+uint64(e.n)])
