@@ -224,7 +224,7 @@ func TestBadFeedbackIsDroppedAndCounted(t *testing.T) {
 	for _, b := range [][]byte{
 		truncated,
 		{0x81, 205, 0, 2, 0, 0, 0, 1, 0, 0}, // shorter than its header
-		nack[:len(nack)-1],                 // not a whole word
+		nack[:len(nack)-1],                  // not a whole word
 		badSub,
 	} {
 		devs[1].send(b)
