@@ -22,6 +22,9 @@ func runConductor(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "partition lease TTL: the bulk of the decision gap when a conductor dies")
 	fs.IntVar(&cfg.MaxForwarded, "max-forwarded", cfg.MaxForwarded, "audio streams forwarded per call: the dominant speaker and the most recent speakers")
 	fs.DurationVar(&cfg.RecentWindow, "recent-window", cfg.RecentWindow, "a member who spoke within this window stays in the audio forwarding set")
+	fs.Uint64Var(&cfg.Video.AudioBps, "audio-bps", cfg.Video.AudioBps, "bit/s one forwarded audio stream costs a receiver, reserved before any video")
+	fs.Uint64Var(&cfg.Video.LowBps, "video-low-bps", cfg.Video.LowBps, "bit/s of a simulcast sender's low layer")
+	fs.Uint64Var(&cfg.Video.HighBps, "video-high-bps", cfg.Video.HighBps, "bit/s of a sender's high layer or single stream (less when its uplink is smaller)")
 	metricsListen := fs.String("metrics-listen", envOr("CALLRELAY_METRICS_LISTEN", ""), "TCP ip:port for /metrics, /healthz and /readyz; empty: none")
 	level := fs.String("log-level", envOr("CALLRELAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CALLRELAY_LOG_LEVEL)")
 	if done, err := parseWithConfig(fs, args, os.Stdout); err != nil || done {

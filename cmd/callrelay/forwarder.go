@@ -58,6 +58,10 @@ func runForwarder(ctx context.Context, args []string) error {
 	metricsListen := fs.String("metrics-listen", envOr("CALLRELAY_METRICS_LISTEN", ""), "TCP ip:port for /metrics, /healthz and /readyz; empty: none (env CALLRELAY_METRICS_LISTEN)")
 	level := fs.String("log-level", envOr("CALLRELAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CALLRELAY_LOG_LEVEL)")
 	statsEvery := fs.Duration("stats-every", 10*time.Second, "log a stats line this often (0: never)")
+	fs.IntVar(&cfg.Adapt.NackCacheBytes, "nack-cache-bytes", cfg.Adapt.NackCacheBytes, "bytes of each sender's recent packets kept to answer NACKs (512 KiB: about 4 s at 1 Mbit/s)")
+	fs.DurationVar(&cfg.Adapt.NackResendGap, "nack-resend-gap", cfg.Adapt.NackResendGap, "least time between two resends of one packet (about a round trip)")
+	videoExt := fs.Uint("video-frame-ext-id", uint(cfg.Adapt.VideoFrameExtensionID), "RFC 8285 id of the video frame header extension (layer, key frame), 1..14")
+	absExt := fs.Uint("abs-send-time-ext-id", uint(cfg.Adapt.AbsSendTimeExtensionID), "RFC 8285 id of the abs-send-time header extension, 1..14")
 	if done, err := parseWithConfig(fs, args, os.Stdout); err != nil || done {
 		return err
 	}
@@ -76,6 +80,10 @@ func runForwarder(ctx context.Context, args []string) error {
 			return err
 		}
 	}
+	if *videoExt > 14 || *absExt > 14 {
+		return fmt.Errorf("forwarder: --video-frame-ext-id %d, --abs-send-time-ext-id %d: want 1..14", *videoExt, *absExt)
+	}
+	cfg.Adapt.VideoFrameExtensionID, cfg.Adapt.AbsSendTimeExtensionID = uint8(*videoExt), uint8(*absExt)
 	if *alt != "" {
 		if cfg.Alternate, err = netip.ParseAddrPort(*alt); err != nil {
 			return fmt.Errorf("forwarder: --alternate %q: want ip:port", *alt)
