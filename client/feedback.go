@@ -190,8 +190,8 @@ func (f *Feedback) Close() {
 }
 
 // Observe reads one packet received from Media. It returns false for a
-// duplicate RTP packet, which the caller should drop (and Release); true
-// for anything else. RTCP is read for the senders' reports (their times go
+// duplicate RTP packet and for the relay's padding probes (SSRC 0), which
+// the caller should drop (and Release); true for anything else. RTCP is read for the senders' reports (their times go
 // back in the receiver reports).
 func (f *Feedback) Observe(p *Packet) bool {
 	switch p.Kind {
@@ -215,6 +215,19 @@ func (f *Feedback) ObserveRTP(b []byte, at time.Time) bool {
 	}
 	s := f.stream(h.SSRC, at)
 	s.last = at
+	if h.SSRC == protocol.RelayProbeSSRC {
+		// The relay's padding probe: it measures the downlink and carries
+		// nothing. Estimator only; never NACKed, never delivered.
+		var sendNS int64
+		abs, hasAbs := h.AbsSendTime(f.cfg.AbsSendTimeID)
+		if hasAbs && s.slot >= 0 {
+			sendNS = s.sendTS.Unwrap(abs)
+		}
+		f.est.OnPacket(at.UnixNano(), sendNS, hasAbs && s.slot >= 0, len(b), s.slot, h.SequenceNumber)
+		s.packets++
+		s.bytes += uint64(len(b))
+		return false
+	}
 	gaps := len(s.seq.pending)
 	v := s.seq.push(h.SequenceNumber, at, &f.pol)
 	slot := s.slot

@@ -477,3 +477,20 @@ func BenchmarkFeedbackObserveRTP(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "packets/s")
 }
+
+// The relay's probes (SSRC 0) feed the estimator and are dropped: never
+// NACKed, never delivered.
+func TestFeedbackTakesRelayProbes(t *testing.T) {
+	sink := &rtcpSink{}
+	f := newFeedback(sink, FeedbackConfig{SSRC: 7}, t0)
+	for i, seq := range []uint16{1, 2, 5, 6} { // a gap: 3 and 4 lost
+		p, err := protocol.AppendRelayProbe(nil, seq, protocol.AbsSendTime(ms(i)), protocol.DefaultAbsSendTimeExtensionID, 1000)
+		require.NoError(t, err)
+		require.False(t, f.ObserveRTP(p, ms(i)), "a probe is not for the application")
+	}
+	st, ok := f.Stats().Stream(protocol.RelayProbeSSRC)
+	require.True(t, ok)
+	require.Equal(t, uint64(4), st.Packets)
+	require.Zero(t, st.NACKed)
+	require.Zero(t, st.Missing)
+}

@@ -45,6 +45,19 @@ type sessionVideo struct {
 	downSentAt time.Time
 	sentLast   uint64
 	resentLast uint64
+	probe      probeState
+}
+
+// probeState is a receiver's downlink probing (probe.go).
+type probeState struct {
+	until, next time.Time // probing until; the next probe not before
+	rate        uint64    // bit/s of padding while probing
+	startEst    uint64    // the estimate when the probe began
+	failures    int       // probes in a row that did not raise the estimate
+	rises       int       // probes in a row that did
+	seq         uint16
+	owed        float64 // bytes due but not yet sent
+	last        time.Time
 }
 
 // Intervals of what senders are told again without a change.
@@ -196,6 +209,7 @@ func (c *control) feedbackTick(now time.Time) {
 		for _, s := range cl.members {
 			c.senderTick(cl, s, now)
 			c.receiverTick(s, now)
+			c.probeTick(s, now)
 		}
 		for id, m := range cl.remoteMedia {
 			c.ensureCache(m)

@@ -96,6 +96,7 @@ type control struct {
 	meta            metaState
 	decisionScratch protocol.CallDecision
 	trunkCodec      *protocol.TrunkCodec // key-frame requests to remote senders; nil on a lone forwarder
+	probeBuf        []byte
 }
 
 type pendingReply struct {

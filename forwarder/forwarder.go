@@ -75,6 +75,7 @@ type Forwarder struct {
 	speakerUpdates                              atomic.Uint64
 	subsApplied, subsRejected                   atomic.Uint64
 	targetsSent, keyFramesAsked                 atomic.Uint64
+	probes, probeBytes                          atomic.Uint64
 
 	// Overload throttling (load.go, admission.go).
 	thr throttleStats
@@ -459,6 +460,7 @@ func (f *Forwarder) Stats() Stats {
 	s.SpeakerUpdates = f.speakerUpdates.Load()
 	s.Subscriptions, s.SubsRejected = f.subsApplied.Load(), f.subsRejected.Load()
 	s.TargetsSent, s.KeyFramesAsked = f.targetsSent.Load(), f.keyFramesAsked.Load()
+	s.Probes, s.ProbeBytes = f.probes.Load(), f.probeBytes.Load()
 	s.ThrottleLevel = ThrottleLevel(f.thr.level.Load())
 	sig := [5]float64{}
 	for i := range sig {

@@ -70,6 +70,7 @@ var (
 	mSubs = prometheus.NewDesc("callrelay_forwarder_subscriptions_total",
 		"Video Subscription messages from devices, applied or rejected (malformed or not newer).", []string{"outcome"}, nil)
 	mResent = prometheus.NewDesc("callrelay_forwarder_retransmitted_bytes_total", "Bytes resent to receivers from the NACK cache.", nil, nil)
+	mProbe  = prometheus.NewDesc("callrelay_forwarder_probe_bytes_total", "Padding sent to receivers held below their subscriptions, to find out whether their downlink recovered.", nil, nil)
 )
 
 var nackOutcomeNames = [4]string{"resent", "not_cached", "bounded", "over_budget"}
@@ -78,7 +79,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mPackets, mBytes, mDrops, mSessions, mCalls, mPeers, mDraining, mJoins,
 		mRefusals, mNudges, mMigrate, mDegraded, mQueued, mStErr, mStDrop, mClBad, mNATSErr,
 		mMuted, mOnsets, mMeta, mMetaBytes, mDecisions, mSpeaker, mLevel, mLoad, mLevelChanges, mRefusedClass, mAdmittedClass, mStoreLatency, mNATSRTT,
-		mNacked, mKeyReq, mTargets, mSubs, mResent} {
+		mNacked, mKeyReq, mTargets, mSubs, mResent, mProbe} {
 		ch <- d
 	}
 }
@@ -139,6 +140,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mSubs, s.Subscriptions, "applied")
 	counter(mSubs, s.SubsRejected, "rejected")
 	counter(mResent, s.ResentBytes)
+	counter(mProbe, s.ProbeBytes)
 	gauge(mLevel, float64(s.ThrottleLevel))
 	ch <- c.f.storeLatency.metric(mStoreLatency)
 	ch <- c.f.natsRTT.metric(mNATSRTT)

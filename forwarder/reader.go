@@ -97,8 +97,8 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 		r.toControl(rt, b, src, nowNS)
 		return
 	case protocol.KindRTP:
-		if r.hdr.Parse(b) != nil {
-			r.drops[DropMalformed]++
+		if r.hdr.Parse(b) != nil || r.hdr.SSRC == protocol.RelayProbeSSRC {
+			r.drops[DropMalformed]++ // SSRC 0 is the relay's (its probes)
 			return
 		}
 	case protocol.KindRTCP:

@@ -85,6 +85,8 @@ type Stats struct {
 	NackOutcomes   [4]uint64 // by outcome: resent, not cached, bounded (too often/soon), over the leg's budget
 	KeyRequests    uint64    // PLI/FIR from receivers
 	ResentBytes    uint64    // bytes resent from the NACK cache
+	Probes         uint64    // downlink probes begun (probe.go)
+	ProbeBytes     uint64    // padding sent in them
 	KeyFramesAsked uint64    // PLIs the relay sent to senders
 	TargetsSent    uint64    // TargetBitrate/SimulcastControl/REMB messages sent to senders
 	Subscriptions  uint64    // Subscription messages applied

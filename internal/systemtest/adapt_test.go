@@ -319,10 +319,26 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 		}
 	}
 
-	// The receivers no longer differ (the slow one stops watching): after
-	// the unsplit wait the sender goes back to one stream.
-	require.NoError(t, slow.conn.Subscribe(nil))
+	// The cap goes away. The slow receiver's estimate cannot grow much past
+	// what it receives, so its forwarder probes its downlink with padding;
+	// the estimate rises, the conductor gives it the high layer, the
+	// receivers no longer differ, and after the unsplit wait the sender
+	// goes back to one stream.
+	slow.link.SetDown(linkem.Profile{Delay: 10 * time.Millisecond})
 	unsub := time.Now()
+	testenv.CheckFor(t, 40*time.Second, 100*time.Millisecond, func() error {
+		for _, l := range lastDecision(dec, call).Layers {
+			if l.Receiver == slow.id && l.Rank != 2 {
+				l2, _ := leg(f, slow)
+				return fmt.Errorf("slow receiver at rank %d, estimate %d", l.Rank, l2.DownlinkEstBps)
+			}
+		}
+		return nil
+	})
+	t.Logf("the recovered receiver is back on the high layer %s after the cap went (%d probes, %d bytes of padding)",
+		time.Since(unsub).Round(time.Millisecond), f.Stats().Probes, f.Stats().ProbeBytes)
+	require.Positive(t, f.Stats().Probes)
+	unsub = time.Now()
 	testenv.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		if l := cam.video.Load().Stats().Layers; l != 1 {
 			return fmt.Errorf("sender sends %d layers", l)
@@ -335,6 +351,17 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 	before := devs[1].stream(ssrcs[0]).Packets
 	time.Sleep(time.Second)
 	require.Positive(t, devs[1].stream(ssrcs[0]).Packets-before, "the fast receivers get the single stream")
+}
+
+// lastDecision is the newest decision seen for call.
+func lastDecision(d *decisions, call protocol.ID) protocol.CallDecision {
+	all, _ := d.snapshot()
+	for i := len(all) - 1; i >= 0; i-- {
+		if all[i].Call == call {
+			return all[i]
+		}
+	}
+	return protocol.CallDecision{}
 }
 
 // within checks v against want ± frac.

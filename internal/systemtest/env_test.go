@@ -180,6 +180,8 @@ func watchDecisionsWith(t *testing.T, nc *nats.Conn, key protocol.ClusterKey) *d
 			return
 		}
 		dec.Forward = append([]protocol.ID(nil), dec.Forward...)
+		dec.Senders = append([]protocol.SenderTarget(nil), dec.Senders...)
+		dec.Layers = append([]protocol.LayerAssign(nil), dec.Layers...)
 		d.mu.Lock()
 		d.all = append(d.all, dec)
 		d.at = append(d.at, time.Now())
