@@ -38,6 +38,7 @@ type callSpec struct {
 	duration time.Duration
 	sched    talkspurt.Schedule
 	seed     uint64
+	cams     []bool // by member index: sends video (nil: audio only)
 }
 
 func (c *callSpec) idx() int {
@@ -63,8 +64,19 @@ type member struct {
 	plain  []byte
 	pkt    []byte
 
-	mu  sync.Mutex
-	win window // media figures since the last harvest
+	// Network adaptation (media.go), set up before the receivers start:
+	// fb is the member's Feedback; cam its camera (nil: audio only), on
+	// camSSRCs; videoOf maps the SSRCs of the call's other cameras to
+	// their layer; sub keeps its subscription to them.
+	fb       *client.Feedback
+	cam      *client.VideoSender
+	camSSRCs [protocol.MaxSimulcastLayers]uint32
+	videoOf  map[uint32]uint8
+	sub      *client.Subscriber
+
+	mu   sync.Mutex
+	win  window // media figures since the last harvest
+	seen seen   // the library counters already in win
 }
 
 // stream is what a receiver knows of one sender's stream.
@@ -100,6 +112,7 @@ func (r *runner) runCall(ctx context.Context, c *callSpec) {
 	r.partsUp.Add(int64(len(members)))
 	defer r.callsUp.Add(-1)
 	defer r.partsUp.Add(-int64(len(members)))
+	setUpMedia(members, c.cams)
 	start := time.Now()
 	r.register(members, cls)
 	var wg sync.WaitGroup
@@ -109,6 +122,10 @@ func (r *runner) runCall(ctx context.Context, c *callSpec) {
 		go func() { defer wg.Done(); r.receive(m, cls, observer, members, c.sched, start) }()
 	}
 	r.sendLoop(ctx, c, members, start)
+	// Cameras and feedback stop before the leave, so that nothing of
+	// theirs reaches a forwarder after it.
+	stopVideo(members)
+	closeFeedback(members)
 	closeAll(members)
 	wg.Wait()
 	r.unregister(members, cls)
@@ -248,9 +265,14 @@ func (m *member) sendFrame(rng *rand.Rand, talking bool) {
 	}
 	binary.BigEndian.PutUint32(p[0:4], m.frame)
 	binary.BigEndian.PutUint32(p[4:8], m.speech)
-	binary.BigEndian.PutUint64(p[8:16], uint64(time.Now().UnixNano()))
+	now := time.Now()
+	binary.BigEndian.PutUint64(p[8:16], uint64(now.UnixNano()))
 	for i := frameHeader; i < size; i++ {
 		p[i] = byte(m.frame) + byte(i)
+	}
+	// abs-send-time, for the relay's estimate of this member's uplink.
+	if m.sender.SetAbsSendTime(protocol.DefaultAbsSendTimeExtensionID, now) != nil {
+		return
 	}
 	out, err := m.sender.Seal(m.pkt, client.Sample{Payload: p, Timestamp: m.frame * frameTicks, AudioLevel: lvl})
 	m.frame++
@@ -263,8 +285,9 @@ func (m *member) sendFrame(rng *rand.Rand, talking bool) {
 }
 
 // receive decrypts what m hears until its session ends, measuring delay,
-// jitter, loss and gaps per sender stream; the observer also follows the
-// dominant speaker.
+// jitter, loss and gaps per sender stream, and counting the video; the
+// Feedback sees every packet first and drops duplicates, and RTCP goes to
+// the camera. The observer also follows the dominant speaker.
 func (r *runner) receive(m *member, cls int, observer bool, members []*member, sched talkspurt.Schedule, start time.Time) {
 	var hdr rtp.Header
 	var tracker client.SpeakerTracker
@@ -272,8 +295,21 @@ func (r *runner) receive(m *member, cls int, observer bool, members []*member, s
 	buf := make([]byte, 0, client.MaxPacketSize)
 	heard := false
 	for pkt := range m.sess.Media() {
+		if !m.fb.Observe(pkt) {
+			pkt.Release() // a duplicate: counted by the Feedback
+			continue
+		}
 		switch pkt.Kind {
 		case protocol.KindRTP:
+			if ssrc, ok := rtpSSRC(pkt.Data); ok {
+				if layer, isVideo := m.videoOf[ssrc]; isVideo {
+					ok := m.openVideo(pkt.Data, buf, &hdr, layer)
+					m.mu.Lock()
+					countVideo(&m.win, len(pkt.Data), layer, ok)
+					m.mu.Unlock()
+					break
+				}
+			}
 			got, err := m.recv.Open(buf, pkt.Data, &hdr)
 			if err != nil || len(got) < frameHeader {
 				m.mu.Lock()
@@ -292,6 +328,9 @@ func (r *runner) receive(m *member, cls int, observer bool, members []*member, s
 			observe(&m.win, streams, hdr.SSRC, frameInfo{counter, speech, len(got) > frameHeader}, sent, pkt.Received)
 			m.mu.Unlock()
 		case protocol.KindRTCP:
+			if m.cam != nil {
+				m.cam.HandleRTCP(pkt.Data)
+			}
 			if !observer {
 				break
 			}
@@ -349,6 +388,11 @@ func observe(w *window, streams map[uint32]*stream, ssrc uint32, f frameInfo, se
 	case f.speech >= s.speechNext:
 		w.expected += uint64(f.speech - s.speechNext + 1)
 		s.speechNext = f.speech + 1
+	default:
+		// An older frame than the newest: it filled a gap, resent by the
+		// relay after a NACK (or reordered). Duplicates never get here:
+		// the Feedback dropped them.
+		w.recovered++
 	}
 	if l := s.lastSpeech; l.isSpeech && f.counter > l.counter && f.counter-l.counter == f.speech-l.speech {
 		if gap := ms(arrival.Sub(s.lastSpArr)); gap > w.maxGap {

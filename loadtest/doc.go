@@ -16,6 +16,15 @@
 // loss and media gaps; one member of each group call follows the relay's
 // dominant-speaker messages and measures switch latency.
 //
+// Participants run the client library's side of the relay's network
+// adaptation (media.go): audio carries abs-send-time; every receiver runs a
+// client.Feedback (NACKs, RR+REMB, PLIs; duplicates dropped), so the loss
+// reported is what is left after NACK (the loss before it is kept too);
+// with Plan.Video a share of the participants also send a synthetic camera
+// (client.VideoSender, obeying the relay's simulcast, targets, REMB and
+// PLI), and every other member of their call subscribes to it and decrypts
+// it.
+//
 // Run aggregates everything per second and per call class into a Result
 // (result.go: the stable JSON the report renderer reads), with fixed-size
 // sketches for percentiles, and says when the generator itself was the

@@ -184,6 +184,10 @@ func TestObserveStream(t *testing.T) {
 	require.EqualValues(t, 8, m.PacketsExpected) // 5..12
 	require.EqualValues(t, 2, m.PacketsLost)
 	require.InDelta(t, 25, m.LossPct, 1e-9)
+	// 7 came after 8 and 9: resent after a NACK (or reordered). Before
+	// recovery 3 of 8 were missing.
+	require.EqualValues(t, 1, m.PacketsRecovered)
+	require.InDelta(t, 37.5, m.RawLossPct, 1e-9)
 	require.InDelta(t, 4, m.DelayMs.P50, 1.2)
 	require.Greater(t, m.JitterMs, 0.0)
 	require.Greater(t, m.MaxGapMs, 0.0)
@@ -288,4 +292,25 @@ func TestMixDefaults(t *testing.T) {
 	p, err = ParsePlan([]byte("bounds: {max_calls: 10}\n"))
 	require.NoError(t, err)
 	require.Equal(t, 0.7, p.WithDefaults().Mix.OneToOne)
+}
+
+// The video mix: a share in 0..1, read from a plan file, drawn per member
+// from the call's seed (the same in every agent).
+func TestVideoPlan(t *testing.T) {
+	p, err := ParsePlan([]byte("video: {share: 0.25}\n"))
+	require.NoError(t, err)
+	require.Equal(t, 0.25, p.Video.Share)
+	p.Video.Share = 1.5
+	require.ErrorContains(t, p.WithDefaults().Validate(), "video.share = 1.5, want 0..1")
+
+	require.Nil(t, drawVideo(7, 5, 0), "audio only")
+	require.Equal(t, []bool{true, true, true}, drawVideo(7, 3, 1))
+	require.Equal(t, drawVideo(9, 50, 0.2), drawVideo(9, 50, 0.2))
+	n := 0
+	for _, c := range drawVideo(9, 1000, 0.2) {
+		if c {
+			n++
+		}
+	}
+	require.InDelta(t, 200, n, 50)
 }

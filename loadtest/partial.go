@@ -74,20 +74,29 @@ type WindowData struct {
 	JitterN         uint64  `json:"jitter_n"`
 	JitterMax       float64 `json:"jitter_max"`
 	MaxGap          float64 `json:"max_gap"`
+	// Recovered, Feedback and Video are the network adaptation's counters
+	// (Video's rates are left out: Merge computes them).
+	Recovered uint64           `json:"recovered"`
+	Feedback  FeedbackMeasures `json:"feedback"`
+	Video     VideoMeasures    `json:"video"`
 }
 
 func (w *window) data() WindowData {
 	return WindowData{CallsStarted: w.callsStarted, CallsFailed: w.callsFailed, Setups: w.setups,
 		Setup: w.setup, FirstAudio: w.firstAudio, Delay: w.delay, Speaker: w.speaker,
 		Sent: w.sent, Received: w.received, Expected: w.expected, SpeechReceived: w.speechRcvd, DecryptFailures: w.decryptFail,
-		JitterSum: w.jitterSum, JitterN: w.jitterN, JitterMax: w.jitterMax, MaxGap: w.maxGap}
+		JitterSum: w.jitterSum, JitterN: w.jitterN, JitterMax: w.jitterMax, MaxGap: w.maxGap,
+		Recovered: w.recovered, Feedback: w.fb, Video: w.video}
 }
 
 func (d *WindowData) window() window {
-	return window{callsStarted: d.CallsStarted, callsFailed: d.CallsFailed, setups: d.Setups,
+	w := window{callsStarted: d.CallsStarted, callsFailed: d.CallsFailed, setups: d.Setups,
 		setup: d.Setup, firstAudio: d.FirstAudio, delay: d.Delay, speaker: d.Speaker,
 		sent: d.Sent, received: d.Received, expected: d.Expected, speechRcvd: d.SpeechReceived, decryptFail: d.DecryptFailures,
-		jitterSum: d.JitterSum, jitterN: d.JitterN, jitterMax: d.JitterMax, maxGap: d.MaxGap}
+		jitterSum: d.JitterSum, jitterN: d.JitterN, jitterMax: d.JitterMax, maxGap: d.MaxGap,
+		recovered: d.Recovered, fb: d.Feedback, video: d.Video}
+	w.video.SentKbps, w.video.ReceivedKbps = 0, 0
+	return w
 }
 
 func pairWindows(o, g *WindowData) classWindows { return classWindows{o.window(), g.window()} }

@@ -61,6 +61,20 @@ func randomSplit(t *testing.T, n int, plan Plan) (a, b, all *Partial) {
 					x.firstAudio.Add(d * 3)
 				}
 			}
+			if rng.IntN(20) == 0 { // feedback and video
+				layer := rng.IntN(3)
+				for _, x := range []*window{w, wall} {
+					x.recovered++
+					x.fb.NACKs++
+					x.fb.Video.Recovered++
+					x.video.SenderSeconds++
+					x.video.Layers[layer]++
+					x.video.BytesSent += 1200
+					x.video.PacketsReceived++
+					x.video.BytesReceived += 1100
+					x.video.ReceivedByLayer[layer]++
+				}
+			}
 		}
 	}
 	for s := range n {
@@ -131,6 +145,9 @@ func TestMergeEqualsCombinedCounts(t *testing.T) {
 	// Per-second merge: counters add, the generator's CPU is the busiest
 	// agent's, tick lag the weighted mean.
 	require.Equal(t, a.Seconds[0].OneToOne.Sent+b.Seconds[0].OneToOne.Sent, got.Seconds[0].OneToOne.PacketsSent)
+	require.Positive(t, got.Totals.All.Video.ReceivedKbps)
+	require.Positive(t, got.Totals.All.Feedback.NACKs)
+	require.Positive(t, got.Totals.All.PacketsRecovered)
 	require.Equal(t, 30.0, got.Seconds[0].GeneratorCPUPct)
 	require.Equal(t, 0.002, got.Seconds[0].TickLagMs)
 	require.Equal(t, 10.0, got.Seconds[5].GeneratorCPUPct, "only a ran second 5")

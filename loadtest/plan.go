@@ -62,6 +62,8 @@ type Plan struct {
 
 	// Mix is the call mix.
 	Mix Mix `json:"mix" yaml:"mix"`
+	// Video is the video mix (default: audio only).
+	Video Video `json:"video,omitzero" yaml:"video,omitempty"`
 	// CallDuration is the calls' length distribution.
 	CallDuration CallDuration `json:"call_duration" yaml:"call_duration"`
 	// Profile shapes the call arrivals over time.
@@ -124,6 +126,15 @@ type Mix struct {
 	// Defaults 3 and 6.
 	GroupMin int `json:"group_min" yaml:"group_min"`
 	GroupMax int `json:"group_max" yaml:"group_max"`
+}
+
+// Video is the video mix: which participants also send camera video.
+type Video struct {
+	// Share is the fraction of participants, 0..1, drawn at random per
+	// participant, that send a synthetic camera (client.VideoSender: one
+	// stream, or the simulcast layers and bitrates the relay asks for).
+	// Every other member of their call subscribes to it. 0: audio only.
+	Share float64 `json:"share" yaml:"share"`
 }
 
 // CallDuration is an exponential distribution with mean Mean, clamped to
@@ -294,6 +305,9 @@ func (p Plan) validate(needKey bool) error {
 	}
 	if p.Mix.GroupMin < 3 || p.Mix.GroupMax < p.Mix.GroupMin || p.Mix.GroupMax > 100 {
 		bad("mix group size %d..%d, want 3 <= group_min <= group_max <= 100", p.Mix.GroupMin, p.Mix.GroupMax)
+	}
+	if p.Video.Share < 0 || p.Video.Share > 1 {
+		bad("video.share = %v, want 0..1 (the fraction of participants that send video)", p.Video.Share)
 	}
 	cd := p.CallDuration
 	if cd.Min <= 0 || cd.Max < cd.Min || cd.Mean <= 0 {

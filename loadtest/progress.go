@@ -24,12 +24,17 @@ func newProgress(w io.Writer) *progress {
 	return p
 }
 
-// Line formats one progress line for second s.
+// Line formats one progress line for second s: loss after NACK (before
+// it in brackets), and the video received when there is some.
 func progressLine(s Second, refusedSoFar int) string {
-	return fmt.Sprintf("%-8s %6s  calls up %4d  participants %5d  setups %3d/%-3d  refused %d (total %d)  loss %5.2f%%  delay p95 %6.1f ms  cpu %3.0f%%",
+	l := fmt.Sprintf("%-8s %6s  calls up %4d  participants %5d  setups %3d/%-3d  refused %d (total %d)  loss %5.2f%% (raw %5.2f%%)  delay p95 %6.1f ms  cpu %3.0f%%",
 		s.Phase, (time.Duration(s.T+1) * time.Second).String(), s.CallsUp, s.ParticipantsUp,
 		s.All.Setups.Admitted, s.All.Setups.Attempted, s.All.Setups.Refused.Total(), refusedSoFar,
-		s.All.LossPct, s.All.DelayMs.P95, s.GeneratorCPUPct)
+		s.All.LossPct, s.All.RawLossPct, s.All.DelayMs.P95, s.GeneratorCPUPct)
+	if v := s.All.Video; v.SenderSeconds > 0 || v.PacketsReceived > 0 {
+		l += fmt.Sprintf("  video %d cams, rx %.1f Mbit/s", v.SenderSeconds, v.ReceivedKbps/1000)
+	}
+	return l
 }
 
 func (p *progress) line(s Second, res *Result) {
@@ -56,9 +61,17 @@ func (p *progress) done(res *Result) {
 		fmt.Fprintln(p.w)
 	}
 	t := res.Totals.All
-	fmt.Fprintf(p.w, "done (%s) after %.1fs: %d calls, setups %d/%d admitted, loss %.2f%%, delay p95 %.1f ms, verdict %s\n",
+	fmt.Fprintf(p.w, "done (%s) after %.1fs: %d calls, setups %d/%d admitted, loss %.2f%% after NACK (%.2f%% before), delay p95 %.1f ms, verdict %s\n",
 		res.Stopped, res.DurationMs/1000, t.CallsStarted, t.Setups.Admitted, t.Setups.Attempted,
-		t.LossPct, t.DelayMs.P95, map[bool]string{true: "PASS", false: "FAIL"}[res.Verdict.Pass])
+		t.LossPct, t.RawLossPct, t.DelayMs.P95, map[bool]string{true: "PASS", false: "FAIL"}[res.Verdict.Pass])
+	f := t.Feedback
+	fmt.Fprintf(p.w, "feedback: %d RR+REMB, %d NACK and %d PLI packets sent, %d duplicates dropped; audio recovered %d, video NACKed %d recovered %d given up %d\n",
+		f.Reports, f.NACKs, f.PLIs, f.Duplicates, f.Audio.Recovered, f.Video.NACKed, f.Video.Recovered, f.Video.Unrecovered)
+	if v := t.Video; v.SenderSeconds > 0 {
+		fmt.Fprintf(p.w, "video: %d camera-seconds (1/2/3 layers: %d/%d/%d), sent %.0f kbit/s, received %.0f kbit/s (%d packets, %d failed), %d key frames, %d PLIs, %d targets, %d REMBs\n",
+			v.SenderSeconds, v.Layers[0], v.Layers[1], v.Layers[2], v.SentKbps, v.ReceivedKbps, v.PacketsReceived, v.DecryptFailures,
+			v.KeyFrames, v.PLIs, v.TargetBitrates, v.REMBs)
+	}
 	if res.Generator.Bottleneck {
 		fmt.Fprintf(p.w, "warning: the load generator was the bottleneck: %v\n", res.Generator.Reasons)
 	}

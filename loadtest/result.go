@@ -128,13 +128,25 @@ type Measures struct {
 	// Lost / Expected in percent. Silence frames are left out on purpose:
 	// the conductor holds back the audio of members outside a call's
 	// forwarding set, which is a decision, not loss.
-	PacketsExpected uint64  `json:"packets_expected"`
-	PacketsLost     uint64  `json:"packets_lost"`
-	LossPct         float64 `json:"loss_pct"`
+	//
+	// Receivers run the client library's Feedback: it drops duplicates
+	// and NACKs gaps, which the relay answers from its cache, so a frame
+	// counts as lost only if it did not arrive after NACK either: LossPct
+	// is the unrecovered loss after NACK (the figure the loss target is
+	// checked on). PacketsRecovered counts the speech frames that arrived
+	// after a later one: resent by the relay after a NACK, or reordered;
+	// RawLossPct = (PacketsLost + PacketsRecovered) / PacketsExpected is
+	// the loss before recovery.
+	PacketsExpected  uint64  `json:"packets_expected"`
+	PacketsLost      uint64  `json:"packets_lost"`
+	LossPct          float64 `json:"loss_pct"`
+	PacketsRecovered uint64  `json:"packets_recovered"`
+	RawLossPct       float64 `json:"raw_loss_pct"`
 	// DecryptFailures counts packets that failed SRTP authentication or
 	// whose plaintext did not parse.
 	DecryptFailures uint64 `json:"decrypt_failures"`
-	// RelayPacketsPerSec is (PacketsSent + PacketsReceived) per second of
+	// RelayPacketsPerSec is (PacketsSent + PacketsReceived), plus the
+	// video's (Video.PacketsSent + Video.PacketsReceived), per second of
 	// the window: the packets into and out of the relay the load caused.
 	RelayPacketsPerSec float64 `json:"relay_packets_per_sec"`
 
@@ -155,6 +167,70 @@ type Measures struct {
 	// start of the new speaker's talk spurt to the relay's DominantSpeaker
 	// message naming it (group calls with a conductor only).
 	SpeakerSwitchMs Percentiles `json:"speaker_switch_ms"`
+
+	// Feedback is what the receivers' client Feedback sent and found.
+	Feedback FeedbackMeasures `json:"feedback"`
+	// Video is the video mix's figures (zero without Plan.Video).
+	Video VideoMeasures `json:"video"`
+}
+
+// FeedbackMeasures are the receivers' RTCP feedback (client.Feedback),
+// audio and video streams apart.
+type FeedbackMeasures struct {
+	// Reports counts RR+REMB compounds sent, NACKs the NACK packets, PLIs
+	// the PLIs; Duplicates the received packets dropped as duplicates
+	// (a retransmission that crossed the original).
+	Reports    uint64         `json:"reports"`
+	NACKs      uint64         `json:"nacks"`
+	PLIs       uint64         `json:"plis"`
+	Duplicates uint64         `json:"duplicates"`
+	Audio      StreamFeedback `json:"audio"`
+	Video      StreamFeedback `json:"video"`
+}
+
+// StreamFeedback is what receivers' sequence numbers showed for one kind
+// of stream. A receiver cannot tell loss from a gap the relay made on
+// purpose (the audio the conductor holds back, a video layer it stopped
+// forwarding to the receiver for a while): those are NACKed too, and
+// given up, so Unrecovered is an upper bound of the loss.
+type StreamFeedback struct {
+	// NACKed counts sequence numbers NACKed, each try once; Recovered
+	// those that arrived after a NACK; Unrecovered those given up.
+	NACKed      uint64 `json:"nacked"`
+	Recovered   uint64 `json:"recovered"`
+	Unrecovered uint64 `json:"unrecovered"`
+}
+
+// VideoMeasures are the video mix's figures: what the cameras sent, what
+// the subscribers decrypted, and what the relay told the cameras.
+type VideoMeasures struct {
+	// SenderSeconds counts the cameras once per second they were up;
+	// Layers splits them by the simulcast layers being sent then (index
+	// 0: one stream, 1: two layers, 2: three).
+	SenderSeconds uint64    `json:"sender_seconds"`
+	Layers        [3]uint64 `json:"layers"`
+	// PacketsSent, BytesSent and KeyFrames are the cameras' RTP over all
+	// layers (packets as sent, SRTP tag included); SentKbps the bytes'
+	// rate over the window.
+	PacketsSent uint64  `json:"packets_sent"`
+	BytesSent   uint64  `json:"bytes_sent"`
+	KeyFrames   uint64  `json:"key_frames"`
+	SentKbps    float64 `json:"sent_kbps"`
+	// PacketsReceived and BytesReceived count the video packets
+	// subscribers decrypted and found to name the layer of their SSRC;
+	// ReceivedByLayer splits the packets by layer; ReceivedKbps is the
+	// bytes' rate. DecryptFailures counts video packets that failed.
+	PacketsReceived uint64    `json:"packets_received"`
+	BytesReceived   uint64    `json:"bytes_received"`
+	ReceivedByLayer [3]uint64 `json:"received_by_layer"`
+	ReceivedKbps    float64   `json:"received_kbps"`
+	DecryptFailures uint64    `json:"decrypt_failures"`
+	// What the relay told the cameras, as they applied it: PLIs (PLI or
+	// FIR), TargetBitrates, REMBs and SimulcastControls.
+	PLIs              uint64 `json:"plis"`
+	TargetBitrates    uint64 `json:"target_bitrates"`
+	REMBs             uint64 `json:"rembs"`
+	SimulcastControls uint64 `json:"simulcast_controls"`
 }
 
 // Setups counts joins by outcome. A join is counted in the second it

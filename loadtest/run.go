@@ -165,6 +165,7 @@ func (r *runner) drawCall(rng *rand.Rand, no int) *callSpec {
 	srng := rand.New(rand.NewPCG(c.seed, 0x59))
 	// A little longer than the call, for the join time.
 	c.sched = talkspurt.Group(srng, c.size, c.duration+r.p.JoinTimeout.D())
+	c.cams = drawVideo(c.seed, c.size, r.p.Video.Share)
 	return c
 }
 
@@ -230,6 +231,7 @@ func (r *runner) unregister(ms []*member, cls int) {
 	defer r.mu.Unlock()
 	for _, m := range ms {
 		m.mu.Lock()
+		m.fold(false)
 		r.cur[cls].merge(&m.win)
 		m.win.reset()
 		m.mu.Unlock()
@@ -243,6 +245,7 @@ func (r *runner) unregister(ms []*member, cls int) {
 func (r *runner) harvest() {
 	for m, cls := range r.members {
 		m.mu.Lock()
+		m.fold(true)
 		r.cur[cls].merge(&m.win)
 		m.win.reset()
 		m.mu.Unlock()

@@ -161,3 +161,52 @@ func TestRunRamp(t *testing.T) {
 	require.Equal(t, last.Index, res.Knee.BrokeAtStep)
 	require.False(t, res.Verdict.Pass)
 }
+
+// A group call in which every member sends video: the cameras send, the
+// subscribers decrypt every layer they get, the receivers' Feedback sends
+// RR+REMB, and the figures reach the result, its JSON and the progress.
+func TestRunVideoMix(t *testing.T) {
+	addr, priv := startForwarder(t)
+	plan := Plan{
+		Forwarders:   []netip.AddrPort{addr},
+		SigningKey:   priv,
+		LocalAddr:    netip.MustParseAddr("127.0.0.1"),
+		Mix:          Mix{OneToOne: 0, GroupMin: 3, GroupMax: 3},
+		Video:        Video{Share: 1},
+		CallDuration: CallDuration{Mean: Duration(3 * time.Second), Min: Duration(3 * time.Second), Max: Duration(3 * time.Second)},
+		Profile:      Profile{Kind: ProfileSteady, Steady: Steady{Rate: 1, Duration: Duration(4 * time.Second)}},
+		Bounds:       Bounds{MaxDuration: Duration(10 * time.Second), MaxConcurrentCalls: 2, MaxCalls: 2},
+		Seed:         3,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var progress bytes.Buffer
+	res, err := Run(ctx, plan, &progress)
+	require.NoError(t, err)
+	t.Logf("progress:\n%s", progress.String())
+	all := res.Totals.All
+	v, f := all.Video, all.Feedback
+	t.Logf("video %+v\nfeedback %+v", v, f)
+	require.Positive(t, v.SenderSeconds)
+	require.Equal(t, v.SenderSeconds, v.Layers[0]+v.Layers[1]+v.Layers[2])
+	require.Positive(t, v.PacketsSent)
+	require.Positive(t, v.KeyFrames, "every camera starts with a key frame")
+	require.Positive(t, v.SentKbps)
+	require.Positive(t, v.PacketsReceived, "subscribers decrypt the cameras")
+	require.Equal(t, v.PacketsReceived, v.ReceivedByLayer[0]+v.ReceivedByLayer[1]+v.ReceivedByLayer[2])
+	require.Positive(t, v.ReceivedKbps)
+	require.Zero(t, v.DecryptFailures)
+	require.Zero(t, all.DecryptFailures)
+	require.Positive(t, f.Reports, "receivers send RR+REMB")
+	require.LessOrEqual(t, all.LossPct, all.RawLossPct)
+	require.Greater(t, all.RelayPacketsPerSec, float64(all.PacketsSent+all.PacketsReceived)/(res.DurationMs/1000), "video counts in the relay's packets")
+	require.Contains(t, progress.String(), "video ")
+	require.Contains(t, progress.String(), "\nfeedback: ")
+	require.Contains(t, progress.String(), "\nvideo: ")
+
+	b, err := json.Marshal(res)
+	require.NoError(t, err)
+	for _, key := range []string{`"video":{"share":1}`, `"raw_loss_pct"`, `"packets_recovered"`, `"feedback":{"reports":`, `"sent_kbps"`, `"received_by_layer"`} {
+		require.Contains(t, string(b), key)
+	}
+}

@@ -17,6 +17,10 @@ type window struct {
 	jitterN                               uint64
 	jitterMax                             float64
 	maxGap                                float64
+	recovered                             uint64 // speech frames that filled a gap (after a NACK, or reordered)
+
+	fb    FeedbackMeasures
+	video VideoMeasures // counters only: the rates are made by measures
 }
 
 func (w *window) merge(o *window) {
@@ -41,6 +45,9 @@ func (w *window) merge(o *window) {
 	w.jitterN += o.jitterN
 	w.jitterMax = math.Max(w.jitterMax, o.jitterMax)
 	w.maxGap = math.Max(w.maxGap, o.maxGap)
+	w.recovered += o.recovered
+	w.fb.add(&o.fb)
+	w.video.add(&o.video)
 }
 
 func (w *window) reset() { *w = window{} }
@@ -48,20 +55,23 @@ func (w *window) reset() { *w = window{} }
 // measures turns the window into Measures; secs is its length, for rates.
 func (w *window) measures(secs float64) Measures {
 	m := Measures{
-		CallsStarted:    w.callsStarted,
-		CallsFailed:     w.callsFailed,
-		Setups:          w.setups,
-		SetupSuccessPct: 100,
-		SetupMs:         w.setup.Percentiles(),
-		FirstAudioMs:    w.firstAudio.Percentiles(),
-		PacketsSent:     w.sent,
-		PacketsReceived: w.received,
-		PacketsExpected: w.expected,
-		DecryptFailures: w.decryptFail,
-		DelayMs:         w.delay.Percentiles(),
-		JitterMaxMs:     round3(w.jitterMax),
-		MaxGapMs:        round3(w.maxGap),
-		SpeakerSwitchMs: w.speaker.Percentiles(),
+		CallsStarted:     w.callsStarted,
+		CallsFailed:      w.callsFailed,
+		Setups:           w.setups,
+		SetupSuccessPct:  100,
+		SetupMs:          w.setup.Percentiles(),
+		FirstAudioMs:     w.firstAudio.Percentiles(),
+		PacketsSent:      w.sent,
+		PacketsReceived:  w.received,
+		PacketsExpected:  w.expected,
+		DecryptFailures:  w.decryptFail,
+		DelayMs:          w.delay.Percentiles(),
+		JitterMaxMs:      round3(w.jitterMax),
+		MaxGapMs:         round3(w.maxGap),
+		SpeakerSwitchMs:  w.speaker.Percentiles(),
+		PacketsRecovered: w.recovered,
+		Feedback:         w.fb,
+		Video:            w.video,
 	}
 	if ended := w.setups.Admitted + w.setups.Refused.Total(); ended > 0 {
 		m.SetupSuccessPct = round3(100 * float64(w.setups.Admitted) / float64(ended))
@@ -71,12 +81,16 @@ func (w *window) measures(secs float64) Measures {
 	}
 	if w.expected > 0 {
 		m.LossPct = round3(100 * float64(m.PacketsLost) / float64(w.expected))
+		m.RawLossPct = round3(min(100, 100*float64(m.PacketsLost+w.recovered)/float64(w.expected)))
 	}
 	if w.jitterN > 0 {
 		m.JitterMs = round3(w.jitterSum / float64(w.jitterN))
 	}
 	if secs > 0 {
-		m.RelayPacketsPerSec = round3(float64(w.sent+w.received) / secs)
+		v := &w.video
+		m.RelayPacketsPerSec = round3(float64(w.sent+w.received+v.PacketsSent+v.PacketsReceived) / secs)
+		m.Video.SentKbps = round3(float64(v.BytesSent) * 8 / 1000 / secs)
+		m.Video.ReceivedKbps = round3(float64(v.BytesReceived) * 8 / 1000 / secs)
 	}
 	return m
 }

@@ -25,9 +25,15 @@ func runDemo(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.CapacitySessions, "capacity-sessions", 0, "size each forwarder for this many sessions, so a spike makes it throttle (0: sessions are not a load signal)")
 	fs.IntVar(&cfg.SpikeCalls, "spike-calls", 0, "group calls that join at once, --spike-after into the run (a New Year's Eve spike in small)")
 	fs.DurationVar(&cfg.SpikeAfter, "spike-after", 5*time.Second, "when the spike joins")
+	videoSenders := fs.Int("video-senders", 3, "members of each group call that send camera video, which the others subscribe to (0: audio only)")
+	fs.Float64Var(&cfg.LossyPercent, "lossy-percent", 0, "drop this percentage (0..50) of the RTP one group call member receives, in its own client before its feedback sees it, to show NACK recovery (emulated loss)")
 	level := fs.String("log-level", "warn", "log level of the components (debug, info, warn, error)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	cfg.VideoSenders = *videoSenders
+	if cfg.VideoSenders == 0 {
+		cfg.VideoSenders = -1 // the library's zero means its default
 	}
 	log, err := logging.NewConsole(*level)
 	if err != nil {

@@ -35,6 +35,7 @@ func runLoadtest(ctx context.Context, args []string) error {
 	duration := fs.Duration("duration", 0, "steady: how long; spike: the hold at the peak; ramp: each step")
 	oneToOne := fs.Float64("one-to-one", -1, "fraction of one-to-one calls, 0..1")
 	groupSize := fs.Int("group-size", 0, "group calls of exactly this size")
+	videoShare := fs.Float64("video-share", -1, "fraction of participants, 0..1, that also send camera video (simulcast and bitrates as the relay asks), subscribed to by the rest of their call (default: the plan's, else 0)")
 	maxCalls := fs.Int("max-concurrent", 0, "at most this many calls at once")
 	cores := fs.Float64("relay-cores", 0, "CPU cores of all the forwarders together, for the knee per core")
 	out := fs.String("out", "loadtest-result.json", "where the JSON result goes")
@@ -59,6 +60,9 @@ func runLoadtest(ctx context.Context, args []string) error {
 	}
 	if err := applyLoadFlags(&p, *fwds, *profile, *rate, *duration, *oneToOne, *groupSize, *maxCalls, *cores); err != nil {
 		return err
+	}
+	if *videoShare >= 0 {
+		p.Video.Share = *videoShare
 	}
 	if *key == "" {
 		return errors.New("loadtest: no signing key: pass --signing-key or set CALLRELAY_SIGNING_KEY (the forwarders' token signer)")

@@ -1,7 +1,10 @@
 // Package demo runs the whole relay on one machine: a forwarder on a loopback
 // port and simulated participants in one-to-one and group calls whose media
-// is end-to-end encrypted with SRTP keys the forwarder never sees. It is what
-// `callrelay demo` runs, and the integration tests drive it too.
+// is end-to-end encrypted with SRTP keys the forwarder never sees. Group
+// calls have video (some members send a synthetic camera, the others
+// subscribe to it), and every device runs the client library's feedback
+// (NACKs, RR+REMB, PLIs), optionally over an emulated lossy downlink. It
+// is what `callrelay demo` runs, and the integration tests drive it too.
 //
 // It must never hand a media key to the forwarder, and never decide success
 // on anything but what the receiving devices decrypted.
@@ -45,7 +48,17 @@ type Config struct {
 	SpikeCalls int
 	// Dashboard is the live dashboard's listen address (empty: none).
 	Dashboard string
-	Logger    *zap.Logger
+	// VideoSenders members of each group call (the first ones) send camera
+	// video; every member subscribes to the others' cameras. Default 3
+	// (at most GroupSize); negative: audio only. Spike calls are audio
+	// only.
+	VideoSenders int
+	// LossyPercent, when above 0, drops that share (0..50) of the RTP one
+	// participant receives (the last member of the first group call), in
+	// its own client process before its Feedback sees it: an emulated bad
+	// downlink whose loss the Feedback NACKs and the relay resends.
+	LossyPercent float64
+	Logger       *zap.Logger
 }
 
 func (c *Config) defaults() {
@@ -67,6 +80,10 @@ func (c *Config) defaults() {
 	if c.PacketEvery == 0 {
 		c.PacketEvery = 20 * time.Millisecond
 	}
+	if c.VideoSenders == 0 {
+		c.VideoSenders = 3
+	}
+	c.VideoSenders = min(max(c.VideoSenders, 0), c.GroupSize)
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -77,7 +94,13 @@ type Result struct {
 	Participants int
 	Sent         uint64 // packets the devices sent
 	Decrypted    uint64 // packets receivers decrypted and found byte-exact
-	Failed       uint64 // packets that failed to decrypt or differed
+	Failed       uint64 // packets that failed to decrypt or differed (audio and video)
+	// Video is the group calls' video, Feedback what the devices' client
+	// Feedback sent and found; Loss what the simulated loss did (nil
+	// without Config.LossyPercent).
+	Video    VideoResult
+	Feedback FeedbackResult
+	Loss     *LossResult
 	// Forwarder holds the forwarder's final counters, read after the
 	// participants left and it stopped (Sessions and Calls no longer count
 	// the participants whose leave it answered).
@@ -90,6 +113,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	cfg.defaults()
 	if cfg.GroupSize < 3 || cfg.GroupSize > 64 {
 		return Result{}, fmt.Errorf("demo: group size %d: want 3..64", cfg.GroupSize)
+	}
+	if cfg.LossyPercent < 0 || cfg.LossyPercent > 50 {
+		return Result{}, fmt.Errorf("demo: lossy percent %v: want 0..50", cfg.LossyPercent)
 	}
 	if cfg.Duration > 0 {
 		var cancel context.CancelFunc
@@ -140,30 +166,29 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		}
 		defer stopDashboard()
 	}
-	var members []*participant
+	members, err := joinCalls(ctx, priv, fwds, cfg, out)
 	defer func() {
 		for _, m := range members {
 			m.close()
 		}
 	}()
-	for i := 0; i < cfg.OneToOne+cfg.Groups; i++ {
-		class, size := protocol.ClassOneToOne, 2
-		if i >= cfg.OneToOne {
-			class, size = protocol.ClassGroup, cfg.GroupSize
-		}
-		ms, err := joinCall(ctx, priv, fwds, class, size, len(members), i+1, cfg, out)
-		members = append(members, ms...)
-		if err != nil {
-			return Result{}, err
-		}
+	if err != nil {
+		return Result{}, err
 	}
 	fmt.Fprintf(out, "%d participants joined; Ctrl-C to stop\n", len(members))
+	lossy := pickLossy(cfg, members, out)
 
 	var wg sync.WaitGroup
 	start := func(m *participant) {
 		wg.Add(2)
 		go func() { defer wg.Done(); m.send(ctx, cfg.PacketEvery) }()
 		go func() { defer wg.Done(); m.receive(ctx) }()
+	}
+	began := time.Now()
+	for _, m := range members {
+		if err := m.startVideo(); err != nil {
+			return Result{}, err
+		}
 	}
 	for _, m := range members {
 		start(m)
@@ -176,7 +201,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 			sp.run(ctx, cfg, priv, fwds, len(members), cfg.OneToOne+cfg.Groups, out, start)
 		}()
 	}
-	summarise(ctx, cfg.Interval, out, fwds, members)
+	summarise(ctx, cfg.Interval, out, fwds, members, lossy)
 	wg.Wait()
 	// Leave while the forwarder still answers, then stop it, and only then
 	// read its counters: a reader publishes them after sending its batch, so
@@ -191,23 +216,60 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	}
 	stopConductor()
 	stopFwds()
+	return result(members, fwds, lossy, began, out), nil
+}
+
+// joinCalls joins the one-to-one and group calls, in order, and returns
+// the participants joined (on an error too, for the caller to close).
+func joinCalls(ctx context.Context, priv []byte, fwds []*forwarder.Forwarder, cfg Config, out io.Writer) ([]*participant, error) {
+	var members []*participant
+	for i := 0; i < cfg.OneToOne+cfg.Groups; i++ {
+		class, size, video := protocol.ClassOneToOne, 2, 0
+		if i >= cfg.OneToOne {
+			class, size, video = protocol.ClassGroup, cfg.GroupSize, cfg.VideoSenders
+		}
+		ms, err := joinCall(ctx, priv, fwds, class, size, len(members), i+1, video, cfg, out)
+		members = append(members, ms...)
+		if err != nil {
+			return members, err
+		}
+	}
+	return members, nil
+}
+
+// result adds up what the devices saw, once they left and the forwarders
+// stopped, and prints the totals: the video and feedback lines since
+// began, then the done line.
+func result(members []*participant, fwds []*forwarder.Forwarder, lossy *participant, began time.Time, out io.Writer) Result {
 	res := Result{Participants: len(members), Forwarder: sumStats(fwds)}
 	for _, m := range members {
 		res.Sent += m.sent.Load()
 		res.Decrypted += m.decrypted.Load()
 		res.Failed += m.failed.Load()
 	}
+	end := tallyOf(members, time.Now())
+	res.Video, res.Feedback = end.video, end.fb
+	res.Loss = lossResult(lossy, end.at)
+	for _, l := range videoLines(tally{at: began}, end, res.Forwarder, res.Loss) {
+		fmt.Fprintln(out, l)
+	}
 	fmt.Fprintf(out, "done: %d participants, %d packets sent, %d decrypted byte-exact by receivers, %d failed; forwarders: %d in, %d out, %d over the trunk, %d dropped\n",
 		res.Participants, res.Sent, res.Decrypted, res.Failed, res.Forwarder.PacketsIn, res.Forwarder.PacketsOut, res.Forwarder.TrunkOut, res.Forwarder.TotalDrops())
-	return res, nil
+	return res
 }
 
-// summarise prints one line per interval until ctx ends.
-func summarise(ctx context.Context, every time.Duration, out io.Writer, fwds []*forwarder.Forwarder, members []*participant) {
+// videoEvery is about how often the video and feedback lines are printed.
+const videoEvery = 5 * time.Second
+
+// summarise prints one line per interval, and the video and feedback
+// lines about every videoEvery, until ctx ends.
+func summarise(ctx context.Context, every time.Duration, out io.Writer, fwds []*forwarder.Forwarder, members []*participant, lossy *participant) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	prev, prevAt := sumStats(fwds), time.Now()
-	for {
+	videoTicks := max(1, int((videoEvery+every-1)/every))
+	prevVideo := tally{at: prevAt}
+	for tick := 1; ; tick++ {
 		select {
 		case <-ctx.Done():
 			return
@@ -225,6 +287,13 @@ func summarise(ctx context.Context, every time.Duration, out io.Writer, fwds []*
 				float64(s.TrunkOut-prev.TrunkOut)/secs, float64(s.AudioMuted-prev.AudioMuted)/secs,
 				float64(s.BytesOut-prev.BytesOut)/secs/1000, s.TotalDrops(), dec, failed)
 			prev, prevAt = s, now
+			if tick%videoTicks == 0 {
+				cur := tallyOf(members, now)
+				for _, l := range videoLines(prevVideo, cur, s, lossResult(lossy, now)) {
+					fmt.Fprintln(out, l)
+				}
+				prevVideo = cur
+			}
 		}
 	}
 }
@@ -234,7 +303,7 @@ func summarise(ctx context.Context, every time.Duration, out io.Writer, fwds []*
 // encrypted key exchange, which the relay is not part of). The members talk
 // by a P.59 conversation schedule; in a group call the first member prints
 // each change of dominant speaker the relay tells it.
-func joinCall(ctx context.Context, priv []byte, fwds []*forwarder.Forwarder, class protocol.CallClass, size, firstIndex, callNo int, cfg Config, out io.Writer) ([]*participant, error) {
+func joinCall(ctx context.Context, priv []byte, fwds []*forwarder.Forwarder, class protocol.CallClass, size, firstIndex, callNo, video int, cfg Config, out io.Writer) ([]*participant, error) {
 	call := protocol.NewID()
 	length := cfg.Duration
 	if length <= 0 {
@@ -279,7 +348,63 @@ func joinCall(ctx context.Context, priv []byte, fwds []*forwarder.Forwarder, cla
 			}
 		}
 	}
-	return ms, nil
+	return ms, setUpVideo(ms[:min(video, len(ms))], ms)
+}
+
+// setUpVideo makes cams the call's video senders: each gets its layers'
+// SSRCs, every member the cameras' keys and a subscription to every
+// camera but its own.
+func setUpVideo(cams, ms []*participant) error {
+	for _, c := range cams {
+		c.sendsVideo = true
+		for l := range c.videoSSRCs {
+			c.videoSSRCs[l] = videoSSRC(c.ssrc, l)
+		}
+	}
+	for _, m := range ms {
+		for _, c := range cams {
+			if c == m {
+				continue
+			}
+			if m.videoLayer == nil {
+				m.videoLayer = make(map[uint32]uint8)
+			}
+			for l, ssrc := range c.videoSSRCs {
+				if err := m.recv.AddSender(ssrc, c.key); err != nil {
+					return err
+				}
+				m.videoLayer[ssrc] = uint8(l) //nolint:gosec // 0..2
+			}
+			m.subs = append(m.subs, protocol.VideoSubscription{Participant: c.id})
+		}
+	}
+	return nil
+}
+
+// pickLossy gives the simulated loss, if configured, to the last member of
+// the first group call (the last participant without group calls) and says
+// so.
+func pickLossy(cfg Config, members []*participant, out io.Writer) *participant {
+	if cfg.LossyPercent <= 0 || len(members) == 0 {
+		return nil
+	}
+	i := len(members) - 1
+	if cfg.Groups > 0 {
+		i = 2*cfg.OneToOne + cfg.GroupSize - 1
+	}
+	p := members[i]
+	p.loss = newLossy(cfg.LossyPercent, uint64(p.ssrc))
+	fmt.Fprintf(out, "lossy: participant %d drops %.1f%% of the RTP it receives, in its own client before its feedback sees it (emulated; the relay's network is fine)\n",
+		p.ssrc, cfg.LossyPercent)
+	return p
+}
+
+// lossResult reads p's simulated loss (nil without one).
+func lossResult(p *participant, now time.Time) *LossResult {
+	if p == nil || p.loss == nil {
+		return nil
+	}
+	return &LossResult{Participant: p.ssrc, Percent: p.loss.pct, lossStats: p.loss.stats(now)}
 }
 
 // startForwarders runs cfg.Forwarders forwarders as one cluster sharing the
@@ -336,6 +461,16 @@ func sumStats(fwds []*forwarder.Forwarder) forwarder.Stats {
 		t.Calls += s.Calls
 		t.Joins += s.Joins
 		t.AudioMuted += s.AudioMuted
+		t.Nacked += s.Nacked
+		for i := range t.NackOutcomes {
+			t.NackOutcomes[i] += s.NackOutcomes[i]
+		}
+		t.KeyRequests += s.KeyRequests
+		t.ResentBytes += s.ResentBytes
+		t.KeyFramesAsked += s.KeyFramesAsked
+		t.TargetsSent += s.TargetsSent
+		t.Subscriptions += s.Subscriptions
+		t.SubsRejected += s.SubsRejected
 		for i := range t.Drops {
 			t.Drops[i] += s.Drops[i]
 		}
@@ -412,7 +547,7 @@ func (s *spike) run(ctx context.Context, cfg Config, priv []byte, fwds []*forwar
 	joined, refused := 0, 0
 	for i := range cfg.SpikeCalls {
 		jctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		ms, err := joinCall(jctx, priv, fwds, protocol.ClassGroup, cfg.GroupSize, firstIndex+i*cfg.GroupSize, firstCall+i+1, cfg, out)
+		ms, err := joinCall(jctx, priv, fwds, protocol.ClassGroup, cfg.GroupSize, firstIndex+i*cfg.GroupSize, firstCall+i+1, 0, cfg, out)
 		cancel()
 		if err != nil {
 			// A call that could not gather all its members is given up

@@ -17,7 +17,11 @@ import (
 )
 
 // participant is one simulated device: it sends an encrypted audio stream
-// with talk spurts, and decrypts and checks what the others send.
+// with talk spurts (and, if it is one of its group call's video senders, a
+// synthetic camera), decrypts and checks what the others send, and runs
+// the receiver side of the relay's network adaptation: a client Feedback
+// over everything it receives (NACKs, RR+REMB, PLIs; duplicates dropped)
+// and its VideoSender fed with every RTCP datagram the relay sends.
 type participant struct {
 	conn   *client.Conn
 	ssrc   uint32
@@ -25,6 +29,7 @@ type participant struct {
 	key    client.MediaKey
 	sender *client.Sender
 	recv   *client.Receiver
+	fb     *client.Feedback
 	// talking says whether the person speaks at a time since the call's
 	// start (a P.59 conversation schedule shared by the call's members).
 	talking func(time.Duration) bool
@@ -34,7 +39,27 @@ type participant struct {
 	onSpeaker func(protocol.ID)
 	speaker   client.SpeakerTracker
 
-	sent, decrypted, failed atomic.Uint64
+	// Video, set by joinCall before the goroutines start and read-only
+	// afterwards: sendsVideo says this member sends camera video on
+	// videoSSRCs (one per simulcast layer, lowest first); videoLayer maps
+	// the SSRCs of the call's other video senders to their layer; subs is
+	// what the member subscribes to. video is the running sender, made by
+	// startVideo.
+	sendsVideo bool
+	videoSSRCs [protocol.MaxSimulcastLayers]uint32
+	videoLayer map[uint32]uint8
+	subs       []protocol.VideoSubscription
+	video      atomic.Pointer[client.VideoSender]
+	subErrors  atomic.Uint64
+
+	// loss, if set, drops a share of the RTP this device receives before
+	// its Feedback sees it (--lossy-percent).
+	loss *lossy
+
+	sent, decrypted, failed    atomic.Uint64
+	videoDecrypted, videoBytes atomic.Uint64
+	videoFailed                atomic.Uint64
+	videoInstructions          atomic.Uint64 // RTCP datagrams the camera acted on
 }
 
 func newParticipant(ctx context.Context, fwd netip.AddrPort, token []byte, id protocol.ID, ssrc uint32, log *zap.Logger) (*participant, error) {
@@ -53,7 +78,33 @@ func newParticipant(ctx context.Context, fwd netip.AddrPort, token []byte, id pr
 		_ = conn.Close()
 		return nil, err
 	}
+	p.fb = client.NewFeedback(conn, client.FeedbackConfig{SSRC: ssrc})
 	return p, nil
+}
+
+// videoSSRC is the SSRC of layer i of the camera of the participant whose
+// audio SSRC is ssrc: 'V' in the top byte, far from the small audio SSRCs.
+func videoSSRC(ssrc uint32, layer int) uint32 {
+	return 0x56000000 | ssrc<<2 | uint32(layer) //nolint:gosec // 0..2
+}
+
+// startVideo subscribes to the call's other cameras and, for a video
+// sender, starts its camera. Call it once, before send and receive.
+func (p *participant) startVideo() error {
+	if len(p.subs) > 0 {
+		if err := p.conn.Subscribe(p.subs); err != nil {
+			p.subErrors.Add(1) // the Conn resends the set; counted, not fatal
+		}
+	}
+	if !p.sendsVideo {
+		return nil
+	}
+	v, err := client.NewVideoSender(p.conn, client.VideoConfig{SSRCs: p.videoSSRCs, Key: p.key})
+	if err != nil {
+		return err
+	}
+	p.video.Store(v)
+	return nil
 }
 
 // framePayload is the plaintext of one audio frame: the sender's SSRC, the
@@ -78,7 +129,8 @@ const speechFiller = 72
 // send emits one 20 ms frame per tick, speaking when the call's
 // conversation schedule says so (loud, with the voice flag, speech-sized)
 // and otherwise sending small near-silent frames, as an Opus encoder with
-// comfort noise would.
+// comfort noise would. Every frame carries abs-send-time, stamped right
+// before it is sealed, for the relay's uplink estimate.
 func (p *participant) send(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -95,6 +147,10 @@ func (p *participant) send(ctx context.Context, every time.Duration) {
 			lvl, filler = client.AudioLevel{Level: 15 + uint8(rand.IntN(20)), Voice: true}, speechFiller
 		}
 		plain = framePayload(plain, p.ssrc, n, filler)
+		if err := p.sender.SetAbsSendTime(protocol.DefaultAbsSendTimeExtensionID, time.Now()); err != nil {
+			p.failed.Add(1)
+			continue
+		}
 		out, err := p.sender.Seal(pkt, client.Sample{Payload: plain, Timestamp: n * 960, AudioLevel: lvl})
 		if err != nil {
 			p.failed.Add(1)
@@ -106,10 +162,13 @@ func (p *participant) send(ctx context.Context, every time.Duration) {
 	}
 }
 
-// receive decrypts every packet from the others and checks its plaintext.
+// receive reads everything the relay sends until ctx ends or the session
+// does: the simulated loss (if any) first, then the Feedback, which drops
+// duplicates; RTP is decrypted and checked, RTCP goes to the camera (the
+// relay's targets, REMB and PLIs) and to the speaker tracker.
 func (p *participant) receive(ctx context.Context) {
 	var hdr rtp.Header
-	plain, want := make([]byte, 0, 256), make([]byte, 0, 128)
+	plain, want := make([]byte, 0, client.MaxPacketSize), make([]byte, 0, 128)
 	for {
 		select {
 		case <-ctx.Done():
@@ -118,25 +177,74 @@ func (p *participant) receive(ctx context.Context) {
 			if !ok {
 				return // the session ended: Media is closed
 			}
-			if pkt.Kind == protocol.KindRTP {
-				got, err := p.recv.Open(plain, pkt.Data, &hdr)
-				if err == nil && (len(got) == 8 || len(got) == 8+speechFiller) {
-					want = framePayload(want, binary.BigEndian.Uint32(got[0:4]), binary.BigEndian.Uint32(got[4:8]), len(got)-8)
-				}
-				if err != nil || hdr.SSRC == p.ssrc || !bytes.Equal(got, want) {
-					p.failed.Add(1)
-				} else {
-					p.decrypted.Add(1)
-				}
+			if pkt.Kind == protocol.KindRTP && p.loss != nil && p.loss.drop(pkt.Data, pkt.Received) {
+				pkt.Release()
+				continue
 			}
-			if pkt.Kind == protocol.KindRTCP && p.onSpeaker != nil {
-				if id, changed := p.speaker.Observe(pkt.Data); changed {
-					p.onSpeaker(id)
+			if !p.fb.Observe(pkt) {
+				pkt.Release() // a duplicate (a retransmission that crossed the original)
+				continue
+			}
+			switch pkt.Kind {
+			case protocol.KindRTP:
+				if p.loss != nil {
+					p.loss.arrived(pkt.Data)
 				}
+				plain, want = p.open(pkt.Data, &hdr, plain, want)
+			case protocol.KindRTCP:
+				p.rtcp(pkt.Data)
 			}
 			pkt.Release()
 		}
 	}
 }
 
-func (p *participant) close() { _ = p.conn.Close() }
+// open decrypts one RTP packet and checks it: audio byte-exact, video by
+// the layer its plaintext names.
+func (p *participant) open(data []byte, hdr *rtp.Header, plain, want []byte) ([]byte, []byte) {
+	got, err := p.recv.Open(plain, data, hdr) // plain has room for any packet
+	if layer, isVideo := p.videoLayer[hdr.SSRC]; isVideo {
+		l, _, _, _, ok := client.VideoPayloadInfo(got)
+		if err != nil || !ok || l != layer {
+			p.videoFailed.Add(1)
+			p.failed.Add(1)
+			return plain, want
+		}
+		p.videoDecrypted.Add(1)
+		p.videoBytes.Add(uint64(len(data)))
+		return plain, want
+	}
+	if err == nil && (len(got) == 8 || len(got) == 8+speechFiller) {
+		want = framePayload(want, binary.BigEndian.Uint32(got[0:4]), binary.BigEndian.Uint32(got[4:8]), len(got)-8)
+	}
+	if err != nil || hdr.SSRC == p.ssrc || !bytes.Equal(got, want) {
+		p.failed.Add(1)
+	} else {
+		p.decrypted.Add(1)
+	}
+	return plain, want
+}
+
+// rtcp hands one RTCP datagram from the relay to the camera and the
+// speaker tracker.
+func (p *participant) rtcp(b []byte) {
+	if v := p.video.Load(); v != nil && v.HandleRTCP(b) {
+		p.videoInstructions.Add(1)
+	}
+	if p.onSpeaker != nil {
+		if id, changed := p.speaker.Observe(b); changed {
+			p.onSpeaker(id)
+		}
+	}
+}
+
+// close stops the camera and the feedback, then leaves (so nothing of
+// theirs reaches the forwarder after the leave). It may be called more
+// than once.
+func (p *participant) close() {
+	if v := p.video.Load(); v != nil {
+		v.Close()
+	}
+	p.fb.Close()
+	_ = p.conn.Close()
+}

@@ -12,7 +12,7 @@ import (
 
 // FromResult maps a load test result onto the page model: the verdict and
 // its checks, the knee, the generator's health, and sections for calls,
-// media quality, ramp steps and the generator.
+// media quality, video and feedback, ramp steps and the generator.
 func FromResult(r *loadtest.Result) Input {
 	in := Input{
 		Title:    "callrelay load test — " + r.Plan.Profile.Kind,
@@ -23,6 +23,9 @@ func FromResult(r *loadtest.Result) Input {
 		Warnings: warnings(r),
 	}
 	in.Sections = append(in.Sections, callsSection(r), mediaSection(r))
+	if t := r.Totals.All; t.Feedback.Reports > 0 || t.Video.SenderSeconds > 0 || t.Video.PacketsReceived > 0 {
+		in.Sections = append(in.Sections, adaptationSection(r))
+	}
 	if len(r.Steps) > 0 {
 		in.Sections = append(in.Sections, stepsSection(r.Steps))
 	}
@@ -64,6 +67,9 @@ func meta(r *loadtest.Result) []Field {
 		{"call mix", fmt.Sprintf("%s one-to-one, groups of %d..%d",
 			pct(100*r.Plan.Mix.OneToOne), r.Plan.Mix.GroupMin, r.Plan.Mix.GroupMax)},
 		{"seed", strconv.FormatUint(r.Plan.Seed, 10)},
+	}
+	if r.Plan.Video.Share > 0 {
+		m = append(m, Field{"video", pct(100*r.Plan.Video.Share) + " of participants send a camera"})
 	}
 	if r.Plan.RelayCores > 0 {
 		m = append(m, Field{"relay cores", num3(r.Plan.RelayCores)})

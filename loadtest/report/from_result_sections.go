@@ -51,13 +51,15 @@ func callsSection(r *loadtest.Result) Section {
 func mediaSection(r *loadtest.Result) Section {
 	secs := r.Seconds
 	return Section{Title: "Media quality",
-		Note: "One-way delay is measured from a send timestamp inside the encrypted payload; sender and receiver share the generator's clock.",
+		Note: "One-way delay is measured from a send timestamp inside the encrypted payload; sender and receiver share the generator's clock. " +
+			"Loss counts speech frames that never arrived, after the receivers' NACKs and the relay's retransmissions; before NACK adds those that arrived only late.",
 		Charts: []Chart{
 			{Kind: KindLine, Title: "One-way delay percentiles", XLabel: "seconds", YLabel: "ms",
 				Series:  percentileSeries(secs, func(m loadtest.Measures) loadtest.Percentiles { return m.DelayMs }),
 				Options: ChartOptions{Thresholds: targetLine(r, "delay_p95_ms")}},
 			{Kind: KindLine, Title: "Packet loss", XLabel: "seconds", YLabel: "% of expected", Series: []Series{
-				{Name: "loss", Points: pick(secs, func(s loadtest.Second) (float64, bool) { return s.All.LossPct, s.All.PacketsExpected > 0 })},
+				{Name: "loss after NACK", Points: pick(secs, func(s loadtest.Second) (float64, bool) { return s.All.LossPct, s.All.PacketsExpected > 0 })},
+				{Name: "before NACK", Points: pick(secs, func(s loadtest.Second) (float64, bool) { return s.All.RawLossPct, s.All.PacketsExpected > 0 })},
 			}, Options: ChartOptions{Thresholds: targetLine(r, "loss_pct")}},
 			{Kind: KindLine, Title: "Jitter and media gaps", XLabel: "seconds", YLabel: "ms", Series: []Series{
 				{Name: "jitter (mean)", Points: pick(secs, func(s loadtest.Second) (float64, bool) { return s.All.JitterMs, s.All.PacketsReceived > 0 })},
@@ -66,10 +68,10 @@ func mediaSection(r *loadtest.Result) Section {
 		},
 		Tables: []Table{{
 			Title:   "Media per class (ms unless noted)",
-			Columns: []string{"class", "delay p50", "p95", "p99", "jitter mean", "jitter max", "loss", "longest gap", "decrypt failures", "speaker switch p50", "p95"},
+			Columns: []string{"class", "delay p50", "p95", "p99", "jitter mean", "jitter max", "loss after NACK", "before NACK", "longest gap", "decrypt failures", "speaker switch p50", "p95"},
 			Rows: classRows(r.Totals, func(m loadtest.Measures) []string {
 				return []string{p(m.DelayMs, 50), p(m.DelayMs, 95), p(m.DelayMs, 99), ms(m.JitterMs), ms(m.JitterMaxMs),
-					pct(m.LossPct), ms(m.MaxGapMs), strconv.FormatUint(m.DecryptFailures, 10),
+					pct(m.LossPct), pct(m.RawLossPct), ms(m.MaxGapMs), strconv.FormatUint(m.DecryptFailures, 10),
 					p(m.SpeakerSwitchMs, 50), p(m.SpeakerSwitchMs, 95)}
 			}),
 		}},

@@ -51,3 +51,38 @@ func TestFromResult(t *testing.T) {
 		require.Contains(t, text, want)
 	}
 }
+
+// A run with video and feedback gets its section: bitrates, layers, NACK
+// recovery, and a table per class; the loss chart shows loss before NACK
+// too. A run without them has no such section.
+func TestFromResultVideoAndFeedback(t *testing.T) {
+	r := &loadtest.Result{DurationMs: 3000}
+	r.Plan.Profile.Kind = "steady"
+	r.Plan.Video.Share = 0.2
+	for i := range 3 {
+		s := loadtest.Second{T: i}
+		s.All.PacketsExpected, s.All.LossPct, s.All.RawLossPct = 100, 0.5, 2
+		s.All.Video = loadtest.VideoMeasures{SenderSeconds: 2, Layers: [3]uint64{1, 1, 0}, SentKbps: 1500, ReceivedKbps: 4200}
+		s.All.Feedback = loadtest.FeedbackMeasures{Reports: 10, NACKs: 3}
+		s.All.Feedback.Video.Recovered = 4
+		r.Seconds = append(r.Seconds, s)
+	}
+	r.Totals.All = r.Seconds[0].All
+
+	in := FromResult(r)
+	var titles []string
+	for _, s := range in.Sections {
+		titles = append(titles, s.Title)
+	}
+	require.Equal(t, []string{"Calls", "Media quality", "Video and feedback", "Load generator"}, titles)
+	require.Contains(t, in.Meta, Field{"video", "20.0 % of participants send a camera"})
+	text := parsePage(t, render(t, in)).allText()
+	for _, want := range []string{"Video bitrate", "Cameras by simulcast layers sent", "NACK recovery", "before NACK", "loss after NACK", "4200", "video given up"} {
+		require.Contains(t, text, want)
+	}
+
+	r.Totals.All = loadtest.Measures{}
+	for _, s := range FromResult(r).Sections {
+		require.NotEqual(t, "Video and feedback", s.Title)
+	}
+}
