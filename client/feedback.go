@@ -229,10 +229,20 @@ func (f *Feedback) ObserveRTP(b []byte, at time.Time) bool {
 		return false
 	}
 	gaps := len(s.seq.pending)
-	v := s.seq.push(h.SequenceNumber, at, &f.pol)
+	vf, isVideo := h.VideoFrame(f.cfg.VideoFrameID)
+	pol := f.pol
+	pol.maxGap = audioMaxGap
+	if isVideo {
+		pol.maxGap = videoMaxGap
+	}
+	skipped := s.seq.skipped
+	v := s.seq.push(h.SequenceNumber, at, &pol, isVideo && vf.Key && vf.Start)
 	slot := s.slot
 	if v == seqDuplicate {
 		slot = -1 // it used the link: rate only
+	}
+	if s.seq.skipped != skipped {
+		f.est.SkipTo(slot, h.SequenceNumber) // the relay chose that gap: not loss
 	}
 	abs, hasAbs := h.AbsSendTime(f.cfg.AbsSendTimeID)
 	var sendNS int64
@@ -245,7 +255,7 @@ func (f *Feedback) ObserveRTP(b []byte, at time.Time) bool {
 	}
 	s.packets++
 	s.bytes += uint64(len(b))
-	if vf, ok := h.VideoFrame(f.cfg.VideoFrameID); ok {
+	if isVideo {
 		f.video(s, vf)
 	}
 	if len(s.seq.pending) > gaps || s.wantKey && at.Sub(s.pliAt) >= f.cfg.KeyFrameRequestInterval {
@@ -497,7 +507,12 @@ type StreamStats struct {
 	Reordered   uint64
 	Recovered   uint64
 	Unrecovered uint64
-	Pending     int
+	// Skipped counts numbers not taken as loss: a gap longer than a loss
+	// burst (audio the relay held back while its sender was silent, a
+	// layer not forwarded for a while) or one ending at a key frame's
+	// first packet (the relay switched this receiver to the layer there).
+	Skipped uint64
+	Pending int
 	// NACKed counts sequence numbers NACKed, each try once.
 	NACKed uint64
 	// Late counts packets that came after they were given up (or from
@@ -538,7 +553,7 @@ func (f *Feedback) Stats() FeedbackStats {
 		q := &s.seq
 		st.Streams = append(st.Streams, StreamStats{
 			SSRC: s.ssrc, Packets: s.packets, Bytes: s.bytes, Duplicates: q.duplicates, Lost: q.lost(),
-			Missing: q.missed, Reordered: q.reordered, Recovered: q.recovered, Unrecovered: q.unrecovered,
+			Missing: q.missed, Reordered: q.reordered, Recovered: q.recovered, Unrecovered: q.unrecovered, Skipped: q.skipped,
 			Pending: len(q.pending), NACKed: q.nacked, Late: q.late, Restarts: q.restarts,
 			HighestSeq: uint16(q.max), //nolint:gosec // the low 16 bits
 			Video:      s.video, Layer: s.layer, Layers: s.layers, KeyFrames: s.keyFrames, PLIs: s.plis, Last: s.last,

@@ -494,3 +494,36 @@ func TestFeedbackTakesRelayProbes(t *testing.T) {
 	require.Zero(t, st.NACKed)
 	require.Zero(t, st.Missing)
 }
+
+// Gaps the relay makes on purpose are not NACKed: a long one in audio (a
+// silence it held back), one in video that ends at a key frame's first
+// packet (it switched this receiver to the layer there), one longer than a
+// frame burst. A short one is.
+func TestFeedbackSkipsTheRelaysGaps(t *testing.T) {
+	sink := &rtcpSink{}
+	f := newFeedback(sink, FeedbackConfig{SSRC: 7}, t0)
+	const audio, video = 0xa, 0xb
+	delta := &protocol.VideoFrame{Start: true, Layers: 1}
+	key := &protocol.VideoFrame{Key: true, Start: true, Layers: 1}
+	at := ms(0)
+	obs := func(ssrc uint32, seq uint16, vf *protocol.VideoFrame) {
+		require.True(t, f.ObserveRTP(rtpPkt(t, ssrc, seq, 200, vf, nil), at))
+		at = at.Add(time.Millisecond)
+	}
+	obs(audio, 1, nil)
+	obs(audio, 60, nil) // 58 held back
+	obs(video, 1, key)
+	obs(video, 30, key)   // 28 skipped up to a key frame
+	obs(video, 200, delta) // 169: longer than any burst
+	obs(video, 203, delta) // 201, 202: lost
+	obs(audio, 63, nil)    // 61, 62: lost
+	tickEvery(f, at, at.Add(50*time.Millisecond))
+	dgs := sink.take()
+	require.Equal(t, []uint16{61, 62}, nacked(dgs, audio))
+	require.Equal(t, []uint16{201, 202}, nacked(dgs, video))
+	sa, _ := f.Stats().Stream(audio)
+	sv, _ := f.Stats().Stream(video)
+	require.Equal(t, uint64(58), sa.Skipped)
+	require.Equal(t, uint64(28+169), sv.Skipped)
+	require.Zero(t, f.Stats().LossFraction, "skipped gaps are not loss to the estimator")
+}

@@ -25,6 +25,7 @@ type seqTracker struct {
 	duplicates, late, restarts     uint64
 	missed, reordered              uint64 // numbers found missing; of them, arrived before any NACK
 	recovered, unrecovered, nacked uint64 // arrived after a NACK; given up; NACKs (per number and try)
+	skipped                        uint64 // missing numbers not taken as loss (pol.maxGap, or a switch at a key frame)
 
 	expectedPrior, receivedPrior uint64 // at the last receiver report
 }
@@ -57,7 +58,19 @@ type nackPolicy struct {
 	interval time.Duration // between NACKs of one number (about one RTT)
 	tries    int           // NACKs per number
 	giveUp   time.Duration // after the gap was seen
+	// maxGap: a longer run of missing numbers is not loss but the relay
+	// choosing (audio held back while its sender is silent, a video layer
+	// not forwarded for a while): skipped, not NACKed. 0: no limit.
+	maxGap int64
 }
+
+// Longest gaps NACKed: a burst of lost audio packets is short; a longer
+// one is the relay's forwarding gate. Video bursts are longer (one frame
+// is many packets), a layer not forwarded longer still.
+const (
+	audioMaxGap = 5
+	videoMaxGap = 64
+)
 
 // seqVerdict classifies a received packet.
 type seqVerdict uint8
@@ -69,8 +82,10 @@ const (
 	seqDuplicate                   // seen before: drop it
 )
 
-// push records packet seq arriving at now.
-func (s *seqTracker) push(seq uint16, now time.Time, pol *nackPolicy) seqVerdict {
+// push records packet seq arriving at now. skipGap says that a gap before
+// it is not loss (it starts a key frame: the relay switched this receiver
+// to the stream there).
+func (s *seqTracker) push(seq uint16, now time.Time, pol *nackPolicy, skipGap bool) seqVerdict {
 	if !s.started {
 		s.restart(seq)
 		return seqNew
@@ -79,7 +94,7 @@ func (s *seqTracker) push(seq uint16, now time.Time, pol *nackPolicy) seqVerdict
 	d := ext - s.max
 	switch {
 	case d > 0 && d <= maxDropout:
-		s.advance(ext, now, pol)
+		s.advance(ext, now, pol, skipGap)
 		return seqNew
 	case d == 0:
 		s.duplicates++
@@ -113,7 +128,7 @@ func (s *seqTracker) restart(seq uint16) {
 
 // advance takes ext, the new highest number; the numbers skipped are
 // missing.
-func (s *seqTracker) advance(ext int64, now time.Time, pol *nackPolicy) {
+func (s *seqTracker) advance(ext int64, now time.Time, pol *nackPolicy, skipGap bool) {
 	if ext-s.max >= seqWindow {
 		s.bits = [seqWindow / 64]uint64{}
 	} else {
@@ -129,7 +144,14 @@ func (s *seqTracker) advance(ext int64, now time.Time, pol *nackPolicy) {
 	}
 	s.dropPending(drop)
 	if gap := ext - s.max - 1; gap > 0 {
-		s.gap(s.max+1, ext-1, now, pol)
+		if skipGap || pol.maxGap > 0 && gap > pol.maxGap {
+			s.skipped += uint64(gap) //nolint:gosec // positive
+			for e := s.max + 1; e < ext; e++ {
+				s.mark(e) // not expected: a late one is a duplicate, not a recovery
+			}
+		} else {
+			s.gap(s.max+1, ext-1, now, pol)
+		}
 	}
 	s.max = ext
 	s.badSeqSet = false

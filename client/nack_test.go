@@ -16,7 +16,7 @@ func ms(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
 func pushAll(s *seqTracker, at time.Time, seqs ...uint16) []seqVerdict {
 	var out []seqVerdict
 	for _, q := range seqs {
-		out = append(out, s.push(q, at, &testPolicy))
+		out = append(out, s.push(q, at, &testPolicy, false))
 	}
 	return out
 }
@@ -24,7 +24,7 @@ func pushAll(s *seqTracker, at time.Time, seqs ...uint16) []seqVerdict {
 func TestSeqTrackerInOrderNeedsNoNACK(t *testing.T) {
 	var s seqTracker
 	for i := range 100 {
-		require.Equal(t, seqNew, s.push(uint16(65500+i), ms(i*10), &testPolicy)) //nolint:gosec // wraps on purpose
+		require.Equal(t, seqNew, s.push(uint16(65500+i), ms(i*10), &testPolicy, false)) //nolint:gosec // wraps on purpose
 	}
 	seqs, gaveUp, next := s.due(ms(2000), &testPolicy, nil)
 	require.Empty(t, seqs)
@@ -68,20 +68,20 @@ func TestSeqTrackerNACKSchedule(t *testing.T) {
 	require.Equal(t, uint64(2), s.lost())
 
 	// Too late: a given-up packet that turns up is late, not a duplicate.
-	require.Equal(t, seqLate, s.push(3, ms(1100), &testPolicy))
-	require.Equal(t, seqDuplicate, s.push(3, ms(1100), &testPolicy))
+	require.Equal(t, seqLate, s.push(3, ms(1100), &testPolicy, false))
+	require.Equal(t, seqDuplicate, s.push(3, ms(1100), &testPolicy, false))
 }
 
 func TestSeqTrackerRecoveredReorderedDuplicate(t *testing.T) {
 	var s seqTracker
 	pushAll(&s, ms(0), 10, 11, 15) // 12, 13, 14 missing
-	require.Equal(t, seqFilled, s.push(13, ms(5), &testPolicy), "reordered: before any NACK")
+	require.Equal(t, seqFilled, s.push(13, ms(5), &testPolicy, false), "reordered: before any NACK")
 	seqs, _, _ := s.due(ms(15), &testPolicy, nil)
 	require.Equal(t, []uint16{12, 14}, seqs)
-	require.Equal(t, seqFilled, s.push(14, ms(60), &testPolicy), "recovered by the NACK")
-	require.Equal(t, seqDuplicate, s.push(14, ms(61), &testPolicy))
-	require.Equal(t, seqDuplicate, s.push(15, ms(62), &testPolicy))
-	require.Equal(t, seqDuplicate, s.push(10, ms(63), &testPolicy))
+	require.Equal(t, seqFilled, s.push(14, ms(60), &testPolicy, false), "recovered by the NACK")
+	require.Equal(t, seqDuplicate, s.push(14, ms(61), &testPolicy, false))
+	require.Equal(t, seqDuplicate, s.push(15, ms(62), &testPolicy, false))
+	require.Equal(t, seqDuplicate, s.push(10, ms(63), &testPolicy, false))
 	require.Equal(t, uint64(1), s.reordered)
 	require.Equal(t, uint64(1), s.recovered)
 	require.Equal(t, uint64(3), s.duplicates)
@@ -100,8 +100,8 @@ func TestSeqTrackerGapAcrossWrap(t *testing.T) {
 	pushAll(&s, ms(0), 65533, 65534, 1)
 	seqs, _, _ := s.due(ms(20), &testPolicy, nil)
 	require.Equal(t, []uint16{65535, 0}, seqs)
-	require.Equal(t, seqFilled, s.push(0, ms(30), &testPolicy))
-	require.Equal(t, seqFilled, s.push(65535, ms(30), &testPolicy))
+	require.Equal(t, seqFilled, s.push(0, ms(30), &testPolicy, false))
+	require.Equal(t, seqFilled, s.push(65535, ms(30), &testPolicy, false))
 	require.Empty(t, s.pending)
 }
 
@@ -123,12 +123,12 @@ func TestSeqTrackerBoundsPending(t *testing.T) {
 func TestSeqTrackerRestart(t *testing.T) {
 	var s seqTracker
 	pushAll(&s, ms(0), 100, 101)
-	require.Equal(t, seqLate, s.push(40000, ms(1), &testPolicy), "a stray")
-	require.Equal(t, seqNew, s.push(102, ms(2), &testPolicy))
-	require.Equal(t, seqLate, s.push(40000, ms(3), &testPolicy))
-	require.Equal(t, seqNew, s.push(40001, ms(4), &testPolicy), "restart confirmed")
+	require.Equal(t, seqLate, s.push(40000, ms(1), &testPolicy, false), "a stray")
+	require.Equal(t, seqNew, s.push(102, ms(2), &testPolicy, false))
+	require.Equal(t, seqLate, s.push(40000, ms(3), &testPolicy, false))
+	require.Equal(t, seqNew, s.push(40001, ms(4), &testPolicy, false), "restart confirmed")
 	require.Equal(t, uint64(1), s.restarts)
 	require.Empty(t, s.pending)
 	require.Zero(t, s.lost())
-	require.Equal(t, seqNew, s.push(40002, ms(5), &testPolicy))
+	require.Equal(t, seqNew, s.push(40002, ms(5), &testPolicy, false))
 }

@@ -255,7 +255,11 @@ func (c *control) senderTick(cl *call, s *session, now time.Time) {
 }
 
 // receiverTick sets what retransmissions the receiver's leg may carry: its
-// estimate less the media sent to it lately.
+// estimate less the media it got lately (sent, less the loss its receiver
+// reports say), and at least what it lost, up to a tenth of the media. A
+// leg that loses at random without being full (radio) gets its losses
+// back even when its estimate sits at what it receives; a congested one
+// gets at most a tenth more, until the conductor cuts its media.
 func (c *control) receiverTick(s *session, now time.Time) {
 	d := &s.media.down
 	v := &s.video
@@ -267,7 +271,8 @@ func (c *control) receiverTick(s *session, now time.Time) {
 			if est == 0 {
 				est = float64(c.f.cfg.Adapt.UnknownDownlinkBps)
 			}
-			d.rtxAllow.Store(uint64(max(0, est-media)))
+			loss := float64(d.lossQ8.Load()) / 256
+			d.rtxAllow.Store(uint64(max(est-media*(1-loss), media*min(loss, 0.1), 0)))
 		}
 	}
 	v.downSentAt, v.sentLast, v.resentLast = now, sent, resent

@@ -298,3 +298,32 @@ func legOf(f *Forwarder, a netip.AddrPort) (Leg, bool) {
 	}
 	return Leg{}, false
 }
+
+// A NACK is answered only for what the receiver gets: not for a simulcast
+// layer it is not forwarded.
+func TestNackOnlyForTheForwardedLayer(t *testing.T) {
+	r, devs, _ := adaptCall(t)
+	const low, high = 0x10, 0x11
+	send := func(seq uint16) {
+		devs[0].send(videoPacket(low, seq, protocol.VideoFrame{Key: true, Start: true, Layer: 0, Layers: 2}))
+		devs[0].send(videoPacket(high, seq, protocol.VideoFrame{Key: true, Start: true, Layer: 1, Layers: 2}))
+	}
+	send(1)
+	require.Eventually(t, func() bool { return r.f.senderCached(low) }, 2*time.Second, 10*time.Millisecond)
+	for seq := uint16(2); seq <= 10; seq++ {
+		send(seq)
+	}
+	got := rtpOnly(devs[1].media(300 * time.Millisecond))
+	require.Len(t, got, 10, "the default policy: the lowest layer only")
+	for _, ssrc := range []uint32{high, low} {
+		nack, err := (&rtcp.TransportLayerNack{MediaSSRC: ssrc, Nacks: []rtcp.NackPair{{PacketID: 5}}}).Marshal()
+		require.NoError(t, err)
+		devs[1].send(nack)
+	}
+	got = rtpOnly(devs[1].media(300 * time.Millisecond))
+	require.Len(t, got, 1)
+	require.Equal(t, byte(low), got[0][11], "only the low layer's packet is resent")
+	s := r.f.Stats()
+	require.EqualValues(t, 1, s.NackOutcomes[nackSent])
+	require.EqualValues(t, 1, s.NackOutcomes[nackMiss])
+}

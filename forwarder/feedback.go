@@ -94,24 +94,24 @@ func (r *reader) receiverReport(rte *route) {
 }
 
 // senderOf finds the sender of ssrc among the call's senders seen here.
-func senderOf(cr *callRoute, self *mediaInfo, ssrc uint32) (*mediaInfo, int) {
+func senderOf(cr *callRoute, self *mediaInfo, ssrc uint32) (*mediaInfo, int, protocol.ID) {
 	if cr == nil {
-		return nil, -1
+		return nil, -1, protocol.ID{}
 	}
-	for _, m := range cr.senders {
-		if m == self {
+	for _, sr := range cr.senders {
+		if sr.media == self {
 			continue
 		}
-		if slot := m.slotOf(ssrc); slot >= 0 {
-			return m, slot
+		if slot := sr.media.slotOf(ssrc); slot >= 0 {
+			return sr.media, slot, sr.id
 		}
 	}
-	return nil, -1
+	return nil, -1, protocol.ID{}
 }
 
 // keyRequest notes that a receiver asked for a key frame of ssrc.
 func (r *reader) keyRequest(rte *route, ssrc uint32) {
-	if m, slot := senderOf(rte.cr, rte.media, ssrc); m != nil {
+	if m, slot, _ := senderOf(rte.cr, rte.media, ssrc); m != nil {
 		m.keyWanted.Or(1 << slot)
 		r.keyRequests++
 	}
@@ -121,9 +121,9 @@ func (r *reader) keyRequest(rte *route, ssrc uint32) {
 // still held, not resent too often, and within the leg's budget, goes to
 // this device alone.
 func (r *reader) nack(rte *route, w *protocol.RTCPWalker, src netip.AddrPort) {
-	m, _ := senderOf(rte.cr, rte.media, w.MediaSSRC())
+	m, slot, sender := senderOf(rte.cr, rte.media, w.MediaSSRC())
 	var cache *nackCache
-	if m != nil {
+	if m != nil && forwardedTo(rte, m, slot, sender) {
 		cache = m.cache.Load()
 	}
 	nowNS := r.now()
@@ -137,6 +137,18 @@ func (r *reader) nack(rte *route, w *protocol.RTCPWalker, src netip.AddrPort) {
 			}
 		}
 	}
+}
+
+// forwardedTo reports whether the stream in slot of sender m is what the
+// receiver gets now: its audio, or the video layer its pair forwards. A
+// NACK for another layer (one it was switched away from) is not answered.
+func forwardedTo(rte *route, m *mediaInfo, slot int, sender protocol.ID) bool {
+	v := m.slotVideo[slot].Load()
+	if v == 0 {
+		return true // audio, or video without the frame extension
+	}
+	p := rte.rxPairs[sender]
+	return p != nil && p.cur.Load() == v
 }
 
 func (r *reader) resend(rte *route, cache *nackCache, ssrc uint32, seq uint16, src netip.AddrPort, nowNS int64) {

@@ -154,6 +154,7 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 	}
 	vf, has := r.hdr.VideoFrame(r.f.adapt.videoID)
 	m.video.note(vf, has, len(b), nowNS)
+	m.noteSlot(slot, vf, has)
 	r.cache(m, b, nowNS)
 	for i := range rte.dests {
 		d := &rte.dests[i]

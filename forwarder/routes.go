@@ -18,11 +18,12 @@ type routes struct {
 type route struct {
 	call        protocol.ID
 	participant protocol.ID
-	dests       []dest     // the other members of the call on this forwarder
-	trunks      []sockaddr // one per other forwarder serving members of the call
-	media       *mediaInfo // the session's, where the data path notes SSRCs
-	group       bool       // a group call: its video is shed first under overload
-	cr          *callRoute // the call's, for NACKs and key-frame requests
+	dests       []dest                // the other members of the call on this forwarder
+	trunks      []sockaddr            // one per other forwarder serving members of the call
+	media       *mediaInfo            // the session's, where the data path notes SSRCs
+	group       bool                  // a group call: its video is shed first under overload
+	cr          *callRoute            // the call's, for NACKs and key-frame requests
+	rxPairs     map[protocol.ID]*pair // as a receiver: the video pair from each sender (nil: not subscribed)
 }
 
 // dest is one receiver of a sender's packets.
@@ -38,7 +39,12 @@ type dest struct {
 type callRoute struct {
 	members []memberDest
 	remote  map[protocol.ID]*trunkSender // by remote participant
-	senders []*mediaInfo
+	senders []senderRef
+}
+
+type senderRef struct {
+	id    protocol.ID
+	media *mediaInfo
 }
 
 type memberDest struct {
@@ -62,7 +68,7 @@ func addCallRoutes(r *routes, c *call, trunks []netip.AddrPort, v6socket, trunkV
 	local := make([]*session, 0, len(c.members))
 	for _, s := range c.members {
 		cr.members = append(cr.members, memberDest{s.participant, encodeSockaddr(s.addr, v6socket), s.media})
-		cr.senders = append(cr.senders, s.media)
+		cr.senders = append(cr.senders, senderRef{s.participant, s.media})
 		local = append(local, s)
 	}
 	for id, m := range c.remoteMedia {
@@ -74,7 +80,7 @@ func addCallRoutes(r *routes, c *call, trunks []netip.AddrPort, v6socket, trunkV
 			cr.remote = make(map[protocol.ID]*trunkSender, len(c.remoteMedia))
 		}
 		cr.remote[id] = ts
-		cr.senders = append(cr.senders, m)
+		cr.senders = append(cr.senders, senderRef{id, m})
 	}
 	var ts []sockaddr
 	for _, t := range trunks {
@@ -87,8 +93,16 @@ func addCallRoutes(r *routes, c *call, trunks []netip.AddrPort, v6socket, trunkV
 				dests = append(dests, dest{sa: m.sa, rx: m.rx, pair: local[i].pairFor(s.participant)})
 			}
 		}
+		rx := make(map[protocol.ID]*pair, len(cr.senders))
+		for _, sr := range cr.senders {
+			if sr.id != s.participant {
+				if p := s.pairFor(sr.id); p != nil {
+					rx[sr.id] = p
+				}
+			}
+		}
 		r.bySrc[s.addr] = &route{call: c.id, participant: s.participant, dests: dests, trunks: ts, media: s.media,
-			group: c.class == protocol.ClassGroup, cr: cr}
+			group: c.class == protocol.ClassGroup, cr: cr, rxPairs: rx}
 	}
 	if len(cr.members) > 0 {
 		r.byCall[c.id] = cr

@@ -309,6 +309,7 @@ type mediaInfo struct {
 	rtpSeen   atomic.Bool
 	video     videoMeter
 	keyWanted atomic.Uint32
+	slotVideo [maxSSRCs]atomic.Uint32 // per SSRC slot: 1 | layers<<4 | rank<<8 of its last video packet, 0 for audio
 	up        uplink
 
 	// As a receiver: what its feedback says about its downlink, and what

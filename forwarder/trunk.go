@@ -99,6 +99,7 @@ func (t *trunkReader) video(cr *callRoute, ts *trunkSender, payload []byte) bool
 	}
 	vf, has := t.rtp.VideoFrame(t.f.adapt.videoID)
 	m.video.note(vf, has, len(payload), t.nowNS)
+	m.noteSlot(slot, vf, has)
 	for i := range cr.members {
 		if p := ts.pairs[i]; p != nil && p.pass(vf, has, m, slot) {
 			t.queue(payload, &cr.members[i])

@@ -86,6 +86,16 @@ type videoMeter struct {
 	lastNS atomic.Int64                               // unix ns of the last video packet
 }
 
+// noteSlot remembers which layer the SSRC in slot carries.
+func (m *mediaInfo) noteSlot(slot int, vf protocol.VideoFrame, has bool) {
+	if slot < 0 || !has {
+		return
+	}
+	if v := 1 | uint32(vf.Layers)<<4 | uint32(vf.Rank())<<8; m.slotVideo[slot].Load() != v {
+		m.slotVideo[slot].Store(v)
+	}
+}
+
 func (v *videoMeter) note(vf protocol.VideoFrame, has bool, size int, nowNS int64) {
 	rank, layers := uint8(protocol.MaxSimulcastLayers-1), uint8(1)
 	if has {

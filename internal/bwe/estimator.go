@@ -168,3 +168,13 @@ func (e *Estimator) IncomingBps() uint64 { return e.incoming }
 // second, or longer (up to 4 s) until 20 packets were expected; 0 when
 // fewer were.
 func (e *Estimator) LossFraction() float64 { return e.loss }
+
+// SkipTo tells the estimator that the next packet of stream has sequence
+// number seq and that the numbers skipped before it were never sent on
+// this leg (a relay held them back or forwarded another layer): they are
+// not counted as lost. Call it before that packet's OnPacket.
+func (e *Estimator) SkipTo(stream int, seq uint16) {
+	if stream >= 0 && stream < MaxStreams && e.seqs[stream].started {
+		e.seqs[stream].max = seq - 1
+	}
+}

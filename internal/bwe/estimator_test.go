@@ -181,3 +181,29 @@ func BenchmarkUpdate(b *testing.B) {
 		e.Update(now + int64(i%10)*ms)
 	}
 }
+
+// A gap the caller says was skipped (the relay held those packets back) is
+// not loss; the same gap unannounced is.
+func TestSkipToIsNotLoss(t *testing.T) {
+	run := func(skip bool) float64 {
+		var e Estimator
+		e.Init(Config{})
+		now := int64(0)
+		seq := uint16(0)
+		for i := 0; i < 100; i++ {
+			if i%10 == 0 && i > 0 {
+				seq += 50 // a silence the relay did not forward
+				if skip {
+					e.SkipTo(0, seq)
+				}
+			}
+			e.OnPacket(now, now, true, 100, 0, seq)
+			seq++
+			now += 20e6
+		}
+		e.Update(now)
+		return e.LossFraction()
+	}
+	require.Zero(t, run(true))
+	require.Greater(t, run(false), 0.5)
+}

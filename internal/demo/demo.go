@@ -468,6 +468,8 @@ func sumStats(fwds []*forwarder.Forwarder) forwarder.Stats {
 		t.KeyRequests += s.KeyRequests
 		t.ResentBytes += s.ResentBytes
 		t.KeyFramesAsked += s.KeyFramesAsked
+		t.Probes += s.Probes
+		t.ProbeBytes += s.ProbeBytes
 		t.TargetsSent += s.TargetsSent
 		t.Subscriptions += s.Subscriptions
 		t.SubsRejected += s.SubsRejected
