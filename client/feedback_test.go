@@ -513,7 +513,7 @@ func TestFeedbackSkipsTheRelaysGaps(t *testing.T) {
 	obs(audio, 1, nil)
 	obs(audio, 60, nil) // 58 held back
 	obs(video, 1, key)
-	obs(video, 30, key)   // 28 skipped up to a key frame
+	obs(video, 30, key)    // 28 skipped up to a key frame
 	obs(video, 200, delta) // 169: longer than any burst
 	obs(video, 203, delta) // 201, 202: lost
 	obs(audio, 63, nil)    // 61, 62: lost
