@@ -120,8 +120,9 @@ func videoLines(prev, cur tally, fwd forwarder.Stats, loss *LossResult) []string
 			v.KeyFrames, v.Decrypted, v.Failed),
 		fmt.Sprintf("feedback: %d RR+REMB, %d NACK and %d PLI packets sent, %d duplicates dropped; video NACKed %d recovered %d given up %d, audio recovered %d",
 			f.Reports, f.NACKs, f.PLIs, f.Duplicates, f.VideoNACKed, f.VideoRecovered, f.VideoLost, f.AudioRecovered),
-		fmt.Sprintf("relay: resent %d of %d packets NACKed, %d key frames asked, %d subscriptions applied, %d targets and REMBs sent, %d downlink probes",
-			fwd.NackOutcomes[0], fwd.Nacked, fwd.KeyFramesAsked, fwd.Subscriptions, fwd.TargetsSent, fwd.Probes),
+		fmt.Sprintf("relay: resent %d of %d packets NACKed (not cached %d, resent enough %d, over budget %d), %d key frames asked, %d subscriptions applied, %d targets and REMBs sent, %d downlink probes",
+			fwd.NackOutcomes[0], fwd.Nacked, fwd.NackOutcomes[1], fwd.NackOutcomes[2], fwd.NackOutcomes[3],
+			fwd.KeyFramesAsked, fwd.Subscriptions, fwd.TargetsSent, fwd.Probes),
 	}
 	if v.Senders == 0 {
 		lines[0] = "video: none (audio only)"
