@@ -86,7 +86,7 @@ func TestRunDecryptsEveryForwardedPacket(t *testing.T) {
 	require.Contains(t, text, " 0 failed;")
 	require.Regexp(t, `(?m)^video: 3 senders, layers [123]/[123]/[123], sent .* decrypted [1-9]\d*  failed 0$`, text)
 	require.Regexp(t, `(?m)^feedback: [1-9]\d* RR\+REMB, `, text)
-	require.Regexp(t, `(?m)^relay: resent \d+ of \d+ packets NACKed, .* [1-9]\d* subscriptions applied`, text)
+	require.Regexp(t, `(?m)^relay: resent \d+ of \d+ packets NACKed \(.*\), .* [1-9]\d* subscriptions applied`, text)
 	require.Regexp(t, `\ndone: 9 participants, [^\n]* \d+ dropped\n$`, text, "the done line ends the output")
 }
 
