@@ -51,6 +51,7 @@ type sessionVideo struct {
 // probeState is a receiver's downlink probing (probe.go).
 type probeState struct {
 	until, next time.Time // probing until; the next probe not before
+	heldSince   time.Time // held below its subscriptions since (zero: not held)
 	rate        uint64    // bit/s of padding while probing
 	startEst    uint64    // the estimate when the probe began
 	failures    int       // probes in a row that did not raise the estimate
@@ -326,8 +327,18 @@ func (c *control) sendRTCP(to netip.AddrPort, p rtcp.Packet) {
 	c.f.targetsSent.Add(1)
 }
 
-// syncRemoteMedia keeps one mediaInfo per remote member of the call.
+// syncRemoteMedia keeps one mediaInfo per remote member of the call, and
+// forgets the default video pairs of senders no longer in it.
 func syncRemoteMedia(cl *call) {
+	defer func() {
+		for _, s := range cl.members {
+			for id := range s.video.defaults {
+				if cl.members[id] == nil && cl.remoteMedia[id] == nil {
+					delete(s.video.defaults, id)
+				}
+			}
+		}
+	}()
 	for k := range cl.remote {
 		if _, ok := cl.members[k.participant]; ok {
 			continue
@@ -359,7 +370,11 @@ func (c *control) videoMeta(s *session, mm *protocol.MemberMetadata, now time.Ti
 	if !v.subChanged && now.Sub(v.videoAt) < metaVideoGap {
 		return false
 	}
-	if !v.subApplied && !m.rtpSeen.Load() {
+	// Only members the allocation is about: who watches video (it needs
+	// their downlink) or sends it (their uplink and layers). Audio-only
+	// calls add nothing to the metadata.
+	sends := now.UnixNano()-m.video.lastNS.Load() < int64(2*time.Second)
+	if !v.subChanged && len(v.subList) == 0 && !sends {
 		return false
 	}
 	secs := now.Sub(v.videoAt).Seconds()
@@ -368,7 +383,7 @@ func (c *control) videoMeta(s *session, mm *protocol.MemberMetadata, now time.Ti
 		UplinkEstBps:   uint32(min(m.up.bps.Load(), 1<<32-1)),
 		DownlinkEstBps: uint32(min(m.down.estimate(), 1<<32-1)),
 	}
-	if now.UnixNano()-m.video.lastNS.Load() < int64(2*time.Second) {
+	if sends {
 		vid.Layers = uint8(m.video.layers.Load())
 	}
 	for r := range protocol.MaxSimulcastLayers {

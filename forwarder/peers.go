@@ -236,6 +236,12 @@ func (c *control) reportLoad(now time.Time) {
 		Forwarder: cc.ID, Started: c.started, At: now, Seq: c.seq, Level: uint8(min(s.ThrottleLevel, 4)),
 		Sessions: uint32(s.Sessions), StateDegraded: s.StateDegraded, Draining: s.Draining,
 		StateQueued: uint32(s.StateQueued), AudioMuted: s.AudioMuted, ShedVideo: s.Drops[DropShedVideo],
+		HasAdapt: true,
+		Adapt: protocol.LoadAdapt{
+			Nacked: s.Nacked, Resent: s.NackOutcomes[nackSent], NotCached: s.NackOutcomes[nackMiss],
+			OverBudget: s.NackOutcomes[nackBudget], ResentBytes: s.ResentBytes, Probes: s.Probes,
+			KeyFramesAsked: s.KeyFramesAsked, Subscriptions: s.Subscriptions,
+		},
 	}
 	for i := range r.Signals {
 		r.Signals[i] = uint16(min(f.thr.signals[i].Load(), 65535))

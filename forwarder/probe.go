@@ -19,7 +19,9 @@ import (
 // arrived (internal/bwe never asks for less than that) and the conductor
 // gives it more; if not, the receiver's next REMB falls and the probe stops
 // at once, having cost that receiver a short queue, and the next one waits
-// longer (from probeEvery, doubling per failure, up to probeMaxBackoff). A receiver held
+// longer (from probeEvery, doubling per failure, up to probeMaxBackoff).
+// The first probe waits probeAfterHold after the receiver was moved down:
+// its link was full a moment before. A receiver held
 // down by something else than its downlink (a small maximum height) sees
 // its estimate rise probe after probe without getting more: after
 // probeMaxRises of those it is probed at the longest interval.
@@ -30,6 +32,7 @@ const (
 	probeSize       = 1000
 	probeMinBps     = 50_000
 	probeMaxRises   = 5
+	probeAfterHold  = 10 * time.Second // the first probe after a receiver is moved down
 )
 
 // heldDown reports whether a receiver gets less video than it subscribed
@@ -72,7 +75,14 @@ func (c *control) probeTick(s *session, now time.Time) {
 		wait := min(probeEvery<<ps.failures, probeMaxBackoff)
 		ps.until, ps.next = time.Time{}, now.Add(wait)
 	}
-	if est == 0 || now.Before(ps.next) || !s.heldDown() {
+	if !s.heldDown() {
+		ps.heldSince = time.Time{}
+		return
+	}
+	if ps.heldSince.IsZero() {
+		ps.heldSince = now // just moved down: its link was full a moment ago
+	}
+	if est == 0 || now.Before(ps.next) || now.Sub(ps.heldSince) < probeAfterHold {
 		return
 	}
 	ps.until, ps.startEst, ps.last, ps.owed = now.Add(probeFor), est, now, 0
