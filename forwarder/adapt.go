@@ -206,6 +206,8 @@ func (c *control) tellTarget(s *session, now time.Time) {
 // feedbackTick runs every FeedbackEvery: caches for new senders, key frame
 // requests, retransmission budgets, REMB, and repeats of the targets.
 func (c *control) feedbackTick(now time.Time) {
+	c.probing, c.probingNext = c.probingNext, 0 // probes still running, from the last tick
+	defer func() { c.probing = 0 }()
 	for _, cl := range c.calls {
 		for _, s := range cl.members {
 			c.senderTick(cl, s, now)

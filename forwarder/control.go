@@ -97,6 +97,8 @@ type control struct {
 	decisionScratch protocol.CallDecision
 	trunkCodec      *protocol.TrunkCodec // key-frame requests to remote senders; nil on a lone forwarder
 	probeBuf        []byte
+	probing         int // receivers being probed (probe.go), counted per feedback tick
+	probingNext     int
 }
 
 type pendingReply struct {

@@ -33,6 +33,7 @@ const (
 	probeMinBps     = 50_000
 	probeMaxRises   = 5
 	probeAfterHold  = 10 * time.Second // the first probe after a receiver is moved down
+	maxProbing      = 16               // receivers probed at once per forwarder
 )
 
 // heldDown reports whether a receiver gets less video than it subscribed
@@ -56,6 +57,7 @@ func (c *control) probeTick(s *session, now time.Time) {
 	if now.Before(ps.until) {
 		if est >= ps.startEst-ps.startEst/10 {
 			c.sendProbes(s, ps, now)
+			c.probingNext++
 			return
 		}
 		ps.until = now // the link did not carry it: stop now
@@ -85,9 +87,13 @@ func (c *control) probeTick(s *session, now time.Time) {
 	if est == 0 || now.Before(ps.next) || now.Sub(ps.heldSince) < probeAfterHold {
 		return
 	}
+	if c.probing >= maxProbing {
+		return // the control goroutine sends probes itself: a few receivers at a time
+	}
 	ps.until, ps.startEst, ps.last, ps.owed = now.Add(probeFor), est, now, 0
 	ps.rate = max(est+est/2, probeMinBps)
 	c.f.probes.Add(1)
+	c.probing++
 }
 
 // sendProbes sends what is due since the last tick.
