@@ -28,6 +28,7 @@ type CallView struct {
 	Conductor string       `json:"conductor"` // the partition's holder, "" if unowned or unknown
 	Members   []MemberView `json:"members"`
 	Speaker   SpeakerView  `json:"speaker"`
+	Video     VideoView    `json:"video"`
 }
 
 // MemberView is one member of a call.
@@ -64,6 +65,10 @@ func (s *Server) handleCall(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, http.StatusServiceUnavailable, "no state store configured: start the dashboard with --redis-url", nil)
 		return
 	}
+	// Listen for the conductor's decision while Redis is read.
+	waitUntil := time.Now().Add(s.cfg.DecisionWait)
+	look := s.startLookup(id)
+	defer look.close()
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	v, err := s.callView(ctx, id)
@@ -73,6 +78,9 @@ func (s *Server) handleCall(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		s.fail(w, http.StatusServiceUnavailable, "cannot read the call from Redis: "+err.Error(), err)
 	default:
+		wctx, wcancel := context.WithDeadline(r.Context(), waitUntil)
+		defer wcancel()
+		v.Video = look.wait(wctx)
 		writeJSON(w, http.StatusOK, v)
 	}
 }

@@ -49,6 +49,13 @@ type Config struct {
 	// MaxForwarders bounds the forwarders tracked; heartbeats from more
 	// are counted and dropped.
 	MaxForwarders int
+	// DecisionWait bounds how long a call drill-down listens on the call's
+	// subject for the conductor's decision (conductors republish at least
+	// every second).
+	DecisionWait time.Duration
+	// MaxDecisionLookups bounds the drill-downs listening at once; more
+	// are answered without the video layers.
+	MaxDecisionLookups int
 }
 
 // Default returns the production defaults.
@@ -65,6 +72,9 @@ func Default() Config {
 		PollEvery:     2 * time.Second,
 		ProbeTimeout:  1500 * time.Millisecond,
 		MaxForwarders: 1024,
+
+		DecisionWait:       1500 * time.Millisecond,
+		MaxDecisionLookups: 4,
 	}
 }
 
@@ -97,6 +107,10 @@ func (c Config) Validate() error {
 	}
 	if c.MaxForwarders < 1 {
 		errs = append(errs, fmt.Errorf("dashboard: max forwarders %d: want at least 1", c.MaxForwarders))
+	}
+	if c.DecisionWait <= 0 || c.MaxDecisionLookups < 1 {
+		errs = append(errs, fmt.Errorf("dashboard: decision wait %v, max decision lookups %d: want a positive wait and at least 1 lookup",
+			c.DecisionWait, c.MaxDecisionLookups))
 	}
 	return errors.Join(errs...)
 }

@@ -46,7 +46,8 @@ type env struct {
 	client *http.Client
 }
 
-func start(t *testing.T) *env {
+// start runs a dashboard; edits adjust its config.
+func start(t *testing.T, edits ...func(c *Config)) *env {
 	t.Helper()
 	ns := testenv.NATS(t)
 	rs := testenv.Redis(t)
@@ -67,6 +68,9 @@ func start(t *testing.T) *env {
 	cfg.NATS, cfg.Key, cfg.Store, cfg.Leases = sub, key, store, store
 	cfg.Listen, cfg.Now, cfg.Partitions = "127.0.0.1:0", clock.Now, 8
 	cfg.PushEvery, cfg.PollEvery = 50*time.Millisecond, 50*time.Millisecond
+	for _, edit := range edits {
+		edit(&cfg)
+	}
 	s, err := New(cfg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -356,7 +360,8 @@ func TestDashboardForwarderDown(t *testing.T) {
 }
 
 func TestDashboardCallDrillDown(t *testing.T) {
-	e := start(t)
+	// No conductor here: each drill-down waits DecisionWait for nothing.
+	e := start(t, func(c *Config) { c.DecisionWait = 50 * time.Millisecond })
 	ctx := context.Background()
 	call, alice, bob := protocol.NewID(), protocol.NewID(), protocol.NewID()
 	trunk := netip.MustParseAddrPort("10.0.0.7:7001")
@@ -387,6 +392,8 @@ func TestDashboardCallDrillDown(t *testing.T) {
 	require.Len(t, v.Members, 2)
 	require.False(t, v.Speaker.Known)
 	require.Contains(t, v.Speaker.Note, "no conductor checkpoint")
+	require.False(t, v.Video.Seen)
+	require.Contains(t, v.Video.Note, "no decision seen")
 
 	// The conductor's checkpoint names bob.
 	since := time.Unix(1_800_000_005, 0).UTC()
@@ -472,4 +479,7 @@ func TestConfigValidate(t *testing.T) {
 	c := Default()
 	c.Partitions = 0
 	require.ErrorContains(t, c.Validate(), "0 partitions")
+	c = Default()
+	c.MaxDecisionLookups = 0
+	require.ErrorContains(t, c.Validate(), "max decision lookups 0")
 }

@@ -3,10 +3,14 @@
 // whom it is refusing.
 //
 // It listens to the forwarders' heartbeats on NATS (ForwarderAnnounce and
-// LoadReport on <prefix>.forwarders), reads the conductor partitions' lease
-// holders and single calls from the state store, and serves a page, a JSON
-// snapshot (/api/state), server-sent events (/events) and a call drill-down
-// (/api/call).
+// LoadReport on <prefix>.forwarders, whose adaptation section gives the
+// NACK, retransmission and probe rates), reads the conductor partitions'
+// lease holders and single calls from the state store, and serves a page, a
+// JSON snapshot (/api/state), server-sent events (/events) and a call
+// drill-down (/api/call). A drill-down also listens on the call's subject,
+// <prefix>.call.<call id>, for the conductor's next CallDecision (its video
+// layers), for at most DecisionWait and at most MaxDecisionLookups calls at
+// once.
 //
 // It only observes: it never publishes on NATS, never writes to the state
 // store, never takes a lease, and never sees media or media keys. Messages

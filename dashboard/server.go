@@ -37,6 +37,9 @@ type Server struct {
 	tickMu sync.Mutex
 	tick   chan struct{}
 	done   chan struct{} // closed when Run winds down: event streams end
+
+	// lookups holds a token per drill-down listening for a decision.
+	lookups chan struct{}
 }
 
 // New checks cfg and listens on cfg.Listen; Run serves.
@@ -49,7 +52,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("dashboard: listening on %s: %w", cfg.Listen, err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, ln: ln, fwd: newTracker(cfg.MaxForwarders),
-		tick: make(chan struct{}), done: make(chan struct{})}
+		tick: make(chan struct{}), done: make(chan struct{}), lookups: make(chan struct{}, cfg.MaxDecisionLookups)}
 	s.parts = PartitionsView{Total: cfg.Partitions, Owner: []int{}, Owners: []OwnerView{}, Unowned: []int{}}
 	s.health.Redis.Configured = cfg.Leases != nil
 	s.health.NATS.Configured = true

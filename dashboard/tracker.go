@@ -31,11 +31,12 @@ var (
 		"refuses every join but rejoins"}
 )
 
-// bucket is one second of admission deltas.
+// bucket is one second of admission and adaptation deltas.
 type bucket struct {
 	sec      int64
 	admitted [6]uint64
 	refused  [6]uint64
+	adapt    [numAdapt]uint64
 }
 
 // fwdState is what the dashboard knows of one forwarder.
@@ -50,6 +51,10 @@ type fwdState struct {
 	hasReport bool
 	reportAt  time.Time // local clock
 	ring      [historySeconds]bucket
+	// adaptSince is when the first report with the adaptation section
+	// came (local clock; zero while the last report had none): the
+	// adaptation rates average over at most the time since.
+	adaptSince time.Time
 }
 
 // newer reports whether (started, seq) comes after the last one taken.
@@ -74,6 +79,18 @@ func (f *fwdState) addReport(r *protocol.LoadReport, now time.Time) bool {
 			b.admitted[i] += delta(f.report.Admitted[i], r.Admitted[i], restarted)
 			b.refused[i] += delta(f.report.Refused[i], r.Refused[i], restarted)
 		}
+		if r.HasAdapt && (f.report.HasAdapt || restarted) {
+			prev, cur := adaptCounters(&f.report.Adapt), adaptCounters(&r.Adapt)
+			for i := range cur {
+				b.adapt[i] += delta64(prev[i], cur[i], restarted)
+			}
+		}
+	}
+	switch {
+	case !r.HasAdapt:
+		f.adaptSince = time.Time{}
+	case f.adaptSince.IsZero():
+		f.adaptSince = now
 	}
 	f.report, f.hasReport, f.reportAt = *r, true, now
 	return true
@@ -96,19 +113,30 @@ func (f *fwdState) bucketAt(sec int64) *bucket {
 	return b
 }
 
+// delta64 is delta for the 64-bit counters.
+func delta64(prev, cur uint64, restarted bool) uint64 {
+	if restarted || cur < prev {
+		return cur
+	}
+	return cur - prev
+}
+
 // window sums the buckets of the last n seconds up to now.
-func (f *fwdState) window(now time.Time, n int64) (adm, ref [6]uint64) {
+func (f *fwdState) window(now time.Time, n int64) (sum bucket) {
 	cur := now.Unix()
 	for i := range f.ring {
 		b := &f.ring[i]
 		if b.sec > cur-n && b.sec <= cur {
-			for c := range adm {
-				adm[c] += b.admitted[c]
-				ref[c] += b.refused[c]
+			for c := range sum.admitted {
+				sum.admitted[c] += b.admitted[c]
+				sum.refused[c] += b.refused[c]
+			}
+			for a := range sum.adapt {
+				sum.adapt[a] += b.adapt[a]
 			}
 		}
 	}
-	return adm, ref
+	return sum
 }
 
 // dropCounts counts what the subscription dropped.
@@ -224,6 +252,9 @@ type ForwarderView struct {
 	Classes       []ClassCounts `json:"classes"`
 	Started       time.Time     `json:"started"`
 	Seq           uint64        `json:"seq"`
+	// Adapt is the network adaptation, nil when the last report has no
+	// adaptation section (a forwarder that predates it).
+	Adapt *AdaptView `json:"adapt,omitempty"`
 }
 
 // SignalView is one load signal.
@@ -269,12 +300,14 @@ func (f *fwdState) view(now time.Time, down time.Duration) ForwarderView {
 				v.Load, v.Worst = int(s), signalNames[i]
 			}
 		}
-		adm1, ref1 := f.window(now, 60)
-		adm5, ref5 := f.window(now, historySeconds)
+		w1, w5 := f.window(now, 60), f.window(now, historySeconds)
 		for c := range classNames {
 			v.Classes = append(v.Classes, ClassCounts{Class: c, Name: classNames[c],
-				Admitted1: adm1[c], Refused1: ref1[c], Admitted5: adm5[c], Refused5: ref5[c],
+				Admitted1: w1.admitted[c], Refused1: w1.refused[c], Admitted5: w5.admitted[c], Refused5: w5.refused[c],
 				AdmittedTotal: uint64(r.Admitted[c]), RefusedTotal: uint64(r.Refused[c])})
+		}
+		if r.HasAdapt {
+			v.Adapt = adaptView(&r.Adapt, w1.adapt, now.Sub(f.adaptSince))
 		}
 	}
 	return v

@@ -15,8 +15,9 @@ const ClusterMsgLoadReport ClusterMsgType = 5
 // <prefix>.forwarders, for dashboards. Counters are cumulative since the
 // process started. Body, big-endian (README.md section 7.6):
 //
-//	0         flags: 0x01 state degraded, 0x02 draining; the other bits
-//	          are reserved (sent 0, ignored)
+//	0         flags: 0x01 state degraded, 0x02 draining, 0x04 adaptation
+//	          section follows the id; the other bits are reserved (sent 0,
+//	          ignored)
 //	1         forwarder id length n (1..64)
 //	2         throttle level (0..4)
 //	3         reserved (sent 0, ignored)
@@ -32,7 +33,12 @@ const ClusterMsgLoadReport ClusterMsgType = 5
 //	60..84    admitted joins, 6 classes × 4 bytes
 //	84..108   refused joins, 6 classes × 4 bytes
 //	108..118  signals, 5 × 2 bytes (permille)
-//	118..end  forwarder id (n bytes)
+//	118..     forwarder id (n bytes)
+//	..end     with flag 0x04 only: the adaptation section, 8 × 8 bytes
+//	          (LoadAdapt, in field order)
+//
+// Without flag 0x04 the body ends with the id, byte for byte what it was
+// before the section existed.
 type LoadReport struct {
 	Forwarder     string    // forwarder id, see ValidForwarderID
 	Started       time.Time // process start (a restart resets the counters)
@@ -55,6 +61,26 @@ type LoadReport struct {
 	StateQueued   uint32 // call-state changes queued while Redis is away
 	AudioMuted    uint64 // audio packets held back (silent members)
 	ShedVideo     uint64 // group video packets shed under overload
+
+	// HasAdapt says whether the report carries the adaptation section
+	// (flag 0x04). Without it Adapt must be zero: a forwarder that
+	// predates the section, or a report made without it.
+	HasAdapt bool
+	Adapt    LoadAdapt
+}
+
+// LoadAdapt is a LoadReport's optional adaptation section: how the
+// forwarder's network adaptation (NACK retransmission, probes, key-frame
+// requests, subscriptions) has worked, cumulative since it started.
+type LoadAdapt struct {
+	Nacked         uint64 // packets receivers NACKed
+	Resent         uint64 // NACKed packets resent from the cache
+	NotCached      uint64 // NACKed packets no longer (or never) in the cache
+	OverBudget     uint64 // NACKed packets not resent: the leg's estimate left no room
+	ResentBytes    uint64 // bytes retransmitted
+	Probes         uint64 // downlink probes begun
+	KeyFramesAsked uint64 // key frames the relay asked senders for (PLI)
+	Subscriptions  uint64 // Subscription messages applied
 }
 
 // Load report limits and layout.
@@ -65,6 +91,8 @@ const (
 	loadReportFixedLen      = 118
 	loadFlagStateDegraded   = 0x01
 	loadFlagDraining        = 0x02
+	loadFlagAdapt           = 0x04
+	loadAdaptLen            = 64 // LoadAdapt: 8 counters of 8 bytes
 	loadReportAdmittedStart = 60
 	loadReportRefusedStart  = 84
 	loadReportSignalsStart  = 108
@@ -76,6 +104,9 @@ func (r *LoadReport) check() error {
 	}
 	if r.Level > MaxThrottleLevel {
 		return fmt.Errorf("%w: throttle level %d, want 0..%d", ErrClusterMsgInvalid, r.Level, MaxThrottleLevel)
+	}
+	if !r.HasAdapt && r.Adapt != (LoadAdapt{}) {
+		return fmt.Errorf("%w: load report with adaptation counters but not HasAdapt", ErrClusterMsgInvalid)
 	}
 	if err := clusterCheckTime("started", r.Started); err != nil {
 		return err
@@ -101,6 +132,9 @@ func (r *LoadReport) appendBody(b []byte) []byte {
 	if r.Draining {
 		flags |= loadFlagDraining
 	}
+	if r.HasAdapt {
+		flags |= loadFlagAdapt
+	}
 	b = append(b, flags, byte(len(r.Forwarder)), r.Level, 0)
 	b = binary.BigEndian.AppendUint64(b, r.Seq)
 	b = clusterAppendTime(b, r.Started)
@@ -120,7 +154,25 @@ func (r *LoadReport) appendBody(b []byte) []byte {
 	for _, v := range r.Signals {
 		b = binary.BigEndian.AppendUint16(b, v)
 	}
-	return append(b, r.Forwarder...)
+	b = append(b, r.Forwarder...)
+	if r.HasAdapt {
+		b = r.Adapt.appendTo(b)
+	}
+	return b
+}
+
+func (a *LoadAdapt) appendTo(b []byte) []byte {
+	for _, v := range [...]uint64{a.Nacked, a.Resent, a.NotCached, a.OverBudget, a.ResentBytes, a.Probes, a.KeyFramesAsked, a.Subscriptions} {
+		b = binary.BigEndian.AppendUint64(b, v)
+	}
+	return b
+}
+
+// decode reads the section, which b holds exactly.
+func (a *LoadAdapt) decode(b []byte) {
+	for i, p := range [...]*uint64{&a.Nacked, &a.Resent, &a.NotCached, &a.OverBudget, &a.ResentBytes, &a.Probes, &a.KeyFramesAsked, &a.Subscriptions} {
+		*p = binary.BigEndian.Uint64(b[8*i:])
+	}
 }
 
 // Unmarshal authenticates and decodes b, which must be exactly one
@@ -144,6 +196,7 @@ func (r *LoadReport) decode(b []byte) error {
 	}
 	r.StateDegraded = b[0]&loadFlagStateDegraded != 0
 	r.Draining = b[0]&loadFlagDraining != 0
+	r.HasAdapt = b[0]&loadFlagAdapt != 0
 	idLen := int(b[1])
 	r.Level = b[2]
 	r.Seq = binary.BigEndian.Uint64(b[4:12])
@@ -161,6 +214,17 @@ func (r *LoadReport) decode(b []byte) error {
 	}
 	for i := range r.Signals {
 		r.Signals[i] = binary.BigEndian.Uint16(b[loadReportSignalsStart+2*i:])
+	}
+	if r.HasAdapt {
+		// The section follows the id: exactly idLen + 64 bytes remain.
+		switch want := loadReportFixedLen + idLen + loadAdaptLen; {
+		case len(b) < want:
+			return fmt.Errorf("%w: load report with the adaptation flag truncated: body of %d bytes, want %d for an id of %d bytes", ErrClusterMsgInvalid, len(b), want, idLen)
+		case len(b) > want:
+			return fmt.Errorf("%w: %d trailing bytes after the adaptation section", ErrClusterMsgInvalid, len(b)-want)
+		}
+		r.Adapt.decode(b[len(b)-loadAdaptLen:])
+		b = b[:len(b)-loadAdaptLen]
 	}
 	var err error
 	if r.Forwarder, err = readForwarderID(b[loadReportFixedLen:], idLen); err != nil {

@@ -58,24 +58,104 @@ var loadReportGolden = struct {
 	},
 }
 
+// loadAdaptGolden is loadReportGolden with the adaptation section (README.md
+// 7.6 shows the same bytes): 5000 packets NACKed, 4200 resent (4.62 MB),
+// 300 not cached, 120 over budget (and so 380 bounded), 36 probes, 9 key
+// frames asked, 14 subscriptions applied.
+var loadAdaptGolden = struct {
+	msg  LoadReport
+	wire []byte
+}{
+	msg: func() LoadReport {
+		r := loadReportGolden.msg
+		r.HasAdapt = true
+		r.Adapt = LoadAdapt{Nacked: 5000, Resent: 4200, NotCached: 300, OverBudget: 120, ResentBytes: 4_620_000,
+			Probes: 36, KeyFramesAsked: 9, Subscriptions: 14}
+		return r
+	}(),
+	wire: []byte{
+		0x43, 0x52, 0x4c, 0x43, // "CRLC"
+		0x01, 0x05, 0x00, 0xbb, // version 1, type 5, body 187 bytes
+		0x05, 0x05, 0x02, 0x00, // flags: state degraded, adaptation; id length 5, level 2, reserved
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, // sequence 7
+		0x00, 0x00, 0x01, 0xa3, 0x18, 0x5c, 0x50, 0x00, // started 1800000000000 ms
+		0x00, 0x00, 0x01, 0xa3, 0x18, 0x5c, 0x50, 0x7b, // at 1800000000123 ms
+		0x00, 0x00, 0x01, 0x2c, // 300 sessions
+		0x00, 0x00, 0x00, 0x28, // 40 one-to-one calls
+		0x00, 0x00, 0x00, 0x0c, // 12 group calls
+		0x00, 0x00, 0x00, 0x03, // 3 state changes queued
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xe8, // 1000 audio packets held back
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xfa, // 250 video packets shed
+		0x00, 0x00, 0x00, 0x64, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02, // admitted 100, 1, 2,
+		0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x05, // 3, 4, 5
+		0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, 0x08, // refused 6, 7, 8,
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // 0, 0, 0
+		0x03, 0x2c, 0x02, 0x80, 0x00, 0x0a, // signals: cpu 812, packets 640, queue drops 10 permille
+		0x01, 0x2c, 0x01, 0xc2, // memory 300, sessions 450 permille
+		0x66, 0x77, 0x64, 0x2d, 0x62, // "fwd-b"
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x13, 0x88, // 5000 packets NACKed
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x68, // 4200 resent
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x2c, // 300 not cached
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x78, // 120 over the leg's budget
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x46, 0x7e, 0xe0, // 4620000 bytes retransmitted
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x24, // 36 probes
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, // 9 key frames asked
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0e, // 14 subscriptions applied
+		0x25, 0x81, 0x2c, 0xa3, 0x0d, 0xaa, 0x18, 0x5c, // tag (checked with Python's hmac)
+		0x1a, 0x4c, 0x6a, 0x8e, 0x0c, 0x27, 0xaf, 0x46,
+	},
+}
+
 func TestLoadReportGolden(t *testing.T) {
 	k := testClusterKey(t)
-	g := loadReportGolden
-	b, err := g.msg.Marshal([]byte("prefix"), k)
-	require.NoError(t, err)
-	require.Equal(t, append([]byte("prefix"), g.wire...), b, "Marshal appends")
+	for _, g := range []struct {
+		name string
+		msg  LoadReport
+		wire []byte
+	}{
+		{"without adaptation", loadReportGolden.msg, loadReportGolden.wire},
+		{"with adaptation", loadAdaptGolden.msg, loadAdaptGolden.wire},
+	} {
+		t.Run(g.name, func(t *testing.T) {
+			b, err := g.msg.Marshal([]byte("prefix"), k)
+			require.NoError(t, err)
+			require.Equal(t, append([]byte("prefix"), g.wire...), b, "Marshal appends")
 
-	typ, err := PeekClusterMsgType(g.wire)
-	require.NoError(t, err)
-	require.Equal(t, ClusterMsgLoadReport, typ)
-	require.Equal(t, "load-report", typ.String())
+			typ, err := PeekClusterMsgType(g.wire)
+			require.NoError(t, err)
+			require.Equal(t, ClusterMsgLoadReport, typ)
+			require.Equal(t, "load-report", typ.String())
 
+			var r LoadReport
+			require.NoError(t, r.Unmarshal(g.wire, k))
+			require.Equal(t, g.msg, r)
+			m, err := decodeClusterMsg(g.wire, k)
+			require.NoError(t, err)
+			require.Equal(t, &g.msg, m)
+		})
+	}
+	// The section is appended: everything before it is the report without
+	// it but for the flag and the body length.
+	with, without := loadAdaptGolden.wire, loadReportGolden.wire
+	n := len(without) - clusterMsgTagLen
+	require.Equal(t, without[8+1:n], with[8+1:n])
+	require.Len(t, with, len(without)+loadAdaptLen)
+}
+
+// TestLoadReportAdaptAllocs: the adaptation section costs the decoder no
+// allocation (the id string is the decode's only one, with or without it).
+func TestLoadReportAdaptAllocs(t *testing.T) {
+	k := testClusterKey(t)
 	var r LoadReport
-	require.NoError(t, r.Unmarshal(g.wire, k))
-	require.Equal(t, g.msg, r)
-	m, err := decodeClusterMsg(g.wire, k)
-	require.NoError(t, err)
-	require.Equal(t, &g.msg, m)
+	allocs := func(wire []byte) float64 {
+		return testing.AllocsPerRun(100, func() {
+			if err := r.Unmarshal(wire, k); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	require.Equal(t, allocs(loadReportGolden.wire), allocs(loadAdaptGolden.wire))
+	require.LessOrEqual(t, allocs(loadAdaptGolden.wire), 1.0)
 }
 
 func TestLoadReportRoundTrip(t *testing.T) {
@@ -104,6 +184,13 @@ func TestLoadReportRoundTrip(t *testing.T) {
 				StateDegraded: true, Draining: true, StateQueued: 1<<32 - 1, AudioMuted: 1<<64 - 1, ShedVideo: 1<<64 - 1,
 			},
 		},
+		{"golden with adaptation", loadAdaptGolden.msg, loadAdaptGolden.msg},
+		{"zero adaptation section", LoadReport{Forwarder: "f", HasAdapt: true}, LoadReport{Forwarder: "f", HasAdapt: true}},
+		{
+			"adaptation extremes",
+			LoadReport{Forwarder: strings.Repeat("a", 64), HasAdapt: true, Adapt: LoadAdapt{1<<64 - 1, 1, 2, 3, 1<<64 - 1, 5, 6, 1<<64 - 1}},
+			LoadReport{Forwarder: strings.Repeat("a", 64), HasAdapt: true, Adapt: LoadAdapt{1<<64 - 1, 1, 2, 3, 1<<64 - 1, 5, 6, 1<<64 - 1}},
+		},
 		{
 			"sub-millisecond times are truncated",
 			LoadReport{Forwarder: "fwd-a", Draining: true, At: time.Unix(1_800_000_000, 123_456_789)},
@@ -113,7 +200,11 @@ func TestLoadReportRoundTrip(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			b, err := tt.in.Marshal(nil, k)
 			require.NoError(t, err)
-			require.Len(t, b, clusterMsgOverhead+loadReportFixedLen+len(tt.in.Forwarder))
+			want := clusterMsgOverhead + loadReportFixedLen + len(tt.in.Forwarder)
+			if tt.in.HasAdapt {
+				want += loadAdaptLen
+			}
+			require.Len(t, b, want)
 			var got LoadReport
 			require.NoError(t, got.Unmarshal(b, k))
 			require.Equal(t, tt.want, got)
@@ -138,6 +229,7 @@ func TestLoadReportMarshalRejects(t *testing.T) {
 		{"level 255", "throttle level 255", func(r *LoadReport) { r.Level = 255 }},
 		{"started out of range", "started time", func(r *LoadReport) { r.Started = time.Unix(1<<62, 0) }},
 		{"at out of range", "at time", func(r *LoadReport) { r.At = time.Unix(-1<<62, 0) }},
+		{"adaptation counters without HasAdapt", "adaptation counters but not HasAdapt", func(r *LoadReport) { r.Adapt.Probes = 1 }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := loadReportGolden.msg
@@ -154,6 +246,12 @@ func TestLoadReportMarshalRejects(t *testing.T) {
 // loadBody returns the golden body, edited.
 func loadBody(edit func(b []byte) []byte) []byte {
 	g := loadReportGolden.wire
+	return edit(bytes.Clone(g[clusterMsgHeaderLen : len(g)-clusterMsgTagLen]))
+}
+
+// adaptBody returns the golden body with the adaptation section, edited.
+func adaptBody(edit func(b []byte) []byte) []byte {
+	g := loadAdaptGolden.wire
 	return edit(bytes.Clone(g[clusterMsgHeaderLen : len(g)-clusterMsgTagLen]))
 }
 
@@ -176,6 +274,16 @@ func TestLoadReportUnmarshalRejects(t *testing.T) {
 			b[1] = 65
 			return append(b[:loadReportFixedLen], strings.Repeat("f", 65)...)
 		})},
+		{"adaptation flag without the section", "adaptation flag truncated: body of 123 bytes, want 187", loadBody(func(b []byte) []byte { b[0] |= 0x04; return b })},
+		{"adaptation section short", "body of 186 bytes, want 187", adaptBody(func(b []byte) []byte { return b[:len(b)-1] })},
+		{"adaptation section long", "1 trailing bytes after the adaptation section", adaptBody(func(b []byte) []byte { return append(b, 0) })},
+		{"section without the flag", "64 trailing bytes after the body", adaptBody(func(b []byte) []byte { b[0] &^= 0x04; return b })},
+		{"adaptation, id length short", "1 trailing bytes after the adaptation section", adaptBody(func(b []byte) []byte { b[1] = 4; return b })},
+		{"adaptation, id length long", "body of 187 bytes, want 188", adaptBody(func(b []byte) []byte { b[1] = 6; return b })},
+		{"adaptation, id length 0", "forwarder id of 0 bytes", adaptBody(func(b []byte) []byte {
+			b[1] = 0
+			return append(b[:loadReportFixedLen], b[len(b)-loadAdaptLen:]...)
+		})},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := loadReportGolden.msg
@@ -187,10 +295,13 @@ func TestLoadReportUnmarshalRejects(t *testing.T) {
 	}
 
 	t.Run("reserved bits are ignored", func(t *testing.T) {
-		b := rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] |= 0xfc; b[3] = 0xff; return b }))
+		b := rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] |= 0xf8; b[3] = 0xff; return b }))
 		var r LoadReport
 		require.NoError(t, r.Unmarshal(b, k))
 		require.Equal(t, loadReportGolden.msg, r)
+		b = rawClusterMsg(k, byte(ClusterMsgLoadReport), adaptBody(func(b []byte) []byte { b[0] |= 0xf8; b[3] = 0xff; return b }))
+		require.NoError(t, r.Unmarshal(b, k))
+		require.Equal(t, loadAdaptGolden.msg, r)
 	})
 }
 
@@ -204,18 +315,20 @@ func TestLoadReportEnvelopeRejects(t *testing.T) {
 		require.Equal(t, LoadReport{}, r, "a rejected report leaves the zero value")
 		return err
 	}
-	for i := range len(wire) {
-		require.ErrorIs(t, unmarshal(wire[:i], k), ErrClusterMsgInvalid, "truncated to %d bytes", i)
-	}
-	require.ErrorContains(t, unmarshal(append(bytes.Clone(wire), 0), k), "trailing bytes")
-	for i := range len(wire) * 8 {
-		b := bytes.Clone(wire)
-		b[i/8] ^= 1 << (i % 8)
-		err := unmarshal(b, k)
-		if _, perr := PeekClusterMsgType(b); i/8 < clusterMsgHeaderLen && perr != nil {
-			require.ErrorIs(t, err, ErrClusterMsgInvalid, "bit %d of the envelope header", i)
-		} else {
-			require.ErrorIs(t, err, ErrClusterMsgAuth, "bit %d", i)
+	for _, wire := range [][]byte{wire, loadAdaptGolden.wire} {
+		for i := range len(wire) {
+			require.ErrorIs(t, unmarshal(wire[:i], k), ErrClusterMsgInvalid, "truncated to %d bytes", i)
+		}
+		require.ErrorContains(t, unmarshal(append(bytes.Clone(wire), 0), k), "trailing bytes")
+		for i := range len(wire) * 8 {
+			b := bytes.Clone(wire)
+			b[i/8] ^= 1 << (i % 8)
+			err := unmarshal(b, k)
+			if _, perr := PeekClusterMsgType(b); i/8 < clusterMsgHeaderLen && perr != nil {
+				require.ErrorIs(t, err, ErrClusterMsgInvalid, "bit %d of the envelope header", i)
+			} else {
+				require.ErrorIs(t, err, ErrClusterMsgAuth, "bit %d", i)
+			}
 		}
 	}
 	other := k
@@ -239,22 +352,31 @@ func loadReportFuzzSeeds(t testing.TB) map[string][]byte {
 	g := loadReportGolden.wire
 	minimal, err := (&LoadReport{Forwarder: "f", Draining: true}).Marshal(nil, k)
 	require.NoError(t, err)
+	adaptMinimal, err := (&LoadReport{Forwarder: "f", HasAdapt: true, Adapt: LoadAdapt{Nacked: 1, Resent: 1}}).Marshal(nil, k)
+	require.NoError(t, err)
 	altered := bytes.Clone(g)
 	altered[clusterMsgHeaderLen+2] ^= 0x07
 	return map[string][]byte{
-		"golden":         g,
-		"minimal":        minimal,
-		"truncated":      g[:len(g)-1],
-		"altered":        altered,
-		"level-5":        rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[2] = 5; return b })),
-		"reserved-bits":  rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] = 0xff; b[3] = 0xff; return b })),
-		"id-length-off":  rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[1] = 4; return b })),
-		"short-body":     rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { return b[:loadReportFixedLen] })),
-		"announce":       clusterGoldenTests[2].wire,
-		"trailing-byte":  append(bytes.Clone(g), 0),
-		"empty":          {},
-		"envelope-only":  rawClusterMsg(k, byte(ClusterMsgLoadReport), nil),
-		"wrong-key-like": append(bytes.Clone(g[:len(g)-clusterMsgTagLen]), make([]byte, clusterMsgTagLen)...),
+		"golden":           g,
+		"minimal":          minimal,
+		"truncated":        g[:len(g)-1],
+		"altered":          altered,
+		"level-5":          rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[2] = 5; return b })),
+		"reserved-bits":    rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] = 0xfb; b[3] = 0xff; return b })),
+		"id-length-off":    rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[1] = 4; return b })),
+		"short-body":       rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { return b[:loadReportFixedLen] })),
+		"announce":         clusterGoldenTests[2].wire,
+		"trailing-byte":    append(bytes.Clone(g), 0),
+		"empty":            {},
+		"envelope-only":    rawClusterMsg(k, byte(ClusterMsgLoadReport), nil),
+		"wrong-key-like":   append(bytes.Clone(g[:len(g)-clusterMsgTagLen]), make([]byte, clusterMsgTagLen)...),
+		"adapt-golden":     loadAdaptGolden.wire,
+		"adapt-minimal":    adaptMinimal,
+		"adapt-reserved":   rawClusterMsg(k, byte(ClusterMsgLoadReport), adaptBody(func(b []byte) []byte { b[0] = 0xff; b[3] = 0xff; return b })),
+		"adapt-no-section": rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] |= 0x04; return b })),
+		"adapt-no-flag":    rawClusterMsg(k, byte(ClusterMsgLoadReport), adaptBody(func(b []byte) []byte { b[0] &^= 0x04; return b })),
+		"adapt-short":      rawClusterMsg(k, byte(ClusterMsgLoadReport), adaptBody(func(b []byte) []byte { return b[:len(b)-1] })),
+		"adapt-id-off":     rawClusterMsg(k, byte(ClusterMsgLoadReport), adaptBody(func(b []byte) []byte { b[1] = 6; return b })),
 	}
 }
 

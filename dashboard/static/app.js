@@ -23,6 +23,8 @@
 
   const fmt = (n) => (n === undefined || n === null ? "–" : Number(n).toLocaleString("en-US"));
   const pct = (permille) => (permille / 10).toFixed(permille >= 100 ? 0 : 1) + "%";
+  // rate shows a rate with one decimal below 100.
+  const rate = (x) => (x >= 100 ? fmt(Math.round(x)) : x.toFixed(1));
 
   function count(n, cls) {
     return el("td", { class: n > 0 ? cls || "" : "zero" }, fmt(n));
@@ -58,6 +60,36 @@
     return t;
   }
 
+  // adaptCell shows the NACK, retransmission and probe rates of the last
+  // minute (AdaptView).
+  function adaptCell(f) {
+    const td = el("td", { class: "adapt" });
+    const a = f.adapt;
+    if (!a) {
+      td.append(el("span", { class: "empty" }, f.hasReport ? "not reported (a forwarder older than the adaptation counters)" : "no load report"));
+      return td;
+    }
+    const t = a.total;
+    td.title = "since the forwarder started: " + fmt(t.nacked) + " NACKed, " + fmt(t.resent) + " resent (" + fmt(Math.round(t.resentBytes / 1000)) + " kB), " +
+      fmt(t.notCached) + " not cached, " + fmt(t.overBudget) + " over budget, " + fmt(t.probes) + " probes, " +
+      fmt(t.keyFramesAsked) + " key frames asked, " + fmt(t.subscriptions) + " subscriptions";
+    if (!(a.windowSecs > 0)) {
+      td.append(el("span", { class: "empty" }, "measuring… (one report so far)"));
+      return td;
+    }
+    const share = a.nackedPerSec > 0 ? " (" + Math.round((100 * a.resentPerSec) / a.nackedPerSec) + "%)" : "";
+    td.append(el("div", { class: "nacks" }, "NACKs: " + rate(a.resentPerSec) + "/s resent of " + rate(a.nackedPerSec) + "/s" + share));
+    const unanswered = [];
+    if (a.notCachedPerSec > 0) unanswered.push("not cached " + rate(a.notCachedPerSec) + "/s");
+    if (a.overBudgetPerSec > 0) unanswered.push("over budget " + rate(a.overBudgetPerSec) + "/s");
+    if (a.boundedPerSec > 0) unanswered.push("asked too often " + rate(a.boundedPerSec) + "/s");
+    if (unanswered.length) td.append(el("div", { class: "unanswered" }, unanswered.join(" · ")));
+    td.append(el("div", { class: "retx" }, "retransmitted " + rate(a.resentKBPerSec) + " kB/s · probes " + rate(a.probesPerMin) + "/min"));
+    td.append(el("div", { class: "hint" }, "key frames asked " + rate(a.keyFramesPerMin) + "/min · subscriptions " + rate(a.subscriptionsPerMin) + "/min" +
+      (a.windowSecs < 59.5 ? " · over the last " + Math.round(a.windowSecs) + " s" : "")));
+    return td;
+  }
+
   function forwarderRow(f) {
     const status = el("td", { class: "status" });
     status.append(el("span", { class: "pill " + (f.up ? "up" : "down") }, f.up ? "up" : "DOWN"));
@@ -77,7 +109,8 @@
       status, level, loadCell(f),
       el("td", { class: "num sessions" }, fmt(f.sessions)),
       el("td", { class: "num calls" }, f.hasReport ? fmt(f.callsOneToOne) + " / " + fmt(f.callsGroup) : fmt(f.calls) + " (all)"),
-      el("td", { class: "admissions" }, classesTable(f.classes)));
+      el("td", { class: "admissions" }, classesTable(f.classes)),
+      adaptCell(f));
   }
 
   // ---- partitions -------------------------------------------------------
@@ -233,14 +266,62 @@
     }
     t.append(tb);
     out.push(t);
+    out.push(...videoSection(c.video));
     $("call-result").replaceChildren(...out);
+  }
+
+  // videoSection shows the conductor's latest decision on the call's video
+  // (VideoView): each sender's plan, and who gets whose video at which layer.
+  function videoSection(v) {
+    const out = [el("h3", {}, "Video layers")];
+    if (!v) return out;
+    const ignored = v.forged + v.malformed > 0 ? " (ignored " + fmt(v.forged) + " forged, " + fmt(v.malformed) + " malformed decision(s))" : "";
+    if (!v.seen) {
+      out.push(el("p", { class: v.busy ? "hint error" : "hint", id: "call-video-note" }, v.note + (v.forged ? "" : ignored)));
+      return out;
+    }
+    const from = "conductor " + v.conductor + ", epoch " + v.epoch + ", decision " + v.seq + (v.at ? " at " + new Date(v.at).toLocaleTimeString() : "");
+    if (!v.video) {
+      out.push(el("p", { id: "call-video-note" }, el("strong", {}, "no video"), " — " + v.note + " (" + from + ")" + ignored));
+      return out;
+    }
+    out.push(el("p", { class: "hint", id: "call-video-note" }, "from " + from + (v.note ? " — " + v.note : "") + ignored));
+    const kbps = (x) => (x > 0 ? fmt(Math.round(x)) : "off");
+    const st = el("table", { class: "grid small", id: "call-senders" },
+      el("thead", {}, el("tr", {}, el("th", {}, "sender"), el("th", {}, "plan"), el("th", { class: "num" }, "target kbit/s"),
+        el("th", {}, "per layer kbit/s, lowest first"))));
+    const sb = el("tbody");
+    for (const s of v.senders) {
+      sb.append(el("tr", { "data-sender": s.participant },
+        el("td", { class: "mono" }, s.participant),
+        el("td", {}, s.layers === 1 ? "one stream" : s.layers + " layers (simulcast)"),
+        el("td", { class: "num" }, kbps(s.targetKbps)),
+        el("td", {}, (s.layerKbps || []).map(kbps).join(" / "))));
+    }
+    st.append(sb);
+    if (v.senders.length) out.push(st);
+    else out.push(el("p", { class: "hint" }, "no sender plans in the decision"));
+    const lt = el("table", { class: "grid small", id: "call-layers" },
+      el("thead", {}, el("tr", {}, el("th", {}, "receiver"), el("th", {}, "gets sender"), el("th", {}, "layer"), el("th", { class: "num" }, "rank"))));
+    const lb = el("tbody");
+    for (const l of v.layers) {
+      lb.append(el("tr", { "data-receiver": l.receiver, "data-sender": l.sender, "data-rank": l.rank },
+        el("td", { class: "mono" }, l.receiver),
+        el("td", { class: "mono" }, l.sender),
+        el("td", { class: l.rank === 255 ? "zero" : "" }, l.layer),
+        el("td", { class: "num" }, l.rank === 255 ? "none" : l.rank)));
+    }
+    lt.append(lb);
+    if (v.layers.length) out.push(lt, el("p", { class: "hint" }, "pairs not listed are left to the forwarders' own policy"));
+    else out.push(el("p", { class: "hint" }, "no layer assignments: the forwarders' own policy decides"));
+    return out;
   }
 
   async function lookUp(ev) {
     ev.preventDefault();
     const id = $("call-id").value.trim();
     const res = $("call-result");
-    res.replaceChildren(el("p", { class: "hint" }, "looking up…"));
+    res.replaceChildren(el("p", { class: "hint" }, "looking up… (listening up to a second and a half for the conductor's decision)"));
     try {
       const r = await fetch("api/call?id=" + encodeURIComponent(id));
       const body = await r.json();
