@@ -15,6 +15,7 @@ type metrics struct {
 	metadata      prometheus.Counter
 	rejected      *prometheus.CounterVec
 	switches      prometheus.Counter
+	videoChanges  *prometheus.CounterVec
 	switchLatency prometheus.Histogram
 	decideSeconds prometheus.Histogram
 	leaseErrors   prometheus.Counter
@@ -46,6 +47,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			[]string{"reason"}),
 		switches: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_speaker_switches_total",
 			Help: "Dominant speaker changes."}),
+		videoChanges: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrelay_conductor_video_allocations_total",
+			Help: "Video allocations that changed a call's decision, and of them the senders asked to split into simulcast layers or to go back to one stream."},
+			[]string{"change"}),
 		switchLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrelay_conductor_speaker_switch_latency_seconds",
 			Help:    "From the start of the new dominant speaker's speech run to the switch.",
 			Buckets: []float64{0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5}}),
@@ -79,7 +83,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.owned, m.takeovers, m.decisions, m.metadata, m.rejected, m.switches, m.switchLatency,
 			m.decideSeconds, m.leaseErrors, m.storeErrors, m.natsErrors, m.ioDropped, m.checkpoints, m.restored, m.storeDown,
-			m.behind, m.deferred, m.storeLatency, m.natsRTT)
+			m.behind, m.deferred, m.storeLatency, m.natsRTT, m.videoChanges)
 	}
 	return m
 }

@@ -310,7 +310,7 @@ func (p *partition) decide(cs *callState, now time.Time) bool {
 			p.c.m.switchLatency.Observe(now.Sub(s.start).Seconds())
 		}
 	}
-	videoChanged := cs.allocateVideo(now, dom, p.fwd)
+	videoChanged := cs.allocateVideo(now, dom, p.fwd, p.c.m.videoChanges)
 	if !changed && !setChanged && !videoChanged && cs.decided && now.Sub(cs.lastSent) < p.c.cfg.Republish {
 		return false
 	}

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/callrelay/callrelay/protocol"
 )
 
@@ -65,7 +67,7 @@ func (cs *callState) forgetVideo(id protocol.ID) {
 
 // allocateVideo runs the allocator and reports whether its result differs
 // from the last decided one.
-func (cs *callState) allocateVideo(now time.Time, dominant protocol.ID, forward []protocol.ID) bool {
+func (cs *callState) allocateVideo(now time.Time, dominant protocol.ID, forward []protocol.ID, changes *prometheus.CounterVec) bool {
 	cv := cs.video
 	if cv == nil {
 		return false
@@ -112,6 +114,23 @@ func (cs *callState) allocateVideo(now time.Time, dominant protocol.ID, forward 
 	}
 	if slices.Equal(layers, cv.layers) && slices.EqualFunc(senders, cv.senders, similarTarget) {
 		return false
+	}
+	if changes != nil {
+		changes.WithLabelValues("allocation").Inc()
+		for _, s := range senders {
+			was := uint8(1)
+			for _, o := range cv.senders {
+				if o.Participant == s.Participant {
+					was = o.Layers
+				}
+			}
+			switch {
+			case s.Layers > 1 && was == 1:
+				changes.WithLabelValues("split").Inc()
+			case s.Layers == 1 && was > 1:
+				changes.WithLabelValues("unsplit").Inc()
+			}
+		}
 	}
 	cv.senders, cv.layers = senders, layers
 	return true

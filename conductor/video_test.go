@@ -35,7 +35,7 @@ func TestCallVideoFromMetadataToDecision(t *testing.T) {
 		}
 	}
 	observe(3_000_000)
-	require.True(t, cs.allocateVideo(now, cam, []protocol.ID{cam}), "the first allocation is news")
+	require.True(t, cs.allocateVideo(now, cam, []protocol.ID{cam}, nil), "the first allocation is news")
 	require.Len(t, cs.video.layers, 2)
 	for _, l := range cs.video.layers {
 		require.Equal(t, uint8(2), l.Rank)
@@ -45,12 +45,12 @@ func TestCallVideoFromMetadataToDecision(t *testing.T) {
 	// The same input again, and an estimate that moves a little: no news.
 	now = now.Add(100 * time.Millisecond)
 	observe(2_900_000)
-	require.False(t, cs.allocateVideo(now, cam, []protocol.ID{cam}))
+	require.False(t, cs.allocateVideo(now, cam, []protocol.ID{cam}, nil))
 
 	// The slow receiver's downlink falls to 300 kbit/s: split, low for it.
 	now = now.Add(100 * time.Millisecond)
 	observe(300_000)
-	require.True(t, cs.allocateVideo(now, cam, []protocol.ID{cam}))
+	require.True(t, cs.allocateVideo(now, cam, []protocol.ID{cam}, nil))
 	st := senderTarget(t, cs, cam)
 	require.Equal(t, uint8(2), st.Layers)
 	require.Equal(t, uint32(ladder.LowBps), st.LayerBps[0])
@@ -66,10 +66,10 @@ func TestCallVideoFromMetadataToDecision(t *testing.T) {
 	// leaves is forgotten at once.
 	cs.forgetVideo(slow)
 	now = now.Add(100 * time.Millisecond)
-	cs.allocateVideo(now, cam, []protocol.ID{cam})
+	cs.allocateVideo(now, cam, []protocol.ID{cam}, nil)
 	require.Len(t, cs.video.layers, 1)
 	now = now.Add(videoStale + time.Second)
-	cs.allocateVideo(now, cam, []protocol.ID{cam})
+	cs.allocateVideo(now, cam, []protocol.ID{cam}, nil)
 	require.Empty(t, cs.video.members)
 }
 
