@@ -327,3 +327,56 @@ func TestNackOnlyForTheForwardedLayer(t *testing.T) {
 	require.EqualValues(t, 1, s.NackOutcomes[nackSent])
 	require.EqualValues(t, 1, s.NackOutcomes[nackMiss])
 }
+
+// TestProbesForAHeldDownReceiver: a receiver the conductor holds below what
+// it subscribed to gets padding probes (RTP, SSRC 0) on top of its media,
+// at about 1.5 times its estimate; when its REMB falls, they stop at once.
+// Nobody else gets them.
+func TestProbesForAHeldDownReceiver(t *testing.T) {
+	old := probeAfterHold
+	probeAfterHold = 200 * time.Millisecond
+	t.Cleanup(func() { probeAfterHold = old })
+	r, devs, ids := adaptCall(t)
+	remb := func(bps float32) {
+		b, err := (&rtcp.ReceiverEstimatedMaximumBitrate{Bitrate: bps, SSRCs: []uint32{1}}).Marshal()
+		require.NoError(t, err)
+		devs[1].send(b)
+	}
+	remb(400_000)
+	// The conductor's word, as a decision would set it: devs[1] gets at most
+	// the low rank of devs[0]'s video.
+	require.Eventually(t, func() bool {
+		rte := r.f.routes.Load().bySrc[devs[1].addr()]
+		if rte == nil || rte.rxPairs[ids[0]] == nil {
+			return false
+		}
+		rte.rxPairs[ids[0]].target.Store(1)
+		return true
+	}, 2*time.Second, 10*time.Millisecond)
+
+	probes := func(d *rawDevice, wait time.Duration) (n, bytes int) {
+		for _, p := range rtpOnly(d.media(wait)) {
+			var h protocol.RTPHeader
+			if h.Parse(p) == nil && h.SSRC == protocol.RelayProbeSSRC {
+				n++
+				bytes += len(p)
+			}
+		}
+		return n, bytes
+	}
+	n, b := probes(devs[1], 1200*time.Millisecond)
+	t.Logf("%d probes, %d bytes in 1.2 s", n, b)
+	require.Positive(t, n, "the held-down receiver is probed")
+	// 1.5 x 400 kbit/s for at most ~1 s of the window: about 75 kB.
+	require.InDelta(t, 75_000, b, 40_000)
+	require.EqualValues(t, 1, r.f.Stats().Probes)
+
+	// Its REMB falls: the probe stops at once.
+	remb(200_000)
+	time.Sleep(100 * time.Millisecond)
+	devs[1].media(50 * time.Millisecond)
+	n, _ = probes(devs[1], 500*time.Millisecond)
+	require.Zero(t, n, "no probe after the REMB fell")
+	n, _ = probes(devs[2], 50*time.Millisecond)
+	require.Zero(t, n, "a receiver that is not held down is not probed")
+}

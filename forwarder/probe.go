@@ -32,9 +32,12 @@ const (
 	probeSize       = 1000
 	probeMinBps     = 50_000
 	probeMaxRises   = 5
-	probeAfterHold  = 10 * time.Second // the first probe after a receiver is moved down
-	maxProbing      = 16               // receivers probed at once per forwarder
+	maxProbing      = 16 // receivers probed at once per forwarder
 )
+
+// probeAfterHold is how long after a receiver was moved down its first
+// probe waits (a variable only so that tests need not wait that long).
+var probeAfterHold = 10 * time.Second
 
 // heldDown reports whether a receiver gets less video than it subscribed
 // to: a pair the conductor holds below the top rank, or off.
