@@ -65,9 +65,6 @@ type downlink struct {
 	// receiver's flow (its NACKs arrive there).
 	tokens float64
 	lastNS int64
-
-	// The control goroutine's last reading of sent, for the media rate.
-	sentLast uint64
 }
 
 // rtxTake takes n bytes of retransmission budget, or says there is none.

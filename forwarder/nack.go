@@ -129,18 +129,6 @@ func (c *nackCache) resend(dst []byte, ssrc uint32, seq uint16, nowNS, minGapNS 
 	return n, nackSent
 }
 
-// has reports whether ssrc is one of the sender's streams.
-func (c *nackCache) has(ssrc uint32) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i := range c.streams {
-		if c.streams[i].used && c.streams[i].ssrc == ssrc {
-			return true
-		}
-	}
-	return false
-}
-
 type nackOutcome uint8
 
 const (

@@ -196,3 +196,15 @@ func TestHotPathVideoAndNackAllocateNothing(t *testing.T) {
 	require.Positive(t, r.c.nackOut[nackSent].Load(), "NACKs answered from the cache")
 	require.Positive(t, rt.bySrc[rx].media.down.resent.Load(), "retransmissions count against the receiver's leg")
 }
+
+// has reports whether ssrc is one of the sender's streams.
+func (c *nackCache) has(ssrc uint32) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.streams {
+		if c.streams[i].used && c.streams[i].ssrc == ssrc {
+			return true
+		}
+	}
+	return false
+}
