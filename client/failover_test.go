@@ -50,18 +50,6 @@ func nextEvent(t *testing.T, s *Session) SessionEvent {
 	}
 }
 
-func recvSession(t *testing.T, s *Session) *Packet {
-	t.Helper()
-	select {
-	case p, ok := <-s.Media():
-		require.True(t, ok, "media closed: %v", s.Err())
-		return p
-	case <-time.After(3 * time.Second):
-		t.Fatal("no media within 3s")
-		return nil
-	}
-}
-
 // talk checks that media flows both ways between s and peer, through
 // whichever forwarder they share.
 func talk(t *testing.T, s *Session, peer *Conn) {
