@@ -146,14 +146,13 @@ func TestThrottleFastUp(t *testing.T) {
 func TestThrottleSlowDown(t *testing.T) {
 	f := newLoadFeed(t, LoadConfig{HoldDown: 5 * time.Second})
 	require.Equal(t, ThrottleSecondParty, f.step(time.Second, 1.2))
-	start := f.now
 
 	// Within the hysteresis (level 4 is left below 0.90): no change, ever.
 	for range 30 {
 		require.Equal(t, ThrottleSecondParty, f.step(time.Second, 0.91))
 	}
 	// Idle from now on: one level per HoldDown, timed from the first sample below.
-	start = f.now
+	start := f.now
 	var got []ThrottleLevel
 	var at []time.Duration
 	for range 40 {
