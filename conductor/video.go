@@ -35,6 +35,10 @@ type callVideo struct {
 
 	senders []protocol.SenderTarget // last decided
 	layers  []protocol.LayerAssign
+	ids     []protocol.ID // scratch, reused every tick
+	// The plan being computed, compared with the decided one; reused.
+	nextSenders []protocol.SenderTarget
+	nextLayers  []protocol.LayerAssign
 }
 
 // observeVideo keeps a member's video section.
@@ -72,11 +76,40 @@ func (cs *callState) allocateVideo(now time.Time, dominant protocol.ID, forward 
 	if cv == nil {
 		return false
 	}
+	cv.fillInput(now, dominant, forward)
+	cv.alloc.Allocate(now, &cv.in, &cv.out)
+	next, nextLayers := cv.nextSenders[:0], cv.nextLayers[:0]
+	for _, sp := range cv.out.Senders {
+		st := protocol.SenderTarget{Participant: sp.Sender, Layers: max(1, sp.Layers), TotalBps: clampU32(sp.TotalBps)}
+		for i := range st.LayerBps {
+			st.LayerBps[i] = clampU32(sp.LayerBps[i])
+		}
+		next = append(next, st)
+	}
+	for _, pl := range cv.out.Pairs {
+		nextLayers = append(nextLayers, protocol.LayerAssign{Receiver: pl.Receiver, Sender: pl.Sender, Rank: pl.Rank})
+	}
+	cv.nextSenders, cv.nextLayers = next, nextLayers
+	if slices.Equal(nextLayers, cv.layers) && slices.EqualFunc(next, cv.senders, similarTarget) {
+		return false
+	}
+	if changes != nil {
+		countChanges(changes, cv.senders, next)
+	}
+	// The new plan becomes the decided one; the old one's space is reused.
+	cv.senders, cv.nextSenders = next, cv.senders
+	cv.layers, cv.nextLayers = nextLayers, cv.layers
+	return true
+}
+
+// fillInput builds the allocator's input from the members' last video
+// metadata, dropping members not heard of for videoStale, in id order
+// (the allocation is deterministic).
+func (cv *callVideo) fillInput(now time.Time, dominant protocol.ID, forward []protocol.ID) {
 	in := &cv.in
 	in.Members = in.Members[:0]
-	in.Dominant = dominant
-	in.Forwarded = forward
-	ids := make([]protocol.ID, 0, len(cv.members))
+	in.Dominant, in.Forwarded = dominant, forward
+	ids := cv.ids[:0]
 	for id, mv := range cv.members {
 		if now.Sub(mv.at) > videoStale {
 			delete(cv.members, id)
@@ -85,7 +118,8 @@ func (cs *callState) allocateVideo(now time.Time, dominant protocol.ID, forward 
 		}
 		ids = append(ids, id)
 	}
-	slices.SortFunc(ids, func(a, b protocol.ID) int { return compareID(a, b) }) // deterministic
+	slices.SortFunc(ids, compareID)
+	cv.ids = ids
 	for len(cv.subs) < len(ids) {
 		cv.subs = append(cv.subs, nil)
 	}
@@ -99,41 +133,26 @@ func (cs *callState) allocateVideo(now time.Time, dominant protocol.ID, forward 
 		in.Members = append(in.Members, AllocMember{ID: id, UplinkBps: uint64(mv.v.UplinkEstBps),
 			DownlinkBps: uint64(mv.v.DownlinkEstBps), SendsVideo: mv.everVideo, Subs: subs})
 	}
-	cv.alloc.Allocate(now, in, &cv.out)
-	senders := make([]protocol.SenderTarget, 0, len(cv.out.Senders))
-	for _, sp := range cv.out.Senders {
-		st := protocol.SenderTarget{Participant: sp.Sender, Layers: max(1, sp.Layers), TotalBps: clampU32(sp.TotalBps)}
-		for i := range st.LayerBps {
-			st.LayerBps[i] = clampU32(sp.LayerBps[i])
-		}
-		senders = append(senders, st)
-	}
-	layers := make([]protocol.LayerAssign, 0, len(cv.out.Pairs))
-	for _, pl := range cv.out.Pairs {
-		layers = append(layers, protocol.LayerAssign{Receiver: pl.Receiver, Sender: pl.Sender, Rank: pl.Rank})
-	}
-	if slices.Equal(layers, cv.layers) && slices.EqualFunc(senders, cv.senders, similarTarget) {
-		return false
-	}
-	if changes != nil {
-		changes.WithLabelValues("allocation").Inc()
-		for _, s := range senders {
-			was := uint8(1)
-			for _, o := range cv.senders {
-				if o.Participant == s.Participant {
-					was = o.Layers
-				}
-			}
-			switch {
-			case s.Layers > 1 && was == 1:
-				changes.WithLabelValues("split").Inc()
-			case s.Layers == 1 && was > 1:
-				changes.WithLabelValues("unsplit").Inc()
+}
+
+// countChanges counts a changed allocation, and the senders it asks to
+// split or to go back to one stream.
+func countChanges(changes *prometheus.CounterVec, was, now []protocol.SenderTarget) {
+	changes.WithLabelValues("allocation").Inc()
+	for _, s := range now {
+		layers := uint8(1)
+		for _, o := range was {
+			if o.Participant == s.Participant {
+				layers = o.Layers
 			}
 		}
+		switch {
+		case s.Layers > 1 && layers == 1:
+			changes.WithLabelValues("split").Inc()
+		case s.Layers == 1 && layers > 1:
+			changes.WithLabelValues("unsplit").Inc()
+		}
 	}
-	cv.senders, cv.layers = senders, layers
-	return true
 }
 
 func clampU32(v uint64) uint32 { return uint32(min(v, 1<<32-1)) }

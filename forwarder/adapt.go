@@ -332,35 +332,33 @@ func (c *control) sendRTCP(to netip.AddrPort, p rtcp.Packet) {
 // syncRemoteMedia keeps one mediaInfo per remote member of the call, and
 // forgets the default video pairs of senders no longer in it.
 func syncRemoteMedia(cl *call) {
-	defer func() {
-		for _, s := range cl.members {
-			for id := range s.video.defaults {
-				if cl.members[id] == nil && cl.remoteMedia[id] == nil {
-					delete(s.video.defaults, id)
-				}
+	syncRemoteSenders(cl)
+	for _, s := range cl.members {
+		for id := range s.video.defaults {
+			if cl.members[id] == nil && cl.remoteMedia[id] == nil {
+				delete(s.video.defaults, id)
 			}
 		}
-	}()
+	}
+}
+
+// syncRemoteSenders makes cl.remoteMedia hold exactly the members placed
+// on other forwarders and not here, keeping the ones it had.
+func syncRemoteSenders(cl *call) {
+	old := cl.remoteMedia
+	cl.remoteMedia = nil
 	for k := range cl.remote {
-		if _, ok := cl.members[k.participant]; ok {
+		if _, local := cl.members[k.participant]; local || cl.remoteMedia[k.participant] != nil {
 			continue
 		}
 		if cl.remoteMedia == nil {
 			cl.remoteMedia = make(map[protocol.ID]*mediaInfo)
 		}
-		if cl.remoteMedia[k.participant] == nil {
-			cl.remoteMedia[k.participant] = new(mediaInfo)
+		m := old[k.participant]
+		if m == nil {
+			m = new(mediaInfo)
 		}
-	}
-	for id := range cl.remoteMedia {
-		_, local := cl.members[id]
-		placed := false
-		for k := range cl.remote {
-			placed = placed || k.participant == id
-		}
-		if local || !placed {
-			delete(cl.remoteMedia, id)
-		}
+		cl.remoteMedia[k.participant] = m
 	}
 }
 

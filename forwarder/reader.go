@@ -143,7 +143,7 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 			r.muted++
 			return
 		}
-		r.cache(m, b, nowNS)
+		m.keep(b, &r.hdr, nowNS)
 		r.fanOut(rte, b)
 		return
 	}
@@ -153,9 +153,8 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 		return
 	}
 	vf, has := r.hdr.VideoFrame(r.f.adapt.videoID)
-	m.video.note(vf, has, len(b), nowNS)
-	m.noteSlot(slot, vf, has)
-	r.cache(m, b, nowNS)
+	m.noteVideo(slot, vf, has, len(b), nowNS)
+	m.keep(b, &r.hdr, nowNS)
 	for i := range rte.dests {
 		d := &rte.dests[i]
 		if d.pair != nil && d.pair.pass(vf, has, m, slot) {
@@ -185,14 +184,6 @@ func (r *reader) queue(b []byte, d *dest) {
 	}
 	r.bout += uint64(len(b))
 	d.rx.down.sent.Add(uint64(len(b)))
-}
-
-// cache keeps a sender's RTP packet for NACKs.
-func (r *reader) cache(m *mediaInfo, b []byte, nowNS int64) {
-	m.rtpSeen.Store(true)
-	if c := m.cache.Load(); c != nil {
-		c.put(b, r.hdr.SSRC, r.hdr.SequenceNumber, nowNS)
-	}
 }
 
 // toTrunks seals b once and queues the frame to every other forwarder of

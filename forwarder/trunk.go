@@ -90,16 +90,12 @@ func (t *trunkReader) video(cr *callRoute, ts *trunkSender, payload []byte) bool
 	}
 	m := ts.media
 	slot := m.note(t.rtp.SSRC)
-	m.rtpSeen.Store(true)
-	if c := m.cache.Load(); c != nil {
-		c.put(payload, t.rtp.SSRC, t.rtp.SequenceNumber, t.nowNS)
-	}
+	m.keep(payload, &t.rtp, t.nowNS)
 	if audio {
 		return false
 	}
 	vf, has := t.rtp.VideoFrame(t.f.adapt.videoID)
-	m.video.note(vf, has, len(payload), t.nowNS)
-	m.noteSlot(slot, vf, has)
+	m.noteVideo(slot, vf, has, len(payload), t.nowNS)
 	for i := range cr.members {
 		if p := ts.pairs[i]; p != nil && p.pass(vf, has, m, slot) {
 			t.queue(payload, &cr.members[i])

@@ -86,13 +86,26 @@ type videoMeter struct {
 	lastNS atomic.Int64                               // unix ns of the last video packet
 }
 
-// noteSlot remembers which layer the SSRC in slot carries.
-func (m *mediaInfo) noteSlot(slot int, vf protocol.VideoFrame, has bool) {
+// noteVideo meters one video packet of the sender, carried on the SSRC in
+// slot, and remembers which layer that SSRC carries.
+func (m *mediaInfo) noteVideo(slot int, vf protocol.VideoFrame, has bool, size int, nowNS int64) {
+	m.video.note(vf, has, size, nowNS)
 	if slot < 0 || !has {
 		return
 	}
 	if v := 1 | uint32(vf.Layers)<<4 | uint32(vf.Rank())<<8; m.slotVideo[slot].Load() != v {
 		m.slotVideo[slot].Store(v)
+	}
+}
+
+// keep stores one of the sender's RTP packets for NACKs (once the control
+// goroutine has made its cache).
+func (m *mediaInfo) keep(b []byte, h *protocol.RTPHeader, nowNS int64) {
+	if !m.rtpSeen.Load() {
+		m.rtpSeen.Store(true) // the control goroutine makes the cache
+	}
+	if c := m.cache.Load(); c != nil {
+		c.put(b, h.SSRC, h.SequenceNumber, nowNS)
 	}
 }
 
