@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Ensures what `make test` needs is installed:
 #   - Go;
-#   - redis-server, which internal/testenv starts on a private port for each
+#   - redis-server, which internal/testkit/testenv starts on a private port for each
 #     test (tests never use a Redis on :6379 or a NATS on :4222 that may
 #     already run on this machine; NATS is embedded as a library);
 #   - promtool (Debian's prometheus package), which checks the alert rules

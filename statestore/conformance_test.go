@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/callrelay/callrelay/internal/embedredis"
-	"github.com/callrelay/callrelay/internal/testenv"
+	"github.com/callrelay/callrelay/internal/testkit/testenv"
 	"github.com/callrelay/callrelay/protocol"
 )
 

@@ -10,12 +10,12 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
-	"github.com/callrelay/callrelay/internal/testenv"
+	"github.com/callrelay/callrelay/internal/testkit/testenv"
 	"github.com/callrelay/callrelay/protocol"
 )
 
 // Tests of the store on a Redis Cluster and on Sentinel, real redis-server
-// processes started by internal/testenv. Each deployment takes a few
+// processes started by internal/testkit/testenv. Each deployment takes a few
 // seconds to form, so one is shared by all the subtests of a test; call IDs
 // are random, and the lease suite (fixed names) flushes the data between
 // subtests.

@@ -22,7 +22,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/stretchr/testify/require"
 
-	"github.com/callrelay/callrelay/internal/testenv"
+	"github.com/callrelay/callrelay/internal/testkit/testenv"
 	"github.com/callrelay/callrelay/protocol"
 )
 

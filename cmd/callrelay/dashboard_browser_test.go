@@ -17,7 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/require"
 
-	"github.com/callrelay/callrelay/internal/testenv"
+	"github.com/callrelay/callrelay/internal/testkit/testenv"
 )
 
 var dashboardURL = regexp.MustCompile(`(?m)^dashboard: (http://127\.0\.0\.1:\d+)$`)

@@ -7,7 +7,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/callrelay/callrelay/internal/demo"
+	"github.com/callrelay/callrelay/demo"
 	"github.com/callrelay/callrelay/internal/logging"
 )
 

@@ -24,7 +24,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/callrelay/callrelay/client"
-	"github.com/callrelay/callrelay/internal/testenv"
+	"github.com/callrelay/callrelay/internal/testkit/testenv"
 	"github.com/callrelay/callrelay/protocol"
 )
 

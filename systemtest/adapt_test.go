@@ -15,15 +15,15 @@ import (
 
 	"github.com/callrelay/callrelay/client"
 	"github.com/callrelay/callrelay/forwarder"
-	"github.com/callrelay/callrelay/internal/calltest"
-	"github.com/callrelay/callrelay/internal/linkem"
-	"github.com/callrelay/callrelay/internal/testenv"
+	"github.com/callrelay/callrelay/internal/testkit/calltest"
+	"github.com/callrelay/callrelay/internal/testkit/linkem"
+	"github.com/callrelay/callrelay/internal/testkit/testenv"
 	"github.com/callrelay/callrelay/protocol"
 )
 
 // The network adaptation proofs (issue 5): real forwarders and conductors,
 // real UDP, and devices on the client library, each behind its own
-// in-process link emulator (internal/linkem) where the test impairs it.
+// in-process link emulator (internal/testkit/linkem) where the test impairs it.
 
 // vdev is a device of these tests: a client Conn, its receiver feedback,
 // and optionally a camera and a microphone.

@@ -17,8 +17,8 @@ import (
 
 	"github.com/callrelay/callrelay/conductor"
 	"github.com/callrelay/callrelay/forwarder"
-	"github.com/callrelay/callrelay/internal/calltest"
-	"github.com/callrelay/callrelay/internal/testenv"
+	"github.com/callrelay/callrelay/internal/testkit/calltest"
+	"github.com/callrelay/callrelay/internal/testkit/testenv"
 	"github.com/callrelay/callrelay/protocol"
 	"github.com/callrelay/callrelay/statestore"
 )
