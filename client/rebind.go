@@ -71,81 +71,129 @@ func (c *Conn) exchange(ctx context.Context, sock *net.UDPConn) (protocol.JoinRe
 	defer cancel()
 	stopOnDone := context.AfterFunc(c.ctx, cancel) // the session ended meanwhile
 	defer stopOnDone()
-	// Cancellation wakes the blocked read through its deadline; the mutex
-	// keeps a retransmission from pushing that deadline back out.
-	var mu sync.Mutex
-	cancelled := false
-	setDeadline := func(t time.Time) {
-		mu.Lock()
-		defer mu.Unlock()
-		if !cancelled {
-			_ = sock.SetReadDeadline(t)
-		}
-	}
-	stopWake := context.AfterFunc(ctx, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		cancelled = true
-		_ = sock.SetReadDeadline(time.Now())
-	})
-	defer stopWake()
+	j := newSocketJoin(ctx, c, sock)
+	defer j.stopWake()
 
 	var cookie []byte
-	tx, err := newTransaction(c.cfg.Token, protocol.JoinOptions{})
-	if err != nil {
+	if err := j.send(protocol.JoinOptions{}); err != nil {
 		return protocol.JoinResponse{}, nil, err
 	}
-	buf := make([]byte, MaxPacketSize+1)
-	rto, failures, rounds := c.cfg.RetransmitInitial, 0, 0
-	_, _ = sock.Write(tx.raw)
-	setDeadline(time.Now().Add(rto))
+	rounds := 0
 	for {
-		n, err := sock.Read(buf)
-		switch {
-		case ctx.Err() != nil:
-			if e := c.Err(); e != nil {
-				return protocol.JoinResponse{}, nil, e
-			}
-			return protocol.JoinResponse{}, nil, fmt.Errorf("%w (%w)", ErrJoinTimeout, ctx.Err())
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			rto = min(2*rto, c.cfg.RetransmitMax)
-			_, _ = sock.Write(tx.raw)
-			setDeadline(time.Now().Add(rto))
-			continue
-		case err != nil:
-			c.stats.readErrors.Add(1)
-			if failures++; failures >= maxReadFailures || errors.Is(err, net.ErrClosed) {
-				return protocol.JoinResponse{}, nil, err
-			}
-			continue // ICMP unreachable; the deadline bounds us
-		}
-		failures = 0
-		if protocol.Classify(buf[:n]) != protocol.KindSTUN {
-			c.stats.stray.Add(1)
-			continue
-		}
-		resp, err := protocol.ParseJoinResponse(buf[:n], tx.tid, c.key)
+		resp, err := j.answer(ctx)
 		if err != nil {
-			c.stats.countBadResponse(err)
-			continue
+			return protocol.JoinResponse{}, nil, err
 		}
 		switch {
 		case cookieChallenge(resp) && rounds < maxCookieRounds:
 			rounds++
 			c.stats.cookieRetries.Add(1)
 			cookie = resp.Cookie
-			if tx, err = newTransaction(c.cfg.Token, protocol.JoinOptions{Cookie: cookie}); err != nil {
+			if err := j.send(protocol.JoinOptions{Cookie: cookie}); err != nil {
 				return protocol.JoinResponse{}, nil, err
 			}
-			rto = c.cfg.RetransmitInitial
-			_, _ = sock.Write(tx.raw)
-			setDeadline(time.Now().Add(rto))
-			continue
 		case cookieChallenge(resp):
 			return resp, nil, cookieLoopError(c.fwd, resp)
 		case !resp.OK:
 			return resp, nil, &JoinError{Forwarder: c.fwd, Code: resp.Code, Reason: resp.Reason, Alternate: resp.Alternate, RetryAfter: resp.RetryAfter}
+		default:
+			return resp, cookie, nil
 		}
-		return resp, cookie, nil
+	}
+}
+
+// socketJoin is Rebind's join transaction on a socket of its own: it sends
+// the current transaction, retransmits it with backoff and reads until an
+// authenticated answer to it.
+type socketJoin struct {
+	c    *Conn
+	sock *net.UDPConn
+	buf  []byte
+	tx   *transaction
+	rto  time.Duration
+
+	// The context's end wakes the blocked read through its deadline;
+	// mu and cancelled keep a retransmission from pushing that deadline
+	// back out.
+	mu        sync.Mutex
+	cancelled bool
+	stopWake  func() bool
+}
+
+// newSocketJoin prepares a join on sock that ends with ctx.
+func newSocketJoin(ctx context.Context, c *Conn, sock *net.UDPConn) *socketJoin {
+	j := &socketJoin{c: c, sock: sock, buf: make([]byte, MaxPacketSize+1)}
+	j.stopWake = context.AfterFunc(ctx, func() {
+		j.mu.Lock()
+		defer j.mu.Unlock()
+		j.cancelled = true
+		_ = sock.SetReadDeadline(time.Now())
+	})
+	return j
+}
+
+// send starts a new transaction with o, from the initial retransmission
+// timeout.
+func (j *socketJoin) send(o protocol.JoinOptions) error {
+	tx, err := newTransaction(j.c.cfg.Token, o)
+	if err != nil {
+		return err
+	}
+	j.tx, j.rto = tx, j.c.cfg.RetransmitInitial
+	j.transmit()
+	return nil
+}
+
+// retransmit sends the transaction again after a doubled timeout.
+func (j *socketJoin) retransmit() {
+	j.rto = min(2*j.rto, j.c.cfg.RetransmitMax)
+	j.transmit()
+}
+
+func (j *socketJoin) transmit() {
+	_, _ = j.sock.Write(j.tx.raw)
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if !j.cancelled {
+		_ = j.sock.SetReadDeadline(time.Now().Add(j.rto))
+	}
+}
+
+// answer reads until an authenticated answer to the transaction,
+// retransmitting at each timeout. Anything else is counted and skipped;
+// it fails when ctx ends (with the session's error if the session ended)
+// or the socket keeps failing.
+func (j *socketJoin) answer(ctx context.Context) (protocol.JoinResponse, error) {
+	c := j.c
+	failures := 0
+	for {
+		n, err := j.sock.Read(j.buf)
+		switch {
+		case ctx.Err() != nil:
+			if e := c.Err(); e != nil {
+				return protocol.JoinResponse{}, e
+			}
+			return protocol.JoinResponse{}, fmt.Errorf("%w (%w)", ErrJoinTimeout, ctx.Err())
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			j.retransmit()
+			continue
+		case err != nil:
+			c.stats.readErrors.Add(1)
+			if failures++; failures >= maxReadFailures || errors.Is(err, net.ErrClosed) {
+				return protocol.JoinResponse{}, err
+			}
+			continue // ICMP unreachable; the deadline bounds us
+		}
+		failures = 0
+		if protocol.Classify(j.buf[:n]) != protocol.KindSTUN {
+			c.stats.stray.Add(1)
+			continue
+		}
+		resp, err := protocol.ParseJoinResponse(j.buf[:n], j.tx.tid, c.key)
+		if err != nil {
+			c.stats.countBadResponse(err)
+			continue
+		}
+		return resp, nil
 	}
 }
