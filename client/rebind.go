@@ -72,7 +72,7 @@ func (c *Conn) exchange(ctx context.Context, sock *net.UDPConn) (protocol.JoinRe
 	stopOnDone := context.AfterFunc(c.ctx, cancel) // the session ended meanwhile
 	defer stopOnDone()
 	j := newSocketJoin(ctx, c, sock)
-	defer j.stopWake()
+	defer j.release()
 
 	var cookie []byte
 	if err := j.send(protocol.JoinOptions{}); err != nil {
@@ -113,11 +113,12 @@ type socketJoin struct {
 	rto  time.Duration
 
 	// The context's end wakes the blocked read through its deadline;
-	// mu and cancelled keep a retransmission from pushing that deadline
-	// back out.
-	mu        sync.Mutex
-	cancelled bool
-	stopWake  func() bool
+	// mu and settled keep a retransmission from pushing that deadline
+	// back out, and the wake-up from firing once the join has let go of
+	// the socket.
+	mu       sync.Mutex
+	settled  bool
+	stopWake func() bool
 }
 
 // newSocketJoin prepares a join on sock that ends with ctx.
@@ -126,10 +127,23 @@ func newSocketJoin(ctx context.Context, c *Conn, sock *net.UDPConn) *socketJoin 
 	j.stopWake = context.AfterFunc(ctx, func() {
 		j.mu.Lock()
 		defer j.mu.Unlock()
-		j.cancelled = true
-		_ = sock.SetReadDeadline(time.Now())
+		if !j.settled {
+			j.settled = true
+			_ = sock.SetReadDeadline(time.Now())
+		}
 	})
 	return j
+}
+
+// release lets go of the socket: no wake-up any more and no read
+// deadline, which would otherwise time the session's reader out once
+// the socket is the session's.
+func (j *socketJoin) release() {
+	j.stopWake()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.settled = true
+	_ = j.sock.SetReadDeadline(time.Time{})
 }
 
 // send starts a new transaction with o, from the initial retransmission
@@ -154,7 +168,7 @@ func (j *socketJoin) transmit() {
 	_, _ = j.sock.Write(j.tx.raw)
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if !j.cancelled {
+	if !j.settled {
 		_ = j.sock.SetReadDeadline(time.Now().Add(j.rto))
 	}
 }
