@@ -95,6 +95,17 @@ var rtpParseTests = []struct {
 		},
 	},
 	{
+		name: "audio with level, rollover counter and abs-send-time",
+		in: append(append([]byte{}, rolloverExample...),
+			0xca, 0xfe, // payload (encrypted)
+		),
+		want: rtpWant{
+			Extension: true, PayloadType: 111, SequenceNumber: 10, Timestamp: 960, SSRC: 0xdeadbeef,
+			HeaderLen: 24, ExtProfile: 0xBEDE, Payload: []byte{0xca, 0xfe},
+			Exts: map[uint8][]byte{1: {0x9e}, 3: {0x2a, 0x00, 0x00}, 4: {0x01}},
+		},
+	},
+	{
 		name: "marker and two CSRCs",
 		in: []byte{
 			0x82, 0xe0, 0xff, 0xff, // V=2 CC=2, M=1 PT=96, seq 65535
@@ -679,6 +690,7 @@ func FuzzRTPHeader(f *testing.F) {
 			h.AudioLevel(1)
 			rtpCheckVideoFrame(t, &h)
 			rtpCheckAbsSendTime(t, &h)
+			rtpCheckRolloverCounter(t, &h)
 		}
 		// Differential: pion/rtp must reach the same verdict and fields.
 		if len(b) > 0 && b[0]>>6 == 2 && !rtpHasAppBits(b) {
