@@ -16,9 +16,10 @@ import (
 // it.
 //
 // The key itself is never used directly. Each use has its own subkey,
-// HMAC-SHA256(key, label), with the labels clusterTrunkLabel and
-// clusterMsgLabel, so a trunk frame can never be mistaken for a cluster
-// message or the other way round.
+// HMAC-SHA256(key, label), with the labels clusterTrunkLabel,
+// clusterMsgLabel and clusterTicketLabel (resumption tickets, ticket.go), so
+// a trunk frame can never be mistaken for a cluster message or a ticket, or
+// the other way round.
 type ClusterKey [32]byte
 
 // Subkey labels (ASCII, no terminator). Changing one is a wire change.

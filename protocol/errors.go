@@ -28,6 +28,25 @@ var (
 	ErrNotResponse = errors.New("protocol: not a join response")
 )
 
+// Sentinel errors of resumption tickets (ticket.go). Each is a reason a
+// forwarder refuses a resumption, answered 401 and counted apart.
+var (
+	// ErrTicketMalformed: the ticket does not have the ticket layout, or
+	// says something a ticket may not.
+	ErrTicketMalformed = errors.New("protocol: malformed resumption ticket")
+	// ErrTicketForeign: the ticket was sealed with another key: another
+	// cluster's, an old cluster key, or a lone forwarder that has restarted
+	// (or another lone forwarder).
+	ErrTicketForeign = errors.New("protocol: resumption ticket from another cluster or forwarder")
+	// ErrTicketForged: the ticket names our key but its tag does not match.
+	ErrTicketForged = errors.New("protocol: resumption ticket forged")
+	// ErrTicketExpired: the ticket's valid-until has passed.
+	ErrTicketExpired = errors.New("protocol: resumption ticket expired")
+	// ErrTicketMismatch: an authentic ticket, but for another call,
+	// participant or credential than the request's token.
+	ErrTicketMismatch = errors.New("protocol: resumption ticket is for another participant or token")
+)
+
 // Sentinel errors of the cluster: the cluster key, trunk frames between
 // forwarders and the messages forwarders exchange over NATS.
 var (

@@ -31,6 +31,11 @@ const (
 	// to the device's address; the device repeats the request with it. In a
 	// request, the cookie the device was given for the socket it sends from.
 	AttrCookie stun.AttrType = 0xC005
+	// AttrResumeTicket: in a success response, a resumption ticket the
+	// device keeps (1..MaxTicketSize opaque bytes); in a request, the latest
+	// ticket the device was given, which lets a session whose token has
+	// expired resume (protocol/README.md 2.1).
+	AttrResumeTicket stun.AttrType = 0xC006
 )
 
 // MaxCookieSize bounds AttrCookie.
@@ -69,12 +74,14 @@ type JoinRequest struct {
 	Token         []byte // raw token bytes (a sub-slice of the message)
 	Leave         bool
 	Cookie        []byte // the address cookie the device echoes, if any
+	Ticket        []byte // the resumption ticket the device presents, if any
 }
 
 // JoinOptions are the variable parts of a join request.
 type JoinOptions struct {
 	Leave  bool   // leave the call instead of joining or keeping alive
 	Cookie []byte // the last cookie the forwarder gave this socket, if any
+	Ticket []byte // the latest resumption ticket, if any (sent as given)
 }
 
 // BuildJoinRequest encodes a join, keepalive or leave request for the given
@@ -87,6 +94,9 @@ func BuildJoinRequest(token []byte, o JoinOptions) (*stun.Message, error) {
 	if len(o.Cookie) > MaxCookieSize {
 		return nil, fmt.Errorf("%w: cookie of %d bytes", ErrJoinMalformed, len(o.Cookie))
 	}
+	if len(o.Ticket) > MaxTicketSize {
+		return nil, fmt.Errorf("%w: ticket of %d bytes", ErrJoinMalformed, len(o.Ticket))
+	}
 	setters := []stun.Setter{
 		stun.TransactionID, stun.BindingRequest,
 		stun.NewUsername(t.CallID.String() + ":" + t.ParticipantID.String()),
@@ -98,20 +108,32 @@ func BuildJoinRequest(token []byte, o JoinOptions) (*stun.Message, error) {
 	if len(o.Cookie) > 0 {
 		setters = append(setters, rawAttr{AttrCookie, o.Cookie})
 	}
+	if len(o.Ticket) > 0 {
+		setters = append(setters, rawAttr{AttrResumeTicket, o.Ticket})
+	}
 	setters = append(setters, stun.MessageIntegrity(IntegrityKey(token)), stun.Fingerprint)
 	return stun.Build(setters...)
 }
 
-// ParseJoinRequest decodes and checks a Binding request: FINGERPRINT,
-// USERNAME, JOIN-TOKEN and MESSAGE-INTEGRITY. It does not verify the token's
+// ParseJoinRequest decodes and checks a Binding request: JOIN-TOKEN,
+// FINGERPRINT, USERNAME and MESSAGE-INTEGRITY. It does not verify the token's
 // signature (TokenVerifier does) nor that the token matches the USERNAME
-// (CheckJoin does both).
+// (CheckJoin does both). When the request carries a JOIN-TOKEN, the returned
+// request's Token is set even with an error, so that the error answer can
+// carry MESSAGE-INTEGRITY with its key.
 func ParseJoinRequest(m *stun.Message) (JoinRequest, error) {
 	var r JoinRequest
 	if m.Type != stun.BindingRequest {
 		return r, fmt.Errorf("%w: type %s", ErrNotJoin, m.Type)
 	}
 	r.TransactionID = m.TransactionID
+	// The token first: whatever else is wrong, the answer is protected with
+	// its key (README section 3), so the device can believe it.
+	tok, err := m.Get(AttrJoinToken)
+	if err != nil {
+		return r, fmt.Errorf("%w: no JOIN-TOKEN", ErrJoinMalformed)
+	}
+	r.Token = tok
 	if err := stun.Fingerprint.Check(m); err != nil {
 		return r, fmt.Errorf("%w: fingerprint: %v", ErrJoinMalformed, err)
 	}
@@ -123,24 +145,24 @@ func ParseJoinRequest(m *stun.Message) (JoinRequest, error) {
 	if !ok {
 		return r, fmt.Errorf("%w: USERNAME is not call:participant", ErrJoinMalformed)
 	}
-	var err error
 	if r.CallID, err = ParseID(call); err != nil {
 		return r, fmt.Errorf("%w: USERNAME: bad call id", ErrJoinMalformed)
 	}
 	if r.ParticipantID, err = ParseID(part); err != nil {
 		return r, fmt.Errorf("%w: USERNAME: bad participant id", ErrJoinMalformed)
 	}
-	tok, err := m.Get(AttrJoinToken)
-	if err != nil {
-		return r, fmt.Errorf("%w: no JOIN-TOKEN", ErrJoinMalformed)
-	}
-	r.Token = tok
 	r.Leave = m.Contains(AttrLeave)
 	if c, err := m.Get(AttrCookie); err == nil {
 		if len(c) > MaxCookieSize {
 			return r, fmt.Errorf("%w: cookie of %d bytes", ErrJoinMalformed, len(c))
 		}
 		r.Cookie = c
+	}
+	if tk, err := m.Get(AttrResumeTicket); err == nil {
+		if len(tk) == 0 || len(tk) > MaxTicketSize {
+			return r, fmt.Errorf("%w: ticket of %d bytes", ErrJoinMalformed, len(tk))
+		}
+		r.Ticket = tk
 	}
 	if err := onlyFingerprintAfterIntegrity(m); err != nil {
 		return r, err
@@ -189,10 +211,51 @@ func VerifyJoin(r JoinRequest, v *TokenVerifier, now time.Time) (Token, error) {
 	if err != nil {
 		return t, err
 	}
+	return t, checkNames(r, t)
+}
+
+func checkNames(r JoinRequest, t Token) error {
 	if t.CallID != r.CallID || t.ParticipantID != r.ParticipantID {
-		return t, fmt.Errorf("%w: token names call %s participant %s", ErrWrongCall, t.CallID, t.ParticipantID)
+		return fmt.Errorf("%w: token names call %s participant %s", ErrWrongCall, t.CallID, t.ParticipantID)
 	}
-	return t, nil
+	return nil
+}
+
+// VerifyResume admits a request whose token has expired by its resumption
+// ticket: the token must be authentic (signature, layout) and name the
+// request's call and participant, and the ticket must pass CheckTicket for
+// it. The token's expiry is not checked; the ticket's is.
+func VerifyResume(r JoinRequest, v *TokenVerifier, k *TicketKey, now time.Time) (Token, Ticket, error) {
+	t, err := v.Authentic(r.Token)
+	if err != nil {
+		return t, Ticket{}, err
+	}
+	if err := checkNames(r, t); err != nil {
+		return t, Ticket{}, err
+	}
+	tk, err := CheckTicket(r, t, k, now)
+	return t, tk, err
+}
+
+// CheckTicket opens the request's ticket (TicketKey.Open) and checks that
+// it is for the token's call and participant and bound to the token's
+// bytes (ErrTicketMismatch otherwise). tok must come from the request's
+// token, verified. A request without a ticket is ErrTicketMalformed.
+func CheckTicket(r JoinRequest, tok Token, k *TicketKey, now time.Time) (Ticket, error) {
+	if len(r.Ticket) == 0 {
+		return Ticket{}, fmt.Errorf("%w: none", ErrTicketMalformed)
+	}
+	tk, err := k.Open(r.Ticket, now)
+	if err != nil {
+		return Ticket{}, err
+	}
+	if tk.CallID != tok.CallID || tk.ParticipantID != tok.ParticipantID {
+		return Ticket{}, fmt.Errorf("%w: ticket names call %s participant %s", ErrTicketMismatch, tk.CallID, tk.ParticipantID)
+	}
+	if tk.Binding != BindToken(r.Token) {
+		return Ticket{}, fmt.Errorf("%w: bound to another token", ErrTicketMismatch)
+	}
+	return tk, nil
 }
 
 // ErrorCodeFor maps an error of ParseJoinRequest/CheckJoin to the STUN error
@@ -202,10 +265,30 @@ func ErrorCodeFor(err error) stun.ErrorCode {
 	case errors.Is(err, ErrWrongCall):
 		return CodeForbidden
 	case errors.Is(err, ErrIntegrity), errors.Is(err, ErrTokenSignature),
-		errors.Is(err, ErrTokenExpired), errors.Is(err, ErrTokenMalformed):
+		errors.Is(err, ErrTokenExpired), errors.Is(err, ErrTokenMalformed),
+		TicketRefusal(err) != "":
 		return CodeUnauthorized
 	}
 	return CodeBadRequest
+}
+
+// TicketRefusal names the ticket error in err for metrics and answers:
+// "malformed", "foreign", "forged", "expired", "mismatch", or "" when err is
+// not about a ticket.
+func TicketRefusal(err error) string {
+	switch {
+	case errors.Is(err, ErrTicketMalformed):
+		return "malformed"
+	case errors.Is(err, ErrTicketForeign):
+		return "foreign"
+	case errors.Is(err, ErrTicketForged):
+		return "forged"
+	case errors.Is(err, ErrTicketExpired):
+		return "expired"
+	case errors.Is(err, ErrTicketMismatch):
+		return "mismatch"
+	}
+	return ""
 }
 
 // SessionParams tell the device how often to send keepalives and when the
@@ -220,6 +303,7 @@ type JoinResponse struct {
 	OK     bool
 	Mapped netip.AddrPort // the device's address as the forwarder sees it (success)
 	Params SessionParams  // success only
+	Ticket []byte         // success only: a new resumption ticket, if the forwarder sent one
 	// Errors only:
 	Code       stun.ErrorCode
 	Reason     string
@@ -231,13 +315,32 @@ type JoinResponse struct {
 // BuildJoinSuccess answers req with the device's mapped address and the
 // session parameters, protected with key (IntegrityKey of the token).
 func BuildJoinSuccess(req JoinRequest, mapped netip.AddrPort, p SessionParams, key []byte) ([]byte, error) {
+	return BuildJoinAccept(req, JoinSuccess{Mapped: mapped, Params: p}, key)
+}
+
+// JoinSuccess is what a success answer carries.
+type JoinSuccess struct {
+	Mapped netip.AddrPort
+	Params SessionParams
+	Ticket []byte // a new resumption ticket (at most MaxTicketSize bytes), or none
+}
+
+// BuildJoinAccept answers req with s, protected with key (IntegrityKey of
+// the token).
+func BuildJoinAccept(req JoinRequest, s JoinSuccess, key []byte) ([]byte, error) {
+	if len(s.Ticket) > MaxTicketSize {
+		return nil, fmt.Errorf("%w: ticket of %d bytes", ErrJoinMalformed, len(s.Ticket))
+	}
 	var sp [8]byte
-	binary.BigEndian.PutUint32(sp[0:4], uint32(p.KeepaliveInterval/time.Millisecond))
-	binary.BigEndian.PutUint32(sp[4:8], uint32(p.IdleTimeout/time.Millisecond))
-	m, err := stun.Build(stun.NewTransactionIDSetter(req.TransactionID), stun.BindingSuccess,
-		&stun.XORMappedAddress{IP: net.IP(mapped.Addr().Unmap().AsSlice()), Port: int(mapped.Port())},
-		rawAttr{AttrSessionParams, sp[:]},
-		stun.MessageIntegrity(key), stun.Fingerprint)
+	binary.BigEndian.PutUint32(sp[0:4], uint32(s.Params.KeepaliveInterval/time.Millisecond))
+	binary.BigEndian.PutUint32(sp[4:8], uint32(s.Params.IdleTimeout/time.Millisecond))
+	setters := []stun.Setter{stun.NewTransactionIDSetter(req.TransactionID), stun.BindingSuccess,
+		&stun.XORMappedAddress{IP: net.IP(s.Mapped.Addr().Unmap().AsSlice()), Port: int(s.Mapped.Port())},
+		rawAttr{AttrSessionParams, sp[:]}}
+	if len(s.Ticket) > 0 {
+		setters = append(setters, rawAttr{AttrResumeTicket, s.Ticket})
+	}
+	m, err := stun.Build(append(setters, stun.MessageIntegrity(key), stun.Fingerprint)...)
 	if err != nil {
 		return nil, err
 	}
@@ -341,6 +444,9 @@ func parseSuccess(m *stun.Message) (JoinResponse, error) {
 	}
 	r.Params.KeepaliveInterval = time.Duration(binary.BigEndian.Uint32(sp[0:4])) * time.Millisecond
 	r.Params.IdleTimeout = time.Duration(binary.BigEndian.Uint32(sp[4:8])) * time.Millisecond
+	if tk, err := m.Get(AttrResumeTicket); err == nil && len(tk) > 0 && len(tk) <= MaxTicketSize {
+		r.Ticket = append([]byte(nil), tk...)
+	}
 	return r, nil
 }
 

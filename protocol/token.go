@@ -188,6 +188,19 @@ func NewTokenVerifier(keys ...ed25519.PublicKey) (*TokenVerifier, error) {
 
 // Verify checks the token's layout, signature and expiry at now.
 func (v *TokenVerifier) Verify(b []byte, now time.Time) (Token, error) {
+	t, err := v.Authentic(b)
+	if err != nil {
+		return t, err
+	}
+	if !now.Before(t.Expiry) {
+		return t, fmt.Errorf("%w at %s", ErrTokenExpired, t.Expiry.UTC().Format(time.RFC3339))
+	}
+	return t, nil
+}
+
+// Authentic checks the token's layout and signature, not its expiry: what
+// a resumption (VerifyResume) needs of a token that has expired.
+func (v *TokenVerifier) Authentic(b []byte) (Token, error) {
 	t, err := DecodeToken(b)
 	if err != nil {
 		return t, err
@@ -202,9 +215,6 @@ func (v *TokenVerifier) Verify(b []byte, now time.Time) (Token, error) {
 	}
 	if !ok {
 		return t, ErrTokenSignature
-	}
-	if !now.Before(t.Expiry) {
-		return t, fmt.Errorf("%w at %s", ErrTokenExpired, t.Expiry.UTC().Format(time.RFC3339))
 	}
 	return t, nil
 }
