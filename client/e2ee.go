@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"sync"
 
 	"github.com/pion/rtp"
 	"github.com/pion/srtp/v3"
@@ -62,6 +61,16 @@ type SenderConfig struct {
 	AudioLevelID uint8
 	// NoAudioLevel leaves the audio-level extension out (video streams).
 	NoAudioLevel bool
+	// ROCID is the RFC 8285 one-byte extension id of the rollover counter
+	// (protocol/README.md 4), which every packet carries so that receivers
+	// who join late or switch layers find the stream's SRTP rollover
+	// counter. 1..14, not AudioLevelID. Default
+	// protocol.DefaultRolloverCounterExtensionID (4).
+	ROCID uint8
+	// FirstSequence is the first packet's RTP sequence number. 0 draws a
+	// random one (RFC 3550 5.1), which is what a device should do; tests
+	// set it near 65535 to see the sequence number roll over soon.
+	FirstSequence uint16
 }
 
 // Sample is one RTP packet to send: the plaintext payload (e.g. one Opus
@@ -74,14 +83,20 @@ type Sample struct {
 }
 
 // Sender builds and encrypts one stream's RTP packets. It numbers them from
-// a random initial sequence number (RFC 3550 5.1). A Sender is not safe for
-// concurrent use.
+// a random initial sequence number (RFC 3550 5.1) and counts the sequence
+// number's rollovers itself (the ROC of RFC 3711 3.3.1, from 0): every
+// packet is encrypted with that ROC and carries it in clear in the
+// rollover counter extension. A Sender is not safe for concurrent use.
 type Sender struct {
-	ctx     *srtp.Context
-	hdr     rtp.Header
-	level   [1]byte // the extension's payload, rewritten per packet
-	plain   []byte  // reused plaintext packet
-	scratch rtp.Header
+	ctx      *srtp.Context
+	hdr      rtp.Header
+	level    [1]byte // the extension's payload, rewritten per packet
+	hasLevel bool
+	rocID    uint8
+	roc      uint32                               // the next packet's rollover counter
+	rocData  [protocol.MaxRolloverCounterLen]byte // the element's payload is rocData[:1..4]
+	plain    []byte                               // reused plaintext packet
+	scratch  rtp.Header
 }
 
 // NewSender returns a Sender for cfg.
@@ -92,28 +107,52 @@ func NewSender(cfg SenderConfig) (*Sender, error) {
 	if cfg.AudioLevelID == 0 {
 		cfg.AudioLevelID = protocol.DefaultAudioLevelExtensionID
 	}
-	if cfg.AudioLevelID > 14 {
-		return nil, fmt.Errorf("client: audio level extension id %d: want 1..14 (RFC 8285 one-byte form)", cfg.AudioLevelID)
+	if cfg.ROCID == 0 {
+		cfg.ROCID = protocol.DefaultRolloverCounterExtensionID
+	}
+	if cfg.AudioLevelID > 14 || cfg.ROCID > 14 || (!cfg.NoAudioLevel && cfg.AudioLevelID == cfg.ROCID) {
+		return nil, fmt.Errorf("client: audio level and rollover counter extension ids %d and %d: want two different ids in 1..14 (RFC 8285 one-byte form)",
+			cfg.AudioLevelID, cfg.ROCID)
 	}
 	ctx, err := cfg.Key.context()
 	if err != nil {
 		return nil, fmt.Errorf("client: SRTP context: %w", err)
 	}
-	var seq [2]byte
-	_, _ = rand.Read(seq[:])
-	s := &Sender{ctx: ctx}
+	seq := cfg.FirstSequence
+	for seq == 0 {
+		var b [2]byte
+		_, _ = rand.Read(b[:])
+		seq = binary.BigEndian.Uint16(b[:])
+	}
+	s := &Sender{ctx: ctx, rocID: cfg.ROCID}
 	s.hdr = rtp.Header{
 		Version:        2,
 		PayloadType:    cfg.PayloadType,
 		SSRC:           cfg.SSRC,
-		SequenceNumber: binary.BigEndian.Uint16(seq[:]),
+		SequenceNumber: seq,
 	}
 	if !cfg.NoAudioLevel {
 		if err := s.hdr.SetExtensionWithProfile(cfg.AudioLevelID, s.level[:], rtp.ExtensionProfileOneByte); err != nil {
 			return nil, fmt.Errorf("client: audio level extension: %w", err)
 		}
+		s.hasLevel = true
+	}
+	if err := s.putROC(); err != nil {
+		return nil, fmt.Errorf("client: rollover counter extension: %w", err)
 	}
 	return s, nil
+}
+
+// putROC writes the next packet's rollover counter into its element,
+// in place while the ROC keeps its byte length; the element is set again
+// (no allocation: it points into s.rocData) when the ROC grows a byte, at
+// 256, 65536 and 2^24 rollovers.
+func (s *Sender) putROC() error {
+	d := protocol.AppendRolloverCounter(s.rocData[:0], s.roc)
+	if len(s.hdr.GetExtension(s.rocID)) == len(d) {
+		return nil
+	}
+	return s.hdr.SetExtensionWithProfile(s.rocID, d, rtp.ExtensionProfileOneByte)
 }
 
 // SSRC returns the stream's SSRC.
@@ -123,7 +162,10 @@ func (s *Sender) SSRC() uint32 { return s.hdr.SSRC }
 // returns it, appended to dst[:0] when dst has room (else a new buffer).
 // The packet is len(header)+len(payload)+10 bytes (the auth tag).
 func (s *Sender) Seal(dst []byte, smp Sample) ([]byte, error) {
-	if s.hdr.Extension {
+	if err := s.putROC(); err != nil {
+		return nil, fmt.Errorf("client: rollover counter extension: %w", err)
+	}
+	if s.hasLevel {
 		lv := smp.AudioLevel
 		if lv.Level > 127 {
 			return nil, fmt.Errorf("client: audio level %d: want 0..127 (-dBov)", lv.Level)
@@ -144,78 +186,16 @@ func (s *Sender) Seal(dst []byte, smp Sample) ([]byte, error) {
 		return nil, fmt.Errorf("client: marshal RTP header: %w", err)
 	}
 	copy(plain[hl:], smp.Payload)
+	// Encrypt with exactly the ROC the packet carries, not one pion
+	// guesses from the sequence numbers it saw.
+	s.ctx.SetROC(s.hdr.SSRC, s.roc)
 	out, err := s.ctx.EncryptRTP(dst[:0], plain, &s.scratch)
 	if err != nil {
 		return nil, fmt.Errorf("client: SRTP encrypt: %w", err)
 	}
 	s.hdr.SequenceNumber++
+	if s.hdr.SequenceNumber == 0 {
+		s.roc++
+	}
 	return out, nil
-}
-
-// Receiver decrypts the media of the senders whose keys it was given, with
-// one SRTP context (and replay window) per sender SSRC. It is safe for
-// concurrent use.
-type Receiver struct {
-	mu      sync.Mutex
-	senders map[uint32]*srtp.Context
-}
-
-// NewReceiver returns a Receiver that knows no sender yet.
-func NewReceiver() *Receiver {
-	return &Receiver{senders: make(map[uint32]*srtp.Context)}
-}
-
-// AddSender installs the key of the stream ssrc (learnt out of band). Adding
-// an SSRC again replaces its key and restarts its replay window (re-keying).
-func (r *Receiver) AddSender(ssrc uint32, k MediaKey) error {
-	ctx, err := k.context(srtp.SRTPReplayProtection(replayWindow))
-	if err != nil {
-		return fmt.Errorf("client: SRTP context for SSRC %d: %w", ssrc, err)
-	}
-	r.mu.Lock()
-	r.senders[ssrc] = ctx
-	r.mu.Unlock()
-	return nil
-}
-
-// RemoveSender forgets the stream ssrc (the participant left).
-func (r *Receiver) RemoveSender(ssrc uint32) {
-	r.mu.Lock()
-	delete(r.senders, ssrc)
-	r.mu.Unlock()
-}
-
-// Open authenticates and decrypts an SRTP packet. It fills hdr (which the
-// caller owns and may reuse; its extension payloads point into pkt) and
-// returns the plaintext payload, a sub-slice of dst when dst has room for
-// the packet (else of a new buffer). A packet from an SSRC without a key
-// fails with ErrUnknownSSRC; a tampered, wrongly keyed or replayed one with
-// ErrDecrypt.
-func (r *Receiver) Open(dst, pkt []byte, hdr *rtp.Header) ([]byte, error) {
-	if hdr == nil {
-		hdr = new(rtp.Header)
-	}
-	hl, err := hdr.Unmarshal(pkt)
-	if err != nil {
-		return nil, fmt.Errorf("%w: not an RTP packet: %w", ErrDecrypt, err)
-	}
-	r.mu.Lock()
-	ctx := r.senders[hdr.SSRC]
-	if ctx == nil {
-		r.mu.Unlock()
-		return nil, fmt.Errorf("%w %d", ErrUnknownSSRC, hdr.SSRC)
-	}
-	out, err := ctx.DecryptRTP(dst[:0], pkt, hdr)
-	r.mu.Unlock()
-	if err != nil {
-		return nil, fmt.Errorf("%w: SSRC %d seq %d: %w", ErrDecrypt, hdr.SSRC, hdr.SequenceNumber, err)
-	}
-	payload := out[hl:]
-	if hdr.Padding {
-		if len(payload) == 0 || payload[len(payload)-1] == 0 || int(payload[len(payload)-1]) > len(payload) {
-			return nil, fmt.Errorf("%w: SSRC %d: bad padding", ErrDecrypt, hdr.SSRC)
-		}
-		payload = payload[:len(payload)-int(payload[len(payload)-1])]
-	}
-	return payload, nil
 }

@@ -6,6 +6,8 @@ import (
 
 	"github.com/pion/rtp"
 	"github.com/stretchr/testify/require"
+
+	"github.com/callrelay/callrelay/protocol"
 )
 
 func newPair(t *testing.T, cfg SenderConfig) (*Sender, *Receiver) {
@@ -74,7 +76,8 @@ func TestE2EEVideoHasNoAudioLevel(t *testing.T) {
 	got, err := r.Open(nil, pkt, &hdr)
 	require.NoError(t, err)
 	require.Equal(t, []byte("frame"), got)
-	require.False(t, hdr.Extension)
+	require.Nil(t, hdr.GetExtension(protocol.DefaultAudioLevelExtensionID))
+	require.Equal(t, []uint8{protocol.DefaultRolloverCounterExtensionID}, hdr.GetExtensionIDs(), "only the rollover counter")
 }
 
 func TestE2EERejects(t *testing.T) {
@@ -142,6 +145,8 @@ func TestSenderConfigErrors(t *testing.T) {
 		"PT in RTCP range": {PayloadType: 72},
 		"PT over 127":      {PayloadType: 200},
 		"extension id 15":  {PayloadType: 111, AudioLevelID: 15},
+		"ROC id 15":        {PayloadType: 111, ROCID: 15},
+		"ROC id = level's": {PayloadType: 111, AudioLevelID: 5, ROCID: 5},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := NewSender(cfg)

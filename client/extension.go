@@ -9,10 +9,11 @@ import (
 	"github.com/callrelay/callrelay/protocol"
 )
 
-// Header extensions a Sender writes besides the audio level (e2ee.go): the
-// video frame extension and abs-send-time (protocol/README.md 4). Each is
-// added to the Sender's header on first use (one allocation) and rewritten
-// in place afterwards, so sealing a packet allocates nothing more.
+// Header extensions a Sender writes besides the audio level and the
+// rollover counter (e2ee.go): the video frame extension and abs-send-time
+// (protocol/README.md 4). Each is added to the Sender's header on first
+// use (one allocation) and rewritten in place afterwards, so sealing a
+// packet allocates nothing more.
 
 // SetAbsSendTime makes the next packets s seals carry t as abs-send-time
 // (24-bit seconds in 6.18 fixed point, protocol.AbsSendTime) in the RFC 8285
@@ -51,6 +52,9 @@ func (s *Sender) setVideoFrame(id uint8, vf protocol.VideoFrame) error {
 func (s *Sender) extension(id uint8, n int) ([]byte, error) {
 	if id == 0 || id > 14 {
 		return nil, fmt.Errorf("extension id %d: want 1..14 (RFC 8285 one-byte form)", id)
+	}
+	if id == s.rocID {
+		return nil, fmt.Errorf("extension id %d carries the rollover counter", id)
 	}
 	if p := s.hdr.GetExtension(id); p != nil {
 		if len(p) != n {

@@ -51,6 +51,14 @@ type VideoConfig struct {
 	// protocol.DefaultAbsSendTimeExtensionID.
 	VideoFrameID  uint8
 	AbsSendTimeID uint8
+	// ROCID is the RFC 8285 one-byte id of the rollover counter extension
+	// every packet carries (SenderConfig.ROCID). Default
+	// protocol.DefaultRolloverCounterExtensionID.
+	ROCID uint8
+	// FirstSequence is every layer's first RTP sequence number
+	// (SenderConfig.FirstSequence): 0, the default, draws a random one per
+	// layer. Tests set it near 65535 to see every layer roll over soon.
+	FirstSequence uint16
 	// RelaySSRC is the packet-sender SSRC of the relay's own REMB; REMBs
 	// with another one (another member's, relayed) are ignored. Default 0,
 	// the SSRC the relay puts on its RTCP (protocol/README.md 5.1).
@@ -92,14 +100,18 @@ func (c VideoConfig) withDefaults() (VideoConfig, error) {
 	if c.AbsSendTimeID == 0 {
 		c.AbsSendTimeID = protocol.DefaultAbsSendTimeExtensionID
 	}
+	if c.ROCID == 0 {
+		c.ROCID = protocol.DefaultRolloverCounterExtensionID
+	}
 	switch {
 	case c.FrameRate > 120:
 		return c, fmt.Errorf("%w: video FrameRate %d: want 1..120", ErrConfig, c.FrameRate)
 	case c.MaxPayload < 200 || c.MaxPayload > 1400:
 		return c, fmt.Errorf("%w: video MaxPayload %d: want 200..1400 bytes", ErrConfig, c.MaxPayload)
-	case c.VideoFrameID > 14 || c.AbsSendTimeID > 14 || c.VideoFrameID == c.AbsSendTimeID:
-		return c, fmt.Errorf("%w: video extension ids %d and %d: want two different ids in 1..14",
-			ErrConfig, c.VideoFrameID, c.AbsSendTimeID)
+	case c.VideoFrameID > 14 || c.AbsSendTimeID > 14 || c.ROCID > 14 ||
+		c.VideoFrameID == c.AbsSendTimeID || c.ROCID == c.VideoFrameID || c.ROCID == c.AbsSendTimeID:
+		return c, fmt.Errorf("%w: video extension ids %d, %d and %d (video frame, abs-send-time, rollover counter): want three different ids in 1..14",
+			ErrConfig, c.VideoFrameID, c.AbsSendTimeID, c.ROCID)
 	}
 	for i := range c.SSRCs {
 		for c.SSRCs[i] == 0 || dupSSRC(c.SSRCs[:i], c.SSRCs[i]) {
@@ -172,7 +184,8 @@ type videoLayer struct {
 	pkt     []byte // sealed packet
 	payload []byte // plaintext payload
 	// overhead is the bytes a packet adds to its payload: the RTP header
-	// with both extensions and the SRTP tag.
+	// with its extensions and the SRTP tag. It grows by a word when the
+	// rollover counter outgrows the header's padding.
 	overhead int
 	balance  float64 // bytes the layer may still send against its target
 	lastKey  time.Time
@@ -219,7 +232,8 @@ func newVideoSender(w RTPWriter, cfg VideoConfig, now time.Time) (*VideoSender, 
 	v := &VideoSender{cfg: cfg, w: w, start: now, tsBase: binary.BigEndian.Uint32(ts[:]), stop: make(chan struct{})}
 	v.ctl.layers = 1
 	for i := range v.layers {
-		snd, err := NewSender(SenderConfig{SSRC: cfg.SSRCs[i], PayloadType: cfg.PayloadType, Key: cfg.Key, NoAudioLevel: true})
+		snd, err := NewSender(SenderConfig{SSRC: cfg.SSRCs[i], PayloadType: cfg.PayloadType, Key: cfg.Key, NoAudioLevel: true,
+			ROCID: cfg.ROCID, FirstSequence: cfg.FirstSequence})
 		if err != nil {
 			return nil, err
 		}
@@ -333,6 +347,7 @@ func (v *VideoSender) plan(now time.Time) (int, [protocol.MaxSimulcastLayers]lay
 // sendFrame sizes one frame of layer i against its target (dt's worth of
 // it), cuts it into packets of at most MaxPayload bytes and sends them.
 func (v *VideoSender) sendFrame(i int, l *videoLayer, layers int, p layerPlan, ts uint32, now time.Time, dt time.Duration) {
+	l.overhead = l.snd.hdr.MarshalSize() + srtpTagLen
 	nominal := float64(p.target) / 8 / float64(v.cfg.FrameRate)
 	size := l.frameSize(float64(p.target)/8*dt.Seconds(), nominal, p.key)
 	n := (size + v.cfg.MaxPayload + l.overhead - 1) / (v.cfg.MaxPayload + l.overhead)

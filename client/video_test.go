@@ -363,6 +363,9 @@ func TestVideoSenderBadInput(t *testing.T) {
 		{MaxPayload: 100},
 		{VideoFrameID: 3, AbsSendTimeID: 3},
 		{AbsSendTimeID: 15},
+		{ROCID: 15},
+		{ROCID: protocol.DefaultVideoFrameExtensionID},
+		{ROCID: 7, AbsSendTimeID: 7},
 		{SSRCs: [3]uint32{5, 5, 0}},
 	} {
 		_, err := newVideoSender(sink, cfg, t0)
