@@ -10,13 +10,22 @@ import (
 	"github.com/callrelay/callrelay/conductor"
 )
 
-// runConductor runs one conductor instance until the context ends.
-func runConductor(ctx context.Context, args []string) error {
-	cfg := conductor.Default()
-	fs := flag.NewFlagSet("conductor", flag.ContinueOnError)
-	fs.StringVar(&cfg.ID, "id", envOr("CALLRELAY_ID", cfg.ID), "conductor id (a per-start suffix is added) (env CALLRELAY_ID)")
-	cf := addClusterFlags(fs, "for leases, calls and checkpoints")
-	fs.StringVar(&cfg.Subject, "subject", envOr("CALLRELAY_SUBJECT", cfg.Subject), "NATS subject prefix, the forwarders' one")
+var conductorProc = process[conductorOptions]{name: "conductor", file: true, flags: conductorFlags,
+	about: "decide dominant speakers and audio forwarding for the calls of the partitions it leases"}
+
+// conductorOptions is what the conductor's flags set.
+type conductorOptions struct {
+	cfg                     conductor.Config
+	cluster                 clusterFlags
+	metricsListen, logLevel string
+}
+
+func conductorFlags(fs *flag.FlagSet) *conductorOptions {
+	o := &conductorOptions{cfg: conductor.Default(), logLevel: "info"}
+	cfg := &o.cfg
+	fs.StringVar(&cfg.ID, "id", cfg.ID, "conductor id (a per-start suffix is added)")
+	o.cluster = addClusterFlags(fs, "for leases, calls and checkpoints")
+	fs.StringVar(&cfg.Subject, "subject", cfg.Subject, "NATS subject prefix, the forwarders' one")
 	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partitions calls hash into; the forwarders' number")
 	fs.IntVar(&cfg.MaxPartitions, "max-partitions", cfg.MaxPartitions, "hold at most this many partitions (0: as many as are free)")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "partition lease TTL: the bulk of the decision gap when a conductor dies")
@@ -25,16 +34,23 @@ func runConductor(ctx context.Context, args []string) error {
 	fs.Uint64Var(&cfg.Video.AudioBps, "audio-bps", cfg.Video.AudioBps, "bit/s one forwarded audio stream costs a receiver, reserved before any video")
 	fs.Uint64Var(&cfg.Video.LowBps, "video-low-bps", cfg.Video.LowBps, "bit/s of a simulcast sender's low layer")
 	fs.Uint64Var(&cfg.Video.HighBps, "video-high-bps", cfg.Video.HighBps, "bit/s of a sender's high layer or single stream (less when its uplink is smaller)")
-	metricsListen := fs.String("metrics-listen", envOr("CALLRELAY_METRICS_LISTEN", ""), "TCP ip:port for /metrics, /healthz and /readyz; empty: none")
-	level := fs.String("log-level", envOr("CALLRELAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CALLRELAY_LOG_LEVEL)")
-	if done, err := parseWithConfig(fs, args, os.Stdout); err != nil || done {
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "TCP ip:port for /metrics, /healthz and /readyz; empty: none")
+	fs.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
+	return o
+}
+
+// runConductor runs one conductor instance until the context ends.
+func runConductor(ctx context.Context, args []string) error {
+	o, done, err := conductorProc.parse(args, os.Stdout)
+	if err != nil || done {
 		return err
 	}
-	log, deps, err := cf.start("conductor", *level)
+	log, deps, err := o.cluster.start("conductor", o.logLevel)
 	if err != nil {
 		return err
 	}
 	defer deps.close()
+	cfg := o.cfg
 	cfg.Logger, cfg.Key, cfg.NATS = log, deps.key, deps.nats
 	if deps.store != nil {
 		cfg.Store, cfg.Leases = deps.store, deps.store
@@ -45,8 +61,8 @@ func runConductor(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *metricsListen != "" {
-		stop, err := serveMetrics(*metricsListen, reg, func() bool { return len(c.Owned()) > 0 }, log)
+	if o.metricsListen != "" {
+		stop, err := serveMetrics(o.metricsListen, reg, func() bool { return len(c.Owned()) > 0 }, log)
 		if err != nil {
 			return err
 		}

@@ -7,76 +7,31 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"sort"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
 )
 
-// Configuration files. Every process takes `--config file.yaml` (or
-// CALLRELAY_CONFIG): a YAML mapping whose keys are the process's flag
-// names, e.g.
+// Configuration files. The forwarder, the conductor and the dashboard take
+// `--config file.yaml` (or CALLRELAY_CONFIG): a YAML mapping whose keys are
+// the process's flag names, e.g.
 //
 //	listen: 10.0.0.5:3478
 //	redis-url: redis+cluster://10.0.2.1:6379,10.0.2.2:6379
 //	nats-url: nats://10.0.3.1:4222,nats://10.0.3.2:4222
 //
-// Precedence, lowest first: the component's defaults, the file, the
-// environment (the CALLRELAY_* variable named in the flag's help), the
-// command line. A key that is not one of the process's flags is an error
+// The file sits between the flags' defaults and the environment (see
+// settings.go). A key that is not one of the process's flags is an error
 // naming it and its line, as is a value the flag does not accept. Lists
 // (several NATS servers) may be written as YAML sequences.
 //
 // `--print-config` prints the effective configuration in the same form,
 // with secrets masked, and exits.
 
-// envOfFlag finds the environment variable a flag's help names.
-var envOfFlag = regexp.MustCompile(`\(env (CALLRELAY_[A-Z0-9_]+)`)
-
-// parseWithConfig parses args into fs after applying the --config file.
-// It reports done when --print-config printed the configuration to out.
-func parseWithConfig(fs *flag.FlagSet, args []string, out io.Writer) (done bool, err error) {
-	path := fs.String("config", envOr("CALLRELAY_CONFIG", ""), "YAML file whose keys are these flags' names; the environment and flags override it (env CALLRELAY_CONFIG)")
-	printConfig := fs.Bool("print-config", false, "print the effective configuration (secrets masked) and exit")
-	if p := configArg(args); p != "" {
-		*path = p
-	}
-	if *path != "" {
-		if err := applyConfigFile(fs, *path); err != nil {
-			return false, err
-		}
-	}
-	if err := fs.Parse(args); err != nil {
-		return false, err
-	}
-	if !*printConfig {
-		return false, nil
-	}
-	return true, printEffective(fs, out)
-}
-
-// configArg finds --config on the command line before parsing (the file
-// must be applied first, so that flags override it).
-func configArg(args []string) string {
-	for i, a := range args {
-		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if !strings.HasPrefix(a, "-") || name != "config" {
-			continue
-		}
-		if hasVal {
-			return val
-		}
-		if i+1 < len(args) {
-			return args[i+1]
-		}
-	}
-	return ""
-}
-
-// applyConfigFile sets the flags the file names, except those whose
-// environment variable is set (the environment wins over the file).
-func applyConfigFile(fs *flag.FlagSet, path string) error {
+// applyConfigFile sets the flags the file names, but for those given on
+// the command line (the environment, applied next, overrides the rest).
+func applyConfigFile(fs *flag.FlagSet, path string, onCommandLine map[string]bool) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("--config: %w", err)
@@ -105,10 +60,8 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 			errs = append(errs, fmt.Errorf("--config %s line %d: %s: %w", path, v.Line, k.Value, err))
 			continue
 		}
-		if m := envOfFlag.FindStringSubmatch(f.Usage); m != nil {
-			if _, set := os.LookupEnv(m[1]); set {
-				continue
-			}
+		if onCommandLine[k.Value] {
+			continue
 		}
 		if err := fs.Set(k.Value, val); err != nil {
 			errs = append(errs, fmt.Errorf("--config %s line %d: %s: invalid value %q: %w", path, v.Line, k.Value, val, err))

@@ -9,24 +9,40 @@ import (
 	"github.com/callrelay/callrelay/dashboard"
 )
 
-// runDashboard serves the live throttling dashboard until the context ends.
-func runDashboard(ctx context.Context, args []string) error {
-	cfg := dashboard.Default()
-	fs := flag.NewFlagSet("dashboard", flag.ContinueOnError)
-	fs.StringVar(&cfg.Listen, "listen", envOr("CALLRELAY_DASHBOARD_LISTEN", cfg.Listen), "TCP ip:port of the page (env CALLRELAY_DASHBOARD_LISTEN)")
-	cf := addClusterFlags(fs, "for partitions and call drill-downs")
-	fs.StringVar(&cfg.Subject, "subject", envOr("CALLRELAY_SUBJECT", cfg.Subject), "NATS subject prefix, the forwarders' one (env CALLRELAY_SUBJECT)")
+var dashboardProc = process[dashboardOptions]{name: "dashboard", file: true, flags: dashboardFlags,
+	about: "serve the live throttling dashboard: who is throttling, where, and whom it refuses"}
+
+// dashboardOptions is what the dashboard's flags set.
+type dashboardOptions struct {
+	cfg      dashboard.Config
+	cluster  clusterFlags
+	logLevel string
+}
+
+func dashboardFlags(fs *flag.FlagSet) *dashboardOptions {
+	o := &dashboardOptions{cfg: dashboard.Default(), logLevel: "info"}
+	cfg := &o.cfg
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "TCP ip:port of the page")
+	o.cluster = addClusterFlags(fs, "for partitions and call drill-downs")
+	fs.StringVar(&cfg.Subject, "subject", cfg.Subject, "NATS subject prefix, the forwarders' one")
 	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partitions calls hash into; the conductors' number")
 	fs.DurationVar(&cfg.DownAfter, "down-after", cfg.DownAfter, "a forwarder silent this long is shown as down")
-	level := fs.String("log-level", envOr("CALLRELAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CALLRELAY_LOG_LEVEL)")
-	if done, err := parseWithConfig(fs, args, os.Stdout); err != nil || done {
+	fs.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
+	return o
+}
+
+// runDashboard serves the live throttling dashboard until the context ends.
+func runDashboard(ctx context.Context, args []string) error {
+	o, done, err := dashboardProc.parse(args, os.Stdout)
+	if err != nil || done {
 		return err
 	}
-	log, deps, err := cf.start("dashboard", *level)
+	log, deps, err := o.cluster.start("dashboard", o.logLevel)
 	if err != nil {
 		return err
 	}
 	defer deps.close()
+	cfg := o.cfg
 	cfg.Logger, cfg.Key, cfg.NATS = log, deps.key, deps.nats
 	if deps.store != nil {
 		cfg.Store, cfg.Leases = deps.store, deps.store

@@ -23,8 +23,8 @@ type clusterFlags struct {
 // the help text.
 func addClusterFlags(fs *flag.FlagSet, redisFor string) clusterFlags {
 	return clusterFlags{
-		key:      fs.String("cluster-key", envOr("CALLRELAY_CLUSTER_KEY", ""), "64 hex digits, the forwarders' cluster key (env CALLRELAY_CLUSTER_KEY)"),
-		redisURL: fs.String("redis-url", envOr("CALLRELAY_REDIS_URL", ""), "redis:// or rediss:// URL of the state store, "+redisFor+" (env CALLRELAY_REDIS_URL)"),
+		key:      fs.String("cluster-key", "", "64 hex digits, the forwarders' cluster key"),
+		redisURL: fs.String("redis-url", "", "redis:// or rediss:// URL of the state store, "+redisFor),
 		nats:     addNATSFlags(fs),
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,56 +22,100 @@ import (
 	"github.com/callrelay/callrelay/statestore"
 )
 
-// runForwarder runs one forwarder until the context ends.
-func runForwarder(ctx context.Context, args []string) error {
-	cfg := forwarder.Default()
-	readers, err := envInt("CALLRELAY_READERS", cfg.Readers)
-	if err != nil {
-		return err
-	}
-	maxSessions, err := envInt("CALLRELAY_MAX_SESSIONS", 0)
-	if err != nil {
-		return err
-	}
-	fs := flag.NewFlagSet("forwarder", flag.ContinueOnError)
-	fs.StringVar(&cfg.Listen, "listen", envOr("CALLRELAY_LISTEN", cfg.Listen), "UDP ip:port to serve (env CALLRELAY_LISTEN)")
-	pubKey := fs.String("public-key", envOr("CALLRELAY_PUBLIC_KEY", ""), "base64 Ed25519 public key of the token signer (env CALLRELAY_PUBLIC_KEY)")
-	fs.IntVar(&cfg.Readers, "readers", readers, "reader goroutines on SO_REUSEPORT sockets (env CALLRELAY_READERS)")
-	fs.IntVar(&cfg.MaxSessions, "max-sessions", maxSessions, "refuse new sessions beyond this many with 508; 0 = no limit (env CALLRELAY_MAX_SESSIONS)")
+var forwarderProc = process[forwarderOptions]{name: "forwarder", about: "run a forwarder on one UDP port", file: true, flags: forwarderFlags}
+
+// forwarderOptions is what the forwarder's flags set: the component's
+// config, and what is parsed or opened into it at start.
+type forwarderOptions struct {
+	cfg                               forwarder.Config
+	publicKey, alternate, clusterKey  string
+	trunkAdvertise, mediaAdvertise    string
+	redisURL, metricsListen, logLevel string
+	nats                              *natsConfig
+	statsEvery                        time.Duration
+	videoFrameExtID, absSendTimeExtID uint
+}
+
+func forwarderFlags(fs *flag.FlagSet) *forwarderOptions {
+	o := &forwarderOptions{cfg: forwarder.Default(), logLevel: "info", statsEvery: 10 * time.Second}
+	cfg := &o.cfg
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "UDP ip:port to serve")
+	fs.StringVar(&o.publicKey, "public-key", "", "base64 Ed25519 public key of the token signer")
+	fs.IntVar(&cfg.Readers, "readers", cfg.Readers, "reader goroutines on SO_REUSEPORT sockets")
+	fs.IntVar(&cfg.MaxSessions, "max-sessions", cfg.MaxSessions, "refuse new sessions beyond this many with 508; 0 = no limit")
 	fs.DurationVar(&cfg.KeepaliveInterval, "keepalive", cfg.KeepaliveInterval, "keepalive interval devices are told to use")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "forget sessions silent this long")
-	alt := fs.String("alternate", envOr("CALLRELAY_ALTERNATE", ""), "ip:port to send joins to while draining (env CALLRELAY_ALTERNATE)")
-	fs.StringVar(&cfg.Cluster.ID, "id", envOr("CALLRELAY_ID", ""), "forwarder id in the cluster and the state store, stable across restarts (env CALLRELAY_ID)")
-	fs.StringVar(&cfg.Cluster.TrunkListen, "trunk-listen", envOr("CALLRELAY_TRUNK_LISTEN", ""), "internal UDP ip:port for other forwarders; empty: no cluster (env CALLRELAY_TRUNK_LISTEN)")
-	trunkAdv := fs.String("trunk-advertise", envOr("CALLRELAY_TRUNK_ADVERTISE", ""), "trunk ip:port as other forwarders reach it (default: the bound one)")
-	mediaAdv := fs.String("media-advertise", envOr("CALLRELAY_MEDIA_ADVERTISE", ""), "media ip:port as devices reach it (default: the bound one)")
-	clusterKey := fs.String("cluster-key", envOr("CALLRELAY_CLUSTER_KEY", ""), "64 hex digits shared by the cluster (env CALLRELAY_CLUSTER_KEY; `callrelay token cluster-key`)")
-	redisURL := fs.String("redis-url", envOr("CALLRELAY_REDIS_URL", ""), "redis:// or rediss:// URL of the call state store; empty: none (env CALLRELAY_REDIS_URL)")
-	natsCfg := addNATSFlags(fs)
+	fs.StringVar(&o.alternate, "alternate", "", "ip:port to send joins to while draining")
+	fs.StringVar(&cfg.Cluster.ID, "id", cfg.Cluster.ID, "forwarder id in the cluster and the state store, stable across restarts")
+	fs.StringVar(&cfg.Cluster.TrunkListen, "trunk-listen", cfg.Cluster.TrunkListen, "internal UDP ip:port for other forwarders; empty: no cluster")
+	fs.StringVar(&o.trunkAdvertise, "trunk-advertise", "", "trunk ip:port as other forwarders reach it (default: the bound one)")
+	fs.StringVar(&o.mediaAdvertise, "media-advertise", "", "media ip:port as devices reach it (default: the bound one)")
+	fs.StringVar(&o.clusterKey, "cluster-key", "", "64 hex digits shared by the cluster (make one with: callrelay token cluster-key)")
+	fs.StringVar(&o.redisURL, "redis-url", "", "redis:// or rediss:// URL of the call state store; empty: none")
+	o.nats = addNATSFlags(fs)
 	fs.Float64Var(&cfg.Load.CapacityPPS, "capacity-pps", cfg.Load.CapacityPPS, "packets/s (in + out) this forwarder is sized for: a load signal for throttling; 0 = not a signal")
 	fs.IntVar(&cfg.Load.CapacitySessions, "capacity-sessions", cfg.Load.CapacitySessions, "sessions this forwarder is sized for: a load signal for throttling; 0 = not a signal")
 	fs.Float64Var(&cfg.Load.CPUCores, "cpu-cores", cfg.Load.CPUCores, "CPU cores the process may use: 100 % of the CPU load signal")
 	fs.Uint64Var(&cfg.Load.MemoryLimit, "memory-limit", cfg.Load.MemoryLimit, "bytes of Go memory that count as 100 % load; 0 = not a signal")
 	fs.IntVar(&cfg.Cluster.Partitions, "partitions", cfg.Cluster.Partitions, "conductor partitions calls hash into; the same on every forwarder and conductor")
 	fs.DurationVar(&cfg.DrainDeadline, "drain-deadline", cfg.DrainDeadline, "on SIGTERM, stop admitting, ask sessions to move, and exit when empty or after this long")
-	metricsListen := fs.String("metrics-listen", envOr("CALLRELAY_METRICS_LISTEN", ""), "TCP ip:port for /metrics, /healthz and /readyz; empty: none (env CALLRELAY_METRICS_LISTEN)")
-	level := fs.String("log-level", envOr("CALLRELAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CALLRELAY_LOG_LEVEL)")
-	statsEvery := fs.Duration("stats-every", 10*time.Second, "log a stats line this often (0: never)")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "TCP ip:port for /metrics, /healthz and /readyz; empty: none")
+	fs.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
+	fs.DurationVar(&o.statsEvery, "stats-every", o.statsEvery, "log a stats line this often (0: never)")
 	fs.IntVar(&cfg.Adapt.NackCacheBytes, "nack-cache-bytes", cfg.Adapt.NackCacheBytes, "bytes of each sender's recent packets kept to answer NACKs (512 KiB: about 4 s at 1 Mbit/s)")
 	fs.DurationVar(&cfg.Adapt.NackResendGap, "nack-resend-gap", cfg.Adapt.NackResendGap, "least time between two resends of one packet (about a round trip)")
-	videoExt := fs.Uint("video-frame-ext-id", uint(cfg.Adapt.VideoFrameExtensionID), "RFC 8285 id of the video frame header extension (layer, key frame), 1..14")
-	absExt := fs.Uint("abs-send-time-ext-id", uint(cfg.Adapt.AbsSendTimeExtensionID), "RFC 8285 id of the abs-send-time header extension, 1..14")
-	if done, err := parseWithConfig(fs, args, os.Stdout); err != nil || done {
+	o.videoFrameExtID, o.absSendTimeExtID = uint(cfg.Adapt.VideoFrameExtensionID), uint(cfg.Adapt.AbsSendTimeExtensionID)
+	fs.UintVar(&o.videoFrameExtID, "video-frame-ext-id", o.videoFrameExtID, "RFC 8285 id of the video frame header extension (layer, key frame), 1..14")
+	fs.UintVar(&o.absSendTimeExtID, "abs-send-time-ext-id", o.absSendTimeExtID, "RFC 8285 id of the abs-send-time header extension, 1..14")
+	return o
+}
+
+// runForwarder runs one forwarder until the context ends.
+func runForwarder(ctx context.Context, args []string) error {
+	o, done, err := forwarderProc.parse(args, os.Stdout)
+	if err != nil || done {
 		return err
 	}
-	log, err := logging.New(*level)
+	log, err := logging.New(o.logLevel)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	cfg.Logger = log
-	if *pubKey != "" {
-		pk, err := protocol.ParsePublicKey(*pubKey)
+	o.cfg.Logger = log
+	if err := o.parseValues(); err != nil {
+		return err
+	}
+	closeDeps, err := connectDeps(&o.cfg, o.redisURL, o.nats, log)
+	if err != nil {
+		return err
+	}
+	defer closeDeps()
+	f, err := forwarder.New(o.cfg)
+	if err != nil {
+		return err
+	}
+	if o.statsEvery > 0 {
+		go logStats(ctx, log, f, o.statsEvery)
+	}
+	if o.metricsListen != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(f.Collector())
+		stopHTTP, err := serveMetrics(o.metricsListen, reg, func() bool { return !f.Stats().Draining }, log)
+		if err != nil {
+			return err
+		}
+		defer stopHTTP()
+	}
+	return runUntilDrained(ctx, f, o.cfg.DrainDeadline)
+}
+
+// parseValues parses the keys, addresses and extension ids the flags
+// carry as text into the forwarder's config.
+func (o *forwarderOptions) parseValues() error {
+	cfg := &o.cfg
+	var err error
+	if o.publicKey != "" {
+		pk, err := protocol.ParsePublicKey(o.publicKey)
 		if err != nil {
 			return fmt.Errorf("forwarder: --public-key: %w", err)
 		}
@@ -80,49 +123,33 @@ func runForwarder(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	if *videoExt > 14 || *absExt > 14 {
-		return fmt.Errorf("forwarder: --video-frame-ext-id %d, --abs-send-time-ext-id %d: want 1..14", *videoExt, *absExt)
+	if o.videoFrameExtID > 14 || o.absSendTimeExtID > 14 {
+		return fmt.Errorf("forwarder: --video-frame-ext-id %d, --abs-send-time-ext-id %d: want 1..14", o.videoFrameExtID, o.absSendTimeExtID)
 	}
-	cfg.Adapt.VideoFrameExtensionID, cfg.Adapt.AbsSendTimeExtensionID = uint8(*videoExt), uint8(*absExt)
-	if *alt != "" {
-		if cfg.Alternate, err = netip.ParseAddrPort(*alt); err != nil {
-			return fmt.Errorf("forwarder: --alternate %q: want ip:port", *alt)
+	cfg.Adapt.VideoFrameExtensionID, cfg.Adapt.AbsSendTimeExtensionID = uint8(o.videoFrameExtID), uint8(o.absSendTimeExtID)
+	if o.alternate != "" {
+		if cfg.Alternate, err = netip.ParseAddrPort(o.alternate); err != nil {
+			return fmt.Errorf("forwarder: --alternate %q: want ip:port", o.alternate)
 		}
 	}
-	if err := parseAddr("--trunk-advertise", *trunkAdv, &cfg.Cluster.TrunkAdvertise); err != nil {
+	if err := parseAddr("--trunk-advertise", o.trunkAdvertise, &cfg.Cluster.TrunkAdvertise); err != nil {
 		return err
 	}
-	if err := parseAddr("--media-advertise", *mediaAdv, &cfg.Cluster.MediaAdvertise); err != nil {
+	if err := parseAddr("--media-advertise", o.mediaAdvertise, &cfg.Cluster.MediaAdvertise); err != nil {
 		return err
 	}
-	if *clusterKey != "" {
-		if cfg.Cluster.Key, err = protocol.ParseClusterKey(*clusterKey); err != nil {
+	if o.clusterKey != "" {
+		if cfg.Cluster.Key, err = protocol.ParseClusterKey(o.clusterKey); err != nil {
 			return fmt.Errorf("forwarder: --cluster-key: %w", err)
 		}
 	}
-	closeDeps, err := connectDeps(&cfg, *redisURL, natsCfg, log)
-	if err != nil {
-		return err
-	}
-	defer closeDeps()
-	f, err := forwarder.New(cfg)
-	if err != nil {
-		return err
-	}
-	if *statsEvery > 0 {
-		go logStats(ctx, log, f, *statsEvery)
-	}
-	if *metricsListen != "" {
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(f.Collector())
-		stopHTTP, err := serveMetrics(*metricsListen, reg, func() bool { return !f.Stats().Draining }, log)
-		if err != nil {
-			return err
-		}
-		defer stopHTTP()
-	}
-	// The first signal drains: no new sessions, sessions asked to move,
-	// exit when empty or at the deadline (the second signal exits at once).
+	return nil
+}
+
+// runUntilDrained runs f; the first signal (ctx ending) drains it: no new
+// sessions, sessions asked to move, exit when empty or at the deadline
+// (the second signal exits at once, see main).
+func runUntilDrained(ctx context.Context, f *forwarder.Forwarder, deadline time.Duration) error {
 	runCtx, stop := context.WithCancel(context.Background())
 	defer stop()
 	done := make(chan error, 1)
@@ -132,7 +159,7 @@ func runForwarder(ctx context.Context, args []string) error {
 		return err
 	case <-ctx.Done():
 	}
-	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainDeadline)
+	dctx, cancel := context.WithTimeout(context.Background(), deadline)
 	_ = f.Shutdown(dctx)
 	cancel()
 	stop()
@@ -196,20 +223,6 @@ func logStats(ctx context.Context, log *zap.Logger, f *forwarder.Forwarder, ever
 				zap.Stringer("throttle", s.ThrottleLevel), zap.Float64("load", s.Load.Max()), zap.String("load_worst", s.Load.Worst()))
 		}
 	}
-}
-
-// envInt reads an integer environment variable; a value that is set but
-// not an integer is an error, not a silent default.
-func envInt(name string, def int) (int, error) {
-	v, ok := os.LookupEnv(name)
-	if !ok || v == "" {
-		return def, nil
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		return 0, fmt.Errorf("%s=%q: want an integer", name, v)
-	}
-	return n, nil
 }
 
 // serveMetrics serves Prometheus metrics from reg (plus Go and process

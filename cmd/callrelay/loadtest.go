@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -19,65 +20,63 @@ import (
 	"github.com/callrelay/callrelay/protocol"
 )
 
+var loadtestProc = process[loadtestOptions]{name: "loadtest", flags: loadtestFlags,
+	about: "make calls against forwarders (steady, spike or ramp) and report what they held"}
+
+// loadtestOptions is what the load test's flags set; the profile and mix
+// flags override the plan file's values.
+type loadtestOptions struct {
+	planFile, forwarders, signingKey, profile string
+	rate, oneToOne, videoShare, relayCores    float64
+	duration, agentsWait                      time.Duration
+	groupSize, maxConcurrent, agents          int
+	out, report                               string
+	cluster                                   clusterFlags
+	processes                                 processFlag
+}
+
+func loadtestFlags(fs *flag.FlagSet) *loadtestOptions {
+	o := &loadtestOptions{oneToOne: -1, videoShare: -1, out: "loadtest-result.json", agentsWait: 30 * time.Second}
+	fs.StringVar(&o.planFile, "plan", "", "YAML or JSON plan file (flags below override it)")
+	fs.StringVar(&o.forwarders, "forwarders", "", "comma-separated forwarder ip:ports: the only addresses traffic goes to")
+	fs.StringVar(&o.signingKey, "signing-key", "", "base64 Ed25519 key that mints join tokens, trusted by the forwarders")
+	fs.StringVar(&o.profile, "profile", "", "steady, spike or ramp (default: the plan's, else steady)")
+	fs.Float64Var(&o.rate, "rate", 0, "steady: calls/s; spike: peak calls/s; ramp: calls/s added per step")
+	fs.DurationVar(&o.duration, "duration", 0, "steady: how long; spike: the hold at the peak; ramp: each step")
+	fs.Float64Var(&o.oneToOne, "one-to-one", o.oneToOne, "fraction of one-to-one calls, 0..1 (negative: the plan's)")
+	fs.IntVar(&o.groupSize, "group-size", 0, "group calls of exactly this size")
+	fs.Float64Var(&o.videoShare, "video-share", o.videoShare, "fraction of participants, 0..1, that also send camera video (simulcast and bitrates as the relay asks), subscribed to by the rest of their call (negative: the plan's, else 0)")
+	fs.IntVar(&o.maxConcurrent, "max-concurrent", 0, "at most this many calls at once")
+	fs.Float64Var(&o.relayCores, "relay-cores", 0, "CPU cores of all the forwarders together, for the knee per core")
+	fs.StringVar(&o.out, "out", o.out, "where the JSON result goes")
+	fs.StringVar(&o.report, "report", "", "where the HTML report goes (empty: no report)")
+	o.cluster = addClusterFlags(fs, "unused by the load test")
+	fs.IntVar(&o.agents, "agents", 0, "run through this many loadtest agent processes (over --nats-url) instead of locally")
+	fs.DurationVar(&o.agentsWait, "agents-wait", o.agentsWait, "how long to wait for the agents to show up")
+	fs.Var(&o.processes, "process", "`name=pid` of a process the plan's chaos actions may signal (repeatable, or comma-separated), e.g. fwd-a=1234")
+	return o
+}
+
 // runLoadtest runs one load test against the forwarders given and writes
-// its result (JSON) and report (HTML); `loadtest agent` runs a share of a
-// controller's plan instead.
+// its result (JSON) and, when asked, its report (HTML); `loadtest agent`
+// runs a share of a controller's plan instead.
 func runLoadtest(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "agent" {
 		return runLoadtestAgent(ctx, args[1:])
 	}
-	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
-	planFile := fs.String("plan", "", "YAML or JSON plan file (flags below override it)")
-	fwds := fs.String("forwarders", envOr("CALLRELAY_FORWARDERS", ""), "comma-separated forwarder ip:ports: the only addresses traffic goes to (env CALLRELAY_FORWARDERS)")
-	key := fs.String("signing-key", envOr("CALLRELAY_SIGNING_KEY", ""), "base64 Ed25519 key that mints join tokens, trusted by the forwarders (env CALLRELAY_SIGNING_KEY)")
-	profile := fs.String("profile", "", "steady, spike or ramp (default: the plan's, else steady)")
-	rate := fs.Float64("rate", 0, "steady: calls/s; spike: peak calls/s; ramp: calls/s added per step")
-	duration := fs.Duration("duration", 0, "steady: how long; spike: the hold at the peak; ramp: each step")
-	oneToOne := fs.Float64("one-to-one", -1, "fraction of one-to-one calls, 0..1")
-	groupSize := fs.Int("group-size", 0, "group calls of exactly this size")
-	videoShare := fs.Float64("video-share", -1, "fraction of participants, 0..1, that also send camera video (simulcast and bitrates as the relay asks), subscribed to by the rest of their call (default: the plan's, else 0)")
-	maxCalls := fs.Int("max-concurrent", 0, "at most this many calls at once")
-	cores := fs.Float64("relay-cores", 0, "CPU cores of all the forwarders together, for the knee per core")
-	out := fs.String("out", "loadtest-result.json", "where the JSON result goes")
-	html := fs.String("report", "loadtest-report.html", "where the HTML report goes (empty: none)")
-	cf := addClusterFlags(fs, "unused by the load test")
-	agents := fs.Int("agents", 0, "run through this many `callrelay loadtest agent` processes (over --nats-url) instead of locally")
-	agentWait := fs.Duration("agents-wait", 30*time.Second, "how long to wait for the agents to show up")
-	var procs processFlag
-	fs.Var(&procs, "process", "name=pid of a process the plan's chaos actions may signal (repeatable), e.g. fwd-a=1234")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	var p loadtest.Plan
-	if *planFile != "" {
-		b, err := os.ReadFile(*planFile)
-		if err != nil {
-			return fmt.Errorf("loadtest: --plan: %w", err)
-		}
-		if p, err = loadtest.ParsePlan(b); err != nil {
-			return fmt.Errorf("loadtest: %s: %w", *planFile, err)
-		}
-	}
-	if err := applyLoadFlags(&p, *fwds, *profile, *rate, *duration, *oneToOne, *groupSize, *maxCalls, *cores); err != nil {
-		return err
-	}
-	if *videoShare >= 0 {
-		p.Video.Share = *videoShare
-	}
-	if *key == "" {
-		return errors.New("loadtest: no signing key: pass --signing-key or set CALLRELAY_SIGNING_KEY (the forwarders' token signer)")
-	}
-	priv, err := protocol.ParsePrivateKey(*key)
+	o, _, err := loadtestProc.parse(args, os.Stdout)
 	if err != nil {
-		return fmt.Errorf("loadtest: --signing-key: %w", err)
+		return err
 	}
-	p.SigningKey = priv
-	p.Processes = procs
+	p, err := o.plan()
+	if err != nil {
+		return err
+	}
 	log, err := logging.New("warn")
 	if err != nil {
 		return err
 	}
-	deps, err := cf.open("loadtest", log)
+	deps, err := o.cluster.open("loadtest", log)
 	if err != nil {
 		return err
 	}
@@ -87,46 +86,82 @@ func runLoadtest(ctx context.Context, args []string) error {
 		p.NATS, p.ClusterKey = deps.nats, deps.key
 	}
 	var res *loadtest.Result
-	if *agents > 0 {
+	if o.agents > 0 {
 		if deps.nats == nil {
 			return errors.New("loadtest: --agents needs --nats-url")
 		}
-		res, err = loadtest.RunController(ctx, p, deps.nats, loadtest.DefaultSubject, *agents, *agentWait, os.Stderr)
+		res, err = loadtest.RunController(ctx, p, deps.nats, loadtest.DefaultSubject, o.agents, o.agentsWait, os.Stderr)
 	} else {
 		res, err = loadtest.Run(ctx, p, os.Stderr)
 	}
 	if err != nil {
 		return err
 	}
+	return o.write(res)
+}
+
+// plan is the plan file with the flags applied over it, and the signing
+// key and processes the flags give.
+func (o *loadtestOptions) plan() (loadtest.Plan, error) {
+	var p loadtest.Plan
+	if o.planFile != "" {
+		b, err := os.ReadFile(o.planFile)
+		if err != nil {
+			return p, fmt.Errorf("loadtest: --plan: %w", err)
+		}
+		if p, err = loadtest.ParsePlan(b); err != nil {
+			return p, fmt.Errorf("loadtest: %s: %w", o.planFile, err)
+		}
+	}
+	if err := o.applyTo(&p); err != nil {
+		return p, err
+	}
+	if o.signingKey == "" {
+		return p, errors.New("loadtest: no signing key: pass --signing-key or set CALLRELAY_SIGNING_KEY (the forwarders' token signer)")
+	}
+	priv, err := protocol.ParsePrivateKey(o.signingKey)
+	if err != nil {
+		return p, fmt.Errorf("loadtest: --signing-key: %w", err)
+	}
+	p.SigningKey = priv
+	p.Processes = o.processes
+	return p, nil
+}
+
+// write writes the JSON result to --out and, with --report, the HTML
+// report, and prints the verdict.
+func (o *loadtestOptions) write(res *loadtest.Result) error {
 	b, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(*out, b, 0o644); err != nil {
+	if err := os.WriteFile(o.out, b, 0o644); err != nil {
 		return fmt.Errorf("loadtest: --out: %w", err)
 	}
-	if *html != "" {
+	written := "result " + o.out
+	if o.report != "" {
 		var buf bytes.Buffer
 		if err := report.Render(&buf, report.FromResult(res)); err != nil {
 			return fmt.Errorf("loadtest: report: %w", err)
 		}
-		if err := os.WriteFile(*html, buf.Bytes(), 0o644); err != nil {
+		if err := os.WriteFile(o.report, buf.Bytes(), 0o644); err != nil {
 			return fmt.Errorf("loadtest: --report: %w", err)
 		}
+		written += ", report " + o.report
 	}
 	verdict := "PASS"
 	if !res.Verdict.Pass {
 		verdict = "FAIL"
 	}
-	fmt.Printf("loadtest: %s (stopped: %s); result %s, report %s\n", verdict, res.Stopped, *out, *html)
+	fmt.Printf("loadtest: %s (stopped: %s); %s\n", verdict, res.Stopped, written)
 	return nil
 }
 
-// applyLoadFlags lets flags override the plan file.
-func applyLoadFlags(p *loadtest.Plan, fwds, profile string, rate float64, d time.Duration, oneToOne float64, groupSize, maxCalls int, cores float64) error {
-	if fwds != "" {
+// applyTo lets the flags override the plan file.
+func (o *loadtestOptions) applyTo(p *loadtest.Plan) error {
+	if o.forwarders != "" {
 		p.Forwarders = nil
-		for _, s := range strings.Split(fwds, ",") {
+		for _, s := range strings.Split(o.forwarders, ",") {
 			ap, err := netip.ParseAddrPort(strings.TrimSpace(s))
 			if err != nil {
 				return fmt.Errorf("loadtest: --forwarders %q: want ip:port[,ip:port...]", s)
@@ -134,10 +169,32 @@ func applyLoadFlags(p *loadtest.Plan, fwds, profile string, rate float64, d time
 			p.Forwarders = append(p.Forwarders, ap)
 		}
 	}
-	if profile != "" {
-		p.Profile.Kind = profile
+	if o.profile != "" {
+		p.Profile.Kind = o.profile
 	}
-	dur := loadtest.Duration(d)
+	o.applyProfile(p)
+	if o.oneToOne >= 0 {
+		p.Mix.OneToOne = o.oneToOne
+	}
+	if o.groupSize > 0 {
+		p.Mix.GroupMin, p.Mix.GroupMax = o.groupSize, o.groupSize
+	}
+	if o.videoShare >= 0 {
+		p.Video.Share = o.videoShare
+	}
+	if o.maxConcurrent > 0 {
+		p.Bounds.MaxConcurrentCalls = o.maxConcurrent
+	}
+	if o.relayCores > 0 {
+		p.RelayCores = o.relayCores
+	}
+	return nil
+}
+
+// applyProfile gives --rate and --duration the meaning the plan's
+// profile kind gives them.
+func (o *loadtestOptions) applyProfile(p *loadtest.Plan) {
+	rate, dur := o.rate, loadtest.Duration(o.duration)
 	switch p.Profile.Kind {
 	case "", "steady":
 		if rate > 0 {
@@ -161,38 +218,40 @@ func applyLoadFlags(p *loadtest.Plan, fwds, profile string, rate float64, d time
 			p.Profile.Ramp.StepDuration = dur
 		}
 	}
-	if oneToOne >= 0 {
-		p.Mix.OneToOne = oneToOne
-	}
-	if groupSize > 0 {
-		p.Mix.GroupMin, p.Mix.GroupMax = groupSize, groupSize
-	}
-	if maxCalls > 0 {
-		p.Bounds.MaxConcurrentCalls = maxCalls
-	}
-	if cores > 0 {
-		p.RelayCores = cores
-	}
-	return nil
+}
+
+var loadtestAgentProc = process[agentOptions]{name: "loadtest agent", flags: agentFlags,
+	about: "take a share of the plans a load test controller (loadtest --agents N) publishes over NATS"}
+
+// agentOptions is what `loadtest agent`'s flags set.
+type agentOptions struct {
+	signingKey string
+	nats       *natsConfig // where the controller publishes plans
+	once       bool
+}
+
+func agentFlags(fs *flag.FlagSet) *agentOptions {
+	o := &agentOptions{}
+	fs.StringVar(&o.signingKey, "signing-key", "", "base64 Ed25519 key that mints join tokens; plans must be signed with it")
+	o.nats = addNATSFlags(fs)
+	fs.BoolVar(&o.once, "once", false, "exit after one run")
+	return o
 }
 
 // runLoadtestAgent takes a share of the plans a controller publishes over
 // NATS, for as long as ctx lives (one run at a time).
 func runLoadtestAgent(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("loadtest agent", flag.ContinueOnError)
-	key := fs.String("signing-key", envOr("CALLRELAY_SIGNING_KEY", ""), "base64 Ed25519 key that mints join tokens; plans must be signed with it (env CALLRELAY_SIGNING_KEY)")
-	natsCfg := addNATSFlags(fs) // where the controller publishes plans
-	once := fs.Bool("once", false, "exit after one run")
-	if err := fs.Parse(args); err != nil {
+	o, _, err := loadtestAgentProc.parse(args, os.Stdout)
+	if err != nil {
 		return err
 	}
-	if err := natsCfg.Validate(); err != nil {
+	if err := o.nats.Validate(); err != nil {
 		return fmt.Errorf("loadtest agent: %w", err)
 	}
-	if *key == "" || natsCfg.URL == "" {
+	if o.signingKey == "" || o.nats.URL == "" {
 		return errors.New("loadtest agent: --signing-key (or CALLRELAY_SIGNING_KEY) and --nats-url are required")
 	}
-	priv, err := protocol.ParsePrivateKey(*key)
+	priv, err := protocol.ParsePrivateKey(o.signingKey)
 	if err != nil {
 		return fmt.Errorf("loadtest agent: --signing-key: %w", err)
 	}
@@ -200,7 +259,7 @@ func runLoadtestAgent(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	nc, err := connectNATS(natsCfg, "callrelay loadtest agent", log)
+	nc, err := connectNATS(o.nats, "callrelay loadtest agent", log)
 	if err != nil {
 		return fmt.Errorf("loadtest agent: %w", err)
 	}
@@ -214,7 +273,7 @@ func runLoadtestAgent(ctx context.Context, args []string) error {
 			return err
 		}
 		fmt.Printf("loadtest agent: share %d of %d of run %s done (stopped: %s)\n", part.Index+1, part.Of, part.RunID, part.Stopped)
-		if *once {
+		if o.once {
 			return nil
 		}
 	}
@@ -224,17 +283,32 @@ func runLoadtestAgent(ctx context.Context, args []string) error {
 // processFlag collects name=pid pairs.
 type processFlag map[string]int
 
-func (p *processFlag) String() string { return fmt.Sprint(map[string]int(*p)) }
-
-func (p *processFlag) Set(v string) error {
-	name, pid, ok := strings.Cut(v, "=")
-	n, err := strconv.Atoi(pid)
-	if !ok || name == "" || err != nil || n <= 1 {
-		return fmt.Errorf("want name=pid, e.g. fwd-a=1234, got %q", v)
+// String is the pairs as Set takes them, sorted by name.
+func (p *processFlag) String() string {
+	var pairs []string
+	for name, pid := range *p {
+		pairs = append(pairs, name+"="+strconv.Itoa(pid))
 	}
+	sort.Strings(pairs)
+	return strings.Join(pairs, ",")
+}
+
+// Set adds one pair or several, comma-separated (as a variable or a
+// config list gives them).
+func (p *processFlag) Set(v string) error {
 	if *p == nil {
 		*p = processFlag{}
 	}
-	(*p)[name] = n
+	for _, pair := range strings.Split(v, ",") {
+		if pair = strings.TrimSpace(pair); pair == "" {
+			continue
+		}
+		name, pid, ok := strings.Cut(pair, "=")
+		n, err := strconv.Atoi(pid)
+		if !ok || name == "" || err != nil || n <= 1 {
+			return fmt.Errorf("want name=pid, e.g. fwd-a=1234, got %q", pair)
+		}
+		(*p)[name] = n
+	}
 	return nil
 }

@@ -99,13 +99,23 @@ func TestLoadtestAgentsMerge(t *testing.T) {
 	a := c.node(t, "fwd-a")
 	environ := env("CALLRELAY_SIGNING_KEY="+c.seed, "CALLRELAY_NATS_URL="+c.nats.ClientURL())
 	agents := []*proc{start(t, environ, "loadtest", "agent", "--once"), start(t, environ, "loadtest", "agent", "--once")}
+	// Run in an empty directory with neither --out nor --report: the
+	// result goes to loadtest-result.json, and no report is written unless
+	// asked for.
 	dir := t.TempDir()
-	out := filepath.Join(dir, "result.json")
-	r := run(t, env("CALLRELAY_SIGNING_KEY="+c.seed, "CALLRELAY_CLUSTER_KEY="+c.key), "loadtest",
+	r := runIn(t, dir, env("CALLRELAY_SIGNING_KEY="+c.seed, "CALLRELAY_CLUSTER_KEY="+c.key), "loadtest",
 		"--forwarders", a.media.String(), "--nats-url", c.nats.ClientURL(), "--agents", "2", "--agents-wait", "10s",
-		"--profile", "steady", "--rate", "3", "--duration", "3s", "--out", out, "--report", "")
+		"--profile", "steady", "--rate", "3", "--duration", "3s")
 	require.Equal(t, 0, r.code, "stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
-	raw, err := os.ReadFile(out)
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	require.Equal(t, []string{"loadtest-result.json"}, names, "no report unless --report names one")
+	require.NotContains(t, r.stdout, "report")
+	raw, err := os.ReadFile(filepath.Join(dir, "loadtest-result.json"))
 	require.NoError(t, err)
 	var res loadtest.Result
 	require.NoError(t, json.Unmarshal(raw, &res))

@@ -17,12 +17,14 @@ var commands = map[string]struct {
 	run  func(ctx context.Context, args []string) error
 	help string
 }{
-	"demo":      {runDemo, "run a forwarder and simulated, end-to-end encrypted calls on this machine"},
-	"forwarder": {runForwarder, "run a forwarder on one UDP port"},
-	"loadtest":  {runLoadtest, "make calls against forwarders (steady, spike or ramp) and report what they held"},
-	"dashboard": {runDashboard, "serve the live throttling dashboard: who is throttling, where, and whom it refuses"},
-	"conductor": {runConductor, "decide dominant speakers and audio forwarding for the calls of the partitions it leases"},
+	"demo":      {runDemo, demoProc.about},
+	"forwarder": {runForwarder, forwarderProc.about},
+	"loadtest":  {runLoadtest, loadtestProc.about},
+	"dashboard": {runDashboard, dashboardProc.about},
+	"conductor": {runConductor, conductorProc.about},
 	"token":     {runToken, "make signing keys and mint join tokens"},
+	// Hidden: writes docs/configuration.md (go generate ./cmd/callrelay).
+	"config-doc": {runConfigDoc, ""},
 }
 
 func usage() {
@@ -63,12 +65,4 @@ func main() {
 		fmt.Fprintln(os.Stderr, "callrelay:", err)
 		os.Exit(1)
 	}
-}
-
-// envOr returns the environment variable's value, or def when unset.
-func envOr(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/netip"
@@ -114,10 +115,16 @@ type result struct {
 // run runs the binary to completion with the given environment.
 func run(t *testing.T, environ []string, args ...string) result {
 	t.Helper()
+	return runIn(t, "", environ, args...)
+}
+
+// runIn is run in the working directory dir ("": the test's).
+func runIn(t *testing.T, dir string, environ []string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.Env = environ
+	cmd.Env, cmd.Dir = environ, dir
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -195,14 +202,41 @@ func TestUsage(t *testing.T) {
 	}
 }
 
+// Every command and subcommand answers -h with its help on stderr, every
+// flag with its variable, and exit 0: never a key pair, a token or a run.
 func TestCommandHelpExitsZero(t *testing.T) {
-	for cmd, flag := range map[string]string{"demo": "-duration", "forwarder": "-public-key", "conductor": "-lease-ttl", "token mint": "-signing-key"} {
-		t.Run(cmd, func(t *testing.T) {
-			r := run(t, env(), append(strings.Fields(cmd), "-h")...)
-			require.Equal(t, 0, r.code, r.stderr)
-			require.Contains(t, r.stderr, flag)
-		})
+	for _, p := range processes {
+		name, about, _ := p.spec()
+		for _, h := range []string{"-h", "--help"} {
+			t.Run(name+" "+h, func(t *testing.T) {
+				r := run(t, env(), append(strings.Fields(name), h)...)
+				require.Equal(t, 0, r.code, r.stderr)
+				require.Empty(t, r.stdout)
+				require.Contains(t, r.stderr, "usage: callrelay "+name)
+				require.Contains(t, r.stderr, about)
+				require.NotRegexp(t, `KEY=\S`, r.stderr, "no key printed")
+				p.flagSet().VisitAll(func(f *flag.Flag) {
+					require.Regexp(t, `(?m)^  -`+regexp.QuoteMeta(f.Name)+`\b`, r.stderr)
+					if env := envName(name, f.Name); env != "" {
+						require.Contains(t, r.stderr, "(env "+env+")")
+					}
+				})
+			})
+		}
 	}
+	for _, args := range [][]string{{"token", "-h"}, {"token", "--help"}, {"token", "help"}} {
+		r := run(t, env(), args...)
+		require.Equal(t, 0, r.code, r.stderr)
+		require.Empty(t, r.stdout)
+		for _, sub := range []string{"keygen", "mint", "cluster-key"} {
+			require.Regexp(t, `(?m)^  `+sub+` +\S`, r.stderr)
+		}
+	}
+	// A stray argument is refused rather than ignored.
+	r := run(t, env(), "token", "keygen", "help")
+	require.NotEqual(t, 0, r.code)
+	require.Empty(t, r.stdout)
+	require.Contains(t, r.stderr, `unexpected argument "help"`)
 }
 
 // keygen runs `token keygen` and returns the printed public key and seed.

@@ -14,8 +14,8 @@ import (
 )
 
 // natsConfig is how a process connects to NATS: the --nats-* flags (also
-// keys of its config file, see configfile.go) and the CALLRELAY_NATS_*
-// variables. An empty URL means no NATS.
+// keys of its config file and CALLRELAY_NATS_* variables, see
+// settings.go). An empty URL means no NATS.
 type natsConfig struct {
 	// URL is one or more server URLs, comma-separated; the client picks one
 	// and fails over to the others (and to the ones the cluster gossips).
@@ -38,50 +38,30 @@ type natsConfig struct {
 	TLSKey  string
 }
 
-// natsSetting ties a natsConfig field to its env variable and flag.
+// natsSetting ties a natsConfig field to its flag.
 type natsSetting struct {
-	flag, env, help string
-	field           func(*natsConfig) *string
+	flag, help string
+	field      func(*natsConfig) *string
 }
 
 var natsSettings = []natsSetting{
-	{"nats-url", "CALLRELAY_NATS_URL", "NATS server URL(s), comma-separated; user:password@ or token@ may be in them", func(c *natsConfig) *string { return &c.URL }},
-	{"nats-user", "CALLRELAY_NATS_USER", "NATS username (with --nats-password)", func(c *natsConfig) *string { return &c.User }},
-	{"nats-password", "CALLRELAY_NATS_PASSWORD", "NATS password (with --nats-user)", func(c *natsConfig) *string { return &c.Password }},
-	{"nats-token", "CALLRELAY_NATS_TOKEN", "NATS authorization token", func(c *natsConfig) *string { return &c.Token }},
-	{"nats-creds", "CALLRELAY_NATS_CREDS", "NATS .creds file (user JWT and nkey seed)", func(c *natsConfig) *string { return &c.Creds }},
-	{"nats-nkey", "CALLRELAY_NATS_NKEY", "file holding a NATS nkey seed (SU...)", func(c *natsConfig) *string { return &c.NKey }},
-	{"nats-tls-ca", "CALLRELAY_NATS_TLS_CA", "PEM file of CAs that sign the NATS servers' certificates (implies TLS)", func(c *natsConfig) *string { return &c.TLSCA }},
-	{"nats-tls-cert", "CALLRELAY_NATS_TLS_CERT", "PEM client certificate for NATS mutual TLS (with --nats-tls-key)", func(c *natsConfig) *string { return &c.TLSCert }},
-	{"nats-tls-key", "CALLRELAY_NATS_TLS_KEY", "PEM key of --nats-tls-cert", func(c *natsConfig) *string { return &c.TLSKey }},
+	{"nats-url", "NATS server URL(s), comma-separated; user:password@ or token@ may be in them", func(c *natsConfig) *string { return &c.URL }},
+	{"nats-user", "NATS username (with --nats-password)", func(c *natsConfig) *string { return &c.User }},
+	{"nats-password", "NATS password (with --nats-user)", func(c *natsConfig) *string { return &c.Password }},
+	{"nats-token", "NATS authorization token", func(c *natsConfig) *string { return &c.Token }},
+	{"nats-creds", "NATS .creds file (user JWT and nkey seed)", func(c *natsConfig) *string { return &c.Creds }},
+	{"nats-nkey", "file holding a NATS nkey seed (SU...)", func(c *natsConfig) *string { return &c.NKey }},
+	{"nats-tls-ca", "PEM file of CAs that sign the NATS servers' certificates (implies TLS)", func(c *natsConfig) *string { return &c.TLSCA }},
+	{"nats-tls-cert", "PEM client certificate for NATS mutual TLS (with --nats-tls-key)", func(c *natsConfig) *string { return &c.TLSCert }},
+	{"nats-tls-key", "PEM key of --nats-tls-cert", func(c *natsConfig) *string { return &c.TLSKey }},
 }
 
-// applyEnv overrides c with the CALLRELAY_NATS_* variables that are set
-// (an empty value set on purpose clears the file's one).
-func (c *natsConfig) applyEnv() {
-	for _, s := range natsSettings {
-		if v, ok := os.LookupEnv(s.env); ok {
-			*s.field(c) = v
-		}
-	}
-}
-
-// addFlags registers the --nats-* flags on fs with c's current values (the
-// default, the file's or the environment's) as their defaults, so a flag
-// given overrides them.
-func (c *natsConfig) addFlags(fs *flag.FlagSet) {
-	for _, s := range natsSettings {
-		p := s.field(c)
-		fs.StringVar(p, s.flag, *p, s.help+" (env "+s.env+")")
-	}
-}
-
-// addNATSFlags is applyEnv then addFlags, for a command without a config
-// file.
+// addNATSFlags registers the --nats-* flags on fs.
 func addNATSFlags(fs *flag.FlagSet) *natsConfig {
 	c := &natsConfig{}
-	c.applyEnv()
-	c.addFlags(fs)
+	for _, s := range natsSettings {
+		fs.StringVar(s.field(c), s.flag, "", s.help)
+	}
 	return c
 }
 
@@ -93,7 +73,7 @@ func (c *natsConfig) Validate() error {
 	if strings.TrimSpace(c.URL) == "" {
 		for _, s := range natsSettings[1:] {
 			if *s.field(c) != "" {
-				bad("nats: --%s (nats.%s) is set but --nats-url (nats.url, CALLRELAY_NATS_URL) is empty: give the NATS server URL(s)", s.flag, strings.ReplaceAll(strings.TrimPrefix(s.flag, "nats-"), "-", "_"))
+				bad("nats: --%s is set but --nats-url (CALLRELAY_NATS_URL) is empty: give the NATS server URL(s)", s.flag)
 			}
 		}
 		return errors.Join(errs...)
@@ -117,7 +97,7 @@ func (c *natsConfig) Validate() error {
 	if c.User != "" || c.Password != "" {
 		ways = append(ways, "--nats-user/--nats-password")
 		if c.User == "" || c.Password == "" {
-			bad("nats: give both --nats-user and --nats-password (nats.user, nats.password), or neither")
+			bad("nats: give both --nats-user and --nats-password, or neither")
 		}
 	}
 	if c.Token != "" {
@@ -136,7 +116,7 @@ func (c *natsConfig) Validate() error {
 		bad("nats: %s are different ways to authenticate: give one", strings.Join(ways, ", "))
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
-		bad("nats: --nats-tls-cert and --nats-tls-key (nats.tls_cert, nats.tls_key) go together: give both for mutual TLS, or neither")
+		bad("nats: --nats-tls-cert and --nats-tls-key go together: give both for mutual TLS, or neither")
 	}
 	for _, f := range []struct{ flag, path string }{{"nats-creds", c.Creds}, {"nats-nkey", c.NKey}, {"nats-tls-ca", c.TLSCA}, {"nats-tls-cert", c.TLSCert}, {"nats-tls-key", c.TLSKey}} {
 		if f.path == "" {

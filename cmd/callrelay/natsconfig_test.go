@@ -154,14 +154,14 @@ func TestNATSConfigRefusesBadCombinations(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"cert without key", []string{"--nats-url", u, "--nats-tls-cert", pem}, "--nats-tls-cert and --nats-tls-key (nats.tls_cert, nats.tls_key) go together"},
+		{"cert without key", []string{"--nats-url", u, "--nats-tls-cert", pem}, "--nats-tls-cert and --nats-tls-key go together"},
 		{"key without cert", []string{"--nats-url", u, "--nats-tls-key", pem}, "go together: give both for mutual TLS, or neither"},
 		{"user without password", []string{"--nats-url", u, "--nats-user", "relay"}, "give both --nats-user and --nats-password"},
 		{"user and token", []string{"--nats-url", u, "--nats-user", "a", "--nats-password", "b", "--nats-token", "c"}, "different ways to authenticate: give one"},
 		{"URL credentials and token", []string{"--nats-url", "nats://a:b@127.0.0.1:1", "--nats-token", "c"}, "credentials in --nats-url are different ways to authenticate"},
 		{"missing creds file", []string{"--nats-url", u, "--nats-creds", filepath.Join(dir, "nope.creds")}, "--nats-creds: stat"},
 		{"missing CA", []string{"--nats-url", u, "--nats-tls-ca", filepath.Join(dir, "nope.pem")}, "--nats-tls-ca: stat"},
-		{"options without URL", []string{"--nats-token", "c"}, "--nats-token (nats.token) is set but --nats-url (nats.url, CALLRELAY_NATS_URL) is empty"},
+		{"options without URL", []string{"--nats-token", "c"}, "--nats-token is set but --nats-url (CALLRELAY_NATS_URL) is empty"},
 		{"bad URL", []string{"--nats-url", "nats://a:pw@/x"}, "want nats://host:port"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -5,21 +5,50 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/callrelay/callrelay/protocol"
 )
 
+var (
+	tokenKeygenProc = process[struct{}]{name: "token keygen", flags: noFlags,
+		about: "print a new Ed25519 key pair for signing join tokens, as CALLRELAY_PUBLIC_KEY= and CALLRELAY_SIGNING_KEY= lines"}
+	tokenMintProc = process[mintOptions]{name: "token mint", flags: mintFlags,
+		about: "print a join token signed with the signing key"}
+	tokenClusterKeyProc = process[struct{}]{name: "token cluster-key", flags: noFlags,
+		about: "print a new cluster key (trunk frames and NATS messages), as a CALLRELAY_CLUSTER_KEY= line"}
+)
+
+func noFlags(*flag.FlagSet) *struct{} { return &struct{}{} }
+
+// tokenUsage lists the token subcommands.
+func tokenUsage(w io.Writer) {
+	fmt.Fprintln(w, "usage: callrelay token <keygen | mint | cluster-key> [flags]   (callrelay token <subcommand> -h)")
+	for _, p := range []declared{tokenKeygenProc, tokenMintProc, tokenClusterKeyProc} {
+		name, about, _ := p.spec()
+		fmt.Fprintf(w, "  %-11s %s\n", strings.TrimPrefix(name, "token "), about)
+	}
+}
+
 // runToken: `callrelay token keygen` prints a key pair;
 // `callrelay token mint ...` prints a signed join token; `callrelay token
-// cluster-key` prints a new key for a cluster's trunk and messages.
+// cluster-key` prints a new key for a cluster's trunk and messages. Each
+// answers -h with its help, and nothing else.
 func runToken(_ context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("token: want a subcommand: keygen | mint | cluster-key (callrelay token mint -h)")
+		return errors.New("token: want a subcommand: keygen | mint | cluster-key (callrelay token -h)")
 	}
 	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		tokenUsage(os.Stderr)
+		return flag.ErrHelp
 	case "keygen":
+		if _, _, err := tokenKeygenProc.parse(args[1:], os.Stdout); err != nil {
+			return err
+		}
 		pub, priv, err := protocol.GenerateSigningKey()
 		if err != nil {
 			return err
@@ -29,6 +58,9 @@ func runToken(_ context.Context, args []string) error {
 	case "mint":
 		return mintToken(args[1:])
 	case "cluster-key":
+		if _, _, err := tokenClusterKeyProc.parse(args[1:], os.Stdout); err != nil {
+			return err
+		}
 		k, err := protocol.NewClusterKey()
 		if err != nil {
 			return err
@@ -39,39 +71,51 @@ func runToken(_ context.Context, args []string) error {
 	return fmt.Errorf("token: unknown subcommand %q: want keygen, mint or cluster-key", args[0])
 }
 
+// mintOptions is what `token mint`'s flags set.
+type mintOptions struct {
+	signingKey, call, participant, class string
+	maxSize                              uint
+	ttl                                  time.Duration
+}
+
+func mintFlags(fs *flag.FlagSet) *mintOptions {
+	o := &mintOptions{class: "group", ttl: time.Hour}
+	fs.StringVar(&o.signingKey, "signing-key", "", "base64 Ed25519 private key or seed")
+	fs.StringVar(&o.call, "call", "", "call id, 32 hex digits or a UUID (default: a new random id)")
+	fs.StringVar(&o.participant, "participant", "", "participant id (default: a new random id)")
+	fs.StringVar(&o.class, "class", o.class, "call class: one-to-one or group")
+	fs.UintVar(&o.maxSize, "max-size", 0, "most members the call may have (default 2 for one-to-one, 8 for group)")
+	fs.DurationVar(&o.ttl, "ttl", o.ttl, "how long the token may start a session")
+	return o
+}
+
 func mintToken(args []string) error {
-	fs := flag.NewFlagSet("token mint", flag.ContinueOnError)
-	key := fs.String("signing-key", envOr("CALLRELAY_SIGNING_KEY", ""), "base64 Ed25519 private key or seed (env CALLRELAY_SIGNING_KEY)")
-	call := fs.String("call", "", "call id, 32 hex digits or a UUID (default: a new random id)")
-	participant := fs.String("participant", "", "participant id (default: a new random id)")
-	class := fs.String("class", "group", "call class: one-to-one or group")
-	size := fs.Uint("max-size", 0, "most members the call may have (default 2 for one-to-one, 8 for group)")
-	ttl := fs.Duration("ttl", time.Hour, "how long the token may start a session")
-	if err := fs.Parse(args); err != nil {
+	o, _, err := tokenMintProc.parse(args, os.Stdout)
+	if err != nil {
 		return err
 	}
-	if *key == "" {
+	if o.signingKey == "" {
 		return errors.New("token mint: no signing key: pass --signing-key or set CALLRELAY_SIGNING_KEY (make one with `callrelay token keygen`)")
 	}
-	priv, err := protocol.ParsePrivateKey(*key)
+	priv, err := protocol.ParsePrivateKey(o.signingKey)
 	if err != nil {
 		return fmt.Errorf("token mint: --signing-key: %w", err)
 	}
-	t := protocol.Token{Expiry: time.Now().Add(*ttl)}
-	if t.Class, err = protocol.ParseCallClass(*class); err != nil {
+	t := protocol.Token{Expiry: time.Now().Add(o.ttl)}
+	if t.Class, err = protocol.ParseCallClass(o.class); err != nil {
 		return fmt.Errorf("token mint: --class: %w", err)
 	}
-	if t.CallID, err = idOrNew(*call); err != nil {
+	if t.CallID, err = idOrNew(o.call); err != nil {
 		return fmt.Errorf("token mint: --call: %w", err)
 	}
-	if t.ParticipantID, err = idOrNew(*participant); err != nil {
+	if t.ParticipantID, err = idOrNew(o.participant); err != nil {
 		return fmt.Errorf("token mint: --participant: %w", err)
 	}
 	switch {
-	case *size > 0xffff:
-		return fmt.Errorf("token mint: --max-size %d is too large", *size)
-	case *size > 0:
-		t.MaxSize = uint16(*size)
+	case o.maxSize > 0xffff:
+		return fmt.Errorf("token mint: --max-size %d is too large", o.maxSize)
+	case o.maxSize > 0:
+		t.MaxSize = uint16(o.maxSize)
 	case t.Class == protocol.ClassGroup:
 		t.MaxSize = 8
 	default:
