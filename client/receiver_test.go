@@ -2,7 +2,12 @@ package client
 
 import (
 	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/sha1"
 	"encoding/binary"
+	"encoding/hex"
 	"testing"
 	"time"
 
@@ -357,4 +362,81 @@ func TestVideoSenderLayersCarryROC(t *testing.T) {
 	for _, s := range ssrcs {
 		require.Positive(t, opened[s])
 	}
+}
+
+// specVector is the rollover counter example of protocol/README.md
+// section 4: master key 00..0f, salt a0..ad, ROC 1, sequence 10, "hello".
+const specVector = "906f000a000003c0deadbeef" + // V=2 X=1 PT=111 seq 10, timestamp 960, SSRC
+	"bede0002" + "109e" + "4001" + "322a0000" + // level V=1 30, ROC 1, abs-send-time 10.5 s
+	"da9842d994" + // "hello", encrypted
+	"31f2e919b3e0e5e1b561" // auth tag
+
+// The Sender writes the README's test vector byte for byte, and a fresh
+// Receiver opens it from its hint; one that assumes ROC 0 cannot.
+func TestRolloverSpecVector(t *testing.T) {
+	want, err := hex.DecodeString(specVector)
+	require.NoError(t, err)
+	s, err := NewSender(SenderConfig{SSRC: 0xdeadbeef, PayloadType: 111, Key: fuzzKey, FirstSequence: 10})
+	require.NoError(t, err)
+	s.roc = 1
+	require.NoError(t, s.SetAbsSendTime(protocol.DefaultAbsSendTimeExtensionID, time.Unix(64*1000+10, 500_000_000)))
+	pkt, err := s.Seal(nil, Sample{Payload: []byte("hello"), Timestamp: 960, AudioLevel: AudioLevel{Level: 30, Voice: true}})
+	require.NoError(t, err)
+	require.Equal(t, want, pkt)
+
+	r := NewReceiver()
+	require.NoError(t, r.AddSender(0xdeadbeef, fuzzKey))
+	plain, err := r.Open(nil, want, nil)
+	require.NoError(t, err)
+	require.Equal(t, []byte("hello"), plain)
+
+	blind, err := NewReceiverWithConfig(ReceiverConfig{ROCID: 9}) // reads no hint: ROC 0
+	require.NoError(t, err)
+	require.NoError(t, blind.AddSender(0xdeadbeef, fuzzKey))
+	_, err = blind.Open(nil, want, nil)
+	require.ErrorIs(t, err, ErrDecrypt)
+}
+
+// The test vector, computed from RFC 3711 with the standard library alone
+// (no pion): key derivation (4.3.1, rate 0), AES-CM keystream (4.1.1) with
+// the index 2^16 x ROC + SEQ, and HMAC-SHA1 over the packet and the ROC
+// (4.2.1), cut to 80 bits.
+func TestRolloverSpecVectorFromRFC3711(t *testing.T) {
+	want, err := hex.DecodeString(specVector)
+	require.NoError(t, err)
+	ctr := func(key, iv []byte, n int) []byte {
+		b, err := aes.NewCipher(key)
+		require.NoError(t, err)
+		out := make([]byte, n)
+		cipher.NewCTR(b, iv).XORKeyStream(out, out)
+		return out
+	}
+	derive := func(label byte, n int) []byte { // x = label<<48 XOR salt, IV = x<<16
+		iv := make([]byte, 16)
+		copy(iv, fuzzKey.Salt[:])
+		iv[7] ^= label
+		return ctr(fuzzKey.Key[:], iv, n)
+	}
+	encKey, authKey, saltKey := derive(0, 16), derive(1, 20), derive(2, 14)
+	const roc, seq, ssrc = 1, 10, 0xdeadbeef
+	iv := make([]byte, 16) // k_s<<16 XOR SSRC<<64 XOR index<<16
+	copy(iv, saltKey)
+	var idx [16]byte
+	binary.BigEndian.PutUint64(idx[6:14], uint64(roc)<<16|seq) // the 48-bit index: bytes 8..13
+	binary.BigEndian.PutUint32(idx[4:8], ssrc)                 // then the SSRC: bytes 4..7
+	for i := range iv {
+		iv[i] ^= idx[i]
+	}
+	hdr := want[:24]
+	ks := ctr(encKey, iv, 5)
+	enc := make([]byte, 5)
+	for i, c := range []byte("hello") {
+		enc[i] = c ^ ks[i]
+	}
+	mac := hmac.New(sha1.New, authKey)
+	mac.Write(hdr)
+	mac.Write(enc)
+	mac.Write([]byte{0, 0, 0, roc})
+	got := append(append(append([]byte{}, hdr...), enc...), mac.Sum(nil)[:10]...)
+	require.Equal(t, want, got)
 }
