@@ -125,7 +125,7 @@ func (c *Conductor) acquireFree(ctx context.Context) {
 		octx, cancel := context.WithTimeout(ctx, c.opTimeout())
 		now := c.cfg.Now()
 		began := time.Now()
-		l, err := c.cfg.Leases.AcquireLease(octx, leaseName(part), c.owner, c.cfg.LeaseTTL)
+		l, err := c.cfg.Leases.AcquireLease(octx, statestore.PartitionLease(part), c.owner, c.cfg.LeaseTTL)
 		c.m.storeLatency.Observe(time.Since(began).Seconds())
 		cancel()
 		switch {

@@ -140,9 +140,3 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
-
-func (c *Config) metaSubject(part int) string { return fmt.Sprintf("%s.meta.%d", c.Subject, part) }
-func (c *Config) callSubject(id protocol.ID) string {
-	return c.Subject + ".call." + id.String()
-}
-func leaseName(part int) string { return fmt.Sprintf("conductor/partition/%d", part) }

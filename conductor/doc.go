@@ -22,6 +22,13 @@
 // checkpoint (dominant speaker, recent speakers, decision sequence) and
 // decides. The decision gap is about TTL + AcquireEvery + one metadata tick.
 //
+// What the conductor stores is laid out by statestore, which the dashboard
+// and the next lease holder read as well: the lease names
+// (statestore.PartitionLease) and the checkpoint (ConductorCheckpoint, with
+// the detector's SpeakerState). A record that does not decode is counted
+// (callrelay_conductor_malformed_records_total) and the call is decided
+// afresh. NATS subjects come from protocol (MetadataSubject, CallSubject).
+//
 // Fail-static. Forwarders keep applying the last decision when no conductor
 // decides (and let loud onsets through at once); a call that never had a
 // decision runs on the forwarder's default policy (all audio forwarded).
@@ -29,5 +36,6 @@
 // The conductor never touches media, never blocks a forwarder (everything
 // between them is asynchronous NATS), and never waits on Redis in its
 // decision loop: store reads and checkpoint writes run on a bounded worker
-// queue.
+// queue. It imports protocol and statestore (and internal leaf libraries),
+// never forwarder or dashboard (internal/testkit/layering checks it).
 package conductor

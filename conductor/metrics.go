@@ -24,6 +24,7 @@ type metrics struct {
 	ioDropped     prometheus.Counter
 	checkpoints   prometheus.Counter
 	restored      prometheus.Counter
+	malformed     *prometheus.CounterVec
 	storeDown     prometheus.Gauge
 	behind        prometheus.Gauge
 	storeLatency  prometheus.Histogram
@@ -59,7 +60,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		leaseErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_lease_errors_total",
 			Help: "Lease operations that failed because the state store did not answer."}),
 		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_store_errors_total",
-			Help: "Call reads and checkpoint writes that failed, and unreadable checkpoints."}),
+			Help: "Call reads and checkpoint writes that failed because the state store did not answer."}),
 		natsErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_nats_errors_total",
 			Help: "NATS publish or subscribe errors."}),
 		ioDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_store_queue_dropped_total",
@@ -68,6 +69,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Checkpoints written."}),
 		restored: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_checkpoints_restored_total",
 			Help: "Calls resumed from a checkpoint."}),
+		malformed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrelay_conductor_malformed_records_total",
+			Help: "Records read from the state store that did not decode (call, checkpoint); the call is decided without them."},
+			[]string{"record"}),
 		storeDown: prometheus.NewGauge(prometheus.GaugeOpts{Name: "callrelay_conductor_store_unreachable",
 			Help: "1 while lease operations fail because the state store does not answer."}),
 		storeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrelay_conductor_store_op_seconds",
@@ -82,7 +86,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.owned, m.takeovers, m.decisions, m.metadata, m.rejected, m.switches, m.switchLatency,
-			m.decideSeconds, m.leaseErrors, m.storeErrors, m.natsErrors, m.ioDropped, m.checkpoints, m.restored, m.storeDown,
+			m.decideSeconds, m.leaseErrors, m.storeErrors, m.natsErrors, m.ioDropped, m.checkpoints, m.restored, m.malformed, m.storeDown,
 			m.behind, m.deferred, m.storeLatency, m.natsRTT, m.videoChanges)
 	}
 	return m

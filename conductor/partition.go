@@ -64,7 +64,8 @@ type spurt struct{ start, last time.Time }
 type loadResult struct {
 	call     protocol.ID
 	notFound bool
-	err      error
+	err      error  // the store did not answer, or a record did not decode
+	corrupt  string // the record that did not decode ("call", "checkpoint"), if that was err
 	ckpt     []byte
 }
 
@@ -84,7 +85,7 @@ func newPartition(c *Conductor, part int, epoch uint32) *partition {
 func (p *partition) setValidUntil(t time.Time) { p.validUntil.Store(t.UnixNano()) }
 
 func (p *partition) subscribe() error {
-	sub, err := p.c.cfg.NATS.Subscribe(p.c.cfg.metaSubject(p.part), func(m *nats.Msg) {
+	sub, err := p.c.cfg.NATS.Subscribe(protocol.MetadataSubject(p.c.cfg.Subject, p.part), func(m *nats.Msg) {
 		select {
 		case p.in <- m.Data:
 		default:
@@ -167,7 +168,7 @@ func (p *partition) call(id protocol.ID, now time.Time) *callState {
 		}
 		delete(p.unknown, id)
 	}
-	cs := &callState{id: id, subject: p.c.cfg.callSubject(id), det: NewSpeakerDetector(p.c.cfg.Speaker), lastSeen: now,
+	cs := &callState{id: id, subject: protocol.CallSubject(p.c.cfg.Subject, id), det: NewSpeakerDetector(p.c.cfg.Speaker), lastSeen: now,
 		spurts: make(map[protocol.ID]spurt), members: make(map[protocol.ID]struct{})}
 	p.calls[id] = cs
 	if !p.c.io.load(id, p.loaded) {
@@ -218,15 +219,17 @@ func (p *partition) onLoaded(r loadResult, now time.Time) {
 		p.unknown[r.call] = now.Add(unknownHold)
 		p.reject("unknown_call", now, zap.Stringer("call", r.call))
 		return
+	case r.corrupt != "":
+		// The metadata is authenticated by the cluster key, so decide
+		// without the record; the operator finds it by the count and log.
+		p.malformed(r.corrupt, r.call, r.err)
 	case r.err != nil:
-		// The store is down: the metadata is authenticated by the
-		// cluster key, so decide without the checkpoint.
+		// The store is down: decide without the checkpoint.
 		p.c.m.storeErrors.Inc()
 	case r.ckpt != nil:
-		var ck checkpoint
+		var ck statestore.ConductorCheckpoint
 		if err := ck.UnmarshalBinary(r.ckpt); err != nil {
-			p.c.m.storeErrors.Inc()
-			p.c.log.Warn("checkpoint unreadable: starting the call afresh", zap.Stringer("call", r.call), zap.Error(err))
+			p.malformed("checkpoint", r.call, err)
 			break
 		}
 		cs.det.Restore(ck.Speaker)
@@ -234,6 +237,13 @@ func (p *partition) onLoaded(r loadResult, now time.Time) {
 		p.c.m.restored.Inc()
 	}
 	cs.ready = true
+}
+
+// malformed counts and logs a record of the call that did not decode.
+func (p *partition) malformed(record string, call protocol.ID, err error) {
+	p.c.m.malformed.WithLabelValues(record).Inc()
+	p.c.log.Warn("malformed "+record+" record in the state store: deciding the call afresh",
+		zap.Stringer("call", call), zap.Error(err))
 }
 
 // decideAll runs one decision tick over every call.
@@ -349,7 +359,7 @@ func (p *partition) publish(cs *callState, now time.Time) {
 
 // checkpoint saves a call's ephemeral state through the io queue.
 func (p *partition) checkpoint(cs *callState, now time.Time) {
-	ck := checkpoint{Epoch: p.epoch, Seq: cs.seq, Speaker: cs.det.State()}
+	ck := statestore.ConductorCheckpoint{Epoch: p.epoch, Seq: cs.seq, Speaker: cs.det.State()}
 	data, err := ck.MarshalBinary()
 	if err != nil {
 		p.c.log.Error("encoding checkpoint", zap.Stringer("call", cs.id), zap.Error(err))
@@ -455,11 +465,13 @@ func (q *ioQueue) load(id protocol.ID, out chan<- loadResult) bool {
 				r.notFound = true
 			} else {
 				r.err = err
+				r.corrupt = corruptRecord(err, "call")
 			}
-		} else if ck, err := q.store.LoadCheckpoint(ctx, id, checkpointKind); err == nil {
+		} else if ck, err := q.store.LoadCheckpoint(ctx, id, statestore.ConductorCheckpointKind); err == nil {
 			r.ckpt = ck
 		} else if !errors.Is(err, statestore.ErrNotFound) {
 			r.err = err
+			r.corrupt = corruptRecord(err, "checkpoint")
 		}
 		select {
 		case out <- r:
@@ -468,11 +480,19 @@ func (q *ioQueue) load(id protocol.ID, out chan<- loadResult) bool {
 	})
 }
 
+// corruptRecord is record if err says a stored record did not decode.
+func corruptRecord(err error, record string) string {
+	if errors.Is(err, statestore.ErrCorrupt) {
+		return record
+	}
+	return ""
+}
+
 func (q *ioQueue) save(id protocol.ID, data []byte, ttl time.Duration) bool {
 	return q.submit(func(ctx context.Context) {
 		ctx, cancel := context.WithTimeout(ctx, ioOpTimeout)
 		defer cancel()
-		if err := q.store.SaveCheckpoint(ctx, id, checkpointKind, data, ttl); err != nil {
+		if err := q.store.SaveCheckpoint(ctx, id, statestore.ConductorCheckpointKind, data, ttl); err != nil {
 			q.m.storeErrors.Inc()
 		} else {
 			q.m.checkpoints.Inc()

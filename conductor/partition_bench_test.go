@@ -42,7 +42,7 @@ func BenchmarkPartition10kCalls(b *testing.B) {
 		for range 2 + i%7 {
 			members[i] = append(members[i], protocol.NewID())
 		}
-		cs := &callState{id: ids[i], subject: cfg.callSubject(ids[i]), det: NewSpeakerDetector(cfg.Speaker), ready: true, spurts: map[protocol.ID]spurt{}}
+		cs := &callState{id: ids[i], subject: protocol.CallSubject(cfg.Subject, ids[i]), det: NewSpeakerDetector(cfg.Speaker), ready: true, spurts: map[protocol.ID]spurt{}}
 		p.calls[ids[i]] = cs
 	}
 	// One batch per group of calls that fits a message; in each call one

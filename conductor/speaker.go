@@ -108,13 +108,13 @@ package conductor
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
 	"time"
 
 	"github.com/callrelay/callrelay/protocol"
+	"github.com/callrelay/callrelay/statestore"
 )
 
 // Observation is one member's audio over one forwarder tick.
@@ -615,20 +615,10 @@ func (d *SpeakerDetector) Remove(p protocol.ID) {
 // few packets or too small payloads to carry it.
 func (d *SpeakerDetector) Discounted() uint64 { return d.discounted }
 
-// SpeakerState is what a checkpoint keeps so that a new conductor resumes
-// with the same dominant speaker and forwarding set: the dominant speaker
-// (zero for nobody), when it became dominant, and each participant's last
-// speech time.
-type SpeakerState struct {
-	Dominant  protocol.ID
-	Since     time.Time
-	LastSpoke map[protocol.ID]time.Time
-}
-
 // State returns the detector's checkpointable state. LastSpoke holds the
 // participants that have spoken.
-func (d *SpeakerDetector) State() SpeakerState {
-	s := SpeakerState{Dominant: d.Dominant(), Since: d.since, LastSpoke: make(map[protocol.ID]time.Time)}
+func (d *SpeakerDetector) State() statestore.SpeakerState {
+	s := statestore.SpeakerState{Dominant: d.Dominant(), Since: d.since, LastSpoke: make(map[protocol.ID]time.Time)}
 	for i := range d.parts {
 		if !d.parts[i].lastSpoke.IsZero() {
 			s.LastSpoke[d.parts[i].id] = d.parts[i].lastSpoke
@@ -641,7 +631,7 @@ func (d *SpeakerDetector) State() SpeakerState {
 // Decide does not report as a change), its dwell start and the last speech
 // times. The participants' recent ticks are not part of the state; they
 // count as silent until observed.
-func (d *SpeakerDetector) Restore(s SpeakerState) {
+func (d *SpeakerDetector) Restore(s statestore.SpeakerState) {
 	for id, t := range s.LastSpoke {
 		if !id.IsZero() {
 			d.parts[d.entry(id)].lastSpoke = t
@@ -652,100 +642,4 @@ func (d *SpeakerDetector) Restore(s SpeakerState) {
 		d.dom = d.entry(s.Dominant)
 	}
 	d.reported = s.Dominant
-}
-
-// ErrSpeakerState is wrapped by every SpeakerState decoding error.
-var ErrSpeakerState = errors.New("conductor: malformed speaker state")
-
-// Binary layout of SpeakerState, big-endian:
-//
-//	version (1 byte, = 1)
-//	dominant (16 bytes, all zero for nobody)
-//	since (8 bytes, int64 Unix nanoseconds; 0 for the zero time)
-//	count (2 bytes)
-//	count × { participant (16 bytes, non-zero, no repeats) | last spoke (8 bytes, as since) }
-//
-// Entries are written in participant order so equal states encode equally.
-const (
-	speakerStateVersion = 1
-	speakerStateHeader  = 1 + 16 + 8 + 2
-	speakerStateEntry   = 16 + 8
-)
-
-// MarshalBinary encodes the state in the layout above.
-func (s *SpeakerState) MarshalBinary() ([]byte, error) {
-	if len(s.LastSpoke) > math.MaxUint16 {
-		return nil, fmt.Errorf("%w: %d participants, at most %d", ErrSpeakerState, len(s.LastSpoke), math.MaxUint16)
-	}
-	ids := make([]protocol.ID, 0, len(s.LastSpoke))
-	for id := range s.LastSpoke {
-		ids = append(ids, id)
-	}
-	for i := 1; i < len(ids); i++ {
-		for j := i; j > 0 && bytes.Compare(ids[j][:], ids[j-1][:]) < 0; j-- {
-			ids[j], ids[j-1] = ids[j-1], ids[j]
-		}
-	}
-	b := make([]byte, 0, speakerStateHeader+speakerStateEntry*len(ids))
-	b = append(b, speakerStateVersion)
-	b = append(b, s.Dominant[:]...)
-	b = binary.BigEndian.AppendUint64(b, uint64(unixNanos(s.Since)))
-	b = binary.BigEndian.AppendUint16(b, uint16(len(ids)))
-	for _, id := range ids {
-		if id.IsZero() {
-			return nil, fmt.Errorf("%w: the zero participant id has a last speech time", ErrSpeakerState)
-		}
-		b = append(b, id[:]...)
-		b = binary.BigEndian.AppendUint64(b, uint64(unixNanos(s.LastSpoke[id])))
-	}
-	return b, nil
-}
-
-// UnmarshalBinary decodes the layout above; anything else is an error
-// wrapping ErrSpeakerState, and s is left empty.
-func (s *SpeakerState) UnmarshalBinary(b []byte) error {
-	*s = SpeakerState{}
-	if len(b) < speakerStateHeader {
-		return fmt.Errorf("%w: %d bytes, want at least %d", ErrSpeakerState, len(b), speakerStateHeader)
-	}
-	if b[0] != speakerStateVersion {
-		return fmt.Errorf("%w: version %d, want %d", ErrSpeakerState, b[0], speakerStateVersion)
-	}
-	n := int(binary.BigEndian.Uint16(b[25:27]))
-	if want := speakerStateHeader + n*speakerStateEntry; len(b) != want {
-		return fmt.Errorf("%w: %d entries need %d bytes, have %d", ErrSpeakerState, n, want, len(b))
-	}
-	var st SpeakerState
-	copy(st.Dominant[:], b[1:17])
-	st.Since = fromUnixNanos(int64(binary.BigEndian.Uint64(b[17:25])))
-	st.LastSpoke = make(map[protocol.ID]time.Time, n)
-	for off := speakerStateHeader; off < len(b); off += speakerStateEntry {
-		var id protocol.ID
-		copy(id[:], b[off:off+16])
-		if id.IsZero() {
-			return fmt.Errorf("%w: zero participant id at byte %d", ErrSpeakerState, off)
-		}
-		if _, dup := st.LastSpoke[id]; dup {
-			return fmt.Errorf("%w: participant %s listed twice", ErrSpeakerState, id)
-		}
-		st.LastSpoke[id] = fromUnixNanos(int64(binary.BigEndian.Uint64(b[off+16 : off+24])))
-	}
-	*s = st
-	return nil
-}
-
-// unixNanos maps the zero time to 0 (a time exactly at the Unix epoch
-// therefore decodes as the zero time).
-func unixNanos(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-func fromUnixNanos(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
 }

@@ -1,7 +1,6 @@
 package conductor
 
 import (
-	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -10,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/callrelay/callrelay/protocol"
+	"github.com/callrelay/callrelay/statestore"
 )
 
 // speakerClock drives a detector tick by tick: every member reports at the
@@ -242,7 +242,7 @@ func TestSpeakerRemove(t *testing.T) {
 	require.Len(t, k.d.parts, 1)
 }
 
-func statesEqual(t *testing.T, want, got SpeakerState) {
+func statesEqual(t *testing.T, want, got statestore.SpeakerState) {
 	t.Helper()
 	require.Equal(t, want.Dominant, got.Dominant)
 	require.True(t, want.Since.Equal(got.Since), "since %v != %v", want.Since, got.Since)
@@ -254,6 +254,8 @@ func statesEqual(t *testing.T, want, got SpeakerState) {
 	}
 }
 
+// The detector's state survives its checkpoint (statestore owns the
+// layout and tests it byte by byte), and a new conductor resumes from it.
 func TestSpeakerStateRoundTrip(t *testing.T) {
 	a, b := pid(1), pid(2)
 	k := newSpeakerClock(t, DefaultSpeakerConfig())
@@ -265,13 +267,9 @@ func TestSpeakerStateRoundTrip(t *testing.T) {
 
 	raw, err := st.MarshalBinary()
 	require.NoError(t, err)
-	require.Len(t, raw, speakerStateHeader+2*speakerStateEntry)
-	var back SpeakerState
+	var back statestore.SpeakerState
 	require.NoError(t, back.UnmarshalBinary(raw))
 	statesEqual(t, st, back)
-	again, err := back.MarshalBinary()
-	require.NoError(t, err)
-	require.Equal(t, raw, again, "encoding is canonical")
 
 	// A new conductor resumes: same dominant, no reported change, the same
 	// forwarding set, and the dwell counts from the original switch.
@@ -281,77 +279,49 @@ func TestSpeakerStateRoundTrip(t *testing.T) {
 	require.Equal(t, a, dom)
 	require.False(t, ch)
 	require.Equal(t, k.d.Recent(k.now, 5*time.Second, 8, nil), d2.Recent(k.now, 5*time.Second, 8, nil))
+	statesEqual(t, st, d2.State())
 
-	// The empty state.
-	var empty SpeakerState
-	raw, err = empty.MarshalBinary()
-	require.NoError(t, err)
-	require.Len(t, raw, speakerStateHeader)
-	require.NoError(t, back.UnmarshalBinary(raw))
-	require.True(t, back.Dominant.IsZero())
-	require.True(t, back.Since.IsZero())
-	require.Empty(t, back.LastSpoke)
+	// The empty state restores to a detector with nobody dominant.
+	d3 := NewSpeakerDetector(DefaultSpeakerConfig())
+	d3.Restore(statestore.SpeakerState{})
+	dom, ch = d3.Decide(k.now)
+	require.True(t, dom.IsZero())
+	require.False(t, ch)
 }
 
-func TestSpeakerStateErrors(t *testing.T) {
-	good, err := (&SpeakerState{Dominant: pid(1), Since: time.Unix(5, 0),
-		LastSpoke: map[protocol.ID]time.Time{pid(1): time.Unix(6, 0)}}).MarshalBinary()
-	require.NoError(t, err)
-	mut := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), good...)) }
-	cases := map[string][]byte{
-		"empty":        nil,
-		"short":        good[:10],
-		"version":      mut(func(b []byte) []byte { b[0] = 2; return b }),
-		"truncated":    good[:len(good)-1],
-		"trailing":     append(append([]byte(nil), good...), 0),
-		"count":        mut(func(b []byte) []byte { b[26] = 2; return b }),
-		"zero id":      mut(func(b []byte) []byte { copy(b[27:43], make([]byte, 16)); return b }),
-		"duplicate id": mut(func(b []byte) []byte { b[26] = 2; return append(b, b[27:51]...) }),
-	}
-	for name, in := range cases {
-		var s SpeakerState
-		err := s.UnmarshalBinary(in)
-		require.Error(t, err, name)
-		require.True(t, errors.Is(err, ErrSpeakerState), name)
-		require.True(t, s.Dominant.IsZero() && s.LastSpoke == nil, "%s: state left empty", name)
-	}
-	_, err = (&SpeakerState{LastSpoke: map[protocol.ID]time.Time{{}: time.Unix(1, 0)}}).MarshalBinary()
-	require.ErrorIs(t, err, ErrSpeakerState)
-}
-
-func FuzzSpeakerState(f *testing.F) {
-	for _, s := range []SpeakerState{
-		{},
-		{Dominant: pid(1), Since: time.Unix(1700000000, 5)},
-		{Dominant: pid(2), Since: time.Unix(1700000000, 0), LastSpoke: map[protocol.ID]time.Time{
-			pid(1): time.Unix(1700000001, 0), pid(2): time.Unix(1700000002, 123), pid(3): {}}},
+// FuzzRestore: whatever speaker state a checkpoint in Redis decodes to, the
+// detector restores it and decides on without panicking. (The decoding
+// itself is fuzzed by statestore's FuzzSpeakerState.)
+func FuzzRestore(f *testing.F) {
+	k := &speakerClock{d: NewSpeakerDetector(DefaultSpeakerConfig()), now: time.Date(2030, 5, 6, 7, 8, 9, 0, time.UTC)}
+	k.run(10, speech(pid(1), 30))
+	k.run(3, speech(pid(2), 30))
+	live := k.d.State()
+	for _, s := range []statestore.SpeakerState{{}, live,
+		{Dominant: pid(9), Since: time.Unix(1700000000, 0)}, // a dominant speaker with no speech time
 	} {
 		b, err := s.MarshalBinary()
 		require.NoError(f, err)
 		f.Add(b)
 	}
-	f.Add([]byte{1})
-	f.Add([]byte{2, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var s1 SpeakerState
-		if err := s1.UnmarshalBinary(b); err != nil {
-			require.ErrorIs(t, err, ErrSpeakerState)
+		var s statestore.SpeakerState
+		if err := s.UnmarshalBinary(b); err != nil {
+			require.ErrorIs(t, err, statestore.ErrCorrupt)
 			return
 		}
-		enc, err := s1.MarshalBinary()
-		require.NoError(t, err)
-		var s2 SpeakerState
-		require.NoError(t, s2.UnmarshalBinary(enc))
-		statesEqual(t, s1, s2)
-		// Restoring any valid state must not panic.
 		d := NewSpeakerDetector(DefaultSpeakerConfig())
-		d.Restore(s2)
-		d.Decide(s2.Since.Add(time.Second))
+		d.Restore(s)
+		now := s.Since.Add(time.Second)
+		d.Decide(now)
+		d.Observe(now, speech(pid(1), 30))
+		d.Decide(now.Add(100 * time.Millisecond))
+		d.Recent(now, 5*time.Second, 8, nil)
 	})
 }
 
-func TestSpeakerStateCorpus(t *testing.T) {
-	entries, err := os.ReadDir(filepath.Join("testdata", "fuzz", "FuzzSpeakerState"))
+func TestRestoreCorpus(t *testing.T) {
+	entries, err := os.ReadDir(filepath.Join("testdata", "fuzz", "FuzzRestore"))
 	require.NoError(t, err)
 	require.NotEmpty(t, entries, "the committed seed corpus is missing")
 }

@@ -2,7 +2,6 @@ package dashboard
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/http"
@@ -10,13 +9,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/callrelay/callrelay/conductor"
 	"github.com/callrelay/callrelay/protocol"
 	"github.com/callrelay/callrelay/statestore"
 )
-
-// checkpointKind is the conductor's checkpoint kind in the state store.
-const checkpointKind = "conductor"
 
 // CallView is one call's drill-down.
 type CallView struct {
@@ -75,6 +70,9 @@ func (s *Server) handleCall(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, statestore.ErrNotFound):
 		s.fail(w, http.StatusNotFound, fmt.Sprintf("call %s not found: it has ended, or never existed", id), nil)
+	case errors.Is(err, statestore.ErrCorrupt):
+		s.malformed.call.Add(1)
+		s.fail(w, http.StatusBadGateway, fmt.Sprintf("call %s: its record in Redis is malformed: %v", id, err), err)
 	case err != nil:
 		s.fail(w, http.StatusServiceUnavailable, "cannot read the call from Redis: "+err.Error(), err)
 	default:
@@ -126,7 +124,7 @@ func (s *Server) callView(ctx context.Context, id protocol.ID) (CallView, error)
 	for _, f := range fwds {
 		up[f.ID] = f.Up
 	}
-	var st conductor.SpeakerState
+	var st statestore.SpeakerState
 	v.Speaker, st = s.speaker(ctx, id)
 	for p, m := range c.Members {
 		mv := MemberView{Participant: p.String(), Forwarder: m.Forwarder, ForwarderUp: up[m.Forwarder],
@@ -138,43 +136,30 @@ func (s *Server) callView(ctx context.Context, id protocol.ID) (CallView, error)
 	return v, nil
 }
 
-// speaker reads the conductor's checkpoint. Its layout (conductor's
-// checkpoint.go): version (1 byte, = 1) | epoch (4) | sequence (4) |
-// speaker state length (2) | SpeakerState bytes, big-endian.
-func (s *Server) speaker(ctx context.Context, id protocol.ID) (SpeakerView, conductor.SpeakerState) {
-	b, err := s.cfg.Store.LoadCheckpoint(ctx, id, checkpointKind)
+// speaker reads the conductor's checkpoint (statestore.ConductorCheckpoint,
+// the conductor's own layout). One that does not decode is counted and
+// said in the view's note; the members are shown all the same.
+func (s *Server) speaker(ctx context.Context, id protocol.ID) (SpeakerView, statestore.SpeakerState) {
+	var ck statestore.ConductorCheckpoint
+	b, err := s.cfg.Store.LoadCheckpoint(ctx, id, statestore.ConductorCheckpointKind)
+	if err == nil {
+		err = ck.UnmarshalBinary(b)
+	}
 	switch {
 	case errors.Is(err, statestore.ErrNotFound):
-		return SpeakerView{Note: "no conductor checkpoint yet (saved every few seconds while the call changes)"}, conductor.SpeakerState{}
+		return SpeakerView{Note: "no conductor checkpoint yet (saved every few seconds while the call changes)"}, ck.Speaker
+	case errors.Is(err, statestore.ErrCorrupt):
+		s.malformed.checkpoint.Add(1)
+		return SpeakerView{Note: "malformed conductor checkpoint: " + err.Error()}, ck.Speaker
 	case err != nil:
-		return SpeakerView{Note: "cannot read the conductor checkpoint: " + err.Error()}, conductor.SpeakerState{}
+		return SpeakerView{Note: "cannot read the conductor checkpoint: " + err.Error()}, ck.Speaker
 	}
-	epoch, seq, st, err := decodeCheckpoint(b)
-	if err != nil {
-		return SpeakerView{Note: err.Error()}, conductor.SpeakerState{}
-	}
-	v := SpeakerView{Known: true, Epoch: epoch, Seq: seq, Since: st.Since}
+	st := ck.Speaker
+	v := SpeakerView{Known: true, Epoch: ck.Epoch, Seq: ck.Seq, Since: st.Since}
 	if !st.Dominant.IsZero() {
 		v.Dominant = st.Dominant.String()
 	} else {
 		v.Note = "no dominant speaker yet"
 	}
 	return v, st
-}
-
-func decodeCheckpoint(b []byte) (epoch, seq uint32, st conductor.SpeakerState, err error) {
-	const header = 11
-	switch {
-	case len(b) < header:
-		return 0, 0, st, fmt.Errorf("malformed conductor checkpoint: %d bytes, want at least %d", len(b), header)
-	case b[0] != 1:
-		return 0, 0, st, fmt.Errorf("conductor checkpoint version %d: this dashboard reads version 1", b[0])
-	}
-	if n := int(binary.BigEndian.Uint16(b[9:11])); len(b) != header+n {
-		return 0, 0, st, fmt.Errorf("malformed conductor checkpoint: speaker state of %d bytes, %d present", n, len(b)-header)
-	}
-	if err := st.UnmarshalBinary(b[header:]); err != nil {
-		return 0, 0, st, fmt.Errorf("malformed conductor checkpoint: %w", err)
-	}
-	return binary.BigEndian.Uint32(b[1:5]), binary.BigEndian.Uint32(b[5:9]), st, nil
 }

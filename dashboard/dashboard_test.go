@@ -16,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
-	"github.com/callrelay/callrelay/conductor"
 	"github.com/callrelay/callrelay/internal/testkit/testenv"
 	"github.com/callrelay/callrelay/protocol"
 	"github.com/callrelay/callrelay/statestore"
@@ -41,6 +40,7 @@ type env struct {
 	key    protocol.ClusterKey
 	pub    *nats.Conn
 	store  *statestore.Redis
+	redis  *testenv.RedisServer
 	clock  *fakeClock
 	base   string
 	client *http.Client
@@ -82,7 +82,7 @@ func start(t *testing.T, edits ...func(c *Config)) *env {
 	})
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections) // no idle keep-alive goroutines left for goleak
-	e := &env{srv: s, key: key, pub: pub, store: store, clock: clock, base: "http://" + s.Addr().String(),
+	e := &env{srv: s, key: key, pub: pub, store: store, redis: rs, clock: clock, base: "http://" + s.Addr().String(),
 		client: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
 	testenv.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		r, err := e.client.Get(e.base + "/healthz")
@@ -300,7 +300,7 @@ func TestDashboardEvents(t *testing.T) {
 func (e *env) holdPartitions(t *testing.T, owner string, parts ...int) {
 	t.Helper()
 	for _, p := range parts {
-		_, err := e.store.AcquireLease(context.Background(), partitionLease(p), owner, time.Minute)
+		_, err := e.store.AcquireLease(context.Background(), statestore.PartitionLease(p), owner, time.Minute)
 		require.NoError(t, err)
 	}
 }
@@ -397,11 +397,11 @@ func TestDashboardCallDrillDown(t *testing.T) {
 
 	// The conductor's checkpoint names bob.
 	since := time.Unix(1_800_000_005, 0).UTC()
-	st := conductor.SpeakerState{Dominant: bob, Since: since, LastSpoke: map[protocol.ID]time.Time{bob: since, alice: since.Add(-time.Second)}}
-	sp, err := st.MarshalBinary()
+	ck := statestore.ConductorCheckpoint{Epoch: 3, Seq: 17, Speaker: statestore.SpeakerState{Dominant: bob, Since: since,
+		LastSpoke: map[protocol.ID]time.Time{bob: since, alice: since.Add(-time.Second)}}}
+	ckpt, err := ck.MarshalBinary()
 	require.NoError(t, err)
-	ckpt := append([]byte{1, 0, 0, 0, 3, 0, 0, 0, 17, byte(len(sp) >> 8), byte(len(sp))}, sp...)
-	require.NoError(t, e.store.SaveCheckpoint(ctx, call, "conductor", ckpt, time.Minute))
+	require.NoError(t, e.store.SaveCheckpoint(ctx, call, statestore.ConductorCheckpointKind, ckpt, time.Minute))
 	testenv.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		code, body = get(call.String())
 		v = CallView{}
@@ -425,13 +425,16 @@ func TestDashboardCallDrillDown(t *testing.T) {
 	require.Equal(t, protocol.PartitionOf(call, 8), v.Partition)
 
 	// A corrupt checkpoint still shows the members, with a note.
-	require.NoError(t, e.store.SaveCheckpoint(ctx, call, "conductor", []byte{2, 0, 0}, time.Minute))
+	require.NoError(t, e.store.SaveCheckpoint(ctx, call, statestore.ConductorCheckpointKind, []byte{2, 0, 0}, time.Minute))
 	code, body = get(call.String())
 	require.Equal(t, http.StatusOK, code)
 	v = CallView{}
 	require.NoError(t, json.Unmarshal(body, &v))
 	require.False(t, v.Speaker.Known)
 	require.Contains(t, v.Speaker.Note, "malformed conductor checkpoint")
+	require.Contains(t, v.Speaker.Note, "of 3 bytes, want at least 11")
+	require.Len(t, v.Members, 2)
+	require.EqualValues(t, 1, e.srv.malformed.checkpoint.Load())
 
 	for _, tt := range []struct {
 		id   string

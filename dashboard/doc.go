@@ -12,6 +12,14 @@
 // layers), for at most DecisionWait and at most MaxDecisionLookups calls at
 // once.
 //
+// It reads what other processes wrote through the packages that own those
+// formats, never through their writers: NATS subjects and messages from
+// protocol, the conductor's lease names and checkpoint layout from
+// statestore (PartitionLease, ConductorCheckpoint). It never imports
+// conductor or forwarder (internal/testkit/layering checks it). A record in
+// Redis that does not decode is said where it shows (the drill-down, the
+// partitions view) and counted (callrelay_dashboard_malformed_records_total).
+//
 // It only observes: it never publishes on NATS, never writes to the state
 // store, never takes a lease, and never sees media or media keys. Messages
 // that do not authenticate with the cluster key are counted and dropped.

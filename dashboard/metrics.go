@@ -17,6 +17,8 @@ var (
 		"Forwarders whose last report shows a throttle level above none.", nil, nil)
 	mDropped = prometheus.NewDesc("callrelay_dashboard_heartbeats_dropped_total",
 		"Heartbeats and load reports dropped, by reason.", []string{"reason"}, nil)
+	mMalformed = prometheus.NewDesc("callrelay_dashboard_malformed_records_total",
+		"Records read from the state store that did not decode, by record (call, checkpoint, lease).", []string{"record"}, nil)
 	mVerdict = prometheus.NewDesc("callrelay_dashboard_verdict",
 		"1 for the current cluster verdict (OK, DEGRADED, THROTTLING, DOWN).", []string{"verdict"}, nil)
 )
@@ -27,6 +29,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- mUp
 	ch <- mThrottling
 	ch <- mDropped
+	ch <- mMalformed
 	ch <- mVerdict
 }
 
@@ -50,6 +53,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for reason, n := range map[string]uint64{"forged": d.Forged, "malformed": d.Malformed, "unexpected": d.Unexpected,
 		"stale": d.Stale, "overflow": d.Overflow} {
 		ch <- prometheus.MustNewConstMetric(mDropped, prometheus.CounterValue, float64(n), reason)
+	}
+	m := &c.s.malformed
+	for record, n := range map[string]uint64{"call": m.call.Load(), "checkpoint": m.checkpoint.Load(), "lease": m.lease.Load()} {
+		ch <- prometheus.MustNewConstMetric(mMalformed, prometheus.CounterValue, float64(n), record)
 	}
 	for _, v := range []string{"OK", "DEGRADED", "THROTTLING", "DOWN"} {
 		x := 0.0

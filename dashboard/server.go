@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,7 +39,14 @@ type Server struct {
 
 	// lookups holds a token per drill-down listening for a decision.
 	lookups chan struct{}
+
+	malformed malformedRecords
 }
+
+// malformedRecords counts the records read from the state store that did
+// not decode, by record; each is also said where it was read (the call
+// drill-down, the partitions view).
+type malformedRecords struct{ call, checkpoint, lease atomic.Uint64 }
 
 // New checks cfg and listens on cfg.Listen; Run serves.
 func New(cfg Config) (*Server, error) {
@@ -65,7 +71,7 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // Run serves until ctx ends, then closes the listener and the NATS
 // subscription. It returns nil on a clean stop.
 func (s *Server) Run(ctx context.Context) error {
-	subject := s.cfg.Subject + ".forwarders"
+	subject := protocol.ForwardersSubject(s.cfg.Subject)
 	sub, err := s.cfg.NATS.Subscribe(subject, s.onMsg)
 	if err != nil {
 		_ = s.ln.Close()
@@ -235,9 +241,9 @@ func (s *Server) probeRedis(ctx context.Context) (Probe, PartitionsView) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
 	defer cancel()
 	start := time.Now()
-	_, err := s.cfg.Leases.LeaseHolder(ctx, partitionLease(0))
-	if errors.Is(err, statestore.ErrNotFound) {
-		err = nil
+	_, err := s.cfg.Leases.LeaseHolder(ctx, statestore.PartitionLease(0))
+	if errors.Is(err, statestore.ErrNotFound) || errors.Is(err, statestore.ErrCorrupt) {
+		err = nil // Redis answered; the sweep below counts and reports a malformed lease
 	}
 	p := Probe{Configured: true, Checked: true, OK: err == nil, At: s.cfg.Now().UTC(),
 		LatencyMs: float64(time.Since(start).Microseconds()) / 1000}
@@ -302,10 +308,13 @@ func (s *Server) readHolders(ctx context.Context) ([]statestore.Lease, error) {
 				if part >= s.cfg.Partitions || firstErr.Load() != nil {
 					return
 				}
-				l, err := s.cfg.Leases.LeaseHolder(ctx, partitionLease(part))
+				l, err := s.cfg.Leases.LeaseHolder(ctx, statestore.PartitionLease(part))
 				switch {
 				case errors.Is(err, statestore.ErrNotFound):
 				case err != nil:
+					if errors.Is(err, statestore.ErrCorrupt) {
+						s.malformed.lease.Add(1)
+					}
 					err = fmt.Errorf("partition %d: %w", part, err)
 					firstErr.CompareAndSwap(nil, &err)
 					return
@@ -321,6 +330,3 @@ func (s *Server) readHolders(ctx context.Context) ([]statestore.Lease, error) {
 	}
 	return holders, nil
 }
-
-// partitionLease is the conductor's lease name for a partition.
-func partitionLease(part int) string { return "conductor/partition/" + strconv.Itoa(part) }

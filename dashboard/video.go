@@ -89,7 +89,7 @@ type decisionLookup struct {
 // startLookup takes a lookup slot and subscribes to the call's subject;
 // close releases both.
 func (s *Server) startLookup(call protocol.ID) *decisionLookup {
-	l := &decisionLookup{s: s, call: call, subject: s.cfg.Subject + ".call." + call.String()}
+	l := &decisionLookup{s: s, call: call, subject: protocol.CallSubject(s.cfg.Subject, call)}
 	select {
 	case s.lookups <- struct{}{}:
 	default:

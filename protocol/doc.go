@@ -30,7 +30,12 @@
 //     HMAC-SHA-256-128).
 //   - cluster_msg.go: MemberNotice and ForwarderAnnounce, the authenticated
 //     messages forwarders exchange over NATS; metadata.go, decision.go and
-//     load_report.go: the other messages of that envelope.
+//     load_report.go: the other messages of that envelope; subject.go: the
+//     NATS subjects they travel on.
+//
+// Formats that live processes exchange belong here, so every sender and
+// receiver takes them from one place; records at rest in Redis (call
+// records, leases, checkpoints) belong to statestore.
 //
 // README.md in this directory is the wire specification, written so that a
 // client can be built from it alone.

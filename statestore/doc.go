@@ -43,6 +43,19 @@
 // durable as Redis itself: a Redis that loses its data starts epochs again
 // at 1.
 //
+// Formats more than one process reads from Redis are owned here, once, and
+// every writer and reader imports them: the call record (codec.go), lease
+// values (lease_redis.go), the conductor's partition lease names and
+// checkpoint layout (conductor.go: PartitionLease, ConductorCheckpoint,
+// SpeakerState), read by the next lease holder and the dashboard. They
+// live in statestore, not protocol, because they are records at rest,
+// read back by whoever owns a call or a partition later (a successor
+// conductor, an operator's dashboard), versioned with the store's keys
+// and TTLs; protocol holds what travels between live processes (UDP, the
+// trunk, NATS messages and subject names). A record that does not decode
+// is an ErrCorrupt error saying what is wrong, never a panic; the readers
+// count it.
+//
 // OpenRedis takes one URL for every deployment: redis:// (or rediss:// for
 // TLS) for one server, redis+cluster://host:port,host:port,... for a Redis
 // Cluster, and redis+sentinel://host:port,host:port,.../<master-name> for a
