@@ -259,12 +259,35 @@ type assembler struct {
 	runID  string
 	key    []byte
 	agents []string
+	sub    *nats.Subscription
 
 	mu     sync.Mutex
 	chunks map[string][][]byte
 	done   map[string]*Partial
 	ready  chan struct{} // closed when every agent's partial is in
 	bad    int
+}
+
+// stop stops listening for results (it may be called twice).
+func (s *assembler) stop() { _ = s.sub.Unsubscribe() }
+
+// received says how many agents' partials are in.
+func (s *assembler) received() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.done)
+}
+
+// partials returns the agents' partials in the order of s.agents, nil
+// for an agent whose partial is not in.
+func (s *assembler) partials() []*Partial {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	parts := make([]*Partial, 0, len(s.agents))
+	for _, id := range s.agents {
+		parts = append(parts, s.done[id])
+	}
+	return parts
 }
 
 func (s *assembler) onMsg(m *nats.Msg) {
@@ -341,95 +364,39 @@ func RunController(ctx context.Context, p Plan, nc *nats.Conn, subject string, a
 	if err != nil {
 		return nil, err
 	}
-	asm := &assembler{runID: runID, key: key, agents: ids, chunks: map[string][][]byte{},
-		done: map[string]*Partial{}, ready: make(chan struct{})}
-	rsub, err := nc.Subscribe(subject+resultsSuffix+runID, asm.onMsg)
+	asm, err := listenResults(nc, subject, runID, key, ids)
 	if err != nil {
-		return nil, fmt.Errorf("%w: subscribing: %w", ErrAgents, err)
+		return nil, err
 	}
-	defer func() { _ = rsub.Unsubscribe() }()
-
-	monConn := p.NATS
-	if monConn == nil && !p.ClusterKey.IsZero() {
-		monConn = nc
+	defer asm.stop()
+	mon, err := controllerMonitor(p, nc)
+	if err != nil {
+		return nil, err
 	}
-	var mon *relayMonitor
-	if monConn != nil {
-		if mon, err = startRelayMonitor(monConn, p.Subject, p.ClusterKey); err != nil {
-			return nil, err
-		}
-		defer mon.stop()
-	}
+	defer mon.stop()
 
 	a := Assignment{RunID: runID, Agents: ids, Plan: p, StartAt: time.Now().Add(startDelay)}
-	b, err := json.Marshal(a)
-	if err != nil {
-		return nil, fmt.Errorf("%w: encoding the plan: %w", ErrAgents, err)
-	}
-	m := nats.NewMsg(subject + planSuffix)
-	m.Data = b
-	m.Header.Set(hdrMAC, mac(key, b))
-	if err := nc.PublishMsg(m); err != nil {
-		return nil, fmt.Errorf("%w: publishing the plan: %w", ErrAgents, err)
-	}
-	if err := nc.Flush(); err != nil {
-		return nil, fmt.Errorf("%w: publishing the plan: %w", ErrAgents, err)
+	if err := publishAssignment(nc, subject, key, a); err != nil {
+		return nil, err
 	}
 	if progress != nil {
 		fmt.Fprintf(progress, "run %s: plan sent to %d agents, starting at %s\n", runID, len(ids), a.StartAt.UTC().Format(time.RFC3339Nano))
 	}
-
 	select {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-time.After(time.Until(a.StartAt)):
 	}
-	chaosCtx, endChaos := context.WithCancel(ctx)
-	defer endChaos()
 	var ch chaos
-	chaosDone := make(chan struct{})
-	go func() {
-		defer close(chaosDone)
-		ch.run(chaosCtx, a.StartAt, p.Chaos, p.Processes)
-	}()
-
-	deadline := time.NewTimer(time.Until(a.StartAt.Add(p.Bounds.MaxDuration.D() + p.JoinTimeout.D() + resultGrace)))
-	defer deadline.Stop()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	var relaySecs []map[string]ForwarderSecond
-	cancelled := false
-collect:
-	for {
-		select {
-		case <-asm.ready:
-			break collect
-		case <-deadline.C:
-			break collect
-		case <-ctx.Done():
-			cancelled = true
-			break collect
-		case <-tick.C:
-			relaySecs = append(relaySecs, mon.closeSecond())
-			if progress != nil {
-				asm.mu.Lock()
-				in := len(asm.done)
-				asm.mu.Unlock()
-				fmt.Fprintf(progress, "controller %6s  agents %d  results in %d\n", (time.Duration(len(relaySecs)) * time.Second).String(), len(ids), in)
-			}
-		}
-	}
+	endChaos := ch.start(ctx, a.StartAt, p.Chaos, p.Processes)
+	defer endChaos()
+	deadline := a.StartAt.Add(p.Bounds.MaxDuration.D() + p.JoinTimeout.D() + resultGrace)
+	relaySecs, cancelled := awaitResults(ctx, asm, mon, deadline, progress)
 	endChaos()
-	<-chaosDone
 	mon.stop()
-	_ = rsub.Unsubscribe()
+	asm.stop()
 
-	asm.mu.Lock()
-	parts := make([]*Partial, 0, len(ids))
-	for _, id := range ids {
-		parts = append(parts, asm.done[id])
-	}
-	asm.mu.Unlock()
+	parts := asm.partials()
 	res := Merge(parts...)
 	if res == nil {
 		if cancelled {
@@ -438,35 +405,123 @@ collect:
 		return nil, fmt.Errorf("%w: no agent sent a result within the run's time", ErrAgents)
 	}
 	res.Plan = p
-	for i, id := range ids {
-		if parts[i] == nil {
-			res.Agents = append(res.Agents, AgentInfo{ID: id, Index: i, Of: len(ids), Missing: true})
-		}
-	}
-	slices.SortStableFunc(res.Agents, func(x, y AgentInfo) int { return x.Index - y.Index })
+	res.Agents = withMissing(res.Agents, ids, parts)
 	if cancelled {
 		res.Stopped = "cancelled"
 	}
 	if mon != nil {
-		for t := range res.Seconds {
-			if t < len(relaySecs) {
-				res.Seconds[t].Forwarders = relaySecs[t]
-			}
-		}
+		addRelaySeconds(res.Seconds, relaySecs)
 		res.Relay = mon.health(res.Seconds)
 	}
 	if len(p.Chaos) > 0 {
-		res.Events = ch.result()
-		// Event times are since the common start; the result's Start is
-		// the earliest agent's, within milliseconds of it.
-		shift := ms(res.Start.Sub(a.StartAt))
-		for i := range res.Events {
-			res.Events[i].AtMs = round3(res.Events[i].AtMs - shift)
-		}
+		res.Events = eventsSince(ch.result(), a.StartAt, res.Start)
 		gapsAfterEvents(res.Events, res.Seconds, res.DurationMs)
 	}
 	newProgress(progress).done(res)
 	return res, nil
+}
+
+// listenResults subscribes to the run's results from the agents ids;
+// stop unsubscribes.
+func listenResults(nc *nats.Conn, subject, runID string, key []byte, ids []string) (*assembler, error) {
+	asm := &assembler{runID: runID, key: key, agents: ids, chunks: map[string][][]byte{},
+		done: map[string]*Partial{}, ready: make(chan struct{})}
+	sub, err := nc.Subscribe(subject+resultsSuffix+runID, asm.onMsg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: subscribing: %w", ErrAgents, err)
+	}
+	asm.sub = sub
+	return asm, nil
+}
+
+// controllerMonitor reads the relay's load reports, from p.NATS or, when
+// p.ClusterKey is set, from nc; nil when neither.
+func controllerMonitor(p Plan, nc *nats.Conn) (*relayMonitor, error) {
+	monConn := p.NATS
+	if monConn == nil && !p.ClusterKey.IsZero() {
+		monConn = nc
+	}
+	if monConn == nil {
+		return nil, nil
+	}
+	return startRelayMonitor(monConn, p.Subject, p.ClusterKey)
+}
+
+// publishAssignment sends the plan to the agents, authenticated.
+func publishAssignment(nc *nats.Conn, subject string, key []byte, a Assignment) error {
+	b, err := json.Marshal(a)
+	if err != nil {
+		return fmt.Errorf("%w: encoding the plan: %w", ErrAgents, err)
+	}
+	m := nats.NewMsg(subject + planSuffix)
+	m.Data = b
+	m.Header.Set(hdrMAC, mac(key, b))
+	if err := nc.PublishMsg(m); err != nil {
+		return fmt.Errorf("%w: publishing the plan: %w", ErrAgents, err)
+	}
+	if err := nc.Flush(); err != nil {
+		return fmt.Errorf("%w: publishing the plan: %w", ErrAgents, err)
+	}
+	return nil
+}
+
+// awaitResults waits until every agent's partial is in, deadline passes
+// or ctx ends (cancelled). Meanwhile it closes the relay's second every
+// second (the relay's seconds it returns) and prints how many results
+// are in.
+func awaitResults(ctx context.Context, asm *assembler, mon *relayMonitor, deadline time.Time, progress io.Writer) (relaySecs []map[string]ForwarderSecond, cancelled bool) {
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-asm.ready:
+			return relaySecs, false
+		case <-timer.C:
+			return relaySecs, false
+		case <-ctx.Done():
+			return relaySecs, true
+		case <-tick.C:
+			relaySecs = append(relaySecs, mon.closeSecond())
+			if progress != nil {
+				fmt.Fprintf(progress, "controller %6s  agents %d  results in %d\n", (time.Duration(len(relaySecs)) * time.Second).String(), len(asm.agents), asm.received())
+			}
+		}
+	}
+}
+
+// withMissing adds the agents ids whose partial (parts, in the same
+// order) never arrived to agents, and orders them by share.
+func withMissing(agents []AgentInfo, ids []string, parts []*Partial) []AgentInfo {
+	for i, id := range ids {
+		if parts[i] == nil {
+			agents = append(agents, AgentInfo{ID: id, Index: i, Of: len(ids), Missing: true})
+		}
+	}
+	slices.SortStableFunc(agents, func(x, y AgentInfo) int { return x.Index - y.Index })
+	return agents
+}
+
+// addRelaySeconds puts the relay's seconds, as the controller closed
+// them, into the merged seconds.
+func addRelaySeconds(secs []Second, relaySecs []map[string]ForwarderSecond) {
+	for t := range secs {
+		if t < len(relaySecs) {
+			secs[t].Forwarders = relaySecs[t]
+		}
+	}
+}
+
+// eventsSince moves the chaos events' times, since the common start, to
+// times since the result's start (the earliest agent's, within
+// milliseconds of it).
+func eventsSince(events []Event, commonStart, resultStart time.Time) []Event {
+	shift := ms(resultStart.Sub(commonStart))
+	for i := range events {
+		events[i].AtMs = round3(events[i].AtMs - shift)
+	}
+	return events
 }
 
 // awaitAgents collects n distinct agent announcements within wait.

@@ -108,6 +108,18 @@ type chaos struct {
 	events []Event
 }
 
+// start runs the actions in the background (run) until ctx ends or end
+// is called; end returns once run has (it may be called twice).
+func (c *chaos) start(ctx context.Context, start time.Time, actions []ChaosAction, procs map[string]int) (end func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.run(ctx, start, actions, procs)
+	}()
+	return func() { cancel(); <-done }
+}
+
 // run sends the actions' signals at their times since start until ctx
 // ends; a pending SIGCONT is sent at once when ctx ends, so no process is
 // left stopped. It returns when every signal due has been sent.

@@ -193,6 +193,40 @@ func Merge(parts ...*Partial) *Result {
 	if len(ps) == 0 {
 		return nil
 	}
+	m := newMerger(ps)
+	for _, p := range ps {
+		m.addWindows(p)
+		m.addGenerator(p)
+		m.res.Agents = append(m.res.Agents, agentInfo(p))
+	}
+	res, plan := m.res, m.res.Plan
+	lagSum, lagN := m.fillSeconds()
+	secs := res.DurationMs / 1000
+	res.Totals = Totals{All: m.total.all().measures(secs), OneToOne: m.total[0].measures(secs), Group: m.total[1].measures(secs)}
+	if plan.Profile.Kind == ProfileRamp {
+		res.Steps = mergedSteps(plan, res.Seconds, m.wins)
+		res.Knee = FindKnee(res.Steps, plan.RelayCores)
+	}
+	res.Generator = m.generator(lagSum, lagN)
+	res.Verdict = verdictOf(res.Totals.All, plan.Targets)
+	sort.SliceStable(res.Agents, func(i, j int) bool { return res.Agents[i].Index < res.Agents[j].Index })
+	return res
+}
+
+// merger adds partials up, second by second and in total.
+type merger struct {
+	res *Result
+	// Per second: the calls' windows and the senders' tick lateness.
+	wins         []classWindows
+	lagSum, lagN []uint64
+	total        classWindows
+	g            GeneratorHealth
+}
+
+// newMerger starts the merged result from what the partials say as a
+// whole: the first one's plan, the earliest start, the longest duration,
+// the most telling stop reason, as many seconds as the longest series.
+func newMerger(ps []*Partial) *merger {
 	plan := ps[0].Plan
 	plan.share = share{}
 	res := &Result{Plan: plan, Start: ps[0].Start}
@@ -209,82 +243,90 @@ func Merge(parts ...*Partial) *Result {
 			n = max(n, s.T+1)
 		}
 	}
-	wins := make([]classWindows, n)
-	lagSum := make([]uint64, n)
-	lagN := make([]uint64, n)
 	res.Seconds = make([]Second, n)
-	var total classWindows
-	var g GeneratorHealth
-	g.GOMAXPROCS, g.NumCPU = math.MaxInt, math.MaxInt
-	for _, p := range ps {
-		for _, s := range p.Seconds {
-			if s.T < 0 {
-				continue
-			}
-			cw := pairWindows(&s.OneToOne, &s.Group)
-			wins[s.T].merge(&cw)
-			total.merge(&cw)
-			out := &res.Seconds[s.T]
-			out.CallsUp += s.CallsUp
-			out.ParticipantsUp += s.ParticipantsUp
-			out.GeneratorCPUPct = max(out.GeneratorCPUPct, s.GeneratorCPUPct)
-			lagSum[s.T] += s.TickLagSumNs
-			lagN[s.T] += s.TickLagN
+	m := &merger{res: res, wins: make([]classWindows, n), lagSum: make([]uint64, n), lagN: make([]uint64, n)}
+	m.g.GOMAXPROCS, m.g.NumCPU = math.MaxInt, math.MaxInt
+	return m
+}
+
+// addWindows adds p's seconds to the merged seconds and the totals, and
+// its tail to the totals.
+func (m *merger) addWindows(p *Partial) {
+	for _, s := range p.Seconds {
+		if s.T < 0 {
+			continue
 		}
-		tail := pairWindows(&p.Tail.OneToOne, &p.Tail.Group)
-		total.merge(&tail)
-		h := p.Generator
-		g.GOMAXPROCS, g.NumCPU = min(g.GOMAXPROCS, h.GOMAXPROCS), min(g.NumCPU, h.NumCPU)
-		g.CPUMeanPct, g.CPUMaxPct = max(g.CPUMeanPct, h.CPUMeanPct), max(g.CPUMaxPct, h.CPUMaxPct)
-		g.TickLagMaxMs = max(g.TickLagMaxMs, h.TickLagMaxMs)
-		g.LateTicks += h.LateTicks
-		g.MediaDropped += h.MediaDropped
-		g.SkippedArrivals += h.SkippedArrivals
-		for _, why := range h.Reasons {
-			g.Reasons = append(g.Reasons, fmt.Sprintf("agent %s: %s", agentName(p), why))
-		}
-		calls := 0
-		for _, s := range p.Seconds {
-			calls += s.OneToOne.CallsStarted + s.Group.CallsStarted
-		}
-		calls += p.Tail.OneToOne.CallsStarted + p.Tail.Group.CallsStarted
-		res.Agents = append(res.Agents, AgentInfo{ID: p.Agent, Index: p.Index, Of: p.Of, CallsStarted: calls, Generator: h, Err: p.Err})
+		cw := pairWindows(&s.OneToOne, &s.Group)
+		m.wins[s.T].merge(&cw)
+		m.total.merge(&cw)
+		out := &m.res.Seconds[s.T]
+		out.CallsUp += s.CallsUp
+		out.ParticipantsUp += s.ParticipantsUp
+		out.GeneratorCPUPct = max(out.GeneratorCPUPct, s.GeneratorCPUPct)
+		m.lagSum[s.T] += s.TickLagSumNs
+		m.lagN[s.T] += s.TickLagN
 	}
-	var sumNs, sumN uint64
-	for t := range res.Seconds {
-		s := &res.Seconds[t]
+	tail := pairWindows(&p.Tail.OneToOne, &p.Tail.Group)
+	m.total.merge(&tail)
+}
+
+// addGenerator adds p's generator health to the conservative merge.
+func (m *merger) addGenerator(p *Partial) {
+	g, h := &m.g, p.Generator
+	g.GOMAXPROCS, g.NumCPU = min(g.GOMAXPROCS, h.GOMAXPROCS), min(g.NumCPU, h.NumCPU)
+	g.CPUMeanPct, g.CPUMaxPct = max(g.CPUMeanPct, h.CPUMeanPct), max(g.CPUMaxPct, h.CPUMaxPct)
+	g.TickLagMaxMs = max(g.TickLagMaxMs, h.TickLagMaxMs)
+	g.LateTicks += h.LateTicks
+	g.MediaDropped += h.MediaDropped
+	g.SkippedArrivals += h.SkippedArrivals
+	for _, why := range h.Reasons {
+		g.Reasons = append(g.Reasons, fmt.Sprintf("agent %s: %s", agentName(p), why))
+	}
+}
+
+// agentInfo is p's agent as the merged result lists it.
+func agentInfo(p *Partial) AgentInfo {
+	calls := 0
+	for _, s := range p.Seconds {
+		calls += s.OneToOne.CallsStarted + s.Group.CallsStarted
+	}
+	calls += p.Tail.OneToOne.CallsStarted + p.Tail.Group.CallsStarted
+	return AgentInfo{ID: p.Agent, Index: p.Index, Of: p.Of, CallsStarted: calls, Generator: p.Generator, Err: p.Err}
+}
+
+// fillSeconds computes each merged second's figures from its merged
+// windows, and returns the tick lateness summed over all seconds.
+func (m *merger) fillSeconds() (lagSumNs, lagN uint64) {
+	plan := m.res.Plan
+	for t := range m.res.Seconds {
+		s := &m.res.Seconds[t]
 		rate, phase := plan.Profile.Rate(time.Duration(t) * time.Second)
 		s.T, s.Phase, s.TargetRate = t, phase, round3(rate)
-		s.All, s.OneToOne, s.Group = wins[t].all().measures(1), wins[t][0].measures(1), wins[t][1].measures(1)
-		if lagN[t] > 0 {
-			s.TickLagMs = round3(float64(lagSum[t]) / float64(lagN[t]) / 1e6)
+		s.All, s.OneToOne, s.Group = m.wins[t].all().measures(1), m.wins[t][0].measures(1), m.wins[t][1].measures(1)
+		if m.lagN[t] > 0 {
+			s.TickLagMs = round3(float64(m.lagSum[t]) / float64(m.lagN[t]) / 1e6)
 		}
-		sumNs += lagSum[t]
-		sumN += lagN[t]
+		lagSumNs += m.lagSum[t]
+		lagN += m.lagN[t]
 	}
-	secs := res.DurationMs / 1000
-	res.Totals = Totals{All: total.all().measures(secs), OneToOne: total[0].measures(secs), Group: total[1].measures(secs)}
-	if plan.Profile.Kind == ProfileRamp {
-		res.Steps = mergedSteps(plan, res.Seconds, wins)
-		res.Knee = FindKnee(res.Steps, plan.RelayCores)
-	}
+	return lagSumNs, lagN
+}
+
+// generator is the merged generator health, given the tick lateness over
+// all seconds: the agents' reasons and the merged figures' own.
+func (m *merger) generator(lagSumNs, lagN uint64) GeneratorHealth {
+	g := m.g
 	if g.GOMAXPROCS == math.MaxInt {
 		g.GOMAXPROCS, g.NumCPU = 0, 0
 	}
-	if sumN > 0 {
-		g.TickLagMeanMs = round3(float64(sumNs) / float64(sumN) / 1e6)
+	if lagN > 0 {
+		g.TickLagMeanMs = round3(float64(lagSumNs) / float64(lagN) / 1e6)
 	}
 	reasons := g.Reasons
 	g.assess() // the merged figures' own reasons (tick lag, drops)
 	g.Reasons = mergeReasons(reasons, g.Reasons)
 	g.Bottleneck = len(g.Reasons) > 0
-	res.Generator = g
-	res.Verdict = Verdict{Pass: true, Checks: evaluate(res.Totals.All, plan.Targets)}
-	for _, c := range res.Verdict.Checks {
-		res.Verdict.Pass = res.Verdict.Pass && c.Pass
-	}
-	sort.SliceStable(res.Agents, func(i, j int) bool { return res.Agents[i].Index < res.Agents[j].Index })
-	return res
+	return g
 }
 
 func agentName(p *Partial) string {

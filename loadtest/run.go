@@ -85,13 +85,8 @@ func run(ctx context.Context, r *runner, progress io.Writer) (*Result, *runner, 
 
 	r.start = time.Now()
 	res := &Result{Plan: p, Start: r.start.UTC()}
-	chaosCtx, endChaos := context.WithCancel(runCtx)
+	endChaos := r.chaos.start(runCtx, r.start, p.Chaos, p.Processes)
 	defer endChaos()
-	chaosDone := make(chan struct{})
-	go func() {
-		defer close(chaosDone)
-		r.chaos.run(chaosCtx, r.start, p.Chaos, p.Processes)
-	}()
 	var calls sync.WaitGroup
 	dispatchDone := make(chan struct{})
 	go func() {
@@ -101,7 +96,6 @@ func run(ctx context.Context, r *runner, progress io.Writer) (*Result, *runner, 
 
 	res.Stopped = r.measure(runCtx, res, dispatchDone, pr)
 	endChaos()
-	<-chaosDone
 	r.mon.stop()
 	endCalls()
 	<-dispatchDone
@@ -374,10 +368,7 @@ func (r *runner) finish(res *Result) {
 	g.LateTicks = r.lateN.Load()
 	g.MediaDropped = r.mediaDropped.Load()
 	g.assess()
-	res.Verdict = Verdict{Pass: true, Checks: evaluate(res.Totals.All, r.p.Targets)}
-	for _, c := range res.Verdict.Checks {
-		res.Verdict.Pass = res.Verdict.Pass && c.Pass
-	}
+	res.Verdict = verdictOf(res.Totals.All, r.p.Targets)
 }
 
 // assess sets Bottleneck and Reasons.
@@ -393,6 +384,15 @@ func (g *GeneratorHealth) assess() {
 		g.Reasons = append(g.Reasons, fmt.Sprintf("%d received packets dropped by the generator's own queues", g.MediaDropped))
 	}
 	g.Bottleneck = len(g.Reasons) > 0
+}
+
+// verdictOf checks m against the targets: a pass when every check does.
+func verdictOf(m Measures, t Targets) Verdict {
+	v := Verdict{Pass: true, Checks: evaluate(m, t)}
+	for _, c := range v.Checks {
+		v.Pass = v.Pass && c.Pass
+	}
+	return v
 }
 
 // evaluate checks m against the targets.
