@@ -34,10 +34,15 @@
 //     the forwarder dies (silence for FailoverAfter, the Conn's end, or port
 //     unreachable), re-joins when nudged, and migrates make-before-break on
 //     MigrateTo. Media from every Conn it had arrives on one channel.
-//   - Sender and Receiver (e2ee.go) protect media end to end with SRTP
-//     (RFC 3711, AES128_CM_HMAC_SHA1_80), one master key per sender. The RTP
-//     header and its RFC 8285 extensions, including the RFC 6464 audio level
-//     the relay reads, stay in clear; the payload is opaque to the relay.
+//   - Sender and Receiver (e2ee.go, receiver.go) protect media end to end
+//     with SRTP (RFC 3711, AES128_CM_HMAC_SHA1_80), one master key per
+//     sender. The RTP header and its RFC 8285 extensions, including the RFC
+//     6464 audio level the relay reads, stay in clear; the payload is opaque
+//     to the relay. Every packet carries its SRTP rollover counter in clear
+//     (protocol/README.md 4), so a Receiver that joins late, or is switched
+//     to a simulcast layer after it rolled over, decrypts from its first
+//     packet; it tries at most two rollover counters per packet and the auth
+//     tag decides, so a forged one costs a packet, never the stream.
 //
 // What it must never do:
 //
