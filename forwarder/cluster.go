@@ -127,5 +127,5 @@ func (c *Cluster) validate() error {
 
 // Subjects. Per-call subjects let a forwarder hear only about the calls it
 // serves; NATS interest makes each notice cross only to those.
-func (c *Cluster) callSubject(id protocol.ID) string { return c.Subject + ".call." + id.String() }
-func (c *Cluster) announceSubject() string           { return c.Subject + ".forwarders" }
+func (c *Cluster) callSubject(id protocol.ID) string { return protocol.CallSubject(c.Subject, id) }
+func (c *Cluster) announceSubject() string           { return protocol.ForwardersSubject(c.Subject) }

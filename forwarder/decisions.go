@@ -2,7 +2,6 @@ package forwarder
 
 import (
 	"slices"
-	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -257,7 +256,7 @@ func (cl *call) log(l *zap.Logger) *zap.Logger { return l.With(zap.Stringer("cal
 
 // metaSubject is where the metadata of one partition goes.
 func (c *Cluster) metaSubject(part uint16) string {
-	return c.Subject + ".meta." + strconv.Itoa(int(part))
+	return protocol.MetadataSubject(c.Subject, int(part))
 }
 
 // onCallSubject dispatches a message of a call's subject: a member notice

@@ -83,7 +83,7 @@ const (
 
 // ForwardersSubject returns the subject forwarders publish their
 // heartbeats and LoadReports on, for a subject prefix.
-func ForwardersSubject(prefix string) string { return prefix + ".forwarders" }
+func ForwardersSubject(prefix string) string { return protocol.ForwardersSubject(prefix) }
 
 // relayMonitor reads the forwarders' LoadReports during a run.
 type relayMonitor struct {
