@@ -315,68 +315,28 @@ func (f *Forwarder) flushWriter() {
 	}
 }
 
+// runControl is the control goroutine: it answers requests one at a time,
+// members' before strangers', publishes the routes they change in batches,
+// and between requests handles the timers, the store's results and the
+// cluster's messages, until ctx is done.
 func (f *Forwarder) runControl(ctx context.Context, c *control) {
-	tick := time.NewTicker(f.cfg.IdleTimeout / 4)
-	defer tick.Stop()
-	cluster := time.NewTicker(f.clusterPeriod())
-	defer cluster.Stop()
-	meta := time.NewTicker(f.cfg.Cluster.MetadataEvery)
-	defer meta.Stop()
-	load := time.NewTicker(f.cfg.LoadEvery)
-	defer load.Stop()
-	fb := time.NewTicker(f.cfg.Adapt.FeedbackEvery)
-	defer fb.Stop()
-	var results <-chan statestore.Result
-	if f.writer != nil {
-		results = f.writer.Results()
-	}
+	t := f.newControlTimers()
+	defer t.stop()
 	for {
 		now := f.cfg.Now()
-		// Members' keepalives first, whatever else is queued.
-		var m *ctrlMsg
-		select {
-		case m = <-f.ctrlKnown:
-		default:
-			select {
-			case m = <-f.ctrlNew:
-			default:
-			}
-		}
+		m := f.nextRequest()
 		if m == nil {
 			// Idle: make this batch's changes visible, then wait.
 			if c.publishDue(true, now) {
 				c.publish(now)
 			}
-			select {
-			case <-ctx.Done():
+			var stop bool
+			if m, stop = c.wait(ctx, t, now); stop {
 				c.publish(now)
 				return
-			case m = <-f.ctrlKnown:
-			case m = <-f.ctrlNew:
-			case r := <-results:
-				c.onResult(r, now)
-				continue
-			case cm := <-f.clusterIn:
-				c.onCluster(cm, now)
-				continue
-			case <-tick.C:
-				c.sweep(now)
-				continue
-			case <-cluster.C:
-				c.clusterTick(now)
-				continue
-			case <-meta.C:
-				c.metaTick(now)
-				continue
-			case <-load.C:
-				c.loadTick(f.cfg.Now())
-				continue
-			case <-fb.C:
-				c.feedbackTick(now)
-				continue
-			case l := <-f.lookupOut:
-				c.onLookup(l, now)
-				continue
+			}
+			if m == nil {
+				continue // an event was handled
 			}
 		}
 		c.handle(m.src, m.buf[:m.n])
@@ -386,29 +346,118 @@ func (f *Forwarder) runControl(ctx context.Context, c *control) {
 		}
 		// A queue that never empties must not hold off shutdown, the
 		// store's results, notices or the timers.
-		select {
-		case <-ctx.Done():
+		if c.poll(ctx, t, now) {
 			c.publish(now)
 			return
-		case r := <-results:
-			c.onResult(r, now)
-		case cm := <-f.clusterIn:
-			c.onCluster(cm, now)
-		case <-tick.C:
-			c.sweep(now)
-		case <-cluster.C:
-			c.clusterTick(now)
-		case <-meta.C:
-			c.metaTick(now)
-		case <-load.C:
-			c.loadTick(f.cfg.Now())
-		case <-fb.C:
-			c.feedbackTick(now)
-		case l := <-f.lookupOut:
-			c.onLookup(l, now)
-		default:
 		}
 	}
+}
+
+// controlTimers are the control goroutine's periodic events and the
+// store's results.
+type controlTimers struct {
+	sweep, cluster, meta, load, feedback *time.Ticker
+	results                              <-chan statestore.Result // nil without a store
+}
+
+func (f *Forwarder) newControlTimers() *controlTimers {
+	t := &controlTimers{
+		sweep:    time.NewTicker(f.cfg.IdleTimeout / sweepsPerIdleTimeout),
+		cluster:  time.NewTicker(f.clusterPeriod()),
+		meta:     time.NewTicker(f.cfg.Cluster.MetadataEvery),
+		load:     time.NewTicker(f.cfg.LoadEvery),
+		feedback: time.NewTicker(f.cfg.Adapt.FeedbackEvery),
+	}
+	if f.writer != nil {
+		t.results = f.writer.Results()
+	}
+	return t
+}
+
+func (t *controlTimers) stop() {
+	t.sweep.Stop()
+	t.cluster.Stop()
+	t.meta.Stop()
+	t.load.Stop()
+	t.feedback.Stop()
+}
+
+// sweepsPerIdleTimeout: idle sessions are looked for this often per idle
+// timeout, so a silent session is forgotten between one idle timeout and
+// a quarter more after its last request (README section 3).
+const sweepsPerIdleTimeout = 4
+
+// nextRequest takes a queued request without waiting: members' keepalives
+// first, whatever else is queued.
+func (f *Forwarder) nextRequest() *ctrlMsg {
+	select {
+	case m := <-f.ctrlKnown:
+		return m
+	default:
+	}
+	select {
+	case m := <-f.ctrlNew:
+		return m
+	default:
+		return nil
+	}
+}
+
+// wait blocks until a request arrives (returned) or another event, which
+// it handles. stop: ctx is done.
+func (c *control) wait(ctx context.Context, t *controlTimers, now time.Time) (m *ctrlMsg, stop bool) {
+	f := c.f
+	select {
+	case <-ctx.Done():
+		return nil, true
+	case m = <-f.ctrlKnown:
+	case m = <-f.ctrlNew:
+	case r := <-t.results:
+		c.onResult(r, now)
+	case cm := <-f.clusterIn:
+		c.onCluster(cm, now)
+	case <-t.sweep.C:
+		c.sweep(now)
+	case <-t.cluster.C:
+		c.clusterTick(now)
+	case <-t.meta.C:
+		c.metaTick(now)
+	case <-t.load.C:
+		c.loadTick(f.cfg.Now())
+	case <-t.feedback.C:
+		c.feedbackTick(now)
+	case l := <-f.lookupOut:
+		c.onLookup(l, now)
+	}
+	return m, false
+}
+
+// poll handles at most one pending event without waiting. It reports
+// whether ctx is done.
+func (c *control) poll(ctx context.Context, t *controlTimers, now time.Time) (stop bool) {
+	f := c.f
+	select {
+	case <-ctx.Done():
+		return true
+	case r := <-t.results:
+		c.onResult(r, now)
+	case cm := <-f.clusterIn:
+		c.onCluster(cm, now)
+	case <-t.sweep.C:
+		c.sweep(now)
+	case <-t.cluster.C:
+		c.clusterTick(now)
+	case <-t.meta.C:
+		c.metaTick(now)
+	case <-t.load.C:
+		c.loadTick(f.cfg.Now())
+	case <-t.feedback.C:
+		c.feedbackTick(now)
+	case l := <-f.lookupOut:
+		c.onLookup(l, now)
+	default:
+	}
+	return false
 }
 
 // clusterPeriod is the period of heartbeats, reconciles and drain messages.
