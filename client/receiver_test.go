@@ -294,7 +294,14 @@ func TestSealOpenAllocs(t *testing.T) {
 			panic(err)
 		}
 	}
-	require.Zero(t, testing.AllocsPerRun(1000, roundTrip)) // crosses seq 0 on the way
+	allocs := testing.AllocsPerRun(1000, roundTrip) // crosses seq 0 on the way
+	if raceEnabled {
+		// pion/srtp takes a scratch buffer from a sync.Pool per packet, which
+		// -race empties at random: only the plain build measures ours.
+		require.LessOrEqual(t, allocs, 4.0)
+	} else {
+		require.Zero(t, allocs)
+	}
 	require.Equal(t, uint32(8), s.roc)
 	require.Equal(t, ReceiverStats{FirstROC: 1}, r.Stats())
 }
