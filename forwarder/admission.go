@@ -74,6 +74,7 @@ type throttleStats struct {
 	admissions   [numJoinClasses]atomic.Uint64
 	shedVideo    atomic.Bool
 	lookupFailed atomic.Uint64
+	samples      atomic.Uint64 // load samples taken
 }
 
 // lookup asks the store about a call for a join waiting to be classified.
@@ -257,19 +258,29 @@ func (c *control) admittedNow(class JoinClass, now time.Time) {
 	}
 }
 
-// loadTick samples the load and moves the level.
-func (c *control) loadTick(now time.Time) {
-	f := c.f
+// loadSample reads the process's counters and the readers': packets in
+// and out, and the datagrams the kernel dropped from this forwarder's own
+// sockets (media and trunk) because their receive buffers were full. Other
+// programs' drops never count. Sessions are left for the caller.
+func (f *Forwarder) loadSample(now time.Time) LoadSample {
 	s := readProcessSample(now)
 	for _, r := range f.rdrs {
 		s.Packets += r.c.packetsIn.Load() + r.c.packetsOut.Load()
+		s.QueueDrops += r.c.drops[DropReceiveBuffer].Load()
 	}
+	return s
+}
+
+// loadTick samples the load and moves the level.
+func (c *control) loadTick(now time.Time) {
+	s := c.f.loadSample(now)
 	s.Sessions = len(c.sessions)
 	lvl, sig, changed := c.adm.thr.update(s)
 	c.publishSignals(sig)
 	if changed {
 		c.levelChanged(lvl, now)
 	}
+	c.f.thr.samples.Add(1) // after the level and signals it moved are published
 	for src, cj := range c.adm.classified {
 		if now.After(cj.until) {
 			delete(c.adm.classified, src)

@@ -20,6 +20,8 @@ const (
 //
 // The read side owns readBatch buffers; Buf(i), Len(i) and Src(i) describe the
 // i-th datagram of the last ReadBatch and stay valid until the next one.
+// Dropped is how many datagrams the kernel dropped from the socket's receive
+// queue (buffer full) since the last call; the reader adds it to its drops.
 // The write side queues (buffer, destination) pairs and sends them with Flush;
 // a queued buffer must stay untouched until Flush returns.
 type packetConn interface {
@@ -27,6 +29,7 @@ type packetConn interface {
 	Buf(i int) []byte
 	Src(i int) netip.AddrPort
 	Truncated(i int) bool
+	Dropped() uint64
 	Queue(b []byte, dst *sockaddr) bool // false when the queue is full: Flush first
 	Flush() (sent, failed int)
 	Close() error

@@ -35,6 +35,10 @@ func (s *singleConn) Src(int) netip.AddrPort { return s.src }
 func (s *singleConn) Truncated(int) bool     { return s.n > maxDatagram }
 func (s *singleConn) Close() error           { return s.conn.Close() }
 
+// Dropped: only Linux tells a socket its receive-queue drops (SO_RXQ_OVFL);
+// elsewhere they are not counted and the queue-drops signal stays 0.
+func (s *singleConn) Dropped() uint64 { return 0 }
+
 func (s *singleConn) Queue(b []byte, dst *sockaddr) bool {
 	if s.queued == writeBatch {
 		return false

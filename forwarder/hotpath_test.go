@@ -20,6 +20,7 @@ func (m *memConn) ReadBatch() (int, error)            { return 0, nil }
 func (m *memConn) Buf(int) []byte                     { return nil }
 func (m *memConn) Src(int) netip.AddrPort             { return netip.AddrPort{} }
 func (m *memConn) Truncated(int) bool                 { return false }
+func (m *memConn) Dropped() uint64                    { return 0 }
 func (m *memConn) Close() error                       { return nil }
 func (m *memConn) Queue(b []byte, dst *sockaddr) bool { m.queued++; return m.queued <= writeBatch }
 func (m *memConn) Flush() (int, int)                  { n := m.queued; m.sent += n; m.queued = 0; return n, 0 }

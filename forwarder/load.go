@@ -1,8 +1,6 @@
 package forwarder
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -34,8 +32,12 @@ type LoadConfig struct {
 	// once, so a burst of joins within one sample cannot all land here.
 	// 0 (the default): sessions are not a signal.
 	CapacitySessions int
-	// QueueDropsFull is the rate of kernel UDP receive-buffer drops per
-	// second that counts as 100 % load. Default 100.
+	// QueueDropsFull is the rate, per second, of datagrams the kernel
+	// dropped because one of this forwarder's own sockets had a full
+	// receive buffer that counts as 100 % load. Default 100. Other
+	// programs' sockets never count, and neither do drops of the network
+	// namespace as a whole. Measured on Linux (SO_RXQ_OVFL, batch_linux.go);
+	// elsewhere the signal stays 0.
 	QueueDropsFull float64
 	// Thresholds are the loads (1.0 = at capacity) at which levels 1..4
 	// begin, strictly increasing, the last at most 1.0.
@@ -125,21 +127,18 @@ type LoadSample struct {
 	At          time.Time
 	CPUSeconds  float64 // user+system CPU of this process so far
 	Packets     uint64  // packets in + out so far (the caller fills this from Stats)
-	QueueDrops  uint64  // UDP receive-buffer errors so far (system-wide or per network namespace)
+	QueueDrops  uint64  // datagrams dropped so far by the kernel from this forwarder's full receive buffers (the caller fills this)
 	MemoryBytes uint64  // Go runtime memory now
 	Sessions    int     // sessions now, admissions of this instant included (the caller fills this)
 }
 
-// readProcessSample reads this process's CPU time, the kernel's UDP
-// receive-buffer drops (0 where they cannot be read) and the Go runtime's
-// memory. Packets is left for the caller. Not for the per-packet path: it
-// reads files and allocates.
+// readProcessSample reads this process's CPU time and the Go runtime's
+// memory. Packets, QueueDrops and Sessions are left for the caller, who
+// has the readers' counters. Not for the per-packet path: it allocates.
 func readProcessSample(at time.Time) LoadSample {
-	drops, _ := udpQueueDrops()
 	return LoadSample{
 		At:          at,
 		CPUSeconds:  processCPUSeconds(),
-		QueueDrops:  drops,
 		MemoryBytes: goMemoryBytes(),
 	}
 }
@@ -161,54 +160,6 @@ func goMemoryBytes() uint64 {
 		total -= s[1].Value.Uint64()
 	}
 	return total
-}
-
-// parseSNMPColumn reads one counter from a /proc/net/snmp style table: a
-// header line "Proto: Name1 Name2 ..." followed by a value line
-// "Proto: v1 v2 ...". The column is found by its name, not its position.
-// ok is false if the table, the column or a number is missing or malformed.
-func parseSNMPColumn(data []byte, proto, column string) (uint64, bool) {
-	prefix := proto + ":"
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	var header []string
-	for sc.Scan() {
-		f := bytes.Fields(sc.Bytes())
-		if len(f) == 0 || string(f[0]) != prefix {
-			header = nil
-			continue
-		}
-		if header == nil {
-			header = make([]string, len(f))
-			for i, b := range f {
-				header[i] = string(b)
-			}
-			continue
-		}
-		if len(f) != len(header) {
-			return 0, false
-		}
-		for i := 1; i < len(header); i++ {
-			if header[i] == column {
-				v, err := strconv.ParseUint(string(f[i]), 10, 64)
-				return v, err == nil
-			}
-		}
-		return 0, false
-	}
-	return 0, false
-}
-
-// parseSNMP6Counter reads one "Name value" line of /proc/net/snmp6.
-func parseSNMP6Counter(data []byte, name string) (uint64, bool) {
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		f := bytes.Fields(sc.Bytes())
-		if len(f) == 2 && string(f[0]) == name {
-			v, err := strconv.ParseUint(string(f[1]), 10, 64)
-			return v, err == nil
-		}
-	}
-	return 0, false
 }
 
 // LoadSignals are the normalised load signals, 1.0 = at capacity.

@@ -19,7 +19,3 @@ func processCPUSeconds() float64 {
 	}
 	return max(0, s[0].Value.Float64()-s[1].Value.Float64())
 }
-
-// udpQueueDrops: receive-buffer drops are read only on Linux; elsewhere
-// they are not a load signal.
-func udpQueueDrops() (uint64, bool) { return 0, false }

@@ -67,6 +67,7 @@ func (r *reader) run() {
 			r.c.drops[DropReadError].Add(1)
 			continue
 		}
+		r.drops[DropReceiveBuffer] += r.pc.Dropped()
 		rt := r.f.routes.Load()
 		r.batchNow = 0
 		var nowNS int64 // read the clock only if a STUN message needs it

@@ -19,12 +19,13 @@ const (
 	DropTrunkNoCall                       // a trunk frame for a call with no member here
 	DropShedVideo                         // group-call video shed under overload
 	DropUnsubscribed                      // trunk video of a sender not known here yet (no subscription can name it)
+	DropReceiveBuffer                     // dropped by the kernel before a read: one of our sockets' receive buffers was full (Linux only)
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"not_media", "unknown_source", "malformed", "oversized", "stun_rate_limited", "control_busy", "send_failed", "read_error",
-	"relay_control", "trunk_auth", "trunk_no_call", "shed_video", "unsubscribed",
+	"relay_control", "trunk_auth", "trunk_no_call", "shed_video", "unsubscribed", "receive_buffer",
 }
 
 func (r DropReason) String() string { return dropNames[r] }

@@ -36,6 +36,7 @@ func (t *trunkReader) run() {
 			t.c.drops[DropReadError].Add(1)
 			continue
 		}
+		t.drops[DropReceiveBuffer] += t.in.Dropped()
 		rt := t.f.routes.Load()
 		t.nowNS = 0
 		for i := 0; i < n; i++ {
