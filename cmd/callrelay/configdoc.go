@@ -37,8 +37,8 @@ type docRow struct{ Key, Env, Type, Default, Meaning string }
 // runConfigDoc writes the configuration document to the file named, or to
 // stdout.
 func runConfigDoc(_ context.Context, args []string) error {
-	if len(args) > 1 {
-		return errors.New("config-doc: want at most one argument, the file to write")
+	if len(args) > 1 || len(args) == 1 && strings.HasPrefix(args[0], "-") {
+		return errors.New("usage: callrelay config-doc [FILE]: writes docs/configuration.md's text to FILE, else to stdout")
 	}
 	b, err := renderConfigDoc()
 	if err != nil {
