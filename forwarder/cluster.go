@@ -22,6 +22,8 @@ import (
 //     and B within milliseconds) and every forwarder's heartbeat and load.
 //   - The trunk is a separate UDP socket: one authenticated copy of each
 //     packet crosses to each other forwarder of the call, which fans it out.
+//     Forwarders also send each other trunk keepalives, so each hears the
+//     others without NATS (liveness.go).
 //
 // A zero TrunkListen means the forwarder runs on its own (the other fields
 // are then ignored, except Store, which still records state).
@@ -40,7 +42,11 @@ type Cluster struct {
 	MediaAdvertise netip.AddrPort
 	// Key authenticates trunk frames and cluster messages.
 	Key protocol.ClusterKey
-	// Store keeps critical call state; nil keeps none (no takeover).
+	// Store keeps critical call state; nil keeps none (no takeover). If it
+	// also grants leases (statestore.Leases: Redis and Memory do), the
+	// forwarder holds its liveness lease there, and removes another
+	// forwarder's members only once that one's lease has lapsed; without
+	// leases it never removes them.
 	Store statestore.Store
 	// NATS carries notices and heartbeats; required with a trunk.
 	NATS *nats.Conn
@@ -52,11 +58,14 @@ type Cluster struct {
 	// ReconcileEvery is how often each call's view is checked against the
 	// store and its TTL refreshed (must be well under the store's TTL).
 	ReconcileEvery time.Duration
-	// AnnounceEvery is the heartbeat interval; a peer silent for
-	// PeerTimeout is taken for dead.
+	// AnnounceEvery is the heartbeat (and trunk keepalive) interval; a
+	// peer silent on NATS and the trunk for PeerTimeout is taken for dead,
+	// unless the fault may be ours (README 6.2: our NATS down, or every
+	// peer silent at once).
 	AnnounceEvery, PeerTimeout time.Duration
 	// OrphanAfter: a member the store places on a forwarder that has been
-	// dead (or unknown) for this long is removed by whoever sees it.
+	// dead (or unknown) for this long, and whose liveness lease has lapsed,
+	// is removed by whoever sees it.
 	OrphanAfter time.Duration
 
 	// Partitions is the number of conductor partitions calls hash into

@@ -56,6 +56,7 @@ type Forwarder struct {
 	tag            uint64
 	writer         *statestore.Writer
 	clusterIn      chan clusterMsg
+	live           *liveness // how peers are judged (liveness.go)
 	nudge          []byte
 
 	draining                       atomic.Bool
@@ -183,6 +184,7 @@ func (f *Forwarder) setupCluster(n int) error {
 	}
 	f.tag = protocol.ForwarderTag(cc.ID)
 	f.clusterIn = make(chan clusterMsg, clusterQueue)
+	f.live = newLiveness(cc, time.Now())
 	tap := netip.MustParseAddrPort(cc.TrunkListen)
 	network := "udp4"
 	if f.trunkV6 = tap.Addr().Is6() && !tap.Addr().Is4In6(); f.trunkV6 {
@@ -267,6 +269,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	if nc := f.cfg.Cluster.NATS; nc != nil {
 		wwg.Add(1)
 		go func() { defer wwg.Done(); f.measureNATS(wctx) }()
+	}
+	if f.live != nil && f.live.leases != nil {
+		wwg.Add(1)
+		go func() { defer wwg.Done(); f.live.runLease(wctx, f.cfg.Now, f.log) }()
 	}
 	c := newControl(f)
 	var sub *nats.Subscription
@@ -503,6 +509,9 @@ func (f *Forwarder) Stats() Stats {
 	s.ClusterDrops = f.clusterDrops.Load()
 	s.NATSErrors = f.natsErrors.Load()
 	s.Peers = int(f.nPeers.Load())
+	if f.live != nil {
+		s.Peering = f.live.stats()
+	}
 	s.Onsets = f.onsets.Load()
 	s.MetadataSent, s.MetadataBytes = f.metaSent.Load(), f.metaBytes.Load()
 	s.Decisions, s.DecisionsStale, s.DecisionsUnknown = f.decisions.Load(), f.decisionsStale.Load(), f.decisionsUnknown.Load()

@@ -21,7 +21,7 @@ var (
 		"Datagrams dropped, by reason.", []string{"reason"}, nil)
 	mSessions = prometheus.NewDesc("callrelay_forwarder_sessions", "Sessions served.", nil, nil)
 	mCalls    = prometheus.NewDesc("callrelay_forwarder_calls", "Calls with at least one session here.", nil, nil)
-	mPeers    = prometheus.NewDesc("callrelay_forwarder_peers", "Live peer forwarders heard over NATS.", nil, nil)
+	mPeers    = prometheus.NewDesc("callrelay_forwarder_peers", "Peer forwarders not taken for dead (heard on NATS or the trunk, or silent while the fault may be ours).", nil, nil)
 	mDraining = prometheus.NewDesc("callrelay_forwarder_draining", "1 while draining.", nil, nil)
 	mJoins    = prometheus.NewDesc("callrelay_forwarder_joins_total", "Sessions admitted.", nil, nil)
 	mRefusals = prometheus.NewDesc("callrelay_forwarder_join_refusals_total", "Joins refused (not counting address-cookie challenges).", nil, nil)
@@ -82,6 +82,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		mNacked, mKeyReq, mTargets, mSubs, mResent, mProbe} {
 		ch <- d
 	}
+	describePeering(ch)
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -112,6 +113,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(mSessions, float64(s.Sessions))
 	gauge(mCalls, float64(s.Calls))
 	gauge(mPeers, float64(s.Peers))
+	collectPeering(ch, s.Peering)
 	gauge(mDraining, b2f(s.Draining))
 	counter(mJoins, s.Joins)
 	counter(mRefusals, s.JoinErrors)

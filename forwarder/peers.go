@@ -27,10 +27,15 @@ type remotePlacement struct {
 	learned time.Time
 }
 
-// peer is another forwarder, as its heartbeats describe it.
+// peer is another forwarder, as its heartbeats and trunk keepalives
+// describe it (liveness.go).
 type peer struct {
-	last  protocol.ForwarderAnnounce
-	heard time.Time
+	last       protocol.ForwarderAnnounce // its last heartbeat; zero if heard only on the trunk so far
+	heard      time.Time                  // when that heartbeat arrived
+	trunkHeard time.Time                  // when its last trunk keepalive arrived
+	started    time.Time                  // its newest process heard of, on either path
+	trunkSeq   uint64                     // the last keepalive sequence of that process
+	held       uint8                      // holdReasons counted during its current silence
 	// assigned counts devices this forwarder sent there since the last
 	// heartbeat, so a burst of migrations or refusals is spread out.
 	assigned int
@@ -153,6 +158,9 @@ func (c *control) onCluster(m clusterMsg, now time.Time) {
 
 func (c *control) onAnnounce(a protocol.ForwarderAnnounce, now time.Time) {
 	if a.ID == c.f.cfg.Cluster.ID {
+		if a.Started.UnixMilli() == c.started.UnixMilli() && c.f.live != nil {
+			c.f.live.selfHeard = now // NATS delivers to us: our own heartbeat came back
+		}
 		return
 	}
 	p := c.peers[a.ID]
@@ -161,34 +169,23 @@ func (c *control) onAnnounce(a protocol.ForwarderAnnounce, now time.Time) {
 		c.peers[a.ID] = p
 		delete(c.deadPeers, a.ID)
 		c.f.log.Info("peer forwarder up", zap.String("peer", a.ID), zap.Stringer("media", a.Media), zap.Stringer("trunk", a.Trunk))
-	} else if !a.Started.Equal(p.last.Started) {
+	}
+	switch {
+	case p.started.IsZero():
+		p.started = a.Started
+	case a.Started.After(p.started):
 		// Restarted: what it served before is gone; placements it made
 		// since it started (its notices may beat its heartbeat) stay.
 		c.f.log.Info("peer forwarder restarted", zap.String("peer", a.ID))
 		c.forgetPeer(a.ID, a.Started)
+		p.started = a.Started
+	case a.Started.Before(p.started):
+		return // from a process older than one already heard
 	}
 	if a.Seq < p.last.Seq && a.Started.Equal(p.last.Started) {
 		return // reordered
 	}
 	p.last, p.heard, p.assigned = a, now, 0
-}
-
-// expirePeers forgets forwarders silent for PeerTimeout, and stops sending
-// them trunk copies.
-func (c *control) expirePeers(now time.Time) {
-	for id, p := range c.peers {
-		if now.Sub(p.heard) > c.f.cfg.Cluster.PeerTimeout {
-			c.f.log.Warn("peer forwarder silent: taken for dead", zap.String("peer", id), zap.Duration("silent", now.Sub(p.heard)))
-			delete(c.peers, id)
-			c.deadPeers[id] = now
-			c.forgetPeer(id, now)
-		}
-	}
-	for id, t := range c.deadPeers {
-		if now.Sub(t) > 10*c.f.cfg.Cluster.OrphanAfter {
-			delete(c.deadPeers, id)
-		}
-	}
 }
 
 // forgetPeer drops the placements on fwd learned before since.
@@ -271,12 +268,14 @@ func (c *control) reportLoad(now time.Time) {
 }
 
 // pickAlternate names the least loaded live peer that is not draining, or
-// the configured alternate.
+// the configured alternate. A peer silent on both paths is not live, even
+// while it is not taken for dead.
 func (c *control) pickAlternate() netip.AddrPort {
 	var best *peer
+	now := c.f.cfg.Now()
 	for _, p := range c.peers {
-		if p.last.Draining || !p.last.Media.IsValid() {
-			continue
+		if p.last.Draining || !p.last.Media.IsValid() || now.Sub(p.lastHeard()) > c.f.cfg.Cluster.PeerTimeout {
+			continue // draining, never announced, or silent (not yet taken for dead)
 		}
 		if best == nil || int(p.last.Sessions)+p.assigned < int(best.last.Sessions)+best.assigned ||
 			(int(p.last.Sessions)+p.assigned == int(best.last.Sessions)+best.assigned && p.last.ID < best.last.ID) {

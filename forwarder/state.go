@@ -232,7 +232,10 @@ func (c *control) learnRecord(cl *call, rec statestore.Call, now time.Time, reco
 }
 
 // orphaned: the store places m on a forwarder that has been dead (or
-// unheard of) for OrphanAfter, and we have been up long enough to know.
+// unheard of) for OrphanAfter, we have been up long enough to know, our
+// NATS connection is steady (we would hear it), and the store says that
+// forwarder no longer holds its liveness lease (liveness.go). Silence alone
+// is a guess; a live forwarder's members are never removed on a guess.
 func (c *control) orphaned(m statestore.Member, now time.Time) bool {
 	cc := &c.f.cfg.Cluster
 	if !cc.enabled() || now.Sub(c.started) < cc.OrphanAfter || now.Sub(m.JoinedAt) < cc.OrphanAfter {
@@ -241,8 +244,10 @@ func (c *control) orphaned(m statestore.Member, now time.Time) bool {
 	if p := c.peers[m.Forwarder]; p != nil {
 		return false
 	}
-	gone, ok := c.deadPeers[m.Forwarder]
-	return !ok || now.Sub(gone) >= cc.OrphanAfter-cc.PeerTimeout
+	if gone, ok := c.deadPeers[m.Forwarder]; ok && now.Sub(gone) < cc.OrphanAfter-cc.PeerTimeout {
+		return false
+	}
+	return c.natsSteady(now) && c.orphanLeaseFree(m.Forwarder, now)
 }
 
 func (c *control) unplaceID(call, participant protocol.ID) {

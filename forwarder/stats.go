@@ -68,7 +68,8 @@ type Stats struct {
 	ClusterBad   uint64 // notices or heartbeats that did not authenticate or parse
 	ClusterDrops uint64 // cluster messages dropped because the control queue was full
 	NATSErrors   uint64
-	Peers        int // live peer forwarders
+	Peers        int       // peer forwarders not taken for dead
+	Peering      PeerStats // how they are heard and judged (liveness.go)
 
 	// The conductor's decisions (audio.go, decisions.go).
 	AudioMuted       uint64 // audio packets not forwarded: the member is outside the call's forwarding set

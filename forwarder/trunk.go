@@ -61,6 +61,10 @@ func (t *trunkReader) handle(rt *routes, frame []byte) {
 	}
 	cr := rt.byCall[t.hdr.Call]
 	if cr == nil {
+		if protocol.IsTrunkKeepalive(&t.hdr) {
+			t.keepalive(payload) // a peer saying it is alive (liveness.go)
+			return
+		}
 		t.drops[DropTrunkNoCall]++
 		return
 	}
