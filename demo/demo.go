@@ -21,8 +21,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/callrelay/callrelay/conductor"
-	"github.com/callrelay/callrelay/dashboard"
 	"github.com/callrelay/callrelay/forwarder"
 	"github.com/callrelay/callrelay/internal/talkspurt"
 	"github.com/callrelay/callrelay/protocol"
@@ -89,6 +87,20 @@ func (c *Config) defaults() {
 	}
 }
 
+// validate says what is out of range.
+func (c *Config) validate() error {
+	if c.GroupSize < 3 || c.GroupSize > 64 {
+		return fmt.Errorf("demo: group size %d: want 3..64", c.GroupSize)
+	}
+	if c.LossyPercent < 0 || c.LossyPercent > 50 {
+		return fmt.Errorf("demo: lossy percent %v: want 0..50", c.LossyPercent)
+	}
+	if c.Forwarders < 1 || c.Forwarders > 16 {
+		return fmt.Errorf("demo: %d forwarders: want 1..16", c.Forwarders)
+	}
+	return nil
+}
+
 // Result is what the devices saw, summed over all of them.
 type Result struct {
 	Participants int
@@ -111,11 +123,8 @@ type Result struct {
 // Interval to out, and returns when ctx ends or Duration has passed.
 func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	cfg.defaults()
-	if cfg.GroupSize < 3 || cfg.GroupSize > 64 {
-		return Result{}, fmt.Errorf("demo: group size %d: want 3..64", cfg.GroupSize)
-	}
-	if cfg.LossyPercent < 0 || cfg.LossyPercent > 50 {
-		return Result{}, fmt.Errorf("demo: lossy percent %v: want 0..50", cfg.LossyPercent)
+	if err := cfg.validate(); err != nil {
+		return Result{}, err
 	}
 	if cfg.Duration > 0 {
 		var cancel context.CancelFunc
@@ -130,43 +139,13 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	if cfg.Forwarders < 1 || cfg.Forwarders > 16 {
-		return Result{}, fmt.Errorf("demo: %d forwarders: want 1..16", cfg.Forwarders)
-	}
 	out = &lockedWriter{w: out}
-	in, err := startInfra(cfg.Logger)
+	c, err := startCluster(cfg, verifier, out)
 	if err != nil {
 		return Result{}, err
 	}
-	defer in.close()
-	key, err := protocol.NewClusterKey()
-	if err != nil {
-		return Result{}, err
-	}
-	fwds, stopFwds, err := startForwarders(cfg, verifier, key, in)
-	if err != nil {
-		return Result{}, err
-	}
-	defer stopFwds()
-	stopConductor, err := startConductor(cfg, key, in)
-	if err != nil {
-		return Result{}, err
-	}
-	defer stopConductor()
-	var addrs []string
-	for _, f := range fwds {
-		addrs = append(addrs, f.Addr().String())
-	}
-	fmt.Fprintf(out, "callrelay demo: %d forwarders on %s (trunk between them, embedded NATS, %s) and a conductor; %d one-to-one call(s), %d group call(s) of %d spread over them; media SRTP-encrypted end to end\n",
-		len(fwds), strings.Join(addrs, ", "), in.kind, cfg.OneToOne, cfg.Groups, cfg.GroupSize)
-	if cfg.Dashboard != "" {
-		stopDashboard, err := startDashboard(cfg, key, in, out)
-		if err != nil {
-			return Result{}, err
-		}
-		defer stopDashboard()
-	}
-	members, err := joinCalls(ctx, priv, fwds, cfg, out)
+	defer c.close()
+	members, err := joinCalls(ctx, priv, c.fwds, cfg, out)
 	defer func() {
 		for _, m := range members {
 			m.close()
@@ -178,16 +157,40 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	fmt.Fprintf(out, "%d participants joined; Ctrl-C to stop\n", len(members))
 	lossy := pickLossy(cfg, members, out)
 
+	began := time.Now()
+	spiked, err := runCalls(ctx, cfg, priv, c.fwds, members, lossy, out)
+	if err != nil {
+		return Result{}, err
+	}
+	// Leave while the forwarder still answers, then stop it, and only then
+	// read its counters: a reader publishes them after sending its batch, so
+	// a snapshot of a running forwarder can lag what the receivers already
+	// decrypted.
+	for _, m := range members {
+		m.close()
+	}
+	members = append(members, spiked...)
+	for _, m := range spiked {
+		m.close()
+	}
+	c.stopRelay()
+	return result(members, c.fwds, lossy, began, out), nil
+}
+
+// runCalls starts the members' video, sending and receiving, and the
+// spike if configured; prints the summary lines until ctx ends; and
+// returns once every sender and receiver has stopped, with the members
+// the spike joined.
+func runCalls(ctx context.Context, cfg Config, priv []byte, fwds []*forwarder.Forwarder, members []*participant, lossy *participant, out io.Writer) ([]*participant, error) {
 	var wg sync.WaitGroup
 	start := func(m *participant) {
 		wg.Add(2)
 		go func() { defer wg.Done(); m.send(ctx, cfg.PacketEvery) }()
 		go func() { defer wg.Done(); m.receive(ctx) }()
 	}
-	began := time.Now()
 	for _, m := range members {
 		if err := m.startVideo(); err != nil {
-			return Result{}, err
+			return nil, err
 		}
 	}
 	for _, m := range members {
@@ -203,20 +206,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	}
 	summarise(ctx, cfg.Interval, out, fwds, members, lossy)
 	wg.Wait()
-	// Leave while the forwarder still answers, then stop it, and only then
-	// read its counters: a reader publishes them after sending its batch, so
-	// a snapshot of a running forwarder can lag what the receivers already
-	// decrypted.
-	for _, m := range members {
-		m.close()
-	}
-	members = append(members, sp.members()...)
-	for _, m := range sp.members() {
-		m.close()
-	}
-	stopConductor()
-	stopFwds()
-	return result(members, fwds, lossy, began, out), nil
+	return sp.members(), nil
 }
 
 // joinCalls joins the one-to-one and group calls, in order, and returns
@@ -407,45 +397,6 @@ func lossResult(p *participant, now time.Time) *LossResult {
 	return &LossResult{Participant: p.ssrc, Percent: p.loss.pct, lossStats: p.loss.stats(now)}
 }
 
-// startForwarders runs cfg.Forwarders forwarders as one cluster sharing the
-// infra; stop stops them all (it may be called twice).
-func startForwarders(cfg Config, verifier *protocol.TokenVerifier, key protocol.ClusterKey, in *infra) ([]*forwarder.Forwarder, func(), error) {
-	var fwds []*forwarder.Forwarder
-	var stops []func()
-	stop := func() {
-		for i := len(stops) - 1; i >= 0; i-- {
-			stops[i]()
-		}
-		stops = nil
-	}
-	for i := range cfg.Forwarders {
-		id := fmt.Sprintf("demo-%d", i+1)
-		nc, store, err := in.connect()
-		if err != nil {
-			stop()
-			return nil, nil, err
-		}
-		fcfg := forwarder.Default()
-		fcfg.Listen, fcfg.Verifier, fcfg.Logger = cfg.Listen, verifier, cfg.Logger.Named(id)
-		fcfg.Load.CapacitySessions = cfg.CapacitySessions
-		fcfg.Cluster.ID, fcfg.Cluster.TrunkListen, fcfg.Cluster.Key = id, "127.0.0.1:0", key
-		fcfg.Cluster.Store, fcfg.Cluster.NATS = store, nc
-		f, err := forwarder.New(fcfg)
-		if err != nil {
-			nc.Close()
-			_ = store.Close()
-			stop()
-			return nil, nil, err
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); _ = f.Run(ctx) }()
-		stops = append(stops, func() { cancel(); <-done; nc.Close(); _ = store.Close() })
-		fwds = append(fwds, f)
-	}
-	return fwds, stop, nil
-}
-
 // sumStats adds up the forwarders' counters.
 func sumStats(fwds []*forwarder.Forwarder) forwarder.Stats {
 	var t forwarder.Stats
@@ -478,29 +429,6 @@ func sumStats(fwds []*forwarder.Forwarder) forwarder.Stats {
 		}
 	}
 	return t
-}
-
-// startConductor runs one conductor for all partitions; stop stops it (it
-// may be called twice).
-func startConductor(cfg Config, key protocol.ClusterKey, in *infra) (func(), error) {
-	nc, store, err := in.connect()
-	if err != nil {
-		return nil, err
-	}
-	ccfg := conductor.Default()
-	ccfg.ID, ccfg.NATS, ccfg.Key, ccfg.Store, ccfg.Leases = "demo-conductor", nc, key, store, store
-	ccfg.Partitions, ccfg.Logger = forwarder.DefaultPartitions, cfg.Logger.Named("conductor")
-	c, err := conductor.New(ccfg)
-	if err != nil {
-		nc.Close()
-		_ = store.Close()
-		return nil, err
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = c.Run(ctx) }()
-	var once sync.Once
-	return func() { once.Do(func() { cancel(); <-done; nc.Close(); _ = store.Close() }) }, nil
 }
 
 // lockedWriter serialises the lines of several goroutines.
@@ -572,34 +500,4 @@ func (s *spike) run(ctx context.Context, cfg Config, priv []byte, fwds []*forwar
 		}
 	}
 	fmt.Fprintf(out, "spike: %d participants joined, %d refused (throttled: try alternate, then retry later)\n", joined, refused)
-}
-
-// startDashboard serves the live dashboard for the demo's cluster and
-// prints its address.
-func startDashboard(cfg Config, key protocol.ClusterKey, in *infra, out io.Writer) (func(), error) {
-	nc, store, err := in.connect()
-	if err != nil {
-		return nil, err
-	}
-	dcfg := dashboard.Default()
-	dcfg.NATS, dcfg.Key, dcfg.Store, dcfg.Leases = nc, key, store, store
-	dcfg.Partitions, dcfg.Listen, dcfg.Logger = forwarder.DefaultPartitions, cfg.Dashboard, cfg.Logger.Named("dashboard")
-	d, err := dashboard.New(dcfg)
-	if err != nil && dcfg.Listen != "127.0.0.1:0" {
-		// The port is taken (another demo, say): any free port will do.
-		fmt.Fprintf(out, "dashboard: %s unavailable (%v); using a free port\n", dcfg.Listen, err)
-		dcfg.Listen = "127.0.0.1:0"
-		d, err = dashboard.New(dcfg)
-	}
-	if err != nil {
-		nc.Close()
-		_ = store.Close()
-		return nil, err
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = d.Run(ctx) }()
-	fmt.Fprintf(out, "dashboard: http://%s\n", d.Addr())
-	var once sync.Once
-	return func() { once.Do(func() { cancel(); <-done; nc.Close(); _ = store.Close() }) }, nil
 }
