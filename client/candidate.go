@@ -50,14 +50,23 @@ const (
 type transaction struct {
 	tid [stun.TransactionIDSize]byte
 	raw []byte
+	// token is the token the request carries, key its integrity key: the
+	// answer is checked with it, and a ticket in the answer is bound to it.
+	token, key []byte
 }
 
-func newTransaction(token []byte, o protocol.JoinOptions) (*transaction, error) {
+// newTransaction builds a request with the current credentials: the latest
+// token and, but in a leave, the ticket bound to it (credentials.go).
+func newTransaction(cr *credentials, o protocol.JoinOptions) (*transaction, error) {
+	token, key, ticket := cr.request()
+	if !o.Leave {
+		o.Ticket = ticket
+	}
 	m, err := protocol.BuildJoinRequest(token, o)
 	if err != nil {
 		return nil, err
 	}
-	return &transaction{tid: m.TransactionID, raw: m.Raw}, nil
+	return &transaction{tid: m.TransactionID, raw: m.Raw, token: token, key: key}, nil
 }
 
 // maxCookieRounds bounds the address check: a request (join, rebind, leave)
@@ -77,7 +86,7 @@ func cookieChallenge(r protocol.JoinResponse) bool {
 // cookieLoopError is the refusal a forwarder that keeps asking for new
 // cookies earns.
 func cookieLoopError(fwd netip.AddrPort, r protocol.JoinResponse) *JoinError {
-	return &JoinError{Forwarder: fwd, Code: r.Code,
+	return &JoinError{Forwarder: fwd, Code: r.Code, addressCheck: true,
 		Reason: fmt.Sprintf("%s (address check still failing after %d cookies)", r.Reason, maxCookieRounds)}
 }
 
@@ -107,13 +116,14 @@ func (d *dialer) read(c *candidate) {
 			d.stats.stray.Add(1)
 			continue
 		}
-		tid := c.tx.Load().tid
-		resp, err := protocol.ParseJoinResponse(buf[:n], tid, d.key)
+		tx := c.tx.Load()
+		tid := tx.tid
+		resp, err := protocol.ParseJoinResponse(buf[:n], tid, tx.key)
 		if err != nil {
 			d.stats.countBadResponse(err)
 			continue
 		}
-		if !d.deliver(dialEvent{c: c, tid: tid, resp: resp, at: time.Now()}) {
+		if !d.deliver(dialEvent{c: c, tid: tid, token: tx.token, resp: resp, at: time.Now()}) {
 			return
 		}
 		if resp.OK {

@@ -18,6 +18,16 @@ type Config struct {
 	// Token is the signed join token from the application's signalling
 	// service (protocol.SignToken). Required.
 	Token []byte
+	// TokenSource, if set, gets a fresh token for the same call and
+	// participant from the application. A Session (Join) calls it three
+	// quarters of the way to the current token's expiry, retrying with
+	// backoff on failure, and at once when a re-join is refused 401; its
+	// requests carry the fresh token from then on. Without it, a Session
+	// outlives its token on resumption tickets alone (protocol/README.md
+	// 2.1): the forwarders vouch for a participant they admitted for a few
+	// minutes at a time, renewed while its session lives. Dial alone never
+	// calls it.
+	TokenSource TokenSource
 	// LocalAddr is the local address to bind sockets to. The zero Addr (the
 	// default) lets the system choose (the unspecified address); tests use
 	// 127.0.0.1.
@@ -63,6 +73,10 @@ type Config struct {
 	// Logger receives join, rebind and session events, never per-packet
 	// lines. Default zap.NewNop().
 	Logger *zap.Logger
+
+	// creds are the token and ticket requests carry: a Session's, shared
+	// by its Conns, or Dial's own.
+	creds *credentials
 }
 
 // withDefaults returns a copy with every zero knob set to its default, and
@@ -86,6 +100,9 @@ func (c Config) withDefaults() (Config, error) {
 	c.Forwarders = fwd
 	if _, err := protocol.DecodeToken(c.Token); err != nil {
 		return c, fmt.Errorf("%w: Token: %w", ErrConfig, err)
+	}
+	if c.creds == nil {
+		c.creds = newCredentials(c.Token, time.Now())
 	}
 	c.LocalAddr = c.LocalAddr.Unmap()
 	setDefault(&c.JoinTimeout, 5*time.Second)

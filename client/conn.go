@@ -31,7 +31,6 @@ import (
 type Conn struct {
 	cfg    Config
 	log    *zap.Logger
-	key    []byte
 	fwd    netip.AddrPort
 	stats  *counters
 	dialer *dialer
@@ -60,6 +59,7 @@ type Conn struct {
 	ka             [keepaliveSlots]keepaliveTx
 	kaNext         int
 	leaveTID       [stun.TransactionIDSize]byte
+	leaveKey       []byte                     // leaveTID's integrity key
 	leaveCh        chan protocol.JoinResponse // the answer to leaveTID
 	subs           *Subscriber                // made by the first Subscribe (subscribe.go)
 
@@ -79,7 +79,6 @@ func newConn(cfg Config, d *dialer, res dialResult) *Conn {
 	c := &Conn{
 		cfg:         cfg,
 		log:         d.log.With(zap.Stringer("forwarder", win.addr)),
-		key:         d.key,
 		fwd:         win.addr,
 		stats:       d.stats,
 		dialer:      d,
@@ -262,7 +261,7 @@ func (c *Conn) leave() bool {
 	retransmit := time.NewTimer(time.Hour)
 	defer retransmit.Stop()
 	for rounds := 0; ; rounds++ {
-		tx, err := newTransaction(c.cfg.Token, protocol.JoinOptions{Leave: true, Cookie: cookie})
+		tx, err := newTransaction(c.cfg.creds, protocol.JoinOptions{Leave: true, Cookie: cookie})
 		if err != nil {
 			return false
 		}
@@ -270,7 +269,7 @@ func (c *Conn) leave() bool {
 		// cannot be taken for this one's.
 		answered := make(chan protocol.JoinResponse, 1)
 		c.mu.Lock()
-		c.leaveTID, c.leaveCh = tx.tid, answered
+		c.leaveTID, c.leaveKey, c.leaveCh = tx.tid, tx.key, answered
 		c.mu.Unlock()
 		resp, ok := c.leaveRound(tx, answered, deadline.C, retransmit)
 		switch {

@@ -61,11 +61,12 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 }
 
 type dialEvent struct {
-	c    *candidate
-	tid  [stun.TransactionIDSize]byte // the transaction resp answers
-	resp protocol.JoinResponse
-	err  error // the socket failed
-	at   time.Time
+	c     *candidate
+	tid   [stun.TransactionIDSize]byte // the transaction resp answers
+	token []byte                       // the token that transaction carried
+	resp  protocol.JoinResponse
+	err   error // the socket failed
+	at    time.Time
 }
 
 type dialResult struct {
@@ -81,7 +82,6 @@ type dialResult struct {
 type dialer struct {
 	cfg        Config
 	log        *zap.Logger
-	key        []byte
 	stats      *counters
 	cands      []*candidate
 	winner     *candidate
@@ -101,7 +101,6 @@ func newDialer(cfg Config) *dialer {
 	return &dialer{
 		cfg:    cfg,
 		log:    cfg.Logger.With(zap.Stringer("call", tok.CallID), zap.Stringer("participant", tok.ParticipantID)),
-		key:    protocol.IntegrityKey(cfg.Token),
 		stats:  new(counters),
 		events: make(chan dialEvent),
 		result: make(chan dialResult, 1),
@@ -156,7 +155,7 @@ func (d *dialer) add(addr netip.AddrPort) {
 		return
 	}
 	c.sock = sock
-	tx, err := newTransaction(d.cfg.Token, protocol.JoinOptions{})
+	tx, err := newTransaction(d.cfg.creds, protocol.JoinOptions{})
 	if err != nil {
 		d.drop(c, err)
 		return
@@ -170,7 +169,7 @@ func (d *dialer) add(addr netip.AddrPort) {
 // start begins a new transaction on c (a retry after 508, a repeat with a
 // new cookie, a leave) and sends it at once. On failure c is dropped.
 func (d *dialer) start(c *candidate, o protocol.JoinOptions) bool {
-	tx, err := newTransaction(d.cfg.Token, o)
+	tx, err := newTransaction(d.cfg.creds, o)
 	if err != nil {
 		d.drop(c, fmt.Errorf("client: forwarder %s: %w", c.addr, err))
 		return false
@@ -240,6 +239,9 @@ func (d *dialer) handle(ev dialEvent) {
 		d.drop(c, fmt.Errorf("client: forwarder %s: %w", c.addr, ev.err))
 	case ev.resp.OK: // the first success: run stops here, later ones meet drainLosers
 		c.state, d.winner = candJoined, c
+		// The winner's ticket only: a loser's (which a lone forwarder
+		// seals with its own key) would resume nothing once it has left.
+		d.cfg.creds.keep(ev.resp.Ticket, ev.token)
 		d.stats.rtt.Store(int64(ev.at.Sub(c.sentAt)))
 		d.log.Info("joined", zap.Stringer("forwarder", c.addr), zap.Stringer("mapped", ev.resp.Mapped),
 			zap.Duration("keepalive", ev.resp.Params.KeepaliveInterval), zap.Duration("idle_timeout", ev.resp.Params.IdleTimeout))

@@ -23,6 +23,11 @@ var (
 	// ErrSessionLost: no authenticated keepalive answer arrived within the
 	// session's idle timeout, or the socket failed.
 	ErrSessionLost = errors.New("client: session lost")
+	// ErrUnauthorized: the forwarders refused the token (401), and the
+	// resumption ticket if one was sent, and no fresh token could be had
+	// (no TokenSource, it failed, or its token was refused too). A Session
+	// ends with it at once, wrapped in ErrSessionLost.
+	ErrUnauthorized = errors.New("client: forwarders refused the token and resumption ticket")
 	// ErrClosed: the Conn was closed by Close.
 	ErrClosed = errors.New("client: connection closed")
 	// ErrNotMedia: WriteRTP was given bytes that are not an RTP packet.
@@ -44,6 +49,9 @@ type JoinError struct {
 	Reason     string
 	Alternate  netip.AddrPort // with 300 Try Alternate, where to go
 	RetryAfter time.Duration  // with 300 or 508, if the forwarder said
+	// addressCheck: a 401 that is the address check failing round after
+	// round (cookieLoopError), not a refusal of the credentials.
+	addressCheck bool
 }
 
 func (e *JoinError) Error() string {

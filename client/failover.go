@@ -69,6 +69,8 @@ type Session struct {
 	failovers, rejoins, migrations, migrationsFailed atomic.Uint64
 	nudges, ignored, droppedRejoining                atomic.Uint64
 	mediaDropped, eventsDropped                      atomic.Uint64
+	tokenRefreshes, tokenErrors                      atomic.Uint64
+	refreshMu                                        sync.Mutex // one TokenSource call at a time (refresh.go)
 
 	// Supervisor state, touched only by run.
 	att         *attempt  // the re-join or migration in flight
@@ -154,6 +156,14 @@ type SessionStats struct {
 	// LastGap is how long the last failover, rejoin or migration took from
 	// noticing the trouble to the new Conn being up.
 	LastGap time.Duration
+	// TokenRefreshes counts fresh tokens taken from Config.TokenSource;
+	// TokenErrors its failures (errors, or a token for another
+	// participant or no later than the current one).
+	TokenRefreshes uint64
+	TokenErrors    uint64
+	// HasTicket: the Session holds a resumption ticket for its current
+	// token, so it can come back after the token expires.
+	HasTicket bool
 	// Conn is the current Conn's Stats (counted since its Dial).
 	Conn Stats
 }
@@ -197,6 +207,10 @@ func Join(ctx context.Context, cfg Config) (*Session, error) {
 	}
 	s.pumps.Add(1)
 	go s.pump(c)
+	if cfg.TokenSource != nil {
+		s.wg.Add(1)
+		go s.refreshLoop()
+	}
 	go s.run()
 	return s, nil
 }
@@ -250,6 +264,9 @@ func (s *Session) Stats() SessionStats {
 		MediaDropped:          s.mediaDropped.Load(),
 		EventsDropped:         s.eventsDropped.Load(),
 		LastGap:               gap,
+		TokenRefreshes:        s.tokenRefreshes.Load(),
+		TokenErrors:           s.tokenErrors.Load(),
+		HasTicket:             s.cfg.creds.hasTicket(),
 		Conn:                  c.Stats(),
 	}
 }
@@ -381,10 +398,20 @@ func (s *Session) rejoin(ctx context.Context, began time.Time, cands []netip.Add
 	defer cancel()
 	wait := time.NewTimer(time.Hour)
 	defer wait.Stop()
+	fresh := false // a fresh token was taken for this re-join
 	for backoff := rejoinBackoffMin; ; backoff = min(2*backoff, rejoinBackoffMax) {
+		sent, _, _ := s.cfg.creds.request()
 		c, err := s.dial(ctx, cands)
 		if err == nil {
 			return c, nil
+		}
+		if credentialRefusal(err) && ctx.Err() == nil {
+			// Refused for good unless a new token turns up: retrying the
+			// same credentials until RejoinTimeout would change nothing.
+			if final := s.renewAfterRefusal(ctx, sent, &fresh, err); final != nil {
+				return nil, final
+			}
+			continue
 		}
 		s.log.Info("re-join failed, retrying", zap.Error(err))
 		wait.Reset(backoff/2 + rand.N(backoff/2+1))

@@ -94,10 +94,13 @@ func (s *Session) step(timer *time.Timer) error {
 func (s *Session) ended(cur *Conn) error {
 	err := cur.Err()
 	var je *JoinError
-	if errors.As(err, &je) {
+	if errors.As(err, &je) && !credentialRefusal(err) {
 		s.emit(SessionEvent{Kind: EventLost, From: cur.Forwarder(), Err: err})
 		return err
 	}
+	// A 401 to a keepalive: the forwarder lost the session and would not
+	// resume it. A re-join tries the other forwarders and a fresh token,
+	// and ends at once if those are refused too.
 	s.trouble(cur, EventFailover, errors.Is(err, syscall.ECONNREFUSED), err)
 	return nil
 }

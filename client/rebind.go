@@ -149,7 +149,7 @@ func (j *socketJoin) release() {
 // send starts a new transaction with o, from the initial retransmission
 // timeout.
 func (j *socketJoin) send(o protocol.JoinOptions) error {
-	tx, err := newTransaction(j.c.cfg.Token, o)
+	tx, err := newTransaction(j.c.cfg.creds, o)
 	if err != nil {
 		return err
 	}
@@ -203,10 +203,13 @@ func (j *socketJoin) answer(ctx context.Context) (protocol.JoinResponse, error) 
 			c.stats.stray.Add(1)
 			continue
 		}
-		resp, err := protocol.ParseJoinResponse(j.buf[:n], j.tx.tid, c.key)
+		resp, err := protocol.ParseJoinResponse(j.buf[:n], j.tx.tid, j.tx.key)
 		if err != nil {
 			c.stats.countBadResponse(err)
 			continue
+		}
+		if resp.OK {
+			c.cfg.creds.keep(resp.Ticket, j.tx.token)
 		}
 		return resp, nil
 	}

@@ -22,6 +22,9 @@ type keepaliveTx struct {
 	sent time.Time
 	live bool
 	sock *net.UDPConn // sent from: a cookie in the answer is for this socket only
+	// token the keepalive carried and its integrity key (the token changes
+	// when the Session refreshes it).
+	token, key []byte
 }
 
 // readLoop is the Conn's only reader: it reads the current socket into
@@ -91,12 +94,19 @@ func (c *Conn) handleSTUN(raw []byte, sock *net.UDPConn) {
 	slot := c.findKeepalive(tid)
 	leaveCh := c.leaveCh
 	isLeave := leaveCh != nil && tid == c.leaveTID
+	var key []byte
+	switch {
+	case isLeave:
+		key = c.leaveKey
+	case slot >= 0:
+		key = c.ka[slot].key
+	}
 	c.mu.Unlock()
 	if slot < 0 && !isLeave {
 		c.stats.stray.Add(1)
 		return
 	}
-	resp, err := protocol.ParseJoinResponse(raw, tid, c.key)
+	resp, err := protocol.ParseJoinResponse(raw, tid, key)
 	if err != nil {
 		c.stats.countBadResponse(err)
 		return
@@ -117,6 +127,9 @@ func (c *Conn) handleSTUN(raw []byte, sock *net.UDPConn) {
 	c.ka[slot].live = false // count an answer once, however often it is retransmitted
 	c.mu.Unlock()
 	if ka.live && ka.tid == tid {
+		if resp.OK {
+			c.cfg.creds.keep(resp.Ticket, ka.token)
+		}
 		c.onKeepaliveAnswer(resp, now.Sub(ka.sent), ka.sock)
 	}
 }
@@ -244,12 +257,12 @@ func (c *Conn) sendKeepalive(now time.Time) {
 		return
 	}
 	sock := c.sock.Load()
-	tx, err := newTransaction(c.cfg.Token, protocol.JoinOptions{Cookie: c.cookie})
+	tx, err := newTransaction(c.cfg.creds, protocol.JoinOptions{Cookie: c.cookie})
 	if err != nil {
 		c.mu.Unlock()
 		return
 	}
-	c.ka[c.kaNext] = keepaliveTx{tid: tx.tid, sent: now, live: true, sock: sock}
+	c.ka[c.kaNext] = keepaliveTx{tid: tx.tid, sent: now, live: true, sock: sock, token: tx.token, key: tx.key}
 	c.kaNext = (c.kaNext + 1) % keepaliveSlots
 	c.mu.Unlock()
 	if _, err := sock.Write(tx.raw); err != nil {

@@ -80,9 +80,10 @@ type throttleStats struct {
 // lookup asks the store about a call for a join waiting to be classified.
 type lookup struct {
 	src    netip.AddrPort
-	req    protocol.JoinRequest // Token and Cookie copied: the request buffer is reused
+	req    protocol.JoinRequest // Token, Cookie and Ticket copied: the request buffer is reused
 	reqLen int
 	tok    protocol.Token
+	grant  joinGrant // what a resumption ticket vouched for (resume.go)
 	rec    statestore.Call
 	found  bool
 	err    error
@@ -113,11 +114,14 @@ type classifiedJoin struct {
 // admissible decides whether a verified join may be admitted under the
 // current throttle level. When it returns false it has answered the join
 // (a refusal) or will answer it after a store lookup.
-func (c *control) admissible(src netip.AddrPort, req protocol.JoinRequest, tok protocol.Token, cl *call, now time.Time) (JoinClass, bool) {
+func (c *control) admissible(src netip.AddrPort, req protocol.JoinRequest, tok protocol.Token, cl *call, g joinGrant, now time.Time) (JoinClass, bool) {
 	a := &c.adm
 	lvl := a.thr.level()
 	if lvl == ThrottleNone {
 		return joinClassUnclassified, true
+	}
+	if g.ticket {
+		return JoinRejoin, true // its ticket proves it was admitted to this call
 	}
 	class, known := c.classifyLocal(cl, tok)
 	cj, cached := a.classified[src]
@@ -129,7 +133,7 @@ func (c *control) admissible(src netip.AddrPort, req protocol.JoinRequest, tok p
 		if c.f.cfg.Cluster.Store == nil {
 			class = newCallClass(tok.Class)
 		} else {
-			c.startLookup(src, req, tok)
+			c.startLookup(src, req, tok, g)
 			return 0, false
 		}
 	}
@@ -195,15 +199,16 @@ func classifyStored(l *lookup) JoinClass {
 
 // startLookup queues a store read for a join; a join already waiting for
 // one is dropped (the device retransmits).
-func (c *control) startLookup(src netip.AddrPort, req protocol.JoinRequest, tok protocol.Token) {
+func (c *control) startLookup(src netip.AddrPort, req protocol.JoinRequest, tok protocol.Token, g joinGrant) {
 	a := &c.adm
 	if _, ok := a.pending[src]; ok {
 		return
 	}
 	req.Token = append([]byte(nil), req.Token...)
 	req.Cookie = append([]byte(nil), req.Cookie...)
+	req.Ticket = append([]byte(nil), req.Ticket...)
 	select {
-	case c.f.lookupIn <- &lookup{src: src, req: req, reqLen: c.reqLen, tok: tok}:
+	case c.f.lookupIn <- &lookup{src: src, req: req, reqLen: c.reqLen, tok: tok, grant: g}:
 		a.pending[src] = struct{}{}
 	default:
 		// Too many lookups at once: refuse as a new call would be.
@@ -244,7 +249,7 @@ func (c *control) onLookup(l *lookup, now time.Time) {
 	if c.sessions[sessionKey{l.tok.CallID, l.tok.ParticipantID}] != nil {
 		return // admitted meanwhile by another path; the device's next request is answered as usual
 	}
-	c.admit(l.src, l.req, l.tok, now)
+	c.admit(l.src, l.req, l.tok, lookedUp(l), now)
 }
 
 // admittedNow counts an admission and lets the sessions signal raise the

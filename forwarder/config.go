@@ -41,6 +41,10 @@ type Config struct {
 	// DrainDeadline is how long a draining forwarder keeps serving sessions
 	// it has told to move before it gives up on them.
 	DrainDeadline time.Duration
+	// TicketLifetime is how long a resumption ticket resumes its session
+	// after it was issued (resume.go); sessions get a new one every fifth
+	// of it. 10s..1h.
+	TicketLifetime time.Duration
 
 	// Audio tunes the audio forwarding gate and loud-onset fast path.
 	Audio AudioConfig
@@ -76,6 +80,7 @@ func Default() Config {
 		JoinRate:          200,
 		JoinBurst:         400,
 		DrainDeadline:     30 * time.Second,
+		TicketLifetime:    5 * time.Minute,
 		Audio:             DefaultAudio(),
 		Adapt:             DefaultAdapt(),
 		Load:              DefaultLoad(),
@@ -111,6 +116,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DrainDeadline <= 0 {
 		errs = append(errs, fmt.Errorf("forwarder: drain deadline %s must be positive", c.DrainDeadline))
+	}
+	if c.TicketLifetime < 10*time.Second || c.TicketLifetime > protocol.MaxTicketLifetime {
+		errs = append(errs, fmt.Errorf("forwarder: resumption ticket lifetime %s, want 10s..1h", c.TicketLifetime))
 	}
 	errs = append(errs, c.Audio.validate(), c.Adapt.validate(), c.Load.validate(), c.Cluster.validate())
 	if c.LoadEvery < 10*time.Millisecond || c.LoadEvery > 10*time.Second {

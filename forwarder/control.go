@@ -29,8 +29,9 @@ type session struct {
 	call        *call
 	participant protocol.ID
 	addr        netip.AddrPort
-	token       []byte // verified once; identical bytes later skip the signature check
-	key         []byte // MESSAGE-INTEGRITY key of the token
+	token       []byte    // verified once; identical bytes later skip the signature check
+	ticketAt    time.Time // when the session was last given a resumption ticket (resume.go)
+	key         []byte    // MESSAGE-INTEGRITY key of the token
 	lastSeen    time.Time
 	log         *zap.Logger
 	media       *mediaInfo // what the data path learned; shared with its routes
@@ -70,6 +71,7 @@ type control struct {
 	sessions map[sessionKey]*session
 	byAddr   map[netip.AddrPort]*session
 	cookies  *cookieJar
+	tickets  *protocol.TicketKey // seals and opens resumption tickets (resume.go)
 	msg      stun.Message
 	reqLen   int // size of the request being answered
 
@@ -112,6 +114,7 @@ func newControl(f *Forwarder) *control {
 		tc = protocol.NewTrunkCodec(f.cfg.Cluster.Key)
 	}
 	return &control{
+		tickets:    ticketKeyOf(&f.cfg),
 		trunkCodec: tc,
 		f:          f,
 		calls:      make(map[protocol.ID]*call),
@@ -162,13 +165,13 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 	newToken := false
 	if s == nil || !bytes.Equal(s.token, req.Token) {
 		// A new session, or a known one with a new token: verify it fully.
-		tok, err := protocol.VerifyJoin(req, f.cfg.Verifier, now)
-		if err != nil {
-			c.refuseFor(src, req, err)
+		// An expired token is resumed by its ticket (resume.go).
+		tok, grant, ok := c.verifyJoin(src, req, now)
+		if !ok {
 			return
 		}
 		if s == nil && !req.Leave {
-			c.admit(src, req, tok, now)
+			c.admit(src, req, tok, grant, now)
 			return
 		}
 		newToken = s != nil
@@ -196,7 +199,7 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 			s.key = protocol.IntegrityKey(s.token)
 		}
 		s.lastSeen = now
-		c.accept(src, req, s.key)
+		c.acceptSession(src, req, s, newToken, now)
 		if !s.confirmed {
 			// The device's first keepalive: it chose this forwarder.
 			// Re-assert the placement, which a losing forwarder's leave
@@ -209,8 +212,9 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 	}
 }
 
-// admit creates a session for a verified join, or refuses it.
-func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protocol.Token, now time.Time) {
+// admit creates a session for a verified join, or refuses it; g says
+// whether a resumption ticket vouched for it (resume.go).
+func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protocol.Token, g joinGrant, now time.Time) {
 	f := c.f
 	if other := c.byAddr[src]; other != nil {
 		c.refuse(src, req, protocol.CodeForbidden, "address in use by another participant")
@@ -229,7 +233,10 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 		c.refuse(src, req, protocol.CodeForbidden, "call is full")
 		return
 	}
-	class, ok := c.admissible(src, req, tok, cl, now)
+	if g.resume && !c.callLives(src, req, tok, cl, g) {
+		return
+	}
+	class, ok := c.admissible(src, req, tok, cl, g, now)
 	if !ok {
 		return
 	}
@@ -254,7 +261,7 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 	c.sessions[sessionKey{cl.id, s.participant}] = s
 	c.byAddr[src] = s
 	c.dirtyCalls[cl.id] = struct{}{}
-	answer, err := c.success(src, req, s.key)
+	answer, err := c.success(src, req, s.key, c.ticketFor(s, now, true))
 	if err != nil {
 		s.refused = true
 		c.remove(s)
@@ -269,6 +276,7 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 		return
 	}
 	f.joins.Add(1)
+	c.admittedBy(g, s)
 	c.admittedNow(class, now)
 	c.notify(cl, s.participant, protocol.MemberPlaced, now)
 	s.log.Info("participant joined", zap.Stringer("addr", src), zap.Stringer("class", cl.class), zap.Int("members", len(cl.members)))
@@ -389,14 +397,15 @@ func (c *control) reply(b []byte, to netip.AddrPort) {
 }
 
 func (c *control) accept(src netip.AddrPort, req protocol.JoinRequest, key []byte) {
-	if raw, err := c.success(src, req, key); err == nil {
+	if raw, err := c.success(src, req, key, nil); err == nil {
 		c.reply(raw, src)
 	}
 }
 
-func (c *control) success(src netip.AddrPort, req protocol.JoinRequest, key []byte) ([]byte, error) {
+// success is a success answer, with a resumption ticket if one is given.
+func (c *control) success(src netip.AddrPort, req protocol.JoinRequest, key, ticket []byte) ([]byte, error) {
 	p := protocol.SessionParams{KeepaliveInterval: c.f.cfg.KeepaliveInterval, IdleTimeout: c.f.cfg.IdleTimeout}
-	raw, err := protocol.BuildJoinSuccess(req, src, p, key)
+	raw, err := protocol.BuildJoinAccept(req, protocol.JoinSuccess{Mapped: src, Params: p, Ticket: ticket}, key)
 	if err != nil {
 		c.f.log.Error("building join success", zap.Error(err))
 	}

@@ -64,6 +64,7 @@ type Forwarder struct {
 	nSessions, nCalls, nPeers      atomic.Int64
 	joins, joinErrors, addrChanges atomic.Uint64
 	cookieChallenges, migrations   atomic.Uint64
+	resume                         resumeCounters // resumption tickets (resume.go)
 	stateErrors, stateDropped      atomic.Uint64
 	clusterBad, clusterDrops       atomic.Uint64
 	natsErrors                     atomic.Uint64
@@ -498,6 +499,7 @@ func (f *Forwarder) Stats() Stats {
 	s.AddressChanges = f.addrChanges.Load()
 	s.CookieChallenges = f.cookieChallenges.Load()
 	s.Migrations = f.migrations.Load()
+	s.Resume = f.resume.stats()
 	s.Draining = f.draining.Load()
 	if f.writer != nil {
 		s.StateDegraded = f.writer.Degraded()

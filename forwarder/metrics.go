@@ -83,6 +83,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	describePeering(ch)
+	describeResume(ch)
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -119,6 +120,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mRefusals, s.JoinErrors)
 	counter(mNudges, s.RejoinNudges)
 	counter(mMigrate, s.Migrations)
+	collectResume(ch, s.Resume)
 	gauge(mDegraded, b2f(s.StateDegraded))
 	gauge(mQueued, float64(s.StateQueued))
 	counter(mStErr, s.StateErrors)

@@ -55,8 +55,9 @@ type Stats struct {
 	CookieChallenges                         uint64 // 401s asking a device to prove its address (not refusals)
 
 	TrunkIn, TrunkBytesIn, TrunkOut, TrunkBytesOut uint64
-	RejoinNudges                                   uint64 // Rejoin answers to media from unknown addresses
-	Migrations                                     uint64 // MigrateTo messages sent while draining
+	RejoinNudges                                   uint64      // Rejoin answers to media from unknown addresses
+	Migrations                                     uint64      // MigrateTo messages sent while draining
+	Resume                                         ResumeStats // resumption tickets (resume.go)
 	Draining                                       bool
 
 	// The call state store (zero without one).

@@ -50,10 +50,26 @@ type SpeakerChange struct {
 // Join joins with token through fwds and starts recording what arrives.
 func Join(t testing.TB, token []byte, ssrc uint32, fwds ...netip.AddrPort) *Member {
 	t.Helper()
+	return JoinConfig(t, client.Config{Forwarders: fwds, Token: token}, ssrc)
+}
+
+// JoinConfig joins with cfg, whose zero LocalAddr, FailoverAfter and
+// JoinTimeout become Join's (loopback, 300 ms, 3 s), and starts recording
+// what arrives.
+func JoinConfig(t testing.TB, cfg client.Config, ssrc uint32) *Member {
+	t.Helper()
+	if !cfg.LocalAddr.IsValid() {
+		cfg.LocalAddr = Loopback
+	}
+	if cfg.FailoverAfter == 0 {
+		cfg.FailoverAfter = 300 * time.Millisecond
+	}
+	if cfg.JoinTimeout == 0 {
+		cfg.JoinTimeout = 3 * time.Second
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := client.Join(ctx, client.Config{Forwarders: fwds, Token: token, LocalAddr: Loopback,
-		FailoverAfter: 300 * time.Millisecond, JoinTimeout: 3 * time.Second})
+	s, err := client.Join(ctx, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
 	return Watch(t, s, ssrc)
