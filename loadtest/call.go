@@ -170,10 +170,17 @@ func (r *runner) joinAll(ctx context.Context, c *callSpec) []*member {
 func (r *runner) join(ctx context.Context, call protocol.ID, c *callSpec, i int) (*member, error) {
 	m := &member{idx: i, id: protocol.NewID(), ssrc: rand.Uint32() | 1, key: client.NewMediaKey(),
 		recv: client.NewReceiver(), plain: make([]byte, 0, speechSize), pkt: make([]byte, 0, 256)}
-	tok, err := protocol.SignToken(r.p.SigningKey, protocol.Token{CallID: call, ParticipantID: m.id,
-		Class: c.class, MaxSize: uint16(c.size), Expiry: time.Now().Add(time.Hour)})
+	mint := func() ([]byte, error) {
+		return protocol.SignToken(r.p.SigningKey, protocol.Token{CallID: call, ParticipantID: m.id,
+			Class: c.class, MaxSize: uint16(c.size), Expiry: time.Now().Add(r.p.TokenLifetime.D())})
+	}
+	tok, err := mint()
 	if err != nil {
 		return nil, err
+	}
+	var source client.TokenSource
+	if r.p.RefreshTokens {
+		source = func(context.Context) ([]byte, error) { return mint() }
 	}
 	m.sender, err = client.NewSender(client.SenderConfig{SSRC: m.ssrc, PayloadType: payloadType, Key: m.key})
 	if err != nil {
@@ -189,6 +196,7 @@ func (r *runner) join(ctx context.Context, call protocol.ID, c *callSpec, i int)
 	m.sess, err = client.Join(jctx, client.Config{
 		Forwarders:    r.p.Forwarders,
 		Token:         tok,
+		TokenSource:   source,
 		LocalAddr:     r.p.LocalAddr,
 		JoinTimeout:   r.p.JoinTimeout.D(),
 		MaxAlternates: alternates,

@@ -3,10 +3,13 @@ package loadtest
 import (
 	"math"
 	"math/rand/v2"
+	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/callrelay/callrelay/protocol"
 )
 
 func spikePlan() Profile {
@@ -313,4 +316,23 @@ func TestVideoPlan(t *testing.T) {
 		}
 	}
 	require.InDelta(t, 200, n, 50)
+}
+
+// Plans set the participants' token lifetime (default an hour) and whether
+// they renew their tokens.
+func TestTokenLifetimePlan(t *testing.T) {
+	p, err := ParsePlan([]byte("bounds: {max_calls: 10}\n"))
+	require.NoError(t, err)
+	require.Equal(t, time.Hour, p.WithDefaults().TokenLifetime.D())
+	require.False(t, p.RefreshTokens)
+	p, err = ParsePlan([]byte("token_lifetime: 20s\nrefresh_tokens: true\n"))
+	require.NoError(t, err)
+	require.Equal(t, 20*time.Second, p.WithDefaults().TokenLifetime.D())
+	require.True(t, p.RefreshTokens)
+	p.Forwarders = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:3478")}
+	_, p.SigningKey, err = protocol.GenerateSigningKey()
+	require.NoError(t, err)
+	require.NoError(t, p.WithDefaults().Validate())
+	p.TokenLifetime = Duration(time.Second)
+	require.ErrorContains(t, p.WithDefaults().Validate(), "token_lifetime = 1s, want 2s..168h0m0s")
 }

@@ -78,6 +78,16 @@ type Plan struct {
 	RelayCores float64 `json:"relay_cores,omitempty" yaml:"relay_cores,omitempty"`
 	// JoinTimeout bounds one participant's join. Default 5s.
 	JoinTimeout Duration `json:"join_timeout" yaml:"join_timeout"`
+	// TokenLifetime is how long each participant's join token is valid,
+	// from when it is minted (just before its join); expiries are whole
+	// seconds. Default 1h. A call that outlives its tokens goes on through
+	// failovers and drains on the forwarders' resumption tickets, or on
+	// fresh tokens with RefreshTokens.
+	TokenLifetime Duration `json:"token_lifetime" yaml:"token_lifetime"`
+	// RefreshTokens gives every participant a TokenSource minting a fresh
+	// token of TokenLifetime, as an application's signalling service
+	// would: the client renews its token before it expires.
+	RefreshTokens bool `json:"refresh_tokens,omitempty" yaml:"refresh_tokens,omitempty"`
 	// FollowAlternates lets a join follow 300 Try Alternate to a
 	// forwarder the relay names, which may be outside Forwarders. Off by
 	// default: the generator then sends to Forwarders only, and a 300
@@ -270,11 +280,15 @@ func (p Plan) WithDefaults() Plan {
 	setF(&p.Targets.LossPct, 1)
 	setD(&p.Targets.DelayP95, 150*time.Millisecond)
 	setD(&p.JoinTimeout, 5*time.Second)
+	setD(&p.TokenLifetime, time.Hour)
 	if p.Subject == "" {
 		p.Subject = DefaultSubject
 	}
 	return p
 }
+
+// maxTokenLifetime bounds Plan.TokenLifetime.
+const maxTokenLifetime = 7 * 24 * time.Hour
 
 // DefaultSubject is the relay's default NATS subject prefix.
 const DefaultSubject = "callrelay"
@@ -345,6 +359,9 @@ func (p Plan) validate(needKey bool) error {
 	}
 	if p.Targets.SetupSuccessPct < 0 || p.Targets.SetupSuccessPct > 100 || p.Targets.LossPct < 0 {
 		bad("targets: setup_success_pct must be 0..100 and loss_pct >= 0")
+	}
+	if p.TokenLifetime.D() < 2*time.Second || p.TokenLifetime.D() > maxTokenLifetime {
+		bad("token_lifetime = %v, want 2s..%v (expiries are whole seconds)", p.TokenLifetime.D(), maxTokenLifetime)
 	}
 	if p.NATS != nil && p.ClusterKey.IsZero() {
 		bad("nats is set but the cluster key is not: it is needed to authenticate the forwarders' load reports")

@@ -59,6 +59,7 @@ func forwarderFlags(fs *flag.FlagSet) *forwarderOptions {
 	fs.Uint64Var(&cfg.Load.MemoryLimit, "memory-limit", cfg.Load.MemoryLimit, "bytes of Go memory that count as 100 % load; 0 = not a signal")
 	fs.IntVar(&cfg.Cluster.Partitions, "partitions", cfg.Cluster.Partitions, "conductor partitions calls hash into; the same on every forwarder and conductor")
 	fs.DurationVar(&cfg.DrainDeadline, "drain-deadline", cfg.DrainDeadline, "on SIGTERM, stop admitting, ask sessions to move, and exit when empty or after this long")
+	fs.DurationVar(&cfg.TicketLifetime, "ticket-lifetime", cfg.TicketLifetime, "how long a resumption ticket lets a session whose token expired come back (10s..1h; renewed every fifth of it while the session lives)")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "", "TCP ip:port for /metrics, /healthz and /readyz; empty: none")
 	fs.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
 	fs.DurationVar(&o.statsEvery, "stats-every", o.statsEvery, "log a stats line this often (0: never)")

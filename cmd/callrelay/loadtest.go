@@ -28,7 +28,8 @@ var loadtestProc = process[loadtestOptions]{name: "loadtest", flags: loadtestFla
 type loadtestOptions struct {
 	planFile, forwarders, signingKey, profile string
 	rate, oneToOne, videoShare, relayCores    float64
-	duration, agentsWait                      time.Duration
+	duration, agentsWait, tokenLifetime       time.Duration
+	refreshTokens                             bool
 	groupSize, maxConcurrent, agents          int
 	out, report                               string
 	cluster                                   clusterFlags
@@ -47,6 +48,8 @@ func loadtestFlags(fs *flag.FlagSet) *loadtestOptions {
 	fs.IntVar(&o.groupSize, "group-size", 0, "group calls of exactly this size")
 	fs.Float64Var(&o.videoShare, "video-share", o.videoShare, "fraction of participants, 0..1, that also send camera video (simulcast and bitrates as the relay asks), subscribed to by the rest of their call (negative: the plan's, else 0)")
 	fs.IntVar(&o.maxConcurrent, "max-concurrent", 0, "at most this many calls at once")
+	fs.DurationVar(&o.tokenLifetime, "token-lifetime", 0, "participants' join tokens are valid this long from their join (0: the plan's, else 1h)")
+	fs.BoolVar(&o.refreshTokens, "refresh-tokens", false, "participants renew their tokens before they expire, as an app's signalling service would (else the plan's)")
 	fs.Float64Var(&o.relayCores, "relay-cores", 0, "CPU cores of all the forwarders together, for the knee per core")
 	fs.StringVar(&o.out, "out", o.out, "where the JSON result goes")
 	fs.StringVar(&o.report, "report", "", "where the HTML report goes (empty: no report)")
@@ -187,6 +190,12 @@ func (o *loadtestOptions) applyTo(p *loadtest.Plan) error {
 	}
 	if o.relayCores > 0 {
 		p.RelayCores = o.relayCores
+	}
+	if o.tokenLifetime > 0 {
+		p.TokenLifetime = loadtest.Duration(o.tokenLifetime)
+	}
+	if o.refreshTokens {
+		p.RefreshTokens = true
 	}
 	return nil
 }
