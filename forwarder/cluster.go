@@ -48,7 +48,10 @@ type Cluster struct {
 	// forwarder's members only once that one's lease has lapsed; without
 	// leases it never removes them.
 	Store statestore.Store
-	// NATS carries notices and heartbeats; required with a trunk.
+	// NATS carries notices and heartbeats; required with a trunk. It must
+	// deliver the forwarder's own messages back to it (not nats.NoEcho):
+	// hearing its own heartbeat is how a forwarder knows NATS reaches it,
+	// and without that it never takes a peer for dead.
 	NATS *nats.Conn
 	// Subject is the prefix of every NATS subject used.
 	Subject string

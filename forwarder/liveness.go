@@ -230,6 +230,8 @@ func (l *liveness) lookUp(ctx context.Context, at time.Time) {
 			v.state[id] = leaseHeld
 		case errors.Is(err, statestore.ErrNotFound):
 			v.state[id] = leaseFree
+		default:
+			v.state[id] = leaseUnknown // asked, but the store could not say
 		}
 	}
 	l.view.Store(v)
@@ -239,6 +241,17 @@ func (l *liveness) lookUp(ctx context.Context, at time.Time) {
 func (l *liveness) leaseFree(fwd string, now time.Time) bool {
 	v := l.view.Load()
 	return v != nil && now.Sub(v.at) <= 3*l.every && v.state[fwd] == leaseFree
+}
+
+// asked: a recent look-up asked about fwd (and found it held, or could not
+// tell).
+func (l *liveness) asked(fwd string, now time.Time) bool {
+	v := l.view.Load()
+	if v == nil || now.Sub(v.at) > 3*l.every {
+		return l.leases == nil // with no leases, nobody will ever answer
+	}
+	_, ok := v.state[fwd]
+	return ok
 }
 
 // want asks the lease goroutine about fwd for a while.
@@ -324,7 +337,7 @@ func (c *control) expirePeers(now time.Time) {
 			continue
 		}
 		c.f.log.Warn("peer forwarder silent on NATS and the trunk: taken for dead", zap.String("peer", id),
-			zap.Duration("heartbeat", now.Sub(p.heard)), zap.Duration("trunk", now.Sub(p.trunkHeard)))
+			zap.String("heartbeat", silentFor(now, p.heard)), zap.String("trunk", silentFor(now, p.trunkHeard)))
 		delete(c.peers, id)
 		c.deadPeers[id] = now
 		if p.last.Trunk.IsValid() {
@@ -341,6 +354,14 @@ func (c *control) expirePeers(now time.Time) {
 		}
 	}
 	lv.publishWants(now)
+}
+
+// silentFor says how long ago t was, for logs.
+func silentFor(now, t time.Time) string {
+	if t.IsZero() {
+		return "never heard"
+	}
+	return now.Sub(t).Round(time.Millisecond).String()
 }
 
 // holdBack counts (once a silence) and logs why a silent peer stays.
@@ -492,7 +513,8 @@ func (c *control) onBeat(b *trunkBeat) {
 
 // orphanLeaseFree says whether the members the store places on fwd may be
 // removed as far as its lease goes; otherwise it asks about the lease, and
-// counts (once until it is free) that the removal was held back.
+// once the store has been asked, counts (once until it is free) that the
+// removal was held back.
 func (c *control) orphanLeaseFree(fwd string, now time.Time) bool {
 	lv := c.f.live
 	if lv.leaseFree(fwd, now) {
@@ -500,6 +522,9 @@ func (c *control) orphanLeaseFree(fwd string, now time.Time) bool {
 		return true
 	}
 	lv.want(fwd, now)
+	if !lv.asked(fwd, now) {
+		return false // no answer yet: the next reconcile will know
+	}
 	if !lv.heldMembers[fwd] {
 		lv.heldMembers[fwd] = true
 		lv.held[holdLeaseHeld].Add(1)

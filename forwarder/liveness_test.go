@@ -287,3 +287,70 @@ func memberOn(t *testing.T, rec statestore.Call, fwd string) protocol.ID {
 	t.Fatalf("nobody on %s", fwd)
 	return protocol.ID{}
 }
+
+// A forwarder's trunk takes keepalives by the rules of README 6.2: a valid
+// one makes its sender a peer heard on the trunk; a repeated or older one
+// (a replay) is ignored; one whose origin tag is not its id's, or sealed
+// with another key, is dropped and counted; a trunk-only peer that falls
+// silent while NATS is fine is taken for dead.
+func TestTrunkKeepaliveReceive(t *testing.T) {
+	e := newClusterEnv(t)
+	a := e.start(t, "fwd-a")
+	sock, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(calltest.Loopback, 0)))
+	require.NoError(t, err)
+	defer sock.Close()
+	codec := protocol.NewTrunkCodec(e.key)
+	started := time.Now().Add(-time.Minute)
+	send := func(c *protocol.TrunkCodec, k protocol.TrunkKeepalive) {
+		t.Helper()
+		frame, err := protocol.SealTrunkKeepalive(c, nil, &k)
+		require.NoError(t, err)
+		_, err = sock.WriteToUDPAddrPort(frame, a.f.TrunkAddr())
+		require.NoError(t, err)
+	}
+	heard := func(n uint64) {
+		t.Helper()
+		testenv.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			if s := a.f.Stats(); s.Peering.KeepalivesIn != n || s.Peers != 1 || s.Peering.ByTrunk != 1 {
+				return fmt.Errorf("%d keepalives taken, %d peers, %+v", s.Peering.KeepalivesIn, s.Peers, s.Peering)
+			}
+			return nil
+		})
+	}
+	send(codec, protocol.TrunkKeepalive{Forwarder: "fwd-x", Started: started, Seq: 1})
+	heard(1)
+
+	// A replay of it, an older process's, then a forged origin and a frame
+	// sealed with another key; and a newer one, which alone is taken.
+	send(codec, protocol.TrunkKeepalive{Forwarder: "fwd-x", Started: started, Seq: 1})
+	send(codec, protocol.TrunkKeepalive{Forwarder: "fwd-x", Started: started.Add(-time.Hour), Seq: 99})
+	good, err := protocol.SealTrunkKeepalive(codec, nil, &protocol.TrunkKeepalive{Forwarder: "fwd-x", Started: started, Seq: 50})
+	require.NoError(t, err)
+	var h protocol.TrunkHeader
+	payload, err := codec.Open(good, &h)
+	require.NoError(t, err)
+	h.Origin = protocol.ForwarderTag("fwd-y") // authentic, but not fwd-x's tag
+	forged := codec.Seal(nil, &h, payload)
+	_, err = sock.WriteToUDPAddrPort(forged, a.f.TrunkAddr())
+	require.NoError(t, err)
+	other, err := protocol.NewClusterKey()
+	require.NoError(t, err)
+	send(protocol.NewTrunkCodec(other), protocol.TrunkKeepalive{Forwarder: "fwd-x", Started: started, Seq: 51})
+	send(codec, protocol.TrunkKeepalive{Forwarder: "fwd-x", Started: started, Seq: 2})
+	heard(2)
+	testenv.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if d := a.f.Stats().Drops[forwarder.DropTrunkAuth]; d != 2 {
+			return fmt.Errorf("%d trunk authentication drops", d)
+		}
+		return nil
+	})
+
+	// fwd-x falls silent; fwd-a's NATS is fine and fwd-x is its only peer.
+	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if s := a.f.Stats(); s.Peers != 0 {
+			return fmt.Errorf("%d peers", s.Peers)
+		}
+		return nil
+	})
+	require.Equal(t, uint64(2), a.f.Stats().Peering.KeepalivesIn)
+}
