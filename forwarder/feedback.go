@@ -11,8 +11,9 @@ import (
 //
 //   - generic NACK: answered here from the sender's NACK cache, to this
 //     device only, within its leg's budget; never forwarded;
-//   - PLI and FIR: the sender is asked for a key frame by the control
-//     goroutine (at most one request per stream per feedback interval);
+//   - PLI (the stream in its header) and FIR (the streams in its FCI
+//     entries, RFC 5104): the sender is asked for a key frame by the
+//     control goroutine (at most one PLI per stream per 200 ms);
 //   - REMB: the device's downlink estimate; receiver reports: its loss;
 //   - CRLY APP: LoudOnset is applied, Subscription goes to the control
 //     goroutine, anything else is a forgery and dropped;
@@ -37,9 +38,14 @@ func (r *reader) feedback(rt *routes, rte *route, b []byte, src netip.AddrPort, 
 			} // transport-wide feedback (FMT 15) is read by nobody yet
 		case rtcpPSFB:
 			switch w.Count() {
-			case 1, 4: // PLI, FIR
+			case protocol.RTCPFormatPLI: // the stream is the header's media SSRC
 				r.keyRequest(rte, w.MediaSSRC())
-			case 15:
+			case protocol.RTCPFormatFIR: // the streams are in the FCI; the header's media SSRC is 0
+				for i := range w.FIREntries() {
+					ssrc, _ := w.FIREntry(i) // repeats are bounded by the relay's own PLI rate
+					r.keyRequest(rte, ssrc)
+				}
+			case protocol.RTCPFormatAFB:
 				if bps, ok := w.REMB(); ok {
 					rte.media.down.remb.Store(bps)
 				}

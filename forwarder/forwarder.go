@@ -144,7 +144,10 @@ func New(cfg Config) (*Forwarder, error) {
 		f.newFree <- &ctrlMsg{free: f.newFree}
 	}
 	f.routes.Store(&routes{bySrc: map[netip.AddrPort]*route{}, byCall: map[protocol.ID]*callRoute{}})
-	nudge, err := protocol.MarshalRelayApp(0, &protocol.Rejoin{Reason: protocol.RejoinUnknownAddress})
+	// The 12-byte Rejoin without a reason (README 5.8): no larger than the
+	// smallest RTP packet, so every media packet from an unknown address
+	// can be answered without amplification.
+	nudge, err := protocol.MarshalRelayApp(0, &protocol.Rejoin{})
 	if err != nil {
 		f.closeConns()
 		return nil, err

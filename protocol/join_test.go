@@ -124,6 +124,39 @@ func TestJoinErrors(t *testing.T) {
 	}
 }
 
+// TestJoinMalformedKeepsToken: a malformed request that carries a token
+// still yields the token, so the 400 answering it carries MESSAGE-INTEGRITY
+// and a device can believe it (README section 3).
+func TestJoinMalformedKeepsToken(t *testing.T) {
+	_, priv := testKeys(t)
+	tok := testToken(t, priv, nil)
+	user := stun.NewUsername(ID{0xca, 0x11}.String() + ":" + ID{0xbe, 0xef}.String())
+	for name, setters := range map[string][]stun.Setter{
+		"no FINGERPRINT":        {user, rawAttr{AttrJoinToken, tok}, stun.MessageIntegrity(IntegrityKey(tok))},
+		"no USERNAME":           {rawAttr{AttrJoinToken, tok}, stun.MessageIntegrity(IntegrityKey(tok)), stun.Fingerprint},
+		"USERNAME without ':'":  {stun.NewUsername(ID{0xca, 0x11}.String()), rawAttr{AttrJoinToken, tok}, stun.MessageIntegrity(IntegrityKey(tok)), stun.Fingerprint},
+		"cookie over 32 bytes":  {user, rawAttr{AttrJoinToken, tok}, rawAttr{AttrCookie, make([]byte, MaxCookieSize+1)}, stun.MessageIntegrity(IntegrityKey(tok)), stun.Fingerprint},
+		"bad participant id":    {stun.NewUsername(ID{0xca, 0x11}.String() + ":xyz"), rawAttr{AttrJoinToken, tok}, stun.MessageIntegrity(IntegrityKey(tok)), stun.Fingerprint},
+		"token after integrity": {user, stun.MessageIntegrity(IntegrityKey(tok)), rawAttr{AttrJoinToken, tok}, stun.Fingerprint},
+	} {
+		t.Run(name, func(t *testing.T) {
+			m, err := stun.Build(append([]stun.Setter{stun.TransactionID, stun.BindingRequest}, setters...)...)
+			require.NoError(t, err)
+			r, err := ParseJoinRequest(decodeSTUN(t, m.Raw))
+			require.Error(t, err)
+			require.Equal(t, tok, r.Token)
+			require.Equal(t, m.TransactionID, r.TransactionID)
+			code := ErrorCodeFor(err)
+			require.Contains(t, []stun.ErrorCode{CodeBadRequest, CodeUnauthorized}, code)
+			raw, err := BuildJoinError(r.TransactionID, JoinError{Code: code, Reason: "malformed request"}, IntegrityKey(r.Token))
+			require.NoError(t, err)
+			resp, err := ParseJoinResponse(raw, m.TransactionID, IntegrityKey(tok))
+			require.NoError(t, err, "the device verifies the answer")
+			require.Equal(t, code, resp.Code)
+		})
+	}
+}
+
 func TestJoinErrorResponse(t *testing.T) {
 	_, priv := testKeys(t)
 	tok := testToken(t, priv, nil)

@@ -20,6 +20,7 @@ const (
 
 	RTCPFormatNACK uint8 = 1  // RTPFB: generic NACK, RFC 4585 6.2.1
 	RTCPFormatPLI  uint8 = 1  // PSFB: picture loss indication, RFC 4585 6.3.1
+	RTCPFormatFIR  uint8 = 4  // PSFB: full intra request, RFC 5104 4.3.1
 	RTCPFormatAFB  uint8 = 15 // PSFB: application layer feedback (REMB), RFC 4585 6.4
 )
 
@@ -31,6 +32,7 @@ const (
 	rtcpAPPFixedLen    = 12 // header, SSRC, name
 	rtcpFBFixedLen     = 12 // header, sender SSRC, media SSRC (RFC 4585 6.1)
 	rtcpNackEntryLen   = 4  // PID, BLP
+	rtcpFIREntryLen    = 8  // SSRC, command sequence number, 3 reserved bytes (RFC 5104 4.3.1.1)
 	rtcpREMBFixedLen   = 20 // feedback header, "REMB", num SSRC, exponent and mantissa
 	rtcpREMBID         = "REMB"
 )
@@ -49,6 +51,7 @@ var (
 	errRTCPShortAPP      = fmt.Errorf("%w: APP packet without SSRC and name", ErrRTCPMalformed)
 	errRTCPShortFeedback = fmt.Errorf("%w: feedback packet without sender and media SSRC", ErrRTCPMalformed)
 	errRTCPNackFCI       = fmt.Errorf("%w: NACK FCI empty or not whole entries", ErrRTCPMalformed)
+	errRTCPFIRFCI        = fmt.Errorf("%w: FIR FCI empty or not whole entries", ErrRTCPMalformed)
 	errRTCPREMB          = fmt.Errorf("%w: REMB length disagrees with its SSRC count", ErrRTCPMalformed)
 )
 
@@ -68,8 +71,8 @@ var (
 // packet type in 192..223, the length within the datagram, the padding
 // count (when P is set: 1..length-4, RFC 3550 6.4.1), and the parts its
 // type and count declare: an SR's or RR's report blocks, an APP packet's
-// SSRC and name, a feedback packet's two SSRCs (RFC 4585 6.1), a NACK's FCI
-// (one or more whole entries) and a REMB's SSRC list. Padding is
+// SSRC and name, a feedback packet's two SSRCs (RFC 4585 6.1), a NACK's and
+// a FIR's FCI (one or more whole entries) and a REMB's SSRC list. Padding is
 // excluded from everything the accessors read except Packet. Other packet
 // types (SDES, BYE, XR, ...) are checked only for the common header.
 //
@@ -190,6 +193,10 @@ func rtcpCheckBody(p []byte, typ, count uint8) error {
 			if fci == 0 || fci%rtcpNackEntryLen != 0 {
 				return errRTCPNackFCI
 			}
+		case typ == RTCPTypePSFB && count == RTCPFormatFIR:
+			if fci == 0 || fci%rtcpFIREntryLen != 0 {
+				return errRTCPFIRFCI
+			}
 		case typ == RTCPTypePSFB && count == RTCPFormatAFB && rtcpIsREMB(p):
 			if len(p) < rtcpREMBFixedLen || len(p) != rtcpREMBFixedLen+4*int(p[16]) {
 				return errRTCPREMB
@@ -282,6 +289,29 @@ func (w *RTCPWalker) NackPair(i int) (pid, blp uint16) {
 // (PSFB format 1, RFC 4585 6.3.1).
 func (w *RTCPWalker) IsPLI() bool {
 	return w.Type() == RTCPTypePSFB && w.Count() == RTCPFormatPLI
+}
+
+// FIREntries returns the number of FCI entries of a full intra request
+// (PSFB format 4, RFC 5104 4.3.1), at least 1, and 0 for any other packet.
+// A FIR names the streams it asks key frames of in these entries; its
+// header's media SSRC is 0 (RFC 5104 4.3.1.2) and means nothing.
+func (w *RTCPWalker) FIREntries() int {
+	if w.Type() != RTCPTypePSFB || w.Count() != RTCPFormatFIR {
+		return 0
+	}
+	return (w.end - rtcpFBFixedLen) / rtcpFIREntryLen
+}
+
+// FIREntry returns the i-th FCI entry of a FIR, 0 <= i < FIREntries(): the
+// SSRC of the stream a key frame is asked of, and the command sequence
+// number (a repeated request keeps it, a new one increments it). It panics
+// when i is out of range, like a slice index.
+func (w *RTCPWalker) FIREntry(i int) (ssrc uint32, seq uint8) {
+	if i < 0 || i >= w.FIREntries() {
+		panic(fmt.Sprintf("protocol: FIR entry index %d out of range [0,%d)", i, w.FIREntries()))
+	}
+	off := rtcpFBFixedLen + rtcpFIREntryLen*i
+	return binary.BigEndian.Uint32(w.pkt[off : off+4]), w.pkt[off+4]
 }
 
 // IsRelayApp reports whether the current packet is an APP packet named

@@ -27,6 +27,7 @@ type rtcpWant struct {
 	Sender, Media uint32
 	Nacks         [][2]uint16
 	PLI, RelayApp bool
+	FIRs          [][2]uint32 // SSRC, command sequence number
 	REMB          uint64
 	REMBOK        bool
 	Reports       []rtcpReport
@@ -42,6 +43,10 @@ func rtcpGot(w *RTCPWalker) rtcpWant {
 	for i := range w.NackPairs() {
 		pid, blp := w.NackPair(i)
 		g.Nacks = append(g.Nacks, [2]uint16{pid, blp})
+	}
+	for i := range w.FIREntries() {
+		ssrc, seq := w.FIREntry(i)
+		g.FIRs = append(g.FIRs, [2]uint32{ssrc, uint32(seq)})
 	}
 	for i := range w.ReportBlocks() {
 		var r rtcpReport
@@ -90,6 +95,19 @@ var rtcpWalkTests = []struct {
 			0xca, 0xfe, 0x00, 0x01, // media SSRC
 		},
 		want: []rtcpWant{{Type: 206, Count: 1, Size: 12, Sender: 1, Media: 0xcafe0001, PLI: true}},
+	},
+	{
+		name: "FIR, RFC 5104: media SSRC 0, two streams in the FCI",
+		in: []byte{
+			0x84, 0xce, 0x00, 0x06, // V=2 FMT=4, PT=206 PSFB, length 6 (28 bytes)
+			0x00, 0x00, 0x00, 0x01, // sender SSRC 1
+			0x00, 0x00, 0x00, 0x00, // media SSRC 0 (RFC 5104 4.3.1.2)
+			0xca, 0xfe, 0x00, 0x01, // FCI entry: SSRC
+			0x07, 0x00, 0x00, 0x00, // command sequence number 7, reserved
+			0xca, 0xfe, 0x00, 0x02, // FCI entry: SSRC
+			0xff, 0x00, 0x00, 0x00, // command sequence number 255, reserved
+		},
+		want: []rtcpWant{{Type: 206, Count: 4, Size: 28, Sender: 1, FIRs: [][2]uint32{{0xcafe0001, 7}, {0xcafe0002, 255}}}},
 	},
 	{
 		name: "REMB 1.5 Mbit/s",
@@ -377,6 +395,25 @@ var rtcpWalkTests = []struct {
 		err: errRTCPNackFCI,
 	},
 	{
+		name: "FIR without FCI",
+		in: []byte{
+			0x84, 0xce, 0x00, 0x02, // FIR, length 2 (12 bytes)
+			0x00, 0x00, 0x00, 0x01,
+			0xca, 0xfe, 0x00, 0x01, // a media SSRC, as before RFC 5104, and no entry
+		},
+		err: errRTCPFIRFCI,
+	},
+	{
+		name: "FIR entry cut short",
+		in: []byte{
+			0x84, 0xce, 0x00, 0x03, // FIR, length 3 (16 bytes)
+			0x00, 0x00, 0x00, 0x01,
+			0x00, 0x00, 0x00, 0x00,
+			0xca, 0xfe, 0x00, 0x01, // SSRC, then no sequence number
+		},
+		err: errRTCPFIRFCI,
+	},
+	{
 		name: "REMB with one SSRC missing",
 		in: []byte{
 			0x8f, 0xce, 0x00, 0x05, // REMB, length 5 (24 bytes)
@@ -445,6 +482,7 @@ func TestRTCPWalkerStates(t *testing.T) {
 	require.Panics(t, func() { w.NackPair(2) })
 	require.Panics(t, func() { w.NackPair(-1) })
 	require.Panics(t, func() { w.ReportBlock(0) })
+	require.Panics(t, func() { w.FIREntry(0) })
 }
 
 // TestRTCPWalkerAgreesWithPion builds packets with pion/rtcp and requires
@@ -479,6 +517,7 @@ func rtcpPionSeeds(t testing.TB) map[string][]byte {
 			{PacketID: 10, LostPackets: 0x0003}, {PacketID: 65535, LostPackets: 0xffff}, {PacketID: 500},
 		}}},
 		"pion-pli":       {&rtcp.PictureLossIndication{SenderSSRC: 3, MediaSSRC: 4}},
+		"pion-fir":       {&rtcp.FullIntraRequest{SenderSSRC: 3, FIR: []rtcp.FIREntry{{SSRC: 4, SequenceNumber: 1}, {SSRC: 5, SequenceNumber: 200}}}},
 		"pion-remb":      {&rtcp.ReceiverEstimatedMaximumBitrate{SenderSSRC: 5, Bitrate: 2_500_000, SSRCs: []uint32{6, 7}}},
 		"pion-remb-tiny": {&rtcp.ReceiverEstimatedMaximumBitrate{SenderSSRC: 5, Bitrate: 1}},
 		"pion-remb-huge": {&rtcp.ReceiverEstimatedMaximumBitrate{SenderSSRC: 5, Bitrate: 1e18}},
@@ -601,6 +640,15 @@ func rtcpCompareOne(t testing.TB, i int, got *rtcpWant, p rtcp.Packet) {
 		if !got.PLI || p.SenderSSRC != got.Sender || p.MediaSSRC != got.Media {
 			fail("PLI", p, got)
 		}
+	case *rtcp.FullIntraRequest:
+		if p.SenderSSRC != got.Sender || p.MediaSSRC != got.Media || len(p.FIR) != len(got.FIRs) {
+			fail("FIR", p, got)
+		}
+		for j, e := range p.FIR {
+			if [2]uint32{e.SSRC, uint32(e.SequenceNumber)} != got.FIRs[j] {
+				fail(fmt.Sprintf("FIR entry %d", j), e, got.FIRs[j])
+			}
+		}
 	case *rtcp.ReceiverEstimatedMaximumBitrate:
 		if !got.REMBOK || p.SenderSSRC != got.Sender {
 			fail("REMB", p, got)
@@ -666,6 +714,10 @@ func TestRTCPWalkerAllocs(t *testing.T) {
 			for i := range w.NackPairs() {
 				pid, blp := w.NackPair(i)
 				sink += uint64(pid) + uint64(blp)
+			}
+			for i := range w.FIREntries() {
+				ssrc, seq := w.FIREntry(i)
+				sink += uint64(ssrc) + uint64(seq)
 			}
 			for i := range w.ReportBlocks() {
 				ssrc, frac, lost, seq, jitter := w.ReportBlock(i)
