@@ -452,8 +452,9 @@ func checkForwarder(t *testing.T, o k8sObject) {
 }
 
 // TestK8sKustomize renders deploy/k8s with `kubectl kustomize` (offline: no
-// cluster needed) when kubectl is on PATH: the kustomization lists every
-// manifest file and kustomize accepts them all.
+// cluster needed): the kustomization lists every manifest file and
+// kustomize accepts them all. `make deps` installs kubectl (Debian's
+// kubernetes-client) where it is missing; without it the test fails.
 func TestK8sKustomize(t *testing.T) {
 	data, err := os.ReadFile("k8s/kustomization.yaml")
 	if err != nil {
@@ -481,7 +482,7 @@ func TestK8sKustomize(t *testing.T) {
 	}
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
-		t.Skip("kubectl not on PATH")
+		t.Fatal("kubectl not on PATH: run `make deps` (it installs Debian's kubernetes-client), or install kubectl")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

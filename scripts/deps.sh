@@ -6,7 +6,9 @@
 #     already run on this machine; NATS is embedded as a library);
 #   - promtool (Debian's prometheus package), which checks the alert rules
 #     and the dashboards' queries in deploy/;
-#   - chromium, which the dashboard's browser test drives headless.
+#   - chromium, which the dashboard's browser test drives headless;
+#   - kubectl (Debian's kubernetes-client), whose offline `kubectl kustomize`
+#     renders the Kubernetes manifests in deploy/k8s.
 # Missing ones are installed with apt-get, as root or through passwordless
 # sudo; otherwise the script says what to install and fails.
 set -euo pipefail
@@ -46,6 +48,7 @@ need() { # need BINARY DEBIAN-PACKAGE
 need redis-server redis-server
 need promtool prometheus
 need chromium chromium
+need kubectl kubernetes-client
 
 if [ ${#missing_pkgs[@]} -eq 0 ]; then
 	exit 0
@@ -54,7 +57,7 @@ if ! $can_install; then
 	die "not found on PATH: ${missing_bins[*]}; cannot install automatically
   (needs apt-get and either root or passwordless sudo). Install them, then rerun \`make deps\`:
     Debian/Ubuntu: sudo apt-get install ${missing_pkgs[*]}
-    other systems: redis-server (https://redis.io), promtool (https://prometheus.io/download/), chromium"
+    other systems: redis-server (https://redis.io), promtool (https://prometheus.io/download/), chromium, kubectl"
 fi
 echo "installing with ${as_root[*]+${as_root[*]} }apt-get: ${missing_pkgs[*]}"
 export DEBIAN_FRONTEND=noninteractive
