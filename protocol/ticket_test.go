@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/hex"
 	"net/netip"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -287,4 +289,25 @@ func FuzzTicket(f *testing.F) {
 			t.Fatalf("parsed ticket does not encode back")
 		}
 	})
+}
+
+// TestTicketReadmeExample: the wire spec's ticket example (README 2.1) is
+// what Seal makes of exampleTicket, byte for byte.
+func TestTicketReadmeExample(t *testing.T) {
+	b, err := os.ReadFile("README.md")
+	require.NoError(t, err)
+	_, block, ok := strings.Cut(string(b), "```hex example:ticket\n")
+	require.True(t, ok, "README has no ticket example")
+	block, _, ok = strings.Cut(block, "```")
+	require.True(t, ok)
+	var got []byte
+	for _, line := range strings.Split(block, "\n") {
+		data, _, _ := strings.Cut(line, "  ")
+		for _, h := range strings.Fields(data) {
+			v, err := hex.DecodeString(h)
+			require.NoError(t, err, "line %q", line)
+			got = append(got, v...)
+		}
+	}
+	require.Equal(t, exampleTicketHex, hex.EncodeToString(got))
 }
