@@ -47,6 +47,16 @@ import (
 //     old Conn simply goes on. Note that the join sends the token to the
 //     named address.
 //
+// Every join and keepalive carries the latest token and the latest
+// resumption ticket the forwarders gave the session for it (protocol/README.md
+// 2.1), so all of the above works after the token has expired: any forwarder
+// of the cluster takes the participant back on its ticket. With
+// Config.TokenSource the Session also renews its token before it expires.
+// A re-join refused 401 (the token and ticket no good) asks the TokenSource
+// for a fresh token once; refused again, or with no TokenSource, the Session
+// ends at once with ErrUnauthorized (wrapped in ErrSessionLost), not after
+// RejoinTimeout.
+//
 // During a switch, packets from the old and the new Conn both arrive on
 // Media. The methods are safe for concurrent use.
 type Session struct {

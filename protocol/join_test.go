@@ -198,6 +198,13 @@ func FuzzJoinRequest(f *testing.F) {
 		f.Add(m.Raw)
 		f.Add(m.Raw[:len(m.Raw)-9])
 	}
+	ticket, err := testClusterKey(f).TicketKey().Seal(exampleTicket())
+	if err != nil {
+		f.Fatal(err)
+	}
+	if m, err := BuildJoinRequest(tok, JoinOptions{Ticket: ticket}); err == nil {
+		f.Add(m.Raw)
+	}
 	f.Add([]byte{0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m := &stun.Message{Raw: append([]byte(nil), b...)}
@@ -212,6 +219,9 @@ func FuzzJoinRequest(f *testing.F) {
 		if len(r.Token) > len(b) {
 			t.Fatalf("token longer than input")
 		}
+		if len(r.Ticket) > MaxTicketSize {
+			t.Fatalf("ticket of %d bytes accepted", len(r.Ticket))
+		}
 	})
 }
 
@@ -222,6 +232,9 @@ func FuzzJoinResponse(f *testing.F) {
 	key := IntegrityKey(tok)
 	tid := [12]byte{9}
 	ok, _ := BuildJoinSuccess(JoinRequest{TransactionID: tid}, netip.MustParseAddrPort("[::1]:5000"), SessionParams{time.Second, 5 * time.Second}, key)
+	withTicket, _ := BuildJoinAccept(JoinRequest{TransactionID: tid}, JoinSuccess{Mapped: netip.MustParseAddrPort("127.0.0.1:5000"),
+		Params: SessionParams{time.Second, 5 * time.Second}, Ticket: make([]byte, TicketSize)}, key)
+	f.Add(withTicket)
 	bad, _ := BuildJoinError(tid, JoinError{Code: CodeTryAlternate, Alternate: netip.MustParseAddrPort("127.0.0.1:1")}, key)
 	f.Add(ok)
 	f.Add(bad)
