@@ -22,8 +22,11 @@ type CallView struct {
 	Partition int          `json:"partition"`
 	Conductor string       `json:"conductor"` // the partition's holder, "" if unowned or unknown
 	Members   []MemberView `json:"members"`
-	Speaker   SpeakerView  `json:"speaker"`
-	Video     VideoView    `json:"video"`
+	// AddrsHidden: the members' device addresses are left out (Addr "")
+	// because the request did not carry the admin token.
+	AddrsHidden bool        `json:"addrsHidden"`
+	Speaker     SpeakerView `json:"speaker"`
+	Video       VideoView   `json:"video"`
 }
 
 // MemberView is one member of a call.
@@ -31,7 +34,7 @@ type MemberView struct {
 	Participant string    `json:"participant"`
 	Forwarder   string    `json:"forwarder"`
 	ForwarderUp bool      `json:"forwarderUp"`
-	Addr        string    `json:"addr"`
+	Addr        string    `json:"addr"` // the device's ip:port; "" unless the admin token was shown
 	Trunk       string    `json:"trunk"`
 	JoinedAt    time.Time `json:"joinedAt"`
 	Streams     int       `json:"streams"`
@@ -79,8 +82,20 @@ func (s *Server) handleCall(w http.ResponseWriter, r *http.Request) {
 		wctx, wcancel := context.WithDeadline(r.Context(), waitUntil)
 		defer wcancel()
 		v.Video = look.wait(wctx)
+		if roleIn(r.Context()) < roleAdmin {
+			v.hideAddrs()
+		}
 		writeJSON(w, http.StatusOK, v)
 	}
+}
+
+// hideAddrs leaves the device addresses out: what aims a spoofed
+// instruction (MigrateTo, Rejoin) at a device.
+func (v *CallView) hideAddrs() {
+	for i := range v.Members {
+		v.Members[i].Addr = ""
+	}
+	v.AddrsHidden = true
 }
 
 // parseCallID accepts exactly 32 hex digits (a pasted id's spaces and

@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
+	"github.com/callrelay/callrelay/internal/httpserve"
 	"github.com/callrelay/callrelay/protocol"
 	"github.com/callrelay/callrelay/statestore"
 )
@@ -30,7 +31,16 @@ type Config struct {
 	// forwarders' number).
 	Partitions int
 	// Listen is the TCP address of the page (use 127.0.0.1:0 in tests).
+	// With neither token set it must be a loopback address.
 	Listen string
+	// ViewerToken and AdminToken are the bearer tokens of the page and its
+	// API (see auth.go): a viewer sees everything but device addresses, an
+	// admin sees those too. Either, both or neither may be set; neither:
+	// every request is a viewer's, on loopback only.
+	ViewerToken, AdminToken string
+	// HTTP bounds the page's server: timeouts and the connection cap
+	// (HTTP.Logger is set from Logger).
+	HTTP   httpserve.Config
 	Logger *zap.Logger
 	// Now is the clock; it decides when a forwarder counts as down and
 	// which second a report's deltas fall in.
@@ -64,6 +74,7 @@ func Default() Config {
 		Subject:       "callrelay",
 		Partitions:    64,
 		Listen:        "127.0.0.1:8080",
+		HTTP:          defaultHTTP(),
 		Logger:        zap.NewNop(),
 		Now:           time.Now,
 		DownAfter:     3 * time.Second,
@@ -76,6 +87,14 @@ func Default() Config {
 		DecisionWait:       1500 * time.Millisecond,
 		MaxDecisionLookups: 4,
 	}
+}
+
+// defaultHTTP bounds the page's server: a browser tab holds an event stream
+// and a few requests.
+func defaultHTTP() httpserve.Config {
+	h := httpserve.Default()
+	h.Name, h.MaxConns = "http", 256
+	return h
 }
 
 // Validate says what to fix.
@@ -95,6 +114,21 @@ func (c Config) Validate() error {
 	}
 	if c.Listen == "" {
 		errs = append(errs, errors.New("dashboard: empty listen address: want host:port such as 127.0.0.1:8080"))
+	}
+	for _, t := range []struct{ what, tok string }{{"--viewer-token", c.ViewerToken}, {"--admin-token", c.AdminToken}} {
+		if t.tok != "" {
+			if err := checkToken(t.what, t.tok); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if c.ViewerToken != "" && c.ViewerToken == c.AdminToken {
+		errs = append(errs, errors.New("dashboard: --viewer-token and --admin-token are the same: a viewer would see device addresses; make two"))
+	}
+	http := c.HTTP
+	http.Logger = zap.NewNop() // set by New
+	if err := http.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("dashboard: %w", err))
 	}
 	if c.Logger == nil || c.Now == nil {
 		errs = append(errs, errors.New("dashboard: Logger and Now must be set (start from Default())"))

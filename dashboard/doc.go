@@ -23,4 +23,10 @@
 // It only observes: it never publishes on NATS, never writes to the state
 // store, never takes a lease, and never sees media or media keys. Messages
 // that do not authenticate with the cluster key are counted and dropped.
+//
+// It never shows a device's address (ip:port, what a spoofed MigrateTo is
+// aimed at) to a request without the admin token, and never serves a
+// non-loopback address without a token (auth.go). Its HTTP server is
+// bounded like every process's (internal/httpserve: timeouts, a connection
+// cap counted in /metrics).
 package dashboard

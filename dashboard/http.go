@@ -15,23 +15,27 @@ var staticFiles embed.FS
 
 // routes is the HTTP interface:
 //
-//	/            the page (static files, embedded)
-//	/events      server-sent events: a JSON Snapshot at once, then every PushEvery
-//	/api/state   the same Snapshot, built on the spot
-//	/api/call    ?id=<32 hex>: one call's drill-down
-//	/healthz     200 "ok" while serving
-//	/readyz      200 once NATS is connected, else 503
-//	/metrics     Prometheus metrics of what the dashboard sees and drops
+//	/            the page (static files, embedded)                  viewer
+//	/events      server-sent events: a JSON Snapshot at once,       viewer
+//	             then every PushEvery
+//	/api/state   the same Snapshot, built on the spot               viewer
+//	/api/call    ?id=<32 hex>: one call's drill-down                viewer; device addresses: admin
+//	/healthz     200 "ok" while serving                             anyone
+//	/readyz      200 once NATS is connected, else 503               anyone
+//	/metrics     Prometheus metrics of what the dashboard sees      anyone
+//	             and drops, and of its HTTP connections
+//
+// (auth.go: who is a viewer and who an admin).
 func (s *Server) routes() http.Handler {
 	static, err := fs.Sub(staticFiles, "static")
 	if err != nil {
 		panic(err) // the embedded tree is fixed at build time
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /", http.FileServerFS(static))
-	mux.HandleFunc("GET /events", s.handleEvents)
-	mux.HandleFunc("GET /api/state", s.handleState)
-	mux.HandleFunc("GET /api/call", s.handleCall)
+	mux.Handle("GET /", s.auth.require(http.FileServerFS(static)))
+	mux.Handle("GET /events", s.auth.require(http.HandlerFunc(s.handleEvents)))
+	mux.Handle("GET /api/state", s.auth.require(http.HandlerFunc(s.handleState)))
+	mux.Handle("GET /api/call", s.auth.require(http.HandlerFunc(s.handleCall)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))

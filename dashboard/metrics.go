@@ -67,9 +67,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// metricsHandler serves the dashboard's metrics with Go and process ones.
+// metricsHandler serves the dashboard's metrics with those of its HTTP
+// listener (callrelay_http_*), Go and the process.
 func (s *Server) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collector{s}, s.http.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

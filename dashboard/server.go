@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,16 +14,18 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
+	"github.com/callrelay/callrelay/internal/httpserve"
 	"github.com/callrelay/callrelay/protocol"
 	"github.com/callrelay/callrelay/statestore"
 )
 
 // Server is the dashboard: a NATS listener, a poller and an HTTP server.
 type Server struct {
-	cfg Config
-	log *zap.Logger
-	ln  net.Listener
-	fwd *tracker
+	cfg  Config
+	log  *zap.Logger
+	http *httpserve.Server
+	auth auth
+	fwd  *tracker
 
 	mu     sync.Mutex // guards parts and health
 	parts  PartitionsView
@@ -48,17 +49,25 @@ type Server struct {
 // drill-down, the partitions view).
 type malformedRecords struct{ call, checkpoint, lease atomic.Uint64 }
 
-// New checks cfg and listens on cfg.Listen; Run serves.
+// New checks cfg and listens on cfg.Listen (on loopback only when no token
+// is set); Run serves.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
+	s := &Server{cfg: cfg, log: cfg.Logger, auth: newAuth(cfg.ViewerToken, cfg.AdminToken), fwd: newTracker(cfg.MaxForwarders),
+		tick: make(chan struct{}), done: make(chan struct{}), lookups: make(chan struct{}, cfg.MaxDecisionLookups)}
+	hcfg := cfg.HTTP
+	hcfg.Logger = cfg.Logger
+	var err error
+	if s.http, err = httpserve.Listen(cfg.Listen, hcfg); err != nil {
 		return nil, fmt.Errorf("dashboard: listening on %s: %w", cfg.Listen, err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, ln: ln, fwd: newTracker(cfg.MaxForwarders),
-		tick: make(chan struct{}), done: make(chan struct{}), lookups: make(chan struct{}, cfg.MaxDecisionLookups)}
+	if ip := tcpIP(s.http.Addr()); s.auth.open() && !ip.IsLoopback() {
+		_ = s.http.Close()
+		return nil, fmt.Errorf("dashboard: --listen %s (%s) is not a loopback address and no token is set: "+
+			"set --viewer-token and --admin-token (make them with `callrelay token dashboard`), or listen on 127.0.0.1", cfg.Listen, ip)
+	}
 	s.parts = PartitionsView{Total: cfg.Partitions, Owner: []int{}, Owners: []OwnerView{}, Unowned: []int{}}
 	s.health.Redis.Configured = cfg.Leases != nil
 	s.health.NATS.Configured = true
@@ -66,7 +75,15 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Addr is the page's address.
-func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+func (s *Server) Addr() net.Addr { return s.http.Addr() }
+
+// tcpIP is the IP of a TCP address (unspecified for any other).
+func tcpIP(a net.Addr) net.IP {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP
+	}
+	return net.IPv4zero
+}
 
 // Run serves until ctx ends, then closes the listener and the NATS
 // subscription. It returns nil on a clean stop.
@@ -74,16 +91,13 @@ func (s *Server) Run(ctx context.Context) error {
 	subject := protocol.ForwardersSubject(s.cfg.Subject)
 	sub, err := s.cfg.NATS.Subscribe(subject, s.onMsg)
 	if err != nil {
-		_ = s.ln.Close()
+		_ = s.http.Close()
 		return fmt.Errorf("dashboard: subscribing to %s: %w", subject, err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog: zap.NewStdLog(s.log.Named("http"))}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(s.ln) }()
-	s.log.Info("dashboard listening", zap.String("addr", "http://"+s.ln.Addr().String()),
-		zap.String("subject", subject), zap.Int("partitions", s.cfg.Partitions))
+	go func() { serveErr <- s.http.Serve(s.routes()) }()
+	s.logListening(subject)
 
 	var wg sync.WaitGroup
 	loopCtx, stop := context.WithCancel(ctx)
@@ -101,10 +115,25 @@ func (s *Server) Run(ctx context.Context) error {
 	close(s.done) // the event streams end, so Shutdown need not wait for them
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if serr := srv.Shutdown(sctx); serr != nil {
-		_ = srv.Close()
+	if serr := s.http.Shutdown(sctx); serr != nil {
+		_ = s.http.Close()
 	}
 	return err
+}
+
+// logListening says where the page is and who may read it.
+func (s *Server) logListening(subject string) {
+	fields := []zap.Field{zap.String("addr", "http://"+s.Addr().String()), zap.String("subject", subject),
+		zap.Int("partitions", s.cfg.Partitions), zap.Int("max_conns", s.cfg.HTTP.MaxConns)}
+	switch {
+	case s.auth.open():
+		s.log.Info("dashboard listening on loopback only, without a token: anyone on this host may read it, "+
+			"device addresses hidden; set --viewer-token and --admin-token to listen elsewhere and to see addresses", fields...)
+	case s.cfg.AdminToken == "":
+		s.log.Info("dashboard listening; a viewer token is required, device addresses hidden (no admin token set)", fields...)
+	default:
+		s.log.Info("dashboard listening; a token is required, device addresses shown to the admin token only", fields...)
+	}
 }
 
 // onMsg takes one heartbeat. Nothing is believed before it authenticates.

@@ -259,7 +259,7 @@
       tb.append(el("tr", { "data-participant": m.participant, class: m.dominant ? "dominant" : "" },
         el("td", { class: "mono" }, m.participant, m.dominant ? el("span", { class: "pill up" }, "dominant") : null),
         el("td", {}, el("span", { class: "fid" }, m.forwarder), " ", el("span", { class: "pill " + (m.forwarderUp ? "up" : "down") }, m.forwarderUp ? "up" : "down")),
-        el("td", { class: "mono" }, m.addr),
+        m.addr ? el("td", { class: "mono" }, m.addr) : el("td", { class: "hint" }, c.addrsHidden ? "hidden (admin token only)" : "–"),
         el("td", {}, new Date(m.joinedAt).toLocaleTimeString()),
         el("td", { class: "num" }, m.streams),
         el("td", {}, m.lastSpoke ? new Date(m.lastSpoke).toLocaleTimeString() : "–")));
