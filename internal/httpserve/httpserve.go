@@ -92,8 +92,9 @@ type Server struct {
 }
 
 // Listen checks cfg, listens on addr (TCP host:port) and returns the
-// server; Serve serves.
-func Listen(addr string, h http.Handler, cfg Config) (*Server, error) {
+// server; Serve serves. Connections that arrive before Serve wait in the
+// kernel's backlog.
+func Listen(addr string, cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -104,7 +105,6 @@ func Listen(addr string, h http.Handler, cfg Config) (*Server, error) {
 	log := cfg.Logger.Named(cfg.Name)
 	s := &Server{ln: newCappedListener(l, cfg.MaxConns, log)}
 	s.srv = &http.Server{
-		Handler:           h,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      cfg.WriteTimeout,
@@ -118,9 +118,10 @@ func Listen(addr string, h http.Handler, cfg Config) (*Server, error) {
 // Addr is the address listened on.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
-// Serve serves until Shutdown or Close, and then returns nil; any other
-// end is an error.
-func (s *Server) Serve() error {
+// Serve serves h until Shutdown or Close, and then returns nil; any other
+// end is an error. Call it once.
+func (s *Server) Serve(h http.Handler) error {
+	s.srv.Handler = h
 	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

@@ -35,11 +35,11 @@ func serve(t *testing.T, cfg Config) *Server {
 	reg := prometheus.NewRegistry()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	s, err := Listen("127.0.0.1:0", mux, cfg)
+	s, err := Listen("127.0.0.1:0", cfg)
 	require.NoError(t, err)
 	reg.MustRegister(s.Collector())
 	done := make(chan error, 1)
-	go func() { done <- s.Serve() }()
+	go func() { done <- s.Serve(mux) }()
 	t.Cleanup(func() {
 		require.NoError(t, s.Close())
 		require.NoError(t, <-done, "Serve returns nil once closed")
@@ -215,6 +215,6 @@ func TestConfigValidateSaysWhatToFix(t *testing.T) {
 	for _, want := range []string{"every timeout must be positive", "max connections 0", "max header bytes 10", "no Logger"} {
 		require.Contains(t, err.Error(), want)
 	}
-	_, err = Listen("127.0.0.1:0", http.NotFoundHandler(), bad)
+	_, err = Listen("127.0.0.1:0", bad)
 	require.Error(t, err, "Listen checks the config")
 }
