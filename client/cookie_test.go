@@ -71,7 +71,9 @@ func TestKeepaliveCookieRotationKeepsSession(t *testing.T) {
 	require.False(t, resent.challenged)
 	require.Equal(t, fresh, resent.cookie)
 	require.NotEqual(t, got[i].tid, resent.tid)
-	require.Less(t, resent.at.Sub(got[i].at), interval/2, "resent at once, not at the next interval")
+	// Resent at once, because of the 401, not at the next tick: the resend
+	// is counted as a cookie retry (the join's was the first). No clock.
+	require.Equal(t, uint64(2), c.Stats().CookieRetries, "the keepalive was resent for the 401")
 
 	answered := c.Stats().KeepalivesAnswered
 	eventually(t, func() bool { return c.Stats().KeepalivesAnswered > answered+1 }, "keepalives keep being answered")
@@ -96,10 +98,12 @@ func TestKeepaliveEndlessCookieIsBounded(t *testing.T) {
 	r.set(func(r *responder) { r.challengeAll = true })
 	select {
 	case <-c.Done():
-	case <-time.After(3 * time.Second):
+	case <-time.After(20 * time.Second): // a liveness net, 40 times the idle timeout
 		t.Fatal("session not ended by the idle timeout")
 	}
 	require.ErrorIs(t, c.Err(), ErrSessionLost)
+	// The allowance grows with the time measured: a slow machine loosens
+	// it, never breaks it.
 	ticks := int(time.Since(start)/interval) + 2
 	sent := len(r.all(local)) - before
 	require.LessOrEqual(t, sent, ticks*(1+maxCookieRounds), "bounded resends per keepalive")
@@ -115,16 +119,16 @@ func TestCloseLeaveWithCookie(t *testing.T) {
 			e := newEnv(t)
 			r := e.responder(fastParams)
 			cfg := e.config(r)
-			cfg.LeaveTimeout = 3 * time.Second
+			cfg.LeaveTimeout = time.Hour // only the answer can end Close within the test
 			who := participant(t, cfg)
 			c := e.dial(cfg)
 			local := c.LocalAddr()
 			if rotate {
 				r.rotate()
 			}
-			start := time.Now()
-			require.NoError(t, c.Close())
-			require.Less(t, time.Since(start), time.Second, "the leave was answered, not timed out")
+			var err error
+			returns(t, "Close (the leave was answered, not timed out)", func() { err = c.Close() })
+			require.NoError(t, err)
 
 			leaves := r.leaves()
 			require.Len(t, leaves, 1, "the leave passed the address check")
@@ -149,14 +153,15 @@ func TestDialUnauthorizedWithoutCookieFails(t *testing.T) {
 	e := newEnv(t)
 	r := e.responder(fastParams)
 	r.script(refuse(protocol.CodeUnauthorized))
-	start := time.Now()
 	_, err := Dial(testContext(t), e.config(r))
+	// ErrJoinRejected, not ErrJoinTimeout: the refusal ended Dial, not the
+	// deadline. No clock needed.
 	require.ErrorIs(t, err, ErrJoinRejected)
+	require.NotErrorIs(t, err, ErrJoinTimeout)
 	var je *JoinError
 	require.ErrorAs(t, err, &je)
 	require.Equal(t, protocol.CodeUnauthorized, je.Code)
 	require.Equal(t, "scripted", je.Reason)
-	require.Less(t, time.Since(start), time.Second)
 	require.Len(t, r.challenges(netip.AddrPort{}), 1)
 	require.Len(t, r.from(netip.AddrPort{}), 1, "not retried")
 }
@@ -168,14 +173,13 @@ func TestEndlessCookieIsBounded(t *testing.T) {
 		e := newEnv(t)
 		r := e.responder(fastParams)
 		r.set(func(r *responder) { r.challengeAll = true })
-		start := time.Now()
 		_, err := Dial(testContext(t), e.config(r))
 		require.ErrorIs(t, err, ErrJoinRejected)
+		require.NotErrorIs(t, err, ErrJoinTimeout, "refused at once, not at the timeout")
 		var je *JoinError
 		require.ErrorAs(t, err, &je)
 		require.Equal(t, protocol.CodeUnauthorized, je.Code)
 		require.Equal(t, r.addr, je.Forwarder)
-		require.Less(t, time.Since(start), time.Second, "refused at once, not at the timeout")
 		require.Equal(t, 1+maxCookieRounds, distinctTIDs(r.all(netip.AddrPort{})))
 	})
 	t.Run("rebind", func(t *testing.T) {
@@ -184,12 +188,11 @@ func TestEndlessCookieIsBounded(t *testing.T) {
 		c := e.dial(e.config(r))
 		old := c.LocalAddr()
 		r.set(func(r *responder) { r.challengeAll = true })
-		start := time.Now()
 		err := c.Rebind(testContext(t), netip.MustParseAddr("127.0.0.1"))
 		var je *JoinError
 		require.ErrorAs(t, err, &je)
 		require.Equal(t, protocol.CodeUnauthorized, je.Code)
-		require.Less(t, time.Since(start), time.Second)
+		require.NotErrorIs(t, err, ErrJoinTimeout, "refused at once, not at the timeout")
 		require.Equal(t, old, c.LocalAddr(), "the session stays on the old socket")
 		require.NoError(t, c.Err())
 	})
@@ -236,7 +239,9 @@ func TestRebindWithCookie(t *testing.T) {
 // the new socket moves it forward again, well before the next interval.
 func TestRebindKeepaliveRaceFromOldSocket(t *testing.T) {
 	e := newEnv(t)
-	r := e.responder(protocol.SessionParams{KeepaliveInterval: 10 * time.Second, IdleTimeout: 30 * time.Second})
+	// An hour between keepalives: any keepalive from the new socket within
+	// the test is the one Rebind sends at once.
+	r := e.responder(protocol.SessionParams{KeepaliveInterval: time.Hour, IdleTimeout: 3 * time.Hour})
 	cfg := e.config(r)
 	who := participant(t, cfg)
 	c := e.dial(cfg)
@@ -256,17 +261,15 @@ func TestRebindKeepaliveRaceFromOldSocket(t *testing.T) {
 		}
 	})
 
-	start := time.Now()
 	require.NoError(t, c.Rebind(testContext(t), netip.MustParseAddr("127.0.0.1")))
 	moved := c.LocalAddr()
 	select {
 	case <-movedBack:
-	case <-time.After(3 * time.Second):
+	case <-time.After(10 * time.Second): // a liveness net: Rebind has returned, its join was answered
 		t.Fatal("the rebind's join never reached the forwarder")
 	}
 	eventually(t, func() bool { return r.session(who) == moved && len(r.from(moved)) >= 2 },
 		"the keepalive sent at the switch moves the session back to the new address")
-	require.Less(t, time.Since(start), 5*time.Second, "long before the next keepalive interval")
 	ka := r.from(moved)
 	require.False(t, ka[1].leave)
 	require.Equal(t, r.cookie(moved), ka[1].cookie, "the keepalive carries the new socket's cookie (a move needs it)")
@@ -292,4 +295,19 @@ func TestDialDedupesForwarders(t *testing.T) {
 	eventually(t, func() bool { return len(r.from(netip.AddrPort{})) == 2 }, "one join and one keepalive")
 	require.Len(t, r.challenges(netip.AddrPort{}), 1, "one join")
 	require.Len(t, cfg.Forwarders, 3, "the caller's slice is left alone")
+}
+
+// returns runs f, which only an answer can end (its own timeout is set to
+// an hour), and fails the test if f has not returned within a minute. The
+// minute is a liveness net, generous on a loaded machine, not a claim of
+// speed: the timeout it tells apart is sixty times longer.
+func returns(t *testing.T, what string, f func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { defer close(done); f() }()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatalf("%s: still waiting after a minute", what)
+	}
 }
