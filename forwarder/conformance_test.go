@@ -356,8 +356,9 @@ func (d *specDevice) transact(req []byte) []byte {
 	return ans
 }
 
-// requireSTUN compares an answer with what the example, completed by fill,
-// encodes to with key.
+// requireSTUN compares an answer, byte for byte, with an example
+// completed with what the relay chose (cookie, ticket) and saw (address),
+// its integrity and fingerprint computed with key.
 func requireSTUN(t *testing.T, want stunMsg, key, got []byte, what string) {
 	t.Helper()
 	_, err := parseSTUN(got)
@@ -445,105 +446,123 @@ func TestSpecSessionConformance(t *testing.T) {
 	k := newSpecKit(t)
 	f := k.startSpecForwarder(t, nil)
 	a := newSpecDevice(t, f.Addr())
-
-	// The first join: the address check's 401 with a cookie.
-	ans := a.transact(k.ex["join-request"])
-	cookieA := cookieOf(t, ans)
-	requireSTUN(t, k.example(t, "address-check").with(t, attrCookie, cookieA), k.key, ans, "the address check")
-
-	// Repeated with the cookie: admitted.
-	keepalive := k.example(t, "join-request-with-cookie").with(t, attrCookie, cookieA).encode(k.key)
-	ans = a.transact(keepalive)
-	success := k.example(t, "join-success")
-	requireSTUN(t, success.with(t, attrXORMapped, addrAttr(a.addr(), true, success.tid)).with(t, attrTicket, ticketOf(t, ans)),
-		k.key, ans, "the join's success")
+	cookieA := k.joinAsExample(t, a)
 
 	// Section 3: a malformed request that carries a token is answered
 	// 400 with MESSAGE-INTEGRITY, exactly as the example.
-	ans = a.transact(k.ex["malformed-request"])
+	ans := a.transact(k.ex["malformed-request"])
 	require.Equal(t, hex.EncodeToString(k.ex["bad-request"]), hex.EncodeToString(ans), "the 400")
 
-	// A second member, participant 3333…33, built from the same layouts.
 	b := newSpecDevice(t, f.Addr())
-	tokB := k.signedToken(0x33)
-	keyB := integrityKey(tokB)
-	userB := []byte(hex.EncodeToString(tokB[12:28]) + ":" + hex.EncodeToString(tokB[28:44]))
-	firstB := k.example(t, "join-request").with(t, attrUsername, userB).with(t, attrJoinToken, tokB)
-	firstB.tid[11] = 0x31
-	ans = b.transact(firstB.encode(keyB))
-	cookieB := cookieOf(t, ans)
-	challenge := k.example(t, "address-check").with(t, attrCookie, cookieB)
-	challenge.tid = firstB.tid
-	requireSTUN(t, challenge, keyB, ans, "B's address check")
-	joinB := k.example(t, "join-request-with-cookie").with(t, attrUsername, userB).with(t, attrJoinToken, tokB).with(t, attrCookie, cookieB)
-	joinB.tid[11] = 0x32
-	ans = b.transact(joinB.encode(keyB))
-	successB := success.with(t, attrXORMapped, addrAttr(b.addr(), true, joinB.tid)).with(t, attrTicket, ticketOf(t, ans))
-	successB.tid = joinB.tid
-	requireSTUN(t, successB, keyB, ans, "B's success")
+	k.joinAsParticipant(t, b, 0x33)
+	k.mediaAndKeyFrames(t, f, a, b)
+	k.leaves(t, f, a, cookieA)
+}
 
-	// 5.11: without a conductor every member's audio reaches the others,
-	// byte-exact (section 4).
+// joinAsExample joins d with the README's requests and checks the
+// answers: the address check's 401 with a cookie, then, repeated with the
+// cookie, the success. It returns the cookie.
+func (k *specKit) joinAsExample(t *testing.T, d *specDevice) []byte {
+	t.Helper()
+	ans := d.transact(k.ex["join-request"])
+	cookie := cookieOf(t, ans)
+	requireSTUN(t, k.example(t, "address-check").with(t, attrCookie, cookie), k.key, ans, "the address check")
+	ans = d.transact(k.example(t, "join-request-with-cookie").with(t, attrCookie, cookie).encode(k.key))
+	success := k.example(t, "join-success")
+	requireSTUN(t, success.with(t, attrXORMapped, addrAttr(d.addr(), true, success.tid)).with(t, attrTicket, ticketOf(t, ans)),
+		k.key, ans, "the join's success")
+	return cookie
+}
+
+// joinAsParticipant joins d as another participant of the example call,
+// its token and requests built from the same layouts.
+func (k *specKit) joinAsParticipant(t *testing.T, d *specDevice, participant byte) {
+	t.Helper()
+	tok := k.signedToken(participant)
+	key := integrityKey(tok)
+	user := []byte(hex.EncodeToString(tok[12:28]) + ":" + hex.EncodeToString(tok[28:44]))
+	first := k.example(t, "join-request").with(t, attrUsername, user).with(t, attrJoinToken, tok)
+	first.tid[11] = participant
+	ans := d.transact(first.encode(key))
+	cookie := cookieOf(t, ans)
+	challenge := k.example(t, "address-check").with(t, attrCookie, cookie)
+	challenge.tid = first.tid
+	requireSTUN(t, challenge, key, ans, "the second participant's address check")
+	join := k.example(t, "join-request-with-cookie").with(t, attrUsername, user).with(t, attrJoinToken, tok).with(t, attrCookie, cookie)
+	join.tid[11] = participant + 1
+	ans = d.transact(join.encode(key))
+	success := k.example(t, "join-success").with(t, attrXORMapped, addrAttr(d.addr(), true, join.tid)).with(t, attrTicket, ticketOf(t, ans))
+	success.tid = join.tid
+	requireSTUN(t, success, key, ans, "the second participant's success")
+}
+
+// mediaAndKeyFrames: b's audio reaches a with no conductor (5.11, byte
+// exact as section 4 says); a sends the video stream ca fe 00 01, and b's
+// FIR (RFC 5104: media SSRC 0, the stream in the FCI) and then b's PLI each
+// make the relay ask a for a key frame with its own PLI (5.9, 5.10).
+func (k *specKit) mediaAndKeyFrames(t *testing.T, f *forwarder.Forwarder, a, b *specDevice) {
+	t.Helper()
 	audio := k.ex["rtp-audio"]
 	b.send(audio)
 	a.await("B's audio", func(p []byte) bool { return bytes.Equal(p, audio) })
 
-	// 5.9 and 5.10: A sends the video stream ca fe 00 01; B's FIR (RFC
-	// 5104: media SSRC 0, the stream in the FCI) makes the relay ask A for
-	// a key frame with its own PLI. The FIR is sent once: nothing else in
-	// this test asks for a key frame of that stream.
+	// The FIR is sent once: nothing else in this test asks for a key frame
+	// of that stream, so the relay's PLI is the FIR's doing.
 	a.send(k.ex["rtp-video-key-frame"])
 	b.send(k.ex["fir"])
 	relayPLI := k.ex["relay-pli"]
 	a.await("the relay's PLI after a FIR", func(p []byte) bool { return bytes.Equal(p, relayPLI) })
 	require.Equal(t, uint64(1), f.Stats().KeyRequests, "the FIR's one entry")
 
-	// A PLI does the same. The relay sends at most one PLI per stream per
-	// 200 ms, so B repeats its PLI until one gets through, as a device
-	// whose decoder still waits would.
+	// The relay sends at most one PLI per stream per 200 ms, so b repeats
+	// its PLI until one gets through, as a device whose decoder still
+	// waits would.
 	deadline := time.Now().Add(specWait)
 	for got := false; !got; {
 		require.True(t, time.Now().Before(deadline), "no PLI from the relay after B's PLIs")
 		b.send(k.ex["pli"])
 		require.NoError(t, a.conn.SetReadDeadline(time.Now().Add(300*time.Millisecond)))
 		buf := make([]byte, 2048)
-		for {
+		for !got {
 			n, _, err := a.conn.ReadFromUDPAddrPort(buf)
 			if err != nil {
 				break
 			}
-			if bytes.Equal(buf[:n], relayPLI) {
-				got = true
-				break
-			}
+			got = bytes.Equal(buf[:n], relayPLI)
 		}
 	}
+}
 
-	// Section 3 step 5: a LEAVE from another socket of A (its cookie
-	// proves that address) is answered with the success answer and
-	// changes nothing.
+// leaves: section 3 step 5. A LEAVE from another socket of participant
+// 2222…22 (its cookie proves that address) is answered with the success
+// answer and changes nothing; a's own LEAVE gets the same answer and ends
+// the session.
+func (k *specKit) leaves(t *testing.T, f *forwarder.Forwarder, a *specDevice, cookieA []byte) {
+	t.Helper()
 	a2 := newSpecDevice(t, f.Addr())
-	ans = a2.transact(k.ex["join-request"])
+	ans := a2.transact(k.ex["join-request"])
 	cookieA2 := cookieOf(t, ans)
 	requireSTUN(t, k.example(t, "address-check").with(t, attrCookie, cookieA2), k.key, ans, "A2's address check")
 	leave := k.example(t, "leave-request")
 	ans = a2.transact(leave.with(t, attrCookie, cookieA2).encode(k.key))
 	leaveOK := k.example(t, "leave-success")
 	requireSTUN(t, leaveOK.with(t, attrXORMapped, addrAttr(a2.addr(), true, leaveOK.tid)), k.key, ans, "the answer to a leave from another address")
-	// A's session is still there: its keepalive needs no cookie, and is
+
+	// a's session is still there: its keepalive needs no cookie, and is
 	// answered as a leave is (no new ticket is due).
+	keepalive := k.example(t, "join-request")
 	ans = a.transact(k.ex["join-request"])
-	stillOK := leaveOK.with(t, attrXORMapped, addrAttr(a.addr(), true, k.example(t, "join-request").tid))
-	stillOK.tid = k.example(t, "join-request").tid
+	stillOK := leaveOK.with(t, attrXORMapped, addrAttr(a.addr(), true, keepalive.tid))
+	stillOK.tid = keepalive.tid
 	requireSTUN(t, stillOK, k.key, ans, "A's keepalive after the other address's leave")
 
-	// A leaves from its own address: the same answer, and the session is
+	// a leaves from its own address: the same answer, and the session is
 	// gone (a request without a cookie meets the address check again).
 	ans = a.transact(leave.with(t, attrCookie, cookieA).encode(k.key))
 	requireSTUN(t, leaveOK.with(t, attrXORMapped, addrAttr(a.addr(), true, leaveOK.tid)), k.key, ans, "the answer to A's leave")
 	ans = a.transact(k.ex["join-request"])
 	requireSTUN(t, k.example(t, "address-check").with(t, attrCookie, cookieOf(t, ans)), k.key, ans, "the address check after the leave")
-	require.Equal(t, 1, f.Stats().Sessions, "B is left")
+	require.Equal(t, 1, f.Stats().Sessions, "the other participant is left")
 }
 
 // TestSpecRejoinConformance: README 5.8. Media from an address without a
