@@ -55,13 +55,14 @@ func TestRunSteadyAgainstForwarder(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	var progress bytes.Buffer
-	began := time.Now()
 	res, err := Run(ctx, plan, &progress)
 	require.NoError(t, err)
-	require.Less(t, time.Since(began), 9*time.Second, "the run must end by itself soon after the profile")
 	t.Logf("progress:\n%s", progress.String())
 
+	// The run ended by itself when the profile did: not by MaxDuration,
+	// not by the context (what a wall-clock bound here used to say).
 	require.Equal(t, "profile_done", res.Stopped)
+	require.NoError(t, ctx.Err())
 	require.Len(t, res.Seconds, 4)
 	require.Equal(t, "steady", res.Seconds[0].Phase)
 	all := res.Totals.All
@@ -74,8 +75,18 @@ func TestRunSteadyAgainstForwarder(t *testing.T) {
 	require.Greater(t, all.PacketsReceived, uint64(0))
 	require.Greater(t, all.DelayMs.Count, uint64(0))
 	require.Greater(t, all.DelayMs.P50, 0.0)
-	require.Less(t, all.DelayMs.P95, 200.0)
+	// The delay is this machine's (a loaded one delays packets by any
+	// amount): the test checks that it is measured and judged, not how
+	// small it is.
+	require.LessOrEqual(t, all.DelayMs.P50, all.DelayMs.P95)
+	delay := checkOf(t, res.Verdict, "delay_p95_ms")
+	require.Equal(t, all.DelayMs.P95, delay.Measured)
+	require.Equal(t, 200.0, delay.Limit)
+	require.Equal(t, all.DelayMs.P95 <= 200, delay.Pass)
 	require.Greater(t, all.FirstAudioMs.Count, uint64(0))
+	// Loss is not the clock's: a slow machine delays packets on loopback,
+	// it does not lose them (the forwarder's 4 MB buffers, the clients'
+	// media queues).
 	require.Less(t, all.LossPct, 5.0)
 	require.Zero(t, all.DecryptFailures)
 	require.Greater(t, all.MaxGapMs, 0.0)
@@ -111,6 +122,17 @@ func TestRunSteadyAgainstForwarder(t *testing.T) {
 	}
 }
 
+func checkOf(t *testing.T, v Verdict, target string) Check {
+	t.Helper()
+	for _, c := range v.Checks {
+		if c.Target == target {
+			return c
+		}
+	}
+	t.Fatalf("no %s check in %+v", target, v.Checks)
+	return Check{}
+}
+
 func TestRunRejectsBadPlan(t *testing.T) {
 	_, err := Run(context.Background(), Plan{}, nil)
 	require.ErrorIs(t, err, ErrPlan)
@@ -138,9 +160,10 @@ func TestRunRamp(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 
-	// Loose targets: every step meets them; the knee is the last step, a
-	// lower bound.
-	res, err := Run(ctx, rampPlan(addr, priv, Targets{SetupSuccessPct: 50, LossPct: 50, DelayP95: Duration(time.Second)}), nil)
+	// Loose targets: every step meets them, however loaded the machine
+	// (delays of a minute); the knee is the last step, a lower bound.
+	res, err := Run(ctx, rampPlan(addr, priv, Targets{SetupSuccessPct: 50, LossPct: 50,
+		SetupP95: Duration(time.Minute), DelayP95: Duration(time.Minute)}), nil)
 	require.NoError(t, err)
 	require.Equal(t, "profile_done", res.Stopped)
 	require.Len(t, res.Steps, 3)
