@@ -304,7 +304,10 @@ func (c *control) expirePeers(now time.Time) {
 	c.watchNATS(now)
 	c.sendKeepalives()
 	cc := &c.f.cfg.Cluster
-	var silent, byNATS, byTrunk int
+	// "At once" allows for silences that begin a tick apart: all peers
+	// fell silent together if none was heard in the last half timeout
+	// (live peers are heard every heartbeat interval, at most half of it).
+	var lately, byNATS, byTrunk int
 	for _, p := range c.peers {
 		n, t := now.Sub(p.heard) <= cc.PeerTimeout, now.Sub(p.trunkHeard) <= cc.PeerTimeout
 		if n {
@@ -313,16 +316,17 @@ func (c *control) expirePeers(now time.Time) {
 		if t {
 			byTrunk++
 		}
-		if !n && !t {
-			silent++
-		} else {
+		if n || t {
 			p.held = 0
+		}
+		if now.Sub(p.lastHeard()) <= cc.PeerTimeout/2 {
+			lately++
 		}
 	}
 	lv.byNATS.Store(int64(byNATS))
 	lv.byTrunk.Store(int64(byTrunk))
 	steady := c.natsSteady(now)
-	allSilent := len(c.peers) > 1 && silent == len(c.peers)
+	allSilent := len(c.peers) > 1 && lately == 0
 	for id, p := range c.peers {
 		if now.Sub(p.lastHeard()) <= cc.PeerTimeout {
 			continue
