@@ -2,6 +2,8 @@ package demo
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"strings"
@@ -142,14 +144,18 @@ func startConductor(cfg Config, key protocol.ClusterKey, in *infra) (func(), err
 }
 
 // startDashboard serves the live dashboard for the demo's cluster and
-// prints its address.
+// prints its address with a fresh admin token: whoever has the line sees
+// everything, device addresses included; nobody else sees anything.
 func startDashboard(cfg Config, key protocol.ClusterKey, in *infra, out io.Writer) (func(), error) {
 	nc, store, err := in.connect()
 	if err != nil {
 		return nil, err
 	}
+	tok := make([]byte, 24)
+	_, _ = rand.Read(tok) // never fails (crypto/rand)
 	dcfg := dashboard.Default()
 	dcfg.NATS, dcfg.Key, dcfg.Store, dcfg.Leases = nc, key, store, store
+	dcfg.AdminToken = base64.RawURLEncoding.EncodeToString(tok)
 	dcfg.Partitions, dcfg.Listen, dcfg.Logger = forwarder.DefaultPartitions, cfg.Dashboard, cfg.Logger.Named("dashboard")
 	d, err := dashboard.New(dcfg)
 	if err != nil && dcfg.Listen != "127.0.0.1:0" {
@@ -166,7 +172,7 @@ func startDashboard(cfg Config, key protocol.ClusterKey, in *infra, out io.Write
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = d.Run(ctx) }()
-	fmt.Fprintf(out, "dashboard: http://%s\n", d.Addr())
+	fmt.Fprintf(out, "dashboard: http://%s/?token=%s\n", d.Addr(), dcfg.AdminToken)
 	var once sync.Once
 	return func() { once.Do(func() { cancel(); <-done; nc.Close(); _ = store.Close() }) }, nil
 }

@@ -18,6 +18,7 @@ type conductorOptions struct {
 	cfg                     conductor.Config
 	cluster                 clusterFlags
 	metricsListen, logLevel string
+	metricsMaxConns         int
 }
 
 func conductorFlags(fs *flag.FlagSet) *conductorOptions {
@@ -34,7 +35,7 @@ func conductorFlags(fs *flag.FlagSet) *conductorOptions {
 	fs.Uint64Var(&cfg.Video.AudioBps, "audio-bps", cfg.Video.AudioBps, "bit/s one forwarded audio stream costs a receiver, reserved before any video")
 	fs.Uint64Var(&cfg.Video.LowBps, "video-low-bps", cfg.Video.LowBps, "bit/s of a simulcast sender's low layer")
 	fs.Uint64Var(&cfg.Video.HighBps, "video-high-bps", cfg.Video.HighBps, "bit/s of a sender's high layer or single stream (less when its uplink is smaller)")
-	fs.StringVar(&o.metricsListen, "metrics-listen", "", "TCP ip:port for /metrics, /healthz and /readyz; empty: none")
+	addMetricsFlags(fs, &o.metricsListen, &o.metricsMaxConns)
 	fs.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
 	return o
 }
@@ -62,7 +63,7 @@ func runConductor(ctx context.Context, args []string) error {
 		return err
 	}
 	if o.metricsListen != "" {
-		stop, err := serveMetrics(o.metricsListen, reg, func() bool { return len(c.Owned()) > 0 }, log)
+		stop, err := serveMetrics(o.metricsListen, o.metricsMaxConns, reg, func() bool { return len(c.Owned()) > 0 }, log)
 		if err != nil {
 			return err
 		}

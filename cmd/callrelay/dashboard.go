@@ -22,7 +22,13 @@ type dashboardOptions struct {
 func dashboardFlags(fs *flag.FlagSet) *dashboardOptions {
 	o := &dashboardOptions{cfg: dashboard.Default(), logLevel: "info"}
 	cfg := &o.cfg
-	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "TCP ip:port of the page")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "TCP ip:port of the page; without a token, a loopback address only")
+	fs.StringVar(&cfg.ViewerToken, "viewer-token", "", "bearer token that shows the page and calls without device addresses "+
+		"(make one with: callrelay token dashboard); prefer the variable or the config file to the command line")
+	fs.StringVar(&cfg.AdminToken, "admin-token", "", "bearer token that also shows device addresses; neither token set: "+
+		"the page is served on loopback only, addresses hidden")
+	fs.IntVar(&cfg.HTTP.MaxConns, "max-conns", cfg.HTTP.MaxConns, "connections the page keeps open at once (a browser tab holds one event stream); "+
+		"more are closed at once and counted (callrelay_http_connections_refused_total)")
 	o.cluster = addClusterFlags(fs, "for partitions and call drill-downs")
 	fs.StringVar(&cfg.Subject, "subject", cfg.Subject, "NATS subject prefix, the forwarders' one")
 	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partitions calls hash into; the conductors' number")
@@ -51,6 +57,10 @@ func runDashboard(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("callrelay dashboard on http://%s\n", d.Addr())
+	if cfg.ViewerToken != "" || cfg.AdminToken != "" {
+		fmt.Printf("callrelay dashboard on http://%s (open it once as http://%s/?token=<your token>)\n", d.Addr(), d.Addr())
+	} else {
+		fmt.Printf("callrelay dashboard on http://%s (loopback only: no token set)\n", d.Addr())
+	}
 	return d.Run(ctx)
 }

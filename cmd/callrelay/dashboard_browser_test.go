@@ -20,7 +20,9 @@ import (
 	"github.com/callrelay/callrelay/internal/testkit/testenv"
 )
 
-var dashboardURL = regexp.MustCompile(`(?m)^dashboard: (http://127\.0\.0\.1:\d+)$`)
+// dashboardURL matches the demo's dashboard line: the page with the admin
+// token the demo made, which the page trades for a session cookie.
+var dashboardURL = regexp.MustCompile(`(?m)^dashboard: (http://127\.0\.0\.1:\d+/\?token=[A-Za-z0-9_-]{32})$`)
 
 // The live dashboard in headless Chromium (Debian's chromium, which `make
 // test` installs where missing) against a running demo whose forwarders

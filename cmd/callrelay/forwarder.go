@@ -2,18 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
 	"github.com/callrelay/callrelay/forwarder"
@@ -33,6 +28,7 @@ type forwarderOptions struct {
 	redisURL, metricsListen, logLevel string
 	nats                              *natsConfig
 	statsEvery                        time.Duration
+	metricsMaxConns                   int
 	videoFrameExtID, absSendTimeExtID uint
 }
 
@@ -60,7 +56,7 @@ func forwarderFlags(fs *flag.FlagSet) *forwarderOptions {
 	fs.IntVar(&cfg.Cluster.Partitions, "partitions", cfg.Cluster.Partitions, "conductor partitions calls hash into; the same on every forwarder and conductor")
 	fs.DurationVar(&cfg.DrainDeadline, "drain-deadline", cfg.DrainDeadline, "on SIGTERM, stop admitting, ask sessions to move, and exit when empty or after this long")
 	fs.DurationVar(&cfg.TicketLifetime, "ticket-lifetime", cfg.TicketLifetime, "how long a resumption ticket lets a session whose token expired come back (10s..1h; renewed every fifth of it while the session lives)")
-	fs.StringVar(&o.metricsListen, "metrics-listen", "", "TCP ip:port for /metrics, /healthz and /readyz; empty: none")
+	addMetricsFlags(fs, &o.metricsListen, &o.metricsMaxConns)
 	fs.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
 	fs.DurationVar(&o.statsEvery, "stats-every", o.statsEvery, "log a stats line this often (0: never)")
 	fs.IntVar(&cfg.Adapt.NackCacheBytes, "nack-cache-bytes", cfg.Adapt.NackCacheBytes, "bytes of each sender's recent packets kept to answer NACKs (512 KiB: about 4 s at 1 Mbit/s)")
@@ -101,7 +97,7 @@ func runForwarder(ctx context.Context, args []string) error {
 	if o.metricsListen != "" {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(f.Collector())
-		stopHTTP, err := serveMetrics(o.metricsListen, reg, func() bool { return !f.Stats().Draining }, log)
+		stopHTTP, err := serveMetrics(o.metricsListen, o.metricsMaxConns, reg, func() bool { return !f.Stats().Draining }, log)
 		if err != nil {
 			return err
 		}
@@ -224,34 +220,4 @@ func logStats(ctx context.Context, log *zap.Logger, f *forwarder.Forwarder, ever
 				zap.Stringer("throttle", s.ThrottleLevel), zap.Float64("load", s.Load.Max()), zap.String("load_worst", s.Load.Worst()))
 		}
 	}
-}
-
-// serveMetrics serves Prometheus metrics from reg (plus Go and process
-// metrics) and health endpoints: /healthz is 200 while the process runs,
-// /readyz 503 while ready says no (a draining forwarder: a load balancer
-// stops sending new devices).
-func serveMetrics(addr string, reg *prometheus.Registry, ready func() bool, log *zap.Logger) (func(), error) {
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("--metrics-listen %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server", zap.Error(err))
-		}
-	}()
-	log.Info("metrics serving", zap.Stringer("addr", l.Addr()))
-	return func() { _ = srv.Close() }, nil
 }

@@ -228,7 +228,7 @@ func TestCommandHelpExitsZero(t *testing.T) {
 		r := run(t, env(), args...)
 		require.Equal(t, 0, r.code, r.stderr)
 		require.Empty(t, r.stdout)
-		for _, sub := range []string{"keygen", "mint", "cluster-key"} {
+		for _, sub := range []string{"keygen", "mint", "cluster-key", "dashboard"} {
 			require.Regexp(t, `(?m)^  `+sub+` +\S`, r.stderr)
 		}
 	}
@@ -298,7 +298,7 @@ func TestTokenErrorsSayWhatToFix(t *testing.T) {
 		want []string
 	}{
 		{"no subcommand", []string{"token"}, []string{"keygen | mint"}},
-		{"unknown subcommand", []string{"token", "frob"}, []string{`"frob"`, "want keygen, mint or cluster-key"}},
+		{"unknown subcommand", []string{"token", "frob"}, []string{`"frob"`, "want keygen, mint, cluster-key or dashboard"}},
 		{"no key", []string{"token", "mint"}, []string{"no signing key", "--signing-key", "CALLRELAY_SIGNING_KEY", "callrelay token keygen"}},
 		{"key not base64", []string{"token", "mint", "--signing-key", "not*base64"}, []string{"--signing-key", "bad key"}},
 		{"key too short", []string{"token", "mint", "--signing-key", "AAAA"}, []string{"--signing-key", "want 64 or 32"}},
@@ -370,14 +370,14 @@ func dial(ctx context.Context, addr netip.AddrPort, token []byte) (*client.Conn,
 	})
 }
 
-// startForwarder starts `callrelay forwarder` on a free loopback port and
-// returns once a device can join it. Another process may take the port
+// startForwarder starts `callrelay forwarder` on a free loopback port (and
+// the extra flags) and returns once a device can join it. Another process may take the port
 // between freeUDPPort and the forwarder's bind; that is retried.
-func startForwarder(t *testing.T, pub string, priv ed25519.PrivateKey) (*proc, netip.AddrPort) {
+func startForwarder(t *testing.T, pub string, priv ed25519.PrivateKey, extra ...string) (*proc, netip.AddrPort) {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
 		addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(freeUDPPort(t)))
-		p := start(t, env("CALLRELAY_LOG_LEVEL=info"), "forwarder", "--listen", addr.String(), "--public-key", pub)
+		p := start(t, env("CALLRELAY_LOG_LEVEL=info"), append([]string{"forwarder", "--listen", addr.String(), "--public-key", pub}, extra...)...)
 		ready := false
 		testenv.CheckFor(t, readyTimeout, 50*time.Millisecond, func() error {
 			if p.exited() {

@@ -57,7 +57,7 @@ type declared interface {
 // order.
 var processes = []declared{
 	forwarderProc, conductorProc, dashboardProc, demoProc, loadtestProc, loadtestAgentProc,
-	tokenKeygenProc, tokenMintProc, tokenClusterKeyProc,
+	tokenKeygenProc, tokenMintProc, tokenClusterKeyProc, tokenDashboardProc,
 }
 
 // sharedKeys mean the same in every process that has them, so one variable
@@ -66,7 +66,7 @@ var processes = []declared{
 var sharedKeys = func() map[string]bool {
 	m := map[string]bool{}
 	for _, k := range []string{"config", "id", "log-level", "cluster-key", "public-key", "signing-key",
-		"redis-url", "subject", "partitions", "metrics-listen", "forwarders"} {
+		"redis-url", "subject", "partitions", "metrics-listen", "metrics-max-conns", "forwarders"} {
 		m[k] = true
 	}
 	for _, s := range natsSettings {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,14 +22,16 @@ var (
 		about: "print a join token signed with the signing key"}
 	tokenClusterKeyProc = process[struct{}]{name: "token cluster-key", flags: noFlags,
 		about: "print a new cluster key (trunk frames and NATS messages), as a CALLRELAY_CLUSTER_KEY= line"}
+	tokenDashboardProc = process[struct{}]{name: "token dashboard", flags: noFlags,
+		about: "print two new dashboard tokens, as CALLRELAY_DASHBOARD_VIEWER_TOKEN= and CALLRELAY_DASHBOARD_ADMIN_TOKEN= lines"}
 )
 
 func noFlags(*flag.FlagSet) *struct{} { return &struct{}{} }
 
 // tokenUsage lists the token subcommands.
 func tokenUsage(w io.Writer) {
-	fmt.Fprintln(w, "usage: callrelay token <keygen | mint | cluster-key> [flags]   (callrelay token <subcommand> -h)")
-	for _, p := range []declared{tokenKeygenProc, tokenMintProc, tokenClusterKeyProc} {
+	fmt.Fprintln(w, "usage: callrelay token <keygen | mint | cluster-key | dashboard> [flags]   (callrelay token <subcommand> -h)")
+	for _, p := range []declared{tokenKeygenProc, tokenMintProc, tokenClusterKeyProc, tokenDashboardProc} {
 		name, about, _ := p.spec()
 		fmt.Fprintf(w, "  %-11s %s\n", strings.TrimPrefix(name, "token "), about)
 	}
@@ -35,11 +39,12 @@ func tokenUsage(w io.Writer) {
 
 // runToken: `callrelay token keygen` prints a key pair;
 // `callrelay token mint ...` prints a signed join token; `callrelay token
-// cluster-key` prints a new key for a cluster's trunk and messages. Each
-// answers -h with its help, and nothing else.
+// cluster-key` prints a new key for a cluster's trunk and messages;
+// `callrelay token dashboard` prints a viewer and an admin token for the
+// dashboard. Each answers -h with its help, and nothing else.
 func runToken(_ context.Context, args []string) error {
 	if len(args) == 0 {
-		return errors.New("token: want a subcommand: keygen | mint | cluster-key (callrelay token -h)")
+		return errors.New("token: want a subcommand: keygen | mint | cluster-key | dashboard (callrelay token -h)")
 	}
 	switch args[0] {
 	case "-h", "-help", "--help", "help":
@@ -67,8 +72,14 @@ func runToken(_ context.Context, args []string) error {
 		}
 		fmt.Printf("CALLRELAY_CLUSTER_KEY=%s\n", k)
 		return nil
+	case "dashboard":
+		if _, _, err := tokenDashboardProc.parse(args[1:], os.Stdout); err != nil {
+			return err
+		}
+		fmt.Printf("CALLRELAY_DASHBOARD_VIEWER_TOKEN=%s\nCALLRELAY_DASHBOARD_ADMIN_TOKEN=%s\n", randomToken(), randomToken())
+		return nil
 	}
-	return fmt.Errorf("token: unknown subcommand %q: want keygen, mint or cluster-key", args[0])
+	return fmt.Errorf("token: unknown subcommand %q: want keygen, mint, cluster-key or dashboard", args[0])
 }
 
 // mintOptions is what `token mint`'s flags set.
@@ -129,6 +140,14 @@ func mintToken(args []string) error {
 		t.CallID, t.ParticipantID, t.Class, t.MaxSize, t.Expiry.UTC().Format(time.RFC3339))
 	fmt.Println(protocol.EncodeTokenString(b))
 	return nil
+}
+
+// randomToken is 32 random bytes in unpadded base64url: a bearer token
+// the dashboard accepts.
+func randomToken() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 func idOrNew(s string) (protocol.ID, error) {
