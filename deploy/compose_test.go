@@ -305,6 +305,7 @@ func checkCallrelayService(t *testing.T, c composeFileT, name string, s composeS
 			t.Errorf("service %s: Redis seed %s, but %s listens on %q", name, hp, host, p)
 		}
 	}
+	checkHTTPPrivate(t, name, s)
 	switch s.Command[0] {
 	case "forwarder":
 		if s.Environment["CALLRELAY_ID"] != name {
@@ -334,6 +335,43 @@ func checkCallrelayService(t *testing.T, c composeFileT, name string, s composeS
 	case "conductor":
 		if s.Environment["CALLRELAY_ID"] == "" {
 			t.Errorf("conductor %s: no CALLRELAY_ID", name)
+		}
+	}
+}
+
+// checkHTTPPrivate checks a forwarder's or conductor's metrics listen on
+// the service's fixed address of the private network, never 0.0.0.0 (with
+// a forwarder's media) nor a published port; and that a dashboard that
+// listens on more than loopback gets its tokens from the env file.
+func checkHTTPPrivate(t *testing.T, name string, s composeService) {
+	t.Helper()
+	fixed := s.Networks["callrelay"].IPv4Address
+	if s.Command[0] == "dashboard" {
+		listen, _ := flagValue(s.Command, "listen")
+		if host, _, _ := strings.Cut(listen, ":"); host != "127.0.0.1" {
+			ex, err := os.ReadFile(filepath.Join("compose", s.EnvFile+".example"))
+			if err != nil {
+				t.Fatalf("dashboard %s: %v", name, err)
+			}
+			for _, v := range []string{"CALLRELAY_DASHBOARD_VIEWER_TOKEN=", "CALLRELAY_DASHBOARD_ADMIN_TOKEN="} {
+				if !bytes.Contains(ex, []byte("\n"+v)) {
+					t.Errorf("dashboard %s listens on %s, but %s.example has no %s: it would refuse to start", name, listen, s.EnvFile, v)
+				}
+			}
+		}
+		return
+	}
+	ml := s.Environment["CALLRELAY_METRICS_LISTEN"]
+	if v, ok := flagValue(s.Command, "metrics-listen"); ok {
+		ml = v
+	}
+	host, port, _ := strings.Cut(ml, ":")
+	if ml == "" || host != fixed {
+		t.Errorf("%s: metrics on %q, want its fixed private address %s (never 0.0.0.0: devices reach the forwarders)", name, ml, fixed)
+	}
+	for _, p := range s.Ports {
+		if strings.HasSuffix(strings.TrimSuffix(p, "/tcp"), ":"+port) {
+			t.Errorf("%s: metrics port %s published (%s)", name, port, p)
 		}
 	}
 }
