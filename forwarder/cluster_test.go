@@ -457,7 +457,7 @@ func TestClusterLoadBalancerMovesFlow(t *testing.T) {
 	moved := time.Now()
 	lb.move(b.f.Addr())
 	allHearAll(t, []*member{behind, listener}, moved, 5*time.Second)
-	time.Sleep(100 * time.Millisecond)
+	// Heard again: the gap ended with a packet, so it is measured whole.
 	t.Logf("flow moved by the balancer: longest silence at the listener %v", listener.MaxGap(behind.SSRC))
 	require.NotZero(t, b.f.Stats().RejoinNudges, "the new forwarder nudged")
 	require.NotZero(t, s.Stats().RejoinNudges)

@@ -201,7 +201,13 @@ func TestThrottleOverloadShedsVideoAndRecovers(t *testing.T) {
 	level := func() forwarder.ThrottleLevel { return a.f.Stats().ThrottleLevel }
 
 	// Baseline: 4 streams in, 8 out, 600 packets/s of 1500: no throttling.
-	time.Sleep(time.Second)
+	// The window is counted in ticks of the sender (50 of 20 ms), not timed.
+	testenv.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		if n := sent[0].Load(); n < 50 || ms[2].Count(videoSSRC) == 0 {
+			return fmt.Errorf("baseline: %d ticks sent, %d video packets heard", n, ms[2].Count(videoSSRC))
+		}
+		return nil
+	})
 	require.Equal(t, forwarder.ThrottleNone, level())
 	audio0, video0 := ms[2].Count(ms[0].SSRC), ms[2].Count(videoSSRC)
 	require.Positive(t, video0)
@@ -217,7 +223,12 @@ func TestThrottleOverloadShedsVideoAndRecovers(t *testing.T) {
 	})
 	window.Store(1)
 	audio1, video1 := ms[2].Count(ms[0].SSRC), ms[2].Count(videoSSRC)
-	time.Sleep(time.Second)
+	testenv.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error { // 50 ticks of overload
+		if n := sent[1].Load(); n < 50 {
+			return fmt.Errorf("overload: %d ticks sent", n)
+		}
+		return nil
+	})
 	overSent := sent[1].Load()
 	audio2, video2 := ms[2].Count(ms[0].SSRC), ms[2].Count(videoSSRC)
 	overLoss := 1 - float64(audio2-audio1)/float64(overSent)
@@ -241,8 +252,12 @@ func TestThrottleOverloadShedsVideoAndRecovers(t *testing.T) {
 	for i := 1; i < len(seen); i++ {
 		require.Equal(t, seen[i-1]-1, seen[i], "recovery steps down one level at a time, never up: %v", seen)
 	}
-	time.Sleep(300 * time.Millisecond)
-	require.Greater(t, ms[2].Count(videoSSRC), video2, "video flows again")
+	testenv.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if n := ms[2].Count(videoSSRC); n <= video2 {
+			return fmt.Errorf("video flows again: %d heard, %d before", n, video2)
+		}
+		return nil
+	})
 	s := a.f.Stats()
 	var changes uint64
 	for _, n := range s.LevelChanges {
