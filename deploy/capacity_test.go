@@ -35,13 +35,14 @@ func callrelaySources(t *testing.T) string {
 }
 
 // flagDefined reports whether the sources register the flag on a FlagSet:
-// fs.XxxVar(&v, "name", ...), fs.Xxx("name", ...) or fs.Var(&v, "name", ...),
-// or as an entry of a settings table registered in a loop, {"name",
-// "CALLRELAY_...", ...} (natsconfig.go does that for the --nats-* flags).
+// fs.XxxVar(&v, "name", ...) (or a pointer p for &v), fs.Xxx("name", ...)
+// or fs.Var(&v, "name", ...), or as an entry of a settings table registered
+// in a loop, {"name", "meaning", ...} (natsconfig.go does that for the
+// --nats-* flags).
 func flagDefined(src, name string) bool {
 	q := regexp.QuoteMeta(name)
-	direct := regexp.MustCompile(`\bfs\.[A-Z]\w*\(\s*(?:&[^,()]+(?:\([^()]*\))?,\s*)?"` + q + `"`)
-	table := regexp.MustCompile(`\{\s*"` + q + `",\s*"CALLRELAY_[A-Z0-9_]+"`)
+	direct := regexp.MustCompile(`\bfs\.[A-Z]\w*\(\s*(?:&?[^,()"]+(?:\([^()]*\))?,\s*)?"` + q + `"`)
+	table := regexp.MustCompile(`\{\s*"` + q + `",\s*"`)
 	return direct.MatchString(src) || table.MatchString(src)
 }
 

@@ -127,6 +127,7 @@ type k8sContainer struct {
 
 type k8sProbe struct {
 	HTTPGet *struct {
+		Host string `yaml:"host"`
 		Path string `yaml:"path"`
 		Port int    `yaml:"port"`
 	} `yaml:"httpGet"`
@@ -275,7 +276,8 @@ func TestK8sManifests(t *testing.T) {
 		if !ok {
 			t.Errorf("%s %s: no --%s, so nothing serves its probes", o.Kind, o.Metadata.Name, httpFlag)
 		}
-		_, port, _ := strings.Cut(listen, ":")
+		host, port, _ := strings.Cut(listen, ":")
+		checkK8sHTTPPrivate(t, *o, httpFlag, host)
 		for what, p := range map[string]*k8sProbe{"readinessProbe": c.ReadinessProbe, "livenessProbe": c.LivenessProbe} {
 			if p == nil || p.HTTPGet == nil {
 				t.Errorf("%s %s: no httpGet %s", o.Kind, o.Metadata.Name, what)
@@ -283,6 +285,10 @@ func TestK8sManifests(t *testing.T) {
 			}
 			if strconv.Itoa(p.HTTPGet.Port) != port {
 				t.Errorf("%s %s: %s on port %d, but --%s=%s", o.Kind, o.Metadata.Name, what, p.HTTPGet.Port, httpFlag, listen)
+			}
+			if o.Spec.Template.Spec.HostNetwork && p.HTTPGet.Host != host {
+				t.Errorf("%s %s: %s on host %q, but --%s=%s (on hostNetwork the kubelet reaches the node's loopback)",
+					o.Kind, o.Metadata.Name, what, p.HTTPGet.Host, httpFlag, listen)
 			}
 		}
 		if c.LivenessProbe != nil && c.LivenessProbe.HTTPGet != nil && c.LivenessProbe.HTTPGet.Path != "/healthz" {
@@ -299,6 +305,7 @@ func TestK8sManifests(t *testing.T) {
 		t.Fatalf("want a forwarder, a conductor and a dashboard workload; found %v %v %v", forwarder != nil, conductor != nil, dashboard != nil)
 	}
 	checkForwarder(t, *forwarder)
+	checkDashboardTokens(t, *dashboard, byKind["Secret"])
 
 	// Conductors: a Deployment of 2, and a PDB that selects their pods.
 	if conductor.Kind != "Deployment" || conductor.Spec.Replicas == nil || *conductor.Spec.Replicas != 2 {
@@ -343,6 +350,55 @@ func TestK8sManifests(t *testing.T) {
 	}
 	if !svcOK {
 		t.Error("no Service selects the dashboard")
+	}
+}
+
+// checkK8sHTTPPrivate checks a process serves HTTP (metrics, health, the
+// dashboard) on a private address: on hostNetwork (the forwarder, whose
+// node address devices reach) the node's loopback only, which the kubelet
+// probes and no device reaches, and no Prometheus annotation pointing at
+// the node's address; elsewhere the pod's own network namespace.
+func checkK8sHTTPPrivate(t *testing.T, o k8sObject, flag, host string) {
+	t.Helper()
+	if !o.Spec.Template.Spec.HostNetwork {
+		if strings.Contains(host, "HOST_IP") {
+			t.Errorf("%s %s: --%s on the node's address", o.Kind, o.Metadata.Name, flag)
+		}
+		return
+	}
+	if host != "127.0.0.1" {
+		t.Errorf("%s %s on hostNetwork: --%s on %q, want 127.0.0.1: every other address of the node may be one devices reach",
+			o.Kind, o.Metadata.Name, flag, host)
+	}
+	if o.Spec.Template.Metadata.Annotations["prometheus.io/scrape"] == "true" {
+		t.Errorf("%s %s: prometheus.io/scrape on a hostNetwork pod: its metrics belong on the node's loopback, where a scrape of the pod's address does not reach",
+			o.Kind, o.Metadata.Name)
+	}
+}
+
+// checkDashboardTokens checks the dashboard reads both tokens from a
+// Secret, whose placeholders the dashboard refuses (a token has no spaces),
+// so it never starts open on the cluster network with made-up tokens.
+func checkDashboardTokens(t *testing.T, o k8sObject, secrets []k8sObject) {
+	t.Helper()
+	found := map[string]string{}
+	for _, ef := range o.Spec.Template.Spec.Containers[0].EnvFrom {
+		for _, sec := range secrets {
+			if ef.SecretRef != nil && ef.SecretRef.Name == sec.Metadata.Name {
+				for k, v := range sec.StringData {
+					found[k] = v
+				}
+			}
+		}
+	}
+	for _, k := range []string{"CALLRELAY_DASHBOARD_VIEWER_TOKEN", "CALLRELAY_DASHBOARD_ADMIN_TOKEN"} {
+		v, ok := found[k]
+		switch {
+		case !ok:
+			t.Errorf("dashboard: no %s in the Secrets it reads: without tokens it refuses --listen=0.0.0.0", k)
+		case !strings.Contains(v, " "):
+			t.Errorf("dashboard: %s placeholder %q would be accepted as a token: put a space in it", k, v)
+		}
 	}
 }
 
