@@ -173,7 +173,7 @@ func TestConfigValidateTokens(t *testing.T) {
 	c.ViewerToken, c.AdminToken = adminToken, adminToken
 	require.ErrorContains(t, c.Validate(), "--viewer-token and --admin-token are the same")
 	c.HTTP.MaxConns = 0
-	require.ErrorContains(t, c.Validate(), "max connections 0")
+	require.ErrorContains(t, c.Validate(), "--max-conns 0: want at least 1")
 }
 
 // An event stream outlives the server's read timeout (it bounds reading

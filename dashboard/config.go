@@ -127,7 +127,9 @@ func (c Config) Validate() error {
 	}
 	http := c.HTTP
 	http.Logger = zap.NewNop() // set by New
-	if err := http.Validate(); err != nil {
+	if c.HTTP.MaxConns < 1 {
+		errs = append(errs, fmt.Errorf("dashboard: --max-conns %d: want at least 1", c.HTTP.MaxConns))
+	} else if err := http.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("dashboard: %w", err))
 	}
 	if c.Logger == nil || c.Now == nil {

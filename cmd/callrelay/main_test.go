@@ -332,6 +332,8 @@ func TestForwarderRefusesBadConfig(t *testing.T) {
 		{"bad listen from env", env("CALLRELAY_LISTEN=nonsense", "CALLRELAY_PUBLIC_KEY="+pub), nil, []string{`listen address "nonsense"`}},
 		{"bad max sessions from env", env("CALLRELAY_MAX_SESSIONS=1O", "CALLRELAY_PUBLIC_KEY="+pub), []string{"--listen", "127.0.0.1:0"}, []string{`CALLRELAY_MAX_SESSIONS="1O"`, "want an integer"}},
 		{"bad log level", env(), []string{"--listen", "127.0.0.1:0", "--public-key", pub, "--log-level", "loud"}, []string{`log level "loud"`, "want debug, info, warn or error"}},
+		{"no metrics connection", env("CALLRELAY_METRICS_MAX_CONNS=0"), []string{"--listen", "127.0.0.1:0", "--public-key", pub, "--metrics-listen", "127.0.0.1:0"},
+			[]string{"--metrics-max-conns 0: want at least 1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := run(t, tc.environ, append([]string{"forwarder"}, tc.args...)...)

@@ -29,6 +29,9 @@ func addMetricsFlags(fs *flag.FlagSet, listen *string, maxConns *int) {
 // (internal/httpserve): timeouts on every phase, at most maxConns
 // connections.
 func serveMetrics(addr string, maxConns int, reg *prometheus.Registry, ready func() bool, log *zap.Logger) (func(), error) {
+	if maxConns < 1 {
+		return nil, fmt.Errorf("--metrics-max-conns %d: want at least 1", maxConns)
+	}
 	cfg := httpserve.Default()
 	cfg.Name, cfg.MaxConns, cfg.Logger = "metrics", maxConns, log
 	srv, err := httpserve.Listen(addr, cfg)
