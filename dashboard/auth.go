@@ -17,7 +17,11 @@ import (
 // come from Config.ViewerToken and Config.AdminToken; a request presents
 // one as "Authorization: Bearer <token>", or a browser opens the page once
 // with ?token=<token> and is given a session cookie derived from it (HttpOnly,
-// SameSite=Strict) and sent back to the same address without the token.
+// SameSite=Lax) and sent back to the same address without the token. Lax,
+// not Strict: a Strict cookie set by a link followed from another site (a
+// runbook, a chat) is not sent on the redirect that follows it; and every
+// route is a read-only GET, so there is nothing for a forged cross-site
+// request to do (the page cannot be framed: frame-ancestors 'none').
 // With no token configured every request is a viewer's, and the dashboard
 // listens on loopback only (New refuses any other address).
 //
@@ -160,7 +164,7 @@ func (a auth) require(h http.Handler) http.Handler {
 			for _, c := range a.creds {
 				if c.role == ro {
 					http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: c.cookie, Path: "/", HttpOnly: true,
-						SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https"})
+						SameSite: http.SameSiteLaxMode, Secure: r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https"})
 				}
 			}
 			q.Del("token")

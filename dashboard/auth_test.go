@@ -113,7 +113,7 @@ func TestDashboardCallDrillDownTokens(t *testing.T) {
 		c := r.Cookies()[0]
 		require.Equal(t, sessionCookie, c.Name)
 		require.True(t, c.HttpOnly)
-		require.Equal(t, http.SameSiteStrictMode, c.SameSite)
+		require.Equal(t, http.SameSiteLaxMode, c.SameSite)
 		require.NotContains(t, c.Value, tok, "the cookie is not the token")
 		cookies[who] = sessionCookie + "=" + c.Value
 	}
