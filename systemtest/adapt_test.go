@@ -129,6 +129,49 @@ func (d *vdev) stream(ssrc uint32) client.StreamStats {
 	return s
 }
 
+// settled waits until every gap d's feedback found in ssrc is recovered or
+// given up and its link has nothing in flight towards it: what a loss
+// measure taken then counts is final (a later packet can only add to both
+// what was expected and what arrived).
+func (d *vdev) settled(t *testing.T, ssrc uint32) {
+	t.Helper()
+	testenv.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		s := d.stream(ssrc)
+		var inFlight uint64
+		if d.link != nil {
+			l := d.link.Stats().Down
+			inFlight = l.Received - (l.Delivered + l.Lost + l.QueueDropped + l.Limit + l.SendErrors)
+		}
+		if s.Pending != 0 || inFlight != 0 {
+			return fmt.Errorf("%d gaps still waited for, %d packets in flight on the link", s.Pending, inFlight)
+		}
+		return nil
+	})
+}
+
+// received waits until d has received n more packets of ssrc than it had
+// in before: a measuring window counted in packets, which a loaded machine
+// stretches but never cuts short.
+func (d *vdev) received(t *testing.T, ssrc uint32, before client.StreamStats, n uint64) {
+	t.Helper()
+	testenv.CheckFor(t, time.Minute, 20*time.Millisecond, func() error {
+		if got := d.stream(ssrc).Packets - before.Packets; got < n {
+			return fmt.Errorf("%d of %d packets of the window", got, n)
+		}
+		return nil
+	})
+}
+
+// windowLost is the packets lost for good between two snapshots of a
+// stream (RFC 3550 cumulative loss: expected less received, NACKed or
+// not). A gap still waited for at the first snapshot counts there as lost;
+// if it is recovered later the cumulative count falls, so it is added
+// back: a gap from before the window that is given up counts against the
+// window, never the other way round.
+func windowLost(before, after client.StreamStats) uint64 {
+	return after.Lost + uint64(before.Pending) - min(before.Lost, after.Lost+uint64(before.Pending))
+}
+
 // leg is the forwarder's view of d's legs.
 func leg(f *forwarder.Forwarder, d *vdev) (forwarder.Leg, bool) {
 	for _, l := range f.Legs() {
@@ -155,7 +198,7 @@ func TestNackRecoversLossOnTheLossyLegOnly(t *testing.T) {
 	ssrc := sender.video.Load().SSRCs()[0]
 
 	// Warm up (the sender's cache is made after its first packet), then
-	// measure 10 s of video.
+	// measure 1000 packets of video (about 10 s).
 	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		if lossy.stream(ssrc).Packets < 50 {
 			return fmt.Errorf("video not flowing yet")
@@ -163,14 +206,14 @@ func TestNackRecoversLossOnTheLossyLegOnly(t *testing.T) {
 		return nil
 	})
 	before, linkBefore := lossy.stream(ssrc), lossy.link.Stats().Down
-	time.Sleep(10 * time.Second)
+	lossy.received(t, ssrc, before, 1000)
 	sender.video.Swap(nil).Close()
-	time.Sleep(1500 * time.Millisecond) // every gap NACKed to the end, or given up
+	lossy.settled(t, ssrc) // every gap NACKed to the end, or given up
 	after, linkAfter := lossy.stream(ssrc), lossy.link.Stats().Down
 
 	// Lost for good: what the sequence numbers say was sent and never
 	// arrived (RFC 3550 cumulative loss), NACKed or not.
-	lost := after.Lost - before.Lost
+	lost := windowLost(before, after)
 	expected := (after.Packets - before.Packets) + lost
 	dropped := linkAfter.Lost - linkBefore.Lost
 	unrecovered := float64(lost) / float64(expected)
@@ -225,7 +268,8 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 	}
 	ssrcs := cam.video.Load().SSRCs()
 
-	// Every receiver fast: 4 s of one stream, no split asked for.
+	// Every receiver fast: one stream, no split asked for over 4 of the
+	// conductor's decisions for the call (republished every second).
 	testenv.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		for _, d := range devs[1:] {
 			if d.stream(ssrcs[0]).Packets < 100 {
@@ -234,9 +278,18 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(4 * time.Second)
+	decided := decisionsFor(dec, call)
+	testenv.CheckFor(t, time.Minute, 50*time.Millisecond, func() error {
+		if n := decisionsFor(dec, call); n < decided+4 {
+			return fmt.Errorf("%d decisions since the video flowed, want 4", n-decided)
+		}
+		return nil
+	})
 	vs := cam.video.Load().Stats()
 	require.Equal(t, 1, vs.Layers, "no split while every receiver can take the stream")
+	for _, st := range lastDecision(dec, call).Senders {
+		require.LessOrEqual(t, st.Layers, uint8(1), "the conductor asked for no split")
+	}
 
 	// Cap one receiver's downlink.
 	capped := time.Now()
@@ -267,7 +320,6 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 	// After the switch: the slow receiver on the low layer, the others on
 	// the high one; its estimate stays near the cap.
 	low, high := ssrcs[0], ssrcs[1]
-	time.Sleep(2 * time.Second)
 	type got struct{ low, high uint64 }
 	count := func() []got {
 		var out []got
@@ -276,13 +328,29 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 		}
 		return out
 	}
+	// Switched (each receiver waits for a key frame of its layer): one
+	// polling interval in which every receiver got only its own layer.
+	prev := count()
+	testenv.CheckFor(t, 20*time.Second, 300*time.Millisecond, func() error {
+		cur := count()
+		defer func() { prev = cur }()
+		for i, d := range devs[1:] {
+			dl, dh := cur[i].low-prev[i].low, cur[i].high-prev[i].high
+			if (d == slow) != (dl > 0 && dh == 0) || (d != slow) != (dh > 0 && dl == 0) {
+				return fmt.Errorf("receiver %d got %d low and %d high packets in the interval", i+1, dl, dh)
+			}
+		}
+		return nil
+	})
 	a := count()
 	var ests []uint64
-	for range 30 { // 3 s
-		time.Sleep(100 * time.Millisecond)
+	tk := time.NewTicker(100 * time.Millisecond) // 30 samples of the estimate
+	for range 30 {
+		<-tk.C
 		l, _ := leg(f, slow)
 		ests = append(ests, l.DownlinkEstBps)
 	}
+	tk.Stop()
 	b := count()
 	for i, d := range devs[1:] {
 		dl, dh := b[i].low-a[i].low, b[i].high-a[i].high
@@ -350,10 +418,20 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 	})
 	t.Logf("one stream again %s after the receivers stopped differing", time.Since(unsub).Round(time.Millisecond))
 	require.GreaterOrEqual(t, time.Since(unsub), 4*time.Second, "not before the unsplit wait")
-	time.Sleep(time.Second)
-	before := devs[1].stream(ssrcs[0]).Packets
-	time.Sleep(time.Second)
-	require.Positive(t, devs[1].stream(ssrcs[0]).Packets-before, "the fast receivers get the single stream")
+	before := devs[1].stream(ssrcs[0])
+	devs[1].received(t, ssrcs[0], before, 30) // the fast receivers get the single stream
+}
+
+// decisionsFor counts the decisions seen for call.
+func decisionsFor(d *decisions, call protocol.ID) int {
+	all, _ := d.snapshot()
+	n := 0
+	for _, dec := range all {
+		if dec.Call == call {
+			n++
+		}
+	}
+	return n
 }
 
 // lastDecision is the newest decision seen for call.
@@ -405,21 +483,31 @@ func TestUplinkEstimateConverges(t *testing.T) {
 		return nil
 	})
 	// The sender follows: REMB and TargetBitrate arrive, and what it
-	// sends over 3 s stays near the cap (not the 1.2 Mbit/s it began at).
+	// sends over the next 150 packets (about 3 s) stays near the cap (not
+	// the 1.2 Mbit/s it began at).
 	testenv.CheckFor(t, 5*time.Second, 50*time.Millisecond, func() error {
 		if s := cam.video.Load().Stats(); s.REMBs == 0 || s.TargetBitrates == 0 {
 			return fmt.Errorf("REMBs %d, TargetBitrates %d", s.REMBs, s.TargetBitrates)
 		}
 		return nil
 	})
-	b0, l0 := cam.video.Load().Stats().Layer[0].Bytes, cam.link.Stats().Up
-	time.Sleep(3 * time.Second)
+	s0, l0 := cam.video.Load().Stats().Layer[0], cam.link.Stats().Up
+	began := time.Now()
+	testenv.CheckFor(t, time.Minute, 20*time.Millisecond, func() error {
+		if n := cam.video.Load().Stats().Layer[0].Packets - s0.Packets; n < 150 {
+			return fmt.Errorf("%d of 150 packets of the window", n)
+		}
+		return nil
+	})
+	// The window's length as measured: a late poll makes it longer and
+	// the rate lower, never higher.
+	window := time.Since(began)
 	vs, l1 := cam.video.Load().Stats(), cam.link.Stats().Up
-	rate := float64(vs.Layer[0].Bytes-b0) * 8 / 3
+	rate := float64(vs.Layer[0].Bytes-s0.Bytes) * 8 / window.Seconds()
 	dropped := l1.QueueDropped - l0.QueueDropped
 	l, _ := leg(f, cam)
-	t.Logf("uplink estimate within 20%% of 500 kbit/s after %s (now %d bit/s); sender at %.0f bit/s of video, target %d, REMB %d; %d packets dropped at the bottleneck in 3 s",
-		converged.Round(time.Millisecond), l.UplinkEstBps, rate, vs.TargetTotal, vs.REMB, dropped)
+	t.Logf("uplink estimate within 20%% of 500 kbit/s after %s (now %d bit/s); sender at %.0f bit/s of video, target %d, REMB %d; %d packets dropped at the bottleneck in %s",
+		converged.Round(time.Millisecond), l.UplinkEstBps, rate, vs.TargetTotal, vs.REMB, dropped, window.Round(time.Millisecond))
 	require.Less(t, rate, 500_000.0, "the sender keeps under its uplink")
 	require.LessOrEqual(t, uint64(vs.TargetTotal), uint64(600_000), "the conductor's target is capped by the uplink estimate")
 }
@@ -451,10 +539,19 @@ func TestUnwatchedVideoIsNotRequested(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(500 * time.Millisecond)
-	p0 := cam.video.Load().Stats().Layer[0].Packets
-	time.Sleep(time.Second)
-	require.Equal(t, p0, cam.video.Load().Stats().Layer[0].Packets, "the camera sends nothing nobody watches")
+	// Stopped (a frame under way may end first): one polling interval
+	// with nothing sent; then nothing more for a second.
+	packets := func() uint64 { return cam.video.Load().Stats().Layer[0].Packets }
+	p0 := packets()
+	testenv.CheckFor(t, 10*time.Second, 200*time.Millisecond, func() error {
+		cur := packets()
+		defer func() { p0 = cur }()
+		if cur != p0 {
+			return fmt.Errorf("the camera still sends: %d packets", cur)
+		}
+		return nil
+	})
+	require.Never(t, func() bool { return packets() != p0 }, time.Second, 20*time.Millisecond, "the camera sends nothing nobody watches")
 	ssrc := cam.video.Load().SSRCs()[0]
 	// What it sent before the decision reached nobody who unsubscribed.
 	require.Zero(t, a.stream(ssrc).Packets+b.stream(ssrc).Packets)
@@ -487,7 +584,20 @@ func TestVideoAcrossForwarders(t *testing.T) {
 	}
 	require.NoError(t, none.conn.Subscribe(nil))
 	lossy.link.SetDown(linkem.Profile{Loss: 0.05, Delay: 10 * time.Millisecond})
-	time.Sleep(time.Second) // the forwarders learn of each other's members
+	// The forwarders learn of each other's members: the sender's audio
+	// reaches every member on the other forwarder.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() { close(stop); wg.Wait() }()
+	cam.talk(t, stop, &wg)
+	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		for i, d := range []*vdev{lossy, clean, none} {
+			if d.stream(cam.audio.SSRC()).Packets == 0 {
+				return fmt.Errorf("member %d on fwd-b has not heard the sender yet", i)
+			}
+		}
+		return nil
+	})
 	cam.camera(t, 600_000)
 	ssrc := cam.video.Load().SSRCs()[0]
 	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
@@ -497,11 +607,11 @@ func TestVideoAcrossForwarders(t *testing.T) {
 		return nil
 	})
 	before := lossy.stream(ssrc)
-	time.Sleep(6 * time.Second)
+	lossy.received(t, ssrc, before, 400) // about 6 s
 	cam.video.Swap(nil).Close()
-	time.Sleep(1500 * time.Millisecond)
+	lossy.settled(t, ssrc)
 	after := lossy.stream(ssrc)
-	lost := after.Lost - before.Lost
+	lost := windowLost(before, after)
 	expected := (after.Packets - before.Packets) + lost
 	unrecovered := float64(lost) / float64(expected)
 	t.Logf("across the trunk: %d expected, recovered %d, lost for good %d (%.3f%%)", expected,
