@@ -134,7 +134,7 @@ func TestConductorWithoutRedisFailsStatic(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(300 * time.Millisecond)
+	unheard(t, ms, 1, 2) // the silent members are muted before Redis goes
 	e.redis.Stop()
 	testenv.CheckFor(t, 15*time.Second, 50*time.Millisecond, func() error {
 		if metric(t, cd.reg, "callrelay_conductor_partitions_owned", "") != 0 {
@@ -147,7 +147,13 @@ func TestConductorWithoutRedisFailsStatic(t *testing.T) {
 	n, _ := watch.snapshot()
 	silent := ms[1].Count(ms[2].SSRC)
 	heard := ms[1].Count(ms[0].SSRC)
-	time.Sleep(1500 * time.Millisecond)
+	// A window counted in the speaker's packets (75: about 1.5 s).
+	testenv.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		if n := ms[1].Count(ms[0].SSRC) - heard; n <= 75 {
+			return fmt.Errorf("%d packets from the speaker since Redis went", n)
+		}
+		return nil
+	})
 	after, _ := watch.snapshot()
 	require.Len(t, after, len(n), "no decisions without a lease")
 	require.Greater(t, ms[1].Count(ms[0].SSRC), heard+50, "the speaker is still heard (fail-static)")

@@ -2,6 +2,7 @@ package systemtest
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -45,6 +46,45 @@ func sixPersonCall(t *testing.T, e *env) (protocol.ID, []*calltest.Member) {
 	return call, ms
 }
 
+// unheard waits until no member hears any of the silent ones over a whole
+// polling interval: the decision that mutes them has reached every
+// forwarder and what was in flight has landed. A loaded machine makes it
+// wait longer, never pass early.
+func unheard(t *testing.T, ms []*calltest.Member, silent ...int) {
+	t.Helper()
+	counts := func() []int {
+		var out []int
+		for _, m := range ms {
+			for _, s := range silent {
+				out = append(out, m.Count(ms[s].SSRC))
+			}
+		}
+		return out
+	}
+	var prev []int
+	testenv.CheckFor(t, 15*time.Second, 200*time.Millisecond, func() error {
+		cur := counts()
+		defer func() { prev = cur }()
+		if prev == nil || !slices.Equal(cur, prev) {
+			return fmt.Errorf("silent members still heard: %v", cur)
+		}
+		return nil
+	})
+}
+
+// decisionsSeen waits until watch has seen n more decisions for call than
+// it had when called.
+func decisionsSeen(t *testing.T, watch *decisions, call protocol.ID, n int) {
+	t.Helper()
+	from := decisionsFor(watch, call)
+	testenv.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		if got := decisionsFor(watch, call) - from; got < n {
+			return fmt.Errorf("%d of %d decisions", got, n)
+		}
+		return nil
+	})
+}
+
 // A six-person call across two forwarders with one conductor: scripted
 // speakers (turn-taking with an interjection and a cough) give the
 // expected dominant-speaker sequence at every device, within a bounded
@@ -76,7 +116,7 @@ func TestDominantSpeakerAcrossForwarders(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(200 * time.Millisecond) // decisions in flight to the other forwarder's devices
+	unheard(t, ms, 1) // decisions in flight to the other forwarder's devices
 	silentBefore := make([]int, len(ms))
 	for i, m := range ms {
 		silentBefore[i] = m.Count(ms[1].SSRC)
@@ -91,7 +131,10 @@ func TestDominantSpeakerAcrossForwarders(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(time.Second) // past the script's end: no late false switch
+	// Past the script's end: no late false switch. The script runs on the
+	// clock (calltest.Speak), so this window is the script's own second,
+	// a window for what must not happen, not a wait for something.
+	time.Sleep(time.Second)
 	close(stop)
 	var worst time.Duration
 	for i, m := range ms {

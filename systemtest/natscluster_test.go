@@ -106,7 +106,7 @@ func TestNATSClusterConductorNodeLoss(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(1500 * time.Millisecond) // decisions reach both forwarders; a republish or two
+	unheard(t, ms, 1, 2, 3) // the decisions reached both forwarders: the silent members are muted
 	silentBefore := map[[2]int]int{}
 	for i, m := range ms {
 		for j := 1; j < len(ms); j++ {
@@ -153,7 +153,17 @@ func TestNATSClusterConductorNodeLoss(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(300 * time.Millisecond) // media keeps flowing a little longer
+	// Media keeps flowing a little longer: every listener hears the
+	// speaker after this point, 50 packets more than before the loss.
+	since := time.Now()
+	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		for i, m := range ms[1:] {
+			if m.LastFrom(speaker.SSRC).Before(since) || m.Count(speaker.SSRC)-heardBefore[i+1] <= 50 {
+				return fmt.Errorf("member %d: %d packets from the speaker since before the loss", i+1, m.Count(speaker.SSRC)-heardBefore[i+1])
+			}
+		}
+		return nil
+	})
 
 	all, at := watch.snapshot()
 	var prev *protocol.CallDecision

@@ -60,7 +60,14 @@ func TestConductorsRaceAndTakeOver(t *testing.T) {
 		return nil
 	})
 	first := holder()
-	time.Sleep(1500 * time.Millisecond) // a few decisions and a checkpoint
+	// A few decisions and a checkpoint.
+	decisionsSeen(t, watch, call, 3)
+	testenv.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
+		if metric(t, conds[first].reg, "callrelay_conductor_checkpoints_total", "") == 0 {
+			return fmt.Errorf("no checkpoint written by %s yet", first)
+		}
+		return nil
+	})
 	conds[first].stop()
 	stopped := time.Now()
 	delete(conds, first)
@@ -82,7 +89,7 @@ func TestConductorsRaceAndTakeOver(t *testing.T) {
 		}
 		return fmt.Errorf("no decision from %s yet", second)
 	})
-	time.Sleep(1500 * time.Millisecond) // past a republish
+	decisionsSeen(t, watch, call, 2) // past a republish
 	all, at := watch.snapshot()
 	byEpoch := map[uint32]string{}
 	var lastOld time.Time
