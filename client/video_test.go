@@ -470,7 +470,7 @@ func TestVideoOverLoopback(t *testing.T) {
 		}
 		snap()
 		start := time.Now()
-		time.Sleep(2 * time.Second)
+		time.Sleep(2 * time.Second) // the measuring window; its length is measured below
 		snap()
 		took := time.Since(start).Seconds()
 		var out [3]float64
@@ -481,8 +481,15 @@ func TestVideoOverLoopback(t *testing.T) {
 		return out
 	}
 
+	// settle lets the sender run past a change (its first frame is a key
+	// frame): a stretch counted in the packets it sent, not timed.
+	settle := func(layer int, packets uint64) {
+		from := vs.Stats().Layer[layer].Packets
+		require.Eventually(t, func() bool { return vs.Stats().Layer[layer].Packets-from >= packets },
+			30*time.Second, 10*time.Millisecond, "layer %d: %d packets past the change", layer, packets)
+	}
 	eventually(t, func() bool { return bytesOf(ssrcs[0]) > 0 }, "video arrives")
-	time.Sleep(500 * time.Millisecond)
+	settle(0, 30) // about half a second at 600 kbit/s
 	rates := measure()
 	requireNear(t, 600_000, rates[0], 0.15, "single stream at the initial bitrate")
 	st, _ := fb.Stats().Stream(ssrcs[0])
@@ -493,7 +500,7 @@ func TestVideoOverLoopback(t *testing.T) {
 	r.raw(t, x.LocalAddr(), relayMsg(t, &protocol.SimulcastControl{Enabled: true, Layers: 2},
 		&protocol.TargetBitrate{Total: 900_000, LayerCount: 2, Layers: [3]uint32{150_000, 600_000}}))
 	eventually(t, func() bool { return bytesOf(ssrcs[1]) > 0 }, "the high layer arrives")
-	time.Sleep(500 * time.Millisecond)
+	settle(1, 30)
 	rates = measure()
 	requireNear(t, 150_000, rates[0], 0.15, "low layer")
 	requireNear(t, 600_000, rates[1], 0.15, "high layer")
