@@ -95,6 +95,11 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("dashboard: subscribing to %s: %w", subject, err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	// The server has the subscription before the page is served: a
+	// heartbeat published once the page answers is not missed.
+	if err := s.cfg.NATS.FlushTimeout(s.cfg.ProbeTimeout); err != nil {
+		s.log.Warn("NATS did not confirm the heartbeat subscription yet", zap.String("subject", subject), zap.Error(err))
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- s.http.Serve(s.routes()) }()
 	s.logListening(subject)
