@@ -257,7 +257,16 @@ const (
 	MemberPlaced MemberOp = 1
 	// MemberLeft: the participant is no longer served by the forwarder.
 	MemberLeft MemberOp = 2
+	// MemberAsk: as MemberPlaced, and the forwarder asks who else serves
+	// the call: it has just begun serving it and cannot read the call's
+	// record from the store. Every other forwarder serving the call answers
+	// with a fresh MemberPlaced for each participant it serves (README 7.1).
+	MemberAsk MemberOp = 3
 )
+
+// Places reports whether the op says the participant is served by the
+// notice's forwarder (placed or ask).
+func (o MemberOp) Places() bool { return o == MemberPlaced || o == MemberAsk }
 
 // String names the operation.
 func (o MemberOp) String() string {
@@ -266,6 +275,8 @@ func (o MemberOp) String() string {
 		return "placed"
 	case MemberLeft:
 		return "left"
+	case MemberAsk:
+		return "ask"
 	}
 	return "op-" + strconv.Itoa(int(o))
 }
@@ -273,7 +284,7 @@ func (o MemberOp) String() string {
 // MemberNotice (type 1) says one participant of a call was placed on, or
 // left, one forwarder. Body:
 //
-//	0       op (1 placed, 2 left)
+//	0       op (1 placed, 2 left, 3 ask: placed, and who else serves the call?)
 //	1       forwarder id length n (1..64)
 //	2..18   call id
 //	18..34  participant id
@@ -287,14 +298,14 @@ type MemberNotice struct {
 	Call        ID
 	Participant ID
 	Forwarder   string         // forwarder id, see ValidForwarderID
-	Trunk       netip.AddrPort // the forwarder's trunk address; required for MemberPlaced, optional for MemberLeft
+	Trunk       netip.AddrPort // the forwarder's trunk address; required for MemberPlaced and MemberAsk, optional for MemberLeft
 	Version     uint64         // the state-store version after the change; 0 when the change is queued (store unreachable)
 	At          time.Time      // when the change happened; sent as Unix milliseconds, decoded in UTC
 }
 
 func (n *MemberNotice) check() error {
 	switch n.Op {
-	case MemberPlaced, MemberLeft:
+	case MemberPlaced, MemberLeft, MemberAsk:
 	default:
 		return fmt.Errorf("%w: member op %d", ErrClusterMsgInvalid, n.Op)
 	}
@@ -304,7 +315,7 @@ func (n *MemberNotice) check() error {
 	if err := ValidForwarderID(n.Forwarder); err != nil {
 		return err
 	}
-	if err := clusterCheckAddr("trunk", n.Trunk, n.Op == MemberLeft, false); err != nil {
+	if err := clusterCheckAddr("trunk", n.Trunk, !n.Op.Places(), false); err != nil {
 		return err
 	}
 	return clusterCheckTime("at", n.At)

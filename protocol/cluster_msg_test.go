@@ -3,8 +3,10 @@ package protocol
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"net/netip"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -64,6 +66,8 @@ var (
 	clusterTestCall = ID{0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11}
 	clusterTestPart = ID{0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22}
 	clusterTestAt   = time.UnixMilli(1_800_000_000_123).UTC()
+	// clusterTestAsker is the participant of the README's ask example.
+	clusterTestAsker = ID{0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33}
 )
 
 // clusterGoldenTests are messages sealed with testClusterKey.
@@ -140,6 +144,29 @@ var clusterGoldenTests = []struct {
 			0x66, 0x77, 0x64, 0x2d, 0x61, // "fwd-a"
 			0xae, 0x83, 0x91, 0x47, 0xea, 0x6e, 0xb4, 0x61, // tag
 			0xc2, 0x84, 0xb4, 0x4d, 0x34, 0x36, 0xc0, 0x5d,
+		},
+	},
+	{
+		name: "member ask, store unreachable",
+		msg: &MemberNotice{
+			Op: MemberAsk, Call: clusterTestCall, Participant: clusterTestAsker, Forwarder: "fwd-c",
+			Trunk: netip.MustParseAddrPort("10.0.0.9:7001"), At: clusterTestAt,
+		},
+		wire: []byte{
+			0x43, 0x52, 0x4c, 0x43, // "CRLC"
+			0x01, 0x01, 0x00, 0x3e, // version 1, type 1 (member notice), body 62 bytes
+			0x03, 0x05, // op 3 (ask), forwarder id 5 bytes
+			0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, // call id
+			0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11,
+			0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, // participant id
+			0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33,
+			0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // version 0: the store could not be read
+			0x00, 0x00, 0x01, 0xa3, 0x18, 0x5c, 0x50, 0x7b, // at 1800000000123 ms
+			0x01, 0x1b, 0x59, // trunk: IPv4, port 7001
+			0x0a, 0x00, 0x00, 0x09, // 10.0.0.9
+			0x66, 0x77, 0x64, 0x2d, 0x63, // "fwd-c"
+			0xc3, 0xbb, 0xa4, 0xd5, 0xa0, 0xf7, 0xd4, 0x05, // tag (checked with Python's hmac)
+			0x72, 0x05, 0x16, 0x57, 0x61, 0x03, 0x38, 0x29,
 		},
 	},
 }
@@ -241,6 +268,8 @@ func TestClusterMsgEnvelope(t *testing.T) {
 	require.Equal(t, "type-9", ClusterMsgType(9).String())
 	require.Equal(t, "placed", MemberPlaced.String())
 	require.Equal(t, "left", MemberLeft.String())
+	require.Equal(t, "ask", MemberAsk.String())
+	require.True(t, MemberPlaced.Places() && MemberAsk.Places() && !MemberLeft.Places() && !MemberOp(7).Places())
 	require.Equal(t, "op-7", MemberOp(7).String())
 }
 
@@ -274,7 +303,8 @@ func TestClusterMsgBadBodies(t *testing.T) {
 		msg  string
 	}{
 		{"op 0", 1, noticeBody(clusterSet(0, 0)), "member op 0"},
-		{"op 3", 1, noticeBody(clusterSet(0, 3)), "member op 3"},
+		{"op 4", 1, noticeBody(clusterSet(0, 4)), "member op 4"},
+		{"ask without trunk", 1, noticeBody(func(b []byte) []byte { b[0] = 3; return append(append(b[:50], 0, 0, 0), "fwd-a"...) }), "trunk address"},
 		{"short body", 1, noticeBody(func(b []byte) []byte { return b[:49] }), "body of 49 bytes"},
 		{"zero call", 1, noticeBody(clusterSet(2, make([]byte, 16)...)), "without call or participant"},
 		{"id length 0", 1, noticeBody(clusterSet(1, 0)), "5 trailing bytes"},
@@ -387,7 +417,8 @@ func TestClusterMsgMarshalRejects(t *testing.T) {
 		msg  clusterMsg
 	}{
 		{"notice zero value", &MemberNotice{}},
-		{"op 3", notice(func(n *MemberNotice) { n.Op = 3 })},
+		{"op 4", notice(func(n *MemberNotice) { n.Op = 4 })},
+		{"ask without trunk", notice(func(n *MemberNotice) { n.Op, n.Trunk = MemberAsk, netip.AddrPort{} })},
 		{"zero call", notice(func(n *MemberNotice) { n.Call = ID{} })},
 		{"zero participant", notice(func(n *MemberNotice) { n.Participant = ID{} })},
 		{"no forwarder", notice(func(n *MemberNotice) { n.Forwarder = "" })},
@@ -454,6 +485,8 @@ func clusterFuzzSeeds(t testing.TB) map[string][]byte {
 		return append(append(b[:53], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 7), "fwd-a"...)
 	}))
 	seeds["reserved-flags"] = rawClusterMsg(k, 2, announceBody(clusterSet(0, 0xff)))
+	seeds["ask-without-trunk"] = rawClusterMsg(k, 1, noticeBody(func(b []byte) []byte { b[0] = 3; return append(append(b[:50], 0, 0, 0), "fwd-a"...) }))
+	seeds["op-4"] = rawClusterMsg(k, 1, noticeBody(clusterSet(0, 4)))
 	seeds["empty"] = []byte{}
 	return seeds
 }
@@ -512,4 +545,30 @@ func checkResealed(t *testing.T, k ClusterKey, b []byte, check func([]byte) erro
 	if err := check(resealed); errors.Is(err, ErrClusterMsgAuth) {
 		t.Fatalf("resealed message still fails its tag: %v", err)
 	}
+}
+
+// TestMemberAskReadmeExample: the wire spec's ask example (README 7.1) is
+// the golden ask, byte for byte.
+func TestMemberAskReadmeExample(t *testing.T) {
+	b, err := os.ReadFile("README.md")
+	require.NoError(t, err)
+	_, block, ok := strings.Cut(string(b), "```hex example:member-ask\n")
+	require.True(t, ok, "README has no member-ask example")
+	block, _, ok = strings.Cut(block, "```")
+	require.True(t, ok)
+	var got []byte
+	for _, line := range strings.Split(block, "\n") {
+		data, _, _ := strings.Cut(line, "  ")
+		for _, h := range strings.Fields(data) {
+			v, err := hex.DecodeString(h)
+			require.NoError(t, err, "line %q", line)
+			got = append(got, v...)
+		}
+	}
+	golden := clusterGoldenTests[len(clusterGoldenTests)-1]
+	require.Equal(t, "member ask, store unreachable", golden.name)
+	require.Equal(t, golden.wire, got)
+	var n MemberNotice
+	require.NoError(t, n.Unmarshal(got, testClusterKey(t)))
+	require.Equal(t, MemberAsk, n.Op)
 }
