@@ -200,7 +200,7 @@ func runShare(ctx context.Context, a *Assignment, id string, signingKey ed25519.
 	}
 	p := a.Plan.WithDefaults()
 	p.SigningKey = signingKey
-	p.Chaos, p.Processes, p.NATS = nil, nil, nil // the controller's business
+	p.Chaos, p.Processes, p.Services, p.NATS = nil, nil, nil, nil // the controller's business
 	p.share = share{index: idx, of: n}
 	p.Bounds.MaxConcurrentCalls = (p.Bounds.MaxConcurrentCalls + n - 1) / n
 	if err := p.Validate(); err != nil {
@@ -388,7 +388,7 @@ func RunController(ctx context.Context, p Plan, nc *nats.Conn, subject string, a
 	case <-time.After(time.Until(a.StartAt)):
 	}
 	var ch chaos
-	endChaos := ch.start(ctx, a.StartAt, p.Chaos, p.Processes)
+	endChaos := ch.start(ctx, a.StartAt, p.Chaos, p.Processes, p.Services)
 	defer endChaos()
 	deadline := a.StartAt.Add(p.Bounds.MaxDuration.D() + p.JoinTimeout.D() + resultGrace)
 	relaySecs, cancelled := awaitResults(ctx, asm, mon, deadline, progress)

@@ -5,11 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
-	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/pion/rtp"
 	"github.com/pion/stun/v3"
 
 	"github.com/callrelay/callrelay/client"
@@ -39,6 +38,7 @@ type callSpec struct {
 	sched    talkspurt.Schedule
 	seed     uint64
 	cams     []bool // by member index: sends video (nil: audio only)
+	late     []bool // by member index: joins LateJoin.After the start (nil: none)
 }
 
 func (c *callSpec) idx() int {
@@ -63,6 +63,10 @@ type member struct {
 	speech uint32 // speech frames sent, sender goroutine only
 	plain  []byte
 	pkt    []byte
+	// marks are the speech counter as it was at the last two marks
+	// (every markEvery): marks[0] is at least markEvery old, so the
+	// frames up to it have had time to arrive (sender goroutine only).
+	marks [2]uint32
 
 	// Network adaptation (media.go), set up before the receivers start:
 	// fb is the member's Feedback; cam its camera (nil: audio only), on
@@ -74,10 +78,28 @@ type member struct {
 	videoOf  map[uint32]uint8
 	sub      *client.Subscriber
 
+	// ear is its receiving side (listen.go). lost: its session ended by
+	// itself, not closed by the call; rejoined: it lost its forwarder and
+	// was taken back at least once.
+	ear      *listener
+	lost     atomic.Bool
+	rejoined atomic.Bool
+	// A late joiner (latejoin.go): base holds, by SSRC, the speech
+	// counter of every member present when it was admitted, and expect
+	// the SSRCs of those of them up then. Set before its listener starts.
+	late   bool
+	base   map[uint32]uint32
+	expect []uint32
+
 	mu   sync.Mutex
 	win  window // media figures since the last harvest
 	seen seen   // the library counters already in win
 }
+
+// markEvery is how often the senders' speech counters are marked (in
+// frames): the frames a lost session missed are counted up to a mark,
+// so that those still in flight when a call closes are not.
+const markEvery = 25
 
 // stream is what a receiver knows of one sender's stream.
 type stream struct {
@@ -91,12 +113,14 @@ type stream struct {
 }
 
 // runCall sets up one call, runs its media for its duration (or until ctx
-// ends), and closes it. Every step is bounded in time.
+// ends, or every member is lost), admits its late joiners, and closes
+// it. Every step is bounded in time.
 func (r *runner) runCall(ctx context.Context, c *callSpec) {
 	cls := c.idx()
 	r.event(func(w *classWindows) { w[cls].callsStarted++ })
-	members := r.joinAll(ctx, c)
-	if len(members) < 2 {
+	call := protocol.NewID()
+	members := r.joinAll(ctx, call, c)
+	if len(members) < 2 && (len(members) == 0 || !c.hasLate()) {
 		r.event(func(w *classWindows) { w[cls].callsFailed++ })
 		closeAll(members)
 		return
@@ -109,52 +133,43 @@ func (r *runner) runCall(ctx context.Context, c *callSpec) {
 		}
 	}
 	r.callsUp.Add(1)
-	r.partsUp.Add(int64(len(members)))
 	defer r.callsUp.Add(-1)
-	defer r.partsUp.Add(-int64(len(members)))
-	setUpMedia(members, c.cams)
-	start := time.Now()
-	r.register(members, cls)
-	var wg sync.WaitGroup
-	for i, m := range members {
-		wg.Add(1)
-		observer := i == 0 && c.class == protocol.ClassGroup
-		go func() { defer wg.Done(); r.receive(m, cls, observer, members, c.sched, start) }()
+	setUpMedia(members, c.cams, r.p.LateJoin.videoFirstSequence())
+	lc := newLiveCall(r, c, members)
+	for _, m := range members {
+		lc.listen(m)
 	}
-	r.sendLoop(ctx, c, members, start)
+	late, stopLate := r.startLate(ctx, lc, call)
+	r.sendLoop(ctx, lc, late)
+	stopLate()
 	// Cameras and feedback stop before the leave, so that nothing of
 	// theirs reaches a forwarder after it.
-	stopVideo(members)
-	closeFeedback(members)
-	closeAll(members)
-	wg.Wait()
-	r.unregister(members, cls)
+	stopVideo(lc.members)
+	closeFeedback(lc.members)
+	closeAll(lc.members)
+	lc.wg.Wait()
+	lc.finish(ctx.Err() != nil)
+	r.unregister(lc.members, cls)
+	r.partsUp.Add(-int64(len(lc.members)))
 }
 
-// joinAll joins the call's members in parallel and returns the admitted.
-func (r *runner) joinAll(ctx context.Context, c *callSpec) []*member {
-	call := protocol.NewID()
-	cls := c.idx()
+// joinAll joins the call's on-time members in parallel and returns the
+// admitted.
+func (r *runner) joinAll(ctx context.Context, call protocol.ID, c *callSpec) []*member {
+	first := r.p.LateJoin.audioFirstSequence()
 	out := make([]*member, c.size)
 	var wg sync.WaitGroup
 	for i := range c.size {
+		if c.isLate(i) {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			m, err := r.join(ctx, call, c, i)
-			if ctx.Err() != nil && err != nil {
-				return // the run is ending: neither admitted nor refused
+			m := newMember(i)
+			if r.join(ctx, call, c, m, first) {
+				out[i] = m
 			}
-			r.event(func(w *classWindows) {
-				w[cls].setups.Attempted++
-				if err != nil {
-					countRefusal(&w[cls].setups.Refused, err)
-					return
-				}
-				w[cls].setups.Admitted++
-				w[cls].setup.Add(ms(time.Since(m.began)))
-			})
-			out[i] = m
 		}()
 	}
 	wg.Wait()
@@ -167,24 +182,50 @@ func (r *runner) joinAll(ctx context.Context, c *callSpec) []*member {
 	return admitted
 }
 
-func (r *runner) join(ctx context.Context, call protocol.ID, c *callSpec, i int) (*member, error) {
-	m := &member{idx: i, id: protocol.NewID(), ssrc: rand.Uint32() | 1, key: client.NewMediaKey(),
+// newMember is participant i of a call, not yet joined.
+func newMember(i int) *member {
+	return &member{idx: i, id: protocol.NewID(), ssrc: rand.Uint32() | 1, key: client.NewMediaKey(),
 		recv: client.NewReceiver(), plain: make([]byte, 0, speechSize), pkt: make([]byte, 0, 256)}
+}
+
+// join joins m to call, its first RTP sequence number first (0: a random
+// one), and counts the setup; it reports whether m was admitted. A join
+// cut short by the end of the run is not counted.
+func (r *runner) join(ctx context.Context, call protocol.ID, c *callSpec, m *member, first uint16) bool {
+	err := r.dial(ctx, call, c, m, first)
+	if ctx.Err() != nil && err != nil {
+		return false // the run is ending: neither admitted nor refused
+	}
+	cls := c.idx()
+	r.event(func(w *classWindows) {
+		w[cls].setups.Attempted++
+		if err != nil {
+			countRefusal(&w[cls].setups.Refused, err)
+			return
+		}
+		w[cls].setups.Admitted++
+		w[cls].setup.Add(ms(time.Since(m.began)))
+	})
+	return err == nil
+}
+
+// dial mints m's token and joins it through multi-connect.
+func (r *runner) dial(ctx context.Context, call protocol.ID, c *callSpec, m *member, first uint16) error {
 	mint := func() ([]byte, error) {
 		return protocol.SignToken(r.p.SigningKey, protocol.Token{CallID: call, ParticipantID: m.id,
 			Class: c.class, MaxSize: uint16(c.size), Expiry: time.Now().Add(r.p.TokenLifetime.D())})
 	}
 	tok, err := mint()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var source client.TokenSource
 	if r.p.RefreshTokens {
 		source = func(context.Context) ([]byte, error) { return mint() }
 	}
-	m.sender, err = client.NewSender(client.SenderConfig{SSRC: m.ssrc, PayloadType: payloadType, Key: m.key})
+	m.sender, err = client.NewSender(client.SenderConfig{SSRC: m.ssrc, PayloadType: payloadType, Key: m.key, FirstSequence: first})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	jctx, cancel := context.WithTimeout(ctx, r.p.JoinTimeout.D())
 	defer cancel()
@@ -202,11 +243,19 @@ func (r *runner) join(ctx context.Context, call protocol.ID, c *callSpec, i int)
 		MaxAlternates: alternates,
 		// A failover must not leave the plan's forwarders either: a
 		// Session re-joins only Forwarders (and a MigrateTo target).
+		RejoinTimeout: r.p.Rejoin.timeout(),
+		FailoverAfter: r.p.Rejoin.FailoverAfter.D(),
 	})
-	if err != nil {
-		return nil, err
+	return err
+}
+
+// timeout is the client's RejoinTimeout for the plan: a nanosecond when
+// re-joins are off (a re-join's deadline has passed when it starts).
+func (j Rejoin) timeout() time.Duration {
+	if j.Off {
+		return time.Nanosecond
 	}
-	return m, nil
+	return j.Timeout.D()
 }
 
 // countRefusal files a failed join under its reason.
@@ -236,41 +285,56 @@ func closeAll(ms []*member) {
 }
 
 // sendLoop sends every member's 20 ms frame per tick until the call's
-// duration is over or ctx ends.
-func (r *runner) sendLoop(ctx context.Context, c *callSpec, ms []*member, start time.Time) {
+// duration is over, ctx ends or every member is lost, and admits the
+// late joiners that come on late.
+func (r *runner) sendLoop(ctx context.Context, lc *liveCall, late <-chan *member) {
+	c := lc.spec
 	tick := time.NewTicker(frameEvery)
 	defer tick.Stop()
 	end := time.NewTimer(c.duration)
 	defer end.Stop()
 	rng := rand.New(rand.NewPCG(c.seed, 7))
-	for {
+	for n := 1; ; {
 		select {
 		case <-ctx.Done():
 			return
 		case <-end.C:
 			return
+		case <-lc.gone:
+			return
+		case m := <-late:
+			lc.admitLate(m)
 		case fired := <-tick.C:
 			r.noteLag(time.Since(fired))
-			at := time.Since(start)
-			for _, m := range ms {
+			at := time.Since(lc.start)
+			for _, m := range lc.members {
 				m.sendFrame(rng, c.sched.Talking(m.idx, at))
+				if n%markEvery == 0 {
+					m.marks[0], m.marks[1] = m.marks[1], m.speech
+				}
 			}
+			n++
 		}
 	}
 }
 
 // sendFrame seals and sends one audio frame: speech-sized with a loud
 // level and the voice flag while talking, a small near-silent frame
-// otherwise (as Opus with DTX comfort noise).
+// otherwise (as Opus with DTX comfort noise). A lost member sends
+// nothing, but its counters go on: what it would have said is missed.
 func (m *member) sendFrame(rng *rand.Rand, talking bool) {
 	lvl, size := client.AudioLevel{Level: 110 + uint8(rng.IntN(17))}, frameHeader
 	if talking {
 		lvl, size = client.AudioLevel{Level: 15 + uint8(rng.IntN(20)), Voice: true}, speechSize
 	}
-	p := m.plain[:size]
 	if talking {
 		m.speech++
 	}
+	if m.lost.Load() {
+		m.frame++
+		return
+	}
+	p := m.plain[:size]
 	binary.BigEndian.PutUint32(p[0:4], m.frame)
 	binary.BigEndian.PutUint32(p[4:8], m.speech)
 	now := time.Now()
@@ -290,148 +354,6 @@ func (m *member) sendFrame(rng *rand.Rand, talking bool) {
 	m.mu.Lock()
 	m.win.sent++
 	m.mu.Unlock()
-}
-
-// receive decrypts what m hears until its session ends, measuring delay,
-// jitter, loss and gaps per sender stream, and counting the video; the
-// Feedback sees every packet first and drops duplicates, and RTCP goes to
-// the camera. The observer also follows the dominant speaker.
-func (r *runner) receive(m *member, cls int, observer bool, members []*member, sched talkspurt.Schedule, start time.Time) {
-	var hdr rtp.Header
-	var tracker client.SpeakerTracker
-	streams := make(map[uint32]*stream, len(members))
-	buf := make([]byte, 0, client.MaxPacketSize)
-	heard := false
-	for pkt := range m.sess.Media() {
-		if !m.fb.Observe(pkt) {
-			pkt.Release() // a duplicate: counted by the Feedback
-			continue
-		}
-		switch pkt.Kind {
-		case protocol.KindRTP:
-			if ssrc, ok := rtpSSRC(pkt.Data); ok {
-				if layer, isVideo := m.videoOf[ssrc]; isVideo {
-					ok := m.openVideo(pkt.Data, buf, &hdr, layer)
-					m.mu.Lock()
-					countVideo(&m.win, len(pkt.Data), layer, ok)
-					m.mu.Unlock()
-					break
-				}
-			}
-			got, err := m.recv.Open(buf, pkt.Data, &hdr)
-			if err != nil || len(got) < frameHeader {
-				m.mu.Lock()
-				m.win.decryptFail++
-				m.mu.Unlock()
-				break
-			}
-			counter := binary.BigEndian.Uint32(got[0:4])
-			speech := binary.BigEndian.Uint32(got[4:8])
-			sent := int64(binary.BigEndian.Uint64(got[8:16]))
-			m.mu.Lock()
-			if !heard {
-				heard = true
-				m.win.firstAudio.Add(ms(pkt.Received.Sub(m.began)))
-			}
-			observe(&m.win, streams, hdr.SSRC, frameInfo{counter, speech, len(got) > frameHeader}, sent, pkt.Received)
-			m.mu.Unlock()
-		case protocol.KindRTCP:
-			if m.cam != nil {
-				m.cam.HandleRTCP(pkt.Data)
-			}
-			if !observer {
-				break
-			}
-			if id, changed := tracker.Observe(pkt.Data); changed {
-				if lat, ok := switchLatency(members, sched, id, start, time.Now()); ok {
-					r.event(func(w *classWindows) { w[cls].speaker.Add(ms(lat)) })
-				}
-			}
-		}
-		pkt.Release()
-	}
-}
-
-// frameInfo is what a frame's header says of it.
-type frameInfo struct {
-	counter, speech uint32 // frame counter, speech-frame counter
-	isSpeech        bool
-}
-
-// observe records one decrypted frame of stream ssrc in w. Delay and
-// jitter count every frame; loss and gaps count speech frames only (see
-// Measures.PacketsExpected): a gap is measured between two speech frames
-// of one talk spurt (no silence frame was sent between them), so the
-// silence a conductor holds back is no gap, but a failover in mid-sentence
-// is.
-func observe(w *window, streams map[uint32]*stream, ssrc uint32, f frameInfo, sentNs int64, arrival time.Time) {
-	transit := float64(arrival.UnixNano() - sentNs)
-	w.received++
-	w.delay.Add(transit / 1e6)
-	s := streams[ssrc]
-	if s == nil {
-		s = &stream{next: f.counter + 1, lastTransit: transit, lastArrival: arrival}
-		streams[ssrc] = s
-	} else {
-		if f.counter >= s.next {
-			s.next = f.counter + 1
-		}
-		s.jitter = jitterUpdate(s.jitter, transit-s.lastTransit)
-		s.lastTransit, s.lastArrival = transit, arrival
-		j := s.jitter / 1e6
-		w.jitterSum += j
-		w.jitterN++
-		if j > w.jitterMax {
-			w.jitterMax = j
-		}
-	}
-	if !f.isSpeech {
-		return
-	}
-	w.speechRcvd++
-	switch {
-	case s.speechNext == 0:
-		w.expected++
-		s.speechNext = f.speech + 1
-	case f.speech >= s.speechNext:
-		w.expected += uint64(f.speech - s.speechNext + 1)
-		s.speechNext = f.speech + 1
-	default:
-		// An older frame than the newest: it filled a gap, resent by the
-		// relay after a NACK (or reordered). Duplicates never get here:
-		// the Feedback dropped them.
-		w.recovered++
-	}
-	if l := s.lastSpeech; l.isSpeech && f.counter > l.counter && f.counter-l.counter == f.speech-l.speech {
-		if gap := ms(arrival.Sub(s.lastSpArr)); gap > w.maxGap {
-			w.maxGap = gap
-		}
-	}
-	if f.counter >= s.lastSpeech.counter || !s.lastSpeech.isSpeech {
-		s.lastSpeech, s.lastSpArr = f, arrival
-	}
-}
-
-// switchLatency is the time from the start of the new speaker's latest
-// talk spurt (begun before now) to now; false when the speaker is not a
-// member or has not spoken within the last 10 s.
-func switchLatency(members []*member, sched talkspurt.Schedule, id protocol.ID, start, now time.Time) (time.Duration, bool) {
-	for _, m := range members {
-		if m.id != id {
-			continue
-		}
-		at := now.Sub(start)
-		if m.idx >= len(sched) {
-			return 0, false
-		}
-		sp := sched[m.idx]
-		i := sort.Search(len(sp), func(i int) bool { return sp[i].Start > at }) - 1
-		if i < 0 || at-sp[i].Start > 10*time.Second {
-			return 0, false
-		}
-		return at - sp[i].Start, true
-	}
-	return 0, false
 }
 
 // ms converts a duration to float milliseconds.

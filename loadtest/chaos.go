@@ -19,6 +19,12 @@ const (
 	ChaosStop = "stop"
 	// ChaosCont is the event of the SIGCONT that ends a stop.
 	ChaosCont = "cont"
+	// ChaosDown takes a service of Plan.Services down (Service.Down), and
+	// brings it back up (Service.Up) after For: Redis or NATS stopped for
+	// a while, its clients' connections refused, unlike a stop's hang.
+	ChaosDown = "down"
+	// ChaosUp is the event of the Service.Up that ends a down.
+	ChaosUp = "up"
 )
 
 // maxChaosActions bounds the chaos list.
@@ -28,12 +34,14 @@ const maxChaosActions = 64
 type ChaosAction struct {
 	// At is when, since the run's start.
 	At Duration `json:"at" yaml:"at"`
-	// Kind is "kill", "term" or "stop".
+	// Kind is "kill", "term", "stop" or "down".
 	Kind string `json:"kind" yaml:"kind"`
-	// Target names a process of Plan.Processes.
+	// Target names a process of Plan.Processes (kill, term, stop) or a
+	// service of Plan.Services (down).
 	Target string `json:"target" yaml:"target"`
-	// For is how long a stop lasts (stop only; required). The SIGCONT is
-	// sent when the run ends, at the latest.
+	// For is how long a stop or a down lasts (required with them). The
+	// SIGCONT is sent, and the service brought up, when the run ends at
+	// the latest.
 	For Duration `json:"for,omitempty" yaml:"for,omitempty"`
 }
 
@@ -42,12 +50,17 @@ type ChaosAction struct {
 type Event struct {
 	// AtMs is when the signal was sent, in ms since Result.Start.
 	AtMs float64 `json:"at_ms"`
-	// Kind is "kill", "term", "stop" or "cont".
+	// Kind is "kill", "term", "stop", "cont", "down" or "up".
 	Kind   string `json:"kind"`
 	Target string `json:"target"`
-	PID    int    `json:"pid"`
-	// Err is why the signal could not be sent ("" when it was).
+	// PID is the process signalled (0 for a service's down and up).
+	PID int `json:"pid"`
+	// Err is why the signal could not be sent, or the service taken down
+	// or brought up ("" when it was).
 	Err string `json:"err,omitempty"`
+	// TookMs is how long a service's down or up took (its command, say);
+	// AtMs is when it began.
+	TookMs float64 `json:"took_ms,omitempty"`
 	// MaxGapAfterMs is the longest media gap (Measures.MaxGapMs over all
 	// classes) in the seconds from this event's second to the next
 	// event's second, or the end of the run: WindowEndS is that window's
@@ -71,17 +84,23 @@ func (p Plan) validateChaos(self int) []error {
 		switch a.Kind {
 		case ChaosKill, ChaosTerm:
 			if a.For != 0 {
-				bad("chaos[%d]: for applies to stop only", i)
+				bad("chaos[%d]: for applies to stop and down only", i)
 			}
-		case ChaosStop:
+		case ChaosStop, ChaosDown:
 			if a.For <= 0 {
-				bad("chaos[%d]: a stop needs for > 0 (how long the process stays stopped)", i)
+				bad("chaos[%d]: a %s needs for > 0 (how long the target stays %s)", i, a.Kind, map[string]string{ChaosStop: "stopped", ChaosDown: "down"}[a.Kind])
 			}
 		default:
-			bad("chaos[%d].kind = %q, want kill, term or stop", i, a.Kind)
+			bad("chaos[%d].kind = %q, want kill, term, stop or down", i, a.Kind)
 		}
 		if a.At < 0 || (p.Bounds.MaxDuration > 0 && a.At >= p.Bounds.MaxDuration) {
 			bad("chaos[%d].at = %v, want 0 <= at < bounds.max_duration", i, a.At.D())
+		}
+		if a.Kind == ChaosDown {
+			if sv, ok := p.Services[a.Target]; !ok || sv.Down == nil || sv.Up == nil {
+				bad("chaos[%d].target = %q is not a known service (give how to take it down and up in Services: --chaos-down and --chaos-up)", i, a.Target)
+			}
+			continue
 		}
 		pid, ok := p.Processes[a.Target]
 		switch {
@@ -94,13 +113,18 @@ func (p Plan) validateChaos(self int) []error {
 	return errs
 }
 
-// chaosStep is one signal to send.
+// chaosStep is one signal to send, or one service to take down or up.
 type chaosStep struct {
-	at     time.Duration
-	kind   string
-	target string
-	pid    int
+	at      time.Duration
+	kind    string
+	target  string
+	pid     int
+	service Service
 }
+
+// ends reports whether s ends a stop or a down: such steps are taken
+// when the run ends early, so that nothing is left stopped or down.
+func (s chaosStep) ends() bool { return s.kind == ChaosCont || s.kind == ChaosUp }
 
 // chaos executes a plan's chaos actions and records the events.
 type chaos struct {
@@ -110,41 +134,59 @@ type chaos struct {
 
 // start runs the actions in the background (run) until ctx ends or end
 // is called; end returns once run has (it may be called twice).
-func (c *chaos) start(ctx context.Context, start time.Time, actions []ChaosAction, procs map[string]int) (end func()) {
+func (c *chaos) start(ctx context.Context, start time.Time, actions []ChaosAction, procs map[string]int, services map[string]Service) (end func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		c.run(ctx, start, actions, procs)
+		c.run(ctx, start, chaosSteps(actions, procs, services))
 	}()
 	return func() { cancel(); <-done }
 }
 
-// run sends the actions' signals at their times since start until ctx
-// ends; a pending SIGCONT is sent at once when ctx ends, so no process is
-// left stopped. It returns when every signal due has been sent.
-func (c *chaos) run(ctx context.Context, start time.Time, actions []ChaosAction, procs map[string]int) {
+// chaosSteps turns the actions into their steps, in time order: a stop
+// is followed by its cont, a down by its up.
+func chaosSteps(actions []ChaosAction, procs map[string]int, services map[string]Service) []chaosStep {
 	var steps []chaosStep
 	for _, a := range actions {
-		pid := procs[a.Target]
-		steps = append(steps, chaosStep{at: a.At.D(), kind: a.Kind, target: a.Target, pid: pid})
-		if a.Kind == ChaosStop {
-			steps = append(steps, chaosStep{at: (a.At + a.For).D(), kind: ChaosCont, target: a.Target, pid: pid})
+		s := chaosStep{at: a.At.D(), kind: a.Kind, target: a.Target, pid: procs[a.Target]}
+		if a.Kind == ChaosDown {
+			s.pid, s.service = 0, services[a.Target]
+		}
+		steps = append(steps, s)
+		end := s
+		end.at = (a.At + a.For).D()
+		switch a.Kind {
+		case ChaosStop:
+			end.kind = ChaosCont
+			steps = append(steps, end)
+		case ChaosDown:
+			end.kind = ChaosUp
+			steps = append(steps, end)
 		}
 	}
 	sort.SliceStable(steps, func(i, j int) bool { return steps[i].at < steps[j].at })
+	return steps
+}
+
+// run takes the steps at their times since start until ctx ends; a
+// pending SIGCONT is sent, and a pending up taken, at once when ctx ends,
+// so that nothing is left stopped or down. Steps are taken one at a time:
+// a slow down or up delays the steps after it. It returns when every step
+// due has been taken.
+func (c *chaos) run(ctx context.Context, start time.Time, steps []chaosStep) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for i, s := range steps {
 		timer.Reset(time.Until(start.Add(s.at)))
 		select {
 		case <-timer.C:
-			c.signal(start, s)
+			c.take(ctx, start, s)
 		case <-ctx.Done():
-			// Resume whatever this run stopped; send nothing else.
+			// Resume whatever this run stopped or took down; nothing else.
 			for _, rest := range steps[i:] {
-				if rest.kind == ChaosCont {
-					c.signal(start, rest)
+				if rest.ends() {
+					c.take(context.WithoutCancel(ctx), start, rest)
 				}
 			}
 			return
@@ -152,9 +194,25 @@ func (c *chaos) run(ctx context.Context, start time.Time, actions []ChaosAction,
 	}
 }
 
-func (c *chaos) signal(start time.Time, s chaosStep) {
-	err := sendSignal(s.pid, s.kind)
-	ev := Event{AtMs: round3(ms(time.Since(start))), Kind: s.kind, Target: s.target, PID: s.pid}
+// take sends s's signal, or calls s's service, and records the event. A
+// service call is bounded by serviceTimeout.
+func (c *chaos) take(ctx context.Context, start time.Time, s chaosStep) {
+	began := time.Now()
+	ev := Event{AtMs: round3(ms(began.Sub(start))), Kind: s.kind, Target: s.target, PID: s.pid}
+	var err error
+	switch s.kind {
+	case ChaosDown, ChaosUp:
+		call := s.service.Down
+		if s.kind == ChaosUp {
+			call = s.service.Up
+		}
+		sctx, cancel := context.WithTimeout(ctx, serviceTimeout)
+		err = call(sctx)
+		cancel()
+		ev.TookMs = round3(ms(time.Since(began)))
+	default:
+		err = sendSignal(s.pid, s.kind)
+	}
 	if err != nil {
 		ev.Err = err.Error()
 	}

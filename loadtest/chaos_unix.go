@@ -4,6 +4,7 @@ package loadtest
 
 import (
 	"fmt"
+	"os/exec"
 	"syscall"
 )
 
@@ -22,4 +23,11 @@ func sendSignal(pid int, kind string) error {
 		return fmt.Errorf("%s pid %d: %w", sig, pid, err)
 	}
 	return nil
+}
+
+// ownProcessGroup starts cmd in a process group of its own, and makes
+// its cancellation kill the whole group (a shell's children too).
+func ownProcessGroup(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 }

@@ -70,8 +70,9 @@ func drawVideo(seed uint64, size int, share float64) []bool {
 // the members drawn in cams (their layers' SSRCs and keys known to every
 // other member first, so the first key frame decrypts), and subscribes
 // every member to the other cameras. Call it after the audio keys were
-// exchanged and before the receivers start.
-func setUpMedia(members []*member, cams []bool) {
+// exchanged and before the receivers start. Every camera layer's first
+// sequence number is firstSeq (0: a random one per layer).
+func setUpMedia(members []*member, cams []bool, firstSeq uint16) {
 	var senders []*member
 	for _, m := range members {
 		m.fb = client.NewFeedback(m.sess, client.FeedbackConfig{SSRC: m.ssrc})
@@ -106,7 +107,7 @@ func setUpMedia(members []*member, cams []bool) {
 		}
 	}
 	for _, c := range senders {
-		cam, err := client.NewVideoSender(c.sess, client.VideoConfig{SSRCs: c.camSSRCs, Key: c.key})
+		cam, err := client.NewVideoSender(c.sess, client.VideoConfig{SSRCs: c.camSSRCs, Key: c.key, FirstSequence: firstSeq})
 		if err == nil { // a valid config cannot fail
 			c.cam = cam
 		}

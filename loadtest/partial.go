@@ -79,6 +79,13 @@ type WindowData struct {
 	Recovered uint64           `json:"recovered"`
 	Feedback  FeedbackMeasures `json:"feedback"`
 	Video     VideoMeasures    `json:"video"`
+	// CallsDropped, SessionsLost, RejoinSilence and LateJoin are the
+	// session losses, re-joins and late joins (absent from the partials of
+	// older agents: zero).
+	CallsDropped  int              `json:"calls_dropped,omitempty"`
+	SessionsLost  int              `json:"sessions_lost,omitempty"`
+	RejoinSilence Sketch           `json:"rejoin_silence,omitzero"`
+	LateJoin      LateJoinMeasures `json:"late_join,omitzero"`
 }
 
 func (w *window) data() WindowData {
@@ -86,7 +93,8 @@ func (w *window) data() WindowData {
 		Setup: w.setup, FirstAudio: w.firstAudio, Delay: w.delay, Speaker: w.speaker,
 		Sent: w.sent, Received: w.received, Expected: w.expected, SpeechReceived: w.speechRcvd, DecryptFailures: w.decryptFail,
 		JitterSum: w.jitterSum, JitterN: w.jitterN, JitterMax: w.jitterMax, MaxGap: w.maxGap,
-		Recovered: w.recovered, Feedback: w.fb, Video: w.video}
+		Recovered: w.recovered, Feedback: w.fb, Video: w.video,
+		CallsDropped: w.callsDropped, SessionsLost: w.sessionsLost, RejoinSilence: w.rejoinSilence, LateJoin: w.late}
 }
 
 func (d *WindowData) window() window {
@@ -94,7 +102,8 @@ func (d *WindowData) window() window {
 		setup: d.Setup, firstAudio: d.FirstAudio, delay: d.Delay, speaker: d.Speaker,
 		sent: d.Sent, received: d.Received, expected: d.Expected, speechRcvd: d.SpeechReceived, decryptFail: d.DecryptFailures,
 		jitterSum: d.JitterSum, jitterN: d.JitterN, jitterMax: d.JitterMax, maxGap: d.MaxGap,
-		recovered: d.Recovered, fb: d.Feedback, video: d.Video}
+		recovered: d.Recovered, fb: d.Feedback, video: d.Video,
+		callsDropped: d.CallsDropped, sessionsLost: d.SessionsLost, rejoinSilence: d.RejoinSilence, late: d.LateJoin}
 	w.video.SentKbps, w.video.ReceivedKbps = 0, 0
 	return w
 }

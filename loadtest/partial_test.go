@@ -61,6 +61,20 @@ func randomSplit(t *testing.T, n int, plan Plan) (a, b, all *Partial) {
 					x.firstAudio.Add(d * 3)
 				}
 			}
+			if rng.IntN(25) == 0 { // sessions lost, re-joins, late joiners
+				silence, dropped := 20+rng.ExpFloat64()*300, rng.IntN(2)
+				for _, x := range []*window{w, wall} {
+					x.sessionsLost++
+					x.callsDropped += dropped
+					x.rejoinSilence.Add(silence)
+					x.late.Joined++
+					x.late.StreamsExpected += 3
+					x.late.StreamsDecrypted += 2
+					x.late.StreamsUndecryptable++
+					x.late.StreamsAfterRollover += 2
+					x.late.DecryptFailures += 5
+				}
+			}
 			if rng.IntN(20) == 0 { // feedback and video
 				layer := rng.IntN(3)
 				for _, x := range []*window{w, wall} {
@@ -148,6 +162,11 @@ func TestMergeEqualsCombinedCounts(t *testing.T) {
 	require.Positive(t, got.Totals.All.Video.ReceivedKbps)
 	require.Positive(t, got.Totals.All.Feedback.NACKs)
 	require.Positive(t, got.Totals.All.PacketsRecovered)
+	require.Positive(t, got.Totals.All.SessionsLost)
+	require.Positive(t, got.Totals.All.CallsDropped)
+	require.Positive(t, got.Totals.All.DroppedCallsPct)
+	require.Greater(t, got.Totals.All.RejoinSilenceMs.Count, uint64(5))
+	require.Positive(t, got.Totals.All.LateJoin.StreamsUndecryptable)
 	require.Equal(t, 30.0, got.Seconds[0].GeneratorCPUPct)
 	require.Equal(t, 0.002, got.Seconds[0].TickLagMs)
 	require.Equal(t, 10.0, got.Seconds[5].GeneratorCPUPct, "only a ran second 5")
@@ -209,4 +228,47 @@ func TestMergeNothing(t *testing.T) {
 	r := Merge(nil, a)
 	require.NotNil(t, r)
 	require.Len(t, r.Agents, 1)
+}
+
+// A partial from an agent older than the session and late-join figures
+// (no such keys) still merges, as zeros, with a newer one's.
+func TestMergeOlderPartial(t *testing.T) {
+	a, b, _ := randomSplit(t, 3, mergePlan())
+	j, err := json.Marshal(b)
+	require.NoError(t, err)
+	var raw map[string]any
+	require.NoError(t, json.Unmarshal(j, &raw))
+	stripped := 0
+	var strip func(v any)
+	strip = func(v any) {
+		switch x := v.(type) {
+		case map[string]any:
+			for _, k := range []string{"calls_dropped", "sessions_lost", "rejoin_silence", "late_join"} {
+				if _, ok := x[k]; ok {
+					delete(x, k)
+					stripped++
+				}
+			}
+			for _, c := range x {
+				strip(c)
+			}
+		case []any:
+			for _, c := range x {
+				strip(c)
+			}
+		}
+	}
+	strip(raw)
+	require.Positive(t, stripped, "b had the new figures")
+	old, err := json.Marshal(raw)
+	require.NoError(t, err)
+	var b2 Partial
+	require.NoError(t, json.Unmarshal(old, &b2))
+
+	got := Merge(a, &b2)
+	alone := Merge(a)
+	require.Equal(t, alone.Totals.All.SessionsLost, got.Totals.All.SessionsLost, "b's count as none")
+	require.Equal(t, alone.Totals.All.RejoinSilenceMs, got.Totals.All.RejoinSilenceMs)
+	require.Equal(t, alone.Totals.All.LateJoin, got.Totals.All.LateJoin)
+	require.Equal(t, Merge(a, b).Totals.All.PacketsSent, got.Totals.All.PacketsSent, "the rest of b merges as before")
 }

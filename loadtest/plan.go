@@ -88,6 +88,13 @@ type Plan struct {
 	// token of TokenLifetime, as an application's signalling service
 	// would: the client renews its token before it expires.
 	RefreshTokens bool `json:"refresh_tokens,omitempty" yaml:"refresh_tokens,omitempty"`
+	// Rejoin is what a device does when it loses its forwarder (it died,
+	// hung or forgot the device): by default it re-joins through
+	// multi-connect, as the client library does.
+	Rejoin Rejoin `json:"rejoin,omitzero" yaml:"rejoin,omitempty"`
+	// LateJoin makes a share of the members join their call a while
+	// after it started (default: everyone joins at once).
+	LateJoin LateJoin `json:"late_join,omitzero" yaml:"late_join,omitempty"`
 	// FollowAlternates lets a join follow 300 Try Alternate to a
 	// forwarder the relay names, which may be outside Forwarders. Off by
 	// default: the generator then sends to Forwarders only, and a 300
@@ -110,12 +117,18 @@ type Plan struct {
 	Subject string `json:"subject,omitempty" yaml:"subject,omitempty"`
 
 	// Chaos are the failures to inject during the run (chaos.go): kill,
-	// term or stop a process named in Processes at a given time.
+	// term or stop a process named in Processes, or take a service named
+	// in Services down for a while, at a given time.
 	Chaos []ChaosAction `json:"chaos,omitempty" yaml:"chaos,omitempty"`
 	// Processes maps the chaos targets' names ("fwd-a", "conductor",
 	// "redis") to their process ids. Set by the caller: the library never
 	// guesses a pid. Never written.
 	Processes map[string]int `json:"-" yaml:"-"`
+	// Services maps the targets of down actions ("redis", "nats") to how
+	// to take them down and bring them back: servers the caller started
+	// itself, or commands (CommandService). Set by the caller; never
+	// written.
+	Services map[string]Service `json:"-" yaml:"-"`
 
 	// share is the part of the arrivals this process runs (agents).
 	share share
@@ -125,6 +138,47 @@ type Plan struct {
 type share struct{ index, of int }
 
 func (s share) mine(i int) bool { return s.of <= 1 || i%s.of == s.index }
+
+// Rejoin is what a device does when it loses its forwarder
+// (client.Session's failover).
+type Rejoin struct {
+	// Off: a device never joins anew after losing its forwarder: its
+	// session is lost (and its call dropped) at once, as with an app that
+	// does not use the client's failover. A forwarder that forgot the
+	// device may still take it back in place (Rejoin nudge).
+	Off bool `json:"off,omitempty" yaml:"off,omitempty"`
+	// Timeout bounds one re-join (client Config.RejoinTimeout): a device
+	// no forwarder took back within it is lost. Default 30s (the client's).
+	Timeout Duration `json:"timeout,omitzero" yaml:"timeout,omitempty"`
+	// FailoverAfter is how long a device waits without keepalive answers
+	// before giving its forwarder up (client Config.FailoverAfter).
+	// Default: the client's, 3 keepalive intervals.
+	FailoverAfter Duration `json:"failover_after,omitzero" yaml:"failover_after,omitempty"`
+}
+
+// LateJoin makes a share of each call's members join After the call
+// started, as someone who arrives late to a meeting. Late joiners send
+// audio and hear (and see) everyone; they send no camera. They must
+// decrypt every member, whose streams may have rolled over by then.
+type LateJoin struct {
+	// Share is the probability, 0..1, that a member other than a call's
+	// first joins late (drawn from the call's seed). Members of a call
+	// not longer than After join on time.
+	Share float64 `json:"share" yaml:"share"`
+	// After is how long after its call started a late joiner joins.
+	// Required with a share, at most 10m.
+	After Duration `json:"after" yaml:"after"`
+	// Rollover starts the on-time members' RTP sequence numbers so that
+	// every audio stream rolls over (its SRTP rollover counter goes to 1)
+	// half way to the late joins, and every video layer within its first
+	// 100 packets, as in a call half an hour old: a late joiner decrypts
+	// them only if it finds their rollover counters.
+	Rollover bool `json:"rollover,omitempty" yaml:"rollover,omitempty"`
+}
+
+// maxLateJoinAfter bounds LateJoin.After: audio at 50 packets/s must not
+// roll over twice before the late join.
+const maxLateJoinAfter = 10 * time.Minute
 
 // Mix is the share of one-to-one and group calls and the group sizes.
 type Mix struct {
@@ -214,6 +268,12 @@ type Targets struct {
 	SetupP95        Duration `json:"setup_p95" yaml:"setup_p95"`
 	LossPct         float64  `json:"loss_pct" yaml:"loss_pct"`
 	DelayP95        Duration `json:"delay_p95" yaml:"delay_p95"`
+	// DroppedCallsPct, when set (0 included), bounds the calls dropped in
+	// percent of the calls set up (Measures.DroppedCallsPct).
+	DroppedCallsPct *float64 `json:"dropped_calls_pct,omitempty" yaml:"dropped_calls_pct,omitempty"`
+	// RejoinSilenceP99, when set, bounds the p99 of the silence a device
+	// hears while it re-joins (Measures.RejoinSilenceMs).
+	RejoinSilenceP99 Duration `json:"rejoin_silence_p99,omitzero" yaml:"rejoin_silence_p99,omitempty"`
 }
 
 // ErrPlan is wrapped by every plan error.
@@ -363,6 +423,7 @@ func (p Plan) validate(needKey bool) error {
 	if p.TokenLifetime.D() < 2*time.Second || p.TokenLifetime.D() > maxTokenLifetime {
 		bad("token_lifetime = %v, want 2s..%v (expiries are whole seconds)", p.TokenLifetime.D(), maxTokenLifetime)
 	}
+	errs = append(errs, p.validateCalls()...)
 	if p.NATS != nil && p.ClusterKey.IsZero() {
 		bad("nats is set but the cluster key is not: it is needed to authenticate the forwarders' load reports")
 	}
@@ -371,6 +432,37 @@ func (p Plan) validate(needKey bool) error {
 	}
 	errs = append(errs, p.validateChaos(os.Getpid())...)
 	return errors.Join(errs...)
+}
+
+// validateCalls checks the late joins, the re-joins and their targets.
+func (p Plan) validateCalls() []error {
+	var errs []error
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrPlan}, a...)...))
+	}
+	if d := p.Targets.DroppedCallsPct; d != nil && (*d < 0 || *d > 100) {
+		bad("targets.dropped_calls_pct = %v, want 0..100", *d)
+	}
+	if p.Targets.RejoinSilenceP99 < 0 {
+		bad("targets.rejoin_silence_p99 must not be negative")
+	}
+	l := p.LateJoin
+	if l.Share < 0 || l.Share > 1 {
+		bad("late_join.share = %v, want 0..1 (the fraction of members who join late)", l.Share)
+	}
+	if l.Share > 0 && (l.After <= 0 || l.After.D() > maxLateJoinAfter) {
+		bad("late_join.after = %v, want 0 < after <= %v (how long after its call started a late joiner joins)", l.After.D(), maxLateJoinAfter)
+	}
+	if l.Share == 0 && (l.After != 0 || l.Rollover) {
+		bad("late_join: after and rollover need a share > 0")
+	}
+	if p.Rejoin.Timeout < 0 || p.Rejoin.FailoverAfter < 0 {
+		bad("rejoin: timeout and failover_after must not be negative")
+	}
+	if p.Rejoin.Off && p.Rejoin.Timeout != 0 {
+		bad("rejoin: a timeout means nothing with off")
+	}
+	return errs
 }
 
 // validSubjectPrefix reports whether s is a usable literal NATS subject.

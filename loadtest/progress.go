@@ -34,6 +34,12 @@ func progressLine(s Second, refusedSoFar int) string {
 	if v := s.All.Video; v.SenderSeconds > 0 || v.PacketsReceived > 0 {
 		l += fmt.Sprintf("  video %d cams, rx %.1f Mbit/s", v.SenderSeconds, v.ReceivedKbps/1000)
 	}
+	if a := s.All; a.SessionsLost > 0 || a.CallsDropped > 0 || a.RejoinSilenceMs.Count > 0 {
+		l += fmt.Sprintf("  lost %d dropped %d rejoins %d", a.SessionsLost, a.CallsDropped, a.RejoinSilenceMs.Count)
+	}
+	if s.All.LateJoin.Joined > 0 {
+		l += fmt.Sprintf("  late %d", s.All.LateJoin.Joined)
+	}
 	return l
 }
 
@@ -67,6 +73,11 @@ func (p *progress) done(res *Result) {
 	f := t.Feedback
 	fmt.Fprintf(p.w, "feedback: %d RR+REMB, %d NACK and %d PLI packets sent, %d duplicates dropped; audio recovered %d, video NACKed %d recovered %d given up %d\n",
 		f.Reports, f.NACKs, f.PLIs, f.Duplicates, f.Audio.Recovered, f.Video.NACKed, f.Video.Recovered, f.Video.Unrecovered)
+	fmt.Fprintln(p.w, sessionsLine(t))
+	if l := t.LateJoin; l.Joined > 0 {
+		fmt.Fprintf(p.w, "late joiners: %d joined, decrypted %d of the %d streams of the members up when they came (%d never decrypted, %d first decrypted after a rollover), %d audio packets failed\n",
+			l.Joined, l.StreamsDecrypted, l.StreamsExpected, l.StreamsUndecryptable, l.StreamsAfterRollover, l.DecryptFailures)
+	}
 	if v := t.Video; v.SenderSeconds > 0 {
 		fmt.Fprintf(p.w, "video: %d camera-seconds (1/2/3 layers: %d/%d/%d), sent %.0f kbit/s, received %.0f kbit/s (%d packets, %d failed), %d key frames, %d PLIs, %d targets, %d REMBs\n",
 			v.SenderSeconds, v.Layers[0], v.Layers[1], v.Layers[2], v.SentKbps, v.ReceivedKbps, v.PacketsReceived, v.DecryptFailures,
@@ -75,4 +86,14 @@ func (p *progress) done(res *Result) {
 	if res.Generator.Bottleneck {
 		fmt.Fprintf(p.w, "warning: the load generator was the bottleneck: %v\n", res.Generator.Reasons)
 	}
+}
+
+// sessionsLine is the summary's line on dropped calls and re-joins.
+func sessionsLine(t Measures) string {
+	l := fmt.Sprintf("sessions: %d calls dropped of %d set up (%.2f%%), %d sessions lost; ",
+		t.CallsDropped, t.CallsStarted-t.CallsFailed, t.DroppedCallsPct, t.SessionsLost)
+	if r := t.RejoinSilenceMs; r.Count > 0 {
+		return l + fmt.Sprintf("%d re-joins, silence p50 %.0f ms, p99 %.0f ms, max %.0f ms", r.Count, r.P50, r.P99, r.Max)
+	}
+	return l + "no re-joins"
 }

@@ -106,6 +106,28 @@ type Measures struct {
 	// them in which fewer than two members were admitted.
 	CallsStarted int `json:"calls_started"`
 	CallsFailed  int `json:"calls_failed"`
+	// CallsDropped counts calls set up in which a member's session was
+	// lost for good (no forwarder took it back in time, Plan.Rejoin, or
+	// the relay ended it), counted in the second the call closed: a call
+	// whose members are all lost ends then, before its planned end.
+	// SessionsLost counts those sessions, in the second each was lost.
+	// DroppedCallsPct = CallsDropped / (CallsStarted - CallsFailed), in
+	// percent (0 when no call was set up); a call set up in one second
+	// and dropped in another makes it exact over the run only.
+	CallsDropped    int     `json:"calls_dropped"`
+	SessionsLost    int     `json:"sessions_lost"`
+	DroppedCallsPct float64 `json:"dropped_calls_pct"`
+	// RejoinSilenceMs is, per re-join (a device that lost its forwarder,
+	// because it died, hung or forgot the device, and was taken back:
+	// client.EventFailover or EventRejoined), the silence the device
+	// heard: from the last audio packet it decrypted before it noticed
+	// the loss to the first one after (to its call's end if none came).
+	// The speech frames that did not arrive meanwhile, both ways, count in
+	// PacketsExpected and PacketsLost; so do those a session lost for
+	// good missed, and those it would have sent, until its call closed.
+	RejoinSilenceMs Percentiles `json:"rejoin_silence_ms"`
+	// LateJoin is what the late joiners (Plan.LateJoin) decrypted.
+	LateJoin LateJoinMeasures `json:"late_join"`
 	// Setups counts joins (one per participant), by outcome.
 	Setups Setups `json:"setups"`
 	// SetupSuccessPct is Setups.Admitted / Setups.Attempted, in percent
@@ -172,6 +194,33 @@ type Measures struct {
 	Feedback FeedbackMeasures `json:"feedback"`
 	// Video is the video mix's figures (zero without Plan.Video).
 	Video VideoMeasures `json:"video"`
+}
+
+// LateJoinMeasures are the late joiners' figures: whether they decrypt
+// every member, whose streams may have rolled over before they came.
+type LateJoinMeasures struct {
+	// Joined counts late joiners admitted (their joins count in Setups
+	// too), in the second each joined.
+	Joined int `json:"joined"`
+	// StreamsExpected counts, per late joiner, the audio streams of the
+	// members up (admitted and not lost) when it joined; StreamsDecrypted
+	// those of them it decrypted at least one packet of;
+	// StreamsUndecryptable those whose packets reached it and never
+	// decrypted (a receiver that cannot find a stream's rollover counter
+	// fails so, for good). A stream the relay held back from it (a silent
+	// member outside the forwarding set) is neither. Counted when the
+	// late joiner leaves.
+	StreamsExpected      uint64 `json:"streams_expected"`
+	StreamsDecrypted     uint64 `json:"streams_decrypted"`
+	StreamsUndecryptable uint64 `json:"streams_undecryptable"`
+	// StreamsAfterRollover counts the streams, audio and video, whose
+	// first packet a late joiner decrypted carried a non-zero rollover
+	// counter (client.ReceiverStats.FirstROC): joined after the sender's
+	// sequence number wrapped.
+	StreamsAfterRollover uint64 `json:"streams_after_rollover"`
+	// DecryptFailures counts the audio packets late joiners failed to
+	// decrypt (also in Measures.DecryptFailures).
+	DecryptFailures uint64 `json:"decrypt_failures"`
 }
 
 // FeedbackMeasures are the receivers' RTCP feedback (client.Feedback),
@@ -356,7 +405,8 @@ type Verdict struct {
 // Check is one target compared with its measured value.
 type Check struct {
 	// Target is one of "setup_success_pct", "setup_p95_ms", "loss_pct",
-	// "delay_p95_ms".
+	// "delay_p95_ms", and, when the plan sets them, "dropped_calls_pct"
+	// and "rejoin_silence_p99_ms".
 	Target string `json:"target"`
 	// Op is ">=" or "<=": Pass is Measured Op Limit.
 	Op       string  `json:"op"`

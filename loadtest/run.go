@@ -85,7 +85,7 @@ func run(ctx context.Context, r *runner, progress io.Writer) (*Result, *runner, 
 
 	r.start = time.Now()
 	res := &Result{Plan: p, Start: r.start.UTC()}
-	endChaos := r.chaos.start(runCtx, r.start, p.Chaos, p.Processes)
+	endChaos := r.chaos.start(runCtx, r.start, p.Chaos, p.Processes, p.Services)
 	defer endChaos()
 	var calls sync.WaitGroup
 	dispatchDone := make(chan struct{})
@@ -160,6 +160,7 @@ func (r *runner) drawCall(rng *rand.Rand, no int) *callSpec {
 	// A little longer than the call, for the join time.
 	c.sched = talkspurt.Group(srng, c.size, c.duration+r.p.JoinTimeout.D())
 	c.cams = drawVideo(c.seed, c.size, r.p.Video.Share)
+	c.late = drawLate(c.seed, c.size, c.duration, r.p.LateJoin)
 	return c
 }
 
@@ -403,12 +404,19 @@ func evaluate(m Measures, t Targets) []Check {
 	le := func(name string, limit, v float64) Check {
 		return Check{Target: name, Op: "<=", Limit: limit, Measured: v, Pass: v <= limit}
 	}
-	return []Check{
+	checks := []Check{
 		ge("setup_success_pct", t.SetupSuccessPct, m.SetupSuccessPct),
 		le("setup_p95_ms", ms(t.SetupP95.D()), m.SetupMs.P95),
 		le("loss_pct", t.LossPct, m.LossPct),
 		le("delay_p95_ms", ms(t.DelayP95.D()), m.DelayMs.P95),
 	}
+	if t.DroppedCallsPct != nil {
+		checks = append(checks, le("dropped_calls_pct", *t.DroppedCallsPct, m.DroppedCallsPct))
+	}
+	if t.RejoinSilenceP99 > 0 {
+		checks = append(checks, le("rejoin_silence_p99_ms", ms(t.RejoinSilenceP99.D()), m.RejoinSilenceMs.P99))
+	}
+	return checks
 }
 
 // FindKnee returns the ramp's knee: the last step before the first one

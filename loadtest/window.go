@@ -6,10 +6,13 @@ import "math"
 // a ramp step, the run). It is fixed in size whatever the load: counters
 // and Sketches. Not safe for concurrent use; its owner locks.
 type window struct {
-	callsStarted, callsFailed int
-	setups                    Setups
+	callsStarted, callsFailed  int
+	callsDropped, sessionsLost int
+	setups                     Setups
 
 	setup, firstAudio, delay, speaker Sketch
+	rejoinSilence                     Sketch
+	late                              LateJoinMeasures
 
 	sent, received, expected, decryptFail uint64
 	speechRcvd                            uint64 // speech frames received (expected counts speech frames)
@@ -26,6 +29,8 @@ type window struct {
 func (w *window) merge(o *window) {
 	w.callsStarted += o.callsStarted
 	w.callsFailed += o.callsFailed
+	w.callsDropped += o.callsDropped
+	w.sessionsLost += o.sessionsLost
 	w.setups.Attempted += o.setups.Attempted
 	w.setups.Admitted += o.setups.Admitted
 	w.setups.Refused.Capacity += o.setups.Refused.Capacity
@@ -36,6 +41,8 @@ func (w *window) merge(o *window) {
 	w.firstAudio.Merge(&o.firstAudio)
 	w.delay.Merge(&o.delay)
 	w.speaker.Merge(&o.speaker)
+	w.rejoinSilence.Merge(&o.rejoinSilence)
+	w.late.add(&o.late)
 	w.sent += o.sent
 	w.received += o.received
 	w.expected += o.expected
@@ -52,11 +59,25 @@ func (w *window) merge(o *window) {
 
 func (w *window) reset() { *w = window{} }
 
+// add adds o's counts.
+func (l *LateJoinMeasures) add(o *LateJoinMeasures) {
+	l.Joined += o.Joined
+	l.StreamsExpected += o.StreamsExpected
+	l.StreamsDecrypted += o.StreamsDecrypted
+	l.StreamsUndecryptable += o.StreamsUndecryptable
+	l.StreamsAfterRollover += o.StreamsAfterRollover
+	l.DecryptFailures += o.DecryptFailures
+}
+
 // measures turns the window into Measures; secs is its length, for rates.
 func (w *window) measures(secs float64) Measures {
 	m := Measures{
 		CallsStarted:     w.callsStarted,
 		CallsFailed:      w.callsFailed,
+		CallsDropped:     w.callsDropped,
+		SessionsLost:     w.sessionsLost,
+		RejoinSilenceMs:  w.rejoinSilence.Percentiles(),
+		LateJoin:         w.late,
 		Setups:           w.setups,
 		SetupSuccessPct:  100,
 		SetupMs:          w.setup.Percentiles(),
@@ -75,6 +96,9 @@ func (w *window) measures(secs float64) Measures {
 	}
 	if ended := w.setups.Admitted + w.setups.Refused.Total(); ended > 0 {
 		m.SetupSuccessPct = round3(100 * float64(w.setups.Admitted) / float64(ended))
+	}
+	if up := w.callsStarted - w.callsFailed; up > 0 {
+		m.DroppedCallsPct = round3(min(100, 100*float64(w.callsDropped)/float64(up)))
 	}
 	if w.expected > w.speechRcvd {
 		m.PacketsLost = w.expected - w.speechRcvd

@@ -34,6 +34,7 @@ type loadtestOptions struct {
 	out, report                               string
 	cluster                                   clusterFlags
 	processes                                 processFlag
+	chaosDown, chaosUp                        hookFlag
 }
 
 func loadtestFlags(fs *flag.FlagSet) *loadtestOptions {
@@ -57,6 +58,8 @@ func loadtestFlags(fs *flag.FlagSet) *loadtestOptions {
 	fs.IntVar(&o.agents, "agents", 0, "run through this many loadtest agent processes (over --nats-url) instead of locally")
 	fs.DurationVar(&o.agentsWait, "agents-wait", o.agentsWait, "how long to wait for the agents to show up")
 	fs.Var(&o.processes, "process", "`name=pid` of a process the plan's chaos actions may signal (repeatable, or comma-separated), e.g. fwd-a=1234")
+	fs.Var(&o.chaosDown, "chaos-down", "`name=command`: the shell command that takes the service name down for the plan's chaos down actions, e.g. redis='systemctl stop redis-server' (one per flag, repeatable; needs its --chaos-up)")
+	fs.Var(&o.chaosUp, "chaos-up", "`name=command`: the shell command that brings the service name back up after a chaos down, e.g. redis='systemctl start redis-server' (one per flag, repeatable)")
 	return o
 }
 
@@ -128,7 +131,29 @@ func (o *loadtestOptions) plan() (loadtest.Plan, error) {
 	}
 	p.SigningKey = priv
 	p.Processes = o.processes
-	return p, nil
+	p.Services, err = o.services()
+	return p, err
+}
+
+// services pairs the --chaos-down and --chaos-up commands into the
+// plan's services: a service taken down must be brought back.
+func (o *loadtestOptions) services() (map[string]loadtest.Service, error) {
+	out := map[string]loadtest.Service{}
+	var errs []error
+	for name, down := range o.chaosDown {
+		up, ok := o.chaosUp[name]
+		if !ok {
+			errs = append(errs, fmt.Errorf("loadtest: --chaos-down %s has no --chaos-up %s: a service taken down must be brought back", name, name))
+			continue
+		}
+		out[name] = loadtest.CommandService(name, down, up)
+	}
+	for name := range o.chaosUp {
+		if _, ok := o.chaosDown[name]; !ok {
+			errs = append(errs, fmt.Errorf("loadtest: --chaos-up %s has no --chaos-down %s", name, name))
+		}
+	}
+	return out, errors.Join(errs...)
 }
 
 // write writes the JSON result to --out and, with --report, the HTML
@@ -319,5 +344,33 @@ func (p *processFlag) Set(v string) error {
 		}
 		(*p)[name] = n
 	}
+	return nil
+}
+
+// hookFlag collects name=command pairs, one per flag: a command may hold
+// commas (and equals signs after the first).
+type hookFlag map[string]string
+
+// String is the pairs, sorted by name, one per line.
+func (h *hookFlag) String() string {
+	var pairs []string
+	for name, cmd := range *h {
+		pairs = append(pairs, name+"="+cmd)
+	}
+	sort.Strings(pairs)
+	return strings.Join(pairs, "\n")
+}
+
+// Set adds one pair.
+func (h *hookFlag) Set(v string) error {
+	name, cmd, ok := strings.Cut(v, "=")
+	name = strings.TrimSpace(name)
+	if !ok || name == "" || strings.TrimSpace(cmd) == "" {
+		return fmt.Errorf("want name=command, e.g. redis='systemctl stop redis-server', got %q", v)
+	}
+	if *h == nil {
+		*h = hookFlag{}
+	}
+	(*h)[name] = cmd
 	return nil
 }

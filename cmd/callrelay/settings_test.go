@@ -51,6 +51,8 @@ func layerValues(t *testing.T, proc string, f *flag.Flag) [3]string {
 		cands = []string{"11s", "12s", "13s", "14s"}
 	case "name=pid":
 		cands = []string{"p=11", "p=12", "p=13", "p=14"}
+	case "name=command":
+		cands = []string{"s=echo 11", "s=echo 12", "s=echo 13", "s=echo 14"}
 	default:
 		t.Fatalf("%s --%s: the precedence test has no values for type %q: add them to layerValues", proc, f.Name, typ)
 	}

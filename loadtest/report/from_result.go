@@ -23,6 +23,12 @@ func FromResult(r *loadtest.Result) Input {
 		Warnings: warnings(r),
 	}
 	in.Sections = append(in.Sections, callsSection(r), mediaSection(r))
+	if hasSessions(r) {
+		in.Sections = append(in.Sections, sessionsSection(r))
+	}
+	if r.Plan.LateJoin.Share > 0 || r.Totals.All.LateJoin.Joined > 0 {
+		in.Sections = append(in.Sections, lateJoinSection(r))
+	}
 	if t := r.Totals.All; t.Feedback.Reports > 0 || t.Video.SenderSeconds > 0 || t.Video.PacketsReceived > 0 {
 		in.Sections = append(in.Sections, adaptationSection(r))
 	}
@@ -71,6 +77,14 @@ func meta(r *loadtest.Result) []Field {
 	if r.Plan.Video.Share > 0 {
 		m = append(m, Field{"video", pct(100*r.Plan.Video.Share) + " of participants send a camera"})
 	}
+	if l := r.Plan.LateJoin; l.Share > 0 {
+		m = append(m, Field{"late joiners", fmt.Sprintf("%s of members, %s after their call started", pct(100*l.Share), l.After.D())})
+	}
+	if j := r.Plan.Rejoin; j.Off {
+		m = append(m, Field{"re-joins", "off: a device that loses its forwarder is lost"})
+	} else if j.Timeout > 0 {
+		m = append(m, Field{"re-joins", "within " + j.Timeout.D().String()})
+	}
 	if r.Plan.RelayCores > 0 {
 		m = append(m, Field{"relay cores", num3(r.Plan.RelayCores)})
 	}
@@ -82,10 +96,12 @@ func meta(r *loadtest.Result) []Field {
 
 // targetNames and targetUnits describe loadtest.Check.Target values.
 var targetNames = map[string]string{
-	"setup_success_pct": "setup success",
-	"setup_p95_ms":      "p95 setup latency",
-	"loss_pct":          "packet loss",
-	"delay_p95_ms":      "p95 one-way delay",
+	"setup_success_pct":     "setup success",
+	"setup_p95_ms":          "p95 setup latency",
+	"loss_pct":              "packet loss",
+	"delay_p95_ms":          "p95 one-way delay",
+	"dropped_calls_pct":     "dropped calls",
+	"rejoin_silence_p99_ms": "p99 re-join silence",
 }
 
 func targetValue(target string, v float64) string {

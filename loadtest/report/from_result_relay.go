@@ -66,15 +66,22 @@ func relaySection(r *loadtest.Result, markers []Marker) Section {
 func chaosSection(r *loadtest.Result) Section {
 	t := Table{Columns: []string{"at", "action", "target", "pid", "result", "longest media gap after", "until"}}
 	for _, e := range r.Events {
-		result := "sent"
+		result, pid := "sent", "—"
+		if e.PID > 0 {
+			pid = strconv.Itoa(e.PID)
+		}
+		if e.Kind == loadtest.ChaosDown || e.Kind == loadtest.ChaosUp {
+			result = "done in " + ms(e.TookMs)
+		}
 		if e.Err != "" {
 			result = "failed: " + e.Err
 		}
-		t.Rows = append(t.Rows, []string{num3(e.AtMs/1000) + " s", e.Kind, e.Target, strconv.Itoa(e.PID), result,
+		t.Rows = append(t.Rows, []string{num3(e.AtMs/1000) + " s", e.Kind, e.Target, pid, result,
 			ms(e.MaxGapAfterMs), num3(e.WindowEndS) + " s"})
 	}
 	return Section{Title: "Chaos",
-		Note:   "Failures injected during the run, drawn as vertical markers on the time-series charts. The longest gap after an event covers the seconds from it to the next event (or the end).",
+		Note: "Failures injected during the run, drawn as vertical markers on the time-series charts: signals to processes (kill, term, stop and cont) and services taken down and brought up. " +
+			"The longest gap after an event covers the seconds from it to the next event (or the end).",
 		Tables: []Table{t}}
 }
 

@@ -32,8 +32,9 @@ func TestFromResultRelayChaosAgents(t *testing.T) {
 	for _, s := range in.Sections {
 		titles = append(titles, s.Title)
 	}
-	require.Equal(t, []string{"Calls", "Media quality", "Relay", "Chaos", "Load generator", "Agents"}, titles)
-	relay := in.Sections[2]
+	// A run with chaos shows its dropped calls and re-joins, none or not.
+	require.Equal(t, []string{"Calls", "Media quality", "Dropped calls and re-joins", "Relay", "Chaos", "Load generator", "Agents"}, titles)
+	relay := in.Sections[3]
 	level := relay.Charts[0]
 	require.Equal(t, "Throttle level per forwarder", level.Title)
 	require.True(t, level.Options.Step)

@@ -39,9 +39,9 @@ func callsSection(r *loadtest.Result) Section {
 			Options: ChartOptions{Thresholds: targetLine(r, "setup_p95_ms")}},
 	}, Tables: []Table{{
 		Title:   "Call setup per class (ms)",
-		Columns: []string{"class", "calls", "failed", "joins", "success", "setup p50", "p95", "p99", "first audio p50", "p95", "p99"},
+		Columns: []string{"class", "calls", "failed", "dropped", "joins", "success", "setup p50", "p95", "p99", "first audio p50", "p95", "p99"},
 		Rows: classRows(r.Totals, func(m loadtest.Measures) []string {
-			return []string{strconv.Itoa(m.CallsStarted), strconv.Itoa(m.CallsFailed), strconv.Itoa(m.Setups.Attempted),
+			return []string{strconv.Itoa(m.CallsStarted), strconv.Itoa(m.CallsFailed), strconv.Itoa(m.CallsDropped), strconv.Itoa(m.Setups.Attempted),
 				pct(m.SetupSuccessPct), p(m.SetupMs, 50), p(m.SetupMs, 95), p(m.SetupMs, 99),
 				p(m.FirstAudioMs, 50), p(m.FirstAudioMs, 95), p(m.FirstAudioMs, 99)}
 		}),

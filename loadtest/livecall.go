@@ -1,0 +1,100 @@
+package loadtest
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// liveCall is a call once set up: its members (the on-time ones, then
+// the late joiners as they are admitted), their listeners, and how many
+// of them are still up.
+type liveCall struct {
+	r     *runner
+	spec  *callSpec
+	cls   int
+	start time.Time
+	// onTime are the members admitted at the start (never changed);
+	// members are all of them, late joiners appended by the sender
+	// goroutine, which alone touches the slice until the call closes.
+	onTime  []*member
+	members []*member
+
+	wg sync.WaitGroup // the listeners
+	// alive counts the members listening whose session was not lost;
+	// gone is closed when the last of them is lost: the call ends then.
+	alive    atomic.Int32
+	gone     chan struct{}
+	goneOnce sync.Once
+}
+
+func newLiveCall(r *runner, c *callSpec, members []*member) *liveCall {
+	return &liveCall{r: r, spec: c, cls: c.idx(), start: time.Now(), onTime: members,
+		members: append([]*member(nil), members...), gone: make(chan struct{})}
+}
+
+// listen starts m's listener and counts m in: its figures are harvested
+// from now on.
+func (lc *liveCall) listen(m *member) {
+	l := newListener(lc, m)
+	m.ear = l
+	lc.r.register([]*member{m}, lc.cls)
+	lc.r.partsUp.Add(1)
+	lc.alive.Add(1)
+	lc.wg.Add(1)
+	go func() {
+		defer lc.wg.Done()
+		l.run()
+	}()
+}
+
+// finish counts, once every listener is done, how the call went: failed
+// (fewer than two members were ever admitted, unless the run's end cut it
+// short before its late joiners came: cut), dropped (a member lost); the
+// speech frames lost sessions missed; the late joiners' streams.
+func (lc *liveCall) finish(cut bool) {
+	lost := 0
+	for _, m := range lc.members {
+		if m.lost.Load() {
+			lost++
+		}
+	}
+	lc.countMissed()
+	lc.countLate()
+	lc.r.event(func(w *classWindows) {
+		switch {
+		case len(lc.members) < 2 && !cut:
+			w[lc.cls].callsFailed++
+		case lost > 0:
+			w[lc.cls].callsDropped++
+		}
+	})
+}
+
+// countMissed adds to each receiver's expected frames the speech frames
+// it never got from a sender when either lost its session, or re-joined,
+// during the call: those after the last it heard (or those sent since it
+// was admitted, if it heard none), up to the sender's older mark. Frames
+// missed in a gap that later frames closed were counted by observe.
+func (lc *liveCall) countMissed() {
+	for _, rx := range lc.members {
+		var missed uint64
+		for _, tx := range lc.members {
+			if tx == rx || !(rx.lost.Load() || tx.lost.Load() || rx.rejoined.Load() || tx.rejoined.Load()) {
+				continue
+			}
+			from := rx.base[tx.ssrc] // 0 unless rx came late
+			if st := rx.ear.streams[tx.ssrc]; st != nil && st.speechNext > 0 {
+				from = max(from, st.speechNext-1)
+			}
+			if to := tx.marks[0]; to > from {
+				missed += uint64(to - from)
+			}
+		}
+		if missed > 0 {
+			rx.mu.Lock()
+			rx.win.expected += missed
+			rx.mu.Unlock()
+		}
+	}
+}
