@@ -159,7 +159,11 @@ func TestThrottleOverloadShedsVideoAndRecovers(t *testing.T) {
 		cfg.Load.CPUCores = 1e6
 		cfg.Load.QueueDropsFull = 1e9
 		cfg.Load.HoldDown = 300 * time.Millisecond
-		cfg.LoadEvery = 50 * time.Millisecond
+		// The production sampling interval: the packet rate over 250 ms.
+		// Over 50 ms, a loaded machine's scheduling bunches packets enough
+		// to fake a rate 1.75 times the real one (level 1 at baseline, a
+		// step up during recovery).
+		cfg.LoadEvery = 250 * time.Millisecond
 	})
 	call := protocol.NewID()
 	var ms []*calltest.Member
