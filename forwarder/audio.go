@@ -19,8 +19,9 @@ import (
 //
 // The gate decides whether a session's audio is forwarded at all:
 //
-//   - gateAll: no conductor decision yet for the call (default policy):
-//     every member's audio is forwarded.
+//   - gateAll: no conductor decision yet for the call, or none fresh for
+//     Audio.DecisionTimeout (default policy): every member's audio is
+//     forwarded.
 //   - gateOn: the conductor's last decision puts the member in the call's
 //     audio forwarding set.
 //   - gateOff: the last decision leaves it out (a silent member). Its audio
@@ -31,8 +32,10 @@ import (
 //     for OnsetHold at once, so first words are not cut off while the
 //     conductor's next decision is on its way.
 //
-// Decisions are fail-static: the gate keeps the last decision for as long
-// as no newer one arrives.
+// Decisions are fail-static, within a bound: the gate keeps the last
+// decision while the conductor keeps repeating it, and for
+// Audio.DecisionTimeout after it stops; then the call is back on the
+// default policy until a fresh decision arrives (decisions.go).
 type audioMeter struct {
 	// Written only by the reader serving the flow (SO_REUSEPORT keeps a
 	// flow on one socket), read by the control goroutine.

@@ -151,6 +151,13 @@ type AudioConfig struct {
 	OnsetMinPayload int
 	// OnsetHold is how long a loud onset opens a muted member's audio.
 	OnsetHold time.Duration
+	// DecisionTimeout bounds fail-static: a call whose conductor sent no
+	// fresh decision (a new one, or a repeat: conductors repeat theirs
+	// every second) for this long goes back to the default policy, every
+	// member's audio forwarded, until one comes (decisions.go). Longer than
+	// a conductor takeover (lease TTL, plus the repeat interval, plus the
+	// successor's first decision), so a takeover does not reach it.
+	DecisionTimeout time.Duration
 }
 
 // DefaultAudio returns the audio defaults.
@@ -160,6 +167,7 @@ func DefaultAudio() AudioConfig {
 		OnsetLevel:      50,
 		OnsetMinPayload: 30,
 		OnsetHold:       time.Second,
+		DecisionTimeout: 4 * time.Second,
 	}
 }
 
@@ -167,6 +175,9 @@ func (a *AudioConfig) validate() error {
 	var errs []error
 	if a.ExtensionID < 1 || a.ExtensionID > 14 {
 		errs = append(errs, fmt.Errorf("forwarder: audio level extension id %d, want 1..14 (one-byte RFC 8285 ids)", a.ExtensionID))
+	}
+	if a.DecisionTimeout < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("forwarder: decision timeout %s, want at least 100ms (longer than the conductor's repeat interval, 1 s)", a.DecisionTimeout))
 	}
 	if a.OnsetLevel > 127 || a.OnsetMinPayload < 0 || a.OnsetHold <= 0 {
 		errs = append(errs, fmt.Errorf("forwarder: onset level %d (0..127), minimum payload %d (>= 0), hold %s (> 0)",

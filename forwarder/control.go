@@ -59,6 +59,10 @@ type call struct {
 	stateErr    bool // a store error was logged for this call
 	decision    callDecision
 	remoteMedia map[protocol.ID]*mediaInfo // remote members' packets seen over the trunk
+
+	// Who serves the call, as notices say, and whether this forwarder
+	// asked (notices.go).
+	notices callNotices
 }
 
 type sessionKey struct{ call, participant protocol.ID }
@@ -101,6 +105,9 @@ type control struct {
 	probeBuf        []byte
 	probing         int // receivers being probed (probe.go), counted per feedback tick
 	probingNext     int
+
+	// lastNotice is the at of the last member notice sent (notices.go).
+	lastNotice time.Time
 }
 
 type pendingReply struct {
@@ -278,7 +285,7 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 	f.joins.Add(1)
 	c.admittedBy(g, s)
 	c.admittedNow(class, now)
-	c.notify(cl, s.participant, protocol.MemberPlaced, now)
+	c.notifyJoined(cl, s, now) // notices.go: asks who serves the call if it is new here and the store is away
 	s.log.Info("participant joined", zap.Stringer("addr", src), zap.Stringer("class", cl.class), zap.Int("members", len(cl.members)))
 }
 

@@ -14,19 +14,43 @@ import (
 //   - every MetadataEvery it publishes, per conductor partition, a batch of
 //     what changed for its members since the last tick: the audio summary
 //     of every member that sent audio, onsets, members that left;
+//   - every call it serves is in a batch at least once a MetadataKeepalive
+//     (a quiet member when nobody has anything to say), so its conductor,
+//     or a new one after a takeover, keeps deciding for it;
 //   - it applies the conductor's decisions for the calls it serves (they
 //     arrive on the call's subject, with the notices), ignoring any that is
 //     not newer than the last one applied: an older epoch is a conductor
 //     that lost its lease;
+//   - fail-static, bounded: a call keeps its last decision while its
+//     conductor repeats it (the same epoch and sequence with a later at,
+//     at least every second); when no fresh decision came for
+//     Audio.DecisionTimeout, the call's audio goes back to the default
+//     policy, every voice forwarded (video keeps its last layers), until a
+//     fresh decision comes. Forwarders notice a silent conductor by its
+//     missing decisions, whatever the cause (dead, cut off, or without its
+//     lease), never by asking Redis;
 //   - it tells its devices the dominant speaker (a CRLY DominantSpeaker).
 //
 // All of it runs on the control goroutine.
 
-// callDecision is the last decision applied to a call.
+// callDecision is the conductor's side of a call: the last decision
+// applied, and how fresh it is.
 type callDecision struct {
 	d       protocol.CallDecision
 	applied bool
+	// fresh is when (our clock) a decision last came that was newer than
+	// the one applied, or a repeat of it with a later at. lapsed: none came
+	// for Audio.DecisionTimeout, and the call's audio is on the default
+	// policy until one does.
+	fresh  time.Time
+	lapsed bool
+	// reported is when the call was last in a metadata batch.
+	reported time.Time
 }
+
+// MetadataKeepalive is how often a call is reported to its conductor when
+// none of its members has anything to say.
+const MetadataKeepalive = time.Second
 
 // metaState is the control goroutine's metadata publisher.
 type metaState struct {
@@ -34,6 +58,8 @@ type metaState struct {
 	seq     map[uint16]uint64
 	left    []leftMember
 	buf     []byte
+	// lapseLogged is when calls whose decision lapsed were last logged.
+	lapseLogged time.Time
 }
 
 type leftMember struct {
@@ -60,6 +86,7 @@ func (c *control) metaTick(now time.Time) {
 		b.Calls = b.Calls[:0]
 	}
 	tick := cc.MetadataEvery
+	c.lapseDecisions(now)
 	for _, cl := range c.calls {
 		var members []protocol.MemberMetadata
 		for _, s := range cl.members {
@@ -73,7 +100,11 @@ func (c *control) metaTick(now time.Time) {
 			}
 		}
 		members = c.appendLeft(cl.id, members)
+		if len(members) == 0 && now.Sub(cl.decision.reported) >= MetadataKeepalive {
+			members = append(members, quietMember(cl))
+		}
 		if len(members) > 0 {
+			cl.decision.reported = now
 			c.addCallMeta(cl.id, members)
 		}
 	}
@@ -102,6 +133,15 @@ func (c *control) metaTick(now time.Time) {
 		c.f.metaSent.Add(1)
 		c.f.metaBytes.Add(uint64(len(ms.buf)))
 	}
+}
+
+// quietMember is one of cl's members reported quiet: it keeps the call
+// known to its conductor.
+func quietMember(cl *call) protocol.MemberMetadata {
+	for _, s := range cl.members {
+		return protocol.MemberMetadata{Participant: s.participant, MeanLevel: 127, MaxLevel: 127}
+	}
+	return protocol.MemberMetadata{}
 }
 
 // appendLeft adds the members of call id that left since the last tick.
@@ -181,8 +221,14 @@ func (c *control) onDecision(data []byte, now time.Time) {
 		return
 	}
 	if cl.decision.applied && !d.Newer(&cl.decision.d) {
-		if d.Epoch < cl.decision.d.Epoch {
-			c.f.decisionsStale.Add(1) // a fenced-off conductor; equal ones are repeats
+		switch {
+		case d.Epoch < cl.decision.d.Epoch:
+			c.f.decisionsStale.Add(1) // a fenced-off conductor
+		case d.Epoch == cl.decision.d.Epoch && d.Seq == cl.decision.d.Seq && d.At.After(cl.decision.d.At):
+			// A repeat: the conductor is there and still decides so. (A
+			// replayed one is not later than the last one seen.)
+			cl.decision.d.At = d.At
+			c.freshDecision(cl, now)
 		}
 		return
 	}
@@ -197,6 +243,7 @@ func (c *control) onDecision(data []byte, now time.Time) {
 	cl.decision.applied = true
 	c.applyVideo(cl, now)
 	c.f.decisions.Add(1)
+	c.freshDecision(cl, now)
 	for _, s := range cl.members {
 		c.applyGate(cl, s)
 	}
@@ -208,10 +255,55 @@ func (c *control) onDecision(data []byte, now time.Time) {
 	}
 }
 
-// applyGate opens or closes s's audio by the call's last decision.
+// freshDecision notes that cl's decision is current, and takes the call
+// back from the default policy if it had lapsed.
+func (c *control) freshDecision(cl *call, now time.Time) {
+	cl.decision.fresh = now
+	if !cl.decision.lapsed {
+		return
+	}
+	cl.decision.lapsed = false
+	for _, s := range cl.members {
+		c.applyGate(cl, s)
+	}
+	cl.log(c.f.log).Info("a fresh conductor decision: audio forwarded by decision again")
+}
+
+// lapseDecisions puts the calls whose decision is older than
+// Audio.DecisionTimeout on the default policy: every voice forwarded.
+func (c *control) lapseDecisions(now time.Time) {
+	timeout := c.f.cfg.Audio.DecisionTimeout
+	n, lapsed := 0, 0
+	for _, cl := range c.calls {
+		d := &cl.decision
+		if d.applied && !d.lapsed && now.Sub(d.fresh) >= timeout {
+			d.lapsed = true
+			n++
+			for _, s := range cl.members {
+				c.applyGate(cl, s)
+			}
+		}
+		if d.lapsed {
+			lapsed++
+		}
+	}
+	c.f.nLapsed.Store(int64(lapsed))
+	if n == 0 {
+		return
+	}
+	c.f.decisionLapses.Add(uint64(n))
+	if now.Sub(c.meta.lapseLogged) >= 10*time.Second {
+		c.meta.lapseLogged = now
+		c.f.log.Warn("no fresh conductor decision: forwarding every voice of these calls until one comes",
+			zap.Int("calls", n), zap.Duration("after", timeout), zap.Int("calls_without_decision", lapsed))
+	}
+}
+
+// applyGate opens or closes s's audio by the call's last decision; with no
+// decision, or a lapsed one, every voice is forwarded.
 func (c *control) applyGate(cl *call, s *session) {
 	g := gateAll
-	if cl.decision.applied {
+	if cl.decision.applied && !cl.decision.lapsed {
 		g = gateOff
 		if slices.Contains(cl.decision.d.Forward, s.participant) {
 			g = gateOn

@@ -74,6 +74,9 @@ type Forwarder struct {
 	adapt                                       adaptParams
 	onsets, metaSent, metaBytes                 atomic.Uint64
 	decisions, decisionsStale, decisionsUnknown atomic.Uint64
+	decisionLapses                              atomic.Uint64 // calls put on the default policy for want of a fresh decision
+	nLapsed                                     atomic.Int64  // calls on it now
+	notices                                     noticeCounters
 	speakerUpdates                              atomic.Uint64
 	subsApplied, subsRejected                   atomic.Uint64
 	targetsSent, keyFramesAsked                 atomic.Uint64
@@ -520,6 +523,8 @@ func (f *Forwarder) Stats() Stats {
 	s.Onsets = f.onsets.Load()
 	s.MetadataSent, s.MetadataBytes = f.metaSent.Load(), f.metaBytes.Load()
 	s.Decisions, s.DecisionsStale, s.DecisionsUnknown = f.decisions.Load(), f.decisionsStale.Load(), f.decisionsUnknown.Load()
+	s.DecisionLapses, s.CallsLapsed = f.decisionLapses.Load(), int(f.nLapsed.Load())
+	s.Notices = f.notices.stats()
 	s.SpeakerUpdates = f.speakerUpdates.Load()
 	s.Subscriptions, s.SubsRejected = f.subsApplied.Load(), f.subsRejected.Load()
 	s.TargetsSent, s.KeyFramesAsked = f.targetsSent.Load(), f.keyFramesAsked.Load()

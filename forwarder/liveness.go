@@ -104,6 +104,7 @@ type liveness struct {
 	ask        atomic.Pointer[[]string]  // forwarders whose lease to look up (set by control)
 	view       atomic.Pointer[leaseView] // the answers
 	holding    atomic.Bool
+	storeDown  atomic.Bool // the last lease operation found the store unreachable
 
 	// Counters (PeerStats).
 	byNATS, byTrunk   atomic.Int64
@@ -171,6 +172,7 @@ func (l *liveness) runLease(ctx context.Context, now func() time.Time, log *zap.
 		var err error
 		own, err = l.hold(ctx, own)
 		l.holding.Store(own != nil)
+		l.storeDown.Store(errors.Is(err, statestore.ErrUnavailable))
 		if msg := errString(err); msg != lastErr {
 			if err != nil {
 				log.Warn("liveness lease: not held; other forwarders will not remove this one's members meanwhile", zap.Error(err))

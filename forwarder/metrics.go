@@ -47,6 +47,10 @@ var (
 	mDecisions = prometheus.NewDesc("callrelay_forwarder_decisions_total",
 		"Conductor decisions by outcome: applied, stale (an older epoch: a fenced-off conductor), unknown_call.", []string{"outcome"}, nil)
 	mSpeaker = prometheus.NewDesc("callrelay_forwarder_dominant_speaker_messages_total", "DominantSpeaker messages sent to devices.", nil, nil)
+	mLapses  = prometheus.NewDesc("callrelay_forwarder_decision_lapses_total",
+		"Calls whose conductor sent no fresh decision for the decision timeout: their audio went back to the default policy (every voice forwarded) until one came.", nil, nil)
+	mLapsed = prometheus.NewDesc("callrelay_forwarder_calls_without_decision",
+		"Calls on the default audio policy now because their decision lapsed (no fresh one for the decision timeout).", nil, nil)
 
 	mLevel = prometheus.NewDesc("callrelay_forwarder_throttle_level",
 		"Throttle level: 0 none, 1 new group calls refused, 2 also new one-to-one calls, 3 also new group members, 4 also second parties.", nil, nil)
@@ -84,6 +88,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	describePeering(ch)
 	describeResume(ch)
+	describeNotices(ch)
+	ch <- mLapses
+	ch <- mLapsed
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -135,6 +142,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mDecisions, s.DecisionsStale, "stale")
 	counter(mDecisions, s.DecisionsUnknown, "unknown_call")
 	counter(mSpeaker, s.SpeakerUpdates)
+	counter(mLapses, s.DecisionLapses)
+	gauge(mLapsed, float64(s.CallsLapsed))
+	collectNotices(ch, s.Notices)
 	for i, n := range s.NackOutcomes {
 		counter(mNacked, n, nackOutcomeNames[i])
 	}

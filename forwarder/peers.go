@@ -81,14 +81,14 @@ func (f *Forwarder) enqueueCluster(announce bool, data []byte) {
 }
 
 // notify tells the call's other forwarders that participant was placed here
-// or left here.
+// or left here (or, op ask, asks who else serves the call: notices.go).
 func (c *control) notify(cl *call, participant protocol.ID, op protocol.MemberOp, now time.Time) {
 	cc := &c.f.cfg.Cluster
 	if cc.NATS == nil || !cc.enabled() {
 		return
 	}
 	n := protocol.MemberNotice{Op: op, Call: cl.id, Participant: participant, Forwarder: cc.ID,
-		Trunk: c.f.trunkAdvertise, At: now}
+		Trunk: c.f.trunkAdvertise, At: c.noticeAt(now)}
 	b, err := n.Marshal(c.scratch[:0], cc.Key)
 	if err == nil {
 		err = cc.NATS.Publish(cc.callSubject(cl.id), b)
@@ -122,38 +122,7 @@ func (c *control) onCluster(m clusterMsg, now time.Time) {
 		c.f.clusterBad.Add(1)
 		return
 	}
-	if n.Forwarder == c.f.cfg.Cluster.ID {
-		return // our own
-	}
-	cl := c.calls[n.Call]
-	if cl == nil {
-		return // a call we no longer serve
-	}
-	k := remoteKey{n.Participant, n.Forwarder}
-	switch n.Op {
-	case protocol.MemberPlaced:
-		if p, ok := cl.remote[k]; ok && p.trunk == n.Trunk {
-			p.learned = now
-			return
-		}
-		cl.remote[k] = &remotePlacement{trunk: n.Trunk, learned: now}
-	case protocol.MemberLeft:
-		if s := cl.members[n.Participant]; s != nil && s.confirmed && !s.refused {
-			// A forwarder that lost this device's multi-connect race let
-			// it go. Its join was written after ours and its removal may
-			// take our placement with it: write ours again (the removal
-			// is conditional, so whichever lands last, ours stands).
-			c.place(s, nil, nil)
-			c.notify(cl, s.participant, protocol.MemberPlaced, now)
-		}
-		if _, ok := cl.remote[k]; !ok {
-			return
-		}
-		delete(cl.remote, k)
-	default:
-		return
-	}
-	c.dirtyCalls[cl.id] = struct{}{}
+	c.onNotice(&n, now) // notices.go
 }
 
 func (c *control) onAnnounce(a protocol.ForwarderAnnounce, now time.Time) {

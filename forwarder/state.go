@@ -56,7 +56,7 @@ func (c *control) place(s *session, answer []byte, req *protocol.JoinRequest) bo
 	if answer == nil {
 		return true
 	}
-	if w.Degraded() {
+	if c.storeAway() {
 		// The store is down: the change waits in the queue, the device
 		// does not.
 		c.reply(answer, s.addr)
@@ -187,6 +187,7 @@ func (c *control) learnRecord(cl *call, rec statestore.Call, now time.Time, reco
 	f := c.f
 	self := f.cfg.Cluster.ID
 	cl.stateErr = false
+	cl.notices.read = true
 	grace := f.cfg.Cluster.PeerTimeout
 	// Placements learned from notices lately stay: the record may predate them.
 	for k, p := range cl.remote {
@@ -209,6 +210,9 @@ func (c *control) learnRecord(cl *call, rec statestore.Call, now time.Time, reco
 			continue
 		}
 		k := remoteKey{pid, m.Forwarder}
+		if !cl.notices.stored(k, m.JoinedAt, now) {
+			continue // a notice since said it left there: the record predates the removal
+		}
 		if p, ok := cl.remote[k]; !ok || p.trunk != m.Trunk {
 			cl.remote[k] = &remotePlacement{trunk: m.Trunk, learned: m.JoinedAt}
 			c.dirtyCalls[cl.id] = struct{}{}
@@ -281,6 +285,7 @@ func (c *control) stateTick(now time.Time) {
 		if back || !now.Before(cl.nextRefresh) {
 			c.refresh(cl, now)
 		}
+		c.askIfUnread(cl, now) // notices.go
 		for _, s := range cl.members {
 			if s.confirmed && !s.refused && !slices.Equal(s.written, s.media.ssrcList()) {
 				c.place(s, nil, nil)
@@ -288,7 +293,7 @@ func (c *control) stateTick(now time.Time) {
 		}
 	}
 	// Answers held for writes that now wait behind an outage go out.
-	if degraded {
+	if degraded || c.storeAway() {
 		for tag, h := range c.held {
 			if c.sessions[sessionKey{h.s.call.id, h.s.participant}] == h.s {
 				c.reply(h.answer, h.s.addr)

@@ -69,8 +69,9 @@ type Stats struct {
 	ClusterBad   uint64 // notices or heartbeats that did not authenticate or parse
 	ClusterDrops uint64 // cluster messages dropped because the control queue was full
 	NATSErrors   uint64
-	Peers        int       // peer forwarders not taken for dead
-	Peering      PeerStats // how they are heard and judged (liveness.go)
+	Peers        int         // peer forwarders not taken for dead
+	Peering      PeerStats   // how they are heard and judged (liveness.go)
+	Notices      NoticeStats // member notices: ignored ones, asks (notices.go)
 
 	// The conductor's decisions (audio.go, decisions.go).
 	AudioMuted       uint64 // audio packets not forwarded: the member is outside the call's forwarding set
@@ -81,6 +82,8 @@ type Stats struct {
 	Decisions        uint64 // conductor decisions applied
 	DecisionsStale   uint64 // decisions ignored: not newer than the last applied (an old epoch)
 	DecisionsUnknown uint64 // decisions for calls not served here
+	DecisionLapses   uint64 // calls whose conductor sent no fresh decision for Audio.DecisionTimeout: their audio went back to the default policy (every voice)
+	CallsLapsed      int    // calls on the default policy for that reason now
 	SpeakerUpdates   uint64 // DominantSpeaker messages sent to devices
 
 	// Network adaptation (nack.go, feedback.go, adapt.go).
