@@ -37,8 +37,8 @@ type Lease struct {
 // the ttl, minus a margin for clock drift, and renew well before that.
 type Leases interface {
 	// AcquireLease takes the lease if it is free (never held, expired or released); if owner already holds it,
-	// it renews it and returns the same epoch. If another owner holds it: ErrLeaseHeld (wrapped, with the holder's
-	// name in the message).
+	// it renews it and returns the same epoch. If another owner holds it: ErrLeaseHeld (a *HeldError with the holder and
+	// how long its lease has left).
 	AcquireLease(ctx context.Context, name, owner string, ttl time.Duration) (Lease, error)
 	// RenewLease extends l for ttl if l.Owner still holds it with l.Epoch; else ErrLeaseLost.
 	RenewLease(ctx context.Context, l Lease, ttl time.Duration) error
@@ -148,8 +148,24 @@ func parseHolder(name, key, v string) (Lease, error) {
 	return Lease{Name: name, Owner: owner, Epoch: epoch}, nil
 }
 
-func heldError(name string, holder Lease) error {
-	return fmt.Errorf("%w: lease %q is held by %q at epoch %d", ErrLeaseHeld, name, holder.Owner, holder.Epoch)
+// HeldError is what AcquireLease returns when another owner holds the
+// lease: errors.Is(err, ErrLeaseHeld), and errors.As finds the holder and
+// how long its lease had left when the store answered, so a contender can
+// try again the moment it lapses (unless renewed meanwhile).
+type HeldError struct {
+	Holder    Lease
+	Remaining time.Duration // 0: unknown
+}
+
+func (e *HeldError) Error() string {
+	return fmt.Sprintf("%v: lease %q is held by %q at epoch %d", ErrLeaseHeld, e.Holder.Name, e.Holder.Owner, e.Holder.Epoch)
+}
+
+// Unwrap makes errors.Is(err, ErrLeaseHeld) true.
+func (e *HeldError) Unwrap() error { return ErrLeaseHeld }
+
+func heldError(holder Lease, remaining time.Duration) error {
+	return &HeldError{Holder: holder, Remaining: max(remaining, 0)}
 }
 
 func lostError(l Lease, holder Lease, held bool) error {

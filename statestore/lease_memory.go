@@ -76,7 +76,7 @@ func (s *Memory) AcquireLease(ctx context.Context, name, owner string, ttl time.
 	h, ok := t.holderLocked(name, now)
 	switch {
 	case ok && h.owner != owner:
-		return Lease{}, heldError(name, h.lease(name))
+		return Lease{}, heldError(h.lease(name), h.expires.Sub(now))
 	case !ok:
 		if t.epochs[name] == 0 {
 			t.epochs[name] = uint64(now.Unix()) // as Redis does: see lease.go

@@ -52,7 +52,7 @@ end
 `
 
 // Every lease script returns {status, holder value}, or {status} when there
-// is no holder. Statuses: ok, held, lost, free, corrupt (the holder value
+// is no holder; acquire's held adds the holder's remaining ttl in ms. Statuses: ok, held, lost, free, corrupt (the holder value
 // does not parse), corrupt-epoch (the counter is not a number; its value
 // comes second).
 
@@ -62,7 +62,7 @@ local cur = redis.call('GET', KEYS[1])
 if cur then
   local ep, owner = parse(cur)
   if not ep then return {'corrupt', cur} end
-  if owner ~= ARGV[1] then return {'held', cur} end
+  if owner ~= ARGV[1] then return {'held', cur, redis.call('PTTL', KEYS[1])} end
   local bad = raise(ep)
   if bad then return {'corrupt-epoch', bad} end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -106,9 +106,10 @@ return {'ok', cur}
 
 // leaseReply is what a lease script answered.
 type leaseReply struct {
-	status string
-	value  string // the holder value, or the bad counter for corrupt-epoch
-	holder Lease  // value decoded, for ok, held and lost
+	status    string
+	value     string        // the holder value, or the bad counter for corrupt-epoch
+	holder    Lease         // value decoded, for ok, held and lost
+	remaining time.Duration // acquire's held: how long the holder's lease had left
 }
 
 // runLease runs one lease script under leaseOpTimeout and decodes its reply.
@@ -122,12 +123,17 @@ func (r *Redis) runLease(ctx context.Context, op string, s *redis.Script, name s
 		return leaseReply{}, leaseFail(ctx, op, name, err)
 	}
 	var rep leaseReply
-	ok := len(res) == 1 || len(res) == 2
+	ok := len(res) >= 1 && len(res) <= 3
 	if ok {
 		rep.status, ok = res[0].(string)
 	}
-	if ok && len(res) == 2 {
+	if ok && len(res) >= 2 {
 		rep.value, ok = res[1].(string)
+	}
+	if ok && len(res) == 3 {
+		var ms int64
+		ms, ok = res[2].(int64)
+		rep.remaining = time.Duration(ms) * time.Millisecond
 	}
 	if !ok {
 		return leaseReply{}, fmt.Errorf("%w: %s lease %q: unexpected script reply %v", ErrUnavailable, op, name, res)
@@ -175,7 +181,7 @@ func (r *Redis) AcquireLease(ctx context.Context, name, owner string, ttl time.D
 	case err != nil:
 		return Lease{}, err
 	case rep.status == "held":
-		return Lease{}, heldError(name, rep.holder)
+		return Lease{}, heldError(rep.holder, rep.remaining)
 	case rep.status != "ok":
 		return Lease{}, fmt.Errorf("%w: acquire lease %q: unexpected script status %q", ErrUnavailable, name, rep.status)
 	}

@@ -163,6 +163,11 @@ func testLeaseHeldByAnother(t *testing.T, b leaseBackend) {
 	require.ErrorIs(t, err, ErrLeaseHeld)
 	require.Contains(t, err.Error(), `"conductor-a"`, "the message names the holder")
 	require.Zero(t, got)
+	var held *HeldError
+	require.ErrorAs(t, err, &held)
+	require.Equal(t, l, held.Holder)
+	require.True(t, held.Remaining > 50*time.Second && held.Remaining <= time.Minute,
+		"how long the holder's lease has left: %v of a minute", held.Remaining)
 	// Renewing a lease b never had, even at a's epoch, is refused.
 	err = other.RenewLease(ctx, Lease{Name: testLeaseName, Owner: "conductor-b", Epoch: l.Epoch}, time.Minute)
 	require.ErrorIs(t, err, ErrLeaseLost)
