@@ -20,10 +20,12 @@ import (
 type adaptParams struct {
 	videoID, absID uint8
 	resendGapNS    int64
+	nackShareQ10   int64 // a receiver's share of retransmission per byte sent to it, in 1024ths
 }
 
 func adaptParamsOf(a AdaptConfig) adaptParams {
-	return adaptParams{videoID: a.VideoFrameExtensionID, absID: a.AbsSendTimeExtensionID, resendGapNS: a.NackResendGap.Nanoseconds()}
+	return adaptParams{videoID: a.VideoFrameExtensionID, absID: a.AbsSendTimeExtensionID, resendGapNS: a.NackResendGap.Nanoseconds(),
+		nackShareQ10: int64(a.NackShare * 1024)}
 }
 
 // sessionVideo is a session's subscriptions and what it was told as a
@@ -174,6 +176,7 @@ func (c *control) applyVideo(cl *call, now time.Time) {
 			t := *st
 			s.video.target = &t
 			c.tellTarget(s, now)
+			c.policeTick(s, now) // a higher cap at once, a lower one later
 		}
 	}
 }
@@ -204,7 +207,8 @@ func (c *control) tellTarget(s *session, now time.Time) {
 }
 
 // feedbackTick runs every FeedbackEvery: caches for new senders, key frame
-// requests, retransmission budgets, REMB, and repeats of the targets.
+// requests, retransmission budgets, REMB, repeats of the targets, and
+// members' ingress caps.
 func (c *control) feedbackTick(now time.Time) {
 	c.probing, c.probingNext = c.probingNext, 0 // probes still running, from the last tick
 	defer func() { c.probing = 0 }()
@@ -213,6 +217,7 @@ func (c *control) feedbackTick(now time.Time) {
 			c.senderTick(cl, s, now)
 			c.receiverTick(s, now)
 			c.probeTick(s, now)
+			c.policeTick(s, now)
 		}
 		for id, m := range cl.remoteMedia {
 			c.ensureCache(m)

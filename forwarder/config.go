@@ -38,6 +38,19 @@ type Config struct {
 	// one carrier-grade NAT address may carry many devices.
 	JoinRate  float64
 	JoinBurst float64
+	// CookieRate and CookieBurst bound the address checks (401 with a
+	// COOKIE) the whole forwarder answers per second, whatever their
+	// sources: a flood from many spoofed addresses is answered by little.
+	// Requests over it are dropped unanswered and counted; devices repeat
+	// theirs.
+	CookieRate  float64
+	CookieBurst float64
+	// AddrChangeBurst and AddrChangeEvery bound a session's address
+	// changes: that many at once, then one per AddrChangeEvery. A change
+	// over it is not answered (the device's next keepalive tries again)
+	// and is counted.
+	AddrChangeBurst int
+	AddrChangeEvery time.Duration
 	// DrainDeadline is how long a draining forwarder keeps serving sessions
 	// it has told to move before it gives up on them.
 	DrainDeadline time.Duration
@@ -50,6 +63,8 @@ type Config struct {
 	Audio AudioConfig
 	// Adapt tunes the NACK cache, bandwidth estimates and video routing.
 	Adapt AdaptConfig
+	// Police bounds what each member may send into its call (police.go).
+	Police PoliceConfig
 
 	// Load tunes the load signals and the throttle levels; LoadEvery is how
 	// often the load is sampled. From level ShedVideoAt on, group calls
@@ -79,10 +94,15 @@ func Default() Config {
 		STUNBurst:         40,
 		JoinRate:          200,
 		JoinBurst:         400,
+		CookieRate:        2000,
+		CookieBurst:       4000,
+		AddrChangeBurst:   4,
+		AddrChangeEvery:   2 * time.Second,
 		DrainDeadline:     30 * time.Second,
 		TicketLifetime:    5 * time.Minute,
 		Audio:             DefaultAudio(),
 		Adapt:             DefaultAdapt(),
+		Police:            DefaultPolice(),
 		Load:              DefaultLoad(),
 		LoadEvery:         250 * time.Millisecond,
 		ShedVideoAt:       ThrottleGroupJoin,
@@ -114,13 +134,19 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("forwarder: STUN rate %.1f/s burst %.1f, join rate %.1f/s burst %.1f: all must be positive",
 			c.STUNRate, c.STUNBurst, c.JoinRate, c.JoinBurst))
 	}
+	if c.CookieRate <= 0 || c.CookieBurst < 1 {
+		errs = append(errs, fmt.Errorf("forwarder: address check answers %.1f/s burst %.1f: both must be positive", c.CookieRate, c.CookieBurst))
+	}
+	if c.AddrChangeBurst < 1 || c.AddrChangeEvery <= 0 {
+		errs = append(errs, fmt.Errorf("forwarder: address changes %d at once then one per %s: want at least 1, and a positive interval", c.AddrChangeBurst, c.AddrChangeEvery))
+	}
 	if c.DrainDeadline <= 0 {
 		errs = append(errs, fmt.Errorf("forwarder: drain deadline %s must be positive", c.DrainDeadline))
 	}
 	if c.TicketLifetime < 10*time.Second || c.TicketLifetime > protocol.MaxTicketLifetime {
 		errs = append(errs, fmt.Errorf("forwarder: resumption ticket lifetime %s, want 10s..1h", c.TicketLifetime))
 	}
-	errs = append(errs, c.Audio.validate(), c.Adapt.validate(), c.Load.validate(), c.Cluster.validate())
+	errs = append(errs, c.Audio.validate(), c.Adapt.validate(), c.Police.validate(), c.Load.validate(), c.Cluster.validate())
 	if c.LoadEvery < 10*time.Millisecond || c.LoadEvery > 10*time.Second {
 		errs = append(errs, fmt.Errorf("forwarder: load sample interval %s, want 10ms..10s", c.LoadEvery))
 	}
@@ -201,6 +227,10 @@ type AdaptConfig struct {
 	// NackResendGap is the least time between two resends of one packet
 	// (about a round trip: a repeated NACK within it is a duplicate).
 	NackResendGap time.Duration
+	// NackShare is what a receiver's NACKs may cost: at most this many
+	// bytes of retransmission per byte of media sent to it (rtx.go),
+	// whatever it claims its downlink is.
+	NackShare float64
 	// UnknownDownlinkBps bounds retransmissions to a receiver that has not
 	// yet reported its downlink (REMB).
 	UnknownDownlinkBps uint64
@@ -216,6 +246,7 @@ func DefaultAdapt() AdaptConfig {
 		AbsSendTimeExtensionID: protocol.DefaultAbsSendTimeExtensionID,
 		NackCacheBytes:         512 << 10,
 		NackResendGap:          100 * time.Millisecond,
+		NackShare:              0.25,
 		UnknownDownlinkBps:     1_000_000,
 		FeedbackEvery:          50 * time.Millisecond,
 	}
@@ -230,6 +261,9 @@ func (a *AdaptConfig) validate() error {
 	}
 	if a.NackCacheBytes < 64<<10 || a.NackCacheBytes > 64<<20 {
 		errs = append(errs, fmt.Errorf("forwarder: NACK cache %d bytes, want 64 KiB..64 MiB", a.NackCacheBytes))
+	}
+	if !(a.NackShare >= 0.01 && a.NackShare <= 1) {
+		errs = append(errs, fmt.Errorf("forwarder: NACK share %v, want 0.01..1 (bytes of retransmission per byte sent to a receiver)", a.NackShare))
 	}
 	if a.NackResendGap <= 0 || a.FeedbackEvery < 10*time.Millisecond || a.FeedbackEvery > time.Second {
 		errs = append(errs, fmt.Errorf("forwarder: NACK resend gap %s (> 0), feedback interval %s (10ms..1s)", a.NackResendGap, a.FeedbackEvery))

@@ -45,6 +45,8 @@ type session struct {
 	audioLast          audioTotals  // the audio meter at the last metadata tick
 	metaSpeaking       bool         // the last metadata reported speech
 	video              sessionVideo // subscriptions and what the sender was told (adapt.go)
+	policeLower        time.Time    // since when its cap should be lower (police.go); zero: it should not
+	moves              bucket       // its address changes (AddrChangeBurst, AddrChangeEvery)
 }
 
 type call struct {
@@ -108,6 +110,12 @@ type control struct {
 
 	// lastNotice is the at of the last member notice sent (notices.go).
 	lastNotice time.Time
+
+	// The edge's limits: address checks answered (cookie.go), address
+	// changes refused since the last log line about them.
+	challenges   bucket
+	movesRefused int
+	movesLogged  time.Time
 }
 
 type pendingReply struct {
@@ -164,9 +172,7 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 	// Joining, moving and leaving need proof that src receives what we
 	// send; the cheap HMAC check comes before any signature check.
 	if (s == nil || s.addr != src || req.Leave) && !c.cookies.valid(req.Cookie, src, now) {
-		c.f.cookieChallenges.Add(1) // a challenge, not a refusal
-		c.sendError(src, req, protocol.JoinError{Code: protocol.CodeUnauthorized,
-			Reason: "address check: repeat with this cookie", Cookie: c.cookies.issue(src, now)})
+		c.challenge(src, req, now)
 		return
 	}
 	newToken := false
@@ -197,6 +203,9 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 		}
 		c.accept(src, req, protocol.IntegrityKey(req.Token)) // the key the device checks with
 	default:
+		if s.addr != src && !c.moveAllowed(s, now) {
+			return // over its limit: not answered, the device's next keepalive tries again
+		}
 		if s.addr != src && !c.move(s, src) {
 			c.refuse(src, req, protocol.CodeForbidden, "address in use by another participant")
 			return
@@ -263,6 +272,7 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 		log: f.log.With(zap.Stringer("call", tok.CallID), zap.Stringer("participant", tok.ParticipantID)),
 	}
 	s.key = protocol.IntegrityKey(s.token)
+	s.media.police.capRate.Store(c.policeRate(s)) // policed from its first packet
 	c.applyGate(cl, s)
 	cl.members[s.participant] = s
 	c.sessions[sessionKey{cl.id, s.participant}] = s
@@ -287,6 +297,24 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 	c.admittedNow(class, now)
 	c.notifyJoined(cl, s, now) // notices.go: asks who serves the call if it is new here and the store is away
 	s.log.Info("participant joined", zap.Stringer("addr", src), zap.Stringer("class", cl.class), zap.Int("members", len(cl.members)))
+}
+
+// moveAllowed spends one of s's address changes (AddrChangeBurst at once,
+// then one per AddrChangeEvery), or counts the refusal. Refusals are logged
+// at most once a minute for the whole forwarder, with how many there were.
+func (c *control) moveAllowed(s *session, now time.Time) bool {
+	cfg := &c.f.cfg
+	if s.moves.take(1/float64(cfg.AddrChangeEvery.Nanoseconds()), float64(cfg.AddrChangeBurst), now.UnixNano()) {
+		return true
+	}
+	c.f.countDrop(DropAddrChangeLimited)
+	c.movesRefused++
+	if now.Sub(c.movesLogged) >= time.Minute {
+		s.log.Warn("address changes over the limit, not answered", zap.Int("burst", cfg.AddrChangeBurst),
+			zap.Duration("then_one_per", cfg.AddrChangeEvery), zap.Int("refused_since_last_log", c.movesRefused))
+		c.movesLogged, c.movesRefused = now, 0
+	}
+	return false
 }
 
 // move gives s a new address after an authenticated Binding from it.

@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"time"
+
+	"github.com/callrelay/callrelay/protocol"
 )
 
 // cookieJar issues and checks return-routability cookies. A join, an
@@ -56,4 +58,21 @@ func (j *cookieJar) valid(cookie []byte, src netip.AddrPort, now time.Time) bool
 	}
 	b := now.Unix() / int64(cookieBucket/time.Second)
 	return hmac.Equal(cookie, j.make(src, b)) || hmac.Equal(cookie, j.make(src, b-1))
+}
+
+// challenge answers a request that needs an address check with 401 and a
+// cookie for src, within the forwarder's cap on such answers (CookieRate,
+// CookieBurst, whatever the sources): each is no larger than its request,
+// but a flood from many spoofed addresses must not make the forwarder
+// send thousands a second at whoever those addresses are. A request over
+// the cap is dropped and counted; a device repeats it.
+func (c *control) challenge(src netip.AddrPort, req protocol.JoinRequest, now time.Time) {
+	cfg := &c.f.cfg
+	if !c.challenges.take(cfg.CookieRate/1e9, cfg.CookieBurst, now.UnixNano()) {
+		c.f.countDrop(DropCookieRateLimited)
+		return
+	}
+	c.f.cookieChallenges.Add(1) // a challenge, not a refusal
+	c.sendError(src, req, protocol.JoinError{Code: protocol.CodeUnauthorized,
+		Reason: "address check: repeat with this cookie", Cookie: c.cookies.issue(src, now)})
 }

@@ -124,8 +124,8 @@ func (r *reader) keyRequest(rte *route, ssrc uint32) {
 }
 
 // nack answers one generic NACK from the sender's cache: each lost packet
-// still held, not resent too often, and within the leg's budget, goes to
-// this device alone.
+// still held, not resent to this device too often, and within its share and
+// its leg's budget (rtx.go), goes to this device alone.
 func (r *reader) nack(rte *route, w *protocol.RTCPWalker, src netip.AddrPort) {
 	m, slot, sender := senderOf(rte.cr, rte.media, w.MediaSSRC())
 	var cache *nackCache
@@ -163,15 +163,21 @@ func (r *reader) resend(rte *route, cache *nackCache, ssrc uint32, seq uint16, s
 		r.nackOut[nackMiss]++
 		return
 	}
+	leg := &rte.media.down
+	if !leg.rtx.mayResend(ssrc, seq, nowNS, r.f.adapt.resendGapNS) {
+		r.nackOut[nackBounded]++ // resent to this receiver often enough, or just now
+		return
+	}
 	if r.rn == len(r.rtxBufs) {
 		r.flushQueue()
 	}
 	buf := r.rtxBufs[r.rn][:]
-	n, out := cache.resend(buf, ssrc, seq, nowNS, r.f.adapt.resendGapNS, &rte.media.down)
+	n, out := cache.resend(buf, ssrc, seq, nowNS, leg, r.f.adapt.nackShareQ10)
 	r.nackOut[out]++
 	if out != nackSent {
 		return
 	}
+	leg.rtx.noteResent(ssrc, seq, nowNS)
 	r.rtxTo[r.rn] = encodeSockaddr(src, r.f.v6)
 	if !r.pc.Queue(buf[:n], &r.rtxTo[r.rn]) {
 		// The write batch is full: send it, which frees every slot, and
@@ -183,8 +189,8 @@ func (r *reader) resend(rte *route, cache *nackCache, ssrc uint32, seq uint16, s
 		r.pc.Queue(r.rtxBufs[0][:n], &r.rtxTo[0])
 	}
 	r.rn++
-	rte.media.down.sent.Add(uint64(n))
-	rte.media.down.resent.Add(uint64(n))
+	leg.sent.Add(uint64(n))
+	leg.resent.Add(uint64(n))
 	r.c.resentBytes.Add(uint64(n))
 	r.bout += uint64(n)
 }

@@ -72,6 +72,7 @@ type Forwarder struct {
 	// The conductor's side (audio.go, decisions.go).
 	audio                                       audioParams
 	adapt                                       adaptParams
+	police                                      policeParams
 	onsets, metaSent, metaBytes                 atomic.Uint64
 	decisions, decisionsStale, decisionsUnknown atomic.Uint64
 	decisionLapses                              atomic.Uint64 // calls put on the default policy for want of a fresh decision
@@ -105,7 +106,8 @@ func New(cfg Config) (*Forwarder, error) {
 	if !reusePortSupported {
 		n = 1
 	}
-	f := &Forwarder{cfg: cfg, log: cfg.Logger, v6: v6, audio: audioParamsOf(cfg.Audio), adapt: adaptParamsOf(cfg.Adapt)}
+	f := &Forwarder{cfg: cfg, log: cfg.Logger, v6: v6, audio: audioParamsOf(cfg.Audio), adapt: adaptParamsOf(cfg.Adapt),
+		police: policeParamsOf(cfg.Police)}
 	if cfg.Cluster.ID != "" {
 		f.log = f.log.With(zap.String("forwarder", cfg.Cluster.ID))
 	}

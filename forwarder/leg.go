@@ -61,27 +61,9 @@ type downlink struct {
 	resent   atomic.Uint64 // bytes retransmitted to it
 	rtxAllow atomic.Uint64 // bit/s of retransmissions the estimate leaves over the media (control goroutine)
 
-	// The retransmission token bucket, owned by the reader serving the
-	// receiver's flow (its NACKs arrive there).
-	tokens float64
-	lastNS int64
-}
-
-// rtxTake takes n bytes of retransmission budget, or says there is none.
-func (d *downlink) rtxTake(n int, nowNS int64) bool {
-	rate := float64(d.rtxAllow.Load()) / 8 // bytes per second
-	burst := max(rate/10, 3*maxDatagram)   // 100 ms of budget
-	if d.lastNS != 0 {
-		d.tokens = min(burst, d.tokens+rate*float64(nowNS-d.lastNS)/1e9)
-	} else {
-		d.tokens = burst
-	}
-	d.lastNS = nowNS
-	if d.tokens < float64(n) {
-		return false
-	}
-	d.tokens -= float64(n)
-	return true
+	// What its NACKs may still cost (rtx.go), owned by the reader serving
+	// the receiver's flow (its NACKs arrive there).
+	rtx rtxAccount
 }
 
 // estimate is the leg's downlink estimate, or 0 when unknown.

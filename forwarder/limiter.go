@@ -13,6 +13,9 @@ type stunLimiter struct {
 	buckets     [1024]bucket
 }
 
+// bucket is one token bucket of requests. It holds no rate of its own:
+// the stunLimiter's, a session's address changes (control.go) and the
+// forwarder's address checks use it with theirs.
 type bucket struct {
 	tokens float64
 	last   int64 // ns
@@ -24,13 +27,18 @@ func newSTUNLimiter(perSecond, burst float64) stunLimiter {
 
 // allow spends a token of the bucket of key (a hash of the source).
 func (l *stunLimiter) allow(key uint32, nowNS int64) bool {
-	b := &l.buckets[key%uint32(len(l.buckets))]
+	return l.buckets[key%uint32(len(l.buckets))].take(l.rate, l.burst, nowNS)
+}
+
+// take spends a token, refilled at rate per nanosecond up to burst; a new
+// bucket starts full.
+func (b *bucket) take(rate, burst float64, nowNS int64) bool {
 	if b.last == 0 {
-		b.tokens = l.burst
+		b.tokens = burst
 	} else {
-		b.tokens += float64(nowNS-b.last) * l.rate
-		if b.tokens > l.burst {
-			b.tokens = l.burst
+		b.tokens += float64(nowNS-b.last) * rate
+		if b.tokens > burst {
+			b.tokens = burst
 		}
 	}
 	b.last = nowNS

@@ -27,6 +27,10 @@ var (
 	mRefusals = prometheus.NewDesc("callrelay_forwarder_join_refusals_total", "Joins refused (not counting address-cookie challenges).", nil, nil)
 	mNudges   = prometheus.NewDesc("callrelay_forwarder_rejoin_nudges_total", "Rejoin answers to media from unknown addresses.", nil, nil)
 	mMigrate  = prometheus.NewDesc("callrelay_forwarder_migrations_total", "MigrateTo messages sent while draining.", nil, nil)
+	mMoves    = prometheus.NewDesc("callrelay_forwarder_address_changes_total",
+		"Sessions moved to a new address (those over a session's limit are drops_total{reason=\"address_change_limited\"}).", nil, nil)
+	mCookies = prometheus.NewDesc("callrelay_forwarder_cookie_challenges_total",
+		"Address checks answered (401 with a COOKIE); those over the forwarder's cap are drops_total{reason=\"cookie_rate_limited\"}.", nil, nil)
 	mDegraded = prometheus.NewDesc("callrelay_statestore_degraded",
 		"1 while the call state store is unreachable and changes are queued.", nil, nil)
 	mQueued = prometheus.NewDesc("callrelay_statestore_queued_changes", "Call state changes waiting for the store.", nil, nil)
@@ -66,7 +70,7 @@ var (
 	mAdmittedClass = prometheus.NewDesc("callrelay_forwarder_joins_by_class_total",
 		"Joins admitted, by class (unclassified: admitted while not throttling).", []string{"class"}, nil)
 	mNacked = prometheus.NewDesc("callrelay_forwarder_nacked_packets_total",
-		"Packets receivers NACKed, by outcome: resent from the cache, not cached, bounded (resent too often or too soon), over the leg's budget.", []string{"outcome"}, nil)
+		"Packets receivers NACKed, by outcome: resent from the cache, not cached, bounded (resent to that receiver too often or too soon), over the leg's budget, over the receiver's share of what it was sent.", []string{"outcome"}, nil)
 	mKeyReq = prometheus.NewDesc("callrelay_forwarder_key_frame_requests_total",
 		"Key frame requests: from receivers (PLI/FIR), and sent by the relay to senders.", []string{"from"}, nil)
 	mTargets = prometheus.NewDesc("callrelay_forwarder_sender_feedback_total",
@@ -77,11 +81,11 @@ var (
 	mProbe  = prometheus.NewDesc("callrelay_forwarder_probe_bytes_total", "Padding sent to receivers held below their subscriptions, to find out whether their downlink recovered.", nil, nil)
 )
 
-var nackOutcomeNames = [4]string{"resent", "not_cached", "bounded", "over_budget"}
+var nackOutcomeNames = [numNackOutcomes]string{"resent", "not_cached", "bounded", "over_budget", "over_share"}
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mPackets, mBytes, mDrops, mSessions, mCalls, mPeers, mDraining, mJoins,
-		mRefusals, mNudges, mMigrate, mDegraded, mQueued, mStErr, mStDrop, mClBad, mNATSErr,
+		mRefusals, mNudges, mMigrate, mMoves, mCookies, mDegraded, mQueued, mStErr, mStDrop, mClBad, mNATSErr,
 		mMuted, mOnsets, mMeta, mMetaBytes, mDecisions, mSpeaker, mLevel, mLoad, mLevelChanges, mRefusedClass, mAdmittedClass, mStoreLatency, mNATSRTT,
 		mNacked, mKeyReq, mTargets, mSubs, mResent, mProbe} {
 		ch <- d
@@ -127,6 +131,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mRefusals, s.JoinErrors)
 	counter(mNudges, s.RejoinNudges)
 	counter(mMigrate, s.Migrations)
+	counter(mMoves, s.AddressChanges)
+	counter(mCookies, s.CookieChallenges)
 	collectResume(ch, s.Resume)
 	gauge(mDegraded, b2f(s.StateDegraded))
 	gauge(mQueued, float64(s.StateQueued))

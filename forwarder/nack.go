@@ -12,10 +12,10 @@ import (
 // arrive over the trunk). Packets are copied byte-exact into a fixed byte
 // ring (the arena) and indexed per stream (SSRC) by sequence number in a
 // fixed table; nothing is allocated after the cache is made. An entry is
-// valid while the arena has not wrapped over its bytes. Retransmissions of
-// one packet are bounded: at most nackMaxResends times, and not sooner
-// than the resend interval after the previous one, so a receiver that
-// repeats its NACK every few milliseconds gets one copy per round trip.
+// valid while the arena has not wrapped over its bytes. What a receiver's
+// NACKs may take from it is that receiver's own business (rtx.go): how
+// often one packet is resent to it, and how many bytes, are counted per
+// receiver, so one receiver's NACKs never cost another's recovery.
 //
 // The cache has its own mutex: the sender's reader writes, the readers of
 // the receivers that NACK read. No lock is shared by all packets.
@@ -29,7 +29,7 @@ type nackCache struct {
 const (
 	nackStreams    = 4    // SSRCs per sender (audio, up to 3 video layers)
 	nackIndex      = 1024 // packets indexed per stream (a power of two)
-	nackMaxResends = 3
+	nackMaxResends = 3    // resends of one packet to one receiver
 )
 
 type nackStream struct {
@@ -40,11 +40,9 @@ type nackStream struct {
 }
 
 type nackEntry struct {
-	pos      uint64 // absolute arena position of the packet's first byte
-	n        uint16 // 0: empty
-	seq      uint16
-	resends  uint8
-	resentAt int64 // unix ns of the last resend
+	pos uint64 // absolute arena position of the packet's first byte
+	n   uint16 // 0: empty
+	seq uint16
 }
 
 // newNackCache makes a cache with an arena of size bytes.
@@ -92,11 +90,10 @@ func (c *nackCache) put(b []byte, ssrc uint32, seq uint16, nowNS int64) {
 }
 
 // resend copies the cached packet (ssrc, seq) into dst if it is still held
-// and may be resent now: not more than nackMaxResends times, not sooner
-// than minGapNS after its previous resend, and within the receiver's leg
-// budget (leg nil: no budget). It returns the packet's length, or 0 and
-// why not. A packet refused for the budget keeps its resends.
-func (c *nackCache) resend(dst []byte, ssrc uint32, seq uint16, nowNS, minGapNS int64, leg *downlink) (int, nackOutcome) {
+// and the receiver's leg (nil: no bound) may take it now (downlink.rtxTake,
+// with shareQ10 its share of what it was sent, in 1024ths). It returns the
+// packet's length, or 0 and why not.
+func (c *nackCache) resend(dst []byte, ssrc uint32, seq uint16, nowNS int64, leg *downlink, shareQ10 int64) (int, nackOutcome) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var s *nackStream
@@ -110,23 +107,16 @@ func (c *nackCache) resend(dst []byte, ssrc uint32, seq uint16, nowNS, minGapNS 
 		return 0, nackMiss
 	}
 	e := &s.entries[seq&(nackIndex-1)]
-	if e.n == 0 || e.seq != seq || c.end > e.pos+uint64(len(c.arena)) {
+	if e.n == 0 || e.seq != seq || c.end > e.pos+uint64(len(c.arena)) || int(e.n) > len(dst) {
 		return 0, nackMiss
 	}
-	if e.resends >= nackMaxResends || (e.resends > 0 && nowNS-e.resentAt < minGapNS) {
-		return 0, nackBounded
-	}
-	if int(e.n) > len(dst) {
-		return 0, nackMiss
-	}
-	if leg != nil && !leg.rtxTake(int(e.n), nowNS) {
-		return 0, nackBudget
+	if leg != nil {
+		if out := leg.rtxTake(int(e.n), nowNS, shareQ10); out != nackSent {
+			return 0, out
+		}
 	}
 	size := uint64(len(c.arena))
-	n := copy(dst, c.arena[e.pos%size:e.pos%size+uint64(e.n)])
-	e.resends++
-	e.resentAt = nowNS
-	return n, nackSent
+	return copy(dst, c.arena[e.pos%size:e.pos%size+uint64(e.n)]), nackSent
 }
 
 type nackOutcome uint8
@@ -134,6 +124,8 @@ type nackOutcome uint8
 const (
 	nackSent    nackOutcome = iota
 	nackMiss                // not in the cache (too old, never seen, overwritten)
-	nackBounded             // resent too often or too recently
+	nackBounded             // resent to this receiver too often or too recently
 	nackBudget              // the leg's estimate leaves no room
+	nackShare               // the receiver's NACKs already cost their share of what it was sent
+	numNackOutcomes
 )

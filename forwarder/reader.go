@@ -48,9 +48,9 @@ type reader struct {
 	// Per-batch tallies, added to the shared counters once per batch.
 	pin, bin, pout, bout uint64
 	tout, tbout, nudges  uint64
-	muted, onsetMsgs     uint64    // audio held back by the gate; LoudOnset messages taken
-	nacked, keyRequests  uint64    // packets NACKed by receivers; PLI/FIR taken
-	nackOut              [4]uint64 // by nackOutcome
+	muted, onsetMsgs     uint64 // audio held back by the gate; LoudOnset messages taken
+	nacked, keyRequests  uint64 // packets NACKed by receivers; PLI/FIR taken
+	nackOut              [numNackOutcomes]uint64
 	drops                [numDropReasons]uint64
 }
 
@@ -132,7 +132,9 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 	}
 	m := rte.media
 	if m == nil || kind != protocol.KindRTP {
-		r.fanOut(rte, b)
+		if m == nil || r.police(m, len(b), policeRTCP) {
+			r.fanOut(rte, b)
+		}
 		return
 	}
 	slot := m.note(r.hdr.SSRC)
@@ -140,6 +142,9 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 	m.up.onPacket(&r.hdr, r.f.adapt.absID, len(b), slot, nowNS)
 	voice, level, audio := r.hdr.AudioLevel(r.f.audio.extID)
 	if audio {
+		if !r.police(m, len(b), policeAudio) {
+			return
+		}
 		if !r.audio(&m.audio, r.hdr.SequenceNumber, voice, level, len(b)-r.hdr.HeaderLen-r.hdr.PaddingLen, len(b)) {
 			r.muted++
 			return
@@ -149,6 +154,9 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 		return
 	}
 	m.audio.bytes.Add(uint64(len(b)) << 32)
+	if !r.police(m, len(b), policeVideo) {
+		return
+	}
 	if rte.group && r.f.thr.shedVideo.Load() {
 		r.drops[DropShedVideo]++ // overload: group video goes before any audio
 		return

@@ -325,6 +325,9 @@ type mediaInfo struct {
 	// As a receiver: what its feedback says about its downlink, and what
 	// was sent to it (leg.go).
 	down downlink
+
+	// As a member: what it may send into the call (police.go).
+	police ingress
 }
 
 const maxSSRCs = 8

@@ -6,26 +6,32 @@ import "sync/atomic"
 type DropReason int
 
 const (
-	DropNotMedia        DropReason = iota // neither STUN nor RTP/RTCP (RFC 7983)
-	DropUnknownSource                     // media from an address with no session
-	DropMalformed                         // RTP/RTCP that does not parse, or unusable STUN
-	DropOversized                         // larger than maxDatagram
-	DropSTUNRateLimited                   // one source sent too many requests
-	DropControlBusy                       // control queue full
-	DropSendFailed                        // the kernel refused a send
-	DropReadError                         // a receive call failed (counted per call, not per datagram)
-	DropRelayControl                      // a device sent a CRLY relay instruction (only forwarders may)
-	DropTrunkAuth                         // a trunk frame that does not authenticate or parse
-	DropTrunkNoCall                       // a trunk frame for a call with no member here
-	DropShedVideo                         // group-call video shed under overload
-	DropUnsubscribed                      // trunk video of a sender not known here yet (no subscription can name it)
-	DropReceiveBuffer                     // dropped by the kernel before a read: one of our sockets' receive buffers was full (Linux only)
+	DropNotMedia          DropReason = iota // neither STUN nor RTP/RTCP (RFC 7983)
+	DropUnknownSource                       // media from an address with no session
+	DropMalformed                           // RTP/RTCP that does not parse, or unusable STUN
+	DropOversized                           // larger than maxDatagram
+	DropSTUNRateLimited                     // one source sent too many requests
+	DropControlBusy                         // control queue full
+	DropSendFailed                          // the kernel refused a send
+	DropReadError                           // a receive call failed (counted per call, not per datagram)
+	DropRelayControl                        // a device sent a CRLY relay instruction (only forwarders may)
+	DropTrunkAuth                           // a trunk frame that does not authenticate or parse
+	DropTrunkNoCall                         // a trunk frame for a call with no member here
+	DropShedVideo                           // group-call video shed under overload
+	DropUnsubscribed                        // trunk video of a sender not known here yet (no subscription can name it)
+	DropReceiveBuffer                       // dropped by the kernel before a read: one of our sockets' receive buffers was full (Linux only)
+	DropPolicedAudio                        // a member's audio over its audio cap (police.go)
+	DropPolicedVideo                        // a member's video over its cap
+	DropPolicedRTCP                         // a member's forwarded RTCP (sender reports, SDES...) over its cap
+	DropCookieRateLimited                   // a request that needed an address check while the forwarder's answers to them were at their cap
+	DropAddrChangeLimited                   // an address change over its session's limit (not answered)
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"not_media", "unknown_source", "malformed", "oversized", "stun_rate_limited", "control_busy", "send_failed", "read_error",
 	"relay_control", "trunk_auth", "trunk_no_call", "shed_video", "unsubscribed", "receive_buffer",
+	"policed_audio", "policed_video", "policed_rtcp", "cookie_rate_limited", "address_change_limited",
 }
 
 func (r DropReason) String() string { return dropNames[r] }
@@ -34,13 +40,13 @@ func (r DropReason) String() string { return dropNames[r] }
 // The padding keeps readers' counters off each other's cache lines.
 type counters struct {
 	packetsIn, bytesIn, packetsOut, bytesOut atomic.Uint64
-	trunkIn, trunkBytesIn                    atomic.Uint64    // frames from other forwarders
-	trunkOut, trunkBytesOut                  atomic.Uint64    // frames to other forwarders
-	nudges                                   atomic.Uint64    // Rejoin nudges sent
-	audioMuted                               atomic.Uint64    // audio packets not forwarded: the member is outside the forwarding set
-	onsetMsgs                                atomic.Uint64    // LoudOnset messages from devices
-	nacked, keyRequests                      atomic.Uint64    // packets NACKed by receivers; PLI/FIR taken
-	nackOut                                  [4]atomic.Uint64 // by nackOutcome
+	trunkIn, trunkBytesIn                    atomic.Uint64 // frames from other forwarders
+	trunkOut, trunkBytesOut                  atomic.Uint64 // frames to other forwarders
+	nudges                                   atomic.Uint64 // Rejoin nudges sent
+	audioMuted                               atomic.Uint64 // audio packets not forwarded: the member is outside the forwarding set
+	onsetMsgs                                atomic.Uint64 // LoudOnset messages from devices
+	nacked, keyRequests                      atomic.Uint64 // packets NACKed by receivers; PLI/FIR taken
+	nackOut                                  [numNackOutcomes]atomic.Uint64
 	resentBytes                              atomic.Uint64
 	drops                                    [numDropReasons]atomic.Uint64
 	_                                        [64]byte
@@ -87,16 +93,16 @@ type Stats struct {
 	SpeakerUpdates   uint64 // DominantSpeaker messages sent to devices
 
 	// Network adaptation (nack.go, feedback.go, adapt.go).
-	Nacked         uint64    // packets receivers NACKed
-	NackOutcomes   [4]uint64 // by outcome: resent, not cached, bounded (too often/soon), over the leg's budget
-	KeyRequests    uint64    // PLI/FIR from receivers
-	ResentBytes    uint64    // bytes resent from the NACK cache
-	Probes         uint64    // downlink probes begun (probe.go)
-	ProbeBytes     uint64    // padding sent in them
-	KeyFramesAsked uint64    // PLIs the relay sent to senders
-	TargetsSent    uint64    // TargetBitrate/SimulcastControl/REMB messages sent to senders
-	Subscriptions  uint64    // Subscription messages applied
-	SubsRejected   uint64    // Subscription messages malformed or not newer
+	Nacked         uint64                  // packets receivers NACKed
+	NackOutcomes   [numNackOutcomes]uint64 // by outcome: resent, not cached, bounded (too often/soon), over the leg's budget, over the receiver's share
+	KeyRequests    uint64                  // PLI/FIR from receivers
+	ResentBytes    uint64                  // bytes resent from the NACK cache
+	Probes         uint64                  // downlink probes begun (probe.go)
+	ProbeBytes     uint64                  // padding sent in them
+	KeyFramesAsked uint64                  // PLIs the relay sent to senders
+	TargetsSent    uint64                  // TargetBitrate/SimulcastControl/REMB messages sent to senders
+	Subscriptions  uint64                  // Subscription messages applied
+	SubsRejected   uint64                  // Subscription messages malformed or not newer
 
 	// Overload throttling (admission.go).
 	ThrottleLevel ThrottleLevel
