@@ -84,11 +84,18 @@ type member struct {
 	ear      *listener
 	lost     atomic.Bool
 	rejoined atomic.Bool
-	// A late joiner (latejoin.go): base holds, by SSRC, the speech
-	// counter of every member present when it was admitted, and expect
-	// the SSRCs of those of them up then. Set before its listener starts.
+	// heard holds, by member index, the highest speech-frame counter it
+	// decrypted from that member (written by its listener); counted, up
+	// to which counter the frames it missed from that member were counted
+	// (countMissed, sender goroutine only).
+	heard   []atomic.Uint32
+	counted []uint32
+	// A late joiner (latejoin.go): base holds, by member index, the
+	// speech counter of every member present when it was admitted, and
+	// expect the SSRCs of those of them up then. Set before its listener
+	// starts.
 	late   bool
-	base   map[uint32]uint32
+	base   []uint32
 	expect []uint32
 
 	mu   sync.Mutex
@@ -166,7 +173,7 @@ func (r *runner) joinAll(ctx context.Context, call protocol.ID, c *callSpec) []*
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			m := newMember(i)
+			m := newMember(i, c.size)
 			if r.join(ctx, call, c, m, first) {
 				out[i] = m
 			}
@@ -182,11 +189,17 @@ func (r *runner) joinAll(ctx context.Context, call protocol.ID, c *callSpec) []*
 	return admitted
 }
 
-// newMember is participant i of a call, not yet joined.
-func newMember(i int) *member {
-	return &member{idx: i, id: protocol.NewID(), ssrc: rand.Uint32() | 1, key: client.NewMediaKey(),
-		recv: client.NewReceiver(), plain: make([]byte, 0, speechSize), pkt: make([]byte, 0, 256)}
+// newMember is participant i of a call of size, not yet joined. Its audio
+// SSRC's low byte is 2i+1 (size <= 100): receivers tell the sender from
+// it without a lookup (memberOf).
+func newMember(i, size int) *member {
+	return &member{idx: i, id: protocol.NewID(), ssrc: rand.Uint32()&^0xff | uint32(i)<<1 | 1, key: client.NewMediaKey(), //nolint:gosec // i < 100
+		recv: client.NewReceiver(), plain: make([]byte, 0, speechSize), pkt: make([]byte, 0, 256),
+		heard: make([]atomic.Uint32, size), counted: make([]uint32, size)}
 }
+
+// memberOf is the member index an audio SSRC names (newMember).
+func memberOf(ssrc uint32) int { return int(ssrc&0xff) >> 1 }
 
 // join joins m to call, its first RTP sequence number first (0: a random
 // one), and counts the setup; it reports whether m was admitted. A join
@@ -312,6 +325,9 @@ func (r *runner) sendLoop(ctx context.Context, lc *liveCall, late <-chan *member
 				if n%markEvery == 0 {
 					m.marks[0], m.marks[1] = m.marks[1], m.speech
 				}
+			}
+			if n%markEvery == 0 {
+				lc.countMissed(false)
 			}
 			n++
 		}

@@ -109,7 +109,7 @@ func (r *runner) joinLate(ctx context.Context, lc *liveCall, call protocol.ID, o
 	var ms []*member
 	for i := range lc.spec.size {
 		if lc.spec.isLate(i) {
-			m := newMember(i)
+			m := newMember(i, lc.spec.size)
 			m.late = true
 			ms = append(ms, m)
 		}
@@ -139,12 +139,12 @@ func (r *runner) joinLate(ctx context.Context, lc *liveCall, call protocol.ID, o
 // it notes what they have said so far and who is up, subscribes to
 // their cameras, and starts listening.
 func (lc *liveCall) admitLate(m *member) {
-	m.base = make(map[uint32]uint32, len(lc.members))
+	m.base = make([]uint32, lc.spec.size)
 	for _, o := range lc.members {
 		if !o.late { // the other late joiners knew its key before they joined
 			_ = o.recv.AddSender(m.ssrc, m.key) // a fresh valid key cannot fail
 		}
-		m.base[o.ssrc] = o.speech
+		m.base[o.idx] = o.speech
 		if !o.lost.Load() {
 			m.expect = append(m.expect, o.ssrc)
 		}

@@ -38,7 +38,7 @@ type listener struct {
 	tracker client.SpeakerTracker
 	streams map[uint32]*stream // by SSRC: the audio streams decrypted
 	buf     []byte
-	heard   bool
+	any     bool // an audio packet was decrypted
 	// arrivals is a ring of the last audio arrivals (Unix ns), next its
 	// write index; pending is the start of a re-join's silence not yet
 	// ended by a packet (0: none).
@@ -136,16 +136,19 @@ func (l *listener) audio(pkt *client.Packet, ssrc uint32) {
 	sent := int64(binary.BigEndian.Uint64(got[8:16]))
 	at := pkt.Received.UnixNano()
 	m.mu.Lock()
-	if !l.heard {
-		l.heard = true
+	if !l.any {
+		l.any = true
 		m.win.firstAudio.Add(ms(pkt.Received.Sub(m.began)))
 	}
 	if l.pending != 0 && at > l.pending {
 		m.win.rejoinSilence.Add(float64(at-l.pending) / 1e6)
 		l.pending = 0
 	}
-	observe(&m.win, l.streams, l.hdr.SSRC, frameInfo{counter, speech, len(got) > frameHeader}, sent, pkt.Received)
+	st := observe(&m.win, l.streams, l.hdr.SSRC, frameInfo{counter, speech, len(got) > frameHeader}, sent, pkt.Received)
 	m.mu.Unlock()
+	if i := memberOf(l.hdr.SSRC); i < len(m.heard) && st.speechNext > 0 {
+		m.heard[i].Store(st.speechNext - 1)
+	}
 	l.arrivals[l.next%arrivalHistory] = at
 	l.next++
 }
@@ -225,8 +228,8 @@ type frameInfo struct {
 // Measures.PacketsExpected): a gap is measured between two speech frames
 // of one talk spurt (no silence frame was sent between them), so the
 // silence a conductor holds back is no gap, but a failover in mid-sentence
-// is.
-func observe(w *window, streams map[uint32]*stream, ssrc uint32, f frameInfo, sentNs int64, arrival time.Time) {
+// is. It returns the stream's state.
+func observe(w *window, streams map[uint32]*stream, ssrc uint32, f frameInfo, sentNs int64, arrival time.Time) *stream {
 	transit := float64(arrival.UnixNano() - sentNs)
 	w.received++
 	w.delay.Add(transit / 1e6)
@@ -248,7 +251,7 @@ func observe(w *window, streams map[uint32]*stream, ssrc uint32, f frameInfo, se
 		}
 	}
 	if !f.isSpeech {
-		return
+		return s
 	}
 	w.speechRcvd++
 	switch {
@@ -272,6 +275,7 @@ func observe(w *window, streams map[uint32]*stream, ssrc uint32, f frameInfo, se
 	if f.counter >= s.lastSpeech.counter || !s.lastSpeech.isSpeech {
 		s.lastSpeech, s.lastSpArr = f, arrival
 	}
+	return s
 }
 
 // switchLatency is the time from the start of the new speaker's latest

@@ -51,7 +51,8 @@ func (lc *liveCall) listen(m *member) {
 // finish counts, once every listener is done, how the call went: failed
 // (fewer than two members were ever admitted, unless the run's end cut it
 // short before its late joiners came: cut), dropped (a member lost); the
-// speech frames lost sessions missed; the late joiners' streams.
+// speech frames sessions that lost their forwarder missed; the late
+// joiners' streams.
 func (lc *liveCall) finish(cut bool) {
 	lost := 0
 	for _, m := range lc.members {
@@ -59,7 +60,7 @@ func (lc *liveCall) finish(cut bool) {
 			lost++
 		}
 	}
-	lc.countMissed()
+	lc.countMissed(true)
 	lc.countLate()
 	lc.r.event(func(w *classWindows) {
 		switch {
@@ -72,23 +73,32 @@ func (lc *liveCall) finish(cut bool) {
 }
 
 // countMissed adds to each receiver's expected frames the speech frames
-// it never got from a sender when either lost its session, or re-joined,
-// during the call: those after the last it heard (or those sent since it
-// was admitted, if it heard none), up to the sender's older mark. Frames
-// missed in a gap that later frames closed were counted by observe.
-func (lc *liveCall) countMissed() {
+// it never got from a sender because either lost its session: those after
+// the last it heard (or those sent since it was admitted, if it heard
+// none) up to the sender's older mark, which in-flight frames have had
+// time to pass; it is called every mark (sender goroutine), so they count
+// about when they were missed. final (the call is over) also counts the
+// pairs in which either re-joined: frames lost in a re-join that no later
+// frame revealed (observe counts those that one did). Counted frames are
+// not counted again.
+func (lc *liveCall) countMissed(final bool) {
 	for _, rx := range lc.members {
 		var missed uint64
 		for _, tx := range lc.members {
-			if tx == rx || !(rx.lost.Load() || tx.lost.Load() || rx.rejoined.Load() || tx.rejoined.Load()) {
+			if tx == rx {
 				continue
 			}
-			from := rx.base[tx.ssrc] // 0 unless rx came late
-			if st := rx.ear.streams[tx.ssrc]; st != nil && st.speechNext > 0 {
-				from = max(from, st.speechNext-1)
+			lost := rx.lost.Load() || tx.lost.Load()
+			if !lost && !(final && (rx.rejoined.Load() || tx.rejoined.Load())) {
+				continue
+			}
+			from := max(rx.heard[tx.idx].Load(), rx.counted[tx.idx])
+			if rx.base != nil {
+				from = max(from, rx.base[tx.idx]) // a late joiner: what was said before it came
 			}
 			if to := tx.marks[0]; to > from {
 				missed += uint64(to - from)
+				rx.counted[tx.idx] = to
 			}
 		}
 		if missed > 0 {
