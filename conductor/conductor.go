@@ -25,11 +25,16 @@ type Conductor struct {
 	mu      sync.Mutex // guards owned (read by Owned from other goroutines)
 	owned   map[int]*ownedPartition
 	started bool
+	// tryAt is when to try each partition not held here next (the Run
+	// goroutine's): at the acquire interval, or the moment its holder's
+	// lease lapses if that is sooner.
+	tryAt []time.Time
 }
 
 type ownedPartition struct {
 	lease   statestore.Lease
 	renewed time.Time // last successful acquire or renew
+	graced  bool      // deciding on while the store is unreachable (logged once)
 	p       *partition
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -46,6 +51,7 @@ func New(cfg Config) (*Conductor, error) {
 		cfg:   cfg,
 		owner: cfg.ID + "/" + hex.EncodeToString(nonce[:]),
 		owned: make(map[int]*ownedPartition),
+		tryAt: make([]time.Time, cfg.Partitions),
 	}
 	c.log = cfg.Logger.With(zap.String("conductor", c.owner))
 	c.m = newMetrics(cfg.Registerer)
@@ -81,11 +87,10 @@ func (c *Conductor) Run(ctx context.Context) error {
 	rttDone := make(chan struct{})
 	go func() { defer close(rttDone); c.measureNATS(ioCtx) }()
 
-	acquire := time.NewTicker(c.cfg.AcquireEvery)
+	acquire := time.NewTimer(c.acquireFree(ctx))
 	defer acquire.Stop()
 	renew := time.NewTicker(c.cfg.LeaseTTL / 4)
 	defer renew.Stop()
-	c.acquireFree(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -96,7 +101,7 @@ func (c *Conductor) Run(ctx context.Context) error {
 			c.log.Info("conductor stopped")
 			return nil
 		case <-acquire.C:
-			c.acquireFree(ctx)
+			acquire.Reset(c.acquireFree(ctx))
 		case <-renew.C:
 			c.renewOwned(ctx)
 		}
@@ -106,12 +111,18 @@ func (c *Conductor) Run(ctx context.Context) error {
 // opTimeout bounds one lease operation.
 func (c *Conductor) opTimeout() time.Duration { return max(50*time.Millisecond, c.cfg.LeaseTTL/4) }
 
-// acquireFree tries every partition not held here, up to MaxPartitions.
-func (c *Conductor) acquireFree(ctx context.Context) {
-	for part := 0; part < c.cfg.Partitions; part++ {
-		if ctx.Err() != nil {
-			return
-		}
+// acquireFree tries the partitions not held here whose time has come, up
+// to MaxPartitions, and returns how long to wait before the next try.
+//
+// A partition held by another conductor is tried again every AcquireEvery,
+// or the moment its holder's lease lapses (the store says how long it has
+// left) if that is sooner: a successor takes a dead conductor's partitions
+// when the TTL runs out, not up to an acquire interval later. A holder
+// that stopped gracefully released its leases, so the next try takes them.
+func (c *Conductor) acquireFree(ctx context.Context) time.Duration {
+	now := c.cfg.Now()
+	next := now.Add(c.cfg.AcquireEvery)
+	for part := 0; part < c.cfg.Partitions && ctx.Err() == nil; part++ {
 		c.mu.Lock()
 		_, held := c.owned[part]
 		n := len(c.owned)
@@ -120,32 +131,66 @@ func (c *Conductor) acquireFree(ctx context.Context) {
 			continue
 		}
 		if c.cfg.MaxPartitions > 0 && n >= c.cfg.MaxPartitions {
-			return
+			break
 		}
-		octx, cancel := context.WithTimeout(ctx, c.opTimeout())
-		now := c.cfg.Now()
-		began := time.Now()
-		l, err := c.cfg.Leases.AcquireLease(octx, statestore.PartitionLease(part), c.owner, c.cfg.LeaseTTL)
-		c.m.storeLatency.Observe(time.Since(began).Seconds())
-		cancel()
-		switch {
-		case errors.Is(err, statestore.ErrLeaseHeld):
+		if now.Before(c.tryAt[part]) {
+			next = minTime(next, c.tryAt[part])
 			continue
-		case err != nil:
-			c.m.leaseErrors.Inc()
-			if !c.m.noteStoreDown(true) {
-				c.log.Warn("state store unreachable: cannot take partitions", zap.Error(err))
-			}
-			return // the store is down: try again next round
+		}
+		c.tryAt[part] = now.Add(c.cfg.AcquireEvery)
+		if !c.tryAcquire(ctx, part) {
+			break // the store is down: try again next round
+		}
+		next = minTime(next, c.tryAt[part])
+	}
+	return max(time.Millisecond, next.Sub(c.cfg.Now()))
+}
+
+// tryAcquire makes one attempt at a partition's lease; false: the store did
+// not answer.
+func (c *Conductor) tryAcquire(ctx context.Context, part int) bool {
+	octx, cancel := context.WithTimeout(ctx, c.opTimeout())
+	began := c.cfg.Now()
+	l, err := c.cfg.Leases.AcquireLease(octx, statestore.PartitionLease(part), c.owner, c.cfg.LeaseTTL)
+	now := c.cfg.Now()
+	took := now.Sub(began)
+	c.m.storeLatency.Observe(took.Seconds())
+	cancel()
+	var held *statestore.HeldError
+	switch {
+	case errors.As(err, &held):
+		if held.Remaining > 0 {
+			// The store measured what is left when it answered; a try
+			// sent that much later reaches it after the lapse.
+			c.tryAt[part] = minTime(c.tryAt[part], now.Add(held.Remaining+time.Millisecond))
 		}
 		c.storeBack()
-		if l.Epoch > math.MaxUint32 {
-			c.log.Error("lease epoch beyond the wire's 32 bits; releasing", zap.Int("partition", part), zap.Uint64("epoch", l.Epoch))
-			_ = c.cfg.Leases.ReleaseLease(ctx, l)
-			continue
+		return true
+	case errors.Is(err, statestore.ErrLeaseHeld):
+		c.storeBack()
+		return true
+	case err != nil:
+		c.m.leaseErrors.Inc()
+		if !c.m.noteStoreDown(true) {
+			c.log.Warn("state store unreachable: cannot take partitions", zap.Error(err))
 		}
-		c.start(part, l, now)
+		return false
 	}
+	c.storeBack()
+	if l.Epoch > math.MaxUint32 {
+		c.log.Error("lease epoch beyond the wire's 32 bits; releasing", zap.Int("partition", part), zap.Uint64("epoch", l.Epoch))
+		_ = c.cfg.Leases.ReleaseLease(ctx, l)
+		return true
+	}
+	c.start(part, l, began)
+	return true
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // start runs a decider for a newly held partition.
@@ -169,8 +214,12 @@ func (c *Conductor) start(part int, l statestore.Lease, now time.Time) {
 	go func() { defer close(o.done); p.run(pctx, o) }()
 }
 
-// renewOwned renews every held lease; a lease that is lost, or that could
-// not be renewed for its whole TTL, stops its decider.
+// renewOwned renews every held lease. A lease that is lost stops its
+// decider, unless the store lost it with nobody else holding it (it lapsed
+// while the store was away), in which case it is taken again in place at a
+// new epoch. A lease that could not be renewed stops its decider after
+// validFor, or, while the store does not answer at all, after StoreGrace
+// (see holdFor).
 func (c *Conductor) renewOwned(ctx context.Context) {
 	c.mu.Lock()
 	parts := make([]int, 0, len(c.owned))
@@ -178,11 +227,16 @@ func (c *Conductor) renewOwned(ctx context.Context) {
 		parts = append(parts, p)
 	}
 	c.mu.Unlock()
+	down := false // the store did not answer this round: the rest are not tried
 	for _, part := range parts {
 		c.mu.Lock()
 		o := c.owned[part]
 		c.mu.Unlock()
 		now := c.cfg.Now()
+		if down {
+			c.unrenewed(part, o, now, true)
+			continue
+		}
 		octx, cancel := context.WithTimeout(ctx, c.opTimeout())
 		began := time.Now()
 		err := c.cfg.Leases.RenewLease(octx, o.lease, c.cfg.LeaseTTL)
@@ -190,28 +244,81 @@ func (c *Conductor) renewOwned(ctx context.Context) {
 		cancel()
 		switch {
 		case err == nil:
-			c.mu.Lock()
-			o.renewed = now
-			c.mu.Unlock()
-			o.p.setValidUntil(now.Add(c.validFor()))
+			c.renewed(o, now)
 			c.storeBack()
 		case errors.Is(err, statestore.ErrLeaseLost):
-			c.log.Warn("partition lease lost", zap.Int("partition", part), zap.Uint64("epoch", o.lease.Epoch))
-			c.stop(part, false)
+			c.storeBack()
+			if !c.retake(ctx, part, o, now) {
+				c.log.Warn("partition lease lost", zap.Int("partition", part), zap.Uint64("epoch", o.lease.Epoch))
+				c.stop(part, false)
+			}
 		default:
 			c.m.leaseErrors.Inc()
 			if !c.m.noteStoreDown(true) {
 				c.log.Warn("state store unreachable: renewing partition leases", zap.Error(err))
 			}
-			c.mu.Lock()
-			expired := now.Sub(o.renewed) >= c.validFor()
-			c.mu.Unlock()
-			if expired {
-				c.log.Warn("partition lease expired unrenewed: no longer deciding", zap.Int("partition", part))
-				c.stop(part, false)
-			}
+			down = errors.Is(err, statestore.ErrUnavailable)
+			c.unrenewed(part, o, now, down)
 		}
 	}
+}
+
+// renewed notes a successful renewal (or acquisition) of o's lease.
+func (c *Conductor) renewed(o *ownedPartition, now time.Time) {
+	c.mu.Lock()
+	o.renewed = now
+	c.mu.Unlock()
+	o.graced = false
+	o.p.setValidUntil(now.Add(c.validFor()))
+}
+
+// unrenewed handles a renewal that failed without an answer about the
+// lease: the decider goes on until holdFor after the last renewal, then
+// stops.
+func (c *Conductor) unrenewed(part int, o *ownedPartition, now time.Time, unreachable bool) {
+	c.mu.Lock()
+	since := o.renewed
+	c.mu.Unlock()
+	hold := c.validFor()
+	if unreachable {
+		hold = c.holdFor()
+		o.p.setValidUntil(since.Add(hold))
+		if hold > c.validFor() && !o.graced {
+			o.graced = true
+			c.log.Warn("state store unreachable: deciding on under the lease's epoch meanwhile (forwarders fence it off if another conductor takes the partition)",
+				zap.Int("partition", part), zap.Uint64("epoch", o.lease.Epoch), zap.Duration("for_at_most", hold))
+		}
+	}
+	if now.Sub(since) >= hold {
+		c.log.Warn("partition lease unrenewed for too long: no longer deciding", zap.Int("partition", part), zap.Duration("since_renewed", now.Sub(since)))
+		c.stop(part, false)
+	}
+}
+
+// retake takes a lost lease again in place, if nobody else holds it: the
+// store let it lapse (it was away, or it restarted empty) while this
+// instance decided on. The decider goes on with the new epoch, and its
+// next decisions override the old epoch's at every forwarder.
+func (c *Conductor) retake(ctx context.Context, part int, o *ownedPartition, now time.Time) bool {
+	octx, cancel := context.WithTimeout(ctx, c.opTimeout())
+	l, err := c.cfg.Leases.AcquireLease(octx, o.lease.Name, c.owner, c.cfg.LeaseTTL)
+	cancel()
+	if err != nil || l.Epoch > math.MaxUint32 {
+		if err == nil {
+			_ = c.cfg.Leases.ReleaseLease(ctx, l)
+		}
+		return false
+	}
+	c.mu.Lock()
+	old := o.lease
+	o.lease = l
+	c.mu.Unlock()
+	o.p.setEpoch(uint32(l.Epoch))
+	c.renewed(o, now)
+	c.m.takeovers.Inc()
+	c.log.Info("partition lease lapsed in the store while deciding; taken again", zap.Int("partition", part),
+		zap.Uint64("old_epoch", old.Epoch), zap.Uint64("epoch", l.Epoch))
+	return true
 }
 
 // storeBack notes that the store answered, and logs it if it had not.
@@ -225,6 +332,14 @@ func (c *Conductor) storeBack() {
 // decides: the TTL less a margin for the difference between our clock and
 // the store's.
 func (c *Conductor) validFor() time.Duration { return c.cfg.LeaseTTL * 3 / 4 }
+
+// holdFor is how long after its last renewal this instance decides on
+// while the store does not answer at all: StoreGrace, if longer than
+// validFor. Nobody can take the lease from a store that does not answer;
+// a conductor that can, while this one cannot (a partition), takes it at
+// a higher epoch, and forwarders then ignore this one's decisions (README
+// 7.4). The bound keeps such a cut-off instance from talking for long.
+func (c *Conductor) holdFor() time.Duration { return max(c.validFor(), c.cfg.StoreGrace) }
 
 // stop ends a partition's decider; release frees the lease too.
 func (c *Conductor) stop(part int, release bool) {

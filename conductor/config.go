@@ -36,6 +36,14 @@ type Config struct {
 	// LeaseTTL/4; free partitions are tried every AcquireEvery.
 	LeaseTTL     time.Duration
 	AcquireEvery time.Duration
+	// StoreGrace is how long a lease holder keeps deciding after its last
+	// renewal while the store does not answer at all (Redis down or cut
+	// off); 0 stops it after three quarters of the TTL, as when its lease
+	// was lost. Nobody can take the lease from a store that does not
+	// answer, and forwarders fence off the epoch of a holder that was
+	// replaced meanwhile (doc.go), so deciding on is safe; it keeps calls'
+	// audio forwarding sets current through a Redis outage.
+	StoreGrace time.Duration
 	// MaxPartitions caps how many partitions this instance holds (0: all),
 	// so a fleet of conductors can share them.
 	MaxPartitions int
@@ -76,6 +84,7 @@ func Default() Config {
 		Partitions:      64,
 		LeaseTTL:        2 * time.Second,
 		AcquireEvery:    250 * time.Millisecond,
+		StoreGrace:      time.Minute,
 		DecideEvery:     100 * time.Millisecond,
 		Republish:       time.Second,
 		CheckpointEvery: 2 * time.Second,
@@ -114,6 +123,9 @@ func (c *Config) Validate() error {
 	}
 	if c.LeaseTTL < 100*time.Millisecond || c.AcquireEvery <= 0 || c.AcquireEvery > c.LeaseTTL {
 		errs = append(errs, fmt.Errorf("conductor: lease TTL %s (>= 100ms) and acquire interval %s (0 < it <= TTL)", c.LeaseTTL, c.AcquireEvery))
+	}
+	if c.StoreGrace < 0 {
+		errs = append(errs, fmt.Errorf("conductor: store grace %s, want >= 0", c.StoreGrace))
 	}
 	if c.MaxPartitions < 0 {
 		errs = append(errs, fmt.Errorf("conductor: max partitions %d, want >= 0", c.MaxPartitions))

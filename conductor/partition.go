@@ -20,7 +20,7 @@ import (
 type partition struct {
 	c      *Conductor
 	part   int
-	epoch  uint32
+	epoch  atomic.Uint32 // the lease's; raised in place when the lease is taken again (Conductor.retake)
 	in     chan []byte
 	loaded chan loadResult
 	sub    *nats.Subscription
@@ -71,18 +71,20 @@ type loadResult struct {
 
 func newPartition(c *Conductor, part int, epoch uint32) *partition {
 	p := &partition{
-		c: c, part: part, epoch: epoch,
+		c: c, part: part,
 		in:      make(chan []byte, c.cfg.Queue),
 		loaded:  make(chan loadResult, c.cfg.Queue),
 		calls:   make(map[protocol.ID]*callState),
 		stride:  1,
 		unknown: make(map[protocol.ID]time.Time),
 	}
+	p.epoch.Store(epoch)
 	p.setValidUntil(c.cfg.Now().Add(c.validFor()))
 	return p
 }
 
 func (p *partition) setValidUntil(t time.Time) { p.validUntil.Store(t.UnixNano()) }
+func (p *partition) setEpoch(e uint32)         { p.epoch.Store(e) }
 
 func (p *partition) subscribe() error {
 	sub, err := p.c.cfg.NATS.Subscribe(protocol.MetadataSubject(p.c.cfg.Subject, p.part), func(m *nats.Msg) {
@@ -171,7 +173,11 @@ func (p *partition) call(id protocol.ID, now time.Time) *callState {
 	cs := &callState{id: id, subject: protocol.CallSubject(p.c.cfg.Subject, id), det: NewSpeakerDetector(p.c.cfg.Speaker), lastSeen: now,
 		spurts: make(map[protocol.ID]spurt), members: make(map[protocol.ID]struct{})}
 	p.calls[id] = cs
-	if !p.c.io.load(id, p.loaded) {
+	switch {
+	case p.c.m.down.Load():
+		cs.ready = true // the store does not answer: decide without the checkpoint
+		p.c.m.storeErrors.Inc()
+	case !p.c.io.load(id, p.loaded):
 		cs.ready = true // the queue is full: decide without the checkpoint
 	}
 	return cs
@@ -237,6 +243,11 @@ func (p *partition) onLoaded(r loadResult, now time.Time) {
 		p.c.m.restored.Inc()
 	}
 	cs.ready = true
+	// Decided at once, not at the next tick: after a takeover this is the
+	// call's first decision from the new holder.
+	if now.UnixNano() <= p.validUntil.Load() {
+		p.decideOne(cs, now)
+	}
 }
 
 // malformed counts and logs a record of the call that did not decode.
@@ -265,12 +276,7 @@ func (p *partition) decideAll(now time.Time) {
 			p.c.m.deferred.Inc() // behind: group calls wait, one-to-one calls never do
 			continue
 		}
-		switched := p.decide(cs, now)
-		// A new dominant speaker is saved at once (a successor must not
-		// start from silence); the rest of the state every CheckpointEvery.
-		if switched || cs.dirty && now.Sub(cs.lastCkpt) >= p.c.cfg.CheckpointEvery {
-			p.checkpoint(cs, now)
-		}
+		p.decideOne(cs, now)
 	}
 	for id, until := range p.unknown {
 		if now.After(until) {
@@ -283,6 +289,15 @@ func (p *partition) decideAll(now time.Time) {
 		p.stride = s
 	}
 	p.c.m.behind.Set(float64(p.stride))
+}
+
+// decideOne decides one call and saves its checkpoint when due: a new
+// dominant speaker at once (a successor must not start from silence), the
+// rest of the state every CheckpointEvery.
+func (p *partition) decideOne(cs *callState, now time.Time) {
+	if switched := p.decide(cs, now); switched || cs.dirty && now.Sub(cs.lastCkpt) >= p.c.cfg.CheckpointEvery {
+		p.checkpoint(cs, now)
+	}
 }
 
 // The conductor protects itself: when a decision tick takes more than half
@@ -338,7 +353,7 @@ func (p *partition) decide(cs *callState, now time.Time) bool {
 
 func (p *partition) publish(cs *callState, now time.Time) {
 	d := &p.dec
-	d.Call, d.Partition, d.Epoch, d.Seq, d.At = cs.id, uint16(p.part), p.epoch, cs.seq, now
+	d.Call, d.Partition, d.Epoch, d.Seq, d.At = cs.id, uint16(p.part), p.epoch.Load(), cs.seq, now
 	d.Dominant, d.Forward, d.Conductor = cs.dominant, cs.forward, p.c.cfg.ID
 	d.Video, d.Senders, d.Layers = false, nil, nil
 	if cs.video != nil {
@@ -359,7 +374,10 @@ func (p *partition) publish(cs *callState, now time.Time) {
 
 // checkpoint saves a call's ephemeral state through the io queue.
 func (p *partition) checkpoint(cs *callState, now time.Time) {
-	ck := statestore.ConductorCheckpoint{Epoch: p.epoch, Seq: cs.seq, Speaker: cs.det.State()}
+	if p.c.m.down.Load() {
+		return // the store does not answer: it stays dirty, saved once it does
+	}
+	ck := statestore.ConductorCheckpoint{Epoch: p.epoch.Load(), Seq: cs.seq, Speaker: cs.det.State()}
 	data, err := ck.MarshalBinary()
 	if err != nil {
 		p.c.log.Error("encoding checkpoint", zap.Stringer("call", cs.id), zap.Error(err))

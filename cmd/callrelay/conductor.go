@@ -30,6 +30,7 @@ func conductorFlags(fs *flag.FlagSet) *conductorOptions {
 	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partitions calls hash into; the forwarders' number")
 	fs.IntVar(&cfg.MaxPartitions, "max-partitions", cfg.MaxPartitions, "hold at most this many partitions (0: as many as are free)")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "partition lease TTL: the bulk of the decision gap when a conductor dies")
+	fs.DurationVar(&cfg.StoreGrace, "store-grace", cfg.StoreGrace, "while Redis does not answer, keep deciding this long after the last lease renewal (fenced by epoch; 0: stop at 3/4 of the TTL)")
 	fs.IntVar(&cfg.MaxForwarded, "max-forwarded", cfg.MaxForwarded, "audio streams forwarded per call: the dominant speaker and the most recent speakers")
 	fs.DurationVar(&cfg.RecentWindow, "recent-window", cfg.RecentWindow, "a member who spoke within this window stays in the audio forwarding set")
 	fs.Uint64Var(&cfg.Video.AudioBps, "audio-bps", cfg.Video.AudioBps, "bit/s one forwarded audio stream costs a receiver, reserved before any video")

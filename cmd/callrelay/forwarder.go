@@ -54,6 +54,7 @@ func forwarderFlags(fs *flag.FlagSet) *forwarderOptions {
 	fs.Float64Var(&cfg.Load.CPUCores, "cpu-cores", cfg.Load.CPUCores, "CPU cores the process may use: 100 % of the CPU load signal")
 	fs.Uint64Var(&cfg.Load.MemoryLimit, "memory-limit", cfg.Load.MemoryLimit, "bytes of Go memory that count as 100 % load; 0 = not a signal")
 	fs.IntVar(&cfg.Cluster.Partitions, "partitions", cfg.Cluster.Partitions, "conductor partitions calls hash into; the same on every forwarder and conductor")
+	fs.DurationVar(&cfg.Audio.DecisionTimeout, "decision-timeout", cfg.Audio.DecisionTimeout, "a call with no fresh conductor decision for this long forwards every voice until one comes (longer than a conductor takeover)")
 	fs.DurationVar(&cfg.DrainDeadline, "drain-deadline", cfg.DrainDeadline, "on SIGTERM, stop admitting, ask sessions to move, and exit when empty or after this long")
 	fs.DurationVar(&cfg.TicketLifetime, "ticket-lifetime", cfg.TicketLifetime, "how long a resumption ticket lets a session whose token expired come back (10s..1h; renewed every fifth of it while the session lives)")
 	addMetricsFlags(fs, &o.metricsListen, &o.metricsMaxConns)
