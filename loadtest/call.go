@@ -120,8 +120,9 @@ type stream struct {
 }
 
 // runCall sets up one call, runs its media for its duration (or until ctx
-// ends, or every member is lost), admits its late joiners, and closes
-// it. Every step is bounded in time.
+// ends), admits its late joiners, and closes it. Every step is bounded in
+// time. A call whose members are all lost runs on, silent, to its planned
+// end: what it would have carried counts as lost (countMissed).
 func (r *runner) runCall(ctx context.Context, c *callSpec) {
 	cls := c.idx()
 	r.event(func(w *classWindows) { w[cls].callsStarted++ })
@@ -139,8 +140,6 @@ func (r *runner) runCall(ctx context.Context, c *callSpec) {
 			}
 		}
 	}
-	r.callsUp.Add(1)
-	defer r.callsUp.Add(-1)
 	setUpMedia(members, c.cams, r.p.LateJoin.videoFirstSequence())
 	lc := newLiveCall(r, c, members)
 	for _, m := range members {
@@ -155,9 +154,9 @@ func (r *runner) runCall(ctx context.Context, c *callSpec) {
 	closeFeedback(lc.members)
 	closeAll(lc.members)
 	lc.wg.Wait()
+	lc.closed()
 	lc.finish(ctx.Err() != nil)
 	r.unregister(lc.members, cls)
-	r.partsUp.Add(-int64(len(lc.members)))
 }
 
 // joinAll joins the call's on-time members in parallel and returns the
@@ -298,8 +297,7 @@ func closeAll(ms []*member) {
 }
 
 // sendLoop sends every member's 20 ms frame per tick until the call's
-// duration is over, ctx ends or every member is lost, and admits the
-// late joiners that come on late.
+// duration is over or ctx ends, and admits the late joiners that come.
 func (r *runner) sendLoop(ctx context.Context, lc *liveCall, late <-chan *member) {
 	c := lc.spec
 	tick := time.NewTicker(frameEvery)
@@ -312,8 +310,6 @@ func (r *runner) sendLoop(ctx context.Context, lc *liveCall, late <-chan *member
 		case <-ctx.Done():
 			return
 		case <-end.C:
-			return
-		case <-lc.gone:
 			return
 		case m := <-late:
 			lc.admitLate(m)

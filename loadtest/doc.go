@@ -30,18 +30,30 @@
 // sketches for percentiles, and says when the generator itself was the
 // bottleneck (its CPU, late sender ticks, dropped media).
 //
+// What users feel when the relay fails under them (listen.go,
+// livecall.go): a device that loses its forwarder re-joins (Plan.Rejoin),
+// and the silence it heard meanwhile is measured; one that is lost for good
+// drops its call (Measures.CallsDropped, apart from failed setups), and the
+// speech it missed or would have sent counts as lost. Plan.LateJoin has a
+// share of the members join a while into their call, after every stream
+// rolled over if asked, and counts what they decrypt (latejoin.go).
+//
 // With Plan.NATS and Plan.ClusterKey, Run also reads the forwarders' own
 // LoadReports on <subject>.forwarders (relay.go): throttle level, sessions,
 // CPU and memory signals per forwarder and second (Second.Forwarders,
 // Result.Relay). Plan.Chaos injects failures (chaos.go): SIGKILL, SIGTERM
 // or SIGSTOP/SIGCONT of processes whose pids the caller names in
-// Plan.Processes; each is recorded as an Event with the longest media gap
-// after it. RunController and RunAgent (agent.go) spread a plan over
+// Plan.Processes, and down-then-up of services (Redis, NATS) the caller
+// names in Plan.Services (chaos_service.go: servers it runs itself, or
+// shell commands); each is recorded as an Event with the longest media
+// gap after it. RunController and RunAgent (agent.go) spread a plan over
 // agent processes on other hosts through NATS; Merge (partial.go) combines
 // their raw per-second counts and sketches into one Result.
 //
 // It must never send to any address but the plan's forwarders: joins do
 // not follow 300 Try Alternate unless Plan.FollowAlternates says so (a
 // forwarder's MigrateTo during a drain is still obeyed by the client
-// library). Every run is bounded in time and in calls and ends by itself.
+// library). It never signals a process or runs a command the caller did
+// not give it (Plan.Processes, Plan.Services), and agents never run chaos.
+// Every run is bounded in time and in calls and ends by itself.
 package loadtest

@@ -197,8 +197,8 @@ func silenceAround(arrivals *[arrivalHistory]int64, t int64) (before, after int6
 }
 
 // ended notes how the session ended: closed by the call, or lost, which
-// counts, and ends the call when it was its last member up. A re-join's
-// silence that no packet ended lasts until then.
+// counts (and the member is no longer up). A re-join's silence that no
+// packet ended lasts until then.
 func (l *listener) ended() {
 	m, lc := l.m, l.lc
 	if l.pending != 0 {
@@ -212,9 +212,7 @@ func (l *listener) ended() {
 	}
 	m.lost.Store(true)
 	lc.r.event(func(w *classWindows) { w[lc.cls].sessionsLost++ })
-	if lc.alive.Add(-1) == 0 {
-		lc.goneOnce.Do(func() { close(lc.gone) })
-	}
+	lc.up(-1)
 }
 
 // frameInfo is what a frame's header says of it.

@@ -2,7 +2,6 @@ package loadtest
 
 import (
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -21,16 +20,39 @@ type liveCall struct {
 	members []*member
 
 	wg sync.WaitGroup // the listeners
-	// alive counts the members listening whose session was not lost;
-	// gone is closed when the last of them is lost: the call ends then.
-	alive    atomic.Int32
-	gone     chan struct{}
-	goneOnce sync.Once
+	// alive counts the members up: listening, their session not lost. The
+	// call is up (Second.CallsUp) while one is.
+	mu    sync.Mutex
+	alive int
 }
 
 func newLiveCall(r *runner, c *callSpec, members []*member) *liveCall {
 	return &liveCall{r: r, spec: c, cls: c.idx(), start: time.Now(), onTime: members,
-		members: append([]*member(nil), members...), gone: make(chan struct{})}
+		members: append([]*member(nil), members...)}
+}
+
+// up counts d members up (+1) or no longer (-1) in the run's participants
+// up, and the call in its calls up while one of its members is.
+func (lc *liveCall) up(d int) {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	before := lc.alive
+	lc.alive += d
+	lc.r.partsUp.Add(int64(d))
+	switch {
+	case before == 0 && lc.alive > 0:
+		lc.r.callsUp.Add(1)
+	case before > 0 && lc.alive == 0:
+		lc.r.callsUp.Add(-1)
+	}
+}
+
+// closed counts the call's members still up as no longer: it has closed.
+func (lc *liveCall) closed() {
+	lc.mu.Lock()
+	n := lc.alive
+	lc.mu.Unlock()
+	lc.up(-n)
 }
 
 // listen starts m's listener and counts m in: its figures are harvested
@@ -39,8 +61,7 @@ func (lc *liveCall) listen(m *member) {
 	l := newListener(lc, m)
 	m.ear = l
 	lc.r.register([]*member{m}, lc.cls)
-	lc.r.partsUp.Add(1)
-	lc.alive.Add(1)
+	lc.up(1)
 	lc.wg.Add(1)
 	go func() {
 		defer lc.wg.Done()

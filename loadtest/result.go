@@ -78,10 +78,10 @@ type Second struct {
 	// at the second's start.
 	TargetRate float64 `json:"target_rate"`
 	// CallsUp is how many calls were up at the end of the second (at least
-	// one member admitted and not yet closed).
+	// one member admitted, its session not lost, and not yet closed).
 	CallsUp int `json:"calls_up"`
 	// ParticipantsUp is how many participants were joined at the end of
-	// the second.
+	// the second (their session not lost).
 	ParticipantsUp int `json:"participants_up"`
 	// All, OneToOne and Group are the second's measures per class.
 	All      Measures `json:"all"`
@@ -108,8 +108,9 @@ type Measures struct {
 	CallsFailed  int `json:"calls_failed"`
 	// CallsDropped counts calls set up in which a member's session was
 	// lost for good (no forwarder took it back in time, Plan.Rejoin, or
-	// the relay ended it), counted in the second the call closed: a call
-	// whose members are all lost ends then, before its planned end.
+	// the relay ended it), counted in the second the call closed (a call
+	// whose members are all lost is no longer up, but closes at its
+	// planned end: what it would have carried counts as lost).
 	// SessionsLost counts those sessions, in the second each was lost.
 	// DroppedCallsPct = CallsDropped / (CallsStarted - CallsFailed), in
 	// percent (0 when no call was set up); a call set up in one second
