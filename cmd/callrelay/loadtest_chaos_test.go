@@ -109,3 +109,49 @@ func secondsWith(r *loadtest.Result, f func(loadtest.Measures) bool) []int {
 	}
 	return out
 }
+
+// `callrelay loadtest --chaos-down name=cmd --chaos-up name=cmd` takes the
+// plan's down action through the shell commands given, in order, with the
+// target and action in their environment, and records both; a down
+// without its up is refused before anything runs.
+func TestLoadtestChaosHooks(t *testing.T) {
+	_, seed := keygen(t)
+	dir := t.TempDir()
+	plan, out, log := filepath.Join(dir, "plan.yml"), filepath.Join(dir, "result.json"), filepath.Join(dir, "hooks.log")
+	require.NoError(t, os.WriteFile(plan, []byte(`
+profile: {kind: steady, steady: {rate: 1, duration: 2s}}
+bounds: {max_duration: 10s, max_calls: 1}
+join_timeout: 500ms
+local_addr: 127.0.0.1
+chaos: [{at: 300ms, kind: down, target: redis, for: 700ms}]
+`), 0o644))
+	hook := `echo "$CALLRELAY_CHAOS_ACTION $CALLRELAY_CHAOS_TARGET" >> ` + log
+	environ := env("CALLRELAY_SIGNING_KEY=" + seed)
+	// 127.0.0.1:9 (discard) never answers: the one call's joins time out.
+	args := []string{"loadtest", "--plan", plan, "--forwarders", "127.0.0.1:9", "--out", out}
+
+	r := run(t, environ, append(args, "--chaos-down", "redis="+hook)...)
+	require.NotEqual(t, 0, r.code)
+	require.Contains(t, r.stderr, "--chaos-down redis has no --chaos-up redis")
+	_, err := os.Stat(log)
+	require.ErrorIs(t, err, os.ErrNotExist, "nothing ran")
+
+	r = run(t, environ, append(args, "--chaos-down", "redis="+hook, "--chaos-up", "redis="+hook)...)
+	require.Equal(t, 0, r.code, "stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+	b, err := os.ReadFile(log)
+	require.NoError(t, err)
+	require.Equal(t, "down redis\nup redis\n", string(b))
+	raw, err := os.ReadFile(out)
+	require.NoError(t, err)
+	var res loadtest.Result
+	require.NoError(t, json.Unmarshal(raw, &res))
+	require.Len(t, res.Events, 2)
+	for i, kind := range []string{loadtest.ChaosDown, loadtest.ChaosUp} {
+		e := res.Events[i]
+		require.Equal(t, kind, e.Kind)
+		require.Equal(t, "redis", e.Target)
+		require.Empty(t, e.Err)
+	}
+	require.GreaterOrEqual(t, res.Events[1].AtMs, 1000.0, "up after the down's 700 ms")
+	require.NotContains(t, string(raw), "CALLRELAY_CHAOS", "the commands are not in the result")
+}
