@@ -2,10 +2,13 @@ package main
 
 import (
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -25,15 +28,16 @@ chaos: [{at: 4500ms, kind: kill, target: fwd-a}]
 
 // runKill runs `callrelay loadtest` with killPlan plus extra against a
 // fresh pair of forwarder processes of c, fwd-a's pid given as the chaos
-// target, and returns its result.
-func runKill(t *testing.T, c *cluster, name, extra string) *loadtest.Result {
+// target, and returns its result and the directory of its report.html.
+func runKill(t *testing.T, c *cluster, name, extra string) (*loadtest.Result, string) {
 	t.Helper()
 	a, b := c.node(t, "fwd-a-"+name), c.node(t, "fwd-b-"+name)
 	dir := t.TempDir()
 	plan, out := filepath.Join(dir, "plan.yml"), filepath.Join(dir, "result.json")
 	require.NoError(t, os.WriteFile(plan, []byte(killPlan+extra), 0o644))
 	r := run(t, env("CALLRELAY_SIGNING_KEY="+c.seed), "loadtest", "--plan", plan,
-		"--forwarders", a.media.String()+","+b.media.String(), "--process", "fwd-a="+strconv.Itoa(a.p.cmd.Process.Pid), "--out", out)
+		"--forwarders", a.media.String()+","+b.media.String(), "--process", "fwd-a="+strconv.Itoa(a.p.cmd.Process.Pid),
+		"--out", out, "--report", filepath.Join(dir, "report.html"))
 	require.Equal(t, 0, r.code, "stdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
 	t.Logf("%s:\n%s", name, r.stderr)
 	raw, err := os.ReadFile(out)
@@ -45,14 +49,14 @@ func runKill(t *testing.T, c *cluster, name, extra string) *loadtest.Result {
 	require.Empty(t, res.Events[0].Err, "fwd-a was killed")
 	select {
 	case <-a.p.done:
-	default:
+	case <-time.After(exitTimeout): // a net: it died seconds ago
 		t.Fatal("fwd-a still runs after the kill")
 	}
 	all := res.Totals.All
 	require.Equal(t, 6, all.CallsStarted)
 	require.Zero(t, all.CallsFailed)
 	require.Equal(t, all.Setups.Attempted, all.Setups.Admitted, "every device joined before the kill")
-	return &res
+	return &res, dir
 }
 
 // A forwarder process killed (kill -9, by the plan's chaos) under a short
@@ -66,7 +70,7 @@ func runKill(t *testing.T, c *cluster, name, extra string) *loadtest.Result {
 func TestLoadtestForwarderKillDropsOrRejoins(t *testing.T) {
 	c := newCluster(t)
 
-	off := runKill(t, c, "off", "rejoin: {off: true}\n")
+	off, dir := runKill(t, c, "off", "rejoin: {off: true}\n")
 	o := off.Totals.All
 	t.Logf("re-joins off: %d of %d calls dropped, %d sessions lost, loss %.2f%% (%d of %d speech frames), re-joins %d",
 		o.CallsDropped, o.CallsStarted, o.SessionsLost, o.LossPct, o.PacketsLost, o.PacketsExpected, o.RejoinSilenceMs.Count)
@@ -81,7 +85,17 @@ func TestLoadtestForwarderKillDropsOrRejoins(t *testing.T) {
 	require.NotEmpty(t, lostAt)
 	require.GreaterOrEqual(t, lostAt[0], int(off.Events[0].AtMs/1000), "lost after the kill, not before")
 
-	on := runKill(t, c, "on", "token_lifetime: 2s\n")
+	// The report shows them, and renders in a browser.
+	html, err := os.ReadFile(filepath.Join(dir, "report.html"))
+	require.NoError(t, err)
+	for _, want := range []string{"Dropped calls and re-joins", "Sessions lost and calls dropped", "sessions lost", "kill fwd-a"} {
+		require.Contains(t, string(html), want)
+	}
+	srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
+	defer srv.Close()
+	t.Logf("report screenshot: %s", renderInChromium(t, srv.URL+"/report.html", "loadtest-kill-report.png"))
+
+	on, _ := runKill(t, c, "on", "token_lifetime: 2s\n")
 	n := on.Totals.All
 	s := n.RejoinSilenceMs
 	t.Logf("re-joins on: %d calls dropped, %d sessions lost, %d re-joins, silence p50 %.1f ms p99 %.1f ms max %.1f ms, loss %.2f%%",
