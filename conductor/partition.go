@@ -196,6 +196,11 @@ func (p *partition) observe(cs *callState, mm *protocol.MemberMetadata, tick tim
 	if len(cs.members) < 256 {
 		cs.members[mm.Participant] = struct{}{}
 	}
+	if mm.VoicePackets > 0 {
+		// Who spoke when moves on: saved every CheckpointEvery, so a
+		// successor's first decision forwards the current speakers.
+		cs.dirty = true
+	}
 	cs.det.Observe(now, Observation{
 		Participant: mm.Participant, Tick: tick,
 		Packets: int(mm.Packets), VoicePackets: int(mm.VoicePackets), PayloadBytes: int(mm.PayloadBytes),

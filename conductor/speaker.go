@@ -629,12 +629,17 @@ func (d *SpeakerDetector) State() statestore.SpeakerState {
 
 // Restore resumes from a checkpointed state: the dominant speaker (which
 // Decide does not report as a change), its dwell start and the last speech
-// times. The participants' recent ticks are not part of the state; they
-// count as silent until observed.
+// times (a later one already observed is kept). The participants' recent
+// ticks are not part of the state; they count as silent until observed.
 func (d *SpeakerDetector) Restore(s statestore.SpeakerState) {
 	for id, t := range s.LastSpoke {
-		if !id.IsZero() {
-			d.parts[d.entry(id)].lastSpoke = t
+		if id.IsZero() {
+			continue
+		}
+		// Speech observed since (the metadata that made this call known)
+		// is newer than the checkpoint's.
+		if e := &d.parts[d.entry(id)]; t.After(e.lastSpoke) {
+			e.lastSpoke = t
 		}
 	}
 	d.dom, d.since = -1, s.Since
