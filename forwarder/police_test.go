@@ -174,3 +174,10 @@ func TestPoliceCapFollowsTargets(t *testing.T) {
 	require.Zero(t, c.policeRate(s))
 	require.Equal(t, policeParams{}, policeParamsOf(f.cfg.Police))
 }
+
+// BenchmarkHotPathPoliced is BenchmarkHotPath with its sender policed (a
+// cap it never reaches): the cost of the two buckets per packet.
+func BenchmarkHotPathPoliced(b *testing.B) {
+	r, rt, src, _ := policedFixture(b, 8<<30)
+	benchHandle(b, r, rt, src)
+}

@@ -137,8 +137,14 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 		}
 		return
 	}
+	r.rtp(rte, m, b)
+}
+
+// rtp forwards a member's RTP packet (parsed into r.hdr): audio to every
+// other member through the gate, video through the pairs, both policed.
+func (r *reader) rtp(rte *route, m *mediaInfo, b []byte) {
 	slot := m.note(r.hdr.SSRC)
-	nowNS = r.now()
+	nowNS := r.now()
 	m.up.onPacket(&r.hdr, r.f.adapt.absID, len(b), slot, nowNS)
 	voice, level, audio := r.hdr.AudioLevel(r.f.audio.extID)
 	if audio {
