@@ -20,14 +20,26 @@ type TokenSource func(ctx context.Context) ([]byte, error)
 // that ticket is bound to (protocol/README.md 2.1). A Session's Conns share
 // one; every request takes the current values, so a refreshed token or a new
 // ticket is used from the next request on. Safe for concurrent use.
+//
+// After a token refresh the ticket bound to the old token is kept, with
+// that token, until an answer brings a ticket bound to the new one: the new
+// token admits on its own while it is valid, but should it expire before a
+// forwarder binds a ticket to it (every answer lost, the forwarder gone,
+// every other one out of reach until then), the old pair still resumes
+// the session while its ticket is valid.
 type credentials struct {
-	mu          sync.Mutex
-	token       []byte
-	key         []byte    // IntegrityKey(token)
-	expiry      time.Time // token's
-	got         time.Time // when token was taken
-	ticket      []byte
-	ticketToken []byte // the token of the request whose answer carried ticket
+	mu     sync.Mutex
+	token  []byte
+	key    []byte    // IntegrityKey(token)
+	expiry time.Time // token's
+	got    time.Time // when token was taken
+	ticket []byte    // bound to token; nil until an answer to a request carrying token brings one
+	// refused: the forwarders refused token (expired by their clocks,
+	// or its ticket no good): the old pair goes first.
+	refused bool
+	// old is the last token that had a ticket, with that ticket, while
+	// token has none; else empty.
+	old struct{ token, key, ticket []byte }
 }
 
 func newCredentials(token []byte, now time.Time) *credentials {
@@ -35,36 +47,68 @@ func newCredentials(token []byte, now time.Time) *credentials {
 	return &credentials{token: token, key: protocol.IntegrityKey(token), expiry: t.Expiry, got: now}
 }
 
-// request is what a new request carries: the token, its integrity key, and
-// the ticket if it is bound to that token (after a token refresh, none
-// until a forwarder binds one to the new token: the fresh token needs none).
+// request is what a new request carries: the token with its integrity key
+// and the ticket bound to it; or, while the token has no ticket yet, the
+// same alone as long as it is valid, and after that the previous token
+// with its ticket (see credentials).
 func (c *credentials) request() (token, key, ticket []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if bytes.Equal(c.ticketToken, c.token) {
-		ticket = c.ticket
-	}
-	return c.token, c.key, ticket
+	return c.requestAt(time.Now())
 }
 
-// keep stores a ticket from the answer to a request that carried token,
-// unless the token has been replaced since (a late answer: its ticket is
-// bound to a token no request carries any more).
+func (c *credentials) requestAt(now time.Time) (token, key, ticket []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ticket == nil && c.old.ticket != nil && (c.refused || !now.Before(c.expiry)) {
+		return c.old.token, c.old.key, c.old.ticket
+	}
+	return c.token, c.key, c.ticket
+}
+
+// keep stores a ticket from the answer to a request that carried token: a
+// ticket bound to the current token replaces the old pair; one bound to the
+// old token renews that pair's. Other answers are late (their token is no
+// longer carried) and their tickets are dropped.
 func (c *credentials) keep(ticket, token []byte) {
 	if len(ticket) == 0 {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if bytes.Equal(token, c.token) {
-		c.ticket, c.ticketToken = ticket, token
+	switch {
+	case bytes.Equal(token, c.token):
+		c.ticket, c.refused = ticket, false
+		c.old.token, c.old.key, c.old.ticket = nil, nil, nil
+	case c.old.ticket != nil && bytes.Equal(token, c.old.token):
+		c.old.ticket = ticket
 	}
 }
 
-// hasTicket reports whether a ticket bound to the current token is held.
+// refuse records that the forwarders refused a request that carried token
+// (401, final for those credentials): the ticket it carried is dropped, and
+// a token refused without a ticket is not sent alone again while an old
+// pair remains. It reports whether other credentials are left to try.
+func (c *credentials) refuse(token []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case bytes.Equal(token, c.token):
+		// With a ticket too: a valid token would have been admitted
+		// whatever its ticket, so the token is no good alone either.
+		c.ticket, c.refused = nil, true
+		return c.old.ticket != nil
+	case c.old.ticket != nil && bytes.Equal(token, c.old.token):
+		c.old.token, c.old.key, c.old.ticket = nil, nil, nil
+		return !c.refused
+	}
+	return true // a token taken since: not refused yet
+}
+
+// hasTicket reports whether a ticket is held that resumes the session once
+// its tokens have expired: bound to the current token, or to the old one.
 func (c *credentials) hasTicket() bool {
-	_, _, t := c.request()
-	return len(t) > 0
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ticket != nil || c.old.ticket != nil
 }
 
 // setToken replaces the token with a fresh one from the TokenSource, which
@@ -83,7 +127,15 @@ func (c *credentials) setToken(token []byte, now time.Time) error {
 	if !t.Expiry.After(old.Expiry) && !bytes.Equal(token, c.token) {
 		return fmt.Errorf("%w: TokenSource gave a token expiring %s, no later than the current one", ErrConfig, t.Expiry.UTC().Format(time.RFC3339))
 	}
+	if bytes.Equal(token, c.token) {
+		c.got = now
+		return nil
+	}
+	if c.ticket != nil { // else the old pair, if any, stays the one with a ticket
+		c.old.token, c.old.key, c.old.ticket = c.token, c.key, c.ticket
+	}
 	c.token, c.key, c.expiry, c.got = token, protocol.IntegrityKey(token), t.Expiry, now
+	c.ticket, c.refused = nil, false
 	return nil
 }
 

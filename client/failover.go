@@ -171,8 +171,9 @@ type SessionStats struct {
 	// participant or no later than the current one).
 	TokenRefreshes uint64
 	TokenErrors    uint64
-	// HasTicket: the Session holds a resumption ticket for its current
-	// token, so it can come back after the token expires.
+	// HasTicket: the Session holds a resumption ticket, so it can come
+	// back after its token expires: bound to its current token, or, until
+	// a forwarder binds one to a refreshed token, to the token before it.
 	HasTicket bool
 	// Conn is the current Conn's Stats (counted since its Dial).
 	Conn Stats

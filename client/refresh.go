@@ -1,7 +1,6 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -71,12 +70,13 @@ func (s *Session) refreshToken(ctx context.Context) error {
 }
 
 // renewAfterRefusal decides what a re-join does after every forwarder that
-// answered refused its credentials (401): try again at once with a token
-// taken meanwhile (sent was the token the refused dial carried), or with a
-// fresh one from the TokenSource, once per re-join (fresh: already done).
+// answered refused its credentials (401): try again at once with other
+// credentials (a token taken meanwhile, or the token before the current one
+// with its ticket; sent was the token the refused dial carried), or with a
+// fresh token from the TokenSource, once per re-join (fresh: already done).
 // When neither is possible it returns the error that ends the re-join.
 func (s *Session) renewAfterRefusal(ctx context.Context, sent []byte, fresh *bool, refused error) error {
-	if cur, _, _ := s.cfg.creds.request(); !bytes.Equal(cur, sent) {
+	if s.cfg.creds.refuse(sent) {
 		return nil
 	}
 	if s.cfg.TokenSource == nil {

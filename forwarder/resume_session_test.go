@@ -18,6 +18,7 @@ import (
 	"github.com/callrelay/callrelay/client"
 	"github.com/callrelay/callrelay/forwarder"
 	"github.com/callrelay/callrelay/internal/testkit/calltest"
+	"github.com/callrelay/callrelay/internal/testkit/linkem"
 	"github.com/callrelay/callrelay/internal/testkit/testenv"
 	"github.com/callrelay/callrelay/protocol"
 )
@@ -206,7 +207,13 @@ func TestSessionTokenSource(t *testing.T) {
 	m := calltest.JoinConfig(t, client.Config{Forwarders: []netip.AddrPort{nodes[0].f.Addr(), nodes[1].f.Addr()},
 		Token: first, TokenSource: source}, 1)
 	on, off := onAndOff(m.S, nodes)
+	// Through every refresh the session holds a ticket: the old token's
+	// until the forwarder has bound one to the new token.
+	lapses := 0
 	testenv.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
+		if !m.S.Stats().HasTicket {
+			lapses++
+		}
 		if n := m.S.Stats().TokenRefreshes; n < 3 {
 			return fmt.Errorf("%d tokens taken", n)
 		}
@@ -216,6 +223,7 @@ func TestSessionTokenSource(t *testing.T) {
 		return nil
 	})
 	require.Zero(t, m.S.Stats().Failovers, "the session lived on, token after token")
+	require.Zero(t, lapses, "polls that found no ticket held")
 	require.True(t, m.S.Stats().HasTicket)
 
 	// The source goes away until the session's token has expired; then the
@@ -245,4 +253,74 @@ func TestSessionTokenSource(t *testing.T) {
 	require.NotZero(t, st.TokenErrors)
 	t.Logf("tokens taken %d, failed refreshes %d; the other forwarder refused %d foreign tickets",
 		st.TokenRefreshes, st.TokenErrors, refusals(off.f, "foreign"))
+}
+
+// TestSessionResumesOnOldTicket: a Session's token is refreshed just as its
+// forwarder dies, so no forwarder binds a ticket to the new token, and the
+// other forwarder is out of reach until the new token has expired too; the
+// TokenSource is gone by then. The Session kept the old token's ticket: it
+// comes back on the other forwarder with the old token and that ticket.
+func TestSessionResumesOnOldTicket(t *testing.T) {
+	e := newClusterEnv(t)
+	a, b := e.start(t, "fwd-a"), e.start(t, "fwd-b")
+	// b is reached through a link that drops everything until it is opened.
+	dark := linkem.Profile{Loss: 1}
+	link, err := linkem.New(b.f.Addr(), dark, dark, 1)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = link.Close() })
+	call, who := protocol.NewID(), protocol.NewID()
+	listener := calltest.JoinConfig(t, client.Config{Forwarders: []netip.AddrPort{b.f.Addr()},
+		Token: shortToken(t, e.priv, call, protocol.NewID(), time.Minute)}, 2)
+
+	var asked atomic.Int32
+	var fresh atomic.Pointer[[]byte]
+	source := func(context.Context) ([]byte, error) {
+		if asked.Add(1) > 1 {
+			return nil, errors.New("signalling service unreachable")
+		}
+		a.stop() // before any request can carry the new token
+		tok := shortToken(t, e.priv, call, who, 2*time.Second)
+		fresh.Store(&tok)
+		return tok, nil
+	}
+	speaker := calltest.JoinConfig(t, client.Config{Forwarders: []netip.AddrPort{a.f.Addr(), link.Addr()},
+		Token: shortToken(t, e.priv, call, who, 2*time.Second), TokenSource: source, RejoinTimeout: time.Minute}, 1)
+	require.Equal(t, a.f.Addr(), speaker.S.Forwarder())
+	require.True(t, speaker.S.Stats().HasTicket, "the join answer brought one")
+	stop := make(chan struct{})
+	defer close(stop)
+	talk(t, []*member{speaker, listener}, stop)
+
+	testenv.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
+		tok := fresh.Load()
+		if tok == nil {
+			return errors.New("no fresh token taken yet")
+		}
+		if exp := expiryOf(t, *tok); !time.Now().After(exp) {
+			return fmt.Errorf("the fresh token is valid until %s", exp.Format(time.TimeOnly))
+		}
+		return nil
+	})
+	st := speaker.S.Stats()
+	require.Equal(t, uint64(1), st.TokenRefreshes)
+	require.True(t, st.HasTicket, "the old token's ticket, kept")
+	require.Zero(t, b.f.Stats().Resume.Resumed, "b was out of reach")
+
+	opened := time.Now()
+	link.SetUp(linkem.Profile{})
+	link.SetDown(linkem.Profile{})
+	testenv.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		select {
+		case <-speaker.S.Done():
+			return fmt.Errorf("session ended: %w", speaker.S.Err())
+		default:
+		}
+		if speaker.S.Forwarder() != link.Addr() || b.f.Stats().Sessions != 2 {
+			return errors.New("not back on b yet")
+		}
+		return nil
+	})
+	require.Equal(t, uint64(1), b.f.Stats().Resume.Resumed, "resumed by the old token's ticket")
+	require.Equal(t, uint64(1), speaker.S.Stats().Failovers)
+	allHearAll(t, []*member{speaker, listener}, opened, 10*time.Second)
 }
