@@ -43,7 +43,9 @@ type callState struct {
 	id       protocol.ID
 	subject  string // where its decisions go
 	det      *SpeakerDetector
-	ready    bool // the store knows the call and its checkpoint is restored
+	ready    bool      // the store knows the call and its checkpoint is restored
+	restored bool      // from a checkpoint
+	since    time.Time // when its first metadata came
 	seq      uint32
 	forward  []protocol.ID
 	dominant protocol.ID
@@ -170,7 +172,7 @@ func (p *partition) call(id protocol.ID, now time.Time) *callState {
 		}
 		delete(p.unknown, id)
 	}
-	cs := &callState{id: id, subject: protocol.CallSubject(p.c.cfg.Subject, id), det: NewSpeakerDetector(p.c.cfg.Speaker), lastSeen: now,
+	cs := &callState{id: id, subject: protocol.CallSubject(p.c.cfg.Subject, id), det: NewSpeakerDetector(p.c.cfg.Speaker), lastSeen: now, since: now,
 		spurts: make(map[protocol.ID]spurt), members: make(map[protocol.ID]struct{})}
 	p.calls[id] = cs
 	switch {
@@ -245,14 +247,24 @@ func (p *partition) onLoaded(r loadResult, now time.Time) {
 		}
 		cs.det.Restore(ck.Speaker)
 		cs.seq = ck.Seq
+		cs.restored = true
 		p.c.m.restored.Inc()
 	}
 	cs.ready = true
-	// Decided at once, not at the next tick: after a takeover this is the
-	// call's first decision from the new holder.
-	if now.UnixNano() <= p.validUntil.Load() {
+	// A restored call is decided at once, not at the next tick: after a
+	// takeover this is its first decision from the new holder, and the
+	// checkpoint (saved every CheckpointEvery while members speak) says who
+	// spoke lately. A call decided afresh waits a tick (fresh), so every
+	// forwarder's metadata of it has come.
+	if cs.restored && now.UnixNano() <= p.validUntil.Load() {
 		p.decideOne(cs, now)
 	}
+}
+
+// fresh: a call decided afresh whose first metadata came less than a
+// decision tick ago; some of its forwarders may not have reported yet.
+func (p *partition) fresh(cs *callState, now time.Time) bool {
+	return !cs.decided && !cs.restored && now.Sub(cs.since) < p.c.cfg.DecideEvery
 }
 
 // malformed counts and logs a record of the call that did not decode.
@@ -274,7 +286,7 @@ func (p *partition) decideAll(now time.Time) {
 			delete(p.calls, id)
 			continue
 		}
-		if !cs.ready {
+		if !cs.ready || p.fresh(cs, now) {
 			continue
 		}
 		if cs.group() && p.tick%uint64(p.stride) != 0 {

@@ -38,6 +38,9 @@ type Member struct {
 	heard    map[uint32]time.Time     // last packet from each SSRC
 	maxGap   map[uint32]time.Duration // longest silence from each SSRC since ResetGaps
 	counts   map[uint32]int           // packets from each SSRC
+	speech   map[uint32]int           // speech packets (AudioRTP's, speaking) from each SSRC
+	lastSaid map[uint32]time.Time     // the last of them
+	spoken   int                      // speech packets sent by SendAudio
 	speakers []SpeakerChange
 }
 
@@ -77,7 +80,8 @@ func JoinConfig(t testing.TB, cfg client.Config, ssrc uint32) *Member {
 
 // Watch makes a Member of a Session joined elsewhere.
 func Watch(t testing.TB, s *client.Session, ssrc uint32) *Member {
-	m := &Member{S: s, SSRC: ssrc, heard: map[uint32]time.Time{}, maxGap: map[uint32]time.Duration{}, counts: map[uint32]int{}}
+	m := &Member{S: s, SSRC: ssrc, heard: map[uint32]time.Time{}, maxGap: map[uint32]time.Duration{}, counts: map[uint32]int{},
+		speech: map[uint32]int{}, lastSaid: map[uint32]time.Time{}}
 	go m.record()
 	return m
 }
@@ -92,6 +96,10 @@ func (m *Member) record() {
 			}
 			m.heard[ssrc] = p.Received
 			m.counts[ssrc]++
+			if IsSpeech(p.Data) {
+				m.speech[ssrc]++
+				m.lastSaid[ssrc] = p.Received
+			}
 			m.mu.Unlock()
 		}
 		if p.Kind == protocol.KindRTCP {
@@ -144,7 +152,34 @@ func (m *Member) Speakers() []SpeakerChange {
 // silence (127, no flag, 8 bytes, a comfort-noise frame).
 func (m *Member) SendAudio(speaking bool) {
 	m.seq++
+	if speaking {
+		m.mu.Lock()
+		m.spoken++
+		m.mu.Unlock()
+	}
 	_ = m.S.WriteRTP(AudioRTP(m.SSRC, m.seq, speaking))
+}
+
+// Spoken is how many speech packets SendAudio sent.
+func (m *Member) Spoken() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.spoken
+}
+
+// SpeechFrom is how many speech packets (AudioRTP's, speaking) from ssrc
+// arrived, and when the last one did.
+func (m *Member) SpeechFrom(ssrc uint32) (int, time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.speech[ssrc], m.lastSaid[ssrc]
+}
+
+// IsSpeech says whether b is an AudioRTP packet of speech: its audio level
+// element (extension id 1, the first of a one-byte header extension)
+// carries the voice flag.
+func IsSpeech(b []byte) bool {
+	return len(b) >= 20 && b[0]&0x10 != 0 && b[12] == 0xbe && b[13] == 0xde && b[16] == 0x10 && b[17]&0x80 != 0
 }
 
 // AudioRTP is an audio packet from ssrc with the audio level element
