@@ -64,11 +64,18 @@ Members with the zero ID, and repeats of an ID, are ignored entirely.
 # 3. Simulcast, with hysteresis
 
 While allocating, every subscription to a sender that could split is
-looked at with the split layer rates and what is left of the receiver's
-budget at its position: a receiver that could not take the high layer
-(too little budget left, or a MaxHeight below HighHeight) but could take
-the low one needs the low layer. A sender WANTS to split when at least one
-of its receivers needs the low layer.
+looked at with the layer rates and what is left of the receiver's budget
+at its position: a receiver that could not take the single stream (too
+little budget left) or would not take the high layer (a MaxHeight below
+HighHeight), but could take the low layer, needs the split. A sender WANTS
+to split when at least one of its receivers needs it. Whatever the shape,
+the test is against the single stream: while the uplink is too small for
+both layers at full rate, the high layer is below the single stream, and a
+receiver whose budget falls between the two would otherwise get none of
+the video unsplit (it cannot take the single stream) without anyone
+asking for the split that gives it the high layer; split, it would take
+the high layer, stop wanting the split and be cut off again after
+UnsplitAfter.
 
 The narrower rule "split when one receiver could take the high layer and
 another only the low one" is widened on purpose for one case: when every
@@ -76,7 +83,7 @@ receiver needs the low layer, splitting still wins. The high layer then
 has no receiver and gets target 0, so the sender sends one low stream:
 without this a call of slow receivers (or of thumbnails only) would get no
 video (or far too much) from an unlimited sender. Receivers that are all equal and can all take the
-high stream never cause a split.
+single stream never cause a split.
 
 The sender splits once WANT has held on every tick since a tick at least
 SplitAfter (1 s) ago, and goes back to one stream once WANT has been false
@@ -289,7 +296,7 @@ type allocMember struct {
 	split     bool // its shape this tick
 	recvLow   bool // someone receives rank 1
 	recvHigh  bool // someone receives rank 2
-	needsLow  bool // some receiver needs the low layer (see the file comment)
+	needsLow  bool // some receiver needs the split (see the file comment)
 	starved   bool // and, unsplit, that receiver gets none of its video
 
 }
@@ -449,7 +456,7 @@ func (a *Allocator) consider(out *Allocation, receiver protocol.ID, sub AllocSub
 	}
 	l := &a.ladder
 	highOK := sub.MaxHeight == 0 || sub.MaxHeight >= l.HighHeight
-	if want && s.canSplit && left >= l.LowBps && (left < s.high || !highOK) {
+	if want && s.canSplit && left >= l.LowBps && (left < s.single || !highOK) {
 		s.needsLow = true
 		s.starved = s.starved || !s.split && s.single > left
 	}

@@ -85,6 +85,43 @@ func TestAllocStarvedReceiverSplitsAtOnce(t *testing.T) {
 	require.Equal(t, SenderPlan{Sender: s, Layers: 2, TotalBps: 1_090_000, LayerBps: [3]uint64{150_000, 900_000}}, allocPlan(t, out, s))
 }
 
+// TestAllocBetweenHighAndSingle: the sender's uplink is too small for both
+// layers at full rate, so its high layer (810 kbit/s) is below its single
+// stream (900); a receiver with 890 left cannot take the single stream but
+// can take the high layer. It is starved, not forgotten: the sender splits
+// at once and it gets the high layer; the sender stays split while that
+// receiver could not take the single stream, and sends one stream again
+// UnsplitAfter after it can.
+func TestAllocBetweenHighAndSingle(t *testing.T) {
+	in := fanOut(3_000_000, 930_000) // 890 left after the sender's audio
+	in.Members[0].UplinkBps = 1_000_000
+	c := newAllocClock()
+	s, between := aid(1), aid(3)
+	out := c.tick(in)
+	require.True(t, c.a.Split(s), "split on the first tick")
+	for range 100 {
+		for i := 2; i <= 3; i++ {
+			r, _ := allocRank(out, aid(i), s)
+			require.Equal(t, RankHigh, r)
+		}
+		require.Equal(t, SenderPlan{Sender: s, Layers: 2, TotalBps: 850_000, LayerBps: [3]uint64{0, 810_000}}, allocPlan(t, out, s),
+			"the low layer paused: nobody takes it")
+		out = c.tick(in)
+		require.True(t, c.a.Split(s), "no flapping back to the stream it cannot take")
+	}
+	// Now it can: the first tick not wanting the split, then 5 s of them.
+	in.Members[2].DownlinkBps = 940_000
+	for range 50 {
+		c.tick(in)
+		require.True(t, c.a.Split(s))
+	}
+	out = c.tick(in)
+	require.False(t, c.a.Split(s), "one stream again after UnsplitAfter")
+	r, _ := allocRank(out, between, s)
+	require.Equal(t, RankHigh, r)
+	require.Equal(t, uint64(900_000), allocPlan(t, out, s).LayerBps[0])
+}
+
 func TestAllocSplitHysteresis(t *testing.T) {
 	// A thumbnail receiver (it wants at most 180 lines) still gets the
 	// single stream while the sender waits, so the wait applies.

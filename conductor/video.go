@@ -19,12 +19,24 @@ import (
 type memberVideo struct {
 	v         protocol.MemberVideo
 	at        time.Time
-	everVideo bool // it has sent video in this call (a paused camera is still a camera)
+	everVideo bool      // it has sent video in this call (a paused camera is still a camera)
+	downSince time.Time // its downlink estimate has been reported since (zero: unknown)
 }
 
 // videoStale: a member whose video section is older than this is left out
 // of the allocation (it left or its forwarder stopped reporting).
 const videoStale = 5 * time.Second
+
+// downlinkSettle: a member's downlink estimate counts once it has been
+// reported for this long; until then the member's downlink is unknown (the
+// allocator's default budget). A receiver's first estimates are what
+// arrived over less than its estimator's one-second window, an
+// underestimate (internal/bwe), however fast its link: acted on, one of
+// them cuts the receiver off or splits the sender at once, and a receiver
+// moved down is fed too little to show its link is faster until a probe
+// (forwarder/probe.go), some 10 s later. The price: a receiver whose link
+// really is slow gets what the default budget allows for a second longer.
+const downlinkSettle = time.Second
 
 type callVideo struct {
 	members map[protocol.ID]*memberVideo
@@ -59,6 +71,12 @@ func (cs *callState) observeVideo(mm *protocol.MemberMetadata, now time.Time, la
 	}
 	mv.v, mv.at = mm.Video, now
 	mv.everVideo = mv.everVideo || mm.Video.Layers > 0
+	switch {
+	case mm.Video.DownlinkEstBps == 0:
+		mv.downSince = time.Time{}
+	case mv.downSince.IsZero():
+		mv.downSince = now
+	}
 }
 
 // forgetVideo drops a member that left.
@@ -130,8 +148,12 @@ func (cv *callVideo) fillInput(now time.Time, dominant protocol.ID, forward []pr
 			subs = append(subs, AllocSub{Sender: s.Participant, MaxHeight: s.MaxHeight})
 		}
 		cv.subs[i] = subs
+		down := uint64(mv.v.DownlinkEstBps)
+		if now.Sub(mv.downSince) < downlinkSettle {
+			down = 0 // not settled: unknown
+		}
 		in.Members = append(in.Members, AllocMember{ID: id, UplinkBps: uint64(mv.v.UplinkEstBps),
-			DownlinkBps: uint64(mv.v.DownlinkEstBps), SendsVideo: mv.everVideo, Subs: subs})
+			DownlinkBps: down, SendsVideo: mv.everVideo, Subs: subs})
 	}
 }
 

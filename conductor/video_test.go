@@ -47,8 +47,15 @@ func TestCallVideoFromMetadataToDecision(t *testing.T) {
 	observe(2_900_000)
 	require.False(t, cs.allocateVideo(now, cam, []protocol.ID{cam}, nil))
 
-	// The slow receiver's downlink falls to 300 kbit/s: split, low for it.
+	// A downlink estimate counts once it has been reported for
+	// downlinkSettle: before, a start-up estimate of 300 kbit/s changes
+	// nothing (the receiver's downlink is unknown: the default budget).
 	now = now.Add(100 * time.Millisecond)
+	observe(300_000)
+	require.False(t, cs.allocateVideo(now, cam, []protocol.ID{cam}, nil), "not settled yet")
+
+	// Settled, the slow receiver's downlink is 300 kbit/s: split, low for it.
+	now = now.Add(downlinkSettle)
 	observe(300_000)
 	require.True(t, cs.allocateVideo(now, cam, []protocol.ID{cam}, nil))
 	st := senderTarget(t, cs, cam)

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/callrelay/callrelay/client"
+	"github.com/callrelay/callrelay/conductor"
 	"github.com/callrelay/callrelay/forwarder"
 	"github.com/callrelay/callrelay/internal/testkit/calltest"
 	"github.com/callrelay/callrelay/internal/testkit/linkem"
@@ -287,8 +288,13 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 	})
 	vs := cam.video.Load().Stats()
 	require.Equal(t, 1, vs.Layers, "no split while every receiver can take the stream")
-	for _, st := range lastDecision(dec, call).Senders {
+	fast := lastDecision(dec, call)
+	for _, st := range fast.Senders {
 		require.LessOrEqual(t, st.Layers, uint8(1), "the conductor asked for no split")
+	}
+	require.Len(t, fast.Layers, len(devs)-1)
+	for _, la := range fast.Layers {
+		require.Equal(t, conductor.RankHigh, la.Rank, "every receiver gets the stream")
 	}
 
 	// Cap one receiver's downlink.
