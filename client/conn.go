@@ -95,6 +95,9 @@ func newConn(cfg Config, d *dialer, res dialResult) *Conn {
 		cookie:      res.cookie,
 	}
 	c.sock.Store(win.sock)
+	if res.joinToken != nil {
+		c.remember(res.joinTID, res.joinToken, protocol.IntegrityKey(res.joinToken), win.sock)
+	}
 	// The first keepalive goes out at once, before Dial returns: it tells
 	// the forwarder that it won the multi-connect race.
 	c.sendKeepalive(time.Now())

@@ -40,9 +40,10 @@ func controlSubType(st uint8) bool {
 // takeControl removes the session-control CRLY APP packets from the RTCP
 // datagram b, a single or compound packet, in place, and returns what is
 // left for the Media channel (empty when nothing is). Each removed packet is
-// decoded: a valid Rejoin or MigrateTo goes to Control (dropped and counted
-// when Control is full); anything else is counted as ControlMalformed and
-// dropped. Datagrams without a CRLY packet, the common case, are walked
+// decoded: a valid Rejoin, or a MigrateTo that verifies (authentic), goes
+// to Control (dropped and counted when Control is full); a MigrateTo that
+// does not is counted as MigrateStale or MigrateForged, anything else as
+// ControlMalformed, and dropped. Datagrams without a CRLY packet, the common case, are walked
 // header by header and returned unchanged, without allocating. When the
 // RTCP framing breaks, the rest of the datagram is left as it is (for the
 // application to judge), unless it starts like a CRLY packet: then it is
@@ -87,15 +88,42 @@ func (c *Conn) onControl(pkt []byte) {
 		c.stats.controlMalformed.Add(1)
 		return
 	}
-	c.stats.controlReceived.Add(1)
-	if _, ok := m.(*protocol.Rejoin); ok {
+	switch m := m.(type) {
+	case *protocol.Rejoin:
 		c.nudged()
+	case *protocol.MigrateTo:
+		if !c.authentic(m, pkt) {
+			return
+		}
 	}
+	c.stats.controlReceived.Add(1)
 	select {
 	case c.control <- m:
 	default:
 		c.stats.controlDropped.Add(1)
 	}
+}
+
+// authentic reports whether a MigrateTo, pkt as received, is the
+// forwarder's (protocol/README.md 5.7): its echo is one of the Conn's recent
+// requests (the join, a keepalive, a rebind), and its MAC verifies with the
+// integrity key of the token that request carried. Without both, the
+// message is counted and must not be acted upon: whoever can send from the
+// forwarder's address could otherwise have the device send its token
+// anywhere.
+func (c *Conn) authentic(m *protocol.MigrateTo, pkt []byte) bool {
+	c.mu.Lock()
+	key := c.requestKey(m.Echo)
+	c.mu.Unlock()
+	switch {
+	case key == nil:
+		c.stats.migrateStale.Add(1)
+		return false
+	case !protocol.VerifyMigrateTo(pkt, key):
+		c.stats.migrateForged.Add(1)
+		return false
+	}
+	return true
 }
 
 // nudged answers a Rejoin as the protocol asks: an authenticated Binding
@@ -140,10 +168,16 @@ func (c *Conn) refused(err error) {
 // messages; when full, newer ones are dropped (Stats.ControlDropped). It is
 // closed after the session ends.
 //
-// These messages are not authenticated: the connected socket only lets the
-// forwarder's address through, but an attacker who can spoof that address
-// can forge them. The Conn itself acts on Rejoin only by sending a keepalive
-// at once (at most one a second); Session acts on both with the same care.
+// A MigrateTo arrives here only if it is authenticated (protocol/README.md
+// 5.7: it echoes one of the Conn's recent requests and carries a MAC under
+// that request's token key), so its address is the forwarder's word; others
+// are counted (Stats.MigrateStale, MigrateForged) and dropped. A Rejoin is
+// not authenticated (the forwarder has no session, so no key, for the
+// address it answers): the connected socket only lets the forwarder's
+// address through, but an attacker who can spoof that address can forge
+// one. It names no address; the Conn acts on it only by sending a keepalive
+// to its own forwarder at once (at most one a second), and Session re-joins
+// only forwarders it already knows.
 func (c *Conn) Control() <-chan protocol.RelayMessage { return c.control }
 
 // Unreachable receives a value (coalesced, capacity 1) whenever the socket

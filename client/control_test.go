@@ -175,3 +175,49 @@ func TestTakeControlNoAllocs(t *testing.T) {
 	require.Zero(t, allocs)
 	require.Equal(t, raw, buf)
 }
+
+// A MigrateTo reaches Control only if it is the forwarder's
+// (protocol/README.md 5.7): it echoes one of the Conn's last requests and
+// its MAC verifies under that request's token key. A wrong key or no MAC
+// counts as forged; an echo the Conn does not know (guessed, another
+// session's, or one of its own requests too old: a captured MigrateTo
+// replayed later) as stale. None of them is acted upon.
+func TestConnMigrateToAuthentication(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(protocol.SessionParams{KeepaliveInterval: 20 * time.Millisecond, IdleTimeout: 5 * time.Second})
+	c := e.dial(e.config(r))
+	other := e.dial(e.config(r)) // another session, another token
+	local := c.LocalAddr()
+	eventually(t, func() bool { return len(r.from(local)) >= 2 }, "the join and a keepalive")
+	join := r.from(local)[0]
+	target := netip.MustParseAddrPort("192.0.2.7:3478")
+	sign := func(echo [12]byte, key []byte) []byte {
+		raw, err := protocol.SignMigrateTo(0, &protocol.MigrateTo{Addr: target, Deadline: time.Second, Echo: echo}, key)
+		require.NoError(t, err)
+		return raw
+	}
+	captured := sign(join.tid, join.key) // the genuine article, for the join
+
+	r.raw(t, local, sign(join.tid, protocol.IntegrityKey([]byte("another token"))))
+	unsigned, err := protocol.MarshalRelayApp(0, &protocol.MigrateTo{Addr: target, Echo: join.tid})
+	require.NoError(t, err)
+	r.raw(t, local, unsigned)
+	r.raw(t, local, sign([12]byte{1, 2, 3}, join.key)) // a guessed echo
+	r.raw(t, other.LocalAddr(), captured)              // to another session
+	eventually(t, func() bool { return c.Stats().MigrateForged == 2 && c.Stats().MigrateStale == 1 }, "counted")
+	eventually(t, func() bool { return other.Stats().MigrateStale == 1 }, "another session's counted")
+	require.Empty(t, c.Control())
+	require.Empty(t, other.Control())
+
+	r.raw(t, local, captured) // fresh: accepted
+	m, ok := nextControl(t, c).(*protocol.MigrateTo)
+	require.True(t, ok)
+	require.Equal(t, target, m.Addr)
+
+	eventually(t, func() bool { return len(r.from(local)) > keepaliveSlots+1 }, "the join has left the ring")
+	r.raw(t, local, captured) // replayed later
+	eventually(t, func() bool { return c.Stats().MigrateStale == 2 }, "the replay counted")
+	require.Empty(t, c.Control())
+	require.Equal(t, uint64(1), c.Stats().ControlReceived)
+	require.Zero(t, c.Stats().ControlMalformed)
+}

@@ -73,7 +73,11 @@ type dialResult struct {
 	win    *candidate
 	resp   protocol.JoinResponse
 	cookie []byte // the winner socket's address cookie
-	err    error
+	// joinTID is the transaction the winner accepted, joinToken the token
+	// it carried (a MigrateTo may echo it).
+	joinTID   [stun.TransactionIDSize]byte
+	joinToken []byte
+	err       error
 }
 
 // dialer runs the multi-connect state machine in one goroutine (run); one
@@ -245,7 +249,7 @@ func (d *dialer) handle(ev dialEvent) {
 		d.stats.rtt.Store(int64(ev.at.Sub(c.sentAt)))
 		d.log.Info("joined", zap.Stringer("forwarder", c.addr), zap.Stringer("mapped", ev.resp.Mapped),
 			zap.Duration("keepalive", ev.resp.Params.KeepaliveInterval), zap.Duration("idle_timeout", ev.resp.Params.IdleTimeout))
-		d.result <- dialResult{win: c, resp: ev.resp, cookie: c.cookie}
+		d.result <- dialResult{win: c, resp: ev.resp, cookie: c.cookie, joinTID: ev.tid, joinToken: ev.token}
 	case c.state == candWaiting, ev.tid != c.tx.Load().tid:
 		// a duplicate refusal of a retransmission (already waiting), or an
 		// answer to a transaction we have moved on from

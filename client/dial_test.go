@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -325,4 +326,29 @@ func TestDialContextCancelled(t *testing.T) {
 	_, err := Dial(ctx, e.config(r))
 	require.ErrorIs(t, err, ErrJoinTimeout)
 	require.ErrorIs(t, err, context.Canceled)
+}
+
+// A 300 Try Alternate is followed only if its MESSAGE-INTEGRITY verifies: a
+// forged one naming the attacker's socket is ignored and counted, and
+// nothing (no token) is ever sent there.
+func TestDialIgnoresForgedTryAlternate(t *testing.T) {
+	e := newEnv(t)
+	thief, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	defer thief.Close()
+	r := e.responder(fastParams)
+	forged := &protocol.JoinError{Code: protocol.CodeTryAlternate, Reason: "forged",
+		Alternate: thief.LocalAddr().(*net.UDPAddr).AddrPort()}
+	r.script(func(n int, _ protocol.JoinRequest) []reply {
+		if n == 0 {
+			return []reply{{err: forged, forge: forgeWrongKey}, {err: forged, forge: forgeNoIntegrity}, {}}
+		}
+		return nil
+	})
+	c := e.dial(e.config(r))
+	require.Equal(t, r.addr, c.Forwarder())
+	require.Equal(t, uint64(2), c.Stats().Unauthenticated)
+	require.NoError(t, thief.SetReadDeadline(time.Now().Add(200*time.Millisecond)))
+	n, _, err := thief.ReadFromUDPAddrPort(make([]byte, 2048))
+	require.Error(t, err, "the forged alternate received %d bytes", n)
 }

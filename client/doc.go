@@ -55,12 +55,15 @@
 //     end to end, and the relay only ever sees ciphertext payloads.
 //   - Accept media from anyone but its forwarder: each socket is connected to
 //     exactly one forwarder address, so the kernel drops other sources.
-//   - Let an unauthenticated relay message cost more than a little: RTCP
-//     APP packets carry no integrity, so a forged Rejoin costs one keepalive
-//     (a second), and a forged MigrateTo one failed join (then, if other
-//     forwarders are configured, at most a make-before-break move to one of
-//     them; with none, the old Conn simply goes on). The Session acts on at
-//     most one of either a second.
+//   - Send its token to an address because a packet from its forwarder's
+//     address said so: a MigrateTo is followed only if it echoes one of the
+//     Conn's recent requests and its MAC verifies with that request's token
+//     key (protocol/README.md 5.7); others are counted (Stats.MigrateStale,
+//     Stats.MigrateForged) and dropped. A Rejoin, which the forwarder cannot
+//     sign, names no address: a forged one costs one keepalive to the
+//     current forwarder (a second), and at worst a re-join of the forwarders
+//     the application configured. The Session acts on at most one of either
+//     a second.
 //   - Block its reader on a slow consumer: when the Media channel is full the
 //     packet is dropped and counted (Stats.MediaDropped).
 //   - Log per packet.

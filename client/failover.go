@@ -34,18 +34,24 @@ import (
 //     behind the same address). The Conn at once re-sends its join from the
 //     same socket, as the protocol asks; if no authenticated answer comes
 //     within a few round trips (at least 250ms), the Session joins anew, the
-//     current forwarder first. Nudges are not authenticated: a forged one
-//     costs one keepalive, and at most one a second is acted upon.
+//     current forwarder first, then the configured ones: never an address a
+//     nudge could bring in (it names none). Nudges are not authenticated: a
+//     forged one costs one keepalive to the current forwarder, and at most
+//     one a second is acted upon.
 //   - MigrateTo: make-before-break. The Session joins the named forwarder
 //     (only it; if it does not take the device, the configured forwarders
 //     but the draining one) while media keeps flowing on the old Conn, then
-//     switches and closes the old Conn, which sends the leave. MigrateTo is
-//     not authenticated either: one naming a dead or foreign address costs
-//     one failed join (bounded by JoinTimeout, or half the deadline), then
-//     the fallback (a make-before-break move to another configured
-//     forwarder, if there is one); with no other forwarder configured, the
-//     old Conn simply goes on. Note that the join sends the token to the
-//     named address.
+//     switches and closes the old Conn, which sends the leave. The join
+//     sends the token to the named address, so only an authenticated
+//     MigrateTo gets here (the Conn drops the others: it must echo one of
+//     the Conn's recent requests and carry a MAC under that request's token
+//     key, protocol/README.md 5.7); a forwarder names only a forwarder of
+//     its cluster it hears as alive, or its configured alternate. One whose
+//     target does not take the device costs one failed join (bounded by
+//     JoinTimeout, or half the deadline), then the fallback (a
+//     make-before-break move to another configured forwarder, if there is
+//     one); with no other forwarder configured, the old Conn simply goes
+//     on.
 //
 // Every join and keepalive carries the latest token and the latest
 // resumption ticket the forwarders gave the session for it (protocol/README.md
@@ -252,6 +258,9 @@ func (s *Session) Err() error {
 
 // Forwarder is the address of the forwarder serving the Session now.
 func (s *Session) Forwarder() netip.AddrPort { return s.current().Forwarder() }
+
+// LocalAddr is the local address of the current Conn's socket.
+func (s *Session) LocalAddr() netip.AddrPort { return s.current().LocalAddr() }
 
 func (s *Session) current() *Conn {
 	s.mu.Lock()

@@ -210,6 +210,7 @@ func (j *socketJoin) answer(ctx context.Context) (protocol.JoinResponse, error) 
 		}
 		if resp.OK {
 			c.cfg.creds.keep(resp.Ticket, j.tx.token)
+			c.remember(j.tx.tid, j.tx.token, j.tx.key, j.sock)
 		}
 		return resp, nil
 	}

@@ -72,6 +72,7 @@ type request struct {
 	tid    [stun.TransactionIDSize]byte
 	leave  bool
 	cookie []byte // the cookie the request carried
+	key    []byte // the integrity key of the token it carried
 	// challenged: refused by the address check, answered 401 with a cookie
 	challenged bool
 }
@@ -181,7 +182,7 @@ func (r *responder) addressCheck(req protocol.JoinRequest, from netip.AddrPort) 
 	need := !ok || at != from || req.Leave || r.cookieAlways || r.challengeAll
 	pass := !need || (!r.challengeAll && hmac.Equal(req.Cookie, r.cookieFor(from)))
 	r.requests = append(r.requests, request{at: time.Now(), from: from, tid: req.TransactionID, leave: req.Leave,
-		cookie: bytes.Clone(req.Cookie), challenged: !pass})
+		cookie: bytes.Clone(req.Cookie), challenged: !pass, key: protocol.IntegrityKey(req.Token)})
 	if pass {
 		r.mu.Unlock()
 		return true
@@ -334,9 +335,22 @@ func (r *responder) forget() {
 
 // tell sends the relay instruction m to addr, from r's port, as a
 // stand-alone CRLY APP packet.
+// A MigrateTo is signed as a forwarder signs it (protocol/README.md 5.7):
+// echoing the latest request from addr that passed the address check, with
+// the key of its token.
 func (r *responder) tell(t *testing.T, addr netip.AddrPort, m protocol.RelayMessage) {
 	t.Helper()
-	raw, err := protocol.MarshalRelayApp(0, m)
+	var raw []byte
+	var err error
+	if mt, ok := m.(*protocol.MigrateTo); ok {
+		reqs := r.from(addr)
+		require.NotEmpty(t, reqs, "a MigrateTo to %v, which sent nothing", addr)
+		last := reqs[len(reqs)-1]
+		mt.Echo = last.tid
+		raw, err = protocol.SignMigrateTo(0, mt, last.key)
+	} else {
+		raw, err = protocol.MarshalRelayApp(0, m)
+	}
 	require.NoError(t, err)
 	r.raw(t, addr, raw)
 }

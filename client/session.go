@@ -147,6 +147,28 @@ func (c *Conn) setCookie(sock *net.UDPConn, cookie []byte) bool {
 	return true
 }
 
+// remember puts a request that was answered success outside the keepalive
+// loop (the join, a rebind) into the ring, not live, so that a MigrateTo
+// may echo it (requestKey).
+func (c *Conn) remember(tid [stun.TransactionIDSize]byte, token, key []byte, sock *net.UDPConn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ka[c.kaNext] = keepaliveTx{tid: tid, sock: sock, token: token, key: key}
+	c.kaNext = (c.kaNext + 1) % keepaliveSlots
+}
+
+// requestKey returns the integrity key of the token that the request tid
+// carried, if tid is one of the Conn's last keepaliveSlots requests
+// (answered or not), else nil. c.mu must be held.
+func (c *Conn) requestKey(tid [stun.TransactionIDSize]byte) []byte {
+	for i := range c.ka {
+		if c.ka[i].key != nil && c.ka[i].tid == tid {
+			return c.ka[i].key
+		}
+	}
+	return nil
+}
+
 // findKeepalive returns the ring slot of a live keepalive transaction, or -1.
 // c.mu must be held.
 func (c *Conn) findKeepalive(tid [stun.TransactionIDSize]byte) int {

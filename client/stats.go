@@ -37,6 +37,12 @@ type Stats struct {
 	ControlReceived  uint64
 	ControlDropped   uint64
 	ControlMalformed uint64
+	// MigrateStale counts MigrateTo messages dropped because their echo is
+	// not one of the Conn's recent requests (a replay, or a forgery);
+	// MigrateForged those whose echo is but whose MAC does not verify
+	// (protocol/README.md 5.7). Neither reaches Control.
+	MigrateStale  uint64
+	MigrateForged uint64
 	// RejoinNudges counts Rejoin messages; NudgesLimited those that sent no
 	// keepalive because one had gone out for a nudge less than a second
 	// before.
@@ -61,6 +67,7 @@ type counters struct {
 	cookieRetries                              atomic.Uint64
 	controlReceived, controlDropped            atomic.Uint64
 	controlMalformed, rejoinNudges             atomic.Uint64
+	migrateStale, migrateForged                atomic.Uint64
 	nudgesLimited, portUnreachable             atomic.Uint64
 	rtt                                        atomic.Int64
 }
@@ -83,6 +90,8 @@ func (c *counters) snapshot() Stats {
 		ControlReceived:    c.controlReceived.Load(),
 		ControlDropped:     c.controlDropped.Load(),
 		ControlMalformed:   c.controlMalformed.Load(),
+		MigrateStale:       c.migrateStale.Load(),
+		MigrateForged:      c.migrateForged.Load(),
 		RejoinNudges:       c.rejoinNudges.Load(),
 		NudgesLimited:      c.nudgesLimited.Load(),
 		PortUnreachable:    c.portUnreachable.Load(),

@@ -32,9 +32,15 @@ type session struct {
 	token       []byte    // verified once; identical bytes later skip the signature check
 	ticketAt    time.Time // when the session was last given a resumption ticket (resume.go)
 	key         []byte    // MESSAGE-INTEGRITY key of the token
-	lastSeen    time.Time
-	log         *zap.Logger
-	media       *mediaInfo // what the data path learned; shared with its routes
+	// lastTID is the transaction id of the latest request the session was
+	// answered success to (join or keepalive), and lastKey the key of the
+	// token it carried: a MigrateTo echoes the one and is signed with the
+	// other (protocol/README.md 5.7).
+	lastTID  [stun.TransactionIDSize]byte
+	lastKey  []byte
+	lastSeen time.Time
+	log      *zap.Logger
+	media    *mediaInfo // what the data path learned; shared with its routes
 
 	// confirmed: the device kept the session alive after joining, so it
 	// won the device's multi-connect race here. refused: the store refused
@@ -279,6 +285,7 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 	c.byAddr[src] = s
 	c.dirtyCalls[cl.id] = struct{}{}
 	answer, err := c.success(src, req, s.key, c.ticketFor(s, now, true))
+	s.lastTID, s.lastKey = req.TransactionID, s.key
 	if err != nil {
 		s.refused = true
 		c.remove(s)

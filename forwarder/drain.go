@@ -12,7 +12,8 @@ import (
 // Drain stops admitting new sessions and asks the ones here to move:
 // joins are answered 300 Try Alternate (a live peer, or the configured
 // alternate) or 508; every session is sent a MigrateTo naming a peer,
-// repeated each cluster tick until it leaves. Moving is make-before-break:
+// repeated each cluster tick until it leaves, each signed with the key of
+// the session's latest accepted request and echoing its transaction id. Moving is make-before-break:
 // the device joins the peer, then leaves here, so its media never stops.
 // Sessions with nowhere to go are served on until the drain deadline.
 func (f *Forwarder) Drain() {
@@ -64,7 +65,10 @@ func (c *control) drainTick(now time.Time) {
 		if !alt.IsValid() {
 			return // nowhere to send anyone
 		}
-		raw, err := protocol.MarshalRelayApp(0, &protocol.MigrateTo{Addr: alt, Deadline: left})
+		// Signed for the device's latest accepted request (README 5.7): a
+		// device follows no MigrateTo it cannot verify.
+		raw, err := protocol.SignMigrateTo(0,
+			&protocol.MigrateTo{Addr: alt, Deadline: left, Echo: s.lastTID}, s.lastKey)
 		if err != nil {
 			f.log.Error("building migrate", zap.Error(err))
 			return

@@ -221,6 +221,7 @@ func (c *control) ticketFor(s *session, now time.Time, force bool) []byte {
 // ticket when one is due or the session's token has just changed.
 func (c *control) acceptSession(src netip.AddrPort, req protocol.JoinRequest, s *session, newToken bool, now time.Time) {
 	if raw, err := c.success(src, req, s.key, c.ticketFor(s, now, newToken)); err == nil {
+		s.lastTID, s.lastKey = req.TransactionID, s.key
 		c.reply(raw, src)
 	}
 }

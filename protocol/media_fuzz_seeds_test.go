@@ -65,10 +65,14 @@ func mediaFuzzSeeds(t *testing.T) map[string]map[string][]byte {
 	app["compound-rr-app-crly"] = compound
 	app["loud-onset-body-truncated"] = []byte{0x85, 0xcc, 0x00, 0x03, 0, 0, 0, 0, 'C', 'R', 'L', 'Y', 0, 0, 0, 1}
 	app["unknown-subtype"] = []byte{0x9f, 0xcc, 0x00, 0x02, 0, 0, 0, 0, 'C', 'R', 'L', 'Y'}
+	// The unauthenticated MigrateTo of earlier versions (12-byte body).
+	app["migrate-to-unauthenticated"] = []byte{0x86, 0xcc, 0x00, 0x05, 0, 0, 0, 0, 'C', 'R', 'L', 'Y',
+		0x01, 0x00, 0x0d, 0x96, 0x00, 0x00, 0x13, 0x88, 0xc0, 0x00, 0x02, 0x0a}
 	return map[string]map[string][]byte{
-		"FuzzClassify":  classify,
-		"FuzzRTPHeader": rtpSeeds,
-		"FuzzRelayApp":  app,
-		"FuzzRTCPWalk":  rtcpWalkSeeds(t),
+		"FuzzClassify":        classify,
+		"FuzzRTPHeader":       rtpSeeds,
+		"FuzzRelayApp":        app,
+		"FuzzRTCPWalk":        rtcpWalkSeeds(t),
+		"FuzzMigrateToVerify": migrateVerifySeeds(t),
 	}
 }

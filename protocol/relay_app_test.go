@@ -310,8 +310,10 @@ func relaySeedMessages() []RelayMessage {
 		}},
 		&Subscription{Sequence: 0xffff},
 		&LoudOnset{AudioSSRC: 0x11223344, Level: 12},
-		&MigrateTo{Addr: netip.MustParseAddrPort("192.0.2.10:3478"), Deadline: 5 * time.Second},
-		&MigrateTo{Addr: netip.MustParseAddrPort("[2001:db8::1]:443"), Deadline: 250 * time.Millisecond},
+		&MigrateTo{Addr: netip.MustParseAddrPort("192.0.2.10:3478"), Deadline: 5 * time.Second,
+			Echo: [12]byte{'c', 'r', 'l', 'y', 11: 2}, MAC: [16]byte{0xb0, 0x36, 0xc5, 0x9b, 15: 0xf4}},
+		&MigrateTo{Addr: netip.MustParseAddrPort("[2001:db8::1]:443"), Deadline: 250 * time.Millisecond,
+			Echo: [12]byte{1, 2, 3}, MAC: [16]byte{9, 8, 7}},
 		&Rejoin{},
 		&Rejoin{Reason: RejoinUnknownAddress},
 	}

@@ -1,6 +1,8 @@
 package protocol
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -22,22 +24,84 @@ import (
 //	|                     deadline, milliseconds                    |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	|                                                               |
+//	+             echo: the transaction ID of the device's          +
+//	|             latest request the forwarder accepted (12)        |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	|                                                               |
 //	:           address (4 bytes if family 1, 16 if family 2)       :
+//	|                                                               |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	|                                                               |
+//	+                          MAC (16 bytes)                       +
 //	|                                                               |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //
 // Family uses STUN's values (RFC 8489 14.1): 0x01 IPv4, 0x02 IPv6, so the
-// body is 12 or 24 bytes. The address is neither unspecified nor zoned, and
-// the port is not 0.
+// body is 40 or 52 bytes. The address is neither unspecified nor zoned, and
+// the port is not 0. The MAC authenticates the whole packet under the
+// integrity key of the request whose transaction ID is the echo
+// (SignMigrateTo, VerifyMigrateTo; protocol/README.md 5.7): a device follows
+// only a MigrateTo it can verify, echoing one of its recent requests.
+// UnmarshalData only decodes; it does not verify.
 type MigrateTo struct {
 	Addr     netip.AddrPort // the forwarder to move to
 	Deadline time.Duration  // sent in whole milliseconds, 0..2^32-1 ms
+	Echo     [MigrateEchoLen]byte
+	MAC      [MigrateMACLen]byte
+}
+
+// Sizes of a MigrateTo's echo and MAC.
+const (
+	MigrateEchoLen = 12 // a STUN transaction ID
+	MigrateMACLen  = 16 // HMAC-SHA256, truncated
+)
+
+// migrateMACLabel starts the HMAC input, so the key's other use (STUN
+// MESSAGE-INTEGRITY, HMAC-SHA1) and this one never share an input.
+const migrateMACLabel = "callrelay migrate-to v1"
+
+// migrateMAC computes the MAC of pkt, a whole MigrateTo packet up to (not
+// including) its MAC field.
+func migrateMAC(key, pkt []byte) [MigrateMACLen]byte {
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte(migrateMACLabel))
+	h.Write([]byte{0})
+	h.Write(pkt)
+	var out [MigrateMACLen]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+// SignMigrateTo encodes m as a stand-alone CRLY APP packet whose MAC is
+// computed with key (IntegrityKey of the token the echoed request carried),
+// and sets m.MAC to it.
+func SignMigrateTo(ssrc uint32, m *MigrateTo, key []byte) ([]byte, error) {
+	m.MAC = [MigrateMACLen]byte{}
+	pkt, err := MarshalRelayApp(ssrc, m)
+	if err != nil {
+		return nil, err
+	}
+	m.MAC = migrateMAC(key, pkt[:len(pkt)-MigrateMACLen])
+	copy(pkt[len(pkt)-MigrateMACLen:], m.MAC[:])
+	return pkt, nil
+}
+
+// VerifyMigrateTo reports whether pkt, one whole CRLY APP packet carrying a
+// MigrateTo exactly as received (not a compound datagram), bears the MAC
+// of key. It checks nothing else; decode pkt for the fields.
+func VerifyMigrateTo(pkt, key []byte) bool {
+	if len(pkt) < relayAppHeaderLen+migrateFixedLen+MigrateEchoLen+4+MigrateMACLen {
+		return false
+	}
+	want := migrateMAC(key, pkt[:len(pkt)-MigrateMACLen])
+	return hmac.Equal(want[:], pkt[len(pkt)-MigrateMACLen:])
 }
 
 const (
 	migrateFamilyIPv4 = 0x01
 	migrateFamilyIPv6 = 0x02
-	migrateFixedLen   = 8
+	migrateFixedLen   = 8 // family, reserved, port, deadline
+	migrateAddrOff    = migrateFixedLen + MigrateEchoLen
 )
 
 // SubType returns SubTypeMigrateTo.
@@ -51,8 +115,9 @@ func migrateCheckAddr(ap netip.AddrPort) error {
 	return nil
 }
 
-// MarshalData appends the body; Deadline is truncated to milliseconds. An
-// IPv4-mapped IPv6 address is sent as IPv6, as given.
+// MarshalData appends the body with MAC as it is (SignMigrateTo computes
+// it); Deadline is truncated to milliseconds. An IPv4-mapped IPv6 address
+// is sent as IPv6, as given.
 func (m *MigrateTo) MarshalData(dst []byte) ([]byte, error) {
 	if err := migrateCheckAddr(m.Addr); err != nil {
 		return dst, err
@@ -68,10 +133,16 @@ func (m *MigrateTo) MarshalData(dst []byte) ([]byte, error) {
 	dst = append(dst, family, 0)
 	dst = binary.BigEndian.AppendUint16(dst, m.Addr.Port())
 	dst = binary.BigEndian.AppendUint32(dst, uint32(ms))
-	return m.Addr.Addr().AppendBinary(dst)
+	dst = append(dst, m.Echo[:]...)
+	dst, err := m.Addr.Addr().AppendBinary(dst)
+	if err != nil {
+		return dst, err
+	}
+	return append(dst, m.MAC[:]...), nil
 }
 
-// UnmarshalData decodes the 12- or 24-byte body.
+// UnmarshalData decodes the 40- or 52-byte body. It does not verify the
+// MAC (VerifyMigrateTo does, given the key).
 func (m *MigrateTo) UnmarshalData(b []byte) error {
 	*m = MigrateTo{}
 	if len(b) < migrateFixedLen {
@@ -86,15 +157,17 @@ func (m *MigrateTo) UnmarshalData(b []byte) error {
 	default:
 		return fmt.Errorf("%w: migrate address family %#x", ErrRelayAppInvalid, b[0])
 	}
-	if err := relayCheckLen("migrate", b, migrateFixedLen+addrLen); err != nil {
+	if err := relayCheckLen("migrate", b, migrateAddrOff+addrLen+MigrateMACLen); err != nil {
 		return err
 	}
-	a, _ := netip.AddrFromSlice(b[migrateFixedLen:]) // the length is checked
+	a, _ := netip.AddrFromSlice(b[migrateAddrOff : migrateAddrOff+addrLen]) // the length is checked
 	ap := netip.AddrPortFrom(a, binary.BigEndian.Uint16(b[2:4]))
 	if err := migrateCheckAddr(ap); err != nil {
 		return err
 	}
 	m.Addr = ap
 	m.Deadline = time.Duration(binary.BigEndian.Uint32(b[4:8])) * time.Millisecond
+	copy(m.Echo[:], b[migrateFixedLen:migrateAddrOff])
+	copy(m.MAC[:], b[migrateAddrOff+addrLen:])
 	return nil
 }
