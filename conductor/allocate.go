@@ -42,7 +42,8 @@ speaker's video first (if the receiver subscribed to it), then its other
 subscriptions in the order the device gave. Each gets the highest rank that
 
   - the sender offers in its current shape,
-  - fits what is left of the budget, and
+  - fits what is left of the budget: its rate less a tenth (FitMargin) is
+    at most what is left, and
   - respects the subscription's MaxHeight (rank 2 is HighHeight, rank 1
     LowHeight); the sender's lowest offered layer is always allowed
     whatever MaxHeight says (the receiver scales it down), so a thumbnail
@@ -50,8 +51,16 @@ subscriptions in the order the device gave. Each gets the highest rank that
 
 If nothing fits the subscription gets RankNone and the next one is tried: a
 cheaper one later in the order may still fit. A receiver is therefore never
-given more than its budget, audio included, unless audio alone exceeds it,
-in which case it gets no video. Because the choice at each position is the
+given more than its budget, audio included, plus a tenth of one layer,
+unless audio alone exceeds it, in which case it gets no video.
+
+The margin is because a downlink estimate is fed by what the receiver
+receives (internal/bwe): one that gets a stream and whose estimator holds
+(jitter, a busy device) reports about the rate it receives, a little under
+the nominal one (the audio it gets is often less than AudioBps), and
+without the margin it would look unable to take the very stream it takes,
+and be moved down or split for. Congestion shows as more than that: an
+estimator that sees a queue grow asks for 0.85 times what arrived. Because the choice at each position is the
 best that fits, more budget never gives a worse allocation: the rank
 vector in priority order only rises, lexicographically.
 
@@ -456,19 +465,19 @@ func (a *Allocator) consider(out *Allocation, receiver protocol.ID, sub AllocSub
 	}
 	l := &a.ladder
 	highOK := sub.MaxHeight == 0 || sub.MaxHeight >= l.HighHeight
-	if want && s.canSplit && left >= l.LowBps && (left < s.single || !highOK) {
+	if want && s.canSplit && fits(l.LowBps, left) && (!fits(s.single, left) || !highOK) {
 		s.needsLow = true
-		s.starved = s.starved || !s.split && s.single > left
+		s.starved = s.starved || !s.split && !fits(s.single, left)
 	}
 	rank, rate := RankNone, uint64(0)
 	switch {
 	case !s.split:
-		if s.single <= left { // the lowest layer: MaxHeight does not apply
+		if fits(s.single, left) { // the lowest layer: MaxHeight does not apply
 			rank, rate = RankHigh, s.single
 		}
-	case highOK && s.high <= left:
+	case highOK && fits(s.high, left):
 		rank, rate = RankHigh, s.high
-	case l.LowBps <= left:
+	case fits(l.LowBps, left):
 		rank, rate = RankLow, l.LowBps
 	}
 	switch rank {
@@ -478,8 +487,14 @@ func (a *Allocator) consider(out *Allocation, receiver protocol.ID, sub AllocSub
 		s.recvHigh = true
 	}
 	out.Pairs = append(out.Pairs, PairLayer{Receiver: receiver, Sender: sub.Sender, Rank: rank})
-	return left - rate
+	return sub0(left, rate)
 }
+
+// FitMargin: a layer of rate r fits when r - r/FitMargin is at most what
+// is left of the receiver's budget (see the file comment).
+const FitMargin = 10
+
+func fits(rate, left uint64) bool { return rate-rate/FitMargin <= left }
 
 // advanceStates runs every sender's hysteresis one tick and reports
 // whether any sender's shape changed (the tick must then be allocated

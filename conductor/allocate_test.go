@@ -87,13 +87,13 @@ func TestAllocStarvedReceiverSplitsAtOnce(t *testing.T) {
 
 // TestAllocBetweenHighAndSingle: the sender's uplink is too small for both
 // layers at full rate, so its high layer (810 kbit/s) is below its single
-// stream (900); a receiver with 890 left cannot take the single stream but
-// can take the high layer. It is starved, not forgotten: the sender splits
+// stream (900); a receiver with 790 left cannot take the single stream
+// (not even within FitMargin) but can take the high layer. It is starved, not forgotten: the sender splits
 // at once and it gets the high layer; the sender stays split while that
 // receiver could not take the single stream, and sends one stream again
 // UnsplitAfter after it can.
 func TestAllocBetweenHighAndSingle(t *testing.T) {
-	in := fanOut(3_000_000, 930_000) // 890 left after the sender's audio
+	in := fanOut(3_000_000, 830_000) // 790 left after the sender's audio
 	in.Members[0].UplinkBps = 1_000_000
 	c := newAllocClock()
 	s, between := aid(1), aid(3)
@@ -553,17 +553,17 @@ func planRate(p SenderPlan, rank uint8) (rate uint64, ok bool) {
 	return 0, false
 }
 
-// best is the highest rank of f that fits left and MaxHeight, and its
-// rate by the offer.
+// best is the highest rank of f that fits left (a tenth of its rate may
+// lie beyond, FitMargin) and MaxHeight, and its rate by the offer.
 func (o *allocOracle) best(f allocOffer, maxHeight uint16, left uint64) (uint8, uint64) {
 	switch {
 	case !f.split:
-		if f.single <= left {
+		if f.single-f.single/10 <= left {
 			return RankHigh, f.single
 		}
-	case f.high <= left && (maxHeight == 0 || maxHeight >= o.l.HighHeight):
+	case f.high-f.high/10 <= left && (maxHeight == 0 || maxHeight >= o.l.HighHeight):
 		return RankHigh, f.high
-	case f.low <= left:
+	case f.low-f.low/10 <= left:
 		return RankLow, f.low
 	}
 	return RankNone, 0
@@ -610,13 +610,14 @@ func (o *allocOracle) check(out *Allocation) string {
 			if pr, ok := planRate(plans[s.Sender], p.Rank); !ok || pr != rate {
 				return fmt.Sprintf("rank %d of %s costs %d by the offer, plan %+v", p.Rank, s.Sender, rate, plans[s.Sender])
 			}
-			left -= rate
+			left = sub0(left, rate)
 			video += rate
 			recvLow[s.Sender] = recvLow[s.Sender] || p.Rank == RankLow
 			recvHigh[s.Sender] = recvHigh[s.Sender] || p.Rank == RankHigh
 		}
-		// Never over budget; no video when audio alone exceeds it.
-		if audio >= budget && video > 0 || audio < budget && audio+video > budget {
+		// Never over budget but by a tenth of one layer; no video when
+		// audio alone exceeds it.
+		if audio >= budget && video > 0 || audio < budget && audio+video > budget+video/FitMargin {
 			return fmt.Sprintf("receiver %s: audio %d + video %d, budget %d", m.ID, audio, video, budget)
 		}
 	}
