@@ -33,7 +33,7 @@ type Config struct {
 	OneToOne    int           // number of one-to-one calls; default 2
 	Groups      int           // number of group calls; default 1
 	GroupSize   int           // members per group call; default 5
-	Duration    time.Duration // 0: until ctx ends
+	Duration    time.Duration // how long the calls run once every member joined; 0: until ctx ends
 	Interval    time.Duration // summary line period; default 1s
 	PacketEvery time.Duration // audio packetisation; default 20ms (50 packets/s)
 	// CapacitySessions sizes each forwarder for this many sessions (a load
@@ -126,11 +126,6 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	if err := cfg.validate(); err != nil {
 		return Result{}, err
 	}
-	if cfg.Duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
-		defer cancel()
-	}
 	pub, priv, err := protocol.GenerateSigningKey()
 	if err != nil {
 		return Result{}, err
@@ -157,6 +152,14 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	fmt.Fprintf(out, "%d participants joined; Ctrl-C to stop\n", len(members))
 	lossy := pickLossy(cfg, members, out)
 
+	// Duration is the calls' time, counted once every member has joined:
+	// starting Redis, NATS, the forwarders and the conductor and gathering
+	// the calls can take seconds on a loaded machine, and must not eat it.
+	if cfg.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
+		defer cancel()
+	}
 	began := time.Now()
 	spiked, err := runCalls(ctx, cfg, priv, c.fwds, members, lossy, out)
 	if err != nil {

@@ -28,7 +28,7 @@ func demoFlags(fs *flag.FlagSet) *demoOptions {
 	fs.IntVar(&cfg.OneToOne, "one-to-one", 2, "number of one-to-one calls")
 	fs.IntVar(&cfg.Groups, "groups", 1, "number of group calls")
 	fs.IntVar(&cfg.GroupSize, "group-size", 5, "members per group call")
-	fs.DurationVar(&cfg.Duration, "duration", 0, "stop after this long (default: until Ctrl-C)")
+	fs.DurationVar(&cfg.Duration, "duration", 0, "stop after the calls have run this long, counted once every member joined (default: until Ctrl-C)")
 	fs.DurationVar(&cfg.Interval, "interval", cfg.Interval, "summary line period (default 1s)")
 	fs.StringVar(&cfg.Dashboard, "dashboard", "127.0.0.1:8080", "serve the live dashboard here (empty: none; port 0: any free port)")
 	fs.IntVar(&cfg.CapacitySessions, "capacity-sessions", 0, "size each forwarder for this many sessions, so a spike makes it throttle (0: sessions are not a load signal)")
