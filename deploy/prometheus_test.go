@@ -223,6 +223,7 @@ func TestAlertsCoverOnCallSignals(t *testing.T) {
 		{"conductor store unreachable", "callrelay_conductor_store_unreachable"},
 		{"conductor behind", "callrelay_conductor_group_decision_stride"},
 		{"stale decisions", `callrelay_forwarder_decisions_total{outcome="stale"}`},
+		{"calls without a conductor decision", "callrelay_forwarder_calls_without_decision"},
 		{"metadata rejected", "callrelay_conductor_metadata_rejected_total"},
 	} {
 		found := false

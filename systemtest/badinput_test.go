@@ -114,11 +114,14 @@ func TestBadMetadataAndStaleDecisions(t *testing.T) {
 	_ = nats.ErrConnectionClosed
 }
 
-// The conductor loses Redis: it stops deciding once its leases run out
-// unrenewed (counted, logged once), the forwarder keeps applying the last
-// decision (the speaker is still heard, the silent member still muted), and
-// when Redis returns the conductor takes its partitions again.
-func TestConductorWithoutRedisFailsStatic(t *testing.T) {
+// The conductor loses Redis: it cannot renew its lease (counted, logged
+// once) but decides on under its epoch, well past the lease's validity
+// (its store grace), so the forwarder follows fresh decisions throughout
+// (the speaker is heard, the silent member muted, nothing lapses); when
+// Redis returns empty, the conductor takes its partition again in place
+// at a higher epoch. (With no grace, the forwarder's decision timeout takes
+// over: TestRedisOutageWithoutConductorGrace.)
+func TestConductorWithoutRedisDecidesOn(t *testing.T) {
 	e := newEnv(t)
 	fa := e.forwarder(t, "fwd-a")
 	call := protocol.NewID()
@@ -127,7 +130,7 @@ func TestConductorWithoutRedisFailsStatic(t *testing.T) {
 	stop := make(chan struct{})
 	calltest.Speak(t, ms, func(i int, _ time.Duration) bool { return i == 0 }, stop)
 	defer close(stop)
-	cd := e.conductor(t, "cond-1", nil)
+	cd := e.conductor(t, "cond-1", nil) // lease TTL 1 s, store grace the default minute
 	testenv.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		if len(ms[1].Speakers()) == 0 || len(ms[2].Speakers()) == 0 {
 			return fmt.Errorf("no dominant speaker yet")
@@ -135,37 +138,39 @@ func TestConductorWithoutRedisFailsStatic(t *testing.T) {
 		return nil
 	})
 	unheard(t, ms, 1, 2) // the silent members are muted before Redis goes
+	before, _ := watch.snapshot()
+	epoch := before[len(before)-1].Epoch
 	e.redis.Stop()
+	stopped := time.Now()
 	testenv.CheckFor(t, 15*time.Second, 50*time.Millisecond, func() error {
-		if metric(t, cd.reg, "callrelay_conductor_partitions_owned", "") != 0 {
-			return fmt.Errorf("still holding partitions")
+		if metric(t, cd.reg, "callrelay_conductor_store_unreachable", "") != 1 {
+			return fmt.Errorf("the conductor has not found Redis gone")
 		}
 		return nil
 	})
 	require.Positive(t, metric(t, cd.reg, "callrelay_conductor_lease_errors_total", ""))
-	require.Equal(t, 1.0, metric(t, cd.reg, "callrelay_conductor_store_unreachable", ""))
-	n, _ := watch.snapshot()
-	silent := ms[1].Count(ms[2].SSRC)
-	heard := ms[1].Count(ms[0].SSRC)
-	// A window counted in the speaker's packets (75: about 1.5 s).
+	silent, heard := ms[1].Count(ms[2].SSRC), ms[1].Count(ms[0].SSRC)
+	// Decisions go on, three lease TTLs past the stop.
 	testenv.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
-		if n := ms[1].Count(ms[0].SSRC) - heard; n <= 75 {
-			return fmt.Errorf("%d packets from the speaker since Redis went", n)
+		ds, at := watch.snapshot()
+		if last := at[len(at)-1]; last.Sub(stopped) < 3*time.Second || ds[len(ds)-1].Epoch != epoch {
+			return fmt.Errorf("no decision of epoch %d 3 s after Redis went yet", epoch)
 		}
 		return nil
 	})
-	after, _ := watch.snapshot()
-	require.Len(t, after, len(n), "no decisions without a lease")
-	require.Greater(t, ms[1].Count(ms[0].SSRC), heard+50, "the speaker is still heard (fail-static)")
-	require.Equal(t, silent, ms[1].Count(ms[2].SSRC), "the silent member is still muted (fail-static)")
+	require.Equal(t, float64(partitions), metric(t, cd.reg, "callrelay_conductor_partitions_owned", ""), "still holding its partitions")
+	require.Greater(t, ms[1].Count(ms[0].SSRC), heard+50, "the speaker is heard")
+	require.Equal(t, silent, ms[1].Count(ms[2].SSRC), "the silent member is muted")
+	require.Zero(t, fa.Stats().DecisionLapses, "fresh decisions all along")
 
 	require.NoError(t, e.redis.Restart())
 	testenv.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
-		all, _ := watch.snapshot()
-		if len(all) == len(after) {
-			return fmt.Errorf("no decisions since Redis returned")
+		ds, _ := watch.snapshot()
+		if d := ds[len(ds)-1]; d.Epoch <= epoch {
+			return fmt.Errorf("no decision of a higher epoch than %d since Redis returned", epoch)
 		}
 		return nil
 	})
 	require.Equal(t, 0.0, metric(t, cd.reg, "callrelay_conductor_store_unreachable", ""))
+	require.Equal(t, silent, ms[1].Count(ms[2].SSRC), "the silent member is still muted")
 }
