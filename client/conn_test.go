@@ -85,7 +85,12 @@ func TestConnSlowConsumerDropsNotBlocks(t *testing.T) {
 	for range sent {
 		require.NoError(t, x.WriteRTP(pkt))
 	}
-	eventually(t, func() bool { return y.Stats().PacketsReceived == sent }, "every packet reaches the reader")
+	// PacketsReceived is counted before the reader queues or drops the
+	// packet: wait for both counters, or the last drop can be missed.
+	eventually(t, func() bool {
+		st := y.Stats()
+		return st.PacketsReceived == sent && st.MediaDropped+uint64(len(y.Media())) == sent
+	}, "every packet reaches the reader and is queued or dropped")
 	require.Equal(t, uint64(sent-4), y.Stats().MediaDropped)
 	require.Len(t, y.Media(), 4)
 
