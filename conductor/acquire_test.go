@@ -70,3 +70,40 @@ func TestAcquireAtLapse(t *testing.T) {
 	require.Equal(t, time.Second, c.acquireFree(ctx), "held here now: nothing else to try")
 	require.Equal(t, map[int]uint64{0: ghost.Epoch + 1}, c.Owned())
 }
+
+// After a store outage, partitions held by nobody are not taken for a lease
+// TTL: their holders, deciding on through the outage, take them back in
+// place meanwhile. While the store is away it is only probed.
+func TestNoAcquireRightAfterStoreOutage(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1_800_000_000, 0)}
+	mem := statestore.NewMemory(statestore.Config{Now: clock.Now})
+	nc, err := nats.Connect(testenv.NATS(t).ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	key, err := protocol.NewClusterKey()
+	require.NoError(t, err)
+	cfg := Default()
+	cfg.NATS, cfg.Key, cfg.Store, cfg.Leases, cfg.Now = nc, key, mem, mem, clock.Now
+	cfg.Partitions = 2
+	c, err := New(cfg)
+	require.NoError(t, err)
+	t.Cleanup(c.releaseAll)
+	ctx := context.Background()
+
+	c.m.noteStoreDown(true) // as after failed lease operations
+	canceled, cancel := context.WithCancel(ctx)
+	cancel() // the Memory store answers a done context as unreachable
+	require.Equal(t, cfg.AcquireEvery, c.acquireFree(canceled), "the store is away: probed only")
+	require.True(t, c.m.down.Load())
+	require.Empty(t, c.Owned())
+
+	require.Equal(t, cfg.LeaseTTL, c.acquireFree(ctx), "back: nothing taken for a lease TTL")
+	require.False(t, c.m.down.Load())
+	require.Empty(t, c.Owned())
+	clock.add(cfg.LeaseTTL / 2)
+	require.Equal(t, cfg.LeaseTTL/2, c.acquireFree(ctx))
+	require.Empty(t, c.Owned())
+	clock.add(cfg.LeaseTTL / 2)
+	c.acquireFree(ctx)
+	require.Len(t, c.Owned(), 2, "then the free partitions are taken")
+}

@@ -25,10 +25,11 @@ type Conductor struct {
 	mu      sync.Mutex // guards owned (read by Owned from other goroutines)
 	owned   map[int]*ownedPartition
 	started bool
-	// tryAt is when to try each partition not held here next (the Run
-	// goroutine's): at the acquire interval, or the moment its holder's
-	// lease lapses if that is sooner.
-	tryAt []time.Time
+	// The Run goroutine's: when to try each partition not held here next
+	// (at the acquire interval, or the moment its holder's lease lapses if
+	// that is sooner), and when the store last came back after an outage.
+	tryAt  []time.Time
+	backAt time.Time
 }
 
 type ownedPartition struct {
@@ -119,8 +120,19 @@ func (c *Conductor) opTimeout() time.Duration { return max(50*time.Millisecond, 
 // left) if that is sooner: a successor takes a dead conductor's partitions
 // when the TTL runs out, not up to an acquire interval later. A holder
 // that stopped gracefully released its leases, so the next try takes them.
+//
+// While the store is away, the store is only probed (a read); once it is
+// back, nothing is taken for a lease TTL: the leases lapsed in the store
+// meanwhile, and their holders, which decided on through the outage (store
+// grace), take them again in place, with their state, in that time.
 func (c *Conductor) acquireFree(ctx context.Context) time.Duration {
 	now := c.cfg.Now()
+	if c.m.down.Load() && !c.probeStore(ctx) {
+		return c.cfg.AcquireEvery
+	}
+	if until := c.backAt.Add(c.cfg.LeaseTTL); now.Before(until) {
+		return until.Sub(now)
+	}
 	next := now.Add(c.cfg.AcquireEvery)
 	for part := 0; part < c.cfg.Partitions && ctx.Err() == nil; part++ {
 		c.mu.Lock()
@@ -324,8 +336,22 @@ func (c *Conductor) retake(ctx context.Context, part int, o *ownedPartition, now
 // storeBack notes that the store answered, and logs it if it had not.
 func (c *Conductor) storeBack() {
 	if c.m.noteStoreDown(false) {
+		c.backAt = c.cfg.Now()
 		c.log.Info("state store reachable again")
 	}
+}
+
+// probeStore asks the store something harmless and reports whether it
+// answered (noting it, if so).
+func (c *Conductor) probeStore(ctx context.Context) bool {
+	octx, cancel := context.WithTimeout(ctx, c.opTimeout())
+	_, err := c.cfg.Leases.LeaseHolder(octx, statestore.PartitionLease(0))
+	cancel()
+	if err != nil && !errors.Is(err, statestore.ErrNotFound) {
+		return false
+	}
+	c.storeBack()
+	return true
 }
 
 // validFor is how long after a successful renewal this instance still

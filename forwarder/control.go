@@ -116,6 +116,10 @@ type control struct {
 
 	// lastNotice is the at of the last member notice sent (notices.go).
 	lastNotice time.Time
+	// storeBackAt is when the store last came back after an outage: a
+	// Redis that restarted empty is refilled by every forwarder in the
+	// reconcile that follows, so its records are incomplete for a while.
+	storeBackAt time.Time
 
 	// The edge's limits: address checks answered (cookie.go), address
 	// changes refused since the last log line about them.

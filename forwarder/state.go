@@ -189,9 +189,14 @@ func (c *control) learnRecord(cl *call, rec statestore.Call, now time.Time, reco
 	cl.stateErr = false
 	cl.notices.read = true
 	grace := f.cfg.Cluster.PeerTimeout
-	// Placements learned from notices lately stay: the record may predate them.
+	// Placements learned from notices lately stay: the record may predate
+	// them. So do those it lacks while the store is away or being refilled
+	// after an outage (the writer's first results come before stateTick sees
+	// the store back; a Redis that came back empty lacks what the others
+	// have not written back yet).
+	settling := c.degraded || now.Sub(c.storeBackAt) < 2*f.cfg.Cluster.ReconcileEvery
 	for k, p := range cl.remote {
-		if m, ok := rec.Members[k.participant]; (!ok || m.Forwarder != k.fwd) && now.Sub(p.learned) > grace {
+		if m, ok := rec.Members[k.participant]; (!ok && !settling || ok && m.Forwarder != k.fwd) && now.Sub(p.learned) > grace {
 			delete(cl.remote, k)
 			c.dirtyCalls[cl.id] = struct{}{}
 		}
@@ -275,6 +280,9 @@ func (c *control) stateTick(now time.Time) {
 	}
 	degraded := w.Degraded()
 	back := c.degraded && !degraded
+	if back {
+		c.storeBackAt = now
+	}
 	if degraded != c.degraded {
 		c.degraded = degraded
 		if degraded {

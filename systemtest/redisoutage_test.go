@@ -230,6 +230,11 @@ func TestRedisOutageTalkersChanging(t *testing.T) {
 				mode.name, redisOutage, 100*group, percent(per))
 			oc.logStats(t)
 			require.Less(t, group, 0.05, "group speech loss")
+			for j, loss := range per {
+				// Not a brief cut either: the trunk between forwarders
+				// kept while Redis came back empty lacked their members.
+				require.Less(t, loss, 0.01, "speech loss of talker %d", j)
+			}
 			require.Less(t, took, 2*time.Second, "the late joiner heard, and hearing the call, within 2 s of joining")
 			for id, f := range oc.fwds {
 				require.Zero(t, f.Stats().DecisionLapses, "%s: the conductor decided throughout", id)
