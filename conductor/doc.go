@@ -23,7 +23,9 @@
 // (counted as stale). A Redis outage then costs no decision, and the
 // forwarding sets follow the talkers throughout; checkpoints and calls'
 // records are not read or written meanwhile (calls new to the conductor
-// are decided without a checkpoint).
+// are decided without a checkpoint). When the store answers again, no
+// conductor takes a partition it does not hold for a lease TTL, so the
+// holders take theirs back in place, with their state.
 //
 // Takeover. A conductor that dies stops renewing; its leases expire after
 // the TTL and another instance, which tries every free partition each
