@@ -125,8 +125,21 @@ func TestMemberOverItsShareIsCut(t *testing.T) {
 	require.Positive(t, cut)
 	require.LessOrEqual(t, float64(forwarded*videoSize), allowed, "what was forwarded of it stays within its cap")
 	require.Greater(t, cut, videoSent.Load()*9/10, "at twenty times its share, most of it is cut")
-	require.Equal(t, forwarded, got1, "receivers get exactly what was not cut")
-	require.Equal(t, forwarded, got2)
+	// Receivers get what was not cut, less only what the forwarder counted
+	// dropped for another reason (on a loaded machine the kernel can drop a
+	// burst from a full receive buffer, counted as receive_buffer): nothing
+	// goes missing uncounted, and nothing more than was let through arrives.
+	var other uint64
+	for reason := range after.Drops {
+		if forwarder.DropReason(reason) != forwarder.DropPolicedVideo {
+			other += after.Drops[reason] - before.Drops[reason]
+		}
+	}
+	t.Logf("other drops counted meanwhile: %d", other)
+	for _, g := range []uint64{got1, got2} {
+		require.LessOrEqual(t, g, forwarded, "no receiver gets more than was not cut")
+		require.GreaterOrEqual(t, g+other, forwarded, "receivers get what was not cut, but for drops counted")
+	}
 }
 
 // pollUntil polls cond every 10 ms until it holds or d has passed: for
