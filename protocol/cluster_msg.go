@@ -378,8 +378,8 @@ func (n *MemberNotice) decode(b []byte) error {
 // ForwarderAnnounce (type 2) is a forwarder's heartbeat and load report,
 // sent about once a second. Body:
 //
-//	0       flags: 0x01 draining; the other bits are reserved (sent 0,
-//	        ignored)
+//	0       flags: 0x01 draining, 0x02 an IPv6 media address follows the
+//	        trunk address; the other bits are reserved (sent 0, ignored)
 //	1       forwarder id length n (1..64)
 //	2..4    load, permille of configured capacity
 //	4..8    sessions
@@ -389,6 +389,7 @@ func (n *MemberNotice) decode(b []byte) error {
 //	28..36  at, Unix milliseconds (signed; 0: unknown)
 //	36..    media address: family (1 IPv4, 2 IPv6), port (2), address
 //	..      trunk address: family (1 IPv4, 2 IPv6), port (2), address
+//	..      with flag 0x02: IPv6 media address: family 2, port (2), address
 //	..end   forwarder id (n bytes)
 type ForwarderAnnounce struct {
 	ID       string         // forwarder id, see ValidForwarderID
@@ -401,9 +402,18 @@ type ForwarderAnnounce struct {
 	Seq      uint64    // increases with every announce of one process
 	Started  time.Time // process start: a restarted forwarder with the same ID is a new incarnation
 	At       time.Time // when the report was made
+
+	// Media6 is optional: a dual-stack forwarder's IPv6 media address, when
+	// Media is its IPv4 one (IPv6, not v4-mapped, port not 0, not
+	// unspecified). Sent with flag 0x02; receivers older than it reject the
+	// announce, so upgrade every forwarder before configuring one.
+	Media6 netip.AddrPort
 }
 
-const announceFlagDraining = 0x01
+const (
+	announceFlagDraining = 0x01
+	announceFlagMedia6   = 0x02
+)
 
 func (a *ForwarderAnnounce) check() error {
 	if err := ValidForwarderID(a.ID); err != nil {
@@ -414,6 +424,12 @@ func (a *ForwarderAnnounce) check() error {
 	}
 	if err := clusterCheckAddr("trunk", a.Trunk, false, false); err != nil {
 		return err
+	}
+	if err := clusterCheckAddr("media6", a.Media6, true, true); err != nil {
+		return err
+	}
+	if a.Media6.IsValid() && (!a.Media6.Addr().Is6() || a.Media6.Addr().Is4In6()) {
+		return fmt.Errorf("%w: media6 address %q is not IPv6", ErrClusterMsgInvalid, a.Media6.String())
 	}
 	if err := clusterCheckTime("started", a.Started); err != nil {
 		return err
@@ -433,6 +449,9 @@ func (a *ForwarderAnnounce) Marshal(dst []byte, k ClusterKey) ([]byte, error) {
 		if a.Draining {
 			flags |= announceFlagDraining
 		}
+		if a.Media6.IsValid() {
+			flags |= announceFlagMedia6
+		}
 		b = append(b, flags, byte(len(a.ID)))
 		b = binary.BigEndian.AppendUint16(b, a.Load)
 		b = binary.BigEndian.AppendUint32(b, a.Sessions)
@@ -442,6 +461,9 @@ func (a *ForwarderAnnounce) Marshal(dst []byte, k ClusterKey) ([]byte, error) {
 		b = clusterAppendTime(b, a.At)
 		b = appendClusterAddr(b, a.Media)
 		b = appendClusterAddr(b, a.Trunk)
+		if a.Media6.IsValid() {
+			b = appendClusterAddr(b, a.Media6)
+		}
 		return append(b, a.ID...)
 	})
 }
@@ -480,6 +502,14 @@ func (a *ForwarderAnnounce) decode(b []byte) error {
 	}
 	if a.Trunk, rest, err = readClusterAddr("trunk", rest); err != nil {
 		return err
+	}
+	if b[0]&announceFlagMedia6 != 0 {
+		if a.Media6, rest, err = readClusterAddr("media6", rest); err != nil {
+			return err
+		}
+		if !a.Media6.IsValid() {
+			return fmt.Errorf("%w: flag media6 without an address", ErrClusterMsgInvalid)
+		}
 	}
 	if a.ID, err = readForwarderID(rest, idLen); err != nil {
 		return err

@@ -340,7 +340,7 @@ func TestClusterMsgLenientDecode(t *testing.T) {
 	k := testClusterKey(t)
 
 	var a ForwarderAnnounce
-	require.NoError(t, a.Unmarshal(rawClusterMsg(k, 2, announceBody(clusterSet(0, 0xfe))), k), "reserved flag bits are ignored")
+	require.NoError(t, a.Unmarshal(rawClusterMsg(k, 2, announceBody(clusterSet(0, 0xfc))), k), "reserved flag bits are ignored")
 	require.False(t, a.Draining)
 
 	mapped := noticeBody(func(b []byte) []byte {
@@ -488,6 +488,9 @@ func clusterFuzzSeeds(t testing.TB) map[string][]byte {
 	seeds["ask-without-trunk"] = rawClusterMsg(k, 1, noticeBody(func(b []byte) []byte { b[0] = 3; return append(append(b[:50], 0, 0, 0), "fwd-a"...) }))
 	seeds["op-4"] = rawClusterMsg(k, 1, noticeBody(clusterSet(0, 4)))
 	seeds["empty"] = []byte{}
+	for name, b := range media6FuzzSeeds(t) {
+		seeds[name] = b
+	}
 	return seeds
 }
 
