@@ -26,6 +26,9 @@ var (
 	ErrWrongCall = errors.New("protocol: token is for another call")
 	// ErrNotResponse: a datagram is not a response to the given transaction.
 	ErrNotResponse = errors.New("protocol: not a join response")
+	// ErrDeviceProof: a DEVICE-PROOF is malformed, or its signature does
+	// not verify with the token's device key (device.go).
+	ErrDeviceProof = errors.New("protocol: device proof invalid")
 )
 
 // Sentinel errors of resumption tickets (ticket.go). Each is a reason a
@@ -55,7 +58,7 @@ var (
 	// ErrTrunkTruncated: a trunk frame is shorter than its header and tag
 	// plus one payload byte.
 	ErrTrunkTruncated = errors.New("protocol: trunk frame truncated")
-	// ErrTrunkVersion: a trunk frame's version byte is not 1.
+	// ErrTrunkVersion: a trunk frame's version byte is not 2.
 	ErrTrunkVersion = errors.New("protocol: unknown trunk frame version")
 	// ErrTrunkAuth: a trunk frame's tag does not match (wrong cluster key,
 	// or the frame was altered).

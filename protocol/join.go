@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	crand "crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -75,6 +76,13 @@ type JoinRequest struct {
 	Leave         bool
 	Cookie        []byte // the address cookie the device echoes, if any
 	Ticket        []byte // the resumption ticket the device presents, if any
+	// With a version 2 token: HasProof when the request carries a
+	// DEVICE-PROOF (its MESSAGE-INTEGRITY, under the token's key, was
+	// checked); else SessionKeyed: its MESSAGE-INTEGRITY is under the
+	// session's key, which the caller checks (CheckSessionIntegrity).
+	Proof        DeviceProof
+	HasProof     bool
+	SessionKeyed bool
 }
 
 // JoinOptions are the variable parts of a join request.
@@ -87,6 +95,19 @@ type JoinOptions struct {
 // BuildJoinRequest encodes a join, keepalive or leave request for the given
 // token. The call and participant ids come from the token.
 func BuildJoinRequest(token []byte, o JoinOptions) (*stun.Message, error) {
+	if IsDeviceToken(token) {
+		return nil, fmt.Errorf("%w: a version 2 token needs BuildDeviceRequest", ErrTokenMalformed)
+	}
+	var tid [stun.TransactionIDSize]byte
+	if _, err := crand.Read(tid[:]); err != nil {
+		return nil, err
+	}
+	return buildJoin(token, o, tid, nil, IntegrityKey(token))
+}
+
+// buildJoin encodes a request with transaction id tid, a DEVICE-PROOF
+// value if proof is set, and MESSAGE-INTEGRITY under key.
+func buildJoin(token []byte, o JoinOptions, tid [stun.TransactionIDSize]byte, proof, key []byte) (*stun.Message, error) {
 	t, err := DecodeToken(token)
 	if err != nil {
 		return nil, err
@@ -98,7 +119,7 @@ func BuildJoinRequest(token []byte, o JoinOptions) (*stun.Message, error) {
 		return nil, fmt.Errorf("%w: ticket of %d bytes", ErrJoinMalformed, len(o.Ticket))
 	}
 	setters := []stun.Setter{
-		stun.TransactionID, stun.BindingRequest,
+		stun.NewTransactionIDSetter(tid), stun.BindingRequest,
 		stun.NewUsername(t.CallID.String() + ":" + t.ParticipantID.String()),
 		rawAttr{AttrJoinToken, token},
 	}
@@ -111,7 +132,10 @@ func BuildJoinRequest(token []byte, o JoinOptions) (*stun.Message, error) {
 	if len(o.Ticket) > 0 {
 		setters = append(setters, rawAttr{AttrResumeTicket, o.Ticket})
 	}
-	setters = append(setters, stun.MessageIntegrity(IntegrityKey(token)), stun.Fingerprint)
+	if proof != nil {
+		setters = append(setters, rawAttr{AttrDeviceProof, proof})
+	}
+	setters = append(setters, stun.MessageIntegrity(key), stun.Fingerprint)
 	return stun.Build(setters...)
 }
 
@@ -166,6 +190,18 @@ func ParseJoinRequest(m *stun.Message) (JoinRequest, error) {
 	}
 	if err := onlyFingerprintAfterIntegrity(m); err != nil {
 		return r, err
+	}
+	if p, err := m.Get(AttrDeviceProof); err == nil {
+		if !IsDeviceToken(tok) {
+			return r, fmt.Errorf("%w: DEVICE-PROOF with a version 1 token", ErrJoinMalformed)
+		}
+		if r.Proof, err = ParseDeviceProof(p); err != nil {
+			return r, fmt.Errorf("%w: %v", ErrJoinMalformed, err)
+		}
+		r.HasProof = true
+	} else if IsDeviceToken(tok) {
+		r.SessionKeyed = true // under the session's key: the caller checks it
+		return r, nil
 	}
 	if err := stun.MessageIntegrity(IntegrityKey(tok)).Check(m); err != nil {
 		return r, fmt.Errorf("%w: %v", ErrIntegrity, err)
@@ -252,8 +288,8 @@ func CheckTicket(r JoinRequest, tok Token, k *TicketKey, now time.Time) (Ticket,
 	if tk.CallID != tok.CallID || tk.ParticipantID != tok.ParticipantID {
 		return Ticket{}, fmt.Errorf("%w: ticket names call %s participant %s", ErrTicketMismatch, tk.CallID, tk.ParticipantID)
 	}
-	if tk.Binding != BindToken(r.Token) {
-		return Ticket{}, fmt.Errorf("%w: bound to another token", ErrTicketMismatch)
+	if tk.Binding != BindingOf(tok, r.Token) {
+		return Ticket{}, fmt.Errorf("%w: bound to another token or device", ErrTicketMismatch)
 	}
 	return tk, nil
 }
@@ -310,6 +346,13 @@ type JoinResponse struct {
 	Alternate  netip.AddrPort // with 300 Try Alternate
 	RetryAfter time.Duration  // with 300 or 508, if the forwarder said
 	Cookie     []byte         // with 401: repeat the request with this cookie
+	// SessionKey: in the success answer to a request with DEVICE-PROOF,
+	// the session key derived with its RELAY-KEY (ParseProofResponse).
+	SessionKey []byte
+	// NeedProof: a 401 with a COOKIE to a request under a session key,
+	// protected by the token's key only: repeat with the cookie and a
+	// fresh proof (ParseSessionResponse).
+	NeedProof bool
 }
 
 // BuildJoinSuccess answers req with the device's mapped address and the
@@ -323,6 +366,9 @@ type JoinSuccess struct {
 	Mapped netip.AddrPort
 	Params SessionParams
 	Ticket []byte // a new resumption ticket (at most MaxTicketSize bytes), or none
+	// RelayKey: the forwarder's ephemeral X25519 public key, in the answer
+	// to a request with DEVICE-PROOF (key is then the session key).
+	RelayKey []byte
 }
 
 // BuildJoinAccept answers req with s, protected with key (IntegrityKey of
@@ -339,6 +385,9 @@ func BuildJoinAccept(req JoinRequest, s JoinSuccess, key []byte) ([]byte, error)
 		rawAttr{AttrSessionParams, sp[:]}}
 	if len(s.Ticket) > 0 {
 		setters = append(setters, rawAttr{AttrResumeTicket, s.Ticket})
+	}
+	if len(s.RelayKey) > 0 {
+		setters = append(setters, rawAttr{AttrRelayKey, s.RelayKey})
 	}
 	m, err := stun.Build(append(setters, stun.MessageIntegrity(key), stun.Fingerprint)...)
 	if err != nil {
@@ -390,17 +439,32 @@ func BuildJoinError(tid [stun.TransactionIDSize]byte, e JoinError, key []byte) (
 // transaction id tid, and checks its MESSAGE-INTEGRITY with key. An answer
 // without valid integrity is rejected: anyone could have sent it.
 func ParseJoinResponse(raw []byte, tid [stun.TransactionIDSize]byte, key []byte) (JoinResponse, error) {
-	var r JoinResponse
+	m, err := decodeResponse(raw, tid)
+	if err != nil {
+		return JoinResponse{}, err
+	}
+	return checkedResponse(m, key)
+}
+
+// decodeResponse decodes an answer to transaction tid.
+func decodeResponse(raw []byte, tid [stun.TransactionIDSize]byte) (*stun.Message, error) {
 	m := &stun.Message{Raw: append([]byte(nil), raw...)}
 	if err := m.Decode(); err != nil {
-		return r, fmt.Errorf("%w: %v", ErrNotResponse, err)
+		return nil, fmt.Errorf("%w: %v", ErrNotResponse, err)
 	}
 	if m.TransactionID != tid {
-		return r, fmt.Errorf("%w: transaction id differs", ErrNotResponse)
+		return nil, fmt.Errorf("%w: transaction id differs", ErrNotResponse)
 	}
 	if m.Type != stun.BindingSuccess && m.Type != stun.BindingError {
-		return r, fmt.Errorf("%w: type %s", ErrNotResponse, m.Type)
+		return nil, fmt.Errorf("%w: type %s", ErrNotResponse, m.Type)
 	}
+	return m, nil
+}
+
+// checkedResponse checks a decoded answer's MESSAGE-INTEGRITY with key and
+// reads it.
+func checkedResponse(m *stun.Message, key []byte) (JoinResponse, error) {
+	var r JoinResponse
 	if err := stun.MessageIntegrity(key).Check(m); err != nil {
 		return r, fmt.Errorf("%w: %v", ErrIntegrity, err)
 	}

@@ -60,10 +60,39 @@ type BindingKind uint8
 
 const (
 	// BindingToken: the v1 join token the session was admitted (or last
-	// refreshed) with. Kind 2 is reserved for device-bound tokens, whose
-	// binding will be the device's public key.
+	// refreshed) with.
 	BindingToken BindingKind = 1
+	// BindingDevice: the device public key of a version 2 token. Any token
+	// for the same call, participant and device key carries the ticket,
+	// and resuming with it needs a fresh DEVICE-PROOF (README 2.2).
+	BindingDevice BindingKind = 2
 )
+
+// ticketDeviceContext is the binding label of kind 2.
+const ticketDeviceContext = "callrelay ticket binding v2\x00"
+
+// BindDevice is the binding of a session admitted with a version 2 token
+// for device key pub: the first 16 bytes of
+// SHA-256("callrelay ticket binding v2" || 0x00 || pub).
+func BindDevice(pub []byte) TicketBinding {
+	h := sha256.New()
+	h.Write([]byte(ticketDeviceContext))
+	h.Write(pub)
+	var sum [sha256.Size]byte
+	b := TicketBinding{Kind: BindingDevice}
+	copy(b.Digest[:], h.Sum(sum[:0]))
+	return b
+}
+
+// BindingOf is the binding of a session admitted with the verified token
+// tok, raw bytes token: its device key for a version 2 token, else the
+// token's bytes.
+func BindingOf(tok Token, token []byte) TicketBinding {
+	if tok.DeviceBound() {
+		return BindDevice(tok.DeviceKey)
+	}
+	return BindToken(token)
+}
 
 // TicketBinding ties a ticket to the admitted session's credential.
 type TicketBinding struct {
@@ -227,7 +256,7 @@ func ParseTicket(b []byte) (Ticket, [4]byte, error) {
 // check enforces what a ticket may say.
 func (t Ticket) check() error {
 	switch {
-	case t.Binding.Kind != BindingToken:
+	case t.Binding.Kind != BindingToken && t.Binding.Kind != BindingDevice:
 		return fmt.Errorf("%w: binding kind %d", ErrTicketMalformed, t.Binding.Kind)
 	case t.Class != ClassOneToOne && t.Class != ClassGroup:
 		return fmt.Errorf("%w: class %d", ErrTicketMalformed, t.Class)
@@ -246,6 +275,6 @@ func (t Ticket) check() error {
 func TicketFor(tok Token, token []byte, now time.Time, lifetime time.Duration) Ticket {
 	return Ticket{
 		CallID: tok.CallID, ParticipantID: tok.ParticipantID, Class: tok.Class, MaxSize: tok.MaxSize,
-		IssuedAt: now, ValidUntil: now.Add(lifetime), Binding: BindToken(token),
+		IssuedAt: now, ValidUntil: now.Add(lifetime), Binding: BindingOf(tok, token),
 	}
 }

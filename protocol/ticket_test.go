@@ -108,7 +108,7 @@ func TestTicketFields(t *testing.T) {
 		name string
 		mod  func(*Ticket)
 	}{
-		{"unknown binding kind", func(tk *Ticket) { tk.Binding.Kind = 2 }},
+		{"unknown binding kind", func(tk *Ticket) { tk.Binding.Kind = 3 }},
 		{"no class", func(tk *Ticket) { tk.Class = 0 }},
 		{"class 3", func(tk *Ticket) { tk.Class = 3 }},
 		{"max size 1", func(tk *Ticket) { tk.MaxSize = 1 }},

@@ -82,7 +82,15 @@ type Token struct {
 	Class         CallClass
 	MaxSize       uint16    // most members the call may have
 	Expiry        time.Time // the token may start a session until then
+	// DeviceKey is the Ed25519 public key of the device the token is
+	// bound to (a version 2 token); nil in a version 1 token. A session
+	// admitted with a device-bound token proves possession of the
+	// matching private key (device.go, protocol/README.md 2.2).
+	DeviceKey ed25519.PublicKey
 }
+
+// DeviceBound reports whether t is a version 2 token, bound to a device key.
+func (t Token) DeviceBound() bool { return len(t.DeviceKey) == ed25519.PublicKeySize }
 
 // Token wire layout (version 1), all integers big-endian:
 //
@@ -93,19 +101,42 @@ type Token struct {
 //	12..28 call id
 //	28..44 participant id
 //	44..108 Ed25519 signature over tokenContext || bytes 0..44
+//
+// Version 2 (device-bound) is version 1's bytes 1..44 with version = 2,
+// then:
+//
+//	44..76  the device's Ed25519 public key
+//	76..140 Ed25519 signature over tokenContextV2 || bytes 0..76
 const (
-	tokenVersion  = 1
-	tokenBodySize = 44
-	// TokenSize is the length of an encoded token.
+	tokenVersion    = 1
+	tokenVersion2   = 2
+	tokenBodySize   = 44
+	tokenBodySizeV2 = tokenBodySize + ed25519.PublicKeySize
+	// TokenSize is the length of an encoded version 1 token.
 	TokenSize = tokenBodySize + ed25519.SignatureSize
+	// TokenSizeV2 is the length of an encoded version 2 (device-bound) token.
+	TokenSizeV2 = tokenBodySizeV2 + ed25519.SignatureSize
 )
 
-// tokenContext separates our signatures from anything else the key signs.
-const tokenContext = "callrelay join token v1\x00"
+// tokenContext separates our signatures from anything else the key signs;
+// each version has its own, so a signature of one is never read as the
+// other's.
+const (
+	tokenContext   = "callrelay join token v1\x00"
+	tokenContextV2 = "callrelay join token v2\x00"
+)
 
-func (t Token) body() [tokenBodySize]byte {
-	var b [tokenBodySize]byte
+// IsDeviceToken reports whether b looks like a version 2 token (its
+// version byte and length); it checks nothing else.
+func IsDeviceToken(b []byte) bool { return len(b) == TokenSizeV2 && b[0] == tokenVersion2 }
+
+func (t Token) body() []byte {
+	b := make([]byte, tokenBodySize, tokenBodySizeV2)
 	b[0] = tokenVersion
+	if t.DeviceBound() {
+		b[0] = tokenVersion2
+		b = append(b, t.DeviceKey...)
+	}
 	b[1] = byte(t.Class)
 	binary.BigEndian.PutUint16(b[2:4], t.MaxSize)
 	binary.BigEndian.PutUint64(b[4:12], uint64(t.Expiry.Unix()))
@@ -115,11 +146,16 @@ func (t Token) body() [tokenBodySize]byte {
 }
 
 func signedMessage(body []byte) []byte {
-	m := make([]byte, 0, len(tokenContext)+len(body))
-	return append(append(m, tokenContext...), body...)
+	ctx := tokenContext
+	if body[0] == tokenVersion2 {
+		ctx = tokenContextV2
+	}
+	m := make([]byte, 0, len(ctx)+len(body))
+	return append(append(m, ctx...), body...)
 }
 
-// SignToken encodes and signs t.
+// SignToken encodes and signs t: a version 2 token when t.DeviceKey is
+// set, else version 1.
 func SignToken(priv ed25519.PrivateKey, t Token) ([]byte, error) {
 	if len(priv) != ed25519.PrivateKeySize {
 		return nil, fmt.Errorf("%w: private key has %d bytes", ErrBadKey, len(priv))
@@ -136,21 +172,35 @@ func SignToken(priv ed25519.PrivateKey, t Token) ([]byte, error) {
 	if t.CallID.IsZero() || t.ParticipantID.IsZero() {
 		return nil, fmt.Errorf("%w: call and participant ids must be set", ErrBadID)
 	}
+	if t.DeviceKey != nil && !t.DeviceBound() {
+		return nil, fmt.Errorf("%w: device key has %d bytes", ErrBadKey, len(t.DeviceKey))
+	}
 	body := t.body()
-	out := make([]byte, 0, TokenSize)
-	out = append(out, body[:]...)
-	return append(out, ed25519.Sign(priv, signedMessage(body[:]))...), nil
+	return append(body, ed25519.Sign(priv, signedMessage(body))...), nil
+}
+
+// tokenBody is the signed part of an encoded token of either version
+// (DecodeToken has checked its layout).
+func tokenBody(b []byte) []byte {
+	if b[0] == tokenVersion2 {
+		return b[:tokenBodySizeV2]
+	}
+	return b[:tokenBodySize]
 }
 
 // DecodeToken reads a token's fields without checking its signature. Use it
 // only for display; trust only what TokenVerifier.Verify returns.
 func DecodeToken(b []byte) (Token, error) {
 	var t Token
-	if len(b) != TokenSize {
-		return t, fmt.Errorf("%w: %d bytes, want %d", ErrTokenMalformed, len(b), TokenSize)
-	}
-	if b[0] != tokenVersion {
+	switch {
+	case len(b) == 0:
+		return t, fmt.Errorf("%w: empty", ErrTokenMalformed)
+	case b[0] != tokenVersion && b[0] != tokenVersion2:
 		return t, fmt.Errorf("%w: version %d", ErrTokenMalformed, b[0])
+	case b[0] == tokenVersion && len(b) != TokenSize:
+		return t, fmt.Errorf("%w: %d bytes, want %d", ErrTokenMalformed, len(b), TokenSize)
+	case b[0] == tokenVersion2 && len(b) != TokenSizeV2:
+		return t, fmt.Errorf("%w: %d bytes, want %d", ErrTokenMalformed, len(b), TokenSizeV2)
 	}
 	t.Class = CallClass(b[1])
 	if t.Class != ClassOneToOne && t.Class != ClassGroup {
@@ -164,6 +214,9 @@ func DecodeToken(b []byte) (Token, error) {
 	t.Expiry = time.Unix(int64(exp), 0)
 	copy(t.CallID[:], b[12:28])
 	copy(t.ParticipantID[:], b[28:44])
+	if b[0] == tokenVersion2 {
+		t.DeviceKey = ed25519.PublicKey(append([]byte(nil), b[tokenBodySize:tokenBodySizeV2]...))
+	}
 	return t, nil
 }
 
@@ -205,10 +258,11 @@ func (v *TokenVerifier) Authentic(b []byte) (Token, error) {
 	if err != nil {
 		return t, err
 	}
-	msg := signedMessage(b[:tokenBodySize])
+	body := tokenBody(b)
+	msg := signedMessage(body)
 	ok := false
 	for _, k := range v.keys {
-		if ed25519.Verify(k, msg, b[tokenBodySize:]) {
+		if ed25519.Verify(k, msg, b[len(body):]) {
 			ok = true
 			break
 		}
