@@ -16,8 +16,9 @@ const ClusterMsgLoadReport ClusterMsgType = 5
 // process started. Body, big-endian (README.md section 7.6):
 //
 //	0         flags: 0x01 state degraded, 0x02 draining, 0x04 adaptation
-//	          section follows the id; the other bits are reserved (sent 0,
-//	          ignored)
+//	          section follows the id, 0x08 operations section follows (after
+//	          the adaptation section if any); the other bits are reserved
+//	          (sent 0, ignored)
 //	1         forwarder id length n (1..64)
 //	2         throttle level (0..4)
 //	3         reserved (sent 0, ignored)
@@ -34,11 +35,13 @@ const ClusterMsgLoadReport ClusterMsgType = 5
 //	84..108   refused joins, 6 classes × 4 bytes
 //	108..118  signals, 5 × 2 bytes (permille)
 //	118..     forwarder id (n bytes)
-//	..end     with flag 0x04 only: the adaptation section, 8 × 8 bytes
+//	..        with flag 0x04 only: the adaptation section, 8 × 8 bytes
 //	          (LoadAdapt, in field order)
+//	..end     with flag 0x08 only: the operations section (LoadOps): region
+//	          length r (0..32), region (r bytes), then 4 × 8 bytes
 //
-// Without flag 0x04 the body ends with the id, byte for byte what it was
-// before the section existed.
+// Without flags 0x04 and 0x08 the body ends with the id, byte for byte what
+// it was before the sections existed.
 type LoadReport struct {
 	Forwarder     string    // forwarder id, see ValidForwarderID
 	Started       time.Time // process start (a restart resets the counters)
@@ -67,6 +70,26 @@ type LoadReport struct {
 	// predates the section, or a report made without it.
 	HasAdapt bool
 	Adapt    LoadAdapt
+
+	// HasOps says whether the report carries the operations section (flag
+	// 0x08): the forwarder's region and its Redis write and NATS round-trip
+	// times. Without it Ops must be zero.
+	HasOps bool
+	Ops    LoadOps
+}
+
+// LoadOps is a LoadReport's optional operations section: where the
+// forwarder runs and how its dependencies answer, cumulative since it
+// started (a receiver divides the growth of a total by the growth of its
+// count for the mean over an interval).
+type LoadOps struct {
+	// Region is the operator's label for where the forwarder runs (0..32
+	// bytes of printable ASCII without space; empty: not set).
+	Region       string
+	StoreWrites  uint64 // call-state writes to Redis timed
+	StoreWriteUs uint64 // their total time, microseconds
+	NATSRTTs     uint64 // NATS round trips timed
+	NATSRTTUs    uint64 // their total time, microseconds
 }
 
 // LoadAdapt is a LoadReport's optional adaptation section: how the
@@ -88,11 +111,15 @@ const (
 	// MaxThrottleLevel is the highest throttle level a LoadReport carries.
 	MaxThrottleLevel = 4
 
-	loadReportFixedLen      = 118
-	loadFlagStateDegraded   = 0x01
-	loadFlagDraining        = 0x02
-	loadFlagAdapt           = 0x04
-	loadAdaptLen            = 64 // LoadAdapt: 8 counters of 8 bytes
+	loadReportFixedLen    = 118
+	loadFlagStateDegraded = 0x01
+	loadFlagDraining      = 0x02
+	loadFlagAdapt         = 0x04
+	loadAdaptLen          = 64 // LoadAdapt: 8 counters of 8 bytes
+	loadFlagOps           = 0x08
+	loadOpsCountersLen    = 32 // LoadOps: 4 counters of 8 bytes after the region
+	// MaxRegionLen bounds LoadOps.Region.
+	MaxRegionLen            = 32
 	loadReportAdmittedStart = 60
 	loadReportRefusedStart  = 84
 	loadReportSignalsStart  = 108
@@ -107,6 +134,12 @@ func (r *LoadReport) check() error {
 	}
 	if !r.HasAdapt && r.Adapt != (LoadAdapt{}) {
 		return fmt.Errorf("%w: load report with adaptation counters but not HasAdapt", ErrClusterMsgInvalid)
+	}
+	if !r.HasOps && r.Ops != (LoadOps{}) {
+		return fmt.Errorf("%w: load report with an operations section but not HasOps", ErrClusterMsgInvalid)
+	}
+	if err := ValidRegion(r.Ops.Region); err != nil {
+		return err
 	}
 	if err := clusterCheckTime("started", r.Started); err != nil {
 		return err
@@ -135,6 +168,9 @@ func (r *LoadReport) appendBody(b []byte) []byte {
 	if r.HasAdapt {
 		flags |= loadFlagAdapt
 	}
+	if r.HasOps {
+		flags |= loadFlagOps
+	}
 	b = append(b, flags, byte(len(r.Forwarder)), r.Level, 0)
 	b = binary.BigEndian.AppendUint64(b, r.Seq)
 	b = clusterAppendTime(b, r.Started)
@@ -158,7 +194,45 @@ func (r *LoadReport) appendBody(b []byte) []byte {
 	if r.HasAdapt {
 		b = r.Adapt.appendTo(b)
 	}
+	if r.HasOps {
+		b = append(b, byte(len(r.Ops.Region)))
+		b = append(b, r.Ops.Region...)
+		for _, v := range [...]uint64{r.Ops.StoreWrites, r.Ops.StoreWriteUs, r.Ops.NATSRTTs, r.Ops.NATSRTTUs} {
+			b = binary.BigEndian.AppendUint64(b, v)
+		}
+	}
 	return b
+}
+
+// ValidRegion checks a region label: 0..MaxRegionLen bytes of printable
+// ASCII without space.
+func ValidRegion(region string) error {
+	if len(region) > MaxRegionLen {
+		return fmt.Errorf("%w: region of %d bytes, want 0..%d", ErrClusterMsgInvalid, len(region), MaxRegionLen)
+	}
+	for i := range len(region) {
+		if region[i] < 0x21 || region[i] > 0x7e {
+			return fmt.Errorf("%w: region %q: byte %d is not printable ASCII", ErrClusterMsgInvalid, region, i)
+		}
+	}
+	return nil
+}
+
+// decodeOps reads the operations section, which b holds exactly.
+func (o *LoadOps) decode(b []byte) error {
+	if len(b) < 1 {
+		return fmt.Errorf("%w: load report with the operations flag truncated", ErrClusterMsgInvalid)
+	}
+	n := int(b[0])
+	if want := 1 + n + loadOpsCountersLen; len(b) != want {
+		return fmt.Errorf("%w: operations section of %d bytes, want %d for a region of %d bytes", ErrClusterMsgInvalid, len(b), want, n)
+	}
+	o.Region = string(b[1 : 1+n])
+	c := b[1+n:]
+	for i, p := range [...]*uint64{&o.StoreWrites, &o.StoreWriteUs, &o.NATSRTTs, &o.NATSRTTUs} {
+		*p = binary.BigEndian.Uint64(c[8*i:])
+	}
+	return nil
 }
 
 func (a *LoadAdapt) appendTo(b []byte) []byte {
@@ -215,19 +289,31 @@ func (r *LoadReport) decode(b []byte) error {
 	for i := range r.Signals {
 		r.Signals[i] = binary.BigEndian.Uint16(b[loadReportSignalsStart+2*i:])
 	}
+	r.HasOps = b[0]&loadFlagOps != 0
+	rest := b[loadReportFixedLen:]
+	if len(rest) < idLen {
+		return fmt.Errorf("%w: forwarder id truncated", ErrClusterMsgInvalid)
+	}
+	id, rest := rest[:idLen], rest[idLen:]
 	if r.HasAdapt {
-		// The section follows the id: exactly idLen + 64 bytes remain.
-		switch want := loadReportFixedLen + idLen + loadAdaptLen; {
-		case len(b) < want:
-			return fmt.Errorf("%w: load report with the adaptation flag truncated: body of %d bytes, want %d for an id of %d bytes", ErrClusterMsgInvalid, len(b), want, idLen)
-		case len(b) > want:
-			return fmt.Errorf("%w: %d trailing bytes after the adaptation section", ErrClusterMsgInvalid, len(b)-want)
+		// The section follows the id: at least 64 bytes remain.
+		if len(rest) < loadAdaptLen {
+			return fmt.Errorf("%w: load report with the adaptation flag truncated: %d bytes after an id of %d bytes, want %d", ErrClusterMsgInvalid, len(rest), idLen, loadAdaptLen)
 		}
-		r.Adapt.decode(b[len(b)-loadAdaptLen:])
-		b = b[:len(b)-loadAdaptLen]
+		r.Adapt.decode(rest[:loadAdaptLen])
+		rest = rest[loadAdaptLen:]
+	}
+	if r.HasOps {
+		if err := r.Ops.decode(rest); err != nil {
+			return err
+		}
+		rest = nil
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("%w: %d trailing bytes after the body", ErrClusterMsgInvalid, len(rest))
 	}
 	var err error
-	if r.Forwarder, err = readForwarderID(b[loadReportFixedLen:], idLen); err != nil {
+	if r.Forwarder, err = readForwarderID(id, idLen); err != nil {
 		return err
 	}
 	return r.check()

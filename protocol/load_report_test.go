@@ -274,12 +274,22 @@ func TestLoadReportUnmarshalRejects(t *testing.T) {
 			b[1] = 65
 			return append(b[:loadReportFixedLen], strings.Repeat("f", 65)...)
 		})},
-		{"adaptation flag without the section", "adaptation flag truncated: body of 123 bytes, want 187", loadBody(func(b []byte) []byte { b[0] |= 0x04; return b })},
-		{"adaptation section short", "body of 186 bytes, want 187", adaptBody(func(b []byte) []byte { return b[:len(b)-1] })},
-		{"adaptation section long", "1 trailing bytes after the adaptation section", adaptBody(func(b []byte) []byte { return append(b, 0) })},
+		{"adaptation flag without the section", "adaptation flag truncated: 0 bytes after an id of 5 bytes, want 64", loadBody(func(b []byte) []byte { b[0] |= 0x04; return b })},
+		{"adaptation section short", "63 bytes after an id of 5 bytes, want 64", adaptBody(func(b []byte) []byte { return b[:len(b)-1] })},
+		{"adaptation section long", "1 trailing bytes after the body", adaptBody(func(b []byte) []byte { return append(b, 0) })},
 		{"section without the flag", "64 trailing bytes after the body", adaptBody(func(b []byte) []byte { b[0] &^= 0x04; return b })},
-		{"adaptation, id length short", "1 trailing bytes after the adaptation section", adaptBody(func(b []byte) []byte { b[1] = 4; return b })},
-		{"adaptation, id length long", "body of 187 bytes, want 188", adaptBody(func(b []byte) []byte { b[1] = 6; return b })},
+		{"adaptation, id length short", "1 trailing bytes after the body", adaptBody(func(b []byte) []byte { b[1] = 4; return b })},
+		{"adaptation, id length long", "63 bytes after an id of 6 bytes, want 64", adaptBody(func(b []byte) []byte { b[1] = 6; return b })},
+		{"operations flag without the section", "operations flag truncated", loadBody(func(b []byte) []byte { b[0] |= 0x08; return b })},
+		{"operations section short", "operations section of 35 bytes, want 36", opsBody(func(b []byte) []byte { return b[:len(b)-1] })},
+		{"operations section long", "operations section of 37 bytes, want 36", opsBody(func(b []byte) []byte { return append(b, 0) })},
+		{"operations region with space", "region \"e u\"", opsBody(func(b []byte) []byte { b[len(b)-34] = ' '; return b })},
+		{"operations region 33 bytes", "region of 33 bytes", opsBody(func(b []byte) []byte {
+			n := len(b) - loadOpsCountersLen - 4
+			b[n] = 33
+			return append(append(b[:n+1], strings.Repeat("r", 33)...), make([]byte, loadOpsCountersLen)...)
+		})},
+		{"operations section without the flag", "36 trailing bytes after the body", opsBody(func(b []byte) []byte { b[0] &^= 0x08; return b })},
 		{"adaptation, id length 0", "forwarder id of 0 bytes", adaptBody(func(b []byte) []byte {
 			b[1] = 0
 			return append(b[:loadReportFixedLen], b[len(b)-loadAdaptLen:]...)
@@ -295,11 +305,11 @@ func TestLoadReportUnmarshalRejects(t *testing.T) {
 	}
 
 	t.Run("reserved bits are ignored", func(t *testing.T) {
-		b := rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] |= 0xf8; b[3] = 0xff; return b }))
+		b := rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] |= 0xf0; b[3] = 0xff; return b }))
 		var r LoadReport
 		require.NoError(t, r.Unmarshal(b, k))
 		require.Equal(t, loadReportGolden.msg, r)
-		b = rawClusterMsg(k, byte(ClusterMsgLoadReport), adaptBody(func(b []byte) []byte { b[0] |= 0xf8; b[3] = 0xff; return b }))
+		b = rawClusterMsg(k, byte(ClusterMsgLoadReport), adaptBody(func(b []byte) []byte { b[0] |= 0xf0; b[3] = 0xff; return b }))
 		require.NoError(t, r.Unmarshal(b, k))
 		require.Equal(t, loadAdaptGolden.msg, r)
 	})
@@ -377,6 +387,10 @@ func loadReportFuzzSeeds(t testing.TB) map[string][]byte {
 		"adapt-no-flag":    rawClusterMsg(k, byte(ClusterMsgLoadReport), adaptBody(func(b []byte) []byte { b[0] &^= 0x04; return b })),
 		"adapt-short":      rawClusterMsg(k, byte(ClusterMsgLoadReport), adaptBody(func(b []byte) []byte { return b[:len(b)-1] })),
 		"adapt-id-off":     rawClusterMsg(k, byte(ClusterMsgLoadReport), adaptBody(func(b []byte) []byte { b[1] = 6; return b })),
+		"ops-full":         rawClusterMsg(k, byte(ClusterMsgLoadReport), opsBody(func(b []byte) []byte { return b })),
+		"ops-no-section":   rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] |= 0x08; return b })),
+		"ops-short":        rawClusterMsg(k, byte(ClusterMsgLoadReport), opsBody(func(b []byte) []byte { return b[:len(b)-1] })),
+		"ops-region-off":   rawClusterMsg(k, byte(ClusterMsgLoadReport), opsBody(func(b []byte) []byte { b[len(b)-36] = 9; return b })),
 	}
 }
 
@@ -423,4 +437,55 @@ func FuzzLoadReport(f *testing.F) {
 		}
 		checkResealed(t, k, b, check)
 	})
+}
+
+// loadOpsMsg is loadAdaptGolden with the operations section: region
+// "e-u", 40 Redis writes in 120 ms, 3 NATS round trips in 1.5 ms.
+func loadOpsMsg() LoadReport {
+	r := loadAdaptGolden.msg
+	r.HasOps = true
+	r.Ops = LoadOps{Region: "e-u", StoreWrites: 40, StoreWriteUs: 120_000, NATSRTTs: 3, NATSRTTUs: 1500}
+	return r
+}
+
+func opsBody(edit func(b []byte) []byte) []byte {
+	r := loadOpsMsg()
+	g, err := r.Marshal(nil, ClusterKey{})
+	if err != nil {
+		panic(err)
+	}
+	return edit(bytes.Clone(g[clusterMsgHeaderLen : len(g)-clusterMsgTagLen]))
+}
+
+// The operations section: after the adaptation section, or right after
+// the id without it; 1 + region + 32 bytes; round trips either way.
+func TestLoadReportOps(t *testing.T) {
+	k := testClusterKey(t)
+	withAdapt := loadOpsMsg()
+	without := withAdapt
+	without.HasAdapt, without.Adapt = false, LoadAdapt{}
+	noRegion := without
+	noRegion.Ops.Region = ""
+	for _, r := range []LoadReport{withAdapt, without, noRegion} {
+		b, err := r.Marshal(nil, k)
+		require.NoError(t, err)
+		body := b[clusterMsgHeaderLen : len(b)-clusterMsgTagLen]
+		want := loadReportFixedLen + len(r.Forwarder) + 1 + len(r.Ops.Region) + loadOpsCountersLen
+		if r.HasAdapt {
+			want += loadAdaptLen
+		}
+		require.Len(t, body, want)
+		require.Equal(t, byte(0x08), body[0]&0x08)
+		var got LoadReport
+		require.NoError(t, got.Unmarshal(b, k))
+		require.Equal(t, r, got)
+	}
+	bad := without
+	bad.Ops.Region = "eu west"
+	_, err := bad.Marshal(nil, k)
+	require.ErrorIs(t, err, ErrClusterMsgInvalid)
+	bad = loadReportGolden.msg
+	bad.Ops.NATSRTTs = 1
+	_, err = bad.Marshal(nil, k)
+	require.ErrorContains(t, err, "not HasOps")
 }
