@@ -77,6 +77,8 @@ type Config struct {
 	// and the trunk. Zero: a forwarder on its own.
 	Cluster Cluster
 
+	// Stream: TCP and TLS listeners (stream.go); off by default.
+	Stream StreamConfig
 	// Logger receives lifecycle and control-path events, never per-packet lines.
 	Logger *zap.Logger
 	// Now is the clock (tests may replace it).
@@ -107,6 +109,7 @@ func Default() Config {
 		LoadEvery:         250 * time.Millisecond,
 		ShedVideoAt:       ThrottleGroupJoin,
 		Cluster:           DefaultCluster(),
+		Stream:            DefaultStream(),
 		Logger:            zap.NewNop(),
 		Now:               time.Now,
 	}
@@ -146,7 +149,7 @@ func (c *Config) Validate() error {
 	if c.TicketLifetime < 10*time.Second || c.TicketLifetime > protocol.MaxTicketLifetime {
 		errs = append(errs, fmt.Errorf("forwarder: resumption ticket lifetime %s, want 10s..1h", c.TicketLifetime))
 	}
-	errs = append(errs, c.Audio.validate(), c.Adapt.validate(), c.Police.validate(), c.Load.validate(), c.Cluster.validate())
+	errs = append(errs, c.Audio.validate(), c.Adapt.validate(), c.Police.validate(), c.Load.validate(), c.Cluster.validate(), c.Stream.validate())
 	if c.LoadEvery < 10*time.Millisecond || c.LoadEvery > 10*time.Second {
 		errs = append(errs, fmt.Errorf("forwarder: load sample interval %s, want 10ms..10s", c.LoadEvery))
 	}

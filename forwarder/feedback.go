@@ -46,7 +46,7 @@ func (r *reader) feedback(rt *routes, rte *route, b []byte, src netip.AddrPort, 
 					r.keyRequest(rte, ssrc)
 				}
 			case protocol.RTCPFormatAFB:
-				if bps, ok := w.REMB(); ok {
+				if bps, ok := w.REMB(); ok && !rte.media.down.stream.Load() { // a stream leg's is its socket's (stream_estimate.go)
 					rte.media.down.remb.Store(bps)
 				}
 			}

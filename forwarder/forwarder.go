@@ -88,6 +88,8 @@ type Forwarder struct {
 	// Dependencies' latency: call-state writes, NATS round trips.
 	storeLatency, natsRTT latencyHistogram
 	lookupIn, lookupOut   chan *lookup
+
+	stream *streamServer // TCP and TLS legs (stream.go); nil when off
 }
 
 // New validates cfg and binds the forwarder's sockets, so Addr is known
@@ -165,6 +167,12 @@ func New(cfg Config) (*Forwarder, error) {
 	if err := f.setupCluster(n); err != nil {
 		f.closeConns()
 		return nil, err
+	}
+	if cfg.Stream.enabled() {
+		if f.stream, err = f.newStreamServer(); err != nil {
+			f.closeConns()
+			return nil, err
+		}
 	}
 	return f, nil
 }
@@ -283,6 +291,11 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		wwg.Add(1)
 		go func() { defer wwg.Done(); f.live.runLease(wctx, f.cfg.Now, f.log) }()
 	}
+	sctx, stopStreams := context.WithCancel(context.Background())
+	if f.stream != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); f.stream.run(sctx) }()
+	}
 	c := newControl(f)
 	var sub *nats.Subscription
 	if cc := &f.cfg.Cluster; cc.enabled() {
@@ -304,6 +317,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	f.flushWriter()
 	stopWriter()
 	wwg.Wait()
+	stopStreams()
 	f.closeConns()
 	wg.Wait()
 	f.log.Info("forwarder stopped", zap.Stringer("addr", f.addr))
@@ -499,6 +513,12 @@ func (f *Forwarder) Stats() Stats {
 	for _, r := range f.rdrs {
 		s.add(r.c)
 	}
+	if f.stream != nil {
+		for _, r := range f.stream.rdrs {
+			s.add(r.c)
+		}
+		s.Stream = f.stream.c.stats()
+	}
 	s.add(&f.ctrlDrops)
 	s.Sessions = int(f.nSessions.Load())
 	s.Calls = int(f.nCalls.Load())
@@ -554,6 +574,12 @@ func (f *Forwarder) countDrop(r DropReason) { f.ctrlDrops.drops[r].Add(1) }
 
 // reply sends a control answer from the forwarder's port (control goroutine).
 func (f *Forwarder) reply(b []byte, to netip.AddrPort) {
+	if isStreamAddr(to) { // a TCP or TLS member (stream.go)
+		if l := streamLegAt(to); l != nil {
+			l.push(b, false)
+		}
+		return
+	}
 	if _, err := f.conns[0].WriteToUDPAddrPort(b, to); err != nil {
 		f.countDrop(DropSendFailed)
 	}

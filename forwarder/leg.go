@@ -60,6 +60,9 @@ type downlink struct {
 	sent     atomic.Uint64 // bytes sent to it: media and retransmissions
 	resent   atomic.Uint64 // bytes retransmitted to it
 	rtxAllow atomic.Uint64 // bit/s of retransmissions the estimate leaves over the media (control goroutine)
+	// stream: a TCP or TLS leg, whose estimate is what its socket accepts
+	// (stream_estimate.go), not its REMB.
+	stream atomic.Bool
 
 	// What its NACKs may still cost (rtx.go), owned by the reader serving
 	// the receiver's flow (its NACKs arrive there).

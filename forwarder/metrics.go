@@ -92,6 +92,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	describePeering(ch)
 	describeResume(ch)
+	describeStream(ch)
 	describeNotices(ch)
 	ch <- mLapses
 	ch <- mLapsed
@@ -134,6 +135,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mMoves, s.AddressChanges)
 	counter(mCookies, s.CookieChallenges)
 	collectResume(ch, s.Resume)
+	collectStream(ch, s.Stream)
 	gauge(mDegraded, b2f(s.StateDegraded))
 	gauge(mQueued, float64(s.StateQueued))
 	counter(mStErr, s.StateErrors)

@@ -31,6 +31,7 @@ type dest struct {
 	sa   sockaddr
 	rx   *mediaInfo // the receiver's: its leg's accounting and feedback
 	pair *pair      // the sender's video to this receiver; nil: not subscribed
+	leg  *streamLeg // a TCP or TLS member's send queue (stream_leg.go); nil: UDP
 }
 
 // callRoute is where a trunk frame of the call goes: every local member but
@@ -51,6 +52,7 @@ type memberDest struct {
 	participant protocol.ID
 	sa          sockaddr
 	rx          *mediaInfo
+	leg         *streamLeg // nil: UDP
 }
 
 // trunkSender is a remote member as the trunk reader sees it: its media
@@ -67,7 +69,7 @@ func addCallRoutes(r *routes, c *call, trunks []netip.AddrPort, v6socket, trunkV
 	cr := &callRoute{members: make([]memberDest, 0, len(c.members))}
 	local := make([]*session, 0, len(c.members))
 	for _, s := range c.members {
-		cr.members = append(cr.members, memberDest{s.participant, encodeSockaddr(s.addr, v6socket), s.media})
+		cr.members = append(cr.members, memberDest{s.participant, encodeSockaddr(s.addr, v6socket), s.media, streamLegAt(s.addr)})
 		cr.senders = append(cr.senders, senderRef{s.participant, s.media})
 		local = append(local, s)
 	}
@@ -90,7 +92,7 @@ func addCallRoutes(r *routes, c *call, trunks []netip.AddrPort, v6socket, trunkV
 		dests := make([]dest, 0, len(cr.members)-1)
 		for i, m := range cr.members {
 			if m.sa.ap != s.addr {
-				dests = append(dests, dest{sa: m.sa, rx: m.rx, pair: local[i].pairFor(s.participant)})
+				dests = append(dests, dest{sa: m.sa, rx: m.rx, pair: local[i].pairFor(s.participant), leg: m.leg})
 			}
 		}
 		rx := make(map[protocol.ID]*pair, len(cr.senders))

@@ -64,6 +64,7 @@ type Stats struct {
 	RejoinNudges                                   uint64      // Rejoin answers to media from unknown addresses
 	Migrations                                     uint64      // MigrateTo messages sent while draining
 	Resume                                         ResumeStats // resumption tickets (resume.go)
+	Stream                                         StreamStats // TCP and TLS legs (stream.go)
 	Draining                                       bool
 
 	// The call state store (zero without one).
