@@ -31,6 +31,10 @@ type Cluster struct {
 	// ID names this forwarder in the cluster and in the state store. It
 	// should stay the same across restarts of the same forwarder.
 	ID string
+	// Region labels where this forwarder runs (0..32 printable ASCII
+	// bytes, no space; empty: none), told to dashboards in the load
+	// reports.
+	Region string
 	// TrunkListen is the internal UDP ip:port for trunk frames.
 	TrunkListen string
 	// TrunkAdvertise is the trunk address other forwarders send to. Default:
@@ -40,6 +44,11 @@ type Cluster struct {
 	// forwarders (for Try Alternate and migration). Default: the bound
 	// media address, which must then not be unspecified.
 	MediaAdvertise netip.AddrPort
+	// MediaAdvertise6 is a dual-stack forwarder's IPv6 media address, told
+	// to other forwarders beside the IPv4 MediaAdvertise (so an IPv6 device
+	// is sent the IPv6 one in Try Alternate and MigrateTo). It needs a media
+	// socket on [::] (both families on the one port). Default: none.
+	MediaAdvertise6 netip.AddrPort
 	// Key authenticates trunk frames and cluster messages.
 	Key protocol.ClusterKey
 	// Store keeps critical call state; nil keeps none (no takeover). If it
@@ -106,6 +115,9 @@ func (c *Cluster) validate() error {
 	}
 	if c.MetadataEvery < 10*time.Millisecond || c.MetadataEvery > 10*time.Second {
 		errs = append(errs, fmt.Errorf("forwarder: metadata tick %s, want 10ms..10s", c.MetadataEvery))
+	}
+	if err := protocol.ValidRegion(c.Region); err != nil {
+		errs = append(errs, fmt.Errorf("forwarder: region (--region): %w", err))
 	}
 	if c.Store != nil || c.enabled() {
 		if err := protocol.ValidForwarderID(c.ID); err != nil {

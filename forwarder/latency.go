@@ -28,6 +28,15 @@ func (h *latencyHistogram) observe(d time.Duration) {
 	h.sumNS.Add(int64(d))
 }
 
+// totals is how many durations were observed and their sum in
+// microseconds (a LoadReport's operations section).
+func (h *latencyHistogram) totals() (n, sumUs uint64) {
+	for i := range h.counts {
+		n += h.counts[i].Load()
+	}
+	return n, uint64(max(0, h.sumNS.Load()) / 1000)
+}
+
 // metric is the histogram as a Prometheus constant metric (cumulative
 // buckets).
 func (h *latencyHistogram) metric(desc *prometheus.Desc) prometheus.Metric {

@@ -209,6 +209,9 @@ func (c *control) reportLoad(now time.Time) {
 			KeyFramesAsked: s.KeyFramesAsked, Subscriptions: s.Subscriptions,
 		},
 	}
+	r.HasOps, r.Ops.Region = true, cc.Region
+	r.Ops.StoreWrites, r.Ops.StoreWriteUs = f.storeLatency.totals()
+	r.Ops.NATSRTTs, r.Ops.NATSRTTUs = f.natsRTT.totals()
 	for i := range r.Signals {
 		r.Signals[i] = uint16(min(f.thr.signals[i].Load(), 65535))
 	}

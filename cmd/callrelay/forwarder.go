@@ -25,6 +25,7 @@ type forwarderOptions struct {
 	cfg                               forwarder.Config
 	publicKey, alternate, clusterKey  string
 	trunkAdvertise, mediaAdvertise    string
+	mediaAdvertise6                   string
 	redisURL, metricsListen, logLevel string
 	nats                              *natsConfig
 	statsEvery                        time.Duration
@@ -43,9 +44,11 @@ func forwarderFlags(fs *flag.FlagSet) *forwarderOptions {
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "forget sessions silent this long")
 	fs.StringVar(&o.alternate, "alternate", "", "ip:port to send joins to while draining")
 	fs.StringVar(&cfg.Cluster.ID, "id", cfg.Cluster.ID, "forwarder id in the cluster and the state store, stable across restarts")
+	fs.StringVar(&cfg.Cluster.Region, "region", cfg.Cluster.Region, "label for where this forwarder runs (up to 32 printable ASCII characters, no space), told to dashboards in its load reports; empty: none")
 	fs.StringVar(&cfg.Cluster.TrunkListen, "trunk-listen", cfg.Cluster.TrunkListen, "internal UDP ip:port for other forwarders; empty: no cluster")
 	fs.StringVar(&o.trunkAdvertise, "trunk-advertise", "", "trunk ip:port as other forwarders reach it (default: the bound one)")
 	fs.StringVar(&o.mediaAdvertise, "media-advertise", "", "media ip:port as devices reach it (default: the bound one)")
+	fs.StringVar(&o.mediaAdvertise6, "media-advertise6", "", "a dual-stack forwarder's IPv6 media [ip]:port as devices reach it, told to the cluster beside the IPv4 --media-advertise (needs --listen [::]:port; upgrade every forwarder first); empty: none")
 	fs.StringVar(&o.clusterKey, "cluster-key", "", "64 hex digits shared by the cluster (make one with: callrelay token cluster-key)")
 	fs.StringVar(&o.redisURL, "redis-url", "", "redis:// or rediss:// URL of the call state store; empty: none")
 	o.nats = addNATSFlags(fs)
@@ -144,6 +147,9 @@ func (o *forwarderOptions) parseValues() error {
 		return err
 	}
 	if err := parseAddr("--media-advertise", o.mediaAdvertise, &cfg.Cluster.MediaAdvertise); err != nil {
+		return err
+	}
+	if err := parseAddr("--media-advertise6", o.mediaAdvertise6, &cfg.Cluster.MediaAdvertise6); err != nil {
 		return err
 	}
 	if o.clusterKey != "" {
