@@ -53,20 +53,69 @@ type transaction struct {
 	// token is the token the request carries, key its integrity key: the
 	// answer is checked with it, and a ticket in the answer is bound to it.
 	token, key []byte
+	// With a version 2 token: the session key the request is under, or
+	// the handshake of the proof it carries instead (protocol/device.go),
+	// with its counter.
+	session []byte
+	hs      *protocol.DeviceHandshake
+	counter uint64
 }
 
 // newTransaction builds a request with the current credentials: the latest
-// token and, but in a leave, the ticket bound to it (credentials.go).
-func newTransaction(cr *credentials, o protocol.JoinOptions) (*transaction, error) {
+// token and, but in a leave, the ticket bound to it (credentials.go). With a
+// version 2 token it is under session, the session key, if one is given,
+// else it carries a fresh device proof.
+func newTransaction(cr *credentials, o protocol.JoinOptions, session []byte) (*transaction, error) {
 	token, key, ticket := cr.request()
 	if !o.Leave {
 		o.Ticket = ticket
 	}
-	m, err := protocol.BuildJoinRequest(token, o)
+	if !protocol.IsDeviceToken(token) {
+		m, err := protocol.BuildJoinRequest(token, o)
+		if err != nil {
+			return nil, err
+		}
+		return &transaction{tid: m.TransactionID, raw: m.Raw, token: token, key: key}, nil
+	}
+	tx := &transaction{token: token, key: key, session: session}
+	a := protocol.DeviceAuth{SessionKey: session}
+	if session == nil {
+		tx.counter = cr.nextCounter(time.Now())
+		a.Key, a.Counter = cr.device, tx.counter
+	}
+	m, hs, err := protocol.BuildDeviceRequest(token, o, a)
 	if err != nil {
 		return nil, err
 	}
-	return &transaction{tid: m.TransactionID, raw: m.Raw, token: token, key: key}, nil
+	tx.tid, tx.raw, tx.hs = m.TransactionID, m.Raw, hs
+	return tx, nil
+}
+
+// parse checks and reads an answer to tx: under the token's key (v1), or
+// as the answer to its proof or under its session key (v2).
+func (tx *transaction) parse(raw []byte) (protocol.JoinResponse, error) {
+	switch {
+	case tx.hs != nil:
+		return protocol.ParseProofResponse(raw, tx.tid, tx.key, tx.hs)
+	case tx.session != nil:
+		return protocol.ParseSessionResponse(raw, tx.tid, tx.session, tx.key)
+	}
+	return protocol.ParseJoinResponse(raw, tx.tid, tx.key)
+}
+
+// macKey is the key a MigrateTo echoing tx is signed with (the forwarder's
+// key for the session when it answered resp): the session key of a v2
+// session, else the token's integrity key.
+func (tx *transaction) macKey(resp protocol.JoinResponse) []byte {
+	switch {
+	case resp.SessionKey != nil:
+		return resp.SessionKey
+	case tx.session != nil:
+		return tx.session
+	case tx.hs != nil:
+		return nil
+	}
+	return tx.key
 }
 
 // maxCookieRounds bounds the address check: a request (join, rebind, leave)
@@ -118,7 +167,7 @@ func (d *dialer) read(c *candidate) {
 		}
 		tx := c.tx.Load()
 		tid := tx.tid
-		resp, err := protocol.ParseJoinResponse(buf[:n], tid, tx.key)
+		resp, err := tx.parse(buf[:n])
 		if err != nil {
 			d.stats.countBadResponse(err)
 			continue

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"crypto/ed25519"
 	"fmt"
 	"net/netip"
 	"time"
@@ -28,6 +29,14 @@ type Config struct {
 	// minutes at a time, renewed while its session lives. Dial alone never
 	// calls it.
 	TokenSource TokenSource
+	// DeviceKey is the device's Ed25519 private key (GenerateDeviceKey),
+	// kept by the device and never sent. It is required with a version 2
+	// (device-bound) token, which must name its public key: every join,
+	// address change and resumption then carries a proof signed with it,
+	// and the session's key is one an observer of the token cannot compute
+	// (protocol/README.md 2.2). A TokenSource must then give tokens for the
+	// same key. Unused with a version 1 token.
+	DeviceKey ed25519.PrivateKey
 	// LocalAddr is the local address to bind sockets to. The zero Addr (the
 	// default) lets the system choose (the unspecified address); tests use
 	// 127.0.0.1.
@@ -98,11 +107,16 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	c.Forwarders = fwd
-	if _, err := protocol.DecodeToken(c.Token); err != nil {
+	tok, err := protocol.DecodeToken(c.Token)
+	if err != nil {
 		return c, fmt.Errorf("%w: Token: %w", ErrConfig, err)
+	}
+	if err := checkDeviceKey(tok, c.DeviceKey); err != nil {
+		return c, err
 	}
 	if c.creds == nil {
 		c.creds = newCredentials(c.Token, time.Now())
+		c.creds.device = c.DeviceKey
 	}
 	c.LocalAddr = c.LocalAddr.Unmap()
 	setDefault(&c.JoinTimeout, 5*time.Second)

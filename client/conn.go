@@ -58,10 +58,16 @@ type Conn struct {
 	kaCookieRounds int
 	ka             [keepaliveSlots]keepaliveTx
 	kaNext         int
-	leaveTID       [stun.TransactionIDSize]byte
-	leaveKey       []byte                     // leaveTID's integrity key
-	leaveCh        chan protocol.JoinResponse // the answer to leaveTID
-	subs           *Subscriber                // made by the first Subscribe (subscribe.go)
+	// A v2 session's key (protocol/README.md 2.2), from the proof with
+	// counter skeyCounter; needProof: the forwarder asked for the address
+	// check, so requests carry a fresh proof until one is answered.
+	skey        []byte
+	skeyCounter uint64
+	needProof   bool
+	leaveTID    [stun.TransactionIDSize]byte
+	leaveTx     *transaction               // leaveTID's, which checks its answer
+	leaveCh     chan protocol.JoinResponse // the answer to leaveTID
+	subs        *Subscriber                // made by the first Subscribe (subscribe.go)
 
 	rebindMu sync.Mutex // one Rebind at a time; lock order: rebindMu, kaMu, mu
 	// kaMu is held across a keepalive's check and write, so that none is
@@ -95,8 +101,13 @@ func newConn(cfg Config, d *dialer, res dialResult) *Conn {
 		cookie:      res.cookie,
 	}
 	c.sock.Store(win.sock)
+	c.skey = resp.SessionKey // a v2 session's key, from the join's proof
 	if res.joinToken != nil {
-		c.remember(res.joinTID, res.joinToken, protocol.IntegrityKey(res.joinToken), win.sock)
+		key := resp.SessionKey
+		if key == nil {
+			key = protocol.IntegrityKey(res.joinToken)
+		}
+		c.remember(res.joinTID, res.joinToken, key, win.sock)
 	}
 	// The first keepalive goes out at once, before Dial returns: it tells
 	// the forwarder that it won the multi-connect race.
@@ -257,14 +268,14 @@ func (c *Conn) Close() error {
 // answered.
 func (c *Conn) leave() bool {
 	c.mu.Lock()
-	cookie := c.cookie
+	cookie, session := c.cookie, c.sessionKey()
 	c.mu.Unlock()
 	deadline := time.NewTimer(c.cfg.LeaveTimeout)
 	defer deadline.Stop()
 	retransmit := time.NewTimer(time.Hour)
 	defer retransmit.Stop()
 	for rounds := 0; ; rounds++ {
-		tx, err := newTransaction(c.cfg.creds, protocol.JoinOptions{Leave: true, Cookie: cookie})
+		tx, err := newTransaction(c.cfg.creds, protocol.JoinOptions{Leave: true, Cookie: cookie}, session)
 		if err != nil {
 			return false
 		}
@@ -272,7 +283,7 @@ func (c *Conn) leave() bool {
 		// cannot be taken for this one's.
 		answered := make(chan protocol.JoinResponse, 1)
 		c.mu.Lock()
-		c.leaveTID, c.leaveKey, c.leaveCh = tx.tid, tx.key, answered
+		c.leaveTID, c.leaveTx, c.leaveCh = tx.tid, tx, answered
 		c.mu.Unlock()
 		resp, ok := c.leaveRound(tx, answered, deadline.C, retransmit)
 		switch {
@@ -285,7 +296,7 @@ func (c *Conn) leave() bool {
 			return false
 		}
 		c.stats.cookieRetries.Add(1)
-		cookie = resp.Cookie
+		cookie, session = resp.Cookie, nil // a v2 leave from a new path carries a proof
 	}
 }
 

@@ -3,6 +3,7 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"sync"
 	"time"
@@ -40,6 +41,35 @@ type credentials struct {
 	// old is the last token that had a ticket, with that ticket, while
 	// token has none; else empty.
 	old struct{ token, key, ticket []byte }
+
+	// device signs the proofs of version 2 tokens (Config.DeviceKey);
+	// counter is the last proof's counter (nextCounter).
+	device  ed25519.PrivateKey
+	counter uint64
+}
+
+// nextCounter is a new proof's counter: the Unix time in milliseconds, or
+// one above the last counter if that is not more, so that it grows with
+// every proof, across Conns and forwarders.
+func (c *credentials) nextCounter(now time.Time) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.counter = max(c.counter+1, uint64(max(now.UnixMilli(), 0)))
+	return c.counter
+}
+
+// checkDeviceKey: a version 2 token needs the private key of the device
+// key it names.
+func checkDeviceKey(t protocol.Token, key ed25519.PrivateKey) error {
+	switch {
+	case !t.DeviceBound():
+		return nil
+	case len(key) != ed25519.PrivateKeySize:
+		return fmt.Errorf("%w: a device-bound token needs Config.DeviceKey", ErrConfig)
+	case !bytes.Equal(key.Public().(ed25519.PublicKey), t.DeviceKey):
+		return fmt.Errorf("%w: the token is bound to another device key than Config.DeviceKey", ErrConfig)
+	}
+	return nil
 }
 
 func newCredentials(token []byte, now time.Time) *credentials {
@@ -121,6 +151,9 @@ func (c *credentials) setToken(token []byte, now time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old, _ := protocol.DecodeToken(c.token)
+	if err := checkDeviceKey(t, c.device); err != nil {
+		return fmt.Errorf("TokenSource: %w", err)
+	}
 	if t.CallID != old.CallID || t.ParticipantID != old.ParticipantID {
 		return fmt.Errorf("%w: TokenSource gave a token for call %s participant %s, not this session's", ErrConfig, t.CallID, t.ParticipantID)
 	}
@@ -154,4 +187,14 @@ func (c *credentials) expired(now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return !now.Before(c.expiry)
+}
+
+// GenerateDeviceKey makes a device key (Config.DeviceKey): the device keeps
+// the private key, and gives the public half,
+// key.Public().(ed25519.PublicKey), to the application's signalling
+// service, which mints version 2 tokens bound to it (protocol.SignToken
+// with Token.DeviceKey; `callrelay token --device-key`).
+func GenerateDeviceKey() (ed25519.PrivateKey, error) {
+	_, priv, err := ed25519.GenerateKey(nil)
+	return priv, err
 }

@@ -159,7 +159,7 @@ func (d *dialer) add(addr netip.AddrPort) {
 		return
 	}
 	c.sock = sock
-	tx, err := newTransaction(d.cfg.creds, protocol.JoinOptions{})
+	tx, err := newTransaction(d.cfg.creds, protocol.JoinOptions{}, nil)
 	if err != nil {
 		d.drop(c, err)
 		return
@@ -173,7 +173,7 @@ func (d *dialer) add(addr netip.AddrPort) {
 // start begins a new transaction on c (a retry after 508, a repeat with a
 // new cookie, a leave) and sends it at once. On failure c is dropped.
 func (d *dialer) start(c *candidate, o protocol.JoinOptions) bool {
-	tx, err := newTransaction(d.cfg.creds, o)
+	tx, err := newTransaction(d.cfg.creds, o, nil) // with a v2 token, every request of Dial's carries a proof
 	if err != nil {
 		d.drop(c, fmt.Errorf("client: forwarder %s: %w", c.addr, err))
 		return false

@@ -149,7 +149,7 @@ func (j *socketJoin) release() {
 // send starts a new transaction with o, from the initial retransmission
 // timeout.
 func (j *socketJoin) send(o protocol.JoinOptions) error {
-	tx, err := newTransaction(j.c.cfg.creds, o)
+	tx, err := newTransaction(j.c.cfg.creds, o, nil) // a new path: with a v2 token, a fresh proof
 	if err != nil {
 		return err
 	}
@@ -203,14 +203,15 @@ func (j *socketJoin) answer(ctx context.Context) (protocol.JoinResponse, error) 
 			c.stats.stray.Add(1)
 			continue
 		}
-		resp, err := protocol.ParseJoinResponse(j.buf[:n], j.tx.tid, j.tx.key)
+		resp, err := j.tx.parse(j.buf[:n])
 		if err != nil {
 			c.stats.countBadResponse(err)
 			continue
 		}
 		if resp.OK {
 			c.cfg.creds.keep(resp.Ticket, j.tx.token)
-			c.remember(j.tx.tid, j.tx.token, j.tx.key, j.sock)
+			c.adoptKey(resp, j.tx) // the forwarder re-keyed the session on this proof
+			c.remember(j.tx.tid, j.tx.token, j.tx.macKey(resp), j.sock)
 		}
 		return resp, nil
 	}

@@ -22,9 +22,34 @@ type keepaliveTx struct {
 	sent time.Time
 	live bool
 	sock *net.UDPConn // sent from: a cookie in the answer is for this socket only
-	// token the keepalive carried and its integrity key (the token changes
-	// when the Session refreshes it).
+	// token the keepalive carried and the key a MigrateTo echoing it is
+	// signed with (the token's integrity key, or a v2 session's key; the
+	// token changes when the Session refreshes it); tx checks its answer.
 	token, key []byte
+	tx         *transaction
+}
+
+// sessionKey is the v2 session key the next request is under, or nil
+// when it must carry a proof (none yet, or the forwarder asked for the
+// address check). c.mu must be held.
+func (c *Conn) sessionKey() []byte {
+	if c.needProof {
+		return nil
+	}
+	return c.skey
+}
+
+// adoptKey takes the session key of a proof's success answer, unless a
+// later proof's key was taken already; it returns the key.
+func (c *Conn) adoptKey(resp protocol.JoinResponse, tx *transaction) {
+	if resp.SessionKey == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if tx.counter >= c.skeyCounter {
+		c.skey, c.skeyCounter, c.needProof = resp.SessionKey, tx.counter, false
+	}
 }
 
 // readLoop is the Conn's only reader: it reads the current socket into
@@ -94,19 +119,19 @@ func (c *Conn) handleSTUN(raw []byte, sock *net.UDPConn) {
 	slot := c.findKeepalive(tid)
 	leaveCh := c.leaveCh
 	isLeave := leaveCh != nil && tid == c.leaveTID
-	var key []byte
+	var tx *transaction
 	switch {
 	case isLeave:
-		key = c.leaveKey
+		tx = c.leaveTx
 	case slot >= 0:
-		key = c.ka[slot].key
+		tx = c.ka[slot].tx
 	}
 	c.mu.Unlock()
 	if slot < 0 && !isLeave {
 		c.stats.stray.Add(1)
 		return
 	}
-	resp, err := protocol.ParseJoinResponse(raw, tid, key)
+	resp, err := tx.parse(raw)
 	if err != nil {
 		c.stats.countBadResponse(err)
 		return
@@ -129,6 +154,14 @@ func (c *Conn) handleSTUN(raw []byte, sock *net.UDPConn) {
 	if ka.live && ka.tid == tid {
 		if resp.OK {
 			c.cfg.creds.keep(resp.Ticket, ka.token)
+			c.adoptKey(resp, ka.tx)
+			if resp.SessionKey != nil {
+				c.mu.Lock()
+				if c.ka[slot].tid == tid {
+					c.ka[slot].key = resp.SessionKey
+				}
+				c.mu.Unlock()
+			}
 		}
 		c.onKeepaliveAnswer(resp, now.Sub(ka.sent), ka.sock)
 	}
@@ -192,6 +225,7 @@ func (c *Conn) onKeepaliveAnswer(resp protocol.JoinResponse, rtt time.Duration, 
 		if current {
 			c.cookie = resp.Cookie
 			c.kaCookieRounds++
+			c.needProof = true // a v2 session proves itself on the new path
 		}
 		again := current && c.kaCookieRounds <= maxCookieRounds
 		c.mu.Unlock()
@@ -279,12 +313,12 @@ func (c *Conn) sendKeepalive(now time.Time) {
 		return
 	}
 	sock := c.sock.Load()
-	tx, err := newTransaction(c.cfg.creds, protocol.JoinOptions{Cookie: c.cookie})
+	tx, err := newTransaction(c.cfg.creds, protocol.JoinOptions{Cookie: c.cookie}, c.sessionKey())
 	if err != nil {
 		c.mu.Unlock()
 		return
 	}
-	c.ka[c.kaNext] = keepaliveTx{tid: tx.tid, sent: now, live: true, sock: sock, token: tx.token, key: tx.key}
+	c.ka[c.kaNext] = keepaliveTx{tid: tx.tid, sent: now, live: true, sock: sock, token: tx.token, key: tx.macKey(protocol.JoinResponse{}), tx: tx}
 	c.kaNext = (c.kaNext + 1) % keepaliveSlots
 	c.mu.Unlock()
 	if _, err := sock.Write(tx.raw); err != nil {

@@ -77,6 +77,11 @@ type Config struct {
 	// and the trunk. Zero: a forwarder on its own.
 	Cluster Cluster
 
+	// RequireDeviceTokens refuses version 1 join tokens (401): every
+	// session must be bound to a device key (device.go). Off while devices
+	// migrate to version 2 tokens.
+	RequireDeviceTokens bool
+
 	// Stream: TCP and TLS listeners (stream.go); off by default.
 	Stream StreamConfig
 	// Logger receives lifecycle and control-path events, never per-packet lines.

@@ -53,6 +53,7 @@ type session struct {
 	video              sessionVideo // subscriptions and what the sender was told (adapt.go)
 	policeLower        time.Time    // since when its cap should be lower (police.go); zero: it should not
 	moves              bucket       // its address changes (AddrChangeBurst, AddrChangeEvery)
+	dev                deviceState  // its device binding, with a version 2 token (device.go)
 }
 
 type call struct {
@@ -178,6 +179,9 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 		c.refuseFor(src, req, err)
 		return
 	}
+	if c.deviceRequest(src, req, now) { // a version 2 token, or a version 1 token not allowed (device.go)
+		return
+	}
 	s := c.sessions[sessionKey{req.CallID, req.ParticipantID}]
 	// Joining, moving and leaving need proof that src receives what we
 	// send; the cheap HMAC check comes before any signature check.
@@ -282,13 +286,15 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 		log: f.log.With(zap.Stringer("call", tok.CallID), zap.Stringer("participant", tok.ParticipantID)),
 	}
 	s.key = protocol.IntegrityKey(s.token)
+	// A version 2 token: the session key of its proof (device.go).
+	c.bindDevice(s, req)
 	s.media.police.capRate.Store(c.policeRate(s)) // policed from its first packet
 	c.applyGate(cl, s)
 	cl.members[s.participant] = s
 	c.sessions[sessionKey{cl.id, s.participant}] = s
 	c.byAddr[src] = s
 	c.dirtyCalls[cl.id] = struct{}{}
-	answer, err := c.success(src, req, s.key, c.ticketFor(s, now, true))
+	answer, err := c.successFor(src, req, s, c.ticketFor(s, now, true))
 	s.lastTID, s.lastKey = req.TransactionID, s.key
 	if err != nil {
 		s.refused = true

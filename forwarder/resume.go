@@ -66,6 +66,7 @@ func refusalOf(reason string) resumeRefusal {
 type resumeCounters struct {
 	issued, resumed, rejoins, ignored atomic.Uint64
 	refused                           [numResumeRefusals]atomic.Uint64
+	device                            deviceCounters // device proofs (device.go)
 }
 
 // ResumeStats count resumption tickets and what they did.
@@ -78,6 +79,8 @@ type ResumeStats struct {
 	TicketsIgnored uint64
 	// Refused counts resumptions refused, by reason (ResumeRefusalNames).
 	Refused [numResumeRefusals]uint64
+	// Device counts device proofs of version 2 tokens (device.go).
+	Device DeviceStats
 }
 
 // ResumeRefusalNames are the reasons of ResumeStats.Refused, in order.
@@ -89,6 +92,7 @@ func (r *resumeCounters) stats() ResumeStats {
 	for i := range s.Refused {
 		s.Refused[i] = r.refused[i].Load()
 	}
+	s.Device = r.device.stats()
 	return s
 }
 
@@ -220,7 +224,7 @@ func (c *control) ticketFor(s *session, now time.Time, force bool) []byte {
 // acceptSession answers a member's keepalive or address change, with a new
 // ticket when one is due or the session's token has just changed.
 func (c *control) acceptSession(src netip.AddrPort, req protocol.JoinRequest, s *session, newToken bool, now time.Time) {
-	if raw, err := c.success(src, req, s.key, c.ticketFor(s, now, newToken)); err == nil {
+	if raw, err := c.successFor(src, req, s, c.ticketFor(s, now, newToken)); err == nil {
 		s.lastTID, s.lastKey = req.TransactionID, s.key
 		c.reply(raw, src)
 	}
@@ -242,6 +246,7 @@ func describeResume(ch chan<- *prometheus.Desc) {
 	ch <- mResumed
 	ch <- mResumeRefused
 	ch <- mTicketsIgnored
+	describeDevice(ch)
 }
 
 func collectResume(ch chan<- prometheus.Metric, r ResumeStats) {
@@ -255,4 +260,5 @@ func collectResume(ch chan<- prometheus.Metric, r ResumeStats) {
 	for i, n := range r.Refused {
 		counter(mResumeRefused, n, resumeRefusalNames[i])
 	}
+	collectDevice(ch, r.Device)
 }
