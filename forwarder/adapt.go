@@ -227,8 +227,12 @@ func (c *control) feedbackTick(now time.Time) {
 }
 
 func (c *control) ensureCache(m *mediaInfo) {
-	if m.rtpSeen.Load() && m.cache.Load() == nil {
-		m.cache.Store(newNackCache(c.f.cfg.Adapt.NackCacheBytes))
+	w := m.cacheFor.Load()
+	if w == nil {
+		return
+	}
+	if old := m.cache.Load(); old == nil || old.writer != w {
+		m.cache.Store(newNackCache(c.f.cfg.Adapt.NackCacheBytes, w))
 	}
 }
 

@@ -45,7 +45,7 @@ func withSeq(seq uint16) []byte {
 func nackFixture(t testing.TB) (*reader, *routes, netip.AddrPort, *recConn) {
 	r, rt, src, _ := hotPathFixture(t)
 	for _, rte := range rt.bySrc {
-		rte.media.cache.Store(newNackCache(DefaultAdapt().NackCacheBytes))
+		rte.media.cache.Store(newNackCache(DefaultAdapt().NackCacheBytes, &r.cw))
 	}
 	other := netip.AddrPortFrom(src.Addr(), src.Port()+1)
 	require.NotNil(t, rt.bySrc[other])

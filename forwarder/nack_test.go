@@ -24,7 +24,7 @@ func cachedPacket(ssrc uint32, seq uint16, size int) []byte {
 }
 
 func TestNackCacheResendsByteExact(t *testing.T) {
-	c := newNackCache(64 << 10)
+	c := newNackCache(64<<10, nil)
 	now := int64(1e9)
 	for seq := uint16(65500); seq != 40; seq++ { // across the wrap
 		c.put(cachedPacket(7, seq, 300), 7, seq, now)
@@ -54,7 +54,7 @@ func TestNackCacheResendsByteExact(t *testing.T) {
 }
 
 func TestNackCacheStreamsAndRecycling(t *testing.T) {
-	c := newNackCache(256 << 10)
+	c := newNackCache(256<<10, nil)
 	dst := make([]byte, maxDatagram)
 	for s := uint32(1); s <= nackStreams; s++ {
 		c.put(cachedPacket(s, 5, 100), s, 5, int64(s))
@@ -71,7 +71,7 @@ func TestNackCacheStreamsAndRecycling(t *testing.T) {
 }
 
 func TestNackCacheAllocatesNothing(t *testing.T) {
-	c := newNackCache(512 << 10)
+	c := newNackCache(512<<10, nil)
 	pkt := cachedPacket(7, 0, 1100)
 	dst := make([]byte, maxDatagram)
 	seq := uint16(0)
@@ -85,7 +85,7 @@ func TestNackCacheAllocatesNothing(t *testing.T) {
 
 // BenchmarkNackCache: store one 1100-byte video packet and answer one NACK.
 func BenchmarkNackCache(b *testing.B) {
-	c := newNackCache(512 << 10)
+	c := newNackCache(512<<10, nil)
 	pkt := cachedPacket(7, 0, 1100)
 	dst := make([]byte, maxDatagram)
 	b.ReportAllocs()
@@ -161,7 +161,7 @@ func TestPairSwitchesLayersAtKeyFrames(t *testing.T) {
 func TestHotPathVideoAndNackAllocateNothing(t *testing.T) {
 	r, rt, src, mc := hotPathFixture(t)
 	rte := rt.bySrc[src]
-	rte.media.cache.Store(newNackCache(512 << 10))
+	rte.media.cache.Store(newNackCache(512<<10, &r.cw))
 	var rx netip.AddrPort
 	for a := range rt.bySrc {
 		if a != src {
@@ -189,10 +189,8 @@ func TestHotPathVideoAndNackAllocateNothing(t *testing.T) {
 
 // has reports whether ssrc is one of the sender's streams.
 func (c *nackCache) has(ssrc uint32) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	for i := range c.streams {
-		if c.streams[i].used && c.streams[i].ssrc == ssrc {
+		if c.streams[i].id.Load() == 1<<32|uint64(ssrc) {
 			return true
 		}
 	}

@@ -23,6 +23,7 @@ type reader struct {
 	// using many ports).
 	knownLimiter, newLimiter stunLimiter
 	hdr                      protocol.RTPHeader // reused: parsing allocates nothing
+	cw                       cacheWriter        // names it as the writer of its senders' NACK caches
 	batchNow                 int64              // unix ns of this batch, 0 until read (now())
 
 	// The trunk: this reader's own trunk socket (nil on a lone forwarder),
@@ -155,7 +156,7 @@ func (r *reader) rtp(rte *route, m *mediaInfo, b []byte) {
 			r.muted++
 			return
 		}
-		m.keep(b, &r.hdr, nowNS)
+		m.keep(&r.cw, b, &r.hdr, nowNS)
 		r.fanOut(rte, b)
 		return
 	}
@@ -169,7 +170,7 @@ func (r *reader) rtp(rte *route, m *mediaInfo, b []byte) {
 	}
 	vf, has := r.hdr.VideoFrame(r.f.adapt.videoID)
 	m.noteVideo(slot, vf, has, len(b), nowNS)
-	m.keep(b, &r.hdr, nowNS)
+	m.keep(&r.cw, b, &r.hdr, nowNS)
 	for i := range rte.dests {
 		d := &rte.dests[i]
 		if d.pair != nil && d.pair.pass(vf, has, m, slot) {
@@ -193,10 +194,6 @@ func (r *reader) fanOut(rte *route, b []byte) {
 }
 
 func (r *reader) queue(b []byte, d *dest) {
-	if d.leg != nil { // a TCP or TLS member (stream_leg.go)
-		r.toStream(b, d)
-		return
-	}
 	if !r.pc.Queue(b, &d.sa) {
 		r.flushQueue()
 		r.pc.Queue(b, &d.sa)

@@ -14,7 +14,7 @@ import (
 func TestRetransmissionIsAccountedPerReceiver(t *testing.T) {
 	const gap = int64(100 * time.Millisecond)
 	const share = 256 // a quarter, in 1024ths
-	c := newNackCache(512 << 10)
+	c := newNackCache(512<<10, nil)
 	now := int64(1e9)
 	for seq := range uint16(400) {
 		c.put(cachedPacket(7, seq, 1000), 7, seq, now)

@@ -325,6 +325,7 @@ type mediaInfo struct {
 	// estimate (leg.go).
 	cache     atomic.Pointer[nackCache]
 	rtpSeen   atomic.Bool
+	cacheFor  atomic.Pointer[cacheWriter] // the reader that stores its packets, once one did (nack.go)
 	video     videoMeter
 	keyWanted atomic.Uint32
 	slotVideo [maxSSRCs]atomic.Uint32 // per SSRC slot: 1 | layers<<4 | rank<<8 of its last video packet, 0 for audio

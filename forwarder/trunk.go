@@ -20,7 +20,8 @@ type trunkReader struct {
 	codec *protocol.TrunkCodec
 	hdr   protocol.TrunkHeader
 	rtp   protocol.RTPHeader
-	nowNS int64 // this batch's clock, 0 until read
+	cw    cacheWriter // names it as the writer of its remote senders' NACK caches
+	nowNS int64       // this batch's clock, 0 until read
 
 	pin, bin, pout, bout uint64
 	drops                [numDropReasons]uint64
@@ -95,7 +96,7 @@ func (t *trunkReader) video(cr *callRoute, ts *trunkSender, payload []byte) bool
 	}
 	m := ts.media
 	slot := m.note(t.rtp.SSRC)
-	m.keep(payload, &t.rtp, t.nowNS)
+	m.keep(&t.cw, payload, &t.rtp, t.nowNS)
 	if audio {
 		return false
 	}
@@ -113,9 +114,7 @@ func (t *trunkReader) queue(payload []byte, m *memberDest) {
 	if m.participant == t.hdr.Sender {
 		return // a device briefly on two forwarders hears no echo
 	}
-	if m.leg != nil { // a TCP or TLS member (stream_leg.go)
-		m.leg.push(payload, streamIsVideo(payload, &t.rtp, t.f.audio.extID))
-	} else if !t.out.Queue(payload, &m.sa) {
+	if !t.out.Queue(payload, &m.sa) {
 		t.flushQueue()
 		t.out.Queue(payload, &m.sa)
 	}

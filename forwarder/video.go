@@ -98,14 +98,20 @@ func (m *mediaInfo) noteVideo(slot int, vf protocol.VideoFrame, has bool, size i
 	}
 }
 
-// keep stores one of the sender's RTP packets for NACKs (once the control
-// goroutine has made its cache).
-func (m *mediaInfo) keep(b []byte, h *protocol.RTPHeader, nowNS int64) {
+// keep stores one of the sender's RTP packets for NACKs, from w, the
+// reader serving the sender's flow, once the control goroutine has made a
+// cache written by w alone. A flow that moved to another reader asks for a
+// new cache (the old one's packets are no longer answered).
+func (m *mediaInfo) keep(w *cacheWriter, b []byte, h *protocol.RTPHeader, nowNS int64) {
 	if !m.rtpSeen.Load() {
-		m.rtpSeen.Store(true) // the control goroutine makes the cache
+		m.rtpSeen.Store(true)
 	}
-	if c := m.cache.Load(); c != nil {
+	if c := m.cache.Load(); c != nil && c.writer == w {
 		c.put(b, h.SSRC, h.SequenceNumber, nowNS)
+		return
+	}
+	if m.cacheFor.Load() != w {
+		m.cacheFor.Store(w) // the control goroutine makes w a cache
 	}
 }
 
