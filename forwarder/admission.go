@@ -330,9 +330,9 @@ func (c *control) refuseBusyClass(src netip.AddrPort, req protocol.JoinRequest, 
 	e := protocol.JoinError{Code: protocol.CodeInsufficientCapacity, Reason: reason, RetryAfter: time.Second}
 	var alt netip.AddrPort
 	if why == refusedThrottled {
-		alt = c.pickLessLoaded()
+		alt = c.pickLessLoaded(src)
 	} else {
-		alt = c.pickAlternate()
+		alt = c.pickAlternate(src)
 	}
 	if alt.IsValid() {
 		e.Code = protocol.CodeTryAlternate
@@ -345,7 +345,7 @@ func (c *control) refuseBusyClass(src netip.AddrPort, req protocol.JoinRequest, 
 // pickLessLoaded names the live, not draining peer with the lowest load,
 // counting what this forwarder sent there since its last report, if that
 // is below our own load; otherwise nothing (the device waits and retries).
-func (c *control) pickLessLoaded() netip.AddrPort {
+func (c *control) pickLessLoaded(dev netip.AddrPort) netip.AddrPort {
 	own := int(c.f.loadPermille())
 	var best *peer
 	bestLoad := own
@@ -368,7 +368,7 @@ func (c *control) pickLessLoaded() netip.AddrPort {
 		}
 		ce.Write(zap.String("peer", best.last.ID), zap.Int("own_load", own), zap.Any("peer_loads", loads))
 	}
-	return best.last.Media
+	return mediaFor(&best.last, dev)
 }
 
 // effectiveLoad is the peer's reported load plus the share of the devices

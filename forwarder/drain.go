@@ -61,7 +61,7 @@ func (c *control) drainTick(now time.Time) {
 		if !s.migrateSent.IsZero() && now.Sub(s.migrateSent) < migrateEvery {
 			continue
 		}
-		alt := c.pickAlternate()
+		alt := c.pickAlternate(s.addr)
 		if !alt.IsValid() {
 			return // nowhere to send anyone
 		}

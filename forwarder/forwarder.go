@@ -53,6 +53,7 @@ type Forwarder struct {
 	trunkV6        bool
 	trunkAdvertise netip.AddrPort
 	mediaAdvertise netip.AddrPort
+	mediaAdv6      netip.AddrPort // a dual-stack forwarder's IPv6 media address (dualstack.go)
 	tag            uint64
 	writer         *statestore.Writer
 	clusterIn      chan clusterMsg
@@ -68,6 +69,7 @@ type Forwarder struct {
 	stateErrors, stateDropped      atomic.Uint64
 	clusterBad, clusterDrops       atomic.Uint64
 	natsErrors                     atomic.Uint64
+	trunkFamilySkipped             atomic.Uint64 // peers' trunks our trunk socket's family cannot reach
 
 	// The conductor's side (audio.go, decisions.go).
 	audio                                       audioParams
@@ -99,16 +101,12 @@ func New(cfg Config) (*Forwarder, error) {
 		return nil, err
 	}
 	lap := netip.MustParseAddrPort(cfg.Listen)
-	network := "udp4"
-	v6 := lap.Addr().Is6() && !lap.Addr().Is4In6()
-	if v6 {
-		network = "udp6"
-	}
+	network := listenNetwork(lap) // [::] serves both families on one socket (dualstack.go)
 	n := cfg.Readers
 	if !reusePortSupported {
 		n = 1
 	}
-	f := &Forwarder{cfg: cfg, log: cfg.Logger, v6: v6, audio: audioParamsOf(cfg.Audio), adapt: adaptParamsOf(cfg.Adapt),
+	f := &Forwarder{cfg: cfg, log: cfg.Logger, audio: audioParamsOf(cfg.Audio), adapt: adaptParamsOf(cfg.Adapt),
 		police: policeParamsOf(cfg.Police)}
 	if cfg.Cluster.ID != "" {
 		f.log = f.log.With(zap.String("forwarder", cfg.Cluster.ID))
@@ -127,6 +125,7 @@ func New(cfg Config) (*Forwarder, error) {
 		if i == 0 {
 			// With port 0 the kernel picked one; the others join it.
 			f.addr = c.LocalAddr().(*net.UDPAddr).AddrPort()
+			f.v6 = isV6Socket(f.addr)
 			addr = f.addr.String()
 		}
 	}
@@ -202,11 +201,7 @@ func (f *Forwarder) setupCluster(n int) error {
 	f.tag = protocol.ForwarderTag(cc.ID)
 	f.clusterIn = make(chan clusterMsg, clusterQueue)
 	f.live = newLiveness(cc, time.Now())
-	tap := netip.MustParseAddrPort(cc.TrunkListen)
-	network := "udp4"
-	if f.trunkV6 = tap.Addr().Is6() && !tap.Addr().Is4In6(); f.trunkV6 {
-		network = "udp6"
-	}
+	network := listenNetwork(netip.MustParseAddrPort(cc.TrunkListen))
 	addr := cc.TrunkListen
 	for i := 0; i < n; i++ {
 		c, err := listenUDP(network, addr, n > 1)
@@ -218,6 +213,7 @@ func (f *Forwarder) setupCluster(n int) error {
 		f.trunkConns = append(f.trunkConns, c)
 		if i == 0 {
 			bound := c.LocalAddr().(*net.UDPAddr).AddrPort()
+			f.trunkV6 = isV6Socket(bound)
 			addr = bound.String()
 			f.trunkAdvertise = cc.TrunkAdvertise
 			if !f.trunkAdvertise.IsValid() {
@@ -230,6 +226,9 @@ func (f *Forwarder) setupCluster(n int) error {
 	}
 	if !f.mediaAdvertise.IsValid() {
 		return fmt.Errorf("forwarder: media bound to %s: give the address devices reach it at (--media-advertise)", f.addr)
+	}
+	if err := f.setupMedia6(cc.MediaAdvertise6); err != nil {
+		return err
 	}
 	for i, tc := range f.trunkConns {
 		in, err := newPacketConn(tc)
@@ -541,6 +540,7 @@ func (f *Forwarder) Stats() Stats {
 	s.Peers = int(f.nPeers.Load())
 	if f.live != nil {
 		s.Peering = f.live.stats()
+		s.Peering.TrunkFamilySkipped = f.trunkFamilySkipped.Load()
 	}
 	s.Onsets = f.onsets.Load()
 	s.MetadataSent, s.MetadataBytes = f.metaSent.Load(), f.metaBytes.Load()

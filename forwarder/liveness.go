@@ -64,6 +64,7 @@ type PeerStats struct {
 	Resyncs                     uint64 // NATS reconnections after which placements were re-announced
 	NATSUp                      bool   // the NATS connection is up (as of the last heartbeat tick)
 	LeaseHeld                   bool   // this forwarder holds its liveness lease
+	TrunkFamilySkipped          uint64 // trunk routes left out: a peer's trunk is IPv6, ours IPv4 only (dualstack.go)
 }
 
 // trunkBeat is a keepalive frame handed from a trunk reader to the control
@@ -554,7 +555,7 @@ var (
 )
 
 func describePeering(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{mPeersHeard, mPeersHeld, mKeepalives, mResyncs, mLivenessLease, mNATSUp} {
+	for _, d := range []*prometheus.Desc{mPeersHeard, mPeersHeld, mKeepalives, mResyncs, mLivenessLease, mNATSUp, mTrunkFamily} {
 		ch <- d
 	}
 }
@@ -574,6 +575,7 @@ func collectPeering(ch chan<- prometheus.Metric, s PeerStats) {
 	c(mKeepalives, s.KeepalivesIn, "in")
 	c(mKeepalives, s.KeepalivesOut, "out")
 	c(mResyncs, s.Resyncs)
+	c(mTrunkFamily, s.TrunkFamilySkipped)
 	b2f := func(b bool) float64 {
 		if b {
 			return 1

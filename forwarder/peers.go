@@ -178,7 +178,7 @@ func (c *control) announce(now time.Time) {
 	}
 	c.seq++
 	a := protocol.ForwarderAnnounce{
-		ID: cc.ID, Media: f.mediaAdvertise, Trunk: f.trunkAdvertise,
+		ID: cc.ID, Media: f.mediaAdvertise, Media6: f.mediaAdv6, Trunk: f.trunkAdvertise,
 		Sessions: uint32(len(c.sessions)), Calls: uint32(len(c.calls)),
 		Draining: f.draining.Load(), Seq: c.seq, Started: c.started, At: now, Load: f.loadPermille(),
 	}
@@ -242,7 +242,7 @@ func (c *control) reportLoad(now time.Time) {
 // pickAlternate names the least loaded live peer that is not draining, or
 // the configured alternate. A peer silent on both paths is not live, even
 // while it is not taken for dead.
-func (c *control) pickAlternate() netip.AddrPort {
+func (c *control) pickAlternate(dev netip.AddrPort) netip.AddrPort {
 	var best *peer
 	now := c.f.cfg.Now()
 	for _, p := range c.peers {
@@ -258,7 +258,7 @@ func (c *control) pickAlternate() netip.AddrPort {
 		return c.f.cfg.Alternate
 	}
 	best.assigned++
-	return best.last.Media
+	return mediaFor(&best.last, dev)
 }
 
 // trunksOf lists the trunk addresses of the other forwarders with members
@@ -267,6 +267,10 @@ func (c *control) trunksOf(cl *call) []netip.AddrPort {
 	var out []netip.AddrPort
 	for k, p := range cl.remote {
 		if k.fwd == c.f.cfg.Cluster.ID || !p.trunk.IsValid() || p.trunk == c.f.trunkAdvertise {
+			continue
+		}
+		if !reachableFrom(p.trunk, c.f.trunkV6) {
+			c.f.trunkFamilySkipped.Add(1) // an IPv6 trunk from our IPv4 trunk socket (dualstack.go)
 			continue
 		}
 		dup := false

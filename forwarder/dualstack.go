@@ -1,0 +1,77 @@
+package forwarder
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// listenNetwork is the Go network a listen address is bound with:
+//   - an IPv4 address: "udp4", an AF_INET socket (IPv4 only);
+//   - the IPv6 unspecified address [::]: "udp", which Go binds as one AF_INET6
+//     socket with IPV6_V6ONLY off, so the one port serves both families:
+//     IPv4 peers appear as v4-mapped addresses (decodeSockaddr unmaps them,
+//     encodeSockaddr maps them back);
+//   - any other IPv6 address: "udp6", IPv6 only (an IPv4 peer cannot reach a
+//     specific IPv6 address anyway).
+//
+// One socket rather than one per family: the product has one UDP port per
+// forwarder, its readers share it with SO_REUSEPORT, and a device keeps one
+// key in the routes whatever its family (docs/architecture.md).
+func listenNetwork(ap netip.AddrPort) string {
+	a := ap.Addr()
+	switch {
+	case a.Is4() || a.Is4In6():
+		return "udp4"
+	case a.IsUnspecified():
+		return "udp"
+	}
+	return "udp6"
+}
+
+// isV6Socket reports whether a socket bound to bound is an AF_INET6 socket,
+// whose destinations take the sockaddr_in6 layout (v4-mapped for IPv4 peers).
+func isV6Socket(bound netip.AddrPort) bool {
+	return bound.Addr().Is6() && !bound.Addr().Is4In6()
+}
+
+// reachableFrom reports whether a socket of that family can send to ap: an
+// IPv4 socket reaches IPv4 addresses only.
+func reachableFrom(ap netip.AddrPort, v6socket bool) bool {
+	return v6socket || ap.Addr().Unmap().Is4()
+}
+
+// setupMedia6 checks a dual-stack forwarder's IPv6 media address: an IPv6
+// address beside an IPv4 media address, served by a socket on [::].
+func (f *Forwarder) setupMedia6(ap netip.AddrPort) error {
+	if !ap.IsValid() {
+		return nil
+	}
+	a := ap.Addr()
+	switch {
+	case !a.Is6() || a.Is4In6() || a.IsUnspecified() || a.Zone() != "" || ap.Port() == 0:
+		return fmt.Errorf("forwarder: IPv6 media address %s (--media-advertise6): want [ipv6]:port, not unspecified", ap)
+	case !f.mediaAdvertise.Addr().Is4():
+		return fmt.Errorf("forwarder: --media-advertise6 %s goes beside an IPv4 --media-advertise (it is %s)", ap, f.mediaAdvertise)
+	case !f.v6 || !f.addr.Addr().IsUnspecified():
+		return fmt.Errorf("forwarder: --media-advertise6 %s needs the media socket on both families: listen on [::]:port (it is %s)", ap, f.addr)
+	}
+	f.mediaAdv6 = ap
+	return nil
+}
+
+// mediaFor is the media address of a peer for the device at dev: its IPv6
+// one for an IPv6 device when it has one, else its media address (a device
+// on one family may still reach the other).
+func mediaFor(a *protocol.ForwarderAnnounce, dev netip.AddrPort) netip.AddrPort {
+	if a.Media6.IsValid() && !dev.Addr().Unmap().Is4() {
+		return a.Media6
+	}
+	return a.Media
+}
+
+var mTrunkFamily = prometheus.NewDesc("callrelay_forwarder_trunk_family_unreachable_total",
+	"Trunk routes left out: a peer's trunk address is IPv6 and this forwarder's trunk socket IPv4 only (listen on [::] to reach both).", nil, nil)
