@@ -75,6 +75,7 @@ func forwarderFlags(fs *flag.FlagSet) *forwarderOptions {
 	fs.Float64Var(&cfg.CookieBurst, "cookie-burst", cfg.CookieBurst, "address checks answered at once above --cookie-rate")
 	fs.IntVar(&cfg.AddrChangeBurst, "address-change-burst", cfg.AddrChangeBurst, "address changes a session may make at once; then one per --address-change-every, the rest not answered")
 	fs.DurationVar(&cfg.AddrChangeEvery, "address-change-every", cfg.AddrChangeEvery, "after the burst, one address change per session this often")
+	fs.BoolVar(&cfg.RequireDeviceTokens, "require-device-tokens", cfg.RequireDeviceTokens, "refuse version 1 join tokens (401): every session must be bound to a device key (version 2 tokens, callrelay token mint --device-key)")
 	o.videoFrameExtID, o.absSendTimeExtID = uint(cfg.Adapt.VideoFrameExtensionID), uint(cfg.Adapt.AbsSendTimeExtensionID)
 	fs.UintVar(&o.videoFrameExtID, "video-frame-ext-id", o.videoFrameExtID, "RFC 8285 id of the video frame header extension (layer, key frame), 1..14")
 	fs.UintVar(&o.absSendTimeExtID, "abs-send-time-ext-id", o.absSendTimeExtID, "RFC 8285 id of the abs-send-time header extension, 1..14")

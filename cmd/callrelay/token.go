@@ -87,6 +87,7 @@ type mintOptions struct {
 	signingKey, call, participant, class string
 	maxSize                              uint
 	ttl                                  time.Duration
+	deviceKey                            string
 }
 
 func mintFlags(fs *flag.FlagSet) *mintOptions {
@@ -97,6 +98,7 @@ func mintFlags(fs *flag.FlagSet) *mintOptions {
 	fs.StringVar(&o.class, "class", o.class, "call class: one-to-one or group")
 	fs.UintVar(&o.maxSize, "max-size", 0, "most members the call may have (default 2 for one-to-one, 8 for group)")
 	fs.DurationVar(&o.ttl, "ttl", o.ttl, "how long the token may start a session")
+	fs.StringVar(&o.deviceKey, "device-key", "", "base64 Ed25519 public key of the device: mint a version 2 token bound to it (the device proves it holds the private key; default: a version 1 token)")
 	return o
 }
 
@@ -132,12 +134,21 @@ func mintToken(args []string) error {
 	default:
 		t.MaxSize = 2 // one-to-one; set here so the line below reports it
 	}
+	if o.deviceKey != "" {
+		if t.DeviceKey, err = protocol.ParsePublicKey(o.deviceKey); err != nil {
+			return fmt.Errorf("token mint: --device-key: %w", err)
+		}
+	}
 	b, err := protocol.SignToken(priv, t)
 	if err != nil {
 		return fmt.Errorf("token mint: %w", err)
 	}
-	fmt.Fprintf(os.Stderr, "call %s participant %s class %s max-size %d expires %s\n",
-		t.CallID, t.ParticipantID, t.Class, t.MaxSize, t.Expiry.UTC().Format(time.RFC3339))
+	version := 1
+	if t.DeviceBound() {
+		version = 2
+	}
+	fmt.Fprintf(os.Stderr, "version %d call %s participant %s class %s max-size %d expires %s\n",
+		version, t.CallID, t.ParticipantID, t.Class, t.MaxSize, t.Expiry.UTC().Format(time.RFC3339))
 	fmt.Println(protocol.EncodeTokenString(b))
 	return nil
 }
