@@ -114,7 +114,9 @@ func (t *trunkReader) queue(payload []byte, m *memberDest) {
 	if m.participant == t.hdr.Sender {
 		return // a device briefly on two forwarders hears no echo
 	}
-	if !t.out.Queue(payload, &m.sa) {
+	if m.leg != nil { // a TCP or TLS member (stream_leg.go)
+		m.leg.push(payload, streamIsVideo(payload, &t.rtp, t.f.audio.extID))
+	} else if !t.out.Queue(payload, &m.sa) {
 		t.flushQueue()
 		t.out.Queue(payload, &m.sa)
 	}
