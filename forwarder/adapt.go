@@ -146,7 +146,9 @@ func (c *control) applyLayer(cl *call, rx, tx protocol.ID, p *pair) {
 	}
 	for _, a := range cl.decision.d.Layers {
 		if a.Receiver == rx && a.Sender == tx {
-			p.target.Store(uint32(a.Rank))
+			if old := p.target.Swap(uint32(a.Rank)); old != uint32(a.Rank) {
+				c.event(cl.id, c.f.cfg.Now(), "layer", rx, "from "+tx.String()+": "+layerName(old)+" -> "+layerName(uint32(a.Rank)))
+			}
 			return
 		}
 	}

@@ -258,7 +258,7 @@ func (c *control) admittedNow(class JoinClass, now time.Time) {
 	c.f.thr.admissions[class].Add(1)
 	lvl, changed := c.adm.thr.admitted(len(c.sessions))
 	c.publishSignals(c.adm.thr.sig)
-	if changed {
+	if changed && !c.adm.thr.pinned {
 		c.levelChanged(lvl, now)
 	}
 }
@@ -282,7 +282,7 @@ func (c *control) loadTick(now time.Time) {
 	s.Sessions = len(c.sessions)
 	lvl, sig, changed := c.adm.thr.update(s)
 	c.publishSignals(sig)
-	if changed {
+	if changed && !c.adm.thr.pinned { // a pinned level stays (admin.go)
 		c.levelChanged(lvl, now)
 	}
 	c.f.thr.samples.Add(1) // after the level and signals it moved are published
@@ -327,6 +327,7 @@ func (f *Forwarder) loadPermille() uint16 {
 // when there is one.
 func (c *control) refuseBusyClass(src netip.AddrPort, req protocol.JoinRequest, class JoinClass, why refusalReason, reason string) {
 	c.f.thr.refusals[class][why].Add(1)
+	c.event(req.CallID, c.f.cfg.Now(), "refused", req.ParticipantID, reason)
 	e := protocol.JoinError{Code: protocol.CodeInsufficientCapacity, Reason: reason, RetryAfter: time.Second}
 	var alt netip.AddrPort
 	if why == refusedThrottled {

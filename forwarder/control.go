@@ -54,6 +54,14 @@ type session struct {
 	policeLower        time.Time    // since when its cap should be lower (police.go); zero: it should not
 	moves              bucket       // its address changes (AddrChangeBurst, AddrChangeEvery)
 	dev                deviceState  // its device binding, with a version 2 token (device.go)
+
+	// An operator's doing (admin.go): media held (holdAudio, holdVideo),
+	// a move asked (to moveTo until moveUntil), and the bytes resent to it
+	// at the last NACK-burst check (timeline.go).
+	hold       uint8
+	moveTo     netip.AddrPort
+	moveUntil  time.Time
+	resentSeen uint64
 }
 
 type call struct {
@@ -127,6 +135,9 @@ type control struct {
 	challenges   bucket
 	movesRefused int
 	movesLogged  time.Time
+
+	// The operator's commands, bans, pin, capture and timelines (admin.go).
+	admin adminState
 }
 
 type pendingReply struct {
@@ -250,6 +261,11 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 		c.refuse(src, req, protocol.CodeForbidden, "address in use by another participant")
 		return
 	}
+	if c.banned(tok.CallID, tok.ParticipantID, now) {
+		c.event(tok.CallID, now, "refused", tok.ParticipantID, "removed by an operator")
+		c.refuse(src, req, protocol.CodeForbidden, "removed from the call by an operator")
+		return
+	}
 	if f.draining.Load() {
 		c.refuseBusyClass(src, req, joinClassUnclassified, refusedDraining, "draining")
 		return
@@ -313,6 +329,7 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 	c.admittedBy(g, s)
 	c.admittedNow(class, now)
 	c.notifyJoined(cl, s, now) // notices.go: asks who serves the call if it is new here and the store is away
+	c.event(cl.id, now, "join", s.participant, src.String())
 	s.log.Info("participant joined", zap.Stringer("addr", src), zap.Stringer("class", cl.class), zap.Int("members", len(cl.members)))
 }
 
@@ -340,6 +357,7 @@ func (c *control) move(s *session, src netip.AddrPort) bool {
 		return false
 	}
 	s.log.Info("address changed", zap.Stringer("from", s.addr), zap.Stringer("to", src))
+	c.event(s.call.id, c.f.cfg.Now(), "move", s.participant, s.addr.String()+" -> "+src.String())
 	delete(c.byAddr, s.addr)
 	c.staleAddrs = append(c.staleAddrs, s.addr)
 	s.addr = src
@@ -356,6 +374,7 @@ func (c *control) move(s *session, src netip.AddrPort) bool {
 // forwarders.
 func (c *control) remove(s *session) {
 	cl := s.call
+	c.event(cl.id, c.f.cfg.Now(), "leave", s.participant, "")
 	delete(cl.members, s.participant)
 	if !s.refused {
 		c.noteLeft(cl, s)
@@ -445,6 +464,11 @@ const (
 
 // reply queues an answer until the next publish.
 func (c *control) reply(b []byte, to netip.AddrPort) {
+	if j := c.admin.capture; j != nil && len(b) > 0 && b[0] < 4 {
+		if s := c.byAddr[to]; s != nil {
+			c.captureSTUN(s.call.id, true, to, b)
+		}
+	}
 	c.pending = append(c.pending, pendingReply{b, to})
 }
 

@@ -1,6 +1,7 @@
 package forwarder
 
 import (
+	"fmt"
 	"slices"
 	"time"
 
@@ -248,6 +249,7 @@ func (c *control) onDecision(data []byte, now time.Time) {
 		c.applyGate(cl, s)
 	}
 	if !had || prevDominant != d.Dominant {
+		c.event(cl.id, now, "speaker", d.Dominant, fmt.Sprintf("conductor %s, epoch %d", d.Conductor, d.Epoch))
 		if had {
 			cl.log(c.f.log).Debug("dominant speaker", zap.Stringer("participant", d.Dominant), zap.Uint32("epoch", d.Epoch))
 		}

@@ -91,6 +91,11 @@ type Forwarder struct {
 	storeLatency, natsRTT latencyHistogram
 	lookupIn, lookupOut   chan *lookup
 
+	// The operator's commands and captures (admin.go, capture.go).
+	adminIn                 chan *nats.Msg
+	adminRefused, adminDone atomic.Uint64
+	capture                 atomic.Pointer[capture] // nil unless a capture runs
+
 	stream *streamServer // TCP and TLS legs (stream.go); nil when off
 }
 
@@ -136,7 +141,7 @@ func New(cfg Config) (*Forwarder, error) {
 			f.closeConns()
 			return nil, err
 		}
-		f.rdrs = append(f.rdrs, &reader{f: f, pc: pc, c: new(counters),
+		f.rdrs = append(f.rdrs, &reader{f: f, idx: len(f.rdrs), pc: pc, c: new(counters),
 			knownLimiter: newSTUNLimiter(cfg.STUNRate, cfg.STUNBurst),
 			// SO_REUSEPORT spreads one IP's ports over all readers: each
 			// reader gets its share of the per-IP budget.
@@ -200,6 +205,7 @@ func (f *Forwarder) setupCluster(n int) error {
 	}
 	f.tag = protocol.ForwarderTag(cc.ID)
 	f.clusterIn = make(chan clusterMsg, clusterQueue)
+	f.adminIn = make(chan *nats.Msg, adminQueue)
 	f.live = newLiveness(cc, time.Now())
 	network := listenNetwork(netip.MustParseAddrPort(cc.TrunkListen))
 	addr := cc.TrunkListen
@@ -306,9 +312,16 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		}
 		c.announce(f.cfg.Now())
 	}
+	var adminSub *nats.Subscription
+	if f.cfg.Cluster.enabled() {
+		adminSub = f.subscribeAdmin()
+	}
 	f.runControl(ctx, c)
 	if sub != nil {
 		_ = sub.Unsubscribe()
+	}
+	if adminSub != nil {
+		_ = adminSub.Unsubscribe()
 	}
 	for _, cl := range c.calls {
 		c.unsubscribe(cl)
@@ -366,6 +379,9 @@ func (f *Forwarder) runControl(ctx context.Context, c *control) {
 			if m == nil {
 				continue // an event was handled
 			}
+		}
+		if c.admin.capture != nil {
+			c.captureRequest(m.src, m.buf[:m.n]) // admin.go
 		}
 		c.handle(m.src, m.buf[:m.n])
 		m.free <- m
@@ -444,6 +460,8 @@ func (c *control) wait(ctx context.Context, t *controlTimers, now time.Time) (m 
 		c.onResult(r, now)
 	case cm := <-f.clusterIn:
 		c.onCluster(cm, now)
+	case am := <-f.adminIn:
+		c.onAdmin(am, now)
 	case <-t.sweep.C:
 		c.sweep(now)
 	case <-t.cluster.C:
@@ -471,6 +489,8 @@ func (c *control) poll(ctx context.Context, t *controlTimers, now time.Time) (st
 		c.onResult(r, now)
 	case cm := <-f.clusterIn:
 		c.onCluster(cm, now)
+	case am := <-f.adminIn:
+		c.onAdmin(am, now)
 	case <-t.sweep.C:
 		c.sweep(now)
 	case <-t.cluster.C:
@@ -503,6 +523,7 @@ func (c *control) clusterTick(now time.Time) {
 	c.expirePeers(now)
 	c.stateTick(now)
 	c.drainTick(now)
+	c.adminTick(now)
 	c.f.nPeers.Store(int64(len(c.peers)))
 }
 

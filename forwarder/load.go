@@ -283,6 +283,11 @@ type throttle struct {
 
 	below      bool      // the load is below the current level's exit line
 	belowSince time.Time // since this sample
+
+	// pinned: an operator pinned the level at pin (admin.go); the load is
+	// still measured, and the level follows it again once released.
+	pinned bool
+	pin    ThrottleLevel
 }
 
 // newThrottle returns a throttle at level none. cfg's zero fields take the
@@ -319,8 +324,13 @@ func (t *throttle) update(s LoadSample) (ThrottleLevel, LoadSignals, bool) {
 	return t.lvl, t.sig, t.lvl != old
 }
 
-// level is the current level.
-func (t *throttle) level() ThrottleLevel { return t.lvl }
+// level is the current level: the pinned one while an operator pins it.
+func (t *throttle) level() ThrottleLevel {
+	if t.pinned {
+		return t.pin
+	}
+	return t.lvl
+}
 
 // admitted re-reads the sessions signal right after an admission, between
 // two samples: the level may rise at once (never fall: that waits for the

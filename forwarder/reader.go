@@ -15,9 +15,10 @@ import (
 // It allocates nothing, takes no lock shared with other readers, and logs
 // nothing.
 type reader struct {
-	f  *Forwarder
-	pc packetConn
-	c  *counters
+	f   *Forwarder
+	idx int // its place in Forwarder.rdrs (and its buffer in a capture)
+	pc  packetConn
+	c   *counters
 	// Requests per source before the control path: members by address and
 	// port, strangers by address alone (one host cannot dodge the limit by
 	// using many ports).
@@ -93,6 +94,9 @@ func (r *reader) run() {
 func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 	r.pin++
 	r.bin += uint64(len(b))
+	if cp := r.f.capture.Load(); cp != nil {
+		r.captureOn(cp, rt, b, src) // off: this load is all it costs (capture.go)
+	}
 	kind := protocol.Classify(b)
 	switch kind {
 	case protocol.KindSTUN:
@@ -148,6 +152,9 @@ func (r *reader) rtp(rte *route, m *mediaInfo, b []byte) {
 	nowNS := r.now()
 	m.up.onPacket(&r.hdr, r.f.adapt.absID, len(b), slot, nowNS)
 	voice, level, audio := r.hdr.AudioLevel(r.f.audio.extID)
+	if rte.hold != 0 && r.held(rte, m, audio) {
+		return
+	}
 	if audio {
 		if !r.police(m, len(b), policeAudio) {
 			return
@@ -194,10 +201,6 @@ func (r *reader) fanOut(rte *route, b []byte) {
 }
 
 func (r *reader) queue(b []byte, d *dest) {
-	if d.leg != nil { // a TCP or TLS member (stream_leg.go)
-		r.toStream(b, d)
-		return
-	}
 	if !r.pc.Queue(b, &d.sa) {
 		r.flushQueue()
 		r.pc.Queue(b, &d.sa)
@@ -338,4 +341,18 @@ func (r *reader) flush() {
 		}
 	}
 	r.pin, r.bin, r.pout, r.bout = 0, 0, 0, 0
+}
+
+// held reports whether an operator holds this kind of the member's media
+// (admin.go); a held packet is counted and goes nowhere.
+func (r *reader) held(rte *route, m *mediaInfo, audio bool) bool {
+	bit := holdVideo
+	if audio {
+		bit = holdAudio
+	}
+	if rte.hold&bit == 0 {
+		return false
+	}
+	m.held.Add(1)
+	return true
 }

@@ -24,6 +24,7 @@ type route struct {
 	group       bool                  // a group call: its video is shed first under overload
 	cr          *callRoute            // the call's, for NACKs and key-frame requests
 	rxPairs     map[protocol.ID]*pair // as a receiver: the video pair from each sender (nil: not subscribed)
+	hold        uint8                 // media an operator holds (holdAudio, holdVideo): not forwarded
 }
 
 // dest is one receiver of a sender's packets.
@@ -104,7 +105,7 @@ func addCallRoutes(r *routes, c *call, trunks []netip.AddrPort, v6socket, trunkV
 			}
 		}
 		r.bySrc[s.addr] = &route{call: c.id, participant: s.participant, dests: dests, trunks: ts, media: s.media,
-			group: c.class == protocol.ClassGroup, cr: cr, rxPairs: rx}
+			group: c.class == protocol.ClassGroup, cr: cr, rxPairs: rx, hold: s.hold}
 	}
 	if len(cr.members) > 0 {
 		r.byCall[c.id] = cr

@@ -337,6 +337,8 @@ type mediaInfo struct {
 
 	// As a member: what it may send into the call (police.go).
 	police ingress
+	// held counts its RTP packets an operator held (admin.go).
+	held atomic.Uint64
 }
 
 const maxSSRCs = 8
