@@ -12,6 +12,7 @@ import (
 
 	"github.com/callrelay/callrelay/client"
 	"github.com/callrelay/callrelay/forwarder"
+	"github.com/callrelay/callrelay/internal/testkit/calltest"
 	"github.com/callrelay/callrelay/internal/testkit/testenv"
 	"github.com/callrelay/callrelay/protocol"
 )
@@ -95,4 +96,78 @@ func TestRequireDeviceTokens(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestDeviceSessionResumesOnDeviceTicket: a device-bound participant whose
+// 2 s token has expired loses its forwarder; another forwarder of the
+// cluster resumes it on its ticket of binding kind 2 and a fresh proof,
+// and the call goes on both ways.
+func TestDeviceSessionResumesOnDeviceTicket(t *testing.T) {
+	e := newClusterEnv(t)
+	nodes := []*clusterNode{e.start(t, "fwd-a"), e.start(t, "fwd-b")}
+	all := []netip.AddrPort{nodes[0].f.Addr(), nodes[1].f.Addr()}
+	call := protocol.NewID()
+	tok0, dev0 := deviceToken(t, e.priv, call, protocol.NewID(), 2*time.Second)
+	tok1, dev1 := deviceToken(t, e.priv, call, protocol.NewID(), 2*time.Second)
+	speaker := calltest.JoinConfig(t, client.Config{Forwarders: all, Token: tok0, DeviceKey: dev0}, 1)
+	victim, other := nodes[0], nodes[1]
+	if speaker.S.Forwarder() != victim.f.Addr() {
+		victim, other = other, victim
+	}
+	listener := calltest.JoinConfig(t, client.Config{Forwarders: []netip.AddrPort{other.f.Addr()}, Token: tok1, DeviceKey: dev1}, 2)
+	stop := make(chan struct{})
+	defer close(stop)
+	talk(t, []*member{speaker, listener}, stop)
+	allHearAll(t, []*member{speaker, listener}, time.Now(), 5*time.Second)
+	waitExpired(t, [][]byte{tok0, tok1}, speaker, listener)
+
+	stopped := time.Now()
+	victim.stop()
+	allHearAll(t, []*member{speaker, listener}, stopped, 10*time.Second)
+	require.Equal(t, other.f.Addr(), speaker.S.Forwarder())
+	st := other.f.Stats().Resume
+	require.Equal(t, uint64(1), st.Resumed, "resumed by its kind 2 ticket")
+	require.GreaterOrEqual(t, st.Device.Proofs, uint64(2), "the listener's join and the speaker's resumption, each proved")
+	require.Zero(t, st.Device.Refused[1]+st.Device.Refused[2]+st.Device.Refused[3], "no bad signature, stale proof or session integrity")
+}
+
+// TestDeviceSessionNATRebinding: the device's NAT gives it a new address
+// without the device knowing (the on-path relay's socket toward the
+// forwarder changes). Its next keepalive, under the session key, comes
+// from an unknown address: the forwarder answers with the address check,
+// the device repeats it with the cookie and a fresh proof, and the session
+// moves there; media flows both ways from the new address.
+func TestDeviceSessionNATRebinding(t *testing.T) {
+	r := runRelay(t, func(c *forwarder.Config) { c.KeepaliveInterval, c.IdleTimeout = 100*time.Millisecond, 3*time.Second })
+	call := protocol.NewID()
+	token, dev := deviceToken(t, r.priv, call, protocol.NewID(), time.Hour)
+	nat := newOnPath(t, r.f.Addr())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, client.Config{Forwarders: []netip.AddrPort{nat.addr()}, Token: token, DeviceKey: dev, LocalAddr: loopback})
+	require.NoError(t, err)
+	defer c.Close()
+	peer := dial(t, r.mint(t, call, protocol.ClassGroup, 8), r.f.Addr())
+	const n = 100
+	require.Equal(t, [2]int{n, n}, [2]int{flow(t, c, peer, 0xd1ce000, 1, n), flow(t, peer, c, 0xfee1000, 1, n)}, "media before the rebinding")
+
+	nat.rebind(t)
+	testenv.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if ch := r.f.Stats().AddressChanges; ch != 1 {
+			return fmt.Errorf("%d address changes", ch)
+		}
+		return nil
+	})
+	require.Equal(t, uint64(2), r.f.Stats().Resume.Device.Proofs, "the join's and the new path's")
+	require.GreaterOrEqual(t, proofRefused(r.f, "missing"), uint64(1), "the keepalive from the new address, asked for a proof")
+	require.Equal(t, [2]int{n, n}, [2]int{flow(t, c, peer, 0xd1ce000, 1000, n), flow(t, peer, c, 0xfee1000, 1000, n)}, "media after the rebinding")
+	answered := c.Stats().KeepalivesAnswered
+	testenv.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if got := c.Stats().KeepalivesAnswered; got < answered+5 {
+			return fmt.Errorf("%d keepalives answered since", got-answered)
+		}
+		return nil
+	})
+	require.Zero(t, proofRefused(r.f, "integrity")+proofRefused(r.f, "signature")+proofRefused(r.f, "stale"))
+	require.NoError(t, c.Err())
 }
