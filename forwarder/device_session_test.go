@@ -171,3 +171,32 @@ func TestDeviceSessionNATRebinding(t *testing.T) {
 	require.Zero(t, proofRefused(r.f, "integrity")+proofRefused(r.f, "signature")+proofRefused(r.f, "stale"))
 	require.NoError(t, c.Err())
 }
+
+// TestDeviceSessionFollowsDrain: a draining forwarder's MigrateTo to a
+// device-bound session is signed with the session key (which the device
+// holds from its proof's answer), so the device follows it and joins the
+// alternate with a fresh proof.
+func TestDeviceSessionFollowsDrain(t *testing.T) {
+	_, priv, err := protocol.GenerateSigningKey()
+	require.NoError(t, err)
+	b := runRelayWithKey(t, priv, nil)
+	a := runRelayWithKey(t, priv, func(c *forwarder.Config) { c.Alternate = b.f.Addr() })
+	token, dev := deviceToken(t, priv, protocol.NewID(), protocol.NewID(), time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := client.Join(ctx, client.Config{Forwarders: []netip.AddrPort{a.f.Addr()}, Token: token, DeviceKey: dev, LocalAddr: loopback})
+	require.NoError(t, err)
+	defer s.Close()
+	a.f.Drain()
+	testenv.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if s.Forwarder() != b.f.Addr() {
+			return fmt.Errorf("still on %v", s.Forwarder())
+		}
+		return nil
+	})
+	st := s.Stats()
+	require.Equal(t, uint64(1), st.Migrations)
+	require.Zero(t, st.Conn.MigrateForged+st.Conn.MigrateStale, "the MigrateTo verified under the session key")
+	require.Equal(t, 1, b.f.Stats().Sessions)
+	require.Equal(t, uint64(1), b.f.Stats().Resume.Device.Proofs)
+}
