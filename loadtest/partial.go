@@ -86,6 +86,10 @@ type WindowData struct {
 	SessionsLost  int              `json:"sessions_lost,omitempty"`
 	RejoinSilence Sketch           `json:"rejoin_silence,omitzero"`
 	LateJoin      LateJoinMeasures `json:"late_join,omitzero"`
+	// ProbeDelay and BaselineDelay are the fast engine's probe calls' and
+	// baseline pairs' delays.
+	ProbeDelay    Sketch `json:"probe_delay,omitzero"`
+	BaselineDelay Sketch `json:"baseline_delay,omitzero"`
 }
 
 func (w *window) data() WindowData {
@@ -94,7 +98,8 @@ func (w *window) data() WindowData {
 		Sent: w.sent, Received: w.received, Expected: w.expected, SpeechReceived: w.speechRcvd, DecryptFailures: w.decryptFail,
 		JitterSum: w.jitterSum, JitterN: w.jitterN, JitterMax: w.jitterMax, MaxGap: w.maxGap,
 		Recovered: w.recovered, Feedback: w.fb, Video: w.video,
-		CallsDropped: w.callsDropped, SessionsLost: w.sessionsLost, RejoinSilence: w.rejoinSilence, LateJoin: w.late}
+		CallsDropped: w.callsDropped, SessionsLost: w.sessionsLost, RejoinSilence: w.rejoinSilence, LateJoin: w.late,
+		ProbeDelay: w.probeDelay, BaselineDelay: w.baseDelay}
 }
 
 func (d *WindowData) window() window {
@@ -103,7 +108,8 @@ func (d *WindowData) window() window {
 		sent: d.Sent, received: d.Received, expected: d.Expected, speechRcvd: d.SpeechReceived, decryptFail: d.DecryptFailures,
 		jitterSum: d.JitterSum, jitterN: d.JitterN, jitterMax: d.JitterMax, maxGap: d.MaxGap,
 		recovered: d.Recovered, fb: d.Feedback, video: d.Video,
-		callsDropped: d.CallsDropped, sessionsLost: d.SessionsLost, rejoinSilence: d.RejoinSilence, late: d.LateJoin}
+		callsDropped: d.CallsDropped, sessionsLost: d.SessionsLost, rejoinSilence: d.RejoinSilence, late: d.LateJoin,
+		probeDelay: d.ProbeDelay, baseDelay: d.BaselineDelay}
 	w.video.SentKbps, w.video.ReceivedKbps = 0, 0
 	return w
 }

@@ -130,6 +130,20 @@ type Plan struct {
 	// written.
 	Services map[string]Service `json:"-" yaml:"-"`
 
+	// Engine is how the calls are made: "full" (the default: every
+	// participant a client library Session, Feedback, SRTP on every
+	// frame) or "fast" (fast.go: thousands of devices on a few sockets and
+	// goroutines, pre-sealed frames, sampled probe calls with full SRTP;
+	// audio only), for capacity runs.
+	Engine string `json:"engine,omitempty" yaml:"engine,omitempty"`
+	// Fast tunes the fast engine.
+	Fast Fast `json:"fast,omitzero" yaml:"fast,omitempty"`
+	// RelayPID, when set, is the relay process whose CPU (from
+	// /proc/<pid>/stat) is read every second (Second.RelayCPUPct) and per
+	// ramp step (Step.RelayCPUPct, Step.PacketsPerRelayCPUSecond). Set by
+	// the caller; never written.
+	RelayPID int `json:"-" yaml:"-"`
+
 	// share is the part of the arrivals this process runs (agents).
 	share share
 }
@@ -274,6 +288,11 @@ type Targets struct {
 	// RejoinSilenceP99, when set, bounds the p99 of the silence a device
 	// hears while it re-joins (Measures.RejoinSilenceMs).
 	RejoinSilenceP99 Duration `json:"rejoin_silence_p99,omitzero" yaml:"rejoin_silence_p99,omitempty"`
+	// RelayAddedDelayP99, when set, bounds the delay the relay adds at the
+	// p99: the fast engine's probe calls' p99 one-way delay minus that of
+	// its baseline pairs, which send to each other directly in the same
+	// run (Measures.RelayAddedDelayP99Ms).
+	RelayAddedDelayP99 Duration `json:"relay_added_delay_p99,omitzero" yaml:"relay_added_delay_p99,omitempty"`
 }
 
 // ErrPlan is wrapped by every plan error.
@@ -343,6 +362,12 @@ func (p Plan) WithDefaults() Plan {
 	setD(&p.TokenLifetime, time.Hour)
 	if p.Subject == "" {
 		p.Subject = DefaultSubject
+	}
+	if p.Engine == "" {
+		p.Engine = EngineFull
+	}
+	if p.Engine == EngineFast {
+		p.Fast = p.Fast.withDefaults()
 	}
 	return p
 }
@@ -431,6 +456,9 @@ func (p Plan) validate(needKey bool) error {
 		bad("subject = %q: want a NATS subject without spaces or wildcards", p.Subject)
 	}
 	errs = append(errs, p.validateChaos(os.Getpid())...)
+	if err := p.validateEngine(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -443,8 +471,8 @@ func (p Plan) validateCalls() []error {
 	if d := p.Targets.DroppedCallsPct; d != nil && (*d < 0 || *d > 100) {
 		bad("targets.dropped_calls_pct = %v, want 0..100", *d)
 	}
-	if p.Targets.RejoinSilenceP99 < 0 {
-		bad("targets.rejoin_silence_p99 must not be negative")
+	if p.Targets.RejoinSilenceP99 < 0 || p.Targets.RelayAddedDelayP99 < 0 {
+		bad("targets.rejoin_silence_p99 and relay_added_delay_p99 must not be negative")
 	}
 	l := p.LateJoin
 	if l.Share < 0 || l.Share > 1 {

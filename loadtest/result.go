@@ -93,6 +93,9 @@ type Second struct {
 	// TickLagMs is the mean lateness of the senders' 20 ms ticks in the
 	// second.
 	TickLagMs float64 `json:"tick_lag_ms"`
+	// RelayCPUPct is the relay process's CPU in the second (Plan.RelayPID),
+	// in percent of one core.
+	RelayCPUPct float64 `json:"relay_cpu_pct,omitempty"`
 	// Forwarders holds, per forwarder id, what its LoadReports said in the
 	// second (only with Plan.NATS; absent for a forwarder that did not
 	// report in the second).
@@ -177,6 +180,14 @@ type Measures struct {
 	// the receiver's socket read; sender and receiver share the
 	// generator's clock).
 	DelayMs Percentiles `json:"delay_ms"`
+	// ProbeDelayMs is the fast engine's probe calls' one-way delay through
+	// the relay; BaselineDelayMs its baseline pairs' (probe devices that
+	// send to each other directly, never through the relay, in the same
+	// run); RelayAddedDelayP99Ms = the p99 of the first minus the p99 of
+	// the second (never negative): the delay the relay adds.
+	ProbeDelayMs         Percentiles `json:"probe_delay_ms,omitzero"`
+	BaselineDelayMs      Percentiles `json:"baseline_delay_ms,omitzero"`
+	RelayAddedDelayP99Ms float64     `json:"relay_added_delay_p99_ms,omitempty"`
 	// JitterMs is the mean, over received packets, of the receiving
 	// stream's RFC 3550 interarrival jitter estimate (6.4.1) at that
 	// packet; JitterMaxMs its largest value.
@@ -341,6 +352,18 @@ type Step struct {
 	// it broke (Check.Target values).
 	Met    bool     `json:"met"`
 	Broken []string `json:"broken,omitempty"`
+	// GeneratorCPUPct is the generator's mean CPU over the step (percent
+	// of one core); GeneratorBound is set when the generator, not the
+	// relay, was the limit in the step (its CPU above 85 % of its cores,
+	// its ticks late, or its sockets dropping): such a step is not a
+	// measure of the relay, and a ramp stops there with no knee.
+	GeneratorCPUPct float64 `json:"generator_cpu_pct"`
+	GeneratorBound  bool    `json:"generator_bound,omitempty"`
+	// RelayCPUPct is the relay process's mean CPU over the step (with
+	// Plan.RelayPID), and PacketsPerRelayCPUSecond the step's relay
+	// packets (in + out) per second of relay CPU.
+	RelayCPUPct              float64 `json:"relay_cpu_pct,omitempty"`
+	PacketsPerRelayCPUSecond float64 `json:"packets_per_relay_cpu_second,omitempty"`
 }
 
 // Knee is the ramp's capacity estimate: the last step that met every
@@ -366,6 +389,10 @@ type Knee struct {
 	// bound); BrokenTargets what it broke.
 	BrokeAtStep   int      `json:"broke_at_step"`
 	BrokenTargets []string `json:"broken_targets,omitempty"`
+	// GeneratorBound is set when the step that ended the ramp was limited
+	// by the generator, not the relay: then no knee is reported (Found is
+	// false) and the steps before it are only a lower bound.
+	GeneratorBound bool `json:"generator_bound,omitempty"`
 }
 
 // GeneratorHealth says whether the load generator itself kept up.
@@ -394,6 +421,13 @@ type GeneratorHealth struct {
 	// it dropped received media; Reasons says which.
 	Bottleneck bool     `json:"bottleneck"`
 	Reasons    []string `json:"reasons,omitempty"`
+	// Engine is Plan.Engine; PacketsPerCPUSecond the packets the generator
+	// sent and received per second of its own CPU over the run, and
+	// CPUPerPacketUs its inverse in microseconds: what the generator
+	// itself costs per packet.
+	Engine              string  `json:"engine,omitempty"`
+	PacketsPerCPUSecond float64 `json:"packets_per_cpu_second,omitempty"`
+	CPUPerPacketUs      float64 `json:"cpu_per_packet_us,omitempty"`
 }
 
 // Verdict is the run's pass/fail against the plan's targets.

@@ -43,6 +43,12 @@ type runner struct {
 	kept   []PartialSecond
 	tail   classWindows
 	noStop bool
+
+	// fast is the fast engine (Plan.Engine "fast"), nil with the full
+	// one; relayCPU reads Plan.RelayPID's CPU (nil without).
+	fast        *fastEngine
+	relayCPU    *procCPU
+	stepDropped uint64 // mediaDropped at the last step's close
 }
 
 // Run runs the plan against the relay and returns what it measured. It
@@ -74,6 +80,9 @@ func run(ctx context.Context, r *runner, progress io.Writer) (*Result, *runner, 
 		r.mon = mon
 		defer mon.stop()
 	}
+	if err := r.startFast(); err != nil {
+		return nil, r, err
+	}
 	rng := rand.New(rand.NewPCG(p.Seed, 0x10ad))
 	arrivals := Arrivals(rng, p.Profile, p.Bounds.MaxDuration.D(), p.Bounds.MaxCalls)
 	pr := newProgress(progress)
@@ -100,6 +109,9 @@ func run(ctx context.Context, r *runner, progress io.Writer) (*Result, *runner, 
 	endCalls()
 	<-dispatchDone
 	calls.Wait()
+	if r.fast != nil {
+		r.fast.stop()
+	}
 	r.harvestLast()
 	res.DurationMs = round3(ms(time.Since(r.start)))
 	if ctx.Err() != nil {
@@ -130,6 +142,12 @@ func (r *runner) dispatch(ctx context.Context, rng *rand.Rand, arrivals []time.D
 		}
 		c := r.drawCall(rng, i) // drawn by every agent, so all draw the same calls
 		if !r.p.share.mine(i) {
+			continue
+		}
+		if r.fast != nil {
+			if !r.fast.submit(ctx, c) {
+				r.event(func(*classWindows) { *skipped++ })
+			}
 			continue
 		}
 		if int(running.Load()) >= r.p.Bounds.MaxConcurrentCalls {
@@ -238,6 +256,9 @@ func (r *runner) unregister(ms []*member, cls int) {
 // harvest moves every live member's figures into the current second.
 // r.mu is held.
 func (r *runner) harvest() {
+	if r.fast != nil {
+		r.fast.harvest(&r.cur, false)
+	}
 	for m, cls := range r.members {
 		m.mu.Lock()
 		m.fold(true)
@@ -281,6 +302,7 @@ func (r *runner) closeSecond(res *Result, i int, cpu *cpuMeter) Second {
 	r.cur.reset()
 	r.mu.Unlock()
 	s.GeneratorCPUPct = round3(cpu.sample())
+	s.RelayCPUPct = round3(r.relayCPU.sample())
 	sum, n := r.lagSumNs.Swap(0), r.lagN.Swap(0)
 	if n > 0 {
 		s.TickLagMs = round3(float64(sum) / float64(n) / 1e6)
@@ -301,6 +323,9 @@ func (r *runner) closeSecond(res *Result, i int, cpu *cpuMeter) Second {
 func (r *runner) harvestLast() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.fast != nil {
+		r.fast.harvest(&r.cur, true)
+	}
 	r.harvest()
 	if r.keep {
 		r.tail.merge(&r.cur)
@@ -339,6 +364,7 @@ func (r *runner) closeStep(res *Result) Step {
 			st.Broken = append(st.Broken, c.Target)
 		}
 	}
+	r.stepCost(&st, res.Seconds)
 	res.Steps = append(res.Steps, st)
 	return st
 }
@@ -368,6 +394,8 @@ func (r *runner) finish(res *Result) {
 	g.TickLagMaxMs = round3(float64(r.lagMaxNs.Load()) / 1e6)
 	g.LateTicks = r.lateN.Load()
 	g.MediaDropped = r.mediaDropped.Load()
+	g.Engine = r.p.Engine
+	generatorCost(g, res)
 	g.assess()
 	res.Verdict = verdictOf(res.Totals.All, r.p.Targets)
 }
@@ -413,6 +441,9 @@ func evaluate(m Measures, t Targets) []Check {
 	if t.DroppedCallsPct != nil {
 		checks = append(checks, le("dropped_calls_pct", *t.DroppedCallsPct, m.DroppedCallsPct))
 	}
+	if t.RelayAddedDelayP99 > 0 && m.ProbeDelayMs.Count > 0 && m.BaselineDelayMs.Count > 0 {
+		checks = append(checks, le("relay_added_delay_p99_ms", ms(t.RelayAddedDelayP99.D()), m.RelayAddedDelayP99Ms))
+	}
 	if t.RejoinSilenceP99 > 0 {
 		checks = append(checks, le("rejoin_silence_p99_ms", ms(t.RejoinSilenceP99.D()), m.RejoinSilenceMs.P99))
 	}
@@ -436,5 +467,6 @@ func FindKnee(steps []Step, relayCores float64) *Knee {
 		k.ConcurrentCallsPerCore = round3(k.ConcurrentCalls / relayCores)
 		k.PacketsPerSecPerCore = round3(k.PacketsPerSec / relayCores)
 	}
+	generatorBoundKnee(k, steps)
 	return k
 }

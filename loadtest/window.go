@@ -12,7 +12,9 @@ type window struct {
 
 	setup, firstAudio, delay, speaker Sketch
 	rejoinSilence                     Sketch
-	late                              LateJoinMeasures
+	// The fast engine's probe calls' delay and its baseline pairs'.
+	probeDelay, baseDelay Sketch
+	late                  LateJoinMeasures
 
 	sent, received, expected, decryptFail uint64
 	speechRcvd                            uint64 // speech frames received (expected counts speech frames)
@@ -42,6 +44,8 @@ func (w *window) merge(o *window) {
 	w.delay.Merge(&o.delay)
 	w.speaker.Merge(&o.speaker)
 	w.rejoinSilence.Merge(&o.rejoinSilence)
+	w.probeDelay.Merge(&o.probeDelay)
+	w.baseDelay.Merge(&o.baseDelay)
 	w.late.add(&o.late)
 	w.sent += o.sent
 	w.received += o.received
@@ -106,6 +110,12 @@ func (w *window) measures(secs float64) Measures {
 	if w.expected > 0 {
 		m.LossPct = round3(100 * float64(m.PacketsLost) / float64(w.expected))
 		m.RawLossPct = round3(min(100, 100*float64(m.PacketsLost+w.recovered)/float64(w.expected)))
+	}
+	if w.probeDelay.Count() > 0 || w.baseDelay.Count() > 0 {
+		m.ProbeDelayMs, m.BaselineDelayMs = w.probeDelay.Percentiles(), w.baseDelay.Percentiles()
+		if w.probeDelay.Count() > 0 && w.baseDelay.Count() > 0 {
+			m.RelayAddedDelayP99Ms = round3(max(0, m.ProbeDelayMs.P99-m.BaselineDelayMs.P99))
+		}
 	}
 	if w.jitterN > 0 {
 		m.JitterMs = round3(w.jitterSum / float64(w.jitterN))

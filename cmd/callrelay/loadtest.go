@@ -35,6 +35,9 @@ type loadtestOptions struct {
 	cluster                                   clusterFlags
 	processes                                 processFlag
 	chaosDown, chaosUp                        hookFlag
+	engine, fastTarget                        string
+	fastSockets, probeEvery, relayPID         int
+	relayAddedP99                             time.Duration
 }
 
 func loadtestFlags(fs *flag.FlagSet) *loadtestOptions {
@@ -59,6 +62,12 @@ func loadtestFlags(fs *flag.FlagSet) *loadtestOptions {
 	fs.DurationVar(&o.agentsWait, "agents-wait", o.agentsWait, "how long to wait for the agents to show up")
 	fs.Var(&o.processes, "process", "`name=pid` of a process the plan's chaos actions may signal (repeatable, or comma-separated), e.g. fwd-a=1234")
 	fs.Var(&o.chaosDown, "chaos-down", "`name=command`: the shell command that takes the service name down for the plan's chaos down actions, e.g. redis='systemctl stop redis-server' (one per flag, repeatable; needs its --chaos-up)")
+	fs.StringVar(&o.engine, "engine", "", "full (every participant a client library session) or fast (thousands of devices on a few sockets, sampled probe calls; audio only, for capacity runs); default: the plan's, else full")
+	fs.StringVar(&o.fastTarget, "fast-target", "", "fast engine: forwarder (STUN joins with tokens) or reflector (callrelay reflector); default: the plan's, else forwarder")
+	fs.IntVar(&o.fastSockets, "fast-sockets", 0, "fast engine: sockets (and reader goroutines) the devices share (0: the plan's, else 2)")
+	fs.IntVar(&o.probeEvery, "probe-every", 0, "fast engine: every Nth call is a probe call with full SRTP and byte checks (0: the plan's, else 20)")
+	fs.IntVar(&o.relayPID, "relay-pid", 0, "pid of the relay process on this host whose CPU (/proc/<pid>/stat) is recorded per second and per ramp step (0: none)")
+	fs.DurationVar(&o.relayAddedP99, "relay-added-delay-p99", 0, "target: the p99 delay the relay adds over the fast engine's direct baseline pairs (0: the plan's, else none)")
 	fs.Var(&o.chaosUp, "chaos-up", "`name=command`: the shell command that brings the service name back up after a chaos down, e.g. redis='systemctl start redis-server' (one per flag, repeatable)")
 	return o
 }
@@ -222,7 +231,30 @@ func (o *loadtestOptions) applyTo(p *loadtest.Plan) error {
 	if o.refreshTokens {
 		p.RefreshTokens = true
 	}
+	o.applyFast(p)
 	return nil
+}
+
+// applyFast lets the fast engine's flags override the plan.
+func (o *loadtestOptions) applyFast(p *loadtest.Plan) {
+	if o.engine != "" {
+		p.Engine = o.engine
+	}
+	if o.fastTarget != "" {
+		p.Fast.Target = o.fastTarget
+	}
+	if o.fastSockets > 0 {
+		p.Fast.Sockets = o.fastSockets
+	}
+	if o.probeEvery > 0 {
+		p.Fast.ProbeEvery = o.probeEvery
+	}
+	if o.relayPID > 0 {
+		p.RelayPID = o.relayPID
+	}
+	if o.relayAddedP99 > 0 {
+		p.Targets.RelayAddedDelayP99 = loadtest.Duration(o.relayAddedP99)
+	}
 }
 
 // applyProfile gives --rate and --duration the meaning the plan's

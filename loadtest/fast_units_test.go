@@ -1,0 +1,134 @@
+package loadtest
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestWheelFiresInOrderAndOnTime(t *testing.T) {
+	w := newWheel(8)
+	var fired []wheelEvent
+	var at []int64
+	fire := func(tick int64, e wheelEvent) { fired = append(fired, e); at = append(at, tick) }
+	w.schedule(3, 1, 0)
+	w.schedule(3, 2, 0)
+	w.schedule(20, 3, 0) // more than a turn ahead: waits for its turn
+	w.schedule(11, 4, 0) // same slot as 3, next turn
+	w.schedule(0, 5, 0)  // overdue: fires at the next tick
+	require.Equal(t, 5, w.pending())
+	require.Equal(t, 3, w.advance(3, fire))
+	require.Equal(t, []int32{5, 1, 2}, ids(fired))
+	require.Equal(t, []int64{1, 3, 3}, at)
+	fired, at = nil, nil
+	require.Equal(t, 1, w.advance(19, fire))
+	require.Equal(t, []int32{4}, ids(fired))
+	require.Equal(t, []int64{11}, at)
+	fired, at = nil, nil
+	require.Equal(t, 1, w.advance(20, fire))
+	require.Equal(t, []int64{20}, at)
+	require.Zero(t, w.pending())
+}
+
+// A periodic event rescheduled from fire, as a device's 20 ms frames are,
+// fires once per period, also when the wheel catches up on late ticks and
+// when the period is a whole turn.
+func TestWheelPeriodic(t *testing.T) {
+	for _, period := range []int64{1, 5, 16, 20} {
+		w := newWheel(16)
+		var at []int64
+		var fire func(tick int64, e wheelEvent)
+		fire = func(tick int64, e wheelEvent) {
+			at = append(at, tick)
+			w.schedule(e.due+period, e.id, e.kind)
+		}
+		w.schedule(2, 1, 0)
+		w.advance(7, fire)
+		w.advance(200, fire) // a late advance catches up tick by tick
+		require.Len(t, at, int((200-2)/period)+1, "period %d", period)
+		for i, tk := range at {
+			require.Equal(t, 2+int64(i)*period, tk, "period %d", period)
+		}
+		require.Equal(t, 1, w.pending())
+	}
+}
+
+func TestWheelSizeMustBePowerOfTwo(t *testing.T) {
+	require.Panics(t, func() { newWheel(10) })
+	require.NotPanics(t, func() { newWheel(1024) })
+}
+
+func ids(es []wheelEvent) []int32 {
+	var out []int32
+	for _, e := range es {
+		out = append(out, e.id)
+	}
+	return out
+}
+
+func TestDeviceAddresses(t *testing.T) {
+	seen := map[netip.Addr]bool{}
+	for _, i := range []int{0, 1, 253, 254, 255, 65023, 65024, 1 << 20, maxDevices - 1} {
+		a, err := deviceAddr(i)
+		require.NoError(t, err)
+		require.True(t, a.IsLoopback(), "%d: %s", i, a)
+		b := a.As4()
+		require.NotContains(t, []byte{0, 255}, b[3], "%d: %s", i, a)
+		require.NotEqual(t, netip.MustParseAddr("127.0.0.1"), a)
+		require.False(t, seen[a], "%s twice", a)
+		seen[a] = true
+		j, ok := deviceOf(a)
+		require.True(t, ok)
+		require.Equal(t, i, j)
+	}
+	first, _ := deviceAddr(0)
+	require.Equal(t, netip.MustParseAddr("127.16.0.1"), first)
+	next, _ := deviceAddr(254)
+	require.Equal(t, netip.MustParseAddr("127.16.1.1"), next)
+	last, _ := deviceAddr(maxDevices - 1)
+	require.Equal(t, netip.MustParseAddr("127.255.255.254"), last)
+	for _, i := range []int{-1, maxDevices} {
+		_, err := deviceAddr(i)
+		require.Error(t, err)
+	}
+	for _, s := range []string{"127.0.0.1", "127.15.9.9", "127.16.0.0", "127.16.0.255", "10.16.0.1", "::1"} {
+		_, ok := deviceOf(netip.MustParseAddr(s))
+		require.False(t, ok, s)
+	}
+	// Consecutive devices have distinct addresses all the way.
+	prev := netip.Addr{}
+	for i := range 100_000 {
+		a, _ := deviceAddr(i)
+		require.True(t, prev.Less(a), "%d", i)
+		prev = a
+	}
+}
+
+func TestProbeSampling(t *testing.T) {
+	n := 0
+	for no := range 1000 {
+		if isProbeCall(no, 50) {
+			n++
+		}
+	}
+	require.Equal(t, 20, n)
+	require.True(t, isProbeCall(0, 50), "the first call is a probe")
+	require.False(t, isProbeCall(1, 50))
+	for no := range 10 {
+		require.True(t, isProbeCall(no, 1))
+		require.True(t, isProbeCall(no, 0))
+	}
+	for _, dev := range []int{0, 1, 12345, maxDevices - 1} {
+		for _, probe := range []bool{false, true} {
+			s := fastSSRC(dev, probe)
+			require.NotZero(t, s)
+			d, p, ok := fastSender(s)
+			require.True(t, ok)
+			require.Equal(t, dev, d)
+			require.Equal(t, probe, p)
+		}
+	}
+	_, _, ok := fastSender(0x1234)
+	require.False(t, ok)
+}
