@@ -33,6 +33,8 @@ type Forwarder struct {
 	v6    bool
 	conns []*net.UDPConn
 	rdrs  []*reader
+	// sockBuf: the socket buffers granted (sockbuf.go).
+	sockBuf sockBufs
 
 	routes atomic.Pointer[routes]
 
@@ -123,9 +125,7 @@ func New(cfg Config) (*Forwarder, error) {
 			f.closeConns()
 			return nil, fmt.Errorf("forwarder: listen on %s: %w", addr, err)
 		}
-		// Room for bursts: a reader briefly busy must not mean drops.
-		_ = c.SetReadBuffer(4 << 20)
-		_ = c.SetWriteBuffer(4 << 20)
+		f.sizeBuffers(c, sockMedia) // room for bursts (sockbuf.go)
 		f.conns = append(f.conns, c)
 		if i == 0 {
 			// With port 0 the kernel picked one; the others join it.
@@ -214,8 +214,7 @@ func (f *Forwarder) setupCluster(n int) error {
 		if err != nil {
 			return fmt.Errorf("forwarder: trunk listen on %s: %w", addr, err)
 		}
-		_ = c.SetReadBuffer(4 << 20)
-		_ = c.SetWriteBuffer(4 << 20)
+		f.sizeBuffers(c, sockTrunk)
 		f.trunkConns = append(f.trunkConns, c)
 		if i == 0 {
 			bound := c.LocalAddr().(*net.UDPAddr).AddrPort()
@@ -272,6 +271,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	}
 	f.log.Info("forwarder serving", zap.Stringer("addr", f.addr), zap.Int("readers", len(f.rdrs)),
 		zap.String("id", f.cfg.Cluster.ID), zap.Stringer("trunk", f.trunkAdvertise))
+	f.logBuffers()
 	var wg sync.WaitGroup
 	for _, r := range f.rdrs {
 		wg.Add(1)

@@ -87,7 +87,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mPackets, mBytes, mDrops, mSessions, mCalls, mPeers, mDraining, mJoins,
 		mRefusals, mNudges, mMigrate, mMoves, mCookies, mDegraded, mQueued, mStErr, mStDrop, mClBad, mNATSErr,
 		mMuted, mOnsets, mMeta, mMetaBytes, mDecisions, mSpeaker, mLevel, mLoad, mLevelChanges, mRefusedClass, mAdmittedClass, mStoreLatency, mNATSRTT,
-		mNacked, mKeyReq, mTargets, mSubs, mResent, mProbe} {
+		mNacked, mKeyReq, mTargets, mSubs, mResent, mProbe, mSockBuf} {
 		ch <- d
 	}
 	describePeering(ch)
@@ -100,6 +100,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.f.Stats()
+	c.f.collectBuffers(ch)
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}

@@ -136,6 +136,7 @@ func TestNackCacheTwoReadersOneSender(t *testing.T) {
 	}, 10e9, 1e6, "the control goroutine makes a cache for the reader now storing")
 	for r := range 64 {
 		seq := uint16(r)
+		hdr[1].SSRC, hdr[1].SequenceNumber = ssrc, seq
 		m.keep(&readers[1], cachedPacket(ssrc, seq, sizeOf(seq)), &hdr[1], int64(r))
 	}
 	require.Eventually(t, func() bool { return answered.Load() > 0 }, 10e9, 1e6)

@@ -34,3 +34,36 @@ func listenUDP(network, addr string, reuse bool) (*net.UDPConn, error) {
 	}
 	return pc.(*net.UDPConn), nil
 }
+
+// sizeSocketBuffers asks for want bytes of receive and send buffer on c and
+// returns what the kernel granted, read back (sockbuf.go).
+func sizeSocketBuffers(c *net.UDPConn, want int) (rcv, snd int) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, -1
+	}
+	if rc.Control(func(fd uintptr) {
+		rcv = sizeSocketBuffer(int(fd), unix.SO_RCVBUF, unix.SO_RCVBUFFORCE, want)
+		snd = sizeSocketBuffer(int(fd), unix.SO_SNDBUF, unix.SO_SNDBUFFORCE, want)
+	}) != nil {
+		return -1, -1
+	}
+	return rcv, snd
+}
+
+// sizeSocketBuffer sets one buffer, and forces it past the system's cap
+// when short and permitted. Linux reports twice what it grants (the other
+// half is its bookkeeping): the result is in the units asked for.
+func sizeSocketBuffer(fd, opt, force, want int) int {
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, want)
+	got, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, opt)
+	if err != nil {
+		return -1
+	}
+	if got/2 < want && unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, want) == nil {
+		if g, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, opt); err == nil {
+			got = g
+		}
+	}
+	return got / 2
+}
