@@ -129,8 +129,8 @@ func (c *Config) Validate() error {
 	if _, err := netip.ParseAddrPort(c.Listen); err != nil {
 		errs = append(errs, fmt.Errorf("forwarder: listen address %q: want ip:port, e.g. 0.0.0.0:3478", c.Listen))
 	}
-	if c.Readers < 1 || c.Readers > 256 {
-		errs = append(errs, fmt.Errorf("forwarder: readers = %d, want 1..256", c.Readers))
+	if c.Readers < 1 || c.Readers > controlTrunkStream {
+		errs = append(errs, fmt.Errorf("forwarder: readers = %d, want 1..%d", c.Readers, controlTrunkStream))
 	}
 	if c.KeepaliveInterval <= 0 || c.IdleTimeout < 2*c.KeepaliveInterval {
 		errs = append(errs, fmt.Errorf("forwarder: idle timeout %s must be at least twice the keepalive interval %s", c.IdleTimeout, c.KeepaliveInterval))

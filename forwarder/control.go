@@ -123,6 +123,13 @@ type control struct {
 	probing         int // receivers being probed (probe.go), counted per feedback tick
 	probingNext     int
 
+	// Freshness (freshness.go): other forwarders' load reports are checked
+	// into loadScratch and dropped; selfSeq is the sequence of our own
+	// heartbeat last heard back; goneBeats the last heartbeats of peers
+	// taken for dead.
+	loadScratch protocol.LoadReport
+	selfSeq     uint64
+	goneBeats   map[string]beatMark
 	// lastNotice is the at of the last member notice sent (notices.go).
 	lastNotice time.Time
 	// storeBackAt is when the store last came back after an outage: a
@@ -149,6 +156,7 @@ func newControl(f *Forwarder) *control {
 	var tc *protocol.TrunkCodec
 	if f.cfg.Cluster.enabled() {
 		tc = protocol.NewTrunkCodec(f.cfg.Cluster.Key)
+		tc.Number(controlTrunkStream, f.trunkSeq0)
 	}
 	return &control{
 		tickets:    ticketKeyOf(&f.cfg),

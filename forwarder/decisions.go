@@ -352,17 +352,3 @@ func (cl *call) log(l *zap.Logger) *zap.Logger { return l.With(zap.Stringer("cal
 func (c *Cluster) metaSubject(part uint16) string {
 	return protocol.MetadataSubject(c.Subject, int(part))
 }
-
-// onCallSubject dispatches a message of a call's subject: a member notice
-// or a decision.
-func (c *control) onCallSubject(data []byte, now time.Time) bool {
-	t, err := protocol.PeekClusterMsgType(data)
-	if err != nil {
-		return false
-	}
-	if t == protocol.ClusterMsgDecision {
-		c.onDecision(data, now)
-		return true
-	}
-	return false
-}

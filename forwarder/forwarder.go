@@ -87,6 +87,13 @@ type Forwarder struct {
 	targetsSent, keyFramesAsked                 atomic.Uint64
 	probes, probeBytes                          atomic.Uint64
 
+	// Cluster traffic's freshness: the first sequence of this process's
+	// trunk streams (README 6), the replay windows of the streams heard
+	// (trunk_replay.go), stale and misplaced messages (freshness.go).
+	trunkSeq0 uint64
+	trunkWin  trunkWindows
+	fresh     freshCounters
+
 	// Overload throttling (load.go, admission.go).
 	thr throttleStats
 	// Dependencies' latency: call-state writes, NATS round trips.
@@ -207,6 +214,7 @@ func (f *Forwarder) setupCluster(n int) error {
 	f.clusterIn = make(chan clusterMsg, clusterQueue)
 	f.adminIn = make(chan *nats.Msg, adminQueue)
 	f.live = newLiveness(cc, time.Now())
+	f.trunkSeq0 = protocol.TrunkSeqStart(time.Now())
 	network := listenNetwork(netip.MustParseAddrPort(cc.TrunkListen))
 	addr := cc.TrunkListen
 	for i := 0; i < n; i++ {
@@ -250,6 +258,7 @@ func (f *Forwarder) setupCluster(n int) error {
 		}
 		r := f.rdrs[i]
 		r.tpc, r.tcodec = send, protocol.NewTrunkCodec(cc.Key)
+		r.tcodec.Number(uint8(i), f.trunkSeq0) // stream i (README 6); Readers <= 256 and the control's is 255
 		r.tbufs = new([readBatch][maxDatagram + protocol.TrunkOverhead]byte)
 		f.trunkRdrs = append(f.trunkRdrs, &trunkReader{f: f, in: in, out: out, c: r.c, codec: protocol.NewTrunkCodec(cc.Key)})
 	}
@@ -568,6 +577,7 @@ func (f *Forwarder) Stats() Stats {
 	s.Decisions, s.DecisionsStale, s.DecisionsUnknown = f.decisions.Load(), f.decisionsStale.Load(), f.decisionsUnknown.Load()
 	s.DecisionLapses, s.CallsLapsed = f.decisionLapses.Load(), int(f.nLapsed.Load())
 	s.Notices = f.notices.stats()
+	s.Freshness = f.fresh.stats()
 	s.SpeakerUpdates = f.speakerUpdates.Load()
 	s.Subscriptions, s.SubsRejected = f.subsApplied.Load(), f.subsRejected.Load()
 	s.TargetsSent, s.KeyFramesAsked = f.targetsSent.Load(), f.keyFramesAsked.Load()

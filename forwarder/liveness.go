@@ -347,6 +347,7 @@ func (c *control) expirePeers(now time.Time) {
 			zap.String("heartbeat", silentFor(now, p.heard)), zap.String("trunk", silentFor(now, p.trunkHeard)))
 		delete(c.peers, id)
 		c.deadPeers[id] = now
+		c.buried(id, p)
 		if p.last.Trunk.IsValid() {
 			lv.deadTrunks[id] = p.last.Trunk
 		}
@@ -356,6 +357,7 @@ func (c *control) expirePeers(now time.Time) {
 		if now.Sub(t) > 10*cc.OrphanAfter {
 			delete(c.deadPeers, id)
 			delete(lv.deadTrunks, id)
+			delete(c.goneBeats, id)
 		} else {
 			lv.want(id, now)
 		}

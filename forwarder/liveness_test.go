@@ -301,10 +301,15 @@ func TestTrunkKeepaliveReceive(t *testing.T) {
 	defer sock.Close()
 	codec := protocol.NewTrunkCodec(e.key)
 	started := time.Now().Add(-time.Minute)
+	codec.Number(255, protocol.TrunkSeqStart(started))
+	var first []byte
 	send := func(c *protocol.TrunkCodec, k protocol.TrunkKeepalive) {
 		t.Helper()
 		frame, err := protocol.SealTrunkKeepalive(c, nil, &k)
 		require.NoError(t, err)
+		if first == nil {
+			first = frame
+		}
 		_, err = sock.WriteToUDPAddrPort(frame, a.f.TrunkAddr())
 		require.NoError(t, err)
 	}
@@ -320,8 +325,12 @@ func TestTrunkKeepaliveReceive(t *testing.T) {
 	send(codec, protocol.TrunkKeepalive{Forwarder: "fwd-x", Started: started, Seq: 1})
 	heard(1)
 
-	// A replay of it, an older process's, then a forged origin and a frame
-	// sealed with another key; and a newer one, which alone is taken.
+	// The same frame again (the trunk's replay window drops it), the same
+	// keepalive in a new frame, an older process's, then a forged origin
+	// and a frame sealed with another key; and a newer one, which alone is
+	// taken.
+	_, err = sock.WriteToUDPAddrPort(first, a.f.TrunkAddr())
+	require.NoError(t, err)
 	send(codec, protocol.TrunkKeepalive{Forwarder: "fwd-x", Started: started, Seq: 1})
 	send(codec, protocol.TrunkKeepalive{Forwarder: "fwd-x", Started: started.Add(-time.Hour), Seq: 99})
 	good, err := protocol.SealTrunkKeepalive(codec, nil, &protocol.TrunkKeepalive{Forwarder: "fwd-x", Started: started, Seq: 50})
@@ -339,8 +348,8 @@ func TestTrunkKeepaliveReceive(t *testing.T) {
 	send(codec, protocol.TrunkKeepalive{Forwarder: "fwd-x", Started: started, Seq: 2})
 	heard(2)
 	testenv.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		if d := a.f.Stats().Drops[forwarder.DropTrunkAuth]; d != 2 {
-			return fmt.Errorf("%d trunk authentication drops", d)
+		if s := a.f.Stats(); s.Drops[forwarder.DropTrunkAuth] != 2 || s.Drops[forwarder.DropTrunkReplay] != 1 {
+			return fmt.Errorf("%d trunk authentication drops, %d replays", s.Drops[forwarder.DropTrunkAuth], s.Drops[forwarder.DropTrunkReplay])
 		}
 		return nil
 	})

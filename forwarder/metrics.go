@@ -153,7 +153,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mSpeaker, s.SpeakerUpdates)
 	counter(mLapses, s.DecisionLapses)
 	gauge(mLapsed, float64(s.CallsLapsed))
-	collectNotices(ch, s.Notices)
+	collectNotices(ch, &s)
 	for i, n := range s.NackOutcomes {
 		counter(mNacked, n, nackOutcomeNames[i])
 	}

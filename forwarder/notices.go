@@ -244,13 +244,18 @@ var (
 		"Placed notices sent in answer to other forwarders' asks.", nil, nil)
 )
 
+// describeNotices describes the notices' metrics and the other cluster
+// messages' freshness (freshness.go).
 func describeNotices(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{mNoticesIgnored, mAsks, mAnswers} {
 		ch <- d
 	}
+	describeFreshness(ch)
 }
 
-func collectNotices(ch chan<- prometheus.Metric, s NoticeStats) {
+func collectNotices(ch chan<- prometheus.Metric, st *Stats) {
+	collectFreshness(ch, st.Freshness)
+	s := st.Notices
 	c := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}

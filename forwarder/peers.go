@@ -99,41 +99,67 @@ func (c *control) notify(cl *call, participant protocol.ID, op protocol.MemberOp
 }
 
 // onCluster applies a notice or a heartbeat. Anything that does not
-// authenticate and parse is counted and dropped.
+// authenticate and parse is counted and dropped, and so is a type that
+// does not belong on the subject it came on (freshness.go).
 func (c *control) onCluster(m clusterMsg, now time.Time) {
 	key := c.f.cfg.Cluster.Key
-	if m.announce {
-		if t, err := protocol.PeekClusterMsgType(m.data); err == nil && t == protocol.ClusterMsgLoadReport {
-			return // for dashboards
-		}
-		var a protocol.ForwarderAnnounce
-		if err := a.Unmarshal(m.data, key); err != nil {
-			c.f.clusterBad.Add(1)
-			return
-		}
-		c.onAnnounce(a, now)
-		return
-	}
-	if c.onCallSubject(m.data, now) {
-		return
-	}
-	var n protocol.MemberNotice
-	if err := n.Unmarshal(m.data, key); err != nil {
+	t, err := protocol.PeekClusterMsgType(m.data)
+	if err != nil {
 		c.f.clusterBad.Add(1)
 		return
 	}
-	c.onNotice(&n, now) // notices.go
+	if m.announce {
+		switch t {
+		case protocol.ClusterMsgLoadReport: // for dashboards, but never taken unchecked
+			if err := c.loadScratch.Unmarshal(m.data, key); err != nil {
+				c.f.clusterBad.Add(1)
+			}
+		case protocol.ClusterMsgForwarderAnnounce:
+			var a protocol.ForwarderAnnounce
+			if err := a.Unmarshal(m.data, key); err != nil {
+				c.f.clusterBad.Add(1)
+				return
+			}
+			c.onAnnounce(a, now)
+		default:
+			c.f.fresh.wrongType[subjectForwarders].Add(1)
+		}
+		return
+	}
+	switch t {
+	case protocol.ClusterMsgDecision:
+		c.onDecision(m.data, now)
+	case protocol.ClusterMsgMemberNotice:
+		var n protocol.MemberNotice
+		if err := n.Unmarshal(m.data, key); err != nil {
+			c.f.clusterBad.Add(1)
+			return
+		}
+		c.onNotice(&n, now) // notices.go
+	default:
+		c.f.fresh.wrongType[subjectCall].Add(1)
+	}
 }
 
+// onAnnounce takes a heartbeat that is fresh (freshness.go): made within
+// announceMaxAge of our clock, and strictly newer than the last taken
+// from its forwarder, by (started, sequence).
 func (c *control) onAnnounce(a protocol.ForwarderAnnounce, now time.Time) {
+	if !c.announceFresh(a.At, now) {
+		return
+	}
 	if a.ID == c.f.cfg.Cluster.ID {
-		if a.Started.UnixMilli() == c.started.UnixMilli() && c.f.live != nil {
+		if a.Started.UnixMilli() == c.started.UnixMilli() && a.Seq > c.selfSeq && c.f.live != nil {
+			c.selfSeq = a.Seq
 			c.f.live.selfHeard = now // NATS delivers to us: our own heartbeat came back
 		}
 		return
 	}
 	p := c.peers[a.ID]
 	if p == nil {
+		if !c.revived(&a) {
+			return // a dead forwarder's old heartbeat
+		}
 		p = &peer{}
 		c.peers[a.ID] = p
 		delete(c.deadPeers, a.ID)
@@ -149,10 +175,12 @@ func (c *control) onAnnounce(a protocol.ForwarderAnnounce, now time.Time) {
 		c.forgetPeer(a.ID, a.Started)
 		p.started = a.Started
 	case a.Started.Before(p.started):
+		c.f.fresh.beatsStale.Add(1)
 		return // from a process older than one already heard
 	}
-	if a.Seq < p.last.Seq && a.Started.Equal(p.last.Started) {
-		return // reordered
+	if a.Seq <= p.last.Seq && a.Started.Equal(p.last.Started) {
+		c.f.fresh.beatsStale.Add(1)
+		return // replayed or reordered: only a newer one says it is alive
 	}
 	p.last, p.heard, p.assigned = a, now, 0
 }

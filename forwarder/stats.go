@@ -25,6 +25,7 @@ const (
 	DropPolicedRTCP                         // a member's forwarded RTCP (sender reports, SDES...) over its cap
 	DropCookieRateLimited                   // a request that needed an address check while the forwarder's answers to them were at their cap
 	DropAddrChangeLimited                   // an address change over its session's limit (not answered)
+	DropTrunkReplay                         // an authentic trunk frame seen before or older than its stream's replay window (trunk_replay.go)
 	numDropReasons
 )
 
@@ -32,6 +33,7 @@ var dropNames = [numDropReasons]string{
 	"not_media", "unknown_source", "malformed", "oversized", "stun_rate_limited", "control_busy", "send_failed", "read_error",
 	"relay_control", "trunk_auth", "trunk_no_call", "shed_video", "unsubscribed", "receive_buffer",
 	"policed_audio", "policed_video", "policed_rtcp", "cookie_rate_limited", "address_change_limited",
+	"trunk_replayed",
 }
 
 func (r DropReason) String() string { return dropNames[r] }
@@ -79,6 +81,9 @@ type Stats struct {
 	Peers        int         // peer forwarders not taken for dead
 	Peering      PeerStats   // how they are heard and judged (liveness.go)
 	Notices      NoticeStats // member notices: ignored ones, asks (notices.go)
+	// Freshness counts stale heartbeats and messages on the wrong subject
+	// (freshness.go).
+	Freshness FreshnessStats
 
 	// The conductor's decisions (audio.go, decisions.go).
 	AudioMuted       uint64 // audio packets not forwarded: the member is outside the call's forwarding set

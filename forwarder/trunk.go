@@ -23,6 +23,10 @@ type trunkReader struct {
 	cw    cacheWriter // names it as the writer of its remote senders' NACK caches
 	nowNS int64       // this batch's clock, 0 until read
 
+	// The replay window of the last stream served (trunk_replay.go).
+	win    *protocol.TrunkReplay
+	winKey trunkStream
+
 	pin, bin, pout, bout uint64
 	drops                [numDropReasons]uint64
 }
@@ -58,6 +62,10 @@ func (t *trunkReader) handle(rt *routes, frame []byte) {
 	payload, err := t.codec.Open(frame, &t.hdr)
 	if err != nil || t.hdr.Origin == t.f.tag {
 		t.drops[DropTrunkAuth]++
+		return
+	}
+	if !t.fresh() {
+		t.drops[DropTrunkReplay]++ // seen before, or older than the window
 		return
 	}
 	cr := rt.byCall[t.hdr.Call]

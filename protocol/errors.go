@@ -58,7 +58,7 @@ var (
 	// ErrTrunkTruncated: a trunk frame is shorter than its header and tag
 	// plus one payload byte.
 	ErrTrunkTruncated = errors.New("protocol: trunk frame truncated")
-	// ErrTrunkVersion: a trunk frame's version byte is not 1.
+	// ErrTrunkVersion: a trunk frame's version byte is not 2.
 	ErrTrunkVersion = errors.New("protocol: unknown trunk frame version")
 	// ErrTrunkAuth: a trunk frame's tag does not match (wrong cluster key,
 	// or the frame was altered).

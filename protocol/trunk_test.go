@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -24,10 +25,12 @@ var trunkGoldenTests = []struct {
 			Call:   ID{0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11},
 			Sender: ID{0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22, 0x22},
 			Origin: 0x19cce5c01ac4d4a3, // ForwarderTag("fwd-a")
+			Stream: 3,
+			Seq:    0x1a3185c500000009, // TrunkSeqStart(1800000000000 ms) + 9
 		},
 		payload: []byte{0x80, 0x6f, 0x12, 0x34, 0x00, 0x00, 0x03, 0xc0, 0xde, 0xad, 0xbe, 0xef, 0xaa},
 		frame: []byte{
-			0x01, 0x00, 0x00, 0x00, // version 1, reserved
+			0x02, 0x03, 0x00, 0x00, // version 2, stream 3, reserved
 			0x11, 0x11, 0x11, 0x11, // call id
 			0x11, 0x11, 0x11, 0x11,
 			0x11, 0x11, 0x11, 0x11,
@@ -38,14 +41,16 @@ var trunkGoldenTests = []struct {
 			0x22, 0x22, 0x22, 0x22,
 			0x19, 0xcc, 0xe5, 0xc0, // origin tag of "fwd-a"
 			0x1a, 0xc4, 0xd4, 0xa3,
+			0x1a, 0x31, 0x85, 0xc5, // sequence
+			0x00, 0x00, 0x00, 0x09,
 			0x80, 0x6f, 0x12, 0x34, // payload: RTP, PT=111, seq 0x1234
 			0x00, 0x00, 0x03, 0xc0, //   timestamp 960
 			0xde, 0xad, 0xbe, 0xef, //   SSRC
 			0xaa,                   //   one payload byte
-			0x90, 0x1e, 0x37, 0x4a, // tag: HMAC-SHA256(trunk subkey, bytes 0..56)[:16]
-			0x0d, 0xaa, 0xd9, 0xa0,
-			0xb9, 0xe6, 0xd3, 0xaa,
-			0xe7, 0x5b, 0x8d, 0x6d,
+			0x30, 0x20, 0x8a, 0xb1, // tag: HMAC-SHA256(trunk subkey, bytes 0..65)[:16]
+			0x6f, 0x1c, 0x5d, 0x1f,
+			0x4a, 0x16, 0xa5, 0x4a,
+			0xdb, 0xc1, 0x8c, 0x43,
 		},
 	},
 	{
@@ -54,10 +59,12 @@ var trunkGoldenTests = []struct {
 			Call:   ID{0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff},
 			Sender: ID{0xff, 0xee, 0xdd, 0xcc, 0xbb, 0xaa, 0x99, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0x00},
 			Origin: 0x0102030405060708,
+			Stream: 255,
+			Seq:    0x1a3185c500000001,
 		},
 		payload: []byte{0x80, 0xc9, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01},
 		frame: []byte{
-			0x01, 0x00, 0x00, 0x00, // version 1, reserved
+			0x02, 0xff, 0x00, 0x00, // version 2, stream 255, reserved
 			0x00, 0x11, 0x22, 0x33, // call id
 			0x44, 0x55, 0x66, 0x77,
 			0x88, 0x99, 0xaa, 0xbb,
@@ -68,12 +75,14 @@ var trunkGoldenTests = []struct {
 			0x33, 0x22, 0x11, 0x00,
 			0x01, 0x02, 0x03, 0x04, // origin tag
 			0x05, 0x06, 0x07, 0x08,
+			0x1a, 0x31, 0x85, 0xc5, // sequence
+			0x00, 0x00, 0x00, 0x01,
 			0x80, 0xc9, 0x00, 0x01, // payload: RTCP RR, length 1
 			0x00, 0x00, 0x00, 0x01, //   SSRC 1
-			0x59, 0x4c, 0xa9, 0x2b, // tag
-			0xef, 0xe9, 0x92, 0x9c,
-			0xc0, 0x38, 0xeb, 0xf0,
-			0x24, 0xc4, 0x6a, 0x52,
+			0xcc, 0x49, 0x47, 0x85, // tag
+			0x26, 0xbc, 0xe1, 0xc5,
+			0xe0, 0x63, 0x5e, 0xbb,
+			0x31, 0xa0, 0xad, 0x18,
 		},
 	},
 }
@@ -155,11 +164,20 @@ func TestTrunkOpenRejects(t *testing.T) {
 		}
 		require.NoError(t, open(c.Seal(nil, &want, []byte{0x80})))
 	})
-	t.Run("version 2", func(t *testing.T) {
-		b := bytes.Clone(frame)
-		b[0] = 2
-		require.ErrorIs(t, open(b), ErrTrunkVersion)
-		require.ErrorIs(t, open([]byte{2}), ErrTrunkVersion, "the version is checked before the length")
+	t.Run("version 1 (no sequence) and 3", func(t *testing.T) {
+		for _, v := range []byte{1, 3} {
+			b := bytes.Clone(frame)
+			b[0] = v
+			require.ErrorIs(t, open(b), ErrTrunkVersion)
+			require.ErrorIs(t, open([]byte{v}), ErrTrunkVersion, "the version is checked before the length")
+		}
+	})
+	t.Run("stream and sequence are authenticated", func(t *testing.T) {
+		for _, i := range []int{1, 44, 51} {
+			b := bytes.Clone(frame)
+			b[i] ^= 0x10
+			require.ErrorIs(t, open(b), ErrTrunkAuth, "byte %d", i)
+		}
 	})
 	t.Run("empty payload", func(t *testing.T) {
 		b := c.Seal(nil, &want, nil)
@@ -196,7 +214,7 @@ func TestTrunkAllocs(t *testing.T) {
 	buf := make([]byte, 0, 1500)
 	bad := bytes.Clone(tt.frame)
 	bad[len(bad)-1] ^= 1
-	bads := [][]byte{bad, bad[:10], {2}, nil}
+	bads := [][]byte{bad, bad[:10], {2}, {1}, nil}
 	var h TrunkHeader
 	var sink int
 	allocs := testing.AllocsPerRun(100, func() {
@@ -252,9 +270,9 @@ func trunkFuzzSeeds(t testing.TB) map[string][]byte {
 	h := trunkGoldenTests[0].h
 	seeds["one-byte-payload"] = c.Seal(nil, &h, []byte{0x80})
 	seeds["empty-payload"] = c.Seal(nil, &h, nil)
-	v2 := c.Seal(nil, &h, []byte{0x80, 0xc8})
-	v2[0] = 2
-	seeds["version-2"] = v2
+	v1 := c.Seal(nil, &h, []byte{0x80, 0xc8})
+	v1[0] = 1
+	seeds["version-1"] = v1
 	seeds["empty"] = []byte{}
 	return seeds
 }
@@ -301,4 +319,25 @@ func FuzzTrunkOpen(f *testing.F) {
 			t.Fatalf("resealed %d-byte frame version %d: %v", len(b), b[0], err)
 		}
 	})
+}
+
+// A numbering codec stamps its stream and consecutive sequences, from the
+// first it was given, and tells the caller in the header.
+func TestTrunkNumbering(t *testing.T) {
+	k := testClusterKey(t)
+	c, opener := NewTrunkCodec(k), NewTrunkCodec(k)
+	first := TrunkSeqStart(testStarted)
+	c.Number(7, first)
+	for i := uint64(0); i < 3; i++ {
+		h := TrunkHeader{Call: NewID(), Sender: NewID(), Origin: 9, Stream: 1, Seq: 5}
+		frame := c.Seal(nil, &h, []byte{0x80, 1})
+		require.Equal(t, uint8(7), h.Stream)
+		require.Equal(t, first+i, h.Seq)
+		var got TrunkHeader
+		_, err := opener.Open(frame, &got)
+		require.NoError(t, err)
+		require.Equal(t, h, got)
+	}
+	require.Equal(t, uint64(1800000000000)<<20, first)
+	require.Equal(t, uint64(1)<<20, TrunkSeqStart(time.Time{}), "a clock before 1970 still numbers from above 0")
 }

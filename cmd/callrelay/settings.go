@@ -57,7 +57,7 @@ type declared interface {
 // order.
 var processes = []declared{
 	forwarderProc, conductorProc, dashboardProc, demoProc, loadtestProc, loadtestAgentProc,
-	tokenKeygenProc, tokenMintProc, tokenClusterKeyProc, tokenDashboardProc, adminProc,
+	tokenKeygenProc, tokenMintProc, tokenClusterKeyProc, tokenDashboardProc,
 }
 
 // sharedKeys mean the same in every process that has them, so one variable
