@@ -249,15 +249,7 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 		}
 		s.lastSeen = now
 		c.acceptSession(src, req, s, newToken, now)
-		if !s.confirmed {
-			// The device's first keepalive: it chose this forwarder.
-			// Re-assert the placement, which a losing forwarder's leave
-			// may have removed meanwhile.
-			s.confirmed = true
-			c.place(s, nil, nil)
-			c.notify(s.call, s.participant, protocol.MemberPlaced, now)
-			c.tellSpeaker(s.call, s)
-		}
+		c.confirmSession(s, now) // the device's first keepalive: it chose this forwarder (device.go)
 	}
 }
 
