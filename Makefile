@@ -3,7 +3,7 @@
 GO       ?= go
 FUZZTIME ?= 30s
 
-.PHONY: deps test bench fuzz demo build lint
+.PHONY: deps test bench fuzz demo build lint capacity
 
 # Install what the tests need (Go present, redis-server on PATH; NATS is embedded).
 deps:
@@ -31,6 +31,12 @@ fuzz:
 			$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) "$$pkg"; \
 		done; \
 	done
+
+# The relay's knee per core beside the bare reflector: a benchmark, never
+# part of test (scripts/capacity.sh says what it does; OUT, RATE, STEP,
+# STEPS, RELAY_CPU, GEN_CPU tune it).
+capacity:
+	bash scripts/capacity.sh
 
 # The demo: a forwarder and simulated, end-to-end encrypted calls on this machine.
 demo:

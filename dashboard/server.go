@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -30,11 +31,9 @@ type Server struct {
 	parts  PartitionsView
 	health HealthView
 
-	// pushed is the latest push's fleet messages (fleet.go); tick is
-	// closed and replaced at every push, waking the event streams.
-	pushed atomic.Pointer[pushedMsgs]
-	fleet  fleetState // the push loop's
-	hist   history
+	// pushed is the latest pushed snapshot (JSON); tick is closed and
+	// replaced at every push, waking the event streams.
+	pushed atomic.Pointer[[]byte]
 	tickMu sync.Mutex
 	tick   chan struct{}
 	done   chan struct{} // closed when Run winds down: event streams end
@@ -43,10 +42,6 @@ type Server struct {
 	lookups chan struct{}
 
 	malformed malformedRecords
-
-	// adminBadReplies counts forwarders' answers to admin commands that
-	// did not authenticate or answered another command (admin.go).
-	adminBadReplies atomic.Uint64
 }
 
 // malformedRecords counts the records read from the state store that did
@@ -211,14 +206,12 @@ func (s *Server) pushLoop(ctx context.Context) {
 }
 
 func (s *Server) push() {
-	s.fwd.record(&s.hist, s.cfg.Now(), s.cfg.DownAfter)
-	snap := s.Snapshot()
-	m, err := s.fleet.next(&snap, s.hist.lastPoints())
+	b, err := json.Marshal(s.Snapshot())
 	if err != nil {
-		s.log.Error("encoding the fleet view", zap.Error(err))
+		s.log.Error("encoding the snapshot", zap.Error(err))
 		return
 	}
-	s.pushed.Store(m)
+	s.pushed.Store(&b)
 	s.tickMu.Lock()
 	close(s.tick)
 	s.tick = make(chan struct{})

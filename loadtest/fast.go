@@ -38,28 +38,6 @@ import (
 // loss reported is the loss before any retransmission, an upper bound of
 // the loss after NACK.
 
-// Fast is the fast engine's part of a plan.
-type Fast struct {
-	// Target is what the generator talks to: "forwarder" (the default:
-	// STUN joins with tokens) or "reflector" (callrelay reflector: a
-	// registration per device, internal/reflector).
-	Target string `json:"target,omitempty" yaml:"target,omitempty"`
-	// Sockets is how many sockets (and reader goroutines) the devices
-	// share. Default 2.
-	Sockets int `json:"sockets,omitempty" yaml:"sockets,omitempty"`
-	// ProbeEvery makes every ProbeEvery-th call a probe call (full SRTP
-	// and byte checks). Default 20; 1: every call.
-	ProbeEvery int `json:"probe_every,omitempty" yaml:"probe_every,omitempty"`
-	// BaselinePairs is how many pairs of probe devices send to each other
-	// directly, for the no-relay delay baseline. Default 4; negative:
-	// none.
-	BaselinePairs int `json:"baseline_pairs,omitempty" yaml:"baseline_pairs,omitempty"`
-	// Spread puts the members of a call on different forwarders (member i
-	// on Forwarders[(call + i) % n]) instead of one forwarder per call:
-	// calls that span forwarders over the trunk.
-	Spread bool `json:"spread,omitempty" yaml:"spread,omitempty"`
-}
-
 // Engines and fast targets.
 const (
 	EngineFull      = "full"

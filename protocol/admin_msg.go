@@ -98,6 +98,10 @@ type AdminReply struct {
 	Body   []byte              // JSON, or a pcapng file for a capture
 }
 
+// AdminSubject is <prefix>.admin.<forwarder id>: the forwarder with that id
+// answers the commands sent there.
+func AdminSubject(prefix, forwarderID string) string { return prefix + ".admin." + forwarderID }
+
 func adminKey(k ClusterKey) [sha256.Size]byte { return k.subkey(adminLabel) }
 
 func sealAdmin(k ClusterKey, t AdminMsgType, body []byte) []byte {

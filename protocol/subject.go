@@ -21,11 +21,3 @@ func CallSubject(prefix string, call ID) string { return prefix + ".call." + cal
 // ForwardersSubject is <prefix>.forwarders, where every forwarder publishes
 // its ForwarderAnnounce heartbeat and its LoadReport.
 func ForwardersSubject(prefix string) string { return prefix + ".forwarders" }
-
-// AdminSubject is <prefix>.admin.<forwarder id>: the forwarder with that id
-// answers there the admin API's commands (AdminCommand, README.md section
-// 8) by NATS request-reply. Permissions: only the admin API's user (the
-// dashboard) publishes on <prefix>.admin.>; a forwarder subscribes to its
-// own <prefix>.admin.<id> and publishes its answer to the request's reply
-// inbox (_INBOX.>).
-func AdminSubject(prefix, forwarderID string) string { return prefix + ".admin." + forwarderID }

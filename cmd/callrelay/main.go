@@ -20,6 +20,7 @@ var commands = map[string]struct {
 	"demo":      {runDemo, demoProc.about},
 	"forwarder": {runForwarder, forwarderProc.about},
 	"loadtest":  {runLoadtest, loadtestProc.about},
+	"reflector": {runReflector, reflectorProc.about},
 	"dashboard": {runDashboard, dashboardProc.about},
 	"conductor": {runConductor, conductorProc.about},
 	"token":     {runToken, "make signing keys and mint join tokens"},

@@ -57,6 +57,7 @@ type declared interface {
 // order.
 var processes = []declared{
 	forwarderProc, conductorProc, dashboardProc, demoProc, loadtestProc, loadtestAgentProc,
+	reflectorProc,
 	tokenKeygenProc, tokenMintProc, tokenClusterKeyProc, tokenDashboardProc,
 }
 
