@@ -201,6 +201,10 @@ func (r *reader) fanOut(rte *route, b []byte) {
 }
 
 func (r *reader) queue(b []byte, d *dest) {
+	if d.leg != nil { // a TCP or TLS member (stream_leg.go)
+		r.toStream(b, d)
+		return
+	}
 	if !r.pc.Queue(b, &d.sa) {
 		r.flushQueue()
 		r.pc.Queue(b, &d.sa)
