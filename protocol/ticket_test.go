@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"encoding/hex"
 	"net/netip"
 	"os"
@@ -246,7 +247,12 @@ func ticketFuzzSeeds(t testing.TB) map[string][]byte {
 	body.Class = 3
 	bad := body.body(k.ID())
 	badTag := k.tag(bad[:])
+	devBound := exampleTicket()
+	devBound.Binding = BindDevice(testDeviceKey().Public().(ed25519.PublicKey))
+	dev, err := k.Seal(devBound)
+	require.NoError(t, err)
 	return map[string][]byte{
+		"device-binding":   dev,
 		"good":             good,
 		"expired":          old,
 		"forged":           forged,
