@@ -94,7 +94,7 @@ func startForwarders(cfg Config, verifier *protocol.TokenVerifier, key protocol.
 	}
 	for i := range cfg.Forwarders {
 		id := fmt.Sprintf("demo-%d", i+1)
-		nc, store, err := in.connect()
+		nc, store, err := in.connect(protocol.RoleForwarder)
 		if err != nil {
 			stop()
 			return nil, nil, err
@@ -123,7 +123,7 @@ func startForwarders(cfg Config, verifier *protocol.TokenVerifier, key protocol.
 // startConductor runs one conductor for all partitions; stop stops it (it
 // may be called twice).
 func startConductor(cfg Config, key protocol.ClusterKey, in *infra) (func(), error) {
-	nc, store, err := in.connect()
+	nc, store, err := in.connect(protocol.RoleConductor)
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +147,7 @@ func startConductor(cfg Config, key protocol.ClusterKey, in *infra) (func(), err
 // prints its address with a fresh admin token: whoever has the line sees
 // everything, device addresses included; nobody else sees anything.
 func startDashboard(cfg Config, key protocol.ClusterKey, in *infra, out io.Writer) (func(), error) {
-	nc, store, err := in.connect()
+	nc, store, err := in.connect(protocol.RoleDashboard)
 	if err != nil {
 		return nil, err
 	}

@@ -14,7 +14,10 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/callrelay/callrelay/forwarder"
 	"github.com/callrelay/callrelay/internal/embedredis"
+	"github.com/callrelay/callrelay/internal/natsauth"
+	"github.com/callrelay/callrelay/protocol"
 	"github.com/callrelay/callrelay/statestore"
 )
 
@@ -23,6 +26,7 @@ import (
 // stand-in, which says loudly that it keeps nothing).
 type infra struct {
 	nats     *server.Server
+	users    map[protocol.NATSRole]natsauth.User // each role's nkey
 	redisURL string
 	kind     string // how Redis runs, for the header line
 	closers  []func()
@@ -30,7 +34,24 @@ type infra struct {
 
 func startInfra(log *zap.Logger) (*infra, error) {
 	in := &infra{}
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
+	// NATS runs as a deployment's does: each role its own nkey, made for
+	// this run, allowed only its subjects (natsauth, protocol.RolePermissions).
+	in.users = make(map[protocol.NATSRole]natsauth.User)
+	var users []natsauth.User
+	for _, r := range protocol.NATSRoles {
+		p, err := protocol.RolePermissions(forwarder.DefaultCluster().Subject, r)
+		if err != nil {
+			return nil, err
+		}
+		u, err := natsauth.NewUser(string(r), natsauth.Perms(p))
+		if err != nil {
+			return nil, err
+		}
+		in.users[r] = u
+		users = append(users, u)
+	}
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
+		Nkeys: natsauth.ServerUsers(users)})
 	if err != nil {
 		return nil, fmt.Errorf("demo: embedded NATS: %w", err)
 	}
@@ -93,12 +114,19 @@ func (in *infra) startRedisServer(path string) error {
 	return nil
 }
 
-func (in *infra) connectNATS() (*nats.Conn, error) { return nats.Connect(in.nats.ClientURL()) }
+// connectNATS connects as role.
+func (in *infra) connectNATS(role protocol.NATSRole) (*nats.Conn, error) {
+	o, err := natsauth.Option(in.users[role].Seed)
+	if err != nil {
+		return nil, err
+	}
+	return nats.Connect(in.nats.ClientURL(), o)
+}
 
-// connect opens a NATS connection and a state store client for one
+// connect opens a NATS connection as role and a state store client for one
 // component; the caller closes both.
-func (in *infra) connect() (*nats.Conn, *statestore.Redis, error) {
-	nc, err := in.connectNATS()
+func (in *infra) connect(role protocol.NATSRole) (*nats.Conn, *statestore.Redis, error) {
+	nc, err := in.connectNATS(role)
 	if err != nil {
 		return nil, nil, err
 	}
