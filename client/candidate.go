@@ -43,6 +43,7 @@ const (
 	candJoined                   // accepted (the winner)
 	candLeaving                  // a loser that accepted: leave outstanding
 	candDone                     // ended: refused, dropped or failed; socket closed
+	candHeld                     // accepted over IPv4, held while IPv6 may answer (ipv6.go)
 )
 
 // transaction is one join, keepalive or leave request; retransmissions

@@ -41,6 +41,13 @@ type Config struct {
 	// default) lets the system choose (the unspecified address); tests use
 	// 127.0.0.1.
 	LocalAddr netip.Addr
+	// PreferIPv6Within: when an IPv4 forwarder accepts the join first while
+	// an IPv6 one has not answered yet, Dial waits this long for the IPv6
+	// one, which then wins (the IPv4 one is left). List a dual-stack
+	// forwarder at both its addresses to be reached over IPv6 when both
+	// families answer within a few ms of each other. Default 10ms;
+	// negative: the first answer wins, whatever its family.
+	PreferIPv6Within time.Duration
 
 	// JoinTimeout bounds Dial when ctx has no earlier deadline. Default 5s.
 	JoinTimeout time.Duration
@@ -125,6 +132,9 @@ func (c Config) withDefaults() (Config, error) {
 	setDefault(&c.MaxRetryAfter, 10*time.Second)
 	setDefault(&c.LoserGrace, 500*time.Millisecond)
 	setDefault(&c.LeaveTimeout, 300*time.Millisecond)
+	if c.PreferIPv6Within == 0 {
+		c.PreferIPv6Within = defaultPreferIPv6Within
+	}
 	switch {
 	case c.MaxAlternates == 0:
 		c.MaxAlternates = 4

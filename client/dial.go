@@ -90,6 +90,8 @@ type dialer struct {
 	cands      []*candidate
 	winner     *candidate
 	alternates int
+	held       *dialEvent // an IPv4 success held while IPv6 may answer (ipv6.go)
+	heldUntil  time.Time
 
 	events   chan dialEvent
 	result   chan dialResult // exactly one value
@@ -130,6 +132,9 @@ func (d *dialer) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for d.winner == nil {
+		if d.heldWins(time.Now()) {
+			break
+		}
 		if err := d.finalError(ctx); err != nil {
 			d.result <- dialResult{err: err}
 			return
@@ -228,6 +233,9 @@ func (d *dialer) nextDue() time.Time {
 			next = c.due
 		}
 	}
+	if d.held != nil && d.heldUntil.Before(next) {
+		next = d.heldUntil
+	}
 	return next
 }
 
@@ -241,15 +249,10 @@ func (d *dialer) handle(ev dialEvent) {
 	case ev.err != nil:
 		d.log.Info("forwarder socket failed", zap.Stringer("forwarder", c.addr), zap.Error(ev.err))
 		d.drop(c, fmt.Errorf("client: forwarder %s: %w", c.addr, ev.err))
-	case ev.resp.OK: // the first success: run stops here, later ones meet drainLosers
-		c.state, d.winner = candJoined, c
-		// The winner's ticket only: a loser's (which a lone forwarder
-		// seals with its own key) would resume nothing once it has left.
-		d.cfg.creds.keep(ev.resp.Ticket, ev.token)
-		d.stats.rtt.Store(int64(ev.at.Sub(c.sentAt)))
-		d.log.Info("joined", zap.Stringer("forwarder", c.addr), zap.Stringer("mapped", ev.resp.Mapped),
-			zap.Duration("keepalive", ev.resp.Params.KeepaliveInterval), zap.Duration("idle_timeout", ev.resp.Params.IdleTimeout))
-		d.result <- dialResult{win: c, resp: ev.resp, cookie: c.cookie, joinTID: ev.tid, joinToken: ev.token}
+	case ev.resp.OK: // the first success (IPv6 preferred): run stops here, later ones meet drainLosers
+		if !d.holdForIPv6(ev) {
+			d.win(ev)
+		}
 	case c.state == candWaiting, ev.tid != c.tx.Load().tid:
 		// a duplicate refusal of a retransmission (already waiting), or an
 		// answer to a transaction we have moved on from
@@ -258,6 +261,20 @@ func (d *dialer) handle(ev dialEvent) {
 	default:
 		d.refused(c, ev.resp)
 	}
+}
+
+// win makes ev's candidate the winner.
+func (d *dialer) win(ev dialEvent) {
+	c := ev.c
+	c.state, d.winner = candJoined, c
+	d.releaseHeld(c)
+	// The winner's ticket only: a loser's (which a lone forwarder
+	// seals with its own key) would resume nothing once it has left.
+	d.cfg.creds.keep(ev.resp.Ticket, ev.token)
+	d.stats.rtt.Store(int64(ev.at.Sub(c.sentAt)))
+	d.log.Info("joined", zap.Stringer("forwarder", c.addr), zap.Stringer("mapped", ev.resp.Mapped),
+		zap.Duration("keepalive", ev.resp.Params.KeepaliveInterval), zap.Duration("idle_timeout", ev.resp.Params.IdleTimeout))
+	d.result <- dialResult{win: c, resp: ev.resp, cookie: c.cookie, joinTID: ev.tid, joinToken: ev.token}
 }
 
 // challenged repeats c's request (a join, or with o.Leave a leave) with the

@@ -54,6 +54,7 @@ type session struct {
 	policeLower        time.Time    // since when its cap should be lower (police.go); zero: it should not
 	moves              bucket       // its address changes (AddrChangeBurst, AddrChangeEvery)
 	dev                deviceState  // its device binding, with a version 2 token (device.go)
+	raced              racedPath    // where a racing join moved it from (dualstack.go)
 
 	// An operator's doing (admin.go): media held (holdAudio, holdVideo),
 	// a move asked (to moveTo until moveUntil), and the bytes resent to it
@@ -230,7 +231,7 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 		// sends leaves from the sockets that lost the race, and those must not
 		// end the session that won. Answered either way, so the device stops
 		// retrying.
-		if s.addr == src {
+		if s.addr == src && !c.moveBack(s) {
 			s.log.Info("participant left")
 			c.remove(s)
 		}
@@ -312,6 +313,7 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 	c.dirtyCalls[cl.id] = struct{}{}
 	answer, err := c.successFor(src, req, s, c.ticketFor(s, now, true))
 	s.lastTID, s.lastKey = req.TransactionID, s.key
+	s.raced.joinTID = s.lastTID // the admitting join (dualstack.go)
 	if err != nil {
 		s.refused = true
 		c.remove(s)
@@ -356,6 +358,7 @@ func (c *control) move(s *session, src netip.AddrPort) bool {
 	if c.byAddr[src] != nil {
 		return false
 	}
+	c.noteRace(s)
 	s.log.Info("address changed", zap.Stringer("from", s.addr), zap.Stringer("to", src))
 	c.event(s.call.id, c.f.cfg.Now(), "move", s.participant, s.addr.String()+" -> "+src.String())
 	delete(c.byAddr, s.addr)

@@ -3,8 +3,10 @@ package forwarder
 import (
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 
 	"github.com/callrelay/callrelay/protocol"
 )
@@ -75,3 +77,55 @@ func mediaFor(a *protocol.ForwarderAnnounce, dev netip.AddrPort) netip.AddrPort 
 
 var mTrunkFamily = prometheus.NewDesc("callrelay_forwarder_trunk_family_unreachable_total",
 	"Trunk routes left out: a peer's trunk address is IPv6 and this forwarder's trunk socket IPv4 only (listen on [::] to reach both).", nil, nil)
+
+// A device may reach one forwarder at two addresses (its IPv4 and its IPv6
+// one, both listed, or a name with both records): its multi-connect join
+// then arrives twice, and the second, from the other path, moves the new
+// session there before the device has chosen. The device keeps one path and
+// sends a leave from the other; if that leave comes from the path the
+// second join took, it must not end the session the device kept: it moves
+// the session back to the path it came from. Only while the racing join is
+// the last request accepted for the session (once the device sends a
+// keepalive from the path it kept, it has chosen, and a leave ends the
+// session as always), and within raceWindow of it (a losing path's leave
+// comes within the device's loser grace and leave timeout, under a second
+// with this client).
+const raceWindow = 3 * time.Second
+
+// racedPath is where a racing join moved a session from: a join whose
+// request is the first the session accepts after the join that admitted it
+// (and that join's retransmissions).
+type racedPath struct {
+	joinTID [12]byte // the admitting join's transaction
+	from    netip.AddrPort
+	at      time.Time
+	tid     [12]byte // the racing join's transaction
+}
+
+// noteRace, called as s moves, remembers where from if this is the first
+// request s accepts after the join that admitted it.
+func (c *control) noteRace(s *session) {
+	if s.lastTID == s.raced.joinTID && c.msg.TransactionID != s.raced.joinTID {
+		s.raced.from, s.raced.at, s.raced.tid = s.addr, c.f.cfg.Now(), c.msg.TransactionID
+		return
+	}
+	s.raced.from = netip.AddrPort{}
+}
+
+// moveBack answers a leave from s's own address: if a racing join moved s
+// here moments ago, s goes back to where it came from and stays.
+func (c *control) moveBack(s *session) bool {
+	r := s.raced
+	s.raced.from = netip.AddrPort{}
+	if !r.from.IsValid() || s.lastTID != r.tid || c.f.cfg.Now().Sub(r.at) > raceWindow {
+		return false
+	}
+	left := s.addr
+	if !c.move(s, r.from) {
+		return false
+	}
+	s.raced.from = netip.AddrPort{}
+	s.log.Info("leave from the path a racing join took: the session stays on the other", zap.Stringer("left", left),
+		zap.Stringer("kept", r.from))
+	return true
+}

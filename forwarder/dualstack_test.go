@@ -337,3 +337,58 @@ func TestClusterTrunkFamilyMismatchCounted(t *testing.T) {
 	exchangeExact(t, s1, 1, 20, t2)
 	require.Zero(t, a.f.Stats().TrunkOut)
 }
+
+// TestDualStackDevicePrefersIPv6: a device that lists a dual-stack
+// forwarder at both its addresses (what a name with A and AAAA records
+// gives) sends its join both ways; the forwarder sees one participant
+// arrive twice. The device keeps the IPv6 path (both answer within a few
+// ms on loopback) and leaves the IPv4 one, and that leave never ends the
+// session it kept, whichever join the forwarder saw first (repeated, so
+// both orders happen): one session per device, media byte-exact, no
+// re-join. With the preference off, the first answer wins, and the same
+// holds.
+func TestDualStackDevicePrefersIPv6(t *testing.T) {
+	r := runRelay(t, func(c *forwarder.Config) { c.Listen = "[::]:0" })
+	port := r.f.Addr().Port()
+	at4, at6 := netip.AddrPortFrom(loopback, port), netip.AddrPortFrom(loopback6, port)
+	call := protocol.NewID()
+	peer := joinFrom(t, r.mint(t, call, protocol.ClassGroup, 12), loopback, at4)
+	tp := tapMedia(peer)
+	type dual struct {
+		s   *client.Session
+		tap *mediaTap
+	}
+	var ds []dual
+	for i := range 8 {
+		prefer := 200 * time.Millisecond // generous: the machine is loaded
+		if i%4 == 3 {
+			prefer = -1 // no preference: the first answer wins
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s, err := client.Join(ctx, client.Config{Forwarders: []netip.AddrPort{at4, at6},
+			Token: r.mint(t, call, protocol.ClassGroup, 12), PreferIPv6Within: prefer})
+		cancel()
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = s.Close() })
+		if prefer > 0 {
+			require.Equal(t, at6, s.Forwarder(), "device %d: IPv6 answered within %s of IPv4", i, prefer)
+		}
+		ds = append(ds, dual{s, tapMedia(s)})
+	}
+	// The losers' leaves come within 500 + 300 ms of each join (the
+	// client's defaults), while the devices talk below: a session they
+	// ended would lose packets and make its device re-join.
+	for i, d := range ds {
+		ssrc := uint32(100 + i)
+		warm(t, d.s, 1000+ssrc, tp)
+		warm(t, peer, 2000+ssrc, d.tap)
+		exchangeExact(t, d.s, ssrc, 20, tp)
+		exchangeExact(t, peer, 3000+ssrc, 20, d.tap)
+		st := d.s.Stats()
+		require.Zero(t, st.Rejoins+st.Failovers, "device %d lost its session", i)
+	}
+	fs := r.f.Stats()
+	require.Equal(t, 1+len(ds), fs.Sessions)
+	require.Equal(t, uint64(1+len(ds)), fs.Joins, "a session ended by a losing path's leave and admitted again")
+	t.Logf("address changes (second joins and moves back): %d", fs.AddressChanges)
+}
