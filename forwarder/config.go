@@ -21,6 +21,12 @@ type Config struct {
 	// Readers is the number of reader goroutines, each on its own
 	// SO_REUSEPORT socket bound to the same port (Linux). Default: one per core.
 	Readers int
+	// BatchWait is how long a reader whose packet rate is high waits after
+	// a batch that was not full, so that its next read and write take many
+	// packets at once (pace.go); a packet may lose up to this much to it.
+	// 0 (the default): never wait. Off until a quiet-machine capacity run
+	// shows it pays (docs/architecture.md, where a packet's time goes).
+	BatchWait time.Duration
 	// KeepaliveInterval is what devices are told to use.
 	KeepaliveInterval time.Duration
 	// IdleTimeout forgets a session that sent no authenticated keepalive for this long.
@@ -131,6 +137,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Readers < 1 || c.Readers > controlTrunkStream {
 		errs = append(errs, fmt.Errorf("forwarder: readers = %d, want 1..%d", c.Readers, controlTrunkStream))
+	}
+	if c.BatchWait < 0 || c.BatchWait > 2*time.Millisecond {
+		errs = append(errs, fmt.Errorf("forwarder: batch wait %s, want 0..2ms", c.BatchWait))
 	}
 	if c.KeepaliveInterval <= 0 || c.IdleTimeout < 2*c.KeepaliveInterval {
 		errs = append(errs, fmt.Errorf("forwarder: idle timeout %s must be at least twice the keepalive interval %s", c.IdleTimeout, c.KeepaliveInterval))

@@ -148,7 +148,7 @@ func New(cfg Config) (*Forwarder, error) {
 			f.closeConns()
 			return nil, err
 		}
-		f.rdrs = append(f.rdrs, &reader{f: f, idx: len(f.rdrs), pc: pc, c: new(counters),
+		f.rdrs = append(f.rdrs, &reader{f: f, idx: len(f.rdrs), pc: pc, c: new(counters), pace: newPacer(cfg.BatchWait),
 			knownLimiter: newSTUNLimiter(cfg.STUNRate, cfg.STUNBurst),
 			// SO_REUSEPORT spreads one IP's ports over all readers: each
 			// reader gets its share of the per-IP budget.

@@ -24,6 +24,7 @@ type reader struct {
 	// using many ports).
 	knownLimiter, newLimiter stunLimiter
 	hdr                      protocol.RTPHeader // reused: parsing allocates nothing
+	pace                     pacer              // waits that gather spread arrivals into batches (pace.go)
 	cw                       cacheWriter        // names it as the writer of its senders' NACK caches
 	batchNow                 int64              // unix ns of this batch, 0 until read (now())
 
@@ -87,6 +88,11 @@ func (r *reader) run() {
 			r.handle(rt, b, r.pc.Src(i), nowNS)
 		}
 		r.flush()
+		if r.pace.waitNS > 0 {
+			if w := r.pace.after(n, monoNS()); w > 0 {
+				pauseNS(w) // gather the next batch (pace.go)
+			}
+		}
 	}
 }
 

@@ -67,3 +67,11 @@ func sizeSocketBuffer(fd, opt, force, want int) int {
 	}
 	return got / 2
 }
+
+// pauseNS sleeps ns in a plain nanosleep (pace.go): the thread sleeps on a
+// kernel high-resolution timer, and the runtime treats it as a system call
+// (its P goes to other goroutines if the sleep lasts).
+func pauseNS(ns int64) {
+	ts := unix.NsecToTimespec(ns)
+	_ = unix.Nanosleep(&ts, nil)
+}

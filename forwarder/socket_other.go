@@ -2,7 +2,10 @@
 
 package forwarder
 
-import "net"
+import (
+	"net"
+	"time"
+)
 
 // reusePortSupported: elsewhere the forwarder runs one reader on one socket.
 const reusePortSupported = false
@@ -22,3 +25,6 @@ func sizeSocketBuffers(c *net.UDPConn, want int) (rcv, snd int) {
 	_ = c.SetWriteBuffer(want)
 	return -1, -1
 }
+
+// pauseNS sleeps ns (pace.go); elsewhere with the runtime's timer.
+func pauseNS(ns int64) { time.Sleep(time.Duration(ns)) }
