@@ -17,6 +17,9 @@ import (
 // files may query, relative to this package's directory.
 var metricSources = []string{
 	"../forwarder/metrics.go",
+	"../forwarder/freshness.go",
+	"../forwarder/notices.go",
+	"../forwarder/device.go",
 	"../conductor/metrics.go",
 }
 
