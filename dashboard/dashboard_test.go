@@ -278,22 +278,50 @@ func TestDashboardEvents(t *testing.T) {
 	defer r.Body.Close()
 	require.Equal(t, "text/event-stream", r.Header.Get("Content-Type"))
 	rd := bufio.NewReader(r.Body)
-	var got []Snapshot
-	for len(got) < 2 { // the one sent at once, then a pushed one
+	first := readFleet(t, rd, 1)[0] // the full message, sent at once
+	require.True(t, first.Full)
+	require.NotNil(t, first.Partitions)
+	require.NotNil(t, first.Verdict)
+	// The first push after fwd-a's report has its cell (and the verdict).
+	m, last := first, first.Seq
+	for i := 0; len(m.Cells) == 0; i++ {
+		require.Less(t, i, 50, "no message with fwd-a's cell")
+		m = readFleet(t, rd, 1)[0]
+		require.False(t, m.Full, "a reader that keeps up gets deltas")
+		require.Equal(t, last+1, m.Seq)
+		last = m.Seq
+	}
+	require.Equal(t, []Cell{{ID: "fwd-a", Level: 1, Load: 30, Worst: "sessions", Up: true}}, m.Cells)
+	require.Equal(t, "THROTTLING on fwd-a (level 1: new group calls refused)", m.Verdict.Text)
+	d := readFleet(t, rd, 1)[0]
+	require.False(t, d.Full)
+	require.Equal(t, m.Seq+1, d.Seq)
+	require.Empty(t, d.Cells, "nothing changed: no cell")
+	if d.Verdict != nil {
+		require.NotEqual(t, *m.Verdict, *d.Verdict, "a verdict is sent only when it changed (here: the first partitions sweep)")
+	}
+	for i := 0; d.Verdict != nil; i++ {
+		require.Less(t, i, 50, "every delta repeats the verdict")
+		d = readFleet(t, rd, 1)[0]
+	}
+	require.Len(t, d.Regions, 1)
+	require.Equal(t, 1, d.Regions[0].Throttling)
+}
+
+// readFleet reads n messages of an /events stream.
+func readFleet(t *testing.T, rd *bufio.Reader, n int) []FleetMsg {
+	t.Helper()
+	var got []FleetMsg
+	for len(got) < n {
 		line, err := rd.ReadString('\n')
 		require.NoError(t, err)
 		if data, ok := strings.CutPrefix(line, "data: "); ok {
-			var s Snapshot
-			require.NoError(t, json.Unmarshal([]byte(data), &s))
-			got = append(got, s)
+			var m FleetMsg
+			require.NoError(t, json.Unmarshal([]byte(data), &m))
+			got = append(got, m)
 		}
 	}
-	for _, s := range got {
-		f := fwdByID(s, "fwd-a")
-		require.NotNil(t, f)
-		require.Equal(t, 1, f.Level)
-		require.Equal(t, "THROTTLING on fwd-a (level 1: new group calls refused)", s.Verdict.Text)
-	}
+	return got
 }
 
 // holdPartitions takes the partitions' leases as a conductor would.

@@ -3,8 +3,10 @@ package dashboard
 import (
 	"embed"
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"net/http"
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -16,8 +18,10 @@ var staticFiles embed.FS
 // routes is the HTTP interface:
 //
 //	/            the page (static files, embedded)                  viewer
-//	/events      server-sent events: a JSON Snapshot at once,       viewer
-//	             then every PushEvery
+//	/events      server-sent events: the fleet view (FleetMsg), in  viewer
+//	             full at once, then a delta every PushEvery
+//	/api/history ?secs=: the last hour's series and levels          viewer
+//	/api/forwarders ?id=..: full rows of some forwarders            viewer
 //	/api/state   the same Snapshot, built on the spot               viewer
 //	/api/call    ?id=<32 hex>: one call's drill-down                viewer; device addresses: admin
 //	/healthz     200 "ok" while serving                             anyone
@@ -36,6 +40,8 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET /events", s.auth.require(http.HandlerFunc(s.handleEvents)))
 	mux.Handle("GET /api/state", s.auth.require(http.HandlerFunc(s.handleState)))
 	mux.Handle("GET /api/call", s.auth.require(http.HandlerFunc(s.handleCall)))
+	mux.Handle("GET /api/history", s.auth.require(http.HandlerFunc(s.handleHistory)))
+	mux.Handle("GET /api/forwarders", s.auth.require(http.HandlerFunc(s.handleForwarders)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))
@@ -69,8 +75,9 @@ func (s *Server) handleState(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, s.Snapshot())
 }
 
-// handleEvents streams snapshots. Each stream only ever sends the latest
-// snapshot, so a slow client skips snapshots instead of queueing them.
+// handleEvents streams the fleet view (fleet.go): the latest full message
+// at once, then a delta at every push. A stream that missed a push (a slow
+// reader skips them instead of queueing) is sent the full message again.
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	h := w.Header()
@@ -78,13 +85,9 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	h.Set("Connection", "keep-alive")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	first, err := json.Marshal(s.Snapshot())
-	if err != nil {
-		return
-	}
-	send := func(b []byte) bool {
+	send := func(event string, b []byte) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		if _, err := w.Write([]byte("event: snapshot\ndata: ")); err != nil {
+		if _, err := w.Write([]byte("event: " + event + "\ndata: ")); err != nil {
 			return false
 		}
 		if _, err := w.Write(b); err != nil {
@@ -95,11 +98,24 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		return rc.Flush() == nil
 	}
-	if _, err := w.Write([]byte("retry: 2000\n\n")); err != nil || !send(first) {
+	if _, err := w.Write([]byte("retry: 2000\n\n")); err != nil || rc.Flush() != nil {
 		return
 	}
+	var sent uint64 // the seq of the last message sent; 0: none yet
 	for {
 		next := s.next()
+		if m := s.pushed.Load(); m != nil && m.seq != sent {
+			ok := false
+			if sent != 0 && m.seq == sent+1 {
+				ok = send("delta", m.delta)
+			} else {
+				ok = send("fleet", m.full)
+			}
+			if !ok {
+				return
+			}
+			sent = m.seq
+		}
 		select {
 		case <-r.Context().Done():
 			return
@@ -107,11 +123,48 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-next:
 		}
-		if b := s.pushed.Load(); b != nil && !send(*b) {
-			return
-		}
 	}
 }
+
+// handleHistory answers the last ?secs= seconds (default and at most an
+// hour) of every history series and every forwarder's levels.
+func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
+	secs := historyLen
+	if q := r.URL.Query().Get("secs"); q != "" {
+		n, err := strconv.Atoi(q)
+		if err != nil || n < 1 || n > historyLen {
+			writeJSON(w, http.StatusBadRequest, apiError{Error: fmt.Sprintf("secs=%q: want 1..%d", q, historyLen)})
+			return
+		}
+		secs = n
+	}
+	writeJSON(w, http.StatusOK, s.fwd.historyView(&s.hist, secs))
+}
+
+// handleForwarders answers the rows of the forwarders named by ?id= (one
+// or more; at most maxRowsAsked), for the drill-down: the full row of each
+// that is known, in id order.
+func (s *Server) handleForwarders(w http.ResponseWriter, r *http.Request) {
+	ids := r.URL.Query()["id"]
+	if len(ids) == 0 || len(ids) > maxRowsAsked {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: fmt.Sprintf("name 1..%d forwarders with id=", maxRowsAsked)})
+		return
+	}
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	rows := []ForwarderView{}
+	for _, f := range s.Snapshot().Forwarders {
+		if want[f.ID] {
+			rows = append(rows, f)
+		}
+	}
+	writeJSON(w, http.StatusOK, rows)
+}
+
+// maxRowsAsked bounds one drill-down request.
+const maxRowsAsked = 64
 
 // apiError is the body of every error answer.
 type apiError struct {

@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"net/http"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -21,6 +22,17 @@ var (
 		"Records read from the state store that did not decode, by record (call, checkpoint, lease).", []string{"record"}, nil)
 	mVerdict = prometheus.NewDesc("callrelay_dashboard_verdict",
 		"1 for the current cluster verdict (OK, DEGRADED, THROTTLING, DOWN).", []string{"verdict"}, nil)
+	// By region: the forwarders' --region labels (the operator's few
+	// names; "(none)" for forwarders without one).
+	mRegionLevel = prometheus.NewDesc("callrelay_dashboard_region_forwarders",
+		"Forwarders by region and state: a throttle level 0..4 for those up, down, or unknown (up without a load report).",
+		[]string{"region", "level"}, nil)
+	mRegionLoad = prometheus.NewDesc("callrelay_dashboard_region_load_max_ratio",
+		"The worst load signal of the most loaded forwarder up in the region (1 = at capacity).", []string{"region"}, nil)
+	mRegionJoins = prometheus.NewDesc("callrelay_dashboard_region_joins_total",
+		"Joins by region, class and outcome (admitted, refused), summed over the forwarders on the page from their load reports "+
+			"(a forwarder that restarts or leaves the page makes the sum go back: rate() takes it as a reset).",
+		[]string{"region", "class", "outcome"}, nil)
 )
 
 type collector struct{ s *Server }
@@ -31,6 +43,9 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- mDropped
 	ch <- mMalformed
 	ch <- mVerdict
+	ch <- mRegionLevel
+	ch <- mRegionLoad
+	ch <- mRegionJoins
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -64,6 +79,55 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			x = 1
 		}
 		ch <- prometheus.MustNewConstMetric(mVerdict, prometheus.GaugeValue, x, v)
+	}
+	collectRegions(ch, snap.Forwarders)
+}
+
+// classLabels name the join classes in metrics, as the forwarder's do.
+var classLabels = [6]string{"unclassified", "new_group", "new_one_to_one", "group_member", "second_party", "rejoin"}
+
+// collectRegions exports the per-region series.
+func collectRegions(ch chan<- prometheus.Metric, fwds []ForwarderView) {
+	type region struct {
+		levels            map[string]int
+		load              int
+		admitted, refused [6]uint64
+	}
+	by := map[string]*region{}
+	for i := range fwds {
+		f := &fwds[i]
+		name := f.Region
+		if name == "" {
+			name = seriesNoRegion
+		}
+		r := by[name]
+		if r == nil {
+			r = &region{levels: map[string]int{"0": 0, "1": 0, "2": 0, "3": 0, "4": 0, "down": 0, "unknown": 0}, load: 0}
+			by[name] = r
+		}
+		switch {
+		case !f.Up:
+			r.levels["down"]++
+		case f.Level < 0:
+			r.levels["unknown"]++
+		default:
+			r.levels[strconv.Itoa(f.Level)]++
+			r.load = max(r.load, f.Load)
+		}
+		for _, c := range f.Classes {
+			r.admitted[c.Class] += c.AdmittedTotal
+			r.refused[c.Class] += c.RefusedTotal
+		}
+	}
+	for name, r := range by {
+		for level, n := range r.levels {
+			ch <- prometheus.MustNewConstMetric(mRegionLevel, prometheus.GaugeValue, float64(n), name, level)
+		}
+		ch <- prometheus.MustNewConstMetric(mRegionLoad, prometheus.GaugeValue, float64(r.load)/1000, name)
+		for c, class := range classLabels {
+			ch <- prometheus.MustNewConstMetric(mRegionJoins, prometheus.CounterValue, float64(r.admitted[c]), name, class, "admitted")
+			ch <- prometheus.MustNewConstMetric(mRegionJoins, prometheus.CounterValue, float64(r.refused[c]), name, class, "refused")
+		}
 	}
 }
 

@@ -2,7 +2,6 @@ package dashboard
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -31,9 +30,11 @@ type Server struct {
 	parts  PartitionsView
 	health HealthView
 
-	// pushed is the latest pushed snapshot (JSON); tick is closed and
-	// replaced at every push, waking the event streams.
-	pushed atomic.Pointer[[]byte]
+	// pushed is the latest push's fleet messages (fleet.go); tick is
+	// closed and replaced at every push, waking the event streams.
+	pushed atomic.Pointer[pushedMsgs]
+	fleet  fleetState // the push loop's
+	hist   history
 	tickMu sync.Mutex
 	tick   chan struct{}
 	done   chan struct{} // closed when Run winds down: event streams end
@@ -206,12 +207,14 @@ func (s *Server) pushLoop(ctx context.Context) {
 }
 
 func (s *Server) push() {
-	b, err := json.Marshal(s.Snapshot())
+	s.fwd.record(&s.hist, s.cfg.Now(), s.cfg.DownAfter)
+	snap := s.Snapshot()
+	m, err := s.fleet.next(&snap, s.hist.lastPoints())
 	if err != nil {
-		s.log.Error("encoding the snapshot", zap.Error(err))
+		s.log.Error("encoding the fleet view", zap.Error(err))
 		return
 	}
-	s.pushed.Store(&b)
+	s.pushed.Store(m)
 	s.tickMu.Lock()
 	close(s.tick)
 	s.tick = make(chan struct{})

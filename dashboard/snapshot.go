@@ -130,7 +130,7 @@ func verdict(s *Snapshot) Verdict {
 		}
 	}
 	if len(down) > 0 {
-		issues = append([]string{"down (silent for more than a few seconds): " + strings.Join(down, ", ")}, issues...)
+		issues = append([]string{"down (silent for more than a few seconds): " + listSome(down)}, issues...)
 	}
 	h := s.Health
 	if h.NATS.Checked && !h.NATS.OK {
@@ -146,16 +146,26 @@ func verdict(s *Snapshot) Verdict {
 	case s.Cluster.Up == 0:
 		text := "DOWN: no forwarder is sending heartbeats"
 		if len(down) > 0 {
-			text = "DOWN: every forwarder is silent (" + strings.Join(down, ", ") + ")"
+			text = "DOWN: every forwarder is silent (" + listSome(down) + ")"
 		}
 		if h.NATS.Checked && !h.NATS.OK {
 			text = "DOWN: the dashboard cannot reach NATS"
 		}
 		return Verdict{Status: "DOWN", Text: text, Issues: issues}
 	case len(throttling) > 0:
-		return Verdict{Status: "THROTTLING", Text: "THROTTLING on " + strings.Join(throttling, ", "), Issues: issues}
+		return Verdict{Status: "THROTTLING", Text: "THROTTLING on " + listSome(throttling), Issues: issues}
 	case len(issues) > 0:
 		return Verdict{Status: "DEGRADED", Text: "DEGRADED: " + issues[0], Issues: issues}
 	}
 	return Verdict{Status: "OK", Text: fmt.Sprintf("OK: %d forwarder(s) up, admitting every join", s.Cluster.Up), Issues: []string{}}
+}
+
+// listSome joins the first few names and says how many more there are: a
+// fleet's headline stays one line.
+func listSome(names []string) string {
+	const some = 8
+	if len(names) <= some {
+		return strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("%d forwarders: %s and %d more", len(names), strings.Join(names[:some], ", "), len(names)-some)
 }

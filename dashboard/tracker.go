@@ -37,6 +37,7 @@ type bucket struct {
 	admitted [6]uint64
 	refused  [6]uint64
 	adapt    [numAdapt]uint64
+	ops      [numOps]uint64 // the operations section's growth (history.go)
 }
 
 // fwdState is what the dashboard knows of one forwarder.
@@ -55,6 +56,9 @@ type fwdState struct {
 	// came (local clock; zero while the last report had none): the
 	// adaptation rates average over at most the time since.
 	adaptSince time.Time
+	// hist is the last hour, one packed sample a second (history.go).
+	hist    [historyLen]sample
+	histSec int64 // the last second in hist
 }
 
 // newer reports whether (started, seq) comes after the last one taken.
@@ -78,6 +82,12 @@ func (f *fwdState) addReport(r *protocol.LoadReport, now time.Time) bool {
 		for i := range r.Admitted {
 			b.admitted[i] += delta(f.report.Admitted[i], r.Admitted[i], restarted)
 			b.refused[i] += delta(f.report.Refused[i], r.Refused[i], restarted)
+		}
+		if r.HasOps && (f.report.HasOps || restarted) {
+			prev, cur := opsCounters(&f.report.Ops), opsCounters(&r.Ops)
+			for i := range cur {
+				b.ops[i] += delta64(prev[i], cur[i], restarted)
+			}
 		}
 		if r.HasAdapt && (f.report.HasAdapt || restarted) {
 			prev, cur := adaptCounters(&f.report.Adapt), adaptCounters(&r.Adapt)
@@ -228,6 +238,7 @@ func (t *tracker) view(now time.Time, down, forget time.Duration) ([]ForwarderVi
 // ForwarderView is one forwarder's row.
 type ForwarderView struct {
 	ID         string  `json:"id"`
+	Region     string  `json:"region"` // the load report's, empty: none
 	Up         bool    `json:"up"`
 	SilentSecs float64 `json:"silentSecs"` // since its last heartbeat
 	Media      string  `json:"media,omitempty"`
@@ -287,7 +298,7 @@ func (f *fwdState) view(now time.Time, down time.Duration) ForwarderView {
 	}
 	if f.hasReport {
 		r := &f.report
-		v.HasReport, v.Level = true, int(r.Level)
+		v.HasReport, v.Level, v.Region = true, int(r.Level), r.Ops.Region
 		v.LevelText, v.LevelMeaning = "level "+strconv.Itoa(int(r.Level))+": "+levelHeadline[r.Level], levelMeaning[r.Level]
 		v.Draining = v.Draining || r.Draining
 		v.Sessions, v.CallsOneToOne, v.CallsGroup = r.Sessions, r.CallsOneToOne, r.CallsGroup

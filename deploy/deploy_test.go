@@ -21,6 +21,7 @@ var metricSources = []string{
 	"../forwarder/notices.go",
 	"../forwarder/device.go",
 	"../conductor/metrics.go",
+	"../dashboard/metrics.go",
 }
 
 // metricKind says which suffixed series a metric family has.

@@ -105,7 +105,7 @@
       level.append(el("div", { class: "hint" }, "video shed " + fmt(f.shedVideo) + " pkts · silent audio held back " + fmt(f.audioMuted) + " pkts"));
     }
     return el("tr", { "data-forwarder": f.id, "data-up": f.up, class: f.up ? "" : "down" },
-      el("td", { class: "fid" }, f.id),
+      el("td", { class: "fid" }, f.id, f.region ? el("div", { class: "hint" }, f.region) : null),
       status, level, loadCell(f),
       el("td", { class: "num sessions" }, fmt(f.sessions)),
       el("td", { class: "num calls" }, f.hasReport ? fmt(f.callsOneToOne) + " / " + fmt(f.callsGroup) : fmt(f.calls) + " (all)"),
@@ -171,58 +171,208 @@
     detail.textContent = probe.ok ? probe.latencyMs.toFixed(2) + " ms round trip" : probe.error;
   }
 
-  // ---- the whole snapshot -----------------------------------------------
+  // ---- the fleet: cells, regions, filters --------------------------------
+
+  const cells = new Map(); // id -> Cell (fleet.go)
+  let regionViews = [];
+  const selected = new Set(); // forwarders whose rows are shown
+  const smallFleet = 12; // up to this many, every row is shown
+  const charts = window.CallrelayCharts;
+
+  // worse orders cells worst first: down, then level, then load, then id.
+  function worse(a, b) {
+    if (a.u !== b.u) return a.u ? 1 : -1;
+    if (a.l !== b.l) return b.l - a.l;
+    if (a.p !== b.p) return b.p - a.p;
+    return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+  }
+
+  function filtered() {
+    const region = $("f-region").value, show = $("f-level").value, q = $("f-id").value.trim();
+    const out = [];
+    for (const c of cells.values()) {
+      if (region && (c.r || "") !== region) continue;
+      if (q && !c.id.includes(q)) continue;
+      if (show === "down" && c.u) continue;
+      if (show === "throttling" && !(c.u && c.l >= 1)) continue;
+      if (/^[0-9]$/.test(show) && !(c.u && c.l >= Number(show))) continue;
+      out.push(c);
+    }
+    return out.sort(worse);
+  }
+
+  function cellTitle(c) {
+    return c.id + (c.r ? " (" + c.r + ")" : "") + ": " + (c.u ? (c.l >= 0 ? "level " + c.l : "no load report") + ", load " + c.p + "%" +
+      (c.w ? " (" + c.w.replace("_", " ") + ")" : "") : "DOWN") + (c.d ? ", draining" : "") + (c.s ? ", Redis unreachable" : "");
+  }
+
+  function renderFleet() {
+    const shown = filtered();
+    $("grid").replaceChildren(...shown.map((c) => el("div", {
+      class: "cell" + (c.p >= 80 ? " hot" : "") + (selected.has(c.id) ? " selected" : ""),
+      "data-id": c.id, "data-level": c.l, "data-up": c.u, "data-region": c.r || "", title: cellTitle(c),
+    })));
+    $("no-forwarders").hidden = cells.size > 0;
+    $("fleet-count").textContent = shown.length + " of " + cells.size + " forwarder(s) shown";
+    const region = $("f-region").value;
+    $("history-scope").textContent = region ? "region " + region : "whole fleet";
+    charts.setView(region || "*", shown.map((c) => c.id), Number($("f-span").value));
+  }
+
+  function renderRegions() {
+    const sel = $("f-region"), current = sel.value;
+    const names = regionViews.map((r) => r.region);
+    const have = Array.from(sel.options).slice(1).map((o) => o.value);
+    if (names.join("\n") !== have.join("\n")) {
+      sel.replaceChildren(el("option", { value: "" }, "all regions"), ...names.map((n) => el("option", { value: n }, n || "(no region)")));
+      sel.value = names.includes(current) ? current : "";
+    }
+    $("regions").replaceChildren(...regionViews.map((r) => {
+      const bar = el("div", { class: "levels", title: r.levels.map((n, l) => "level " + l + ": " + n).join(", ") });
+      r.levels.forEach((n, l) => {
+        if (!n) return;
+        const seg = el("span");
+        seg.style.width = (100 * n) / Math.max(1, r.up) + "%";
+        seg.style.background = charts.levelColors[l];
+        bar.append(seg);
+      });
+      const card = el("div", { class: "region" + (sel.value === r.region ? " selected" : ""), "data-region": r.region, "data-max-level": r.maxLevel },
+        el("div", { class: "name" }, r.region || "(no region)"),
+        el("div", { class: "summary" }, r.up + " / " + r.forwarders + " up · " + r.throttling + " throttling" +
+          (r.draining ? " · " + r.draining + " draining" : "") + (r.degraded ? " · " + r.degraded + " without Redis" : "")),
+        bar,
+        el("div", { class: "worst" }, r.loadMax >= 0 ? "worst load " + pct(r.loadMax) + " " + r.worst.replace("_", " ") + " on " + r.worstId : "no load"),
+        el("div", { class: "joins" }, fmt(r.sessions) + " sessions · joins 1 min: " + fmt(r.admitted1m) + " admitted, ",
+          el("span", { class: r.refused1m ? "refused" : "" }, fmt(r.refused1m) + " refused")));
+      card.addEventListener("click", () => {
+        sel.value = sel.value === r.region ? "" : r.region;
+        renderRegions();
+        renderFleet();
+      });
+      return card;
+    }));
+  }
+
+  // ---- drill-down rows ----------------------------------------------------
+
+  let rowsBusy = false;
+
+  function rowIDs() {
+    if (selected.size) return Array.from(selected).filter((id) => cells.has(id)).sort();
+    if (cells.size <= smallFleet) return Array.from(cells.keys()).sort();
+    return [];
+  }
+
+  async function renderRows() {
+    const ids = rowIDs();
+    $("rows-hint").textContent = ids.length ? (selected.size ? "click a cell again to close its row" : "") :
+      "click a cell in the grid above to see that forwarder's row here";
+    const tbody = $("forwarders").tBodies[0];
+    if (!ids.length) {
+      tbody.replaceChildren();
+      return;
+    }
+    if (rowsBusy) return;
+    rowsBusy = true;
+    try {
+      const r = await fetch("api/forwarders?" + ids.map((id) => "id=" + encodeURIComponent(id)).join("&"));
+      const rows = await r.json();
+      if (!r.ok) throw new Error(rows.error);
+      tbody.replaceChildren(...rows.map(forwarderRow));
+    } catch (err) {
+      tbody.replaceChildren(el("tr", {}, el("td", { class: "error", colspan: 8 }, "cannot read the rows: " + err.message)));
+    } finally {
+      rowsBusy = false;
+    }
+  }
+
+  $("grid").addEventListener("click", (ev) => {
+    const id = ev.target.dataset && ev.target.dataset.id;
+    if (!id) return;
+    if (selected.has(id)) selected.delete(id);
+    else selected.add(id);
+    renderFleet();
+    renderRows();
+  });
+  for (const id of ["f-region", "f-level", "f-span"]) $(id).addEventListener("change", () => { renderRegions(); renderFleet(); });
+  $("f-id").addEventListener("input", renderFleet);
+
+  // ---- one message of the stream ------------------------------------------
 
   let lastSnapshot = 0;
 
-  function render(s) {
+  function render(m) {
     lastSnapshot = Date.now();
     document.body.classList.remove("stale");
-    const v = $("verdict");
-    v.dataset.status = s.verdict.status;
-    v.textContent = s.verdict.text;
-    document.title = s.verdict.status + " — callrelay";
-    $("issues").replaceChildren(...(s.verdict.issues || []).map((i) => el("li", {}, i)));
+    if (m.full) cells.clear();
+    for (const c of m.cells) cells.set(c.id, c);
+    for (const id of m.gone || []) cells.delete(id);
+    if (m.verdict) {
+      const v = $("verdict");
+      v.dataset.status = m.verdict.status;
+      v.textContent = m.verdict.text;
+      document.title = m.verdict.status + " — callrelay";
+      $("issues").replaceChildren(...(m.verdict.issues || []).map((i) => el("li", {}, i)));
+    }
+    regionViews = m.regions;
+    renderRegions();
+    renderFleet();
+    charts.add(m.point, cells);
+    renderRows();
 
-    const tbody = $("forwarders").tBodies[0];
-    tbody.replaceChildren(...s.forwarders.map(forwarderRow));
-    $("no-forwarders").hidden = s.forwarders.length > 0;
-
-    $("calls-1to1").textContent = fmt(s.cluster.callsOneToOne);
-    $("calls-group").textContent = fmt(s.cluster.callsGroup);
-    $("sessions").textContent = fmt(s.cluster.sessions);
-    $("fwd-up").textContent = s.cluster.up + " / " + s.cluster.known;
-    $("cluster-classes").tBodies[0].replaceChildren(...s.cluster.classes.map((c) =>
+    $("calls-1to1").textContent = fmt(m.cluster.callsOneToOne);
+    $("calls-group").textContent = fmt(m.cluster.callsGroup);
+    $("sessions").textContent = fmt(m.cluster.sessions);
+    $("fwd-up").textContent = m.cluster.up + " / " + m.cluster.known;
+    $("cluster-classes").tBodies[0].replaceChildren(...m.cluster.classes.map((c) =>
       el("tr", { "data-class": c.class }, el("th", {}, c.name),
         count(c.admitted1m), count(c.refused1m, "refused"), count(c.admitted5m), count(c.refused5m, "refused"))));
 
-    renderProbe($("health-nats"), s.health.nats, "NATS");
-    renderProbe($("health-redis"), s.health.redis, "Redis");
-    const d = s.dropped, dropped = d.forged + d.malformed + d.unexpected + d.stale + d.overflow;
+    renderProbe($("health-nats"), m.health.nats, "NATS");
+    renderProbe($("health-redis"), m.health.redis, "Redis");
+    const d = m.dropped, dropped = d.forged + d.malformed + d.unexpected + d.stale + d.overflow;
     const dr = $("health-dropped");
     dr.querySelector(".state").textContent = fmt(dropped);
     dr.querySelector(".state").className = "state" + (d.forged > 0 ? " bad" : "");
     dr.querySelector(".detail").textContent = "forged " + fmt(d.forged) + " · malformed " + fmt(d.malformed) +
       " · other types " + fmt(d.unexpected) + " · stale " + fmt(d.stale) + (d.overflow ? " · over the forwarder limit " + fmt(d.overflow) : "");
 
-    renderPartitions(s.partitions);
+    if (m.partitions) renderPartitions(m.partitions);
   }
 
   // ---- live connection --------------------------------------------------
 
+  let historyLoaded = false;
+
+  async function loadHistory() {
+    try {
+      const r = await fetch("api/history");
+      const h = await r.json();
+      if (!r.ok) throw new Error(h.error);
+      charts.load(h);
+      historyLoaded = true;
+    } catch (err) {
+      $("cursor-time").textContent = "cannot read the history: " + err.message;
+    }
+  }
+
   function connect() {
     const conn = $("conn");
     const es = new EventSource("events");
-    es.addEventListener("snapshot", (ev) => {
+    const take = (ev) => {
       try {
         render(JSON.parse(ev.data));
         conn.dataset.state = "live";
         conn.textContent = "live · updated " + new Date().toLocaleTimeString();
       } catch (err) {
         conn.dataset.state = "lost";
-        conn.textContent = "cannot read a snapshot: " + err.message;
+        conn.textContent = "cannot read an update: " + err.message;
+        return;
       }
-    });
+      if (!historyLoaded && ev.type === "fleet") loadHistory();
+    };
+    es.addEventListener("fleet", take);
+    es.addEventListener("delta", take);
     es.onerror = () => {
       conn.dataset.state = "lost";
       conn.textContent = "lost the connection to the dashboard; retrying… (the page below is stale)";
@@ -230,7 +380,7 @@
     };
   }
 
-  // A snapshot older than 5 s means the stream stalled: say so.
+  // A message older than 5 s means the stream stalled: say so.
   setInterval(() => {
     if (lastSnapshot && Date.now() - lastSnapshot > 5000) {
       document.body.classList.add("stale");
@@ -238,6 +388,8 @@
       $("conn").textContent = "no update for " + Math.round((Date.now() - lastSnapshot) / 1000) + " s; the page below is stale";
     }
   }, 1000);
+
+  charts.init();
 
   // ---- call drill-down --------------------------------------------------
 
