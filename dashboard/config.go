@@ -66,6 +66,12 @@ type Config struct {
 	// MaxDecisionLookups bounds the drill-downs listening at once; more
 	// are answered without the video layers.
 	MaxDecisionLookups int
+
+	// AdminAPI serves the admin API (admin.go) to AdminToken's bearers;
+	// off by default. AdminTimeout bounds a forwarder's answer to one
+	// command (a capture: its seconds more).
+	AdminAPI     bool
+	AdminTimeout time.Duration
 }
 
 // Default returns the production defaults.
@@ -86,6 +92,7 @@ func Default() Config {
 
 		DecisionWait:       1500 * time.Millisecond,
 		MaxDecisionLookups: 4,
+		AdminTimeout:       3 * time.Second,
 	}
 }
 
@@ -121,6 +128,9 @@ func (c Config) Validate() error {
 				errs = append(errs, err)
 			}
 		}
+	}
+	if c.AdminAPI && (c.AdminToken == "" || c.AdminTimeout <= 0) {
+		errs = append(errs, fmt.Errorf("dashboard: --admin-api needs --admin-token (its bearers may act on calls) and a positive admin timeout (%v)", c.AdminTimeout))
 	}
 	if c.ViewerToken != "" && c.ViewerToken == c.AdminToken {
 		errs = append(errs, errors.New("dashboard: --viewer-token and --admin-token are the same: a viewer would see device addresses; make two"))

@@ -55,6 +55,7 @@ func (s *Server) routes() http.Handler {
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	mux.Handle("GET /metrics", s.metricsHandler())
+	s.adminRoutes(mux) // the admin API, when on (admin.go)
 	return secure(mux)
 }
 

@@ -43,6 +43,10 @@ type Server struct {
 	lookups chan struct{}
 
 	malformed malformedRecords
+
+	// adminBadReplies counts forwarders' answers to admin commands that
+	// did not authenticate or answered another command (admin.go).
+	adminBadReplies atomic.Uint64
 }
 
 // malformedRecords counts the records read from the state store that did

@@ -3,6 +3,7 @@ package forwarder
 import (
 	"cmp"
 	"encoding/binary"
+	"hash/crc32"
 	"net/netip"
 	"slices"
 	"sync"
@@ -119,6 +120,10 @@ func redactSTUN(m []byte) {
 		switch t {
 		case uint16(protocol.AttrJoinToken), uint16(protocol.AttrResumeTicket), uint16(protocol.AttrCookie), 0x0006:
 			clear(m[v:end])
+		case 0x8028: // FINGERPRINT, made right again over the redacted message
+			if n == 4 && end == v+4 {
+				binary.BigEndian.PutUint32(m[v:], crc32.ChecksumIEEE(m[:p])^0x5354554e)
+			}
 		}
 		p = v + (n+3)&^3 // values are padded to 4 bytes
 	}

@@ -7,6 +7,7 @@
 #   - promtool (Debian's prometheus package), which checks the alert rules
 #     and the dashboards' queries in deploy/;
 #   - chromium, which the dashboard's browser test drives headless;
+#   - tshark, which opens the admin API's pcapng captures in the system test;
 #   - kubectl (Debian's kubernetes-client), whose offline `kubectl kustomize`
 #     renders the Kubernetes manifests in deploy/k8s.
 # Missing ones are installed with apt-get, as root or through passwordless
@@ -49,6 +50,7 @@ need redis-server redis-server
 need promtool prometheus
 need chromium chromium
 need kubectl kubernetes-client
+need tshark tshark # reads the admin API's captures (systemtest TestAdminActionsOnALiveCall)
 
 if [ ${#missing_pkgs[@]} -eq 0 ]; then
 	exit 0
@@ -61,6 +63,8 @@ if ! $can_install; then
 fi
 echo "installing with ${as_root[*]+${as_root[*]} }apt-get: ${missing_pkgs[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# tshark's package asks whether non-root users may capture: no (it only reads files here).
+echo "wireshark-common wireshark-common/install-setuid boolean false" | ${as_root[@]+"${as_root[@]}"} debconf-set-selections 2>/dev/null || true
 ${as_root[@]+"${as_root[@]}"} apt-get update
 # Services these packages may start (redis on :6379, prometheus on :9090)
 # are not used by the tests.

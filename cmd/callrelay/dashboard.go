@@ -33,6 +33,9 @@ func dashboardFlags(fs *flag.FlagSet) *dashboardOptions {
 	fs.StringVar(&cfg.Subject, "subject", cfg.Subject, "NATS subject prefix, the forwarders' one")
 	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partitions calls hash into; the conductors' number")
 	fs.DurationVar(&cfg.DownAfter, "down-after", cfg.DownAfter, "a forwarder silent this long is shown as down")
+	fs.BoolVar(&cfg.AdminAPI, "admin-api", false, "serve the admin API (/api/admin/..., callrelay admin) to --admin-token's bearers: "+
+		"list and inspect calls, remove, hold, move, drain, pin, capture; every request audit-logged")
+	fs.DurationVar(&cfg.AdminTimeout, "admin-timeout", cfg.AdminTimeout, "how long the admin API waits for a forwarder's answer to a command")
 	fs.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
 	return o
 }

@@ -24,13 +24,14 @@ var commands = map[string]struct {
 	"dashboard": {runDashboard, dashboardProc.about},
 	"conductor": {runConductor, conductorProc.about},
 	"token":     {runToken, "make signing keys and mint join tokens"},
+	"admin":     {runAdmin, "act on live calls through the dashboard's admin API (admin.go)"},
 	// Hidden: writes docs/configuration.md (go generate ./cmd/callrelay).
 	"config-doc": {runConfigDoc, ""},
 }
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: callrelay <command> [flags]   (callrelay <command> -h for its flags)")
-	for _, name := range []string{"demo", "forwarder", "conductor", "dashboard", "loadtest", "token"} {
+	for _, name := range []string{"demo", "forwarder", "conductor", "dashboard", "loadtest", "token", "admin"} {
 		fmt.Fprintf(os.Stderr, "  %-10s %s\n", name, commands[name].help)
 	}
 }

@@ -58,7 +58,7 @@ type declared interface {
 var processes = []declared{
 	forwarderProc, conductorProc, dashboardProc, demoProc, loadtestProc, loadtestAgentProc,
 	reflectorProc,
-	tokenKeygenProc, tokenMintProc, tokenClusterKeyProc, tokenDashboardProc,
+	tokenKeygenProc, tokenMintProc, tokenClusterKeyProc, tokenDashboardProc, adminProc,
 }
 
 // sharedKeys mean the same in every process that has them, so one variable
