@@ -313,7 +313,7 @@ func (c *control) admit(src netip.AddrPort, req protocol.JoinRequest, tok protoc
 	c.dirtyCalls[cl.id] = struct{}{}
 	answer, err := c.successFor(src, req, s, c.ticketFor(s, now, true))
 	s.lastTID, s.lastKey = req.TransactionID, s.key
-	s.raced.joinTID = s.lastTID // the admitting join (dualstack.go)
+	s.raced.admitted = now // a racing join may follow (dualstack.go)
 	if err != nil {
 		s.refused = true
 		c.remove(s)

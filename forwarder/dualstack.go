@@ -84,28 +84,29 @@ var mTrunkFamily = prometheus.NewDesc("callrelay_forwarder_trunk_family_unreacha
 // session there before the device has chosen. The device keeps one path and
 // sends a leave from the other; if that leave comes from the path the
 // second join took, it must not end the session the device kept: it moves
-// the session back to the path it came from. Only while the racing join is
-// the last request accepted for the session (once the device sends a
-// keepalive from the path it kept, it has chosen, and a leave ends the
-// session as always), and within raceWindow of it (a losing path's leave
-// comes within the device's loser grace and leave timeout, under a second
-// with this client).
+// the session back to the path it came from. Only for a move within
+// raceWindow of the admission, while the move's request is the last one
+// accepted for the session (a device that sent a keepalive from the new
+// path since has chosen it, and its leave ends the session as always), and
+// within raceWindow of the move (a losing path's leave comes right after
+// its answer, within the device's loser grace and leave timeout: under a
+// second with this client).
 const raceWindow = 3 * time.Second
 
-// racedPath is where a racing join moved a session from: a join whose
-// request is the first the session accepts after the join that admitted it
-// (and that join's retransmissions).
+// racedPath is where a racing join moved a session from: a move within
+// raceWindow of the session's admission (a losing path's join may arrive
+// before or after the device has chosen, its leave right after its answer).
 type racedPath struct {
-	joinTID [12]byte // the admitting join's transaction
-	from    netip.AddrPort
-	at      time.Time
-	tid     [12]byte // the racing join's transaction
+	admitted time.Time
+	from     netip.AddrPort
+	at       time.Time
+	tid      [12]byte // the racing join's transaction
 }
 
-// noteRace, called as s moves, remembers where from if this is the first
-// request s accepts after the join that admitted it.
+// noteRace, called as s moves, remembers where from if s was admitted
+// moments ago.
 func (c *control) noteRace(s *session) {
-	if s.lastTID == s.raced.joinTID && c.msg.TransactionID != s.raced.joinTID {
+	if c.f.cfg.Now().Sub(s.raced.admitted) <= raceWindow {
 		s.raced.from, s.raced.at, s.raced.tid = s.addr, c.f.cfg.Now(), c.msg.TransactionID
 		return
 	}
