@@ -2,6 +2,7 @@ package client
 
 import (
 	"crypto/ed25519"
+	"crypto/tls"
 	"fmt"
 	"net/netip"
 	"time"
@@ -16,6 +17,17 @@ type Config struct {
 	// Forwarders are the candidate forwarder addresses; the join goes to all
 	// of them at once and the first to accept wins. Required.
 	Forwarders []netip.AddrPort
+	// Streams are forwarders' TCP and TLS listeners, by the forwarder's
+	// address in Forwarders (transport.go): tried when no UDP join
+	// succeeded within UDPHeadStart (default 250ms), in parallel; TLSConfig
+	// checks the TLS listeners' certificates (nil: the system's roots). A
+	// Session on TCP or TLS tries UDP again every UDPRetryEvery (default
+	// 5s). Empty: UDP only.
+	Streams       map[netip.AddrPort]StreamEndpoints
+	TLSConfig     *tls.Config
+	UDPHeadStart  time.Duration
+	UDPRetryEvery time.Duration
+	bridge        *bridge // set on a Dial through a stream transport
 	// Token is the signed join token from the application's signalling
 	// service (protocol.SignToken). Required.
 	Token []byte
@@ -132,6 +144,8 @@ func (c Config) withDefaults() (Config, error) {
 	setDefault(&c.MaxRetryAfter, 10*time.Second)
 	setDefault(&c.LoserGrace, 500*time.Millisecond)
 	setDefault(&c.LeaveTimeout, 300*time.Millisecond)
+	setDefault(&c.UDPHeadStart, defaultUDPHeadStart)
+	setDefault(&c.UDPRetryEvery, defaultUDPRetryEvery)
 	if c.PreferIPv6Within == 0 {
 		c.PreferIPv6Within = defaultPreferIPv6Within
 	}

@@ -85,7 +85,7 @@ func newConn(cfg Config, d *dialer, res dialResult) *Conn {
 	c := &Conn{
 		cfg:         cfg,
 		log:         d.log.With(zap.Stringer("forwarder", win.addr)),
-		fwd:         win.addr,
+		fwd:         forwarderOf(cfg, win.addr), // a bridge's address stands for its forwarder (transport.go)
 		stats:       d.stats,
 		dialer:      d,
 		media:       make(chan *Packet, cfg.MediaQueue),

@@ -45,6 +45,9 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(cfg.Streams) > 0 {
+		return dialRace(ctx, cfg) // UDP first, then TCP and TLS (transport.go)
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("%w (%w): not started", ErrJoinTimeout, err)
 	}

@@ -94,6 +94,7 @@ type Session struct {
 	nudge       time.Time // an unconfirmed in-place rejoin: when its keepalive went
 	confirmed   time.Time // the last in-place rejoin confirmed
 	lastMigrate time.Time
+	udpRetry    time.Time // on TCP or TLS: when to try UDP again (transport_session.go)
 
 	closeOnce sync.Once
 	wg        sync.WaitGroup // attempts and retiring Conns
@@ -120,6 +121,9 @@ const (
 	// or the forwarder refused it for good; the Session has ended. Err says
 	// why.
 	EventLost
+	// EventTransport: a Session on TCP or TLS joined its forwarder over UDP
+	// again and moved back, make-before-break (Transport says "udp").
+	EventTransport
 )
 
 func (k EventKind) String() string {
@@ -134,6 +138,8 @@ func (k EventKind) String() string {
 		return "migrate-failed"
 	case EventLost:
 		return "lost"
+	case EventTransport:
+		return "transport"
 	default:
 		return fmt.Sprintf("event-%d", uint8(k))
 	}
@@ -147,6 +153,9 @@ type SessionEvent struct {
 	// MigrateTo) to the new Conn being up, or to giving up.
 	Took time.Duration
 	Err  error // with EventMigrateFailed and EventLost
+	// Transport is how the Session reaches To from now on: udp, tcp or tls
+	// (transport.go).
+	Transport Transport
 }
 
 // SessionStats are a Session's counters, and its current Conn's.

@@ -58,6 +58,9 @@ func (s *Session) step(timer *time.Timer) error {
 	if s.watch {
 		ended, unreachable, control = cur.Done(), cur.Unreachable(), cur.Control()
 		wake = cur.lastAnswer().Add(s.failoverAfter(cur))
+		if at, ok := s.udpRetryAt(cur); ok { // transport_session.go
+			wake = minTime(wake, at)
+		}
 		if !s.nudge.IsZero() {
 			answered = cur.answered
 			wake = minTime(wake, s.nudge.Add(nudgeWindow(cur)))
@@ -112,6 +115,9 @@ func (s *Session) checkTimers(cur *Conn) {
 		return
 	}
 	now := time.Now()
+	if s.backToUDP(cur, now) { // transport_session.go
+		return
+	}
 	if !s.nudge.IsZero() && !now.Before(s.nudge.Add(nudgeWindow(cur))) && !cur.lastAnswer().After(s.nudge) {
 		s.log.Info("rejoin nudge: no answer in place, joining anew", zap.Stringer("forwarder", cur.Forwarder()))
 		s.replace(cur, EventRejoined, s.nudge, s.candidates(cur.Forwarder(), netip.AddrPort{}, false))
@@ -183,7 +189,7 @@ func (s *Session) onMigrateTo(cur *Conn, m *protocol.MigrateTo) {
 func (s *Session) trouble(cur *Conn, kind EventKind, dead bool, cause error) {
 	var front netip.AddrPort
 	if s.att != nil {
-		if s.att.kind != EventMigrated {
+		if s.att.kind != EventMigrated && s.att.kind != EventTransport {
 			return
 		}
 		front = s.att.target
@@ -241,6 +247,10 @@ func (s *Session) finished(r attemptResult) error {
 	att.cancel()
 	took := time.Since(att.began)
 	if r.err != nil {
+		if att.kind == EventTransport { // UDP still does not answer: stay, try again later
+			s.udpRetry = time.Now().Add(s.cfg.UDPRetryEvery)
+			return nil
+		}
 		if att.kind == EventMigrated {
 			s.migrationsFailed.Add(1)
 			s.log.Warn("migration failed, staying", zap.Stringer("forwarder", att.from), zap.Error(r.err))
@@ -251,6 +261,7 @@ func (s *Session) finished(r attemptResult) error {
 		return r.err
 	}
 	s.swap(r.conn, took)
+	s.udpRetry = time.Now().Add(s.cfg.UDPRetryEvery)
 	switch att.kind {
 	case EventFailover:
 		s.failovers.Add(1)
@@ -261,7 +272,7 @@ func (s *Session) finished(r attemptResult) error {
 	}
 	s.log.Info("forwarder switched", zap.Stringer("kind", att.kind), zap.Stringer("from", att.from),
 		zap.Stringer("to", r.conn.Forwarder()), zap.Duration("took", took))
-	s.emit(SessionEvent{Kind: att.kind, From: att.from, To: r.conn.Forwarder(), Took: took})
+	s.emit(SessionEvent{Kind: att.kind, From: att.from, To: r.conn.Forwarder(), Took: took, Transport: r.conn.Transport()})
 	return nil
 }
 

@@ -81,13 +81,15 @@ type k8sPodSpec struct {
 	Affinity                      map[string]any `yaml:"affinity"`
 	SecurityContext               map[string]any `yaml:"securityContext"`
 	Containers                    []k8sContainer `yaml:"containers"`
+	Volumes                       []any          `yaml:"volumes"` // the forwarder's TLS certificate
 }
 
 type k8sContainer struct {
-	Name  string   `yaml:"name"`
-	Image string   `yaml:"image"`
-	Args  []string `yaml:"args"`
-	Env   []struct {
+	Name         string   `yaml:"name"`
+	Image        string   `yaml:"image"`
+	Args         []string `yaml:"args"`
+	VolumeMounts []any    `yaml:"volumeMounts"`
+	Env          []struct {
 		Name      string `yaml:"name"`
 		Value     string `yaml:"value"`
 		ValueFrom *struct {

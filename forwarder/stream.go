@@ -176,7 +176,14 @@ func (f *Forwarder) newStreamServer() (*streamServer, error) {
 		}
 		s.lns[i] = ln
 	}
-	for i := range max(1, len(f.rdrs)) {
+	// One worker per reader, as long as their trunk streams fit below the
+	// control goroutine's (255).
+	workers := min(len(f.rdrs), controlTrunkStream-len(f.rdrs))
+	if workers < 1 {
+		s.closeListeners()
+		return nil, fmt.Errorf("forwarder: %d readers leave no trunk stream for TCP and TLS workers: use at most %d", len(f.rdrs), controlTrunkStream-1)
+	}
+	for i := range workers {
 		w, r, err := f.newStreamWorker(i, &s.c)
 		if err != nil {
 			s.closeListeners()

@@ -41,6 +41,9 @@ func (f *Forwarder) newStreamWorker(i int, sc *streamCounters) (*streamWorker, *
 			return nil, nil, err
 		}
 		r.tpc, r.tcodec = tpc, protocol.NewTrunkCodec(cfg.Cluster.Key)
+		// Trunk streams (README 6): the UDP readers number 0..n-1 and the
+		// control goroutine 255; stream workers follow the readers.
+		r.tcodec.Number(uint8(len(f.rdrs)+i), f.trunkSeq0)
 		r.tbufs = new([readBatch][maxDatagram + protocol.TrunkOverhead]byte)
 	}
 	return w, r, nil

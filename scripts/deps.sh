@@ -9,7 +9,9 @@
 #   - chromium, which the dashboard's browser test drives headless;
 #   - tshark, which opens the admin API's pcapng captures in the system test;
 #   - kubectl (Debian's kubernetes-client), whose offline `kubectl kustomize`
-#     renders the Kubernetes manifests in deploy/k8s.
+#     renders the Kubernetes manifests in deploy/k8s;
+#   - nft (Debian's nftables), with which the TCP/TLS fallback tests drop UDP
+#     in a network namespace they create (they run as root, as CI does).
 # Missing ones are installed with apt-get, as root or through passwordless
 # sudo; otherwise the script says what to install and fails.
 set -euo pipefail
@@ -50,6 +52,7 @@ need redis-server redis-server
 need promtool prometheus
 need chromium chromium
 need kubectl kubernetes-client
+need nft nftables # the TCP/TLS proof tests drop a network namespace's UDP with it
 need tshark tshark # reads the admin API's captures (systemtest TestAdminActionsOnALiveCall)
 
 if [ ${#missing_pkgs[@]} -eq 0 ]; then

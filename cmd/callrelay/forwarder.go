@@ -31,6 +31,7 @@ type forwarderOptions struct {
 	statsEvery                        time.Duration
 	metricsMaxConns                   int
 	videoFrameExtID, absSendTimeExtID uint
+	stream                            streamOptions // forwarder_stream.go
 }
 
 func forwarderFlags(fs *flag.FlagSet) *forwarderOptions {
@@ -60,6 +61,7 @@ func forwarderFlags(fs *flag.FlagSet) *forwarderOptions {
 	fs.DurationVar(&cfg.Audio.DecisionTimeout, "decision-timeout", cfg.Audio.DecisionTimeout, "a call with no fresh conductor decision for this long forwards every voice until one comes (longer than a conductor takeover)")
 	fs.DurationVar(&cfg.DrainDeadline, "drain-deadline", cfg.DrainDeadline, "on SIGTERM, stop admitting, ask sessions to move, and exit when empty or after this long")
 	fs.DurationVar(&cfg.TicketLifetime, "ticket-lifetime", cfg.TicketLifetime, "how long a resumption ticket lets a session whose token expired come back (10s..1h; renewed every fifth of it while the session lives)")
+	addStreamFlags(fs, o)
 	addMetricsFlags(fs, &o.metricsListen, &o.metricsMaxConns)
 	fs.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
 	fs.DurationVar(&o.statsEvery, "stats-every", o.statsEvery, "log a stats line this often (0: never)")
@@ -139,6 +141,9 @@ func (o *forwarderOptions) parseValues() error {
 		return fmt.Errorf("forwarder: --video-frame-ext-id %d, --abs-send-time-ext-id %d: want 1..14", o.videoFrameExtID, o.absSendTimeExtID)
 	}
 	cfg.Adapt.VideoFrameExtensionID, cfg.Adapt.AbsSendTimeExtensionID = uint8(o.videoFrameExtID), uint8(o.absSendTimeExtID)
+	if err := o.loadStreamTLS(); err != nil {
+		return err
+	}
 	if o.alternate != "" {
 		if cfg.Alternate, err = netip.ParseAddrPort(o.alternate); err != nil {
 			return fmt.Errorf("forwarder: --alternate %q: want ip:port", o.alternate)
