@@ -101,85 +101,105 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.f.Stats()
 	c.f.collectBuffers(ch)
-	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
-	gauge := func(d *prometheus.Desc, v float64) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
-	}
-	counter(mPackets, s.PacketsIn, "in")
-	counter(mPackets, s.PacketsOut, "out")
-	counter(mPackets, s.TrunkIn, "trunk_in")
-	counter(mPackets, s.TrunkOut, "trunk_out")
-	counter(mBytes, s.BytesIn, "in")
-	counter(mBytes, s.BytesOut, "out")
-	counter(mBytes, s.TrunkBytesIn, "trunk_in")
-	counter(mBytes, s.TrunkBytesOut, "trunk_out")
-	for i, d := range s.Drops {
-		counter(mDrops, d, DropReason(i).String())
-	}
-	gauge(mSessions, float64(s.Sessions))
-	gauge(mCalls, float64(s.Calls))
-	gauge(mPeers, float64(s.Peers))
+	collectTraffic(ch, &s)
+	constGauge(ch, mSessions, float64(s.Sessions))
+	constGauge(ch, mCalls, float64(s.Calls))
+	constGauge(ch, mPeers, float64(s.Peers))
 	collectPeering(ch, s.Peering)
-	gauge(mDraining, b2f(s.Draining))
-	counter(mJoins, s.Joins)
-	counter(mRefusals, s.JoinErrors)
-	counter(mNudges, s.RejoinNudges)
-	counter(mMigrate, s.Migrations)
-	counter(mMoves, s.AddressChanges)
-	counter(mCookies, s.CookieChallenges)
+	constGauge(ch, mDraining, b2f(s.Draining))
+	constCounter(ch, mJoins, s.Joins)
+	constCounter(ch, mRefusals, s.JoinErrors)
+	constCounter(ch, mNudges, s.RejoinNudges)
+	constCounter(ch, mMigrate, s.Migrations)
+	constCounter(ch, mMoves, s.AddressChanges)
+	constCounter(ch, mCookies, s.CookieChallenges)
 	collectResume(ch, s.Resume)
 	collectStream(ch, s.Stream)
-	gauge(mDegraded, b2f(s.StateDegraded))
-	gauge(mQueued, float64(s.StateQueued))
-	counter(mStErr, s.StateErrors)
-	counter(mStDrop, s.StateDropped)
-	counter(mClBad, s.ClusterBad)
-	counter(mNATSErr, s.NATSErrors)
-	counter(mMuted, s.AudioMuted)
-	counter(mOnsets, s.Onsets)
-	counter(mMeta, s.MetadataSent)
-	counter(mMetaBytes, s.MetadataBytes)
-	counter(mDecisions, s.Decisions, "applied")
-	counter(mDecisions, s.DecisionsStale, "stale")
-	counter(mDecisions, s.DecisionsUnknown, "unknown_call")
-	counter(mSpeaker, s.SpeakerUpdates)
-	counter(mLapses, s.DecisionLapses)
-	gauge(mLapsed, float64(s.CallsLapsed))
+	constGauge(ch, mDegraded, b2f(s.StateDegraded))
+	constGauge(ch, mQueued, float64(s.StateQueued))
+	constCounter(ch, mStErr, s.StateErrors)
+	constCounter(ch, mStDrop, s.StateDropped)
+	constCounter(ch, mClBad, s.ClusterBad)
+	constCounter(ch, mNATSErr, s.NATSErrors)
+	collectDecisions(ch, &s)
 	collectNotices(ch, &s)
-	for i, n := range s.NackOutcomes {
-		counter(mNacked, n, nackOutcomeNames[i])
-	}
-	counter(mKeyReq, s.KeyRequests, "receivers")
-	counter(mKeyReq, s.KeyFramesAsked, "relay")
-	counter(mTargets, s.TargetsSent)
-	counter(mSubs, s.Subscriptions, "applied")
-	counter(mSubs, s.SubsRejected, "rejected")
-	counter(mResent, s.ResentBytes)
-	counter(mProbe, s.ProbeBytes)
-	gauge(mLevel, float64(s.ThrottleLevel))
+	collectMedia(ch, &s)
 	ch <- c.f.storeLatency.metric(mStoreLatency)
 	ch <- c.f.natsRTT.metric(mNATSRTT)
-	for i, v := range s.Load.values() {
-		ch <- prometheus.MustNewConstMetric(mLoad, prometheus.GaugeValue, v, loadSignalNames[i])
-	}
-	for l, n := range s.LevelChanges {
-		counter(mLevelChanges, n, ThrottleLevel(l).String())
-	}
-	for class := range s.Refusals {
-		for why, n := range s.Refusals[class] {
-			counter(mRefusedClass, n, joinClassName(JoinClass(class)), refusalNames[why])
-		}
-		counter(mAdmittedClass, s.Admissions[class], joinClassName(JoinClass(class)))
-	}
+	collectLoad(ch, &s)
 }
 
-// b2f is a gauge's value for a flag (Collect stays under 80 lines with it
-// out of the function).
+func constCounter(ch chan<- prometheus.Metric, d *prometheus.Desc, v uint64, labels ...string) {
+	ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+}
+
+func constGauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64) {
+	ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
+}
+
 func b2f(b bool) float64 {
 	if b {
 		return 1
 	}
 	return 0
+}
+
+// collectTraffic reports packets, bytes and drops.
+func collectTraffic(ch chan<- prometheus.Metric, s *Stats) {
+	constCounter(ch, mPackets, s.PacketsIn, "in")
+	constCounter(ch, mPackets, s.PacketsOut, "out")
+	constCounter(ch, mPackets, s.TrunkIn, "trunk_in")
+	constCounter(ch, mPackets, s.TrunkOut, "trunk_out")
+	constCounter(ch, mBytes, s.BytesIn, "in")
+	constCounter(ch, mBytes, s.BytesOut, "out")
+	constCounter(ch, mBytes, s.TrunkBytesIn, "trunk_in")
+	constCounter(ch, mBytes, s.TrunkBytesOut, "trunk_out")
+	for i, d := range s.Drops {
+		constCounter(ch, mDrops, d, DropReason(i).String())
+	}
+}
+
+// collectDecisions reports the conductor's decisions and what they did.
+func collectDecisions(ch chan<- prometheus.Metric, s *Stats) {
+	constCounter(ch, mMuted, s.AudioMuted)
+	constCounter(ch, mOnsets, s.Onsets)
+	constCounter(ch, mMeta, s.MetadataSent)
+	constCounter(ch, mMetaBytes, s.MetadataBytes)
+	constCounter(ch, mDecisions, s.Decisions, "applied")
+	constCounter(ch, mDecisions, s.DecisionsStale, "stale")
+	constCounter(ch, mDecisions, s.DecisionsUnknown, "unknown_call")
+	constCounter(ch, mSpeaker, s.SpeakerUpdates)
+	constCounter(ch, mLapses, s.DecisionLapses)
+	constGauge(ch, mLapsed, float64(s.CallsLapsed))
+}
+
+// collectMedia reports retransmissions, key frames, targets and subscriptions.
+func collectMedia(ch chan<- prometheus.Metric, s *Stats) {
+	for i, n := range s.NackOutcomes {
+		constCounter(ch, mNacked, n, nackOutcomeNames[i])
+	}
+	constCounter(ch, mKeyReq, s.KeyRequests, "receivers")
+	constCounter(ch, mKeyReq, s.KeyFramesAsked, "relay")
+	constCounter(ch, mTargets, s.TargetsSent)
+	constCounter(ch, mSubs, s.Subscriptions, "applied")
+	constCounter(ch, mSubs, s.SubsRejected, "rejected")
+	constCounter(ch, mResent, s.ResentBytes)
+	constCounter(ch, mProbe, s.ProbeBytes)
+}
+
+// collectLoad reports the throttle level, the load signals and admissions.
+func collectLoad(ch chan<- prometheus.Metric, s *Stats) {
+	constGauge(ch, mLevel, float64(s.ThrottleLevel))
+	for i, v := range s.Load.values() {
+		ch <- prometheus.MustNewConstMetric(mLoad, prometheus.GaugeValue, v, loadSignalNames[i])
+	}
+	for l, n := range s.LevelChanges {
+		constCounter(ch, mLevelChanges, n, ThrottleLevel(l).String())
+	}
+	for class := range s.Refusals {
+		for why, n := range s.Refusals[class] {
+			constCounter(ch, mRefusedClass, n, joinClassName(JoinClass(class)), refusalNames[why])
+		}
+		constCounter(ch, mAdmittedClass, s.Admissions[class], joinClassName(JoinClass(class)))
+	}
 }
