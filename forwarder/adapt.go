@@ -241,6 +241,7 @@ func (c *control) ensureCache(m *mediaInfo) {
 func (c *control) senderTick(cl *call, s *session, now time.Time) {
 	m := s.media
 	c.ensureCache(m)
+	m.up.handOver() // leg.go
 	if !m.rtpSeen.Load() {
 		return
 	}

@@ -156,7 +156,7 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 func (r *reader) rtp(rte *route, m *mediaInfo, b []byte) {
 	slot := m.note(r.hdr.SSRC)
 	nowNS := r.now()
-	m.up.onPacket(&r.hdr, r.f.adapt.absID, len(b), slot, nowNS)
+	m.up.onPacket(&r.cw, &r.hdr, r.f.adapt.absID, len(b), slot, nowNS)
 	voice, level, audio := r.hdr.AudioLevel(r.f.audio.extID)
 	if rte.hold != 0 && r.held(rte, m, audio) {
 		return
