@@ -39,6 +39,10 @@ type session struct {
 	lastTID  [stun.TransactionIDSize]byte
 	lastKey  []byte
 	lastSeen time.Time
+	// joinHeld: the answer to the admitting join (lastTID) waits for its
+	// store write (state.go); the join's retransmissions are not answered
+	// before it.
+	joinHeld bool
 	log      *zap.Logger
 	media    *mediaInfo // what the data path learned; shared with its routes
 
@@ -249,8 +253,9 @@ func (c *control) handle(src netip.AddrPort, raw []byte) {
 			s.key = protocol.IntegrityKey(s.token)
 		}
 		s.lastSeen = now
-		c.acceptSession(src, req, s, newToken, now)
-		c.confirmSession(s, now) // the device's first keepalive: it chose this forwarder (device.go)
+		if c.acceptSession(src, req, s, newToken, now) {
+			c.confirmSession(s, now) // the device's first keepalive: it chose this forwarder (device.go)
+		}
 	}
 }
 

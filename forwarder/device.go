@@ -129,8 +129,9 @@ func (c *control) deviceKeyed(src netip.AddrPort, req protocol.JoinRequest, s *s
 		s.token = append(s.token[:0:0], req.Token...)
 	}
 	s.lastSeen = now
-	c.acceptSession(src, req, s, newToken, now)
-	c.confirmSession(s, now)
+	if c.acceptSession(src, req, s, newToken, now) {
+		c.confirmSession(s, now)
+	}
 }
 
 // deviceProof handles a request with a DEVICE-PROOF: a join, a resumption,
@@ -230,8 +231,9 @@ func (c *control) reproved(src netip.AddrPort, req protocol.JoinRequest, s *sess
 		return
 	}
 	s.lastSeen = now
-	c.acceptSession(src, req, s, newToken, now)
-	c.confirmSession(s, now)
+	if c.acceptSession(src, req, s, newToken, now) {
+		c.confirmSession(s, now)
+	}
 }
 
 // bindDevice makes s device-bound by the proof of req: the forwarder's

@@ -222,12 +222,20 @@ func (c *control) ticketFor(s *session, now time.Time, force bool) []byte {
 }
 
 // acceptSession answers a member's keepalive or address change, with a new
-// ticket when one is due or the session's token has just changed.
-func (c *control) acceptSession(src netip.AddrPort, req protocol.JoinRequest, s *session, newToken bool, now time.Time) {
+// ticket when one is due or the session's token has just changed. A
+// retransmission of the admitting join whose answer still waits for its
+// store write is not answered (the held answer goes out when the write
+// lands; answering it now would tell the device it joined before the call's
+// record says so) and acceptSession reports false.
+func (c *control) acceptSession(src netip.AddrPort, req protocol.JoinRequest, s *session, newToken bool, now time.Time) bool {
+	if s.joinHeld && req.TransactionID == s.lastTID {
+		return false
+	}
 	if raw, err := c.successFor(src, req, s, c.ticketFor(s, now, newToken)); err == nil {
 		s.lastTID, s.lastKey = req.TransactionID, s.key
 		c.reply(raw, src)
 	}
+	return true
 }
 
 var (

@@ -67,6 +67,7 @@ func (c *control) place(s *session, answer []byte, req *protocol.JoinRequest) bo
 		h.tid, h.reqLen = req.TransactionID, c.reqLen
 	}
 	c.held[c.tag] = h
+	s.joinHeld = true
 	return true
 }
 
@@ -120,6 +121,9 @@ func (c *control) onResult(r statestore.Result, now time.Time) {
 		}
 		if r.Err != nil {
 			c.stateTrouble(r.Op.Call, r.Err)
+		}
+		if held {
+			h.s.joinHeld = false
 		}
 		if held && c.sessions[sessionKey{h.s.call.id, h.s.participant}] == h.s {
 			// Answered even when the write failed for good (a corrupt
@@ -303,6 +307,7 @@ func (c *control) stateTick(now time.Time) {
 	// Answers held for writes that now wait behind an outage go out.
 	if degraded || c.storeAway() {
 		for tag, h := range c.held {
+			h.s.joinHeld = false
 			if c.sessions[sessionKey{h.s.call.id, h.s.participant}] == h.s {
 				c.reply(h.answer, h.s.addr)
 			}
