@@ -25,13 +25,14 @@ var commands = map[string]struct {
 	"conductor": {runConductor, conductorProc.about},
 	"token":     {runToken, "make signing keys and mint join tokens"},
 	"admin":     {runAdmin, "act on live calls through the dashboard's admin API (admin.go)"},
+	"nats-auth": {runNATSAuth, natsAuthProc.about},
 	// Hidden: writes docs/configuration.md (go generate ./cmd/callrelay).
 	"config-doc": {runConfigDoc, ""},
 }
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: callrelay <command> [flags]   (callrelay <command> -h for its flags)")
-	for _, name := range []string{"demo", "forwarder", "conductor", "dashboard", "loadtest", "token", "admin"} {
+	for _, name := range []string{"demo", "forwarder", "conductor", "dashboard", "loadtest", "token", "admin", "nats-auth"} {
 		fmt.Fprintf(os.Stderr, "  %-10s %s\n", name, commands[name].help)
 	}
 }

@@ -59,6 +59,7 @@ var processes = []declared{
 	forwarderProc, conductorProc, dashboardProc, demoProc, loadtestProc, loadtestAgentProc,
 	reflectorProc,
 	tokenKeygenProc, tokenMintProc, tokenClusterKeyProc, tokenDashboardProc, adminProc,
+	natsAuthProc,
 }
 
 // sharedKeys mean the same in every process that has them, so one variable
