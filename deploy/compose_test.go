@@ -157,6 +157,9 @@ func TestCompose(t *testing.T) {
 			if !strings.HasPrefix(src, ".") && !strings.HasPrefix(src, "/") {
 				continue // a named volume
 			}
+			if strings.HasPrefix(src, "./nats-auth/") {
+				continue // written by `callrelay nats-auth` at deploy time: TestComposeNATSAuth
+			}
 			if _, err := os.Stat(filepath.Join("compose", src)); err != nil {
 				t.Errorf("service %s mounts %s, which is not in the repository: %v", name, src, err)
 			}
