@@ -85,3 +85,76 @@ func TestComposeNATSAuth(t *testing.T) {
 		t.Errorf("%d NATS nodes and %d clients checked, want 3 and 6", nodes, clients)
 	}
 }
+
+// Every callrelay process of the Kubernetes manifests that connects to NATS
+// (all of them: the ConfigMap gives CALLRELAY_NATS_URL) reads its own
+// role's seed with --nats-nkey, from a Secret mounted for that role only
+// and readable by the process's group; the Secrets in the file hold
+// placeholders, never a seed.
+func TestK8sNATSAuth(t *testing.T) {
+	objs := loadK8s(t)
+	secrets := map[string]k8sObject{}
+	for _, o := range objs {
+		if o.Kind == "Secret" {
+			secrets[o.Metadata.Name] = o
+		}
+	}
+	seen := map[string]bool{}
+	for _, o := range objs {
+		if o.Spec == nil || o.Spec.Template == nil {
+			continue
+		}
+		pod := o.Spec.Template.Spec
+		for _, c := range pod.Containers {
+			if len(c.Args) == 0 || !isRole(c.Args[0]) {
+				continue
+			}
+			role := c.Args[0]
+			seen[role] = true
+			seed, ok := flagValue(c.Args, "nats-nkey")
+			if !ok {
+				t.Errorf("%s %s: no --nats-nkey", o.Kind, o.Metadata.Name)
+				continue
+			}
+			vol := ""
+			for _, m := range c.VolumeMounts {
+				mm, _ := m.(map[string]any)
+				if mm["mountPath"] == path.Dir(seed) {
+					vol, _ = mm["name"].(string)
+				}
+			}
+			secretName, mode := "", 0
+			for _, v := range pod.Volumes {
+				vm, _ := v.(map[string]any)
+				if vm["name"] != vol || vol == "" {
+					continue
+				}
+				sec, _ := vm["secret"].(map[string]any)
+				secretName, _ = sec["secretName"].(string)
+				mode, _ = sec["defaultMode"].(int)
+			}
+			if want := "callrelay-nats-" + role; secretName != want {
+				t.Errorf("%s %s: --nats-nkey %s is not from Secret %s (got %q)", o.Kind, o.Metadata.Name, seed, want, secretName)
+				continue
+			}
+			if mode&0o7 != 0 {
+				t.Errorf("%s %s: the seed's mode %o lets others read it", o.Kind, o.Metadata.Name, mode)
+			}
+			if g, _ := pod.SecurityContext["fsGroup"].(int); mode&0o40 != 0 && g != 65532 {
+				t.Errorf("%s %s: the seed is group-readable but fsGroup is %d, not the process's 65532", o.Kind, o.Metadata.Name, g)
+			}
+			s, ok := secrets[secretName]
+			if _, has := s.StringData[path.Base(seed)]; !ok || !has {
+				t.Errorf("Secret %s: no key %s", secretName, path.Base(seed))
+			}
+			if strings.Contains(s.StringData[path.Base(seed)], "SU") && !strings.Contains(s.StringData[path.Base(seed)], "REPLACE") {
+				t.Errorf("Secret %s holds what looks like a real seed: placeholders only", secretName)
+			}
+		}
+	}
+	for _, r := range []string{"forwarder", "conductor", "dashboard"} {
+		if !seen[r] {
+			t.Errorf("no %s in the manifests", r)
+		}
+	}
+}
