@@ -34,3 +34,6 @@ func (s *Session) backToUDP(cur *Conn, now time.Time) bool {
 		func(ctx context.Context) (*Conn, error) { return Dial(ctx, cfg) })
 	return true
 }
+
+// Transport is how the Session reaches its forwarder now: udp, tcp or tls.
+func (s *Session) Transport() Transport { return s.current().Transport() }
