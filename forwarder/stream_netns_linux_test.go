@@ -399,10 +399,12 @@ func TestNetnsJoinWithUDPBlocked(t *testing.T) {
 			dev := startDevice(t, n, r, ca, tc.ep, r.mint(t, call, protocol.ClassGroup, 4))
 			require.Equal(t, tc.want, dev.expect(t, "JOINED "))
 			waitReceived(t, host, 25, "the host member did not hear the device")
+			heard := 0 // each stats call counts since the one before
 			require.Eventually(t, func() bool {
 				s := dev.stats(t)
 				require.Zero(t, s.Corrupt, "device: %s", s)
-				return s.Received >= 25
+				heard += s.Received
+				return heard >= 25
 			}, 20*time.Second, 100*time.Millisecond, "the device did not hear the host member")
 			s := host.take()
 			require.Zero(t, s.Corrupt, "host: %s", s)
