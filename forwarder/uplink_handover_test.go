@@ -35,12 +35,14 @@ func TestUplinkTwoReadersOneSession(t *testing.T) {
 	require.Positive(t, m.up.bps.Load(), "A's packets give an estimate")
 	require.Same(t, &ra.cw, m.up.cur.Load().writer)
 
-	var wg sync.WaitGroup
+	var wg, ctl sync.WaitGroup
 	done := make(chan struct{})
 	wg.Add(2)
+	ctl.Add(1)
 	go func() { defer wg.Done(); send(ra, 100, 2000) }() // late packets of the old path
 	go func() { defer wg.Done(); send(rb, 100, 2000) }() // the new path
 	go func() {                                          // the control goroutine's ticks
+		defer ctl.Done()
 		for {
 			select {
 			case <-done:
@@ -53,14 +55,18 @@ func TestUplinkTwoReadersOneSession(t *testing.T) {
 	}()
 	wg.Wait()
 	close(done)
+	ctl.Wait()
 
-	// The old path is gone: the next tick gives B an estimator of its own,
-	// which B's packets feed.
-	send(rb, 2100, 1)
-	m.up.handOver()
+	// The old path is gone. A request A left after the last tick may be
+	// granted once more; B's next packet asks again, so within two ticks B
+	// has an estimator of its own, which B's packets feed.
+	for i := 0; i < 2; i++ {
+		send(rb, 2100+i, 1)
+		m.up.handOver()
+	}
 	require.Same(t, &rb.cw, m.up.cur.Load().writer)
 	before := m.up.cur.Load()
-	send(rb, 2101, 100)
+	send(rb, 2102, 100)
 	require.Same(t, before, m.up.cur.Load(), "the owner keeps its estimator")
 	require.True(t, before.inited, "B's packets reach its estimator")
 	require.Positive(t, m.up.bps.Load())
