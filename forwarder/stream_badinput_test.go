@@ -165,8 +165,11 @@ func TestStreamMemberThatNeverReads(t *testing.T) {
 	deaf := newStreamDevice(t, r, nil, r.token(t, call.call, protocol.NewID(), protocol.ClassGroup, 8))
 	_ = deaf.conn.(*net.TCPConn).SetReadBuffer(4096)
 	deaf.join()
-	// From now on deaf reads nothing.
-	for i := 0; i < 400 && r.f.Stats().Stream.Closed[closeWriteStalled] == 0; i++ {
+	// From now on deaf reads nothing. The connection closes once writes have
+	// stalled for WriteTimeout, a time, so the exchange goes on until then
+	// (bounded in time and in count), however fast the packets went.
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; i < 4000 && time.Now().Before(deadline) && r.f.Stats().Stream.Closed[closeWriteStalled] == 0; i++ {
 		call.exchange(100)
 	}
 	s := r.f.Stats().Stream
