@@ -160,7 +160,10 @@ func TestDeviceSessionNATRebinding(t *testing.T) {
 	})
 	require.Equal(t, uint64(2), r.f.Stats().Resume.Device.Proofs, "the join's and the new path's")
 	require.GreaterOrEqual(t, proofRefused(r.f, "missing"), uint64(1), "the keepalive from the new address, asked for a proof")
-	require.Equal(t, [2]int{n, n}, [2]int{flow(t, c, peer, 0xd1ce000, 1000, n), flow(t, peer, c, 0xfee1000, 1000, n)}, "media after the rebinding")
+	// The move is counted when the control goroutine takes it; the readers
+	// see the new address when it next publishes the routes. Keepalives
+	// answered on the new path say both are done (media sent in between
+	// could meet the old routes: 98 of 100 once on a quiet machine).
 	answered := c.Stats().KeepalivesAnswered
 	testenv.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if got := c.Stats().KeepalivesAnswered; got < answered+5 {
@@ -168,6 +171,7 @@ func TestDeviceSessionNATRebinding(t *testing.T) {
 		}
 		return nil
 	})
+	require.Equal(t, [2]int{n, n}, [2]int{flow(t, c, peer, 0xd1ce000, 1000, n), flow(t, peer, c, 0xfee1000, 1000, n)}, "media after the rebinding")
 	require.Zero(t, proofRefused(r.f, "integrity")+proofRefused(r.f, "signature")+proofRefused(r.f, "stale"))
 	require.NoError(t, c.Err())
 }
