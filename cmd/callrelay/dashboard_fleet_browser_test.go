@@ -182,18 +182,31 @@ func TestDashboardFleetInBrowser(t *testing.T) {
 		return cs.length + " " + Array.from(new Set(cs.map(c => c.dataset.region))).join(","); })()`))
 
 	// The time cursor: hover the NACK chart 10 s before its right edge;
-	// every panel shows that second.
-	var fx, fy float64
-	_, err = fmt.Sscan(eval(`(() => { const c = document.querySelector('[data-panel=nack] canvas');
-		c.scrollIntoView({block: "center"}); const r = c.getBoundingClientRect();
-		return (r.left + r.width * (1 - 10 / 900)) + " " + (r.top + r.height / 2); })()`), &fx, &fy)
-	require.NoError(t, err)
-	require.NoError(t, chromedp.Do(bctx, chromedp.MouseEvent(input.DispatchMouseEventTypeMouseMoved, fx, fy)))
+	// every panel shows that second. The pointer is moved again on every
+	// poll, at the canvas's current place: the grid and region summaries
+	// above the charts change height as deltas arrive, which can move the
+	// canvas from under a still pointer (Chrome then sends mouseleave and
+	// the page rightly follows the latest second again). The readouts and
+	// the cursor label are read in one evaluation.
+	hover := func() error {
+		var fx, fy float64
+		if _, err := fmt.Sscan(eval(`(() => { const c = document.querySelector('[data-panel=nack] canvas');
+			c.scrollIntoView({block: "center"}); const r = c.getBoundingClientRect();
+			return (r.left + r.width * (1 - 10 / 900)) + " " + (r.top + r.height / 2); })()`), &fx, &fy); err != nil {
+			return err
+		}
+		return chromedp.Do(bctx, chromedp.MouseEvent(input.DispatchMouseEventTypeMouseMoved, fx, fy))
+	}
 	testenv.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
+		if err := hover(); err != nil {
+			return err
+		}
 		got := eval(`(() => { const secs = Array.from(document.querySelectorAll('.panel .readout')).map(r => r.dataset.sec);
-			return Array.from(new Set(secs)).join(",") + " " + document.getElementById('cursor-time').textContent; })()`)
-		if !strings.Contains(got, "cursor:") || strings.Contains(strings.Fields(got)[0], ",") {
-			return fmt.Errorf("panels not on one cursor second: %s", got)
+			const l = document.getElementById('cursor-time');
+			return Array.from(new Set(secs)).join(",") + " " + l.dataset.sec + " " + l.textContent; })()`)
+		f := strings.Fields(got)
+		if len(f) < 3 || !strings.HasPrefix(f[2], "cursor:") || strings.Contains(f[0], ",") || f[0] != f[1] {
+			return fmt.Errorf("panels not on one cursor second (readout seconds, cursor second, label): %s", got)
 		}
 		return nil
 	})
