@@ -146,6 +146,7 @@ func readSized(t *testing.T, rd *bufio.Reader) (FleetMsg, int) {
 func TestHistorySeries(t *testing.T) {
 	e := start(t)
 	t0 := e.clock.Now().Unix()
+	waitBooked(t, e)
 	r := fleetReport(0, 1, 0) // eu-west
 	e.publish(t, r, e.key)
 	e.waitState(t, func(s Snapshot) error {
@@ -195,6 +196,7 @@ func TestHistorySeries(t *testing.T) {
 	// above are gone from every ring.
 	for range 3 {
 		e.clock.Add(30 * time.Minute)
+		waitBooked(t, e)
 		r2.Seq++
 		e.publish(t, r2, e.key)
 		waitSeq(t, e, r2.Seq)
@@ -224,6 +226,22 @@ func TestHistorySeries(t *testing.T) {
 	t.Logf("history memory: %d bytes a forwarder, %d bytes a series (at 300 forwarders and 4 regions: %.1f MB)",
 		unsafe.Sizeof(fwdState{}.hist), unsafe.Sizeof([historyLen]point{}),
 		float64(300*unsafe.Sizeof(fwdState{}.hist)+5*unsafe.Sizeof([historyLen]point{}))/1e6)
+}
+
+// waitBooked waits until the second before the fake clock's now is booked.
+// Publish only after it: the pushes that book seconds run on a real ticker,
+// and one falling between a publish and the clock's next step would book
+// the second before with that report (in production the two are at most
+// PushEvery apart, and the report is booked a second early at worst).
+func waitBooked(t *testing.T, e *env) {
+	t.Helper()
+	booked := e.clock.Now().Unix() - 1
+	waitHistory(t, e, 1, func(h HistoryView) error {
+		if h.End != booked {
+			return fmt.Errorf("end %d, want %d", h.End, booked)
+		}
+		return nil
+	})
 }
 
 // waitSeq waits until the dashboard took report seq of fwd-000.
