@@ -36,6 +36,7 @@ type Conn struct {
 	dialer *dialer
 
 	sock        atomic.Pointer[net.UDPConn] // swapped by Rebind
+	lastMedia   atomic.Int64                // Unix ns of the last RTP or RTCP received (transport_session.go)
 	media       chan *Packet
 	control     chan protocol.RelayMessage
 	unreachable chan struct{} // capacity 1: a coalesced ECONNREFUSED hint
@@ -73,8 +74,13 @@ type Conn struct {
 	// kaMu is held across a keepalive's check and write, so that none is
 	// written after Close has begun (a keepalive that reached the forwarder
 	// after the leave would join again). Lock order: kaMu, then mu.
-	kaMu      sync.Mutex
-	leaving   bool // guarded by kaMu
+	kaMu    sync.Mutex
+	leaving bool // guarded by kaMu
+	// closing is set when Close begins: from then on WriteRaw (media,
+	// feedback, subscriptions) sends nothing, since a packet reaching the
+	// forwarder after the leave finds no session there (it would be
+	// counted as from an unknown source). Only the leave goes out.
+	closing   atomic.Bool
 	closeOnce sync.Once
 	wg        sync.WaitGroup // reader and keepalive goroutines
 }
@@ -196,6 +202,9 @@ func (c *Conn) WriteRTP(pkt []byte) error {
 // WriteRaw sends b as one datagram, unchecked: for tests and for the load
 // tester's bad-input cases.
 func (c *Conn) WriteRaw(b []byte) error {
+	if c.closing.Load() {
+		return ErrClosed
+	}
 	if err := c.send(b); err != nil {
 		return err
 	}
@@ -247,6 +256,7 @@ func (c *Conn) send(b []byte) error {
 // and always returns nil.
 func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
+		c.closing.Store(true)
 		c.kaMu.Lock()
 		c.leaving = true
 		c.kaMu.Unlock()
