@@ -17,7 +17,8 @@ const ClusterMsgLoadReport ClusterMsgType = 5
 //
 //	0         flags: 0x01 state degraded, 0x02 draining, 0x04 adaptation
 //	          section follows the id, 0x08 operations section follows (after
-//	          the adaptation section if any); the other bits are reserved
+//	          the adaptation section if any), 0x10 trunk RTT section follows
+//	          (after the others); the other bits are reserved
 //	          (sent 0, ignored)
 //	1         forwarder id length n (1..64)
 //	2         throttle level (0..4)
@@ -37,11 +38,15 @@ const ClusterMsgLoadReport ClusterMsgType = 5
 //	118..     forwarder id (n bytes)
 //	..        with flag 0x04 only: the adaptation section, 8 × 8 bytes
 //	          (LoadAdapt, in field order)
-//	..end     with flag 0x08 only: the operations section (LoadOps): region
+//	..        with flag 0x08 only: the operations section (LoadOps): region
 //	          length r (0..32), region (r bytes), then 4 × 8 bytes
+//	..end     with flag 0x10 only: the trunk RTT section (RTTs): count k
+//	          (1..32), then k rows of region length r (1..32), region (r
+//	          bytes), smoothed RTT and its mean deviation (2 × 4 bytes,
+//	          microseconds); rows in strictly ascending order of region
 //
-// Without flags 0x04 and 0x08 the body ends with the id, byte for byte what
-// it was before the sections existed.
+// Without flags 0x04, 0x08 and 0x10 the body ends with the id, byte for
+// byte what it was before the sections existed.
 type LoadReport struct {
 	Forwarder     string    // forwarder id, see ValidForwarderID
 	Started       time.Time // process start (a restart resets the counters)
@@ -76,7 +81,27 @@ type LoadReport struct {
 	// times. Without it Ops must be zero.
 	HasOps bool
 	Ops    LoadOps
+
+	// RTTs is the trunk RTT section (flag 0x10, present when not empty):
+	// the round-trip time this forwarder measures over its trunk to each
+	// peer region (trunk_echo.go), the smallest of that region's
+	// forwarders. With Ops.Region it is one row of a region-to-region RTT
+	// map (RegionRTTs).
+	RTTs []RegionRTT
 }
+
+// RegionRTT is one row of a LoadReport's trunk RTT section.
+type RegionRTT struct {
+	Region string        // the peer region (ValidRegion, not empty)
+	RTT    time.Duration // smoothed round-trip time, microsecond resolution
+	Dev    time.Duration // its mean deviation, microsecond resolution
+}
+
+// MaxRegionRTTs bounds LoadReport.RTTs.
+const MaxRegionRTTs = 32
+
+// maxRTTField is the largest RTT or deviation a row carries.
+const maxRTTField = time.Duration(1<<32-1) * time.Microsecond
 
 // LoadOps is a LoadReport's optional operations section: where the
 // forwarder runs and how its dependencies answer, cumulative since it
@@ -118,6 +143,7 @@ const (
 	loadAdaptLen          = 64 // LoadAdapt: 8 counters of 8 bytes
 	loadFlagOps           = 0x08
 	loadOpsCountersLen    = 32 // LoadOps: 4 counters of 8 bytes after the region
+	loadFlagRTTs          = 0x10
 	// MaxRegionLen bounds LoadOps.Region.
 	MaxRegionLen            = 32
 	loadReportAdmittedStart = 60
@@ -139,6 +165,9 @@ func (r *LoadReport) check() error {
 		return fmt.Errorf("%w: load report with an operations section but not HasOps", ErrClusterMsgInvalid)
 	}
 	if err := ValidRegion(r.Ops.Region); err != nil {
+		return err
+	}
+	if err := checkRegionRTTs(r.RTTs); err != nil {
 		return err
 	}
 	if err := clusterCheckTime("started", r.Started); err != nil {
@@ -171,6 +200,9 @@ func (r *LoadReport) appendBody(b []byte) []byte {
 	if r.HasOps {
 		flags |= loadFlagOps
 	}
+	if len(r.RTTs) > 0 {
+		flags |= loadFlagRTTs
+	}
 	b = append(b, flags, byte(len(r.Forwarder)), r.Level, 0)
 	b = binary.BigEndian.AppendUint64(b, r.Seq)
 	b = clusterAppendTime(b, r.Started)
@@ -200,6 +232,9 @@ func (r *LoadReport) appendBody(b []byte) []byte {
 		for _, v := range [...]uint64{r.Ops.StoreWrites, r.Ops.StoreWriteUs, r.Ops.NATSRTTs, r.Ops.NATSRTTUs} {
 			b = binary.BigEndian.AppendUint64(b, v)
 		}
+	}
+	if len(r.RTTs) > 0 {
+		b = appendRegionRTTs(b, r.RTTs)
 	}
 	return b
 }
@@ -303,11 +338,22 @@ func (r *LoadReport) decode(b []byte) error {
 		r.Adapt.decode(rest[:loadAdaptLen])
 		rest = rest[loadAdaptLen:]
 	}
+	hasRTTs := b[0]&loadFlagRTTs != 0
 	if r.HasOps {
-		if err := r.Ops.decode(rest); err != nil {
+		ops := rest
+		if hasRTTs && len(rest) > 0 { // the section's own length: the RTT section follows
+			ops = rest[:min(len(rest), 1+int(rest[0])+loadOpsCountersLen)]
+		}
+		if err := r.Ops.decode(ops); err != nil {
 			return err
 		}
-		rest = nil
+		rest = rest[len(ops):]
+	}
+	if hasRTTs {
+		var err error
+		if r.RTTs, rest, err = decodeRegionRTTs(rest); err != nil {
+			return err
+		}
 	}
 	if len(rest) > 0 {
 		return fmt.Errorf("%w: %d trailing bytes after the body", ErrClusterMsgInvalid, len(rest))

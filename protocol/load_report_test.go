@@ -305,11 +305,11 @@ func TestLoadReportUnmarshalRejects(t *testing.T) {
 	}
 
 	t.Run("reserved bits are ignored", func(t *testing.T) {
-		b := rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] |= 0xf0; b[3] = 0xff; return b }))
+		b := rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] |= 0xe0; b[3] = 0xff; return b }))
 		var r LoadReport
 		require.NoError(t, r.Unmarshal(b, k))
 		require.Equal(t, loadReportGolden.msg, r)
-		b = rawClusterMsg(k, byte(ClusterMsgLoadReport), adaptBody(func(b []byte) []byte { b[0] |= 0xf0; b[3] = 0xff; return b }))
+		b = rawClusterMsg(k, byte(ClusterMsgLoadReport), adaptBody(func(b []byte) []byte { b[0] |= 0xe0; b[3] = 0xff; return b }))
 		require.NoError(t, r.Unmarshal(b, k))
 		require.Equal(t, loadAdaptGolden.msg, r)
 	})
@@ -391,6 +391,10 @@ func loadReportFuzzSeeds(t testing.TB) map[string][]byte {
 		"ops-no-section":   rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] |= 0x08; return b })),
 		"ops-short":        rawClusterMsg(k, byte(ClusterMsgLoadReport), opsBody(func(b []byte) []byte { return b[:len(b)-1] })),
 		"ops-region-off":   rawClusterMsg(k, byte(ClusterMsgLoadReport), opsBody(func(b []byte) []byte { b[len(b)-36] = 9; return b })),
+		"rtt-full":         rawClusterMsg(k, byte(ClusterMsgLoadReport), rttBody(func(b []byte) []byte { return b })),
+		"rtt-no-rows":      rawClusterMsg(k, byte(ClusterMsgLoadReport), opsBody(func(b []byte) []byte { b[0] |= 0x10; return append(b, 0) })),
+		"rtt-short":        rawClusterMsg(k, byte(ClusterMsgLoadReport), rttBody(func(b []byte) []byte { return b[:len(b)-1] })),
+		"rtt-unordered":    rawClusterMsg(k, byte(ClusterMsgLoadReport), rttBody(func(b []byte) []byte { b[len(b)-10] = 'a'; return b })),
 	}
 }
 
