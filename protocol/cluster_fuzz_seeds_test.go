@@ -10,8 +10,8 @@ import (
 )
 
 // TestClusterFuzzSeeds checks that the committed seed corpora of
-// FuzzTrunkOpen, FuzzClusterMsg, FuzzMetadataBatch, FuzzCallDecision and
-// FuzzLoadReport
+// FuzzTrunkOpen, FuzzClusterMsg, FuzzMetadataBatch, FuzzCallDecision,
+// FuzzLoadReport and FuzzConductorReport
 // under testdata/fuzz hold every seed the cluster tests generate, byte for
 // byte, as TestMediaFuzzSeeds does for the media fuzz targets. To rewrite
 // them:
@@ -19,11 +19,12 @@ import (
 //	CALLRELAY_WRITE_FUZZ_SEEDS=1 go test -run TestClusterFuzzSeeds ./protocol/
 func TestClusterFuzzSeeds(t *testing.T) {
 	checkFuzzSeeds(t, map[string]map[string][]byte{
-		"FuzzTrunkOpen":     trunkFuzzSeeds(t),
-		"FuzzClusterMsg":    clusterFuzzSeeds(t),
-		"FuzzMetadataBatch": metadataFuzzSeeds(t),
-		"FuzzCallDecision":  decisionFuzzSeeds(t),
-		"FuzzLoadReport":    loadReportFuzzSeeds(t),
+		"FuzzTrunkOpen":       trunkFuzzSeeds(t),
+		"FuzzClusterMsg":      clusterFuzzSeeds(t),
+		"FuzzMetadataBatch":   metadataFuzzSeeds(t),
+		"FuzzCallDecision":    decisionFuzzSeeds(t),
+		"FuzzLoadReport":      loadReportFuzzSeeds(t),
+		"FuzzConductorReport": conductorReportFuzzSeeds(t),
 	}, true)
 }
 

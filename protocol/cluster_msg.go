@@ -54,6 +54,8 @@ func (t ClusterMsgType) String() string {
 		return "decision"
 	case ClusterMsgLoadReport:
 		return "load-report"
+	case ClusterMsgConductorReport:
+		return "conductor-report"
 	}
 	return "type-" + strconv.Itoa(int(t))
 }
@@ -88,7 +90,7 @@ func PeekClusterMsgType(b []byte) (ClusterMsgType, error) {
 		return 0, fmt.Errorf("%w: version %d, want %d", ErrClusterMsgInvalid, b[4], clusterMsgVersion)
 	}
 	t := ClusterMsgType(b[5])
-	if t < ClusterMsgMemberNotice || t > ClusterMsgLoadReport {
+	if t < ClusterMsgMemberNotice || t > ClusterMsgConductorReport {
 		return 0, fmt.Errorf("%w: unknown type %d", ErrClusterMsgInvalid, b[5])
 	}
 	if want := clusterMsgOverhead + int(binary.BigEndian.Uint16(b[6:8])); len(b) != want {

@@ -37,20 +37,21 @@ type NATSPermissions struct {
 //	forwarder  publishes metadata, its calls' notices, heartbeats and load
 //	           reports; hears calls' notices and decisions, heartbeats and
 //	           admin commands, and answers the commands
-//	conductor  publishes decisions; hears metadata
+//	conductor  publishes decisions and its reports; hears metadata
 //	dashboard  publishes admin commands (requests); hears heartbeats, load
-//	           reports, calls' decisions and the answers in its inbox
+//	           reports, conductors' reports, calls' decisions and the
+//	           answers in its inbox
 //	loadtest   publishes and hears its agents' protocol; hears load reports
 func RolePermissions(prefix string, role NATSRole) (NATSPermissions, error) {
 	meta, call, fwds := prefix+".meta.*", prefix+".call.*", ForwardersSubject(prefix)
-	admin := AdminSubject(prefix, "*")
+	admin, conds := AdminSubject(prefix, "*"), ConductorsSubject(prefix)
 	switch role {
 	case RoleForwarder:
 		return NATSPermissions{Publish: []string{meta, call, fwds}, Subscribe: []string{call, fwds, admin}, Replies: true}, nil
 	case RoleConductor:
-		return NATSPermissions{Publish: []string{call}, Subscribe: []string{meta}}, nil
+		return NATSPermissions{Publish: []string{call, conds}, Subscribe: []string{meta}}, nil
 	case RoleDashboard:
-		return NATSPermissions{Publish: []string{admin}, Subscribe: []string{fwds, call, "_INBOX.>"}}, nil
+		return NATSPermissions{Publish: []string{admin}, Subscribe: []string{fwds, conds, call, "_INBOX.>"}}, nil
 	case RoleLoadtest:
 		lt := prefix + ".loadtest.>"
 		return NATSPermissions{Publish: []string{lt}, Subscribe: []string{lt, fwds}}, nil

@@ -16,8 +16,8 @@ func TestRolePermissions(t *testing.T) {
 		replies  bool
 	}{
 		{RoleForwarder, []string{"cr.meta.*", "cr.call.*", "cr.forwarders"}, []string{"cr.call.*", "cr.forwarders", "cr.admin.*"}, true},
-		{RoleConductor, []string{"cr.call.*"}, []string{"cr.meta.*"}, false},
-		{RoleDashboard, []string{"cr.admin.*"}, []string{"cr.forwarders", "cr.call.*", "_INBOX.>"}, false},
+		{RoleConductor, []string{"cr.call.*", "cr.conductors"}, []string{"cr.meta.*"}, false},
+		{RoleDashboard, []string{"cr.admin.*"}, []string{"cr.forwarders", "cr.conductors", "cr.call.*", "_INBOX.>"}, false},
 		{RoleLoadtest, []string{"cr.loadtest.>"}, []string{"cr.loadtest.>", "cr.forwarders"}, false},
 	} {
 		p, err := RolePermissions("cr", tt.role)
@@ -33,4 +33,5 @@ func TestRolePermissions(t *testing.T) {
 	require.Equal(t, "cr.call."+call[len("cr.call."):], call)
 	require.Equal(t, "cr.meta.7", MetadataSubject("cr", 7))
 	require.Equal(t, "cr.admin.fwd-a", AdminSubject("cr", "fwd-a"))
+	require.Equal(t, "cr.conductors", ConductorsSubject("cr"))
 }
