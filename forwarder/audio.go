@@ -170,6 +170,12 @@ func relayControlSubType(b []byte) (sub uint8, pkt []byte, ok bool) {
 	return 0, nil, false
 }
 
+// deviceSubType reports whether a CRLY subtype is one devices send to the
+// relay (protocol/relay_app.go); the others are relay instructions.
+func deviceSubType(sub uint8) bool {
+	return sub == protocol.SubTypeSubscription || sub == protocol.SubTypeLoudOnset
+}
+
 // audioTotals is a reading of a meter's cumulative counters, taken by the
 // control goroutine once per metadata tick.
 type audioTotals struct {

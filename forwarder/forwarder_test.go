@@ -131,6 +131,13 @@ func TestAddressChange(t *testing.T) {
 	_, got := b.recv(200 * time.Millisecond)
 	require.False(t, got, "media from an unauthenticated address was forwarded")
 	require.EqualValues(t, 1, r.f.Stats().Drops[DropUnknownSource])
+	// The device's own relay message (a subscription) from there too: it
+	// is from an unknown source, not a forged relay instruction.
+	sub, err := protocol.MarshalRelayApp(0, &protocol.Subscription{Sequence: 1})
+	require.NoError(t, err)
+	moved.send(sub)
+	r.stats(t, "the subscription counted as from an unknown source", func(s Stats) bool { return s.Drops[DropUnknownSource] == 2 })
+	require.Zero(t, r.f.Stats().Drops[DropRelayControl])
 
 	moved.join()
 	moved.send(rtpPacket(1, 2, []byte("after bind")))

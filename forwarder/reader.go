@@ -127,10 +127,10 @@ func (r *reader) handle(rt *routes, b []byte, src netip.AddrPort, nowNS int64) {
 			if consumed {
 				return
 			}
-		} else if _, _, ok := relayControlSubType(b); ok {
+		} else if sub, _, ok := relayControlSubType(b); ok && (rte != nil || !deviceSubType(sub)) {
 			r.drops[DropRelayControl]++ // relay instructions come from forwarders only
 			return
-		}
+		} // a device's own CRLY from an unknown address: below, as any packet from there
 	default:
 		r.drops[DropNotMedia]++
 		return
