@@ -37,8 +37,17 @@ type callSpec struct {
 	duration time.Duration
 	sched    talkspurt.Schedule
 	seed     uint64
-	cams     []bool // by member index: sends video (nil: audio only)
-	late     []bool // by member index: joins LateJoin.After the start (nil: none)
+	cams     []bool  // by member index: sends video (nil: audio only)
+	late     []bool  // by member index: joins LateJoin.After the start (nil: none)
+	nets     []uint8 // by member index: trTCP, trTLS or (UDP) trUDP4 (nil: all UDP)
+}
+
+// netOf is member i's network: trTCP or trTLS if it blocks UDP, else trUDP4.
+func (c *callSpec) netOf(i int) uint8 {
+	if c.nets == nil {
+		return trUDP4
+	}
+	return c.nets[i]
 }
 
 func (c *callSpec) idx() int {
@@ -58,6 +67,9 @@ type member struct {
 	sender *client.Sender
 	recv   *client.Receiver
 	began  time.Time // join start
+	// tr is the transport its figures are filed under (transport.go),
+	// set when its join ends; r.mu guards it.
+	tr uint8
 
 	frame  uint32 // sender goroutine only
 	speech uint32 // speech frames sent, sender goroutine only
@@ -208,16 +220,27 @@ func (r *runner) join(ctx context.Context, call protocol.ID, c *callSpec, m *mem
 	if ctx.Err() != nil && err != nil {
 		return false // the run is ending: neither admitted nor refused
 	}
-	cls := c.idx()
-	r.event(func(w *classWindows) {
-		w[cls].setups.Attempted++
+	cls, took := c.idx(), ms(time.Since(m.began))
+	var sess *client.Session
+	if err == nil {
+		sess = m.sess
+	}
+	tr, off := joinedOn(c.netOf(m.idx), sess, r.p.Forwarders)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m.tr = tr
+	for _, w := range []*window{&r.cur[cls], &r.trans[tr]} {
+		w.setups.Attempted++
 		if err != nil {
-			countRefusal(&w[cls].setups.Refused, err)
-			return
+			countRefusal(&w.setups.Refused, err)
+			continue
 		}
-		w[cls].setups.Admitted++
-		w[cls].setup.Add(ms(time.Since(m.began)))
-	})
+		w.setups.Admitted++
+		w.setup.Add(took)
+		if off {
+			w.offTransport++
+		}
+	}
 	return err == nil
 }
 
@@ -245,8 +268,7 @@ func (r *runner) dial(ctx context.Context, call protocol.ID, c *callSpec, m *mem
 	if r.p.FollowAlternates {
 		alternates = 0 // the client's default
 	}
-	m.began = time.Now()
-	m.sess, err = client.Join(jctx, client.Config{
+	cfg := client.Config{
 		Forwarders:    r.p.Forwarders,
 		Token:         tok,
 		TokenSource:   source,
@@ -257,7 +279,10 @@ func (r *runner) dial(ctx context.Context, call protocol.ID, c *callSpec, m *mem
 		// Session re-joins only Forwarders (and a MigrateTo target).
 		RejoinTimeout: r.p.Rejoin.timeout(),
 		FailoverAfter: r.p.Rejoin.FailoverAfter.D(),
-	})
+	}
+	r.nets.configure(&cfg, c.netOf(m.idx)) // a device whose network blocks UDP
+	m.began = time.Now()
+	m.sess, err = client.Join(jctx, cfg)
 	return err
 }
 

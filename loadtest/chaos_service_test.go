@@ -38,11 +38,24 @@ func init() { redis.SetLogger(quietRedis{}) }
 // signing key; they stop with the test.
 func startClusterForwarders(t *testing.T, redisURL, natsURL string, n int) ([]netip.AddrPort, ed25519.PrivateKey) {
 	t.Helper()
+	fs, priv := startCluster(t, redisURL, natsURL, n, nil)
+	addrs := make([]netip.AddrPort, len(fs))
+	for i, f := range fs {
+		addrs[i] = f.Addr()
+	}
+	return addrs, priv
+}
+
+// startCluster is startClusterForwarders with each forwarder's config
+// changed by with (if not nil) before it starts; it returns the
+// forwarders.
+func startCluster(t *testing.T, redisURL, natsURL string, n int, with func(*forwarder.Config)) ([]*forwarder.Forwarder, ed25519.PrivateKey) {
+	t.Helper()
 	pub, priv, err := protocol.GenerateSigningKey()
 	require.NoError(t, err)
 	key, err := protocol.NewClusterKey()
 	require.NoError(t, err)
-	var addrs []netip.AddrPort
+	var fs []*forwarder.Forwarder
 	for i := range n {
 		v, err := protocol.NewTokenVerifier(pub)
 		require.NoError(t, err)
@@ -56,15 +69,18 @@ func startClusterForwarders(t *testing.T, redisURL, natsURL string, n int) ([]ne
 		cfg.Cluster.ID, cfg.Cluster.TrunkListen, cfg.Cluster.Key = "fwd-"+string(rune('a'+i)), "127.0.0.1:0", key
 		cfg.Cluster.Store, cfg.Cluster.NATS = store, nc
 		cfg.Cluster.AnnounceEvery, cfg.Cluster.PeerTimeout = 100*time.Millisecond, 500*time.Millisecond
+		if with != nil {
+			with(&cfg)
+		}
 		f, err := forwarder.New(cfg)
 		require.NoError(t, err)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); _ = f.Run(ctx) }()
 		t.Cleanup(func() { cancel(); <-done; nc.Close(); _ = store.Close() })
-		addrs = append(addrs, f.Addr())
+		fs = append(fs, f)
 	}
-	return addrs, priv
+	return fs, priv
 }
 
 // watchReachable dials addr (TCP) every few milliseconds until stop is

@@ -29,6 +29,9 @@ type Partial struct {
 	// Tail is what the calls reported while closing, after the last
 	// second (part of the totals only).
 	Tail WindowPair `json:"tail"`
+	// Transports are the run's windows per transport (TransportMeasures),
+	// by key; absent from older agents' partials.
+	Transports map[string]WindowData `json:"transports,omitempty"`
 	// Generator is the agent's own health.
 	Generator GeneratorHealth `json:"generator"`
 	// Err is set when the agent could not run its share.
@@ -90,6 +93,9 @@ type WindowData struct {
 	// baseline pairs' delays.
 	ProbeDelay    Sketch `json:"probe_delay,omitzero"`
 	BaselineDelay Sketch `json:"baseline_delay,omitzero"`
+	// OtherTransport counts joins admitted over another transport than
+	// the device's (TransportMeasures).
+	OtherTransport int `json:"other_transport,omitempty"`
 }
 
 func (w *window) data() WindowData {
@@ -99,7 +105,7 @@ func (w *window) data() WindowData {
 		JitterSum: w.jitterSum, JitterN: w.jitterN, JitterMax: w.jitterMax, MaxGap: w.maxGap,
 		Recovered: w.recovered, Feedback: w.fb, Video: w.video,
 		CallsDropped: w.callsDropped, SessionsLost: w.sessionsLost, RejoinSilence: w.rejoinSilence, LateJoin: w.late,
-		ProbeDelay: w.probeDelay, BaselineDelay: w.baseDelay}
+		ProbeDelay: w.probeDelay, BaselineDelay: w.baseDelay, OtherTransport: w.offTransport}
 }
 
 func (d *WindowData) window() window {
@@ -109,7 +115,7 @@ func (d *WindowData) window() window {
 		jitterSum: d.JitterSum, jitterN: d.JitterN, jitterMax: d.JitterMax, maxGap: d.MaxGap,
 		recovered: d.Recovered, fb: d.Feedback, video: d.Video,
 		callsDropped: d.CallsDropped, sessionsLost: d.SessionsLost, rejoinSilence: d.RejoinSilence, late: d.LateJoin,
-		probeDelay: d.ProbeDelay, baseDelay: d.BaselineDelay}
+		probeDelay: d.ProbeDelay, baseDelay: d.BaselineDelay, offTransport: d.OtherTransport}
 	w.video.SentKbps, w.video.ReceivedKbps = 0, 0
 	return w
 }
@@ -179,7 +185,8 @@ type AgentInfo struct {
 func partialOf(res *Result, r *runner) *Partial {
 	p := &Partial{Index: r.p.share.index, Of: max(r.p.share.of, 1), Plan: res.Plan, Start: res.Start,
 		DurationMs: res.DurationMs, Stopped: res.Stopped, Seconds: r.kept,
-		Tail: WindowPair{OneToOne: r.tail[0].data(), Group: r.tail[1].data()}, Generator: res.Generator}
+		Tail: WindowPair{OneToOne: r.tail[0].data(), Group: r.tail[1].data()}, Generator: res.Generator,
+		Transports: r.trans.data()}
 	p.Plan.Chaos = nil
 	return p
 }
@@ -218,6 +225,7 @@ func Merge(parts ...*Partial) *Result {
 	lagSum, lagN := m.fillSeconds()
 	secs := res.DurationMs / 1000
 	res.Totals = Totals{All: m.total.all().measures(secs), OneToOne: m.total[0].measures(secs), Group: m.total[1].measures(secs)}
+	res.Transports = m.trans.result()
 	if plan.Profile.Kind == ProfileRamp {
 		res.Steps = mergedSteps(plan, res.Seconds, m.wins)
 		res.Knee = FindKnee(res.Steps, plan.RelayCores)
@@ -235,6 +243,7 @@ type merger struct {
 	wins         []classWindows
 	lagSum, lagN []uint64
 	total        classWindows
+	trans        transportWindows
 	g            GeneratorHealth
 }
 
@@ -283,6 +292,7 @@ func (m *merger) addWindows(p *Partial) {
 	}
 	tail := pairWindows(&p.Tail.OneToOne, &p.Tail.Group)
 	m.total.merge(&tail)
+	m.trans.add(p.Transports)
 }
 
 // addGenerator adds p's generator health to the conservative merge.

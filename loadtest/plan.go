@@ -144,6 +144,9 @@ type Plan struct {
 	// the caller; never written.
 	RelayPID int `json:"-" yaml:"-"`
 
+	// Transports puts a share of the devices on TCP and TLS (transport.go).
+	Transports Transports `json:"transports,omitzero" yaml:"transports,omitempty"`
+
 	// share is the part of the arrivals this process runs (agents).
 	share share
 }
@@ -478,6 +481,7 @@ func (p Plan) validate(needKey bool) error {
 		bad("subject = %q: want a NATS subject without spaces or wildcards", p.Subject)
 	}
 	errs = append(errs, p.validateChaos(os.Getpid())...)
+	errs = append(errs, p.validateTransports()...)
 	if err := p.validateEngine(); err != nil {
 		errs = append(errs, err)
 	}

@@ -74,6 +74,11 @@ func (p *progress) done(res *Result) {
 	fmt.Fprintf(p.w, "feedback: %d RR+REMB, %d NACK and %d PLI packets sent, %d duplicates dropped; audio recovered %d, video NACKed %d recovered %d given up %d\n",
 		f.Reports, f.NACKs, f.PLIs, f.Duplicates, f.Audio.Recovered, f.Video.NACKed, f.Video.Recovered, f.Video.Unrecovered)
 	fmt.Fprintln(p.w, sessionsLine(t))
+	for _, k := range transportKeys {
+		if m, ok := res.Transports[k]; ok {
+			fmt.Fprintln(p.w, transportLine(k, m))
+		}
+	}
 	if l := t.LateJoin; l.Joined > 0 {
 		fmt.Fprintf(p.w, "late joiners: %d joined, decrypted %d of the %d streams of the members up when they came (%d never decrypted, %d first decrypted after a rollover), %d audio packets failed\n",
 			l.Joined, l.StreamsDecrypted, l.StreamsExpected, l.StreamsUndecryptable, l.StreamsAfterRollover, l.DecryptFailures)
@@ -96,4 +101,14 @@ func sessionsLine(t Measures) string {
 		return l + fmt.Sprintf("%d re-joins, silence p50 %.0f ms, p99 %.0f ms, max %.0f ms", r.Count, r.P50, r.P99, r.Max)
 	}
 	return l + "no re-joins"
+}
+
+// transportLine is the summary's line on the devices of one transport.
+func transportLine(key string, m TransportMeasures) string {
+	line := fmt.Sprintf("%s: %d/%d joins admitted, setup p95 %.1f ms, loss %.2f%% after NACK (%.2f%% before, %d NACKs), delay p50/p95/p99 %.1f/%.1f/%.1f ms",
+		key, m.Setups.Admitted, m.Setups.Attempted, m.SetupMs.P95, m.LossPct, m.RawLossPct, m.NACKs, m.DelayMs.P50, m.DelayMs.P95, m.DelayMs.P99)
+	if m.OtherTransport > 0 {
+		line += fmt.Sprintf(", %d joined over another transport", m.OtherTransport)
+	}
+	return line
 }

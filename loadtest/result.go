@@ -29,6 +29,9 @@ type Result struct {
 	Seconds []Second `json:"seconds"`
 	// Totals are the whole run's figures per call class.
 	Totals Totals `json:"totals"`
+	// Transports are the figures per transport (udp4, udp6, tcp, tls:
+	// TransportMeasures), for the transports devices used (full engine).
+	Transports map[string]TransportMeasures `json:"transports,omitempty"`
 
 	// Steps are the ramp profile's steps (empty for other profiles).
 	Steps []Step `json:"steps,omitempty"`

@@ -23,10 +23,11 @@ type runner struct {
 	start time.Time
 
 	mu      sync.Mutex
-	cur     classWindows    // the current second
-	members map[*member]int // live participants to harvest, by class index
-	step    classWindows    // the current ramp step
-	total   classWindows    // the whole run
+	cur     classWindows     // the current second
+	members map[*member]int  // live participants to harvest, by class index
+	step    classWindows     // the current ramp step
+	total   classWindows     // the whole run
+	trans   transportWindows // the whole run, per transport (member.tr)
 
 	callsUp, partsUp      atomic.Int64
 	lagSumNs, lagN, lateN atomic.Uint64
@@ -49,6 +50,9 @@ type runner struct {
 	fast        *fastEngine
 	relayCPU    *procCPU
 	stepDropped uint64 // mediaDropped at the last step's close
+	// nets is what the devices behind a UDP-blocking network use (nil:
+	// none, Plan.Transports).
+	nets *streamNet
 }
 
 // Run runs the plan against the relay and returns what it measured. It
@@ -83,6 +87,12 @@ func run(ctx context.Context, r *runner, progress io.Writer) (*Result, *runner, 
 	if err := r.startFast(); err != nil {
 		return nil, r, err
 	}
+	nets, err := openStreamNet(p)
+	if err != nil {
+		return nil, r, err
+	}
+	r.nets = nets
+	defer nets.close()
 	rng := rand.New(rand.NewPCG(p.Seed, 0x10ad))
 	arrivals := Arrivals(rng, p.Profile, p.Bounds.MaxDuration.D(), p.Bounds.MaxCalls)
 	pr := newProgress(progress)
@@ -179,6 +189,7 @@ func (r *runner) drawCall(rng *rand.Rand, no int) *callSpec {
 	c.sched = talkspurt.Group(srng, c.size, c.duration+r.p.JoinTimeout.D())
 	c.cams = drawVideo(c.seed, c.size, r.p.Video.Share)
 	c.late = drawLate(c.seed, c.size, c.duration, r.p.LateJoin)
+	c.nets = drawNets(c.seed, c.size, r.p.Transports)
 	return c
 }
 
@@ -246,6 +257,7 @@ func (r *runner) unregister(ms []*member, cls int) {
 		m.mu.Lock()
 		m.fold(false)
 		r.cur[cls].merge(&m.win)
+		r.trans[m.tr].merge(&m.win)
 		m.win.reset()
 		m.mu.Unlock()
 		delete(r.members, m)
@@ -263,6 +275,7 @@ func (r *runner) harvest() {
 		m.mu.Lock()
 		m.fold(true)
 		r.cur[cls].merge(&m.win)
+		r.trans[m.tr].merge(&m.win)
 		m.win.reset()
 		m.mu.Unlock()
 	}
@@ -374,6 +387,7 @@ func (r *runner) finish(res *Result) {
 	secs := res.DurationMs / 1000
 	r.mu.Lock()
 	res.Totals = Totals{All: r.total.all().measures(secs), OneToOne: r.total[0].measures(secs), Group: r.total[1].measures(secs)}
+	res.Transports = r.trans.result()
 	r.mu.Unlock()
 	if r.p.Profile.Kind == ProfileRamp {
 		res.Knee = FindKnee(res.Steps, r.p.RelayCores)

@@ -9,6 +9,7 @@ type window struct {
 	callsStarted, callsFailed  int
 	callsDropped, sessionsLost int
 	setups                     Setups
+	offTransport               int // admitted over another transport than the device's (transport.go)
 
 	setup, firstAudio, delay, speaker Sketch
 	rejoinSilence                     Sketch
@@ -39,6 +40,7 @@ func (w *window) merge(o *window) {
 	w.setups.Refused.TryAlternate += o.setups.Refused.TryAlternate
 	w.setups.Refused.Timeout += o.setups.Refused.Timeout
 	w.setups.Refused.Other += o.setups.Refused.Other
+	w.offTransport += o.offTransport
 	w.setup.Merge(&o.setup)
 	w.firstAudio.Merge(&o.firstAudio)
 	w.delay.Merge(&o.delay)

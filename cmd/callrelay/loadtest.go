@@ -38,10 +38,19 @@ type loadtestOptions struct {
 	engine, fastTarget                        string
 	fastSockets, probeEvery, relayPID         int
 	relayAddedP99                             time.Duration
+	streams                                   streamFlags
+}
+
+// streamFlags are the flags that put devices on TCP and TLS
+// (loadtest.Transports).
+type streamFlags struct {
+	tcpShare, tlsShare                 float64
+	tcpAddrs, tlsAddrs, tlsCA, tlsName string
 }
 
 func loadtestFlags(fs *flag.FlagSet) *loadtestOptions {
-	o := &loadtestOptions{oneToOne: -1, videoShare: -1, out: "loadtest-result.json", agentsWait: 30 * time.Second}
+	o := &loadtestOptions{oneToOne: -1, videoShare: -1, out: "loadtest-result.json", agentsWait: 30 * time.Second,
+		streams: streamFlags{tcpShare: -1, tlsShare: -1}}
 	fs.StringVar(&o.planFile, "plan", "", "YAML or JSON plan file (flags below override it)")
 	fs.StringVar(&o.forwarders, "forwarders", "", "comma-separated forwarder ip:ports: the only addresses traffic goes to")
 	fs.StringVar(&o.signingKey, "signing-key", "", "base64 Ed25519 key that mints join tokens, trusted by the forwarders")
@@ -68,6 +77,13 @@ func loadtestFlags(fs *flag.FlagSet) *loadtestOptions {
 	fs.IntVar(&o.probeEvery, "probe-every", 0, "fast engine: every Nth call is a probe call with full SRTP and byte checks (0: the plan's, else 20)")
 	fs.IntVar(&o.relayPID, "relay-pid", 0, "pid of the relay process on this host whose CPU (/proc/<pid>/stat) is recorded per second and per ramp step (0: none)")
 	fs.DurationVar(&o.relayAddedP99, "relay-added-delay-p99", 0, "target: the p99 delay the relay adds over the fast engine's direct baseline pairs (0: the plan's, else none)")
+	s := &o.streams
+	fs.Float64Var(&s.tcpShare, "tcp-share", s.tcpShare, "fraction of devices, 0..1, whose network blocks UDP: they reach the forwarders over TCP or TLS only (full engine; needs --tcp-addrs and/or --tls-addrs; negative: the plan's, else 0)")
+	fs.Float64Var(&s.tlsShare, "tls-share", s.tlsShare, "fraction, 0..1, of the --tcp-share devices that use TLS, the rest TCP (negative: the plan's, else 0)")
+	fs.StringVar(&s.tcpAddrs, "tcp-addrs", "", "comma-separated ip:ports of the forwarders' TCP listeners (forwarder --tcp-listen), in --forwarders' order")
+	fs.StringVar(&s.tlsAddrs, "tls-addrs", "", "comma-separated ip:ports of the forwarders' TLS listeners (forwarder --tls-listen), in --forwarders' order")
+	fs.StringVar(&s.tlsCA, "tls-ca", "", "PEM file of the certificates the TLS listeners' certificates must chain to (default: the system's roots)")
+	fs.StringVar(&s.tlsName, "tls-server-name", "", "name the TLS listeners' certificates must carry (default: the listener's IP address)")
 	fs.Var(&o.chaosUp, "chaos-up", "`name=command`: the shell command that brings the service name back up after a chaos down, e.g. redis='systemctl start redis-server' (one per flag, repeatable)")
 	return o
 }
@@ -232,7 +248,71 @@ func (o *loadtestOptions) applyTo(p *loadtest.Plan) error {
 		p.RefreshTokens = true
 	}
 	o.applyFast(p)
+	return o.streams.applyTo(p)
+}
+
+// applyTo lets the transport flags override the plan's transports; the
+// listeners pair up with the plan's forwarders in order.
+func (s *streamFlags) applyTo(p *loadtest.Plan) error {
+	t := &p.Transports
+	if s.tcpShare >= 0 {
+		t.TCPShare = s.tcpShare
+	}
+	if s.tlsShare >= 0 {
+		t.TLSShare = s.tlsShare
+	}
+	if s.tlsName != "" {
+		t.TLSServerName = s.tlsName
+	}
+	if s.tlsCA != "" {
+		b, err := os.ReadFile(s.tlsCA)
+		if err != nil {
+			return fmt.Errorf("loadtest: --tls-ca: %w", err)
+		}
+		t.TLSRoots = string(b)
+	}
+	tcp, err := streamAddrs("--tcp-addrs", s.tcpAddrs, len(p.Forwarders))
+	if err != nil {
+		return err
+	}
+	tls, err := streamAddrs("--tls-addrs", s.tlsAddrs, len(p.Forwarders))
+	if err != nil {
+		return err
+	}
+	if tcp == nil && tls == nil {
+		return nil
+	}
+	t.Streams = t.Streams[:0]
+	for i, f := range p.Forwarders {
+		fs := loadtest.ForwarderStreams{Forwarder: f}
+		if tcp != nil {
+			fs.TCP = tcp[i]
+		}
+		if tls != nil {
+			fs.TLS = tls[i]
+		}
+		t.Streams = append(t.Streams, fs)
+	}
 	return nil
+}
+
+// streamAddrs parses a list of n listener addresses (nil when v is empty).
+func streamAddrs(flag, v string, n int) ([]netip.AddrPort, error) {
+	if v == "" {
+		return nil, nil
+	}
+	var out []netip.AddrPort
+	for _, s := range strings.Split(v, ",") {
+		ap, err := netip.ParseAddrPort(strings.TrimSpace(s))
+		if err != nil || ap.Port() == 0 {
+			return nil, fmt.Errorf("loadtest: %s %q: want ip:port[,ip:port...]", flag, s)
+		}
+		out = append(out, ap)
+	}
+	if len(out) != n {
+		return nil, fmt.Errorf("loadtest: %s has %d addresses, --forwarders %d: give one listener per forwarder, in the same order", flag, len(out), n)
+	}
+	return out, nil
 }
 
 // applyFast lets the fast engine's flags override the plan.

@@ -1,0 +1,103 @@
+package loadtest
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// A device's transport is drawn from its call's seed alone: the same
+// seed gives the same devices the same transports, and over many devices
+// the shares are the plan's.
+func TestDrawNets(t *testing.T) {
+	tr := Transports{TCPShare: 0.4, TLSShare: 0.25}
+	require.Nil(t, drawNets(7, 10, Transports{}), "no share: every device on UDP")
+	require.Equal(t, drawNets(7, 10, tr), drawNets(7, 10, tr))
+	require.NotEqual(t, drawNets(7, 10, tr), drawNets(8, 10, tr))
+	var n [nTransports]int
+	const calls, size = 400, 10
+	for seed := range uint64(calls) {
+		for _, v := range drawNets(seed, size, tr) {
+			n[v]++
+		}
+	}
+	total := float64(calls * size)
+	require.InDelta(t, 0.6, float64(n[trUDP4])/total, 0.03)
+	require.InDelta(t, 0.4*0.75, float64(n[trTCP])/total, 0.03)
+	require.InDelta(t, 0.4*0.25, float64(n[trTLS])/total, 0.03)
+	all := drawNets(3, 20, Transports{TCPShare: 1, TLSShare: 1})
+	for _, v := range all {
+		require.Equal(t, uint8(trTLS), v)
+	}
+}
+
+// Bad transport settings are refused with a message that names the
+// setting (and its flag) and says what to give.
+func TestTransportsValidate(t *testing.T) {
+	fwd := netip.MustParseAddrPort("127.0.0.1:3478")
+	other := netip.MustParseAddrPort("127.0.0.1:3479")
+	tcp := netip.MustParseAddrPort("127.0.0.1:3478")
+	tlsAddr := netip.MustParseAddrPort("127.0.0.1:443")
+	base := func() Plan {
+		p := Plan{Forwarders: []netip.AddrPort{fwd}, SigningKey: make([]byte, 64), Seed: 1,
+			Profile: Profile{Kind: ProfileSteady, Steady: Steady{Rate: 1, Duration: Duration(time.Second)}}}
+		p.Transports.Streams = []ForwarderStreams{{Forwarder: fwd, TCP: tcp, TLS: tlsAddr}}
+		return p.WithDefaults()
+	}
+	for name, tc := range map[string]struct {
+		edit func(*Plan)
+		want string
+	}{
+		"share over 1":    {func(p *Plan) { p.Transports.TCPShare = 1.5 }, "tcp_share (--tcp-share) = 1.5, want 0..1"},
+		"share negative":  {func(p *Plan) { p.Transports.TCPShare = -0.1 }, "want 0..1"},
+		"tls share over":  {func(p *Plan) { p.Transports.TCPShare, p.Transports.TLSShare = 0.5, 2 }, "tls_share (--tls-share) = 2, want 0..1"},
+		"tls without tcp": {func(p *Plan) { p.Transports.TLSShare = 0.5 }, "give tcp_share (--tcp-share) too"},
+		"fast engine": {func(p *Plan) { p.Transports.TCPShare = 0.5; p.Engine = EngineFast; p.Fast = p.Fast.withDefaults() },
+			"needs the full engine"},
+		"no tcp listener": {func(p *Plan) { p.Transports.TCPShare = 0.5; p.Transports.Streams[0].TCP = netip.AddrPort{} },
+			"forwarder 127.0.0.1:3478 has no TCP listener"},
+		"no tls listener": {func(p *Plan) {
+			p.Transports.TCPShare, p.Transports.TLSShare = 0.5, 0.5
+			p.Transports.Streams[0].TLS = netip.AddrPort{}
+		}, "has no TLS listener"},
+		"unknown forwarder": {func(p *Plan) { p.Transports.Streams[0].Forwarder = other }, "is not one of the forwarders"},
+		"bad roots":         {func(p *Plan) { p.Transports.TLSRoots = "not a certificate" }, "holds no PEM certificate"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := base()
+			require.NoError(t, p.Validate())
+			tc.edit(&p)
+			err := p.Validate()
+			require.ErrorIs(t, err, ErrPlan)
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+}
+
+// Agents' per-transport windows add up in Merge as one process's would.
+func TestMergeTransports(t *testing.T) {
+	part := func(agent string, admitted int, delay float64) *Partial {
+		var tw transportWindows
+		w := &tw[trTCP]
+		w.setups.Attempted, w.setups.Admitted = admitted, admitted
+		w.setup.Add(300)
+		w.delay.Add(delay)
+		w.expected, w.speechRcvd, w.received = 100, 100, 150
+		u := &tw[trUDP4]
+		u.setups.Attempted, u.setups.Admitted = 2, 1
+		u.setups.Refused.Timeout = 1
+		return &Partial{Agent: agent, Of: 2, DurationMs: 1000, Transports: tw.data()}
+	}
+	res := Merge(part("a", 3, 10), part("b", 2, 30))
+	require.Len(t, res.Transports, 2)
+	tcp, udp := res.Transports[TransportTCP], res.Transports[TransportUDP4]
+	require.Equal(t, 5, tcp.Setups.Admitted)
+	require.Equal(t, uint64(2), tcp.DelayMs.Count)
+	require.InDelta(t, 30, tcp.DelayMs.P99, 1.5)
+	require.Equal(t, uint64(300), tcp.PacketsReceived)
+	require.Equal(t, 4, udp.Setups.Attempted)
+	require.Equal(t, 50.0, udp.SetupSuccessPct)
+	require.Nil(t, Merge(&Partial{Agent: "old", DurationMs: 1000}).Transports, "older agents' partials have none")
+}
