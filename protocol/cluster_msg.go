@@ -56,6 +56,8 @@ func (t ClusterMsgType) String() string {
 		return "load-report"
 	case ClusterMsgConductorReport:
 		return "conductor-report"
+	case ClusterMsgPlacementMove:
+		return "placement-move"
 	}
 	return "type-" + strconv.Itoa(int(t))
 }
@@ -90,7 +92,7 @@ func PeekClusterMsgType(b []byte) (ClusterMsgType, error) {
 		return 0, fmt.Errorf("%w: version %d, want %d", ErrClusterMsgInvalid, b[4], clusterMsgVersion)
 	}
 	t := ClusterMsgType(b[5])
-	if t < ClusterMsgMemberNotice || t > ClusterMsgConductorReport {
+	if t < ClusterMsgMemberNotice || t > ClusterMsgPlacementMove {
 		return 0, fmt.Errorf("%w: unknown type %d", ErrClusterMsgInvalid, b[5])
 	}
 	if want := clusterMsgOverhead + int(binary.BigEndian.Uint16(b[6:8])); len(b) != want {

@@ -252,7 +252,7 @@ func TestClusterMsgEnvelope(t *testing.T) {
 		{"empty", "0 bytes", nil},
 		{"magic", `magic "CRLY"`, append([]byte("CRLY"), good[4:]...)},
 		{"version 2", "version 2", append(append([]byte("CRLC"), 2), good[5:]...)},
-		{"unknown type", "unknown type 7", rawClusterMsg(k, 7, []byte{1, 2, 3})},
+		{"unknown type", "unknown type 8", rawClusterMsg(k, 8, []byte{1, 2, 3})},
 		{"type 0", "unknown type 0", rawClusterMsg(k, 0, nil)},
 		{"length too long", "truncated", append(append([]byte{}, good[:7]...), append([]byte{0x3f}, good[8:]...)...)},
 		{"length too short", "trailing bytes", append(append([]byte{}, good[:7]...), append([]byte{0x3d}, good[8:]...)...)},

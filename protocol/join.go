@@ -83,6 +83,9 @@ type JoinRequest struct {
 	Proof        DeviceProof
 	HasProof     bool
 	SessionKeyed bool
+	// RTTs is the CANDIDATE-RTTS value as sent, unparsed: a bad report
+	// must not fail the keepalive carrying it (ParseCandidateRTTs).
+	RTTs []byte
 }
 
 // JoinOptions are the variable parts of a join request.
@@ -90,6 +93,9 @@ type JoinOptions struct {
 	Leave  bool   // leave the call instead of joining or keeping alive
 	Cookie []byte // the last cookie the forwarder gave this socket, if any
 	Ticket []byte // the latest resumption ticket, if any (sent as given)
+	// RTTs, if set, is sent as CANDIDATE-RTTS (README 3.2); it must pass
+	// CandidateRTTs.Check.
+	RTTs *CandidateRTTs
 }
 
 // BuildJoinRequest encodes a join, keepalive or leave request for the given
@@ -134,6 +140,13 @@ func buildJoin(token []byte, o JoinOptions, tid [stun.TransactionIDSize]byte, pr
 	}
 	if proof != nil {
 		setters = append(setters, rawAttr{AttrDeviceProof, proof})
+	}
+	if o.RTTs != nil {
+		v, err := o.RTTs.Append(nil)
+		if err != nil {
+			return nil, err
+		}
+		setters = append(setters, rawAttr{AttrCandidateRTTs, v})
 	}
 	setters = append(setters, stun.MessageIntegrity(key), stun.Fingerprint)
 	return stun.Build(setters...)
@@ -187,6 +200,9 @@ func ParseJoinRequest(m *stun.Message) (JoinRequest, error) {
 			return r, fmt.Errorf("%w: ticket of %d bytes", ErrJoinMalformed, len(tk))
 		}
 		r.Ticket = tk
+	}
+	if v, err := m.Get(AttrCandidateRTTs); err == nil {
+		r.RTTs = v
 	}
 	if err := onlyFingerprintAfterIntegrity(m); err != nil {
 		return r, err

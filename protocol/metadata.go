@@ -17,10 +17,11 @@ const (
 	MetaOnset uint8 = 1 << 0 // a loud onset was seen in the tick (a level step or the device's LoudOnset)
 	MetaLeft  uint8 = 1 << 1 // the member left this forwarder during the tick
 	MetaVideo uint8 = 1 << 2 // a video section (MemberMetadata.Video) follows the member's fixed fields
+	MetaRTT   uint8 = 1 << 3 // the device's candidate RTTs (MemberMetadata.RTTs) follow the video section
 )
 
 const (
-	metaFlagsKnown    = MetaOnset | MetaLeft | MetaVideo
+	metaFlagsKnown    = MetaOnset | MetaLeft | MetaVideo | MetaRTT
 	metaBatchFixedLen = 23 // the batch body up to the forwarder id
 	metaCallFixedLen  = 17 // call id and member count
 	metaMemberLen     = 33 // a member without its video section
@@ -53,6 +54,10 @@ type MemberMetadata struct {
 	// must be the zero value (encoding refuses anything else) and decodes
 	// as such.
 	Video MemberVideo
+	// RTTs is the device's latest report of its RTTs to candidate
+	// forwarders (CANDIDATE-RTTS, README 3.2), on the wire only with
+	// MetaRTT, after the video section; zero without it.
+	RTTs CandidateRTTs
 }
 
 // MemberVideo is what a forwarder knows of one member's video at the end
@@ -86,10 +91,14 @@ type VideoSub struct {
 
 // size returns the member's length on the wire.
 func (m *MemberMetadata) size() int {
-	if m.Flags&MetaVideo == 0 {
-		return metaMemberLen
+	n := metaMemberLen
+	if m.Flags&MetaVideo != 0 {
+		n += m.Video.size()
 	}
-	return metaMemberLen + m.Video.size()
+	if m.Flags&MetaRTT != 0 {
+		n += m.RTTs.Size()
+	}
+	return n
 }
 
 // size returns the video section's length on the wire.
@@ -158,7 +167,14 @@ func (m *MemberMetadata) check() error {
 		return fmt.Errorf("%w: member %s: loss %d permille", ErrClusterMsgInvalid, m.Participant, m.LossPermille)
 	case m.Flags&MetaVideo == 0 && m.Video != MemberVideo{}:
 		return fmt.Errorf("%w: member %s: video fields set without the video flag", ErrClusterMsgInvalid, m.Participant)
-	case m.Flags&MetaVideo != 0:
+	case m.Flags&MetaRTT == 0 && m.RTTs != CandidateRTTs{}:
+		return fmt.Errorf("%w: member %s: RTTs set without the RTT flag", ErrClusterMsgInvalid, m.Participant)
+	case m.Flags&MetaRTT != 0:
+		if err := m.RTTs.Check(); err != nil {
+			return fmt.Errorf("%w: member %s: %w", ErrClusterMsgInvalid, m.Participant, err)
+		}
+	}
+	if m.Flags&MetaVideo != 0 {
 		return m.Video.check(m.Participant)
 	}
 	return nil
@@ -279,6 +295,9 @@ func (m *MemberMetadata) append(b []byte) []byte {
 	if m.Flags&MetaVideo != 0 {
 		b = m.Video.append(b)
 	}
+	if m.Flags&MetaRTT != 0 {
+		b, _ = m.RTTs.Append(b) // checked before encoding
+	}
 	return b
 }
 
@@ -310,14 +329,28 @@ func (m *MemberMetadata) decode(b []byte) (int, error) {
 	m.UplinkBps = binary.BigEndian.Uint32(b[24:28])
 	m.LossPermille = binary.BigEndian.Uint16(b[28:30])
 	m.MeanLevel, m.MaxLevel, m.Flags = b[30], b[31], b[32]
+	flags := m.Flags
+	m.Flags &^= MetaRTT // checked once its section is read
 	if err := m.check(); err != nil {
 		return 0, err
 	}
-	if m.Flags&MetaVideo == 0 {
-		return metaMemberLen, nil
+	n := metaMemberLen
+	if flags&MetaVideo != 0 {
+		v, err := m.Video.decode(m.Participant, b[n:])
+		if err != nil {
+			return 0, err
+		}
+		n += v
 	}
-	n, err := m.Video.decode(m.Participant, b[metaMemberLen:])
-	return metaMemberLen + n, err
+	if flags&MetaRTT != 0 {
+		r, err := m.RTTs.Decode(b[n:])
+		if err != nil {
+			return 0, fmt.Errorf("%w: member %s: %w", ErrClusterMsgInvalid, m.Participant, err)
+		}
+		n += r
+		m.Flags = flags
+	}
+	return n, nil
 }
 
 // decode reads and checks the video section at the front of b and
