@@ -67,12 +67,10 @@ func New(server netip.AddrPort, up, down Profile, seed int64) (*Link, error) {
 		stop:       make(chan struct{}),
 	}
 	s := uint64(seed)
-	l.up = newPipe(cc, sc, up, s, 0x7570) // "up"
+	l.up = newPipe(cc, sc, func() (netip.AddrPort, bool) { return l.server, true }, up, s, 0x7570) // "up"
 	l.up.accept = l.fromClient
-	l.up.dest = func() (netip.AddrPort, bool) { return l.server, true }
-	l.down = newPipe(sc, cc, down, s, 0x646f776e) // "down"
+	l.down = newPipe(sc, cc, l.clientAddr, down, s, 0x646f776e) // "down"
 	l.down.accept = l.fromServer
-	l.down.dest = l.clientAddr
 	for _, p := range []*pipe{l.up, l.down} {
 		l.wg.Add(2)
 		go func() { defer l.wg.Done(); p.read(l.stop) }()

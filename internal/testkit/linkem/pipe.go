@@ -38,11 +38,11 @@ type slot struct {
 // scheduler only reads and removes the head, so the scheduler may send from
 // the head slot's buffer without holding mu.
 type pipe struct {
-	in, out *net.UDPConn
-	// accept reports whether a datagram from src is to be relayed; dest is
-	// where to send it. Both are called from this pipe's goroutines only.
+	in *net.UDPConn // nil for a router's path (router.go), which is fed by admit
+	// accept reports whether a datagram from src is to be relayed; write
+	// sends one on. Both are called from this pipe's goroutines only.
 	accept func(src netip.AddrPort) bool
-	dest   func() (netip.AddrPort, bool)
+	write  func(b []byte) error
 
 	prof   atomic.Pointer[Profile] // normalized; replaced whole on change
 	shaper shaper                  // reader goroutine only
@@ -60,10 +60,30 @@ type pipe struct {
 	free []*[MaxPayload]byte // released buffers, zeroed
 }
 
-func newPipe(in, out *net.UDPConn, p Profile, seed1, seed2 uint64) *pipe {
+// errNoDest: a datagram with nowhere to go (not reached: accept admits
+// nothing without a destination).
+var errNoDest = errors.New("linkem: no destination")
+
+// newPipe makes a pipe that reads from in and writes to out, to where dest
+// says.
+func newPipe(in, out *net.UDPConn, dest func() (netip.AddrPort, bool), p Profile, seed1, seed2 uint64) *pipe {
+	pp := newPath(func(b []byte) error {
+		dst, ok := dest()
+		if !ok {
+			return errNoDest
+		}
+		_, err := out.WriteToUDPAddrPort(b, dst)
+		return err
+	}, p, seed1, seed2)
+	pp.in = in
+	return pp
+}
+
+// newPath makes a pipe without a reader: packets come in through admit
+// and leave through write.
+func newPath(write func(b []byte) error, p Profile, seed1, seed2 uint64) *pipe {
 	pp := &pipe{
-		in:     in,
-		out:    out,
+		write:  write,
 		shaper: newShaper(seed1, seed2),
 		wake:   make(chan struct{}, 1),
 		free:   make([]*[MaxPayload]byte, 0, MaxInFlight),
@@ -200,12 +220,7 @@ func (p *pipe) schedule(stop <-chan struct{}) {
 }
 
 func (p *pipe) send(s slot) {
-	dst, ok := p.dest()
-	if !ok {
-		p.c.sendErrors.Add(1) // not reached: accept admits nothing without a destination
-		return
-	}
-	if _, err := p.out.WriteToUDPAddrPort(s.buf[:s.n], dst); err != nil {
+	if err := p.write(s.buf[:s.n]); err != nil {
 		p.c.sendErrors.Add(1)
 		return
 	}
