@@ -46,6 +46,10 @@ type credentials struct {
 	// counter is the last proof's counter (nextCounter).
 	device  ed25519.PrivateKey
 	counter uint64
+
+	// rtts: the RTT to each candidate forwarder (locate.go), with a lock
+	// of its own.
+	rtts rttTable
 }
 
 // nextCounter is a new proof's counter: the Unix time in milliseconds, or

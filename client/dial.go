@@ -248,6 +248,7 @@ func (d *dialer) handle(ev dialEvent) {
 	if c.state != candPending && c.state != candWaiting {
 		return // a late duplicate for an ended candidate
 	}
+	d.sample(ev)
 	switch {
 	case ev.err != nil:
 		d.log.Info("forwarder socket failed", zap.Stringer("forwarder", c.addr), zap.Error(ev.err))
@@ -264,6 +265,16 @@ func (d *dialer) handle(ev dialEvent) {
 	default:
 		d.refused(c, ev.resp)
 	}
+}
+
+// sample keeps the RTT of an authenticated answer to the candidate's
+// current transaction, if it was sent once (locate.go).
+func (d *dialer) sample(ev dialEvent) {
+	c := ev.c
+	if ev.err != nil || ev.tid != c.tx.Load().tid || c.rto != d.cfg.RetransmitInitial {
+		return
+	}
+	_ = d.cfg.creds.rtts.observe(c.addr, ev.at.Sub(c.sentAt), ev.at)
 }
 
 // win makes ev's candidate the winner.
@@ -416,6 +427,9 @@ func (d *dialer) drainLosers() {
 // pending join that succeeds is sent a leave; a leave's answer ends it.
 func (d *dialer) handleLoser(ev dialEvent) {
 	c := ev.c
+	if c.state == candPending || c.state == candLeaving {
+		d.sample(ev)
+	}
 	switch {
 	case c.state != candPending && c.state != candLeaving:
 	case ev.err != nil:

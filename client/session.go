@@ -250,6 +250,7 @@ func (c *Conn) onKeepaliveAnswer(resp protocol.JoinResponse, rtt time.Duration, 
 	}
 	c.stats.keepalivesAnswered.Add(1)
 	c.stats.rtt.Store(int64(rtt))
+	_ = c.cfg.creds.rtts.observe(c.fwd, rtt, time.Now()) // reported on the next keepalives (locate.go)
 	c.mu.Lock()
 	moved := resp.Mapped != c.mapped
 	c.mapped, c.params, c.lastAlive = resp.Mapped, sanitize(resp.Params), time.Now()
@@ -313,7 +314,7 @@ func (c *Conn) sendKeepalive(now time.Time) {
 		return
 	}
 	sock := c.sock.Load()
-	tx, err := newTransaction(c.cfg.creds, protocol.JoinOptions{Cookie: c.cookie}, c.sessionKey())
+	tx, err := newTransaction(c.cfg.creds, protocol.JoinOptions{Cookie: c.cookie, RTTs: c.cfg.creds.rtts.report(c.fwd, now)}, c.sessionKey())
 	if err != nil {
 		c.mu.Unlock()
 		return
