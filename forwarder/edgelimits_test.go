@@ -100,8 +100,27 @@ func TestSpoofedJoinFloodGetsCappedAnswers(t *testing.T) {
 		if taken < sources*each {
 			return fmt.Errorf("%d of %d requests accounted for", taken, sources*each)
 		}
-		if own := device.Stats().CookieRetries; challenges.Load()+own < s.CookieChallenges {
-			return fmt.Errorf("%d challenges received, and %d by the device, of %d sent", challenges.Load(), own, s.CookieChallenges)
+		return nil
+	})
+	// The answers in flight arrive. UDP may lose a few on a loaded machine
+	// (the spoofed sources' sockets are ordinary ones): up to 1 % is
+	// allowed, and said.
+	var last uint64
+	var still time.Time // since when got has not changed
+	testenv.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		got := challenges.Load() + device.Stats().CookieRetries
+		if got > s.CookieChallenges {
+			return fmt.Errorf("%d challenges received, more than the %d sent", got, s.CookieChallenges)
+		}
+		if got != last || still.IsZero() {
+			last, still = got, time.Now()
+		}
+		if lost := s.CookieChallenges - got; lost > 0 {
+			if 100*lost <= s.CookieChallenges && time.Since(still) > 200*time.Millisecond {
+				t.Logf("%d of %d address checks lost on the way to the spoofed sources", lost, s.CookieChallenges)
+				return nil
+			}
+			return fmt.Errorf("%d challenges received, and the device's, of %d sent", got, s.CookieChallenges)
 		}
 		return nil
 	})
