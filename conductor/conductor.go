@@ -22,6 +22,7 @@ type Conductor struct {
 	owner   string
 	m       *metrics
 	io      *ioQueue
+	rep     *reporter  // report.go
 	mu      sync.Mutex // guards owned (read by Owned from other goroutines)
 	owned   map[int]*ownedPartition
 	started bool
@@ -57,6 +58,7 @@ func New(cfg Config) (*Conductor, error) {
 	c.log = cfg.Logger.With(zap.String("conductor", c.owner))
 	c.m = newMetrics(cfg.Registerer)
 	c.io = newIOQueue(cfg.Store, c.m, c.log)
+	c.rep = newReporter(cfg.Registerer, cfg.Now())
 	return c, nil
 }
 
@@ -87,6 +89,8 @@ func (c *Conductor) Run(ctx context.Context) error {
 	go func() { defer close(ioDone); c.io.run(ioCtx) }()
 	rttDone := make(chan struct{})
 	go func() { defer close(rttDone); c.measureNATS(ioCtx) }()
+	repDone := make(chan struct{})
+	go func() { defer close(repDone); c.report(ioCtx) }()
 
 	acquire := time.NewTimer(c.acquireFree(ctx))
 	defer acquire.Stop()
@@ -99,6 +103,7 @@ func (c *Conductor) Run(ctx context.Context) error {
 			stopIO()
 			<-ioDone
 			<-rttDone
+			<-repDone
 			c.log.Info("conductor stopped")
 			return nil
 		case <-acquire.C:

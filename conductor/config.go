@@ -65,6 +65,8 @@ type Config struct {
 	Speaker SpeakerConfig
 	// Video is the bitrate ladder the allocator plans with (allocate.go).
 	Video VideoLadder
+	// Report says how the conductor reports to dashboards (report.go).
+	Report ReportConfig
 	// Queue bounds the metadata waiting per partition; beyond it messages
 	// are dropped and counted.
 	Queue int
@@ -94,6 +96,7 @@ func Default() Config {
 		IdleCall:        30 * time.Second,
 		Speaker:         DefaultSpeakerConfig(),
 		Video:           DefaultVideoLadder(),
+		Report:          DefaultReportConfig(),
 		Queue:           1024,
 		Logger:          zap.NewNop(),
 		Now:             time.Now,
@@ -131,6 +134,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("conductor: max partitions %d, want >= 0", c.MaxPartitions))
 	}
 	if err := c.Video.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Report.validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if c.DecideEvery <= 0 || c.Republish < c.DecideEvery || c.CheckpointEvery <= 0 || c.CheckpointTTL < c.CheckpointEvery {

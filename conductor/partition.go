@@ -57,6 +57,9 @@ type callState struct {
 	spurts   map[protocol.ID]spurt
 	members  map[protocol.ID]struct{} // everyone the metadata named
 	video    *callVideo               // nil until a member reports video (video.go)
+	// pendingSince: when the first metadata not yet in a decision sent
+	// arrived (zero: none), for the decision latency (report.go).
+	pendingSince time.Time
 }
 
 // spurt is a member's current run of speech, for switch latency.
@@ -107,6 +110,7 @@ func (p *partition) run(ctx context.Context, o *ownedPartition) {
 		select {
 		case <-ctx.Done():
 			_ = p.sub.Unsubscribe()
+			p.c.rep.setCalls(p.part, 0)
 			p.checkpointAll(p.c.cfg.Now(), true)
 			return
 		case data := <-p.in:
@@ -153,6 +157,9 @@ func (p *partition) onMetadata(data []byte, now time.Time) {
 			continue
 		}
 		cs.lastSeen = now
+		if cs.pendingSince.IsZero() {
+			cs.pendingSince = now
+		}
 		for j := range cm.Members {
 			p.observe(cs, &cm.Members[j], tick, now)
 		}
@@ -306,6 +313,7 @@ func (p *partition) decideAll(now time.Time) {
 		p.stride = s
 	}
 	p.c.m.behind.Set(float64(p.stride))
+	p.c.rep.setCalls(p.part, len(p.calls))
 }
 
 // decideOne decides one call and saves its checkpoint when due: a new
@@ -353,6 +361,12 @@ func (p *partition) decide(cs *callState, now time.Time) bool {
 		}
 	}
 	videoChanged := cs.allocateVideo(now, dom, p.fwd, p.c.m.videoChanges)
+	if changed {
+		p.noteSpeaker(cs, dom, now)
+	}
+	if videoChanged {
+		p.noteLayers(cs, now)
+	}
 	if !changed && !setChanged && !videoChanged && cs.decided && now.Sub(cs.lastSent) < p.c.cfg.Republish {
 		return false
 	}
@@ -387,6 +401,7 @@ func (p *partition) publish(cs *callState, now time.Time) {
 	}
 	cs.lastSent = now
 	p.c.m.decisions.Inc()
+	p.noteSent(cs)
 }
 
 // checkpoint saves a call's ephemeral state through the io queue.

@@ -124,15 +124,7 @@ func TestDeviceSessionResumesOnDeviceTicket(t *testing.T) {
 	waitExpired(t, [][]byte{tok0, tok1}, speaker, listener)
 
 	victim.stop()
-	// The failover first, then media after it: packets relayed just
-	// before the stop can still arrive after it, so hearing each other
-	// since the stop alone does not show the speaker moved.
-	testenv.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if got := speaker.S.Forwarder(); got != other.f.Addr() {
-			return fmt.Errorf("the speaker is on %s", got)
-		}
-		return nil
-	})
+	calltest.WaitForwarder(t, speaker, other.f.Addr(), 10*time.Second)
 	allHearAll(t, []*member{speaker, listener}, time.Now(), 10*time.Second)
 	st := other.f.Stats().Resume
 	require.Equal(t, uint64(1), st.Resumed, "resumed by its kind 2 ticket")

@@ -88,10 +88,9 @@ func TestSessionOutlivesTokenThroughFailover(t *testing.T) {
 	waitExpired(t, tokens, speaker, listener)
 	allHearAll(t, []*member{speaker, listener}, time.Now(), 5*time.Second)
 
-	stopped := time.Now()
 	victim.stop()
-	allHearAll(t, []*member{speaker, listener}, stopped, 10*time.Second)
-	require.Equal(t, other.f.Addr(), speaker.S.Forwarder())
+	calltest.WaitForwarder(t, speaker, other.f.Addr(), 10*time.Second)
+	allHearAll(t, []*member{speaker, listener}, time.Now(), 10*time.Second)
 	require.Equal(t, uint64(1), other.f.Stats().Resume.Resumed, "resumed by its ticket")
 	require.Equal(t, uint64(1), speaker.S.Stats().Failovers)
 }

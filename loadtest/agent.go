@@ -387,6 +387,7 @@ func RunController(ctx context.Context, p Plan, nc *nats.Conn, subject string, a
 		return nil, ctx.Err()
 	case <-time.After(time.Until(a.StartAt)):
 	}
+	queues := watchQueues(ctx, p.Transports.Metrics)
 	var ch chaos
 	endChaos := ch.start(ctx, a.StartAt, p.Chaos, p.Processes, p.Services)
 	defer endChaos()
@@ -406,6 +407,7 @@ func RunController(ctx context.Context, p Plan, nc *nats.Conn, subject string, a
 	}
 	res.Plan = p
 	res.Agents = withMissing(res.Agents, ids, parts)
+	res.StreamQueue = queues.finish(context.WithoutCancel(ctx))
 	if cancelled {
 		res.Stopped = "cancelled"
 	}

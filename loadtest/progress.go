@@ -79,6 +79,13 @@ func (p *progress) done(res *Result) {
 			fmt.Fprintln(p.w, transportLine(k, m))
 		}
 	}
+	if q := res.StreamQueue; q != nil {
+		fmt.Fprintf(p.w, "forwarders' TCP and TLS legs: %d audio and %d video packets dropped from their send queues, %d retransmissions skipped (metrics of %d forwarders)\n",
+			q.AudioDropped, q.VideoDropped, q.RetransmissionsSkipped, q.Forwarders)
+		for _, e := range q.Errors {
+			fmt.Fprintf(p.w, "warning: %s\n", e)
+		}
+	}
 	if l := t.LateJoin; l.Joined > 0 {
 		fmt.Fprintf(p.w, "late joiners: %d joined, decrypted %d of the %d streams of the members up when they came (%d never decrypted, %d first decrypted after a rollover), %d audio packets failed\n",
 			l.Joined, l.StreamsDecrypted, l.StreamsExpected, l.StreamsUndecryptable, l.StreamsAfterRollover, l.DecryptFailures)

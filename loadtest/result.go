@@ -32,6 +32,9 @@ type Result struct {
 	// Transports are the figures per transport (udp4, udp6, tcp, tls:
 	// TransportMeasures), for the transports devices used (full engine).
 	Transports map[string]TransportMeasures `json:"transports,omitempty"`
+	// StreamQueue is what the forwarders' TCP and TLS legs dropped from
+	// their send queues (only with Plan.Transports.Metrics).
+	StreamQueue *StreamQueue `json:"stream_queue,omitempty"`
 
 	// Steps are the ramp profile's steps (empty for other profiles).
 	Steps []Step `json:"steps,omitempty"`

@@ -93,6 +93,10 @@ func run(ctx context.Context, r *runner, progress io.Writer) (*Result, *runner, 
 	}
 	r.nets = nets
 	defer nets.close()
+	var queues *queueWatch
+	if !r.keep { // an agent's controller reads the forwarders' counters
+		queues = watchQueues(ctx, p.Transports.Metrics)
+	}
 	rng := rand.New(rand.NewPCG(p.Seed, 0x10ad))
 	arrivals := Arrivals(rng, p.Profile, p.Bounds.MaxDuration.D(), p.Bounds.MaxCalls)
 	pr := newProgress(progress)
@@ -128,6 +132,7 @@ func run(ctx context.Context, r *runner, progress io.Writer) (*Result, *runner, 
 		res.Stopped = "cancelled"
 	}
 	r.finish(res)
+	res.StreamQueue = queues.finish(context.WithoutCancel(ctx))
 	res.Relay = r.mon.health(res.Seconds)
 	if len(p.Chaos) > 0 {
 		res.Events = r.chaos.result()

@@ -60,6 +60,10 @@ type Transports struct {
 	// certificates must chain to (empty: the system's roots). Public
 	// certificates: they travel to agents with the plan.
 	TLSRoots string `json:"tls_roots,omitempty" yaml:"tls_roots,omitempty"`
+	// Metrics are the forwarders' Prometheus endpoints (forwarder
+	// --metrics-listen), read before and after the run for what their TCP
+	// and TLS legs dropped from their send queues (Result.StreamQueue).
+	Metrics []string `json:"metrics,omitempty" yaml:"metrics,omitempty"`
 }
 
 // ForwarderStreams are one forwarder's stream listeners.
@@ -91,6 +95,11 @@ func (p Plan) validateTransports() []error {
 	}
 	if t.TLSRoots != "" && !x509.NewCertPool().AppendCertsFromPEM([]byte(t.TLSRoots)) {
 		bad("transports.tls_roots (--tls-ca) holds no PEM certificate")
+	}
+	for i, u := range t.Metrics {
+		if err := validMetricsURL(u); err != nil {
+			bad("transports.metrics[%d] (--forwarder-metrics) = %q: %v", i, u, err)
+		}
 	}
 	byFwd := make(map[netip.AddrPort]ForwarderStreams, len(t.Streams))
 	for i, s := range t.Streams {

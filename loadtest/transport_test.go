@@ -13,11 +13,14 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/stretchr/testify/require"
 
 	"github.com/callrelay/callrelay/forwarder"
@@ -58,6 +61,12 @@ func startStreamCluster(t *testing.T, n int) ([]*forwarder.Forwarder, Plan) {
 		require.True(t, tcp.IsValid() && tlsAddr.IsValid(), "the forwarder serves TCP and TLS")
 		p.Forwarders = append(p.Forwarders, f.Addr())
 		p.Transports.Streams = append(p.Transports.Streams, ForwarderStreams{Forwarder: f.Addr(), TCP: tcp, TLS: tlsAddr})
+		// Its metrics, as forwarder --metrics-listen serves them.
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(f.Collector())
+		srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		t.Cleanup(srv.Close)
+		p.Transports.Metrics = append(p.Transports.Metrics, srv.URL+"/metrics")
 	}
 	return fs, p
 }
@@ -127,6 +136,19 @@ func TestRunTCPAndTLSShare(t *testing.T) {
 	require.GreaterOrEqual(t, accepted[0], uint64(res.Transports[TransportTCP].Setups.Admitted))
 	require.GreaterOrEqual(t, accepted[1], uint64(res.Transports[TransportTLS].Setups.Admitted))
 	require.Contains(t, progress.String(), "tls: ")
+	// Both forwarders' stream counters were read before and after; what
+	// they dropped is theirs to say (a loaded machine may back a leg up).
+	q := res.StreamQueue
+	require.NotNil(t, q)
+	require.Empty(t, q.Errors)
+	require.Equal(t, 2, q.Forwarders)
+	var drops uint64
+	for _, f := range fs {
+		s := f.Stats().Stream
+		drops += s.QueueDrops[0] + s.QueueDrops[1]
+	}
+	require.Equal(t, drops, q.AudioDropped+q.VideoDropped, "the forwarders dropped nothing before the run")
+	require.Contains(t, progress.String(), "forwarders' TCP and TLS legs: ")
 
 	// The JSON result carries the sections.
 	b, err := json.Marshal(res)

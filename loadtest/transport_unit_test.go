@@ -1,7 +1,12 @@
 package loadtest
 
 import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,6 +69,7 @@ func TestTransportsValidate(t *testing.T) {
 		}, "has no TLS listener"},
 		"unknown forwarder": {func(p *Plan) { p.Transports.Streams[0].Forwarder = other }, "is not one of the forwarders"},
 		"bad roots":         {func(p *Plan) { p.Transports.TLSRoots = "not a certificate" }, "holds no PEM certificate"},
+		"bad metrics url":   {func(p *Plan) { p.Transports.Metrics = []string{"10.0.0.5:9100"} }, "(--forwarder-metrics) = \"10.0.0.5:9100\": want an http(s) URL"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			p := base()
@@ -100,4 +106,36 @@ func TestMergeTransports(t *testing.T) {
 	require.Equal(t, 4, udp.Setups.Attempted)
 	require.Equal(t, 50.0, udp.SetupSuccessPct)
 	require.Nil(t, Merge(&Partial{Agent: "old", DurationMs: 1000}).Transports, "older agents' partials have none")
+}
+
+// The forwarders' stream counters are read from their metrics; an
+// endpoint that is not a forwarder's, or does not answer, is named in
+// the errors and left out; a counter that went down was reset.
+func TestStreamQueueScrape(t *testing.T) {
+	var drops atomic.Uint64
+	fwd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, "# TYPE callrelay_forwarder_stream_queue_drops_total counter\n"+
+			"callrelay_forwarder_stream_queue_drops_total{kind=\"audio\"} %d\n"+
+			"callrelay_forwarder_stream_queue_drops_total{kind=\"video\"} %d\n"+
+			"# TYPE callrelay_forwarder_stream_retransmissions_skipped_total counter\n"+
+			"callrelay_forwarder_stream_retransmissions_skipped_total 4\n", drops.Load(), 2*drops.Load())
+	}))
+	defer fwd.Close()
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "# TYPE up gauge\nup 1")
+	}))
+	defer other.Close()
+	drops.Store(10)
+	w := watchQueues(context.Background(), []string{fwd.URL, other.URL, "http://127.0.0.1:9/metrics"})
+	drops.Store(13)
+	q := w.finish(context.Background())
+	require.Equal(t, 1, q.Forwarders)
+	require.Equal(t, uint64(3), q.AudioDropped)
+	require.Equal(t, uint64(6), q.VideoDropped)
+	require.Zero(t, q.RetransmissionsSkipped)
+	require.Len(t, q.Errors, 2)
+	require.Contains(t, q.Errors[0], "no callrelay_forwarder_stream_queue_drops_total")
+	require.Contains(t, q.Errors[1], "127.0.0.1:9")
+	require.Equal(t, uint64(5), grown(7, 5), "a restarted forwarder's counters start again")
+	require.Nil(t, watchQueues(context.Background(), nil).finish(context.Background()))
 }

@@ -36,6 +36,8 @@ func conductorFlags(fs *flag.FlagSet) *conductorOptions {
 	fs.Uint64Var(&cfg.Video.AudioBps, "audio-bps", cfg.Video.AudioBps, "bit/s one forwarded audio stream costs a receiver, reserved before any video")
 	fs.Uint64Var(&cfg.Video.LowBps, "video-low-bps", cfg.Video.LowBps, "bit/s of a simulcast sender's low layer")
 	fs.Uint64Var(&cfg.Video.HighBps, "video-high-bps", cfg.Video.HighBps, "bit/s of a sender's high layer or single stream (less when its uplink is smaller)")
+	fs.StringVar(&cfg.Report.Region, "region", cfg.Report.Region, "this conductor's region label in its reports to dashboards (as the forwarders' --region)")
+	fs.DurationVar(&cfg.Report.Every, "report-every", cfg.Report.Every, "how often the conductor publishes its report (decision latency, decisions, calls, timeline events) on <subject>.conductors")
 	addMetricsFlags(fs, &o.metricsListen, &o.metricsMaxConns)
 	fs.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
 	return o

@@ -46,6 +46,7 @@ type loadtestOptions struct {
 type streamFlags struct {
 	tcpShare, tlsShare                 float64
 	tcpAddrs, tlsAddrs, tlsCA, tlsName string
+	metrics                            string
 }
 
 func loadtestFlags(fs *flag.FlagSet) *loadtestOptions {
@@ -83,6 +84,7 @@ func loadtestFlags(fs *flag.FlagSet) *loadtestOptions {
 	fs.StringVar(&s.tcpAddrs, "tcp-addrs", "", "comma-separated ip:ports of the forwarders' TCP listeners (forwarder --tcp-listen), in --forwarders' order")
 	fs.StringVar(&s.tlsAddrs, "tls-addrs", "", "comma-separated ip:ports of the forwarders' TLS listeners (forwarder --tls-listen), in --forwarders' order")
 	fs.StringVar(&s.tlsCA, "tls-ca", "", "PEM file of the certificates the TLS listeners' certificates must chain to (default: the system's roots)")
+	fs.StringVar(&s.metrics, "forwarder-metrics", "", "comma-separated URLs of the forwarders' /metrics (forwarder --metrics-listen), read before and after the run for the packets their TCP and TLS legs dropped from their send queues")
 	fs.StringVar(&s.tlsName, "tls-server-name", "", "name the TLS listeners' certificates must carry (default: the listener's IP address)")
 	fs.Var(&o.chaosUp, "chaos-up", "`name=command`: the shell command that brings the service name back up after a chaos down, e.g. redis='systemctl start redis-server' (one per flag, repeatable)")
 	return o
@@ -263,6 +265,12 @@ func (s *streamFlags) applyTo(p *loadtest.Plan) error {
 	}
 	if s.tlsName != "" {
 		t.TLSServerName = s.tlsName
+	}
+	if s.metrics != "" {
+		t.Metrics = nil
+		for _, u := range strings.Split(s.metrics, ",") {
+			t.Metrics = append(t.Metrics, strings.TrimSpace(u))
+		}
 	}
 	if s.tlsCA != "" {
 		b, err := os.ReadFile(s.tlsCA)

@@ -263,6 +263,19 @@ func every20ms(t testing.TB, stop <-chan struct{}, tick func()) {
 	t.Cleanup(func() { close(ended); wg.Wait() })
 }
 
+// WaitForwarder waits until m's session is on the forwarder at addr. After
+// a forwarder stops, wait for this before AllHearAll: packets relayed just
+// before the stop can still arrive after it.
+func WaitForwarder(t testing.TB, m *Member, addr netip.AddrPort, timeout time.Duration) {
+	t.Helper()
+	testenv.CheckFor(t, timeout, 10*time.Millisecond, func() error {
+		if got := m.S.Forwarder(); got != addr {
+			return fmt.Errorf("member on %s, want %s", got, addr)
+		}
+		return nil
+	})
+}
+
 // AllHearAll waits until every member has heard every other after since.
 func AllHearAll(t testing.TB, ms []*Member, since time.Time, timeout time.Duration) {
 	t.Helper()
