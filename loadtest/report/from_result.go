@@ -23,6 +23,9 @@ func FromResult(r *loadtest.Result) Input {
 		Warnings: warnings(r),
 	}
 	in.Sections = append(in.Sections, callsSection(r), mediaSection(r))
+	if hasTransports(r) {
+		in.Sections = append(in.Sections, transportsSection(r))
+	}
 	if hasSessions(r) {
 		in.Sections = append(in.Sections, sessionsSection(r))
 	}
