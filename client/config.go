@@ -27,7 +27,15 @@ type Config struct {
 	TLSConfig     *tls.Config
 	UDPHeadStart  time.Duration
 	UDPRetryEvery time.Duration
-	bridge        *bridge // set on a Dial through a stream transport
+	// SuspectAfter: a Session on UDP to a forwarder listed in Streams
+	// suspects its UDP path when no RTP arrived for this long (it then
+	// sends a keepalive at once) and that keepalive, or a regular one, went
+	// unanswered for half of it; it then joins the same forwarder over TCP
+	// and TLS beside UDP and switches when that join is answered
+	// (make-before-break, transport_session.go). Default a quarter of
+	// FailoverAfter; negative: no spare legs (UDP trouble is a failover).
+	SuspectAfter time.Duration
+	bridge       *bridge // set on a Dial through a stream transport
 	// Token is the signed join token from the application's signalling
 	// service (protocol.SignToken). Required.
 	Token []byte

@@ -86,6 +86,7 @@ type Session struct {
 	nudges, ignored, droppedRejoining                atomic.Uint64
 	mediaDropped, eventsDropped                      atomic.Uint64
 	tokenRefreshes, tokenErrors                      atomic.Uint64
+	transportMoves, spares, sparesClosed, probes     atomic.Uint64
 	refreshMu                                        sync.Mutex // one TokenSource call at a time (refresh.go)
 
 	// Supervisor state, touched only by run.
@@ -95,6 +96,8 @@ type Session struct {
 	confirmed   time.Time // the last in-place rejoin confirmed
 	lastMigrate time.Time
 	udpRetry    time.Time // on TCP or TLS: when to try UDP again (transport_session.go)
+	probe       time.Time // on UDP: the last probe keepalive sent after media stopped
+	spareFor    time.Time // on UDP: the last answer before the last spare leg opened
 
 	closeOnce sync.Once
 	wg        sync.WaitGroup // attempts and retiring Conns
@@ -121,8 +124,10 @@ const (
 	// or the forwarder refused it for good; the Session has ended. Err says
 	// why.
 	EventLost
-	// EventTransport: a Session on TCP or TLS joined its forwarder over UDP
-	// again and moved back, make-before-break (Transport says "udp").
+	// EventTransport: the Session moved to another transport of the same
+	// forwarder, make-before-break (Transport says which): from UDP that
+	// was failing to a spare TCP or TLS leg, or from TCP or TLS back to UDP
+	// when UDP answered again (transport_session.go).
 	EventTransport
 )
 
@@ -190,6 +195,14 @@ type SessionStats struct {
 	// back after its token expires: bound to its current token, or, until
 	// a forwarder binds one to a refreshed token, to the token before it.
 	HasTicket bool
+	// TransportMoves counts EventTransport. SpareLegs counts TCP/TLS legs
+	// opened beside a suspect UDP path, SpareLegsClosed those closed
+	// because UDP answered again first, Probes the keepalives sent at once
+	// because media stopped (transport_session.go).
+	TransportMoves  uint64
+	SpareLegs       uint64
+	SpareLegsClosed uint64
+	Probes          uint64
 	// Conn is the current Conn's Stats (counted since its Dial).
 	Conn Stats
 }
@@ -296,6 +309,10 @@ func (s *Session) Stats() SessionStats {
 		TokenRefreshes:        s.tokenRefreshes.Load(),
 		TokenErrors:           s.tokenErrors.Load(),
 		HasTicket:             s.cfg.creds.hasTicket(),
+		TransportMoves:        s.transportMoves.Load(),
+		SpareLegs:             s.spares.Load(),
+		SpareLegsClosed:       s.sparesClosed.Load(),
+		Probes:                s.probes.Load(),
 		Conn:                  c.Stats(),
 	}
 }

@@ -20,8 +20,13 @@ type attempt struct {
 	from   netip.AddrPort
 	target netip.AddrPort // EventMigrated: the MigrateTo address
 	began  time.Time      // trouble noticed, or the Rejoin or MigrateTo received
-	cancel context.CancelFunc
-	result chan attemptResult // unbuffered: an abandoned attempt closes its Conn
+	// spare: an EventTransport leg opened beside a suspect UDP Conn
+	// (transport_session.go). quiet: a Conn of this attempt not swapped in
+	// is closed without a leave (it reaches the forwarder of the current
+	// Conn, where a leave could end the session the current Conn holds).
+	spare, quiet bool
+	cancel       context.CancelFunc
+	result       chan attemptResult // unbuffered: an abandoned attempt closes its Conn
 }
 
 type attemptResult struct {
@@ -65,6 +70,10 @@ func (s *Session) step(timer *time.Timer) error {
 			answered = cur.answered
 			wake = minTime(wake, s.nudge.Add(nudgeWindow(cur)))
 		}
+		wake = s.spareWake(cur, wake) // transport_session.go
+		if s.att != nil && s.att.spare {
+			answered = cur.answered // UDP answering again closes the spare
+		}
 	}
 	if s.att != nil {
 		result = s.att.result
@@ -84,6 +93,7 @@ func (s *Session) step(timer *time.Timer) error {
 		s.trouble(cur, EventFailover, true, fmt.Errorf("%w: %s: port unreachable", ErrSessionLost, cur.Forwarder()))
 	case <-answered:
 		s.checkNudge(cur)
+		s.udpRecovered(cur)
 	case <-timer.C:
 		s.checkTimers(cur)
 	case r := <-result:
@@ -115,7 +125,7 @@ func (s *Session) checkTimers(cur *Conn) {
 		return
 	}
 	now := time.Now()
-	if s.backToUDP(cur, now) { // transport_session.go
+	if s.backToUDP(cur, now) || s.checkSpare(cur, now) { // transport_session.go
 		return
 	}
 	if !s.nudge.IsZero() && !now.Before(s.nudge.Add(nudgeWindow(cur))) && !cur.lastAnswer().After(s.nudge) {
@@ -224,7 +234,11 @@ func (s *Session) start(att *attempt, dial func(context.Context) (*Conn, error))
 		select {
 		case att.result <- attemptResult{conn: c, err: err}:
 		case <-ctx.Done(): // abandoned, or the Session ended
-			if c != nil {
+			switch {
+			case c == nil:
+			case att.quiet:
+				c.closeQuietly()
+			default:
 				_ = c.Close()
 			}
 		}
@@ -247,6 +261,10 @@ func (s *Session) finished(r attemptResult) error {
 	att.cancel()
 	took := time.Since(att.began)
 	if r.err != nil {
+		if att.spare { // stay on UDP: FailoverAfter decides
+			s.log.Info("spare leg failed", zap.Stringer("forwarder", att.from), zap.Error(r.err))
+			return nil
+		}
 		if att.kind == EventTransport { // UDP still does not answer: stay, try again later
 			s.udpRetry = time.Now().Add(s.cfg.UDPRetryEvery)
 			return nil
@@ -260,9 +278,11 @@ func (s *Session) finished(r attemptResult) error {
 		s.emit(SessionEvent{Kind: EventLost, From: att.from, Took: took, Err: r.err})
 		return r.err
 	}
-	s.swap(r.conn, took)
+	s.swap(r.conn, took, att.spare)
 	s.udpRetry = time.Now().Add(s.cfg.UDPRetryEvery)
 	switch att.kind {
+	case EventTransport:
+		s.transportMoves.Add(1)
 	case EventFailover:
 		s.failovers.Add(1)
 	case EventRejoined:
@@ -278,8 +298,11 @@ func (s *Session) finished(r attemptResult) error {
 
 // swap makes c the current Conn and retires the old one: Close, off the
 // supervisor and the media path, sends the leave (bounded by LeaveTimeout;
-// nothing is sent if the old Conn has already ended).
-func (s *Session) swap(c *Conn, took time.Duration) {
+// nothing is sent if the old Conn has already ended). With quiet (c is a
+// spare leg to the old Conn's forwarder) the old Conn sends no leave, and c
+// a keepalive once it is gone: should an old keepalive have moved the
+// session back meanwhile, that takes it to c.
+func (s *Session) swap(c *Conn, took time.Duration, quiet bool) {
 	s.mu.Lock()
 	old := s.conn
 	s.conn, s.rejoining, s.lastGap = c, false, took
@@ -290,6 +313,11 @@ func (s *Session) swap(c *Conn, took time.Duration) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		if quiet {
+			old.closeQuietly()
+			c.sendKeepalive(time.Now())
+			return
+		}
 		_ = old.Close()
 	}()
 }

@@ -84,7 +84,19 @@ func forwarderOf(cfg Config, addr netip.AddrPort) netip.AddrPort {
 // them, each through its own bridge. The first Conn wins; the others are
 // closed without a leave (a leave from a loser's address could end the
 // session the winner holds on the same forwarder).
-func dialRace(ctx context.Context, cfg Config) (*Conn, error) {
+func dialRace(ctx context.Context, cfg Config) (*Conn, error) { return raceTransports(ctx, cfg, true) }
+
+// dialStreams joins fwd over its TCP and TLS listeners only, both at once,
+// the first join winning: a Session's spare leg when its UDP path is
+// suspect (transport_session.go).
+func dialStreams(ctx context.Context, cfg Config, fwd netip.AddrPort) (*Conn, error) {
+	cfg.Forwarders = []netip.AddrPort{fwd}
+	return raceTransports(ctx, cfg, false)
+}
+
+// raceTransports runs the race, with a UDP Dial first when udp, else with
+// the stream Dials at once.
+func raceTransports(ctx context.Context, cfg Config, udp bool) (*Conn, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
@@ -101,11 +113,14 @@ func dialRace(ctx context.Context, cfg Config) (*Conn, error) {
 			results <- result{c, err}
 		}()
 	}
-	udp := cfg
-	udp.Streams = nil
-	try(func() (*Conn, error) { return Dial(ctx, udp) })
-	pending, started := 1, false
-	head := time.NewTimer(cfg.UDPHeadStart)
+	pending, started, headStart := 0, false, time.Duration(0)
+	if udp {
+		onlyUDP := cfg
+		onlyUDP.Streams = nil
+		try(func() (*Conn, error) { return Dial(ctx, onlyUDP) })
+		pending, headStart = 1, cfg.UDPHeadStart
+	}
+	head := time.NewTimer(headStart)
 	defer head.Stop()
 	var errs []error
 	var win *Conn
@@ -136,6 +151,9 @@ func dialRace(ctx context.Context, cfg Config) (*Conn, error) {
 			}
 		}
 	}()
+	if win == nil && len(errs) == 0 {
+		return nil, fmt.Errorf("%w: no TCP or TLS listener known for %v", ErrConfig, cfg.Forwarders)
+	}
 	if win == nil {
 		return nil, errors.Join(errs...)
 	}

@@ -413,8 +413,10 @@ func TestNetnsJoinWithUDPBlocked(t *testing.T) {
 }
 
 // TestNetnsUDPBlockedMidCall: a device on UDP whose UDP is refused mid-call
-// moves its leg to TCP or TLS with a media gap under a second each way, and
-// back to UDP (make-before-break) when UDP is let through again.
+// moves its leg to TCP or TLS make-before-break (a spare leg opened at the
+// first sign of trouble, client/transport_session.go), with a media gap
+// under a second each way, and back to UDP (make-before-break) when UDP is
+// let through again.
 func TestNetnsUDPBlockedMidCall(t *testing.T) {
 	n := newNetns(t)
 	r, ca := netnsRelay(t, n)
@@ -429,7 +431,7 @@ func TestNetnsUDPBlockedMidCall(t *testing.T) {
 
 	n.blockUDP(t, true)
 	ev := dev.expect(t, "EVENT ")
-	require.Regexp(t, `^failover (tcp|tls) `, ev)
+	require.Regexp(t, `^transport (tcp|tls) `, ev, "a spare TCP/TLS leg, make-before-break, not a failover")
 	waitReceived(t, host, 25, "the host member did not hear the device after the move to "+ev)
 	up, down := host.take(), dev.stats(t)
 	t.Logf("UDP blocked, moved (%s): device->host %s; host->device %s", ev, up, down)

@@ -1,0 +1,200 @@
+package forwarder_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/callrelay/callrelay/client"
+	"github.com/callrelay/callrelay/forwarder"
+	"github.com/callrelay/callrelay/internal/testkit/linkem"
+	"github.com/callrelay/callrelay/internal/testkit/testenv"
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// A Session's spare leg (client/transport_session.go, protocol/README.md
+// section 9 rule 7) over loopback, without root: the device's UDP path to
+// the forwarder runs through a linkem link the test darkens (every
+// datagram dropped both ways) and lights again; its TCP path goes to the
+// forwarder's TCP listener, directly or through a listener that holds the
+// connection without forwarding it. The netns tests measure the gap on a
+// real firewall.
+
+// spareDevice joins the forwarder over link (UDP) with tcp as its TCP
+// listener: FailoverAfter long enough that only the spare leg can move it
+// within the test, SuspectAfter 100ms.
+func spareDevice(t *testing.T, link *linkem.Link, tcp netip.AddrPort, token []byte) *client.Session {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := client.Join(ctx, client.Config{Forwarders: []netip.AddrPort{link.Addr()}, Token: token, LocalAddr: loopback,
+		Streams:      map[netip.AddrPort]client.StreamEndpoints{link.Addr(): {TCP: tcp}},
+		SuspectAfter: 100 * time.Millisecond, FailoverAfter: 20 * time.Second, RejoinTimeout: 10 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	require.Equal(t, client.TransportUDP, s.Transport())
+	return s
+}
+
+// spareRelay is a forwarder with a TCP listener, 100ms keepalives.
+func spareRelay(t *testing.T) *relay {
+	return runRelay(t, func(c *forwarder.Config) {
+		c.Stream.TCPListen = "127.0.0.1:0"
+		c.KeepaliveInterval = 100 * time.Millisecond
+	})
+}
+
+// talkBothWays: a packet from s reaches peer and one from peer reaches s,
+// byte-exact, retried every 20ms for up to 10s (a path may still be moving).
+func talkBothWays(t *testing.T, s *client.Session, peer *client.Conn, seq uint16) {
+	t.Helper()
+	up := append([]byte{0x80, 111, byte(seq >> 8), byte(seq), 0, 0, 0, 1, 0, 0, 0, 0xd}, bytes.Repeat([]byte{byte(seq)}, 90)...)
+	down := append([]byte{0x80, 111, byte(seq >> 8), byte(seq), 0, 0, 0, 1, 0, 0, 0, 0xe}, bytes.Repeat([]byte{^byte(seq)}, 70)...)
+	var heardUp, heardDown bool
+	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if !heardUp {
+			require.NoError(t, s.WriteRTP(up))
+		}
+		if !heardDown {
+			require.NoError(t, peer.WriteRTP(down))
+		}
+		heardUp = heardUp || drainFor(peer.Media(), up)
+		heardDown = heardDown || drainFor(s.Media(), down)
+		if !heardUp || !heardDown {
+			return fmt.Errorf("seq %d: peer heard the device %v, the device heard the peer %v", seq, heardUp, heardDown)
+		}
+		return nil
+	})
+}
+
+// drainFor reads what is queued on ch and reports whether want was among it.
+func drainFor(ch <-chan *client.Packet, want []byte) bool {
+	found := false
+	for {
+		select {
+		case p := <-ch:
+			found = found || bytes.Equal(p.Data, want)
+			p.Release()
+		default:
+			return found
+		}
+	}
+}
+
+// TestSpareLegMovesOffFailingUDP: UDP goes dark mid-call; the Session opens
+// a TCP leg to the same forwarder while UDP is still its path and moves to
+// it (EventTransport, not a failover), then talks byte-exact both ways.
+func TestSpareLegMovesOffFailingUDP(t *testing.T) {
+	r := spareRelay(t)
+	tcp, _ := r.f.StreamAddrs()
+	link, err := linkem.New(r.f.Addr(), linkem.Profile{}, linkem.Profile{}, 1)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = link.Close() })
+	call := protocol.NewID()
+	peer := dial(t, r.mint(t, call, protocol.ClassGroup, 4), r.f.Addr())
+	s := spareDevice(t, link, tcp, r.mint(t, call, protocol.ClassGroup, 4))
+	talkBothWays(t, s, peer, 1)
+
+	link.SetUp(linkem.Profile{Loss: 1})
+	link.SetDown(linkem.Profile{Loss: 1})
+	select {
+	case ev := <-s.Events():
+		require.Equal(t, client.EventTransport, ev.Kind, "%+v", ev)
+		require.Equal(t, client.TransportTCP, ev.Transport)
+		require.Equal(t, link.Addr(), ev.To, "the same forwarder")
+	case <-time.After(10 * time.Second):
+		t.Fatal("no move to the spare leg")
+	}
+	require.Equal(t, client.TransportTCP, s.Transport())
+	talkBothWays(t, s, peer, 2)
+	st := s.Stats()
+	require.Equal(t, uint64(1), st.TransportMoves)
+	require.Equal(t, uint64(1), st.SpareLegs)
+	require.Zero(t, st.Failovers)
+	require.Equal(t, 2, r.f.Stats().Sessions, "the device kept its session: no second one")
+}
+
+// holdListener accepts TCP connections and never answers; it counts them
+// and how many the other side closed.
+type holdListener struct {
+	ln             net.Listener
+	opened, closed atomic.Int32
+}
+
+func newHoldListener(t *testing.T) *holdListener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	h := &holdListener{ln: ln}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			h.opened.Add(1)
+			go func() {
+				defer c.Close()
+				_, err := io.Copy(io.Discard, c) // until the device closes it
+				if err == nil || !errors.Is(err, net.ErrClosed) {
+					h.closed.Add(1)
+				}
+			}()
+		}
+	}()
+	return h
+}
+
+func (h *holdListener) addr() netip.AddrPort { return netip.MustParseAddrPort(h.ln.Addr().String()) }
+
+// TestSpareLegClosedWhenUDPRecovers: UDP goes dark long enough for the
+// Session to open a spare TCP leg, whose join is never answered (the
+// listener holds it); UDP comes back: the spare is closed, the Session
+// stays on UDP with its session, and talks both ways.
+func TestSpareLegClosedWhenUDPRecovers(t *testing.T) {
+	r := spareRelay(t)
+	hold := newHoldListener(t)
+	link, err := linkem.New(r.f.Addr(), linkem.Profile{}, linkem.Profile{}, 1)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = link.Close() })
+	call := protocol.NewID()
+	peer := dial(t, r.mint(t, call, protocol.ClassGroup, 4), r.f.Addr())
+	s := spareDevice(t, link, hold.addr(), r.mint(t, call, protocol.ClassGroup, 4))
+	talkBothWays(t, s, peer, 1)
+
+	link.SetUp(linkem.Profile{Loss: 1})
+	link.SetDown(linkem.Profile{Loss: 1})
+	testenv.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if s.Stats().SpareLegs != 1 || hold.opened.Load() != 1 {
+			return fmt.Errorf("spare legs %d, connections %d", s.Stats().SpareLegs, hold.opened.Load())
+		}
+		return nil
+	})
+	link.SetUp(linkem.Profile{})
+	link.SetDown(linkem.Profile{})
+	testenv.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if st := s.Stats(); st.SpareLegsClosed != 1 || hold.closed.Load() != 1 {
+			return fmt.Errorf("spare legs closed %d, connections closed by the device %d", st.SpareLegsClosed, hold.closed.Load())
+		}
+		return nil
+	})
+	require.Equal(t, client.TransportUDP, s.Transport())
+	talkBothWays(t, s, peer, 2)
+	st := s.Stats()
+	require.Zero(t, st.TransportMoves)
+	require.Zero(t, st.Failovers)
+	require.Equal(t, 2, r.f.Stats().Sessions)
+	select {
+	case ev := <-s.Events():
+		t.Fatalf("unexpected event %+v", ev)
+	default:
+	}
+}
