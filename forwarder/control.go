@@ -67,6 +67,8 @@ type session struct {
 	moveTo     netip.AddrPort
 	moveUntil  time.Time
 	resentSeen uint64
+
+	rtts sessionRTTs // the device's latest candidate RTTs (placement_move.go)
 }
 
 type call struct {
@@ -85,6 +87,8 @@ type call struct {
 	// Who serves the call, as notices say, and whether this forwarder
 	// asked (notices.go).
 	notices callNotices
+	// placement: the conductor's last move taken (placement_move.go).
+	placement placementState
 }
 
 type sessionKey struct{ call, participant protocol.ID }

@@ -96,7 +96,8 @@ func (c *control) metaTick(now time.Time) {
 			if !ok {
 				mm = protocol.MemberMetadata{Participant: s.participant, MeanLevel: 127, MaxLevel: 127}
 			}
-			if c.videoMeta(s, &mm, now) || ok {
+			video := c.videoMeta(s, &mm, now)
+			if c.rttMeta(s, &mm) || video || ok {
 				members = append(members, mm)
 			}
 		}

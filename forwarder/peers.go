@@ -129,6 +129,8 @@ func (c *control) onCluster(m clusterMsg, now time.Time) {
 	switch t {
 	case protocol.ClusterMsgDecision:
 		c.onDecision(m.data, now)
+	case protocol.ClusterMsgPlacementMove:
+		c.onPlacementMove(m.data, now) // placement_move.go
 	case protocol.ClusterMsgMemberNotice:
 		var n protocol.MemberNotice
 		if err := n.Unmarshal(m.data, key); err != nil {

@@ -26,6 +26,7 @@ const (
 	DropCookieRateLimited                   // a request that needed an address check while the forwarder's answers to them were at their cap
 	DropAddrChangeLimited                   // an address change over its session's limit (not answered)
 	DropTrunkReplay                         // an authentic trunk frame seen before or older than its stream's replay window (trunk_replay.go)
+	DropBadRTTReport                        // a member's CANDIDATE-RTTS that does not parse: the report is dropped, its request answered (placement_move.go)
 	numDropReasons
 )
 
@@ -33,7 +34,7 @@ var dropNames = [numDropReasons]string{
 	"not_media", "unknown_source", "malformed", "oversized", "stun_rate_limited", "control_busy", "send_failed", "read_error",
 	"relay_control", "trunk_auth", "trunk_no_call", "shed_video", "unsubscribed", "receive_buffer",
 	"policed_audio", "policed_video", "policed_rtcp", "cookie_rate_limited", "address_change_limited",
-	"trunk_replayed",
+	"trunk_replayed", "bad_rtt_report",
 }
 
 func (r DropReason) String() string { return dropNames[r] }
