@@ -11,11 +11,13 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net"
 	"net/http/httptest"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -165,4 +167,91 @@ func keys[V any](m map[string]V) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// shortPlan makes p a short steady run of small calls.
+func shortPlan(p *Plan, seed uint64) {
+	p.Mix = Mix{OneToOne: 0.3, GroupMin: 3, GroupMax: 4}
+	p.CallDuration = CallDuration{Mean: Duration(2 * time.Second), Min: Duration(time.Second), Max: Duration(3 * time.Second)}
+	p.Profile = Profile{Kind: ProfileSteady, Steady: Steady{Rate: 2, Duration: Duration(3 * time.Second)}}
+	p.Bounds = Bounds{MaxDuration: Duration(15 * time.Second), MaxConcurrentCalls: 10, MaxCalls: 6}
+	p.Targets = Targets{LossPct: 5, DelayP95: Duration(200 * time.Millisecond)}
+	p.Seed = seed
+}
+
+// A distributed run: the plan (listeners, TLS roots) reaches two agents
+// over NATS, each puts its devices on their transports, and the
+// controller's merge adds the agents' per-transport figures up.
+func TestControllerAndAgentsWithTransports(t *testing.T) {
+	_, plan := startStreamCluster(t, 1)
+	plan.Transports.TCPShare, plan.Transports.TLSShare = 0.5, 0.5
+	shortPlan(&plan, 23)
+	conns := natsConns(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	parts, errs := make([]*Partial, 2), make([]error, 2)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for i := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				parts[i], errs[i] = RunAgent(ctx, conns[1+i], "lt", plan.SigningKey, nil)
+			}()
+		}
+		wg.Wait()
+	}()
+	var progress bytes.Buffer
+	res, err := RunController(ctx, plan, conns[0], "lt", 2, 10*time.Second, &progress)
+	require.NoError(t, err)
+	<-done
+	t.Logf("controller:\n%s", progress.String())
+	require.NoError(t, errors.Join(errs...))
+	require.Len(t, res.Agents, 2)
+
+	var sum [nTransports]int
+	for _, p := range parts {
+		for k, w := range p.Transports {
+			sum[indexOf(k)] += w.Setups.Attempted
+		}
+	}
+	var attempted int
+	for k, tm := range res.Transports {
+		require.Equal(t, sum[indexOf(k)], tm.Setups.Attempted, "%s: the agents' joins added up", k)
+		require.Zero(t, tm.OtherTransport, k)
+		require.Zero(t, tm.DecryptFailures, k)
+		attempted += tm.Setups.Attempted
+	}
+	require.Equal(t, res.Totals.All.Setups.Attempted, attempted)
+	require.Equal(t, []string{"tcp", "tls", "udp4"}, keys(res.Transports))
+	require.NotNil(t, res.StreamQueue, "the controller read the forwarder's counters")
+	require.Equal(t, 1, res.StreamQueue.Forwarders)
+}
+
+// An IPv6 forwarder: UDP devices are filed under udp6, and TCP devices
+// reach its listener on ::1 (their swallowing UDP addresses there too).
+func TestRunIPv6ForwarderWithTCP(t *testing.T) {
+	rs, ns := testenv.Redis(t), testenv.NATS(t)
+	fs, priv := startCluster(t, rs.URL(), ns.ClientURL(), 1, func(c *forwarder.Config) {
+		c.Listen, c.Stream.TCPListen = "[::1]:0", "[::1]:0"
+	})
+	tcp, _ := fs[0].StreamAddrs()
+	require.True(t, fs[0].Addr().Addr().Is6() && tcp.Addr().Is6())
+	plan := Plan{SigningKey: priv, LocalAddr: netip.MustParseAddr("::1"), Forwarders: []netip.AddrPort{fs[0].Addr()},
+		Transports: Transports{TCPShare: 0.5, Streams: []ForwarderStreams{{Forwarder: fs[0].Addr(), TCP: tcp}}}}
+	shortPlan(&plan, 29)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := Run(ctx, plan, nil)
+	require.NoError(t, err)
+	require.Equal(t, []string{"tcp", "udp6"}, keys(res.Transports))
+	for k, tm := range res.Transports {
+		require.Positive(t, tm.Setups.Admitted, k)
+		require.Equal(t, tm.Setups.Attempted, tm.Setups.Admitted, k)
+		require.Zero(t, tm.OtherTransport, k)
+		require.Positive(t, tm.PacketsReceived, k)
+	}
+	require.GreaterOrEqual(t, fs[0].Stats().Stream.Accepted[forwarder.StreamTCP], uint64(res.Transports["tcp"].Setups.Admitted))
 }
