@@ -114,12 +114,16 @@ func runForwarder(ctx context.Context, args []string) error {
 	if o.metricsListen != "" {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(f.Collector())
+		if o.stream.certs != nil {
+			reg.MustRegister(o.stream.certs)
+		}
 		stopHTTP, err := serveMetrics(o.metricsListen, o.metricsMaxConns, reg, func() bool { return !f.Stats().Draining }, log)
 		if err != nil {
 			return err
 		}
 		defer stopHTTP()
 	}
+	o.watchStreamTLS(ctx) // forwarder_stream.go
 	return runUntilDrained(ctx, f, o.cfg.DrainDeadline)
 }
 

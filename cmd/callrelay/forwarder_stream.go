@@ -1,15 +1,23 @@
 package main
 
 import (
-	"crypto/tls"
+	"context"
 	"flag"
 	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/callrelay/callrelay/forwarder"
 )
 
 // streamOptions are the forwarder's TCP and TLS listeners' flags
 // (forwarder.StreamConfig; protocol/README.md section 9).
 type streamOptions struct {
 	tlsCert, tlsKey string
+	reloadEvery     time.Duration
+	certs           *forwarder.CertReloader // with --tls-cert
 }
 
 func addStreamFlags(fs *flag.FlagSet, o *forwarderOptions) {
@@ -18,13 +26,15 @@ func addStreamFlags(fs *flag.FlagSet, o *forwarderOptions) {
 	fs.StringVar(&sc.TLSListen, "tls-listen", sc.TLSListen, "TLS ip:port for devices that reach only 443 (e.g. 0.0.0.0:443; needs --tls-cert and --tls-key); empty: off")
 	fs.StringVar(&o.stream.tlsCert, "tls-cert", "", "PEM certificate (chain) of the TLS listener")
 	fs.StringVar(&o.stream.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.DurationVar(&o.stream.reloadEvery, "tls-reload-every", time.Minute, "read --tls-cert and --tls-key again this often and use them for new TLS connections when they changed (also on SIGHUP); a pair that does not load is refused, logged and counted, and the one in use stays; 0: on SIGHUP only")
 	fs.IntVar(&sc.PerIP, "stream-per-ip", sc.PerIP, "TCP and TLS connections one address may hold (open or handshaking); more are closed at once and counted")
 	fs.IntVar(&sc.MaxConns, "stream-max-conns", sc.MaxConns, "TCP and TLS connections in all")
 	fs.DurationVar(&sc.WriteTimeout, "stream-write-timeout", sc.WriteTimeout, "close a TCP or TLS connection whose device reads nothing for this long")
 	fs.IntVar(&sc.QueueBytes, "stream-queue-bytes", sc.QueueBytes, "bytes queued per TCP or TLS member; over it the oldest video is dropped first, then audio")
 }
 
-// loadStreamTLS reads the TLS listener's certificate.
+// loadStreamTLS reads the TLS listener's certificate (reloaded later by
+// watchStreamTLS).
 func (o *forwarderOptions) loadStreamTLS() error {
 	s := &o.stream
 	if s.tlsCert == "" && s.tlsKey == "" {
@@ -33,10 +43,26 @@ func (o *forwarderOptions) loadStreamTLS() error {
 	if s.tlsCert == "" || s.tlsKey == "" {
 		return fmt.Errorf("forwarder: --tls-cert and --tls-key go together")
 	}
-	cert, err := tls.LoadX509KeyPair(s.tlsCert, s.tlsKey)
+	certs, err := forwarder.NewCertReloader(s.tlsCert, s.tlsKey, o.cfg.Logger)
 	if err != nil {
 		return fmt.Errorf("forwarder: --tls-cert, --tls-key: %w", err)
 	}
-	o.cfg.Stream.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	s.certs, o.cfg.Stream.TLS = certs, certs.TLSConfig()
 	return nil
+}
+
+// watchStreamTLS reloads the TLS certificate on SIGHUP and every
+// --tls-reload-every until ctx ends. Without --tls-cert it does nothing, and
+// SIGHUP keeps its default.
+func (o *forwarderOptions) watchStreamTLS(ctx context.Context) {
+	certs := o.stream.certs
+	if certs == nil {
+		return
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		certs.Watch(ctx, o.stream.reloadEvery, hup)
+	}()
 }
