@@ -22,7 +22,9 @@ type Conductor struct {
 	owner   string
 	m       *metrics
 	io      *ioQueue
-	rep     *reporter  // report.go
+	rep     *reporter // report.go
+	fleet   *Fleet    // the forwarders' regions, levels, addresses (placement_fleet.go)
+	pm      *placementMetrics
 	mu      sync.Mutex // guards owned (read by Owned from other goroutines)
 	owned   map[int]*ownedPartition
 	started bool
@@ -59,8 +61,17 @@ func New(cfg Config) (*Conductor, error) {
 	c.m = newMetrics(cfg.Registerer)
 	c.io = newIOQueue(cfg.Store, c.m, c.log)
 	c.rep = newReporter(cfg.Registerer, cfg.Now())
+	c.pm = newPlacementMetrics(cfg.Registerer)
+	c.fleet = NewFleet(cfg.Key, fleetTimeout, c.pm.fleetBad)
 	return c, nil
 }
+
+// fleetTimeout: a forwarder silent this long is left out of placement.
+const fleetTimeout = 5 * time.Second
+
+// Fleet is the conductor's view of the forwarders (for a locator served by
+// the same process).
+func (c *Conductor) Fleet() *Fleet { return c.fleet }
 
 // Owner is this instance's lease holder name.
 func (c *Conductor) Owner() string { return c.owner }
@@ -91,6 +102,10 @@ func (c *Conductor) Run(ctx context.Context) error {
 	go func() { defer close(rttDone); c.measureNATS(ioCtx) }()
 	repDone := make(chan struct{})
 	go func() { defer close(repDone); c.report(ioCtx) }()
+	if err := c.fleet.Subscribe(c.cfg.NATS, c.cfg.Subject); err != nil {
+		c.log.Warn("not hearing the forwarders: calls are not placed by latency", zap.Error(err))
+	}
+	defer c.fleet.Close()
 
 	acquire := time.NewTimer(c.acquireFree(ctx))
 	defer acquire.Stop()

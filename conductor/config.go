@@ -67,6 +67,8 @@ type Config struct {
 	Video VideoLadder
 	// Report says how the conductor reports to dashboards (report.go).
 	Report ReportConfig
+	// Placement says where calls' members attach (placement.go).
+	Placement PlacementConfig
 	// Queue bounds the metadata waiting per partition; beyond it messages
 	// are dropped and counted.
 	Queue int
@@ -97,6 +99,7 @@ func Default() Config {
 		Speaker:         DefaultSpeakerConfig(),
 		Video:           DefaultVideoLadder(),
 		Report:          DefaultReportConfig(),
+		Placement:       DefaultPlacementConfig(),
 		Queue:           1024,
 		Logger:          zap.NewNop(),
 		Now:             time.Now,
@@ -135,6 +138,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Video.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if err := c.Placement.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("conductor: %w", err))
 	}
 	if err := c.Report.validate(); err != nil {
 		errs = append(errs, err)

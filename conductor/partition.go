@@ -57,6 +57,7 @@ type callState struct {
 	spurts   map[protocol.ID]spurt
 	members  map[protocol.ID]struct{} // everyone the metadata named
 	video    *callVideo               // nil until a member reports video (video.go)
+	place    *callPlacement           // nil until a member is placed (placement_call.go)
 	// pendingSince: when the first metadata not yet in a decision sent
 	// arrived (zero: none), for the decision latency (report.go).
 	pendingSince time.Time
@@ -161,6 +162,7 @@ func (p *partition) onMetadata(data []byte, now time.Time) {
 			cs.pendingSince = now
 		}
 		for j := range cm.Members {
+			p.observePlacement(cs, b.Forwarder, &cm.Members[j], now)
 			p.observe(cs, &cm.Members[j], tick, now)
 		}
 	}
@@ -301,6 +303,7 @@ func (p *partition) decideAll(now time.Time) {
 			continue
 		}
 		p.decideOne(cs, now)
+		p.place(cs, now)
 	}
 	for id, until := range p.unknown {
 		if now.After(until) {

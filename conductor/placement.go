@@ -55,13 +55,16 @@ type PlacementConfig struct {
 	MinGain         time.Duration
 	MinGainFraction float64
 	Cooldown        time.Duration
+	// Every: the conductor places a call again at most this often, when
+	// its members reported new RTTs (not used by Place). Default 500ms.
+	Every time.Duration
 }
 
 // DefaultPlacementConfig returns the defaults listed per field.
 func DefaultPlacementConfig() PlacementConfig {
 	return PlacementConfig{Budget: 60 * time.Millisecond, AvoidLevel: 2, MaxTrunkHops: 1, MaxForwarders: 3,
 		IntraRegion: 2 * time.Millisecond, TrunkPenalty: 5 * time.Millisecond,
-		MinGain: 15 * time.Millisecond, MinGainFraction: 0.2, Cooldown: 10 * time.Second}
+		MinGain: 15 * time.Millisecond, MinGainFraction: 0.2, Cooldown: 10 * time.Second, Every: 500 * time.Millisecond}
 }
 
 // Validate says what to fix.
@@ -79,6 +82,9 @@ func (c *PlacementConfig) Validate() error {
 	}
 	if c.MaxForwarders < 1 || c.MaxForwarders > 8 {
 		errs = append(errs, fmt.Errorf("placement: max forwarders per call %d, want 1..8", c.MaxForwarders))
+	}
+	if c.Every <= 0 {
+		errs = append(errs, fmt.Errorf("placement: every %s, want > 0", c.Every))
 	}
 	if c.MinGainFraction < 0 || c.MinGainFraction >= 1 {
 		errs = append(errs, fmt.Errorf("placement: min gain fraction %g, want 0 <= it < 1", c.MinGainFraction))

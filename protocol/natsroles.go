@@ -37,7 +37,9 @@ type NATSPermissions struct {
 //	forwarder  publishes metadata, its calls' notices, heartbeats and load
 //	           reports; hears calls' notices and decisions, heartbeats and
 //	           admin commands, and answers the commands
-//	conductor  publishes decisions and its reports; hears metadata
+//	conductor  publishes decisions, placement moves and its reports;
+//	           hears metadata, heartbeats and load reports (placement,
+//	           and `callrelay locate`, which runs with this role)
 //	dashboard  publishes admin commands (requests); hears heartbeats, load
 //	           reports, conductors' reports, calls' decisions and the
 //	           answers in its inbox
@@ -49,7 +51,7 @@ func RolePermissions(prefix string, role NATSRole) (NATSPermissions, error) {
 	case RoleForwarder:
 		return NATSPermissions{Publish: []string{meta, call, fwds}, Subscribe: []string{call, fwds, admin}, Replies: true}, nil
 	case RoleConductor:
-		return NATSPermissions{Publish: []string{call, conds}, Subscribe: []string{meta}}, nil
+		return NATSPermissions{Publish: []string{call, conds}, Subscribe: []string{meta, fwds}}, nil
 	case RoleDashboard:
 		return NATSPermissions{Publish: []string{admin}, Subscribe: []string{fwds, conds, call, "_INBOX.>"}}, nil
 	case RoleLoadtest:

@@ -16,7 +16,7 @@ func TestRolePermissions(t *testing.T) {
 		replies  bool
 	}{
 		{RoleForwarder, []string{"cr.meta.*", "cr.call.*", "cr.forwarders"}, []string{"cr.call.*", "cr.forwarders", "cr.admin.*"}, true},
-		{RoleConductor, []string{"cr.call.*", "cr.conductors"}, []string{"cr.meta.*"}, false},
+		{RoleConductor, []string{"cr.call.*", "cr.conductors"}, []string{"cr.meta.*", "cr.forwarders"}, false},
 		{RoleDashboard, []string{"cr.admin.*"}, []string{"cr.forwarders", "cr.conductors", "cr.call.*", "_INBOX.>"}, false},
 		{RoleLoadtest, []string{"cr.loadtest.>"}, []string{"cr.loadtest.>", "cr.forwarders"}, false},
 	} {

@@ -38,11 +38,11 @@ func TestNATSWithAuthEnforcesRoles(t *testing.T) {
 	require.NoError(t, fwd.Flush())
 
 	// The dashboard may hear a call's subject but not speak on it; the
-	// conductor may not hear heartbeats.
+	// conductor may hear heartbeats (placement) but not admin commands.
 	dash := a.Connect(t, protocol.RoleDashboard, onErr)
 	require.NoError(t, dash.Publish(call, []byte("forged decision")))
 	cond := a.Connect(t, protocol.RoleConductor, onErr)
-	_, err = cond.SubscribeSync(protocol.ForwardersSubject("callrelay"))
+	_, err = cond.SubscribeSync(protocol.AdminSubject("callrelay", "*"))
 	require.NoError(t, err) // refused asynchronously
 	require.NoError(t, dash.Flush())
 	require.NoError(t, cond.Flush())
@@ -56,7 +56,7 @@ func TestNATSWithAuthEnforcesRoles(t *testing.T) {
 	})
 	mu.Lock()
 	require.Contains(t, strings.Join(violations, "\n"), "Publish to \""+call+"\"")
-	require.Contains(t, strings.Join(violations, "\n"), "Subscription to \"callrelay.forwarders\"")
+	require.Contains(t, strings.Join(violations, "\n"), "Subscription to \"callrelay.admin.*\"")
 	mu.Unlock()
 	_, err = sub.NextMsg(200 * time.Millisecond)
 	require.ErrorIs(t, err, nats.ErrTimeout, "the dashboard's message reached nobody")
