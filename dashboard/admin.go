@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/callrelay/callrelay/protocol"
@@ -75,6 +76,7 @@ func (s *Server) adminOnly(action string, h func(http.ResponseWriter, *http.Requ
 		audit := s.log.With(zap.String("audit", "admin"), zap.String("action", action), zap.String("client", who),
 			zap.String("query", r.URL.RawQuery))
 		if hdr == "" {
+			s.adminReqs.WithLabelValues(action, "401").Inc()
 			audit.Warn("admin request refused: no credentials")
 			w.Header().Set("WWW-Authenticate", `Bearer realm="callrelay admin"`)
 			writeJSON(w, http.StatusUnauthorized, apiError{Error: "send Authorization: Bearer <admin token>"})
@@ -83,14 +85,40 @@ func (s *Server) adminOnly(action string, h func(http.ResponseWriter, *http.Requ
 		d := sha256.Sum256([]byte(tok))
 		actor := "token:" + hex.EncodeToString(d[:4]) + "@" + who
 		if !strings.EqualFold(scheme, "Bearer") || s.auth.tokenRole(tok) != roleAdmin {
+			s.adminReqs.WithLabelValues(action, "403").Inc()
 			audit.Warn("admin request refused: not an admin token", zap.String("actor", actor))
 			writeJSON(w, http.StatusForbidden, apiError{Error: "this token may not use the admin API"})
 			return
 		}
 		rec := &statusRecorder{ResponseWriter: w}
 		h(rec, r, actor)
+		result := "ok"
+		if rec.status != 0 && (rec.status < 200 || rec.status > 299) {
+			result = "error"
+		}
+		s.adminReqs.WithLabelValues(action, result).Inc()
 		audit.Info("admin request", zap.String("actor", actor), zap.Int("status", rec.status), zap.String("detail", rec.detail))
 	})
+}
+
+// adminActions are the admin API's actions, the label values of
+// callrelay_dashboard_admin_requests_total with the results ok, 401, 403
+// and error (any other status: a bad request, no forwarder serving the
+// call, a forwarder that did not answer).
+var adminActions = []string{"calls", "call", "remove", "hold", "move", "drain", "pin", "capture"}
+
+// newAdminRequests makes the admin request counter, every action and
+// result present from the start at 0 (alerts on rate() see the first).
+func newAdminRequests() *prometheus.CounterVec {
+	v := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrelay_dashboard_admin_requests_total",
+		Help: "Admin API requests by action and result: ok, 401 (no credentials), 403 (not the admin token), error (any other failure)."},
+		[]string{"action", "result"})
+	for _, a := range adminActions {
+		for _, r := range []string{"ok", "401", "403", "error"} {
+			v.WithLabelValues(a, r)
+		}
+	}
+	return v
 }
 
 // statusRecorder keeps the status and a short detail for the audit line.

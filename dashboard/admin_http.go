@@ -105,6 +105,9 @@ func (s *Server) callViews(r *http.Request, id protocol.ID, actor string) (Admin
 			view.Timeline = append(view.Timeline, c.Events...)
 		}
 	}
+	// The conductor's decisions (speaker, layer switches and cuts) from
+	// its reports (conductors.go).
+	view.Timeline = append(view.Timeline, s.cond.timeline(id)...)
 	sort.SliceStable(view.Timeline, func(i, j int) bool { return view.Timeline[i].AtUnixMs < view.Timeline[j].AtUnixMs })
 	return view, len(view.Views) > 0
 }

@@ -27,6 +27,9 @@ type CallView struct {
 	AddrsHidden bool        `json:"addrsHidden"`
 	Speaker     SpeakerView `json:"speaker"`
 	Video       VideoView   `json:"video"`
+	// Timeline is the conductor's decision events for the call (speaker
+	// switches, layer switches and cuts; conductors.go), oldest first.
+	Timeline []protocol.AdminEvent `json:"timeline"`
 }
 
 // MemberView is one member of a call.
@@ -128,7 +131,10 @@ func (s *Server) callView(ctx context.Context, id protocol.ID) (CallView, error)
 		return CallView{}, err
 	}
 	v := CallView{ID: id.String(), Class: c.Class.String(), MaxSize: c.MaxSize, Version: c.Version,
-		Partition: protocol.PartitionOf(id, s.cfg.Partitions), Members: []MemberView{}}
+		Partition: protocol.PartitionOf(id, s.cfg.Partitions), Members: []MemberView{}, Timeline: s.cond.timeline(id)}
+	if v.Timeline == nil {
+		v.Timeline = []protocol.AdminEvent{}
+	}
 	s.mu.Lock()
 	if p := s.parts; p.Checked && p.Error == "" && v.Partition < len(p.Owner) && p.Owner[v.Partition] >= 0 {
 		v.Conductor = p.Owners[p.Owner[v.Partition]].Owner

@@ -16,11 +16,12 @@ import (
 //     second, 7.2 kB a forwarder, 2.2 MB at 300 forwarders (fwdState.hist);
 //   - per region, and for the whole fleet, a point (joins by class, NACKs,
 //     resends, Redis write and NATS round-trip times, the worst load, how
-//     many forwarders are up and throttling): 3600 points of 112 bytes,
-//     403 kB a series, at most maxRegions+2 series (2.0 MB for 4 regions
-//     and the fleet, 7.3 MB at most).
+//     many forwarders are up and throttling; the conductors' decisions per
+//     second and the worst conductor's decision latency, conductors.go):
+//     3600 points of 128 bytes, 461 kB a series, at most maxRegions+2
+//     series (2.3 MB for 4 regions and the fleet, 8.3 MB at most).
 //
-// So 4.2 MB at 300 forwarders in 4 regions (TestHistorySeries logs it).
+// So 4.5 MB at 300 forwarders in 4 regions (TestHistorySeries logs it).
 // Nothing grows with time or with the traffic; a region beyond maxRegions
 // is booked under "other".
 const historyLen = 3600
@@ -72,6 +73,11 @@ type point struct {
 	up         uint16
 	throttling uint16
 	known      uint16
+	// The conductors' reports booked in the second (conductors.go):
+	// decisions per second summed, the worst p50 and p99 in microseconds.
+	decisions            float32
+	decideP50, decideP99 uint32
+	conductors           uint16
 }
 
 // history holds the series; the tracker writes it under its own lock,
@@ -206,6 +212,13 @@ type PointView struct {
 	Up         uint16  `json:"up"`
 	Throttling uint16  `json:"throttling"`
 	Known      uint16  `json:"known"`
+	// Conductors reported in the second; Decisions is their decisions per
+	// second, DecideP50Ms and DecideP99Ms the worst conductor's decision
+	// latency (-1: no conductor reported).
+	Conductors  uint16  `json:"conductors"`
+	Decisions   float64 `json:"decisions"`
+	DecideP50Ms float64 `json:"decideP50Ms"`
+	DecideP99Ms float64 `json:"decideP99Ms"`
 }
 
 func meanMs(sumUs, n uint64) float64 {
@@ -218,7 +231,11 @@ func meanMs(sumUs, n uint64) float64 {
 func (p *point) view() PointView {
 	v := PointView{Sec: p.sec, Admitted: p.admitted, Refused: p.refused, Nacked: p.nacked, Resent: p.resent,
 		StoreMs: meanMs(p.ops[opStoreUs], p.ops[opStoreN]), RTTMs: meanMs(p.ops[opRTTUs], p.ops[opRTTN]),
-		LoadMax: p.loadMax, Up: p.up, Throttling: p.throttling, Known: p.known}
+		LoadMax: p.loadMax, Up: p.up, Throttling: p.throttling, Known: p.known,
+		Conductors: p.conductors, Decisions: float64(p.decisions), DecideP50Ms: -1, DecideP99Ms: -1}
+	if p.conductors > 0 {
+		v.DecideP50Ms, v.DecideP99Ms = float64(p.decideP50)/1000, float64(p.decideP99)/1000
+	}
 	if p.worst >= 0 {
 		v.Worst = signalNames[p.worst]
 	}
@@ -271,7 +288,7 @@ func (t *tracker) historyView(h *history, secs int) HistoryView {
 			if p := &s[ringIndex(first+int64(i))]; p.sec == first+int64(i) {
 				pts[i] = p.view()
 			} else {
-				pts[i] = PointView{LoadMax: -1, StoreMs: -1, RTTMs: -1}
+				pts[i] = PointView{LoadMax: -1, StoreMs: -1, RTTMs: -1, DecideP50Ms: -1, DecideP99Ms: -1}
 			}
 		}
 		v.Series[name] = pts

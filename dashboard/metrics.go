@@ -29,6 +29,15 @@ var (
 		[]string{"region", "level"}, nil)
 	mRegionLoad = prometheus.NewDesc("callrelay_dashboard_region_load_max_ratio",
 		"The worst load signal of the most loaded forwarder up in the region (1 = at capacity).", []string{"region"}, nil)
+	mConductors    = prometheus.NewDesc("callrelay_dashboard_conductors", "Conductors heard, by state (up, down).", []string{"state"}, nil)
+	mDecideLatency = prometheus.NewDesc("callrelay_dashboard_conductor_decision_latency_seconds",
+		"The worst decision latency quantile (0.5, 0.99) among the region's conductors up, from their last reports "+
+			"(metadata arrival to decision sent, over the report's interval).", []string{"region", "quantile"}, nil)
+	mDecideRate = prometheus.NewDesc("callrelay_dashboard_conductor_decisions_per_second",
+		"Decisions per second sent by the region's conductors up, from their last reports.", []string{"region"}, nil)
+	mCondDropped = prometheus.NewDesc("callrelay_dashboard_conductor_reports_dropped_total",
+		"Conductor reports dropped, by reason: forged (tag), malformed, stale (not newer: replayed or reordered), skewed (at more than 10 s off), overflow.",
+		[]string{"reason"}, nil)
 	mRegionJoins = prometheus.NewDesc("callrelay_dashboard_region_joins_total",
 		"Joins by region, class and outcome (admitted, refused), summed over the forwarders on the page from their load reports "+
 			"(a forwarder that restarts or leaves the page makes the sum go back: rate() takes it as a reset).",
@@ -46,6 +55,10 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- mRegionLevel
 	ch <- mRegionLoad
 	ch <- mRegionJoins
+	ch <- mConductors
+	ch <- mDecideLatency
+	ch <- mDecideRate
+	ch <- mCondDropped
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -81,6 +94,44 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(mVerdict, prometheus.GaugeValue, x, v)
 	}
 	collectRegions(ch, snap.Forwarders)
+	collectConductors(ch, c.s)
+}
+
+// collectConductors exports what the conductors' last reports say, by
+// region, and the reports dropped.
+func collectConductors(ch chan<- prometheus.Metric, s *Server) {
+	conds, drops := s.cond.view(s.cfg.Now(), s.cfg.DownAfter)
+	up, down := 0, 0
+	type region struct{ p50, p99, rate float64 }
+	by := map[string]*region{}
+	for _, c := range conds {
+		if !c.Up {
+			down++
+			continue
+		}
+		up++
+		name := c.Region
+		if name == "" {
+			name = seriesNoRegion
+		}
+		r := by[name]
+		if r == nil {
+			r = &region{}
+			by[name] = r
+		}
+		r.p50, r.p99, r.rate = max(r.p50, c.P50Ms/1000), max(r.p99, c.P99Ms/1000), r.rate+c.PerSecond
+	}
+	ch <- prometheus.MustNewConstMetric(mConductors, prometheus.GaugeValue, float64(up), "up")
+	ch <- prometheus.MustNewConstMetric(mConductors, prometheus.GaugeValue, float64(down), "down")
+	for name, r := range by {
+		ch <- prometheus.MustNewConstMetric(mDecideLatency, prometheus.GaugeValue, r.p50, name, "0.5")
+		ch <- prometheus.MustNewConstMetric(mDecideLatency, prometheus.GaugeValue, r.p99, name, "0.99")
+		ch <- prometheus.MustNewConstMetric(mDecideRate, prometheus.GaugeValue, r.rate, name)
+	}
+	for reason, n := range map[string]uint64{"forged": drops.Forged, "malformed": drops.Malformed, "stale": drops.Stale,
+		"skewed": drops.Skewed, "overflow": drops.Overflow} {
+		ch <- prometheus.MustNewConstMetric(mCondDropped, prometheus.CounterValue, float64(n), reason)
+	}
 }
 
 // classLabels name the join classes in metrics, as the forwarder's do.
@@ -135,6 +186,6 @@ func collectRegions(ch chan<- prometheus.Metric, fwds []ForwarderView) {
 // listener (callrelay_http_*), Go and the process.
 func (s *Server) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{s}, s.http.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collector{s}, s.adminReqs, s.http.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/callrelay/callrelay/internal/httpserve"
@@ -47,6 +48,10 @@ type Server struct {
 	// adminBadReplies counts forwarders' answers to admin commands that
 	// did not authenticate or answered another command (admin.go).
 	adminBadReplies atomic.Uint64
+	// adminReqs counts admin API requests by action and result (admin.go).
+	adminReqs *prometheus.CounterVec
+
+	cond conductors // the conductors' reports (conductors.go)
 }
 
 // malformedRecords counts the records read from the state store that did
@@ -74,6 +79,7 @@ func New(cfg Config) (*Server, error) {
 			"set --viewer-token and --admin-token (make them with `callrelay token dashboard`), or listen on 127.0.0.1", cfg.Listen, ip)
 	}
 	s.parts = PartitionsView{Total: cfg.Partitions, Owner: []int{}, Owners: []OwnerView{}, Unowned: []int{}}
+	s.adminReqs = newAdminRequests()
 	s.health.Redis.Configured = cfg.Leases != nil
 	s.health.NATS.Configured = true
 	return s, nil
@@ -100,6 +106,12 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("dashboard: subscribing to %s: %w", subject, err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	csub, err := s.cfg.NATS.Subscribe(protocol.ConductorsSubject(s.cfg.Subject), s.onConductorMsg)
+	if err != nil {
+		_ = s.http.Close()
+		return fmt.Errorf("dashboard: subscribing to %s: %w", protocol.ConductorsSubject(s.cfg.Subject), err)
+	}
+	defer func() { _ = csub.Unsubscribe() }()
 	// The server has the subscription before the page is served: a
 	// heartbeat published once the page answers is not missed.
 	if err := s.cfg.NATS.FlushTimeout(s.cfg.ProbeTimeout); err != nil {
@@ -212,6 +224,7 @@ func (s *Server) pushLoop(ctx context.Context) {
 
 func (s *Server) push() {
 	s.fwd.record(&s.hist, s.cfg.Now(), s.cfg.DownAfter)
+	s.cond.book(&s.hist, s.cfg.Now(), s.cfg.ForgetAfter)
 	snap := s.Snapshot()
 	m, err := s.fleet.next(&snap, s.hist.lastPoints())
 	if err != nil {

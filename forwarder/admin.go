@@ -2,13 +2,16 @@ package forwarder
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/pion/stun/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/callrelay/callrelay/protocol"
@@ -19,7 +22,8 @@ import (
 // The control goroutine takes each fresh command once, does it, logs it
 // (who, what, the outcome: the audit trail on this side) and answers.
 // Commands that do not authenticate, or are for another forwarder, are
-// counted (Stats.AdminRefused) and not answered.
+// counted (callrelay_forwarder_admin_refused_total by reason) and not
+// answered; stale and replayed ones are counted and answered 403.
 
 // adminState is the control goroutine's part.
 type adminState struct {
@@ -52,6 +56,96 @@ const (
 	holdVideo
 )
 
+// adminCounters count the commands this forwarder took, by op and result,
+// and those it refused, by reason, for Prometheus (collectAdmin). The
+// control goroutine writes them; a scrape reads them.
+type adminCounters struct {
+	byOp    [adminOpSlots][len(adminResults)]atomic.Uint64
+	refused [len(adminRefusals)]atomic.Uint64
+}
+
+// adminOpSlots bounds the ops counted (protocol ops are 1..8; 0 others).
+const adminOpSlots = 16
+
+// Results of a command taken, by its answer's status: 2xx ok, 4xx
+// client_error (bad arguments, no such call or member), else error.
+var adminResults = [...]string{"ok", "client_error", "error"}
+
+// Reasons a command is refused: the queue was full (a flood), its tag did
+// not verify, it did not decode, it named another forwarder, it was signed
+// outside the freshness window, its nonce was taken before, or more
+// commands came within the window than the guard remembers.
+var adminRefusals = [...]string{"queue_full", "bad_signature", "malformed", "wrong_target", "stale", "replayed", "too_many"}
+
+const (
+	refQueueFull = iota
+	refBadSignature
+	refMalformed
+	refWrongTarget
+	refStale
+	refReplayed
+	refTooMany
+)
+
+var errAdminWrongTarget = errors.New("for forwarder")
+
+// refuse counts a refused command by err's reason.
+func (a *adminCounters) refuse(err error) {
+	r := refMalformed
+	switch {
+	case errors.Is(err, protocol.ErrAdminAuth):
+		r = refBadSignature
+	case errors.Is(err, errAdminWrongTarget):
+		r = refWrongTarget
+	case errors.Is(err, protocol.ErrAdminStale):
+		r = refStale
+	case errors.Is(err, protocol.ErrAdminReplayed):
+		r = refReplayed
+	case errors.Is(err, protocol.ErrAdminTooMany):
+		r = refTooMany
+	}
+	a.refused[r].Add(1)
+}
+
+// took counts a command answered with status.
+func (a *adminCounters) took(op protocol.AdminOp, status int) {
+	res := 2
+	switch {
+	case status >= 200 && status < 300:
+		res = 0
+	case status >= 400 && status < 500:
+		res = 1
+	}
+	a.byOp[min(int(op), adminOpSlots-1)][res].Add(1)
+}
+
+var (
+	mAdminTook = prometheus.NewDesc("callrelay_forwarder_admin_commands_total",
+		"Operators' admin commands this forwarder took, by op and result (ok, client_error: bad arguments or no such call or member, error).",
+		[]string{"op", "result"}, nil)
+	mAdminRefused = prometheus.NewDesc("callrelay_forwarder_admin_refused_total",
+		"Admin commands refused, by reason: queue_full, bad_signature, malformed, wrong_target, stale, replayed, too_many.",
+		[]string{"reason"}, nil)
+)
+
+func describeAdmin(ch chan<- *prometheus.Desc) {
+	ch <- mAdminTook
+	ch <- mAdminRefused
+}
+
+// collectAdmin exports the admin counters; every op and reason is there
+// from the start, at 0.
+func collectAdmin(ch chan<- prometheus.Metric, a *adminCounters) {
+	for op := protocol.AdminOpCalls; op <= protocol.AdminOpCapture; op++ {
+		for r, name := range adminResults {
+			constCounter(ch, mAdminTook, a.byOp[op][r].Load(), op.String(), name)
+		}
+	}
+	for r, name := range adminRefusals {
+		constCounter(ch, mAdminRefused, a.refused[r].Load(), name)
+	}
+}
+
 // subscribeAdmin listens for commands to this forwarder.
 func (f *Forwarder) subscribeAdmin() *nats.Subscription {
 	cc := &f.cfg.Cluster
@@ -59,7 +153,7 @@ func (f *Forwarder) subscribeAdmin() *nats.Subscription {
 		select {
 		case f.adminIn <- m:
 		default:
-			f.adminRefused.Add(1) // a flood: the control goroutine is not held up
+			f.adminCount.refused[refQueueFull].Add(1) // a flood: the control goroutine is not held up
 		}
 	})
 	if err != nil {
@@ -75,10 +169,10 @@ func (c *control) onAdmin(m *nats.Msg, now time.Time) {
 	f := c.f
 	cmd, err := protocol.UnmarshalAdminCommand(m.Data, f.cfg.Cluster.Key)
 	if err == nil && cmd.Target != f.cfg.Cluster.ID {
-		err = fmt.Errorf("for forwarder %q", cmd.Target)
+		err = fmt.Errorf("%w %q", errAdminWrongTarget, cmd.Target)
 	}
 	if err != nil {
-		f.adminRefused.Add(1)
+		f.adminCount.refuse(err)
 		f.log.Debug("admin command refused", zap.Error(err))
 		return
 	}
@@ -86,9 +180,10 @@ func (c *control) onAdmin(m *nats.Msg, now time.Time) {
 		c.admin.guard = protocol.NewAdminReplayGuard(adminNonces)
 	}
 	if err := c.admin.guard.Take(&cmd, now); err != nil {
-		f.adminRefused.Add(1)
+		f.adminCount.refuse(err)
 		f.log.Warn("admin command refused: stale or replayed", zap.String("actor", cmd.Actor), zap.Stringer("op", cmd.Op), zap.Error(err))
-		c.adminAnswer(m.Reply, &cmd, http.StatusForbidden, protocol.AdminError{Error: err.Error()})
+		raw, _ := json.Marshal(protocol.AdminError{Error: err.Error()})
+		c.adminSend(m.Reply, &cmd, http.StatusForbidden, raw)
 		return
 	}
 	var args protocol.AdminArgs
@@ -151,7 +246,13 @@ func (c *control) adminAnswer(reply string, cmd *protocol.AdminCommand, status i
 	}
 	lvl("admin command", zap.String("actor", cmd.Actor), zap.Stringer("op", cmd.Op), zap.ByteString("args", cmd.Args),
 		zap.Int("status", status), zap.Int("answer_bytes", len(raw)))
-	f.adminDone.Add(1)
+	f.adminCount.took(cmd.Op, status)
+	c.adminSend(reply, cmd, status, raw)
+}
+
+// adminSend signs and sends an answer ("" reply: none asked).
+func (c *control) adminSend(reply string, cmd *protocol.AdminCommand, status int, raw []byte) {
+	f := c.f
 	if reply == "" {
 		return
 	}

@@ -101,9 +101,9 @@ type Forwarder struct {
 	lookupIn, lookupOut   chan *lookup
 
 	// The operator's commands and captures (admin.go, capture.go).
-	adminIn                 chan *nats.Msg
-	adminRefused, adminDone atomic.Uint64
-	capture                 atomic.Pointer[capture] // nil unless a capture runs
+	adminIn    chan *nats.Msg
+	adminCount adminCounters           // taken by op and result, refused by reason
+	capture    atomic.Pointer[capture] // nil unless a capture runs
 
 	stream *streamServer // TCP and TLS legs (stream.go); nil when off
 }

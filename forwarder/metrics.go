@@ -91,6 +91,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	describePeering(ch)
+	describeAdmin(ch)
 	describeResume(ch)
 	describeStream(ch)
 	describeNotices(ch)
@@ -106,6 +107,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	constGauge(ch, mCalls, float64(s.Calls))
 	constGauge(ch, mPeers, float64(s.Peers))
 	collectPeering(ch, s.Peering)
+	collectAdmin(ch, &c.f.adminCount)
 	constGauge(ch, mDraining, b2f(s.Draining))
 	constCounter(ch, mJoins, s.Joins)
 	constCounter(ch, mRefusals, s.JoinErrors)

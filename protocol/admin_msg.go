@@ -80,6 +80,19 @@ const AdminFreshness = 30 * time.Second
 // ErrAdminMsg: an admin message is malformed or does not authenticate.
 var ErrAdminMsg = errors.New("protocol: invalid admin message")
 
+// Why an authentic-looking admin message is refused, each wrapped together
+// with ErrAdminMsg so a receiver counts refusals by reason.
+var (
+	// ErrAdminAuth: the tag does not match (another cluster key, altered).
+	ErrAdminAuth = errors.New("protocol: admin message tag does not match")
+	// ErrAdminStale: the command was signed outside the freshness window.
+	ErrAdminStale = errors.New("protocol: admin command stale")
+	// ErrAdminReplayed: the command's nonce was taken before.
+	ErrAdminReplayed = errors.New("protocol: admin command replayed")
+	// ErrAdminTooMany: more commands within the window than remembered.
+	ErrAdminTooMany = errors.New("protocol: too many admin commands")
+)
+
 // AdminCommand is one instruction to one forwarder.
 type AdminCommand struct {
 	At     time.Time           // when it was signed
@@ -133,7 +146,7 @@ func openAdmin(b []byte, k ClusterKey, want AdminMsgType) ([]byte, error) {
 	m := hmac.New(sha256.New, sub[:])
 	m.Write(b[:end])
 	if !hmac.Equal(m.Sum(nil), b[end:]) {
-		return nil, fmt.Errorf("%w: tag does not match (another cluster key, or altered)", ErrAdminMsg)
+		return nil, fmt.Errorf("%w: %w (another cluster key, or altered)", ErrAdminMsg, ErrAdminAuth)
 	}
 	if AdminMsgType(b[5]) != want {
 		return nil, fmt.Errorf("%w: type %d, want %d", ErrAdminMsg, b[5], want)
@@ -268,10 +281,10 @@ func NewAdminReplayGuard(max int) *AdminReplayGuard {
 // replay, too many), or nil and remembers its nonce.
 func (g *AdminReplayGuard) Take(c *AdminCommand, now time.Time) error {
 	if d := now.Sub(c.At); d > AdminFreshness || d < -AdminFreshness {
-		return fmt.Errorf("%w: signed %s from this clock, outside the %s window", ErrAdminMsg, d.Round(time.Millisecond), AdminFreshness)
+		return fmt.Errorf("%w: %w: signed %s from this clock, outside the %s window", ErrAdminMsg, ErrAdminStale, d.Round(time.Millisecond), AdminFreshness)
 	}
 	if _, dup := g.seen[c.Nonce]; dup {
-		return fmt.Errorf("%w: replayed (nonce already taken)", ErrAdminMsg)
+		return fmt.Errorf("%w: %w (nonce already taken)", ErrAdminMsg, ErrAdminReplayed)
 	}
 	if len(g.seen) >= g.max {
 		for n, at := range g.seen {
@@ -280,7 +293,7 @@ func (g *AdminReplayGuard) Take(c *AdminCommand, now time.Time) error {
 			}
 		}
 		if len(g.seen) >= g.max {
-			return fmt.Errorf("%w: more than %d commands in %s", ErrAdminMsg, g.max, AdminFreshness)
+			return fmt.Errorf("%w: %w: more than %d in %s", ErrAdminMsg, ErrAdminTooMany, g.max, AdminFreshness)
 		}
 	}
 	g.seen[c.Nonce] = c.At

@@ -31,7 +31,7 @@ func TestAdminCommandRoundTrip(t *testing.T) {
 	if !got.At.Equal(c.At) || got.Nonce != c.Nonce || got.Op != c.Op || got.Target != c.Target || got.Actor != c.Actor || !bytes.Equal(got.Args, c.Args) {
 		t.Fatalf("round trip: got %+v, want %+v", got, c)
 	}
-	if _, err := UnmarshalAdminCommand(b, adminTestKey(2)); !errors.Is(err, ErrAdminMsg) {
+	if _, err := UnmarshalAdminCommand(b, adminTestKey(2)); !errors.Is(err, ErrAdminMsg) || !errors.Is(err, ErrAdminAuth) {
 		t.Fatalf("another key: %v, want ErrAdminMsg", err)
 	}
 	for i := range b {
@@ -77,13 +77,13 @@ func TestAdminReplayGuard(t *testing.T) {
 	if err := g.Take(&c, now); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.Take(&c, now.Add(time.Second)); err == nil {
-		t.Fatal("replay taken")
+	if err := g.Take(&c, now.Add(time.Second)); !errors.Is(err, ErrAdminReplayed) || !errors.Is(err, ErrAdminMsg) {
+		t.Fatalf("replay: %v, want ErrAdminReplayed", err)
 	}
 	old := AdminCommand{At: now.Add(-AdminFreshness - time.Millisecond)}
 	old.Nonce[0] = 1
-	if err := g.Take(&old, now); err == nil {
-		t.Fatal("stale command taken")
+	if err := g.Take(&old, now); !errors.Is(err, ErrAdminStale) {
+		t.Fatalf("stale command: %v, want ErrAdminStale", err)
 	}
 	future := AdminCommand{At: now.Add(AdminFreshness + time.Millisecond)}
 	future.Nonce[0] = 2
@@ -99,8 +99,8 @@ func TestAdminReplayGuard(t *testing.T) {
 	}
 	full := AdminCommand{At: now}
 	full.Nonce[0] = 9
-	if err := g.Take(&full, now); err == nil {
-		t.Fatal("taken beyond the guard's bound")
+	if err := g.Take(&full, now); !errors.Is(err, ErrAdminTooMany) {
+		t.Fatalf("beyond the guard's bound: %v, want ErrAdminTooMany", err)
 	}
 	// Once the window has passed, old nonces are forgotten and room made;
 	// the replay of the first command is refused as stale.

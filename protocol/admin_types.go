@@ -58,9 +58,12 @@ type AdminMember struct {
 
 // AdminEvent is one entry of a call's timeline.
 type AdminEvent struct {
-	AtUnixMs    int64  `json:"at_unix_ms"`
-	Forwarder   string `json:"forwarder"`
-	Kind        string `json:"kind"` // join, leave, move, migrate, speaker, layer, nack_burst, refused, hold, removed
+	AtUnixMs  int64  `json:"at_unix_ms"`
+	Forwarder string `json:"forwarder"` // "" for a conductor's event
+	// Conductor names the conductor of a decision event (speaker, layer,
+	// layer_cut from its report, README.md 7.8); "" for a forwarder's.
+	Conductor   string `json:"conductor,omitempty"`
+	Kind        string `json:"kind"` // join, leave, move, migrate, speaker, layer, layer_cut, nack_burst, refused, hold, removed
 	Participant string `json:"participant,omitempty"`
 	Detail      string `json:"detail,omitempty"`
 }

@@ -419,7 +419,27 @@
     t.append(tb);
     out.push(t);
     out.push(...videoSection(c.video));
+    out.push(...timelineSection(c.timeline || []));
     $("call-result").replaceChildren(...out);
+  }
+
+  // timelineSection lists the conductor's decisions on the call from its
+  // reports: speaker switches, layer switches and cuts, newest first.
+  function timelineSection(evs) {
+    const out = [el("h3", {}, "Conductor decisions")];
+    if (!evs.length) {
+      out.push(el("p", { class: "hint", id: "call-timeline-note" }, "none reported for this call in the last " + 64 + " decisions kept"));
+      return out;
+    }
+    const tb = el("tbody");
+    for (const e of evs.slice().reverse()) {
+      tb.append(el("tr", { "data-kind": e.kind },
+        el("td", {}, new Date(e.at_unix_ms).toLocaleTimeString()), el("td", {}, e.kind),
+        el("td", { class: "mono" }, e.participant || "–"), el("td", {}, e.detail || ""), el("td", { class: "fid" }, e.conductor || "")));
+    }
+    out.push(el("table", { class: "grid small", id: "call-timeline" },
+      el("thead", {}, el("tr", {}, el("th", {}, "at"), el("th", {}, "what"), el("th", {}, "participant"), el("th", {}, "detail"), el("th", {}, "conductor"))), tb));
+    return out;
   }
 
   // videoSection shows the conductor's latest decision on the call's video

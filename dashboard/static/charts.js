@@ -165,7 +165,11 @@ window.CallrelayCharts = (function () {
       (p) => (p && p.storeMs >= 0 ? p.storeMs.toFixed(2) + " ms mean Redis write" : "no Redis write measured in that second"));
     line(panels.nats, sec, [{ v: (p) => (p.rttMs >= 0 ? p.rttMs : null), color: "#16a085" }], 1,
       (p) => (p && p.rttMs >= 0 ? p.rttMs.toFixed(2) + " ms mean NATS round trip" : "no round trip measured in that second"));
-    if (panels.decision) readout(panels.decision, sec, "not reported: conductors publish no load report yet (see the README)");
+    line(panels.decision, sec, [{ v: (p) => (p.decideP50Ms >= 0 ? p.decideP50Ms : null), color: "#2e86de" },
+      { v: (p) => (p.decideP99Ms >= 0 ? p.decideP99Ms : null), color: "#c0392b" }], 1,
+      (p) => (p && p.decideP99Ms >= 0 ? "p50 " + p.decideP50Ms.toFixed(1) + " ms, p99 " + p.decideP99Ms.toFixed(1) +
+        " ms (slowest conductor) · " + Math.round(p.decisions) + " decisions/s · " + p.conductors + " conductor(s)" :
+        "no conductor report in that second"));
   }
 
   function heat(p, sec) {
