@@ -202,10 +202,13 @@ func TestNetnsDevice(t *testing.T) {
 	wg.Wait()
 }
 
-// netns is a namespace with a veth pair to the host.
+// netns is a namespace with a veth pair to the host: IPv4 (host, peer),
+// or IPv6 only (host6, peer6; then the namespace has no IPv4 address at
+// all, loopback's included, and so no IPv4 route).
 type netns struct {
-	name       string
-	host, peer netip.Addr
+	name         string
+	host, peer   netip.Addr
+	host6, peer6 netip.Addr
 }
 
 func run(t *testing.T, args ...string) {
@@ -218,29 +221,50 @@ var netnsSeq atomic.Int32
 
 // newNetns creates a namespace and a veth pair on a free private /30 in
 // 10.211.0.0/16; Cleanup removes both, also when the test fails.
-func newNetns(t *testing.T) *netns {
+func newNetns(t *testing.T) *netns { return newNetnsFamily(t, false) }
+
+// newNetns6 creates a namespace whose only addresses are IPv6: a veth pair
+// on a free /126 in fd00:211::/32 (no duplicate address detection, so the
+// addresses work at once) and loopback's ::1; loopback's 127.0.0.1 is
+// removed, so the namespace has no IPv4 address and no IPv4 route.
+func newNetns6(t *testing.T) *netns { return newNetnsFamily(t, true) }
+
+func newNetnsFamily(t *testing.T, v6only bool) *netns {
 	id := fmt.Sprintf("crh%d%d", os.Getpid()%100000, netnsSeq.Add(1))
 	addrs, err := exec.Command("ip", "-o", "addr").CombinedOutput()
 	require.NoError(t, err, "%s", addrs)
-	var n *netns
-	for {
+	n := &netns{name: id}
+	for !v6only && !n.host.IsValid() {
 		b := [4]byte{10, 211, byte(rand.N(256)), byte(4 * rand.N(64))}
 		if !strings.Contains(string(addrs), fmt.Sprintf("10.211.%d.%d/30", b[2], b[3]+1)) {
 			b[3]++
-			h := netip.AddrFrom4(b)
-			n = &netns{name: id, host: h, peer: h.Next()}
-			break
+			n.host = netip.AddrFrom4(b)
+			n.peer = n.host.Next()
+		}
+	}
+	for v6only && !n.host6.IsValid() {
+		b := [16]byte{0xfd, 0, 0x02, 0x11, byte(rand.N(256)), byte(rand.N(256)), 15: 1}
+		if h := netip.AddrFrom16(b); !strings.Contains(string(addrs), h.String()+"/126") {
+			n.host6, n.peer6 = h, h.Next()
 		}
 	}
 	run(t, "ip", "netns", "add", n.name)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n.name).Run() }) // takes the veth pair with it
 	run(t, "ip", "link", "add", id+"h", "type", "veth", "peer", "name", id+"d", "netns", n.name)
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", id+"h").Run() })
-	run(t, "ip", "addr", "add", n.host.String()+"/30", "dev", id+"h")
+	if v6only {
+		run(t, "ip", "addr", "add", n.host6.String()+"/126", "dev", id+"h", "nodad")
+		run(t, "ip", "-n", n.name, "addr", "add", n.peer6.String()+"/126", "dev", id+"d", "nodad")
+	} else {
+		run(t, "ip", "addr", "add", n.host.String()+"/30", "dev", id+"h")
+		run(t, "ip", "-n", n.name, "addr", "add", n.peer.String()+"/30", "dev", id+"d")
+	}
 	run(t, "ip", "link", "set", id+"h", "up")
-	run(t, "ip", "-n", n.name, "addr", "add", n.peer.String()+"/30", "dev", id+"d")
 	run(t, "ip", "-n", n.name, "link", "set", id+"d", "up")
 	run(t, "ip", "-n", n.name, "link", "set", "lo", "up")
+	if v6only {
+		run(t, "ip", "-n", n.name, "addr", "del", "127.0.0.1/8", "dev", "lo")
+	}
 	return n
 }
 
@@ -264,6 +288,14 @@ func (n *netns) blockUDP(t *testing.T, on bool) {
 	require.NoError(t, err, "nft: %s (these tests need root and nftables)", out)
 }
 
+// forwarder is r's UDP address as a device in n reaches it.
+func (n *netns) forwarder(r *relay) netip.AddrPort {
+	if n.host6.IsValid() {
+		return netip.AddrPortFrom(n.host6, r.f.Addr().Port())
+	}
+	return r.f.Addr()
+}
+
 // netnsDevice is the device process, seen from the parent.
 type netnsDevice struct {
 	stdin io.WriteCloser
@@ -274,7 +306,7 @@ type netnsDevice struct {
 func startDevice(t *testing.T, n *netns, r *relay, pool []byte, ep client.StreamEndpoints, token []byte) *netnsDevice {
 	ca := filepath.Join(t.TempDir(), "ca.pem")
 	require.NoError(t, os.WriteFile(ca, pool, 0o600))
-	cfg, err := json.Marshal(netnsDeviceConfig{UDP: r.f.Addr(), TCP: ep.TCP, TLS: ep.TLS, Token: token, CAFile: ca})
+	cfg, err := json.Marshal(netnsDeviceConfig{UDP: n.forwarder(r), TCP: ep.TCP, TLS: ep.TLS, Token: token, CAFile: ca})
 	require.NoError(t, err)
 	exe, err := os.Executable()
 	require.NoError(t, err)
@@ -341,10 +373,10 @@ func (d *netnsDevice) stats(t *testing.T) mediaStats {
 
 // hostMember is a UDP member of the call on the host, sending and
 // recording like the device.
-func hostMember(t *testing.T, r *relay, addr netip.Addr, token []byte) *mediaRecorder {
+func hostMember(t *testing.T, fwd netip.AddrPort, addr netip.Addr, token []byte) *mediaRecorder {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, client.Config{Forwarders: []netip.AddrPort{r.f.Addr()}, Token: token, LocalAddr: addr})
+	c, err := client.Dial(ctx, client.Config{Forwarders: []netip.AddrPort{fwd}, Token: token, LocalAddr: addr})
 	require.NoError(t, err)
 	rec := &mediaRecorder{wantSSRC: 'd'}
 	stop := make(chan struct{})
@@ -362,11 +394,15 @@ func hostMember(t *testing.T, r *relay, addr netip.Addr, token []byte) *mediaRec
 	return rec
 }
 
-// netnsRelay is a forwarder with TCP and TLS listeners on n's host side.
+// netnsRelay is a forwarder with TCP and TLS listeners on n's host side;
+// for an IPv6-only n, a dual-stack one on [::].
 func netnsRelay(t *testing.T, n *netns) (*relay, []byte) {
 	cert, _ := testCert(t)
 	r := runRelay(t, func(c *forwarder.Config) {
 		c.Listen = netip.AddrPortFrom(n.host, 0).String()
+		if n.host6.IsValid() {
+			c.Listen = "[::]:0"
+		}
 		c.Stream.TCPListen, c.Stream.TLSListen = c.Listen, c.Listen
 		c.Stream.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		c.KeepaliveInterval = 100 * time.Millisecond
@@ -395,7 +431,7 @@ func TestNetnsJoinWithUDPBlocked(t *testing.T) {
 	}{{"tcp", client.StreamEndpoints{TCP: tcp}}, {"tls", client.StreamEndpoints{TLS: tlsAddr}}} {
 		t.Run(tc.want, func(t *testing.T) {
 			call := protocol.NewID()
-			host := hostMember(t, r, n.host, r.mint(t, call, protocol.ClassGroup, 4))
+			host := hostMember(t, r.f.Addr(), n.host, r.mint(t, call, protocol.ClassGroup, 4))
 			dev := startDevice(t, n, r, ca, tc.ep, r.mint(t, call, protocol.ClassGroup, 4))
 			require.Equal(t, tc.want, dev.expect(t, "JOINED "))
 			waitReceived(t, host, 25, "the host member did not hear the device")
@@ -422,7 +458,7 @@ func TestNetnsUDPBlockedMidCall(t *testing.T) {
 	r, ca := netnsRelay(t, n)
 	tcp, tlsAddr := r.f.StreamAddrs()
 	call := protocol.NewID()
-	host := hostMember(t, r, n.host, r.mint(t, call, protocol.ClassGroup, 4))
+	host := hostMember(t, r.f.Addr(), n.host, r.mint(t, call, protocol.ClassGroup, 4))
 	dev := startDevice(t, n, r, ca, client.StreamEndpoints{TCP: tcp, TLS: tlsAddr}, r.mint(t, call, protocol.ClassGroup, 4))
 	require.Equal(t, "udp", dev.expect(t, "JOINED "))
 	waitReceived(t, host, 25, "the host member did not hear the device over UDP")
@@ -455,4 +491,40 @@ func checkGap(t *testing.T, up, down mediaStats) {
 		require.Zero(t, s.Corrupt, "%s", s)
 		require.Less(t, s.seqGap(), time.Second, "%s", s)
 	}
+}
+
+// TestNetnsIPv6OnlyDevice: a device in a namespace with no IPv4 at all
+// (no address, loopback's included, no route) joins, over IPv6 to a
+// dual-stack forwarder ([::]), a call whose other members are IPv4 devices
+// on the host (127.0.0.1), and media goes byte-exact both ways.
+func TestNetnsIPv6OnlyDevice(t *testing.T) {
+	n := newNetns6(t)
+	for _, what := range [][]string{{"addr", "show"}, {"route", "show", "table", "all"}} {
+		out, err := exec.Command("ip", append([]string{"-n", n.name, "-4"}, what...)...).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		require.Empty(t, strings.TrimSpace(string(out)), "the namespace has IPv4: ip -4 %v", what)
+	}
+	r, ca := netnsRelay(t, n)
+	require.True(t, r.f.Addr().Addr().IsUnspecified() && r.f.Addr().Addr().Is6(), "dual stack: bound %s", r.f.Addr())
+	v4 := netip.AddrPortFrom(loopback, r.f.Addr().Port())
+	call := protocol.NewID()
+	hosts := []*mediaRecorder{hostMember(t, v4, loopback, r.mint(t, call, protocol.ClassGroup, 4)),
+		hostMember(t, v4, loopback, r.mint(t, call, protocol.ClassGroup, 4))}
+	dev := startDevice(t, n, r, ca, client.StreamEndpoints{}, r.mint(t, call, protocol.ClassGroup, 4))
+	require.Equal(t, "udp", dev.expect(t, "JOINED "))
+	for i, h := range hosts {
+		waitReceived(t, h, 25, fmt.Sprintf("IPv4 member %d did not hear the IPv6-only device", i))
+	}
+	heard := 0 // each stats call counts since the one before
+	require.Eventually(t, func() bool {
+		s := dev.stats(t)
+		require.Zero(t, s.Corrupt, "device: %s", s)
+		heard += s.Received
+		return heard >= 50
+	}, 20*time.Second, 100*time.Millisecond, "the IPv6-only device did not hear the IPv4 members")
+	for i, h := range hosts {
+		s := h.take()
+		require.Zero(t, s.Corrupt, "IPv4 member %d: %s", i, s)
+	}
+	require.Equal(t, 3, r.f.Stats().Sessions)
 }
