@@ -158,6 +158,11 @@ func (l *listener) audio(pkt *client.Packet, ssrc uint32) {
 // device noticed the loss: from the last audio packet heard before it to
 // the first one after, now or when it comes.
 func (l *listener) event(ev client.SessionEvent) {
+	if movedOff(l.m.tr, ev) { // m.tr was set before the listener started
+		l.m.mu.Lock()
+		l.m.win.offTransport++
+		l.m.mu.Unlock()
+	}
 	if ev.Kind != client.EventFailover && ev.Kind != client.EventRejoined {
 		return
 	}

@@ -252,6 +252,25 @@ func joinedOn(tr uint8, sess *client.Session, fwds []netip.AddrPort) (uint8, boo
 	return trUDP6, off
 }
 
+// movedOff reports whether a Session event put a device filed under tr
+// on another transport than its network allows: a TCP or TLS device
+// moved to UDP (a MigrateTo names a forwarder by its UDP address only),
+// or a UDP device onto a stream. Counted as OtherTransport.
+func movedOff(tr uint8, ev client.SessionEvent) bool {
+	switch ev.Kind {
+	case client.EventFailover, client.EventRejoined, client.EventMigrated, client.EventTransport:
+	default:
+		return false
+	}
+	switch tr {
+	case trTCP:
+		return ev.Transport != client.TransportTCP
+	case trTLS:
+		return ev.Transport != client.TransportTLS
+	}
+	return ev.Transport != client.TransportUDP
+}
+
 // udpIndex is where a refused UDP join is filed: udp6 when every
 // forwarder is IPv6, else udp4.
 func udpIndex(fwds []netip.AddrPort) uint8 {
@@ -276,8 +295,9 @@ type TransportMeasures struct {
 	Setups          Setups      `json:"setups"`
 	SetupSuccessPct float64     `json:"setup_success_pct"`
 	SetupMs         Percentiles `json:"setup_ms"`
-	// OtherTransport counts joins admitted over another transport than
-	// the device's network allows (a fault of the run: 0).
+	// OtherTransport counts joins admitted, and later moves (failover,
+	// re-join, migration, transport change) made, over another transport
+	// than the device's network allows (a fault of the run: 0).
 	OtherTransport int         `json:"other_transport"`
 	FirstAudioMs   Percentiles `json:"first_audio_ms"`
 	// PacketsReceived, PacketsExpected, PacketsLost, LossPct (after NACK)

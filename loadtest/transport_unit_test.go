@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/callrelay/callrelay/client"
 )
 
 // A device's transport is drawn from its call's seed alone: the same
@@ -138,4 +140,29 @@ func TestStreamQueueScrape(t *testing.T) {
 	require.Contains(t, q.Errors[1], "127.0.0.1:9")
 	require.Equal(t, uint64(5), grown(7, 5), "a restarted forwarder's counters start again")
 	require.Nil(t, watchQueues(context.Background(), nil).finish(context.Background()))
+}
+
+// A device that a Session event puts on another transport than its
+// network allows is counted; other events, and moves on its own
+// transport, are not.
+func TestMovedOff(t *testing.T) {
+	ev := func(k client.EventKind, tr client.Transport) client.SessionEvent {
+		return client.SessionEvent{Kind: k, Transport: tr}
+	}
+	for _, tc := range []struct {
+		tr   uint8
+		ev   client.SessionEvent
+		want bool
+	}{
+		{trTCP, ev(client.EventMigrated, client.TransportUDP), true},
+		{trTCP, ev(client.EventFailover, client.TransportTCP), false},
+		{trTLS, ev(client.EventRejoined, client.TransportTCP), true},
+		{trTLS, ev(client.EventTransport, client.TransportTLS), false},
+		{trUDP4, ev(client.EventTransport, client.TransportTCP), true},
+		{trUDP6, ev(client.EventMigrated, client.TransportUDP), false},
+		{trTCP, ev(client.EventLost, client.TransportUDP), false},
+		{trTLS, ev(client.EventMigrateFailed, client.TransportUDP), false},
+	} {
+		require.Equal(t, tc.want, movedOff(tc.tr, tc.ev), "%s device, %s to %s", transportKeys[tc.tr], tc.ev.Kind, tc.ev.Transport)
+	}
 }
