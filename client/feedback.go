@@ -93,7 +93,8 @@ const (
 //
 //   - tracks sequence numbers, and on a gap sends a generic NACK (RFC 4585)
 //     for the missing packets after ReorderWait, repeated up to MaxNACKs
-//     times NACKInterval apart, giving them up after GiveUpAfter;
+//     times NACKInterval apart, giving them up after GiveUpAfter; none
+//     while its writer (a Conn or Session) is on TCP or TLS;
 //   - recognises duplicates (a packet seen before: Observe returns false,
 //     drop it) and counts them;
 //   - for video (packets with the video frame extension), sends a PLI when
@@ -362,15 +363,31 @@ func (f *Feedback) run() {
 // tick sends the NACKs, PLIs and reports due at now and returns when the
 // next thing is due.
 func (f *Feedback) tick(now time.Time) time.Time {
+	stream := onStream(f.w)
 	f.mu.Lock()
-	pkts, next := f.due(now)
+	pkts, next := f.due(now, stream)
 	f.mu.Unlock()
 	f.send(pkts)
 	return next
 }
 
-// due collects the RTCP due at now. f.mu must be held.
-func (f *Feedback) due(now time.Time) ([]rtcp.Packet, time.Time) {
+// onStream reports whether w sends over TCP or TLS now (a Conn or Session
+// on a stream transport): no NACKs go there, since TCP loses nothing and
+// the forwarder answers none on a connection (protocol/README.md section
+// 9 rule 3); gaps then are the relay's queue dropping on purpose, given up
+// as unrecovered. Other writers are taken as UDP.
+func onStream(w RTCPWriter) bool {
+	t, ok := w.(interface{ Transport() Transport })
+	return ok && t.Transport() != TransportUDP
+}
+
+// due collects the RTCP due at now; on a stream transport, no NACKs. f.mu
+// must be held.
+func (f *Feedback) due(now time.Time, stream bool) ([]rtcp.Packet, time.Time) {
+	pol := f.pol
+	if stream {
+		pol.tries = 0
+	}
 	next := f.nextRR
 	if !now.Before(f.nextBWE) {
 		f.est.Update(now.UnixNano())
@@ -384,7 +401,7 @@ func (f *Feedback) due(now time.Time) ([]rtcp.Packet, time.Time) {
 		next = earliest(next, f.nextRR)
 	}
 	for _, s := range f.streams {
-		seqs, gaveUp, when := s.seq.due(now, &f.pol, f.nackBuf[:0])
+		seqs, gaveUp, when := s.seq.due(now, &pol, f.nackBuf[:0])
 		f.nackBuf = seqs
 		next = earliest(next, when)
 		if len(seqs) > 0 {

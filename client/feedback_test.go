@@ -527,3 +527,45 @@ func TestFeedbackSkipsTheRelaysGaps(t *testing.T) {
 	require.Equal(t, uint64(28+169), sv.Skipped)
 	require.Zero(t, f.Stats().LossFraction, "skipped gaps are not loss to the estimator")
 }
+
+// transportSink is an rtcpSink that says which transport it writes on, as
+// a Conn or Session does.
+type transportSink struct {
+	rtcpSink
+	mu sync.Mutex
+	t  Transport
+}
+
+func (k *transportSink) Transport() Transport {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.t
+}
+
+// On TCP or TLS no NACK is sent (protocol/README.md section 9 rule 3): a
+// gap is given up as unrecovered; back on UDP, gaps are NACKed again.
+func TestFeedbackNoNACKsOverStreams(t *testing.T) {
+	sink := &transportSink{t: TransportTCP}
+	f := newFeedback(sink, FeedbackConfig{SSRC: 7}, t0)
+	const ssrc = 0x2222
+	obs := func(seq uint16, at time.Time) { require.True(t, f.ObserveRTP(rtpPkt(t, ssrc, seq, 200, nil, nil), at)) }
+	obs(10, ms(0))
+	obs(13, ms(1)) // 11, 12 missing
+	tickEvery(f, ms(0), ms(1500))
+	dgs := sink.take()
+	require.Empty(t, nacked(dgs, ssrc), "no NACK over TCP")
+	require.Positive(t, count[*rtcp.ReceiverReport](dgs), "reports still go")
+	st, ok := f.Stats().Stream(ssrc)
+	require.True(t, ok)
+	require.Equal(t, uint64(2), st.Unrecovered)
+	require.Zero(t, st.NACKed)
+	require.Zero(t, f.Stats().NACKs)
+
+	sink.mu.Lock()
+	sink.t = TransportUDP
+	sink.mu.Unlock()
+	obs(14, ms(1600))
+	obs(16, ms(1601)) // 15 missing
+	tickEvery(f, ms(1600), ms(1700))
+	require.Equal(t, []uint16{15}, nacked(sink.take(), ssrc), "NACKed on UDP")
+}
