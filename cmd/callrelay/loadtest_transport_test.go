@@ -60,7 +60,7 @@ func (c *cluster) streamNode(t *testing.T, id, cert, key string) streamNode {
 	p := start(t, env("CALLRELAY_LOG_LEVEL=info", "CALLRELAY_CLUSTER_KEY="+c.key),
 		"forwarder", "--id", id, "--listen", n.media.String(), "--trunk-listen", netip.AddrPortFrom(lo, uint16(freeUDPPort(t))).String(),
 		"--public-key", c.pub, "--redis-url", c.redis.URL(), "--nats-url", c.nats.ClientURL(),
-		"--keepalive", "100ms", "--idle-timeout", "1s", "--readers", "1", "--metrics-listen", n.metrics,
+		"--readers", "1", "--metrics-listen", n.metrics, // the default keepalive: no failover on a starved machine
 		"--tcp-listen", n.tcp, "--tls-listen", n.tls, "--tls-cert", cert, "--tls-key", key)
 	testenv.CheckFor(t, readyTimeout, 50*time.Millisecond, func() error {
 		if p.exited() {
