@@ -33,13 +33,11 @@ type placedState struct {
 const placementReportMaxAge = time.Minute
 
 type placementMetrics struct {
-	moves      *prometheus.CounterVec
-	runs       *prometheus.CounterVec
-	worst      prometheus.Histogram
-	entries    *prometheus.CounterVec
-	fleetBad   prometheus.Counter
-	locate     *prometheus.CounterVec
-	locateSecs prometheus.Histogram
+	moves    *prometheus.CounterVec
+	runs     *prometheus.CounterVec
+	worst    prometheus.Histogram
+	entries  *prometheus.CounterVec
+	fleetBad prometheus.Counter
 }
 
 func newPlacementMetrics(reg prometheus.Registerer) *placementMetrics {
@@ -58,14 +56,9 @@ func newPlacementMetrics(reg prometheus.Registerer) *placementMetrics {
 			[]string{"reason"}),
 		fleetBad: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_fleet_messages_rejected_total",
 			Help: "Heartbeats and load reports on <prefix>.forwarders that did not authenticate or parse."}),
-		locate: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrelay_locate_requests_total",
-			Help: "Locator requests by outcome: ok, bad_request (answered 400), unknown_region (404), method (405)."},
-			[]string{"outcome"}),
-		locateSecs: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrelay_locate_seconds",
-			Help: "Time to answer a locator request.", Buckets: prometheus.ExponentialBuckets(1e-5, 4, 8)}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.moves, m.runs, m.worst, m.entries, m.fleetBad, m.locate, m.locateSecs)
+		reg.MustRegister(m.moves, m.runs, m.worst, m.entries, m.fleetBad)
 	}
 	return m
 }
