@@ -331,7 +331,7 @@ func (c *control) refuseBusyClass(src netip.AddrPort, req protocol.JoinRequest, 
 	e := protocol.JoinError{Code: protocol.CodeInsufficientCapacity, Reason: reason, RetryAfter: time.Second}
 	var alt netip.AddrPort
 	if why == refusedThrottled {
-		alt = c.pickLessLoaded(src)
+		alt = c.pickLessLoaded(src, class)
 	} else {
 		alt = c.pickAlternate(src)
 	}
@@ -346,8 +346,14 @@ func (c *control) refuseBusyClass(src netip.AddrPort, req protocol.JoinRequest, 
 // pickLessLoaded names the live, not draining peer with the lowest load,
 // counting what this forwarder sent there since its last report, if that
 // is below our own load; otherwise nothing (the device waits and retries).
-func (c *control) pickLessLoaded(dev netip.AddrPort) netip.AddrPort {
+// A forwarder with a region looks in its region first and spills over to
+// the nearest other region only when its region throttles
+// (region_spill.go).
+func (c *control) pickLessLoaded(dev netip.AddrPort, class JoinClass) netip.AddrPort {
 	own := int(c.f.loadPermille())
+	if c.f.cfg.Cluster.Region != "" && c.f.live != nil {
+		return c.pickRegional(dev, class, own)
+	}
 	var best *peer
 	bestLoad := own
 	for _, p := range c.peers {

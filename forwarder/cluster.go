@@ -87,6 +87,14 @@ type Cluster struct {
 	// MetadataEvery is the metadata tick: audio summaries go to the
 	// conductors this often (with NATS, an ID and a cluster key).
 	MetadataEvery time.Duration
+
+	// SpillLevel and SpillBudget govern regional spill-over
+	// (region_spill.go): a join refused for load while every forwarder of
+	// this region is at SpillLevel or above is sent to the nearest other
+	// region (by trunk RTT) with room, if that RTT is within SpillBudget.
+	// Without a Region they are unused.
+	SpillLevel  ThrottleLevel
+	SpillBudget time.Duration
 }
 
 // DefaultCluster returns the tuning defaults, with the cluster off.
@@ -100,6 +108,8 @@ func DefaultCluster() Cluster {
 		OrphanAfter:    10 * time.Second,
 		Partitions:     DefaultPartitions,
 		MetadataEvery:  100 * time.Millisecond,
+		SpillLevel:     ThrottleNewOneToOne,
+		SpillBudget:    60 * time.Millisecond,
 	}
 }
 
@@ -118,6 +128,9 @@ func (c *Cluster) validate() error {
 	}
 	if err := protocol.ValidRegion(c.Region); err != nil {
 		errs = append(errs, fmt.Errorf("forwarder: region (--region): %w", err))
+	}
+	if c.SpillLevel < ThrottleNewGroup || c.SpillLevel > ThrottleSecondParty || c.SpillBudget < 0 {
+		errs = append(errs, fmt.Errorf("forwarder: spill level %d and budget %s: want a level 1..4 and a budget >= 0", c.SpillLevel, c.SpillBudget))
 	}
 	if c.Store != nil || c.enabled() {
 		if err := protocol.ValidForwarderID(c.ID); err != nil {

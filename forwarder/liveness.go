@@ -73,7 +73,7 @@ type trunkBeat struct {
 	at  int64 // unix ns when it was read
 	hdr protocol.TrunkHeader
 	n   int
-	b   [protocol.MaxTrunkKeepalive]byte
+	b   [protocol.MaxTrunkControl]byte // a keepalive or an echo (trunk_rtt.go)
 }
 
 const beatQueue = 1024
@@ -125,6 +125,8 @@ type liveness struct {
 	deadTrunks  map[string]netip.AddrPort // trunks of peers taken for dead, still sent keepalives
 	wanted      map[string]time.Time      // forwarders whose lease control asked about lately
 	heldMembers map[string]bool           // forwarders whose members' removal was held back (counted once)
+
+	regions regionState // trunk RTTs, peers' regions, spill-over (trunk_rtt.go)
 }
 
 func newLiveness(cc *Cluster, started time.Time) *liveness {
@@ -148,7 +150,7 @@ func newLiveness(cc *Cluster, started time.Time) *liveness {
 // keepalive hands a keepalive frame to the control goroutine (trunk reader).
 func (t *trunkReader) keepalive(payload []byte) {
 	lv := t.f.live
-	if len(payload) > protocol.MaxTrunkKeepalive {
+	if len(payload) > protocol.MaxTrunkControl {
 		t.drops[DropTrunkAuth]++
 		return
 	}
@@ -304,6 +306,7 @@ func (c *control) expirePeers(now time.Time) {
 		return
 	}
 	c.takeBeats()
+	c.publishRTTs(now)
 	c.watchNATS(now)
 	c.sendKeepalives()
 	cc := &c.f.cfg.Cluster
@@ -445,6 +448,7 @@ func (c *control) sendKeepalives() {
 	if err != nil {
 		return // the id and start time were valid when the forwarder started
 	}
+	c.noteKeepaliveSent(lv.seq, f.cfg.Now())
 	clear(lv.dests)
 	add := func(a netip.AddrPort) {
 		if a.IsValid() && a != f.trunkAdvertise {
@@ -487,6 +491,10 @@ func (c *control) takeBeats() {
 // or not newer than the last one of its process (reordered or replayed),
 // is ignored.
 func (c *control) onBeat(b *trunkBeat) {
+	if protocol.TrunkControlKind(b.b[:b.n]) == protocol.TrunkKindEcho {
+		c.onEcho(b) // trunk_rtt.go
+		return
+	}
 	k, err := protocol.ParseTrunkKeepalive(&b.hdr, b.b[:b.n])
 	if err != nil {
 		c.f.countDrop(DropTrunkAuth)
@@ -518,6 +526,7 @@ func (c *control) onBeat(b *trunkBeat) {
 		p.trunkHeard = at
 	}
 	c.f.live.beatsIn.Add(1)
+	c.echoKeepalive(&k, b)
 }
 
 // orphanLeaseFree says whether the members the store places on fwd may be

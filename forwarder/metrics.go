@@ -91,6 +91,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	describePeering(ch)
+	describeRegions(ch)
 	describeAdmin(ch)
 	describeResume(ch)
 	describeStream(ch)
@@ -107,6 +108,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	constGauge(ch, mCalls, float64(s.Calls))
 	constGauge(ch, mPeers, float64(s.Peers))
 	collectPeering(ch, s.Peering)
+	collectRegions(ch, c.f.Regions())
 	collectAdmin(ch, &c.f.adminCount)
 	constGauge(ch, mDraining, b2f(s.Draining))
 	constCounter(ch, mJoins, s.Joins)

@@ -113,6 +113,8 @@ func (c *control) onCluster(m clusterMsg, now time.Time) {
 		case protocol.ClusterMsgLoadReport: // for dashboards, but never taken unchecked
 			if err := c.loadScratch.Unmarshal(m.data, key); err != nil {
 				c.f.clusterBad.Add(1)
+			} else if c.f.live != nil {
+				c.onPeerReport(&c.loadScratch) // its region and level (trunk_rtt.go)
 			}
 		case protocol.ClusterMsgForwarderAnnounce:
 			var a protocol.ForwarderAnnounce
@@ -242,6 +244,9 @@ func (c *control) reportLoad(now time.Time) {
 	r.HasOps, r.Ops.Region = true, cc.Region
 	r.Ops.StoreWrites, r.Ops.StoreWriteUs = f.storeLatency.totals()
 	r.Ops.NATSRTTs, r.Ops.NATSRTTUs = f.natsRTT.totals()
+	if v := f.live.regions.view.Load(); v != nil {
+		r.RTTs = *v // per peer region (trunk_rtt.go)
+	}
 	for i := range r.Signals {
 		r.Signals[i] = uint16(min(f.thr.signals[i].Load(), 65535))
 	}
@@ -279,8 +284,13 @@ func (c *control) pickAlternate(dev netip.AddrPort) netip.AddrPort {
 		if p.last.Draining || !p.last.Media.IsValid() || now.Sub(p.lastHeard()) > c.f.cfg.Cluster.PeerTimeout {
 			continue // draining, never announced, or silent (not yet taken for dead)
 		}
-		if best == nil || int(p.last.Sessions)+p.assigned < int(best.last.Sessions)+best.assigned ||
-			(int(p.last.Sessions)+p.assigned == int(best.last.Sessions)+best.assigned && p.last.ID < best.last.ID) {
+		// Our region first, then the nearest (region_spill.go); then the fewest sessions.
+		cost, bestCost := c.regionCost(p.last.ID), time.Duration(0)
+		if best != nil {
+			bestCost = c.regionCost(best.last.ID)
+		}
+		if best == nil || cost < bestCost || cost == bestCost && (int(p.last.Sessions)+p.assigned < int(best.last.Sessions)+best.assigned ||
+			(int(p.last.Sessions)+p.assigned == int(best.last.Sessions)+best.assigned && p.last.ID < best.last.ID)) {
 			best = p
 		}
 	}

@@ -70,7 +70,9 @@ func decodeRegionRTTs(b []byte) ([]RegionRTT, []byte, error) {
 // RegionRTTs is the region-to-region RTT map a conductor builds from the
 // forwarders' load reports: RTT[from][to], from the report's Ops.Region to
 // each row's region. When several forwarders of a region report the same
-// peer region, the smallest RTT stands (the best trunk between the two).
+// peer region, the smallest RTT stands (the best trunk between the two),
+// so build it afresh from the latest report of each forwarder: fed a
+// history, it would keep old minima.
 type RegionRTTs map[string]map[string]time.Duration
 
 // Add takes the rows of one report. A report without a region adds

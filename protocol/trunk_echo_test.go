@@ -113,7 +113,7 @@ func trunkEchoFuzzSeeds(t testing.TB) map[string][]byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	noRegion := append(bytes.Clone(good[:len(good)-2]))
+	noRegion := bytes.Clone(good[:len(good)-2])
 	noRegion[2] = 0
 	kind1 := bytes.Clone(good)
 	kind1[0] = 1

@@ -1,0 +1,145 @@
+package forwarder
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Regional spill-over (issue 20, docs/architecture.md "Regions: the
+// network"). A forwarder with a region refers the joins it refuses for
+// load region first:
+//
+//  1. to the least loaded live, not draining peer of its own region whose
+//     load is below ours (what pickLessLoaded does without regions);
+//  2. failing that, only when the region is throttling at SpillLevel or
+//     above (every live forwarder of the region it knows of, itself
+//     included, is at that level or higher), to the nearest other region
+//     by the trunk RTT this forwarder measured, among those within
+//     SpillBudget whose forwarders admit the join's class, to its least
+//     loaded forwarder there;
+//  3. otherwise to nobody: the device is told to come back later (508).
+//
+// Ongoing calls are never moved by this: it only names an alternate in the
+// answer to a join refused anyway. A forwarder without a region keeps the
+// region-blind choice. Each referral (or its absence) is counted by outcome.
+
+type spillOutcome uint8
+
+const (
+	spillSameRegion spillOutcome = iota // a peer of our region with room
+	spillSpilled                        // the nearest other region with room within the budget
+	spillBelowLevel                     // the region is not throttling at SpillLevel: no other region is named
+	spillOverBudget                     // regions with room exist, but all beyond the budget
+	spillUnmeasured                     // regions with room exist, but their RTT is not measured
+	spillNoRoom                         // no forwarder of another region admits the join
+	numSpillOutcomes
+)
+
+var spillOutcomeNames = [numSpillOutcomes]string{"same_region", "spilled", "below_spill_level", "over_budget", "unmeasured", "no_room"}
+
+// SpillOutcome names the index of RegionStats.Spill.
+func SpillOutcome(name string) int {
+	for i, n := range spillOutcomeNames {
+		if n == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// livePeer: heard within the peer timeout, announced media, not draining.
+func (c *control) livePeer(p *peer, now time.Time) bool {
+	return !p.last.Draining && p.last.Media.IsValid() && now.Sub(p.lastHeard()) <= c.f.cfg.Cluster.PeerTimeout
+}
+
+// pickRegional is pickLessLoaded for a forwarder with a region.
+func (c *control) pickRegional(dev netip.AddrPort, class JoinClass, own int) netip.AddrPort {
+	f := c.f
+	cc := &f.cfg.Cluster
+	rs := &f.live.regions
+	now := f.cfg.Now()
+	regionLevel := ThrottleLevel(f.thr.level.Load())
+	var best *peer
+	bestLoad := own
+	for id, p := range c.peers {
+		pr := rs.peers[id]
+		if pr == nil || pr.region != cc.Region || !c.livePeer(p, now) {
+			continue
+		}
+		if pr.hasLevel {
+			regionLevel = min(regionLevel, pr.level)
+		}
+		if l := p.effectiveLoad(); l < bestLoad || best != nil && l == bestLoad && p.last.ID < best.last.ID {
+			best, bestLoad = p, l
+		}
+	}
+	if best != nil {
+		return c.referTo(best, dev, spillSameRegion)
+	}
+	if regionLevel < cc.SpillLevel {
+		rs.spill[spillBelowLevel].Add(1)
+		return netip.AddrPort{}
+	}
+	var bestRTT time.Duration
+	unmeasured, overBudget := false, false
+	for id, p := range c.peers {
+		pr := rs.peers[id]
+		if pr == nil || pr.region == "" || pr.region == cc.Region || !pr.hasLevel || !pr.level.Admits(class) || !c.livePeer(p, now) {
+			continue
+		}
+		rtt, ok := rs.regionRTT(pr.region)
+		switch {
+		case !ok:
+			unmeasured = true
+			continue
+		case rtt > cc.SpillBudget:
+			overBudget = true
+			continue
+		}
+		if best == nil || rtt < bestRTT || rtt == bestRTT && (p.effectiveLoad() < best.effectiveLoad() ||
+			p.effectiveLoad() == best.effectiveLoad() && p.last.ID < best.last.ID) {
+			best, bestRTT = p, rtt
+		}
+	}
+	if best == nil {
+		outcome := spillNoRoom
+		if overBudget {
+			outcome = spillOverBudget
+		} else if unmeasured {
+			outcome = spillUnmeasured
+		}
+		rs.spill[outcome].Add(1)
+		return netip.AddrPort{}
+	}
+	return c.referTo(best, dev, spillSpilled)
+}
+
+// referTo names p to dev, counting the referral.
+func (c *control) referTo(p *peer, dev netip.AddrPort, why spillOutcome) netip.AddrPort {
+	p.assigned++
+	c.f.live.regions.spill[why].Add(1)
+	return mediaFor(&p.last, dev)
+}
+
+// regionCost orders alternates for a drain or a hard refusal: our own
+// region first, then other regions by measured RTT, regions not measured
+// (or peers whose region is not known yet) last. Without a region of our
+// own, every peer costs the same.
+func (c *control) regionCost(id string) time.Duration {
+	own := c.f.cfg.Cluster.Region
+	if own == "" || c.f.live == nil {
+		return 0
+	}
+	rs := &c.f.live.regions
+	pr := rs.peers[id]
+	switch {
+	case pr == nil || pr.region == "":
+		return time.Duration(1<<63 - 1)
+	case pr.region == own:
+		return 0
+	}
+	if rtt, ok := rs.regionRTT(pr.region); ok {
+		return max(rtt, 1)
+	}
+	return time.Duration(1<<63 - 2)
+}
