@@ -82,6 +82,9 @@ func (p *progress) done(res *Result) {
 	if q := res.StreamQueue; q != nil {
 		fmt.Fprintf(p.w, "forwarders' TCP and TLS legs: %d audio and %d video packets dropped from their send queues, %d retransmissions skipped (metrics of %d forwarders)\n",
 			q.AudioDropped, q.VideoDropped, q.RetransmissionsSkipped, q.Forwarders)
+		if q.ConnectionsRefused > 0 {
+			fmt.Fprintf(p.w, "warning: the forwarders refused %d TCP and TLS connections over their --stream-per-ip or --stream-max-conns bound: raise them (every stream device of this generator comes from its address) or spread the devices over more generators\n", q.ConnectionsRefused)
+		}
 		for _, e := range q.Errors {
 			fmt.Fprintf(p.w, "warning: %s\n", e)
 		}

@@ -23,6 +23,7 @@ import (
 const (
 	metricQueueDrops = "callrelay_forwarder_stream_queue_drops_total"
 	metricRtxSkipped = "callrelay_forwarder_stream_retransmissions_skipped_total"
+	metricRefused    = "callrelay_forwarder_stream_refused_total"
 )
 
 // scrapeTimeout bounds one read of a forwarder's metrics.
@@ -43,10 +44,15 @@ type StreamQueue struct {
 	// RetransmissionsSkipped counts NACKed packets not resent to stream
 	// legs (they lose nothing).
 	RetransmissionsSkipped uint64 `json:"retransmissions_skipped"`
+	// ConnectionsRefused counts TCP and TLS connections the forwarders
+	// closed at once, over their --stream-per-ip or --stream-max-conns
+	// bound: a generator whose stream devices all come from one address
+	// meets --stream-per-ip (16 by default) first.
+	ConnectionsRefused uint64 `json:"connections_refused"`
 }
 
 // queueCounts are one forwarder's counters at one moment.
-type queueCounts struct{ audio, video, rtx uint64 }
+type queueCounts struct{ audio, video, rtx, refused uint64 }
 
 // queueWatch holds the counters read before the run.
 type queueWatch struct {
@@ -81,6 +87,7 @@ func (w *queueWatch) finish(ctx context.Context) *StreamQueue {
 		q.AudioDropped += grown(w.before[i].audio, after[i].audio)
 		q.VideoDropped += grown(w.before[i].video, after[i].video)
 		q.RetransmissionsSkipped += grown(w.before[i].rtx, after[i].rtx)
+		q.ConnectionsRefused += grown(w.before[i].refused, after[i].refused)
 	}
 	return q
 }
@@ -151,12 +158,18 @@ func scrape(ctx context.Context, u string) (queueCounts, error) {
 			c.video += counterValue(m)
 		}
 	}
-	if rtx, ok := fams[metricRtxSkipped]; ok {
-		for _, m := range rtx.GetMetric() {
-			c.rtx += counterValue(m)
-		}
-	}
+	c.rtx = sum(fams, metricRtxSkipped)
+	c.refused = sum(fams, metricRefused)
 	return c, nil
+}
+
+// sum adds up a counter family's series (0 when absent).
+func sum(fams map[string]*dto.MetricFamily, name string) uint64 {
+	var n uint64
+	for _, m := range fams[name].GetMetric() {
+		n += counterValue(m)
+	}
+	return n
 }
 
 func label(m *dto.Metric, name string) string {

@@ -120,7 +120,9 @@ func TestStreamQueueScrape(t *testing.T) {
 			"callrelay_forwarder_stream_queue_drops_total{kind=\"audio\"} %d\n"+
 			"callrelay_forwarder_stream_queue_drops_total{kind=\"video\"} %d\n"+
 			"# TYPE callrelay_forwarder_stream_retransmissions_skipped_total counter\n"+
-			"callrelay_forwarder_stream_retransmissions_skipped_total 4\n", drops.Load(), 2*drops.Load())
+			"callrelay_forwarder_stream_retransmissions_skipped_total 4\n"+
+			"# TYPE callrelay_forwarder_stream_refused_total counter\n"+
+			"callrelay_forwarder_stream_refused_total %d\n", drops.Load(), 2*drops.Load(), drops.Load()-10)
 	}))
 	defer fwd.Close()
 	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -135,6 +137,7 @@ func TestStreamQueueScrape(t *testing.T) {
 	require.Equal(t, uint64(3), q.AudioDropped)
 	require.Equal(t, uint64(6), q.VideoDropped)
 	require.Zero(t, q.RetransmissionsSkipped)
+	require.Equal(t, uint64(3), q.ConnectionsRefused)
 	require.Len(t, q.Errors, 2)
 	require.Contains(t, q.Errors[0], "no callrelay_forwarder_stream_queue_drops_total")
 	require.Contains(t, q.Errors[1], "127.0.0.1:9")

@@ -49,6 +49,7 @@ func transportsSection(r *loadtest.Result) Section {
 			{"audio packets dropped", strconv.FormatUint(q.AudioDropped, 10)},
 			{"video packets dropped", strconv.FormatUint(q.VideoDropped, 10)},
 			{"retransmissions skipped", strconv.FormatUint(q.RetransmissionsSkipped, 10)},
+			{"connections refused (over --stream-per-ip or --stream-max-conns)", strconv.FormatUint(q.ConnectionsRefused, 10)},
 		}
 		for _, e := range q.Errors {
 			rows = append(rows, []string{"not read", e})
