@@ -21,7 +21,10 @@ var metricSources = []string{
 	"../forwarder/notices.go",
 	"../forwarder/device.go",
 	"../conductor/metrics.go",
+	"../conductor/report.go",
 	"../dashboard/metrics.go",
+	"../dashboard/admin.go",
+	"../forwarder/admin.go",
 }
 
 // metricKind says which suffixed series a metric family has.

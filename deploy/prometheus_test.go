@@ -225,6 +225,10 @@ func TestAlertsCoverOnCallSignals(t *testing.T) {
 		{"stale decisions", `callrelay_forwarder_decisions_total{outcome="stale"}`},
 		{"calls without a conductor decision", "callrelay_forwarder_calls_without_decision"},
 		{"metadata rejected", "callrelay_conductor_metadata_rejected_total"},
+		{"conductor decisions slow", "callrelay_conductor_decision_latency_seconds_bucket"},
+		{"admin commands refused by forwarders", "callrelay_forwarder_admin_refused_total"},
+		{"admin API refusing credentials", "callrelay_dashboard_admin_requests_total"},
+		{"conductor reports dropped", "callrelay_dashboard_conductor_reports_dropped_total"},
 	} {
 		found := false
 		for _, g := range rf.Groups {
