@@ -41,6 +41,9 @@ type fleetFeeder struct {
 	started time.Time
 	seq     uint64
 	reports []protocol.LoadReport
+	// conds are two conductors' reports (eu-west, us-east): decisions
+	// take 12 ms at p99, 180 ms in eu-west while spiking.
+	conds []protocol.ConductorReport
 }
 
 func (f *fleetFeeder) spikes(i int) bool { return f.spiking.Load() && i%4 == 1 && (i/4)%2 == 0 }
@@ -72,6 +75,18 @@ func (f *fleetFeeder) tick(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, f.nc.Publish("callrelay.forwarders", b))
 	}
+	for i := range f.conds {
+		r := &f.conds[i]
+		r.Seq, r.At, r.Decisions = f.seq, time.Now(), r.Decisions+uint64(r.InInterval)
+		r.P50, r.P99 = 4*time.Millisecond, 12*time.Millisecond
+		if f.spiking.Load() && r.Region == "eu-west" {
+			r.P50, r.P99 = 60*time.Millisecond, 180*time.Millisecond
+		}
+		r.Max = r.P99 + time.Millisecond
+		b, err := r.Marshal(nil, f.key)
+		require.NoError(t, err)
+		require.NoError(t, f.nc.Publish("callrelay.conductors", b))
+	}
 	require.NoError(t, f.nc.Flush())
 }
 
@@ -85,6 +100,10 @@ func newFleetFeeder(t *testing.T, n int, key protocol.ClusterKey, url string) *f
 			CallsOneToOne: 20, CallsGroup: 5, Signals: [5]uint16{300, 200, 0, 250, 400}, HasOps: true,
 			Ops: protocol.LoadOps{Region: fleetRegions[i%len(fleetRegions)]}}
 	}
+	for _, region := range []string{"eu-west", "us-east"} {
+		f.conds = append(f.conds, protocol.ConductorReport{Conductor: "cnd-" + region + "/0a0b0c0d", Region: region, Started: f.started,
+			Interval: time.Second, Calls: 40, Partitions: 32, InInterval: 120})
+	}
 	return f
 }
 
@@ -94,7 +113,8 @@ func newFleetFeeder(t *testing.T, n int, key protocol.ClusterKey, url string) *f
 // fleetBound; when eu-west spikes, its cells, its summary and the charts
 // (the heat strip's pixels, the joins and load read-outs) show it as it
 // happens; hovering a chart moves every panel to that second; a cell opens
-// its forwarder's row; no console error. The screenshot is saved to
+// its forwarder's row; two conductors' reports draw the decision latency
+// chart, whose p99 rises with the spike; no console error. The screenshot is saved to
 // $CALLRELAY_ARTIFACTS (default: the system's temporary directory).
 func TestDashboardFleetInBrowser(t *testing.T) {
 	const n = 300
@@ -161,6 +181,25 @@ func TestDashboardFleetInBrowser(t *testing.T) {
 		return nil
 	})
 	shown := time.Since(spikeAt)
+	// The conductors' decision latency: the read-out says the slowest
+	// conductor's p99 of the latest second, and the chart's red p99 line
+	// is drawn at its right edge, above the blue p50.
+	testenv.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
+		got := eval(`(() => { const p = document.querySelector('[data-panel=decision]'), c = p.querySelector('canvas'), g = c.getContext('2d');
+			let red = -1, blue = -1;
+			for (let y = 0; y < c.height; y++) { const d = g.getImageData(c.width - 3, y, 1, 1).data;
+				if (red < 0 && d[0] > 150 && d[1] < 100 && d[2] < 100 && d[3] > 100) red = y;
+				if (blue < 0 && d[2] > 150 && d[0] < 100 && d[3] > 100) blue = y; }
+			return p.querySelector('.readout').textContent + " | red " + red + " blue " + blue; })()`)
+		if !strings.Contains(got, "p50 60.0 ms, p99 180.0 ms (slowest conductor) · 240 decisions/s · 2 conductor(s)") {
+			return fmt.Errorf("decision latency read-out: %s", got)
+		}
+		var red, blue int
+		if _, err := fmt.Sscanf(got[strings.LastIndex(got, "| red"):], "| red %d blue %d", &red, &blue); err != nil || red < 0 || blue <= red {
+			return fmt.Errorf("the chart's p99 (red) line not drawn above p50 (blue) at the latest second: %s", got)
+		}
+		return nil
+	})
 	// Worst first: the level-3 cells lead the grid; the heat strip's top
 	// rows are drawn in level 3's colour at the latest second.
 	require.Equal(t, "3", eval(`document.querySelector('#grid .cell').dataset.level`))
