@@ -147,8 +147,9 @@ func (s *Session) openSpare(cur *Conn, now time.Time) {
 	s.spares.Add(1)
 	s.log.Info("UDP path suspect: opening a TCP/TLS leg beside it", zap.Stringer("forwarder", fwd),
 		zap.Duration("unanswered", now.Sub(s.spareFor).Round(time.Millisecond)))
+	// Bounded by JoinTimeout, and in effect by FailoverAfter: a failover
+	// abandons the spare (trouble).
 	cfg := s.cfg
-	cfg.JoinTimeout = min(cfg.JoinTimeout, 2*time.Second)
 	s.start(&attempt{kind: EventTransport, from: fwd, began: now, spare: true, quiet: true},
 		func(ctx context.Context) (*Conn, error) { return dialStreams(ctx, cfg, fwd) })
 }

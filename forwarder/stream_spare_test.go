@@ -3,6 +3,7 @@ package forwarder_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -32,10 +33,10 @@ import (
 // spareDevice joins the forwarder over link (UDP) with tcp as its TCP
 // listener: FailoverAfter long enough that only the spare leg can move it
 // within the test, SuspectAfter 100ms.
-func spareDevice(t *testing.T, link *linkem.Link, tcp netip.AddrPort, token []byte) *client.Session {
+func spareDevice(t *testing.T, link *linkem.Link, tcp netip.AddrPort, token []byte, key ed25519.PrivateKey) *client.Session {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := client.Join(ctx, client.Config{Forwarders: []netip.AddrPort{link.Addr()}, Token: token, LocalAddr: loopback,
+	s, err := client.Join(ctx, client.Config{Forwarders: []netip.AddrPort{link.Addr()}, Token: token, DeviceKey: key, LocalAddr: loopback,
 		Streams:      map[netip.AddrPort]client.StreamEndpoints{link.Addr(): {TCP: tcp}},
 		SuspectAfter: 100 * time.Millisecond, FailoverAfter: 20 * time.Second, RejoinTimeout: 10 * time.Second})
 	require.NoError(t, err)
@@ -92,7 +93,15 @@ func drainFor(ch <-chan *client.Packet, want []byte) bool {
 // TestSpareLegMovesOffFailingUDP: UDP goes dark mid-call; the Session opens
 // a TCP leg to the same forwarder while UDP is still its path and moves to
 // it (EventTransport, not a failover), then talks byte-exact both ways.
+// With a version 2 token the spare's join carries a device proof (a new
+// path of a device-bound session, protocol/README.md 2.2).
 func TestSpareLegMovesOffFailingUDP(t *testing.T) {
+	for _, v2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("v2=%v", v2), func(t *testing.T) { spareLegMoves(t, v2) })
+	}
+}
+
+func spareLegMoves(t *testing.T, v2 bool) {
 	r := spareRelay(t)
 	tcp, _ := r.f.StreamAddrs()
 	link, err := linkem.New(r.f.Addr(), linkem.Profile{}, linkem.Profile{}, 1)
@@ -100,7 +109,11 @@ func TestSpareLegMovesOffFailingUDP(t *testing.T) {
 	t.Cleanup(func() { _ = link.Close() })
 	call := protocol.NewID()
 	peer := dial(t, r.mint(t, call, protocol.ClassGroup, 4), r.f.Addr())
-	s := spareDevice(t, link, tcp, r.mint(t, call, protocol.ClassGroup, 4))
+	token, key := r.mint(t, call, protocol.ClassGroup, 4), ed25519.PrivateKey(nil)
+	if v2 {
+		token, key = deviceToken(t, ed25519.PrivateKey(r.priv), call, protocol.NewID(), time.Hour)
+	}
+	s := spareDevice(t, link, tcp, token, key)
 	talkBothWays(t, s, peer, 1)
 
 	link.SetUp(linkem.Profile{Loss: 1})
@@ -167,7 +180,7 @@ func TestSpareLegClosedWhenUDPRecovers(t *testing.T) {
 	t.Cleanup(func() { _ = link.Close() })
 	call := protocol.NewID()
 	peer := dial(t, r.mint(t, call, protocol.ClassGroup, 4), r.f.Addr())
-	s := spareDevice(t, link, hold.addr(), r.mint(t, call, protocol.ClassGroup, 4))
+	s := spareDevice(t, link, hold.addr(), r.mint(t, call, protocol.ClassGroup, 4), nil)
 	talkBothWays(t, s, peer, 1)
 
 	link.SetUp(linkem.Profile{Loss: 1})
