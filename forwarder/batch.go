@@ -1,6 +1,11 @@
 package forwarder
 
-import "net/netip"
+import (
+	"net"
+	"net/netip"
+
+	"github.com/callrelay/callrelay/internal/mmsg"
+)
 
 const (
 	// maxDatagram is the largest datagram the forwarder accepts. Media never
@@ -14,9 +19,9 @@ const (
 	writeBatch = 256
 )
 
-// packetConn is the batched socket of one reader. Implementations:
-// batch_linux.go (recvmmsg/sendmmsg, no allocation) and batch_other.go (one
-// datagram per call).
+// packetConn is the batched socket of one reader: internal/mmsg's Conn
+// (recvmmsg/sendmmsg, no allocation; one datagram per call off Linux), or
+// an in-memory one in tests and the stream workers.
 //
 // The read side owns readBatch buffers; Buf(i), Len(i) and Src(i) describe the
 // i-th datagram of the last ReadBatch and stay valid until the next one.
@@ -34,3 +39,18 @@ type packetConn interface {
 	Flush() (sent, failed int)
 	Close() error
 }
+
+// batchConn is a socket read and written through internal/mmsg. It is one
+// pointer: stored in the packetConn interface, it allocates nothing.
+type batchConn struct{ *mmsg.Conn }
+
+func newPacketConn(c *net.UDPConn) (packetConn, error) {
+	m, err := mmsg.Wrap(c, mmsg.Options{ReadBatch: readBatch, WriteBatch: writeBatch, BufSize: bufSize})
+	if err != nil {
+		return nil, err
+	}
+	return batchConn{m}, nil
+}
+
+// Queue sends b to dst's encoded address at the next Flush.
+func (b batchConn) Queue(p []byte, dst *sockaddr) bool { return b.QueueTo(p, &dst.Sockaddr) }

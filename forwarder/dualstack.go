@@ -15,7 +15,7 @@ import (
 //   - an IPv4 address: "udp4", an AF_INET socket (IPv4 only);
 //   - the IPv6 unspecified address [::]: "udp", which Go binds as one AF_INET6
 //     socket with IPV6_V6ONLY off, so the one port serves both families:
-//     IPv4 peers appear as v4-mapped addresses (decodeSockaddr unmaps them,
+//     IPv4 peers appear as v4-mapped addresses (mmsg.DecodeSockaddr unmaps them,
 //     encodeSockaddr maps them back);
 //   - any other IPv6 address: "udp6", IPv6 only (an IPv4 peer cannot reach a
 //     specific IPv6 address anyway).

@@ -36,7 +36,7 @@ type LoadConfig struct {
 	// dropped because one of this forwarder's own sockets had a full
 	// receive buffer that counts as 100 % load. Default 100. Other
 	// programs' sockets never count, and neither do drops of the network
-	// namespace as a whole. Measured on Linux (SO_RXQ_OVFL, batch_linux.go);
+	// namespace as a whole. Measured on Linux (SO_RXQ_OVFL, internal/mmsg);
 	// elsewhere the signal stays 0.
 	QueueDropsFull float64
 	// Thresholds are the loads (1.0 = at capacity) at which levels 1..4

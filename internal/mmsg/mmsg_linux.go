@@ -14,28 +14,42 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Conn is one UDP socket read and written in batches.
+// Conn is one UDP socket read and written in batches with recvmmsg and
+// sendmmsg, called directly: golang.org/x/net/ipv4's ReadBatch allocates a
+// *net.UDPAddr for every datagram, and the per-packet path must allocate
+// nothing. Headers, buffers and address slots are allocated once here, and
+// the syscall callbacks are method values built once.
+//
+// The socket's own receive-queue drops come with the datagrams: SO_RXQ_OVFL
+// makes the kernel attach the socket's cumulative drop count (sk_drops) to
+// every datagram queued after the first drop. This needs no file read, no
+// scan of every UDP socket on the host (/proc/net/udp) and works where
+// /proc/net is hidden. Its one lag: a drop is reported with the next
+// datagram queued, which on a socket that overflows is at once.
 type Conn struct {
 	conn *net.UDPConn
 	rc   syscall.RawConn
 	pkt  bool
+	v6   bool
 
-	rhdrs  [Batch]unix.Mmsghdr
-	riov   [Batch]unix.Iovec
-	rnames [Batch][16]byte
-	rctl   [Batch][ctlWords]uint64
-	bufs   [Batch][BufSize]byte
-	srcs   [Batch]netip.AddrPort
-	dsts   [Batch]netip.Addr
-	ovfl   uint32
-	drops  uint64
+	rhdrs  []unix.Mmsghdr
+	riov   []unix.Iovec
+	rnames [][28]byte
+	rctl   [][ctlWords]uint64 // control messages, 8-byte aligned
+	bufs   []byte             // ReadBatch buffers of bsize bytes
+	bsize  int
+	srcs   []netip.AddrPort
+	dsts   []netip.Addr
+	ovfl   uint32 // the kernel's 32-bit drop count as last seen
+	drops  uint64 // drops seen since the last Dropped call
 
-	shdrs  [Batch]unix.Mmsghdr
-	siov   [Batch]unix.Iovec
-	snames [Batch][16]byte
-	sctl   [Batch][ctlWords]uint64
+	shdrs  []unix.Mmsghdr
+	siov   []unix.Iovec
+	snames []Sockaddr // destinations given to Queue
+	sctl   [][ctlWords]uint64
 	queued int
 
+	// Results of the syscall callbacks.
 	rn, soff, sfailed int
 	rerr              error
 	readFn, writeFn   func(fd uintptr) bool
@@ -45,7 +59,7 @@ type Conn struct {
 // and SO_RXQ_OVFL), 8-byte aligned.
 const ctlWords = 12
 
-// Open binds a UDP socket to addr (IPv4; port 0 picks one).
+// Open binds a UDP socket to addr (IPv4; port 0 picks one) and wraps it.
 func Open(addr netip.AddrPort, o Options) (*Conn, error) {
 	if !addr.Addr().Unmap().Is4() {
 		return nil, fmt.Errorf("mmsg: %s: IPv4 only", addr)
@@ -54,34 +68,52 @@ func Open(addr netip.AddrPort, o Options) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	rc, err := uc.SyscallConn()
+	c, err := Wrap(uc, o)
 	if err != nil {
 		_ = uc.Close()
 		return nil, err
 	}
+	return c, nil
+}
+
+// Wrap reads and writes uc in batches; Close closes uc. Several Conns may
+// wrap one socket (say, one reading and one writing).
+func Wrap(uc *net.UDPConn, o Options) (*Conn, error) {
+	o = o.withDefaults()
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
 	var serr error
 	if err := rc.Control(func(fd uintptr) { serr = tune(int(fd), o) }); err != nil || serr != nil {
-		_ = uc.Close()
 		return nil, errors.Join(err, serr)
 	}
-	c := &Conn{conn: uc, rc: rc, pkt: o.PktInfo}
+	la, _ := uc.LocalAddr().(*net.UDPAddr)
+	c := &Conn{conn: uc, rc: rc, pkt: o.PktInfo, v6: la != nil && la.IP.To4() == nil, bsize: o.BufSize}
+	c.rhdrs, c.riov = make([]unix.Mmsghdr, o.ReadBatch), make([]unix.Iovec, o.ReadBatch)
+	c.rnames, c.rctl = make([][28]byte, o.ReadBatch), make([][ctlWords]uint64, o.ReadBatch)
+	c.bufs = make([]byte, o.ReadBatch*o.BufSize)
+	c.srcs, c.dsts = make([]netip.AddrPort, o.ReadBatch), make([]netip.Addr, o.ReadBatch)
 	for i := range c.rhdrs {
-		c.riov[i].Base = &c.bufs[i][0]
-		c.riov[i].SetLen(BufSize)
+		c.riov[i].Base = &c.bufs[i*o.BufSize]
+		c.riov[i].SetLen(o.BufSize)
 		c.rhdrs[i].Hdr.Iov = &c.riov[i]
 		c.rhdrs[i].Hdr.SetIovlen(1)
 		c.rhdrs[i].Hdr.Name = &c.rnames[i][0]
 		c.rhdrs[i].Hdr.Control = (*byte)(unsafe.Pointer(&c.rctl[i][0]))
+	}
+	c.shdrs, c.siov = make([]unix.Mmsghdr, o.WriteBatch), make([]unix.Iovec, o.WriteBatch)
+	c.snames, c.sctl = make([]Sockaddr, o.WriteBatch), make([][ctlWords]uint64, o.WriteBatch)
+	for i := range c.shdrs {
 		c.shdrs[i].Hdr.Iov = &c.siov[i]
 		c.shdrs[i].Hdr.SetIovlen(1)
-		c.shdrs[i].Hdr.Name = &c.snames[i][0]
-		c.shdrs[i].Hdr.Namelen = 16
 	}
 	c.readFn, c.writeFn = c.doRead, c.doWrite
 	return c, nil
 }
 
-// tune sets the socket options o asks for, and SO_RXQ_OVFL.
+// tune sets the socket options o asks for, and SO_RXQ_OVFL (a kernel
+// without it, before 2.6.33, attaches no count: drops then read as none).
 func tune(fd int, o Options) error {
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1)
 	if o.PktInfo {
@@ -107,18 +139,18 @@ func (c *Conn) LocalAddr() netip.AddrPort {
 
 func (c *Conn) doRead(fd uintptr) bool {
 	for i := range c.rhdrs {
-		c.rhdrs[i].Hdr.Namelen = 16
+		c.rhdrs[i].Hdr.Namelen = 28
 		c.rhdrs[i].Hdr.SetControllen(ctlWords * 8)
 		c.rhdrs[i].Hdr.Flags = 0
 	}
 	for {
 		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&c.rhdrs[0])),
-			Batch, unix.MSG_DONTWAIT, 0, 0)
+			uintptr(len(c.rhdrs)), unix.MSG_DONTWAIT, 0, 0)
 		switch errno {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return false
+			return false // not ready: let the runtime poller wait
 		case 0:
 			c.rn, c.rerr = int(n), nil
 		default:
@@ -129,7 +161,8 @@ func (c *Conn) doRead(fd uintptr) bool {
 }
 
 // ReadBatch blocks until at least one datagram arrives and returns how
-// many it read: Buf, Src and Dst give each.
+// many it read: Buf, Src, Dst and Truncated describe each until the next
+// ReadBatch.
 func (c *Conn) ReadBatch() (int, error) {
 	if err := c.rc.Read(c.readFn); err != nil {
 		return 0, err
@@ -139,14 +172,23 @@ func (c *Conn) ReadBatch() (int, error) {
 	}
 	for i := 0; i < c.rn; i++ {
 		h := &c.rhdrs[i].Hdr
-		c.srcs[i] = decodeSockaddr(c.rnames[i][:min(int(h.Namelen), 16)])
-		c.dsts[i] = c.readCtl(i)
+		c.srcs[i], _ = DecodeSockaddr(c.rnames[i][:min(int(h.Namelen), 28)])
+		if c.pkt {
+			c.dsts[i] = c.readCtl(i)
+		}
+	}
+	if !c.pkt && c.rn > 0 {
+		// The count is stamped when a datagram is queued: the batch's last
+		// has the latest.
+		c.readCtl(c.rn - 1)
 	}
 	return c.rn, nil
 }
 
 // readCtl reads datagram i's control messages: its destination address
-// (IP_PKTINFO) and the socket's drop count (SO_RXQ_OVFL).
+// (IP_PKTINFO) and the socket's drop count (SO_RXQ_OVFL; the kernel's
+// counter is 32 bits and wraps, which the unsigned difference does not
+// mind).
 func (c *Conn) readCtl(i int) netip.Addr {
 	var dst netip.Addr
 	n := min(int(c.rhdrs[i].Hdr.Controllen), ctlWords*8)
@@ -172,7 +214,13 @@ func (c *Conn) readCtl(i int) netip.Addr {
 }
 
 // Buf is datagram i of the last batch (valid until the next ReadBatch).
-func (c *Conn) Buf(i int) []byte { return c.bufs[i][:min(int(c.rhdrs[i].Len), BufSize)] }
+func (c *Conn) Buf(i int) []byte {
+	o := i * c.bsize
+	return c.bufs[o : o+min(int(c.rhdrs[i].Len), c.bsize)]
+}
+
+// Truncated tells whether datagram i was longer than its buffer.
+func (c *Conn) Truncated(i int) bool { return c.rhdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0 }
 
 // Src is the sender of datagram i.
 func (c *Conn) Src(i int) netip.AddrPort { return c.srcs[i] }
@@ -186,90 +234,4 @@ func (c *Conn) Dropped() uint64 {
 	d := c.drops
 	c.drops = 0
 	return d
-}
-
-// Queue adds b for dst to the write batch, sent from src when it is valid
-// (needs PktInfo); b must stay untouched until Flush. It reports false
-// when the batch is full: Flush first.
-func (c *Conn) Queue(b []byte, dst netip.AddrPort, src netip.Addr) bool {
-	if c.queued == Batch {
-		return false
-	}
-	i := c.queued
-	c.siov[i].Base = &b[0]
-	c.siov[i].SetLen(len(b))
-	encodeSockaddr(c.snames[i][:], dst)
-	h := &c.shdrs[i].Hdr
-	if src.IsValid() && c.pkt {
-		ctl := unsafe.Slice((*byte)(unsafe.Pointer(&c.sctl[i][0])), unix.CmsgSpace(12))
-		clear(ctl)
-		ch := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
-		ch.Level, ch.Type = unix.IPPROTO_IP, unix.IP_PKTINFO
-		ch.SetLen(unix.CmsgLen(12))
-		a := src.Unmap().As4()
-		copy(ctl[unix.CmsgLen(0)+4:], a[:]) // ipi_spec_dst: the source to use
-		h.Control = &ctl[0]
-		h.SetControllen(unix.CmsgSpace(12))
-	} else {
-		h.Control = nil
-		h.SetControllen(0)
-	}
-	c.queued++
-	return true
-}
-
-func (c *Conn) doWrite(fd uintptr) bool {
-	for c.soff < c.queued {
-		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&c.shdrs[c.soff])),
-			uintptr(c.queued-c.soff), unix.MSG_DONTWAIT, 0, 0)
-		switch errno {
-		case unix.EAGAIN:
-			return false
-		case unix.EINTR:
-			continue
-		case 0:
-			c.soff += int(n)
-		default:
-			c.sfailed++ // the first of the rest failed: skip it
-			c.soff++
-		}
-	}
-	return true
-}
-
-// Flush sends the queued batch and reports how many went and how many
-// failed.
-func (c *Conn) Flush() (sent, failed int) {
-	if c.queued == 0 {
-		return 0, 0
-	}
-	c.soff, c.sfailed = 0, 0
-	unsent := 0
-	if err := c.rc.Write(c.writeFn); err != nil {
-		unsent = c.queued - c.soff
-	}
-	sent, failed = c.soff-c.sfailed, c.sfailed+unsent
-	for i := 0; i < c.queued; i++ {
-		c.siov[i].Base = nil
-	}
-	c.queued = 0
-	return sent, failed
-}
-
-// Close closes the socket; a blocked ReadBatch returns an error.
-func (c *Conn) Close() error { return c.conn.Close() }
-
-func encodeSockaddr(b []byte, ap netip.AddrPort) {
-	binary.NativeEndian.PutUint16(b[0:2], unix.AF_INET)
-	binary.BigEndian.PutUint16(b[2:4], ap.Port())
-	a := ap.Addr().Unmap().As4()
-	copy(b[4:8], a[:])
-	clear(b[8:16])
-}
-
-func decodeSockaddr(b []byte) netip.AddrPort {
-	if len(b) < 8 || binary.NativeEndian.Uint16(b[0:2]) != unix.AF_INET {
-		return netip.AddrPort{}
-	}
-	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), binary.BigEndian.Uint16(b[2:4]))
 }

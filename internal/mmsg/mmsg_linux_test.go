@@ -4,6 +4,8 @@ package mmsg
 
 import (
 	"encoding/binary"
+	"fmt"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -63,4 +65,84 @@ func TestFlushOnClosed(t *testing.T) {
 	sent, failed := a.Flush()
 	require.Zero(t, sent)
 	require.Equal(t, 1, failed)
+}
+
+// A flood into a socket nobody reads overflows it: the datagrams read and
+// the drops reported add up to those sent, and once every datagram carries
+// the count (in its control message) a read that parses it allocates
+// nothing.
+func TestDropCountWithoutAllocation(t *testing.T) {
+	uc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	require.NoError(t, uc.SetReadBuffer(1)) // the kernel's minimum: a few datagrams
+	c, err := Wrap(uc, Options{WriteBatch: 8, BufSize: 2048})
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, uc.SetReadDeadline(time.Now().Add(time.Minute))) // a safety net, never a wait
+	tx, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	defer tx.Close()
+	to := c.LocalAddr()
+	const n = 300
+	for range n {
+		_, err := tx.WriteToUDPAddrPort(make([]byte, 100), to)
+		require.NoError(t, err)
+	}
+	read, err := c.ReadBatch() // all that fit: a few
+	require.NoError(t, err)
+	require.Less(t, read, Batch)
+	// The probe is queued after the drops: it carries their count.
+	_, err = tx.WriteToUDPAddrPort([]byte("end"), to)
+	require.NoError(t, err)
+	for seen := false; !seen; {
+		k, err := c.ReadBatch()
+		require.NoError(t, err)
+		for i := range k {
+			if string(c.Buf(i)) == "end" {
+				seen = true
+			} else {
+				read++
+			}
+		}
+	}
+	dropped := c.Dropped()
+	require.Positive(t, dropped)
+	require.Equal(t, uint64(n), uint64(read)+dropped, "read %d, dropped %d", read, dropped)
+
+	probe := []byte("probe")
+	var more uint64
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := tx.WriteToUDPAddrPort(probe, to); err != nil {
+			panic(err)
+		}
+		if k, err := c.ReadBatch(); err != nil || k != 1 || c.rhdrs[0].Hdr.Controllen == 0 {
+			panic(fmt.Sprintf("read %d, %v, control %d bytes", k, err, c.rhdrs[0].Hdr.Controllen))
+		}
+		more += c.Dropped()
+	})
+	require.Zero(t, allocs)
+	require.Zero(t, more, "no drops while reading one by one")
+}
+
+// A datagram longer than the buffer is cut and marked truncated.
+func TestTruncated(t *testing.T) {
+	c, err := Open(netip.MustParseAddrPort("127.0.0.1:0"), Options{BufSize: 100})
+	require.NoError(t, err)
+	defer c.Close()
+	require.True(t, c.Queue(make([]byte, 101), c.LocalAddr(), netip.Addr{}))
+	require.True(t, c.Queue(make([]byte, 100), c.LocalAddr(), netip.Addr{}))
+	sent, failed := c.Flush()
+	require.Equal(t, 2, sent)
+	require.Zero(t, failed)
+	got := 0
+	for got < 2 {
+		require.NoError(t, c.conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+		k, err := c.ReadBatch()
+		require.NoError(t, err)
+		for i := range k {
+			require.Len(t, c.Buf(i), 100)
+			require.Equal(t, got == 0, c.Truncated(i), "datagram %d", got)
+			got++
+		}
+	}
 }

@@ -1,18 +1,38 @@
 package mmsg
 
-// Batch is how many datagrams one read or write syscall moves at most.
+// Batch is how many datagrams one read or write syscall moves at most,
+// unless Options say otherwise.
 const Batch = 64
 
-// BufSize is the largest datagram read whole; longer ones are cut (and
-// their Buf is BufSize long).
+// BufSize is the largest datagram read whole, unless Options say
+// otherwise; longer ones are cut (their Buf is the buffer's length and
+// Truncated tells).
 const BufSize = 1500
 
 // Options tune a Conn.
 type Options struct {
 	// PktInfo asks for each datagram's local address (Dst) on read, and
-	// lets writes choose their source address.
+	// lets writes choose their source address (IPv4 sockets only).
 	PktInfo bool
-	// Buffer is the socket's receive and send buffer in bytes (0: the
-	// system's default). As root SO_RCVBUFFORCE lifts the rmem_max cap.
+	// Buffer is the socket's receive and send buffer in bytes (0: leave
+	// them as they are). As root SO_RCVBUFFORCE lifts the rmem_max cap.
 	Buffer int
+	// ReadBatch and WriteBatch are how many datagrams one read and one
+	// write take at most (0: Batch).
+	ReadBatch, WriteBatch int
+	// BufSize is each read buffer's size (0: BufSize).
+	BufSize int
+}
+
+func (o Options) withDefaults() Options {
+	if o.ReadBatch <= 0 {
+		o.ReadBatch = Batch
+	}
+	if o.WriteBatch <= 0 {
+		o.WriteBatch = Batch
+	}
+	if o.BufSize <= 0 {
+		o.BufSize = BufSize
+	}
+	return o
 }
