@@ -25,8 +25,8 @@ func transportsSection(r *loadtest.Result) Section {
 	s := Section{Title: "Transports",
 		Note: "Devices per transport: on TCP or TLS, those whose network blocks UDP (--tcp-share, --tls-share); " +
 			"they try UDP first and join over the stream after the client's UDP head start, which their join time includes. " +
-			"A device's media figures are what it received. TCP and TLS lose nothing on the way, so their devices send no NACK; " +
-			"what a forwarder drops from a backed-up stream leg's send queue shows as their loss and below."}
+			"A device's media figures are what it received. TCP and TLS lose nothing on the way and the forwarders resend nothing to them: " +
+			"a gap such a device sees comes from the sender's side or from a forwarder's backed-up send queue (below), and NACKs it sends go unanswered."}
 	var join, media [][]string
 	for _, k := range transportOrder {
 		m, ok := r.Transports[k]
