@@ -156,15 +156,15 @@ func TestRegionCallAcrossRegions(t *testing.T) {
 // TestRegionSpillOver: eu hosts an ongoing group call of four devices
 // from paris, which puts it at throttle level 2 (capacity 5 sessions). A
 // new call's device from paris is sent to the nearest region with room
-// within the 60 ms budget: uk (10 ms each way), not me (25 ms); when uk's
+// within the 60 ms budget: uk (5 ms each way), not me (20 ms); when uk's
 // link grows to 80 ms each way, to me; when me's does too, nowhere (508,
 // counted over budget). The ongoing call's members hear each other
 // throughout, packet for packet.
 func TestRegionSpillOver(t *testing.T) {
 	tp := regions.New(t, regions.Spec{Seed: 21, Sites: []regions.Site{{Name: "eu"}, {Name: "uk"}, {Name: "me"},
 		{Name: "paris", Home: "eu", Access: linkem.Profile{Delay: 2 * time.Millisecond}}},
-		Links: []regions.Link{{A: "eu", B: "uk", OneWay: linkem.Profile{Delay: 10 * time.Millisecond}},
-			{A: "eu", B: "me", OneWay: linkem.Profile{Delay: 25 * time.Millisecond}}}})
+		Links: []regions.Link{{A: "eu", B: "uk", OneWay: linkem.Profile{Delay: 5 * time.Millisecond}},
+			{A: "eu", B: "me", OneWay: linkem.Profile{Delay: 20 * time.Millisecond}}}})
 	e := newClusterEnv(t)
 	eu := e.startInRegion(t, tp, "eu", "fwd-eu", func(c *forwarder.Config) { sessionsOnly(c); c.Load.CapacitySessions = 5 })
 	uk := e.startInRegion(t, tp, "uk", "fwd-uk", sessionsOnly)
@@ -203,8 +203,8 @@ func TestRegionSpillOver(t *testing.T) {
 		require.Equal(t, n, eu.f.Regions().Spill[forwarder.SpillOutcome("spilled")])
 	}
 	rttUK, rttME := regionRTT(eu.f, "uk"), regionRTT(eu.f, "me")
-	got, _, err := newCall()
-	require.NoError(t, err)
+	got, seen, err := newCall()
+	require.NoError(t, err, "answers %+v; RTTs %v", seen, eu.f.Regions().RTTs)
 	require.Equal(t, uk.f.Addr(), got, "the nearest region with room: uk")
 	spilled(1)
 
@@ -215,8 +215,8 @@ func TestRegionSpillOver(t *testing.T) {
 		}
 		return nil
 	})
-	got, _, err = newCall()
-	require.NoError(t, err)
+	got, seen, err = newCall()
+	require.NoError(t, err, "answers %+v; RTTs %v", seen, eu.f.Regions().RTTs)
 	require.Equal(t, me.f.Addr(), got, "uk is now beyond the budget: me")
 	spilled(2)
 
@@ -227,7 +227,7 @@ func TestRegionSpillOver(t *testing.T) {
 		}
 		return nil
 	})
-	_, seen, err := newCall()
+	_, seen, err = newCall()
 	require.ErrorIs(t, err, errRefused)
 	require.Equal(t, protocol.CodeInsufficientCapacity, seen[len(seen)-1].Code, "no region with room within the budget: come back later")
 	require.Equal(t, uint64(1), eu.f.Regions().Spill[forwarder.SpillOutcome("over_budget")])

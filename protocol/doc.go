@@ -27,7 +27,9 @@
 //     (HMAC-SHA256, RFC 2104) and forwarder tags (SHA-256, FIPS 180-4).
 //   - trunk.go: trunk frames, one media datagram between forwarders,
 //     authenticated with HMAC-SHA256 truncated to 128 bits (as RFC 4868's
-//     HMAC-SHA-256-128).
+//     HMAC-SHA-256-128); trunk_keepalive.go and trunk_echo.go: keepalives
+//     and the echoes that measure the RTT between forwarders (smoothed by
+//     the forwarder as RFC 6298 does).
 //   - cluster_msg.go: MemberNotice and ForwarderAnnounce, the authenticated
 //     messages forwarders exchange over NATS; metadata.go, decision.go and
 //     load_report.go: the other messages of that envelope; subject.go: the

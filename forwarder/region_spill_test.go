@@ -1,0 +1,61 @@
+package forwarder_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/callrelay/callrelay/forwarder"
+	"github.com/callrelay/callrelay/internal/testkit/testenv"
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// TestRegionReferralsLoopback: on loopback (no namespaces needed), a
+// forwarder of region eu at throttle level 2 refers a new call to the other
+// eu forwarder while it lives (same region first, though za has room too),
+// and, once that one is gone, spills it over to za (measured RTT well
+// within the budget); a forwarder without a region keeps referring by load
+// alone (TestThrottleAdmissionOrder).
+func TestRegionReferralsLoopback(t *testing.T) {
+	e := newClusterEnv(t)
+	region := func(r string, mod func(*forwarder.Config)) func(*forwarder.Config) {
+		return func(c *forwarder.Config) {
+			if mod != nil {
+				mod(c)
+			}
+			c.Cluster.Region = r
+		}
+	}
+	a := e.startWith(t, "fwd-a", region("eu", func(c *forwarder.Config) { sessionsOnly(c); c.Load.CapacitySessions = 5 }))
+	b := e.startWith(t, "fwd-b", region("eu", nil))
+	c := e.startWith(t, "fwd-c", region("za", nil))
+	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if regionRTT(a.f, "eu") == 0 || regionRTT(a.f, "za") == 0 {
+			return fmt.Errorf("fwd-a has not measured both regions yet: %v", a.f.Regions().RTTs)
+		}
+		return nil
+	})
+	call := protocol.NewID()
+	for range 4 {
+		require.Equal(t, a.f.Addr(), e.party(t, call, protocol.ClassGroup).join(t, a.f.Addr()))
+	}
+	require.Equal(t, forwarder.ThrottleNewOneToOne, a.f.Stats().ThrottleLevel)
+	spill := func(name string) uint64 { return a.f.Regions().Spill[forwarder.SpillOutcome(name)] }
+
+	require.Equal(t, b.f.Addr(), e.party(t, protocol.NewID(), protocol.ClassGroup).join(t, a.f.Addr()), "same region first")
+	require.Equal(t, uint64(1), spill("same_region"))
+	require.Zero(t, spill("spilled"))
+
+	b.stop()
+	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if p := a.f.Stats().Peering; p.ByNATS != 1 || p.ByTrunk != 1 {
+			return fmt.Errorf("fwd-a still hears %d peers by NATS, %d by trunk; want fwd-c alone", p.ByNATS, p.ByTrunk)
+		}
+		return nil
+	})
+	require.Equal(t, c.f.Addr(), e.party(t, protocol.NewID(), protocol.ClassGroup).join(t, a.f.Addr()), "eu is full: za")
+	require.Equal(t, uint64(1), spill("spilled"))
+	t.Logf("referrals from fwd-a: %v (same_region spilled below_spill_level over_budget unmeasured no_room); RTTs %v", a.f.Regions().Spill, a.f.Regions().RTTs)
+}
