@@ -302,8 +302,9 @@ type TransportMeasures struct {
 	FirstAudioMs   Percentiles `json:"first_audio_ms"`
 	// PacketsReceived, PacketsExpected, PacketsLost, LossPct (after NACK)
 	// and RawLossPct (before) as in Measures, for the devices' receiving
-	// sides; NACKs counts the NACK packets they sent (none over TCP or
-	// TLS, which lose nothing on the way).
+	// sides; NACKs counts the NACK packets they sent (the forwarders
+	// resend nothing over TCP or TLS, which lose nothing on the way; the
+	// client's Feedback NACKs a gap there all the same).
 	PacketsReceived  uint64  `json:"packets_received"`
 	PacketsExpected  uint64  `json:"packets_expected"`
 	PacketsLost      uint64  `json:"packets_lost"`
