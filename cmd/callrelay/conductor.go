@@ -38,6 +38,14 @@ func conductorFlags(fs *flag.FlagSet) *conductorOptions {
 	fs.Uint64Var(&cfg.Video.HighBps, "video-high-bps", cfg.Video.HighBps, "bit/s of a sender's high layer or single stream (less when its uplink is smaller)")
 	fs.StringVar(&cfg.Report.Region, "region", cfg.Report.Region, "this conductor's region label in its reports to dashboards (as the forwarders' --region)")
 	fs.DurationVar(&cfg.Report.Every, "report-every", cfg.Report.Every, "how often the conductor publishes its report (decision latency, decisions, calls, timeline events) on <subject>.conductors")
+	pl := &cfg.Placement
+	fs.DurationVar(&pl.Budget, "placement-budget", pl.Budget, "a placement avoiding throttling regions is taken while its worst member-to-member path is within this of the best one")
+	fs.IntVar(&pl.AvoidLevel, "placement-avoid-level", pl.AvoidLevel, "throttle level from which a forwarder or region is avoided for members not already on it (5: never)")
+	fs.IntVar(&pl.MaxTrunkHops, "placement-max-trunk-hops", pl.MaxTrunkHops, "0 keeps every call on one forwarder; 1 lets a call span forwarders joined by trunks")
+	fs.IntVar(&pl.MaxForwarders, "placement-max-forwarders", pl.MaxForwarders, "forwarders (one trunk copy each) one call may span")
+	fs.DurationVar(&pl.MinGain, "placement-min-gain", pl.MinGain, "a member is moved only when the call's worst path shrinks by at least this...")
+	fs.Float64Var(&pl.MinGainFraction, "placement-min-gain-fraction", pl.MinGainFraction, "...and by at least this fraction of it")
+	fs.DurationVar(&pl.Cooldown, "placement-cooldown", pl.Cooldown, "a call's members are moved at most once per this")
 	addMetricsFlags(fs, &o.metricsListen, &o.metricsMaxConns)
 	fs.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
 	return o

@@ -23,6 +23,7 @@ var commands = map[string]struct {
 	"reflector": {runReflector, reflectorProc.about},
 	"dashboard": {runDashboard, dashboardProc.about},
 	"conductor": {runConductor, conductorProc.about},
+	"locate":    {runLocate, locateProc.about},
 	"token":     {runToken, "make signing keys and mint join tokens"},
 	"admin":     {runAdmin, "act on live calls through the dashboard's admin API (admin.go)"},
 	"nats-auth": {runNATSAuth, natsAuthProc.about},
@@ -32,7 +33,7 @@ var commands = map[string]struct {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: callrelay <command> [flags]   (callrelay <command> -h for its flags)")
-	for _, name := range []string{"demo", "forwarder", "conductor", "dashboard", "loadtest", "token", "admin", "nats-auth"} {
+	for _, name := range []string{"demo", "forwarder", "conductor", "locate", "dashboard", "loadtest", "token", "admin", "nats-auth"} {
 		fmt.Fprintf(os.Stderr, "  %-10s %s\n", name, commands[name].help)
 	}
 }

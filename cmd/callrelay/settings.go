@@ -56,7 +56,7 @@ type declared interface {
 // processes is every process and subcommand of the binary, in the docs'
 // order.
 var processes = []declared{
-	forwarderProc, conductorProc, dashboardProc, demoProc, loadtestProc, loadtestAgentProc,
+	forwarderProc, conductorProc, locateProc, dashboardProc, demoProc, loadtestProc, loadtestAgentProc,
 	reflectorProc,
 	tokenKeygenProc, tokenMintProc, tokenClusterKeyProc, tokenDashboardProc, adminProc,
 	natsAuthProc,
