@@ -238,8 +238,11 @@ func openBridge(ctx context.Context, cfg Config, fwd, remote netip.AddrPort, t T
 		nc = tc
 	}
 	loop := netip.AddrFrom4([4]byte{127, 0, 0, 1})
-	if cfg.LocalAddr.IsValid() {
+	switch {
+	case cfg.LocalAddr.IsValid():
 		loop = cfg.LocalAddr // the Conn's socket binds there, and must reach the bridge
+	case isIPv6(remote):
+		loop = netip.IPv6Loopback() // an IPv6-only host may have no 127.0.0.1
 	}
 	local, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(loop, 0)))
 	if err != nil {

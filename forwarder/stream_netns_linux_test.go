@@ -296,6 +296,24 @@ func (n *netns) forwarder(r *relay) netip.AddrPort {
 	return r.f.Addr()
 }
 
+// streams are r's TCP and TLS listeners as a device in n reaches them.
+func (n *netns) streams(r *relay) (tcp, tlsAddr netip.AddrPort) {
+	tcp, tlsAddr = r.f.StreamAddrs()
+	if n.host6.IsValid() {
+		tcp, tlsAddr = netip.AddrPortFrom(n.host6, tcp.Port()), netip.AddrPortFrom(n.host6, tlsAddr.Port())
+	}
+	return tcp, tlsAddr
+}
+
+// hostSide is where an IPv4 member on the host joins r from, and at which
+// address: n's host address, or loopback beside an IPv6-only n.
+func (n *netns) hostSide(r *relay) (netip.AddrPort, netip.Addr) {
+	if n.host6.IsValid() {
+		return netip.AddrPortFrom(loopback, r.f.Addr().Port()), loopback
+	}
+	return r.f.Addr(), n.host
+}
+
 // netnsDevice is the device process, seen from the parent.
 type netnsDevice struct {
 	stdin io.WriteCloser
@@ -401,7 +419,7 @@ func netnsRelay(t *testing.T, n *netns) (*relay, []byte) {
 	r := runRelay(t, func(c *forwarder.Config) {
 		c.Listen = netip.AddrPortFrom(n.host, 0).String()
 		if n.host6.IsValid() {
-			c.Listen = "[::]:0"
+			c.Listen = "[::]:0" // dual stack; the stream listeners too
 		}
 		c.Stream.TCPListen, c.Stream.TLSListen = c.Listen, c.Listen
 		c.Stream.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
@@ -420,18 +438,26 @@ func waitReceived(t *testing.T, rec *mediaRecorder, n int64, what string) {
 // TestNetnsJoinWithUDPBlocked: a device in a namespace whose UDP is
 // refused from the start joins over TCP, and over TLS, and exchanges media
 // byte-exact with a UDP member on the host.
-func TestNetnsJoinWithUDPBlocked(t *testing.T) {
-	n := newNetns(t)
+func TestNetnsJoinWithUDPBlocked(t *testing.T) { joinWithUDPBlocked(t, newNetns(t)) }
+
+// TestNetnsIPv6OnlyJoinWithUDPBlocked: the same from a namespace with no
+// IPv4 at all (loopback's 127.0.0.1 included, where the client's stream
+// bridge would bind by default), to a dual-stack forwarder's TCP and TLS
+// listeners over IPv6, with an IPv4 member on the host.
+func TestNetnsIPv6OnlyJoinWithUDPBlocked(t *testing.T) { joinWithUDPBlocked(t, newNetns6(t)) }
+
+func joinWithUDPBlocked(t *testing.T, n *netns) {
 	n.blockUDP(t, true)
 	r, ca := netnsRelay(t, n)
-	tcp, tlsAddr := r.f.StreamAddrs()
+	tcp, tlsAddr := n.streams(r)
+	member, local := n.hostSide(r)
 	for _, tc := range []struct {
 		want string
 		ep   client.StreamEndpoints
 	}{{"tcp", client.StreamEndpoints{TCP: tcp}}, {"tls", client.StreamEndpoints{TLS: tlsAddr}}} {
 		t.Run(tc.want, func(t *testing.T) {
 			call := protocol.NewID()
-			host := hostMember(t, r.f.Addr(), n.host, r.mint(t, call, protocol.ClassGroup, 4))
+			host := hostMember(t, member, local, r.mint(t, call, protocol.ClassGroup, 4))
 			dev := startDevice(t, n, r, ca, tc.ep, r.mint(t, call, protocol.ClassGroup, 4))
 			require.Equal(t, tc.want, dev.expect(t, "JOINED "))
 			waitReceived(t, host, 25, "the host member did not hear the device")
@@ -506,10 +532,10 @@ func TestNetnsIPv6OnlyDevice(t *testing.T) {
 	}
 	r, ca := netnsRelay(t, n)
 	require.True(t, r.f.Addr().Addr().IsUnspecified() && r.f.Addr().Addr().Is6(), "dual stack: bound %s", r.f.Addr())
-	v4 := netip.AddrPortFrom(loopback, r.f.Addr().Port())
+	v4, local := n.hostSide(r)
 	call := protocol.NewID()
-	hosts := []*mediaRecorder{hostMember(t, v4, loopback, r.mint(t, call, protocol.ClassGroup, 4)),
-		hostMember(t, v4, loopback, r.mint(t, call, protocol.ClassGroup, 4))}
+	hosts := []*mediaRecorder{hostMember(t, v4, local, r.mint(t, call, protocol.ClassGroup, 4)),
+		hostMember(t, v4, local, r.mint(t, call, protocol.ClassGroup, 4))}
 	dev := startDevice(t, n, r, ca, client.StreamEndpoints{}, r.mint(t, call, protocol.ClassGroup, 4))
 	require.Equal(t, "udp", dev.expect(t, "JOINED "))
 	for i, h := range hosts {
