@@ -479,12 +479,18 @@ func joinWithUDPBlocked(t *testing.T, n *netns) {
 // first sign of trouble, client/transport_session.go), with a media gap
 // under a second each way, and back to UDP (make-before-break) when UDP is
 // let through again.
-func TestNetnsUDPBlockedMidCall(t *testing.T) {
-	n := newNetns(t)
+func TestNetnsUDPBlockedMidCall(t *testing.T) { udpBlockedMidCall(t, newNetns(t)) }
+
+// TestNetnsIPv6OnlyUDPBlockedMidCall: the same for a device with no IPv4
+// at all, on a dual-stack forwarder, with an IPv4 member on the host.
+func TestNetnsIPv6OnlyUDPBlockedMidCall(t *testing.T) { udpBlockedMidCall(t, newNetns6(t)) }
+
+func udpBlockedMidCall(t *testing.T, n *netns) {
 	r, ca := netnsRelay(t, n)
-	tcp, tlsAddr := r.f.StreamAddrs()
+	tcp, tlsAddr := n.streams(r)
+	member, local := n.hostSide(r)
 	call := protocol.NewID()
-	host := hostMember(t, r.f.Addr(), n.host, r.mint(t, call, protocol.ClassGroup, 4))
+	host := hostMember(t, member, local, r.mint(t, call, protocol.ClassGroup, 4))
 	dev := startDevice(t, n, r, ca, client.StreamEndpoints{TCP: tcp, TLS: tlsAddr}, r.mint(t, call, protocol.ClassGroup, 4))
 	require.Equal(t, "udp", dev.expect(t, "JOINED "))
 	waitReceived(t, host, 25, "the host member did not hear the device over UDP")
