@@ -50,7 +50,16 @@
 // agent processes on other hosts through NATS; Merge (partial.go) combines
 // their raw per-second counts and sketches into one Result.
 //
-// It must never send to any address but the plan's forwarders: joins do
+// Plan.Transports puts a share of the devices behind a network that
+// blocks UDP (transport.go): they reach the forwarders over their TCP or
+// TLS listeners only, after trying UDP towards a socket of the generator
+// that never answers, and Result.Transports gives the quality per
+// transport (udp4, udp6, tcp, tls). What the forwarders dropped from
+// backed-up stream legs is read from their metrics (streamqueue.go).
+//
+// It must never send to any address but the plan's forwarders (their UDP
+// addresses and the TCP and TLS listeners Plan.Transports names), its own
+// swallowing UDP sockets and the metrics endpoints the plan names: joins do
 // not follow 300 Try Alternate unless Plan.FollowAlternates says so (a
 // forwarder's MigrateTo during a drain is still obeyed by the client
 // library). It never signals a process or runs a command the caller did
