@@ -169,12 +169,7 @@ func TestRegionSpillOver(t *testing.T) {
 	eu := e.startInRegion(t, tp, "eu", "fwd-eu", func(c *forwarder.Config) { sessionsOnly(c); c.Load.CapacitySessions = 5 })
 	uk := e.startInRegion(t, tp, "uk", "fwd-uk", sessionsOnly)
 	me := e.startInRegion(t, tp, "me", "fwd-me", sessionsOnly)
-	testenv.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
-		if regionRTT(eu.f, "uk") == 0 || regionRTT(eu.f, "me") == 0 {
-			return fmt.Errorf("eu has not measured both regions yet: %v", eu.f.Regions().RTTs)
-		}
-		return nil
-	})
+	measured(t, eu.f)
 
 	ongoing := protocol.NewID()
 	var members []*cityDevice
@@ -205,7 +200,7 @@ func TestRegionSpillOver(t *testing.T) {
 	rttUK, rttME := regionRTT(eu.f, "uk"), regionRTT(eu.f, "me")
 	got, seen, err := newCall()
 	require.NoError(t, err, "answers %+v; RTTs %v", seen, eu.f.Regions().RTTs)
-	require.Equal(t, uk.f.Addr(), got, "the nearest region with room: uk")
+	require.Equal(t, uk.f.Addr(), got, "the nearest region with room: uk; %+v", eu.f.Regions())
 	spilled(1)
 
 	tp.SetLink(t, "eu", "uk", linkem.Profile{Delay: 80 * time.Millisecond})
@@ -243,6 +238,81 @@ func TestRegionSpillOver(t *testing.T) {
 	require.Equal(t, forwarder.ThrottleNewOneToOne, eu.f.Stats().ThrottleLevel)
 	t.Logf("spill-over from eu at level 2 (RTT to uk %v, me %v): new call to uk; uk at 80 ms each way (RTT %v): to me; me too (RTT %v): refused, 508. Referrals %v (same_region spilled below_spill_level over_budget unmeasured no_room). Ongoing call meanwhile: %d packets per member, worst pair heard %.2f %%",
 		rttUK, rttME, regionRTT(eu.f, "uk"), regionRTT(eu.f, "me"), eu.f.Regions().Spill, members[0].sent.Load()-base.sent[0], 100*worst)
+}
+
+// TestRegionLossNotChosen: the media path between eu and uk goes dark
+// (all packets lost both ways) while uk's heartbeats still arrive over
+// NATS. eu, at throttle level 2, stops naming uk once its RTT to uk is
+// stale (no echo for two peer timeouts) and sends the next new call to me;
+// its ongoing call is untouched.
+func TestRegionLossNotChosen(t *testing.T) {
+	tp := regions.New(t, regions.Spec{Seed: 22, Sites: []regions.Site{{Name: "eu"}, {Name: "uk"}, {Name: "me"},
+		{Name: "paris", Home: "eu", Access: linkem.Profile{Delay: 2 * time.Millisecond}}},
+		Links: []regions.Link{{A: "eu", B: "uk", OneWay: linkem.Profile{Delay: 5 * time.Millisecond}},
+			{A: "eu", B: "me", OneWay: linkem.Profile{Delay: 20 * time.Millisecond}}}})
+	e := newClusterEnv(t)
+	eu := e.startInRegion(t, tp, "eu", "fwd-eu", func(c *forwarder.Config) { sessionsOnly(c); c.Load.CapacitySessions = 5 })
+	uk := e.startInRegion(t, tp, "uk", "fwd-uk", sessionsOnly)
+	me := e.startInRegion(t, tp, "me", "fwd-me", sessionsOnly)
+	measured(t, eu.f)
+	ongoing := protocol.NewID()
+	var members []*cityDevice
+	var stops []func()
+	for i := range 4 {
+		tok, _ := e.token(t, ongoing, 8)
+		d := newCityDevice(t, tp, "paris", tok, uint32(0x20+i))
+		_, _, err := d.join(eu.f.Addr())
+		require.NoError(t, err)
+		members = append(members, d)
+		stops = append(stops, d.talk())
+	}
+	waitHearing(t, members, 25)
+	base := snapshot(members)
+	newCall := func() netip.AddrPort {
+		t.Helper()
+		tok, _ := e.token(t, protocol.NewID(), 8)
+		got, seen, err := newCityDevice(t, tp, "paris", tok, 0x98).join(eu.f.Addr())
+		require.NoError(t, err, "answers %+v; RTTs %v", seen, eu.f.Regions().RTTs)
+		return got
+	}
+	require.Equal(t, uk.f.Addr(), newCall(), "uk is nearest: %+v", eu.f.Regions())
+
+	cut := time.Now()
+	tp.SetLink(t, "eu", "uk", linkem.Profile{Loss: 1})
+	testenv.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if rtt := regionRTT(eu.f, "uk"); rtt != 0 {
+			return fmt.Errorf("eu still has an RTT to uk: %v", rtt)
+		}
+		return nil
+	})
+	forgotten := time.Since(cut)
+	require.Positive(t, eu.f.Stats().Peering.ByNATS, "uk's heartbeats still arrive over NATS")
+	require.Equal(t, me.f.Addr(), newCall(), "uk is cut off on the media path: me")
+	require.Equal(t, uint64(2), eu.f.Regions().Spill[forwarder.SpillOutcome("spilled")])
+	for members[0].sent.Load() < base.sent[0]+150 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, stop := range stops {
+		stop()
+	}
+	worst := checkHeard(t, members, base)
+	st, err := tp.Router().PathStats("eu", "uk")
+	require.NoError(t, err)
+	t.Logf("eu-uk cut: eu forgot its RTT to uk %v after the cut (2 peer timeouts: 2 s), the next new call went to me; eu->uk packets lost %d; ongoing call worst pair heard %.2f %%",
+		forgotten.Round(time.Millisecond), st.Lost, 100*worst)
+}
+
+// measured waits until f has taken ten RTT samples and its RTTs put uk
+// nearer than me, as the links say (the tests' premise).
+func measured(t *testing.T, f *forwarder.Forwarder) {
+	t.Helper()
+	testenv.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+		uk, me := regionRTT(f, "uk"), regionRTT(f, "me")
+		if f.Regions().Echoes[forwarder.EchoOutcome("taken")] < 10 || uk == 0 || me == 0 || uk >= me {
+			return fmt.Errorf("eu has not measured uk nearer than me yet: %+v", f.Regions())
+		}
+		return nil
+	})
 }
 
 // waitHearing waits until every device heard at least n packets from

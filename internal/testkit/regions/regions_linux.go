@@ -1,6 +1,7 @@
 package regions
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -232,16 +233,22 @@ func (tp *Topology) mustSite(name string) *site {
 	return s
 }
 
-// Do runs fn on an OS thread inside the site's namespace and returns its
-// error; sockets fn creates stay in the namespace for their life. fn must
+// Do runs fn on an OS thread inside the site's namespace (then moved back)
+// and returns its error; sockets fn creates stay in the namespace for their
+// life. fn must
 // not start goroutines that open sockets (they would open them outside),
 // and must not call t.Fatal (it runs on a goroutine of its own).
 func (tp *Topology) Do(name string, fn func() error) error {
 	return inNetns(tp.mustSite(name).ns, fn)
 }
 
-// inNetns runs fn on a new goroutine locked to its thread, which is moved
-// into the namespace and, never unlocked, ends with the goroutine.
+// inNetns runs fn on a goroutine locked to its thread, moved into the
+// namespace for fn and back to the host's afterwards. The thread must
+// survive: a thread that exits takes with it the children it forked with a
+// parent-death signal (testenv's redis-server is SIGKILLed when the thread
+// that started it ends), and a thread left to die with a locked goroutine
+// may be one of those. Only if the way back fails is the thread left
+// locked, to end with its goroutine.
 func inNetns(ns string, fn func() error) error {
 	h, err := os.Open("/var/run/netns/" + ns)
 	if err != nil {
@@ -250,12 +257,26 @@ func inNetns(ns string, fn func() error) error {
 	defer h.Close()
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		runtime.LockOSThread()
+		home, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer home.Close()
 		if err := unix.Setns(int(h.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("regions: entering %s: %w", ns, err)
 			return
 		}
-		errc <- fn()
+		err = fn()
+		if back := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); back != nil {
+			errc <- errors.Join(err, fmt.Errorf("regions: leaving %s: %w (the thread ends with its goroutine)", ns, back))
+			return // still locked: the thread is not reused
+		}
+		runtime.UnlockOSThread()
+		errc <- err
 	}()
 	return <-errc
 }
