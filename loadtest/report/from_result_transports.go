@@ -25,6 +25,7 @@ func transportsSection(r *loadtest.Result) Section {
 	s := Section{Title: "Transports",
 		Note: "Devices per transport: on TCP or TLS, those whose network blocks UDP (--tcp-share, --tls-share); " +
 			"they try UDP first and join over the stream after the client's UDP head start, which their join time includes. " +
+			"A call's media starts once its on-time members have joined, so the first audio of UDP devices in calls with TCP or TLS members waits for it too. " +
 			"A device's media figures are what it received. TCP and TLS lose nothing on the way and the forwarders resend nothing to them: " +
 			"a gap such a device sees comes from the sender's side or from a forwarder's backed-up send queue (below), and NACKs it sends go unanswered."}
 	var join, media [][]string
