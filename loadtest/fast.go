@@ -66,8 +66,17 @@ func (f Fast) withDefaults() Fast {
 func validateFast(p *Plan) error {
 	f := p.Fast
 	var errs []error
-	if f.Target != TargetForwarder && f.Target != TargetReflector {
-		errs = append(errs, fmt.Errorf("fast.target %q: want %s or %s", f.Target, TargetForwarder, TargetReflector))
+	switch f.Target {
+	case TargetForwarder, TargetReflector:
+	case TargetTURN:
+		if p.Mix.OneToOne < 1 {
+			errs = append(errs, errors.New("fast.target turn: one-to-one calls only (mix.one_to_one 1)"))
+		}
+		if f.TURN.User == "" {
+			errs = append(errs, errors.New("fast.target turn: needs the TURN user and password (--turn-user, --turn-password)"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("fast.target %q: want %s, %s or %s", f.Target, TargetForwarder, TargetReflector, TargetTURN))
 	}
 	if f.Sockets < 1 || f.Sockets > 64 {
 		errs = append(errs, fmt.Errorf("fast.sockets %d: want 1..64", f.Sockets))
@@ -132,6 +141,10 @@ type fastDev struct {
 	direct bool
 	seq    uint16
 	frame  uint32
+	// channel is the TURN channel its frames go on (target turn, the
+	// allocating device; 0: plain RTP), cframe a probe's framed packet.
+	channel uint16
+	cframe  []byte
 
 	// Pre-sealed frames (not probes): [0] silence, [1] speech, with the
 	// offsets of their abs-send-time bytes and payloads.
@@ -212,7 +225,12 @@ type fastEngine struct {
 	sent     [2]atomic.Uint64
 	ctlLost  atomic.Uint64
 	sendFail atomic.Uint64
-	settled  int64 // last settled bucket; harvest only
+	turnFail atomic.Uint64 // TURN setups that failed
+
+	// Target turn: setups running (bounded) and their results.
+	turnSem chan struct{}
+	turnCh  chan turnResult
+	settled int64 // last settled bucket; harvest only
 
 	mu   sync.Mutex
 	pend classWindows // setups and calls, from the scheduler

@@ -14,11 +14,13 @@ import (
 // baseline pairs and scheduler.
 func newFastEngine(r *runner) (*fastEngine, error) {
 	e := &fastEngine{r: r, p: r.p, f: r.p.Fast, epoch: time.Now(), wheel: newWheel(1024),
-		add: make(chan *callSpec, 1024), readyAt: make([]atomic.Int64, deviceBound(r.p)), ctl: make(chan ctlMsg, 16384), loopDone: make(chan struct{}), settled: -1}
+		add: make(chan *callSpec, 1024), readyAt: make([]atomic.Int64, deviceBound(r.p)), ctl: make(chan ctlMsg, 16384), loopDone: make(chan struct{}), settled: -1,
+		turnSem: make(chan struct{}, turnSetups), turnCh: make(chan turnResult, turnSetups)}
 	for range e.f.Sockets {
 		// Bound to a port on every address: the devices' addresses are
 		// all of 127.0.0.0/8; the readers drop what is for none of them.
-		c, err := mmsg.Open(netip.MustParseAddrPort("0.0.0.0:0"), mmsg.Options{PktInfo: true, Buffer: 8 << 20})
+		c, err := mmsg.Open(netip.MustParseAddrPort("0.0.0.0:0"), mmsg.Options{PktInfo: true, Buffer: 8 << 20,
+			ReuseAddr: e.f.Target == TargetTURN}) // TURN setups bind each device's address to the same port
 		if err != nil {
 			e.closeSockets()
 			return nil, fmt.Errorf("loadtest: fast engine: %w", err)
@@ -92,6 +94,8 @@ func (e *fastEngine) loop(ctx context.Context) {
 			e.startCall(c)
 		case m := <-e.ctl:
 			e.control(m)
+		case r := <-e.turnCh:
+			e.turnReady(r)
 		case <-t.C:
 			e.advance(time.Now())
 		}

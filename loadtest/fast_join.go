@@ -64,7 +64,13 @@ func (e *fastEngine) startCall(c *callSpec) {
 	if probe {
 		e.addProbes(fc.devs)
 	}
+	if e.f.Target == TargetTURN {
+		e.startTURNCall(ci, fc, now)
+	}
 	for _, no := range fc.devs {
+		if e.f.Target == TargetTURN {
+			break // admitted together when the setup is done (fast_turn.go)
+		}
 		d := e.devs[no]
 		d.began = now
 		if err := e.buildJoin(d, nil, false); err != nil {
@@ -137,6 +143,9 @@ func (e *fastEngine) control(m ctlMsg) {
 	d := e.devs[m.dev]
 	if d.state != devJoining {
 		return // keepalive and leave answers, late duplicates
+	}
+	if e.f.Target == TargetTURN {
+		return // the setup's answers go to pion's client (fast_turn.go)
 	}
 	if e.f.Target == TargetReflector {
 		if bytes.Equal(m.b, d.req) {

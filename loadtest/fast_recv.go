@@ -64,6 +64,14 @@ func (rd *fastReader) handle(b []byte, dst netip.Addr, nowNs int64) {
 	if len(b) == 0 {
 		return
 	}
+	if b[0]&0xc0 == 0x40 && rd.e.f.Target == TargetTURN { // ChannelData from the TURN server
+		_, data, ok := parseChannelData(b)
+		if !ok || len(data) == 0 {
+			rd.stray++
+			return
+		}
+		b = data
+	}
 	switch {
 	case b[0] < 4 || bytes.HasPrefix(b, reflectorMagic): // a join answer or a registration echo
 		rd.control(b, dst)

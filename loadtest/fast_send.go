@@ -136,14 +136,21 @@ func (e *fastEngine) sendFrame(d *fastDev, now time.Time) {
 		if pkt == nil {
 			return
 		}
+		if d.channel != 0 {
+			pkt = d.channelFrame(pkt)
+		}
 	} else {
 		k := 0
 		if talking {
 			k = 1
 		}
 		pkt = d.tpl[k]
-		binary.BigEndian.PutUint16(pkt[2:4], d.seq)
-		binary.BigEndian.PutUint32(pkt[4:8], frame*frameTicks)
+		r := pkt
+		if d.channel != 0 {
+			r = pkt[channelHeader:] // the template carries its ChannelData header
+		}
+		binary.BigEndian.PutUint16(r[2:4], d.seq)
+		binary.BigEndian.PutUint32(r[4:8], frame*frameTicks)
 		if o := d.absOff[k]; o > 0 {
 			v := protocol.AbsSendTimeBytes(protocol.AbsSendTime(now))
 			copy(pkt[o:o+3], v[:])

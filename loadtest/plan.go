@@ -171,6 +171,9 @@ type Fast struct {
 	// on Forwarders[(call + i) % n]) instead of one forwarder per call:
 	// calls that span forwarders over the trunk.
 	Spread bool `json:"spread,omitempty" yaml:"spread,omitempty"`
+	// TURN is the credential of Target "turn" (fast_turn.go), from the
+	// loadtest command's flags; never written out.
+	TURN TURNAuth `json:"-" yaml:"-"`
 }
 
 // share selects arrivals with index % of == index (of <= 1: all).

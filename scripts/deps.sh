@@ -11,7 +11,10 @@
 #   - kubectl (Debian's kubernetes-client), whose offline `kubectl kustomize`
 #     renders the Kubernetes manifests in deploy/k8s;
 #   - nft (Debian's nftables), with which the TCP/TLS fallback tests drop UDP
-#     in a network namespace they create (they run as root, as CI does).
+#     in a network namespace they create (they run as root, as CI does);
+#   - turnserver (Debian's coturn), which the load generator's TURN tests
+#     start on a loopback port (loadtest/fast_turn_test.go) and make
+#     capacity measures beside the forwarder.
 # Missing ones are installed with apt-get, as root or through passwordless
 # sudo; otherwise the script says what to install and fails.
 set -euo pipefail
@@ -54,6 +57,7 @@ need chromium chromium
 need kubectl kubernetes-client
 need nft nftables # the TCP/TLS proof tests drop a network namespace's UDP with it
 need tshark tshark # reads the admin API's captures (systemtest TestAdminActionsOnALiveCall)
+need turnserver coturn # the fast engine's TURN target (loadtest TestFastThroughTURN, make capacity)
 
 if [ ${#missing_pkgs[@]} -eq 0 ]; then
 	exit 0

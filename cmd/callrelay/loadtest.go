@@ -36,6 +36,7 @@ type loadtestOptions struct {
 	processes                                 processFlag
 	chaosDown, chaosUp                        hookFlag
 	engine, fastTarget                        string
+	turnUser, turnPassword                    string
 	fastSockets, probeEvery, relayPID         int
 	relayAddedP99                             time.Duration
 	streams                                   streamFlags
@@ -73,7 +74,9 @@ func loadtestFlags(fs *flag.FlagSet) *loadtestOptions {
 	fs.Var(&o.processes, "process", "`name=pid` of a process the plan's chaos actions may signal (repeatable, or comma-separated), e.g. fwd-a=1234")
 	fs.Var(&o.chaosDown, "chaos-down", "`name=command`: the shell command that takes the service name down for the plan's chaos down actions, e.g. redis='systemctl stop redis-server' (one per flag, repeatable; needs its --chaos-up)")
 	fs.StringVar(&o.engine, "engine", "", "full (every participant a client library session) or fast (thousands of devices on a few sockets, sampled probe calls; audio only, for capacity runs); default: the plan's, else full")
-	fs.StringVar(&o.fastTarget, "fast-target", "", "fast engine: forwarder (STUN joins with tokens) or reflector (callrelay reflector); default: the plan's, else forwarder")
+	fs.StringVar(&o.fastTarget, "fast-target", "", "fast engine: forwarder (STUN joins with tokens), reflector (callrelay reflector) or turn (a TURN server: ChannelData, one-to-one calls); default: the plan's, else forwarder")
+	fs.StringVar(&o.turnUser, "turn-user", "", "fast engine, --fast-target turn: the TURN server's long-term credential user")
+	fs.StringVar(&o.turnPassword, "turn-password", "", "fast engine, --fast-target turn: that user's password (better given in the environment)")
 	fs.IntVar(&o.fastSockets, "fast-sockets", 0, "fast engine: sockets (and reader goroutines) the devices share (0: the plan's, else 2)")
 	fs.IntVar(&o.probeEvery, "probe-every", 0, "fast engine: every Nth call is a probe call with full SRTP and byte checks (0: the plan's, else 20)")
 	fs.IntVar(&o.relayPID, "relay-pid", 0, "pid of the relay process on this host whose CPU (/proc/<pid>/stat) is recorded per second and per ramp step (0: none)")
@@ -330,6 +333,9 @@ func (o *loadtestOptions) applyFast(p *loadtest.Plan) {
 	}
 	if o.fastTarget != "" {
 		p.Fast.Target = o.fastTarget
+	}
+	if o.turnUser != "" {
+		p.Fast.TURN = loadtest.TURNAuth{User: o.turnUser, Password: o.turnPassword}
 	}
 	if o.fastSockets > 0 {
 		p.Fast.Sockets = o.fastSockets

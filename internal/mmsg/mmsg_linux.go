@@ -3,6 +3,7 @@
 package mmsg
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -64,10 +65,23 @@ func Open(addr netip.AddrPort, o Options) (*Conn, error) {
 	if !addr.Addr().Unmap().Is4() {
 		return nil, fmt.Errorf("mmsg: %s: IPv4 only", addr)
 	}
-	uc, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+	var lc net.ListenConfig
+	if o.ReuseAddr {
+		lc.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	pc, err := lc.ListenPacket(context.Background(), "udp4", addr.String())
 	if err != nil {
 		return nil, err
 	}
+	uc := pc.(*net.UDPConn)
 	c, err := Wrap(uc, o)
 	if err != nil {
 		_ = uc.Close()

@@ -22,6 +22,10 @@ type Options struct {
 	ReadBatch, WriteBatch int
 	// BufSize is each read buffer's size (0: BufSize).
 	BufSize int
+	// ReuseAddr sets SO_REUSEADDR before Open binds: another socket with
+	// it may then bind a more specific address to the same port (and get
+	// that address's datagrams).
+	ReuseAddr bool
 }
 
 func (o Options) withDefaults() Options {
