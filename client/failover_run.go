@@ -25,6 +25,7 @@ type attempt struct {
 	// is closed without a leave (it reaches the forwarder of the current
 	// Conn, where a leave could end the session the current Conn holds).
 	spare, quiet bool
+	unreachable  bool // a spare opened on port unreachable: if it fails, fail over at once
 	cancel       context.CancelFunc
 	result       chan attemptResult // unbuffered: an abandoned attempt closes its Conn
 }
@@ -90,7 +91,7 @@ func (s *Session) step(timer *time.Timer) error {
 		}
 		s.onControl(cur, m)
 	case <-unreachable:
-		s.trouble(cur, EventFailover, true, fmt.Errorf("%w: %s: port unreachable", ErrSessionLost, cur.Forwarder()))
+		s.onUnreachable(cur) // transport_session.go
 	case <-answered:
 		s.checkNudge(cur)
 		s.udpRecovered(cur)
@@ -261,8 +262,11 @@ func (s *Session) finished(r attemptResult) error {
 	att.cancel()
 	took := time.Since(att.began)
 	if r.err != nil {
-		if att.spare { // stay on UDP: FailoverAfter decides
+		if att.spare { // stay on UDP: FailoverAfter decides, or port unreachable at once
 			s.log.Info("spare leg failed", zap.Stringer("forwarder", att.from), zap.Error(r.err))
+			if att.unreachable {
+				s.trouble(s.current(), EventFailover, true, unreachableErr(att.from))
+			}
 			return nil
 		}
 		if att.kind == EventTransport { // UDP still does not answer: stay, try again later

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -166,4 +167,25 @@ func (s *Session) udpRecovered(cur *Conn) {
 	s.log.Info("UDP answers again: spare leg closed", zap.Stringer("forwarder", cur.Forwarder()),
 		zap.Duration("after", time.Since(att.began).Round(time.Millisecond)))
 	cur.sendKeepalive(time.Now())
+}
+
+// onUnreachable acts on ICMP port unreachable from cur's forwarder. It
+// means the forwarder process died, or a firewall on the way rejects UDP:
+// with a TCP or TLS listener to try, the Session opens a spare leg at once
+// (a dead forwarder refuses its connection as fast), and fails over only
+// if that fails; otherwise it fails over at once, as without listeners.
+func (s *Session) onUnreachable(cur *Conn) {
+	switch {
+	case s.att != nil && s.att.spare:
+		return // the spare in flight decides
+	case s.spareable(cur) && !cur.lastAnswer().Equal(s.spareFor):
+		s.openSpare(cur, time.Now())
+		s.att.unreachable = true
+		return
+	}
+	s.trouble(cur, EventFailover, true, unreachableErr(cur.Forwarder()))
+}
+
+func unreachableErr(fwd netip.AddrPort) error {
+	return fmt.Errorf("%w: %s: port unreachable", ErrSessionLost, fwd)
 }

@@ -277,13 +277,21 @@ func (n *netns) blockUDP(t *testing.T, on bool) {
 		run(t, "ip", "netns", "exec", n.name, "nft", "delete", "table", "inet", "udpblock")
 		return
 	}
+	n.filterUDP(t, "drop")
+}
+
+// filterUDP is blockUDP with another verdict for the namespace's own
+// datagrams: "reject" answers each with ICMP port unreachable, as a
+// firewall that refuses rather than drops (the device's socket then
+// reports ECONNREFUSED, which also means "the forwarder died").
+func (n *netns) filterUDP(t *testing.T, verdict string) {
 	dev := n.name + "d"
 	cmd := exec.Command("ip", "netns", "exec", n.name, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(fmt.Sprintf(`table inet udpblock {
 	chain in { type filter hook input priority 0; iifname %q meta l4proto udp drop; }
-	chain out { type filter hook output priority 0; oifname %q meta l4proto udp drop; }
+	chain out { type filter hook output priority 0; oifname %q meta l4proto udp %s; }
 }
-`, dev, dev))
+`, dev, dev, verdict))
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "nft: %s (these tests need root and nftables)", out)
 }
@@ -479,13 +487,20 @@ func joinWithUDPBlocked(t *testing.T, n *netns) {
 // first sign of trouble, client/transport_session.go), with a media gap
 // under a second each way, and back to UDP (make-before-break) when UDP is
 // let through again.
-func TestNetnsUDPBlockedMidCall(t *testing.T) { udpBlockedMidCall(t, newNetns(t)) }
+func TestNetnsUDPBlockedMidCall(t *testing.T) { udpBlockedMidCall(t, newNetns(t), "drop") }
 
 // TestNetnsIPv6OnlyUDPBlockedMidCall: the same for a device with no IPv4
 // at all, on a dual-stack forwarder, with an IPv4 member on the host.
-func TestNetnsIPv6OnlyUDPBlockedMidCall(t *testing.T) { udpBlockedMidCall(t, newNetns6(t)) }
+func TestNetnsIPv6OnlyUDPBlockedMidCall(t *testing.T) {
+	udpBlockedMidCall(t, newNetns6(t), "drop")
+}
 
-func udpBlockedMidCall(t *testing.T, n *netns) {
+// TestNetnsUDPRejectedMidCall: the same when the firewall rejects UDP
+// (ICMP port unreachable, which a dead forwarder process also causes): the
+// device tries the same forwarder's TCP/TLS leg first, and moves to it.
+func TestNetnsUDPRejectedMidCall(t *testing.T) { udpBlockedMidCall(t, newNetns(t), "reject") }
+
+func udpBlockedMidCall(t *testing.T, n *netns, verdict string) {
 	r, ca := netnsRelay(t, n)
 	tcp, tlsAddr := n.streams(r)
 	member, local := n.hostSide(r)
@@ -497,7 +512,7 @@ func udpBlockedMidCall(t *testing.T, n *netns) {
 	host.take()
 	dev.stats(t)
 
-	n.blockUDP(t, true)
+	n.filterUDP(t, verdict)
 	ev := dev.expect(t, "EVENT ")
 	require.Regexp(t, `^transport (tcp|tls) `, ev, "a spare TCP/TLS leg, make-before-break, not a failover")
 	waitReceived(t, host, 25, "the host member did not hear the device after the move to "+ev)

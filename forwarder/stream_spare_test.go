@@ -211,3 +211,41 @@ func TestSpareLegClosedWhenUDPRecovers(t *testing.T) {
 	default:
 	}
 }
+
+// TestSpareLegThenFailoverWhenForwarderDies: port unreachable from a
+// forwarder with a TCP listener opens a spare leg first (a firewall that
+// rejects UDP says the same); when the forwarder process is really gone,
+// its listener refuses the spare at once and the Session fails over to
+// the other forwarder then, not after FailoverAfter (20 s here).
+func TestSpareLegThenFailoverWhenForwarderDies(t *testing.T) {
+	e := newClusterEnv(t)
+	withTCP := func(c *forwarder.Config) { c.Stream.TCPListen = "127.0.0.1:0" }
+	nodes := []*clusterNode{e.startWith(t, "fwd-a", withTCP), e.startWith(t, "fwd-b", withTCP)}
+	streams := map[netip.AddrPort]client.StreamEndpoints{}
+	for _, n := range nodes {
+		tcp, _ := n.f.StreamAddrs()
+		streams[n.f.Addr()] = client.StreamEndpoints{TCP: tcp}
+	}
+	token, _ := e.token(t, protocol.NewID(), 4)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := client.Join(ctx, client.Config{Forwarders: []netip.AddrPort{nodes[0].f.Addr(), nodes[1].f.Addr()}, Token: token,
+		LocalAddr: loopback, Streams: streams, SuspectAfter: 5 * time.Second, FailoverAfter: 20 * time.Second, RejoinTimeout: 10 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	dead, alive := nodes[0], nodes[1]
+	if s.Forwarder() == alive.f.Addr() {
+		dead, alive = alive, dead
+	}
+	dead.stop()
+	select {
+	case ev := <-s.Events():
+		require.Equal(t, client.EventFailover, ev.Kind, "%+v", ev)
+		require.Equal(t, alive.f.Addr(), ev.To)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no failover within 10 s of the forwarder's death")
+	}
+	st := s.Stats()
+	require.Equal(t, uint64(1), st.SpareLegs, "the spare was tried first")
+	require.Zero(t, st.TransportMoves)
+}
