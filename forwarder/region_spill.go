@@ -1,7 +1,9 @@
 package forwarder
 
 import (
+	"fmt"
 	"net/netip"
+	"strconv"
 	"time"
 )
 
@@ -45,6 +47,19 @@ func SpillOutcome(name string) int {
 		}
 	}
 	return -1
+}
+
+// Set parses a throttle level by name (none, new_group, new_one_to_one,
+// group_join, second_party) or number (0..4), for flags such as
+// --spill-level.
+func (l *ThrottleLevel) Set(s string) error {
+	for i, n := range throttleNames {
+		if s == n || s == strconv.Itoa(i) {
+			*l = ThrottleLevel(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("throttle level %q: want one of %v or 0..4", s, throttleNames)
 }
 
 // livePeer: heard within the peer timeout, announced media, not draining.

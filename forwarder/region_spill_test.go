@@ -59,3 +59,18 @@ func TestRegionReferralsLoopback(t *testing.T) {
 	require.Equal(t, uint64(1), spill("spilled"))
 	t.Logf("referrals from fwd-a: %v (same_region spilled below_spill_level over_budget unmeasured no_room); RTTs %v", a.f.Regions().Spill, a.f.Regions().RTTs)
 }
+
+// ThrottleLevel is a flag.Value (--spill-level): names or numbers.
+func TestThrottleLevelSet(t *testing.T) {
+	for in, want := range map[string]forwarder.ThrottleLevel{"new_one_to_one": forwarder.ThrottleNewOneToOne, "3": forwarder.ThrottleGroupJoin, "none": forwarder.ThrottleNone} {
+		var l forwarder.ThrottleLevel
+		require.NoError(t, l.Set(in))
+		require.Equal(t, want, l)
+	}
+	var l forwarder.ThrottleLevel
+	require.ErrorContains(t, l.Set("5"), "want one of")
+	require.ErrorContains(t, l.Set("busy"), "want one of")
+	cfg := forwarder.Default()
+	cfg.Cluster.SpillLevel = forwarder.ThrottleNone
+	require.ErrorContains(t, cfg.Validate(), "spill level")
+}
