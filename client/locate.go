@@ -166,8 +166,11 @@ func (t *rttTable) observe(addr netip.AddrPort, rtt time.Duration, now time.Time
 	switch {
 	case !ok || now.Sub(e.at) > rttKeep:
 		e.srtt = rtt
-	case rtt > 2*e.srtt+20*time.Millisecond:
-		e.srtt = rtt // a jump is news at once, not after eight samples
+	case rtt > 2*e.srtt+20*time.Millisecond || rtt < e.srtt/2:
+		// A jump either way is news at once, not after eight samples; a
+		// lone spike is gone with the next sample, and the conductor acts
+		// only on a move it keeps wanting (PlacementConfig.Sustain).
+		e.srtt = rtt
 	default:
 		e.srtt += (rtt - e.srtt) / 8
 	}

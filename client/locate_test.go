@@ -36,6 +36,8 @@ func TestRTTTableReport(t *testing.T) {
 	require.Equal(t, 31*time.Millisecond, tb.snapshot()[via])
 	require.NoError(t, tb.observe(via, 150*time.Millisecond, now.Add(2*time.Second)))
 	require.Equal(t, 150*time.Millisecond, tb.snapshot()[via])
+	require.NoError(t, tb.observe(via, 30*time.Millisecond, now.Add(3*time.Second)))
+	require.Equal(t, 30*time.Millisecond, tb.snapshot()[via], "and back at once")
 	// Out of range samples are refused; stale entries are not reported.
 	require.ErrorIs(t, tb.observe(via, -time.Millisecond, now), errBadRTT)
 	require.ErrorIs(t, tb.observe(via, time.Minute, now), errBadRTT)

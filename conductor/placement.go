@@ -58,13 +58,17 @@ type PlacementConfig struct {
 	// Every: the conductor places a call again at most this often, when
 	// its members reported new RTTs (not used by Place). Default 500ms.
 	Every time.Duration
+	// Sustain: the conductor sends a move only once Replace has asked
+	// for it, to the same forwarder, for this long (a lone RTT spike asks
+	// once; with 1 s keepalives, two reports in a row). Default 500ms.
+	Sustain time.Duration
 }
 
 // DefaultPlacementConfig returns the defaults listed per field.
 func DefaultPlacementConfig() PlacementConfig {
 	return PlacementConfig{Budget: 60 * time.Millisecond, AvoidLevel: 2, MaxTrunkHops: 1, MaxForwarders: 3,
 		IntraRegion: 2 * time.Millisecond, TrunkPenalty: 5 * time.Millisecond,
-		MinGain: 15 * time.Millisecond, MinGainFraction: 0.2, Cooldown: 10 * time.Second, Every: 500 * time.Millisecond}
+		MinGain: 15 * time.Millisecond, MinGainFraction: 0.2, Cooldown: 10 * time.Second, Every: 500 * time.Millisecond, Sustain: 500 * time.Millisecond}
 }
 
 // Validate says what to fix.
@@ -83,8 +87,8 @@ func (c *PlacementConfig) Validate() error {
 	if c.MaxForwarders < 1 || c.MaxForwarders > 8 {
 		errs = append(errs, fmt.Errorf("placement: max forwarders per call %d, want 1..8", c.MaxForwarders))
 	}
-	if c.Every <= 0 {
-		errs = append(errs, fmt.Errorf("placement: every %s, want > 0", c.Every))
+	if c.Every <= 0 || c.Sustain < 0 {
+		errs = append(errs, fmt.Errorf("placement: every %s (> 0), sustain %s (>= 0)", c.Every, c.Sustain))
 	}
 	if c.MinGainFraction < 0 || c.MinGainFraction >= 1 {
 		errs = append(errs, fmt.Errorf("placement: min gain fraction %g, want 0 <= it < 1", c.MinGainFraction))

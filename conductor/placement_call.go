@@ -21,6 +21,14 @@ type callPlacement struct {
 	lastRun  time.Time
 	lastMove time.Time
 	moveSeq  uint32
+	// wanted: moves Replace asked for, since when (sent once they last
+	// PlacementConfig.Sustain).
+	wanted map[protocol.ID]wantedMove
+}
+
+type wantedMove struct {
+	to    string
+	since time.Time
 }
 
 type placedState struct {
@@ -135,7 +143,7 @@ func (p *partition) place(cs *callState, now time.Time) {
 		return
 	}
 	p.c.pm.worst.Observe(res.Worst.Seconds())
-	moves := Replace(cfg, &in, res, pl.lastMove, now)
+	moves := pl.sustained(Replace(cfg, &in, res, pl.lastMove, now), cfg.Sustain, now)
 	switch {
 	case len(moves) > 0:
 		p.c.pm.runs.WithLabelValues("move").Inc()
@@ -153,6 +161,38 @@ func (p *partition) place(cs *callState, now time.Time) {
 	for id, to := range moves {
 		p.sendMove(cs, id, to, moveReason(in.Forwarders[pl.members[id].fwd], view, cfg), res.Worst, now)
 	}
+}
+
+// sustained returns the moves asked for, to the same forwarder, for at
+// least sustain, and remembers the others; a move no longer asked for is
+// forgotten.
+func (pl *callPlacement) sustained(moves map[protocol.ID]string, sustain time.Duration, now time.Time) map[protocol.ID]string {
+	if pl.wanted == nil {
+		pl.wanted = make(map[protocol.ID]wantedMove)
+	}
+	for id, w := range pl.wanted {
+		if moves[id] != w.to {
+			delete(pl.wanted, id)
+		}
+	}
+	var out map[protocol.ID]string
+	for id, to := range moves {
+		w, ok := pl.wanted[id]
+		if !ok {
+			w = wantedMove{to: to, since: now}
+			pl.wanted[id] = w
+		}
+		if now.Sub(w.since) >= sustain {
+			if out == nil {
+				out = make(map[protocol.ID]string)
+			}
+			out[id] = to
+		}
+	}
+	if len(out) > 0 {
+		clear(pl.wanted)
+	}
+	return out
 }
 
 // moveReason: region when the member's forwarder throttles or drains, else

@@ -208,3 +208,23 @@ func TestPlacementConfigValidate(t *testing.T) {
 		require.Error(t, c.Validate())
 	}
 }
+
+func TestSustainedMoves(t *testing.T) {
+	var pl callPlacement
+	now := time.Unix(1_800_000_000, 0)
+	a, b := pid(1), pid(2)
+	want := map[protocol.ID]string{a: "fra-2"}
+	require.Nil(t, pl.sustained(want, time.Second, now), "asked once: not yet")
+	require.Nil(t, pl.sustained(want, time.Second, now.Add(500*time.Millisecond)))
+	// A lone spike: the move is no longer asked for, and is forgotten.
+	require.Nil(t, pl.sustained(nil, time.Second, now.Add(600*time.Millisecond)))
+	require.Nil(t, pl.sustained(want, time.Second, now.Add(1200*time.Millisecond)), "asked again: the wait starts over")
+	// Asked for to another forwarder: starts over too.
+	require.Nil(t, pl.sustained(map[protocol.ID]string{a: "lon-1"}, time.Second, now.Add(1500*time.Millisecond)))
+	require.Nil(t, pl.sustained(map[protocol.ID]string{a: "lon-1", b: "lon-1"}, time.Second, now.Add(2000*time.Millisecond)))
+	got := pl.sustained(map[protocol.ID]string{a: "lon-1", b: "lon-1"}, time.Second, now.Add(2500*time.Millisecond))
+	require.Equal(t, map[protocol.ID]string{a: "lon-1"}, got, "a asked for 1 s, b for 0.5 s")
+	require.Empty(t, pl.wanted)
+	// Sustain 0 sends at once.
+	require.Equal(t, want, pl.sustained(want, 0, now))
+}
