@@ -2,10 +2,11 @@
 // run (scripts/capacity.sh: the same fast-engine ramp against each relay in
 // turn, the relay pinned to one core and the generator to another) into
 // capacity.json and capacity.html: per relay its knee per core and its
-// packets per CPU-second, and the forwarder's ratios to the others, step
-// by step at the same load.
+// packets per CPU-second, and the first relay's (the forwarder's) ratios
+// to the others (the bare reflector, coturn), step by step at the same
+// load.
 //
-//	go run ./scripts/capacityreport -out DIR -load "$(uptime)" forwarder=f.json reflector=r.json
+//	go run ./scripts/capacityreport -out DIR -load "$(uptime)" forwarder=f.json reflector=r.json coturn=c.json
 package main
 
 import (
@@ -164,6 +165,7 @@ var page = template.Must(template.New("capacity").Parse(`<!doctype html>
 <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#eee}.bad{color:#b00}</style>
 </head><body>
 <h1>Capacity: relays side by side, one core each</h1>
+<p>Each relay pinned to one core, the generator to another, the same one-to-one audio ramp: the knee is per core. Packets are the relay's in + out as the generator counts them.</p>
 <p>Load average: {{.LoadAverage}}</p>
 <h2>Summary</h2>
 <table><tr><th>relay</th><th>packets per relay CPU-second (median of good steps)</th><th>knee found</th><th>knee calls</th><th>knee packets/s</th><th>generator-bound</th><th>generator packets per its CPU-second</th><th>stopped</th></tr>
