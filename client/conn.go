@@ -36,7 +36,7 @@ type Conn struct {
 	dialer *dialer
 
 	sock        atomic.Pointer[net.UDPConn] // swapped by Rebind
-	lastMedia   atomic.Int64                // Unix ns of the last RTP or RTCP received (transport_session.go)
+	lastMedia   atomic.Int64                // Unix ns of the last RTP received (transport_session.go)
 	media       chan *Packet
 	control     chan protocol.RelayMessage
 	unreachable chan struct{} // capacity 1: a coalesced ECONNREFUSED hint

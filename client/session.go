@@ -96,7 +96,9 @@ func (c *Conn) readLoop() {
 				}
 			}
 			p.Kind, p.Data, p.Received = kind, data, time.Now()
-			c.lastMedia.Store(p.Received.UnixNano())
+			if kind == protocol.KindRTP {
+				c.lastMedia.Store(p.Received.UnixNano())
+			}
 			select {
 			case c.media <- p:
 				p = getPacket()

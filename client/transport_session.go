@@ -48,7 +48,10 @@ func (s *Session) Transport() Transport { return s.current().Transport() }
 //     answerWait;
 //   - media stopping: no RTP for SuspectAfter, after which the Conn sends
 //     one keepalive at once (a probe; one per silence), and that probe
-//     unanswered for answerWait.
+//     unanswered for answerWait;
+//   - ICMP port unreachable (onUnreachable): a firewall that rejects UDP,
+//     or a dead forwarder process, whose listener then refuses the spare
+//     at once and the Session fails over without waiting.
 //
 // It then joins the same forwarder over TCP and TLS at once (dialStreams:
 // the same token, ticket and device proof; the forwarder takes it as an
