@@ -383,7 +383,8 @@ func (n *MemberNotice) decode(b []byte) error {
 // sent about once a second. Body:
 //
 //	0       flags: 0x01 draining, 0x02 an IPv6 media address follows the
-//	        trunk address; the other bits are reserved (sent 0, ignored)
+//	        trunk address, 0x04 stream listeners follow; the other bits
+//	        are reserved (sent 0, ignored)
 //	1       forwarder id length n (1..64)
 //	2..4    load, permille of configured capacity
 //	4..8    sessions
@@ -394,6 +395,7 @@ func (n *MemberNotice) decode(b []byte) error {
 //	36..    media address: family (1 IPv4, 2 IPv6), port (2), address
 //	..      trunk address: family (1 IPv4, 2 IPv6), port (2), address
 //	..      with flag 0x02: IPv6 media address: family 2, port (2), address
+//	..      with flag 0x04: stream listeners (announce_streams.go)
 //	..end   forwarder id (n bytes)
 type ForwarderAnnounce struct {
 	ID       string         // forwarder id, see ValidForwarderID
@@ -412,6 +414,12 @@ type ForwarderAnnounce struct {
 	// unspecified). Sent with flag 0x02; receivers older than it reject the
 	// announce, so upgrade every forwarder before configuring one.
 	Media6 netip.AddrPort
+
+	// Streams are optional: the TCP and TLS listeners (README.md section
+	// 9) as devices reach them, so a peer can name them in a MigrateTo to a
+	// device on a connection. Sent with flag 0x04; receivers older than it
+	// reject the announce.
+	Streams StreamListeners
 }
 
 const (
@@ -435,6 +443,9 @@ func (a *ForwarderAnnounce) check() error {
 	if a.Media6.IsValid() && (!a.Media6.Addr().Is6() || a.Media6.Addr().Is4In6()) {
 		return fmt.Errorf("%w: media6 address %q is not IPv6", ErrClusterMsgInvalid, a.Media6.String())
 	}
+	if err := a.Streams.check(); err != nil {
+		return err
+	}
 	if err := clusterCheckTime("started", a.Started); err != nil {
 		return err
 	}
@@ -456,6 +467,9 @@ func (a *ForwarderAnnounce) Marshal(dst []byte, k ClusterKey) ([]byte, error) {
 		if a.Media6.IsValid() {
 			flags |= announceFlagMedia6
 		}
+		if a.Streams.count() > 0 {
+			flags |= announceFlagStreams
+		}
 		b = append(b, flags, byte(len(a.ID)))
 		b = binary.BigEndian.AppendUint16(b, a.Load)
 		b = binary.BigEndian.AppendUint32(b, a.Sessions)
@@ -467,6 +481,9 @@ func (a *ForwarderAnnounce) Marshal(dst []byte, k ClusterKey) ([]byte, error) {
 		b = appendClusterAddr(b, a.Trunk)
 		if a.Media6.IsValid() {
 			b = appendClusterAddr(b, a.Media6)
+		}
+		if a.Streams.count() > 0 {
+			b = a.Streams.appendTo(b)
 		}
 		return append(b, a.ID...)
 	})
@@ -513,6 +530,11 @@ func (a *ForwarderAnnounce) decode(b []byte) error {
 		}
 		if !a.Media6.IsValid() {
 			return fmt.Errorf("%w: flag media6 without an address", ErrClusterMsgInvalid)
+		}
+	}
+	if b[0]&announceFlagStreams != 0 {
+		if a.Streams, rest, err = readStreamListeners(rest); err != nil {
+			return err
 		}
 	}
 	if a.ID, err = readForwarderID(rest, idLen); err != nil {

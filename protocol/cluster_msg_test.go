@@ -41,6 +41,8 @@ func newClusterMsg(t ClusterMsgType) clusterMsg {
 		return new(LoadReport)
 	case ClusterMsgConductorReport:
 		return new(ConductorReport)
+	case ClusterMsgPlacementMove:
+		return new(PlacementMove)
 	}
 	return nil
 }
@@ -342,7 +344,7 @@ func TestClusterMsgLenientDecode(t *testing.T) {
 	k := testClusterKey(t)
 
 	var a ForwarderAnnounce
-	require.NoError(t, a.Unmarshal(rawClusterMsg(k, 2, announceBody(clusterSet(0, 0xfc))), k), "reserved flag bits are ignored")
+	require.NoError(t, a.Unmarshal(rawClusterMsg(k, 2, announceBody(clusterSet(0, 0xf8))), k), "reserved flag bits are ignored")
 	require.False(t, a.Draining)
 
 	mapped := noticeBody(func(b []byte) []byte {
@@ -491,6 +493,9 @@ func clusterFuzzSeeds(t testing.TB) map[string][]byte {
 	seeds["op-4"] = rawClusterMsg(k, 1, noticeBody(clusterSet(0, 4)))
 	seeds["empty"] = []byte{}
 	for name, b := range media6FuzzSeeds(t) {
+		seeds[name] = b
+	}
+	for name, b := range streamsFuzzSeeds(t) {
 		seeds[name] = b
 	}
 	return seeds

@@ -68,6 +68,9 @@ func mediaFuzzSeeds(t *testing.T) map[string]map[string][]byte {
 	// The unauthenticated MigrateTo of earlier versions (12-byte body).
 	app["migrate-to-unauthenticated"] = []byte{0x86, 0xcc, 0x00, 0x05, 0, 0, 0, 0, 'C', 'R', 'L', 'Y',
 		0x01, 0x00, 0x0d, 0x96, 0x00, 0x00, 0x13, 0x88, 0xc0, 0x00, 0x02, 0x0a}
+	// A MigrateTo with transport 3 (0 UDP, 1 TCP, 2 TLS are defined).
+	app["migrate-to-transport-3"] = append([]byte{0x86, 0xcc, 0x00, 0x0c, 0, 0, 0, 0, 'C', 'R', 'L', 'Y',
+		0x01, 0x03, 0x0d, 0x96, 0x00, 0x00, 0x13, 0x88}, make([]byte, 12+4+16)...)
 	return map[string]map[string][]byte{
 		"FuzzClassify":        classify,
 		"FuzzRTPHeader":       rtpSeeds,

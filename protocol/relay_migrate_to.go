@@ -19,7 +19,7 @@ import (
 //	 0                   1                   2                   3
 //	 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//	|    family     |  reserved (0) |             port              |
+//	|    family     |   transport   |             port              |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	|                     deadline, milliseconds                    |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -37,17 +37,21 @@ import (
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //
 // Family uses STUN's values (RFC 8489 14.1): 0x01 IPv4, 0x02 IPv6, so the
-// body is 40 or 52 bytes. The address is neither unspecified nor zoned, and
+// body is 40 or 52 bytes. Transport says how to join the address: 0 UDP
+// (the media address), 1 TCP or 2 TLS (a stream listener, README.md
+// section 9; sent only to a device on a connection); other values are
+// invalid. The address is neither unspecified nor zoned, and
 // the port is not 0. The MAC authenticates the whole packet under the
 // integrity key of the request whose transaction ID is the echo
 // (SignMigrateTo, VerifyMigrateTo; protocol/README.md 5.7): a device follows
 // only a MigrateTo it can verify, echoing one of its recent requests.
 // UnmarshalData only decodes; it does not verify.
 type MigrateTo struct {
-	Addr     netip.AddrPort // the forwarder to move to
-	Deadline time.Duration  // sent in whole milliseconds, 0..2^32-1 ms
-	Echo     [MigrateEchoLen]byte
-	MAC      [MigrateMACLen]byte
+	Addr      netip.AddrPort // the forwarder to move to
+	Transport Transport      // how to join Addr: UDP, TCP or TLS
+	Deadline  time.Duration  // sent in whole milliseconds, 0..2^32-1 ms
+	Echo      [MigrateEchoLen]byte
+	MAC       [MigrateMACLen]byte
 }
 
 // Sizes of a MigrateTo's echo and MAC.
@@ -122,6 +126,9 @@ func (m *MigrateTo) MarshalData(dst []byte) ([]byte, error) {
 	if err := migrateCheckAddr(m.Addr); err != nil {
 		return dst, err
 	}
+	if m.Transport > TransportTLS {
+		return dst, fmt.Errorf("%w: migrate transport %d", ErrRelayAppInvalid, m.Transport)
+	}
 	ms := m.Deadline.Milliseconds()
 	if ms < 0 || ms > math.MaxUint32 {
 		return dst, fmt.Errorf("%w: migrate deadline %v", ErrRelayAppInvalid, m.Deadline)
@@ -130,7 +137,7 @@ func (m *MigrateTo) MarshalData(dst []byte) ([]byte, error) {
 	if m.Addr.Addr().Is4() {
 		family = migrateFamilyIPv4
 	}
-	dst = append(dst, family, 0)
+	dst = append(dst, family, byte(m.Transport))
 	dst = binary.BigEndian.AppendUint16(dst, m.Addr.Port())
 	dst = binary.BigEndian.AppendUint32(dst, uint32(ms))
 	dst = append(dst, m.Echo[:]...)
@@ -165,7 +172,10 @@ func (m *MigrateTo) UnmarshalData(b []byte) error {
 	if err := migrateCheckAddr(ap); err != nil {
 		return err
 	}
-	m.Addr = ap
+	if t := Transport(b[1]); t > TransportTLS {
+		return fmt.Errorf("%w: migrate transport %d", ErrRelayAppInvalid, t)
+	}
+	m.Addr, m.Transport = ap, Transport(b[1])
 	m.Deadline = time.Duration(binary.BigEndian.Uint32(b[4:8])) * time.Millisecond
 	copy(m.Echo[:], b[migrateFixedLen:migrateAddrOff])
 	copy(m.MAC[:], b[migrateAddrOff+addrLen:])

@@ -48,6 +48,20 @@ func TestMigrateTo(t *testing.T) {
 				}, 1, []byte{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, 2),
 			},
 			{
+				name: "tcp",
+				msg: &MigrateTo{Addr: netip.MustParseAddrPort("192.0.2.10:3478"), Transport: TransportTCP,
+					Deadline: 5 * time.Second, Echo: echoOf(0xee), MAC: macOf(0xaa)},
+				data: migrateBody([]byte{0x01, 0x01, 0x0d, 0x96, 0x00, 0x00, 0x13, 0x88}, // IPv4, TCP, port 3478, 5000 ms
+					0xee, []byte{0xc0, 0x00, 0x02, 0x0a}, 0xaa),
+			},
+			{
+				name: "tls ipv6",
+				msg: &MigrateTo{Addr: netip.MustParseAddrPort("[2001:db8::1]:443"), Transport: TransportTLS,
+					Echo: echoOf(1), MAC: macOf(2)},
+				data: migrateBody([]byte{0x02, 0x02, 0x01, 0xbb, 0, 0, 0, 0}, // IPv6, TLS, port 443, no deadline
+					1, []byte{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, 2),
+			},
+			{
 				name: "ipv4-mapped ipv6 stays ipv6, no deadline",
 				msg:  &MigrateTo{Addr: netip.MustParseAddrPort("[::ffff:10.0.0.1]:9")},
 				data: migrateBody([]byte{0x02, 0x00, 0x00, 0x09, 0, 0, 0, 0}, 0,
@@ -77,6 +91,16 @@ func TestMigrateTo(t *testing.T) {
 				ErrRelayAppInvalid,
 			},
 			{"unspecified address", migrateBody(v4, 0, []byte{0, 0, 0, 0}, 0), ErrRelayAppInvalid},
+			{
+				"transport 3",
+				migrateBody([]byte{0x01, 0x03, 0x0d, 0x96, 0x00, 0x00, 0x13, 0x88}, 0, []byte{0xc0, 0, 2, 0x0a}, 0),
+				ErrRelayAppInvalid,
+			},
+			{
+				"transport 255",
+				migrateBody([]byte{0x02, 0xff, 0x01, 0xbb, 0, 0, 0, 0}, 0, []byte{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, 0),
+				ErrRelayAppInvalid,
+			},
 		},
 		[]relayBadMsg{
 			{"zero value", &MigrateTo{}},
@@ -85,6 +109,7 @@ func TestMigrateTo(t *testing.T) {
 			{"unspecified", &MigrateTo{Addr: netip.MustParseAddrPort("[::]:3478")}},
 			{"negative deadline", &MigrateTo{Addr: netip.MustParseAddrPort("192.0.2.1:1"), Deadline: -time.Millisecond}},
 			{"deadline too long", &MigrateTo{Addr: netip.MustParseAddrPort("192.0.2.1:1"), Deadline: 50 * 24 * time.Hour}},
+			{"transport 3", &MigrateTo{Addr: netip.MustParseAddrPort("192.0.2.1:1"), Transport: 3}},
 		},
 	)
 }
@@ -175,6 +200,20 @@ func TestMigrateToSpecExample(t *testing.T) {
 	if !VerifyMigrateTo(want, key) {
 		t.Fatal("the README example does not verify")
 	}
+
+	// The same move naming a TLS listener: the transport byte is covered.
+	tls := &MigrateTo{Addr: netip.MustParseAddrPort("192.0.2.10:443"), Transport: TransportTLS, Deadline: 5 * time.Second, Echo: m.Echo}
+	got, err = SignMigrateTo(0, tls, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := readmeExample(t, "migrate-to-tls"); !bytes.Equal(got, want) {
+		t.Fatalf("README TLS example\n%x\nbut the code makes\n%x", want, got)
+	}
+	got[13] = byte(TransportTCP) // the transport byte: a TCP move under the TLS one's MAC
+	if VerifyMigrateTo(got, key) {
+		t.Fatal("a changed transport still verifies")
+	}
 }
 
 // fuzzMigrateKey is the key FuzzMigrateToVerify verifies with.
@@ -198,6 +237,14 @@ func migrateVerifySeeds(t *testing.T) map[string][]byte {
 		bad[len(bad)-1] ^= 1
 		out[name+"-mac-flipped"] = bad
 		out[name+"-cut"] = pkt[:len(pkt)-4]
+		m.Transport = TransportTCP // a stream listener: TCP for the IPv4 one, TLS for the IPv6 one
+		if m.Addr.Addr().Is6() {
+			m.Transport = TransportTLS
+		}
+		if pkt, err = SignMigrateTo(0, m, fuzzMigrateKey); err != nil {
+			t.Fatal(err)
+		}
+		out[name+"-"+m.Transport.String()+"-signed"] = pkt
 	}
 	return out
 }
