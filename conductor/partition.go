@@ -58,8 +58,8 @@ type callState struct {
 	members  map[protocol.ID]struct{} // everyone the metadata named
 	video    *callVideo               // nil until a member reports video (video.go)
 	place    *callPlacement           // nil until a member is placed (placement_call.go)
-	// pendingSince: when the first metadata not yet in a decision sent
-	// arrived (zero: none), for the decision latency (report.go).
+	// pendingSince: when the first metadata not yet decided on arrived
+	// (zero: none), for the decision latency (report.go).
 	pendingSince time.Time
 }
 
@@ -353,6 +353,7 @@ func (cs *callState) group() bool { return len(cs.members) > 2 }
 // decide runs one call's decision and publishes it when it changed (or is
 // due for a repeat); it reports whether the dominant speaker changed.
 func (p *partition) decide(cs *callState, now time.Time) bool {
+	defer p.noteDecided(cs) // the decision latency (report.go)
 	start := time.Now()
 	dom, changed := cs.det.Decide(now)
 	p.fwd = cs.det.Recent(now, p.c.cfg.RecentWindow, p.c.cfg.MaxForwarded, p.fwd[:0])

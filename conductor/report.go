@@ -16,13 +16,13 @@ import (
 // The conductor's report (protocol.ConductorReport, README.md 7.8): every
 // ReportConfig.Every the process publishes, on <prefix>.conductors, how
 // fast it decided over the interval (p50, p99 and max of the time from
-// the first metadata a decision took into account arriving to the
-// decision sent), how many decisions it sent, the calls and partitions it
+// the arrival of a call's first metadata not yet decided on to the
+// decision made on it, and sent if it changed), how many decisions it sent, the calls and partitions it
 // holds, and the decisions worth a line on a call's timeline: dominant
 // speaker switches, and per receiver the video layer switches and the
 // cuts the allocation made. Dashboards draw the latency and keep the
 // events per call. The partitions' goroutines hand their figures to the
-// reporter under its lock, once per decision sent (not per packet).
+// reporter under its lock, once per call decided (not per packet).
 
 // ReportConfig says how the conductor reports.
 type ReportConfig struct {
@@ -75,7 +75,7 @@ func newReporter(reg prometheus.Registerer, started time.Time) *reporter {
 	r := &reporter{
 		samples: make([]time.Duration, 0, 256), calls: map[int]int{}, rnd: uint64(started.UnixNano()) | 1, started: started,
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrelay_conductor_decision_latency_seconds",
-			Help:    "From the arrival of the first metadata a decision took into account to the decision sent (the conductor report's p50/p99).",
+			Help:    "From the arrival of a call's first metadata not yet decided on to the decision made (published if it changed): the conductor report's p50/p99.",
 			Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5}}),
 		published: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_reports_total",
 			Help: "Conductor reports published on <prefix>.conductors."}),
@@ -90,9 +90,8 @@ func newReporter(reg prometheus.Registerer, started time.Time) *reporter {
 	return r
 }
 
-// decisionSent notes a decision published; since is when the first
-// metadata it took into account arrived (zero: a repeat without news).
-func (r *reporter) decisionSent(since, now time.Time) {
+// decisionSent notes a decision published.
+func (r *reporter) decisionSent() {
 	if r == nil {
 		return // a Conductor built by a test without New
 	}
@@ -100,10 +99,16 @@ func (r *reporter) decisionSent(since, now time.Time) {
 	defer r.mu.Unlock()
 	r.sent++
 	r.total++
-	if since.IsZero() {
+}
+
+// decided notes the latency of a decision made on new metadata.
+func (r *reporter) decided(d time.Duration) {
+	if r == nil {
 		return
 	}
-	d := max(now.Sub(since), 0)
+	d = max(d, 0)
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.latency.Observe(d.Seconds())
 	r.maxLat = max(r.maxLat, d)
 	r.seen++
@@ -209,11 +214,17 @@ func (c *Conductor) report(ctx context.Context) {
 	}
 }
 
-// noteSent tells the reporter a decision of cs was published, with the
-// latency of the metadata it took in.
-func (p *partition) noteSent(cs *callState) {
-	p.c.rep.decisionSent(cs.pendingSince, p.c.cfg.Now())
-	cs.pendingSince = time.Time{}
+// noteSent tells the reporter a decision of cs was published.
+func (p *partition) noteSent(*callState) { p.c.rep.decisionSent() }
+
+// noteDecided, at the end of each decision on cs, gives the reporter the
+// time since the first metadata not yet decided on arrived, if any came:
+// the decision is made (and sent, if it changed) when this returns.
+func (p *partition) noteDecided(cs *callState) {
+	if !cs.pendingSince.IsZero() {
+		p.c.rep.decided(p.c.cfg.Now().Sub(cs.pendingSince))
+		cs.pendingSince = time.Time{}
+	}
 }
 
 // noteSpeaker reports a dominant speaker switch.

@@ -27,9 +27,10 @@ func TestReporterInterval(t *testing.T) {
 	t0 := time.Unix(1_800_000_000, 0)
 	r := newReporter(prometheus.NewRegistry(), t0)
 	for i := 1; i <= 100; i++ {
-		r.decisionSent(t0, t0.Add(time.Duration(i)*time.Millisecond))
+		r.decisionSent()
+		r.decided(time.Duration(i) * time.Millisecond)
 	}
-	r.decisionSent(time.Time{}, t0) // a repeat without news: counted, no latency
+	r.decisionSent() // a repeat without news: counted, no latency
 	r.setCalls(3, 5)
 	r.setCalls(4, 2)
 	r.setCalls(4, 0)
@@ -58,7 +59,8 @@ func TestReporterInterval(t *testing.T) {
 	require.Zero(t, rep.EventsLost)
 
 	var nilRep *reporter // a Conductor built by a test without New
-	nilRep.decisionSent(t0, t0)
+	nilRep.decisionSent()
+	nilRep.decided(time.Second)
 	nilRep.event(protocol.ConductorEvent{})
 	nilRep.setCalls(1, 1)
 }
@@ -69,10 +71,12 @@ func TestReporterReservoir(t *testing.T) {
 	t0 := time.Unix(1_800_000_000, 0)
 	r := newReporter(nil, t0)
 	for range 3 * maxLatencySamples {
-		r.decisionSent(t0, t0.Add(time.Millisecond))
+		r.decisionSent()
+		r.decided(time.Millisecond)
 	}
 	for range 4 * maxLatencySamples {
-		r.decisionSent(t0, t0.Add(10*time.Millisecond))
+		r.decisionSent()
+		r.decided(10 * time.Millisecond)
 	}
 	var rep protocol.ConductorReport
 	r.take(&rep)

@@ -155,6 +155,11 @@ func TestAdminTimelineAndCountersOverRealProcesses(t *testing.T) {
 		}
 		return nil
 	})
+	d := scrape(t, dashURL)
+	t.Logf("decision latency of the live call's conductor, from its last report: p50 %.1f ms, p99 %.1f ms, %.1f decisions/s",
+		1000*d[`callrelay_dashboard_conductor_decision_latency_seconds{quantile="0.5",region="(none)"}`],
+		1000*d[`callrelay_dashboard_conductor_decision_latency_seconds{quantile="0.99",region="(none)"}`],
+		d[`callrelay_dashboard_conductor_decisions_per_second{region="(none)"}`])
 }
 
 // scrape reads a /metrics page into series -> value.
