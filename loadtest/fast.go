@@ -145,6 +145,9 @@ type fastDev struct {
 	// allocating device; 0: plain RTP), cframe a probe's framed packet.
 	channel uint16
 	cframe  []byte
+	// spurt is the first of its talkspurts that has not ended yet (at
+	// the last frame): see talking.
+	spurt int
 
 	// Pre-sealed frames (not probes): [0] silence, [1] speech, with the
 	// offsets of their abs-send-time bytes and payloads.

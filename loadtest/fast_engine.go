@@ -20,7 +20,8 @@ func newFastEngine(r *runner) (*fastEngine, error) {
 		// Bound to a port on every address: the devices' addresses are
 		// all of 127.0.0.0/8; the readers drop what is for none of them.
 		c, err := mmsg.Open(netip.MustParseAddrPort("0.0.0.0:0"), mmsg.Options{PktInfo: true, Buffer: 8 << 20,
-			ReuseAddr: e.f.Target == TargetTURN}) // TURN setups bind each device's address to the same port
+			ReuseAddr:    e.f.Target == TargetTURN, // TURN setups bind each device's address to the same port
+			DontFragment: true})                    // no hashed IP ID per datagram
 		if err != nil {
 			e.closeSockets()
 			return nil, fmt.Errorf("loadtest: fast engine: %w", err)

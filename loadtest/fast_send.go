@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/callrelay/callrelay/client"
+	"github.com/callrelay/callrelay/internal/talkspurt"
 	"github.com/callrelay/callrelay/protocol"
 )
 
@@ -124,7 +125,7 @@ func (e *fastEngine) sendFrame(d *fastDev, now time.Time) {
 	} else {
 		c := e.calls[d.call]
 		cls = c.cls
-		talking = c.spec.sched.Talking(d.idx, now.Sub(c.start))
+		talking = d.talking(c.spec.sched, now.Sub(c.start))
 		fanout = e.receivers(c, d, int64(now.Sub(e.epoch)))
 	}
 	sentNs := int64(now.Sub(e.epoch))
@@ -166,6 +167,21 @@ func (e *fastEngine) sendFrame(d *fastDev, now time.Time) {
 	if fanout > 0 {
 		e.expected[cls][(sentNs/lossBucketNs)%lossRing].Add(uint64(fanout)) //nolint:gosec // fanout > 0
 	}
+}
+
+// talking is talkspurt.Schedule.Talking for d at a time no earlier than
+// the last it was asked: a cursor walks d's spurts forward instead of a
+// binary search over an hour of them per frame (it was 7 % of the
+// generator's CPU in a perf profile).
+func (d *fastDev) talking(s talkspurt.Schedule, at time.Duration) bool {
+	if d.idx < 0 || d.idx >= len(s) {
+		return false
+	}
+	sp := s[d.idx]
+	for d.spurt < len(sp) && sp[d.spurt].End <= at {
+		d.spurt++
+	}
+	return d.spurt < len(sp) && sp[d.spurt].Start <= at
 }
 
 // sealProbe seals a probe's frame with the client library.

@@ -1,10 +1,14 @@
 package loadtest
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/callrelay/callrelay/internal/talkspurt"
 )
 
 func TestWheelFiresInOrderAndOnTime(t *testing.T) {
@@ -131,4 +135,27 @@ func TestProbeSampling(t *testing.T) {
 	}
 	_, _, ok := fastSender(0x1234)
 	require.False(t, ok)
+}
+
+// A device's talking cursor answers as talkspurt.Schedule.Talking does,
+// frame after frame (20 ms apart, with late ticks that skip ahead), for
+// every member of a two-party and a group schedule.
+func TestDeviceTalkingCursor(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, s := range []talkspurt.Schedule{talkspurt.TwoParty(rng, 10*time.Minute), talkspurt.Group(rng, 5, 10*time.Minute)} {
+		for idx := range len(s) + 1 { // one past the end never talks
+			d := &fastDev{idx: idx}
+			talked := 0
+			for at := time.Duration(0); at < 11*time.Minute; at += 20 * time.Millisecond * time.Duration(1+rng.IntN(3)) {
+				want := s.Talking(idx, at)
+				require.Equal(t, want, d.talking(s, at), "member %d at %s", idx, at)
+				if want {
+					talked++
+				}
+			}
+			if idx < len(s) {
+				require.Positive(t, talked, "member %d never talked: the test would prove nothing", idx)
+			}
+		}
+	}
 }

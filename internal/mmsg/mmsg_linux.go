@@ -135,6 +135,11 @@ func tune(fd int, o Options) error {
 			return fmt.Errorf("mmsg: IP_PKTINFO: %w", err)
 		}
 	}
+	if o.DontFragment {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE); err != nil {
+			return fmt.Errorf("mmsg: IP_MTU_DISCOVER: %w", err)
+		}
+	}
 	if o.Buffer > 0 {
 		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, o.Buffer) != nil {
 			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, o.Buffer)

@@ -26,6 +26,11 @@ type Options struct {
 	// it may then bind a more specific address to the same port (and get
 	// that address's datagrams).
 	ReuseAddr bool
+	// DontFragment sets DF on every IPv4 datagram sent, ignoring the path
+	// MTU (IP_PMTUDISC_PROBE): the kernel then gives an unconnected
+	// socket's datagrams IP ID 0 instead of hashing one for each (3.5 %
+	// of the fast load generator's CPU in a perf profile).
+	DontFragment bool
 }
 
 func (o Options) withDefaults() Options {
