@@ -61,6 +61,9 @@ type metaState struct {
 	buf     []byte
 	// lapseLogged is when calls whose decision lapsed were last logged.
 	lapseLogged time.Time
+	// rtts counts the RTT reports put in this tick's batches
+	// (placement_move.go bounds them).
+	rtts int
 }
 
 type leftMember struct {
@@ -87,6 +90,7 @@ func (c *control) metaTick(now time.Time) {
 		b.Calls = b.Calls[:0]
 	}
 	tick := cc.MetadataEvery
+	ms.rtts = 0
 	c.lapseDecisions(now)
 	for _, cl := range c.calls {
 		var members []protocol.MemberMetadata

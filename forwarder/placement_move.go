@@ -43,12 +43,18 @@ func (c *control) takeRTTs(s *session, v []byte) {
 	s.rtts.fresh = true
 }
 
+// maxRTTReportsPerTick bounds the reports one metadata tick carries (at
+// most 194 bytes each), so that they never push a partition's batch past
+// its 64 KiB; the others wait, fresh, for the next tick.
+const maxRTTReportsPerTick = 64
+
 // rttMeta puts s's fresh report into its metadata, and says whether it did
 // (then the member is reported this tick even if quiet).
 func (c *control) rttMeta(s *session, mm *protocol.MemberMetadata) bool {
-	if !s.rtts.fresh {
+	if !s.rtts.fresh || c.meta.rtts >= maxRTTReportsPerTick {
 		return false
 	}
+	c.meta.rtts++
 	s.rtts.fresh = false
 	mm.Flags |= protocol.MetaRTT
 	mm.RTTs = s.rtts.r
