@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,7 @@ type callSpec struct {
 	cams     []bool  // by member index: sends video (nil: audio only)
 	late     []bool  // by member index: joins LateJoin.After the start (nil: none)
 	nets     []uint8 // by member index: trTCP, trTLS or (UDP) trUDP4 (nil: all UDP)
+	cities   []uint8 // by member index: its city in Plan.Cities (nil: no cities)
 }
 
 // netOf is member i's network: trTCP or trTLS if it blocks UDP, else trUDP4.
@@ -67,6 +69,14 @@ type member struct {
 	sender *client.Sender
 	recv   *client.Receiver
 	began  time.Time // join start
+	// A city's device (geo.go): city indexes Plan.Cities, links are its
+	// access links, via maps their addresses to the forwarders behind;
+	// joinedOn and endOn are the forwarders that admitted it and that had
+	// it when the call closed.
+	city            int
+	links           []*accessLink
+	via             map[netip.AddrPort]netip.AddrPort
+	joinedOn, endOn netip.AddrPort
 	// tr is the transport its figures are filed under (transport.go),
 	// set when its join ends; r.mu guards it.
 	tr uint8
@@ -129,6 +139,9 @@ type stream struct {
 	lastTransit float64   // ns
 	lastArrival time.Time
 	jitter      float64 // ns, RFC 3550 estimate
+	// delay is this sender-receiver pair's one-way delays (ms), for the
+	// call's mouth-to-ear estimate (geo.go).
+	delay Sketch
 }
 
 // runCall sets up one call, runs its media for its duration (or until ctx
@@ -160,12 +173,18 @@ func (r *runner) runCall(ctx context.Context, c *callSpec) {
 	late, stopLate := r.startLate(ctx, lc, call)
 	r.sendLoop(ctx, lc, late)
 	stopLate()
+	if r.geo != nil {
+		notePlaced(lc.members)
+	}
 	// Cameras and feedback stop before the leave, so that nothing of
 	// theirs reaches a forwarder after it.
 	stopVideo(lc.members)
 	closeFeedback(lc.members)
 	closeAll(lc.members)
 	lc.wg.Wait()
+	if r.geo != nil {
+		r.geo.record(lc)
+	}
 	lc.closed()
 	lc.finish(ctx.Err() != nil)
 	r.unregister(lc.members, cls)
@@ -281,8 +300,18 @@ func (r *runner) dial(ctx context.Context, call protocol.ID, c *callSpec, m *mem
 		FailoverAfter: r.p.Rejoin.FailoverAfter.D(),
 	}
 	r.nets.configure(&cfg, c.netOf(m.idx)) // a device whose network blocks UDP
+	if r.geo != nil && c.cities != nil {
+		if err := r.geo.route(&cfg, c, m); err != nil {
+			return err
+		}
+	}
 	m.began = time.Now()
 	m.sess, err = client.Join(jctx, cfg)
+	if err != nil {
+		m.closeLinks()
+	} else if m.via != nil {
+		m.joinedOn = m.forwarderOf()
+	}
 	return err
 }
 
@@ -315,7 +344,7 @@ func closeAll(ms []*member) {
 	for _, m := range ms {
 		if m != nil && m.sess != nil {
 			wg.Add(1)
-			go func() { defer wg.Done(); _ = m.sess.Close() }()
+			go func() { defer wg.Done(); _ = m.sess.Close(); m.closeLinks() }()
 		}
 	}
 	wg.Wait()

@@ -240,7 +240,9 @@ func observe(w *window, streams map[uint32]*stream, ssrc uint32, f frameInfo, se
 	if s == nil {
 		s = &stream{next: f.counter + 1, lastTransit: transit, lastArrival: arrival}
 		streams[ssrc] = s
+		s.delay.Add(transit / 1e6)
 	} else {
+		s.delay.Add(transit / 1e6)
 		if f.counter >= s.next {
 			s.next = f.counter + 1
 		}

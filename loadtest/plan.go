@@ -147,6 +147,16 @@ type Plan struct {
 	// Transports puts a share of the devices on TCP and TLS (transport.go).
 	Transports Transports `json:"transports,omitzero" yaml:"transports,omitempty"`
 
+	// Cities are where the devices are (geo.go): a share of them each,
+	// their coarse region and the access-latency model their datagrams go
+	// through. Full engine, UDP devices. Regions say which forwarders are
+	// in which region; Locator, when set, is a locator's base URL
+	// (`callrelay locate`) asked for each city region's candidates
+	// instead of Regions' order.
+	Cities  []City   `json:"cities,omitempty" yaml:"cities,omitempty"`
+	Regions []Region `json:"regions,omitempty" yaml:"regions,omitempty"`
+	Locator string   `json:"locator,omitempty" yaml:"locator,omitempty"`
+
 	// share is the part of the arrivals this process runs (agents).
 	share share
 }
@@ -485,6 +495,7 @@ func (p Plan) validate(needKey bool) error {
 	}
 	errs = append(errs, p.validateChaos(os.Getpid())...)
 	errs = append(errs, p.validateTransports()...)
+	errs = append(errs, p.validateGeo()...)
 	if err := p.validateEngine(); err != nil {
 		errs = append(errs, err)
 	}

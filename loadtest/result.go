@@ -50,6 +50,9 @@ type Result struct {
 	// Relay summarises the forwarders' own LoadReports (throttle levels,
 	// CPU, memory, sessions); nil when the plan gave no NATS connection.
 	Relay *RelayHealth `json:"relay,omitempty"`
+	// Geo is where the cities' calls were placed and their mouth-to-ear
+	// estimates (geo_result.go); nil without Plan.Cities.
+	Geo *GeoResult `json:"geo,omitempty"`
 	// Events are the chaos actions executed, in order (chaos.go).
 	Events []Event `json:"events,omitempty"`
 	// Agents lists the agents whose partial results were merged (empty

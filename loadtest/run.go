@@ -53,6 +53,8 @@ type runner struct {
 	// nets is what the devices behind a UDP-blocking network use (nil:
 	// none, Plan.Transports).
 	nets *streamNet
+	// geo is the plan's cities (nil: none).
+	geo *geo
 }
 
 // Run runs the plan against the relay and returns what it measured. It
@@ -93,6 +95,9 @@ func run(ctx context.Context, r *runner, progress io.Writer) (*Result, *runner, 
 	}
 	r.nets = nets
 	defer nets.close()
+	if r.geo, err = newGeo(ctx, &r.p); err != nil {
+		return nil, r, err
+	}
 	var queues *queueWatch
 	if !r.keep { // an agent's controller reads the forwarders' counters
 		queues = watchQueues(ctx, p.Transports.Metrics)
@@ -195,6 +200,7 @@ func (r *runner) drawCall(rng *rand.Rand, no int) *callSpec {
 	c.cams = drawVideo(c.seed, c.size, r.p.Video.Share)
 	c.late = drawLate(c.seed, c.size, c.duration, r.p.LateJoin)
 	c.nets = drawNets(c.seed, c.size, r.p.Transports)
+	c.cities = drawCities(c.seed, c.size, r.p.Cities)
 	return c
 }
 
@@ -417,6 +423,9 @@ func (r *runner) finish(res *Result) {
 	generatorCost(g, res)
 	g.assess()
 	res.Verdict = verdictOf(res.Totals.All, r.p.Targets)
+	if r.geo != nil {
+		res.Geo = r.geo.result()
+	}
 }
 
 // assess sets Bottleneck and Reasons.

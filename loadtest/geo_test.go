@@ -1,0 +1,252 @@
+package loadtest
+
+import (
+	"context"
+	"crypto/ed25519"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+
+	"github.com/callrelay/callrelay/forwarder"
+	"github.com/callrelay/callrelay/internal/testkit/testenv"
+	"github.com/callrelay/callrelay/protocol"
+	"github.com/callrelay/callrelay/statestore"
+)
+
+// startRegionForwarder runs a cluster forwarder of region on loopback,
+// sharing the test's Redis and NATS, trusting pub.
+func startRegionForwarder(t *testing.T, id, region string, pub ed25519.PublicKey, key protocol.ClusterKey, redisURL, natsURL string) *forwarder.Forwarder {
+	t.Helper()
+	v, err := protocol.NewTokenVerifier(pub)
+	require.NoError(t, err)
+	store, err := statestore.OpenRedis(redisURL, statestore.Config{})
+	require.NoError(t, err)
+	nc, err := nats.Connect(natsURL)
+	require.NoError(t, err)
+	cfg := forwarder.Default()
+	cfg.Listen, cfg.Verifier, cfg.Readers, cfg.Logger = "127.0.0.1:0", v, 2, zap.NewNop()
+	cfg.Cluster.ID, cfg.Cluster.TrunkListen, cfg.Cluster.Key, cfg.Cluster.Region = id, "127.0.0.1:0", key, region
+	cfg.Cluster.Store, cfg.Cluster.NATS = store, nc
+	cfg.Cluster.AnnounceEvery, cfg.Cluster.PeerTimeout = 100*time.Millisecond, 2*time.Second
+	f, err := forwarder.New(cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = f.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; nc.Close(); _ = store.Close() })
+	return f
+}
+
+// watchLegs polls the forwarders' legs until stop and counts, per
+// participant, the polls that found it on each forwarder: where the
+// forwarders really have the members.
+func watchLegs(fs []*forwarder.Forwarder, stop <-chan struct{}) func() map[string]map[netip.AddrPort]int {
+	seen := map[string]map[netip.AddrPort]int{}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			for _, f := range fs {
+				for _, l := range f.Legs() {
+					p := l.Participant.String()
+					if seen[p] == nil {
+						seen[p] = map[netip.AddrPort]int{}
+					}
+					seen[p][f.Addr()]++
+				}
+			}
+		}
+	}()
+	return func() map[string]map[netip.AddrPort]int { wg.Wait(); return seen }
+}
+
+// TestCitiesPlacementAndMouthToEar: devices of two cities (london, no
+// access delay, region eu; joburg, 40 ms each way, region za) call through
+// two cluster forwarders of regions eu and za (real Redis, NATS, UDP
+// sockets on loopback). Every call's members are recorded on the forwarder
+// whose legs held them, with that forwarder's region; a call is spanning
+// exactly when its members' regions differ; and each call's worst path is
+// at least the configured access delays of its worst pair (the access
+// links really delay), without a bound on how fast anything is.
+func TestCitiesPlacementAndMouthToEar(t *testing.T) {
+	pub, priv, err := protocol.GenerateSigningKey()
+	require.NoError(t, err)
+	key, err := protocol.NewClusterKey()
+	require.NoError(t, err)
+	rd, ns := testenv.Redis(t), testenv.NATS(t)
+	eu := startRegionForwarder(t, "fwd-eu", "eu", pub, key, rd.URL(), ns.ClientURL())
+	za := startRegionForwarder(t, "fwd-za", "za", pub, key, rd.URL(), ns.ClientURL())
+	const joburgDelay = 40 * time.Millisecond
+	plan := Plan{
+		Forwarders:   []netip.AddrPort{eu.Addr(), za.Addr()},
+		SigningKey:   priv,
+		LocalAddr:    netip.MustParseAddr("127.0.0.1"),
+		Mix:          Mix{OneToOne: 0.5, GroupMin: 3, GroupMax: 3},
+		CallDuration: CallDuration{Mean: Duration(2 * time.Second), Min: Duration(1500 * time.Millisecond), Max: Duration(2500 * time.Millisecond)},
+		Profile:      Profile{Kind: ProfileSteady, Steady: Steady{Rate: 2, Duration: Duration(3 * time.Second)}},
+		Bounds:       Bounds{MaxDuration: Duration(10 * time.Second), MaxConcurrentCalls: 6, MaxCalls: 6},
+		Targets:      Targets{LossPct: 5, DelayP95: Duration(300 * time.Millisecond)},
+		Seed:         7,
+		Regions:      []Region{{Name: "eu", Forwarders: []netip.AddrPort{eu.Addr()}}, {Name: "za", Forwarders: []netip.AddrPort{za.Addr()}}},
+		Cities: []City{
+			{Name: "london", Region: "eu", Share: 0.5},
+			{Name: "joburg", Region: "za", Share: 0.5, Access: Access{Delay: Duration(joburgDelay), Jitter: Duration(2 * time.Millisecond)}},
+		},
+	}
+	stop := make(chan struct{})
+	legs := watchLegs([]*forwarder.Forwarder{eu, za}, stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	res, err := Run(ctx, plan, nil)
+	close(stop)
+	require.NoError(t, err)
+	seen := legs()
+	g := res.Geo
+	require.NotNil(t, g)
+	require.NotEmpty(t, g.CallRecords)
+	require.Equal(t, g.Calls, g.OneRegion+g.Spanning)
+	require.Equal(t, 65.0, g.AllowanceMs)
+	regionOf := map[string]string{eu.Addr().String(): "eu", za.Addr().String(): "za"}
+	delayOf := map[string]float64{"london": 0, "joburg": ms(joburgDelay)}
+	accessOf := map[string]float64{"london": 0, "joburg": ms(joburgDelay) + 1} // + half the 2 ms jitter
+	var withJoburg, devices int
+	for _, c := range g.CallRecords {
+		regions := map[string]bool{}
+		for _, m := range c.Members {
+			require.NotEmpty(t, m.Forwarder, "call %d member %d", c.No, m.Index)
+			require.Equal(t, regionOf[m.Forwarder], m.Region, "call %d member %d", c.No, m.Index)
+			require.Contains(t, delayOf, m.City)
+			regions[m.Region] = true
+			// The forwarder recorded is the one whose legs held it longest.
+			on := seen[m.Participant]
+			require.NotEmpty(t, on, "participant %s never seen on a forwarder", m.Participant)
+			best, bestN := netip.AddrPort{}, 0
+			for a, n := range on {
+				if n > bestN {
+					best, bestN = a, n
+				}
+			}
+			require.Equal(t, best.String(), m.Forwarder, "call %d member %d: legs %v", c.No, m.Index, on)
+			if m.City == "joburg" {
+				withJoburg++
+			}
+			devices++
+		}
+		require.Equal(t, len(regions) > 1, c.SpansRegions, "call %d", c.No)
+		require.Len(t, c.Regions, len(regions))
+		// The worst pair's path includes both access links' delay.
+		from, to := c.Members[memberAt(t, c, c.WorstFrom)], c.Members[memberAt(t, c, c.WorstTo)]
+		floor := delayOf[from.City] + delayOf[to.City]
+		require.GreaterOrEqual(t, c.WorstPathMs, floor, "call %d (%s -> %s)", c.No, from.City, to.City)
+		require.InDelta(t, c.WorstPathMs+g.AllowanceMs, c.WorstMouthToEarMs, 0.01)
+		require.InDelta(t, accessOf[from.City]+accessOf[to.City], c.WorstAccessMs, 0.01)
+	}
+	require.Positive(t, withJoburg, "the seed gives no joburg device: pick another")
+	n := 0
+	for _, c := range g.Cities {
+		n += c.Devices
+	}
+	require.GreaterOrEqual(t, n, devices) // the cities also count members of calls in which nobody heard anyone
+	t.Logf("geo: %d calls, %d one region, %d spanning; mouth-to-ear %+v; cities %+v", g.Calls, g.OneRegion, g.Spanning, g.MouthToEarMs, g.Cities)
+}
+
+func memberAt(t *testing.T, c CallRecord, idx int) int {
+	t.Helper()
+	for i, m := range c.Members {
+		if m.Index == idx {
+			return i
+		}
+	}
+	require.FailNow(t, "no such member", "call %d has no member %d", c.No, idx)
+	return -1
+}
+
+// Bad city plans are refused with an error naming the field.
+func TestValidateCities(t *testing.T) {
+	fa, fb := netip.MustParseAddrPort("127.0.0.1:4000"), netip.MustParseAddrPort("127.0.0.1:4001")
+	base := func() Plan {
+		p := idlePlan(t, 1).WithDefaults()
+		p.Forwarders = []netip.AddrPort{fa, fb}
+		p.Regions = []Region{{Name: "eu", Forwarders: []netip.AddrPort{fa}}, {Name: "za", Forwarders: []netip.AddrPort{fb}}}
+		p.Cities = []City{{Name: "london", Region: "eu", Share: 0.6}, {Name: "joburg", Region: "za", Share: 0.4, Access: Access{Delay: Duration(40 * time.Millisecond)}}}
+		return p
+	}
+	require.NoError(t, base().Validate())
+	for _, tc := range []struct {
+		name, want string
+		mod        func(*Plan)
+	}{
+		{"unknown region", `cities[1].region = "af": unknown region`, func(p *Plan) { p.Cities[1].Region = "af" }},
+		{"shares", "cities: the shares sum to 0.9, want 1", func(p *Plan) { p.Cities[0].Share = 0.5 }},
+		{"zero share", "cities[0].share = 0", func(p *Plan) { p.Cities[0].Share, p.Cities[1].Share = 0, 1 }},
+		{"negative delay", "cities[1].access: delay -1ms", func(p *Plan) { p.Cities[1].Access.Delay = Duration(-time.Millisecond) }},
+		{"negative jitter", "jitter -1ms", func(p *Plan) { p.Cities[1].Access.Jitter = Duration(-time.Millisecond) }},
+		{"loss", "cities[0].access.loss_pct = 100", func(p *Plan) { p.Cities[0].Access.LossPct = 100 }},
+		{"duplicate city", `cities[1].name = "london"`, func(p *Plan) { p.Cities[1].Name = "london" }},
+		{"region forwarder", "regions[1].forwarders[0] = 127.0.0.1:5000 is not in forwarders", func(p *Plan) { p.Regions[1].Forwarders[0] = netip.MustParseAddrPort("127.0.0.1:5000") }},
+		{"regions without cities", "regions and locator need cities", func(p *Plan) { p.Cities = nil }},
+		{"fast engine", "cities: the fast engine", func(p *Plan) { p.Engine = EngineFast }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := base()
+			tc.mod(&p)
+			err := p.Validate()
+			require.ErrorIs(t, err, ErrPlan)
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+}
+
+// The access link really delays: a datagram and its echo through a 30 ms
+// link take at least 60 ms, through one of 0 ms less (on loopback: the
+// comparison is of the floor, not of the machine's speed).
+func TestAccessLinkDelaysBothWays(t *testing.T) {
+	echo, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	defer echo.Close()
+	go func() {
+		b := make([]byte, 1500)
+		for {
+			n, a, err := echo.ReadFromUDPAddrPort(b)
+			if err != nil {
+				return
+			}
+			_, _ = echo.WriteToUDPAddrPort(b[:n], a)
+		}
+	}()
+	var dropped atomic.Uint64
+	l, err := openAccess(echo.LocalAddr().(*net.UDPAddr).AddrPort(), netip.Addr{}, Access{Delay: Duration(30 * time.Millisecond)}, 1, &dropped)
+	require.NoError(t, err)
+	defer l.Close()
+	dev, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	defer dev.Close()
+	for i := range 5 {
+		began := time.Now()
+		_, err = dev.WriteToUDPAddrPort([]byte{byte(i)}, l.Addr())
+		require.NoError(t, err)
+		require.NoError(t, dev.SetReadDeadline(time.Now().Add(5*time.Second)))
+		b := make([]byte, 16)
+		n, from, err := dev.ReadFromUDPAddrPort(b)
+		require.NoError(t, err)
+		require.Equal(t, []byte{byte(i)}, b[:n])
+		require.Equal(t, l.Addr(), unmapAP(from))
+		require.GreaterOrEqual(t, time.Since(began), 60*time.Millisecond)
+	}
+	require.Zero(t, dropped.Load())
+}
