@@ -1,6 +1,7 @@
 package forwarder
 
 import (
+	"math/bits"
 	"net/netip"
 
 	"github.com/callrelay/callrelay/protocol"
@@ -127,6 +128,17 @@ func (r *reader) keyRequest(rte *route, ssrc uint32) {
 // still held, not resent to this device too often, and within its share and
 // its leg's budget (rtx.go), goes to this device alone.
 func (r *reader) nack(rte *route, w *protocol.RTCPWalker, src netip.AddrPort) {
+	if isStreamAddr(src) && r.f.stream != nil {
+		// A connection loses nothing: not answered (protocol/README.md 9,
+		// rule 3), and not a NACK outcome; counted per packet asked for.
+		n := 0
+		for i := 0; i < w.NackPairs(); i++ {
+			_, blp := w.NackPair(i)
+			n += 1 + bits.OnesCount16(blp)
+		}
+		r.f.stream.c.skippedRtx.Add(uint64(n))
+		return
+	}
 	m, slot, sender := senderOf(rte.cr, rte.media, w.MediaSSRC())
 	var cache *nackCache
 	if m != nil && forwardedTo(rte, m, slot, sender) {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/rtcp"
 	"github.com/pion/stun/v3"
 	"github.com/stretchr/testify/require"
 
@@ -169,6 +170,24 @@ func TestStreamMembersTalkWithUDPMembers(t *testing.T) {
 	require.Equal(t, uint64(1), s.Accepted[StreamTCP])
 	require.Equal(t, uint64(1), s.Accepted[StreamTLS])
 	require.GreaterOrEqual(t, s.FramesIn, uint64(2*n))
+
+	// A NACK from a connection (a device there does not send one: rule 3
+	// of protocol/README.md 9) is not answered, and is counted per packet
+	// asked for, not as a NACK outcome; the UDP member's still is.
+	before := r.f.Stats()
+	nack, err := (&rtcp.TransportLayerNack{MediaSSRC: 1, Nacks: []rtcp.NackPair{{PacketID: 3, LostPackets: 0b101}}}).Marshal()
+	require.NoError(t, err)
+	tcp.send(nack)
+	r.stats(t, "the connection's NACK counted", func(s Stats) bool { return s.Stream.SkippedRtx == before.Stream.SkippedRtx+3 })
+	fence := withSeq(0x51) // forwarded to the connection after the NACK was taken
+	udp.send(fence)
+	var got [][]byte
+	for b, ok := tcp.recv(10 * time.Second); !bytes.Equal(b, fence); b, ok = tcp.recv(10 * time.Second) {
+		require.True(t, ok, "the fence did not come")
+		got = append(got, b)
+	}
+	require.Empty(t, rtpOnly(got), "nothing resent over the connection")
+	require.Equal(t, before.NackOutcomes, r.f.Stats().NackOutcomes)
 }
 
 // TestStreamMemberMovesToUDPAndBack: the same session moves from a stream

@@ -101,7 +101,9 @@ func (p *streamPC) Dropped() uint64          { return 0 }
 
 func (p *streamPC) Queue(b []byte, dst *sockaddr) bool {
 	if isStreamAddr(dst.ap) {
-		p.s.skippedRtx.Add(1)
+		// Only a nudge to a connection with no session comes here (its
+		// NACKs are not answered: feedback.go); it goes nowhere: the
+		// device rejoins when its connection's keepalives fail.
 		return true
 	}
 	return p.out.Queue(b, dst)
