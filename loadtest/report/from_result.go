@@ -26,6 +26,9 @@ func FromResult(r *loadtest.Result) Input {
 	if hasTransports(r) {
 		in.Sections = append(in.Sections, transportsSection(r))
 	}
+	if r.Geo != nil {
+		in.Sections = append(in.Sections, geoSection(r))
+	}
 	if hasSessions(r) {
 		in.Sections = append(in.Sections, sessionsSection(r))
 	}
