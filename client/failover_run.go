@@ -182,16 +182,26 @@ func (s *Session) checkNudge(cur *Conn) {
 
 func (s *Session) onMigrateTo(cur *Conn, m *protocol.MigrateTo) {
 	target, from, now := unmap(m.Addr), cur.Forwarder(), time.Now()
+	listener, via := target, m.Transport // a TCP or TLS listener: migrate_stream.go
+	if via != protocol.TransportUDP {
+		target = s.streamForwarder(listener, via)
+	}
 	if target == from || s.att != nil || (!s.lastMigrate.IsZero() && now.Sub(s.lastMigrate) < nudgeInterval) {
 		s.ignored.Add(1)
 		s.log.Debug("migrate-to ignored", zap.Stringer("target", target), zap.Bool("busy", s.att != nil))
 		return
 	}
 	s.lastMigrate = now
-	s.log.Info("migrating", zap.Stringer("from", from), zap.Stringer("to", target), zap.Duration("deadline", m.Deadline))
+	s.log.Info("migrating", zap.Stringer("from", from), zap.Stringer("to", target), zap.Stringer("transport", via),
+		zap.Duration("deadline", m.Deadline))
 	deadline := m.Deadline
-	s.start(&attempt{kind: EventMigrated, from: from, target: target, began: now},
-		func(ctx context.Context) (*Conn, error) { return s.migrate(ctx, target, from, deadline) })
+	dial := func(ctx context.Context) (*Conn, error) { return s.migrate(ctx, target, from, deadline) }
+	if via != protocol.TransportUDP {
+		dial = func(ctx context.Context) (*Conn, error) {
+			return s.migrateStream(ctx, target, listener, via, from, deadline)
+		}
+	}
+	s.start(&attempt{kind: EventMigrated, from: from, target: target, began: now}, dial)
 }
 
 // trouble gives up the current Conn (dead: its forwarder is known to be

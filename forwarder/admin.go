@@ -457,14 +457,11 @@ func (c *control) adminMoves(now time.Time) {
 		if !s.migrateSent.IsZero() && now.Sub(s.migrateSent) < migrateEvery {
 			continue
 		}
-		raw, err := protocol.SignMigrateTo(0, &protocol.MigrateTo{Addr: s.moveTo, Deadline: s.moveUntil.Sub(now), Echo: s.lastTID}, s.lastKey)
-		if err != nil {
+		if err := c.sendMigrate(s, s.moveTo, s.moveUntil.Sub(now)); err != nil {
 			c.f.log.Error("building migrate", zap.Error(err))
 			return
 		}
 		s.migrateSent = now
-		c.f.migrations.Add(1)
-		c.reply(raw, s.addr)
 	}
 }
 

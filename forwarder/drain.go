@@ -5,8 +5,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/callrelay/callrelay/protocol"
 )
 
 // Drain stops admitting new sessions and asks the ones here to move:
@@ -65,11 +63,9 @@ func (c *control) drainTick(now time.Time) {
 		if !alt.IsValid() {
 			return // nowhere to send anyone
 		}
-		// Signed for the device's latest accepted request (README 5.7): a
-		// device follows no MigrateTo it cannot verify.
-		raw, err := protocol.SignMigrateTo(0,
-			&protocol.MigrateTo{Addr: alt, Deadline: left, Echo: s.lastTID}, s.lastKey)
-		if err != nil {
+		// A member on TCP or TLS is named the peer's listener of its
+		// transport (stream_migrate.go).
+		if err := c.sendMigrate(s, alt, left); err != nil {
 			f.log.Error("building migrate", zap.Error(err))
 			return
 		}
@@ -77,7 +73,5 @@ func (c *control) drainTick(now time.Time) {
 			s.log.Info("asking to move", zap.Stringer("to", alt))
 		}
 		s.migrateSent = now
-		f.migrations.Add(1)
-		c.reply(raw, s.addr)
 	}
 }

@@ -210,7 +210,7 @@ func (c *control) announce(now time.Time) {
 	}
 	c.seq++
 	a := protocol.ForwarderAnnounce{
-		ID: cc.ID, Media: f.mediaAdvertise, Media6: f.mediaAdv6, Trunk: f.trunkAdvertise,
+		ID: cc.ID, Media: f.mediaAdvertise, Media6: f.mediaAdv6, Trunk: f.trunkAdvertise, Streams: f.streamListeners(),
 		Sessions: uint32(len(c.sessions)), Calls: uint32(len(c.calls)),
 		Draining: f.draining.Load(), Seq: c.seq, Started: c.started, At: now, Load: f.loadPermille(),
 	}

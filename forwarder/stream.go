@@ -100,6 +100,11 @@ type StreamStats struct {
 	FramesIn   uint64
 	FramesOut  uint64
 	BytesOut   uint64
+	// MigrateTo sent to members on a connection naming the target's
+	// listener of their transport (by transport), or its UDP address, the
+	// target having no such listener (stream_migrate.go).
+	MigrateTo          [2]uint64
+	MigrateUDPFallback uint64
 }
 
 // Stream transports.
@@ -130,13 +135,16 @@ type streamCounters struct {
 	queueDrops               [2]atomic.Uint64
 	skippedRtx               atomic.Uint64
 	framesIn, framesOut, out atomic.Uint64
+	migrateTo                [2]atomic.Uint64
+	migrateUDP               atomic.Uint64
 }
 
 func (c *streamCounters) stats() StreamStats {
 	s := StreamStats{Open: int(c.open.Load()), Refused: c.refused.Load(), SkippedRtx: c.skippedRtx.Load(),
-		FramesIn: c.framesIn.Load(), FramesOut: c.framesOut.Load(), BytesOut: c.out.Load()}
+		FramesIn: c.framesIn.Load(), FramesOut: c.framesOut.Load(), BytesOut: c.out.Load(), MigrateUDPFallback: c.migrateUDP.Load()}
 	for i := range s.Accepted {
 		s.Accepted[i], s.QueueDrops[i] = c.accepted[i].Load(), c.queueDrops[i].Load()
+		s.MigrateTo[i] = c.migrateTo[i].Load()
 	}
 	for i := range s.Closed {
 		s.Closed[i] = c.closed[i].Load()
@@ -368,7 +376,7 @@ var (
 )
 
 func describeStream(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{mStreamAccepted, mStreamOpen, mStreamRefused, mStreamClosed, mStreamQueueDrops, mStreamRtx, mStreamFrames} {
+	for _, d := range []*prometheus.Desc{mStreamAccepted, mStreamOpen, mStreamRefused, mStreamClosed, mStreamQueueDrops, mStreamRtx, mStreamFrames, mStreamMigrate} {
 		ch <- d
 	}
 }
@@ -389,4 +397,5 @@ func collectStream(ch chan<- prometheus.Metric, s StreamStats) {
 	counter(mStreamRtx, s.SkippedRtx)
 	counter(mStreamFrames, s.FramesIn, "in")
 	counter(mStreamFrames, s.FramesOut, "out")
+	collectStreamMigrate(ch, s)
 }
