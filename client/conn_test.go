@@ -292,7 +292,7 @@ func TestConnCloseUnansweredLeaveIsBounded(t *testing.T) {
 	returns(t, "Close (an unanswered leave ends at LeaveTimeout)", func() { err = c.Close() })
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, time.Since(start), cfg.LeaveTimeout)
-	eventually(t, func() bool { return len(r.leaves()) >= 2 }, "the leave is retransmitted while unanswered")
+	eventually(t, func() bool { return r.leaveDatagrams() >= 2 }, "the leave is retransmitted while unanswered")
 }
 
 func TestConnIgnoresStrayAndForeign(t *testing.T) {

@@ -407,22 +407,34 @@ func (r *responder) challenges(addr netip.AddrPort) []request {
 	return out
 }
 
-// leaves returns the leaves that passed the address check.
-func (r *responder) leaves() []request {
-	var out []request
-	for _, q := range r.from(netip.AddrPort{}) {
-		if q.leave {
-			out = append(out, q)
-		}
-	}
-	return out
-}
+// leaves returns the leaves that passed the address check, one per
+// transaction.
+func (r *responder) leaves() []request { return leaveTransactions(r.from(netip.AddrPort{})) }
 
 // allLeaves returns every leave, challenged ones included.
-func (r *responder) allLeaves() []request {
-	var out []request
-	for _, q := range r.all(netip.AddrPort{}) {
+func (r *responder) allLeaves() []request { return leaveTransactions(r.all(netip.AddrPort{})) }
+
+// leaveDatagrams counts every leave that passed the address check,
+// retransmissions included.
+func (r *responder) leaveDatagrams() int {
+	n := 0
+	for _, q := range r.from(netip.AddrPort{}) {
 		if q.leave {
+			n++
+		}
+	}
+	return n
+}
+
+// leaveTransactions are the leaves among qs, one per transaction: a leave
+// retransmitted while its answer was on the way (a loaded machine) is
+// still one leave.
+func leaveTransactions(qs []request) []request {
+	var out []request
+	seen := map[[stun.TransactionIDSize]byte]bool{}
+	for _, q := range qs {
+		if q.leave && !seen[q.tid] {
+			seen[q.tid] = true
 			out = append(out, q)
 		}
 	}
