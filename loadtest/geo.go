@@ -40,7 +40,9 @@ type Access struct {
 // Region names the forwarders of one region (each must be in
 // Plan.Forwarders): a city's devices try its region's forwarders first,
 // then the others (its neighbours), and a placement is read as a region
-// from here.
+// from here. With a locator, Regions may be left out: the locator's
+// answers say where each forwarder is, and a city region it does not
+// know fails the run at its start.
 type Region struct {
 	Name       string           `json:"name" yaml:"name"`
 	Forwarders []netip.AddrPort `json:"forwarders" yaml:"forwarders"`
@@ -74,6 +76,9 @@ func (p Plan) validateGeo() []error {
 	if p.Transports.TCPShare > 0 {
 		bad("cities with transports.tcp_share > 0: access links carry UDP only")
 	}
+	if len(p.Regions) == 0 && p.Locator == "" {
+		bad("cities need regions (which forwarders are where) or a locator")
+	}
 	known := map[string]bool{}
 	inPlan := map[netip.AddrPort]bool{}
 	for _, a := range p.Forwarders {
@@ -96,7 +101,7 @@ func (p Plan) validateGeo() []error {
 			bad("cities[%d].name = %q: want a unique, non-empty name", i, c.Name)
 		}
 		names[c.Name] = true
-		if !known[c.Region] {
+		if (len(p.Regions) > 0 || p.Locator == "") && !known[c.Region] {
 			bad("cities[%d].region = %q: unknown region (regions: %v)", i, c.Region, regionNames(p.Regions))
 		}
 		if c.Share <= 0 || c.Share > 1 || math.IsNaN(c.Share) {

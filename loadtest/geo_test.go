@@ -3,7 +3,9 @@ package loadtest
 import (
 	"context"
 	"crypto/ed25519"
+	"fmt"
 	"net"
+	"net/http/httptest"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -11,9 +13,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
+	"github.com/callrelay/callrelay/client"
+	"github.com/callrelay/callrelay/conductor"
 	"github.com/callrelay/callrelay/forwarder"
 	"github.com/callrelay/callrelay/internal/testkit/testenv"
 	"github.com/callrelay/callrelay/protocol"
@@ -83,7 +88,17 @@ func watchLegs(fs []*forwarder.Forwarder, stop <-chan struct{}) func() map[strin
 // exactly when its members' regions differ; and each call's worst path is
 // at least the configured access delays of its worst pair (the access
 // links really delay), without a bound on how fast anything is.
+//
+// With a locator (a conductor.Locator over the forwarders' announcements
+// on NATS, served over HTTP on loopback), the devices take its answer for
+// their city's region, and each placement also names the forwarder's id.
 func TestCitiesPlacementAndMouthToEar(t *testing.T) {
+	for _, withLocator := range []bool{false, true} {
+		t.Run(map[bool]string{false: "regions", true: "locator"}[withLocator], func(t *testing.T) { citiesRun(t, withLocator) })
+	}
+}
+
+func citiesRun(t *testing.T, withLocator bool) {
 	pub, priv, err := protocol.GenerateSigningKey()
 	require.NoError(t, err)
 	key, err := protocol.NewClusterKey()
@@ -108,6 +123,11 @@ func TestCitiesPlacementAndMouthToEar(t *testing.T) {
 			{Name: "joburg", Region: "za", Share: 0.5, Access: Access{Delay: Duration(joburgDelay), Jitter: Duration(2 * time.Millisecond)}},
 		},
 	}
+	idOf := map[string]string{}
+	if withLocator {
+		plan.Regions, plan.Locator = nil, startLocator(t, key, ns.ClientURL(), 2)
+		idOf = map[string]string{eu.Addr().String(): "fwd-eu", za.Addr().String(): "fwd-za"}
+	}
 	stop := make(chan struct{})
 	legs := watchLegs([]*forwarder.Forwarder{eu, za}, stop)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -130,6 +150,7 @@ func TestCitiesPlacementAndMouthToEar(t *testing.T) {
 		for _, m := range c.Members {
 			require.NotEmpty(t, m.Forwarder, "call %d member %d", c.No, m.Index)
 			require.Equal(t, regionOf[m.Forwarder], m.Region, "call %d member %d", c.No, m.Index)
+			require.Equal(t, idOf[m.Forwarder], m.ForwarderID, "call %d member %d", c.No, m.Index)
 			require.Contains(t, delayOf, m.City)
 			regions[m.Region] = true
 			// The forwarder recorded is the one whose legs held it longest.
@@ -163,6 +184,34 @@ func TestCitiesPlacementAndMouthToEar(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, n, devices) // the cities also count members of calls in which nobody heard anyone
 	t.Logf("geo: %d calls, %d one region, %d spanning; mouth-to-ear %+v; cities %+v", g.Calls, g.OneRegion, g.Spanning, g.MouthToEarMs, g.Cities)
+}
+
+// startLocator serves a conductor.Locator over the forwarders' messages
+// on NATS (regions eu and za neighbours of each other) on loopback, once
+// it knows want forwarders, and returns its base URL.
+func startLocator(t *testing.T, key protocol.ClusterKey, natsURL string, want int) string {
+	t.Helper()
+	nc, err := nats.Connect(natsURL)
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	fleet := conductor.NewFleet(key, 2*time.Second, nil)
+	require.NoError(t, fleet.Subscribe(nc, "callrelay"))
+	t.Cleanup(fleet.Close)
+	nb, err := conductor.ParseRegionTable("eu:za;za:eu")
+	require.NoError(t, err)
+	srv := httptest.NewServer(conductor.NewLocator(fleet, conductor.LocatorConfig{Neighbours: nb, Registerer: prometheus.NewRegistry()}))
+	t.Cleanup(srv.Close)
+	testenv.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		ans, err := client.Locate(context.Background(), nil, srv.URL, "eu")
+		if err != nil {
+			return err
+		}
+		if len(ans.Forwarders) != want {
+			return fmt.Errorf("the locator knows %d forwarders, want %d", len(ans.Forwarders), want)
+		}
+		return nil
+	})
+	return srv.URL
 }
 
 func memberAt(t *testing.T, c CallRecord, idx int) int {
@@ -200,6 +249,7 @@ func TestValidateCities(t *testing.T) {
 		{"duplicate city", `cities[1].name = "london"`, func(p *Plan) { p.Cities[1].Name = "london" }},
 		{"region forwarder", "regions[1].forwarders[0] = 127.0.0.1:5000 is not in forwarders", func(p *Plan) { p.Regions[1].Forwarders[0] = netip.MustParseAddrPort("127.0.0.1:5000") }},
 		{"regions without cities", "regions and locator need cities", func(p *Plan) { p.Cities = nil }},
+		{"no regions", "cities need regions (which forwarders are where) or a locator", func(p *Plan) { p.Regions = nil }},
 		{"fast engine", "cities: the fast engine", func(p *Plan) { p.Engine = EngineFast }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -249,4 +299,25 @@ func TestAccessLinkDelaysBothWays(t *testing.T) {
 		require.GreaterOrEqual(t, time.Since(began), 60*time.Millisecond)
 	}
 	require.Zero(t, dropped.Load())
+}
+
+// A plan file declares cities, regions and a locator (README "Cities").
+func TestParsePlanCities(t *testing.T) {
+	p, err := ParsePlan([]byte(`
+forwarders: [127.0.0.1:4000, 127.0.0.1:4001]
+regions:
+  - {name: eu, forwarders: [127.0.0.1:4000]}
+  - {name: za, forwarders: [127.0.0.1:4001]}
+cities:
+  - {name: london, region: eu, share: 0.7, access: {delay: 8ms, jitter: 4ms}}
+  - {name: joburg, region: za, share: 0.3, access: {delay: 35ms, jitter: 10ms, loss_pct: 0.5}}
+locator: http://127.0.0.1:8090
+`))
+	require.NoError(t, err)
+	require.Len(t, p.Cities, 2)
+	require.Equal(t, City{Name: "joburg", Region: "za", Share: 0.3, Access: Access{Delay: Duration(35 * time.Millisecond), Jitter: Duration(10 * time.Millisecond), LossPct: 0.5}}, p.Cities[1])
+	require.Equal(t, "http://127.0.0.1:8090", p.Locator)
+	require.Equal(t, []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:4001")}, p.Regions[1].Forwarders)
+	p.SigningKey = make([]byte, ed25519.PrivateKeySize)
+	require.NoError(t, p.WithDefaults().Validate())
 }
