@@ -3,8 +3,11 @@ package forwarder_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -12,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/callrelay/callrelay/client"
@@ -145,32 +149,51 @@ func (f *rtpFlow) gap() (lost, run int, silence time.Duration) {
 func TestStreamMemberMovesOnDrain(t *testing.T) {
 	e := newClusterEnv(t)
 	for _, via := range []client.Transport{client.TransportTCP, client.TransportTLS} {
-		t.Run(via.String(), func(t *testing.T) { streamMemberMoves(t, e, via, true) })
+		t.Run(via.String(), func(t *testing.T) { streamMemberMoves(t, e, via, true, drainMove) })
 	}
+}
+
+// TestStreamMemberMovedByOperator: the same over TLS, moved by an
+// operator's signed admin command (callrelay admin move) instead of a
+// drain; a conductor's PlacementMove takes the same path (adminMoves).
+func TestStreamMemberMovedByOperator(t *testing.T) {
+	streamMemberMoves(t, newClusterEnv(t), client.TransportTLS, true, adminMove)
+}
+
+// A move: how the test makes fwd-a move participant p of call to fwd-b.
+type moveFunc func(t *testing.T, e *clusterEnv, a, b *clusterNode, call, p protocol.ID)
+
+func drainMove(_ *testing.T, _ *clusterEnv, a, _ *clusterNode, _, _ protocol.ID) { a.f.Drain() }
+
+// adminMove sends fwd-a the admin command an operator's CLI sends, over
+// NATS, signed with the cluster key, and requires a 200.
+func adminMove(t *testing.T, e *clusterEnv, a, b *clusterNode, call, p protocol.ID) {
+	args, err := json.Marshal(protocol.AdminArgs{Call: call.String(), Participant: p.String(), To: b.id})
+	require.NoError(t, err)
+	cmd := protocol.AdminCommand{At: time.Now(), Op: protocol.AdminOpMove, Target: a.id, Actor: "test", Args: args}
+	_, err = rand.Read(cmd.Nonce[:])
+	require.NoError(t, err)
+	raw, err := protocol.MarshalAdminCommand(&cmd, e.key)
+	require.NoError(t, err)
+	nc, err := nats.Connect(e.nats.ClientURL())
+	require.NoError(t, err)
+	defer nc.Close()
+	msg, err := nc.Request(protocol.AdminSubject(forwarder.Default().Cluster.Subject, a.id), raw, 5*time.Second)
+	require.NoError(t, err)
+	reply, err := protocol.UnmarshalAdminReply(msg.Data, e.key)
+	require.NoError(t, err)
+	require.Equal(t, uint16(200), reply.Status, "%s", reply.Body)
 }
 
 // TestStreamMemberMoveFallsBackToUDP: fwd-b has no TCP or TLS listener, so
 // fwd-a's MigrateTo names its UDP address (counted as a fallback); a device
 // whose UDP works after all follows it over UDP.
 func TestStreamMemberMoveFallsBackToUDP(t *testing.T) {
-	streamMemberMoves(t, newClusterEnv(t), client.TransportTCP, false)
+	streamMemberMoves(t, newClusterEnv(t), client.TransportTCP, false, drainMove)
 }
 
-func streamMemberMoves(t *testing.T, e *clusterEnv, via client.Transport, bStreams bool) {
-	mod, roots := withStreams(t, "127.0.0.1")
-	a := e.startWith(t, "fwd-a-"+via.String(), mod)
-	bMod := mod
-	if !bStreams {
-		bMod = nil
-	}
-	b := e.startWith(t, "fwd-b-"+via.String(), bMod)
-	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
-		if a.f.Stats().Peers < 1 || b.f.Stats().Peers < 1 {
-			return fmt.Errorf("peers: a %d, b %d", a.f.Stats().Peers, b.f.Stats().Peers)
-		}
-		return nil
-	})
-
+func streamMemberMoves(t *testing.T, e *clusterEnv, via client.Transport, bStreams bool, move moveFunc) {
+	a, b, roots := movePair(t, e, via, bStreams)
 	// The device's forwarders, as it knows them: dead UDP addresses (UDP
 	// never answers) and their listeners.
 	udpA, udpB := deadUDP(t), deadUDP(t)
@@ -181,40 +204,15 @@ func streamMemberMoves(t *testing.T, e *clusterEnv, via client.Transport, bStrea
 		streams = map[netip.AddrPort]client.StreamEndpoints{udpA: {TLS: aTLS}, udpB: {TLS: bTLS}}
 	}
 	call := protocol.NewID()
-	tok, _ := e.token(t, call, 4)
+	tok, who := e.token(t, call, 4)
 	dev := migrateDevice(t, tok, udpA, streams, &tls.Config{RootCAs: roots, ServerName: "callrelay.test"})
 	require.Equal(t, via, dev.Transport())
 	tokPeer, _ := e.token(t, call, 4)
 	peer := dial(t, tokPeer, b.f.Addr())
+	fl := startFlows(t, dev, peer)
+	fl.heardAfter(t, 0, "before the move")
 
-	up, down := &rtpFlow{ssrc: 0xa, got: map[uint16]time.Time{}}, &rtpFlow{ssrc: 0xb, got: map[uint16]time.Time{}}
-	stopSend, stopRecv := make(chan struct{}), make(chan struct{})
-	var wg sync.WaitGroup
-	for _, fn := range []func(){
-		func() { up.send(dev.WriteRTP, stopSend) }, func() { down.send(peer.WriteRTP, stopSend) },
-		func() { up.receive(peer.Media(), stopRecv) }, func() { down.receive(dev.Media(), stopRecv) },
-	} {
-		wg.Add(1)
-		go func() { defer wg.Done(); fn() }()
-	}
-	stopped := false
-	stop := func() {
-		if !stopped {
-			stopped = true
-			close(stopSend)
-			close(stopRecv)
-			wg.Wait()
-		}
-	}
-	t.Cleanup(stop)
-	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
-		if !up.heardSince(0) || !down.heardSince(0) {
-			return fmt.Errorf("before the drain: fwd-b's member heard the device %v, the device heard it %v", up.heardSince(0), down.heardSince(0))
-		}
-		return nil
-	})
-
-	a.f.Drain()
+	move(t, e, a, b, call, who)
 	ev := awaitMigrated(t, dev)
 	wantVia, wantTo := via, udpB
 	if !bStreams {
@@ -225,29 +223,14 @@ func streamMemberMoves(t *testing.T, e *clusterEnv, via client.Transport, bStrea
 	require.Equal(t, wantVia, dev.Transport())
 
 	// A second of media after the move, then let what is in flight land.
-	after := max(up.sentSoFar(), down.sentSoFar()) + 100
-	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
-		if !up.heardSince(after) || !down.heardSince(after) {
-			return fmt.Errorf("after the move: fwd-b's member heard the device %v, the device heard it %v", up.heardSince(after), down.heardSince(after))
-		}
-		return nil
-	})
-	close(stopSend)
-	last := max(up.sentSoFar(), down.sentSoFar()) - 1
-	// Up to 3 s for the last packets in flight (one lost is counted, not fatal).
-	for end := time.Now().Add(3 * time.Second); time.Now().Before(end) && !(up.heardSince(last) && down.heardSince(last)); {
-		<-time.After(20 * time.Millisecond)
-	}
-	close(stopRecv)
-	wg.Wait()
-	stopped = true
-
-	upLost, upRun, upSilence := up.gap()
-	downLost, downRun, downSilence := down.gap()
+	fl.heardAfter(t, max(fl.up.sentSoFar(), fl.down.sentSoFar())+100, "after the move")
+	fl.finish()
+	upLost, upRun, upSilence := fl.up.gap()
+	downLost, downRun, downSilence := fl.down.gap()
 	t.Logf("%s member moved over %s in %v: device->peer lost %d of %d (longest run %d, silence %v); peer->device lost %d of %d (longest run %d, silence %v)",
-		via, ev.Transport, ev.Took.Round(time.Millisecond), upLost, up.sent, upRun, upSilence.Round(time.Millisecond),
-		downLost, down.sent, downRun, downSilence.Round(time.Millisecond))
-	require.Zero(t, up.bad+down.bad, "packets not byte-exact")
+		via, ev.Transport, ev.Took.Round(time.Millisecond), upLost, fl.up.sent, upRun, upSilence.Round(time.Millisecond),
+		downLost, fl.down.sent, downRun, downSilence.Round(time.Millisecond))
+	require.Zero(t, fl.up.bad+fl.down.bad, "packets not byte-exact")
 	st := dev.Stats()
 	require.Zero(t, st.Failovers, "moved by the MigrateTo, not by a failover")
 	require.Equal(t, uint64(1), st.Migrations)
@@ -256,7 +239,81 @@ func streamMemberMoves(t *testing.T, e *clusterEnv, via client.Transport, bStrea
 	// deadline's worth, or fail over.
 	require.Less(t, upRun, 100, "device->peer")
 	require.Less(t, downRun, 100, "peer->device")
+	checkMoveCounters(t, a, b, via, bStreams)
+}
 
+// movePair starts fwd-a with TCP and TLS listeners and fwd-b with them
+// (bStreams) or without, and waits until each hears the other.
+func movePair(t *testing.T, e *clusterEnv, via client.Transport, bStreams bool) (a, b *clusterNode, roots *x509.CertPool) {
+	mod, roots := withStreams(t, "127.0.0.1")
+	a = e.startWith(t, "fwd-a-"+via.String(), mod)
+	bMod := mod
+	if !bStreams {
+		bMod = nil
+	}
+	b = e.startWith(t, "fwd-b-"+via.String(), bMod)
+	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if a.f.Stats().Peers < 1 || b.f.Stats().Peers < 1 {
+			return fmt.Errorf("peers: a %d, b %d", a.f.Stats().Peers, b.f.Stats().Peers)
+		}
+		return nil
+	})
+	return a, b, roots
+}
+
+// flows are the two RTP flows of a test call: up from the device to the
+// peer, down from the peer to the device.
+type flows struct {
+	up, down           *rtpFlow
+	stopSend, stopRecv chan struct{}
+	sendOnce, recvOnce sync.Once
+	wg                 sync.WaitGroup
+}
+
+func startFlows(t *testing.T, dev *client.Session, peer *client.Conn) *flows {
+	fl := &flows{up: &rtpFlow{ssrc: 0xa, got: map[uint16]time.Time{}}, down: &rtpFlow{ssrc: 0xb, got: map[uint16]time.Time{}},
+		stopSend: make(chan struct{}), stopRecv: make(chan struct{})}
+	for _, fn := range []func(){
+		func() { fl.up.send(dev.WriteRTP, fl.stopSend) }, func() { fl.down.send(peer.WriteRTP, fl.stopSend) },
+		func() { fl.up.receive(peer.Media(), fl.stopRecv) }, func() { fl.down.receive(dev.Media(), fl.stopRecv) },
+	} {
+		fl.wg.Add(1)
+		go func() { defer fl.wg.Done(); fn() }()
+	}
+	t.Cleanup(func() {
+		fl.sendOnce.Do(func() { close(fl.stopSend) })
+		fl.recvOnce.Do(func() { close(fl.stopRecv) })
+		fl.wg.Wait()
+	})
+	return fl
+}
+
+// heardAfter waits until packets numbered seq or later arrived both ways.
+func (fl *flows) heardAfter(t *testing.T, seq int, when string) {
+	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if !fl.up.heardSince(seq) || !fl.down.heardSince(seq) {
+			return fmt.Errorf("%s: fwd-b's member heard the device %v, the device heard it %v", when, fl.up.heardSince(seq), fl.down.heardSince(seq))
+		}
+		return nil
+	})
+}
+
+// finish stops sending, gives the last packets up to 3 s to land (one
+// still lost is counted, not fatal), and stops the receivers.
+func (fl *flows) finish() {
+	fl.sendOnce.Do(func() { close(fl.stopSend) })
+	last := max(fl.up.sentSoFar(), fl.down.sentSoFar()) - 1
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end) && !(fl.up.heardSince(last) && fl.down.heardSince(last)); {
+		<-time.After(20 * time.Millisecond)
+	}
+	fl.recvOnce.Do(func() { close(fl.stopRecv) })
+	fl.wg.Wait()
+}
+
+// checkMoveCounters: fwd-a named fwd-b's listener of the device's
+// transport (and the device joined there), or, fwd-b having none, its UDP
+// address, counted as a fallback.
+func checkMoveCounters(t *testing.T, a, b *clusterNode, via client.Transport, bStreams bool) {
 	ss := a.f.Stats().Stream
 	idx := forwarder.StreamTCP
 	if via == client.TransportTLS {
@@ -266,10 +323,10 @@ func streamMemberMoves(t *testing.T, e *clusterEnv, via client.Transport, bStrea
 		require.NotZero(t, ss.MigrateTo[idx], "fwd-a named fwd-b's %s listener", via)
 		require.Zero(t, ss.MigrateUDPFallback)
 		require.Equal(t, uint64(1), b.f.Stats().Stream.Accepted[idx], "the device joined fwd-b over %s", via)
-	} else {
-		require.Zero(t, ss.MigrateTo[idx])
-		require.NotZero(t, ss.MigrateUDPFallback, "fwd-b has no listener: its UDP address, counted")
+		return
 	}
+	require.Zero(t, ss.MigrateTo[idx])
+	require.NotZero(t, ss.MigrateUDPFallback, "fwd-b has no listener: its UDP address, counted")
 }
 
 // awaitMigrated waits for the Session's EventMigrated; any failover or
