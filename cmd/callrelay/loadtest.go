@@ -212,6 +212,10 @@ func (o *loadtestOptions) write(res *loadtest.Result) error {
 		verdict = "FAIL"
 	}
 	fmt.Printf("loadtest: %s (stopped: %s); %s\n", verdict, res.Stopped, written)
+	if g := res.Geo; g != nil {
+		fmt.Printf("loadtest: cities: %d calls measured, %d in one region, %d spanning; worst mouth-to-ear p50 %.0f ms, p95 %.0f ms (result geo)\n",
+			g.Calls, g.OneRegion, g.Spanning, g.MouthToEarMs.P50, g.MouthToEarMs.P95)
+	}
 	return nil
 }
 
