@@ -46,7 +46,7 @@ func forwarderFlags(fs *flag.FlagSet) *forwarderOptions {
 	fs.StringVar(&o.alternate, "alternate", "", "ip:port to send joins to while draining")
 	fs.StringVar(&cfg.Cluster.ID, "id", cfg.Cluster.ID, "forwarder id in the cluster and the state store, stable across restarts")
 	fs.StringVar(&cfg.Cluster.Region, "region", cfg.Cluster.Region, "label for where this forwarder runs (up to 32 printable ASCII characters, no space), told to dashboards in its load reports; empty: none")
-	fs.Var(&cfg.Cluster.SpillLevel, "spill-level", "with a region: joins refused for load go to another region only while every forwarder of this one is at this throttle level or above (new_group, new_one_to_one, group_join, second_party or 1..4)")
+	fs.Var(&cfg.Cluster.SpillLevel, "spill-level", "with a region: joins refused for load go to another region only while every forwarder of this one is at this throttle `level` or above (new_group, new_one_to_one, group_join, second_party or 1..4)")
 	fs.DurationVar(&cfg.Cluster.SpillBudget, "spill-budget", cfg.Cluster.SpillBudget, "with a region: the largest trunk RTT to another region that joins refused for load are sent to (the nearest with room within it); 0: never another region")
 	fs.StringVar(&cfg.Cluster.TrunkListen, "trunk-listen", cfg.Cluster.TrunkListen, "internal UDP ip:port for other forwarders; empty: no cluster")
 	fs.StringVar(&o.trunkAdvertise, "trunk-advertise", "", "trunk ip:port as other forwarders reach it (default: the bound one)")

@@ -75,7 +75,8 @@ func TestNATSAuthCommand(t *testing.T) {
 	dashboardConnects(t, s, env(), "--nats-url", u, "--subject", "cr", "--nats-nkey", filepath.Join(dir, "dashboard.nk"))
 	refused(t, env(), seeds[2], "dashboard", "--nats-url", u, "--subject", "cr")
 
-	// The conductor may not hear the forwarders' heartbeats.
+	// The conductor may not hear the admin commands to forwarders (it may
+	// hear their heartbeats: placement).
 	denied := make(chan error, 1)
 	creds, err := nats.NkeyOptionFromSeed(filepath.Join(dir, "conductor.nk"))
 	require.NoError(t, err)
@@ -88,12 +89,12 @@ func TestNATSAuthCommand(t *testing.T) {
 		}))
 	require.NoError(t, err)
 	defer nc.Close()
-	_, err = nc.SubscribeSync(protocol.ForwardersSubject("cr"))
+	_, err = nc.SubscribeSync(protocol.AdminSubject("cr", "fwd-a"))
 	require.NoError(t, err)
 	select {
 	case err := <-denied:
 		require.ErrorIs(t, err, nats.ErrPermissionViolation)
 	case <-time.After(10 * time.Second):
-		t.Fatal("the conductor's subscription to the heartbeats was not refused")
+		t.Fatal("the conductor's subscription to the admin commands was not refused")
 	}
 }

@@ -49,6 +49,8 @@ func layerValues(t *testing.T, proc string, f *flag.Flag) [3]string {
 		cands = []string{"0.25", "0.5", "0.75", "0.125"}
 	case "duration":
 		cands = []string{"11s", "12s", "13s", "14s"}
+	case "level": // a throttle level, by number or name
+		cands = []string{"1", "2", "3", "4"}
 	case "name=pid":
 		cands = []string{"p=11", "p=12", "p=13", "p=14"}
 	case "name=command":
