@@ -1,0 +1,40 @@
+package forwarder
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// TestStreamListenersAnnounced: what a forwarder's heartbeat says about
+// its listeners (protocol/README.md 7.2, flag S). One bound to an address
+// is announced at it; one bound to a wildcard (Go listens on both families
+// there) at the media address with its own port, and at the IPv6 media
+// address too when there is one.
+func TestStreamListenersAnnounced(t *testing.T) {
+	r, _ := startStreamRelay(t, func(c *Config) { c.Stream.TCPListen = "0.0.0.0:0" })
+	tcp, tls := r.f.StreamAddrs()
+	require.True(t, tcp.Addr().IsUnspecified(), "bound to %v", tcp)
+	media := r.f.mediaAdvertise.Addr()
+	require.True(t, media.Is4(), "the test relay's media address is %v", media)
+	require.Equal(t, protocol.StreamListeners{{netip.AddrPortFrom(media, tcp.Port())}, {tls}}, r.f.streamListeners())
+
+	// With an IPv6 media address beside it (a dual-stack forwarder), the
+	// wildcard listener is announced on both families.
+	m6 := netip.MustParseAddr("2001:db8::10")
+	r.f.mediaAdv6 = netip.AddrPortFrom(m6, 3478)
+	l := r.f.streamListeners()
+	require.Equal(t, protocol.StreamListeners{
+		{netip.AddrPortFrom(media, tcp.Port()), netip.AddrPortFrom(m6, tcp.Port())},
+		{tls},
+	}, l)
+	require.Equal(t, netip.AddrPortFrom(m6, tcp.Port()), l.For(protocol.TransportTCP, true))
+	require.Equal(t, tls, l.For(protocol.TransportTLS, true), "no IPv6 TLS listener: the IPv4 one")
+
+	// No listeners: nothing announced (and no flag S on the wire).
+	r2 := startRelay(t, nil)
+	require.Equal(t, protocol.StreamListeners{}, r2.f.streamListeners())
+}
