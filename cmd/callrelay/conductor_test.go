@@ -145,7 +145,14 @@ func TestConductorSIGKILLTakeover(t *testing.T) {
 			require.Equal(t, ms[0].ID, d.Dominant, "trial %d: the successor resumed with the same speaker", trial)
 			require.NotEqual(t, oldEpoch, d.Epoch, "trial %d: the dead conductor's epoch after the kill", trial)
 		}
-		require.Greater(t, ms[1].Count(ms[0].SSRC), heard+25, "trial %d: the speaker was heard through the gap", trial)
+		// Heard on through the takeover (which can be quick: the lease may
+		// have been near its end), counted, not timed.
+		testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+			if n := ms[1].Count(ms[0].SSRC); n <= heard+25 {
+				return fmt.Errorf("trial %d: %d packets of the speaker heard since the kill", trial, n-heard)
+			}
+			return nil
+		})
 		require.Less(t, ms[1].MaxGap(ms[0].SSRC), 300*time.Millisecond, "trial %d: media gap", trial)
 		require.Equal(t, muted, ms[1].Count(ms[2].SSRC), "trial %d: the silent member stayed muted", trial)
 		conds[victim] = c.conductor(t, victim) // back, as a new lease holder
