@@ -63,7 +63,7 @@ func newPlacementMetrics(reg prometheus.Registerer) *placementMetrics {
 			Help: "Entries of members' RTT reports not used, by reason: unknown_forwarder (an address no live forwarder announces)."},
 			[]string{"reason"}),
 		fleetBad: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_fleet_messages_rejected_total",
-			Help: "Heartbeats and load reports on <prefix>.forwarders that did not authenticate or parse."}),
+			Help: "Heartbeats and load reports on <prefix>.forwarders dropped: they did not authenticate or parse, or were stale (not newer than the last taken from their forwarder, or made over 10 s from this clock: replayed)."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.moves, m.runs, m.worst, m.entries, m.fleetBad)

@@ -17,7 +17,10 @@ import (
 // region, throttle level and draining flag, and the trunk RTTs between
 // regions. Placement (the conductor) and the locator (`callrelay locate`)
 // read it. It subscribes to <prefix>.forwarders; messages that do not
-// authenticate or parse are dropped and counted. Safe for concurrent use.
+// authenticate or parse, or are stale (README 7, Freshness: not newer by
+// (started, sequence) than the last of their kind taken from their
+// forwarder, or made over 10 s from our clock), are dropped and counted.
+// Safe for concurrent use.
 type Fleet struct {
 	key     protocol.ClusterKey
 	timeout time.Duration
@@ -38,7 +41,30 @@ type fleetMember struct {
 	draining      bool
 	rtts          []protocol.RegionRTT
 	heard         time.Time
+	// ann, rep: the newest heartbeat and load report taken (README 7,
+	// Freshness), kept for fleetForget after the forwarder leaves the
+	// view, so that its last messages sent again do not bring it back.
+	ann, rep fleetMark
 }
+
+// fleetMark is a message's (started, sequence).
+type fleetMark struct {
+	started time.Time
+	seq     uint64
+}
+
+// newer says whether (started, seq) comes after m.
+func (m fleetMark) newer(started time.Time, seq uint64) bool {
+	return started.After(m.started) || started.Equal(m.started) && seq > m.seq
+}
+
+// fleetMaxSkew: a heartbeat or load report made further than this from
+// our clock is stale (README 7: an old one sent again, or a clock far
+// off); fleetForget: how long a silent forwarder's marks are kept.
+const (
+	fleetMaxSkew = 10 * time.Second
+	fleetForget  = 10 * time.Minute
+)
 
 // FleetView is one snapshot of the fleet, immutable once made.
 type FleetView struct {
@@ -102,13 +128,18 @@ func (f *Fleet) Take(data []byte, now time.Time) {
 	case err != nil:
 	case t == protocol.ClusterMsgForwarderAnnounce:
 		if err = f.ann.Unmarshal(data, f.key); err == nil {
-			m := f.member(f.ann.ID, now)
-			m.media, m.media6, m.draining = f.ann.Media, f.ann.Media6, f.ann.Draining
+			m := f.member(f.ann.ID, false, fleetMark{f.ann.Started, f.ann.Seq}, f.ann.At, now)
+			if m != nil {
+				m.media, m.media6, m.draining = f.ann.Media, f.ann.Media6, f.ann.Draining
+			}
 			return
 		}
 	case t == protocol.ClusterMsgLoadReport:
 		if err = f.rep.Unmarshal(data, f.key); err == nil {
-			m := f.member(f.rep.Forwarder, now)
+			m := f.member(f.rep.Forwarder, true, fleetMark{f.rep.Started, f.rep.Seq}, f.rep.At, now)
+			if m == nil {
+				return
+			}
 			m.level, m.draining = int(f.rep.Level), f.rep.Draining
 			m.region = f.rep.Ops.Region
 			m.rtts = append(m.rtts[:0], f.rep.RTTs...)
@@ -122,12 +153,33 @@ func (f *Fleet) Take(data []byte, now time.Time) {
 	}
 }
 
-func (f *Fleet) member(id string, now time.Time) *fleetMember {
+// member returns id's member for a message (a load report if report)
+// made at, or nil when the message is stale: made over fleetMaxSkew from
+// now, or not newer than the last of its kind taken from id. Stale
+// messages are counted with the bad ones.
+func (f *Fleet) member(id string, report bool, mark fleetMark, at, now time.Time) *fleetMember {
+	stale := func() *fleetMember {
+		if f.bad != nil {
+			f.bad.Inc()
+		}
+		return nil
+	}
+	if d := now.Sub(at); d > fleetMaxSkew || d < -fleetMaxSkew {
+		return stale()
+	}
 	m := f.fwds[id]
 	if m == nil {
 		m = &fleetMember{}
 		f.fwds[id] = m
 	}
+	last := &m.ann
+	if report {
+		last = &m.rep
+	}
+	if !last.newer(mark.started, mark.seq) {
+		return stale()
+	}
+	*last = mark
 	m.heard = now
 	f.view = nil
 	return m
@@ -143,8 +195,10 @@ func (f *Fleet) View(now time.Time) *FleetView {
 	v := &FleetView{At: now, Forwarders: map[string]FleetForwarder{}, ByAddr: map[netip.AddrPort]string{},
 		RegionRTT: map[[2]string]time.Duration{}, RegionLevels: map[string]int{}}
 	for id, m := range f.fwds {
-		if now.Sub(m.heard) > f.timeout {
-			delete(f.fwds, id)
+		if silent := now.Sub(m.heard); silent > f.timeout {
+			if silent > f.timeout+fleetForget {
+				delete(f.fwds, id)
+			}
 			continue
 		}
 		v.Forwarders[id] = FleetForwarder{ID: id, Media: m.media, Media6: m.media6, Region: m.region, Level: m.level, Draining: m.draining}

@@ -76,7 +76,7 @@ func runLocate(ctx context.Context, args []string) error {
 	defer nc.Close()
 	reg := prometheus.NewRegistry()
 	bad := prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_locate_fleet_messages_rejected_total",
-		Help: "Heartbeats and load reports that did not authenticate or parse."})
+		Help: "Heartbeats and load reports dropped: they did not authenticate or parse, or were stale (not newer than the last taken from their forwarder, or made over 10 s from this clock: replayed)."})
 	reg.MustRegister(bad)
 	fleet := conductor.NewFleet(key, 5*time.Second, bad)
 	if err := fleet.Subscribe(nc, o.subject); err != nil {
