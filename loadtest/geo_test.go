@@ -20,6 +20,7 @@ import (
 	"github.com/callrelay/callrelay/client"
 	"github.com/callrelay/callrelay/conductor"
 	"github.com/callrelay/callrelay/forwarder"
+	"github.com/callrelay/callrelay/internal/testkit/linkem"
 	"github.com/callrelay/callrelay/internal/testkit/testenv"
 	"github.com/callrelay/callrelay/protocol"
 	"github.com/callrelay/callrelay/statestore"
@@ -27,8 +28,21 @@ import (
 
 // startRegionForwarder runs a cluster forwarder of region on loopback,
 // sharing the test's Redis and NATS, trusting pub.
-func startRegionForwarder(t *testing.T, id, region string, pub ed25519.PublicKey, key protocol.ClusterKey, redisURL, natsURL string) *forwarder.Forwarder {
+//
+// Its trunk sits behind a linkem link that delays what other forwarders
+// send it by trunkDelay (one way; the two forwarders' links together make
+// the inter-region path), as the trunk between two regions would.
+func startRegionForwarder(t *testing.T, id, region string, pub ed25519.PublicKey, key protocol.ClusterKey, redisURL, natsURL string, trunkDelay time.Duration) (*forwarder.Forwarder, *linkem.Link) {
 	t.Helper()
+	// The port its trunk will bind, picked now so that the link knows
+	// where to relay before the forwarder starts.
+	probe, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(t, err)
+	trunk := probe.LocalAddr().(*net.UDPAddr).AddrPort()
+	require.NoError(t, probe.Close())
+	link, err := linkem.New(trunk, linkem.Profile{Delay: trunkDelay}, linkem.Profile{}, 1)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = link.Close() })
 	v, err := protocol.NewTokenVerifier(pub)
 	require.NoError(t, err)
 	store, err := statestore.OpenRedis(redisURL, statestore.Config{})
@@ -37,7 +51,8 @@ func startRegionForwarder(t *testing.T, id, region string, pub ed25519.PublicKey
 	require.NoError(t, err)
 	cfg := forwarder.Default()
 	cfg.Listen, cfg.Verifier, cfg.Readers, cfg.Logger = "127.0.0.1:0", v, 2, zap.NewNop()
-	cfg.Cluster.ID, cfg.Cluster.TrunkListen, cfg.Cluster.Key, cfg.Cluster.Region = id, "127.0.0.1:0", key, region
+	cfg.Cluster.ID, cfg.Cluster.TrunkListen, cfg.Cluster.Key, cfg.Cluster.Region = id, trunk.String(), key, region
+	cfg.Cluster.TrunkAdvertise = link.Addr()
 	cfg.Cluster.Store, cfg.Cluster.NATS = store, nc
 	cfg.Cluster.AnnounceEvery, cfg.Cluster.PeerTimeout = 100*time.Millisecond, 2*time.Second
 	f, err := forwarder.New(cfg)
@@ -46,7 +61,7 @@ func startRegionForwarder(t *testing.T, id, region string, pub ed25519.PublicKey
 	done := make(chan struct{})
 	go func() { defer close(done); _ = f.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done; nc.Close(); _ = store.Close() })
-	return f
+	return f, link
 }
 
 // watchLegs polls the forwarders' legs until stop and counts, per
@@ -83,7 +98,7 @@ func watchLegs(fs []*forwarder.Forwarder, stop <-chan struct{}) func() map[strin
 // TestCitiesPlacementAndMouthToEar: devices of two cities (london, no
 // access delay, region eu; joburg, 40 ms each way, region za) call through
 // two cluster forwarders of regions eu and za (real Redis, NATS, UDP
-// sockets on loopback). Every call's members are recorded on the forwarder
+// sockets on loopback; 30 ms each way on the trunk between them, linkem). Every call's members are recorded on the forwarder
 // whose legs held them, with that forwarder's region; a call is spanning
 // exactly when its members' regions differ; and each call's worst path is
 // at least the configured access delays of its worst pair (the access
@@ -104,8 +119,9 @@ func citiesRun(t *testing.T, withLocator bool) {
 	key, err := protocol.NewClusterKey()
 	require.NoError(t, err)
 	rd, ns := testenv.Redis(t), testenv.NATS(t)
-	eu := startRegionForwarder(t, "fwd-eu", "eu", pub, key, rd.URL(), ns.ClientURL())
-	za := startRegionForwarder(t, "fwd-za", "za", pub, key, rd.URL(), ns.ClientURL())
+	const trunkDelay = 30 * time.Millisecond // each way between eu and za
+	eu, euTrunk := startRegionForwarder(t, "fwd-eu", "eu", pub, key, rd.URL(), ns.ClientURL(), trunkDelay)
+	za, zaTrunk := startRegionForwarder(t, "fwd-za", "za", pub, key, rd.URL(), ns.ClientURL(), trunkDelay)
 	const joburgDelay = 40 * time.Millisecond
 	plan := Plan{
 		Forwarders:   []netip.AddrPort{eu.Addr(), za.Addr()},
@@ -174,10 +190,16 @@ func citiesRun(t *testing.T, withLocator bool) {
 		from, to := c.Members[memberAt(t, c, c.WorstFrom)], c.Members[memberAt(t, c, c.WorstTo)]
 		floor := delayOf[from.City] + delayOf[to.City]
 		require.GreaterOrEqual(t, c.WorstPathMs, floor, "call %d (%s -> %s)", c.No, from.City, to.City)
+		if c.SpansRegions { // some pair crosses the trunk: its path has the trunk's delay at least
+			require.GreaterOrEqual(t, c.WorstPathMs, ms(trunkDelay), "call %d spans regions", c.No)
+		}
 		require.InDelta(t, c.WorstPathMs+g.AllowanceMs, c.WorstMouthToEarMs, 0.01)
 		require.InDelta(t, accessOf[from.City]+accessOf[to.City], c.WorstAccessMs, 0.01)
 	}
 	require.Positive(t, withJoburg, "the seed gives no joburg device: pick another")
+	if g.Spanning > 0 { // the spanning calls' media crossed the delayed trunks
+		require.Positive(t, euTrunk.Stats().Up.Delivered+zaTrunk.Stats().Up.Delivered)
+	}
 	n := 0
 	for _, c := range g.Cities {
 		n += c.Devices
