@@ -54,12 +54,17 @@ type StreamConfig struct {
 	WriteTimeout time.Duration
 	// QueueBytes bounds each leg's send queue.
 	QueueBytes int
+	// Announce tells the other forwarders the listeners in the heartbeat
+	// (protocol/README.md 7.2, flag S), so a member on TCP or TLS is moved
+	// over its own transport. Off while a cluster still has forwarders
+	// that predate it: they reject such heartbeats.
+	Announce bool
 }
 
 // DefaultStream: off, with production limits.
 func DefaultStream() StreamConfig {
 	return StreamConfig{PerIP: 16, MaxConns: 10000, HandshakeTimeout: 5 * time.Second, JoinTimeout: 10 * time.Second,
-		WriteTimeout: 5 * time.Second, QueueBytes: 128 << 10}
+		WriteTimeout: 5 * time.Second, QueueBytes: 128 << 10, Announce: true}
 }
 
 func (c *StreamConfig) enabled() bool { return c.TCPListen != "" || c.TLSListen != "" }

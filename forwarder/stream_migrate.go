@@ -24,6 +24,9 @@ import (
 // listener's port.
 func (f *Forwarder) streamListeners() protocol.StreamListeners {
 	var l protocol.StreamListeners
+	if !f.cfg.Stream.Announce {
+		return l
+	}
 	for t := range l {
 		a := f.stream.addr(t)
 		if !a.IsValid() {

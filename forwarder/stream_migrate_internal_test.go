@@ -34,7 +34,10 @@ func TestStreamListenersAnnounced(t *testing.T) {
 	require.Equal(t, netip.AddrPortFrom(m6, tcp.Port()), l.For(protocol.TransportTCP, true))
 	require.Equal(t, tls, l.For(protocol.TransportTLS, true), "no IPv6 TLS listener: the IPv4 one")
 
-	// No listeners: nothing announced (and no flag S on the wire).
+	// No listeners, or --stream-announce=false: nothing announced (and no
+	// flag S on the wire).
 	r2 := startRelay(t, nil)
 	require.Equal(t, protocol.StreamListeners{}, r2.f.streamListeners())
+	r.f.cfg.Stream.Announce = false
+	require.Equal(t, protocol.StreamListeners{}, r.f.streamListeners())
 }

@@ -31,6 +31,7 @@ func addStreamFlags(fs *flag.FlagSet, o *forwarderOptions) {
 	fs.IntVar(&sc.MaxConns, "stream-max-conns", sc.MaxConns, "TCP and TLS connections in all")
 	fs.DurationVar(&sc.WriteTimeout, "stream-write-timeout", sc.WriteTimeout, "close a TCP or TLS connection whose device reads nothing for this long")
 	fs.IntVar(&sc.QueueBytes, "stream-queue-bytes", sc.QueueBytes, "bytes queued per TCP or TLS member; over it the oldest video is dropped first, then audio")
+	fs.BoolVar(&sc.Announce, "stream-announce", sc.Announce, "tell the other forwarders the TCP and TLS listeners in the heartbeat, so members on TCP or TLS are moved (drain, moves) over their own transport; set false while a cluster still runs forwarders older than this flag, which reject such heartbeats")
 }
 
 // loadStreamTLS reads the TLS listener's certificate (reloaded later by
