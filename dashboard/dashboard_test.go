@@ -152,8 +152,13 @@ func TestDashboardTwoForwarders(t *testing.T) {
 	e := start(t)
 	e.holdPartitions(t, "cond-1/00ff", 0, 1, 2)
 	e.holdPartitions(t, "cond-2/beef", 3, 4, 6, 7)
-	// fwd-a: calm. fwd-b: level 2, refusing new calls.
-	e.publish(t, announce("fwd-a", 1), e.key)
+	// fwd-a: calm, dual stack, with TCP and TLS listeners. fwd-b: level
+	// 2, refusing new calls.
+	aa := announce("fwd-a", 1)
+	aa.Media6 = netip.MustParseAddrPort("[2001:db8::10]:3478")
+	aa.Streams[0][0] = netip.MustParseAddrPort("192.0.2.10:443")
+	aa.Streams[1][1] = netip.MustParseAddrPort("[2001:db8::10]:443")
+	e.publish(t, aa, e.key)
 	e.publish(t, report("fwd-a", 1, 0), e.key)
 	b1 := report("fwd-b", 1, 2)
 	b1.Signals = [5]uint16{950, 400, 10, 200, 600}
@@ -186,6 +191,8 @@ func TestDashboardTwoForwarders(t *testing.T) {
 	a, b := fwdByID(s, "fwd-a"), fwdByID(s, "fwd-b")
 	require.True(t, a.Up)
 	require.Equal(t, "192.0.2.10:3478", a.Media)
+	require.Equal(t, "[2001:db8::10]:3478", a.Media6)
+	require.Equal(t, []string{"tcp 192.0.2.10:443", "tls [2001:db8::10]:443"}, a.Streams)
 	require.Equal(t, 0, a.Level)
 	require.Equal(t, 300, a.Load, "the worst signal")
 	require.Equal(t, "sessions", a.Worst)

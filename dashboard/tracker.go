@@ -242,7 +242,11 @@ type ForwarderView struct {
 	Up         bool    `json:"up"`
 	SilentSecs float64 `json:"silentSecs"` // since its last heartbeat
 	Media      string  `json:"media,omitempty"`
-	Draining   bool    `json:"draining"`
+	// Media6 is a dual-stack forwarder's IPv6 media address; Streams its
+	// TCP and TLS listeners ("tcp 192.0.2.1:443"), from its announce.
+	Media6   string   `json:"media6,omitempty"`
+	Streams  []string `json:"streams,omitempty"`
+	Draining bool     `json:"draining"`
 	// HasReport is false for a forwarder that sends announces only: level,
 	// signals and admissions are then unknown, Load is the announce's.
 	HasReport     bool          `json:"hasReport"`
@@ -294,6 +298,10 @@ func (f *fwdState) view(now time.Time, down time.Duration) ForwarderView {
 	if f.hasAnnounce {
 		a := &f.announce
 		v.Media, v.Draining, v.Load, v.Worst = a.Media.String(), a.Draining, int(a.Load), "load"
+		if a.Media6.IsValid() {
+			v.Media6 = a.Media6.String()
+		}
+		v.Streams = streamViews(&a.Streams)
 		v.Sessions, v.Calls, v.Started, v.Seq = a.Sessions, a.Calls, a.Started, a.Seq
 	}
 	if f.hasReport {
@@ -333,4 +341,17 @@ func (v *ForwarderView) refusing() string {
 		}
 	}
 	return strings.Join(names, ", ")
+}
+
+// streamViews lists a forwarder's announced TCP and TLS listeners.
+func streamViews(l *protocol.StreamListeners) []string {
+	var out []string
+	for t, name := range [2]string{"tcp", "tls"} {
+		for _, ap := range l[t] {
+			if ap.IsValid() {
+				out = append(out, name+" "+ap.String())
+			}
+		}
+	}
+	return out
 }

@@ -97,6 +97,8 @@
     if (f.draining) status.append(el("span", { class: "pill draining", title: "admits nobody new; moving its devices away" }, "draining"));
     if (f.stateDegraded) status.append(el("span", { class: "pill degraded", title: "cannot reach Redis; call-state changes are queued" }, "Redis unreachable, " + fmt(f.stateQueued) + " queued"));
     if (f.media) status.append(el("div", { class: "hint mono" }, f.media));
+    if (f.media6) status.append(el("div", { class: "hint mono" }, f.media6));
+    for (const s of f.streams || []) status.append(el("div", { class: "hint mono" }, s));
 
     const level = el("td", { class: "level-cell" },
       el("span", { class: "level", "data-level": f.level, title: f.levelMeaning }, f.level >= 0 ? "L" + f.level : "?"),
