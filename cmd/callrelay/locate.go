@@ -25,18 +25,20 @@ var locateProc = process[locateOptions]{name: "locate", file: true, flags: locat
 type locateOptions struct {
 	key, subject, listen, regions string
 	maxConns, maxNeighbours       int
+	maxConnsPerSource             int
 	nats                          *natsConfig
 	metricsListen, logLevel       string
 	metricsMaxConns               int
 }
 
 func locateFlags(fs *flag.FlagSet) *locateOptions {
-	o := &locateOptions{subject: "callrelay", logLevel: "info", maxConns: httpserve.Default().MaxConns, maxNeighbours: 2}
+	o := &locateOptions{subject: "callrelay", logLevel: "info", maxConns: httpserve.Default().MaxConns, maxNeighbours: 2, maxConnsPerSource: 8}
 	fs.StringVar(&o.key, "cluster-key", "", "64 hex digits, the forwarders' cluster key (authenticates their heartbeats)")
 	o.nats = addNATSFlags(fs)
 	fs.StringVar(&o.subject, "subject", o.subject, "NATS subject prefix, the forwarders' one")
 	fs.StringVar(&o.listen, "listen", "", "TCP ip:port of the locator's HTTP endpoint (GET /v1/locate?region=R)")
 	fs.IntVar(&o.maxConns, "max-conns", o.maxConns, "connections the endpoint keeps open at once; more are closed at once and counted")
+	fs.IntVar(&o.maxConnsPerSource, "max-conns-per-source", o.maxConnsPerSource, "connections the endpoint keeps open at once from one IPv4 address or IPv6 /64 (0: no such cap), so one host cannot take every slot")
 	fs.StringVar(&o.regions, "regions", "", "region adjacency, nearest first: 'eu:uk,za;za:eu;uk:eu'; a region not listed gets the regions its forwarders' trunks measured nearest")
 	fs.IntVar(&o.maxNeighbours, "max-neighbours", o.maxNeighbours, "neighbouring regions answered for a region the table does not list")
 	addMetricsFlags(fs, &o.metricsListen, &o.metricsMaxConns)
@@ -96,7 +98,7 @@ func runLocate(ctx context.Context, args []string) error {
 
 func serveLocate(ctx context.Context, o *locateOptions, loc http.Handler, log *zap.Logger) error {
 	cfg := httpserve.Default()
-	cfg.Name, cfg.MaxConns, cfg.Logger = "locate", o.maxConns, log
+	cfg.Name, cfg.MaxConns, cfg.MaxConnsPerSource, cfg.Logger = "locate", o.maxConns, o.maxConnsPerSource, log
 	srv, err := httpserve.Listen(o.listen, cfg)
 	if err != nil {
 		return fmt.Errorf("locate: --listen %s: %w", o.listen, err)

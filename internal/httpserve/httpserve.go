@@ -45,6 +45,11 @@ type Config struct {
 	// MaxConns is the most connections open at once; a connection accepted
 	// over it is closed at once (a TCP reset) and counted.
 	MaxConns int
+	// MaxConnsPerSource, when above 0, is the most connections open at
+	// once from one source (an IPv4 address, an IPv6 /64): one more is
+	// closed at once and counted as over MaxConns is, so that one host
+	// cannot take every slot of a public endpoint. 0: no such cap.
+	MaxConnsPerSource int
 	// Name says which server a log line is about ("metrics", "dashboard").
 	Name   string
 	Logger *zap.Logger
@@ -76,6 +81,9 @@ func (c Config) Validate() error {
 	if c.MaxHeaderBytes < 1<<10 {
 		errs = append(errs, fmt.Errorf("httpserve: max header bytes %d: want at least 1024", c.MaxHeaderBytes))
 	}
+	if c.MaxConnsPerSource < 0 {
+		errs = append(errs, fmt.Errorf("httpserve: max connections per source %d: want 0 (no cap) or more", c.MaxConnsPerSource))
+	}
 	if c.MaxConns < 1 {
 		errs = append(errs, fmt.Errorf("httpserve: max connections %d: want at least 1", c.MaxConns))
 	}
@@ -104,6 +112,7 @@ func Listen(addr string, cfg Config) (*Server, error) {
 	}
 	log := cfg.Logger.Named(cfg.Name)
 	s := &Server{ln: newCappedListener(l, cfg.MaxConns, log)}
+	s.ln.perSource = cfg.MaxConnsPerSource
 	s.srv = &http.Server{
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,

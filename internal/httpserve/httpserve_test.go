@@ -218,3 +218,34 @@ func TestConfigValidateSaysWhatToFix(t *testing.T) {
 	_, err = Listen("127.0.0.1:0", bad)
 	require.Error(t, err, "Listen checks the config")
 }
+
+// With MaxConnsPerSource, one host cannot take every slot: its
+// connections over its own cap are closed at once and counted, while
+// another source is still served (loopback 127.0.0.2 stands for it).
+func TestPerSourceCapLeavesRoomForOthers(t *testing.T) {
+	cfg := Default()
+	cfg.MaxConns, cfg.MaxConnsPerSource = 8, 2
+	s := serve(t, cfg)
+	first := dial(t, s)
+	_, err := first.get("/")
+	require.NoError(t, err)
+	require.NoError(t, first.Close())
+	waitOpen(t, s, 0) // its slot is the source's again
+	for i := range 2 {
+		_, err := dial(t, s).get("/")
+		require.NoError(t, err, "connection %d is under the source's cap", i)
+	}
+	for i := range 4 {
+		require.NoError(t, refusedAtOnce(s), "connection %d from the same source", 2+i)
+	}
+	require.Equal(t, Stats{Open: 2, Max: 8, Refused: 4}, s.Stats())
+
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	c, err := d.Dial("tcp", s.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	_, err = (&client{Conn: c, r: bufio.NewReader(c)}).get("/")
+	require.NoError(t, err, "another source is served")
+	waitOpen(t, s, 3)
+	require.Equal(t, uint64(4), s.Stats().Refused)
+}

@@ -2,6 +2,8 @@ package httpserve
 
 import (
 	"net"
+	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,6 +26,55 @@ type cappedListener struct {
 	// loggedAt (unix ns) and loggedRefused are the time and the refusal
 	// count of the last log line about refusals.
 	loggedAt, loggedRefused atomic.Uint64
+	// perSource caps the connections open from one source (0: no cap);
+	// bySource counts them (under mu: accept and close only).
+	perSource int
+	mu        sync.Mutex
+	bySource  map[netip.Prefix]int
+}
+
+// sourceOf is the source a connection is counted under: its IPv4
+// address, or the /64 of its IPv6 one (a host holds a whole /64).
+func sourceOf(a net.Addr) netip.Prefix {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Prefix{}
+	}
+	ip := ap.Addr().Unmap()
+	bits := 32
+	if ip.Is6() {
+		bits = 64
+	}
+	p, _ := ip.Prefix(bits)
+	return p
+}
+
+// takeSource counts a connection from src, or says it is over the cap.
+func (l *cappedListener) takeSource(src netip.Prefix) bool {
+	if l.perSource <= 0 {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.bySource[src] >= l.perSource {
+		return false
+	}
+	if l.bySource == nil {
+		l.bySource = make(map[netip.Prefix]int)
+	}
+	l.bySource[src]++
+	return true
+}
+
+func (l *cappedListener) dropSource(src netip.Prefix) {
+	if l.perSource <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.bySource[src]--; l.bySource[src] <= 0 {
+		delete(l.bySource, src)
+	}
 }
 
 func newCappedListener(l net.Listener, max int, log *zap.Logger) *cappedListener {
@@ -36,8 +87,11 @@ func (l *cappedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
+		src := sourceOf(c.RemoteAddr())
 		if l.open.Add(1) <= int64(l.max) {
-			return &countedConn{Conn: c, l: l}, nil
+			if l.takeSource(src) {
+				return &countedConn{Conn: c, l: l, src: src}, nil
+			}
 		}
 		l.open.Add(-1)
 		l.noteRefused(c.RemoteAddr()) // counted before the client can see it closed
@@ -58,8 +112,8 @@ func (l *cappedListener) noteRefused(from net.Addr) {
 		return
 	}
 	since := n - l.loggedRefused.Swap(n)
-	l.log.Warn("connections over the cap closed at once (callrelay_http_connections_refused_total)",
-		zap.Int("max_conns", l.max), zap.Uint64("refused", since), zap.Stringer("latest_from", from))
+	l.log.Warn("connections over the cap (in all or from one source) closed at once (callrelay_http_connections_refused_total)",
+		zap.Int("max_conns", l.max), zap.Int("max_conns_per_source", l.perSource), zap.Uint64("refused", since), zap.Stringer("latest_from", from))
 }
 
 // countedConn gives its slot back when closed (once, however often Close
@@ -67,6 +121,7 @@ func (l *cappedListener) noteRefused(from net.Addr) {
 type countedConn struct {
 	net.Conn
 	l      *cappedListener
+	src    netip.Prefix
 	closed atomic.Bool
 }
 
@@ -74,6 +129,7 @@ func (c *countedConn) Close() error {
 	err := c.Conn.Close()
 	if c.closed.CompareAndSwap(false, true) {
 		c.l.open.Add(-1)
+		c.l.dropSource(c.src)
 	}
 	return err
 }

@@ -8,7 +8,7 @@ var (
 	mMax = prometheus.NewDesc("callrelay_http_connections_max",
 		"The most connections the HTTP listener keeps open at once.", nil, nil)
 	mRefused = prometheus.NewDesc("callrelay_http_connections_refused_total",
-		"Connections closed at once by the HTTP listener because it was at its cap.", nil, nil)
+		"Connections closed at once by the HTTP listener because it was at its cap (in all, or from one source when it has a cap per source).", nil, nil)
 )
 
 // Collector exports the listener's connections open, their cap and the
