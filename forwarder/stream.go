@@ -59,6 +59,12 @@ type StreamConfig struct {
 	// over its own transport. Off while a cluster still has forwarders
 	// that predate it: they reject such heartbeats.
 	Announce bool
+	// Advertise overrides what is announced for a listener, by
+	// [transport-1][family] as protocol.StreamListeners: the address
+	// devices reach behind a load balancer or NAT (--tcp-advertise,
+	// --tls-advertise and their 6 variants). Zero: derived from the bound
+	// address (streamListeners).
+	Advertise protocol.StreamListeners
 }
 
 // DefaultStream: off, with production limits.
@@ -71,7 +77,7 @@ func (c *StreamConfig) enabled() bool { return c.TCPListen != "" || c.TLSListen 
 
 func (c *StreamConfig) validate() error {
 	if !c.enabled() {
-		return nil
+		return errors.Join(c.checkAdvertise()...)
 	}
 	var errs []error
 	for _, a := range []string{c.TCPListen, c.TLSListen} {
@@ -88,10 +94,34 @@ func (c *StreamConfig) validate() error {
 	if c.HandshakeTimeout <= 0 || c.JoinTimeout <= 0 || c.WriteTimeout <= 0 {
 		errs = append(errs, errors.New("forwarder: stream handshake, join and write timeouts must be positive"))
 	}
+	errs = append(errs, c.checkAdvertise()...)
 	if c.QueueBytes < 4*(protocol.MaxFrame+protocol.FrameHeaderLen) {
 		errs = append(errs, fmt.Errorf("forwarder: stream queue of %d bytes, want at least %d", c.QueueBytes, 4*(protocol.MaxFrame+2)))
 	}
 	return errors.Join(errs...)
+}
+
+// checkAdvertise: an advertised address needs its listener and belongs
+// to its family slot.
+func (c *StreamConfig) checkAdvertise() []error {
+	var errs []error
+	for t, listen := range []string{c.TCPListen, c.TLSListen} {
+		for fam, a := range c.Advertise[t] {
+			if !a.IsValid() {
+				continue
+			}
+			what := fmt.Sprintf("forwarder: %s advertise address %s", protocol.Transport(t+1), a)
+			switch {
+			case listen == "":
+				errs = append(errs, fmt.Errorf("%s: no such listener", what))
+			case a.Addr().IsUnspecified() || a.Port() == 0:
+				errs = append(errs, fmt.Errorf("%s: want the address and port devices reach", what))
+			case familySlot(a.Addr()) != fam || a.Addr().Is4In6():
+				errs = append(errs, fmt.Errorf("%s: wrong family for this setting", what))
+			}
+		}
+	}
+	return errs
 }
 
 // StreamStats counts stream legs (metrics: callrelay_forwarder_stream_*).

@@ -21,7 +21,8 @@ import (
 // reach them, for its heartbeat: a listener bound to an address is
 // announced at it; one bound to an unspecified address at the media
 // address (and, bound to [::], at the IPv6 media address too) with the
-// listener's port.
+// listener's port. An advertised address (StreamConfig.Advertise) replaces
+// what is derived for its transport and family.
 func (f *Forwarder) streamListeners() protocol.StreamListeners {
 	var l protocol.StreamListeners
 	if !f.cfg.Stream.Announce {
@@ -41,6 +42,13 @@ func (f *Forwarder) streamListeners() protocol.StreamListeners {
 		}
 		if m6 := f.mediaAdv6; m6.IsValid() && a.Addr().Is6() {
 			l[t][1] = netip.AddrPortFrom(m6.Addr(), a.Port())
+		}
+	}
+	for t := range l {
+		for fam, a := range f.cfg.Stream.Advertise[t] {
+			if a.IsValid() && f.stream.addr(t).IsValid() {
+				l[t][fam] = a // --tcp-advertise, --tls-advertise(6)
+			}
 		}
 	}
 	return l

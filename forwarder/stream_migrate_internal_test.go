@@ -41,3 +41,35 @@ func TestStreamListenersAnnounced(t *testing.T) {
 	r.f.cfg.Stream.Announce = false
 	require.Equal(t, protocol.StreamListeners{}, r.f.streamListeners())
 }
+
+// TestStreamListenersAdvertised: --tcp-advertise / --tls-advertise(6)
+// replace what the heartbeat derives from the bound address (a forwarder
+// behind a load balancer or NAT), each in its own transport and family;
+// one for a listener that does not exist, or in the wrong family, is
+// refused at start.
+func TestStreamListenersAdvertised(t *testing.T) {
+	r, _ := startStreamRelay(t, func(c *Config) { c.Stream.TCPListen = "0.0.0.0:0" })
+	tcp, tls := r.f.StreamAddrs()
+	lb := netip.MustParseAddrPort("198.51.100.7:443")
+	lb6 := netip.MustParseAddrPort("[2001:db8::7]:443")
+	r.f.cfg.Stream.Advertise = protocol.StreamListeners{{}, {lb, lb6}}
+	media := r.f.mediaAdvertise.Addr()
+	require.Equal(t, protocol.StreamListeners{{netip.AddrPortFrom(media, tcp.Port())}, {lb, lb6}}, r.f.streamListeners(),
+		"TLS announced at the advertised addresses, TCP still derived")
+	require.NotEqual(t, lb, tls)
+
+	bad := []StreamConfig{
+		{Advertise: protocol.StreamListeners{{lb}}},                          // no TCP listener
+		{TCPListen: "0.0.0.0:0", Advertise: protocol.StreamListeners{{lb6}}}, // IPv6 in the IPv4 slot
+		{TCPListen: "0.0.0.0:0", Advertise: protocol.StreamListeners{{{}, lb}}},
+		{TCPListen: "0.0.0.0:0", Advertise: protocol.StreamListeners{{netip.MustParseAddrPort("0.0.0.0:443")}}},
+	}
+	for i, c := range bad {
+		base := DefaultStream()
+		base.TCPListen, base.Advertise = c.TCPListen, c.Advertise
+		require.Error(t, base.validate(), "case %d", i)
+	}
+	ok := DefaultStream()
+	ok.TCPListen, ok.Advertise = "0.0.0.0:0", protocol.StreamListeners{{lb, lb6}}
+	require.NoError(t, ok.validate())
+}

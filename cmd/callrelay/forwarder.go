@@ -150,6 +150,9 @@ func (o *forwarderOptions) parseValues() error {
 	if err := o.loadStreamTLS(); err != nil {
 		return err
 	}
+	if err := o.parseStreamAdvertise(); err != nil {
+		return err
+	}
 	if o.alternate != "" {
 		if cfg.Alternate, err = netip.ParseAddrPort(o.alternate); err != nil {
 			return fmt.Errorf("forwarder: --alternate %q: want ip:port", o.alternate)
