@@ -63,13 +63,17 @@ func familySlot(a netip.Addr) int {
 }
 
 // sendMigrate sends s a MigrateTo to the forwarder whose UDP media address
-// is to, signed for s's latest accepted request (README 5.7: a device
+// is to (its address of s's family if it has one), signed for s's latest accepted request (README 5.7: a device
 // follows no MigrateTo it cannot verify). It is the one place that builds
 // one: drains, operators' and conductors' moves all come here.
 func (c *control) sendMigrate(s *session, to netip.AddrPort, deadline time.Duration) error {
-	m := protocol.MigrateTo{Addr: to, Deadline: deadline, Echo: s.lastTID}
-	if leg := streamLegAt(s.addr); leg != nil {
-		m.Addr, m.Transport = c.streamTarget(leg.c, to)
+	dev, leg := s.addr, streamLegAt(s.addr)
+	if leg != nil {
+		dev = netip.AddrPortFrom(leg.c.ip, 0) // a stream address is no family
+	}
+	m := protocol.MigrateTo{Addr: c.ofFamily(to, dev), Deadline: deadline, Echo: s.lastTID}
+	if leg != nil {
+		m.Addr, m.Transport = c.streamTarget(leg.c, m.Addr)
 	}
 	raw, err := protocol.SignMigrateTo(0, &m, s.lastKey)
 	if err != nil {
@@ -78,6 +82,23 @@ func (c *control) sendMigrate(s *session, to netip.AddrPort, deadline time.Durat
 	c.f.migrations.Add(1)
 	c.reply(raw, s.addr)
 	return nil
+}
+
+// ofFamily is the media address of the peer at to for the device at dev
+// (mediaFor): an operator's or conductor's move names a peer by its IPv4
+// media address, and an IPv6 device goes to its IPv6 one when it has one.
+// Peers are looked up only when to is not of dev's family already (a
+// drain picks by family).
+func (c *control) ofFamily(to, dev netip.AddrPort) netip.AddrPort {
+	if to.Addr().Unmap().Is4() == dev.Addr().Unmap().Is4() {
+		return to
+	}
+	for _, p := range c.peers {
+		if p.last.Media == to || p.last.Media6 == to {
+			return mediaFor(&p.last, dev)
+		}
+	}
+	return to
 }
 
 // streamTarget is where a member on connection sc moving to the forwarder
