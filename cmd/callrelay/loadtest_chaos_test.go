@@ -109,7 +109,9 @@ func TestLoadtestForwarderKillDropsOrRejoins(t *testing.T) {
 	require.LessOrEqual(t, s.P99, s.Max*1.05, "p99 within the sketch's precision of the max")
 	rejoinedAt := secondsWith(on, func(m loadtest.Measures) bool { return m.RejoinSilenceMs.Count > 0 })
 	require.NotEmpty(t, rejoinedAt)
-	require.GreaterOrEqual(t, rejoinedAt[0], int(on.Events[0].AtMs/1000), "re-joined after the kill")
+	// After the kill (with a 100 ms keepalive, a loaded machine can also
+	// make a device fail over once before it: counted, not the point here).
+	require.GreaterOrEqual(t, rejoinedAt[len(rejoinedAt)-1], int(on.Events[0].AtMs/1000), "re-joined after the kill")
 	require.Less(t, n.LossPct, o.LossPct, "re-joining loses less than being lost")
 }
 
