@@ -3,6 +3,7 @@ package dashboard
 import (
 	"encoding/json"
 	"reflect"
+	"slices"
 	"sort"
 	"time"
 )
@@ -60,6 +61,9 @@ type FleetMsg struct {
 	Regions    []RegionView    `json:"regions"`
 	Cells      []Cell          `json:"cells"`
 	Gone       []string        `json:"gone,omitempty"`
+	// Trunks is the region-to-region trunk RTT matrix (trunks.go): in a
+	// full message always, in a delta only when it changed.
+	Trunks *[]TrunkView `json:"trunks,omitempty"`
 	// Point is the second just recorded, by series (history.go).
 	Point map[string]PointView `json:"point,omitempty"`
 }
@@ -77,6 +81,7 @@ type fleetState struct {
 	cells   map[string]Cell
 	verdict Verdict
 	parts   PartitionsView
+	trunks  []TrunkView
 }
 
 func cellOf(f *ForwarderView) Cell {
@@ -136,6 +141,8 @@ func (st *fleetState) next(snap *Snapshot, point map[string]PointView) (*pushedM
 	full := FleetMsg{Seq: st.seq, Full: true, At: snap.At, Verdict: &snap.Verdict, Cluster: snap.Cluster, Health: snap.Health,
 		Dropped: snap.Dropped, Partitions: &snap.Partitions, Regions: regions(snap.Forwarders),
 		Cells: make([]Cell, len(snap.Forwarders)), Point: point}
+	matrix := trunks(snap.Forwarders)
+	full.Trunks = &matrix
 	delta := full
 	delta.Full, delta.Cells = false, []Cell{}
 	cells := make(map[string]Cell, len(snap.Forwarders))
@@ -158,7 +165,10 @@ func (st *fleetState) next(snap *Snapshot, point map[string]PointView) (*pushedM
 	if reflect.DeepEqual(st.parts, snap.Partitions) {
 		delta.Partitions = nil
 	}
-	st.cells, st.verdict, st.parts = cells, snap.Verdict, snap.Partitions
+	if st.seq > 1 && slices.Equal(st.trunks, matrix) {
+		delta.Trunks = nil
+	}
+	st.cells, st.verdict, st.parts, st.trunks = cells, snap.Verdict, snap.Partitions, matrix
 	m := &pushedMsgs{seq: st.seq}
 	var err error
 	if m.full, err = json.Marshal(full); err != nil {

@@ -270,6 +270,9 @@ type ForwarderView struct {
 	// Adapt is the network adaptation, nil when the last report has no
 	// adaptation section (a forwarder that predates it).
 	Adapt *AdaptView `json:"adapt,omitempty"`
+	// Trunks is the RTT to each peer region, from the load report's trunk
+	// RTT section (trunks.go); empty without one.
+	Trunks []TrunkRTTView `json:"trunks,omitempty"`
 }
 
 // SignalView is one load signal.
@@ -328,6 +331,7 @@ func (f *fwdState) view(now time.Time, down time.Duration) ForwarderView {
 		if r.HasAdapt {
 			v.Adapt = adaptView(&r.Adapt, w1.adapt, now.Sub(f.adaptSince))
 		}
+		v.Trunks = trunkRTTViews(r.RTTs)
 	}
 	return v
 }
