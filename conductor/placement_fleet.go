@@ -36,6 +36,7 @@ type Fleet struct {
 
 type fleetMember struct {
 	media, media6 netip.AddrPort
+	streams       protocol.StreamListeners
 	region        string
 	level         int
 	draining      bool
@@ -84,6 +85,7 @@ type FleetView struct {
 type FleetForwarder struct {
 	ID            string
 	Media, Media6 netip.AddrPort
+	Streams       protocol.StreamListeners // its TCP and TLS listeners (heartbeat flag S)
 	Region        string
 	Level         int
 	Draining      bool
@@ -130,7 +132,7 @@ func (f *Fleet) Take(data []byte, now time.Time) {
 		if err = f.ann.Unmarshal(data, f.key); err == nil {
 			m := f.member(f.ann.ID, false, fleetMark{f.ann.Started, f.ann.Seq}, f.ann.At, now)
 			if m != nil {
-				m.media, m.media6, m.draining = f.ann.Media, f.ann.Media6, f.ann.Draining
+				m.media, m.media6, m.streams, m.draining = f.ann.Media, f.ann.Media6, f.ann.Streams, f.ann.Draining
 			}
 			return
 		}
@@ -201,7 +203,7 @@ func (f *Fleet) View(now time.Time) *FleetView {
 			}
 			continue
 		}
-		v.Forwarders[id] = FleetForwarder{ID: id, Media: m.media, Media6: m.media6, Region: m.region, Level: m.level, Draining: m.draining}
+		v.Forwarders[id] = FleetForwarder{ID: id, Media: m.media, Media6: m.media6, Streams: m.streams, Region: m.region, Level: m.level, Draining: m.draining}
 		for _, a := range []netip.AddrPort{m.media, m.media6} {
 			if a.IsValid() {
 				v.ByAddr[a] = id

@@ -103,6 +103,8 @@ type locatedForwarder struct {
 	Region      string  `json:"region"`
 	UDP         string  `json:"udp"`
 	UDP6        string  `json:"udp6,omitempty"`
+	TCP         string  `json:"tcp,omitempty"` // stream listeners for devices without UDP,
+	TLS         string  `json:"tls,omitempty"` // of UDP's family (IPv4) when it has both
 	Level       int     `json:"level"`
 	RegionRTTMs float64 `json:"region_rtt_ms"`
 }
@@ -172,6 +174,13 @@ func (l *Locator) Locate(region string) (located, error) {
 		lf := locatedForwarder{ID: fw.ID, Region: fw.Region, UDP: fw.Media.String(), Level: fw.Level}
 		if fw.Media6.IsValid() {
 			lf.UDP6 = fw.Media6.String()
+		}
+		v6 := !fw.Media.Addr().Unmap().Is4()
+		if a := fw.Streams.For(protocol.TransportTCP, v6); a.IsValid() {
+			lf.TCP = a.String()
+		}
+		if a := fw.Streams.For(protocol.TransportTLS, v6); a.IsValid() {
+			lf.TLS = a.String()
 		}
 		if fw.Region != region {
 			lf.RegionRTTMs = float64(view.RegionRTT[[2]string{region, fw.Region}].Microseconds()) / 1000

@@ -40,11 +40,15 @@ func TestLocateCommand(t *testing.T) {
 	nc, err := nats.Connect(ns.ClientURL())
 	require.NoError(t, err)
 	defer nc.Close()
+	fraTCP, fraTLS := netip.MustParseAddrPort("192.0.2.1:3478"), netip.MustParseAddrPort("192.0.2.1:443")
 	publish := func() {
 		now := time.Now()
 		for _, f := range []struct{ id, media, region string }{{"fra-1", "192.0.2.1:3478", "eu"}, {"jnb-1", "192.0.2.2:3478", "za"}} {
 			a := protocol.ForwarderAnnounce{ID: f.id, Media: netip.MustParseAddrPort(f.media), Trunk: netip.MustParseAddrPort("127.0.0.1:9"),
 				Seq: uint64(now.UnixNano()), Started: now.Add(-time.Minute), At: now}
+			if f.id == "fra-1" { // its TCP (both families) and TLS listeners
+				a.Streams = protocol.StreamListeners{{fraTCP, netip.MustParseAddrPort("[2001:db8::1]:3478")}, {fraTLS}}
+			}
 			b, err := a.Marshal(nil, key)
 			require.NoError(t, err)
 			require.NoError(t, nc.Publish(protocol.ForwardersSubject("callrelay"), b))
@@ -77,6 +81,8 @@ func TestLocateCommand(t *testing.T) {
 	var cfg client.Config
 	require.Equal(t, 2, got.Apply(&cfg))
 	require.Equal(t, []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:3478"), netip.MustParseAddrPort("192.0.2.2:3478")}, cfg.Forwarders)
+	require.Equal(t, map[netip.AddrPort]client.StreamEndpoints{netip.MustParseAddrPort("192.0.2.1:3478"): {TCP: fraTCP, TLS: fraTLS}},
+		cfg.Streams, "fra-1's stream listeners from its heartbeat (IPv4, as its UDP address); jnb-1 has none")
 
 	resp, err := http.Get(base + "/v1/locate?region=no%20space")
 	require.NoError(t, err)
