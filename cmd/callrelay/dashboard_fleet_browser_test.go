@@ -99,6 +99,15 @@ func newFleetFeeder(t *testing.T, n int, key protocol.ClusterKey, url string) *f
 		f.reports[i] = protocol.LoadReport{Forwarder: fmt.Sprintf("fwd-%03d", i), Started: f.started, Sessions: 100,
 			CallsOneToOne: 20, CallsGroup: 5, Signals: [5]uint16{300, 200, 0, 250, 400}, HasOps: true,
 			Ops: protocol.LoadOps{Region: fleetRegions[i%len(fleetRegions)]}}
+		// The trunk RTT section: 10 ms per region index sum, plus 0..2 ms
+		// by the forwarder's rank in its region (fleetRegions is in name
+		// order, as the section's rows must be).
+		for b, peer := range fleetRegions {
+			if a := i % len(fleetRegions); a != b {
+				rtt := time.Duration(10*(a+b+1)+(i/4)%3) * time.Millisecond
+				f.reports[i].RTTs = append(f.reports[i].RTTs, protocol.RegionRTT{Region: peer, RTT: rtt, Dev: time.Millisecond})
+			}
+		}
 	}
 	for _, region := range []string{"eu-west", "us-east"} {
 		f.conds = append(f.conds, protocol.ConductorReport{Conductor: "cnd-" + region + "/0a0b0c0d", Region: region, Started: f.started,
@@ -160,6 +169,16 @@ func TestDashboardFleetInBrowser(t *testing.T) {
 		return nil
 	})
 	rendered := time.Since(began)
+	// The trunk RTT matrix: 4 measuring regions; eu-west to us-east is
+	// 50 ms plus 0, 1 or 2 ms on 25 forwarders each: median 51, worst 52.
+	testenv.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
+		got := eval(`document.querySelectorAll('#trunks tbody tr').length + "/" +
+			(document.querySelector('#trunks tr[data-from="eu-west"] td[data-to="us-east"]') || {textContent: "-"}).textContent`)
+		if got != "4/51.0 ms (52.0 ms)" {
+			return fmt.Errorf("trunk matrix rows/eu-west to us-east: %s", got)
+		}
+		return nil
+	})
 	require.Equal(t, "0", eval(`String(document.querySelectorAll('#grid .cell:not([data-level="0"])').length)`), "no spike yet")
 	require.Equal(t, "0", eval(`document.querySelector('.region[data-region="eu-west"]').dataset.maxLevel`))
 

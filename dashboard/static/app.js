@@ -255,6 +255,28 @@
     }));
   }
 
+  // ---- trunk RTT matrix ---------------------------------------------------
+
+  // renderTrunks draws the region-to-region matrix: a row per measuring
+  // region, a column per peer region, each cell the median RTT over the
+  // row region's forwarders with the worst (and who measured it) after it.
+  function renderTrunks(pairs) {
+    const table = $("trunks");
+    table.hidden = pairs.length === 0;
+    const froms = [...new Set(pairs.map((p) => p.from))].sort();
+    const tos = [...new Set(pairs.map((p) => p.to))].sort();
+    const by = new Map(pairs.map((p) => [p.from + "\n" + p.to, p]));
+    const ms = (us) => (us / 1000).toFixed(1) + " ms";
+    table.tHead.rows[0].replaceChildren(el("th", {}, "from \\ to"), ...tos.map((t) => el("th", {}, t)));
+    table.tBodies[0].replaceChildren(...froms.map((f) => el("tr", { "data-from": f }, el("th", {}, f),
+      ...tos.map((t) => {
+        const p = by.get(f + "\n" + t);
+        if (!p) return el("td", { class: "num" }, "–");
+        return el("td", { class: "num", "data-to": t, title: p.n + " forwarder(s) report it; worst on " + p.maxId },
+          ms(p.med) + " ", el("span", { class: "hint" }, "(" + ms(p.max) + ")"));
+      }))));
+  }
+
   // ---- drill-down rows ----------------------------------------------------
 
   let rowsBusy = false;
@@ -340,6 +362,7 @@
       " · other types " + fmt(d.unexpected) + " · stale " + fmt(d.stale) + (d.overflow ? " · over the forwarder limit " + fmt(d.overflow) : "");
 
     if (m.partitions) renderPartitions(m.partitions);
+    if (m.trunks) renderTrunks(m.trunks);
   }
 
   // ---- live connection --------------------------------------------------
