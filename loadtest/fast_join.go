@@ -49,11 +49,7 @@ func (e *fastEngine) startCall(c *callSpec) {
 	e.pendEvent(func(w *classWindows) { w[fc.cls].callsStarted++ })
 	probe := isProbeCall(c.no/max(e.p.share.of, 1), e.f.ProbeEvery) // every agent samples its own calls
 	for i := range c.size {
-		target := e.p.Forwarders[c.no%len(e.p.Forwarders)]
-		if e.f.Spread {
-			target = e.p.Forwarders[(c.no+i)%len(e.p.Forwarders)]
-		}
-		d, err := e.newDev(ci, i, probe, target)
+		d, err := e.newDev(ci, i, probe, memberTarget(e.p.Forwarders, c.no, i, e.f.Spread))
 		if err != nil {
 			e.pendEvent(func(w *classWindows) { w[fc.cls].setups.Attempted++; w[fc.cls].setups.Refused.Other++ })
 			fc.settled++
@@ -82,6 +78,17 @@ func (e *fastEngine) startCall(c *callSpec) {
 	}
 	e.wheel.schedule(e.tick(now.Add(c.duration)), ci, evCallEnd)
 	e.settle(fc)
+}
+
+// memberTarget is the forwarder member i of call no joins: the call's
+// forwarder (calls taken in turn), or with spread member i's, so that
+// with two forwarders a one-to-one call's devices sit on different ones
+// and every frame crosses the trunk once, and a group's members alternate.
+func memberTarget(fwds []netip.AddrPort, no, i int, spread bool) netip.AddrPort {
+	if spread {
+		return fwds[(no+i)%len(fwds)]
+	}
+	return fwds[no%len(fwds)]
 }
 
 // addProbes gives each probe device of a call its receiving side, which

@@ -12,8 +12,8 @@ import (
 // startFast starts the fast engine when the plan asks for it, and the
 // relay's CPU meter when the plan names the relay's process.
 func (r *runner) startFast() error {
-	if r.p.RelayPID > 0 {
-		m, err := newProcCPU(r.p.RelayPID)
+	if pids := r.p.relayPIDs(); len(pids) > 0 {
+		m, err := newProcCPU(pids...)
 		if err != nil {
 			return err
 		}
@@ -96,28 +96,44 @@ func generatorCost(g *GeneratorHealth, res *Result) {
 	}
 }
 
-// procCPU reads another process's CPU time from /proc/<pid>/stat.
+// procCPU reads other processes' CPU time from /proc/<pid>/stat, summed:
+// the relay's, or both forwarders' of calls spanning two over the trunk.
 type procCPU struct {
-	pid      int
+	pids     []int
 	lastCPU  time.Duration
 	lastWall time.Time
 }
 
-func newProcCPU(pid int) (*procCPU, error) {
-	c, err := ProcessCPU(pid)
+func newProcCPU(pids ...int) (*procCPU, error) {
+	m := &procCPU{pids: pids}
+	c, err := m.total()
 	if err != nil {
 		return nil, err
 	}
-	return &procCPU{pid: pid, lastCPU: c, lastWall: time.Now()}, nil
+	m.lastCPU, m.lastWall = c, time.Now()
+	return m, nil
 }
 
-// sample is the process's CPU since the last sample, in percent of one
+// total is the processes' CPU time together.
+func (m *procCPU) total() (time.Duration, error) {
+	var sum time.Duration
+	for _, pid := range m.pids {
+		c, err := ProcessCPU(pid)
+		if err != nil {
+			return 0, err
+		}
+		sum += c
+	}
+	return sum, nil
+}
+
+// sample is the processes' CPU since the last sample, in percent of one
 // core (0 for a nil meter or a process gone).
 func (m *procCPU) sample() float64 {
 	if m == nil {
 		return 0
 	}
-	c, err := ProcessCPU(m.pid)
+	c, err := m.total()
 	now := time.Now()
 	wall := now.Sub(m.lastWall)
 	used := c - m.lastCPU

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/callrelay/callrelay/internal/talkspurt"
+	"github.com/callrelay/callrelay/protocol"
 )
 
 func TestWheelFiresInOrderAndOnTime(t *testing.T) {
@@ -157,5 +158,50 @@ func TestDeviceTalkingCursor(t *testing.T) {
 				require.Positive(t, talked, "member %d never talked: the test would prove nothing", idx)
 			}
 		}
+	}
+}
+
+// With Fast.Spread and two forwarders, the fast engine's calls span them:
+// a one-to-one call's two devices on different forwarders (every frame
+// crosses the trunk once), a group of 4 two on each; without it every
+// member of a call is on the call's forwarder, calls taken in turn.
+func TestFastMemberTargetSpread(t *testing.T) {
+	a, b := netip.MustParseAddrPort("127.0.0.1:1000"), netip.MustParseAddrPort("127.0.0.1:2000")
+	fwds := []netip.AddrPort{a, b}
+	for no := range 10 {
+		require.NotEqual(t, memberTarget(fwds, no, 0, true), memberTarget(fwds, no, 1, true), "call %d", no)
+		on := map[netip.AddrPort]int{}
+		for i := range 4 {
+			on[memberTarget(fwds, no, i, true)]++
+			require.Equal(t, fwds[no%2], memberTarget(fwds, no, i, false), "call %d member %d", no, i)
+		}
+		require.Equal(t, map[netip.AddrPort]int{a: 2, b: 2}, on, "call %d", no)
+	}
+	require.Equal(t, a, memberTarget(fwds[:1], 7, 3, true), "one forwarder: all on it")
+}
+
+// The plan of make capacity's group4 case draws group calls of exactly 4
+// (class group), and the fast engine's device bound makes room for 4 per
+// call; the one2one case's calls are pairs.
+func TestFastCallShapes(t *testing.T) {
+	for _, tc := range []struct {
+		mix   Mix
+		size  int
+		class protocol.CallClass
+	}{
+		{Mix{OneToOne: 1, GroupMin: 3, GroupMax: 6}, 2, protocol.ClassOneToOne},
+		{Mix{OneToOne: 0, GroupMin: 4, GroupMax: 4}, 4, protocol.ClassGroup},
+	} {
+		p := Plan{Engine: EngineFast, Mix: tc.mix, Bounds: Bounds{MaxCalls: 100}, Fast: Fast{BaselinePairs: 4},
+			CallDuration: CallDuration{Mean: Duration(time.Minute), Min: Duration(time.Minute), Max: Duration(time.Minute)}}
+		r := &runner{p: p}
+		rng := rand.New(rand.NewPCG(1, 2))
+		for no := range 50 {
+			c := r.drawCall(rng, no)
+			require.Equal(t, tc.size, c.size)
+			require.Equal(t, tc.class, c.class)
+			require.Len(t, c.sched, tc.size, "every member talks")
+		}
+		require.Equal(t, 100*tc.size+8, deviceBound(p))
 	}
 }

@@ -143,6 +143,10 @@ type Plan struct {
 	// ramp step (Step.RelayCPUPct, Step.PacketsPerRelayCPUSecond). Set by
 	// the caller; never written.
 	RelayPID int `json:"-" yaml:"-"`
+	// RelayPIDs are further relay processes whose CPU adds to RelayPID's
+	// (the two forwarders of calls spanning them over the trunk). Set by
+	// the caller; never written.
+	RelayPIDs []int `json:"-" yaml:"-"`
 
 	// Transports puts a share of the devices on TCP and TLS (transport.go).
 	Transports Transports `json:"transports,omitzero" yaml:"transports,omitempty"`
@@ -551,4 +555,18 @@ func ParsePlan(b []byte) (Plan, error) {
 		return p, fmt.Errorf("%w: %w", ErrPlan, err)
 	}
 	return p, nil
+}
+
+// relayPIDs is RelayPID and RelayPIDs, the relay processes metered.
+func (p Plan) relayPIDs() []int {
+	var pids []int
+	if p.RelayPID > 0 {
+		pids = append(pids, p.RelayPID)
+	}
+	for _, pid := range p.RelayPIDs {
+		if pid > 0 {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

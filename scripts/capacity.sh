@@ -19,10 +19,23 @@
 # coturn once, in and out, as it crosses the forwarder. Allocations are
 # not refreshed: keep STEP x STEPS under 5 minutes.
 #
-# Output in $OUT: <relay>.json and <relay>.html (each ramp's load-test
-# result and report), capacity.json and capacity.html (side by side, with
-# the forwarder/reflector and forwarder/coturn ratios of packets per
-# CPU-second at the same steps).
+# CASE picks the traffic (one or more, space-separated; default one2one):
+#   one2one  one-to-one audio, both devices on one relay (every relay of RELAYS);
+#   trunk    one-to-one audio spanning two forwarders of one cluster over the
+#            trunk (fast.spread: each call's devices on different forwarders,
+#            every frame crosses the trunk once). Both forwarders are pinned to
+#            RELAY_CPU, so the figure is what one relay core does for a spanning
+#            call, both ends' work included, and the generator's core stays
+#            its own; their CPU is summed (--relay-pids-more). A nats-server
+#            (heartbeats, on GEN_CPU) makes them a cluster. Forwarder only.
+#   group4   4-person group audio, every member sending, no conductor (no
+#            dominant-speaker selection: each packet fanned out to the 3
+#            others). Forwarder and reflector (coturn is one-to-one here).
+#
+# Output in $OUT/<case>/: <relay>.json and <relay>.html (each ramp's
+# load-test result and report), capacity.json and capacity.html (side by
+# side, labelled with the case, with the forwarder/reflector and
+# forwarder/coturn ratios of packets per CPU-second at the same steps).
 # A benchmark: never part of `make test`.
 set -euo pipefail
 
@@ -36,11 +49,15 @@ RELAYS=${RELAYS:-forwarder reflector coturn}
 PORT=${PORT:-17911}
 LOSS_TARGET=${LOSS_TARGET:-0.1}   # percent
 DELAY_TARGET=${DELAY_TARGET:-5ms} # relay-added p99 (raise it only on a machine too loaded to measure 5 ms, and say so)
+CASE=${CASE:-one2one}             # one2one, trunk, group4 (several: space-separated)
+for c in $CASE; do
+	case $c in one2one | trunk | group4) ;; *) echo "capacity: CASE $c: want one2one, trunk or group4" >&2; exit 1 ;; esac
+done
 
 command -v taskset >/dev/null || { echo "capacity: taskset (util-linux) is needed" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "capacity: needs 2 cores (relay and generator on their own)" >&2; exit 1; }
-case " $RELAYS " in
-*" coturn "*)
+case " $CASE/$RELAYS " in
+*one2one*" coturn "*)
 	if ! command -v turnserver >/dev/null; then
 		as_root=()
 		[ "$(id -u)" -eq 0 ] || as_root=(sudo -n)
@@ -55,10 +72,17 @@ go build -o "$OUT/callrelay" ./cmd/callrelay
 eval "$("$OUT/callrelay" token keygen | sed 's/^/export /')"
 
 secs=${STEP%s}
-cat > "$OUT/plan.yaml" <<PLAN
+# write_plan CASE: the case's ramp plan, $OUT/CASE/plan.yaml.
+write_plan() {
+	local mix='{one_to_one: 1}' spread=false
+	case $1 in
+	trunk) spread=true ;;
+	group4) mix='{one_to_one: 0, group_min: 4, group_max: 4}' ;;
+	esac
+	cat >"$OUT/$1/plan.yaml" <<PLAN
 engine: fast
-fast: {sockets: 2, probe_every: 20, baseline_pairs: 4}
-mix: {one_to_one: 1}
+fast: {sockets: 2, probe_every: 20, baseline_pairs: 4, spread: $spread}
+mix: $mix
 call_duration: {mean: 1h, min: 1h, max: 1h}
 profile:
   kind: ramp
@@ -66,49 +90,113 @@ profile:
 bounds: {max_duration: $((secs * STEPS + 30))s, max_concurrent_calls: 100000, max_calls: 100000}
 targets: {loss_pct: $LOSS_TARGET, relay_added_delay_p99: $DELAY_TARGET, delay_p95: 1s, setup_success_pct: 99, setup_p95: 2s}
 PLAN
+}
 
 relay_pid=
+more_pids=() # the trunk case's second forwarder and nats-server
 stop_relay() {
-	if [ -n "$relay_pid" ]; then
-		kill "$relay_pid" 2>/dev/null || true
-		wait "$relay_pid" 2>/dev/null || true
-		relay_pid=
-	fi
+	local pid
+	for pid in $relay_pid ${more_pids[@]+"${more_pids[@]}"}; do
+		kill "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	relay_pid=
+	more_pids=()
 }
 trap stop_relay EXIT
 
-args=()
-for relay in $RELAYS; do
-	port=$((PORT++))
-	extra=()
-	case $relay in
-	forwarder)
-		taskset -c "$RELAY_CPU" "$OUT/callrelay" forwarder --listen "127.0.0.1:$port" --public-key "$CALLRELAY_PUBLIC_KEY" \
-			--readers 1 --cpu-cores 1 --drain-deadline 1s --log-level warn --stats-every 0 >"$OUT/forwarder.log" 2>&1 &
-		target=forwarder ;;
-	reflector)
-		taskset -c "$RELAY_CPU" "$OUT/callrelay" reflector --listen "127.0.0.1:$port" >"$OUT/reflector.log" 2>&1 &
-		target=reflector ;;
-	coturn)
-		CALLRELAY_LOADTEST_TURN_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-		export CALLRELAY_LOADTEST_TURN_PASSWORD
-		rm -f "$OUT/turndb"
-		taskset -c "$RELAY_CPU" turnserver -n --no-tls --no-dtls --no-cli -L 127.0.0.1 --relay-ip 127.0.0.1 -p "$port" \
-			-a -u "capacity:$CALLRELAY_LOADTEST_TURN_PASSWORD" -r callrelay --allow-loopback-peers -m 1 \
-			--userdb "$OUT/turndb" --pidfile "$OUT/turnserver.pid" --log-file "$OUT/coturn.log" --simple-log >/dev/null 2>&1 &
-		target=turn
-		extra=(--turn-user capacity) ;;
-	*) echo "capacity: unknown relay $relay" >&2; exit 1 ;;
+# start_forwarder NAME PORT [ARGS...]: a forwarder on RELAY_CPU; its pid in $!.
+start_forwarder() {
+	local name=$1 port=$2
+	shift 2
+	taskset -c "$RELAY_CPU" "$OUT/callrelay" forwarder --listen "127.0.0.1:$port" --public-key "$CALLRELAY_PUBLIC_KEY" \
+		--readers 1 --cpu-cores 1 --drain-deadline 1s --log-level warn --stats-every 0 "$@" >"$OUT/$kase/$name.log" 2>&1 &
+}
+
+# start_trunk_pair: forwarders A (relay_pid, at $port) and B (more_pids, at
+# $((port+1))) in one cluster over a nats-server; waits (poll, 15 s) until
+# each counts the other a peer. Sets fwds.
+start_trunk_pair() {
+	local nport=$((PORT + 100)) key m
+	key=$("$OUT/callrelay" token cluster-key | sed -n "s/^CALLRELAY_CLUSTER_KEY=//p")
+	taskset -c "$GEN_CPU" nats-server -a 127.0.0.1 -p "$nport" >"$OUT/$kase/nats.log" 2>&1 &
+	more_pids+=($!)
+	for _ in $(seq 100); do
+		(: </dev/tcp/127.0.0.1/"$nport") 2>/dev/null && break
+		sleep 0.1
+	done
+	for n in a b; do
+		local p=$port t=$((port + 200)) mport=$((port + 300))
+		[ $n = b ] && p=$((port + 1)) t=$((port + 201)) mport=$((port + 301))
+		CALLRELAY_CLUSTER_KEY=$key start_forwarder "forwarder-$n" "$p" --id "capacity-$n" --trunk-listen "127.0.0.1:$t" \
+			--nats-url "nats://127.0.0.1:$nport" --metrics-listen "127.0.0.1:$mport"
+		if [ $n = a ]; then relay_pid=$!; else more_pids+=($!); fi
+	done
+	for _ in $(seq 150); do
+		m=0
+		for mport in $((port + 300)) $((port + 301)); do
+			curl -fsS "http://127.0.0.1:$mport/metrics" 2>/dev/null | grep -q '^callrelay_forwarder_peers 1$' && m=$((m + 1))
+		done
+		[ $m = 2 ] && break
+		sleep 0.1
+	done
+	[ $m = 2 ] || { echo "capacity: the trunk pair never saw each other" >&2; cat "$OUT/$kase"/forwarder-*.log >&2; exit 1; }
+	fwds="127.0.0.1:$port,127.0.0.1:$((port + 1))"
+	PORT=$((PORT + 1))
+}
+
+# relays_of CASE: the relays the case runs.
+relays_of() {
+	case $1 in
+	trunk) echo forwarder ;;
+	group4) echo "$RELAYS" | tr ' ' '\n' | grep -v '^coturn$' | tr '\n' ' ' ;;
+	*) echo "$RELAYS" ;;
 	esac
-	relay_pid=$!
-	sleep 1
-	kill -0 "$relay_pid" || { cat "$OUT/$relay.log" >&2; exit 1; }
-	echo "== $relay (pid $relay_pid, core $RELAY_CPU; generator on core $GEN_CPU)"
-	taskset -c "$GEN_CPU" "$OUT/callrelay" loadtest --plan "$OUT/plan.yaml" --forwarders "127.0.0.1:$port" \
-		--signing-key "$CALLRELAY_SIGNING_KEY" --fast-target "$target" "${extra[@]}" --relay-pid "$relay_pid" --relay-cores 1 \
-		--out "$OUT/$relay.json" --report "$OUT/$relay.html" || true
-	stop_relay
-	args+=("$relay=$OUT/$relay.json")
+}
+
+for kase in $CASE; do
+	mkdir -p "$OUT/$kase"
+	write_plan "$kase"
+	args=()
+	for relay in $(relays_of "$kase"); do
+		port=$((PORT++))
+		extra=()
+		fwds="127.0.0.1:$port"
+		case $relay in
+		forwarder)
+			if [ "$kase" = trunk ]; then
+				start_trunk_pair
+				extra=(--relay-pids-more "${more_pids[1]}")
+			else
+				start_forwarder forwarder "$port"
+				relay_pid=$!
+			fi
+			target=forwarder ;;
+		reflector)
+			taskset -c "$RELAY_CPU" "$OUT/callrelay" reflector --listen "127.0.0.1:$port" >"$OUT/$kase/reflector.log" 2>&1 &
+			relay_pid=$!
+			target=reflector ;;
+		coturn)
+			CALLRELAY_LOADTEST_TURN_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+			export CALLRELAY_LOADTEST_TURN_PASSWORD
+			rm -f "$OUT/turndb"
+			taskset -c "$RELAY_CPU" turnserver -n --no-tls --no-dtls --no-cli -L 127.0.0.1 --relay-ip 127.0.0.1 -p "$port" \
+				-a -u "capacity:$CALLRELAY_LOADTEST_TURN_PASSWORD" -r callrelay --allow-loopback-peers -m 1 \
+				--userdb "$OUT/turndb" --pidfile "$OUT/turnserver.pid" --log-file "$OUT/$kase/coturn.log" --simple-log >/dev/null 2>&1 &
+			relay_pid=$!
+			target=turn
+			extra=(--turn-user capacity) ;;
+		*) echo "capacity: unknown relay $relay" >&2; exit 1 ;;
+		esac
+		sleep 1
+		kill -0 "$relay_pid" || { cat "$OUT/$kase/$relay"*.log >&2; exit 1; }
+		echo "== $kase: $relay (pid $relay_pid ${more_pids[*]+${more_pids[*]}}, core $RELAY_CPU; generator on core $GEN_CPU)"
+		taskset -c "$GEN_CPU" "$OUT/callrelay" loadtest --plan "$OUT/$kase/plan.yaml" --forwarders "$fwds" \
+			--signing-key "$CALLRELAY_SIGNING_KEY" --fast-target "$target" "${extra[@]}" --relay-pid "$relay_pid" --relay-cores 1 \
+			--out "$OUT/$kase/$relay.json" --report "$OUT/$kase/$relay.html" || true
+		stop_relay
+		args+=("$relay=$OUT/$kase/$relay.json")
+	done
+	go run ./scripts/capacityreport -out "$OUT/$kase" -case "$kase" -load "$(uptime)" "${args[@]}"
+	echo "capacity: $OUT/$kase/capacity.json, $OUT/$kase/capacity.html"
 done
-go run ./scripts/capacityreport -out "$OUT" -load "$(uptime)" "${args[@]}"
-echo "capacity: $OUT/capacity.json, $OUT/capacity.html"

@@ -36,7 +36,7 @@ type loadtestOptions struct {
 	processes                                 processFlag
 	chaosDown, chaosUp                        hookFlag
 	engine, fastTarget                        string
-	turnUser, turnPassword                    string
+	turnUser, turnPassword, relayPIDsMore     string
 	fastSockets, probeEvery, relayPID         int
 	relayAddedP99                             time.Duration
 	streams                                   streamFlags
@@ -80,6 +80,7 @@ func loadtestFlags(fs *flag.FlagSet) *loadtestOptions {
 	fs.IntVar(&o.fastSockets, "fast-sockets", 0, "fast engine: sockets (and reader goroutines) the devices share (0: the plan's, else 2)")
 	fs.IntVar(&o.probeEvery, "probe-every", 0, "fast engine: every Nth call is a probe call with full SRTP and byte checks (0: the plan's, else 20)")
 	fs.IntVar(&o.relayPID, "relay-pid", 0, "pid of the relay process on this host whose CPU (/proc/<pid>/stat) is recorded per second and per ramp step (0: none)")
+	fs.StringVar(&o.relayPIDsMore, "relay-pids-more", "", "comma-separated pids of further relay processes whose CPU adds to --relay-pid's (the second forwarder of calls spanning two over the trunk)")
 	fs.DurationVar(&o.relayAddedP99, "relay-added-delay-p99", 0, "target: the p99 delay the relay adds over the fast engine's direct baseline pairs (0: the plan's, else none)")
 	s := &o.streams
 	fs.Float64Var(&s.tcpShare, "tcp-share", s.tcpShare, "fraction of devices, 0..1, whose network blocks UDP: they reach the forwarders over TCP or TLS only (full engine; needs --tcp-addrs and/or --tls-addrs; negative: the plan's, else 0)")
@@ -256,7 +257,9 @@ func (o *loadtestOptions) applyTo(p *loadtest.Plan) error {
 	if o.refreshTokens {
 		p.RefreshTokens = true
 	}
-	o.applyFast(p)
+	if err := o.applyFast(p); err != nil {
+		return err
+	}
 	return o.streams.applyTo(p)
 }
 
@@ -331,7 +334,7 @@ func streamAddrs(flag, v string, n int) ([]netip.AddrPort, error) {
 }
 
 // applyFast lets the fast engine's flags override the plan.
-func (o *loadtestOptions) applyFast(p *loadtest.Plan) {
+func (o *loadtestOptions) applyFast(p *loadtest.Plan) error {
 	if o.engine != "" {
 		p.Engine = o.engine
 	}
@@ -350,9 +353,20 @@ func (o *loadtestOptions) applyFast(p *loadtest.Plan) {
 	if o.relayPID > 0 {
 		p.RelayPID = o.relayPID
 	}
+	for f := range strings.SplitSeq(o.relayPIDsMore, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		pid, err := strconv.Atoi(f)
+		if err != nil || pid <= 0 {
+			return fmt.Errorf("loadtest: --relay-pids-more: %q is not a pid", f)
+		}
+		p.RelayPIDs = append(p.RelayPIDs, pid)
+	}
 	if o.relayAddedP99 > 0 {
 		p.Targets.RelayAddedDelayP99 = loadtest.Duration(o.relayAddedP99)
 	}
+	return nil
 }
 
 // applyProfile gives --rate and --duration the meaning the plan's

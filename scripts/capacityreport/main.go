@@ -6,7 +6,10 @@
 // to the others (the bare reflector, coturn), step by step at the same
 // load.
 //
-//	go run ./scripts/capacityreport -out DIR -load "$(uptime)" forwarder=f.json reflector=r.json coturn=c.json
+// -case names the traffic (one2one, trunk, group4: scripts/capacity.sh's
+// CASE) and the report says what it is.
+//
+//	go run ./scripts/capacityreport -out DIR -case one2one -load "$(uptime)" forwarder=f.json reflector=r.json coturn=c.json
 package main
 
 import (
@@ -66,6 +69,10 @@ type Ratio struct {
 
 // Report is capacity.json.
 type Report struct {
+	// Case is the traffic (scripts/capacity.sh's CASE), CaseText what it
+	// is.
+	Case        string  `json:"case"`
+	CaseText    string  `json:"case_text"`
 	LoadAverage string  `json:"load_average"`
 	Relays      []Relay `json:"relays"`
 	Ratios      []Ratio `json:"ratios"`
@@ -74,8 +81,13 @@ type Report struct {
 func main() {
 	out := flag.String("out", ".", "directory for capacity.json and capacity.html")
 	load := flag.String("load", "", "the machine's load average during the run (uptime)")
+	kind := flag.String("case", "one2one", "the traffic: one2one, trunk or group4")
 	flag.Parse()
-	rep := Report{LoadAverage: strings.TrimSpace(*load)}
+	text, ok := cases[*kind]
+	if !ok {
+		fail(fmt.Errorf("-case %q: want one2one, trunk or group4", *kind))
+	}
+	rep := Report{Case: *kind, CaseText: text, LoadAverage: strings.TrimSpace(*load)}
 	for _, arg := range flag.Args() {
 		name, file, ok := strings.Cut(arg, "=")
 		if !ok {
@@ -160,12 +172,21 @@ func median(v []float64) float64 {
 	return float64(int64(m*1000)) / 1000
 }
 
+// cases says what each case's traffic is.
+var cases = map[string]string{
+	"one2one": "one-to-one audio calls, both devices on one relay",
+	"trunk": "one-to-one audio calls spanning two forwarders of one cluster over the trunk (each call's devices on different forwarders, " +
+		"both forwarders pinned to the relay core, their CPU summed): every frame crosses the trunk once; packets are the devices' in + out, not the trunk's",
+	"group4": "4-person group audio, every member sending, no conductor: each packet fanned out to the 3 others",
+}
+
 var page = template.Must(template.New("capacity").Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><title>callrelay capacity</title>
 <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#eee}.bad{color:#b00}</style>
 </head><body>
 <h1>Capacity: relays side by side, one core each</h1>
-<p>Each relay pinned to one core, the generator to another, the same one-to-one audio ramp: the knee is per core. Packets are the relay's in + out as the generator counts them.</p>
+<p>Case <b>{{.Case}}</b>: {{.CaseText}}.</p>
+<p>Each relay pinned to one core, the generator to another, the same ramp: the knee is per core. Packets are the relay's in + out as the generator counts them.</p>
 <p>Load average: {{.LoadAverage}}</p>
 <h2>Summary</h2>
 <table><tr><th>relay</th><th>packets per relay CPU-second (median of good steps)</th><th>knee found</th><th>knee calls</th><th>knee packets/s</th><th>generator-bound</th><th>generator packets per its CPU-second</th><th>stopped</th></tr>
