@@ -169,9 +169,23 @@ func (p *participant) send(ctx context.Context, every time.Duration) {
 func (p *participant) receive(ctx context.Context) {
 	var hdr rtp.Header
 	plain, want := make([]byte, 0, client.MaxPacketSize), make([]byte, 0, 128)
+	// Once ctx ends the senders stop (the camera too): what the forwarders
+	// already sent is still received, until nothing came for drainQuiet
+	// (at most drainMax), so that the totals count it as decrypted, not
+	// as lost in flight.
+	var quiet <-chan time.Time
+	done := ctx.Done()
+	var drainEnd time.Time
 	for {
 		select {
-		case <-ctx.Done():
+		case <-done:
+			if v := p.video.Load(); v != nil {
+				v.Close()
+			}
+			done, drainEnd = nil, time.Now().Add(drainMax)
+			quiet = time.After(drainQuiet)
+			continue
+		case <-quiet:
 			return
 		case pkt, ok := <-p.conn.Media():
 			if !ok {
@@ -195,9 +209,19 @@ func (p *participant) receive(ctx context.Context) {
 				p.rtcp(pkt.Data)
 			}
 			pkt.Release()
+			if done == nil { // draining: wait again for a quiet spell, within drainMax
+				quiet = time.After(min(drainQuiet, max(0, time.Until(drainEnd))))
+			}
 		}
 	}
 }
+
+// drainQuiet and drainMax bound how long a receiver keeps reading after the
+// demo ends (participant.receive).
+const (
+	drainQuiet = 200 * time.Millisecond
+	drainMax   = 2 * time.Second
+)
 
 // open decrypts one RTP packet and checks it: audio byte-exact, video by
 // the layer its plaintext names.
