@@ -59,6 +59,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- mDecideLatency
 	ch <- mDecideRate
 	ch <- mCondDropped
+	ch <- mTrunkRTT
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -94,6 +95,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(mVerdict, prometheus.GaugeValue, x, v)
 	}
 	collectRegions(ch, snap.Forwarders)
+	collectTrunks(ch, snap.Forwarders)
 	collectConductors(ch, c.s)
 }
 

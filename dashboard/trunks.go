@@ -4,6 +4,8 @@ import (
 	"slices"
 	"sort"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/callrelay/callrelay/protocol"
 )
 
@@ -95,4 +97,16 @@ func compareStrings(a, b string) int {
 		return 1
 	}
 	return 0
+}
+
+var mTrunkRTT = prometheus.NewDesc("callrelay_dashboard_trunk_rtt_seconds",
+	"Trunk round-trip time by region pair, from the forwarders' load reports: stat median (over the from region's forwarders up that report the pair) or worst.",
+	[]string{"from", "to", "stat"}, nil)
+
+// collectTrunks exports the trunk RTT matrix.
+func collectTrunks(ch chan<- prometheus.Metric, fwds []ForwarderView) {
+	for _, p := range trunks(fwds) {
+		ch <- prometheus.MustNewConstMetric(mTrunkRTT, prometheus.GaugeValue, float64(p.MedianUs)/1e6, p.From, p.To, "median")
+		ch <- prometheus.MustNewConstMetric(mTrunkRTT, prometheus.GaugeValue, float64(p.WorstUs)/1e6, p.From, p.To, "worst")
+	}
 }

@@ -3,6 +3,7 @@ package dashboard
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"testing"
 	"time"
 
@@ -104,7 +105,19 @@ func TestTrunkMatrix300(t *testing.T) {
 		}
 	}
 	require.Equal(t, TrunkView{From: "eu-west", To: "us-east", Forwarders: 75, MedianUs: 22000, WorstUs: 200000, WorstID: "fwd-000"}, eu)
-	matrix, err := json.Marshal(changed.Trunks)
+	// The same in /metrics, for Grafana's panel by region pair.
+	resp, err := e.client.Get(e.base + "/metrics")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	for _, line := range []string{`callrelay_dashboard_trunk_rtt_seconds{from="eu-west",stat="median",to="us-east"} 0.022`,
+		`callrelay_dashboard_trunk_rtt_seconds{from="eu-west",stat="worst",to="us-east"} 0.2`,
+		`callrelay_dashboard_trunk_rtt_seconds{from="ap-south",stat="median",to="eu-west"} 0.032`} {
+		require.Contains(t, string(body), line+"\n")
+	}
+	var matrix []byte
+	matrix, err = json.Marshal(changed.Trunks)
 	require.NoError(t, err)
 	t.Logf("trunk matrix at %d forwarders in 4 regions (12 pairs): %d bytes in a delta when it changed (this one %d bytes in all), 0 when steady (steady delta %d bytes)",
 		n, len(matrix)+len(`,"trunks":`), changedBytes, steadyBytes)

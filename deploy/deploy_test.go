@@ -25,6 +25,9 @@ var metricSources = []string{
 	"../dashboard/metrics.go",
 	"../dashboard/admin.go",
 	"../forwarder/admin.go",
+	"../forwarder/trunk_rtt.go",
+	"../conductor/placement_call.go",
+	"../dashboard/trunks.go",
 }
 
 // metricKind says which suffixed series a metric family has.
