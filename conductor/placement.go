@@ -129,6 +129,9 @@ type PlacementResult struct {
 	// Avoided says a throttling forwarder was left out within the budget;
 	// Throttled that one is used because no alternative was within it.
 	Avoided, Throttled bool
+	// BadReports are the members whose RTT reports could not be true
+	// (BadReport): placed as if they had reported nothing.
+	BadReports []protocol.ID
 }
 
 // ErrNoPlacement says no placement reaches every member.
@@ -178,14 +181,17 @@ func Cost(cfg PlacementConfig, in *PlacementInput, assign map[protocol.ID]string
 
 // placementSearch holds the candidates as indexes for the search.
 type placementSearch struct {
-	cfg     PlacementConfig
-	in      *PlacementInput
-	ids     []string
-	avoid   []bool            // throttling and not serving a member now
-	access  [][]time.Duration // [member][candidate], -1 unknown
-	known   []bool            // per member: it reported an RTT to a candidate
-	pinned  []int             // per member: its current candidate when it reported nothing, else -1
-	scratch []int
+	cfg    PlacementConfig
+	in     *PlacementInput
+	ids    []string
+	avoid  []bool            // throttling and not serving a member now
+	access [][]time.Duration // [member][candidate], -1 unknown
+	known  []bool            // per member: it reported an RTT to a candidate
+	pinned []int             // per member: its current candidate when it reported nothing, else -1
+	// limit: per member, the worst access its own report lets a placement
+	// give it (its RTT to its current forwarder + Budget), -1 no limit.
+	limit []time.Duration
+	bad   []protocol.ID
 }
 
 type candidateSet struct {
@@ -200,8 +206,14 @@ func newPlacementSearch(cfg PlacementConfig, in *PlacementInput) *placementSearc
 	s := &placementSearch{cfg: cfg, in: in}
 	best := map[string]time.Duration{}
 	current := map[string]bool{}
-	for _, m := range in.Members {
+	rtts := make([]map[string]time.Duration, len(in.Members))
+	for i, m := range in.Members {
 		current[m.Current] = true
+		if BadReport(cfg, in, &in.Members[i]) != "" {
+			s.bad = append(s.bad, m.ID)
+			continue
+		}
+		rtts[i] = m.RTT
 		for f, r := range m.RTT {
 			if fw, ok := in.Forwarders[f]; !ok || fw.Draining || r < 0 {
 				continue
@@ -235,22 +247,81 @@ func newPlacementSearch(cfg PlacementConfig, in *PlacementInput) *placementSearc
 	}
 	s.access = make([][]time.Duration, len(in.Members))
 	s.pinned = make([]int, len(in.Members))
+	s.limit = make([]time.Duration, len(in.Members))
 	for i, m := range in.Members {
 		row := make([]time.Duration, len(s.ids))
 		known := false
 		for c, f := range s.ids {
 			row[c] = -1
-			if r, ok := m.RTT[f]; ok && r >= 0 {
+			if r, ok := rtts[i][f]; ok && r >= 0 {
 				row[c], known = r, true
 			}
 		}
-		s.access[i], s.pinned[i] = row, -1
+		s.access[i], s.pinned[i], s.limit[i] = row, -1, -1
 		s.known = append(s.known, known)
 		if !known {
 			s.pinned[i] = s.index(m.Current)
+		} else if c := s.index(m.Current); c >= 0 && row[c] >= 0 {
+			s.limit[i] = row[c] + cfg.Budget
 		}
 	}
 	return s
+}
+
+// maxReportedRTT: a claimed RTT above it is not a measurement.
+const maxReportedRTT = 5 * time.Second
+
+// triangleSlack: internet paths are not triangles (a device may reach X by
+// a shorter route than its forwarder's trunk takes), so the physical bound
+// BadReport checks is halved and loosened by this much: it catches gross
+// lies only; the rule that nobody is moved against its own report is what
+// keeps a liar from moving others.
+const triangleSlack = 20 * time.Millisecond
+
+// BadReport says why m's RTT report cannot be true, or "" when it can: an
+// RTT below 0 or above maxReportedRTT ("range"), or an RTT to a forwarder
+// X shorter than the trunk RTT from m's current forwarder to X less m's
+// RTT to its current one, halved, less triangleSlack ("triangle"): by the
+// triangle inequality trunk(cur, X) <= RTT(cur) + RTT(X), give or take
+// routing.
+func BadReport(cfg PlacementConfig, in *PlacementInput, m *PlacedMember) string {
+	for _, r := range m.RTT {
+		if r < 0 || r > maxReportedRTT {
+			return "range"
+		}
+	}
+	here, ok := m.RTT[m.Current]
+	if !ok || m.Current == "" {
+		return ""
+	}
+	for f, r := range m.RTT {
+		t, ok := trunkRTT(cfg, in, m.Current, f)
+		if ok && r < (t-here)/2-triangleSlack {
+			return "triangle"
+		}
+	}
+	return ""
+}
+
+// trunkRTT is the RTT between forwarders a and b over their trunk: 0 on one
+// forwarder, IntraRegion in one region, else the regions' RTT.
+func trunkRTT(cfg PlacementConfig, in *PlacementInput, a, b string) (time.Duration, bool) {
+	if a == b {
+		return 0, true
+	}
+	fa, okA := in.Forwarders[a]
+	fb, okB := in.Forwarders[b]
+	if !okA || !okB {
+		return 0, false
+	}
+	if fa.Region == fb.Region {
+		return cfg.IntraRegion, true
+	}
+	if r, ok := in.RegionRTT[[2]string{fa.Region, fb.Region}]; ok {
+		return r, true
+	}
+	r, ok := in.RegionRTT[[2]string{fb.Region, fa.Region}]
+	return r, ok
 }
 
 func cmpString(a, b string) int {
@@ -269,17 +340,7 @@ func (s *placementSearch) index(f string) int {
 
 // trunk is the RTT between two candidates' forwarders, or -1.
 func (s *placementSearch) trunk(a, b int) time.Duration {
-	if a == b {
-		return 0
-	}
-	ra, rb := s.in.Forwarders[s.ids[a]].Region, s.in.Forwarders[s.ids[b]].Region
-	if ra == rb {
-		return s.cfg.IntraRegion
-	}
-	if r, ok := s.in.RegionRTT[[2]string{ra, rb}]; ok {
-		return r
-	}
-	if r, ok := s.in.RegionRTT[[2]string{rb, ra}]; ok {
+	if r, ok := trunkRTT(s.cfg, s.in, s.ids[a], s.ids[b]); ok {
 		return r
 	}
 	return -1
@@ -390,8 +451,8 @@ func (s *placementSearch) evaluate(set []int) (candidateSet, bool) {
 				at[i] = c
 			}
 		}
-		if at[i] < 0 {
-			return cs, false
+		if at[i] < 0 || s.limit[i] >= 0 && s.access[i][at[i]] > s.limit[i] {
+			return cs, false // unreachable, or worse for it than where it is, by its own report
 		}
 		used[at[i]] = true
 		if at[i] != cur {
@@ -424,7 +485,7 @@ func (s *placementSearch) better(a, b candidateSet) bool {
 }
 
 func (s *placementSearch) result(cs candidateSet) PlacementResult {
-	r := PlacementResult{Assign: make(map[protocol.ID]string, len(cs.at)), Worst: cs.worst}
+	r := PlacementResult{Assign: make(map[protocol.ID]string, len(cs.at)), Worst: cs.worst, BadReports: s.bad}
 	for i, c := range cs.at {
 		if c < 0 {
 			continue

@@ -60,7 +60,7 @@ func newPlacementMetrics(reg prometheus.Registerer) *placementMetrics {
 			Help:    "The worst member-to-member path (access RTTs + trunk RTT) of each placement computed.",
 			Buckets: []float64{0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 1}}),
 		entries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrelay_conductor_rtt_entries_dropped_total",
-			Help: "Entries of members' RTT reports not used, by reason: unknown_forwarder (an address no live forwarder announces)."},
+			Help: "Entries of members' RTT reports not used, by reason: unknown_forwarder (an address no live forwarder announces); bad_report_range, bad_report_triangle (the whole report dropped: an RTT below 0 or over 5 s, or one to a forwarder shorter than the trunk from the member's own forwarder allows; counted once per report)."},
 			[]string{"reason"}),
 		fleetBad: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_fleet_messages_rejected_total",
 			Help: "Heartbeats and load reports on <prefix>.forwarders dropped: they did not authenticate or parse, or were stale (not newer than the last taken from their forwarder, or made over 10 s from this clock: replayed)."}),
@@ -114,6 +114,25 @@ func (p *partition) observePlacement(cs *callState, fwd string, mm *protocol.Mem
 		st.rtt[id] = e.RTT
 	}
 	st.reported, pl.dirty = now, true
+	if why := badReport(p.c.cfg.Placement, view, fwd, st.rtt); why != "" {
+		p.c.pm.entries.WithLabelValues("bad_report_" + why).Inc()
+		st.rtt = nil // placed as if it reported nothing: it stays where it is
+	}
+}
+
+// badReport checks a member's report against the fleet (BadReport), with
+// only the forwarders it names.
+func badReport(cfg PlacementConfig, view *FleetView, fwd string, rtt map[string]time.Duration) string {
+	in := PlacementInput{Forwarders: make(map[string]PlacedForwarder, len(rtt)+1), RegionRTT: view.RegionRTT}
+	for id := range rtt {
+		if fw, ok := view.Forwarders[id]; ok {
+			in.Forwarders[id] = PlacedForwarder{Region: fw.Region}
+		}
+	}
+	if fw, ok := view.Forwarders[fwd]; ok {
+		in.Forwarders[fwd] = PlacedForwarder{Region: fw.Region}
+	}
+	return BadReport(cfg, &in, &PlacedMember{Current: fwd, RTT: rtt})
 }
 
 // place runs placement for cs when a report changed it, and sends the

@@ -77,13 +77,24 @@ func TestPlaceEuropeAndSouthAfrica(t *testing.T) {
 		}
 		require.Less(t, r.Worst, Cost(cfg, in, all), "the split beats everyone on %s", single)
 	}
-	// A call kept on one forwarder (no trunk hops) takes the best single one.
+	// A new call kept on one forwarder (no trunk hops) takes the best single one.
 	cfg.MaxTrunkHops = 0
-	one, err := Place(cfg, in)
+	fresh := &PlacementInput{Forwarders: fw, RegionRTT: rr}
+	for _, m := range in.Members {
+		m.Current = ""
+		fresh.Members = append(fresh.Members, m)
+	}
+	one, err := Place(cfg, fresh)
 	require.NoError(t, err)
 	require.Len(t, one.Used, 1)
 	require.Equal(t, "jnb-1", one.Used[0], "jnb-1: 170+175 = 345 beats fra-1's 175+180")
 	require.Equal(t, ms(345), one.Worst)
+	// Members already on fra-1 are not moved to jnb-1, 160 ms worse for the
+	// Europeans by their own reports (over the 60 ms budget): fra-1 stays.
+	one, err = Place(cfg, in)
+	require.NoError(t, err)
+	require.Equal(t, []string{"fra-1"}, one.Used)
+	require.Equal(t, ms(175+180), one.Worst)
 }
 
 func TestPlaceAvoidsThrottlingRegionWithinBudget(t *testing.T) {
