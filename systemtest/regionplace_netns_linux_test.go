@@ -1,4 +1,4 @@
-package forwarder_test
+package systemtest
 
 import (
 	"encoding/binary"
@@ -34,9 +34,9 @@ import (
 // The live loop (keepalive report -> metadata -> conductor -> PlacementMove
 // -> MigrateTo) is systemtest's TestConductorMovesMemberWhoseRTTJumps;
 // here the devices speak the wire protocol by hand from one socket each
-// made inside their city's namespace (region_helpers_linux_test.go).
+// made inside their city's namespace (regionplace_helpers_linux_test.go).
 //
-//	go test -race -run 'TestRegionPlace' -v ./forwarder/
+//	go test -race -run 'TestRegionPlace' -v ./systemtest/
 
 // sendClock is when each audio packet was sent, by SSRC and sequence
 // number: filled before the devices start, read-only as a map after.
@@ -162,7 +162,7 @@ func (td *timedDevice) probeRTT(t *testing.T, fwd netip.AddrPort) time.Duration 
 
 // placeNode is a forwarder of a placement test.
 type placeNode struct {
-	*clusterNode
+	*regionNode
 	region string
 }
 
@@ -176,7 +176,7 @@ type person struct {
 // forwarder and places the call with conductor.Place, as the conductor
 // does from their reports. It returns the placement (by SSRC) and what
 // Place returned.
-func placeFromProbes(t *testing.T, e *clusterEnv, tp *regions.Topology, nodes []placeNode, people []person) (map[uint32]string, conductor.PlacementResult) {
+func placeFromProbes(t *testing.T, e *regionEnv, tp *regions.Topology, nodes []placeNode, people []person) (map[uint32]string, conductor.PlacementResult) {
 	t.Helper()
 	clock := sendClock{}
 	for _, p := range people {
@@ -226,7 +226,7 @@ type pathFigures struct {
 // runCall puts people in a new call on the forwarders assign names (by
 // SSRC), has each send 4 s of audio, and returns the one-way delays their
 // peers saw (the first half second of each sender left out: set-up).
-func runCall(t *testing.T, e *clusterEnv, tp *regions.Topology, nodes []placeNode, people []person, assign map[uint32]string) pathFigures {
+func runCall(t *testing.T, e *regionEnv, tp *regions.Topology, nodes []placeNode, people []person, assign map[uint32]string) pathFigures {
 	t.Helper()
 	addr := map[string]netip.AddrPort{}
 	for _, n := range nodes {
@@ -298,7 +298,7 @@ func euZA(t *testing.T) *regions.Topology {
 
 // startEUZA starts a forwarder in each region and waits until both have
 // measured their trunk RTT.
-func startEUZA(t *testing.T, e *clusterEnv, tp *regions.Topology) []placeNode {
+func startEUZA(t *testing.T, e *regionEnv, tp *regions.Topology) []placeNode {
 	t.Helper()
 	nodes := []placeNode{{e.startInRegion(t, tp, "eu", "fwd-eu", nil), "eu"}, {e.startInRegion(t, tp, "za", "fwd-za", nil), "za"}}
 	testenv.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
@@ -318,7 +318,7 @@ func startEUZA(t *testing.T, e *clusterEnv, tp *regions.Topology) []placeNode {
 // all four in one region.
 func TestRegionPlaceTwoContinents(t *testing.T) {
 	tp := euZA(t)
-	e := newClusterEnv(t)
+	e := newRegionEnv(t)
 	nodes := startEUZA(t, e, tp)
 	people := []person{{"paris", 0xa1}, {"berlin", 0xa2}, {"capetown", 0xb1}, {"joburg", 0xb2}}
 	start := time.Now()
@@ -351,7 +351,7 @@ func TestRegionPlaceTwoContinents(t *testing.T) {
 // forwarder, nearby, with no trunk: za neither serves nor hears them.
 func TestRegionPlaceOneCity(t *testing.T) {
 	tp := euZA(t)
-	e := newClusterEnv(t)
+	e := newRegionEnv(t)
 	nodes := startEUZA(t, e, tp)
 	people := []person{{"paris", 0xc1}, {"paris", 0xc2}, {"paris", 0xc3}}
 	start := time.Now()
