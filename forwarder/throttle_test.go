@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/callrelay/callrelay/client"
@@ -287,23 +286,25 @@ func btoi(b bool) int {
 // the rest to both idle peers, not all to one (each referral reserves its
 // share of the peer's load until the peer's next report).
 //
-// "Within one load report" is made true here: the peers report every 3 s
-// and the burst starts right after a report of each peer was seen on NATS
-// (waitHeartbeats), not every 100 ms
-// as in the other cluster tests. With 100 ms, a burst that
-// takes longer than a report period (under -race at load 20-35 it took up
-// to 2.3 s) had its reservations cleared by reports made before the
-// referred devices arrived, and the split was 9/2 or 8/3 by timing alone.
+// "Within one load report" is made true here: the peers report every
+// 30 s (the first one 30 s after they start: the test waits for it), so
+// the burst, right after their first reports, meets none. With
+// 100 ms (as in the other cluster tests), a burst that took longer than a
+// report period had its reservations cleared by reports made before the
+// referred devices arrived; with 3 s and the burst started after both
+// peers' next reports, the two peers' report phases differ, so one's next
+// report could still fall inside the burst (8/3 once in a clean-clone run
+// at load ~2): the split was then uneven by timing alone.
 func TestThrottleBurstSpreadsOverPeers(t *testing.T) {
 	e := newClusterEnv(t)
 	oneReport := func(cfg *forwarder.Config) {
 		sessionsOnly(cfg)
-		cfg.Cluster.AnnounceEvery, cfg.Cluster.PeerTimeout, cfg.Cluster.OrphanAfter = 3*time.Second, 30*time.Second, time.Minute
+		cfg.Cluster.AnnounceEvery, cfg.Cluster.PeerTimeout, cfg.Cluster.OrphanAfter = 30*time.Second, 5*time.Minute, 10*time.Minute
 	}
 	a := e.startWith(t, "fwd-a", oneReport)
 	b := e.startWith(t, "fwd-b", oneReport)
 	c := e.startWith(t, "fwd-c", oneReport)
-	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	testenv.CheckFor(t, 45*time.Second, 20*time.Millisecond, func() error {
 		if a.f.Stats().Peers < 2 {
 			return fmt.Errorf("fwd-a has not heard both peers yet")
 		}
@@ -312,7 +313,6 @@ func TestThrottleBurstSpreadsOverPeers(t *testing.T) {
 	for range 13 { // 13 of 20: one below level 1
 		require.Equal(t, a.f.Addr(), e.party(t, protocol.NewID(), protocol.ClassOneToOne).join(t, a.f.Addr()))
 	}
-	waitHeartbeats(t, e, "fwd-b", "fwd-c") // the burst starts right after the peers' reports
 	landed := map[netip.AddrPort]int{}
 	results := make(chan netip.AddrPort, 12)
 	for range 12 {
@@ -338,35 +338,4 @@ func TestThrottleBurstSpreadsOverPeers(t *testing.T) {
 	require.GreaterOrEqual(t, landed[b.f.Addr()], 4, "spread: %v", landed)
 	require.GreaterOrEqual(t, landed[c.f.Addr()], 4, "spread: %v", landed)
 	t.Logf("burst of 12 new group calls at fwd-a: a %d, b %d, c %d", landed[a.f.Addr()], landed[b.f.Addr()], landed[c.f.Addr()])
-}
-
-// waitHeartbeats returns once a heartbeat of each of ids, sent after the
-// call, has been seen on NATS.
-func waitHeartbeats(t *testing.T, e *clusterEnv, ids ...string) {
-	t.Helper()
-	nc, err := nats.Connect(e.nats.ClientURL())
-	require.NoError(t, err)
-	defer nc.Close()
-	msgs := make(chan *nats.Msg, 256)
-	sub, err := nc.ChanSubscribe("callrelay.forwarders", msgs)
-	require.NoError(t, err)
-	defer func() { _ = sub.Unsubscribe() }()
-	require.NoError(t, nc.Flush())
-	want := map[string]bool{}
-	for _, id := range ids {
-		want[id] = true
-	}
-	deadline := time.After(20 * time.Second)
-	for len(want) > 0 {
-		select {
-		case m := <-msgs:
-			var a protocol.ForwarderAnnounce
-			if typ, err := protocol.PeekClusterMsgType(m.Data); err == nil && typ == protocol.ClusterMsgForwarderAnnounce &&
-				a.Unmarshal(m.Data, e.key) == nil {
-				delete(want, a.ID)
-			}
-		case <-deadline:
-			t.Fatalf("no heartbeat from %v within 20 s", want)
-		}
-	}
 }
