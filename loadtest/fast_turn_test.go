@@ -103,7 +103,9 @@ func TestUseChannelFramesPresealed(t *testing.T) {
 }
 
 // turnServer is coturn's turnserver on a loopback port with one long-term
-// credential user, stopped at the test's end. scripts/deps.sh installs it
+// credential user, UDP only (the port was free for UDP, not known for TCP:
+// its TCP listener once found it taken and retried for ever), stopped at
+// the test's end. scripts/deps.sh installs it
 // (Debian's coturn): a missing one fails the test.
 func turnServer(t *testing.T) (addr netip.AddrPort, user, password string) {
 	t.Helper()
@@ -115,7 +117,7 @@ func turnServer(t *testing.T) (addr netip.AddrPort, user, password string) {
 	require.NoError(t, probe.Close())
 	dir := t.TempDir()
 	user, password = "loadtest", fmt.Sprintf("pw%d", time.Now().UnixNano())
-	cmd := exec.Command(bin, "-n", "--no-tls", "--no-dtls", "--no-cli", "-L", "127.0.0.1", "--relay-ip", "127.0.0.1",
+	cmd := exec.Command(bin, "-n", "--no-tcp", "--no-tcp-relay", "--no-tls", "--no-dtls", "--no-cli", "-L", "127.0.0.1", "--relay-ip", "127.0.0.1",
 		"-p", fmt.Sprint(addr.Port()), "-a", "-u", user+":"+password, "-r", "callrelay", "--allow-loopback-peers",
 		"-m", "1", "--userdb", filepath.Join(dir, "turndb"), "--pidfile", filepath.Join(dir, "pid"),
 		"--log-file", "stdout", "--simple-log")

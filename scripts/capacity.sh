@@ -180,7 +180,7 @@ for kase in $CASE; do
 			CALLRELAY_LOADTEST_TURN_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 			export CALLRELAY_LOADTEST_TURN_PASSWORD
 			rm -f "$OUT/turndb"
-			taskset -c "$RELAY_CPU" turnserver -n --no-tls --no-dtls --no-cli -L 127.0.0.1 --relay-ip 127.0.0.1 -p "$port" \
+			taskset -c "$RELAY_CPU" turnserver -n --no-tcp --no-tcp-relay --no-tls --no-dtls --no-cli -L 127.0.0.1 --relay-ip 127.0.0.1 -p "$port" \
 				-a -u "capacity:$CALLRELAY_LOADTEST_TURN_PASSWORD" -r callrelay --allow-loopback-peers -m 1 \
 				--userdb "$OUT/turndb" --pidfile "$OUT/turnserver.pid" --log-file "$OUT/$kase/coturn.log" --simple-log >/dev/null 2>&1 &
 			relay_pid=$!
