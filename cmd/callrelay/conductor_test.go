@@ -153,14 +153,15 @@ func TestConductorSIGKILLTakeover(t *testing.T) {
 			}
 			return nil
 		})
-		// The speaker's audio should not pause while the conductor is gone
-		// (forwarders keep the last decision): under 300 ms until today.
-		// Since this session's changes it pauses until the successor's first
-		// decision in about half the runs (2.0-2.1 s, the takeover): a
-		// regression found at the session's end, not yet bisected (it is
-		// before 7e67ed4, and not in 9e004fb), recorded in the closing note.
-		// Until it is fixed, this bounds the pause by the takeover.
-		require.Less(t, ms[1].MaxGap(ms[0].SSRC), first.Sub(killed)+300*time.Millisecond, "trial %d: media gap", trial)
+		// The speaker's audio does not pause while the conductor is gone:
+		// forwarders keep the last decision. (At the end of session 3 about
+		// half the runs paused it for the whole takeover, 2.0-2.1 s; it did
+		// not come back in 45 trials at 195d553, load 10-11, longest 227 ms,
+		// so the strict bound is back, and a failure says where the silence
+		// fell against the kill and the successor's first decision.)
+		gap, ended := ms[1].MaxGap(ms[0].SSRC), ms[1].MaxGapEnd(ms[0].SSRC)
+		require.Less(t, gap, 300*time.Millisecond, "trial %d: the speaker's longest silence, %v, ended %v after the kill; the successor's first decision came %v after it",
+			trial, gap, ended.Sub(killed), first.Sub(killed))
 		require.Equal(t, muted, ms[1].Count(ms[2].SSRC), "trial %d: the silent member stayed muted", trial)
 		conds[victim] = c.conductor(t, victim) // back, as a new lease holder
 	}

@@ -37,6 +37,7 @@ type Member struct {
 	mu       sync.Mutex
 	heard    map[uint32]time.Time     // last packet from each SSRC
 	maxGap   map[uint32]time.Duration // longest silence from each SSRC since ResetGaps
+	gapEnd   map[uint32]time.Time     // when that silence ended
 	counts   map[uint32]int           // packets from each SSRC
 	speech   map[uint32]int           // speech packets (AudioRTP's, speaking) from each SSRC
 	lastSaid map[uint32]time.Time     // the last of them
@@ -80,7 +81,7 @@ func JoinConfig(t testing.TB, cfg client.Config, ssrc uint32) *Member {
 
 // Watch makes a Member of a Session joined elsewhere.
 func Watch(t testing.TB, s *client.Session, ssrc uint32) *Member {
-	m := &Member{S: s, SSRC: ssrc, heard: map[uint32]time.Time{}, maxGap: map[uint32]time.Duration{}, counts: map[uint32]int{},
+	m := &Member{S: s, SSRC: ssrc, heard: map[uint32]time.Time{}, maxGap: map[uint32]time.Duration{}, gapEnd: map[uint32]time.Time{}, counts: map[uint32]int{},
 		speech: map[uint32]int{}, lastSaid: map[uint32]time.Time{}}
 	go m.record()
 	return m
@@ -92,7 +93,9 @@ func (m *Member) record() {
 			ssrc := binary.BigEndian.Uint32(p.Data[8:12])
 			m.mu.Lock()
 			if last, ok := m.heard[ssrc]; ok {
-				m.maxGap[ssrc] = max(m.maxGap[ssrc], p.Received.Sub(last))
+				if g := p.Received.Sub(last); g > m.maxGap[ssrc] {
+					m.maxGap[ssrc], m.gapEnd[ssrc] = g, p.Received
+				}
 			}
 			m.heard[ssrc] = p.Received
 			m.counts[ssrc]++
@@ -131,6 +134,13 @@ func (m *Member) MaxGap(ssrc uint32) time.Duration {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.maxGap[ssrc]
+}
+
+// MaxGapEnd is when the silence MaxGap measures ended (zero if none).
+func (m *Member) MaxGapEnd(ssrc uint32) time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.gapEnd[ssrc]
 }
 
 // Count is how many RTP packets from ssrc arrived.
@@ -218,6 +228,7 @@ func (m *Member) ResetGaps() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	clear(m.maxGap)
+	clear(m.gapEnd)
 }
 
 // RTP is a small RTP packet from ssrc.
