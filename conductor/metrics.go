@@ -44,7 +44,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		metadata: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_metadata_batches_total",
 			Help: "Metadata batches accepted from forwarders."}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrelay_conductor_metadata_rejected_total",
-			Help: "Metadata rejected, by reason: malformed (bad encoding or key), wrong_partition, unknown_call, queue_full."},
+			Help: "Metadata rejected, by reason: malformed (bad encoding or key), wrong_partition, stale (not newer than the last batch taken from its forwarder: a replay or a duplicate), skewed (made over 10 s from this clock), unknown_call, queue_full."},
 			[]string{"reason"}),
 		switches: prometheus.NewCounter(prometheus.CounterOpts{Name: "callrelay_conductor_speaker_switches_total",
 			Help: "Dominant speaker changes."}),

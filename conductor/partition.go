@@ -36,6 +36,9 @@ type partition struct {
 	buf      []byte
 	fwd      []protocol.ID
 	lastWarn time.Time
+
+	marks       map[string]batchMark // the last batch taken from each forwarder (metafresh.go)
+	marksPruned time.Time
 }
 
 // callState is one call as the conductor sees it.
@@ -143,6 +146,9 @@ func (p *partition) onMetadata(data []byte, now time.Time) {
 	}
 	if int(b.Partition) != p.part {
 		p.reject("wrong_partition", now, zap.String("forwarder", b.Forwarder), zap.Uint16("batch_partition", b.Partition))
+		return
+	}
+	if !p.takeBatch(b, now) {
 		return
 	}
 	p.c.m.metadata.Inc()

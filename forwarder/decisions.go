@@ -124,21 +124,41 @@ func (c *control) metaTick(now time.Time) {
 		if len(b.Calls) == 0 {
 			continue
 		}
-		ms.seq[part]++
-		b.Forwarder, b.Partition, b.Seq, b.At = cc.ID, part, ms.seq[part], now
+		b.Forwarder, b.Partition, b.At = cc.ID, part, now
 		b.TickMillis = uint16(max(1, min(10000, tick.Milliseconds())))
-		var err error
-		if ms.buf, err = b.Marshal(ms.buf[:0], cc.Key); err != nil {
-			c.f.log.Error("encoding metadata", zap.Error(err))
-			continue
-		}
-		if err := cc.NATS.Publish(cc.metaSubject(part), ms.buf); err != nil {
-			c.f.natsErrors.Add(1)
-			continue
-		}
-		c.f.metaSent.Add(1)
-		c.f.metaBytes.Add(uint64(len(ms.buf)))
+		c.publishMeta(part, b)
 	}
+}
+
+// publishMeta seals and publishes b, split in halves until each part fits
+// one message (README 7.3): every part has its own sequence and the tick's
+// `at`, so the conductor takes them all, in order, and a replay of any of
+// them is stale. A single call too large for a message is logged and left
+// out.
+func (c *control) publishMeta(part uint16, b *protocol.MetadataBatch) {
+	if n := len(b.Calls); n > 1 && !b.Fits() {
+		all := b.Calls
+		b.Calls = all[:n/2]
+		c.publishMeta(part, b)
+		b.Calls = all[n/2:]
+		c.publishMeta(part, b)
+		b.Calls = all
+		return
+	}
+	cc, ms := &c.f.cfg.Cluster, &c.meta
+	ms.seq[part]++
+	b.Seq = ms.seq[part]
+	var err error
+	if ms.buf, err = b.Marshal(ms.buf[:0], cc.Key); err != nil {
+		c.f.log.Error("encoding metadata", zap.Error(err))
+		return
+	}
+	if err := cc.NATS.Publish(cc.metaSubject(part), ms.buf); err != nil {
+		c.f.natsErrors.Add(1)
+		return
+	}
+	c.f.metaSent.Add(1)
+	c.f.metaBytes.Add(uint64(len(ms.buf)))
 }
 
 // quietMember is one of cl's members reported quiet: it keeps the call
