@@ -76,6 +76,9 @@ type loadResult struct {
 	err      error  // the store did not answer, or a record did not decode
 	corrupt  string // the record that did not decode ("call", "checkpoint"), if that was err
 	ckpt     []byte
+	// joined: the call record's members' join times (nil: not read), for
+	// the first placement (placement_call.go).
+	joined map[protocol.ID]time.Time
 }
 
 func newPartition(c *Conductor, part int, epoch uint32) *partition {
@@ -264,6 +267,9 @@ func (p *partition) onLoaded(r loadResult, now time.Time) {
 		cs.seq = ck.Seq
 		cs.restored = true
 		p.c.m.restored.Inc()
+	}
+	if r.joined != nil {
+		cs.takeRecord(r.joined)
 	}
 	cs.ready = true
 	// A restored call is decided at once, not at the next tick: after a
@@ -520,7 +526,11 @@ func (q *ioQueue) load(id protocol.ID, out chan<- loadResult) bool {
 		ctx, cancel := context.WithTimeout(ctx, ioOpTimeout)
 		defer cancel()
 		r := loadResult{call: id}
-		if _, err := q.store.Get(ctx, id); err != nil {
+		call, err := q.store.Get(ctx, id)
+		if err == nil {
+			r.joined = joinTimes(&call)
+		}
+		if err != nil {
 			if errors.Is(err, statestore.ErrNotFound) {
 				r.notFound = true
 			} else {
@@ -538,6 +548,15 @@ func (q *ioQueue) load(id protocol.ID, out chan<- loadResult) bool {
 		default: // the partition is gone or flooded; it decides without
 		}
 	})
+}
+
+// joinTimes are the join times of a call record's members.
+func joinTimes(call *statestore.Call) map[protocol.ID]time.Time {
+	out := make(map[protocol.ID]time.Time, len(call.Members))
+	for id, m := range call.Members {
+		out[id] = m.JoinedAt
+	}
+	return out
 }
 
 // corruptRecord is record if err says a stored record did not decode.

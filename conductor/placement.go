@@ -62,13 +62,28 @@ type PlacementConfig struct {
 	// for it, to the same forwarder, for this long (a lone RTT spike asks
 	// once; with 1 s keepalives, two reports in a row). Default 500ms.
 	Sustain time.Duration
+	// First is the first-placement window. A member whose join (by the
+	// call record the conductor read when it took the call, or its first
+	// metadata if it joined later) is less than First old is new: it is
+	// placed at the first decision tick after each RTT report of its,
+	// with the other members held where they are, and moved at once
+	// without the re-placement hysteresis above (no MinGain, Cooldown,
+	// Sustain or Every), at most once; Place's own rules still hold (a
+	// bad report is dropped, nobody goes further than Budget beyond its
+	// own forwarder by its own report). After First, or once moved, it is
+	// placed by the re-placement rules like everyone. 0: no first
+	// placement. Default 2s (a device reports the RTTs of the race's
+	// losers on its second keepalive, a keepalive interval after its
+	// join). Not used by Place.
+	First time.Duration
 }
 
 // DefaultPlacementConfig returns the defaults listed per field.
 func DefaultPlacementConfig() PlacementConfig {
 	return PlacementConfig{Budget: 60 * time.Millisecond, AvoidLevel: 2, MaxTrunkHops: 1, MaxForwarders: 3,
 		IntraRegion: 2 * time.Millisecond, TrunkPenalty: 5 * time.Millisecond,
-		MinGain: 15 * time.Millisecond, MinGainFraction: 0.2, Cooldown: 10 * time.Second, Every: 500 * time.Millisecond, Sustain: 500 * time.Millisecond}
+		MinGain: 15 * time.Millisecond, MinGainFraction: 0.2, Cooldown: 10 * time.Second, Every: 500 * time.Millisecond, Sustain: 500 * time.Millisecond,
+		First: 2 * time.Second}
 }
 
 // Validate says what to fix.
@@ -87,8 +102,8 @@ func (c *PlacementConfig) Validate() error {
 	if c.MaxForwarders < 1 || c.MaxForwarders > 8 {
 		errs = append(errs, fmt.Errorf("placement: max forwarders per call %d, want 1..8", c.MaxForwarders))
 	}
-	if c.Every <= 0 || c.Sustain < 0 {
-		errs = append(errs, fmt.Errorf("placement: every %s (> 0), sustain %s (>= 0)", c.Every, c.Sustain))
+	if c.Every <= 0 || c.Sustain < 0 || c.First < 0 {
+		errs = append(errs, fmt.Errorf("placement: every %s (> 0), sustain %s (>= 0), first-placement window %s (>= 0)", c.Every, c.Sustain, c.First))
 	}
 	if c.MinGainFraction < 0 || c.MinGainFraction >= 1 {
 		errs = append(errs, fmt.Errorf("placement: min gain fraction %g, want 0 <= it < 1", c.MinGainFraction))

@@ -13,6 +13,33 @@ import (
 // serving each (the one whose metadata names it) and their reported RTTs,
 // placed again when reports change (at most every PlacementConfig.Every)
 // and moved by PlacementMove when Replace says it pays.
+//
+// First placement (PlacementConfig.First): a member new to the call is
+// where its device's multi-connect race put it, the forwarder nearest to
+// that device alone, which need not be the call's best. It is placed at
+// the first decision tick after its RTT report comes, not after the
+// re-placement hysteresis (Every, Sustain, MinGain, Cooldown), which is
+// there so that a call never flaps mid-call, and is moved at once: within
+// a few hundred ms of its join, before much of its media flows, a move
+// costs least. The rule:
+//   - new: its join is less than First old, by the call record read when
+//     the conductor took the call (its first metadata here if it joined
+//     later). A call the conductor took over, whose members joined long
+//     ago, has no new member; a call whose record could not be read (the
+//     store down) has none either: it cannot tell a new call from an old.
+//   - run: Place over the call with the new members as they reported and
+//     everyone else held on its forwarder (or on the one it is moving to),
+//     so a join moves only the joiner; Place's rules hold (a report that
+//     cannot be true is dropped, and nobody is placed further from its
+//     own forwarder, by its own report, than Budget).
+//   - move: each new member Place puts elsewhere is sent a PlacementMove
+//     at once, and is new no more: at most one first move per member. A
+//     new member left where it is stays new, so a fuller report later in
+//     the window (the first keepalive after the join carries only the RTT
+//     to the winner) may still move it.
+//   - then: re-placement runs as before, once the first moves are done
+//     (the members seen on their new forwarders, or firstMoveWait gone).
+//     First moves do not start the call's cool-down.
 
 // callPlacement is one call's placement state, the partition goroutine's.
 type callPlacement struct {
@@ -24,6 +51,11 @@ type callPlacement struct {
 	// wanted: moves Replace asked for, since when (sent once they last
 	// PlacementConfig.Sustain).
 	wanted map[protocol.ID]wantedMove
+	// record: the members' join times in the call record, read when the
+	// conductor took the call (nil: not read, no member is new);
+	// firstRun: the last first placement.
+	record   map[protocol.ID]time.Time
+	firstRun time.Time
 }
 
 type wantedMove struct {
@@ -35,10 +67,22 @@ type placedState struct {
 	fwd      string
 	rtt      map[string]time.Duration
 	reported time.Time
+	// joined: when it joined (first placement); settled: moved by the
+	// first placement, so new no more.
+	joined  time.Time
+	settled bool
+	// movedTo, movedAt: its first move, until its metadata comes from
+	// there.
+	movedTo string
+	movedAt time.Time
 }
 
 // placementReportMaxAge: older reports are not placed by.
 const placementReportMaxAge = time.Minute
+
+// firstMoveWait bounds how long re-placement waits for first moves to be
+// done (a member's join elsewhere takes a round trip or two).
+const firstMoveWait = 2 * time.Second
 
 type placementMetrics struct {
 	moves    *prometheus.CounterVec
@@ -51,10 +95,10 @@ type placementMetrics struct {
 func newPlacementMetrics(reg prometheus.Registerer) *placementMetrics {
 	m := &placementMetrics{
 		moves: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrelay_conductor_placement_moves_total",
-			Help: "Members asked to move to another forwarder (PlacementMove), by reason: rtt (a clearly shorter worst path), region (their forwarder throttles or drains)."},
+			Help: "Members asked to move to another forwarder (PlacementMove), by reason: first (a new member's first placement), rtt (a clearly shorter worst path), region (their forwarder throttles or drains)."},
 			[]string{"reason"}),
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "callrelay_conductor_placements_total",
-			Help: "Placement runs by outcome: stay (no move worth it), move, avoided (a throttling region left out within the budget), throttled (kept: no alternative within it), none (no placement reaches every member)."},
+			Help: "Placement runs by outcome: stay (no move worth it), move, avoided (a throttling region left out within the budget), throttled (kept: no alternative within it), none (no placement reaches every member); first placements of new members: first_move, first_stay."},
 			[]string{"outcome"}),
 		worst: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "callrelay_conductor_placement_worst_path_seconds",
 			Help:    "The worst member-to-member path (access RTTs + trunk RTT) of each placement computed.",
@@ -83,6 +127,7 @@ func (p *partition) observePlacement(cs *callState, fwd string, mm *protocol.Mem
 	if mm.Flags&protocol.MetaLeft != 0 {
 		if st != nil && st.fwd == fwd { // not a member that has moved on
 			delete(pl.members, mm.Participant)
+			delete(pl.record, mm.Participant) // back later: joined then
 			pl.dirty = true
 		}
 		return
@@ -91,11 +136,17 @@ func (p *partition) observePlacement(cs *callState, fwd string, mm *protocol.Mem
 		if len(pl.members) >= 255 {
 			return
 		}
-		st = &placedState{}
+		st = &placedState{joined: now}
+		if j, ok := pl.record[mm.Participant]; ok {
+			st.joined = j
+		}
 		pl.members[mm.Participant] = st
 	}
 	if st.fwd != fwd {
 		st.fwd, pl.dirty = fwd, true
+		if fwd == st.movedTo {
+			st.movedTo = "" // its first move is done
+		}
 	}
 	if mm.Flags&protocol.MetaRTT == 0 {
 		return
@@ -135,20 +186,72 @@ func badReport(cfg PlacementConfig, view *FleetView, fwd string, rtt map[string]
 	return BadReport(cfg, &in, &PlacedMember{Current: fwd, RTT: rtt})
 }
 
-// place runs placement for cs when a report changed it, and sends the
-// moves Replace asks for.
+// takeRecord keeps the members' join times from the call record read when
+// the conductor took the call (first placement); members seen before it
+// came joined when it says.
+func (cs *callState) takeRecord(joined map[protocol.ID]time.Time) {
+	if cs.place == nil {
+		cs.place = &callPlacement{members: make(map[protocol.ID]*placedState)}
+	}
+	pl := cs.place
+	pl.record = joined
+	for id, st := range pl.members {
+		if j, ok := joined[id]; ok && j.Before(st.joined) {
+			st.joined = j
+		}
+	}
+}
+
+// isNew says whether st is placed by the first placement now.
+func (pl *callPlacement) isNew(st *placedState, now time.Time, first time.Duration) bool {
+	return pl.record != nil && !st.settled && first > 0 && now.Sub(st.joined) < first
+}
+
+// firstDue: a new member reported since the last first placement.
+func (pl *callPlacement) firstDue(now time.Time, first time.Duration) bool {
+	for _, st := range pl.members {
+		if pl.isNew(st, now, first) && st.rtt != nil && st.reported.After(pl.firstRun) {
+			return true
+		}
+	}
+	return false
+}
+
+// inFlight: a first move is under way.
+func (pl *callPlacement) inFlight(now time.Time) bool {
+	for _, st := range pl.members {
+		if st.movedTo != "" && now.Sub(st.movedAt) < firstMoveWait {
+			return true
+		}
+	}
+	return false
+}
+
+// place runs placement for cs when a report changed it: the first
+// placement of its new members at once, re-placement at most every
+// PlacementConfig.Every and not while first moves are under way.
 func (p *partition) place(cs *callState, now time.Time) {
 	pl, cfg := cs.place, p.c.cfg.Placement
-	if pl == nil || !pl.dirty || now.Sub(pl.lastRun) < cfg.Every || len(pl.members) < 2 {
+	if pl == nil || !pl.dirty || len(pl.members) < 2 {
 		return
 	}
-	pl.dirty, pl.lastRun = false, now
-	view := p.c.fleet.View(now)
-	in := PlacementInput{Forwarders: make(map[string]PlacedForwarder, len(view.Forwarders)),
-		RegionRTT: view.RegionRTT, RegionLevels: view.RegionLevels}
-	for id, fw := range view.Forwarders {
-		in.Forwarders[id] = PlacedForwarder{Region: fw.Region, Level: fw.Level, Draining: fw.Draining}
+	first, again := pl.firstDue(now, cfg.First), now.Sub(pl.lastRun) >= cfg.Every
+	if !first && !again {
+		return
 	}
+	view := p.c.fleet.View(now)
+	fwds := make(map[string]PlacedForwarder, len(view.Forwarders))
+	for id, fw := range view.Forwarders {
+		fwds[id] = PlacedForwarder{Region: fw.Region, Level: fw.Level, Draining: fw.Draining}
+	}
+	if first {
+		p.placeFirst(cs, view, fwds, now)
+	}
+	if !again || pl.inFlight(now) {
+		return // still dirty: re-placed once due
+	}
+	pl.dirty, pl.lastRun = false, now
+	in := PlacementInput{Forwarders: fwds, RegionRTT: view.RegionRTT, RegionLevels: view.RegionLevels}
 	for id, st := range pl.members {
 		m := PlacedMember{ID: id, Current: st.fwd}
 		if now.Sub(st.reported) <= placementReportMaxAge {
@@ -178,7 +281,54 @@ func (p *partition) place(cs *callState, now time.Time) {
 	}
 	pl.lastMove = now
 	for id, to := range moves {
-		p.sendMove(cs, id, to, moveReason(in.Forwarders[pl.members[id].fwd], view, cfg), res.Worst, now)
+		reason := moveReason(in.Forwarders[pl.members[id].fwd], view, cfg)
+		p.sendMove(cs, id, to, reason, reasonLabel(reason), res.Worst, now)
+	}
+}
+
+// placeFirst is the first placement (see the top of this file): the new
+// members as they reported, the others held where they are or are going,
+// and each new member Place puts elsewhere moved at once.
+func (p *partition) placeFirst(cs *callState, view *FleetView, fwds map[string]PlacedForwarder, now time.Time) {
+	pl, cfg := cs.place, p.c.cfg.Placement
+	pl.firstRun = now
+	in := PlacementInput{Forwarders: fwds, RegionRTT: view.RegionRTT, RegionLevels: view.RegionLevels}
+	for id, st := range pl.members {
+		m := PlacedMember{ID: id, Current: st.fwd}
+		fresh := now.Sub(st.reported) <= placementReportMaxAge
+		switch {
+		case pl.isNew(st, now, cfg.First):
+			if fresh {
+				m.RTT = st.rtt
+			}
+		default: // held: only its own forwarder's RTT, so it stays there
+			if st.movedTo != "" {
+				m.Current = st.movedTo
+			}
+			if r, ok := st.rtt[m.Current]; ok && fresh {
+				m.RTT = map[string]time.Duration{m.Current: r}
+			}
+		}
+		in.Members = append(in.Members, m)
+	}
+	res, err := Place(cfg, &in)
+	if err != nil {
+		p.c.pm.runs.WithLabelValues("none").Inc()
+		return
+	}
+	moved := false
+	for id, st := range pl.members {
+		to, ok := res.Assign[id]
+		if !ok || st.fwd == "" || to == st.fwd || !pl.isNew(st, now, cfg.First) {
+			continue
+		}
+		st.settled, st.movedTo, st.movedAt, moved = true, to, now, true
+		p.sendMove(cs, id, to, moveReason(fwds[st.fwd], view, cfg), "first", res.Worst, now)
+	}
+	if moved {
+		p.c.pm.runs.WithLabelValues("first_move").Inc()
+	} else {
+		p.c.pm.runs.WithLabelValues("first_stay").Inc()
 	}
 }
 
@@ -223,7 +373,17 @@ func moveReason(from PlacedForwarder, view *FleetView, cfg PlacementConfig) uint
 	return protocol.MoveReasonRTT
 }
 
-func (p *partition) sendMove(cs *callState, id protocol.ID, to string, reason uint8, worst time.Duration, now time.Time) {
+// reasonLabel is a move reason's metric label.
+func reasonLabel(reason uint8) string {
+	if reason == protocol.MoveReasonRegion {
+		return "region"
+	}
+	return "rtt"
+}
+
+// sendMove publishes the move of id to forwarder to; label is its
+// reason in the metrics and log (first, rtt, region).
+func (p *partition) sendMove(cs *callState, id protocol.ID, to string, reason uint8, label string, worst time.Duration, now time.Time) {
 	cs.place.moveSeq++
 	m := protocol.PlacementMove{Call: cs.id, Participant: id, Partition: uint16(p.part), Epoch: p.epoch.Load(),
 		Seq: cs.place.moveSeq, At: now, Reason: reason, Conductor: p.c.cfg.ID, To: to}
@@ -235,10 +395,6 @@ func (p *partition) sendMove(cs *callState, id protocol.ID, to string, reason ui
 	if err := p.c.cfg.NATS.Publish(cs.subject, raw); err != nil {
 		p.c.m.natsErrors.Inc()
 		return
-	}
-	label := "rtt"
-	if reason == protocol.MoveReasonRegion {
-		label = "region"
 	}
 	p.c.pm.moves.WithLabelValues(label).Inc()
 	p.c.log.Info("member moved", zap.Stringer("call", cs.id), zap.Stringer("participant", id),

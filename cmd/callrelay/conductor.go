@@ -46,6 +46,7 @@ func conductorFlags(fs *flag.FlagSet) *conductorOptions {
 	fs.DurationVar(&pl.MinGain, "placement-min-gain", pl.MinGain, "a member is moved only when the call's worst path shrinks by at least this...")
 	fs.Float64Var(&pl.MinGainFraction, "placement-min-gain-fraction", pl.MinGainFraction, "...and by at least this fraction of it")
 	fs.DurationVar(&pl.Cooldown, "placement-cooldown", pl.Cooldown, "a call's members are moved at most once per this")
+	fs.DurationVar(&pl.First, "placement-first", pl.First, "a member that joined less than this ago is placed on the first decision after its RTT report, moved at once without the hysteresis above (once); 0: off")
 	addMetricsFlags(fs, &o.metricsListen, &o.metricsMaxConns)
 	fs.StringVar(&o.logLevel, "log-level", o.logLevel, "debug, info, warn or error")
 	return o
