@@ -1,9 +1,6 @@
 package loadtest
 
-import (
-	"net/netip"
-	"sort"
-)
+import "net/netip"
 
 // GeoResult is what the cities saw (present with Plan.Cities): where each
 // call was placed and its worst mouth-to-ear estimate, and their
@@ -215,28 +212,7 @@ func (g *geo) accessMs(m *member) float64 {
 }
 
 // result is the run's GeoResult.
-func (g *geo) result() *GeoResult {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	a := &g.agg
-	out := &GeoResult{AllowanceMs: ms(MouthToEarAllowance), Calls: a.calls, OneRegion: a.one, Spanning: a.spanning,
-		MouthToEarMs: a.m2e.Percentiles(), AccessDropped: g.dropped.Load(),
-		CallRecords: append([]CallRecord(nil), g.calls...), CallsOmitted: a.omitted}
-	if a.calls > 0 {
-		out.SpanningPct = round3(100 * float64(a.spanning) / float64(a.calls))
-	}
-	sort.Slice(out.CallRecords, func(i, j int) bool { return out.CallRecords[i].No < out.CallRecords[j].No })
-	for i, c := range g.p.Cities {
-		ca := &a.cities[i]
-		placed := make(map[string]int, len(ca.placed))
-		for k, v := range ca.placed {
-			placed[k] = v
-		}
-		out.Cities = append(out.Cities, CityResult{Name: c.Name, Region: c.Region, Devices: ca.devices, PlacedIn: placed,
-			CallsOneRegion: ca.one, CallsSpanning: ca.spanning, MouthToEarMs: ca.m2e.Percentiles()})
-	}
-	return out
-}
+func (g *geo) result() *GeoResult { return g.partial().result(g.p.Cities) }
 
 func addrString(a netip.AddrPort) string {
 	if !a.IsValid() {

@@ -34,6 +34,9 @@ type Partial struct {
 	Transports map[string]WindowData `json:"transports,omitempty"`
 	// Generator is the agent's own health.
 	Generator GeneratorHealth `json:"generator"`
+	// Geo is the agent's cities' calls (with Plan.Cities; absent from
+	// older agents' partials).
+	Geo *GeoPartial `json:"geo,omitempty"`
 	// Err is set when the agent could not run its share.
 	Err string `json:"err,omitempty"`
 }
@@ -175,6 +178,9 @@ type AgentInfo struct {
 	CallsStarted int `json:"calls_started"`
 	// Generator is the agent's own health.
 	Generator GeneratorHealth `json:"generator"`
+	// Geo is the agent's cities' calls (with Plan.Cities; absent from
+	// older agents' partials).
+	Geo *GeoPartial `json:"geo,omitempty"`
 	// Missing is true when the agent's result never arrived; Err says
 	// what the agent reported when it could not run.
 	Missing bool   `json:"missing,omitempty"`
@@ -187,6 +193,9 @@ func partialOf(res *Result, r *runner) *Partial {
 		DurationMs: res.DurationMs, Stopped: res.Stopped, Seconds: r.kept,
 		Tail: WindowPair{OneToOne: r.tail[0].data(), Group: r.tail[1].data()}, Generator: res.Generator,
 		Transports: r.trans.data()}
+	if r.geo != nil {
+		p.Geo = r.geo.partial()
+	}
 	p.Plan.Chaos = nil
 	return p
 }
@@ -200,8 +209,10 @@ var stopPriority = map[string]int{"cancelled": 5, "target_broken": 4, "max_durat
 // index (the agents start together, see RunController), counters added,
 // sketches merged bucket by bucket, and every figure (percentiles, loss,
 // setup success, ramp steps, knee, verdict) computed from the merged raw
-// data. The plan is the first partial's. The merged generator health is
-// conservative: CPU of the busiest agent per second, GOMAXPROCS of the
+// data; the cities' geo (each call's placement and mouth-to-ear, per city
+// and in total) likewise (mergeGeo). The plan is the first partial's. The
+// merged generator health is conservative: CPU of the busiest agent per
+// second, GOMAXPROCS of the
 // smallest agent, ticks and drops added, a bottleneck if any agent was
 // one (its reasons prefixed by its name); Agents has each agent's own.
 // Nil parts (missing agents) are skipped; Merge of nothing returns nil.
@@ -232,6 +243,7 @@ func Merge(parts ...*Partial) *Result {
 	}
 	res.Generator = m.generator(lagSum, lagN)
 	res.Verdict = verdictOf(res.Totals.All, plan.Targets)
+	res.Geo = mergeGeo(ps, plan.Cities)
 	sort.SliceStable(res.Agents, func(i, j int) bool { return res.Agents[i].Index < res.Agents[j].Index })
 	return res
 }
