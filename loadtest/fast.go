@@ -11,6 +11,7 @@ import (
 
 	"github.com/callrelay/callrelay/client"
 	"github.com/callrelay/callrelay/internal/mmsg"
+	"github.com/callrelay/callrelay/protocol"
 )
 
 // The fast engine (Plan.Engine "fast"): thousands of simulated devices on
@@ -84,6 +85,12 @@ func validateFast(p *Plan) error {
 	if f.ProbeEvery < 1 {
 		errs = append(errs, fmt.Errorf("fast.probe_every %d: want >= 1", f.ProbeEvery))
 	}
+	if f.Forwarded < 0 || f.Forwarded > 50 || f.VideoLayers < 0 || f.VideoLayers > protocol.MaxSimulcastLayers {
+		errs = append(errs, fmt.Errorf("fast.forwarded %d, fast.video_layers %d: want 0..50 and 0..%d", f.Forwarded, f.VideoLayers, protocol.MaxSimulcastLayers))
+	}
+	if f.selective() && f.Target == TargetTURN {
+		errs = append(errs, errors.New("fast.target turn: no forwarded or video_layers (one-to-one audio only)"))
+	}
 	if f.BaselinePairs > 100 {
 		errs = append(errs, fmt.Errorf("fast.baseline_pairs %d: at most 100", f.BaselinePairs))
 	}
@@ -145,6 +152,8 @@ type fastDev struct {
 	// allocating device; 0: plain RTP), cframe a probe's framed packet.
 	channel uint16
 	cframe  []byte
+	// video is its simulcast video (Fast.VideoLayers; nil: none).
+	video *fastVideo
 	// spurt is the first of its talkspurts that has not ended yet (at
 	// the last frame): see talking.
 	spurt int
@@ -234,6 +243,11 @@ type fastEngine struct {
 	turnSem chan struct{}
 	turnCh  chan turnResult
 	settled int64 // last settled bucket; harvest only
+
+	// Selective forwarding (fast_select.go): each reader's stream state
+	// (nil unless Fast.Forwarded or Fast.VideoLayers), the senders' side.
+	sel     []*selState
+	selSent selCounters
 
 	mu   sync.Mutex
 	pend classWindows // setups and calls, from the scheduler

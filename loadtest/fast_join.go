@@ -36,6 +36,11 @@ func (e *fastEngine) newDev(call int32, idx int, probe bool, target netip.AddrPo
 	} else if err := d.preseal(s); err != nil {
 		return nil, err
 	}
+	if e.f.VideoLayers > 0 && call >= 0 {
+		if d.video, err = newFastVideo(e.globalDev(no), e.f.VideoLayers, d.seq); err != nil {
+			return nil, err
+		}
+	}
 	e.devs = append(e.devs, d)
 	return d, nil
 }

@@ -34,5 +34,5 @@ func fastSender(ssrc uint32) (dev int, probe, ok bool) {
 	if ssrc&fastSSRCBase == 0 {
 		return 0, false, false
 	}
-	return int(ssrc&^fastSSRCBase) >> 1, ssrc&1 == 1, true
+	return int(ssrc&(1<<25-1)) >> 1, ssrc&1 == 1, true // bits 25-26: a video layer (fast_video.go)
 }

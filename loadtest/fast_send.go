@@ -159,11 +159,22 @@ func (e *fastEngine) sendFrame(d *fastDev, now time.Time) {
 		putStamp(pkt[d.payOff[k]:], sentNs, cls, flags, frame)
 		d.seq++
 	}
-	e.queue(d, pkt)
+	if e.muted(d) && !d.direct {
+		e.queueFrom(d, pkt, muteAddr)
+	} else {
+		e.queue(d, pkt)
+	}
 	if d.direct {
 		return
 	}
 	e.sent[cls].Add(1)
+	if e.sel != nil {
+		e.selSent.sent[0].Add(1)
+		e.selSent.offered[0].Add(uint64(fanout)) //nolint:gosec // fanout >= 0
+		if e.f.Forwarded > 0 {
+			return // expected per stream by the readers (fast_select.go)
+		}
+	}
 	if fanout > 0 {
 		e.expected[cls][(sentNs/lossBucketNs)%lossRing].Add(uint64(fanout)) //nolint:gosec // fanout > 0
 	}

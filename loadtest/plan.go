@@ -185,6 +185,16 @@ type Fast struct {
 	// on Forwarders[(call + i) % n]) instead of one forwarder per call:
 	// calls that span forwarders over the trunk.
 	Spread bool `json:"spread,omitempty" yaml:"spread,omitempty"`
+	// Forwarded > 0: group audio under a conductor that forwards at most
+	// this many members' audio per call (its --max-forwarded); loss is
+	// then counted per stream, and against the reflector members 0 ..
+	// Forwarded-1 of a call are the ones fanned out (fast_select.go). 0:
+	// every member's audio is forwarded.
+	Forwarded int `json:"forwarded,omitempty" yaml:"forwarded,omitempty"`
+	// VideoLayers > 0: every member also sends simulcast video in this
+	// many layers (1..3), one packet per layer per 20 ms, and receivers
+	// get the lowest layer (fast_video.go).
+	VideoLayers int `json:"video_layers,omitempty" yaml:"video_layers,omitempty"`
 	// TURN is the credential of Target "turn" (fast_turn.go), from the
 	// loadtest command's flags; never written out.
 	TURN TURNAuth `json:"-" yaml:"-"`

@@ -31,6 +31,33 @@
 #   group4   4-person group audio, every member sending, no conductor (no
 #            dominant-speaker selection: each packet fanned out to the 3
 #            others). Forwarder and reflector (coturn is one-to-one here).
+#   group4c, group8c
+#            4- and 8-person group audio WITH a conductor: a redis-server, a
+#            nats-server and a `callrelay conductor` (--max-forwarded 3) run on
+#            GEN_CPU beside the generator (their CPU is not the relay's), the
+#            forwarder (RELAY_CPU) joins them as a one-forwarder cluster and
+#            publishes its members' RFC 6464 levels; the conductor's decisions
+#            gate the audio: at most 3 voices forwarded per call. The devices
+#            talk by the talkspurt model (speech at level 25 with the voice
+#            flag, silence at 120). The generator cannot know which frames the
+#            conductor lets through: loss is counted per stream from sequence
+#            gaps (a gap of 1-2 frames is loss, a longer one gating), and each
+#            result's "forwarding" says what was sent, what a relay forwarding
+#            everything would have written, what arrived, and how many voices
+#            each receiver heard per 200 ms. The reflector has no conductor:
+#            the generator chooses for it, members 0-2 of each call fanned out
+#            and the others' frames sent from an address nobody registered,
+#            which the reflector reads, looks up and drops (the forwarder reads
+#            and drops a gated frame): the same datagrams in, at least as many
+#            copies out as the forwarder writes (its set may hold fewer than 3).
+#   video    4-person group calls with simulcast video: every member sends its
+#            audio and 3 video layers (one packet per layer per 20 ms: 250,
+#            600 and 1,100 bytes of payload; a key frame every second), no
+#            conductor: the forwarder gives each receiver the lowest layer of
+#            each sender (its default policy) and every voice. The reflector
+#            fans out the audio and layer 0; layers 1 and 2 go to it from the
+#            unregistered address (read, looked up, dropped). Loss per stream
+#            (every gap counts).
 #
 # Output in $OUT/<case>/: <relay>.json and <relay>.html (each ramp's
 # load-test result and report), capacity.json and capacity.html (side by
@@ -49,9 +76,15 @@ RELAYS=${RELAYS:-forwarder reflector coturn}
 PORT=${PORT:-17911}
 LOSS_TARGET=${LOSS_TARGET:-0.1}   # percent
 DELAY_TARGET=${DELAY_TARGET:-5ms} # relay-added p99 (raise it only on a machine too loaded to measure 5 ms, and say so)
-CASE=${CASE:-one2one}             # one2one, trunk, group4 (several: space-separated)
+CASE=${CASE:-one2one}             # one2one, trunk, group4, group4c, group8c, video (several: space-separated)
 for c in $CASE; do
-	case $c in one2one | trunk | group4) ;; *) echo "capacity: CASE $c: want one2one, trunk or group4" >&2; exit 1 ;; esac
+	case $c in one2one | trunk | group4 | group4c | group8c | video) ;;
+	*) echo "capacity: CASE $c: want one2one, trunk, group4, group4c, group8c or video" >&2; exit 1 ;;
+	esac
+	case $c in group4c | group8c)
+		command -v redis-server >/dev/null && command -v nats-server >/dev/null ||
+			{ echo "capacity: CASE $c needs redis-server and nats-server on PATH" >&2; exit 1; } ;;
+	esac
 done
 
 command -v taskset >/dev/null || { echo "capacity: taskset (util-linux) is needed" >&2; exit 1; }
@@ -74,14 +107,17 @@ eval "$("$OUT/callrelay" token keygen | sed 's/^/export /')"
 secs=${STEP%s}
 # write_plan CASE: the case's ramp plan, $OUT/CASE/plan.yaml.
 write_plan() {
-	local mix='{one_to_one: 1}' spread=false
+	local mix='{one_to_one: 1}' spread=false more=
 	case $1 in
 	trunk) spread=true ;;
 	group4) mix='{one_to_one: 0, group_min: 4, group_max: 4}' ;;
+	group4c) mix='{one_to_one: 0, group_min: 4, group_max: 4}' more=', forwarded: 3' ;;
+	group8c) mix='{one_to_one: 0, group_min: 8, group_max: 8}' more=', forwarded: 3' ;;
+	video) mix='{one_to_one: 0, group_min: 4, group_max: 4}' more=', video_layers: 3' ;;
 	esac
 	cat >"$OUT/$1/plan.yaml" <<PLAN
 engine: fast
-fast: {sockets: 2, probe_every: 20, baseline_pairs: 4, spread: $spread}
+fast: {sockets: 2, probe_every: 20, baseline_pairs: 4, spread: $spread$more}
 mix: $mix
 call_duration: {mean: 1h, min: 1h, max: 1h}
 profile:
@@ -95,8 +131,9 @@ PLAN
 relay_pid=
 more_pids=() # the trunk case's second forwarder and nats-server
 stop_relay() {
-	local pid
-	for pid in $relay_pid ${more_pids[@]+"${more_pids[@]}"}; do
+	local pid i rev=()
+	for ((i = ${#more_pids[@]} - 1; i >= 0; i--)); do rev+=("${more_pids[i]}"); done # last started first: the conductor before its redis and nats
+	for pid in $relay_pid ${rev[@]+"${rev[@]}"}; do
 		kill "$pid" 2>/dev/null || true
 		wait "$pid" 2>/dev/null || true
 	done
@@ -145,11 +182,43 @@ start_trunk_pair() {
 	PORT=$((PORT + 1))
 }
 
+# start_conducted: a redis-server, a nats-server and a conductor on
+# GEN_CPU (more_pids), and the forwarder (relay_pid, at $port) on RELAY_CPU
+# in their cluster; waits (poll, 20 s) until the conductor holds every
+# partition.
+start_conducted() {
+	local nport=$((PORT + 100)) rport=$((PORT + 400)) cport=$((PORT + 500)) key
+	key=$("$OUT/callrelay" token cluster-key | sed -n "s/^CALLRELAY_CLUSTER_KEY=//p")
+	taskset -c "$GEN_CPU" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$OUT/$kase/redis.log" 2>&1 &
+	more_pids+=($!)
+	taskset -c "$GEN_CPU" nats-server -a 127.0.0.1 -p "$nport" >"$OUT/$kase/nats.log" 2>&1 &
+	more_pids+=($!)
+	for p in "$rport" "$nport"; do
+		for _ in $(seq 100); do
+			(: </dev/tcp/127.0.0.1/"$p") 2>/dev/null && break
+			sleep 0.1
+		done
+	done
+	taskset -c "$GEN_CPU" "$OUT/callrelay" conductor --id capacity-conductor --cluster-key "$key" --redis-url "redis://127.0.0.1:$rport" \
+		--nats-url "nats://127.0.0.1:$nport" --max-forwarded 3 --metrics-listen "127.0.0.1:$cport" --log-level warn >"$OUT/$kase/conductor.log" 2>&1 &
+	more_pids+=($!)
+	CALLRELAY_CLUSTER_KEY=$key start_forwarder forwarder "$port" --id capacity-a --trunk-listen "127.0.0.1:$((port + 200))" \
+		--nats-url "nats://127.0.0.1:$nport" --redis-url "redis://127.0.0.1:$rport"
+	relay_pid=$!
+	local owned=
+	for _ in $(seq 200); do
+		owned=$(curl -fsS "http://127.0.0.1:$cport/metrics" 2>/dev/null | sed -n 's/^callrelay_conductor_partitions_owned \([0-9]*\).*/\1/p')
+		[ "${owned:-0}" -ge 64 ] && break
+		sleep 0.1
+	done
+	[ "${owned:-0}" -ge 64 ] || { echo "capacity: the conductor holds ${owned:-no} partitions" >&2; cat "$OUT/$kase/conductor.log" >&2; exit 1; }
+}
+
 # relays_of CASE: the relays the case runs.
 relays_of() {
 	case $1 in
 	trunk) echo forwarder ;;
-	group4) echo "$RELAYS" | tr ' ' '\n' | grep -v '^coturn$' | tr '\n' ' ' ;;
+	group4 | group4c | group8c | video) echo "$RELAYS" | tr ' ' '\n' | grep -v '^coturn$' | tr '\n' ' ' ;;
 	*) echo "$RELAYS" ;;
 	esac
 }
@@ -167,6 +236,8 @@ for kase in $CASE; do
 			if [ "$kase" = trunk ]; then
 				start_trunk_pair
 				extra=(--relay-pids-more "${more_pids[1]}")
+			elif [ "$kase" = group4c ] || [ "$kase" = group8c ]; then
+				start_conducted
 			else
 				start_forwarder forwarder "$port"
 				relay_pid=$!

@@ -6,8 +6,10 @@
 // to the others (the bare reflector, coturn), step by step at the same
 // load.
 //
-// -case names the traffic (one2one, trunk, group4: scripts/capacity.sh's
-// CASE) and the report says what it is.
+// -case names the traffic (one2one, trunk, group4, group4c, group8c,
+// video: scripts/capacity.sh's CASE) and the report says what it is; for
+// the cases where the relay forwards part of what it gets (a conductor's
+// gating, simulcast layers) it also says what was sent and what forwarded.
 //
 //	go run ./scripts/capacityreport -out DIR -case one2one -load "$(uptime)" forwarder=f.json reflector=r.json coturn=c.json
 package main
@@ -42,6 +44,9 @@ type Relay struct {
 	GeneratorBottleneck          bool     `json:"generator_bottleneck"`
 	GeneratorReasons             []string `json:"generator_reasons,omitempty"`
 	Stopped                      string   `json:"stopped"`
+	// Forwarding is what the relay forwarded of what the devices sent
+	// (cases group4c, group8c, video: loadtest.Forwarding).
+	Forwarding *loadtest.Forwarding `json:"forwarding,omitempty"`
 }
 
 // Step is one ramp step of one relay.
@@ -76,16 +81,18 @@ type Report struct {
 	LoadAverage string  `json:"load_average"`
 	Relays      []Relay `json:"relays"`
 	Ratios      []Ratio `json:"ratios"`
+	// Forwarding: some relay's result has a forwarding summary.
+	Forwarding bool `json:"-"`
 }
 
 func main() {
 	out := flag.String("out", ".", "directory for capacity.json and capacity.html")
 	load := flag.String("load", "", "the machine's load average during the run (uptime)")
-	kind := flag.String("case", "one2one", "the traffic: one2one, trunk or group4")
+	kind := flag.String("case", "one2one", "the traffic: one2one, trunk, group4, group4c, group8c or video")
 	flag.Parse()
 	text, ok := cases[*kind]
 	if !ok {
-		fail(fmt.Errorf("-case %q: want one2one, trunk or group4", *kind))
+		fail(fmt.Errorf("-case %q: want one2one, trunk, group4, group4c, group8c or video", *kind))
 	}
 	rep := Report{Case: *kind, CaseText: text, LoadAverage: strings.TrimSpace(*load)}
 	for _, arg := range flag.Args() {
@@ -98,6 +105,7 @@ func main() {
 			fail(err)
 		}
 		rep.Relays = append(rep.Relays, r)
+		rep.Forwarding = rep.Forwarding || r.Forwarding != nil
 	}
 	for _, r := range rep.Relays[min(1, len(rep.Relays)):] {
 		rep.Ratios = append(rep.Ratios, ratio(rep.Relays[0], r))
@@ -135,7 +143,7 @@ func readRelay(name, file string) (Relay, error) {
 		return Relay{}, fmt.Errorf("%s: %w", file, err)
 	}
 	r := Relay{Name: name, Knee: res.Knee, Stopped: res.Stopped, GeneratorPacketsPerCPUSecond: res.Generator.PacketsPerCPUSecond,
-		GeneratorBottleneck: res.Generator.Bottleneck, GeneratorReasons: res.Generator.Reasons}
+		GeneratorBottleneck: res.Generator.Bottleneck, GeneratorReasons: res.Generator.Reasons, Forwarding: res.Forwarding}
 	var good []float64
 	for _, s := range res.Steps {
 		st := Step{Index: s.Index, MeanCallsUp: s.MeanCallsUp, PacketsPerSec: s.Measures.RelayPacketsPerSec, RelayCPUPct: s.RelayCPUPct,
@@ -177,10 +185,32 @@ var cases = map[string]string{
 	"one2one": "one-to-one audio calls, both devices on one relay",
 	"trunk": "one-to-one audio calls spanning two forwarders of one cluster over the trunk (each call's devices on different forwarders, " +
 		"both forwarders pinned to the relay core, their CPU summed): every frame crosses the trunk once; packets are the devices' in + out, not the trunk's",
-	"group4": "4-person group audio, every member sending, no conductor: each packet fanned out to the 3 others",
+	"group4":  "4-person group audio, every member sending, no conductor: each packet fanned out to the 3 others",
+	"group4c": conducted(4),
+	"group8c": conducted(8),
+	"video": "4-person group calls with simulcast video, no conductor: every member sends its audio and 3 video layers (one packet per layer per 20 ms, " +
+		"250/600/1,100-byte payloads); the forwarder gives each receiver every voice and the lowest layer of each sender. " +
+		"The reflector fans out the audio and layer 0; layers 1-2 reach it from an unregistered address and are read and dropped",
 }
 
-var page = template.Must(template.New("capacity").Parse(`<!doctype html>
+func conducted(n int) string {
+	return fmt.Sprintf("%d-person group audio with a conductor (redis-server, nats-server and callrelay conductor --max-forwarded 3 on the generator's core) "+
+		"gating the audio by the members' RFC 6464 levels (talkspurt model): at most 3 voices forwarded per call. "+
+		"The reflector has no conductor: members 0-2 of each call are fanned out, the others' frames reach it from an unregistered address and are read and dropped, "+
+		"so both relays read the same datagrams and the reflector writes at least as many copies", n)
+}
+
+var funcs = template.FuncMap{
+	"add": func(a, b int) int { return a + b },
+	"pct": func(a, b uint64) string {
+		if b == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f %%", 100*float64(a)/float64(b))
+	},
+}
+
+var page = template.Must(template.New("capacity").Funcs(funcs).Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><title>callrelay capacity</title>
 <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#eee}.bad{color:#b00}</style>
 </head><body>
@@ -195,6 +225,12 @@ var page = template.Must(template.New("capacity").Parse(`<!doctype html>
 <h2>Ratios (same steps, same load)</h2>
 <table><tr><th>ratio</th><th>packets per CPU-second</th><th>steps compared</th></tr>
 {{range .Ratios}}<tr><td>{{.Of}}</td><td>{{printf "%.3f" .PacketsPerCPUSecond}}</td><td>{{.Steps}}</td></tr>{{end}}</table>
+{{if .Forwarding}}<h2>Forwarded vs sent (whole run)</h2>
+<table><tr><th>relay</th><th>stream</th><th>sent by the devices</th><th>copies if all forwarded</th><th>copies received</th><th>received / all</th></tr>
+{{range .Relays}}{{$r := .}}{{with .Forwarding}}{{range $k, $s := .Sent}}{{if $s}}<tr><td>{{$r.Name}}</td><td>{{if eq $k 0}}audio{{else}}video layer {{add $k -1}}{{end}}</td><td>{{$s}}</td><td>{{index $r.Forwarding.Offered $k}}</td><td>{{index $r.Forwarding.Received $k}}</td><td>{{pct (index $r.Forwarding.Received $k) (index $r.Forwarding.Offered $k)}}</td></tr>
+{{end}}{{end}}{{end}}{{end}}</table>
+<table><tr><th>relay</th><th>voices a receiver heard per 200 ms window: windows with 0, 1, 2, ... 8+</th><th>most voices</th><th>windows over the forwarded limit</th></tr>
+{{range .Relays}}{{$r := .}}{{with .Forwarding}}<tr><td>{{$r.Name}}</td><td>{{.AudioSenders}}</td><td>{{.MaxAudioSenders}}</td><td>{{printf "%.2f" .OverForwardedPct}} % (limit {{.Forwarded}}; 0: none)</td></tr>{{end}}{{end}}</table>{{end}}
 {{range .Relays}}<h2>{{.Name}}: steps</h2>
 <table><tr><th>step</th><th>mean calls up</th><th>packets/s</th><th>relay CPU %</th><th>packets per relay CPU-s</th><th>generator CPU %</th><th>loss %</th><th>relay-added p99 ms</th><th>met</th><th>broken</th></tr>
 {{range .Steps}}<tr{{if not .Met}} class="bad"{{end}}><td>{{.Index}}</td><td>{{printf "%.0f" .MeanCallsUp}}</td><td>{{printf "%.0f" .PacketsPerSec}}</td><td>{{printf "%.1f" .RelayCPUPct}}</td><td>{{printf "%.0f" .PacketsPerCPUSecond}}</td><td>{{printf "%.1f" .GeneratorCPUPct}}</td><td>{{printf "%.3f" .LossPct}}</td><td>{{printf "%.2f" .RelayAddedP99Ms}}</td><td>{{.Met}}</td><td>{{range .Broken}}{{.}} {{end}}</td></tr>
