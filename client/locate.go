@@ -135,6 +135,8 @@ func (c *Conn) CandidateRTTs() map[netip.AddrPort]time.Duration { return c.cfg.c
 type rttTable struct {
 	mu sync.Mutex
 	m  map[netip.AddrPort]rttEntry
+	// seq is the last report's sequence (nextSeq).
+	seq uint64
 }
 
 type rttEntry struct {
@@ -203,10 +205,21 @@ func (t *rttTable) snapshot() map[netip.AddrPort]time.Duration {
 	return out
 }
 
-// report builds the report a request to via carries: via first (marked),
-// then the freshest others, at most protocol.MaxCandidateRTTs; nil when
-// nothing was measured to via (the conductor needs the current path's RTT
-// to judge).
+// nextSeq is a new report's sequence: the Unix time in milliseconds, or one
+// above the last sequence if that is not more, as DEVICE-PROOF's counter.
+// So reports grow across the Conns of a Session and the forwarders they
+// reach, and a restarted device (a new Session) carries on above the
+// reports its old one sent to a session the forwarder still holds. t.mu
+// must be held.
+func (t *rttTable) nextSeq(now time.Time) uint64 {
+	t.seq = max(t.seq+1, uint64(max(now.UnixMilli(), 0)))
+	return t.seq
+}
+
+// report builds the report a request to via carries, sequenced: via first
+// (marked), then the freshest others, at most protocol.MaxCandidateRTTs;
+// nil when nothing was measured to via (the conductor needs the current
+// path's RTT to judge).
 func (t *rttTable) report(via netip.AddrPort, now time.Time) *protocol.CandidateRTTs {
 	via = unmap(via)
 	t.mu.Lock()
@@ -215,7 +228,7 @@ func (t *rttTable) report(via netip.AddrPort, now time.Time) *protocol.Candidate
 	if !ok || now.Sub(e.at) > rttKeep || !via.Addr().IsValid() || via.Addr().IsUnspecified() || via.Port() == 0 {
 		return nil
 	}
-	r := &protocol.CandidateRTTs{N: 1}
+	r := &protocol.CandidateRTTs{N: 1, Seq: t.nextSeq(now)}
 	r.Entries[0] = protocol.CandidateRTT{Addr: via, RTT: e.srtt, Via: true}
 	others := make([]netip.AddrPort, 0, len(t.m))
 	for a, o := range t.m {

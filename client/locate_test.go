@@ -45,6 +45,33 @@ func TestRTTTableReport(t *testing.T) {
 	require.LessOrEqual(t, len(tb.snapshot()), rttMax)
 }
 
+// TestRTTTableReportSequence: every report carries a sequence above the
+// last one, the Unix time in ms while reports are rarer than one a ms, and
+// one more when the clock stands still or steps back; a report not built
+// (nothing to say) takes none.
+func TestRTTTableReportSequence(t *testing.T) {
+	var tb rttTable
+	now := time.UnixMilli(1_800_000_000_123)
+	via := netip.MustParseAddrPort("192.0.2.1:3478")
+	require.Nil(t, tb.report(via, now))
+	require.Zero(t, tb.seq, "no report, no sequence")
+	require.NoError(t, tb.observe(via, 30*time.Millisecond, now))
+	var seqs []uint64
+	for _, at := range []time.Time{now, now, now.Add(time.Second), now.Add(-time.Hour), now.Add(2 * time.Second)} {
+		r := tb.report(via, at)
+		require.NotNil(t, r)
+		b, err := r.Append(nil)
+		require.NoError(t, err)
+		require.Equal(t, byte(0x81), b[0], "sequenced, 1 entry")
+		seqs = append(seqs, r.Seq)
+	}
+	require.Equal(t, []uint64{1_800_000_000_123, 1_800_000_000_124, 1_800_000_001_123, 1_800_000_001_124, 1_800_000_002_123}, seqs)
+	// Another Session of the same device, later: above what this one sent.
+	var restarted rttTable
+	require.NoError(t, restarted.observe(via, 30*time.Millisecond, now.Add(3*time.Second)))
+	require.Greater(t, restarted.report(via, now.Add(3*time.Second)).Seq, seqs[len(seqs)-1])
+}
+
 func TestLocateApply(t *testing.T) {
 	var asked string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pion/stun/v3"
 	"go.uber.org/zap"
 
 	"github.com/callrelay/callrelay/protocol"
@@ -17,10 +18,12 @@ import (
 // this forwarder's clock (a replayed one is older).
 const placementMoveSkew = 10 * time.Second
 
-// sessionRTTs is a member's latest CANDIDATE-RTTS report.
+// sessionRTTs is a member's latest CANDIDATE-RTTS report kept: the last
+// one newer (by its sequence) than the one before it (README 3.2).
 type sessionRTTs struct {
 	r     protocol.CandidateRTTs
-	fresh bool // not yet in a metadata batch
+	tid   [stun.TransactionIDSize]byte // of the request that brought r
+	fresh bool                         // not yet in a metadata batch
 }
 
 // placementState is a call's last conductor move taken.
@@ -29,22 +32,32 @@ type placementState struct {
 }
 
 // takeRTTs keeps the report an authenticated request of s carried, for its
-// next metadata tick. A report that does not parse is dropped and counted;
-// the request is answered as ever.
-func (c *control) takeRTTs(s *session, v []byte) {
-	if v == nil {
+// next metadata tick, if it is newer than the last one kept: MESSAGE-
+// INTEGRITY binds the report to the request, but nothing stops the very
+// request being sent again, so a keepalive captured and replayed from the
+// device's address would otherwise bring back an old report. A report that
+// does not parse, or is not newer (replayed, or overtaken on the way), is
+// dropped and counted, and the last one kept stays; the request is
+// answered as ever. The request that brought the report kept, sent again
+// (a retransmission: its answer was lost), is not read again nor counted.
+func (c *control) takeRTTs(s *session, req *protocol.JoinRequest) {
+	if req.RTTs == nil || s.rtts.r.N != 0 && req.TransactionID == s.rtts.tid {
 		return
 	}
-	if err := protocol.ParseCandidateRTTs(v, &s.rtts.r); err != nil {
-		s.rtts.fresh = false
+	var r protocol.CandidateRTTs
+	if err := protocol.ParseCandidateRTTs(req.RTTs, &r); err != nil {
 		c.f.countDrop(DropBadRTTReport)
 		return
 	}
-	s.rtts.fresh = true
+	if !r.Newer(&s.rtts.r) {
+		c.f.countDrop(DropStaleRTTReport)
+		return
+	}
+	s.rtts.r, s.rtts.tid, s.rtts.fresh = r, req.TransactionID, true
 }
 
 // maxRTTReportsPerTick bounds the reports one metadata tick carries (at
-// most 194 bytes each), so that they never push a partition's batch past
+// most 201 bytes each), so that they never push a partition's batch past
 // its 64 KiB; the others wait, fresh, for the next tick.
 const maxRTTReportsPerTick = 64
 

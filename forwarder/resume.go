@@ -231,7 +231,7 @@ func (c *control) acceptSession(src netip.AddrPort, req protocol.JoinRequest, s 
 	if s.joinHeld && req.TransactionID == s.lastTID {
 		return false
 	}
-	c.takeRTTs(s, req.RTTs) // authenticated: for the conductor (placement_move.go)
+	c.takeRTTs(s, &req) // authenticated: for the conductor (placement_move.go)
 	if raw, err := c.successFor(src, req, s, c.ticketFor(s, now, newToken)); err == nil {
 		s.lastTID, s.lastKey = req.TransactionID, s.key
 		c.reply(raw, src)

@@ -27,6 +27,7 @@ const (
 	DropAddrChangeLimited                   // an address change over its session's limit (not answered)
 	DropTrunkReplay                         // an authentic trunk frame seen before or older than its stream's replay window (trunk_replay.go)
 	DropBadRTTReport                        // a member's CANDIDATE-RTTS that does not parse: the report is dropped, its request answered (placement_move.go)
+	DropStaleRTTReport                      // a member's CANDIDATE-RTTS not newer, by its sequence, than the last one kept (a replayed keepalive): dropped, its request answered
 	numDropReasons
 )
 
@@ -34,7 +35,7 @@ var dropNames = [numDropReasons]string{
 	"not_media", "unknown_source", "malformed", "oversized", "stun_rate_limited", "control_busy", "send_failed", "read_error",
 	"relay_control", "trunk_auth", "trunk_no_call", "shed_video", "unsubscribed", "receive_buffer",
 	"policed_audio", "policed_video", "policed_rtcp", "cookie_rate_limited", "address_change_limited",
-	"trunk_replayed", "bad_rtt_report",
+	"trunk_replayed", "bad_rtt_report", "stale_rtt_report",
 }
 
 func (r DropReason) String() string { return dropNames[r] }

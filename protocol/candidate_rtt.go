@@ -25,6 +25,8 @@ const (
 
 	candRTTVia   = 0x01 // the entry is the forwarder the request travels to
 	candRTTFixed = 8    // flags, family, port, RTT before the address
+	candRTTSeq   = 0x80 // in the count byte: a sequence follows it
+	candRTTSeqN  = 8    // the sequence's length
 )
 
 // ErrCandidateRTTs: a CANDIDATE-RTTS value (or a metadata RTT section) is
@@ -44,13 +46,33 @@ type CandidateRTT struct {
 // CandidateRTTs is one report: N entries of Entries in use. A value type,
 // so a decoded report costs no allocation.
 type CandidateRTTs struct {
+	// Seq orders the device's reports (README 3.2): it grows with every
+	// report the device sends, to any forwarder, and a forwarder keeps a
+	// report only if its Seq is above that of the last one it kept for the
+	// session. 0: an unsequenced report (the format without it).
+	Seq     uint64
 	N       uint8
 	Entries [MaxCandidateRTTs]CandidateRTT
+}
+
+// Newer says whether c may replace last, the session's latest report
+// kept (zero before any): c's sequence must be above last's; an
+// unsequenced report is never newer than a sequenced one (a device that
+// sequences its reports does so from its first), and is taken while the
+// session has had no sequenced one, as before sequences.
+func (c *CandidateRTTs) Newer(last *CandidateRTTs) bool {
+	if c.Seq == 0 {
+		return last.Seq == 0
+	}
+	return c.Seq > last.Seq
 }
 
 // Size is the report's length on the wire.
 func (c *CandidateRTTs) Size() int {
 	n := 1
+	if c.Seq != 0 {
+		n += candRTTSeqN
+	}
 	for _, e := range c.Entries[:min(int(c.N), MaxCandidateRTTs)] {
 		n += candRTTFixed + len(e.Addr.Addr().Unmap().AsSlice())
 	}
@@ -90,14 +112,20 @@ func (c *CandidateRTTs) Check() error {
 
 // Append checks the report and appends its wire form to b:
 //
-//	0       count n (1..8)
-//	1..     n entries: flags (1: 0x01 via, others 0), family (1: 1 IPv4,
+//	0       count n (1..8), with 0x80 set when a sequence follows
+//	1..9    with 0x80: the sequence (uint64, not 0)
+//	then    n entries: flags (1: 0x01 via, others 0), family (1: 1 IPv4,
 //	        2 IPv6), port (2), RTT in microseconds (4), address (4 or 16)
 func (c *CandidateRTTs) Append(b []byte) ([]byte, error) {
 	if err := c.Check(); err != nil {
 		return b, err
 	}
-	b = append(b, c.N)
+	if c.Seq == 0 {
+		b = append(b, c.N)
+	} else {
+		b = append(b, c.N|candRTTSeq)
+		b = binary.BigEndian.AppendUint64(b, c.Seq)
+	}
 	for _, e := range c.Entries[:c.N] {
 		var flags, family byte = 0, 1
 		if e.Via {
@@ -129,9 +157,19 @@ func (c *CandidateRTTs) decode(b []byte) (int, error) {
 	if len(b) < 1 {
 		return 0, fmt.Errorf("%w: empty", ErrCandidateRTTs)
 	}
-	n, off := int(b[0]), 1
+	n, off := int(b[0]&^candRTTSeq), 1
 	if n == 0 || n > MaxCandidateRTTs {
 		return 0, fmt.Errorf("%w: %d entries, want 1..%d", ErrCandidateRTTs, n, MaxCandidateRTTs)
+	}
+	if b[0]&candRTTSeq != 0 {
+		if len(b) < off+candRTTSeqN {
+			return 0, fmt.Errorf("%w: sequence truncated", ErrCandidateRTTs)
+		}
+		c.Seq = binary.BigEndian.Uint64(b[off:])
+		off += candRTTSeqN
+		if c.Seq == 0 {
+			return 0, fmt.Errorf("%w: sequence 0 (send none instead)", ErrCandidateRTTs)
+		}
 	}
 	for i := range n {
 		if len(b) < off+candRTTFixed {

@@ -34,6 +34,74 @@ var exampleRTTsWire = []byte{
 	0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x07,
 }
 
+// exampleSeqRTTsWire is exampleRTTsWire sequenced: the device's report
+// number 1800000000123 (its clock in Unix ms).
+var exampleSeqRTTsWire = []byte{
+	0x82,                                           // a sequence follows, 2 entries
+	0x00, 0x00, 0x01, 0xa3, 0x18, 0x5c, 0x50, 0x7b, // sequence 1800000000123
+	0x01, 0x01, // via, IPv4
+	0x0d, 0x96, // port 3478
+	0x00, 0x00, 0x30, 0xd4, // 12500 µs
+	192, 0, 2, 10,
+	0x00, 0x02, // not via, IPv6
+	0x0d, 0x96, // port 3478
+	0x00, 0x00, 0x9c, 0x40, // 40000 µs
+	0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x07,
+}
+
+func TestCandidateRTTsSequenceWire(t *testing.T) {
+	c := exampleRTTs()
+	c.Seq = 1_800_000_000_123
+	b, err := c.Append(nil)
+	require.NoError(t, err)
+	require.Equal(t, exampleSeqRTTsWire, b)
+	require.Equal(t, len(b), c.Size())
+	require.Equal(t, 45, c.Size(), "README 3.2's example: 45 bytes")
+	var d CandidateRTTs
+	require.NoError(t, ParseCandidateRTTs(b, &d))
+	require.Equal(t, c, d)
+	require.Zero(t, testing.AllocsPerRun(100, func() { _ = ParseCandidateRTTs(b, &d) }))
+	// The largest report: 8 IPv6 entries and a sequence.
+	var big CandidateRTTs
+	big.Seq, big.N = 1, MaxCandidateRTTs
+	for i := range big.Entries {
+		big.Entries[i] = CandidateRTT{Addr: netip.AddrPortFrom(netip.MustParseAddr("2001:db8::1").Next(), uint16(1000+i))}
+	}
+	require.Equal(t, 201, big.Size())
+}
+
+// TestCandidateRTTsReadmeExample: the spec's example (README 3.2) is what
+// Append makes of it.
+func TestCandidateRTTsReadmeExample(t *testing.T) {
+	require.Equal(t, exampleSeqRTTsWire, readmeHexExample(t, "candidate-rtts"))
+}
+
+// TestCandidateRTTsNewer: a report replaces the session's last one only
+// with a higher sequence; unsequenced reports only while the session has
+// had no sequenced one.
+func TestCandidateRTTsNewer(t *testing.T) {
+	for _, tc := range []struct {
+		last, next uint64
+		want       bool
+	}{
+		{0, 1, true}, // the session's first sequenced report (or its first report)
+		{0, 0, true}, // unsequenced after unsequenced: taken, as before sequences
+		{5, 6, true}, // newer
+		{5, 1 << 40, true},
+		{5, 5, false}, // the same report again: a replay
+		{5, 4, false}, // older: a replay, or overtaken on the way
+		{5, 0, false}, // unsequenced after a sequenced one
+		{1 << 63, 1, false},
+	} {
+		last, next := exampleRTTs(), exampleRTTs()
+		last.Seq, next.Seq = tc.last, tc.next
+		require.Equal(t, tc.want, next.Newer(&last), "last %d, next %d", tc.last, tc.next)
+	}
+	var none, first CandidateRTTs
+	first.Seq = 7
+	require.True(t, first.Newer(&none), "a session's first report is taken")
+}
+
 func TestCandidateRTTsWire(t *testing.T) {
 	c := exampleRTTs()
 	b, err := c.Append(nil)
@@ -70,6 +138,13 @@ func TestCandidateRTTsRejects(t *testing.T) {
 		{"RTT over 10 s", "RTT 10000001 µs", set(5, 0x00, 0x98, 0x96, 0x81)},
 		{"twice", "twice", append(append([]byte{2}, exampleRTTsWire[1:13]...), set(1, 0)[1:13]...)},
 		{"v4-mapped", "address", set(21, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 11)},
+		{"sequence truncated", "sequence truncated", exampleSeqRTTsWire[:8]},
+		{"sequence only", "entry 0 truncated", exampleSeqRTTsWire[:9]},
+		{"sequence 0", "sequence 0", append([]byte{0x82, 0, 0, 0, 0, 0, 0, 0, 0}, exampleSeqRTTsWire[9:]...)},
+		{"sequence without its bit", "entry 0: family 0", append([]byte{0x02}, exampleSeqRTTsWire[1:]...)},
+		{"bit 0x40 in the count", "66 entries", set(0, 0x42)},
+		{"sequence bit, no entries", "0 entries", []byte{0x80, 0, 0, 0, 0, 0, 0, 0, 1}},
+		{"sequenced, trailing byte", "1 trailing bytes", append(append([]byte(nil), exampleSeqRTTsWire...), 0)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var d CandidateRTTs
@@ -112,6 +187,10 @@ func TestMetadataCarriesCandidateRTTs(t *testing.T) {
 			{Participant: ID{0x33, 15: 3}, MeanLevel: 127, MaxLevel: 127, Flags: MetaRTT | MetaVideo, RTTs: exampleRTTs(),
 				Video: MemberVideo{Layers: 1, LayerBps: [3]uint32{150000}}},
 		}}}}
+	// A sequenced report travels byte for byte, sequence included.
+	seq := exampleRTTs()
+	seq.Seq = 1_800_000_000_123
+	b.Calls[0].Members = append(b.Calls[0].Members, MemberMetadata{Participant: ID{0x44, 15: 4}, MeanLevel: 127, MaxLevel: 127, Flags: MetaRTT, RTTs: seq})
 	raw, err := b.Marshal(nil, k)
 	require.NoError(t, err)
 	require.Equal(t, b.MarshalSize(), len(raw))
@@ -156,7 +235,9 @@ func TestPlacementMoveRoundTrip(t *testing.T) {
 // allocates, and what it accepts encodes back to the same bytes.
 func FuzzCandidateRTTs(f *testing.F) {
 	f.Add(exampleRTTsWire)
+	f.Add(exampleSeqRTTsWire)
 	f.Add([]byte{1, 0, 1, 0, 80, 0, 0, 0, 1, 127, 0, 0, 1})
+	f.Add([]byte{0x81, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 80, 0, 0, 0, 1, 127, 0, 0, 1})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var c CandidateRTTs
 		if err := ParseCandidateRTTs(b, &c); err != nil {

@@ -684,6 +684,16 @@ func metadataFuzzSeeds(t testing.TB) map[string][]byte {
 	seeds["no-members"] = rawClusterMsg(k, byte(ClusterMsgMetadata), metaBody(clusterSet(44, 0)))
 	seeds["unknown-flag"] = rawClusterMsg(k, byte(ClusterMsgMetadata), metaBody(clusterSet(77, 0x81)))
 	seeds["call-count-too-large"] = rawClusterMsg(k, byte(ClusterMsgMetadata), metaBody(clusterSet(5, 0xff, 0xff)))
+	rtts := metaTestBatch(1, 2)
+	seq := exampleRTTs()
+	seq.Seq = 1_800_000_000_123
+	rtts.Calls[0].Members[0].Flags |= MetaRTT
+	rtts.Calls[0].Members[0].RTTs = seq
+	rtts.Calls[0].Members[1].Flags |= MetaRTT
+	rtts.Calls[0].Members[1].RTTs = exampleRTTs()
+	wire, err := rtts.Marshal(nil, k)
+	require.NoError(t, err)
+	seeds["member-rtts-sequenced-and-not"] = wire
 	seeds["a-decision"] = decisionGoldenTests[0].wire
 	seeds["empty"] = []byte{}
 	return seeds
