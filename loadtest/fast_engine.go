@@ -21,17 +21,13 @@ func newFastEngine(r *runner) (*fastEngine, error) {
 		// all of 127.0.0.0/8; the readers drop what is for none of them.
 		c, err := mmsg.Open(netip.MustParseAddrPort("0.0.0.0:0"), mmsg.Options{PktInfo: true, Buffer: 8 << 20,
 			ReuseAddr:    e.f.Target == TargetTURN, // TURN setups bind each device's address to the same port
-			DontFragment: true})                    // no hashed IP ID per datagram
+			DontFragment: true,                     // no hashed IP ID per datagram
+			RxTime:       true})                    // arrival times are the kernel's (fast_recv.go)
 		if err != nil {
 			e.closeSockets()
 			return nil, fmt.Errorf("loadtest: fast engine: %w", err)
 		}
 		e.socks = append(e.socks, c)
-	}
-	if e.f.selective() {
-		for range e.socks {
-			e.sel = append(e.sel, newSelState())
-		}
 	}
 	for i, c := range e.socks {
 		rd := &fastReader{e: e, c: c, sock: i, buf: make([]byte, mmsg.BufSize)}
@@ -146,9 +142,6 @@ func (e *fastEngine) fire(tk int64, ev wheelEvent, now time.Time) {
 			return
 		}
 		e.sendFrame(d, now)
-		if d.video != nil {
-			e.sendVideo(d, now)
-		}
 		e.wheel.schedule(tk+int64(frameEvery/time.Millisecond), ev.id, evFrame)
 	case evKeepalive:
 		if d.state != devUp || d.direct {

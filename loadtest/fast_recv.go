@@ -35,6 +35,7 @@ type fastReader struct {
 	received, decryptFail, late [2]uint64
 	rcv                         [2][lossRing]uint64
 	drops, stray                uint64
+	rxLag                       Sketch // kernel arrival to read, ms (receiveLag)
 }
 
 var reflectorMagic = reflector.Register(0)[:10]
@@ -49,10 +50,22 @@ func (rd *fastReader) run() {
 			time.Sleep(time.Millisecond) // transient (ICMP-induced) errors: go on
 			continue
 		}
-		nowNs := int64(time.Since(rd.e.epoch))
+		// A datagram arrived when the kernel queued it (SO_TIMESTAMPNS),
+		// not when this goroutine got to read it: the generator's own
+		// scheduling (its one core shared with the scheduler goroutine)
+		// stays out of every delay. The kernel's clock is the wall clock,
+		// the stamps' the monotonic one: the wall time between arrival
+		// and now is taken off the monotonic now.
+		now := time.Now()
+		nowNs, wallNs := int64(now.Sub(rd.e.epoch)), now.UnixNano()
 		rd.mu.Lock()
 		for i := range n {
-			rd.handle(rd.c.Buf(i), rd.c.Dst(i), nowNs)
+			at := nowNs
+			if rx := rd.c.RxTime(i); rx > 0 && rx <= wallNs {
+				at -= wallNs - rx
+				rd.rxLag.Add(ms(time.Duration(wallNs - rx)))
+			}
+			rd.handle(rd.c.Buf(i), rd.c.Dst(i), at)
 		}
 		rd.drops += rd.c.Dropped()
 		rd.mu.Unlock()
@@ -146,9 +159,7 @@ func (rd *fastReader) media(b []byte, dst netip.Addr, nowNs int64) {
 	} else if r := rd.e.readyAt[dev].Load(); r == 0 || sentNs < r {
 		return // sent before the receiver counted: not expected of it
 	}
-	if rd.e.noteStream(rd.sock, b, dst, sentNs, cls) {
-		rd.rcv[cls][(sentNs/lossBucketNs)%lossRing]++
-	}
+	rd.rcv[cls][(sentNs/lossBucketNs)%lossRing]++
 }
 
 // harvest moves what the engine measured since the last harvest into w:
@@ -229,4 +240,17 @@ func (e *fastEngine) loopClosed() bool {
 	default:
 		return false
 	}
+}
+
+// receiveLag is how long the readers took to read datagrams after the
+// kernel queued them, over the run: the generator's receive latency, kept
+// out of the delays (they count from the kernel's arrival time).
+func (e *fastEngine) receiveLag() Percentiles {
+	var s Sketch
+	for _, rd := range e.rds {
+		rd.mu.Lock()
+		s.Merge(&rd.rxLag)
+		rd.mu.Unlock()
+	}
+	return s.Percentiles()
 }

@@ -44,11 +44,6 @@ type Result struct {
 	// Generator is the load generator's own health: if Bottleneck is true,
 	// the figures may reflect the generator's limits, not the relay's.
 	Generator GeneratorHealth `json:"generator"`
-	// Forwarding is what the relay forwarded of what the devices sent, in
-	// a fast-engine run with selective forwarding (a conductor's gating,
-	// simulcast layers: fast_select.go); nil otherwise. This engine's
-	// own: not merged across agents.
-	Forwarding *Forwarding `json:"forwarding,omitempty"`
 	// Verdict compares Totals.All with the plan's targets.
 	Verdict Verdict `json:"verdict"`
 
@@ -442,6 +437,11 @@ type GeneratorHealth struct {
 	Engine              string  `json:"engine,omitempty"`
 	PacketsPerCPUSecond float64 `json:"packets_per_cpu_second,omitempty"`
 	CPUPerPacketUs      float64 `json:"cpu_per_packet_us,omitempty"`
+	// ReceiveLagMs (fast engine) is how long after the kernel queued a
+	// datagram the generator's readers read it: its own receive latency,
+	// which no delay figure includes (they count from the kernel's
+	// arrival time, SO_TIMESTAMPNS).
+	ReceiveLagMs Percentiles `json:"receive_lag_ms,omitzero"`
 }
 
 // Verdict is the run's pass/fail against the plan's targets.

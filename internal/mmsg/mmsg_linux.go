@@ -32,6 +32,7 @@ type Conn struct {
 	rc   syscall.RawConn
 	pkt  bool
 	v6   bool
+	ts   bool
 
 	rhdrs  []unix.Mmsghdr
 	riov   []unix.Iovec
@@ -41,8 +42,9 @@ type Conn struct {
 	bsize  int
 	srcs   []netip.AddrPort
 	dsts   []netip.Addr
-	ovfl   uint32 // the kernel's 32-bit drop count as last seen
-	drops  uint64 // drops seen since the last Dropped call
+	rxns   []int64 // kernel receive times (RxTime), unix ns
+	ovfl   uint32  // the kernel's 32-bit drop count as last seen
+	drops  uint64  // drops seen since the last Dropped call
 
 	shdrs  []unix.Mmsghdr
 	siov   []unix.Iovec
@@ -54,10 +56,11 @@ type Conn struct {
 	rn, soff, sfailed int
 	rerr              error
 	readFn, writeFn   func(fd uintptr) bool
+	tryFn             func(fd uintptr) bool
 }
 
-// ctlWords is the room for one datagram's control messages (IP_PKTINFO
-// and SO_RXQ_OVFL), 8-byte aligned.
+// ctlWords is the room for one datagram's control messages (IP_PKTINFO,
+// SO_RXQ_OVFL and SCM_TIMESTAMPNS: 32 + 24 + 32 bytes), 8-byte aligned.
 const ctlWords = 12
 
 // Open binds a UDP socket to addr (IPv4; port 0 picks one) and wraps it.
@@ -103,11 +106,14 @@ func Wrap(uc *net.UDPConn, o Options) (*Conn, error) {
 		return nil, errors.Join(err, serr)
 	}
 	la, _ := uc.LocalAddr().(*net.UDPAddr)
-	c := &Conn{conn: uc, rc: rc, pkt: o.PktInfo, v6: la != nil && la.IP.To4() == nil, bsize: o.BufSize}
+	c := &Conn{conn: uc, rc: rc, pkt: o.PktInfo, ts: o.RxTime, v6: la != nil && la.IP.To4() == nil, bsize: o.BufSize}
 	c.rhdrs, c.riov = make([]unix.Mmsghdr, o.ReadBatch), make([]unix.Iovec, o.ReadBatch)
 	c.rnames, c.rctl = make([][28]byte, o.ReadBatch), make([][ctlWords]uint64, o.ReadBatch)
 	c.bufs = make([]byte, o.ReadBatch*o.BufSize)
 	c.srcs, c.dsts = make([]netip.AddrPort, o.ReadBatch), make([]netip.Addr, o.ReadBatch)
+	if o.RxTime {
+		c.rxns = make([]int64, o.ReadBatch)
+	}
 	for i := range c.rhdrs {
 		c.riov[i].Base = &c.bufs[i*o.BufSize]
 		c.riov[i].SetLen(o.BufSize)
@@ -123,6 +129,7 @@ func Wrap(uc *net.UDPConn, o Options) (*Conn, error) {
 		c.shdrs[i].Hdr.SetIovlen(1)
 	}
 	c.readFn, c.writeFn = c.doRead, c.doWrite
+	c.tryFn = c.doTry
 	return c, nil
 }
 
@@ -133,6 +140,11 @@ func tune(fd int, o Options) error {
 	if o.PktInfo {
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1); err != nil {
 			return fmt.Errorf("mmsg: IP_PKTINFO: %w", err)
+		}
+	}
+	if o.RxTime {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+			return fmt.Errorf("mmsg: SO_TIMESTAMPNS: %w", err)
 		}
 	}
 	if o.DontFragment {
@@ -179,11 +191,27 @@ func (c *Conn) doRead(fd uintptr) bool {
 	}
 }
 
+// doTry is doRead that never waits: nothing queued reads as 0 datagrams.
+func (c *Conn) doTry(fd uintptr) bool {
+	if !c.doRead(fd) {
+		c.rn, c.rerr = 0, nil
+	}
+	return true
+}
+
 // ReadBatch blocks until at least one datagram arrives and returns how
 // many it read: Buf, Src, Dst and Truncated describe each until the next
 // ReadBatch.
-func (c *Conn) ReadBatch() (int, error) {
-	if err := c.rc.Read(c.readFn); err != nil {
+func (c *Conn) ReadBatch() (int, error) { return c.read(c.readFn) }
+
+// TryReadBatch is ReadBatch without the wait: 0 and no error when nothing
+// is queued. It never parks the goroutine in the runtime's poller, so a
+// reader that polls with it while another goroutine holds the only P
+// (GOMAXPROCS 1) is not left waiting for the poller to be checked.
+func (c *Conn) TryReadBatch() (int, error) { return c.read(c.tryFn) }
+
+func (c *Conn) read(fn func(fd uintptr) bool) (int, error) {
+	if err := c.rc.Read(fn); err != nil {
 		return 0, err
 	}
 	if c.rerr != nil {
@@ -192,11 +220,11 @@ func (c *Conn) ReadBatch() (int, error) {
 	for i := 0; i < c.rn; i++ {
 		h := &c.rhdrs[i].Hdr
 		c.srcs[i], _ = DecodeSockaddr(c.rnames[i][:min(int(h.Namelen), 28)])
-		if c.pkt {
+		if c.pkt || c.ts {
 			c.dsts[i] = c.readCtl(i)
 		}
 	}
-	if !c.pkt && c.rn > 0 {
+	if !c.pkt && !c.ts && c.rn > 0 {
 		// The count is stamped when a datagram is queued: the batch's last
 		// has the latest.
 		c.readCtl(c.rn - 1)
@@ -210,6 +238,9 @@ func (c *Conn) ReadBatch() (int, error) {
 // mind).
 func (c *Conn) readCtl(i int) netip.Addr {
 	var dst netip.Addr
+	if c.ts {
+		c.rxns[i] = 0
+	}
 	n := min(int(c.rhdrs[i].Hdr.Controllen), ctlWords*8)
 	ctl := unsafe.Slice((*byte)(unsafe.Pointer(&c.rctl[i][0])), n)
 	for len(ctl) >= unix.CmsgLen(0) {
@@ -226,10 +257,23 @@ func (c *Conn) readCtl(i int) netip.Addr {
 			v := binary.NativeEndian.Uint32(data)
 			c.drops += uint64(v - c.ovfl)
 			c.ovfl = v
+		case c.ts && h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_TIMESTAMPNS && len(data) >= 16:
+			sec, nsec := int64(binary.NativeEndian.Uint64(data[0:8])), int64(binary.NativeEndian.Uint64(data[8:16])) //nolint:gosec // struct timespec
+			c.rxns[i] = sec*1e9 + nsec
 		}
 		ctl = ctl[min(len(ctl), unix.CmsgSpace(l-unix.CmsgLen(0))):]
 	}
 	return dst
+}
+
+// RxTime is when the kernel queued datagram i on the socket, in unix ns
+// (CLOCK_REALTIME), with Options.RxTime; else, or when the kernel gave
+// none, 0.
+func (c *Conn) RxTime(i int) int64 {
+	if !c.ts {
+		return 0
+	}
+	return c.rxns[i]
 }
 
 // Buf is datagram i of the last batch (valid until the next ReadBatch).

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -145,4 +146,55 @@ func TestTruncated(t *testing.T) {
 			got++
 		}
 	}
+}
+
+// With RxTime each datagram carries the time the kernel queued it, not the
+// time it was read: loopback delivers within sendmmsg, so every stamp lies
+// between the moment before the Flush and the moment it returned, although
+// the read comes 5 ms later. The kernel turns timestamping on
+// asynchronously (a static key flipped by a work item) when the first
+// socket asks, and stamps the datagrams queued before that at their read:
+// rounds are repeated until one is stamped at arrival (5 s at most).
+func TestRxTimeIsTheKernels(t *testing.T) {
+	a, err := Open(netip.MustParseAddrPort("127.0.0.1:0"), Options{})
+	require.NoError(t, err)
+	defer a.Close()
+	b, err := Open(netip.MustParseAddrPort("127.0.0.1:0"), Options{RxTime: true, PktInfo: true})
+	require.NoError(t, err)
+	defer b.Close()
+	const n = 10
+	round := func() (atArrival bool) {
+		before := time.Now().UnixNano()
+		for i := range n {
+			require.True(t, a.Queue([]byte{byte(i)}, b.LocalAddr(), netip.Addr{}))
+		}
+		sent, failed := a.Flush()
+		require.Equal(t, n, sent)
+		require.Zero(t, failed)
+		after := time.Now().UnixNano()
+		for time.Now().UnixNano() < after+int64(5*time.Millisecond) {
+			runtime.Gosched() // the read comes 5 ms after the arrival
+		}
+		atArrival = true
+		for got := 0; got < n; {
+			k, err := b.ReadBatch()
+			require.NoError(t, err)
+			for j := range k {
+				rx := b.RxTime(j)
+				require.GreaterOrEqual(t, rx, before, "datagram %d stamped before it was sent", j)
+				require.Equal(t, netip.MustParseAddr("127.0.0.1"), b.Dst(j))
+				atArrival = atArrival && rx <= after
+				got++
+			}
+		}
+		return atArrival
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !round() {
+		require.True(t, time.Now().Before(deadline), "datagrams stamped at their read, not at their arrival")
+	}
+	c, err := Open(netip.MustParseAddrPort("127.0.0.1:0"), Options{})
+	require.NoError(t, err)
+	defer c.Close()
+	require.Zero(t, c.RxTime(0), "no stamp without RxTime")
 }

@@ -53,6 +53,10 @@ func Wrap(uc *net.UDPConn, o Options) (*Conn, error) {
 // LocalAddr is the bound address.
 func (c *Conn) LocalAddr() netip.AddrPort { return c.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
 
+// TryReadBatch reads nothing here (no read without a wait): the next
+// ReadBatch gets what is queued.
+func (c *Conn) TryReadBatch() (int, error) { return 0, nil }
+
 // ReadBatch reads one datagram.
 func (c *Conn) ReadBatch() (int, error) {
 	n, src, err := c.conn.ReadFromUDPAddrPort(c.buf)
@@ -68,6 +72,7 @@ func (c *Conn) Truncated(int) bool     { return c.n >= len(c.buf) }
 func (c *Conn) Src(int) netip.AddrPort { return c.src }
 func (c *Conn) Dst(int) netip.Addr     { return netip.Addr{} }
 func (c *Conn) Dropped() uint64        { return 0 }
+func (c *Conn) RxTime(int) int64       { return 0 }
 func (c *Conn) Close() error           { return c.conn.Close() }
 func (c *Conn) QueueTo(b []byte, dst *Sockaddr) bool {
 	ap, _ := DecodeSockaddr(dst.Bytes())

@@ -31,6 +31,13 @@ type Options struct {
 	// socket's datagrams IP ID 0 instead of hashing one for each (3.5 %
 	// of the fast load generator's CPU in a perf profile).
 	DontFragment bool
+	// RxTime asks the kernel to stamp each datagram with the time it was
+	// queued on the socket (SO_TIMESTAMPNS, CLOCK_REALTIME): RxTime(i).
+	// A measurement then does not include how long the reading goroutine
+	// took to be scheduled (the fast load generator's arrival times).
+	// The kernel turns timestamping on asynchronously when the first
+	// socket asks: datagrams queued before that carry their read time.
+	RxTime bool
 }
 
 func (o Options) withDefaults() Options {
