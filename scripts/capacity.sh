@@ -207,7 +207,7 @@ start_conducted() {
 	relay_pid=$!
 	local owned=
 	for _ in $(seq 200); do
-		owned=$(curl -fsS "http://127.0.0.1:$cport/metrics" 2>/dev/null | sed -n 's/^callrelay_conductor_partitions_owned \([0-9]*\).*/\1/p')
+		owned=$(curl -fsS "http://127.0.0.1:$cport/metrics" 2>/dev/null | sed -n 's/^callrelay_conductor_partitions_owned \([0-9]*\).*/\1/p' || true)
 		[ "${owned:-0}" -ge 64 ] && break
 		sleep 0.1
 	done
