@@ -29,6 +29,11 @@ func newFastEngine(r *runner) (*fastEngine, error) {
 		}
 		e.socks = append(e.socks, c)
 	}
+	if e.f.selective() {
+		for range e.socks {
+			e.sel = append(e.sel, newSelState())
+		}
+	}
 	for i, c := range e.socks {
 		rd := &fastReader{e: e, c: c, sock: i, buf: make([]byte, mmsg.BufSize)}
 		e.rds = append(e.rds, rd)
@@ -142,6 +147,9 @@ func (e *fastEngine) fire(tk int64, ev wheelEvent, now time.Time) {
 			return
 		}
 		e.sendFrame(d, now)
+		if d.video != nil {
+			e.sendVideo(d, now)
+		}
 		e.wheel.schedule(tk+int64(frameEvery/time.Millisecond), ev.id, evFrame)
 	case evKeepalive:
 		if d.state != devUp || d.direct {

@@ -159,7 +159,9 @@ func (rd *fastReader) media(b []byte, dst netip.Addr, nowNs int64) {
 	} else if r := rd.e.readyAt[dev].Load(); r == 0 || sentNs < r {
 		return // sent before the receiver counted: not expected of it
 	}
-	rd.rcv[cls][(sentNs/lossBucketNs)%lossRing]++
+	if rd.e.noteStream(rd.sock, b, dst, sentNs, cls) {
+		rd.rcv[cls][(sentNs/lossBucketNs)%lossRing]++
+	}
 }
 
 // harvest moves what the engine measured since the last harvest into w:

@@ -44,6 +44,11 @@ type Result struct {
 	// Generator is the load generator's own health: if Bottleneck is true,
 	// the figures may reflect the generator's limits, not the relay's.
 	Generator GeneratorHealth `json:"generator"`
+	// Forwarding is what the relay forwarded of what the devices sent, in
+	// a fast-engine run with selective forwarding (a conductor's gating,
+	// simulcast layers: fast_select.go); nil otherwise. This engine's
+	// own: not merged across agents.
+	Forwarding *Forwarding `json:"forwarding,omitempty"`
 	// Verdict compares Totals.All with the plan's targets.
 	Verdict Verdict `json:"verdict"`
 

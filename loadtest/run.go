@@ -130,6 +130,7 @@ func run(ctx context.Context, r *runner, progress io.Writer) (*Result, *runner, 
 	calls.Wait()
 	if r.fast != nil {
 		r.fast.stop()
+		res.Forwarding = r.fast.forwarding()
 		res.Generator.ReceiveLagMs = r.fast.receiveLag()
 	}
 	r.harvestLast()
