@@ -46,6 +46,13 @@ type RegionView struct {
 	Calls      uint64 `json:"calls"`
 	Admitted1m uint64 `json:"admitted1m"`
 	Refused1m  uint64 `json:"refused1m"`
+	// Regional spill-over in the last minute (spill.go): joins this
+	// region's forwarders referred to other regions, joins other regions
+	// referred to this one, and joins this region refused at its spill
+	// level with no other region in reach.
+	SpilledOut1m   uint64 `json:"spillOut1m,omitempty"`
+	ReferredIn1m   uint64 `json:"spillIn1m,omitempty"`
+	SpillRefused1m uint64 `json:"spillRefused1m,omitempty"`
 }
 
 // FleetMsg is one message of /events.
@@ -64,6 +71,10 @@ type FleetMsg struct {
 	// Trunks is the region-to-region trunk RTT matrix (trunks.go): in a
 	// full message always, in a delta only when it changed.
 	Trunks *[]TrunkView `json:"trunks,omitempty"`
+	// Spills is the from→to spill-over list (spill.go): the region pairs
+	// with joins spilled in the last five minutes; in a full message
+	// always, in a delta only when it changed.
+	Spills *[]SpillPairView `json:"spills,omitempty"`
 	// Point is the second just recorded, by series (history.go).
 	Point map[string]PointView `json:"point,omitempty"`
 }
@@ -82,6 +93,7 @@ type fleetState struct {
 	verdict Verdict
 	parts   PartitionsView
 	trunks  []TrunkView
+	spills  []SpillPairView
 }
 
 func cellOf(f *ForwarderView) Cell {
@@ -132,6 +144,7 @@ func regions(fwds []ForwarderView) []RegionView {
 		out = append(out, *r)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Region < out[j].Region })
+	addSpillToRegions(out, fwds)
 	return out
 }
 
@@ -143,6 +156,8 @@ func (st *fleetState) next(snap *Snapshot, point map[string]PointView) (*pushedM
 		Cells: make([]Cell, len(snap.Forwarders)), Point: point}
 	matrix := trunks(snap.Forwarders)
 	full.Trunks = &matrix
+	spills := spillPairs(snap.Forwarders)
+	full.Spills = &spills
 	delta := full
 	delta.Full, delta.Cells = false, []Cell{}
 	cells := make(map[string]Cell, len(snap.Forwarders))
@@ -168,7 +183,10 @@ func (st *fleetState) next(snap *Snapshot, point map[string]PointView) (*pushedM
 	if st.seq > 1 && slices.Equal(st.trunks, matrix) {
 		delta.Trunks = nil
 	}
-	st.cells, st.verdict, st.parts, st.trunks = cells, snap.Verdict, snap.Partitions, matrix
+	if st.seq > 1 && slices.Equal(st.spills, spills) {
+		delta.Spills = nil
+	}
+	st.cells, st.verdict, st.parts, st.trunks, st.spills = cells, snap.Verdict, snap.Partitions, matrix, spills
 	m := &pushedMsgs{seq: st.seq}
 	var err error
 	if m.full, err = json.Marshal(full); err != nil {

@@ -42,6 +42,17 @@ var (
 		"Joins by region, class and outcome (admitted, refused), summed over the forwarders on the page from their load reports "+
 			"(a forwarder that restarts or leaves the page makes the sum go back: rate() takes it as a reset).",
 		[]string{"region", "class", "outcome"}, nil)
+	// Regional spill-over, kept by the dashboard from the growth of the
+	// load reports' spill-over counters (spill.go).
+	mSpillJoins = prometheus.NewDesc("callrelay_dashboard_region_spill_joins_total",
+		"Joins a region's forwarders refused for load and referred to a forwarder of another region (regional spill-over), "+
+			"by referring region (from) and target region (to), from the growth of their load reports' spill-over counters. "+
+			"Kept by the dashboard: it does not go back when a forwarder restarts or leaves the page.",
+		[]string{"from", "to"}, nil)
+	mSpillRefused = prometheus.NewDesc("callrelay_dashboard_region_spill_refused_total",
+		"Joins a region's forwarders refused at the spill level because no other region with room was within the latency "+
+			"budget (or none was measured), from their load reports; kept by the dashboard like the spill joins.",
+		[]string{"region"}, nil)
 )
 
 type collector struct{ s *Server }
@@ -60,6 +71,8 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- mDecideRate
 	ch <- mCondDropped
 	ch <- mTrunkRTT
+	ch <- mSpillJoins
+	ch <- mSpillRefused
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -96,6 +109,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	collectRegions(ch, snap.Forwarders)
 	collectTrunks(ch, snap.Forwarders)
+	collectSpill(ch, c.s.fwd)
 	collectConductors(ch, c.s)
 }
 

@@ -129,6 +129,7 @@ func verdict(s *Snapshot) Verdict {
 			issues = append(issues, fmt.Sprintf("%s refused joins in the last minute (%s)", f.ID, r))
 		}
 	}
+	issues = append(issues, spillIssues(s.Forwarders)...)
 	if len(down) > 0 {
 		issues = append([]string{"down (silent for more than a few seconds): " + listSome(down)}, issues...)
 	}

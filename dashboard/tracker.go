@@ -38,6 +38,10 @@ type bucket struct {
 	refused  [6]uint64
 	adapt    [numAdapt]uint64
 	ops      [numOps]uint64 // the operations section's growth (history.go)
+	// spill is the spill-over section's growth by target region, and
+	// spillRefused its refusals' (spill.go).
+	spill        []protocol.RegionSpill
+	spillRefused uint64
 }
 
 // fwdState is what the dashboard knows of one forwarder.
@@ -71,14 +75,17 @@ func newer(started time.Time, seq uint64, lastStarted time.Time, lastSeq uint64)
 
 // addReport takes r, received at now, and books its counters' growth since
 // the previous report in now's second. A report from a new incarnation
-// (later started) books its counters whole: they started from zero.
-func (f *fwdState) addReport(r *protocol.LoadReport, now time.Time) bool {
+// (later started) books its counters whole: they started from zero. It
+// returns whether it took r, and r's spill-over growth.
+func (f *fwdState) addReport(r *protocol.LoadReport, now time.Time) (took bool, spillTo []protocol.RegionSpill, spillRefused uint64) {
 	if f.hasReport && !newer(r.Started, r.Seq, f.report.Started, f.report.Seq) {
-		return false
+		return false, nil, 0
 	}
 	if f.hasReport {
 		restarted := !r.Started.Equal(f.report.Started)
 		b := f.bucketAt(now.Unix())
+		spillTo, spillRefused = spillGrowth(&f.report.Spill, &r.Spill, restarted)
+		b.spill, b.spillRefused = addSpill(b.spill, spillTo), b.spillRefused+spillRefused
 		for i := range r.Admitted {
 			b.admitted[i] += delta(f.report.Admitted[i], r.Admitted[i], restarted)
 			b.refused[i] += delta(f.report.Refused[i], r.Refused[i], restarted)
@@ -103,7 +110,7 @@ func (f *fwdState) addReport(r *protocol.LoadReport, now time.Time) bool {
 		f.adaptSince = now
 	}
 	f.report, f.hasReport, f.reportAt = *r, true, now
-	return true
+	return true, spillTo, spillRefused
 }
 
 // delta is how much a cumulative counter grew; a counter that went back
@@ -144,6 +151,8 @@ func (f *fwdState) window(now time.Time, n int64) (sum bucket) {
 			for a := range sum.adapt {
 				sum.adapt[a] += b.adapt[a]
 			}
+			sum.spill = addSpill(sum.spill, b.spill)
+			sum.spillRefused += b.spillRefused
 		}
 	}
 	return sum
@@ -164,6 +173,10 @@ type tracker struct {
 	fwds  map[string]*fwdState
 	drops dropCounts
 	max   int
+	// spillJoins and spillRefused are the spill-over growth booked since
+	// the dashboard started, by region pair and by region (spill.go).
+	spillJoins   map[spillPair]uint64
+	spillRefused map[string]uint64
 }
 
 func newTracker(max int) *tracker {
@@ -205,10 +218,12 @@ func (t *tracker) addReport(r *protocol.LoadReport, now time.Time) {
 	if f == nil {
 		return
 	}
-	if !f.addReport(r, now) {
+	took, spillTo, spillRefused := f.addReport(r, now)
+	if !took {
 		t.drops.Stale++
 		return
 	}
+	t.bookSpill(r.Ops.Region, spillTo, spillRefused)
 	f.lastSeen = now
 }
 
@@ -273,6 +288,9 @@ type ForwarderView struct {
 	// Trunks is the RTT to each peer region, from the load report's trunk
 	// RTT section (trunks.go); empty without one.
 	Trunks []TrunkRTTView `json:"trunks,omitempty"`
+	// Spill is where the joins it refused for load went (spill.go); nil
+	// when it has not spilled since it started, nor in the last 5 minutes.
+	Spill *SpillView `json:"spill,omitempty"`
 }
 
 // SignalView is one load signal.
@@ -332,6 +350,7 @@ func (f *fwdState) view(now time.Time, down time.Duration) ForwarderView {
 			v.Adapt = adaptView(&r.Adapt, w1.adapt, now.Sub(f.adaptSince))
 		}
 		v.Trunks = trunkRTTViews(r.RTTs)
+		v.Spill = spillView(&r.Spill, &w1, &w5)
 	}
 	return v
 }

@@ -247,6 +247,7 @@ func (c *control) reportLoad(now time.Time) {
 	if v := f.live.regions.view.Load(); v != nil {
 		r.RTTs = *v // per peer region (trunk_rtt.go)
 	}
+	r.Spill = f.live.regions.spillSection() // region_spill.go
 	for i := range r.Signals {
 		r.Signals[i] = uint16(min(f.thr.signals[i].Load(), 65535))
 	}

@@ -3,8 +3,13 @@ package forwarder
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
+
+	"github.com/callrelay/callrelay/protocol"
 )
 
 // Regional spill-over (issue 20, docs/architecture.md "Regions: the
@@ -23,7 +28,10 @@ import (
 //
 // Ongoing calls are never moved by this: it only names an alternate in the
 // answer to a join refused anyway. A forwarder without a region keeps the
-// region-blind choice. Each referral (or its absence) is counted by outcome.
+// region-blind choice. Each referral (or its absence) is counted by outcome,
+// and each join spilled to another region by that region too: the load
+// report's spill-over section (protocol README 7.6) carries both, so the
+// dashboard shows where each region's joins went.
 
 type spillOutcome uint8
 
@@ -96,6 +104,7 @@ func (c *control) pickRegional(dev netip.AddrPort, class JoinClass, own int) net
 		return netip.AddrPort{}
 	}
 	var bestRTT time.Duration
+	var bestRegion string
 	unmeasured, overBudget := false, false
 	for id, p := range c.peers {
 		pr := rs.peers[id]
@@ -113,7 +122,7 @@ func (c *control) pickRegional(dev netip.AddrPort, class JoinClass, own int) net
 		}
 		if best == nil || rtt < bestRTT || rtt == bestRTT && (p.effectiveLoad() < best.effectiveLoad() ||
 			p.effectiveLoad() == best.effectiveLoad() && p.last.ID < best.last.ID) {
-			best, bestRTT = p, rtt
+			best, bestRTT, bestRegion = p, rtt, pr.region
 		}
 	}
 	if best == nil {
@@ -126,6 +135,7 @@ func (c *control) pickRegional(dev netip.AddrPort, class JoinClass, own int) net
 		rs.spill[outcome].Add(1)
 		return netip.AddrPort{}
 	}
+	rs.spillTo.add(bestRegion)
 	return c.referTo(best, dev, spillSpilled)
 }
 
@@ -157,4 +167,49 @@ func (c *control) regionCost(id string) time.Duration {
 		return max(rtt, 1)
 	}
 	return time.Duration(1<<63 - 2)
+}
+
+// spillCounts counts the joins spilled to each other region since the
+// process started, as the load report's spill-over section carries them:
+// ascending by region, at most protocol.MaxSpillRegions rows, the joins to
+// regions beyond the first MaxSpillRegions-1 in a row with no region
+// (first). Admission adds (a join refused, not a packet); reports read.
+type spillCounts struct {
+	mu   sync.Mutex
+	rows []protocol.RegionSpill
+}
+
+func (s *spillCounts) add(region string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cmp := func(r protocol.RegionSpill, t string) int { return strings.Compare(r.Region, t) }
+	i, found := slices.BinarySearchFunc(s.rows, region, cmp)
+	if !found {
+		named := len(s.rows)
+		if named > 0 && s.rows[0].Region == "" {
+			named--
+		}
+		if named >= protocol.MaxSpillRegions-1 {
+			i, found = 0, len(s.rows) > 0 && s.rows[0].Region == ""
+			region = ""
+		}
+		if !found {
+			s.rows = slices.Insert(s.rows, i, protocol.RegionSpill{Region: region})
+		}
+	}
+	s.rows[i].Joins++
+}
+
+// snapshot returns a copy of the rows.
+func (s *spillCounts) snapshot() []protocol.RegionSpill {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.rows)
+}
+
+// spillSection is the load report's spill-over section: the rows, and the
+// joins refused at the spill level with no region in reach.
+func (r *regionState) spillSection() protocol.LoadSpill {
+	return protocol.LoadSpill{To: r.spillTo.snapshot(),
+		Refused: r.spill[spillOverBudget].Load() + r.spill[spillUnmeasured].Load() + r.spill[spillNoRoom].Load()}
 }

@@ -2,8 +2,12 @@ package forwarder_test
 
 import (
 	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/stretchr/testify/require"
 
@@ -55,8 +59,20 @@ func TestRegionReferralsLoopback(t *testing.T) {
 		}
 		return nil
 	})
+	reports := e.loadReports(t, "fwd-a")
 	require.Equal(t, c.f.Addr(), e.party(t, protocol.NewID(), protocol.ClassGroup).join(t, a.f.Addr()), "eu is full: za")
 	require.Equal(t, uint64(1), spill("spilled"))
+	// The spill is counted by target region, and fwd-a's load reports say
+	// so (the spill-over section); the referral to fwd-b (same region) is
+	// not spill-over.
+	want := []protocol.RegionSpill{{Region: "za", Joins: 1}}
+	require.Equal(t, want, a.f.Regions().SpillTo)
+	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if r := reports.last(); r == nil || !slices.Equal(r.Spill.To, want) || r.Spill.Refused != 0 {
+			return fmt.Errorf("fwd-a's last load report: %+v", r)
+		}
+		return nil
+	})
 	t.Logf("referrals from fwd-a: %v (same_region spilled below_spill_level over_budget unmeasured no_room); RTTs %v", a.f.Regions().Spill, a.f.Regions().RTTs)
 }
 
@@ -73,4 +89,38 @@ func TestThrottleLevelSet(t *testing.T) {
 	cfg := forwarder.Default()
 	cfg.Cluster.SpillLevel = forwarder.ThrottleNone
 	require.ErrorContains(t, cfg.Validate(), "spill level")
+}
+
+// reportTap keeps the last load report of one forwarder heard on NATS.
+type reportTap struct {
+	mu sync.Mutex
+	r  *protocol.LoadReport
+}
+
+func (p *reportTap) last() *protocol.LoadReport {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.r
+}
+
+// loadReports listens for id's load reports on the forwarders' subject.
+func (e *clusterEnv) loadReports(t *testing.T, id string) *reportTap {
+	t.Helper()
+	nc, err := nats.Connect(e.nats.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	p := &reportTap{}
+	_, err = nc.Subscribe(protocol.ForwardersSubject(forwarder.Default().Cluster.Subject), func(m *nats.Msg) {
+		var r protocol.LoadReport
+		if typ, err := protocol.PeekClusterMsgType(m.Data); err != nil || typ != protocol.ClusterMsgLoadReport ||
+			r.Unmarshal(m.Data, e.key) != nil || r.Forwarder != id {
+			return
+		}
+		p.mu.Lock()
+		p.r = &r
+		p.mu.Unlock()
+	})
+	require.NoError(t, err)
+	require.NoError(t, nc.Flush())
+	return p
 }

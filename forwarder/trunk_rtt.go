@@ -77,6 +77,8 @@ type regionState struct {
 	view   atomic.Pointer[[]protocol.RegionRTT] // per peer region, for reports, Stats and metrics
 	echoes [numEchoOutcomes]atomic.Uint64
 	spill  [numSpillOutcomes]atomic.Uint64 // region_spill.go
+	// spillTo counts the joins spilled to each other region (region_spill.go).
+	spillTo spillCounts
 }
 
 // peerRegionOf returns the record of peer id, making it if needed.
@@ -243,6 +245,9 @@ type RegionStats struct {
 	Echoes [numEchoOutcomes]uint64
 	// Spill counts refused joins by where they were sent (region_spill.go).
 	Spill [numSpillOutcomes]uint64
+	// SpillTo counts the joins spilled to each other region, as the load
+	// report's spill-over section carries them.
+	SpillTo []protocol.RegionSpill
 }
 
 // Regions returns the forwarder's region statistics (zero on a lone
@@ -262,6 +267,7 @@ func (f *Forwarder) Regions() RegionStats {
 	for i := range s.Spill {
 		s.Spill[i] = rs.spill[i].Load()
 	}
+	s.SpillTo = rs.spillTo.snapshot()
 	return s
 }
 

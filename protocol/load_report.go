@@ -18,8 +18,8 @@ const ClusterMsgLoadReport ClusterMsgType = 5
 //	0         flags: 0x01 state degraded, 0x02 draining, 0x04 adaptation
 //	          section follows the id, 0x08 operations section follows (after
 //	          the adaptation section if any), 0x10 trunk RTT section follows
-//	          (after the others); the other bits are reserved
-//	          (sent 0, ignored)
+//	          (after the others), 0x20 spill-over section follows (last);
+//	          the other bits are reserved (sent 0, ignored)
 //	1         forwarder id length n (1..64)
 //	2         throttle level (0..4)
 //	3         reserved (sent 0, ignored)
@@ -40,13 +40,18 @@ const ClusterMsgLoadReport ClusterMsgType = 5
 //	          (LoadAdapt, in field order)
 //	..        with flag 0x08 only: the operations section (LoadOps): region
 //	          length r (0..32), region (r bytes), then 4 × 8 bytes
-//	..end     with flag 0x10 only: the trunk RTT section (RTTs): count k
+//	..        with flag 0x10 only: the trunk RTT section (RTTs): count k
 //	          (1..32), then k rows of region length r (1..32), region (r
 //	          bytes), smoothed RTT and its mean deviation (2 × 4 bytes,
 //	          microseconds); rows in strictly ascending order of region
+//	..end     with flag 0x20 only: the spill-over section (Spill): joins
+//	          refused with no region in reach (8 bytes), count k (0..32),
+//	          then k rows of region length r (0..32), region (r bytes),
+//	          joins referred there (8 bytes); rows in strictly ascending
+//	          order of region; not all zero (load_report_spill.go)
 //
-// Without flags 0x04, 0x08 and 0x10 the body ends with the id, byte for
-// byte what it was before the sections existed.
+// Without flags 0x04, 0x08, 0x10 and 0x20 the body ends with the id, byte
+// for byte what it was before the sections existed.
 type LoadReport struct {
 	Forwarder     string    // forwarder id, see ValidForwarderID
 	Started       time.Time // process start (a restart resets the counters)
@@ -88,6 +93,11 @@ type LoadReport struct {
 	// forwarders. With Ops.Region it is one row of a region-to-region RTT
 	// map (RegionRTTs).
 	RTTs []RegionRTT
+
+	// Spill is the spill-over section (flag 0x20, present when it counts
+	// anything): joins referred to other regions by target region, and
+	// joins refused with no region in reach (load_report_spill.go).
+	Spill LoadSpill
 }
 
 // RegionRTT is one row of a LoadReport's trunk RTT section.
@@ -170,6 +180,9 @@ func (r *LoadReport) check() error {
 	if err := checkRegionRTTs(r.RTTs); err != nil {
 		return err
 	}
+	if err := r.Spill.check(); err != nil {
+		return err
+	}
 	if err := clusterCheckTime("started", r.Started); err != nil {
 		return err
 	}
@@ -203,6 +216,9 @@ func (r *LoadReport) appendBody(b []byte) []byte {
 	if len(r.RTTs) > 0 {
 		flags |= loadFlagRTTs
 	}
+	if !r.Spill.empty() {
+		flags |= loadFlagSpill
+	}
 	b = append(b, flags, byte(len(r.Forwarder)), r.Level, 0)
 	b = binary.BigEndian.AppendUint64(b, r.Seq)
 	b = clusterAppendTime(b, r.Started)
@@ -235,6 +251,9 @@ func (r *LoadReport) appendBody(b []byte) []byte {
 	}
 	if len(r.RTTs) > 0 {
 		b = appendRegionRTTs(b, r.RTTs)
+	}
+	if !r.Spill.empty() {
+		b = r.Spill.appendTo(b)
 	}
 	return b
 }
@@ -338,10 +357,10 @@ func (r *LoadReport) decode(b []byte) error {
 		r.Adapt.decode(rest[:loadAdaptLen])
 		rest = rest[loadAdaptLen:]
 	}
-	hasRTTs := b[0]&loadFlagRTTs != 0
+	hasRTTs, hasSpill := b[0]&loadFlagRTTs != 0, b[0]&loadFlagSpill != 0
 	if r.HasOps {
 		ops := rest
-		if hasRTTs && len(rest) > 0 { // the section's own length: the RTT section follows
+		if (hasRTTs || hasSpill) && len(rest) > 0 { // the section's own length: another section follows
 			ops = rest[:min(len(rest), 1+int(rest[0])+loadOpsCountersLen)]
 		}
 		if err := r.Ops.decode(ops); err != nil {
@@ -352,6 +371,12 @@ func (r *LoadReport) decode(b []byte) error {
 	if hasRTTs {
 		var err error
 		if r.RTTs, rest, err = decodeRegionRTTs(rest); err != nil {
+			return err
+		}
+	}
+	if hasSpill {
+		var err error
+		if rest, err = r.Spill.decode(rest); err != nil {
 			return err
 		}
 	}

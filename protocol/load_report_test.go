@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"errors"
+	"maps"
 	"reflect"
 	"strings"
 	"testing"
@@ -305,11 +306,11 @@ func TestLoadReportUnmarshalRejects(t *testing.T) {
 	}
 
 	t.Run("reserved bits are ignored", func(t *testing.T) {
-		b := rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] |= 0xe0; b[3] = 0xff; return b }))
+		b := rawClusterMsg(k, byte(ClusterMsgLoadReport), loadBody(func(b []byte) []byte { b[0] |= 0xc0; b[3] = 0xff; return b }))
 		var r LoadReport
 		require.NoError(t, r.Unmarshal(b, k))
 		require.Equal(t, loadReportGolden.msg, r)
-		b = rawClusterMsg(k, byte(ClusterMsgLoadReport), adaptBody(func(b []byte) []byte { b[0] |= 0xe0; b[3] = 0xff; return b }))
+		b = rawClusterMsg(k, byte(ClusterMsgLoadReport), adaptBody(func(b []byte) []byte { b[0] |= 0xc0; b[3] = 0xff; return b }))
 		require.NoError(t, r.Unmarshal(b, k))
 		require.Equal(t, loadAdaptGolden.msg, r)
 	})
@@ -366,7 +367,7 @@ func loadReportFuzzSeeds(t testing.TB) map[string][]byte {
 	require.NoError(t, err)
 	altered := bytes.Clone(g)
 	altered[clusterMsgHeaderLen+2] ^= 0x07
-	return map[string][]byte{
+	seeds := map[string][]byte{
 		"golden":           g,
 		"minimal":          minimal,
 		"truncated":        g[:len(g)-1],
@@ -396,6 +397,8 @@ func loadReportFuzzSeeds(t testing.TB) map[string][]byte {
 		"rtt-short":        rawClusterMsg(k, byte(ClusterMsgLoadReport), rttBody(func(b []byte) []byte { return b[:len(b)-1] })),
 		"rtt-unordered":    rawClusterMsg(k, byte(ClusterMsgLoadReport), rttBody(func(b []byte) []byte { b[len(b)-10] = 'a'; return b })),
 	}
+	maps.Copy(seeds, spillFuzzSeeds(k))
+	return seeds
 }
 
 // FuzzLoadReport: decoding never panics and fails only with the cluster

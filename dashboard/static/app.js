@@ -177,6 +177,7 @@
 
   const cells = new Map(); // id -> Cell (fleet.go)
   let regionViews = [];
+  let spillList = []; // from→to spill-over pairs of the last 5 minutes (FleetMsg.spills)
   const selected = new Set(); // forwarders whose rows are shown
   const smallFleet = 12; // up to this many, every row is shown
   const charts = window.CallrelayCharts;
@@ -245,7 +246,8 @@
         bar,
         el("div", { class: "worst" }, r.loadMax >= 0 ? "worst load " + pct(r.loadMax) + " " + r.worst.replace("_", " ") + " on " + r.worstId : "no load"),
         el("div", { class: "joins" }, fmt(r.sessions) + " sessions · joins 1 min: " + fmt(r.admitted1m) + " admitted, ",
-          el("span", { class: r.refused1m ? "refused" : "" }, fmt(r.refused1m) + " refused")));
+          el("span", { class: r.refused1m ? "refused" : "" }, fmt(r.refused1m) + " refused")),
+        spillLine(r));
       card.addEventListener("click", () => {
         sel.value = sel.value === r.region ? "" : r.region;
         renderRegions();
@@ -253,6 +255,33 @@
       });
       return card;
     }));
+  }
+
+  // spillLine says on a region card where its refused joins went in the
+  // last minute (spilled out, by target region), how many other regions
+  // sent it (referred in) and how many found no region in reach.
+  function spillLine(r) {
+    const out = r.spillOut1m || 0, inn = r.spillIn1m || 0, stuck = r.spillRefused1m || 0;
+    if (!out && !inn && !stuck) return null;
+    const to = spillList.filter((p) => p.from === (r.region || "(none)") && p.joins1m > 0)
+      .map((p) => p.to + " " + fmt(p.joins1m)).join(", ");
+    const parts = [];
+    if (out) parts.push(el("span", { class: "spill-out" }, "spilled out " + fmt(out) + (to ? " (→ " + to + ")" : "")));
+    if (inn) parts.push(el("span", { class: "spill-in" }, "referred in " + fmt(inn)));
+    if (stuck) parts.push(el("span", { class: "refused" }, fmt(stuck) + " with no region in reach"));
+    const line = el("div", { class: "spill", title: "regional spill-over, joins in the last minute" }, "spill 1 min: ");
+    parts.forEach((p, i) => line.append(...(i ? [" · ", p] : [p])));
+    return line;
+  }
+
+  // renderSpills draws the from→to list: the region pairs with joins spilled
+  // in the last five minutes, the last minute first.
+  function renderSpills(pairs) {
+    spillList = pairs;
+    const table = $("spills");
+    table.hidden = pairs.length === 0;
+    table.tBodies[0].replaceChildren(...pairs.map((p) => el("tr", { "data-from": p.from, "data-to": p.to },
+      el("th", {}, p.from + " → " + p.to), count(p.joins1m), count(p.joins5m))));
   }
 
   // ---- trunk RTT matrix ---------------------------------------------------
@@ -339,6 +368,7 @@
       $("issues").replaceChildren(...(m.verdict.issues || []).map((i) => el("li", {}, i)));
     }
     regionViews = m.regions;
+    if (m.spills) renderSpills(m.spills);
     renderRegions();
     renderFleet();
     charts.add(m.point, cells);
