@@ -4,9 +4,11 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/callrelay/callrelay/client"
 	"github.com/callrelay/callrelay/protocol"
 )
 
@@ -200,4 +202,35 @@ func TestNoteStreamVideoStartsAtKeyFrame(t *testing.T) {
 		exp += e.expected[1][b].Load()
 	}
 	require.Equal(t, uint64(4), exp, "10, 11, 12 (lost) and 13")
+}
+
+// What the conductor ranks: every pre-sealed audio frame carries the
+// RFC 6464 audio level element where the forwarder reads it (the default
+// id), silence at level 120 without the voice flag and speech at 25 with
+// it, and no video frame element; a probe's sealed frames carry the same.
+func TestFastFramesCarryAudioLevel(t *testing.T) {
+	check := func(pkt []byte, voice bool, level uint8) {
+		t.Helper()
+		var h protocol.RTPHeader
+		require.NoError(t, h.Parse(pkt))
+		v, l, ok := h.AudioLevel(protocol.DefaultAudioLevelExtensionID)
+		require.True(t, ok, "audio level element")
+		require.Equal(t, voice, v)
+		require.Equal(t, level, l)
+		_, isVideo := h.VideoFrame(protocol.DefaultVideoFrameExtensionID)
+		require.False(t, isVideo)
+	}
+	d := &fastDev{}
+	s, err := client.NewSender(client.SenderConfig{SSRC: fastSSRC(3, false), PayloadType: payloadType, Key: client.NewMediaKey()})
+	require.NoError(t, err)
+	require.NoError(t, d.preseal(s))
+	check(d.tpl[0], false, 120)
+	check(d.tpl[1], true, 25)
+
+	e := &fastEngine{}
+	p, err := client.NewSender(client.SenderConfig{SSRC: fastSSRC(4, true), PayloadType: payloadType, Key: client.NewMediaKey()})
+	require.NoError(t, err)
+	pd := &fastDev{sender: p, plain: make([]byte, speechSize), out: make([]byte, 0, 256)}
+	check(append([]byte(nil), e.sealProbe(pd, time.Now(), 1, 1, 0, 0, false)...), false, 120)
+	check(e.sealProbe(pd, time.Now(), 2, 1, 0, 1, true), true, 25)
 }
