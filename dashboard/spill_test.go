@@ -218,3 +218,30 @@ func sealByHand(k protocol.ClusterKey, body []byte) []byte {
 	mac.Write(msg)
 	return append(msg, mac.Sum(nil)[:16]...)
 }
+
+// The row of a section that counts the regions a forwarder did not name
+// shows as (other), and is never credited to a card as referred in; the
+// dashboard's own totals stay within maxSpillPairs, the rest booked as
+// (other)→(other).
+func TestSpillOtherRegions(t *testing.T) {
+	prev := protocol.LoadSpill{To: []protocol.RegionSpill{{Region: "", Joins: 2}, {Region: "uk", Joins: 1}}}
+	cur := protocol.LoadSpill{To: []protocol.RegionSpill{{Region: "", Joins: 5}, {Region: "uk", Joins: 1}}}
+	to, refused := spillGrowth(&prev, &cur, false)
+	require.Equal(t, []protocol.RegionSpill{{Region: "", Joins: 3}}, to)
+	require.Zero(t, refused)
+	w := bucket{spill: to}
+	v := spillView(&cur, &w, &w)
+	require.Equal(t, []SpillTargetView{{Region: otherRegions, Joins1m: 3, Joins5m: 3, Total: 5}, {Region: "uk", Total: 1}}, v.To)
+	fwds := []ForwarderView{{ID: "a", Region: "eu", Up: true, Spill: v}, {ID: "b", Region: "", Up: true}}
+	rs := regions(fwds)
+	require.Equal(t, uint64(3), regionByName(rs, "eu").SpilledOut1m)
+	require.Zero(t, regionByName(rs, "").ReferredIn1m, "(other) is not the card of the forwarders without a region")
+
+	var tr tracker
+	for i := range maxSpillPairs + 10 {
+		tr.bookSpill("eu", []protocol.RegionSpill{{Region: fmt.Sprintf("r%05d", i), Joins: 1}}, 0)
+	}
+	joins, _ := tr.spillTotals()
+	require.Len(t, joins, maxSpillPairs+1)
+	require.Equal(t, uint64(10), joins[spillPair{otherRegions, otherRegions}])
+}
