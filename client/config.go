@@ -68,6 +68,14 @@ type Config struct {
 	// families answer within a few ms of each other. Default 10ms;
 	// negative: the first answer wins, whatever its family.
 	PreferIPv6Within time.Duration
+	// PreferNearerWithin: when a forwarder accepts the join first while
+	// one that answered its address check clearly faster (RTT shorter by
+	// a quarter and 5ms) has not answered yet, Dial waits this long for
+	// the nearer one, which then wins (the first is left), so that a
+	// locator's neighbouring regions do not win the race by the store's
+	// or a forwarder's hiccup (nearer.go). Default 100ms; negative: the
+	// first answer wins, however far.
+	PreferNearerWithin time.Duration
 
 	// JoinTimeout bounds Dial when ctx has no earlier deadline. Default 5s.
 	JoinTimeout time.Duration
@@ -156,6 +164,9 @@ func (c Config) withDefaults() (Config, error) {
 	setDefault(&c.UDPRetryEvery, defaultUDPRetryEvery)
 	if c.PreferIPv6Within == 0 {
 		c.PreferIPv6Within = defaultPreferIPv6Within
+	}
+	if c.PreferNearerWithin == 0 {
+		c.PreferNearerWithin = defaultPreferNearerWithin
 	}
 	switch {
 	case c.MaxAlternates == 0:

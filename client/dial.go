@@ -93,8 +93,9 @@ type dialer struct {
 	cands      []*candidate
 	winner     *candidate
 	alternates int
-	held       *dialEvent // an IPv4 success held while IPv6 may answer (ipv6.go)
+	held       *dialEvent // a success held while IPv6 or a nearer candidate may answer (ipv6.go)
 	heldUntil  time.Time
+	rttSeen    map[*candidate]time.Duration // each candidate's least RTT in this Dial (nearer.go)
 
 	events   chan dialEvent
 	result   chan dialResult // exactly one value
@@ -254,7 +255,7 @@ func (d *dialer) handle(ev dialEvent) {
 		d.log.Info("forwarder socket failed", zap.Stringer("forwarder", c.addr), zap.Error(ev.err))
 		d.drop(c, fmt.Errorf("client: forwarder %s: %w", c.addr, ev.err))
 	case ev.resp.OK: // the first success (IPv6 preferred): run stops here, later ones meet drainLosers
-		if !d.holdForIPv6(ev) {
+		if !d.hold(ev) {
 			d.win(ev)
 		}
 	case c.state == candWaiting, ev.tid != c.tx.Load().tid:
@@ -275,6 +276,7 @@ func (d *dialer) sample(ev dialEvent) {
 		return
 	}
 	_ = d.cfg.creds.rtts.observe(c.addr, ev.at.Sub(c.sentAt), ev.at)
+	d.saw(c, ev.at.Sub(c.sentAt))
 }
 
 // win makes ev's candidate the winner.

@@ -15,7 +15,8 @@ import (
 // time is up or once no IPv6 candidate is left. A dual-stack forwarder
 // listed at both its addresses is then reached over IPv6 when both families
 // answer within a few milliseconds of each other: no NAT on the way in most
-// networks, one address per device.
+// networks, one address per device. The hold is shared with the
+// preference for a nearer forwarder (nearer.go).
 
 // defaultPreferIPv6Within is Config.PreferIPv6Within's default.
 const defaultPreferIPv6Within = 10 * time.Millisecond
@@ -32,31 +33,60 @@ func (d *dialer) ipv6Pending() bool {
 	return false
 }
 
-// holdForIPv6 holds an IPv4 success back while an IPv6 candidate may still
-// accept within PreferIPv6Within, and reports whether it did. An IPv4
-// success while one is already held loses at once (it is sent a leave).
-func (d *dialer) holdForIPv6(ev dialEvent) bool {
-	if d.cfg.PreferIPv6Within <= 0 || isIPv6(ev.c.addr) {
-		return false
-	}
+// hold holds a success back while a better candidate may still accept:
+// one over IPv6 for an IPv4 success (PreferIPv6Within), or a nearer one
+// (PreferNearerWithin, nearer.go); it reports whether it did, until the
+// longer of the two windows that apply. A success while one is held wins
+// the hold if it is better than the held one (which is then sent a
+// leave, and the newcomer may be held in turn); otherwise it is sent a
+// leave at once.
+func (d *dialer) hold(ev dialEvent) bool {
 	if d.held != nil {
-		d.leave(ev.c)
-		return true
+		if !d.better(ev.c, d.held.c) {
+			d.leave(ev.c)
+			return true
+		}
+		d.releaseHeld(ev.c)
 	}
-	if !d.ipv6Pending() {
+	var until time.Time
+	if d.cfg.PreferIPv6Within > 0 && !isIPv6(ev.c.addr) && d.ipv6Pending() {
+		until = ev.at.Add(d.cfg.PreferIPv6Within)
+	}
+	if d.cfg.PreferNearerWithin > 0 && d.nearerPending(ev.c) {
+		if u := ev.at.Add(d.cfg.PreferNearerWithin); u.After(until) {
+			until = u
+		}
+	}
+	if until.IsZero() {
 		return false
 	}
-	d.held, d.heldUntil = &ev, ev.at.Add(d.cfg.PreferIPv6Within)
+	d.held, d.heldUntil = &ev, until
 	ev.c.state = candHeld
-	d.log.Debug("IPv4 accepted first, waiting for IPv6", zap.Stringer("forwarder", ev.c.addr),
-		zap.Duration("for", d.cfg.PreferIPv6Within))
+	d.log.Debug("accepted first, waiting for a preferred forwarder (IPv6 or nearer)", zap.Stringer("forwarder", ev.c.addr),
+		zap.Duration("for", until.Sub(ev.at)))
 	return true
 }
 
-// heldWins ends a hold whose time is up or that no IPv6 candidate can beat
-// any more: the held IPv4 success wins.
+// better reports whether a success from a should replace one from b:
+// IPv6 over IPv4 first (when preferred), then the nearer.
+func (d *dialer) better(a, b *candidate) bool {
+	if d.cfg.PreferIPv6Within > 0 && isIPv6(a.addr) != isIPv6(b.addr) {
+		return isIPv6(a.addr)
+	}
+	return d.cfg.PreferNearerWithin > 0 && d.nearer(a, b)
+}
+
+// beatable reports whether a candidate that may still accept would beat
+// the held success c.
+func (d *dialer) beatable(c *candidate) bool {
+	return (d.cfg.PreferIPv6Within > 0 && !isIPv6(c.addr) && d.ipv6Pending()) ||
+		(d.cfg.PreferNearerWithin > 0 && d.nearerPending(c))
+}
+
+// heldWins ends a hold whose time is up or that no candidate can beat any
+// more: the held success wins.
 func (d *dialer) heldWins(now time.Time) bool {
-	if d.held == nil || (now.Before(d.heldUntil) && d.ipv6Pending()) {
+	if d.held == nil || (now.Before(d.heldUntil) && d.beatable(d.held.c)) {
 		return false
 	}
 	ev := *d.held
@@ -66,14 +96,14 @@ func (d *dialer) heldWins(now time.Time) bool {
 	return true
 }
 
-// releaseHeld, when another candidate has won, sends the held IPv4 one a
-// leave: it accepted, so it holds a session to free.
+// releaseHeld, when another candidate has won or beaten the held one,
+// sends the held one a leave: it accepted, so it holds a session to free.
 func (d *dialer) releaseHeld(winner *candidate) {
 	if d.held == nil || d.held.c == winner {
 		return
 	}
 	c := d.held.c
 	d.held = nil
-	d.log.Info("IPv6 answered in time: leaving the IPv4 forwarder", zap.Stringer("ipv4", c.addr), zap.Stringer("ipv6", winner.addr))
+	d.log.Info("a preferred forwarder accepted in time: leaving the held one", zap.Stringer("held", c.addr), zap.Stringer("preferred", winner.addr))
 	d.leave(c)
 }

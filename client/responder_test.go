@@ -54,6 +54,9 @@ type responder struct {
 	// challengeAll is a broken forwarder: every request gets 401 with a
 	// fresh cookie.
 	challengeAll bool
+	// challengeDelay delays the 401s of the address check: a forwarder
+	// farther away (its successes are delayed by the policy's replies).
+	challengeDelay time.Duration
 	// dead drops every datagram unread and unanswered: a forwarder whose
 	// host died or was cut off (no ICMP either). kill closes the socket
 	// instead: a dead process on a live host (ICMP port unreachable).
@@ -190,10 +193,22 @@ func (r *responder) addressCheck(req protocol.JoinRequest, from netip.AddrPort) 
 	if r.challengeAll {
 		r.rotateLocked() // a new cookie every time
 	}
-	cookie := r.cookieFor(from)
+	cookie, delay := r.cookieFor(from), r.challengeDelay
 	r.mu.Unlock()
 	raw, _ := protocol.BuildJoinError(req.TransactionID, protocol.JoinError{Code: protocol.CodeUnauthorized,
 		Reason: "address check", Cookie: cookie}, protocol.IntegrityKey(req.Token))
+	if delay > 0 {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			select {
+			case <-time.After(delay):
+				_, _ = r.conn.WriteToUDPAddrPort(raw, from)
+			case <-r.closed:
+			}
+		}()
+		return false
+	}
 	_, _ = r.conn.WriteToUDPAddrPort(raw, from)
 	return false
 }
