@@ -220,6 +220,7 @@ func (c *control) feedbackTick(now time.Time) {
 			c.receiverTick(s, now)
 			c.probeTick(s, now)
 			c.policeTick(s, now)
+			c.yieldUnits(1)
 		}
 		for id, m := range cl.remoteMedia {
 			c.ensureCache(m)

@@ -97,6 +97,7 @@ type sessionKey struct{ call, participant protocol.ID }
 // only through the ctrl queues, and it publishes routes for them.
 type control struct {
 	f        *Forwarder
+	work     int // units of work since the last yield (yield.go)
 	calls    map[protocol.ID]*call
 	sessions map[sessionKey]*session
 	byAddr   map[netip.AddrPort]*session
@@ -426,11 +427,18 @@ func (c *control) publish(now time.Time) {
 			bySrc:  make(map[netip.AddrPort]*route, len(old.bySrc)+len(c.dirtyCalls)),
 			byCall: make(map[protocol.ID]*callRoute, len(old.byCall)+len(c.dirtyCalls)),
 		}
+		k := 0 // a unit of work every 16 copies (yield.go)
 		for a, rt := range old.bySrc {
 			r.bySrc[a] = rt
+			if k++; k&15 == 0 {
+				c.yieldUnits(1)
+			}
 		}
 		for id, cr := range old.byCall {
 			r.byCall[id] = cr
+			if k++; k&15 == 0 {
+				c.yieldUnits(1)
+			}
 		}
 		for _, a := range c.staleAddrs {
 			delete(r.bySrc, a)

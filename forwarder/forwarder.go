@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,7 @@ import (
 
 // Forwarder serves one UDP port. Create it with New, run it with Run.
 type Forwarder struct {
+	coop  coopState // control yields to the readers with one P (yield.go)
 	cfg   Config
 	log   *zap.Logger
 	addr  netip.AddrPort
@@ -153,7 +155,11 @@ func New(cfg Config) (*Forwarder, error) {
 			// SO_REUSEPORT spreads one IP's ports over all readers: each
 			// reader gets its share of the per-IP budget.
 			newLimiter: newSTUNLimiter(cfg.JoinRate/float64(n), max(1, cfg.JoinBurst/float64(n)))})
+		r := f.rdrs[len(f.rdrs)-1]
+		r.coop.sock = c
+		r.coop.try, _ = pc.(tryReader)
 	}
+	f.coop.on = runtime.GOMAXPROCS(0) == 1 // yield.go
 	f.lookupIn, f.lookupOut = make(chan *lookup, lookupQueue), make(chan *lookup, lookupQueue)
 	f.knownFree, f.newFree = make(chan *ctrlMsg, ctrlQueue), make(chan *ctrlMsg, ctrlQueue)
 	f.ctrlKnown, f.ctrlNew = make(chan *ctrlMsg, ctrlQueue), make(chan *ctrlMsg, ctrlQueue)
@@ -381,6 +387,7 @@ func (f *Forwarder) runControl(ctx context.Context, c *control) {
 				c.publish(now)
 			}
 			var stop bool
+			c.idle() // about to block (yield.go)
 			if m, stop = c.wait(ctx, t, now); stop {
 				c.publish(now)
 				return
@@ -394,6 +401,7 @@ func (f *Forwarder) runControl(ctx context.Context, c *control) {
 		}
 		c.handle(m.src, m.buf[:m.n])
 		m.free <- m
+		c.yieldUnits(yieldEvery / 4) // a request costs tens of µs
 		if c.publishDue(false, now) {
 			c.publish(now)
 		}

@@ -25,6 +25,7 @@ type reader struct {
 	knownLimiter, newLimiter stunLimiter
 	hdr                      protocol.RTPHeader // reused: parsing allocates nothing
 	pace                     pacer              // waits that gather spread arrivals into batches (pace.go)
+	coop                     coopReader         // polls while control is busy (yield.go)
 	cw                       cacheWriter        // names it as the writer of its senders' NACK caches
 	batchNow                 int64              // unix ns of this batch, 0 until read (now())
 
@@ -59,7 +60,7 @@ type reader struct {
 
 func (r *reader) run() {
 	for {
-		n, err := r.pc.ReadBatch()
+		n, err := r.readBatch()
 		if errors.Is(err, net.ErrClosed) {
 			return // the forwarder is stopping
 		}

@@ -61,7 +61,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "callrelay: second signal, exiting now")
 		os.Exit(1)
 	}()
+	stopProfiles := startProfiles()
 	err := cmd.run(ctx, os.Args[2:])
+	stopProfiles()
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
 	}
