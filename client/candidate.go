@@ -206,6 +206,14 @@ func (c *counters) countBadResponse(err error) {
 	}
 }
 
+// route is where a socket to forwarder goes (Config.Route).
+func (c *Config) route(forwarder netip.AddrPort) netip.AddrPort {
+	if c.Route == nil {
+		return forwarder
+	}
+	return c.Route(forwarder)
+}
+
 // openSocket returns a UDP socket connected to remote (the kernel then drops
 // datagrams from any other source), bound to local or, if local is the zero
 // Addr, to the unspecified address.

@@ -61,6 +61,13 @@ type Config struct {
 	// default) lets the system choose (the unspecified address); tests use
 	// 127.0.0.1.
 	LocalAddr netip.Addr
+	// Route, for tests and emulation only: the address a UDP socket to a
+	// forwarder is connected to instead of the forwarder's own (a link
+	// emulator in front of it, as the load test's access links). The
+	// forwarder is still known by its own address everywhere else: in
+	// Forwarder, in the RTT reports, as a MigrateTo target (which is routed
+	// too). Nil: sockets go to the forwarder.
+	Route func(forwarder netip.AddrPort) netip.AddrPort
 	// PreferIPv6Within: when an IPv4 forwarder accepts the join first while
 	// an IPv6 one has not answered yet, Dial waits this long for the IPv6
 	// one, which then wins (the IPv4 one is left). List a dual-stack

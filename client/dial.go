@@ -161,7 +161,7 @@ func (d *dialer) run(ctx context.Context) {
 func (d *dialer) add(addr netip.AddrPort) {
 	c := &candidate{addr: addr, resume: make(chan struct{}, 1)}
 	d.cands = append(d.cands, c)
-	sock, err := openSocket(d.cfg.LocalAddr, addr)
+	sock, err := openSocket(d.cfg.LocalAddr, d.cfg.route(addr))
 	if err != nil {
 		c.state, c.closed, c.err = candDone, true, fmt.Errorf("client: forwarder %s: %w", addr, err)
 		d.log.Info("cannot try forwarder", zap.Stringer("forwarder", addr), zap.Error(err))

@@ -36,7 +36,7 @@ func (c *Conn) Rebind(ctx context.Context, local netip.Addr) error {
 	if err := c.Err(); err != nil {
 		return err
 	}
-	sock, err := openSocket(local.Unmap(), c.fwd)
+	sock, err := openSocket(local.Unmap(), c.cfg.route(c.fwd))
 	if err != nil {
 		return fmt.Errorf("client: rebind to %s: %w", local, err)
 	}

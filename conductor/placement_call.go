@@ -27,6 +27,10 @@ import (
 //     later). A call the conductor took over, whose members joined long
 //     ago, has no new member; a call whose record could not be read (the
 //     store down) has none either: it cannot tell a new call from an old.
+//   - when: at the first decision tick after a new member's report, once
+//     every new member has sent two reports (the first, sent as its race
+//     is won, names only the winner: placing by it would place the call
+//     by half a picture) or half the window has passed since its join.
 //   - run: Place over the call with the new members as they reported and
 //     everyone else held on its forwarder (or on the one it is moving to),
 //     so a join moves only the joiner; Place's rules hold (a report that
@@ -35,8 +39,7 @@ import (
 //   - move: each new member Place puts elsewhere is sent a PlacementMove
 //     at once, and is new no more: at most one first move per member. A
 //     new member left where it is stays new, so a fuller report later in
-//     the window (the first keepalive after the join carries only the RTT
-//     to the winner) may still move it.
+//     the window may still move it.
 //   - then: re-placement runs as before, once the first moves are done
 //     (the members seen on their new forwarders, or firstMoveWait gone).
 //     First moves do not start the call's cool-down.
@@ -68,9 +71,10 @@ type placedState struct {
 	rtt      map[string]time.Duration
 	reported time.Time
 	// joined: when it joined (first placement); settled: moved by the
-	// first placement, so new no more.
+	// first placement, so new no more; reports: RTT reports taken.
 	joined  time.Time
 	settled bool
+	reports int
 	// movedTo, movedAt: its first move, until its metadata comes from
 	// there.
 	movedTo string
@@ -125,9 +129,15 @@ func (p *partition) observePlacement(cs *callState, fwd string, mm *protocol.Mem
 	}
 	st := pl.members[mm.Participant]
 	if mm.Flags&protocol.MetaLeft != 0 {
-		if st != nil && st.fwd == fwd { // not a member that has moved on
+		switch {
+		case st == nil || st.fwd != fwd: // a member that has moved on
+		case st.movedTo != "": // leaving for where its first move sends it
+			st.fwd, st.movedTo, pl.dirty = st.movedTo, "", true
+		default:
 			delete(pl.members, mm.Participant)
-			delete(pl.record, mm.Participant) // back later: joined then
+			if pl.record != nil { // back later (a failover, a rejoin): joined then, not new again
+				pl.record[mm.Participant] = st.joined
+			}
 			pl.dirty = true
 		}
 		return
@@ -165,6 +175,7 @@ func (p *partition) observePlacement(cs *callState, fwd string, mm *protocol.Mem
 		st.rtt[id] = e.RTT
 	}
 	st.reported, pl.dirty = now, true
+	st.reports++
 	if why := badReport(p.c.cfg.Placement, view, fwd, st.rtt); why != "" {
 		p.c.pm.entries.WithLabelValues("bad_report_" + why).Inc()
 		st.rtt = nil // placed as if it reported nothing: it stays where it is
@@ -207,14 +218,21 @@ func (pl *callPlacement) isNew(st *placedState, now time.Time, first time.Durati
 	return pl.record != nil && !st.settled && first > 0 && now.Sub(st.joined) < first
 }
 
-// firstDue: a new member reported since the last first placement.
+// firstDue: a new member reported since the last first placement, and
+// no new member waits for its second report (the first names only the
+// race's winner) for less than half the window.
 func (pl *callPlacement) firstDue(now time.Time, first time.Duration) bool {
+	due := false
 	for _, st := range pl.members {
-		if pl.isNew(st, now, first) && st.rtt != nil && st.reported.After(pl.firstRun) {
-			return true
+		if !pl.isNew(st, now, first) {
+			continue
 		}
+		if st.reports < 2 && now.Sub(st.joined) < first/2 {
+			return false
+		}
+		due = due || st.rtt != nil && st.reported.After(pl.firstRun)
 	}
-	return false
+	return due
 }
 
 // inFlight: a first move is under way.

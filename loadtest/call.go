@@ -70,7 +70,7 @@ type member struct {
 	recv   *client.Receiver
 	began  time.Time // join start
 	// A city's device (geo.go): city indexes Plan.Cities, links are its
-	// access links, via maps their addresses to the forwarders behind;
+	// access links, via maps each forwarder to its link's address;
 	// joinedOn and endOn are the forwarders that admitted it and that had
 	// it when the call closed.
 	city            int

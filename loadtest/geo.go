@@ -232,22 +232,38 @@ func (g *geo) candidates(ctx context.Context, region string) ([]netip.AddrPort, 
 }
 
 // route puts member m of call c behind its city's access links: one per
-// candidate, cfg.Forwarders their addresses, m.via mapping them back.
+// forwarder of the plan (its candidates first), m.via mapping each
+// forwarder to its link. The device knows the forwarders by their own
+// addresses (cfg.Forwarders are its candidates), and its sockets go
+// through the links (client.Config.Route): its RTT reports name the
+// forwarders as the conductor knows them, and a conductor's move
+// (MigrateTo, naming the target's own address) takes it through its
+// link to the target too, so its city's access delay stays on its path.
 func (g *geo) route(cfg *client.Config, c *callSpec, m *member) error {
 	city := g.p.Cities[c.cities[m.idx]]
 	m.city = int(c.cities[m.idx])
 	cands := g.cands[city.Region]
-	m.via = make(map[netip.AddrPort]netip.AddrPort, len(cands))
-	cfg.Forwarders = make([]netip.AddrPort, 0, len(cands))
-	for k, a := range cands {
-		l, err := openAccess(a, g.p.LocalAddr, city.Access, c.seed+uint64(m.idx)<<8+uint64(k), &g.dropped) //nolint:gosec // small
+	all := append(append([]netip.AddrPort(nil), cands...), g.p.Forwarders...)
+	m.via = make(map[netip.AddrPort]netip.AddrPort, len(all))
+	for _, a := range all {
+		if _, done := m.via[a]; done {
+			continue
+		}
+		l, err := openAccess(a, g.p.LocalAddr, city.Access, c.seed+uint64(m.idx)<<8+uint64(len(m.links)), &g.dropped) //nolint:gosec // small
 		if err != nil {
 			m.closeLinks()
 			return fmt.Errorf("loadtest: access link for %s: %w", city.Name, err)
 		}
 		m.links = append(m.links, l)
-		m.via[l.Addr()] = a
-		cfg.Forwarders = append(cfg.Forwarders, l.Addr())
+		m.via[a] = l.Addr()
+	}
+	cfg.Forwarders = append([]netip.AddrPort(nil), cands...)
+	via := m.via // read-only from here on (Route runs on the session's goroutines)
+	cfg.Route = func(f netip.AddrPort) netip.AddrPort {
+		if l, ok := via[f]; ok {
+			return l
+		}
+		return f // not a forwarder of the plan: reached directly
 	}
 	return nil
 }
@@ -260,16 +276,12 @@ func (m *member) closeLinks() {
 	m.links = nil
 }
 
-// forwarderOf is the forwarder behind the address m's session uses now.
+// forwarderOf is the forwarder m's session is on now.
 func (m *member) forwarderOf() netip.AddrPort {
 	if m.sess == nil {
 		return netip.AddrPort{}
 	}
-	a := m.sess.Forwarder()
-	if f, ok := m.via[a]; ok {
-		return f
-	}
-	return a // a MigrateTo target reached directly, without the access link
+	return m.sess.Forwarder()
 }
 
 // sortedKeys returns m's keys in order.

@@ -95,8 +95,8 @@ func watchLegs(fs []*forwarder.Forwarder, stop <-chan struct{}) func() map[strin
 	return func() map[string]map[netip.AddrPort]int { wg.Wait(); return seen }
 }
 
-// TestCitiesPlacementAndMouthToEar: devices of two cities (london, no
-// access delay, region eu; joburg, 40 ms each way, region za) call through
+// TestCitiesPlacementAndMouthToEar: devices of two cities (london, 5 ms
+// each way, region eu; joburg, 40 ms each way, region za) call through
 // two cluster forwarders of regions eu and za (real Redis, NATS, UDP
 // sockets on loopback; 30 ms each way on the trunk between them, linkem). Every call's members are recorded on the forwarder
 // whose legs held them, with that forwarder's region; a call is spanning
@@ -107,13 +107,24 @@ func watchLegs(fs []*forwarder.Forwarder, stop <-chan struct{}) func() map[strin
 // With a locator (a conductor.Locator over the forwarders' announcements
 // on NATS, served over HTTP on loopback), the devices take its answer for
 // their city's region, and each placement also names the forwarder's id.
+//
+// With a conductor placing the calls, the placement recorded is the
+// conductor's: on loopback both forwarders are as near to every device
+// (london 5 ms, joburg 40 ms each way to both), so a call's members race
+// to either, and only the trunk (60 ms RTT) tells the two placements
+// apart. The conductor puts each call on one forwarder at its first
+// decision after the members' RTT reports (which name the forwarders by
+// their own addresses: the devices reach them through their access links
+// by client.Config.Route), and the moved devices keep their access links:
+// no call ends spanning the regions, and every worst path still carries
+// its pair's access delays.
 func TestCitiesPlacementAndMouthToEar(t *testing.T) {
-	for _, withLocator := range []bool{false, true} {
-		t.Run(map[bool]string{false: "regions", true: "locator"}[withLocator], func(t *testing.T) { citiesRun(t, withLocator) })
+	for _, mode := range []string{"regions", "locator", "conductor"} {
+		t.Run(mode, func(t *testing.T) { citiesRun(t, mode == "locator", mode == "conductor") })
 	}
 }
 
-func citiesRun(t *testing.T, withLocator bool) {
+func citiesRun(t *testing.T, withLocator, withConductor bool) {
 	pub, priv, err := protocol.GenerateSigningKey()
 	require.NoError(t, err)
 	key, err := protocol.NewClusterKey()
@@ -122,7 +133,7 @@ func citiesRun(t *testing.T, withLocator bool) {
 	const trunkDelay = 30 * time.Millisecond // each way between eu and za
 	eu, euTrunk := startRegionForwarder(t, "fwd-eu", "eu", pub, key, rd.URL(), ns.ClientURL(), trunkDelay)
 	za, zaTrunk := startRegionForwarder(t, "fwd-za", "za", pub, key, rd.URL(), ns.ClientURL(), trunkDelay)
-	const joburgDelay = 40 * time.Millisecond
+	const joburgDelay, londonDelay = 40 * time.Millisecond, 5 * time.Millisecond
 	plan := Plan{
 		Forwarders:   []netip.AddrPort{eu.Addr(), za.Addr()},
 		SigningKey:   priv,
@@ -135,9 +146,23 @@ func citiesRun(t *testing.T, withLocator bool) {
 		Seed:         7,
 		Regions:      []Region{{Name: "eu", Forwarders: []netip.AddrPort{eu.Addr()}}, {Name: "za", Forwarders: []netip.AddrPort{za.Addr()}}},
 		Cities: []City{
-			{Name: "london", Region: "eu", Share: 0.5},
+			// 5 ms: both forwarders are on loopback, so london reaches za as
+			// soon as eu; with no delay at all its RTT to za (0) would be
+			// under what the 60 ms trunk from eu allows, and the conductor
+			// would drop its reports as impossible (conductor.BadReport).
+			{Name: "london", Region: "eu", Share: 0.5, Access: Access{Delay: Duration(londonDelay)}},
 			{Name: "joburg", Region: "za", Share: 0.5, Access: Access{Delay: Duration(joburgDelay), Jitter: Duration(2 * time.Millisecond)}},
 		},
+	}
+	var moves func() float64
+	if withConductor {
+		// Calls of 4 s, run to their end (the run stops at max_calls, not
+		// when the arrivals end): the first placement comes about 1.2 s
+		// into a call (the second keepalive, a second after the join).
+		plan.CallDuration = CallDuration{Mean: Duration(4 * time.Second), Min: Duration(3500 * time.Millisecond), Max: Duration(4500 * time.Millisecond)}
+		plan.Profile.Steady.Duration = Duration(12 * time.Second)
+		plan.Bounds.MaxDuration = Duration(15 * time.Second)
+		moves = startConductor(t, key, rd.URL(), ns.ClientURL())
 	}
 	idOf := map[string]string{}
 	if withLocator {
@@ -146,7 +171,7 @@ func citiesRun(t *testing.T, withLocator bool) {
 	}
 	stop := make(chan struct{})
 	legs := watchLegs([]*forwarder.Forwarder{eu, za}, stop)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
 	defer cancel()
 	res, err := Run(ctx, plan, nil)
 	close(stop)
@@ -158,8 +183,8 @@ func citiesRun(t *testing.T, withLocator bool) {
 	require.Equal(t, g.Calls, g.OneRegion+g.Spanning)
 	require.Equal(t, 65.0, g.AllowanceMs)
 	regionOf := map[string]string{eu.Addr().String(): "eu", za.Addr().String(): "za"}
-	delayOf := map[string]float64{"london": 0, "joburg": ms(joburgDelay)}
-	accessOf := map[string]float64{"london": 0, "joburg": ms(joburgDelay) + 1} // + half the 2 ms jitter
+	delayOf := map[string]float64{"london": ms(londonDelay), "joburg": ms(joburgDelay)}
+	accessOf := map[string]float64{"london": ms(londonDelay), "joburg": ms(joburgDelay) + 1} // + half the 2 ms jitter
 	var withJoburg, devices int
 	for _, c := range g.CallRecords {
 		regions := map[string]bool{}
@@ -178,7 +203,11 @@ func citiesRun(t *testing.T, withLocator bool) {
 					best, bestN = a, n
 				}
 			}
-			require.Equal(t, best.String(), m.Forwarder, "call %d member %d: legs %v", c.No, m.Index, on)
+			if withConductor { // a member moved late in its call: the last forwarder, not the longest
+				require.Contains(t, on, netip.MustParseAddrPort(m.Forwarder), "call %d member %d: legs %v", c.No, m.Index, on)
+			} else {
+				require.Equal(t, best.String(), m.Forwarder, "call %d member %d: legs %v", c.No, m.Index, on)
+			}
 			if m.City == "joburg" {
 				withJoburg++
 			}
@@ -206,6 +235,64 @@ func citiesRun(t *testing.T, withLocator bool) {
 	}
 	require.GreaterOrEqual(t, n, devices) // the cities also count members of calls in which nobody heard anyone
 	t.Logf("geo: %d calls, %d one region, %d spanning; mouth-to-ear %+v; cities %+v", g.Calls, g.OneRegion, g.Spanning, g.MouthToEarMs, g.Cities)
+	if withConductor {
+		moved := 0
+		for _, c := range g.CallRecords {
+			for _, m := range c.Members {
+				if m.JoinedOn != "" {
+					moved++
+				}
+			}
+		}
+		t.Logf("conductor: %v moves sent, %d members recorded on another forwarder than the one that admitted them; %d of %d calls spanning",
+			moves(), moved, g.Spanning, g.Calls)
+		// The report's placement is the conductor's: members it moved are
+		// recorded where it moved them (checked against the legs above),
+		// through their access links (the worst paths above). A member
+		// moved there and back again shows as not moved, so at most as
+		// many as the moves sent.
+		require.Positive(t, moved, "the races split calls that the conductor put together")
+		require.LessOrEqual(t, float64(moved), moves())
+	}
+}
+
+// startConductor runs a conductor over the test's Redis and NATS, and
+// returns a function counting the members it moved.
+func startConductor(t *testing.T, key protocol.ClusterKey, redisURL, natsURL string) func() float64 {
+	t.Helper()
+	store, err := statestore.OpenRedis(redisURL, statestore.Config{})
+	require.NoError(t, err)
+	nc, err := nats.Connect(natsURL)
+	require.NoError(t, err)
+	reg := prometheus.NewRegistry()
+	cfg := conductor.Default()
+	cfg.ID, cfg.NATS, cfg.Key, cfg.Store, cfg.Leases, cfg.Registerer, cfg.Logger = "cond-1", nc, key, store, store, reg, zap.NewNop()
+	cfg.LeaseTTL, cfg.AcquireEvery = time.Second, 100*time.Millisecond
+	c, err := conductor.New(cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; nc.Close(); _ = store.Close() })
+	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if n := len(c.Owned()); n != cfg.Partitions {
+			return fmt.Errorf("the conductor holds %d partitions of %d", n, cfg.Partitions)
+		}
+		return nil
+	})
+	return func() float64 {
+		mfs, err := reg.Gather()
+		require.NoError(t, err)
+		total := 0.0
+		for _, mf := range mfs {
+			if mf.GetName() == "callrelay_conductor_placement_moves_total" {
+				for _, m := range mf.GetMetric() {
+					total += m.GetCounter().GetValue()
+				}
+			}
+		}
+		return total
+	}
 }
 
 // startLocator serves a conductor.Locator over the forwarders' messages

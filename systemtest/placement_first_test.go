@@ -151,8 +151,10 @@ func firstPlacementRun(t *testing.T, keepalive time.Duration) {
 		keepalive, placed.Round(time.Millisecond), gapAB.Round(time.Millisecond), gapBA.Round(time.Millisecond))
 	// The move comes on the first decision after A's second keepalive:
 	// one keepalive interval, a metadata tick and a decision tick (100 ms
-	// each), and A's join on fwd-fra, within the 2 s window.
-	require.Less(t, placed, keepalive+700*time.Millisecond, "placed on the first decision after the report")
+	// each), and A's join on fwd-fra. If a member's join answer came to a
+	// retransmission (no RTT sample: Karn), its reports start a keepalive
+	// later, and the conductor waits for them at most half the 2 s window.
+	require.Less(t, placed, max(keepalive, time.Second)+700*time.Millisecond, "placed on the first decision after the reports")
 	require.Equal(t, 1.0, metric(t, cd.reg, "callrelay_conductor_placement_moves_total", "first"))
 	require.Zero(t, metric(t, cd.reg, "callrelay_conductor_placement_moves_total", "rtt"), "the hysteresis would not have moved A")
 	require.Less(t, gapAB, 300*time.Millisecond, "make-before-break: A's audio keeps reaching B")
