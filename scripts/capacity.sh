@@ -87,6 +87,12 @@ for c in $CASE; do
 	esac
 done
 
+# RT=N runs the relays and the generator SCHED_FIFO at priority N (chrt;
+# root): on a machine shared with other work, their pinned cores are then
+# theirs whenever they want them, so a delay knee is the relay's, not a
+# neighbour's compile (docs/capacity.md, cost per packet). Off by default.
+rt=()
+[ -z "${RT:-}" ] || rt=(chrt -f "$RT")
 command -v taskset >/dev/null || { echo "capacity: taskset (util-linux) is needed" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "capacity: needs 2 cores (relay and generator on their own)" >&2; exit 1; }
 case " $CASE/$RELAYS " in
@@ -146,7 +152,7 @@ trap stop_relay EXIT
 start_forwarder() {
 	local name=$1 port=$2
 	shift 2
-	taskset -c "$RELAY_CPU" "$OUT/callrelay" forwarder --listen "127.0.0.1:$port" --public-key "$CALLRELAY_PUBLIC_KEY" \
+	${rt[@]+"${rt[@]}"} taskset -c "$RELAY_CPU" "$OUT/callrelay" forwarder --listen "127.0.0.1:$port" --public-key "$CALLRELAY_PUBLIC_KEY" \
 		--readers 1 --cpu-cores 1 --drain-deadline 1s --log-level warn --stats-every 0 "$@" >"$OUT/$kase/$name.log" 2>&1 &
 }
 
@@ -244,14 +250,14 @@ for kase in $CASE; do
 			fi
 			target=forwarder ;;
 		reflector)
-			taskset -c "$RELAY_CPU" "$OUT/callrelay" reflector --listen "127.0.0.1:$port" >"$OUT/$kase/reflector.log" 2>&1 &
+			${rt[@]+"${rt[@]}"} taskset -c "$RELAY_CPU" "$OUT/callrelay" reflector --listen "127.0.0.1:$port" >"$OUT/$kase/reflector.log" 2>&1 &
 			relay_pid=$!
 			target=reflector ;;
 		coturn)
 			CALLRELAY_LOADTEST_TURN_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 			export CALLRELAY_LOADTEST_TURN_PASSWORD
 			rm -f "$OUT/turndb"
-			taskset -c "$RELAY_CPU" turnserver -n --no-tcp --no-tcp-relay --no-tls --no-dtls --no-cli -L 127.0.0.1 --relay-ip 127.0.0.1 -p "$port" \
+			${rt[@]+"${rt[@]}"} taskset -c "$RELAY_CPU" turnserver -n --no-tcp --no-tcp-relay --no-tls --no-dtls --no-cli -L 127.0.0.1 --relay-ip 127.0.0.1 -p "$port" \
 				-a -u "capacity:$CALLRELAY_LOADTEST_TURN_PASSWORD" -r callrelay --allow-loopback-peers -m 1 \
 				--userdb "$OUT/turndb" --pidfile "$OUT/turnserver.pid" --log-file "$OUT/$kase/coturn.log" --simple-log >/dev/null 2>&1 &
 			relay_pid=$!
@@ -262,7 +268,7 @@ for kase in $CASE; do
 		sleep 1
 		kill -0 "$relay_pid" || { cat "$OUT/$kase/$relay"*.log >&2; exit 1; }
 		echo "== $kase: $relay (pid $relay_pid ${more_pids[*]+${more_pids[*]}}, core $RELAY_CPU; generator on core $GEN_CPU)"
-		taskset -c "$GEN_CPU" "$OUT/callrelay" loadtest --plan "$OUT/$kase/plan.yaml" --forwarders "$fwds" \
+		${rt[@]+"${rt[@]}"} taskset -c "$GEN_CPU" "$OUT/callrelay" loadtest --plan "$OUT/$kase/plan.yaml" --forwarders "$fwds" \
 			--signing-key "$CALLRELAY_SIGNING_KEY" --fast-target "$target" "${extra[@]}" --relay-pid "$relay_pid" --relay-cores 1 \
 			--out "$OUT/$kase/$relay.json" --report "$OUT/$kase/$relay.html" || true
 		stop_relay
