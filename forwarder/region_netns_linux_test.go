@@ -40,10 +40,10 @@ func twoRegions(t *testing.T) *regions.Topology {
 // reports, from which a conductor reads the region-to-region map.
 func TestRegionTrunkRTT(t *testing.T) {
 	tp := twoRegions(t)
-	e := newClusterEnv(t)
-	eu := e.startInRegion(t, tp, "eu", "fwd-eu", nil)
-	za := e.startInRegion(t, tp, "za", "fwd-za", nil)
-	nc, err := nats.Connect(e.nats.ClientURL())
+	e := regions.NewEnv(t)
+	eu := e.StartForwarder(t, tp, "eu", "fwd-eu", nil)
+	za := e.StartForwarder(t, tp, "za", "fwd-za", nil)
+	nc, err := nats.Connect(e.NATSURL)
 	require.NoError(t, err)
 	defer nc.Close()
 	reports := make(chan *nats.Msg, 256)
@@ -59,29 +59,29 @@ func TestRegionTrunkRTT(t *testing.T) {
 	}
 	testenv.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		for _, c := range []struct {
-			n    *clusterNode
+			n    *regions.Node
 			peer string
 		}{{eu, "za"}, {za, "eu"}} {
-			if n := c.n.f.Regions().Echoes[forwarder.EchoOutcome("taken")]; n < 20 {
-				return fmt.Errorf("%s: %d samples so far, want 20", c.n.id, n) // 2 s of heartbeats
+			if n := c.n.F.Regions().Echoes[forwarder.EchoOutcome("taken")]; n < 20 {
+				return fmt.Errorf("%s: %d samples so far, want 20", c.n.ID, n) // 2 s of heartbeats
 			}
-			if err := within(regionRTT(c.n.f, c.peer)); err != nil {
-				return fmt.Errorf("%s to %s: %w", c.n.id, c.peer, err)
+			if err := within(regionRTT(c.n.F, c.peer)); err != nil {
+				return fmt.Errorf("%s to %s: %w", c.n.ID, c.peer, err)
 			}
 		}
 		return nil
 	})
 	for _, c := range []struct {
-		n    *clusterNode
+		n    *regions.Node
 		peer string
 	}{{eu, "za"}, {za, "eu"}} {
-		v, ok := gauge(t, c.n.f, "callrelay_forwarder_trunk_rtt_seconds", map[string]string{"region": c.peer})
-		require.True(t, ok, "%s exports no RTT gauge for %s", c.n.id, c.peer)
-		require.NoError(t, within(time.Duration(v*float64(time.Second))), "%s's gauge", c.n.id)
-		s := c.n.f.Regions()
+		v, ok := gauge(t, c.n.F, "callrelay_forwarder_trunk_rtt_seconds", map[string]string{"region": c.peer})
+		require.True(t, ok, "%s exports no RTT gauge for %s", c.n.ID, c.peer)
+		require.NoError(t, within(time.Duration(v*float64(time.Second))), "%s's gauge", c.n.ID)
+		s := c.n.F.Regions()
 		require.Positive(t, s.Echoes[forwarder.EchoOutcome("taken")])
 		for _, bad := range []string{"malformed", "unmatched", "duplicate", "implausible"} {
-			require.Zero(t, s.Echoes[forwarder.EchoOutcome(bad)], "%s: %s echoes", c.n.id, bad)
+			require.Zero(t, s.Echoes[forwarder.EchoOutcome(bad)], "%s: %s echoes", c.n.ID, bad)
 		}
 	}
 	// As a conductor would: the latest report of each forwarder, then the map.
@@ -91,7 +91,7 @@ func TestRegionTrunkRTT(t *testing.T) {
 		select {
 		case msg := <-reports:
 			var r protocol.LoadReport
-			if typ, err := protocol.PeekClusterMsgType(msg.Data); err == nil && typ == protocol.ClusterMsgLoadReport && r.Unmarshal(msg.Data, e.key) == nil {
+			if typ, err := protocol.PeekClusterMsgType(msg.Data); err == nil && typ == protocol.ClusterMsgLoadReport && r.Unmarshal(msg.Data, e.Key) == nil {
 				latest[r.Forwarder] = r
 			}
 		default:
@@ -110,8 +110,8 @@ func TestRegionTrunkRTT(t *testing.T) {
 	st, err := tp.Router().PathStats("eu", "za")
 	require.NoError(t, err)
 	t.Logf("trunk RTT measured (smoothed, %d and %d samples): eu->za %v, za->eu %v (60 ms + 0..2 ms each way emulated); reports: %v; eu->za path: %d packets, %d lost",
-		eu.f.Regions().Echoes[forwarder.EchoOutcome("taken")], za.f.Regions().Echoes[forwarder.EchoOutcome("taken")],
-		regionRTT(eu.f, "za"), regionRTT(za.f, "eu"), m, st.Delivered, st.Lost)
+		eu.F.Regions().Echoes[forwarder.EchoOutcome("taken")], za.F.Regions().Echoes[forwarder.EchoOutcome("taken")],
+		regionRTT(eu.F, "za"), regionRTT(za.F, "eu"), m, st.Delivered, st.Lost)
 }
 
 // TestRegionCallAcrossRegions: a call with a member in paris on the eu
@@ -120,37 +120,37 @@ func TestRegionTrunkRTT(t *testing.T) {
 // both ways, and the media's round trip over the trunk is emulated.
 func TestRegionCallAcrossRegions(t *testing.T) {
 	tp := twoRegions(t)
-	e := newClusterEnv(t)
-	eu := e.startInRegion(t, tp, "eu", "fwd-eu", nil)
-	za := e.startInRegion(t, tp, "za", "fwd-za", nil)
+	e := regions.NewEnv(t)
+	eu := e.StartForwarder(t, tp, "eu", "fwd-eu", nil)
+	za := e.StartForwarder(t, tp, "za", "fwd-za", nil)
 	call := protocol.NewID()
-	tokA, _ := e.token(t, call, 4)
-	tokB, _ := e.token(t, call, 4)
-	a := newCityDevice(t, tp, "paris", tokA, 0xa1)
-	b := newCityDevice(t, tp, "joburg", tokB, 0xb2)
-	got, _, err := a.join(eu.f.Addr())
+	tokA, _ := e.Token(t, call, 4)
+	tokB, _ := e.Token(t, call, 4)
+	a := regions.NewCityDevice(t, tp, "paris", tokA, 0xa1, nil)
+	b := regions.NewCityDevice(t, tp, "joburg", tokB, 0xb2, nil)
+	got, _, err := a.Join(eu.F.Addr())
 	require.NoError(t, err)
-	require.Equal(t, eu.f.Addr(), got)
-	got, _, err = b.join(za.f.Addr())
+	require.Equal(t, eu.F.Addr(), got)
+	got, _, err = b.Join(za.F.Addr())
 	require.NoError(t, err)
-	require.Equal(t, za.f.Addr(), got)
-	stopA, stopB := a.talk(), b.talk()
-	both := []*cityDevice{a, b}
+	require.Equal(t, za.F.Addr(), got)
+	stopA, stopB := a.Talk(), b.Talk()
+	both := []*regions.CityDevice{a, b}
 	waitHearing(t, both, 25) // the call is set up: placements learned, trunk routes up
 	base := snapshot(both)
-	for a.sent.Load() < base.sent[0]+250 || b.sent.Load() < base.sent[1]+250 { // 5 s of audio each way
+	for a.Sent.Load() < base.sent[0]+250 || b.Sent.Load() < base.sent[1]+250 { // 5 s of audio each way
 		time.Sleep(20 * time.Millisecond)
 	}
 	stopA()
 	stopB()
 	worst := checkHeard(t, both, base)
-	_, ca := a.from(b.ssrc)
-	_, cb := b.from(a.ssrc)
+	_, ca := a.From(b.SSRC)
+	_, cb := b.From(a.SSRC)
 	require.Zero(t, ca+cb, "corrupt packets")
-	require.Positive(t, eu.f.Stats().TrunkOut)
-	require.Positive(t, za.f.Stats().TrunkIn)
+	require.Positive(t, eu.F.Stats().TrunkOut)
+	require.Positive(t, za.F.Stats().TrunkIn)
 	t.Logf("across eu-za (60 ms each way): after set-up, %d packets each way, worst direction heard %.2f %%, all byte-exact; trunk RTT eu %v, za %v",
-		a.sent.Load()-base.sent[0], 100*worst, regionRTT(eu.f, "za"), regionRTT(za.f, "eu"))
+		a.Sent.Load()-base.sent[0], 100*worst, regionRTT(eu.F, "za"), regionRTT(za.F, "eu"))
 }
 
 // TestRegionSpillOver: eu hosts an ongoing group call of four devices
@@ -165,79 +165,79 @@ func TestRegionSpillOver(t *testing.T) {
 		{Name: "paris", Home: "eu", Access: linkem.Profile{Delay: 2 * time.Millisecond}}},
 		Links: []regions.Link{{A: "eu", B: "uk", OneWay: linkem.Profile{Delay: 5 * time.Millisecond}},
 			{A: "eu", B: "me", OneWay: linkem.Profile{Delay: 20 * time.Millisecond}}}})
-	e := newClusterEnv(t)
-	eu := e.startInRegion(t, tp, "eu", "fwd-eu", func(c *forwarder.Config) { sessionsOnly(c); c.Load.CapacitySessions = 5 })
-	uk := e.startInRegion(t, tp, "uk", "fwd-uk", sessionsOnly)
-	me := e.startInRegion(t, tp, "me", "fwd-me", sessionsOnly)
-	measured(t, eu.f)
+	e := regions.NewEnv(t)
+	eu := e.StartForwarder(t, tp, "eu", "fwd-eu", func(c *forwarder.Config) { sessionsOnly(c); c.Load.CapacitySessions = 5 })
+	uk := e.StartForwarder(t, tp, "uk", "fwd-uk", sessionsOnly)
+	me := e.StartForwarder(t, tp, "me", "fwd-me", sessionsOnly)
+	measured(t, eu.F)
 
 	ongoing := protocol.NewID()
-	var members []*cityDevice
+	var members []*regions.CityDevice
 	for i := range 4 {
-		tok, _ := e.token(t, ongoing, 8)
-		d := newCityDevice(t, tp, "paris", tok, uint32(0x10+i))
-		got, _, err := d.join(eu.f.Addr())
+		tok, _ := e.Token(t, ongoing, 8)
+		d := regions.NewCityDevice(t, tp, "paris", tok, uint32(0x10+i), nil)
+		got, _, err := d.Join(eu.F.Addr())
 		require.NoError(t, err, "member %d", i)
-		require.Equal(t, eu.f.Addr(), got)
+		require.Equal(t, eu.F.Addr(), got)
 		members = append(members, d)
 	}
-	require.Equal(t, forwarder.ThrottleNewOneToOne, eu.f.Stats().ThrottleLevel, "4 of 5 sessions: level 2")
+	require.Equal(t, forwarder.ThrottleNewOneToOne, eu.F.Stats().ThrottleLevel, "4 of 5 sessions: level 2")
 	var stops []func()
 	for _, d := range members {
-		stops = append(stops, d.talk())
+		stops = append(stops, d.Talk())
 	}
 	waitHearing(t, members, 25)
 	base := snapshot(members)
 
 	newCall := func() (netip.AddrPort, []protocol.JoinResponse, error) {
-		tok, _ := e.token(t, protocol.NewID(), 8)
-		return newCityDevice(t, tp, "paris", tok, 0x99).join(eu.f.Addr())
+		tok, _ := e.Token(t, protocol.NewID(), 8)
+		return regions.NewCityDevice(t, tp, "paris", tok, 0x99, nil).Join(eu.F.Addr())
 	}
 	spilled := func(n uint64) {
 		t.Helper()
-		require.Equal(t, n, eu.f.Regions().Spill[forwarder.SpillOutcome("spilled")])
+		require.Equal(t, n, eu.F.Regions().Spill[forwarder.SpillOutcome("spilled")])
 	}
-	rttUK, rttME := regionRTT(eu.f, "uk"), regionRTT(eu.f, "me")
+	rttUK, rttME := regionRTT(eu.F, "uk"), regionRTT(eu.F, "me")
 	got, seen, err := newCall()
-	require.NoError(t, err, "answers %+v; RTTs %v", seen, eu.f.Regions().RTTs)
-	require.Equal(t, uk.f.Addr(), got, "the nearest region with room: uk; %+v", eu.f.Regions())
+	require.NoError(t, err, "answers %+v; RTTs %v", seen, eu.F.Regions().RTTs)
+	require.Equal(t, uk.F.Addr(), got, "the nearest region with room: uk; %+v", eu.F.Regions())
 	spilled(1)
 
 	tp.SetLink(t, "eu", "uk", linkem.Profile{Delay: 80 * time.Millisecond})
 	testenv.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
-		if rtt := regionRTT(eu.f, "uk"); rtt <= 60*time.Millisecond {
+		if rtt := regionRTT(eu.F, "uk"); rtt <= 60*time.Millisecond {
 			return fmt.Errorf("eu's RTT to uk still %v", rtt)
 		}
 		return nil
 	})
 	got, seen, err = newCall()
-	require.NoError(t, err, "answers %+v; RTTs %v", seen, eu.f.Regions().RTTs)
-	require.Equal(t, me.f.Addr(), got, "uk is now beyond the budget: me")
+	require.NoError(t, err, "answers %+v; RTTs %v", seen, eu.F.Regions().RTTs)
+	require.Equal(t, me.F.Addr(), got, "uk is now beyond the budget: me")
 	spilled(2)
 
 	tp.SetLink(t, "eu", "me", linkem.Profile{Delay: 80 * time.Millisecond})
 	testenv.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
-		if rtt := regionRTT(eu.f, "me"); rtt <= 60*time.Millisecond {
+		if rtt := regionRTT(eu.F, "me"); rtt <= 60*time.Millisecond {
 			return fmt.Errorf("eu's RTT to me still %v", rtt)
 		}
 		return nil
 	})
 	_, seen, err = newCall()
-	require.ErrorIs(t, err, errRefused)
+	require.ErrorIs(t, err, regions.ErrRefused)
 	require.Equal(t, protocol.CodeInsufficientCapacity, seen[len(seen)-1].Code, "no region with room within the budget: come back later")
-	require.Equal(t, uint64(1), eu.f.Regions().Spill[forwarder.SpillOutcome("over_budget")])
+	require.Equal(t, uint64(1), eu.F.Regions().Spill[forwarder.SpillOutcome("over_budget")])
 	spilled(2)
 
-	for members[0].sent.Load() < base.sent[0]+150 { // at least 3 s of the ongoing call across the spills
+	for members[0].Sent.Load() < base.sent[0]+150 { // at least 3 s of the ongoing call across the spills
 		time.Sleep(20 * time.Millisecond)
 	}
 	for _, stop := range stops {
 		stop()
 	}
 	worst := checkHeard(t, members, base)
-	require.Equal(t, forwarder.ThrottleNewOneToOne, eu.f.Stats().ThrottleLevel)
+	require.Equal(t, forwarder.ThrottleNewOneToOne, eu.F.Stats().ThrottleLevel)
 	t.Logf("spill-over from eu at level 2 (RTT to uk %v, me %v): new call to uk; uk at 80 ms each way (RTT %v): to me; me too (RTT %v): refused, 508. Referrals %v (same_region spilled below_spill_level over_budget unmeasured no_room). Ongoing call meanwhile: %d packets per member, worst pair heard %.2f %%",
-		rttUK, rttME, regionRTT(eu.f, "uk"), regionRTT(eu.f, "me"), eu.f.Regions().Spill, members[0].sent.Load()-base.sent[0], 100*worst)
+		rttUK, rttME, regionRTT(eu.F, "uk"), regionRTT(eu.F, "me"), eu.F.Regions().Spill, members[0].Sent.Load()-base.sent[0], 100*worst)
 }
 
 // TestRegionLossNotChosen: the media path between eu and uk goes dark
@@ -250,46 +250,46 @@ func TestRegionLossNotChosen(t *testing.T) {
 		{Name: "paris", Home: "eu", Access: linkem.Profile{Delay: 2 * time.Millisecond}}},
 		Links: []regions.Link{{A: "eu", B: "uk", OneWay: linkem.Profile{Delay: 5 * time.Millisecond}},
 			{A: "eu", B: "me", OneWay: linkem.Profile{Delay: 20 * time.Millisecond}}}})
-	e := newClusterEnv(t)
-	eu := e.startInRegion(t, tp, "eu", "fwd-eu", func(c *forwarder.Config) { sessionsOnly(c); c.Load.CapacitySessions = 5 })
-	uk := e.startInRegion(t, tp, "uk", "fwd-uk", sessionsOnly)
-	me := e.startInRegion(t, tp, "me", "fwd-me", sessionsOnly)
-	measured(t, eu.f)
+	e := regions.NewEnv(t)
+	eu := e.StartForwarder(t, tp, "eu", "fwd-eu", func(c *forwarder.Config) { sessionsOnly(c); c.Load.CapacitySessions = 5 })
+	uk := e.StartForwarder(t, tp, "uk", "fwd-uk", sessionsOnly)
+	me := e.StartForwarder(t, tp, "me", "fwd-me", sessionsOnly)
+	measured(t, eu.F)
 	ongoing := protocol.NewID()
-	var members []*cityDevice
+	var members []*regions.CityDevice
 	var stops []func()
 	for i := range 4 {
-		tok, _ := e.token(t, ongoing, 8)
-		d := newCityDevice(t, tp, "paris", tok, uint32(0x20+i))
-		_, _, err := d.join(eu.f.Addr())
+		tok, _ := e.Token(t, ongoing, 8)
+		d := regions.NewCityDevice(t, tp, "paris", tok, uint32(0x20+i), nil)
+		_, _, err := d.Join(eu.F.Addr())
 		require.NoError(t, err)
 		members = append(members, d)
-		stops = append(stops, d.talk())
+		stops = append(stops, d.Talk())
 	}
 	waitHearing(t, members, 25)
 	base := snapshot(members)
 	newCall := func() netip.AddrPort {
 		t.Helper()
-		tok, _ := e.token(t, protocol.NewID(), 8)
-		got, seen, err := newCityDevice(t, tp, "paris", tok, 0x98).join(eu.f.Addr())
-		require.NoError(t, err, "answers %+v; RTTs %v", seen, eu.f.Regions().RTTs)
+		tok, _ := e.Token(t, protocol.NewID(), 8)
+		got, seen, err := regions.NewCityDevice(t, tp, "paris", tok, 0x98, nil).Join(eu.F.Addr())
+		require.NoError(t, err, "answers %+v; RTTs %v", seen, eu.F.Regions().RTTs)
 		return got
 	}
-	require.Equal(t, uk.f.Addr(), newCall(), "uk is nearest: %+v", eu.f.Regions())
+	require.Equal(t, uk.F.Addr(), newCall(), "uk is nearest: %+v", eu.F.Regions())
 
 	cut := time.Now()
 	tp.SetLink(t, "eu", "uk", linkem.Profile{Loss: 1})
 	testenv.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
-		if rtt := regionRTT(eu.f, "uk"); rtt != 0 {
+		if rtt := regionRTT(eu.F, "uk"); rtt != 0 {
 			return fmt.Errorf("eu still has an RTT to uk: %v", rtt)
 		}
 		return nil
 	})
 	forgotten := time.Since(cut)
-	require.Positive(t, eu.f.Stats().Peering.ByNATS, "uk's heartbeats still arrive over NATS")
-	require.Equal(t, me.f.Addr(), newCall(), "uk is cut off on the media path: me")
-	require.Equal(t, uint64(2), eu.f.Regions().Spill[forwarder.SpillOutcome("spilled")])
-	for members[0].sent.Load() < base.sent[0]+150 {
+	require.Positive(t, eu.F.Stats().Peering.ByNATS, "uk's heartbeats still arrive over NATS")
+	require.Equal(t, me.F.Addr(), newCall(), "uk is cut off on the media path: me")
+	require.Equal(t, uint64(2), eu.F.Regions().Spill[forwarder.SpillOutcome("spilled")])
+	for members[0].Sent.Load() < base.sent[0]+150 {
 		time.Sleep(20 * time.Millisecond)
 	}
 	for _, stop := range stops {
@@ -317,13 +317,13 @@ func measured(t *testing.T, f *forwarder.Forwarder) {
 
 // waitHearing waits until every device heard at least n packets from
 // every other.
-func waitHearing(t *testing.T, ds []*cityDevice, n int) {
+func waitHearing(t *testing.T, ds []*regions.CityDevice, n int) {
 	t.Helper()
 	testenv.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		for _, a := range ds {
 			for _, b := range ds {
-				if got, _ := a.from(b.ssrc); a != b && got < n {
-					return fmt.Errorf("%#x heard %d from %#x", a.ssrc, got, b.ssrc)
+				if got, _ := a.From(b.SSRC); a != b && got < n {
+					return fmt.Errorf("%#x heard %d from %#x", a.SSRC, got, b.SSRC)
 				}
 			}
 		}
@@ -337,12 +337,12 @@ type hearing struct {
 	heard map[[2]uint32]int
 }
 
-func snapshot(ds []*cityDevice) hearing {
+func snapshot(ds []*regions.CityDevice) hearing {
 	h := hearing{heard: map[[2]uint32]int{}}
 	for _, a := range ds {
-		h.sent = append(h.sent, a.sent.Load())
+		h.sent = append(h.sent, a.Sent.Load())
 		for _, b := range ds {
-			h.heard[[2]uint32{a.ssrc, b.ssrc}], _ = a.from(b.ssrc)
+			h.heard[[2]uint32{a.SSRC, b.SSRC}], _ = a.From(b.SSRC)
 		}
 	}
 	return h
@@ -352,7 +352,7 @@ func snapshot(ds []*cityDevice) hearing {
 // least 99 % of what each other sent since base (byte for byte; packets in
 // flight at base make up for those in flight at the end), and none was
 // corrupt. It returns the worst share.
-func checkHeard(t *testing.T, ds []*cityDevice, base hearing) float64 {
+func checkHeard(t *testing.T, ds []*regions.CityDevice, base hearing) float64 {
 	t.Helper()
 	share := func() (float64, error) {
 		worst := 1.0
@@ -361,15 +361,15 @@ func checkHeard(t *testing.T, ds []*cityDevice, base hearing) float64 {
 				if a == b {
 					continue
 				}
-				n, corrupt := a.from(b.ssrc)
+				n, corrupt := a.From(b.SSRC)
 				if corrupt > 0 {
 					return 0, fmt.Errorf("%d corrupt packets", corrupt)
 				}
-				sent := b.sent.Load() - base.sent[j]
-				got := float64(n-base.heard[[2]uint32{a.ssrc, b.ssrc}]) / float64(sent)
+				sent := b.Sent.Load() - base.sent[j]
+				got := float64(n-base.heard[[2]uint32{a.SSRC, b.SSRC}]) / float64(sent)
 				worst = math.Min(worst, got)
 				if got < 0.99 {
-					return worst, fmt.Errorf("%#x heard %.1f %% of the %d packets %#x sent", a.ssrc, 100*got, sent, b.ssrc)
+					return worst, fmt.Errorf("%#x heard %.1f %% of the %d packets %#x sent", a.SSRC, 100*got, sent, b.SSRC)
 				}
 			}
 		}

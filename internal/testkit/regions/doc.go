@@ -14,6 +14,19 @@
 // must instead run as a process in the namespace (Netns and `ip netns
 // exec`).
 //
+// A city may be multi-homed (Site.Direct: links of its own to regions
+// other than its home), and SetAccess changes one of a city's links mid-
+// test, as SetLink does a link between regions.
+//
+// For the tests of several packages it also has: Env (Redis, NATS and the
+// keys a region test's forwarders share, on the host's loopback or, with
+// NewEnvIn, as redis-server and nats-server processes in a region's
+// namespace, every client then dialling from its own site: Dial,
+// NATSDialer, RedisDialer), StartForwarder (a forwarder whose sockets
+// are bound in its region's namespace), CityDevice (a device speaking the
+// wire protocol by hand from one socket in a city) and Device (the client
+// library in a city, as a process: StartDevice, DeviceMain).
+//
 // A topology is made by New and removed, namespaces, links and emulator,
 // when the test ends, also when it fails. Its names carry the test
 // process's id, so parallel test binaries never collide, and New removes

@@ -25,6 +25,11 @@ type Site struct {
 	// Access impairs a city's traffic to and from its home region, each
 	// way; unused for a region.
 	Access linkem.Profile
+	// Direct are a multi-homed city's own links to regions other than its
+	// home (a second network, say a mobile one with its breakout
+	// elsewhere), each way: its traffic to such a region takes that link
+	// instead of its access link and the link between the regions.
+	Direct map[string]linkem.Profile
 }
 
 // Link impairs the traffic between two regions, each way.
@@ -125,6 +130,11 @@ func (tp *Topology) check() error {
 		if h := tp.sites[s.Home]; s.Home != "" && (h == nil || h.Home != "") {
 			return fmt.Errorf("regions: city %q: home %q is not a region", s.Name, s.Home)
 		}
+		for r := range s.Direct {
+			if d := tp.sites[r]; s.Home == "" || d == nil || d.Home != "" || r == s.Home {
+				return fmt.Errorf("regions: site %q: a direct link to %q: want a city's link to a region other than its home", s.Name, r)
+			}
+		}
 	}
 	for _, l := range tp.spec.Links {
 		a, b := tp.sites[l.A], tp.sites[l.B]
@@ -160,9 +170,22 @@ func (s *site) region() string {
 
 // Profile is the impairment of the path from site from to site to: from's
 // access link (a city's), the link between the two regions, to's access
-// link.
+// link; a city's direct link to the other's region replaces the first two
+// (or, towards a city, the last two).
 func (tp *Topology) Profile(from, to string) linkem.Profile {
 	a, b := tp.sites[from], tp.sites[to]
+	if d, ok := a.Direct[b.region()]; ok {
+		if b.Home != "" {
+			return compose(d, b.Access)
+		}
+		return d
+	}
+	if d, ok := b.Direct[a.region()]; ok {
+		if a.Home != "" {
+			return compose(a.Access, d)
+		}
+		return d
+	}
 	var parts []linkem.Profile
 	if a.Home != "" {
 		parts = append(parts, a.Access)
@@ -213,6 +236,28 @@ func (tp *Topology) SetLink(t testing.TB, a, b string, oneWay linkem.Profile) {
 	t.Helper()
 	tp.links[[2]string{a, b}] = oneWay
 	tp.links[[2]string{b, a}] = oneWay
+	tp.apply(t)
+}
+
+// SetAccess changes city's link to region (each way), for packets read
+// from now on: its access link when region is its home, else its direct
+// link there (made if it had none).
+func (tp *Topology) SetAccess(t testing.TB, city, region string, oneWay linkem.Profile) {
+	t.Helper()
+	c, r := tp.mustSite(city), tp.mustSite(region)
+	switch {
+	case c.Home == "" || r.Home != "":
+		t.Fatalf("regions: SetAccess(%q, %q): want a city and a region", city, region)
+	case c.Home == region:
+		c.Access = oneWay
+	default:
+		d := make(map[string]linkem.Profile, len(c.Direct)+1) // the Spec's map stays the caller's
+		for k, v := range c.Direct {
+			d[k] = v
+		}
+		d[region] = oneWay
+		c.Direct = d
+	}
 	tp.apply(t)
 }
 

@@ -104,8 +104,41 @@ func TestRegionSpecRejects(t *testing.T) {
 		{Sites: []Site{{Name: "eu"}, {Name: "eu"}}},
 		{Sites: []Site{{Name: "paris", Home: "eu"}}},
 		{Sites: []Site{{Name: "eu"}}, Links: []Link{{A: "eu", B: "eu"}}},
+		{Sites: []Site{{Name: "eu"}, {Name: "paris", Home: "eu", Direct: map[string]linkem.Profile{"eu": {}}}}}, // its home
+		{Sites: []Site{{Name: "eu"}, {Name: "za", Direct: map[string]linkem.Profile{"eu": {}}}}},                // a region
 	} {
 		tp := &Topology{spec: s, sites: map[string]*site{}}
 		require.Error(t, tp.check(), "%+v", s)
 	}
+}
+
+// TestRegionDirectLink: a multi-homed city reaches its direct link's
+// region over that link (20 ms each way, not its 5 ms access plus the
+// 30 ms between the regions), and SetAccess changes each of its links
+// alone: its home link to 50 ms leaves the direct one as it was.
+func TestRegionDirectLink(t *testing.T) {
+	ms := time.Millisecond
+	tp := New(t, Spec{Sites: []Site{{Name: "eu"}, {Name: "za"},
+		{Name: "lagos", Home: "eu", Access: linkem.Profile{Delay: 5 * ms}, Direct: map[string]linkem.Profile{"za": {Delay: 20 * ms}}}},
+		Links: []Link{{A: "eu", B: "za", OneWay: linkem.Profile{Delay: 30 * ms}}}, Seed: 2})
+	eu, za := udpIn(t, tp, "eu"), udpIn(t, tp, "za")
+	go echo(eu)
+	go echo(za)
+	lagos := udpIn(t, tp, "lagos")
+	toEU, toZA := eu.LocalAddr().(*net.UDPAddr).AddrPort(), za.LocalAddr().(*net.UDPAddr).AddrPort()
+	within := func(got, want time.Duration) {
+		t.Helper()
+		require.GreaterOrEqual(t, got, want)
+		require.Less(t, got, want+15*ms, "the emulated delay plus scheduling")
+	}
+	rEU, rZA := minRTT(t, lagos, toEU, 5), minRTT(t, lagos, toZA, 5)
+	within(rEU, 10*ms)
+	within(rZA, 40*ms)
+	tp.SetAccess(t, "lagos", "eu", linkem.Profile{Delay: 50 * ms})
+	jEU, jZA := minRTT(t, lagos, toEU, 5), minRTT(t, lagos, toZA, 5)
+	within(jEU, 100*ms)
+	within(jZA, 40*ms)
+	tp.SetAccess(t, "lagos", "za", linkem.Profile{Delay: 35 * ms})
+	within(minRTT(t, lagos, toZA, 5), 70*ms)
+	t.Logf("lagos RTT to eu %v, za %v; eu link to 50 ms: eu %v, za %v", rEU, rZA, jEU, jZA)
 }
