@@ -104,6 +104,15 @@ type dialer struct {
 	stopOnce sync.Once
 	done     chan struct{} // closed when run has returned and readers exited
 	readers  sync.WaitGroup
+
+	// losersMeasured is closed once no loser's join is unanswered and at
+	// least one answered with its RTT measured (loserRTTs): the Conn then
+	// sends a keepalive at once, so that the RTTs to every candidate reach
+	// the conductor about a round trip after the join, not a keepalive
+	// interval later (the first keepalive, sent as the race is won, can
+	// carry only the winner's).
+	losersMeasured     chan struct{}
+	loserRTTs, pointed bool
 }
 
 func newDialer(cfg Config) *dialer {
@@ -117,6 +126,8 @@ func newDialer(cfg Config) *dialer {
 		quit:   make(chan struct{}),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
+
+		losersMeasured: make(chan struct{}),
 	}
 }
 
@@ -269,14 +280,33 @@ func (d *dialer) handle(ev dialEvent) {
 }
 
 // sample keeps the RTT of an authenticated answer to the candidate's
-// current transaction, if it was sent once (locate.go).
-func (d *dialer) sample(ev dialEvent) {
+// current transaction, if it was sent once (locate.go), and says whether
+// it did.
+func (d *dialer) sample(ev dialEvent) bool {
 	c := ev.c
 	if ev.err != nil || ev.tid != c.tx.Load().tid || c.rto != d.cfg.RetransmitInitial {
+		return false
+	}
+	err := d.cfg.creds.rtts.observe(c.addr, ev.at.Sub(c.sentAt), ev.at)
+	d.saw(c, ev.at.Sub(c.sentAt))
+	return err == nil
+}
+
+// reportLosers closes losersMeasured once a loser's RTT was sampled and
+// no loser's join is still unanswered (at the end: whatever is).
+func (d *dialer) reportLosers(end bool) {
+	if d.pointed || !d.loserRTTs {
 		return
 	}
-	_ = d.cfg.creds.rtts.observe(c.addr, ev.at.Sub(c.sentAt), ev.at)
-	d.saw(c, ev.at.Sub(c.sentAt))
+	if !end {
+		for _, c := range d.cands {
+			if c != d.winner && c.state == candPending {
+				return
+			}
+		}
+	}
+	d.pointed = true
+	close(d.losersMeasured)
 }
 
 // win makes ev's candidate the winner.
@@ -395,9 +425,11 @@ func (d *dialer) drainLosers() {
 	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	defer d.reportLosers(true)
 	for {
 		now := time.Now()
 		next, busy := now.Add(time.Hour), false
+		d.reportLosers(false)
 		for _, c := range d.cands {
 			switch {
 			case c.state == candPending && now.Before(graceEnd):
@@ -430,7 +462,7 @@ func (d *dialer) drainLosers() {
 func (d *dialer) handleLoser(ev dialEvent) {
 	c := ev.c
 	if c.state == candPending || c.state == candLeaving {
-		d.sample(ev)
+		d.loserRTTs = d.sample(ev) || d.loserRTTs
 	}
 	switch {
 	case c.state != candPending && c.state != candLeaving:

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -91,4 +92,25 @@ func TestRouteSendsThroughTheRelay(t *testing.T) {
 	relay.mu.Lock()
 	defer relay.mu.Unlock()
 	require.Positive(t, relay.relayed, "relayed by %v", relay.addr())
+}
+
+// The keepalive sent as the race is won carries only the winner's RTT; once
+// the losers have answered, the Conn sends one more at once, carrying theirs,
+// instead of a keepalive interval (here 1 s) later.
+func TestKeepaliveOnceLosersMeasured(t *testing.T) {
+	e := newEnv(t)
+	a, b := newResponder(t, e.pub, fastParams), newResponder(t, e.pub, fastParams)
+	joined := time.Now()
+	s := e.join(e.config(a, b))
+	win := a
+	if s.Forwarder() == b.addr {
+		win = b
+	}
+	eventually(t, func() bool {
+		win.mu.Lock()
+		defer win.mu.Unlock()
+		return len(win.requests) >= 3
+	}, "the winner has the join, the keepalive sent on winning and the one after the losers answered")
+	require.Less(t, time.Since(joined), 700*time.Millisecond, "well before the 1 s keepalive interval")
+	require.Len(t, s.CandidateRTTs(), 2)
 }

@@ -276,11 +276,18 @@ func (c *Conn) keepaliveLoop() {
 	lastSent := time.Now()
 	timer := time.NewTimer(c.Params().KeepaliveInterval)
 	defer timer.Stop()
+	var measured <-chan struct{}
+	if c.dialer != nil {
+		measured = c.dialer.losersMeasured
+	}
 	for {
 		select {
 		case <-c.done:
 			return
 		case <-timer.C:
+		case <-measured: // the race's losers answered: report their RTTs now
+			measured = nil
+			lastSent = time.Time{}
 		}
 		now := time.Now()
 		c.mu.Lock()

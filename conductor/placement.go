@@ -72,9 +72,9 @@ type PlacementConfig struct {
 	// bad report is dropped, nobody goes further than Budget beyond its
 	// own forwarder by its own report). After First, or once moved, it is
 	// placed by the re-placement rules like everyone. 0: no first
-	// placement. Default 2s (a device reports the RTTs of the race's
-	// losers on its second keepalive, a keepalive interval after its
-	// join). Not used by Place.
+	// placement. Default 2s (a device reports the RTTs of its race's
+	// losers a round trip after its join, and the conductor waits up to
+	// 600 ms for them). Not used by Place.
 	First time.Duration
 }
 

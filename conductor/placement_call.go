@@ -30,7 +30,8 @@ import (
 //   - when: at the first decision tick after a new member's report, once
 //     every new member has sent two reports (the first, sent as its race
 //     is won, names only the winner: placing by it would place the call
-//     by half a picture) or half the window has passed since its join.
+//     by half a picture; the client sends the second once the losers
+//     have answered) or firstGather has passed since its join.
 //   - run: Place over the call with the new members as they reported and
 //     everyone else held on its forwarder (or on the one it is moving to),
 //     so a join moves only the joiner; Place's rules hold (a report that
@@ -56,9 +57,10 @@ type callPlacement struct {
 	wanted map[protocol.ID]wantedMove
 	// record: the members' join times in the call record, read when the
 	// conductor took the call (nil: not read, no member is new);
-	// firstRun: the last first placement.
-	record   map[protocol.ID]time.Time
-	firstRun time.Time
+	// firstRun: the last first placement; lastJoin: the latest join seen
+	// (an upper bound).
+	record             map[protocol.ID]time.Time
+	firstRun, lastJoin time.Time
 }
 
 type wantedMove struct {
@@ -150,6 +152,9 @@ func (p *partition) observePlacement(cs *callState, fwd string, mm *protocol.Mem
 		if j, ok := pl.record[mm.Participant]; ok {
 			st.joined = j
 		}
+		if st.joined.After(pl.lastJoin) {
+			pl.lastJoin = st.joined
+		}
 		pl.members[mm.Participant] = st
 	}
 	if st.fwd != fwd {
@@ -218,16 +223,28 @@ func (pl *callPlacement) isNew(st *placedState, now time.Time, first time.Durati
 	return pl.record != nil && !st.settled && first > 0 && now.Sub(st.joined) < first
 }
 
+// firstGather bounds how long the first placement waits for a new
+// member's second report: a device sends it as soon as its race's losers
+// have answered, within the client's LoserGrace (500 ms), and a metadata
+// tick (100 ms) brings it; a device with one candidate has no second
+// report to send before its next keepalive.
+const firstGather = 600 * time.Millisecond
+
 // firstDue: a new member reported since the last first placement, and
-// no new member waits for its second report (the first names only the
-// race's winner) for less than half the window.
+// no new member whose report names one forwarder waits for its second
+// report (the first names only the race's winner) for less than
+// firstGather (at most half the window). Checked every decision tick
+// while a member may be new, whether or not a report came.
 func (pl *callPlacement) firstDue(now time.Time, first time.Duration) bool {
+	if now.Sub(pl.lastJoin) >= first {
+		return false // nobody joined within the window
+	}
 	due := false
 	for _, st := range pl.members {
 		if !pl.isNew(st, now, first) {
 			continue
 		}
-		if st.reports < 2 && now.Sub(st.joined) < first/2 {
+		if len(st.rtt) < 2 && st.reports < 2 && now.Sub(st.joined) < min(firstGather, first/2) {
 			return false
 		}
 		due = due || st.rtt != nil && st.reported.After(pl.firstRun)
@@ -250,10 +267,10 @@ func (pl *callPlacement) inFlight(now time.Time) bool {
 // PlacementConfig.Every and not while first moves are under way.
 func (p *partition) place(cs *callState, now time.Time) {
 	pl, cfg := cs.place, p.c.cfg.Placement
-	if pl == nil || !pl.dirty || len(pl.members) < 2 {
+	if pl == nil || len(pl.members) < 2 {
 		return
 	}
-	first, again := pl.firstDue(now, cfg.First), now.Sub(pl.lastRun) >= cfg.Every
+	first, again := pl.firstDue(now, cfg.First), pl.dirty && now.Sub(pl.lastRun) >= cfg.Every
 	if !first && !again {
 		return
 	}
