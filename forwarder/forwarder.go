@@ -144,20 +144,9 @@ func New(cfg Config) (*Forwarder, error) {
 		}
 	}
 	f.addr = netip.AddrPortFrom(f.addr.Addr().Unmap(), f.addr.Port())
-	for _, c := range f.conns {
-		pc, err := newPacketConn(c)
-		if err != nil {
-			f.closeConns()
-			return nil, err
-		}
-		f.rdrs = append(f.rdrs, &reader{f: f, idx: len(f.rdrs), pc: pc, c: new(counters), pace: newPacer(cfg.BatchWait),
-			knownLimiter: newSTUNLimiter(cfg.STUNRate, cfg.STUNBurst),
-			// SO_REUSEPORT spreads one IP's ports over all readers: each
-			// reader gets its share of the per-IP budget.
-			newLimiter: newSTUNLimiter(cfg.JoinRate/float64(n), max(1, cfg.JoinBurst/float64(n)))})
-		r := f.rdrs[len(f.rdrs)-1]
-		r.coop.sock = c
-		r.coop.try, _ = pc.(tryReader)
+	if err := f.newReaders(n); err != nil {
+		f.closeConns()
+		return nil, err
 	}
 	f.coop.on = runtime.GOMAXPROCS(0) == 1 // yield.go
 	f.lookupIn, f.lookupOut = make(chan *lookup, lookupQueue), make(chan *lookup, lookupQueue)
@@ -192,6 +181,25 @@ func New(cfg Config) (*Forwarder, error) {
 		}
 	}
 	return f, nil
+}
+
+// newReaders makes a reader for each of the n media sockets.
+func (f *Forwarder) newReaders(n int) error {
+	for _, c := range f.conns {
+		pc, err := newPacketConn(c)
+		if err != nil {
+			return err
+		}
+		f.rdrs = append(f.rdrs, &reader{f: f, idx: len(f.rdrs), pc: pc, c: new(counters), pace: newPacer(f.cfg.BatchWait),
+			knownLimiter: newSTUNLimiter(f.cfg.STUNRate, f.cfg.STUNBurst),
+			// SO_REUSEPORT spreads one IP's ports over all readers: each
+			// reader gets its share of the per-IP budget.
+			newLimiter: newSTUNLimiter(f.cfg.JoinRate/float64(n), max(1, f.cfg.JoinBurst/float64(n)))})
+		r := f.rdrs[len(f.rdrs)-1]
+		r.coop.sock = c
+		r.coop.try, _ = pc.(tryReader)
+	}
+	return nil
 }
 
 // Rejoin nudges: per device address, a few a second (the first one does
