@@ -151,7 +151,7 @@ func TestConnFirstKeepaliveAtOnce(t *testing.T) {
 	c := e.dial(e.config(r))
 	require.Equal(t, time.Hour, c.Params().KeepaliveInterval)
 	require.Equal(t, uint64(1), c.Stats().KeepalivesSent, "sent before Dial returned")
-	eventually(t, func() bool { return len(r.from(c.LocalAddr())) == 2 }, "the join, then a keepalive")
+	eventually(t, func() bool { return len(transactions(r.from(c.LocalAddr()))) == 2 }, "the join, then a keepalive")
 	got := r.from(c.LocalAddr())
 	require.False(t, got[1].leave)
 	require.NotEqual(t, got[0].tid, got[1].tid)

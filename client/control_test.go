@@ -37,12 +37,12 @@ func TestConnControlMessages(t *testing.T) {
 	r := e.responder(slowParams)
 	c := e.dial(e.config(r))
 	local := c.LocalAddr()
-	eventually(t, func() bool { return len(r.from(local)) == 2 }, "the join and the first keepalive")
+	eventually(t, func() bool { return len(transactions(r.from(local))) == 2 }, "the join and the first keepalive")
 
 	r.tell(t, local, &protocol.Rejoin{Reason: protocol.RejoinUnknownAddress})
 	require.Equal(t, &protocol.Rejoin{Reason: protocol.RejoinUnknownAddress}, nextControl(t, c))
-	eventually(t, func() bool { return len(r.from(local)) == 3 }, "the nudge sends a keepalive at once")
-	require.False(t, r.from(local)[2].leave)
+	eventually(t, func() bool { return len(transactions(r.from(local))) == 3 }, "the nudge sends a keepalive at once")
+	require.False(t, transactions(r.from(local))[2].leave)
 
 	mig := &protocol.MigrateTo{Addr: netip.MustParseAddrPort("192.0.2.7:3478"), Deadline: 5 * time.Second}
 	r.tell(t, local, mig)
@@ -89,7 +89,7 @@ func TestConnMalformedControl(t *testing.T) {
 	r := e.responder(slowParams)
 	c := e.dial(e.config(r))
 	local := c.LocalAddr()
-	eventually(t, func() bool { return len(r.from(local)) == 2 }, "the join and the first keepalive")
+	eventually(t, func() bool { return len(transactions(r.from(local))) == 2 }, "the join and the first keepalive")
 
 	for _, b := range [][]byte{
 		{0x87, 0xcc, 0, 4, 0, 0, 0, 0, 'C', 'R', 'L', 'Y', 1, 0, 0, 0, 0, 0, 0, 0}, // Rejoin, 8-byte body
@@ -189,7 +189,7 @@ func TestConnMigrateToAuthentication(t *testing.T) {
 	other := e.dial(e.config(r)) // another session, another token
 	local := c.LocalAddr()
 	eventually(t, func() bool { return len(r.from(local)) >= 2 }, "the join and a keepalive")
-	join := r.from(local)[0]
+	join := transactions(r.from(local))[0]
 	target := netip.MustParseAddrPort("192.0.2.7:3478")
 	sign := func(echo [12]byte, key []byte) []byte {
 		raw, err := protocol.SignMigrateTo(0, &protocol.MigrateTo{Addr: target, Deadline: time.Second, Echo: echo}, key)

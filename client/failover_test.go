@@ -228,7 +228,7 @@ func TestSessionRejoinNudgeInPlace(t *testing.T) {
 	who := participant(t, cfg)
 	s := e.joinOn(cfg, r, r, other)
 	local := s.current().LocalAddr()
-	eventually(t, func() bool { return len(r.from(local)) == 2 }, "the join and the first keepalive")
+	eventually(t, func() bool { return len(transactions(r.from(local))) == 2 }, "the join and the first keepalive")
 
 	r.forget()
 	require.False(t, r.session(who).IsValid())
@@ -265,7 +265,7 @@ func TestSessionRejoinNudgeEscalates(t *testing.T) {
 	s := e.joinOn(cfg, r, r, other)
 	local := s.current().LocalAddr()
 	// The answer to the first keepalive must not be in flight when r dies.
-	eventually(t, func() bool { return len(r.from(local)) == 2 }, "the join and the first keepalive")
+	eventually(t, func() bool { return len(transactions(r.from(local))) == 2 }, "the join and the first keepalive")
 	eventually(t, func() bool { return s.current().Stats().KeepalivesAnswered >= 1 }, "the first keepalive answered")
 
 	r.set(func(r *responder) { r.dead = true })
