@@ -275,6 +275,9 @@ func (f *Forwarder) setupCluster(n int) error {
 		r.tcodec.Number(uint8(i), f.trunkSeq0) // stream i (README 6); Readers <= 256 and the control's is 255
 		r.tbufs = new([readBatch][maxDatagram + protocol.TrunkOverhead]byte)
 		f.trunkRdrs = append(f.trunkRdrs, &trunkReader{f: f, in: in, out: out, c: r.c, codec: protocol.NewTrunkCodec(cc.Key)})
+		t := f.trunkRdrs[len(f.trunkRdrs)-1]
+		t.coop.sock = tc
+		t.coop.try, _ = in.(tryReader)
 	}
 	return nil
 }

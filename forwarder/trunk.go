@@ -22,6 +22,7 @@ type trunkReader struct {
 	rtp   protocol.RTPHeader
 	cw    cacheWriter // names it as the writer of its remote senders' NACK caches
 	nowNS int64       // this batch's clock, 0 until read
+	coop  coopReader  // polls while control is busy (yield.go)
 
 	// The replay window of the last stream served (trunk_replay.go).
 	win    *protocol.TrunkReplay
@@ -33,7 +34,7 @@ type trunkReader struct {
 
 func (t *trunkReader) run() {
 	for {
-		n, err := t.in.ReadBatch()
+		n, err := t.coop.read(&t.f.coop, t.in)
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}

@@ -49,8 +49,8 @@ type tryReader interface {
 	TryReadBatch() (int, error)
 }
 
-// coopReader is a reader's side: its socket, to wake it with a deadline,
-// and whether it is parked in the poller.
+// coopReader is a reader's (or a trunk reader's) side: its socket, to
+// wake it with a deadline, and whether it is parked in the poller.
 type coopReader struct {
 	sock   *net.UDPConn
 	try    tryReader
@@ -73,9 +73,10 @@ func (c *control) yieldUnits(n int) {
 		co.busy.Store(true)
 	}
 	for _, r := range c.f.rdrs {
-		if r.coop.sock != nil && r.coop.parked.Load() {
-			_ = r.coop.sock.SetReadDeadline(aLongTimeAgo) // readies it now
-		}
+		r.coop.wake()
+	}
+	for _, t := range c.f.trunkRdrs {
+		t.coop.wake()
 	}
 	co.yields.Add(1)
 	runtime.Gosched()
@@ -91,18 +92,28 @@ func (c *control) idle() {
 
 var aLongTimeAgo = time.Unix(1, 0)
 
-// readBatch is the reader's read: ReadBatch (parked in the poller until a
-// datagram arrives), or, while control is busy (one P), a poll that
-// yields to control when the socket is empty.
-func (r *reader) readBatch() (int, error) {
-	co := &r.f.coop
+// readBatch is the reader's read (coopReader.read).
+func (r *reader) readBatch() (int, error) { return r.coop.read(&r.f.coop, r.pc) }
+
+// wake readies the goroutine if it is parked in the poller: a read
+// deadline in the past, cleared by read.
+func (cr *coopReader) wake() {
+	if cr.sock != nil && cr.parked.Load() {
+		_ = cr.sock.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// read is a reader's (or a trunk reader's) read of pc: ReadBatch (parked
+// in the poller until a datagram arrives), or, while control is busy (one
+// P), a poll that yields to control when the socket is empty.
+func (cr *coopReader) read(co *coopState, pc packetConn) (int, error) {
 	for {
 		var n int
 		var err error
 		polled := false
-		if r.coop.try != nil && co.busy.Load() {
+		if cr.try != nil && co.busy.Load() {
 			seen := co.yields.Load()
-			n, err = r.coop.try.TryReadBatch()
+			n, err = cr.try.TryReadBatch()
 			if n == 0 && err == nil {
 				runtime.Gosched()
 				if co.yields.Load() != seen {
@@ -114,14 +125,14 @@ func (r *reader) readBatch() (int, error) {
 			}
 		}
 		if !polled {
-			r.coop.parked.Store(true)
-			n, err = r.pc.ReadBatch()
-			r.coop.parked.Store(false)
+			cr.parked.Store(true)
+			n, err = pc.ReadBatch()
+			cr.parked.Store(false)
 		}
-		if r.coop.sock != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		if cr.sock != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 			// Control's wake-up (it may land after a read the poller
 			// readied anyway, and stays set until cleared).
-			_ = r.coop.sock.SetReadDeadline(time.Time{})
+			_ = cr.sock.SetReadDeadline(time.Time{})
 			continue
 		}
 		return n, err

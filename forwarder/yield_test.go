@@ -35,6 +35,11 @@ type yieldRig struct {
 }
 
 func newYieldRig(tb testing.TB, coop bool, calls int) *yieldRig {
+	return newYieldRigOn(tb, coop, calls, false)
+}
+
+// newYieldRigOn: the reader is a trunk reader when trunk is set.
+func newYieldRigOn(tb testing.TB, coop bool, calls int, trunk bool) *yieldRig {
 	f := &Forwarder{cfg: Default()}
 	f.coop.on = coop
 	sock, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -42,9 +47,16 @@ func newYieldRig(tb testing.TB, coop bool, calls int) *yieldRig {
 	pc, err := newPacketConn(sock)
 	require.NoError(tb, err)
 	r := &reader{f: f, pc: pc}
-	r.coop.sock = sock
-	r.coop.try, _ = pc.(tryReader)
-	f.rdrs = []*reader{r}
+	cr := &r.coop
+	if trunk {
+		t := &trunkReader{f: f, in: pc}
+		cr = &t.coop
+		f.trunkRdrs = []*trunkReader{t}
+	} else {
+		f.rdrs = []*reader{r}
+	}
+	cr.sock = sock
+	cr.try, _ = pc.(tryReader)
 	old := &routes{bySrc: map[netip.AddrPort]*route{}, byCall: map[protocol.ID]*callRoute{}}
 	for i := range calls {
 		id := protocol.NewID()
@@ -60,7 +72,7 @@ func newYieldRig(tb testing.TB, coop bool, calls int) *yieldRig {
 	y := &yieldRig{f: f, c: newControl(f), r: r, to: to, dst: sock.LocalAddr().(*net.UDPAddr).AddrPort()}
 	go func() {
 		for !y.stop.Load() {
-			n, err := r.readBatch()
+			n, err := cr.read(&f.coop, pc)
 			if err != nil {
 				return
 			}
@@ -133,13 +145,14 @@ func BenchmarkReaderBehindControl(b *testing.B) {
 }
 
 // With one P, a datagram that arrives while control rebuilds a large
-// routes table is read during the job (at its first yield), not after it:
+// routes table, at a media reader or a trunk reader, is read during the job (at its first yield), not after it:
 // an order, not a timing, so that the test does not depend on the
 // machine's load.
 func TestReaderNotHeldBehindControl(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	for _, on := range []bool{false, true} {
-		y := newYieldRig(t, on, 4000)
+	for _, c := range []struct{ on, trunk bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		on := c.on
+		y := newYieldRigOn(t, on, 4000, c.trunk)
 		y.wait(t)
 		var jobDone atomic.Bool
 		y.during.Store(&jobDone)
@@ -153,9 +166,9 @@ func TestReaderNotHeldBehindControl(t *testing.T) {
 			require.True(t, time.Now().Before(deadline), "the reader never read")
 			runtime.Gosched()
 		}
-		t.Logf("yield %v: read during the job: %v", on, y.readDuring.Load())
+		t.Logf("yield %v, trunk reader %v: read during the job: %v", on, c.trunk, y.readDuring.Load())
 		if on {
-			require.True(t, y.readDuring.Load(), "with one P and yielding, the reader must read during a long control job")
+			require.True(t, y.readDuring.Load(), "with one P and yielding, the reader (trunk %v) must read during a long control job", c.trunk)
 		}
 	}
 }
