@@ -313,12 +313,17 @@ func (s *Session) finished(r attemptResult) error {
 // swap makes c the current Conn and retires the old one: Close, off the
 // supervisor and the media path, sends the leave (bounded by LeaveTimeout;
 // nothing is sent if the old Conn has already ended). With quiet (c is a
-// spare leg to the old Conn's forwarder) the old Conn sends no leave, and c
-// a keepalive once it is gone: should an old keepalive have moved the
-// session back meanwhile, that takes it to c.
+// spare leg to the old Conn's forwarder), or whenever c is on the old
+// Conn's forwarder (a failover or re-join that landed where it was), the
+// old Conn sends no leave, and c a keepalive once it is gone: the leave
+// would reach the forwarder that now holds the session for c, and once a
+// keepalive of the old Conn still in flight had moved the session back to
+// the old socket (it has that socket's cookie), it would end the session c
+// holds; c's keepalive takes the session to c.
 func (s *Session) swap(c *Conn, took time.Duration, quiet bool) {
 	s.mu.Lock()
 	old := s.conn
+	quiet = quiet || old.Forwarder() == c.Forwarder()
 	s.conn, s.rejoining, s.lastGap = c, false, took
 	s.mu.Unlock()
 	s.watch, s.nudge, s.confirmed = true, time.Time{}, time.Time{}

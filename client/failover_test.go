@@ -143,6 +143,43 @@ func TestSessionFailoverWhenForwarderDies(t *testing.T) {
 	}
 }
 
+// A failover whose re-join lands on the forwarder it left (the only one
+// configured, answering again: a stall, not a death) retires the old Conn
+// without a leave. The leave went to the forwarder that now holds the
+// session for the new socket, and once a keepalive of the old Conn still
+// in flight had moved the session back to the old socket (it has that
+// socket's cookie), it ended the session: the new Conn's media went
+// nowhere until its next keepalive joined it again (systemtest
+// TestRedisOutageTalkersChanging at load 19: "address changed" to the new
+// socket, back to the old one, "participant left", "participant joined"
+// 50-130 ms later, for every member after each failover storm).
+func TestSessionFailoverToTheSameForwarderSendsNoLeave(t *testing.T) {
+	e := newEnv(t)
+	r := e.responder(protocol.SessionParams{KeepaliveInterval: 50 * time.Millisecond, IdleTimeout: time.Minute})
+	cfg := e.config(r)
+	cfg.FailoverAfter = 300 * time.Millisecond
+	who := participant(t, cfg)
+	s := e.join(cfg)
+	old := s.current()
+	oldLocal := old.LocalAddr()
+
+	r.set(func(r *responder) { r.dead = true })
+	eventually(t, s.isRejoining, "the Session gives up the silent Conn")
+	r.set(func(r *responder) { r.dead = false })
+	ev := nextEvent(t, s)
+	require.Equal(t, EventFailover, ev.Kind)
+	require.Equal(t, r.addr, ev.From)
+	require.Equal(t, r.addr, ev.To)
+	eventually(t, func() bool { return old.Err() != nil }, "the old Conn is closed")
+	local := s.current().LocalAddr()
+	require.NotEqual(t, oldLocal, local, "the re-join came from a new socket")
+	eventually(t, func() bool { return r.session(who) == local }, "the session is the new socket's")
+	require.Empty(t, r.allLeaves(), "no leave to the forwarder the new Conn is on")
+	peer := e.dial(e.config(r))
+	talk(t, s, peer)
+	require.Equal(t, local, r.session(who))
+}
+
 // A dead forwarder process on a live host answers with ICMP port
 // unreachable: the Session fails over at once, long before FailoverAfter (a
 // minute here, so the test cannot pass without the hint), leaving the dead
