@@ -304,8 +304,13 @@ func (c *control) remoteKeyFrames(cl *call, id protocol.ID, m *mediaInfo, now ti
 	}
 	var from protocol.ID
 	for p := range cl.members {
-		from = p // a local member, so the frame reaches every member there
-		break
+		if p != id { // the sender itself, while it is also here, would not get the frame (no echo)
+			from = p // a local member, so the frame reaches every member there
+			break
+		}
+	}
+	if from.IsZero() {
+		return // no one here but the sender, on its way to another forwarder
 	}
 	for slot := 0; slot < maxSSRCs; slot++ {
 		if bits&(1<<slot) == 0 {
@@ -356,12 +361,18 @@ func syncRemoteMedia(cl *call) {
 }
 
 // syncRemoteSenders makes cl.remoteMedia hold exactly the members placed
-// on other forwarders and not here, keeping the ones it had.
+// on other forwarders, keeping the ones it had. That includes a member
+// also served here for a moment: a device moved make-before-break (5.7)
+// sends to its new forwarder before its leave reaches this one (its old
+// path is the slow one), and a device racing its join is placed on several
+// forwarders at once. Its packets that come over the trunk then go to the
+// members here through their pairs, as the trunk reader sends no video of
+// a sender it has no trunkSender for.
 func syncRemoteSenders(cl *call) {
 	old := cl.remoteMedia
 	cl.remoteMedia = nil
 	for k := range cl.remote {
-		if _, local := cl.members[k.participant]; local || cl.remoteMedia[k.participant] != nil {
+		if cl.remoteMedia[k.participant] != nil {
 			continue
 		}
 		if cl.remoteMedia == nil {

@@ -77,7 +77,9 @@ func addCallRoutes(r *routes, c *call, trunks []netip.AddrPort, v6socket, trunkV
 	for id, m := range c.remoteMedia {
 		ts := &trunkSender{media: m, pairs: make([]*pair, len(local))}
 		for i, rx := range local {
-			ts.pairs[i] = rx.pairFor(id)
+			if rx.participant != id { // a member also served here, moving (syncRemoteSenders): no pair to itself
+				ts.pairs[i] = rx.pairFor(id)
+			}
 		}
 		if cr.remote == nil {
 			cr.remote = make(map[protocol.ID]*trunkSender, len(c.remoteMedia))
