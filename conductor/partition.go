@@ -275,17 +275,25 @@ func (p *partition) onLoaded(r loadResult, now time.Time) {
 	// A restored call is decided at once, not at the next tick: after a
 	// takeover this is its first decision from the new holder, and the
 	// checkpoint (saved every CheckpointEvery while members speak) says who
-	// spoke lately. A call decided afresh waits a tick (fresh), so every
-	// forwarder's metadata of it has come.
-	if cs.restored && now.UnixNano() <= p.validUntil.Load() {
+	// spoke lately. But only if that forwards someone: a checkpoint older
+	// than RecentWindow, with only a quiet forwarder's metadata come yet,
+	// would forward nobody, and the forwarders would shut the speaker off
+	// until a later decision (for a whole takeover if this holder dies
+	// first: TestConductorSIGKILLTakeover caught it, 2 s of silence). Such
+	// a call waits a tick like a call decided afresh (fresh), so every
+	// forwarder's metadata of it has come; the forwarders keep the last
+	// decision meanwhile.
+	if cs.restored && now.UnixNano() <= p.validUntil.Load() &&
+		len(cs.det.Recent(now, p.c.cfg.RecentWindow, p.c.cfg.MaxForwarded, p.fwd[:0])) > 0 {
 		p.decideOne(cs, now)
 	}
 }
 
-// fresh: a call decided afresh whose first metadata came less than a
-// decision tick ago; some of its forwarders may not have reported yet.
+// fresh: a call not decided yet (afresh, or restored from a checkpoint
+// that forwards nobody) whose first metadata came less than a decision
+// tick ago; some of its forwarders may not have reported yet.
 func (p *partition) fresh(cs *callState, now time.Time) bool {
-	return !cs.decided && !cs.restored && now.Sub(cs.since) < p.c.cfg.DecideEvery
+	return !cs.decided && now.Sub(cs.since) < p.c.cfg.DecideEvery
 }
 
 // malformed counts and logs a record of the call that did not decode.
