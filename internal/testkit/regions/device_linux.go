@@ -128,27 +128,7 @@ func runDevice(cfg DeviceConfig) int {
 	}()
 	go func() { // forwarder changes, sampled every 5 ms, and RTTs every 20
 		defer wg.Done()
-		tk := time.NewTicker(5 * time.Millisecond)
-		defer tk.Stop()
-		var fwd netip.AddrPort
-		var rtts string
-		for n := 0; ; n++ {
-			if f := s.Forwarder(); f != fwd {
-				fwd = f
-				say("f %s %d", f, time.Now().UnixNano())
-			}
-			if n%4 == 0 {
-				if r := formatRTTs(s.CandidateRTTs()); r != rtts {
-					rtts = r
-					say("t %d%s", time.Now().UnixNano(), r)
-				}
-			}
-			select {
-			case <-stop:
-				return
-			case <-tk.C:
-			}
-		}
+		reportChanges(s, say, stop)
 	}()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM)
@@ -163,6 +143,32 @@ func runDevice(cfg DeviceConfig) int {
 	wg.Wait()
 	say("x")
 	return 0
+}
+
+// reportChanges says each change of s's forwarder (sampled every 5 ms)
+// and of its candidate RTTs (every 20 ms) until stop.
+func reportChanges(s *client.Session, say func(string, ...any), stop <-chan struct{}) {
+	tk := time.NewTicker(5 * time.Millisecond)
+	defer tk.Stop()
+	var fwd netip.AddrPort
+	var rtts string
+	for n := 0; ; n++ {
+		if f := s.Forwarder(); f != fwd {
+			fwd = f
+			say("f %s %d", f, time.Now().UnixNano())
+		}
+		if n%4 == 0 {
+			if r := formatRTTs(s.CandidateRTTs()); r != rtts {
+				rtts = r
+				say("t %d%s", time.Now().UnixNano(), r)
+			}
+		}
+		select {
+		case <-stop:
+			return
+		case <-tk.C:
+		}
+	}
 }
 
 func formatRTTs(m map[netip.AddrPort]time.Duration) string {
