@@ -19,16 +19,8 @@ import (
 // batches (same `at`, rising sequence) are all taken; a batch made over
 // 10 s from the conductor's clock is dropped as skewed.
 func TestReplayedMetadataIsStale(t *testing.T) {
-	nc, err := nats.Connect(testenv.NATS(t).ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	key, err := protocol.NewClusterKey()
-	require.NoError(t, err)
-	store := statestore.NewMemory(statestore.Config{})
-	cfg := Default()
-	cfg.NATS, cfg.Key, cfg.Store, cfg.Leases, cfg.Partitions = nc, key, store, store, 1
-	c, err := New(cfg)
-	require.NoError(t, err)
+	c, key := newOnePartitionConductor(t)
+	cfg := c.cfg
 	p := newPartition(c, 0, 1)
 	start := time.Now()
 	p.setValidUntil(start.Add(time.Hour))
@@ -104,4 +96,22 @@ func TestReplayedMetadataIsStale(t *testing.T) {
 	now = now.Add(21 * time.Second)
 	p.onMetadata(seal("fwd-e", 1, now, alice), now)
 	require.Len(t, p.marks, 1)
+}
+
+// newOnePartitionConductor is a conductor of one partition on a real
+// embedded NATS and an in-memory store, and its cluster key, for tests
+// that drive a partition's methods directly.
+func newOnePartitionConductor(t *testing.T) (*Conductor, protocol.ClusterKey) {
+	t.Helper()
+	nc, err := nats.Connect(testenv.NATS(t).ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	key, err := protocol.NewClusterKey()
+	require.NoError(t, err)
+	store := statestore.NewMemory(statestore.Config{})
+	cfg := Default()
+	cfg.NATS, cfg.Key, cfg.Store, cfg.Leases, cfg.Partitions = nc, key, store, store, 1
+	c, err := New(cfg)
+	require.NoError(t, err)
+	return c, key
 }

@@ -4,10 +4,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/require"
 
-	"github.com/callrelay/callrelay/internal/testkit/testenv"
 	"github.com/callrelay/callrelay/protocol"
 	"github.com/callrelay/callrelay/statestore"
 )
@@ -20,16 +18,7 @@ import (
 // a call waits a decision tick, as a call decided afresh does, and its
 // first decision forwards the speaker whose forwarder reported meanwhile.
 func TestRestoredCheckpointForwardingNobodyWaits(t *testing.T) {
-	nc, err := nats.Connect(testenv.NATS(t).ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	key, err := protocol.NewClusterKey()
-	require.NoError(t, err)
-	store := statestore.NewMemory(statestore.Config{})
-	cfg := Default()
-	cfg.NATS, cfg.Key, cfg.Store, cfg.Leases, cfg.Partitions = nc, key, store, store, 1
-	c, err := New(cfg)
-	require.NoError(t, err)
+	c, key := newOnePartitionConductor(t)
 
 	for _, tc := range []struct {
 		name      string

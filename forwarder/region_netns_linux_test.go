@@ -2,7 +2,6 @@ package forwarder_test
 
 import (
 	"fmt"
-	"math"
 	"net"
 	"net/netip"
 	"testing"
@@ -137,20 +136,20 @@ func TestRegionCallAcrossRegions(t *testing.T) {
 	stopA, stopB := a.Talk(), b.Talk()
 	both := []*regions.CityDevice{a, b}
 	waitHearing(t, both, 25) // the call is set up: placements learned, trunk routes up
-	base := snapshot(both)
-	for a.Sent.Load() < base.sent[0]+250 || b.Sent.Load() < base.sent[1]+250 { // 5 s of audio each way
+	base := regions.HearingOf(both)
+	for a.Sent.Load() < base.Sent[0]+250 || b.Sent.Load() < base.Sent[1]+250 { // 5 s of audio each way
 		time.Sleep(20 * time.Millisecond)
 	}
 	stopA()
 	stopB()
-	worst := checkHeard(t, both, base)
+	worst := regions.CheckHeard(t, both, base)
 	_, ca := a.From(b.SSRC)
 	_, cb := b.From(a.SSRC)
 	require.Zero(t, ca+cb, "corrupt packets")
 	require.Positive(t, eu.F.Stats().TrunkOut)
 	require.Positive(t, za.F.Stats().TrunkIn)
 	t.Logf("across eu-za (60 ms each way): after set-up, %d packets each way, worst direction heard %.2f %%, all byte-exact; trunk RTT eu %v, za %v",
-		a.Sent.Load()-base.sent[0], 100*worst, regionRTT(eu.F, "za"), regionRTT(za.F, "eu"))
+		a.Sent.Load()-base.Sent[0], 100*worst, regionRTT(eu.F, "za"), regionRTT(za.F, "eu"))
 }
 
 // TestRegionSpillOver: eu hosts an ongoing group call of four devices
@@ -187,7 +186,7 @@ func TestRegionSpillOver(t *testing.T) {
 		stops = append(stops, d.Talk())
 	}
 	waitHearing(t, members, 25)
-	base := snapshot(members)
+	base := regions.HearingOf(members)
 
 	newCall := func() (netip.AddrPort, []protocol.JoinResponse, error) {
 		tok, _ := e.Token(t, protocol.NewID(), 8)
@@ -228,16 +227,16 @@ func TestRegionSpillOver(t *testing.T) {
 	require.Equal(t, uint64(1), eu.F.Regions().Spill[forwarder.SpillOutcome("over_budget")])
 	spilled(2)
 
-	for members[0].Sent.Load() < base.sent[0]+150 { // at least 3 s of the ongoing call across the spills
+	for members[0].Sent.Load() < base.Sent[0]+150 { // at least 3 s of the ongoing call across the spills
 		time.Sleep(20 * time.Millisecond)
 	}
 	for _, stop := range stops {
 		stop()
 	}
-	worst := checkHeard(t, members, base)
+	worst := regions.CheckHeard(t, members, base)
 	require.Equal(t, forwarder.ThrottleNewOneToOne, eu.F.Stats().ThrottleLevel)
 	t.Logf("spill-over from eu at level 2 (RTT to uk %v, me %v): new call to uk; uk at 80 ms each way (RTT %v): to me; me too (RTT %v): refused, 508. Referrals %v (same_region spilled below_spill_level over_budget unmeasured no_room). Ongoing call meanwhile: %d packets per member, worst pair heard %.2f %%",
-		rttUK, rttME, regionRTT(eu.F, "uk"), regionRTT(eu.F, "me"), eu.F.Regions().Spill, members[0].Sent.Load()-base.sent[0], 100*worst)
+		rttUK, rttME, regionRTT(eu.F, "uk"), regionRTT(eu.F, "me"), eu.F.Regions().Spill, members[0].Sent.Load()-base.Sent[0], 100*worst)
 }
 
 // TestRegionLossNotChosen: the media path between eu and uk goes dark
@@ -267,7 +266,7 @@ func TestRegionLossNotChosen(t *testing.T) {
 		stops = append(stops, d.Talk())
 	}
 	waitHearing(t, members, 25)
-	base := snapshot(members)
+	base := regions.HearingOf(members)
 	newCall := func() netip.AddrPort {
 		t.Helper()
 		tok, _ := e.Token(t, protocol.NewID(), 8)
@@ -289,13 +288,13 @@ func TestRegionLossNotChosen(t *testing.T) {
 	require.Positive(t, eu.F.Stats().Peering.ByNATS, "uk's heartbeats still arrive over NATS")
 	require.Equal(t, me.F.Addr(), newCall(), "uk is cut off on the media path: me")
 	require.Equal(t, uint64(2), eu.F.Regions().Spill[forwarder.SpillOutcome("spilled")])
-	for members[0].Sent.Load() < base.sent[0]+150 {
+	for members[0].Sent.Load() < base.Sent[0]+150 {
 		time.Sleep(20 * time.Millisecond)
 	}
 	for _, stop := range stops {
 		stop()
 	}
-	worst := checkHeard(t, members, base)
+	worst := regions.CheckHeard(t, members, base)
 	st, err := tp.Router().PathStats("eu", "uk")
 	require.NoError(t, err)
 	t.Logf("eu-uk cut: eu forgot its RTT to uk %v after the cut (2 peer timeouts: 2 s), the next new call went to me; eu->uk packets lost %d; ongoing call worst pair heard %.2f %%",
@@ -329,60 +328,6 @@ func waitHearing(t *testing.T, ds []*regions.CityDevice, n int) {
 		}
 		return nil
 	})
-}
-
-// hearing is what a set of devices had sent and heard at one moment.
-type hearing struct {
-	sent  []int64
-	heard map[[2]uint32]int
-}
-
-func snapshot(ds []*regions.CityDevice) hearing {
-	h := hearing{heard: map[[2]uint32]int{}}
-	for _, a := range ds {
-		h.sent = append(h.sent, a.Sent.Load())
-		for _, b := range ds {
-			h.heard[[2]uint32{a.SSRC, b.SSRC}], _ = a.From(b.SSRC)
-		}
-	}
-	return h
-}
-
-// checkHeard: once the devices stopped talking, each heard, since base, at
-// least 99 % of what each other sent since base (byte for byte; packets in
-// flight at base make up for those in flight at the end), and none was
-// corrupt. It returns the worst share.
-func checkHeard(t *testing.T, ds []*regions.CityDevice, base hearing) float64 {
-	t.Helper()
-	share := func() (float64, error) {
-		worst := 1.0
-		for _, a := range ds {
-			for j, b := range ds {
-				if a == b {
-					continue
-				}
-				n, corrupt := a.From(b.SSRC)
-				if corrupt > 0 {
-					return 0, fmt.Errorf("%d corrupt packets", corrupt)
-				}
-				sent := b.Sent.Load() - base.sent[j]
-				got := float64(n-base.heard[[2]uint32{a.SSRC, b.SSRC}]) / float64(sent)
-				worst = math.Min(worst, got)
-				if got < 0.99 {
-					return worst, fmt.Errorf("%#x heard %.1f %% of the %d packets %#x sent", a.SSRC, 100*got, sent, b.SSRC)
-				}
-			}
-		}
-		return worst, nil
-	}
-	var worst float64
-	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() (err error) { worst, err = share(); return err })
-	// For the figure: what is still in flight (the longest emulated path
-	// here is under 200 ms) arrives within a second.
-	for end := time.Now().Add(time.Second); worst < 1 && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		worst, _ = share()
-	}
-	return worst
 }
 
 // TestRegionEchoBadInput: echoes that are forged (wrong key), replayed,

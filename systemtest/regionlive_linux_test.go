@@ -351,7 +351,7 @@ func TestRegionLiveThrottledRegionAvoided(t *testing.T) {
 		}
 		return nil
 	})
-	base := hearingOf(members)
+	base := regions.HearingOf(members)
 	watch(t, 2*time.Second, func() error {
 		if m := replaced(t, cd); m != 0 || len(a.Moves())+len(j.Moves()) != 0 {
 			return fmt.Errorf("a move before the jump: %v conductor moves; lagos moved %v, joburg %v", m, a.Moves(), j.Moves())
@@ -380,62 +380,14 @@ func TestRegionLiveThrottledRegionAvoided(t *testing.T) {
 	for _, stop := range stops {
 		stop()
 	}
-	heard := heardSince(t, members, base)
+	heard := regions.CheckHeard(t, members, base)
 	level := eu.F.Stats().ThrottleLevel
 	t.Logf("eu at level %v throughout; lagos's za link 15 -> 150 ms each way: moved to uk %v after (RTTs at the move %v), not eu; conductor moves %v (rtt %v; first placements %v), placement runs avoided %v; eu's ongoing call: %d packets per member, worst pair heard %.2f %%",
 		level, took.Round(time.Millisecond), a.RTTs(), replaced(t, cd),
 		metric(t, cd.reg, "callrelay_conductor_placement_moves_total", "rtt"), metric(t, cd.reg, "callrelay_conductor_placement_moves_total", "first"),
 		metric(t, cd.reg, "callrelay_conductor_placements_total", "avoided"),
-		members[0].Sent.Load()-base.sent[0], 100*heard)
+		members[0].Sent.Load()-base.Sent[0], 100*heard)
 	require.GreaterOrEqual(t, level, forwarder.ThrottleNewOneToOne, "eu still throttles")
 	require.Equal(t, za.F.Addr(), j.Forwarder(), "joburg stays")
 	require.Zero(t, eu.F.Stats().Sessions-4, "eu serves only its ongoing call")
-}
-
-// hearing is what a set of city devices had sent and heard at one moment.
-type hearing struct {
-	sent  []int64
-	heard map[[2]uint32]int
-}
-
-func hearingOf(ds []*regions.CityDevice) hearing {
-	h := hearing{heard: map[[2]uint32]int{}}
-	for _, a := range ds {
-		h.sent = append(h.sent, a.Sent.Load())
-		for _, b := range ds {
-			h.heard[[2]uint32{a.SSRC, b.SSRC}], _ = a.From(b.SSRC)
-		}
-	}
-	return h
-}
-
-// heardSince: once the devices stopped talking, each heard, since base,
-// at least 99 % of what each other sent since (byte for byte; packets in
-// flight at base make up for those in flight at the end), none corrupt.
-// It returns the worst share.
-func heardSince(t *testing.T, ds []*regions.CityDevice, base hearing) float64 {
-	t.Helper()
-	var worst float64
-	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
-		worst = 1
-		for _, a := range ds {
-			for j, b := range ds {
-				if a == b {
-					continue
-				}
-				n, corrupt := a.From(b.SSRC)
-				if corrupt > 0 {
-					return fmt.Errorf("%d corrupt packets", corrupt)
-				}
-				sent := b.Sent.Load() - base.sent[j]
-				got := float64(n-base.heard[[2]uint32{a.SSRC, b.SSRC}]) / float64(sent)
-				worst = min(worst, got)
-				if got < 0.99 {
-					return fmt.Errorf("%#x heard %.1f %% of the %d packets %#x sent", a.SSRC, 100*got, sent, b.SSRC)
-				}
-			}
-		}
-		return nil
-	})
-	return worst
 }
