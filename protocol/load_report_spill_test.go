@@ -2,8 +2,6 @@ package protocol
 
 import (
 	"bytes"
-	"encoding/hex"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -183,20 +181,5 @@ func spillFuzzSeeds(k ClusterKey) map[string][]byte {
 // The wire spec's spill-over example (README 7.6) is loadSpillGolden, byte
 // for byte.
 func TestLoadReportSpillReadmeExample(t *testing.T) {
-	b, err := os.ReadFile("README.md")
-	require.NoError(t, err)
-	_, block, ok := strings.Cut(string(b), "```hex example:load-spill\n")
-	require.True(t, ok, "README has no load-spill example")
-	block, _, ok = strings.Cut(block, "```")
-	require.True(t, ok)
-	var got []byte
-	for _, line := range strings.Split(block, "\n") {
-		data, _, _ := strings.Cut(line, "  ")
-		for _, h := range strings.Fields(data) {
-			v, err := hex.DecodeString(h)
-			require.NoError(t, err, "line %q", line)
-			got = append(got, v...)
-		}
-	}
-	require.Equal(t, loadSpillGolden.wire, got)
+	require.Equal(t, loadSpillGolden.wire, readmeHexExample(t, "load-spill"))
 }
