@@ -83,6 +83,7 @@ type call struct {
 	stateErr    bool // a store error was logged for this call
 	decision    callDecision
 	remoteMedia map[protocol.ID]*mediaInfo // remote members' packets seen over the trunk
+	tracks      map[protocol.ID]*moveTrack // each sender's audio by whichever path it comes (sender_moves.go)
 
 	// Who serves the call, as notices say, and whether this forwarder
 	// asked (notices.go).
@@ -447,6 +448,7 @@ func (c *control) publish(now time.Time) {
 			delete(r.byCall, id)
 			if cl := c.calls[id]; cl != nil {
 				syncRemoteMedia(cl)
+				syncMoveTracks(cl)
 				addCallRoutes(r, cl, c.trunksOf(cl), f.v6, f.trunkV6)
 			}
 			delete(c.dirtyCalls, id)

@@ -96,6 +96,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	describeResume(ch)
 	describeStream(ch)
 	describeNotices(ch)
+	describeSenderMoves(ch)
 	ch <- mLapses
 	ch <- mLapsed
 }
@@ -131,6 +132,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- c.f.storeLatency.metric(mStoreLatency)
 	ch <- c.f.natsRTT.metric(mNATSRTT)
 	collectLoad(ch, &s)
+	collectSenderMoves(ch, &c.f.moves)
 }
 
 func constCounter(ch chan<- prometheus.Metric, d *prometheus.Desc, v uint64, labels ...string) {

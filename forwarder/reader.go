@@ -171,6 +171,7 @@ func (r *reader) rtp(rte *route, m *mediaInfo, b []byte) {
 			return
 		}
 		m.keep(&r.cw, b, &r.hdr, nowNS)
+		m.move.note(pathDirect, r.hdr.SequenceNumber, nowNS, &r.f.moves)
 		r.fanOut(rte, b)
 		return
 	}

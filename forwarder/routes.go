@@ -119,6 +119,7 @@ func addCallRoutes(r *routes, c *call, trunks []netip.AddrPort, v6socket, trunkV
 func buildRoutes(calls map[protocol.ID]*call, v6socket bool) *routes {
 	r := &routes{bySrc: make(map[netip.AddrPort]*route), byCall: make(map[protocol.ID]*callRoute)}
 	for _, c := range calls {
+		syncMoveTracks(c)
 		addCallRoutes(r, c, nil, v6socket, false)
 	}
 	return r

@@ -344,6 +344,9 @@ type mediaInfo struct {
 	police ingress
 	// held counts its RTP packets an operator held (admin.go).
 	held atomic.Uint64
+	// move follows its forwarded audio across the paths it comes by
+	// (sender_moves.go); set before the first routes that name it.
+	move *moveTrack
 }
 
 const maxSSRCs = 8

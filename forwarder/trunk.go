@@ -107,6 +107,7 @@ func (t *trunkReader) video(cr *callRoute, ts *trunkSender, payload []byte) bool
 	slot := m.note(t.rtp.SSRC)
 	m.keep(&t.cw, payload, &t.rtp, t.nowNS)
 	if audio {
+		m.move.note(trunkPath(t.hdr.Origin), t.rtp.SequenceNumber, t.nowNS, &t.f.moves)
 		return false
 	}
 	vf, has := t.rtp.VideoFrame(t.f.adapt.videoID)

@@ -1,0 +1,218 @@
+package forwarder
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callrelay/callrelay/protocol"
+)
+
+// Sender moves, as the listeners' forwarder hears them.
+//
+// A member moved to another forwarder (the conductor's placement move, an
+// operator's, a drain's MigrateTo, a failover) changes where its packets
+// come from on every forwarder that serves some of its listeners: from its
+// own session here to a trunk, from a trunk to its session here, or from
+// one forwarder's trunk to another's. That is where the move's media gap
+// is felt, so that is where it is measured: for each sender, the audio
+// forwarded to this forwarder's members is followed through one word,
+// whichever path carries it. When a packet newer than any before it comes
+// by another path than the last, the move is counted, and the time since
+// the last packet that advanced the sender's audio is its gap: what the
+// listeners here missed, the new path's head start included (a
+// make-before-break move whose old path was slow has none, and then the
+// packets still in flight on the old path are counted as skipped, whether
+// or not they arrive later).
+//
+// The gap is media time the listeners did not hear, and so includes what
+// the sender or the audio gate did not send: a move of a member who had
+// been quiet for over moveQuietMS is counted but its gap is not measured.
+// A path that wins back within moveFlapMS of the last change is a flap
+// (a device briefly sending on two forwarders, the old path's packets
+// overtaking again), counted apart and not as a move.
+//
+// The per-packet cost is one atomic load, and one compare-and-swap when
+// the packet advances the audio: no allocation, no lock. Two readers
+// write the word only around a move (the member's session and the trunk
+// from its new forwarder); a lost compare-and-swap skips one packet's
+// note, never a move twice.
+type moveTrack struct {
+	// last is the packet that last advanced the sender's audio:
+	// ms (32 bits, wrapping) << 32 | sequence number << 16 | path.
+	last atomic.Uint64
+	// since is when the path in last became the sender's, in ms.
+	since atomic.Uint32
+}
+
+// A path is pathDirect (the member's session here) or a trunk, named by
+// its origin forwarder's tag with pathTrunk set (15 bits of the tag: two
+// forwarders of one call alike in them, 1 in 32,768, would hide a move
+// between them).
+const (
+	pathDirect uint16 = 1
+	pathTrunk  uint16 = 0x8000
+)
+
+func trunkPath(origin uint64) uint16 { return pathTrunk | uint16(origin&0x7fff) }
+
+const (
+	moveQuietMS = 2000 // a sender unheard this long was quiet: its move's gap is not measured
+	moveFlapMS  = 500  // a path change within this of the last is a flap
+	moveStaleMS = 1000 // nothing newer this long: take any sequence number (a new SSRC, a restart)
+)
+
+// note follows one forwarded audio packet of the sender, with sequence
+// number seq, received at nowNS by path.
+func (t *moveTrack) note(path, seq uint16, nowNS int64, st *moveStats) {
+	if t == nil {
+		return // a fixture's session, made without the control goroutine
+	}
+	old := t.last.Load()
+	ms := uint32(nowNS / int64(time.Millisecond)) //nolint:gosec // wraps every 49 days; only differences are used
+	oldMS, oldSeq, oldPath := uint32(old>>32), uint16(old>>16), uint16(old)
+	stale := ms-oldMS > moveStaleMS
+	if old != 0 && !stale && int16(seq-oldSeq) <= 0 {
+		return // a duplicate, or a straggler on a slower path
+	}
+	if !t.last.CompareAndSwap(old, uint64(ms)<<32|uint64(seq)<<16|uint64(path)) {
+		return
+	}
+	if old == 0 || oldPath == path {
+		return
+	}
+	since := t.since.Swap(ms)
+	if ms-since < moveFlapMS {
+		st.flaps.Add(1)
+		return
+	}
+	st.record(oldPath, path, ms-oldMS, seq-oldSeq-1)
+}
+
+// moveStats counts the moves this forwarder heard.
+type moveStats struct {
+	moves   [numMovePaths]atomic.Uint64
+	flaps   atomic.Uint64
+	quiet   atomic.Uint64
+	skipped atomic.Uint64
+	gap     latencyHistogram
+	lastMS  atomic.Uint32 // the last measured gap
+	maxMS   atomic.Uint32 // the longest
+}
+
+// Which way a sender moved, as the listeners' forwarder sees it.
+const (
+	MoveDirectToTrunk = iota // the member left this forwarder for another
+	MoveTrunkToDirect        // the member came here from another
+	MoveTrunkToTrunk         // the member went from one other forwarder to a third
+	numMovePaths
+)
+
+var movePathNames = [numMovePaths]string{"direct_to_trunk", "trunk_to_direct", "trunk_to_trunk"}
+
+func (s *moveStats) record(from, to uint16, gapMS uint32, skipped uint16) {
+	k := MoveTrunkToTrunk
+	switch {
+	case from == pathDirect:
+		k = MoveDirectToTrunk
+	case to == pathDirect:
+		k = MoveTrunkToDirect
+	}
+	s.moves[k].Add(1)
+	if gapMS > moveQuietMS {
+		s.quiet.Add(1)
+		return
+	}
+	s.skipped.Add(uint64(skipped))
+	s.gap.observe(time.Duration(gapMS) * time.Millisecond)
+	s.lastMS.Store(gapMS)
+	for m := s.maxMS.Load(); gapMS > m && !s.maxMS.CompareAndSwap(m, gapMS); m = s.maxMS.Load() {
+	}
+}
+
+// SenderMoveStats is what the forwarder measured of its senders' moves.
+type SenderMoveStats struct {
+	Moves   [numMovePaths]uint64 // by MoveDirectToTrunk, MoveTrunkToDirect, MoveTrunkToTrunk
+	Flaps   uint64               // path changes within moveFlapMS of the last: not moves
+	Quiet   uint64               // moves of senders quiet for over moveQuietMS: no gap measured
+	Skipped uint64               // audio packets still owed by the old path when the new one's first came
+	// Measured counts the moves whose gap was measured (1 ms resolution):
+	// their sum, the last one and the longest.
+	Measured                uint64
+	GapSum, LastGap, MaxGap time.Duration
+}
+
+// SenderMoves returns the sender moves heard here so far.
+func (f *Forwarder) SenderMoves() SenderMoveStats {
+	s := &f.moves
+	var out SenderMoveStats
+	for i := range out.Moves {
+		out.Moves[i] = s.moves[i].Load()
+	}
+	out.Flaps, out.Quiet, out.Skipped = s.flaps.Load(), s.quiet.Load(), s.skipped.Load()
+	out.Measured, _ = s.gap.totals()
+	out.GapSum = time.Duration(s.gap.sumNS.Load())
+	out.LastGap = time.Duration(s.lastMS.Load()) * time.Millisecond
+	out.MaxGap = time.Duration(s.maxMS.Load()) * time.Millisecond
+	return out
+}
+
+// syncMoveTracks gives every sender of the call, here or remote, one
+// track shared by all the paths its packets come by, and forgets the
+// tracks of senders that are neither. Control goroutine, before the
+// call's routes are published: a mediaInfo's track is set once, before
+// any reader can see it.
+func syncMoveTracks(cl *call) {
+	for id := range cl.tracks {
+		if cl.members[id] == nil && cl.remoteMedia[id] == nil {
+			delete(cl.tracks, id)
+		}
+	}
+	for id, s := range cl.members {
+		attachTrack(cl, id, s.media)
+	}
+	for id, m := range cl.remoteMedia {
+		attachTrack(cl, id, m)
+	}
+}
+
+func attachTrack(cl *call, id protocol.ID, m *mediaInfo) {
+	if m.move != nil {
+		return
+	}
+	t := cl.tracks[id]
+	if t == nil {
+		if cl.tracks == nil {
+			cl.tracks = make(map[protocol.ID]*moveTrack)
+		}
+		t = new(moveTrack)
+		cl.tracks[id] = t
+	}
+	m.move = t
+}
+
+var (
+	mSenderMoves = prometheus.NewDesc("callrelay_forwarder_sender_moves_total",
+		"Members whose audio came here by another path than before (a move to, from or between other forwarders), as heard by the members here, by path: direct_to_trunk, trunk_to_direct, trunk_to_trunk.", []string{"path"}, nil)
+	mSenderMoveGap = prometheus.NewDesc("callrelay_forwarder_sender_move_gap_seconds",
+		"Per move, the time from the sender's last audio packet by the old path to its first by the new one, as the members here heard it (moves of senders quiet for over 2 s are not measured).", nil, nil)
+	mSenderMoveMisc = prometheus.NewDesc("callrelay_forwarder_sender_move_events_total",
+		"Around sender moves: quiet (a move of a sender unheard for over 2 s: no gap measured), flap (a path change within 500 ms of the last: not a move), skipped_packets (audio packets the old path still owed when the new one's first came).", []string{"event"}, nil)
+)
+
+func describeSenderMoves(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{mSenderMoves, mSenderMoveGap, mSenderMoveMisc} {
+		ch <- d
+	}
+}
+
+func collectSenderMoves(ch chan<- prometheus.Metric, s *moveStats) {
+	for i := range s.moves {
+		ch <- prometheus.MustNewConstMetric(mSenderMoves, prometheus.CounterValue, float64(s.moves[i].Load()), movePathNames[i])
+	}
+	ch <- s.gap.metric(mSenderMoveGap)
+	constCounter(ch, mSenderMoveMisc, s.quiet.Load(), "quiet")
+	constCounter(ch, mSenderMoveMisc, s.flaps.Load(), "flap")
+	constCounter(ch, mSenderMoveMisc, s.skipped.Load(), "skipped_packets")
+}
