@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/callrelay/callrelay/client"
-	"github.com/callrelay/callrelay/internal/mmsg"
 	"github.com/callrelay/callrelay/protocol"
 )
 
@@ -21,9 +20,10 @@ import (
 // every device and drives their 20 ms frames, keepalives, join
 // retransmissions and call ends from a timer wheel (fast_wheel.go),
 // writing in batches (sendmmsg); one reader goroutine per socket reads in
-// batches (recvmmsg) and measures (fast_recv.go). Devices join with real
-// signed tokens and the STUN join of the wire spec, address check
-// included (fast_join.go). Most devices send copies of frames sealed once
+// batches (recvmmsg) and measures (fast_recv.go); Fast.IO "packet" moves
+// the same datagrams as raw frames on an AF_PACKET socket instead
+// (fast_io.go). Devices join with real signed tokens and the STUN join of
+// the wire spec, address check included (fast_join.go). Most devices send copies of frames sealed once
 // with the send time written into the (opaque) payload; the members of
 // every Fast.ProbeEvery-th call are probes, running the client library's
 // SRTP on every frame, whose receivers decrypt and check every byte; a
@@ -60,7 +60,7 @@ func (f Fast) withDefaults() Fast {
 	if f.BaselinePairs == 0 {
 		f.BaselinePairs = 4
 	}
-	return f
+	return f.packetDefaults()
 }
 
 // validateFast says what of p the fast engine cannot run.
@@ -78,6 +78,9 @@ func validateFast(p *Plan) error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("fast.target %q: want %s, %s or %s", f.Target, TargetForwarder, TargetReflector, TargetTURN))
+	}
+	if err := validateIO(f); err != nil {
+		errs = append(errs, err)
 	}
 	if f.Sockets < 1 || f.Sockets > 64 {
 		errs = append(errs, fmt.Errorf("fast.sockets %d: want 1..64", f.Sockets))
@@ -214,7 +217,8 @@ type fastEngine struct {
 	p     Plan
 	f     Fast
 	epoch time.Time
-	socks []*mmsg.Conn
+	socks []fastConn
+	addrs addrRange // the devices' addresses (fast_addr.go)
 	rds   []*fastReader
 
 	devs  []*fastDev  // scheduler only

@@ -2,8 +2,6 @@ package loadtest
 
 import (
 	"context"
-	"fmt"
-	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -16,18 +14,8 @@ func newFastEngine(r *runner) (*fastEngine, error) {
 	e := &fastEngine{r: r, p: r.p, f: r.p.Fast, epoch: time.Now(), wheel: newWheel(1024),
 		add: make(chan *callSpec, 1024), readyAt: make([]atomic.Int64, deviceBound(r.p)), ctl: make(chan ctlMsg, 16384), loopDone: make(chan struct{}), settled: -1,
 		turnSem: make(chan struct{}, turnSetups), turnCh: make(chan turnResult, turnSetups)}
-	for range e.f.Sockets {
-		// Bound to a port on every address: the devices' addresses are
-		// all of 127.0.0.0/8; the readers drop what is for none of them.
-		c, err := mmsg.Open(netip.MustParseAddrPort("0.0.0.0:0"), mmsg.Options{PktInfo: true, Buffer: 8 << 20,
-			ReuseAddr:    e.f.Target == TargetTURN, // TURN setups bind each device's address to the same port
-			DontFragment: true,                     // no hashed IP ID per datagram
-			RxTime:       true})                    // arrival times are the kernel's (fast_recv.go)
-		if err != nil {
-			e.closeSockets()
-			return nil, fmt.Errorf("loadtest: fast engine: %w", err)
-		}
-		e.socks = append(e.socks, c)
+	if err := e.openConns(); err != nil {
+		return nil, err
 	}
 	if e.f.selective() {
 		for range e.socks {
@@ -55,6 +43,7 @@ func (e *fastEngine) closeSockets() {
 	for _, c := range e.socks {
 		_ = c.Close()
 	}
+	e.socks = nil
 }
 
 // submit hands a call to the scheduler; false when MaxConcurrentCalls are
@@ -188,7 +177,7 @@ func (e *fastEngine) flush() {
 	}
 }
 
-func (e *fastEngine) flushOne(c *mmsg.Conn) {
+func (e *fastEngine) flushOne(c fastConn) {
 	if _, failed := c.Flush(); failed > 0 {
 		e.sendFail.Add(uint64(failed))
 	}

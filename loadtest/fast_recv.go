@@ -10,7 +10,6 @@ import (
 	"github.com/pion/rtp"
 
 	"github.com/callrelay/callrelay/client"
-	"github.com/callrelay/callrelay/internal/mmsg"
 	"github.com/callrelay/callrelay/internal/reflector"
 )
 
@@ -24,7 +23,7 @@ type probeRecv struct {
 // and by the harvest.
 type fastReader struct {
 	e    *fastEngine
-	c    *mmsg.Conn
+	c    fastConn
 	sock int
 	buf  []byte
 	hdr  rtp.Header

@@ -160,7 +160,7 @@ func (e *fastEngine) sendFrame(d *fastDev, now time.Time) {
 		d.seq++
 	}
 	if e.muted(d) && !d.direct {
-		e.queueFrom(d, pkt, muteAddr)
+		e.queueFrom(d, pkt, e.addrs.mute())
 	} else {
 		e.queue(d, pkt)
 	}

@@ -195,6 +195,11 @@ type Fast struct {
 	// many layers (1..3), one packet per layer per 20 ms, and receivers
 	// get the lowest layer (fast_video.go).
 	VideoLayers int `json:"video_layers,omitempty" yaml:"video_layers,omitempty"`
+	// IO is how the generator moves frames: "socket" (the default: UDP
+	// sockets over 127.0.0.0/8) or "packet" (raw frames on an AF_PACKET
+	// socket on a veth pair, configured by Packet): fast_io.go.
+	IO     string   `json:"io,omitempty" yaml:"io,omitempty"`
+	Packet PacketIO `json:"packet,omitzero" yaml:"packet,omitempty"`
 	// TURN is the credential of Target "turn" (fast_turn.go), from the
 	// loadtest command's flags; never written out.
 	TURN TURNAuth `json:"-" yaml:"-"`

@@ -440,6 +440,7 @@ type GeneratorHealth struct {
 	// CPUPerPacketUs its inverse in microseconds: what the generator
 	// itself costs per packet.
 	Engine              string  `json:"engine,omitempty"`
+	FastIO              string  `json:"fast_io,omitempty"` // the fast engine's Fast.IO
 	PacketsPerCPUSecond float64 `json:"packets_per_cpu_second,omitempty"`
 	CPUPerPacketUs      float64 `json:"cpu_per_packet_us,omitempty"`
 	// ReceiveLagMs (fast engine) is how long after the kernel queued a

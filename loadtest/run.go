@@ -422,6 +422,9 @@ func (r *runner) finish(res *Result) {
 	g.LateTicks = r.lateN.Load()
 	g.MediaDropped = r.mediaDropped.Load()
 	g.Engine = r.p.Engine
+	if g.Engine == EngineFast {
+		g.FastIO = r.p.Fast.IO
+	}
 	generatorCost(g, res)
 	g.assess()
 	res.Verdict = verdictOf(res.Totals.All, r.p.Targets)

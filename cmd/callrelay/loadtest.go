@@ -36,6 +36,7 @@ type loadtestOptions struct {
 	processes                                 processFlag
 	chaosDown, chaosUp                        hookFlag
 	engine, fastTarget                        string
+	fastIO                                    packetFlags
 	turnUser, turnPassword, relayPIDsMore     string
 	fastSockets, probeEvery, relayPID         int
 	relayAddedP99                             time.Duration
@@ -78,6 +79,7 @@ func loadtestFlags(fs *flag.FlagSet) *loadtestOptions {
 	fs.StringVar(&o.turnUser, "turn-user", "", "fast engine, --fast-target turn: the TURN server's long-term credential user")
 	fs.StringVar(&o.turnPassword, "turn-password", "", "fast engine, --fast-target turn: that user's password (better given in the environment)")
 	fs.IntVar(&o.fastSockets, "fast-sockets", 0, "fast engine: sockets (and reader goroutines) the devices share (0: the plan's, else 2)")
+	o.fastIO.add(fs)
 	fs.IntVar(&o.probeEvery, "probe-every", 0, "fast engine: every Nth call is a probe call with full SRTP and byte checks (0: the plan's, else 20)")
 	fs.IntVar(&o.relayPID, "relay-pid", 0, "pid of the relay process on this host whose CPU (/proc/<pid>/stat) is recorded per second and per ramp step (0: none)")
 	fs.StringVar(&o.relayPIDsMore, "relay-pids-more", "", "comma-separated pids of further relay processes whose CPU adds to --relay-pid's (the second forwarder of calls spanning two over the trunk)")
@@ -333,6 +335,38 @@ func streamAddrs(flag, v string, n int) ([]netip.AddrPort, error) {
 	return out, nil
 }
 
+// packetFlags pick the fast engine's frame I/O (loadtest.Fast.IO).
+type packetFlags struct {
+	io  string
+	pkt loadtest.PacketIO
+}
+
+func (f *packetFlags) add(fs *flag.FlagSet) {
+	fs.StringVar(&f.io, "fast-io", "", "fast engine: socket (UDP sockets over 127.0.0.0/8) or packet (raw frames on an AF_PACKET socket on a veth pair: --fast-iface, --fast-netns; root); default: the plan's, else socket")
+	fs.StringVar(&f.pkt.NetNS, "fast-netns", "", "fast engine, --fast-io packet: network namespace of --fast-iface (ip netns name or path; empty: this one's)")
+	fs.StringVar(&f.pkt.Iface, "fast-iface", "", "fast engine, --fast-io packet: the generator's end of the veth pair")
+	fs.StringVar(&f.pkt.Gateway, "fast-gateway", "", "fast engine, --fast-io packet: MAC of the relay's end (empty: the MAC of the interface here holding the first forwarder's address)")
+	fs.StringVar(&f.pkt.Devices, "fast-devices", "", "fast engine, --fast-io packet: prefix of the devices' addresses, routed to the generator's end (empty: the plan's, else 198.18.0.0/15)")
+}
+
+func (f *packetFlags) apply(p *loadtest.Fast) {
+	if f.io != "" {
+		p.IO = f.io
+	}
+	if f.pkt.NetNS != "" {
+		p.Packet.NetNS = f.pkt.NetNS
+	}
+	if f.pkt.Iface != "" {
+		p.Packet.Iface = f.pkt.Iface
+	}
+	if f.pkt.Gateway != "" {
+		p.Packet.Gateway = f.pkt.Gateway
+	}
+	if f.pkt.Devices != "" {
+		p.Packet.Devices = f.pkt.Devices
+	}
+}
+
 // applyFast lets the fast engine's flags override the plan.
 func (o *loadtestOptions) applyFast(p *loadtest.Plan) error {
 	if o.engine != "" {
@@ -350,6 +384,7 @@ func (o *loadtestOptions) applyFast(p *loadtest.Plan) error {
 	if o.probeEvery > 0 {
 		p.Fast.ProbeEvery = o.probeEvery
 	}
+	o.fastIO.apply(&p.Fast)
 	if o.relayPID > 0 {
 		p.RelayPID = o.relayPID
 	}
