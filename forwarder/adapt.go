@@ -229,14 +229,32 @@ func (c *control) feedbackTick(now time.Time) {
 	}
 }
 
+// ensureCache gives a sender whose packets a reader stores (cacheFor) a
+// cache written by that reader: a small one while the sender has sent no
+// video (nackAudioBytes: most senders at the knee are voices, and a full
+// cache per voice costs cold lines, page faults and zeroing), the full one
+// (Adapt.NackCacheBytes) from the tick after its first video packet. The
+// small one it replaces still answers NACKs for what it holds (cachePrev):
+// the first video packets, a key frame's, were stored there.
 func (c *control) ensureCache(m *mediaInfo) {
 	w := m.cacheFor.Load()
 	if w == nil {
 		return
 	}
-	if old := m.cache.Load(); old == nil || old.writer != w {
+	video := m.video.lastNS.Load() != 0
+	old := m.cache.Load()
+	switch {
+	case old != nil && old.writer == w && (old.full || !video):
+		return
+	case video:
 		m.cache.Store(newNackCache(c.f.cfg.Adapt.NackCacheBytes, w))
+	default:
+		m.cache.Store(newAudioNackCache(c.f.cfg.Adapt.NackCacheBytes, w))
 	}
+	if old != nil && old.writer != w {
+		old = nil // a flow moved to another reader: its old packets are not answered
+	}
+	m.cachePrev.Store(old)
 }
 
 func (c *control) senderTick(cl *call, s *session, now time.Time) {

@@ -140,18 +140,18 @@ func (r *reader) nack(rte *route, w *protocol.RTCPWalker, src netip.AddrPort) {
 		return
 	}
 	m, slot, sender := senderOf(rte.cr, rte.media, w.MediaSSRC())
-	var cache *nackCache
+	var cache [2]*nackCache // the sender's cache, and the audio cache it replaced
 	if m != nil && forwardedTo(rte, m, slot, sender) {
-		cache = m.cache.Load()
+		cache = [2]*nackCache{m.cache.Load(), m.cachePrev.Load()}
 	}
 	nowNS := r.now()
 	ssrc := w.MediaSSRC()
 	for i := 0; i < w.NackPairs(); i++ {
 		pid, blp := w.NackPair(i)
-		r.resend(rte, cache, ssrc, pid, src, nowNS)
+		r.resend(rte, &cache, ssrc, pid, src, nowNS)
 		for bit := uint16(0); bit < 16; bit++ {
 			if blp&(1<<bit) != 0 {
-				r.resend(rte, cache, ssrc, pid+bit+1, src, nowNS)
+				r.resend(rte, &cache, ssrc, pid+bit+1, src, nowNS)
 			}
 		}
 	}
@@ -169,8 +169,9 @@ func forwardedTo(rte *route, m *mediaInfo, slot int, sender protocol.ID) bool {
 	return p != nil && p.cur.Load() == v
 }
 
-func (r *reader) resend(rte *route, cache *nackCache, ssrc uint32, seq uint16, src netip.AddrPort, nowNS int64) {
+func (r *reader) resend(rte *route, caches *[2]*nackCache, ssrc uint32, seq uint16, src netip.AddrPort, nowNS int64) {
 	r.nacked++
+	cache := caches[0]
 	if cache == nil {
 		r.nackOut[nackMiss]++
 		return
@@ -185,6 +186,9 @@ func (r *reader) resend(rte *route, cache *nackCache, ssrc uint32, seq uint16, s
 	}
 	buf := r.rtxBufs[r.rn][:]
 	n, out := cache.resend(buf, ssrc, seq, nowNS, leg, r.f.adapt.nackShareQ10)
+	if prev := caches[1]; out == nackMiss && prev != nil {
+		n, out = prev.resend(buf, ssrc, seq, nowNS, leg, r.f.adapt.nackShareQ10)
+	}
 	r.nackOut[out]++
 	if out != nackSent {
 		return

@@ -32,6 +32,8 @@ import (
 type nackCache struct {
 	writer *cacheWriter // the only goroutine that stores packets here
 	arena  []byte
+	mask   uint64 // entries per stream - 1
+	full   bool   // the full size (Adapt.NackCacheBytes), not an audio sender's
 
 	// The writer's own: plain fields.
 	end  uint64 // absolute arena position after the last packet written
@@ -53,6 +55,12 @@ const (
 	nackIndex      = 1024 // packets indexed per stream (a power of two)
 	nackMaxResends = 3    // resends of one packet to one receiver
 
+	// An audio sender's cache, until it sends video: 64 KiB hold ~450
+	// packets of a 32 kbit/s voice (~9 s; 1 s at 510 kbit/s), indexed 512
+	// per stream. 80 KiB in all against 544 KiB.
+	nackAudioBytes = 64 << 10
+	nackAudioIndex = 512
+
 	nackAlign   = 16        // packets start at multiples of this in the arena
 	nackPosBits = 37        // an entry's position, in nackAlign units, modulo 2^37 (2 TiB)
 	nackMaxLen  = 1<<11 - 1 // an entry's length field: 11 bits
@@ -64,14 +72,33 @@ const (
 // empty.
 type nackStream struct {
 	id      atomic.Uint64
-	entries [nackIndex]atomic.Uint64
+	entries []atomic.Uint64 // a power of two: mask+1
 }
 
-// newNackCache makes a cache with an arena of size bytes, written by w
+// newNackCache makes a full cache with an arena of size bytes, written by w
 // alone.
 func newNackCache(size int, w *cacheWriter) *nackCache {
+	c := newNackCacheSized(size, nackIndex, w)
+	c.full = true
+	return c
+}
+
+// newAudioNackCache makes the smaller cache of a sender that has sent no
+// video yet (control.ensureCache), at most size bytes.
+func newAudioNackCache(size int, w *cacheWriter) *nackCache {
+	return newNackCacheSized(min(size, nackAudioBytes), nackAudioIndex, w)
+}
+
+// newNackCacheSized makes a cache with an arena of size bytes and index
+// entries per stream (a power of two).
+func newNackCacheSized(size, index int, w *cacheWriter) *nackCache {
 	size &^= nackAlign - 1
-	return &nackCache{writer: w, arena: make([]byte, size)}
+	c := &nackCache{writer: w, arena: make([]byte, size), mask: uint64(index - 1)}
+	all := make([]atomic.Uint64, nackStreams*index)
+	for i := range c.streams {
+		c.streams[i].entries = all[i*index : (i+1)*index : (i+1)*index]
+	}
+	return c
 }
 
 // stream finds the index of ssrc, or takes a free (or the stalest) slot for
@@ -119,7 +146,7 @@ func (c *nackCache) put(b []byte, ssrc uint32, seq uint16, nowNS int64) {
 	}
 	copy(c.arena[pos%size:], b)
 	c.end = pos + n
-	c.streams[i].entries[seq&(nackIndex-1)].Store((pos/nackAlign&nackPosMask)<<27 | n<<16 | uint64(seq))
+	c.streams[i].entries[uint64(seq)&c.mask].Store((pos/nackAlign&nackPosMask)<<27 | n<<16 | uint64(seq))
 }
 
 // resend copies the cached packet (ssrc, seq) into dst if it is still held
@@ -139,7 +166,7 @@ func (c *nackCache) resend(dst []byte, ssrc uint32, seq uint16, nowNS int64, leg
 	if s == nil {
 		return 0, nackMiss
 	}
-	e := s.entries[seq&(nackIndex-1)].Load()
+	e := s.entries[uint64(seq)&c.mask].Load()
 	n := int(e >> 16 & nackMaxLen)
 	if e == 0 || uint16(e) != seq || n > len(dst) {
 		return 0, nackMiss
@@ -151,7 +178,7 @@ func (c *nackCache) resend(dst []byte, ssrc uint32, seq uint16, nowNS int64, leg
 	}
 	copyRacy(dst[:n], c.arena[pos%size:pos%size+uint64(n)])
 	c.fence.Add(1) // the copy above is done before the checks below
-	if s.entries[seq&(nackIndex-1)].Load() != e || s.id.Load() != id {
+	if s.entries[uint64(seq)&c.mask].Load() != e || s.id.Load() != id {
 		return 0, nackMiss // the stream was recycled, or the entry rewritten
 	}
 	if _, ok := c.entryPos(e, size); !ok {

@@ -196,3 +196,89 @@ func (c *nackCache) has(ssrc uint32) bool {
 	}
 	return false
 }
+
+// TestNackCacheGrowsAtVideo: a sender's cache is the small audio one until
+// it sends video, then the full one from the next tick; NACKs for what the
+// small one stored (its voice, the first video packets) are still answered,
+// byte-exact, and a flow moved to another reader starts afresh.
+func TestNackCacheGrowsAtVideo(t *testing.T) {
+	r, rt, src, _ := hotPathFixture(t)
+	r.f.adapt.nackShareQ10 = 1 << 20 // this receiver was sent little: its share is not what is tested
+	c := &control{f: r.f}
+	m := rt.bySrc[src].media
+	var rx netip.AddrPort
+	for a := range rt.bySrc {
+		if a != src {
+			rx = a
+			break
+		}
+	}
+	send := func(pkt []byte, seq uint16) {
+		binary.BigEndian.PutUint16(pkt[2:], seq)
+		r.handle(rt, pkt, src, 0)
+		r.flush()
+		r.batchNow = 0
+	}
+	audio := append([]byte(nil), audioPacket...)
+	send(audio, 1)
+	c.ensureCache(m)
+	small := m.cache.Load()
+	require.NotNil(t, small)
+	require.False(t, small.full)
+	require.Len(t, small.arena, nackAudioBytes)
+	require.Len(t, small.streams[0].entries, nackAudioIndex)
+	for seq := uint16(2); seq <= 10; seq++ {
+		send(audio, seq)
+	}
+	c.ensureCache(m)
+	require.Same(t, small, m.cache.Load(), "no video: the audio cache stays")
+
+	video := videoPacket(0xcafe, 0, protocol.VideoFrame{Key: true, Start: true, Layers: 1})
+	send(video, 500) // stored in the audio cache, before the tick
+	c.ensureCache(m)
+	full := m.cache.Load()
+	require.True(t, full.full)
+	require.Len(t, full.arena, DefaultAdapt().NackCacheBytes)
+	require.Len(t, full.streams[0].entries, nackIndex)
+	require.Same(t, small, m.cachePrev.Load())
+	send(video, 501) // stored in the full cache
+	c.ensureCache(m)
+	require.Same(t, full, m.cache.Load(), "the full cache stays")
+
+	nack := func(ssrc uint32, seq uint16) nackOutcome {
+		var before [numNackOutcomes]uint64
+		for o := range before {
+			before[o] = r.c.nackOut[o].Load()
+		}
+		b, err := (&rtcp.TransportLayerNack{MediaSSRC: ssrc, Nacks: []rtcp.NackPair{{PacketID: seq}}}).Marshal()
+		require.NoError(t, err)
+		r.handle(rt, b, rx, 0)
+		r.flush()
+		r.batchNow = 0
+		for o := range r.c.nackOut {
+			if r.c.nackOut[o].Load() != before[o] {
+				return nackOutcome(o)
+			}
+		}
+		t.Fatalf("NACK for %x/%d had no outcome", ssrc, seq)
+		return 0
+	}
+	require.Equal(t, nackSent, nack(0xdeadbeef, 5), "voice stored in the audio cache")
+	require.Equal(t, nackSent, nack(0xcafe, 500), "the first video packet, stored in the audio cache")
+	require.Equal(t, nackSent, nack(0xcafe, 501), "video stored in the full cache")
+	require.Equal(t, nackMiss, nack(0xcafe, 502), "never sent")
+	dst := make([]byte, maxDatagram)
+	binary.BigEndian.PutUint16(video[2:], 500)
+	n, out := small.resend(dst, 0xcafe, 500, 0, nil, 0)
+	require.Equal(t, nackSent, out)
+	require.Equal(t, video, dst[:n], "byte-exact")
+
+	// The flow moves to another reader: a new cache written by it, full
+	// (the sender sends video), and nothing of the old reader's answered.
+	var other cacheWriter
+	m.cacheFor.Store(&other)
+	c.ensureCache(m)
+	require.Same(t, &other, m.cache.Load().writer)
+	require.True(t, m.cache.Load().full)
+	require.Nil(t, m.cachePrev.Load())
+}

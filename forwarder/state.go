@@ -329,6 +329,7 @@ type mediaInfo struct {
 	// key frames receivers wait for (a bit per SSRC slot), and the uplink
 	// estimate (leg.go).
 	cache     atomic.Pointer[nackCache]
+	cachePrev atomic.Pointer[nackCache] // the audio cache that cache replaced at its first video (adapt.go ensureCache)
 	rtpSeen   atomic.Bool
 	cacheFor  atomic.Pointer[cacheWriter] // the reader that stores its packets, once one did (nack.go)
 	video     videoMeter
