@@ -32,13 +32,22 @@ import (
 
 // spareDevice joins the forwarder over link (UDP) with tcp as its TCP
 // listener: FailoverAfter long enough that only the spare leg can move it
-// within the test, SuspectAfter 100ms.
+// within the test, SuspectAfter 100ms. The join itself is over UDP: TCP
+// joins the race only after UDPHeadStart, set past the join's deadline (a
+// starved test process can take longer than the default 250 ms to join).
+//
+// With 100 ms keepalives and SuspectAfter 100ms, UDP is suspect once an
+// answer is 50 ms late, which a starved test process makes happen while
+// the link is still up: a spare opens, and is closed when UDP answers
+// (SpareLegsClosed) or, if its join is answered first, carries the move
+// before the link goes dark. The tests count spares by that invariant
+// (every spare but the one that moved was closed), not as exactly one.
 func spareDevice(t *testing.T, link *linkem.Link, tcp netip.AddrPort, token []byte, key ed25519.PrivateKey) *client.Session {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := client.Join(ctx, client.Config{Forwarders: []netip.AddrPort{link.Addr()}, Token: token, DeviceKey: key, LocalAddr: loopback,
 		Streams:      map[netip.AddrPort]client.StreamEndpoints{link.Addr(): {TCP: tcp}},
-		SuspectAfter: 100 * time.Millisecond, FailoverAfter: 20 * time.Second, RejoinTimeout: 10 * time.Second})
+		UDPHeadStart: time.Minute, SuspectAfter: 100 * time.Millisecond, FailoverAfter: 20 * time.Second, RejoinTimeout: 10 * time.Second})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
 	require.Equal(t, client.TransportUDP, s.Transport())
@@ -130,7 +139,10 @@ func spareLegMoves(t *testing.T, v2 bool) {
 	talkBothWays(t, s, peer, 2)
 	st := s.Stats()
 	require.Equal(t, uint64(1), st.TransportMoves)
-	require.Equal(t, uint64(1), st.SpareLegs)
+	require.Equal(t, uint64(1), st.SpareLegs-st.SpareLegsClosed, "one spare moved, the others closed when UDP answered: %+v", st)
+	if st.SpareLegsClosed > 0 {
+		t.Logf("%d spare legs closed when UDP answered (suspect while the link was still up: a late answer)", st.SpareLegsClosed)
+	}
 	require.Zero(t, st.Failovers)
 	require.Equal(t, 2, r.f.Stats().Sessions, "the device kept its session: no second one")
 }
@@ -185,17 +197,21 @@ func TestSpareLegClosedWhenUDPRecovers(t *testing.T) {
 
 	link.SetUp(linkem.Profile{Loss: 1})
 	link.SetDown(linkem.Profile{Loss: 1})
+	// One spare open and held (spares opened before the dark were closed
+	// when UDP answered, their connections too, if they got one: spareDevice).
 	testenv.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if s.Stats().SpareLegs != 1 || hold.opened.Load() != 1 {
-			return fmt.Errorf("spare legs %d, connections %d", s.Stats().SpareLegs, hold.opened.Load())
+		st, opened, closed := s.Stats(), hold.opened.Load(), hold.closed.Load()
+		if st.SpareLegs-st.SpareLegsClosed != 1 || opened-closed != 1 {
+			return fmt.Errorf("spare legs %d (closed %d), connections %d (closed %d)", st.SpareLegs, st.SpareLegsClosed, opened, closed)
 		}
 		return nil
 	})
 	link.SetUp(linkem.Profile{})
 	link.SetDown(linkem.Profile{})
 	testenv.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if st := s.Stats(); st.SpareLegsClosed != 1 || hold.closed.Load() != 1 {
-			return fmt.Errorf("spare legs closed %d, connections closed by the device %d", st.SpareLegsClosed, hold.closed.Load())
+		st, opened, closed := s.Stats(), hold.opened.Load(), hold.closed.Load()
+		if st.SpareLegsClosed != st.SpareLegs || closed != opened {
+			return fmt.Errorf("spare legs %d, closed %d; connections %d, closed by the device %d", st.SpareLegs, st.SpareLegsClosed, opened, closed)
 		}
 		return nil
 	})
