@@ -203,7 +203,7 @@ func (c *control) tellTarget(s *session, now time.Time) {
 		c.f.log.Error("encoding target bitrate", zap.Error(err))
 		return
 	}
-	c.f.reply(append(a, b...), s.addr)
+	c.tickSend(append(a, b...), s.addr)
 	s.video.toldAt = now
 	c.f.targetsSent.Add(1)
 }
@@ -213,7 +213,8 @@ func (c *control) tellTarget(s *session, now time.Time) {
 // members' ingress caps.
 func (c *control) feedbackTick(now time.Time) {
 	c.probing, c.probingNext = c.probingNext, 0 // probes still running, from the last tick
-	defer func() { c.probing = 0 }()
+	c.startBatch()                              // what it sends goes in sendmmsg batches (ctrlbatch.go)
+	defer func() { c.probing = 0; c.endBatch() }()
 	for _, cl := range c.calls {
 		for _, s := range cl.members {
 			c.senderTick(cl, s, now)
@@ -281,7 +282,7 @@ func (c *control) senderTick(cl *call, s *session, now time.Time) {
 	}
 	if est := m.up.bps.Load(); est > 0 && now.Sub(v.rembAt) >= rembEvery {
 		v.rembAt = now
-		c.sendRTCP(s.addr, &rtcp.ReceiverEstimatedMaximumBitrate{Bitrate: float32(est), SSRCs: m.ssrcList()})
+		c.sendREMB(s.addr, m, est)
 	}
 	if v.target != nil && now.Sub(v.toldAt) >= retellEvery {
 		c.tellTarget(s, now)
@@ -361,7 +362,7 @@ func (c *control) sendRTCP(to netip.AddrPort, p rtcp.Packet) {
 		c.f.log.Error("encoding RTCP", zap.Error(err))
 		return
 	}
-	c.f.reply(b, to)
+	c.tickSend(b, to)
 	c.f.targetsSent.Add(1)
 }
 

@@ -98,7 +98,8 @@ type sessionKey struct{ call, participant protocol.ID }
 // only through the ctrl queues, and it publishes routes for them.
 type control struct {
 	f        *Forwarder
-	work     int // units of work since the last yield (yield.go)
+	out      *ctrlBatch // the feedback tick's sends (ctrlbatch.go)
+	work     int        // units of work since the last yield (yield.go)
 	calls    map[protocol.ID]*call
 	sessions map[sessionKey]*session
 	byAddr   map[netip.AddrPort]*session

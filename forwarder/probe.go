@@ -113,7 +113,7 @@ func (c *control) sendProbes(s *session, ps *probeState, now time.Time) {
 			c.f.log.Error("building a probe", zap.Error(err))
 			return
 		}
-		c.f.reply(c.probeBuf, s.addr)
+		c.tickSend(c.probeBuf, s.addr)
 		s.media.down.sent.Add(probeSize)
 		c.f.probeBytes.Add(probeSize)
 	}
