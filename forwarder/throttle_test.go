@@ -28,6 +28,20 @@ func sessionsOnly(cfg *forwarder.Config) {
 	cfg.LoadEvery = 50 * time.Millisecond
 }
 
+// steadyAdmission is sessionsOnly for a test about admission, not about
+// liveness: the cluster tests' quick timers (keepalives every 100 ms, so a
+// client fails over after 300 ms unanswered; sessions forgotten after 1 s
+// idle; a peer dead after 500 ms silent) are what a starved test process
+// misses, and each miss is a join the test did not make (a failover's
+// rejoin, a session gone, a referral with no peer to name), which moves
+// the counts and levels under test. Sessions and peers here live for the
+// test; the peer still reports its load every 100 ms.
+func steadyAdmission(cfg *forwarder.Config) {
+	sessionsOnly(cfg)
+	cfg.IdleTimeout = time.Minute
+	cfg.Cluster.PeerTimeout, cfg.Cluster.OrphanAfter = time.Minute, time.Minute
+}
+
 type party struct {
 	call, id protocol.ID
 	token    []byte
@@ -49,13 +63,15 @@ func (e *clusterEnv) party(t *testing.T, call protocol.ID, class protocol.CallCl
 }
 
 // join joins p through fwd alone (so a refusal's alternate is where it
-// lands) and returns the forwarder that admitted it.
+// lands) and returns the forwarder that admitted it. The Session never
+// fails over on its own (FailoverAfter a minute): the tests using it count
+// joins, and a failover of a starved Session is one more.
 func (p *party) join(t *testing.T, fwd netip.AddrPort) netip.AddrPort {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := client.Join(ctx, client.Config{Forwarders: []netip.AddrPort{fwd}, Token: p.token,
-		LocalAddr: calltest.Loopback, JoinTimeout: 5 * time.Second})
+		LocalAddr: calltest.Loopback, JoinTimeout: 5 * time.Second, FailoverAfter: time.Minute})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
 	p.s = s
@@ -66,11 +82,14 @@ func (p *party) join(t *testing.T, fwd netip.AddrPort) netip.AddrPort {
 // past a small capacity: at every level the classes refused are exactly the
 // first ones of the order, a refused device lands on the less loaded peer
 // (300 Try Alternate), and a participant rejoining its own call is admitted
-// even past capacity.
+// even past capacity. Both forwarders' loads are their sessions alone: with
+// the default signals, fwd-b's CPU load is this test process's (both
+// forwarders, the devices, the race detector), which decides whether fwd-a
+// may refer a join to it.
 func TestThrottleAdmissionOrder(t *testing.T) {
 	e := newClusterEnv(t)
-	a := e.startWith(t, "fwd-a", sessionsOnly)
-	b := e.start(t, "fwd-b")
+	a := e.startWith(t, "fwd-a", steadyAdmission)
+	b := e.startWith(t, "fwd-b", steadyAdmission)
 	A, B := a.f.Addr(), b.f.Addr()
 	testenv.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		if a.f.Stats().Peers < 1 {
@@ -144,7 +163,8 @@ func TestThrottleAdmissionOrder(t *testing.T) {
 	}
 	require.Equal(t, uint64(1), s.Admissions[forwarder.JoinRejoin])
 	require.Equal(t, uint64(1), s.LevelChanges[forwarder.ThrottleSecondParty])
-	t.Logf("fwd-a: %d sessions, level %s, load %.2f (%s); admitted by class %v", s.Sessions, s.ThrottleLevel, s.Load.Max(), s.Load.Worst(), s.Admissions)
+	t.Logf("fwd-a: %d sessions, level %s, load %.2f (%s); admitted by class %v; store lookups failed %d",
+		s.Sessions, s.ThrottleLevel, s.Load.Max(), s.Load.Worst(), s.Admissions, s.LookupsFailed)
 }
 
 // A forwarder driven past its packet-rate capacity by one member's flood:
@@ -298,7 +318,7 @@ func btoi(b bool) int {
 func TestThrottleBurstSpreadsOverPeers(t *testing.T) {
 	e := newClusterEnv(t)
 	oneReport := func(cfg *forwarder.Config) {
-		sessionsOnly(cfg)
+		steadyAdmission(cfg)
 		cfg.Cluster.AnnounceEvery, cfg.Cluster.PeerTimeout, cfg.Cluster.OrphanAfter = 30*time.Second, 5*time.Minute, 10*time.Minute
 	}
 	a := e.startWith(t, "fwd-a", oneReport)
@@ -321,7 +341,7 @@ func TestThrottleBurstSpreadsOverPeers(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			s, err := client.Join(ctx, client.Config{Forwarders: []netip.AddrPort{a.f.Addr()}, Token: p.token,
-				LocalAddr: calltest.Loopback, JoinTimeout: 5 * time.Second})
+				LocalAddr: calltest.Loopback, JoinTimeout: 5 * time.Second, FailoverAfter: time.Minute})
 			if err != nil {
 				results <- netip.AddrPort{}
 				return
