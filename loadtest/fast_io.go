@@ -196,3 +196,15 @@ func (e *fastEngine) openSockets() error {
 	}
 	return nil
 }
+
+// overruns is how many frames the relay side refused as they were sent
+// (packet I/O).
+func (e *fastEngine) overruns() uint64 {
+	var n uint64
+	for _, rd := range e.rds {
+		if c, ok := rd.c.(*afpacket.Conn); ok {
+			n += c.Overruns()
+		}
+	}
+	return n
+}

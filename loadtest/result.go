@@ -448,6 +448,11 @@ type GeneratorHealth struct {
 	// which no delay figure includes (they count from the kernel's
 	// arrival time, SO_TIMESTAMPNS).
 	ReceiveLagMs Percentiles `json:"receive_lag_ms,omitzero"`
+	// FrameOverruns (fast engine, packet I/O) counts frames the relay
+	// side's kernel refused as they were sent: its receive backlog
+	// (net.core.netdev_max_backlog) was full, as a NIC's ring overflows.
+	// They count as lost, not as the generator's failure.
+	FrameOverruns uint64 `json:"frame_overruns,omitempty"`
 }
 
 // Verdict is the run's pass/fail against the plan's targets.

@@ -132,6 +132,7 @@ func run(ctx context.Context, r *runner, progress io.Writer) (*Result, *runner, 
 		r.fast.stop()
 		res.Forwarding = r.fast.forwarding()
 		res.Generator.ReceiveLagMs = r.fast.receiveLag()
+		res.Generator.FrameOverruns = r.fast.overruns()
 	}
 	r.harvestLast()
 	res.DurationMs = round3(ms(time.Since(r.start)))

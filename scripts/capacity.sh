@@ -59,6 +59,21 @@
 #            unregistered address (read, looked up, dropped). Loss per stream
 #            (every gap counts).
 #
+# IO=packet (root) moves the generator's frames around its kernel's socket
+# stack (loadtest --fast-io packet, loadtest/fast_io.go): the run makes a
+# network namespace for the generator (NETNS, default crgen) joined to this
+# one by a veth pair (crv-r here, at 10.211.0.1/30; crv-g there, with no
+# address), routes the devices' range 198.18.0.0/15 to crv-g through a static
+# neighbour whose MAC no interface has (the generator's kernel drops those
+# frames right after its ring tapped them: no socket, no ICMP), turns
+# forwarding on for crv-r only (the baseline pairs' frames bounce there),
+# and sets rps_cpus so that crv-r's receive work runs on RELAY_CPU (the
+# relay pays its own kernel receive path) and crv-g's on GEN_CPU. The relays
+# listen on 10.211.0.1; the generator sends raw frames with AF_PACKET and
+# reads them from a TPACKET_V3 ring. It removes all of it when done. coturn
+# is left out (the TURN target needs kernel sockets). IO=socket (the
+# default) is the plain UDP path over 127.0.0.0/8.
+#
 # Output in $OUT/<case>/: <relay>.json and <relay>.html (each ramp's
 # load-test result and report), capacity.json and capacity.html (side by
 # side, labelled with the case, with the forwarder/reflector and
@@ -77,6 +92,16 @@ PORT=${PORT:-17911}
 LOSS_TARGET=${LOSS_TARGET:-0.1}   # percent
 DELAY_TARGET=${DELAY_TARGET:-5ms} # relay-added p99 (raise it only on a machine too loaded to measure 5 ms, and say so)
 CASE=${CASE:-one2one}             # one2one, trunk, group4, group4c, group8c, video (several: space-separated)
+IO=${IO:-socket}                  # socket or packet (see above)
+NETNS=${NETNS:-crgen}
+HOST=127.0.0.1 # where the relays' media sockets listen
+case $IO in
+socket) ;;
+packet)
+	[ "$(id -u)" -eq 0 ] || { echo "capacity: IO=packet needs root (ip netns, veth, AF_PACKET)" >&2; exit 1; }
+	HOST=10.211.0.1 ;;
+*) echo "capacity: IO $IO: want socket or packet" >&2; exit 1 ;;
+esac
 for c in $CASE; do
 	case $c in one2one | trunk | group4 | group4c | group8c | video) ;;
 	*) echo "capacity: CASE $c: want one2one, trunk, group4, group4c, group8c or video" >&2; exit 1 ;;
@@ -95,8 +120,8 @@ rt=()
 [ -z "${RT:-}" ] || rt=(chrt -f "$RT")
 command -v taskset >/dev/null || { echo "capacity: taskset (util-linux) is needed" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "capacity: needs 2 cores (relay and generator on their own)" >&2; exit 1; }
-case " $CASE/$RELAYS " in
-*one2one*" coturn "*)
+case " $IO/$CASE/$RELAYS " in
+" socket/"*one2one*" coturn "*)
 	if ! command -v turnserver >/dev/null; then
 		as_root=()
 		[ "$(id -u)" -eq 0 ] || as_root=(sudo -n)
@@ -146,13 +171,46 @@ stop_relay() {
 	relay_pid=
 	more_pids=()
 }
-trap stop_relay EXIT
+# cpu_mask N: the hex mask of core N (rps_cpus).
+cpu_mask() { printf '%x' $((1 << $1)); }
+
+# netns_up (IO=packet): the generator's namespace, the veth pair, the route
+# and neighbour, forwarding on crv-r, RPS; netns_down removes them.
+netns_up() {
+	netns_down
+	ip netns add "$NETNS"
+	ip link add crv-r type veth peer name crv-g netns "$NETNS"
+	ip addr add 10.211.0.1/30 dev crv-r
+	ip link set crv-r up
+	ip -n "$NETNS" link set lo up
+	ip -n "$NETNS" link set crv-g up
+	ip neigh replace 10.211.0.2 lladdr 02:cc:00:00:00:03 dev crv-r nud permanent
+	ip route replace 198.18.0.0/15 via 10.211.0.2 dev crv-r
+	echo 1 >/proc/sys/net/ipv4/conf/crv-r/forwarding
+	cpu_mask "$RELAY_CPU" >/sys/class/net/crv-r/queues/rx-0/rps_cpus
+	ip netns exec "$NETNS" sh -c "echo $(cpu_mask "$GEN_CPU") >/sys/class/net/crv-g/queues/rx-0/rps_cpus"
+}
+netns_down() {
+	ip route del 198.18.0.0/15 2>/dev/null || true
+	ip link del crv-r 2>/dev/null || true
+	ip netns del "$NETNS" 2>/dev/null || true
+}
+cleanup() {
+	stop_relay
+	[ "$IO" != packet ] || netns_down
+}
+trap cleanup EXIT
+gen_io=()
+if [ "$IO" = packet ]; then
+	netns_up
+	gen_io=(--fast-io packet --fast-netns "$NETNS" --fast-iface crv-g)
+fi
 
 # start_forwarder NAME PORT [ARGS...]: a forwarder on RELAY_CPU; its pid in $!.
 start_forwarder() {
 	local name=$1 port=$2
 	shift 2
-	${rt[@]+"${rt[@]}"} taskset -c "$RELAY_CPU" "$OUT/callrelay" forwarder --listen "127.0.0.1:$port" --public-key "$CALLRELAY_PUBLIC_KEY" \
+	${rt[@]+"${rt[@]}"} taskset -c "$RELAY_CPU" "$OUT/callrelay" forwarder --listen "$HOST:$port" --public-key "$CALLRELAY_PUBLIC_KEY" \
 		--readers 1 --cpu-cores 1 --drain-deadline 1s --log-level warn --stats-every 0 "$@" >"$OUT/$kase/$name.log" 2>&1 &
 }
 
@@ -184,7 +242,7 @@ start_trunk_pair() {
 		sleep 0.1
 	done
 	[ $m = 2 ] || { echo "capacity: the trunk pair never saw each other" >&2; cat "$OUT/$kase"/forwarder-*.log >&2; exit 1; }
-	fwds="127.0.0.1:$port,127.0.0.1:$((port + 1))"
+	fwds="$HOST:$port,$HOST:$((port + 1))"
 	PORT=$((PORT + 1))
 }
 
@@ -225,7 +283,7 @@ relays_of() {
 	case $1 in
 	trunk) echo forwarder ;;
 	group4 | group4c | group8c | video) echo "$RELAYS" | tr ' ' '\n' | grep -v '^coturn$' | tr '\n' ' ' ;;
-	*) echo "$RELAYS" ;;
+	*) echo "$RELAYS" | tr ' ' '\n' | { if [ "$IO" = packet ]; then grep -v '^coturn$'; else cat; fi; } | tr '\n' ' ' ;;
 	esac
 }
 
@@ -236,7 +294,7 @@ for kase in $CASE; do
 	for relay in $(relays_of "$kase"); do
 		port=$((PORT++))
 		extra=()
-		fwds="127.0.0.1:$port"
+		fwds="$HOST:$port"
 		case $relay in
 		forwarder)
 			if [ "$kase" = trunk ]; then
@@ -250,7 +308,7 @@ for kase in $CASE; do
 			fi
 			target=forwarder ;;
 		reflector)
-			${rt[@]+"${rt[@]}"} taskset -c "$RELAY_CPU" "$OUT/callrelay" reflector --listen "127.0.0.1:$port" >"$OUT/$kase/reflector.log" 2>&1 &
+			${rt[@]+"${rt[@]}"} taskset -c "$RELAY_CPU" "$OUT/callrelay" reflector --listen "$HOST:$port" >"$OUT/$kase/reflector.log" 2>&1 &
 			relay_pid=$!
 			target=reflector ;;
 		coturn)
@@ -267,9 +325,9 @@ for kase in $CASE; do
 		esac
 		sleep 1
 		kill -0 "$relay_pid" || { cat "$OUT/$kase/$relay"*.log >&2; exit 1; }
-		echo "== $kase: $relay (pid $relay_pid ${more_pids[*]+${more_pids[*]}}, core $RELAY_CPU; generator on core $GEN_CPU)"
+		echo "== $kase: $relay (pid $relay_pid ${more_pids[*]+${more_pids[*]}}, core $RELAY_CPU; generator on core $GEN_CPU, IO=$IO)"
 		${rt[@]+"${rt[@]}"} taskset -c "$GEN_CPU" "$OUT/callrelay" loadtest --plan "$OUT/$kase/plan.yaml" --forwarders "$fwds" \
-			--signing-key "$CALLRELAY_SIGNING_KEY" --fast-target "$target" "${extra[@]}" --relay-pid "$relay_pid" --relay-cores 1 \
+			--signing-key "$CALLRELAY_SIGNING_KEY" --fast-target "$target" ${extra[@]+"${extra[@]}"} ${gen_io[@]+"${gen_io[@]}"} --relay-pid "$relay_pid" --relay-cores 1 \
 			--out "$OUT/$kase/$relay.json" --report "$OUT/$kase/$relay.html" || true
 		stop_relay
 		args+=("$relay=$OUT/$kase/$relay.json")

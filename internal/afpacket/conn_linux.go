@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync/atomic"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -52,23 +54,27 @@ func (c Config) withDefaults() Config {
 // port from a TPACKET_V3 ring (ReadBatch). One goroutine may write while
 // another reads; neither side is safe for more than one goroutine.
 type Conn struct {
-	fd   int
-	link Link
-	port uint16
-	sum  bool
+	fd      int
+	file    *os.File        // fd, in the runtime's poller: ReadBatch waits there
+	rc      syscall.RawConn // file's
+	wait    func(fd uintptr) bool
+	statsFn func(fd uintptr)
+	link    Link
+	port    uint16
+	sum     bool
 
 	// Write side: per queued frame its headers and the caller's payload.
 	hdrs   [][HeaderLen]byte
 	msgs   []unix.Mmsghdr
 	iov    []unix.Iovec // two per frame: headers, payload
 	queued int
-	pfd    [1]unix.PollFd // writer's
-	rpfd   [1]unix.PollFd // reader's
+	pfd    [1]unix.PollFd
 
-	ring    rxRing
-	closing atomic.Bool
-	state   atomic.Int32 // ringIdle, ringReading, ringClosed
-	started bool         // reader only
+	ring     rxRing
+	overruns atomic.Uint64
+	closing  atomic.Bool
+	state    atomic.Int32 // ringIdle, ringReading, ringClosed
+	started  bool         // reader only
 }
 
 // Ring ownership: Close releases the ring itself unless a reader took it.
@@ -104,7 +110,7 @@ func Open(c Config) (*Conn, error) {
 			conn.ring.unmap()
 			return err
 		}
-		return nil
+		return conn.poller()
 	})
 	if err != nil {
 		return nil, err
@@ -144,6 +150,25 @@ func (c *Conn) setup(ifindex int, cfg Config) error {
 	if err := unix.Bind(fd, sa); err != nil {
 		return fmt.Errorf("afpacket: bind %d: %w", ifindex, err)
 	}
+	return nil
+}
+
+// poller puts the socket in the runtime's poller (epoll): a reader waiting
+// for a block parks its goroutine, not a thread in poll(2), so no thread
+// blocks in a system call and the runtime's monitor is not woken for one.
+func (c *Conn) poller() error {
+	if err := unix.SetNonblock(c.fd, true); err != nil {
+		return fmt.Errorf("afpacket: non-blocking: %w", err)
+	}
+	c.file = os.NewFile(uintptr(c.fd), "afpacket") //nolint:gosec // an fd
+	rc, err := c.file.SyscallConn()
+	if err != nil {
+		_ = c.file.Close()
+		c.ring.unmap()
+		return err
+	}
+	c.rc = rc
+	c.wait, c.statsFn = c.ready, c.stats
 	return nil
 }
 
@@ -198,14 +223,24 @@ func (c *Conn) Queue(b []byte, dst netip.AddrPort, src netip.Addr) bool {
 func (c *Conn) Flush() (sent, failed int) {
 	off := 0
 	for tries := 0; off < c.queued; {
-		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&c.msgs[off])),
+		// A raw call: it never blocks (MSG_DONTWAIT), so the goroutine
+		// keeps its P; with one P (a generator pinned to one core) a
+		// plain call would have the runtime hand the P to the reader
+		// for every batch, a thread switch each time.
+		n, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&c.msgs[off])),
 			uintptr(c.queued-off), unix.MSG_DONTWAIT, 0, 0)
 		switch errno {
 		case 0:
 			off += int(n)
 			sent += int(n)
 		case unix.EINTR:
-		case unix.EAGAIN, unix.ENOBUFS:
+		case unix.ENOBUFS:
+			// The far end's receive backlog was full (veth_xmit dropped
+			// it): the frame is gone, as if a NIC's ring had overflowed
+			// there; the others go on.
+			c.overruns.Add(1)
+			off++
+		case unix.EAGAIN:
 			if tries++; tries > 100 {
 				failed += c.queued - off
 				off = c.queued
@@ -228,6 +263,10 @@ func (c *Conn) Flush() (sent, failed int) {
 	return sent, failed
 }
 
+// Overruns is how many frames the far end dropped as they were sent (its
+// receive backlog full), since the Conn opened.
+func (c *Conn) Overruns() uint64 { return c.overruns.Load() }
+
 // Close closes the socket: a ReadBatch running or to come returns
 // net.ErrClosed and releases the ring. No Queue or Flush may follow.
 func (c *Conn) Close() error {
@@ -236,7 +275,8 @@ func (c *Conn) Close() error {
 	}
 	if c.state.CompareAndSwap(ringIdle, ringClosed) {
 		c.ring.unmap()
-		return unix.Close(c.fd)
 	}
-	return nil
+	// A reader parked in the poller wakes with an error and releases the
+	// ring (the mapping outlives the descriptor).
+	return c.file.Close()
 }

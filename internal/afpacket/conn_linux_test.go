@@ -76,6 +76,19 @@ func TestConnBothWays(t *testing.T) {
 		}
 	}
 	require.Zero(t, c.Dropped())
+	// The per-packet path allocates nothing: a frame queued and sent,
+	// its answer read back.
+	one := payload(1)
+	allocs := testing.AllocsPerRun(20, func() {
+		c.Queue(one, relay, src(1))
+		c.Flush()
+		k, _, _ := udp.ReadFromUDPAddrPort(buf)
+		_, _ = udp.WriteToUDPAddrPort(buf[:k], netip.AddrPortFrom(src(1), 20000))
+		if k, err := c.ReadBatch(); err != nil || k != 1 || !bytes.Equal(c.Buf(0), one) {
+			t.Fatalf("read back %d, %v", k, err)
+		}
+	})
+	require.Zero(t, allocs)
 	require.NoError(t, c.Close())
 	_, err = c.ReadBatch()
 	require.ErrorIs(t, err, net.ErrClosed)

@@ -151,7 +151,6 @@ func (c *Conn) ReadBatch() (int, error) {
 	for {
 		if c.closing.Load() {
 			r.unmap()
-			_ = unix.Close(c.fd)
 			return 0, net.ErrClosed
 		}
 		if r.take(r.next, c.port) {
@@ -165,17 +164,26 @@ func (c *Conn) ReadBatch() (int, error) {
 			r.release()
 			continue
 		}
-		c.rpfd[0] = unix.PollFd{Fd: int32(c.fd), Events: unix.POLLIN | unix.POLLERR} //nolint:gosec // an fd
-		if _, err := unix.Poll(c.rpfd[:], 50); err != nil && err != unix.EINTR {
-			return 0, fmt.Errorf("afpacket: poll: %w", err)
+		if err := c.rc.Read(c.wait); err != nil && !c.closing.Load() {
+			return 0, fmt.Errorf("afpacket: wait: %w", err)
 		}
 	}
+}
+
+// ready tells the poller whether the next block is the reader's (else it
+// parks the reader until the socket is readable: a block was handed over).
+func (c *Conn) ready(uintptr) bool {
+	return atomic.LoadUint32(c.ring.status(c.ring.next))&unix.TP_STATUS_USER != 0
 }
 
 // readDrops adds the frames the kernel dropped (ring full) since the last
 // look (PACKET_STATISTICS resets its counters on every read).
 func (c *Conn) readDrops() {
-	if st, err := unix.GetsockoptTpacketStatsV3(c.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS); err == nil {
+	_ = c.rc.Control(c.statsFn)
+}
+
+func (c *Conn) stats(fd uintptr) {
+	if st, err := unix.GetsockoptTpacketStatsV3(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS); err == nil {
 		c.ring.drops += uint64(st.Drops)
 	}
 }
