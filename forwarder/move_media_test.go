@@ -377,6 +377,7 @@ func checkMoveMeasured(t *testing.T, m *mover, switched int, to *clusterNode, he
 		var want [3]uint64
 		want[h.path] = 1
 		mv := h.node.f.SenderMoves()
+		t.Logf("%s: %+v", h.name, mv)
 		require.Equal(t, want, mv.Moves, "%s: moves by path (direct_to_trunk, trunk_to_direct, trunk_to_trunk)", h.name)
 		require.Equal(t, uint64(1), mv.Measured, "%s: the move's gap measured", h.name)
 		require.Zero(t, mv.Flaps, "%s: flaps", h.name)

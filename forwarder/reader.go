@@ -171,7 +171,7 @@ func (r *reader) rtp(rte *route, m *mediaInfo, b []byte) {
 			return
 		}
 		m.keep(&r.cw, b, &r.hdr, nowNS)
-		m.move.note(pathDirect, r.hdr.SequenceNumber, nowNS, &r.f.moves)
+		m.move.note(pathDirect, r.hdr.SSRC, true, r.hdr.SequenceNumber, nowNS, &r.f.moves)
 		r.fanOut(rte, b)
 		return
 	}
@@ -186,6 +186,7 @@ func (r *reader) rtp(rte *route, m *mediaInfo, b []byte) {
 	vf, has := r.hdr.VideoFrame(r.f.adapt.videoID)
 	m.noteVideo(slot, vf, has, len(b), nowNS)
 	m.keep(&r.cw, b, &r.hdr, nowNS)
+	m.move.note(pathDirect, r.hdr.SSRC, false, r.hdr.SequenceNumber, nowNS, &r.f.moves)
 	for i := range rte.dests {
 		d := &rte.dests[i]
 		if d.pair != nil && d.pair.pass(vf, has, m, slot) {

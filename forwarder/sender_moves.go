@@ -16,11 +16,12 @@ import (
 // come from on every forwarder that serves some of its listeners: from its
 // own session here to a trunk, from a trunk to its session here, or from
 // one forwarder's trunk to another's. That is where the move's media gap
-// is felt, so that is where it is measured: for each sender, the audio
-// forwarded to this forwarder's members is followed through one word,
-// whichever path carries it. When a packet newer than any before it comes
-// by another path than the last, the move is counted, and the time since
-// the last packet that advanced the sender's audio is its gap: what the
+// is felt, so that is where it is measured. For each sender, one of its
+// streams is followed through one word, whichever path carries it: its
+// audio (packets with the audio level, spec 4), or while it sends none,
+// its first other stream. When a packet newer than any before it comes by
+// another path than the last, the move is counted, and the time since the
+// last packet that advanced the followed stream is its gap: what the
 // listeners here missed, the new path's head start included (a
 // make-before-break move whose old path was slow has none, and then the
 // packets still in flight on the old path are counted as skipped, whether
@@ -33,17 +34,19 @@ import (
 // (a device briefly sending on two forwarders, the old path's packets
 // overtaking again), counted apart and not as a move.
 //
-// The per-packet cost is one atomic load, and one compare-and-swap when
-// the packet advances the audio: no allocation, no lock. Two readers
-// write the word only around a move (the member's session and the trunk
-// from its new forwarder); a lost compare-and-swap skips one packet's
-// note, never a move twice.
+// The per-packet cost is two atomic loads, and one compare-and-swap when
+// the packet advances the followed stream: no allocation, no lock. Two
+// readers write the words only around a move (the member's session and
+// the trunk from its new forwarder); a lost compare-and-swap skips one
+// packet's note, never a move twice.
 type moveTrack struct {
-	// last is the packet that last advanced the sender's audio:
+	// last is the packet that last advanced the followed stream:
 	// ms (32 bits, wrapping) << 32 | sequence number << 16 | path.
 	last atomic.Uint64
 	// since is when the path in last became the sender's, in ms.
 	since atomic.Uint32
+	// follow is the stream followed: SSRC | followAudio | followSet.
+	follow atomic.Uint64
 }
 
 // A path is pathDirect (the member's session here) or a trunk, named by
@@ -63,16 +66,23 @@ const (
 	moveStaleMS = 1000 // nothing newer this long: take any sequence number (a new SSRC, a restart)
 )
 
-// note follows one forwarded audio packet of the sender, with sequence
-// number seq, received at nowNS by path.
-func (t *moveTrack) note(path, seq uint16, nowNS int64, st *moveStats) {
+// note follows one forwarded RTP packet of the sender, from ssrc (audio or
+// not) with sequence number seq, received at nowNS by path.
+func (t *moveTrack) note(path uint16, ssrc uint32, audio bool, seq uint16, nowNS int64, st *moveStats) {
 	if t == nil {
 		return // a fixture's session, made without the control goroutine
 	}
-	old := t.last.Load()
 	ms := uint32(nowNS / int64(time.Millisecond)) //nolint:gosec // wraps every 49 days; only differences are used
+	if f := t.follow.Load(); f == 0 || uint32(f) != ssrc {
+		if !t.adopt(f, ssrc, audio, seq, ms) {
+			return
+		}
+	}
+	old := t.last.Load()
 	oldMS, oldSeq, oldPath := uint32(old>>32), uint16(old>>16), uint16(old)
-	stale := ms-oldMS > moveStaleMS
+	// Differences are signed: readers' clocks are read per batch, so a
+	// packet may carry a time a little before the last one noted.
+	stale := int32(ms-oldMS) > moveStaleMS
 	if old != 0 && !stale && int16(seq-oldSeq) <= 0 {
 		return // a duplicate, or a straggler on a slower path
 	}
@@ -83,12 +93,46 @@ func (t *moveTrack) note(path, seq uint16, nowNS int64, st *moveStats) {
 		return
 	}
 	since := t.since.Swap(ms)
-	if ms-since < moveFlapMS {
+	if since != 0 && int32(ms-since) < moveFlapMS { // 0: no change before
 		st.flaps.Add(1)
 		return
 	}
-	st.record(oldPath, path, ms-oldMS, seq-oldSeq-1)
+	st.record(oldPath, path, uint32(max(0, int32(ms-oldMS))), seq-oldSeq-1)
 }
+
+// adopt makes ssrc the stream followed, when nothing is yet, when it is
+// audio and the one followed is not, or when the one followed has brought
+// nothing new for moveStaleMS (the sender muted, or stopped a layer). The
+// time and path of the sender's last news stay, so a move that comes with
+// the change is still measured from it. It reports whether ssrc is now
+// followed.
+func (t *moveTrack) adopt(f uint64, ssrc uint32, audio bool, seq uint16, ms uint32) bool {
+	old := t.last.Load()
+	followedAudio := f&followAudio != 0
+	switch {
+	case f == 0:
+	case audio && !followedAudio:
+	case int32(ms-uint32(old>>32)) > moveStaleMS:
+	default:
+		return false
+	}
+	nf := uint64(ssrc) | followSet
+	if audio {
+		nf |= followAudio
+	}
+	if !t.follow.CompareAndSwap(f, nf) {
+		return false
+	}
+	if old != 0 { // this packet is the new stream's news, by whichever path
+		t.last.CompareAndSwap(old, old&^(0xffff<<16)|uint64(seq-1)<<16)
+	}
+	return true
+}
+
+const (
+	followSet   = 1 << 33
+	followAudio = 1 << 32
+)
 
 // moveStats counts the moves this forwarder heard.
 type moveStats struct {
@@ -136,7 +180,7 @@ type SenderMoveStats struct {
 	Moves   [numMovePaths]uint64 // by MoveDirectToTrunk, MoveTrunkToDirect, MoveTrunkToTrunk
 	Flaps   uint64               // path changes within moveFlapMS of the last: not moves
 	Quiet   uint64               // moves of senders quiet for over moveQuietMS: no gap measured
-	Skipped uint64               // audio packets still owed by the old path when the new one's first came
+	Skipped uint64               // packets of the followed stream still owed by the old path when the new one's first came
 	// Measured counts the moves whose gap was measured (1 ms resolution):
 	// their sum, the last one and the longest.
 	Measured                uint64
@@ -194,11 +238,11 @@ func attachTrack(cl *call, id protocol.ID, m *mediaInfo) {
 
 var (
 	mSenderMoves = prometheus.NewDesc("callrelay_forwarder_sender_moves_total",
-		"Members whose audio came here by another path than before (a move to, from or between other forwarders), as heard by the members here, by path: direct_to_trunk, trunk_to_direct, trunk_to_trunk.", []string{"path"}, nil)
+		"Members whose media came here by another path than before (a move to, from or between other forwarders), as heard by the members here, by path: direct_to_trunk, trunk_to_direct, trunk_to_trunk.", []string{"path"}, nil)
 	mSenderMoveGap = prometheus.NewDesc("callrelay_forwarder_sender_move_gap_seconds",
-		"Per move, the time from the sender's last audio packet by the old path to its first by the new one, as the members here heard it (moves of senders quiet for over 2 s are not measured).", nil, nil)
+		"Per move, the time from the sender's last packet by the old path to its first by the new one (its audio, or while it sends none its first other stream), as the members here heard it (moves of senders quiet for over 2 s are not measured).", nil, nil)
 	mSenderMoveMisc = prometheus.NewDesc("callrelay_forwarder_sender_move_events_total",
-		"Around sender moves: quiet (a move of a sender unheard for over 2 s: no gap measured), flap (a path change within 500 ms of the last: not a move), skipped_packets (audio packets the old path still owed when the new one's first came).", []string{"event"}, nil)
+		"Around sender moves: quiet (a move of a sender unheard for over 2 s: no gap measured), flap (a path change within 500 ms of the last: not a move), skipped_packets (packets the old path still owed when the new one's first came).", []string{"event"}, nil)
 )
 
 func describeSenderMoves(ch chan<- *prometheus.Desc) {

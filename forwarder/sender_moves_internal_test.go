@@ -64,6 +64,9 @@ func TestMoveTrack(t *testing.T) {
 		{name: "a new sequence space after a second of nothing newer",
 			pkts:  cat(stream(pathDirect, 1000, 30000, 10), stream(b, 2500, 5, 10)),
 			moves: [numMovePaths]uint64{MoveDirectToTrunk: 1}, gap: 1320 * time.Millisecond, skipped: 5 - 30009 - 1 + 65536},
+		{name: "a straggler stamped before the last news (another reader's batch clock) is no news",
+			pkts: cat(stream(c, 1000, 10, 50), []pkt{{2000, b, 60}, {1995, c, 58}, {2020, b, 61}}),
+			moves: [numMovePaths]uint64{MoveTrunkToTrunk: 1}, gap: 20 * time.Millisecond},
 		{name: "sequence numbers wrap", pkts: cat(stream(pathDirect, 1000, 65530, 10), stream(b, 1200, 4, 10)),
 			moves: [numMovePaths]uint64{MoveDirectToTrunk: 1}, gap: 20 * time.Millisecond},
 	} {
@@ -71,7 +74,7 @@ func TestMoveTrack(t *testing.T) {
 			var tr moveTrack
 			var st moveStats
 			for _, p := range tc.pkts {
-				tr.note(p.path, p.seq, 1_700_000_000_000*ms+p.at*ms, &st)
+				tr.note(p.path, 0xa0d10, true, p.seq, 1_700_000_000_000*ms+p.at*ms, &st)
 			}
 			for i := range tc.moves {
 				require.Equal(t, tc.moves[i], st.moves[i].Load(), "moves %s", movePathNames[i])
@@ -96,7 +99,7 @@ func TestMoveTrackAllocatesNothing(t *testing.T) {
 		if seq%100 == 0 {
 			path = trunkPath(uint64(seq))
 		}
-		tr.note(path, seq, now, &st)
+		tr.note(path, 0xa0d10, true, seq, now, &st)
 	})
 	require.Zero(t, allocs)
 	require.NotZero(t, st.moves[MoveDirectToTrunk].Load()+st.moves[MoveTrunkToDirect].Load())

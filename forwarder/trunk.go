@@ -106,8 +106,8 @@ func (t *trunkReader) video(cr *callRoute, ts *trunkSender, payload []byte) bool
 	m := ts.media
 	slot := m.note(t.rtp.SSRC)
 	m.keep(&t.cw, payload, &t.rtp, t.nowNS)
+	m.move.note(trunkPath(t.hdr.Origin), t.rtp.SSRC, audio, t.rtp.SequenceNumber, t.nowNS, &t.f.moves)
 	if audio {
-		m.move.note(trunkPath(t.hdr.Origin), t.rtp.SequenceNumber, t.nowNS, &t.f.moves)
 		return false
 	}
 	vf, has := t.rtp.VideoFrame(t.f.adapt.videoID)

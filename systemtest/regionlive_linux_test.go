@@ -211,6 +211,15 @@ func TestRegionLiveMoveOnRTTJump(t *testing.T) {
 	moves := metric(t, cd.reg, "callrelay_conductor_placement_moves_total", "rtt")
 	t.Logf("lagos re-placed eu -> za %v after its eu link went 15 -> 200 ms each way (its device had the jump in its RTTs after %v, the conductor's move counted after %v; RTTs %v before, %v at the move); longest media gap over the move %v, paris->berlin (untouched) %v; lagos->berlin median one-way %v on the jumped path, %v after the move (trunk RTT eu->za %v); moves by the conductor: %v (rtt) in the 4 s after, device moves: lagos %d, paris %d, berlin %d",
 		took.Round(time.Millisecond), seen, decided.Sub(jumped).Round(time.Millisecond), before, after, gaps, floor.Round(time.Millisecond), median(dJump), median(dAfter), regions.RegionRTT(eu.F, "za"), moves, len(a.Moves()), len(b.Moves()), len(c.Moves()))
+	// The relay's own figure for the move (sender_moves.go): fwd-eu, where
+	// paris and berlin listen, heard lagos go from its session there to the
+	// trunk from fwd-za; fwd-za, where nobody heard lagos before, no move.
+	mv := eu.F.SenderMoves()
+	t.Logf("fwd-eu measured lagos's move: gap %v, %d packets still owed by the old path (sender moves %v, %d measured); fwd-za: %v",
+		mv.LastGap, mv.Skipped, mv.Moves, mv.Measured, za.F.SenderMoves().Moves)
+	require.Equal(t, [3]uint64{forwarder.MoveDirectToTrunk: 1}, mv.Moves, "fwd-eu: lagos's move, heard once, by its path")
+	require.Equal(t, uint64(1), mv.Measured, "fwd-eu: the move's gap measured")
+	require.Equal(t, [3]uint64{}, za.F.SenderMoves().Moves, "fwd-za: no move heard")
 	require.Less(t, took, 2*time.Second, "re-placed within 2 s of the jump")
 	require.Less(t, worstGap, max(100*time.Millisecond, floor+20*time.Millisecond),
 		"media gap %s over the move: under 100 ms, or no more than the untouched stream's silence (CPU starvation) in the window", worstPair)
