@@ -26,6 +26,7 @@ var metricSources = []string{
 	"../dashboard/admin.go",
 	"../forwarder/admin.go",
 	"../forwarder/trunk_rtt.go",
+	"../forwarder/sender_moves.go",
 	"../conductor/placement_call.go",
 	"../dashboard/trunks.go",
 }

@@ -126,6 +126,7 @@ func New(cfg Config) (*Forwarder, error) {
 	}
 	f := &Forwarder{cfg: cfg, log: cfg.Logger, audio: audioParamsOf(cfg.Audio), adapt: adaptParamsOf(cfg.Adapt),
 		police: policeParamsOf(cfg.Police)}
+	f.moves.init()
 	if cfg.Cluster.ID != "" {
 		f.log = f.log.With(zap.String("forwarder", cfg.Cluster.ID))
 	}

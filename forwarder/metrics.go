@@ -96,7 +96,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	describeResume(ch)
 	describeStream(ch)
 	describeNotices(ch)
-	describeSenderMoves(ch)
+	describeSenderMoves(ch, &c.f.moves)
 	ch <- mLapses
 	ch <- mLapsed
 }

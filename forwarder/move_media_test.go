@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/callrelay/callrelay/client"
@@ -417,7 +419,22 @@ func TestMoveGapMeasuredWhenTheOldPathDies(t *testing.T) {
 	checkMoveMeasured(t, mc.m, switched, mc.b, []movedHere{
 		{"fwd-a", mc.a, forwarder.MoveDirectToTrunk, mc.la}, {"fwd-c", mc.c, forwarder.MoveTrunkToTrunk, mc.lc}})
 	for _, n := range []*clusterNode{mc.a, mc.c} {
+		// As Prometheus scrapes it (a pedantic registry checks that what the
+		// collector describes is what it collects).
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(n.f.Collector())
+		mfs, err := reg.Gather()
+		require.NoError(t, err)
+		var scraped *dto.Histogram
+		for _, mf := range mfs {
+			if mf.GetName() == "callrelay_forwarder_sender_move_gap_seconds" {
+				scraped = mf.GetMetric()[0].GetHistogram()
+			}
+		}
+		require.NotNil(t, scraped, "the gap histogram is exported")
+		require.Equal(t, uint64(1), scraped.GetSampleCount())
 		mv := n.f.SenderMoves()
+		require.InDelta(t, mv.LastGap.Seconds(), scraped.GetSampleSum(), 0.0005)
 		// 400 ms down, less the old path's 20 ms: a gap under 300 ms would
 		// mean the relay missed the hole its listeners heard.
 		require.GreaterOrEqual(t, mv.LastGap, 300*time.Millisecond, "the gap measured on the move")

@@ -140,9 +140,26 @@ type moveStats struct {
 	flaps   atomic.Uint64
 	quiet   atomic.Uint64
 	skipped atomic.Uint64
-	gap     latencyHistogram
-	lastMS  atomic.Uint32 // the last measured gap
-	maxMS   atomic.Uint32 // the longest
+	// The measured gaps: how many, their sum, the last, the longest, and
+	// their histogram as exported (nil in tests that make a bare
+	// moveStats).
+	measured atomic.Uint64
+	sumMS    atomic.Uint64
+	lastMS   atomic.Uint32
+	maxMS    atomic.Uint32
+	hist     prometheus.Histogram
+}
+
+// moveGapBuckets are the gap histogram's upper bounds, in seconds: one
+// packet interval or less (a clean make-before-break move) up to the 2 s
+// beyond which a sender counts as quiet.
+var moveGapBuckets = []float64{0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.4, 1, 2}
+
+const moveGapHelp = "Per move, the time from the sender's last packet by the old path to its first by the new one (its audio, or while it sends none its first other stream), as the members here heard it (moves of senders quiet for over 2 s are not measured)."
+
+func (s *moveStats) init() {
+	s.hist = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "callrelay_forwarder_sender_move_gap_seconds", Help: moveGapHelp, Buckets: moveGapBuckets})
 }
 
 // Which way a sender moved, as the listeners' forwarder sees it.
@@ -169,7 +186,11 @@ func (s *moveStats) record(from, to uint16, gapMS uint32, skipped uint16) {
 		return
 	}
 	s.skipped.Add(uint64(skipped))
-	s.gap.observe(time.Duration(gapMS) * time.Millisecond)
+	s.measured.Add(1)
+	s.sumMS.Add(uint64(gapMS))
+	if s.hist != nil {
+		s.hist.Observe(float64(gapMS) / 1000) // a move, not a packet: once per move and listening forwarder
+	}
 	s.lastMS.Store(gapMS)
 	for m := s.maxMS.Load(); gapMS > m && !s.maxMS.CompareAndSwap(m, gapMS); m = s.maxMS.Load() {
 	}
@@ -195,8 +216,8 @@ func (f *Forwarder) SenderMoves() SenderMoveStats {
 		out.Moves[i] = s.moves[i].Load()
 	}
 	out.Flaps, out.Quiet, out.Skipped = s.flaps.Load(), s.quiet.Load(), s.skipped.Load()
-	out.Measured, _ = s.gap.totals()
-	out.GapSum = time.Duration(s.gap.sumNS.Load())
+	out.Measured = s.measured.Load()
+	out.GapSum = time.Duration(s.sumMS.Load()) * time.Millisecond
 	out.LastGap = time.Duration(s.lastMS.Load()) * time.Millisecond
 	out.MaxGap = time.Duration(s.maxMS.Load()) * time.Millisecond
 	return out
@@ -239,15 +260,15 @@ func attachTrack(cl *call, id protocol.ID, m *mediaInfo) {
 var (
 	mSenderMoves = prometheus.NewDesc("callrelay_forwarder_sender_moves_total",
 		"Members whose media came here by another path than before (a move to, from or between other forwarders), as heard by the members here, by path: direct_to_trunk, trunk_to_direct, trunk_to_trunk.", []string{"path"}, nil)
-	mSenderMoveGap = prometheus.NewDesc("callrelay_forwarder_sender_move_gap_seconds",
-		"Per move, the time from the sender's last packet by the old path to its first by the new one (its audio, or while it sends none its first other stream), as the members here heard it (moves of senders quiet for over 2 s are not measured).", nil, nil)
 	mSenderMoveMisc = prometheus.NewDesc("callrelay_forwarder_sender_move_events_total",
 		"Around sender moves: quiet (a move of a sender unheard for over 2 s: no gap measured), flap (a path change within 500 ms of the last: not a move), skipped_packets (packets the old path still owed when the new one's first came).", []string{"event"}, nil)
 )
 
-func describeSenderMoves(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{mSenderMoves, mSenderMoveGap, mSenderMoveMisc} {
-		ch <- d
+func describeSenderMoves(ch chan<- *prometheus.Desc, s *moveStats) {
+	ch <- mSenderMoves
+	ch <- mSenderMoveMisc
+	if s.hist != nil {
+		ch <- s.hist.Desc()
 	}
 }
 
@@ -255,7 +276,9 @@ func collectSenderMoves(ch chan<- prometheus.Metric, s *moveStats) {
 	for i := range s.moves {
 		ch <- prometheus.MustNewConstMetric(mSenderMoves, prometheus.CounterValue, float64(s.moves[i].Load()), movePathNames[i])
 	}
-	ch <- s.gap.metric(mSenderMoveGap)
+	if s.hist != nil {
+		ch <- s.hist
+	}
 	constCounter(ch, mSenderMoveMisc, s.quiet.Load(), "quiet")
 	constCounter(ch, mSenderMoveMisc, s.flaps.Load(), "flap")
 	constCounter(ch, mSenderMoveMisc, s.skipped.Load(), "skipped_packets")
