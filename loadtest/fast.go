@@ -158,8 +158,10 @@ type fastDev struct {
 	// video is its simulcast video (Fast.VideoLayers; nil: none).
 	video *fastVideo
 	// spurt is the first of its talkspurts that has not ended yet (at
-	// the last frame): see talking.
-	spurt int
+	// the last frame), spurtFrom and spurtTo its bounds (spurtTo 0: not
+	// read yet): see talking.
+	spurt              int
+	spurtFrom, spurtTo time.Duration
 
 	// Pre-sealed frames (not probes): [0] silence, [1] speech, with the
 	// offsets of their abs-send-time bytes and payloads.

@@ -37,7 +37,7 @@ type rxRing struct {
 // retireAfterMs is how long a block that holds frames may stay open: the
 // reader's wake-up lag at low rates (delays are measured from the kernel's
 // arrival times, which this lag does not touch).
-const retireAfterMs = 1
+const retireAfterMs = 8
 
 // Offsets in a block descriptor (struct tpacket_block_desc, hdr v1) and a
 // frame header (struct tpacket3_hdr).
