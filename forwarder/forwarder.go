@@ -101,8 +101,8 @@ type Forwarder struct {
 	// Dependencies' latency: call-state writes, NATS round trips.
 	storeLatency, natsRTT latencyHistogram
 	// Senders' moves as the members here heard them (sender_moves.go).
-	moves moveStats
-	lookupIn, lookupOut   chan *lookup
+	moves               moveStats
+	lookupIn, lookupOut chan *lookup
 
 	// The operator's commands and captures (admin.go, capture.go).
 	adminIn    chan *nats.Msg

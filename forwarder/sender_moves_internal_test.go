@@ -65,7 +65,7 @@ func TestMoveTrack(t *testing.T) {
 			pkts:  cat(stream(pathDirect, 1000, 30000, 10), stream(b, 2500, 5, 10)),
 			moves: [numMovePaths]uint64{MoveDirectToTrunk: 1}, gap: 1320 * time.Millisecond, skipped: 5 - 30009 - 1 + 65536},
 		{name: "a straggler stamped before the last news (another reader's batch clock) is no news",
-			pkts: cat(stream(c, 1000, 10, 50), []pkt{{2000, b, 60}, {1995, c, 58}, {2020, b, 61}}),
+			pkts:  cat(stream(c, 1000, 10, 50), []pkt{{2000, b, 60}, {1995, c, 58}, {2020, b, 61}}),
 			moves: [numMovePaths]uint64{MoveTrunkToTrunk: 1}, gap: 20 * time.Millisecond},
 		{name: "sequence numbers wrap", pkts: cat(stream(pathDirect, 1000, 65530, 10), stream(b, 1200, 4, 10)),
 			moves: [numMovePaths]uint64{MoveDirectToTrunk: 1}, gap: 20 * time.Millisecond},
