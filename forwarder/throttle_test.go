@@ -35,10 +35,13 @@ func sessionsOnly(cfg *forwarder.Config) {
 // misses, and each miss is a join the test did not make (a failover's
 // rejoin, a session gone, a referral with no peer to name), which moves
 // the counts and levels under test. Sessions and peers here live for the
-// test; the peer still reports its load every 100 ms.
+// test; the peer still reports its load every 100 ms. Keepalives come at
+// the product's 1 s: at 100 ms, twenty devices' keepalives were most of
+// what a starved, race-built process had to do, and a join waited behind
+// seconds of them.
 func steadyAdmission(cfg *forwarder.Config) {
 	sessionsOnly(cfg)
-	cfg.IdleTimeout = time.Minute
+	cfg.KeepaliveInterval, cfg.IdleTimeout = time.Second, time.Minute
 	cfg.Cluster.PeerTimeout, cfg.Cluster.OrphanAfter = time.Minute, time.Minute
 }
 
