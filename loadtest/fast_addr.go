@@ -96,10 +96,19 @@ func (e *fastEngine) globalDev(no int) int {
 // localDev is this engine's device whose address a is (false: none, or
 // another agent's).
 func (e *fastEngine) localDev(a netip.Addr) (int, bool) {
-	g, ok := e.addrs.dev(a)
+	g, ok := e.devices().dev(a)
 	of := max(e.p.share.of, 1)
 	if !ok || g%of != e.p.share.index {
 		return 0, false
 	}
 	return g / of, true
+}
+
+// devices is the engine's device range: e.addrs, or the loopback range
+// when none was set (an engine built by hand, as unit tests do).
+func (e *fastEngine) devices() addrRange {
+	if e.addrs.blocks == 0 {
+		return loopbackRange
+	}
+	return e.addrs
 }

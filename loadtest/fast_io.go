@@ -76,6 +76,9 @@ func (f Fast) packetDefaults() Fast {
 	if f.IO == "" {
 		f.IO = FastIOSocket
 	}
+	if f.IO != FastIOPacket {
+		return f // no packet settings in a socket plan's JSON
+	}
 	if f.Packet.Devices == "" {
 		f.Packet.Devices = "198.18.0.0/15"
 	}

@@ -20,7 +20,7 @@ func (e *fastEngine) newDev(call int32, idx int, probe bool, target netip.AddrPo
 	if no >= len(e.readyAt) {
 		return nil, fmt.Errorf("loadtest: fast engine: more than %d devices", len(e.readyAt))
 	}
-	addr, err := e.addrs.addr(e.globalDev(no))
+	addr, err := e.devices().addr(e.globalDev(no))
 	if err != nil {
 		return nil, err
 	}

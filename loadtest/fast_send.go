@@ -164,7 +164,7 @@ func (e *fastEngine) sendFrame(d *fastDev, now time.Time) {
 		d.seq++
 	}
 	if e.muted(d) && !d.direct {
-		e.queueFrom(d, pkt, e.addrs.mute())
+		e.queueFrom(d, pkt, e.devices().mute())
 	} else {
 		e.queue(d, pkt)
 	}

@@ -105,7 +105,7 @@ func (e *fastEngine) sendVideo(d *fastDev, now time.Time) {
 		copy(pkt[v.absOff[l]:v.absOff[l]+3], abs[:])
 		putStamp(pkt[v.payOff[l]:], sentNs, c.cls, 0, frame)
 		if l > 0 && e.f.Target == TargetReflector {
-			e.queueFrom(d, pkt, e.addrs.mute())
+			e.queueFrom(d, pkt, e.devices().mute())
 		} else {
 			e.queue(d, pkt)
 		}

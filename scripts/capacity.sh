@@ -67,10 +67,13 @@
 # neighbour whose MAC no interface has (the generator's kernel drops those
 # frames right after its ring tapped them: no socket, no ICMP), turns
 # forwarding on for crv-r only (the baseline pairs' frames bounce there),
-# and sets rps_cpus so that crv-r's receive work runs on RELAY_CPU (the
-# relay pays its own kernel receive path) and crv-g's on GEN_CPU (GEN_RPS=0:
-# on whichever core sent the frame, i.e. the relay's, which then also pays
-# for the generator taking its frames in: only to measure that part). The relays
+# and sets rps_cpus of crv-r's receive queue to RELAY_CPU (the relay pays
+# its own kernel receive path). crv-g's stays empty: the relay's frames are
+# taken in (the generator ring's tap, the drop) on the core that sent them,
+# the relay's, in its send call, where its CPU figure counts them; GEN_RPS=1
+# moves that to GEN_CPU instead, by an IPI per batch, whose softirq time this
+# kernel (no IRQ_TIME_ACCOUNTING) charges to whatever task it interrupts,
+# not to the generator (docs/capacity.md, Packet I/O). The relays
 # listen on 10.211.0.1; the generator sends raw frames with AF_PACKET and
 # reads them from a TPACKET_V3 ring. It removes all of it when done. coturn
 # is left out (the TURN target needs kernel sockets). IO=socket (the
@@ -190,8 +193,8 @@ netns_up() {
 	ip route replace 198.18.0.0/15 via 10.211.0.2 dev crv-r
 	echo 1 >/proc/sys/net/ipv4/conf/crv-r/forwarding
 	cpu_mask "$RELAY_CPU" >/sys/class/net/crv-r/queues/rx-0/rps_cpus
-	local gen_mask=0 # GEN_RPS=0: the relay's frames are taken in on the relay's core, which then pays the generator's tap
-	[ "${GEN_RPS:-1}" = 0 ] || gen_mask=$(cpu_mask "$GEN_CPU")
+	local gen_mask=0 # the relay's frames are taken in on the core that sent them: the relay's
+	[ "${GEN_RPS:-0}" = 0 ] || gen_mask=$(cpu_mask "$GEN_CPU")
 	ip netns exec "$NETNS" sh -c "echo $gen_mask >/sys/class/net/crv-g/queues/rx-0/rps_cpus"
 }
 netns_down() {
