@@ -95,7 +95,12 @@ func TestLoadtestForwarderKillDropsOrRejoins(t *testing.T) {
 	defer srv.Close()
 	t.Logf("report screenshot: %s", renderInChromium(t, srv.URL+"/report.html", "loadtest-kill-report.png"))
 
-	on, _ := runKill(t, c, "on", "token_lifetime: 2s\n")
+	// Devices give a silent forwarder up after 1 s, not the client's 3
+	// keepalive intervals (300 ms at these forwarders' 100 ms): a starved
+	// test machine delays answers that long and made devices fail over
+	// before the kill and again after it (18 re-joins of 15 devices in a
+	// CI run at load ~12).
+	on, _ := runKill(t, c, "on", "token_lifetime: 2s\nrejoin: {failover_after: 1s}\n")
 	n := on.Totals.All
 	s := n.RejoinSilenceMs
 	t.Logf("re-joins on: %d calls dropped, %d sessions lost, %d re-joins, silence p50 %.1f ms p99 %.1f ms max %.1f ms, loss %.2f%%",
@@ -109,8 +114,8 @@ func TestLoadtestForwarderKillDropsOrRejoins(t *testing.T) {
 	require.LessOrEqual(t, s.P99, s.Max*1.05, "p99 within the sketch's precision of the max")
 	rejoinedAt := secondsWith(on, func(m loadtest.Measures) bool { return m.RejoinSilenceMs.Count > 0 })
 	require.NotEmpty(t, rejoinedAt)
-	// After the kill (with a 100 ms keepalive, a loaded machine can also
-	// make a device fail over once before it: counted, not the point here).
+	// After the kill (a loaded machine can still make a device fail over
+	// once before it: counted, not the point here).
 	require.GreaterOrEqual(t, rejoinedAt[len(rejoinedAt)-1], int(on.Events[0].AtMs/1000), "re-joined after the kill")
 	require.Less(t, n.LossPct, o.LossPct, "re-joining loses less than being lost")
 }
