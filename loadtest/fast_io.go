@@ -19,8 +19,10 @@ import (
 // network namespace the run created (scripts/capacity.sh IO=packet), sent
 // with sendmmsg past the qdisc and read from a TPACKET_V3 ring: no socket
 // lookup, no UDP or IP receive path, no wake-up per datagram on the
-// generator's side. The relay keeps its plain UDP socket on the other end;
-// the devices' addresses (Fast.Packet.Devices) are routed to the
+// generator's side. The relay keeps its plain UDP socket on the other end,
+// in a namespace of its own too in scripts/capacity.sh (then the
+// generator's process sees neither end's address: Packet.Gateway is
+// given); the devices' addresses (Fast.Packet.Devices) are routed to the
 // generator's end by a static neighbour whose MAC is no interface's, so
 // that the generator's kernel drops the relay's frames (PACKET_OTHERHOST)
 // right after the ring has copied them: no ICMP, no socket. Frames from
@@ -41,8 +43,9 @@ type PacketIO struct {
 	// Iface is the generator's end of the veth pair.
 	Iface string `json:"iface" yaml:"iface"`
 	// Gateway is the MAC every frame goes to (the relay's end); empty:
-	// the MAC of the interface, in the generator's own namespace, that
-	// holds the first forwarder's address.
+	// the MAC of the interface, in the generator process's own namespace
+	// (not NetNS), that holds the first forwarder's address: a relay in
+	// another namespace needs it given.
 	Gateway string `json:"gateway,omitempty" yaml:"gateway,omitempty"`
 	// Devices is the prefix the devices' addresses come from (its first
 	// /24 is left out: the mute address); default 198.18.0.0/15 (RFC
@@ -153,7 +156,8 @@ func gatewayMAC(mac string, addrs []netip.AddrPort) (afpacket.MAC, error) {
 			}
 		}
 	}
-	return afpacket.MAC{}, fmt.Errorf("fast.io packet: no interface here holds %v: give fast.packet.gateway (--fast-gateway), the MAC of the relay's end", addrs)
+	return afpacket.MAC{}, fmt.Errorf("fast.io packet: no interface in the generator's network namespace holds %v "+
+		"(a relay in a namespace of its own is not seen): give fast.packet.gateway (--fast-gateway), the MAC of the relay's end", addrs)
 }
 
 // openConns opens the engine's Fast.Sockets conns and sets its device

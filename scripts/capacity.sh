@@ -60,24 +60,33 @@
 #            (every gap counts).
 #
 # IO=packet (root) moves the generator's frames around its kernel's socket
-# stack (loadtest --fast-io packet, loadtest/fast_io.go): the run makes a
-# network namespace for the generator (NETNS, default crgen) joined to this
-# one by a veth pair (crv-r here, at 10.211.0.1/30; crv-g there, with no
-# address), routes the devices' range 198.18.0.0/15 to crv-g through a static
-# neighbour whose MAC no interface has (the generator's kernel drops those
-# frames right after its ring tapped them: no socket, no ICMP), turns
-# forwarding on for crv-r only (the baseline pairs' frames bounce there),
-# and sets rps_cpus of crv-r's receive queue to RELAY_CPU (the relay pays
-# its own kernel receive path). crv-g's stays empty: the relay's frames are
-# taken in (the generator ring's tap, the drop) on the core that sent them,
-# the relay's, in its send call, where its CPU figure counts them; GEN_RPS=1
-# moves that to GEN_CPU instead, by an IPI per batch, whose softirq time this
-# kernel (no IRQ_TIME_ACCOUNTING) charges to whatever task it interrupts,
-# not to the generator (docs/capacity.md, Packet I/O). The relays
-# listen on 10.211.0.1; the generator sends raw frames with AF_PACKET and
-# reads them from a TPACKET_V3 ring. It removes all of it when done. coturn
-# is left out (the TURN target needs kernel sockets). IO=socket (the
-# default) is the plain UDP path over 127.0.0.0/8.
+# stack (loadtest --fast-io packet, loadtest/fast_io.go). Both ends live in
+# network namespaces the run makes, nothing is added to this (the root)
+# one: no address, route, neighbour or sysctl. The generator's namespace
+# (NETNS, default crgen) holds crv-g, with no address; the relay's
+# (RELAY_NS, default crrel) holds crv-r, the veth pair's other end (MAC
+# 02:cc:00:00:00:01, at 10.211.0.1/30), routes the devices' range
+# 198.18.0.0/15 to crv-g through a static neighbour whose MAC no interface
+# has (the generator's kernel drops those frames right after its ring
+# tapped them: no socket, no ICMP), forwards on crv-r (the baseline pairs'
+# frames bounce there) and sets rps_cpus of crv-r's receive queue to
+# RELAY_CPU (the relay pays its own kernel receive path). crv-g's stays
+# empty: the relay's frames are taken in (the generator ring's tap, the
+# drop) on the core that sent them, the relay's, in its send call, where
+# its CPU figure counts them; GEN_RPS=1 moves that to GEN_CPU instead, by
+# an IPI per batch, whose softirq time this kernel (no
+# IRQ_TIME_ACCOUNTING) charges to whatever task it interrupts, not to the
+# generator (docs/capacity.md, Packet I/O). Every relay-side process runs
+# in RELAY_NS (ip netns exec, still pinned by taskset/chrt): the relays,
+# listening on 10.211.0.1, and for trunk/group4c/group8c the nats-server,
+# redis-server and conductor on its 127.0.0.1, and the readiness checks.
+# The generator stays in this namespace: only its AF_PACKET socket is
+# opened in NETNS (--fast-netns, --fast-iface crv-g, --fast-gateway
+# crv-r's MAC); it sends raw frames and reads them from a TPACKET_V3 ring.
+# Its /proc/<pid>/stat reading of the relays' CPU works across namespaces.
+# Deleting both namespaces when done removes all of it. coturn is left
+# out (the TURN target needs kernel sockets). IO=socket (the default) is
+# the plain UDP path over 127.0.0.0/8, every process in this namespace.
 #
 # Output in $OUT/<case>/: <relay>.json and <relay>.html (each ramp's
 # load-test result and report), capacity.json and capacity.html (side by
@@ -98,13 +107,18 @@ LOSS_TARGET=${LOSS_TARGET:-0.1}   # percent
 DELAY_TARGET=${DELAY_TARGET:-5ms} # relay-added p99 (raise it only on a machine too loaded to measure 5 ms, and say so)
 CASE=${CASE:-one2one}             # one2one, trunk, group4, group4c, group8c, video (several: space-separated)
 IO=${IO:-socket}                  # socket or packet (see above)
-NETNS=${NETNS:-crgen}
+NETNS=${NETNS:-crgen}              # IO=packet: the generator's network namespace
+RELAY_NS=${RELAY_NS:-crrel}        # IO=packet: the relays' network namespace
+RELAY_MAC=02:cc:00:00:00:01        # IO=packet: crv-r's (the generator's --fast-gateway)
 HOST=127.0.0.1 # where the relays' media sockets listen
+rns=()         # IO=packet: ip netns exec RELAY_NS, before every relay-side command
 case $IO in
 socket) ;;
 packet)
 	[ "$(id -u)" -eq 0 ] || { echo "capacity: IO=packet needs root (ip netns, veth, AF_PACKET)" >&2; exit 1; }
-	HOST=10.211.0.1 ;;
+	[ "$NETNS" != "$RELAY_NS" ] || { echo "capacity: NETNS and RELAY_NS must differ" >&2; exit 1; }
+	HOST=10.211.0.1
+	rns=(ip netns exec "$RELAY_NS") ;;
 *) echo "capacity: IO $IO: want socket or packet" >&2; exit 1 ;;
 esac
 for c in $CASE; do
@@ -179,29 +193,36 @@ stop_relay() {
 # cpu_mask N: the hex mask of core N (rps_cpus).
 cpu_mask() { printf '%x' $((1 << $1)); }
 
-# netns_up (IO=packet): the generator's namespace, the veth pair, the route
-# and neighbour, forwarding on crv-r, RPS; netns_down removes them.
+# netns_up (IO=packet): the two namespaces, the veth pair between them, and
+# in RELAY_NS crv-r's address, the neighbour and route to the devices,
+# forwarding and RPS; nothing in this namespace. netns_down removes them
+# (the veth pair goes with them).
 netns_up() {
 	netns_down
 	ip netns add "$NETNS"
-	ip link add crv-r type veth peer name crv-g netns "$NETNS"
-	ip addr add 10.211.0.1/30 dev crv-r
-	ip link set crv-r up
+	ip netns add "$RELAY_NS"
+	ip link add crv-r netns "$RELAY_NS" address "$RELAY_MAC" type veth peer name crv-g netns "$NETNS" address 02:cc:00:00:00:02
 	ip -n "$NETNS" link set lo up
 	ip -n "$NETNS" link set crv-g up
-	ip neigh replace 10.211.0.2 lladdr 02:cc:00:00:00:03 dev crv-r nud permanent
-	ip route replace 198.18.0.0/15 via 10.211.0.2 dev crv-r
-	echo 1 >/proc/sys/net/ipv4/conf/crv-r/forwarding
-	cpu_mask "$RELAY_CPU" >/sys/class/net/crv-r/queues/rx-0/rps_cpus
+	ip -n "$RELAY_NS" link set lo up
+	ip -n "$RELAY_NS" addr add 10.211.0.1/30 dev crv-r
+	ip -n "$RELAY_NS" link set crv-r up
+	ip -n "$RELAY_NS" neigh replace 10.211.0.2 lladdr 02:cc:00:00:00:03 dev crv-r nud permanent
+	ip -n "$RELAY_NS" route replace 198.18.0.0/15 via 10.211.0.2 dev crv-r
+	ip netns exec "$RELAY_NS" sh -c "echo 1 >/proc/sys/net/ipv4/conf/crv-r/forwarding &&
+		echo $(cpu_mask "$RELAY_CPU") >/sys/class/net/crv-r/queues/rx-0/rps_cpus"
 	local gen_mask=0 # the relay's frames are taken in on the core that sent them: the relay's
 	[ "${GEN_RPS:-0}" = 0 ] || gen_mask=$(cpu_mask "$GEN_CPU")
 	ip netns exec "$NETNS" sh -c "echo $gen_mask >/sys/class/net/crv-g/queues/rx-0/rps_cpus"
 }
 netns_down() {
-	ip route del 198.18.0.0/15 2>/dev/null || true
-	ip link del crv-r 2>/dev/null || true
+	ip netns del "$RELAY_NS" 2>/dev/null || true
 	ip netns del "$NETNS" 2>/dev/null || true
 }
+# in_relay_ns CMD...: CMD in the relays' namespace (IO=packet), else here.
+in_relay_ns() { ${rns[@]+"${rns[@]}"} "$@"; }
+# port_open PORT: whether something listens on 127.0.0.1:PORT where the relays run.
+port_open() { in_relay_ns bash -c ": </dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 cleanup() {
 	stop_relay
 	[ "$IO" != packet ] || netns_down
@@ -210,27 +231,29 @@ trap cleanup EXIT
 gen_io=()
 if [ "$IO" = packet ]; then
 	netns_up
-	gen_io=(--fast-io packet --fast-netns "$NETNS" --fast-iface crv-g)
+	gen_io=(--fast-io packet --fast-netns "$NETNS" --fast-iface crv-g --fast-gateway "$RELAY_MAC")
 fi
 
-# start_forwarder NAME PORT [ARGS...]: a forwarder on RELAY_CPU; its pid in $!.
+# start_forwarder NAME PORT [ARGS...]: a forwarder on RELAY_CPU (in
+# RELAY_NS with IO=packet); its pid in $!.
 start_forwarder() {
 	local name=$1 port=$2
 	shift 2
-	${rt[@]+"${rt[@]}"} taskset -c "$RELAY_CPU" "$OUT/callrelay" forwarder --listen "$HOST:$port" --public-key "$CALLRELAY_PUBLIC_KEY" \
+	${rns[@]+"${rns[@]}"} ${rt[@]+"${rt[@]}"} taskset -c "$RELAY_CPU" "$OUT/callrelay" forwarder --listen "$HOST:$port" --public-key "$CALLRELAY_PUBLIC_KEY" \
 		--readers 1 --cpu-cores 1 --drain-deadline 1s --log-level warn --stats-every 0 "$@" >"$OUT/$kase/$name.log" 2>&1 &
 }
 
 # start_trunk_pair: forwarders A (relay_pid, at $port) and B (more_pids, at
-# $((port+1))) in one cluster over a nats-server; waits (poll, 15 s) until
-# each counts the other a peer. Sets fwds.
+# $((port+1))) in one cluster over a nats-server (all in RELAY_NS with
+# IO=packet); waits (poll, 15 s) until each counts the other a peer. Sets
+# fwds.
 start_trunk_pair() {
 	local nport=$((PORT + 100)) key m
 	key=$("$OUT/callrelay" token cluster-key | sed -n "s/^CALLRELAY_CLUSTER_KEY=//p")
-	taskset -c "$GEN_CPU" nats-server -a 127.0.0.1 -p "$nport" >"$OUT/$kase/nats.log" 2>&1 &
+	${rns[@]+"${rns[@]}"} taskset -c "$GEN_CPU" nats-server -a 127.0.0.1 -p "$nport" >"$OUT/$kase/nats.log" 2>&1 &
 	more_pids+=($!)
 	for _ in $(seq 100); do
-		(: </dev/tcp/127.0.0.1/"$nport") 2>/dev/null && break
+		port_open "$nport" && break
 		sleep 0.1
 	done
 	for n in a b; do
@@ -243,7 +266,7 @@ start_trunk_pair() {
 	for _ in $(seq 150); do
 		m=0
 		for mport in $((port + 300)) $((port + 301)); do
-			curl -fsS "http://127.0.0.1:$mport/metrics" 2>/dev/null | grep -q '^callrelay_forwarder_peers 1$' && m=$((m + 1))
+			in_relay_ns curl -fsS "http://127.0.0.1:$mport/metrics" 2>/dev/null | grep -q '^callrelay_forwarder_peers 1$' && m=$((m + 1))
 		done
 		[ $m = 2 ] && break
 		sleep 0.1
@@ -255,22 +278,22 @@ start_trunk_pair() {
 
 # start_conducted: a redis-server, a nats-server and a conductor on
 # GEN_CPU (more_pids), and the forwarder (relay_pid, at $port) on RELAY_CPU
-# in their cluster; waits (poll, 20 s) until the conductor holds every
-# partition.
+# in their cluster (all in RELAY_NS with IO=packet); waits (poll, 20 s)
+# until the conductor holds every partition.
 start_conducted() {
 	local nport=$((PORT + 100)) rport=$((PORT + 400)) cport=$((PORT + 500)) key
 	key=$("$OUT/callrelay" token cluster-key | sed -n "s/^CALLRELAY_CLUSTER_KEY=//p")
-	taskset -c "$GEN_CPU" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$OUT/$kase/redis.log" 2>&1 &
+	${rns[@]+"${rns[@]}"} taskset -c "$GEN_CPU" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$OUT/$kase/redis.log" 2>&1 &
 	more_pids+=($!)
-	taskset -c "$GEN_CPU" nats-server -a 127.0.0.1 -p "$nport" >"$OUT/$kase/nats.log" 2>&1 &
+	${rns[@]+"${rns[@]}"} taskset -c "$GEN_CPU" nats-server -a 127.0.0.1 -p "$nport" >"$OUT/$kase/nats.log" 2>&1 &
 	more_pids+=($!)
 	for p in "$rport" "$nport"; do
 		for _ in $(seq 100); do
-			(: </dev/tcp/127.0.0.1/"$p") 2>/dev/null && break
+			port_open "$p" && break
 			sleep 0.1
 		done
 	done
-	taskset -c "$GEN_CPU" "$OUT/callrelay" conductor --id capacity-conductor --cluster-key "$key" --redis-url "redis://127.0.0.1:$rport" \
+	${rns[@]+"${rns[@]}"} taskset -c "$GEN_CPU" "$OUT/callrelay" conductor --id capacity-conductor --cluster-key "$key" --redis-url "redis://127.0.0.1:$rport" \
 		--nats-url "nats://127.0.0.1:$nport" --max-forwarded 3 --metrics-listen "127.0.0.1:$cport" --log-level warn >"$OUT/$kase/conductor.log" 2>&1 &
 	more_pids+=($!)
 	CALLRELAY_CLUSTER_KEY=$key start_forwarder forwarder "$port" --id capacity-a --trunk-listen "127.0.0.1:$((port + 200))" \
@@ -278,7 +301,7 @@ start_conducted() {
 	relay_pid=$!
 	local owned=
 	for _ in $(seq 200); do
-		owned=$(curl -fsS "http://127.0.0.1:$cport/metrics" 2>/dev/null | sed -n 's/^callrelay_conductor_partitions_owned \([0-9]*\).*/\1/p' || true)
+		owned=$(in_relay_ns curl -fsS "http://127.0.0.1:$cport/metrics" 2>/dev/null | sed -n 's/^callrelay_conductor_partitions_owned \([0-9]*\).*/\1/p' || true)
 		[ "${owned:-0}" -ge 64 ] && break
 		sleep 0.1
 	done
@@ -315,7 +338,7 @@ for kase in $CASE; do
 			fi
 			target=forwarder ;;
 		reflector)
-			${rt[@]+"${rt[@]}"} taskset -c "$RELAY_CPU" "$OUT/callrelay" reflector --listen "$HOST:$port" >"$OUT/$kase/reflector.log" 2>&1 &
+			${rns[@]+"${rns[@]}"} ${rt[@]+"${rt[@]}"} taskset -c "$RELAY_CPU" "$OUT/callrelay" reflector --listen "$HOST:$port" >"$OUT/$kase/reflector.log" 2>&1 &
 			relay_pid=$!
 			target=reflector ;;
 		coturn)
