@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -48,12 +47,7 @@ func TestFastPacketIOThroughReflector(t *testing.T) {
 		ref, err = reflector.Listen(netip.AddrPortFrom(l.RelayAddr, 0))
 		return err
 	}))
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = ref.Run(ctx) }()
-	defer func() { cancel(); wg.Wait() }()
+	ctx := serveReflector(t, ref)
 	p := fastPlan(ref.Addr(), nil)
 	_, p.SigningKey = mustKey(t)
 	p.Fast.Target = TargetReflector

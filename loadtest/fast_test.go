@@ -83,16 +83,23 @@ func TestFastThroughForwarder(t *testing.T) {
 	checkFastTotals(t, res)
 }
 
+// serveReflector runs ref for the test (at most 60 s) and returns the
+// context the test's plan runs in.
+func serveReflector(t *testing.T, ref *reflector.Reflector) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = ref.Run(ctx) }()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return ctx
+}
+
 func TestFastThroughReflector(t *testing.T) {
 	skipOffLinux(t)
 	ref, err := reflector.Listen(netip.MustParseAddrPort("127.0.0.1:0"))
 	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = ref.Run(ctx) }()
-	defer func() { cancel(); wg.Wait() }()
+	ctx := serveReflector(t, ref)
 	p := fastPlan(ref.Addr(), nil)
 	_, p.SigningKey = mustKey(t)
 	p.Fast.Target = TargetReflector
