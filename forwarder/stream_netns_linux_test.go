@@ -9,7 +9,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -28,9 +27,12 @@ import (
 )
 
 // Issue 19's proof in a network namespace: the device runs in a namespace
-// the test creates (a veth pair on a private /30 to the host, where the
-// forwarder listens) and whose UDP the test drops both ways with nftables
-// inside the namespace (loopback inside the namespace still works). The device is this test binary run again inside the namespace
+// the test creates (a veth pair on a private /30 to a second namespace the
+// test creates, the host namespace, where the forwarder listens and the
+// host members run; nothing is added to the root namespace) and whose UDP
+// the test drops both ways with nftables inside the device's namespace
+// (loopback inside it still works). Each test runs again inside the host
+// namespace (netnsTest). The device is this test binary run again inside its namespace
 // (`ip netns exec`, selected by netnsDeviceEnv): the client library opens
 // sockets from many goroutines, so one thread's setns would not hold them
 // all. It talks with the parent over stdin/stdout, one line a message.
@@ -45,6 +47,7 @@ import (
 
 const (
 	netnsDeviceEnv = "CALLRELAY_NETNS_DEVICE"
+	netnsHostEnv   = "CALLRELAY_NETNS_HOST"
 	mediaEvery     = 20 * time.Millisecond
 	netnsLine      = "NETNS "
 )
@@ -202,13 +205,24 @@ func TestNetnsDevice(t *testing.T) {
 	wg.Wait()
 }
 
-// netns is a namespace with a veth pair to the host: IPv4 (host, peer),
-// or IPv6 only (host6, peer6; then the namespace has no IPv4 address at
-// all, loopback's included, and so no IPv4 route).
+// netns is a pair of namespaces the test creates, joined by a veth pair:
+// the host namespace (hostNS), where the forwarder and the host members
+// run, and the device's (name). IPv4 (host, peer), or IPv6 only (host6,
+// peer6; then the device's namespace has no IPv4 address at all,
+// loopback's included, and so no IPv4 route). Nothing is added to the
+// root namespace: test traffic goes only to addresses inside namespaces
+// the test created.
 type netns struct {
-	name         string
+	name, hostNS string
 	host, peer   netip.Addr
 	host6, peer6 netip.Addr
+}
+
+// netnsWire is a netns as the test, run again inside the host namespace,
+// gets it (as JSON in netnsHostEnv).
+type netnsWire struct {
+	Name, HostNS             string
+	Host, Peer, Host6, Peer6 netip.Addr
 }
 
 func run(t *testing.T, args ...string) {
@@ -219,49 +233,62 @@ func run(t *testing.T, args ...string) {
 
 var netnsSeq atomic.Int32
 
-// newNetns creates a namespace and a veth pair on a free private /30 in
-// 10.211.0.0/16; Cleanup removes both, also when the test fails.
-func newNetns(t *testing.T) *netns { return newNetnsFamily(t, false) }
+// netnsTest runs body inside the host namespace of a new netns (IPv6 only
+// on v6only): it creates both namespaces, then runs this test again (this
+// binary, `ip netns exec`, selected by netnsHostEnv) in the host
+// namespace, so that every socket the forwarder, its stream listeners and
+// the host members open, from whatever goroutine, is there (one thread's
+// setns would not hold the client library's sockets). The run's output is
+// logged; its failure (or its not running the test) fails the test.
+// Cleanup deletes both namespaces.
+func netnsTest(t *testing.T, v6only bool, body func(t *testing.T, n *netns)) {
+	if raw := os.Getenv(netnsHostEnv); raw != "" {
+		var w netnsWire
+		require.NoError(t, json.Unmarshal([]byte(raw), &w))
+		body(t, &netns{name: w.Name, hostNS: w.HostNS, host: w.Host, peer: w.Peer, host6: w.Host6, peer6: w.Peer6})
+		return
+	}
+	n := newNetnsFamily(t, v6only)
+	cfg, err := json.Marshal(netnsWire{Name: n.name, HostNS: n.hostNS, Host: n.host, Peer: n.peer, Host6: n.host6, Peer6: n.peer6})
+	require.NoError(t, err)
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	cmd := exec.Command("ip", "netns", "exec", n.hostNS, exe, "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), netnsHostEnv+"="+string(cfg))
+	out, err := cmd.CombinedOutput()
+	t.Logf("in host namespace %s:\n%s", n.hostNS, out)
+	require.NoError(t, err, "the test failed inside host namespace %s (output above)", n.hostNS)
+	require.Contains(t, string(out), "--- PASS: "+t.Name()+" ", "the test did not run inside host namespace %s", n.hostNS)
+}
 
-// newNetns6 creates a namespace whose only addresses are IPv6: a veth pair
-// on a free /126 in fd00:211::/32 (no duplicate address detection, so the
-// addresses work at once) and loopback's ::1; loopback's 127.0.0.1 is
-// removed, so the namespace has no IPv4 address and no IPv4 route.
-func newNetns6(t *testing.T) *netns { return newNetnsFamily(t, true) }
-
+// newNetnsFamily creates a host namespace and a device namespace and a
+// veth pair between them: 10.211.0.1/30 (host) and 10.211.0.2/30
+// (device), or for v6only fd00:211::1/126 and fd00:211::2/126 (no
+// duplicate address detection, so the addresses work at once) with the
+// device namespace's loopback 127.0.0.1 removed, so that it has no IPv4
+// address and no IPv4 route. The host namespace's loopback is up (host
+// members beside an IPv6-only device use 127.0.0.1). The addresses never
+// clash with others: each pair of namespaces is a world of its own.
 func newNetnsFamily(t *testing.T, v6only bool) *netns {
 	id := fmt.Sprintf("crh%d%d", os.Getpid()%100000, netnsSeq.Add(1))
-	addrs, err := exec.Command("ip", "-o", "addr").CombinedOutput()
-	require.NoError(t, err, "%s", addrs)
-	n := &netns{name: id}
-	for !v6only && !n.host.IsValid() {
-		b := [4]byte{10, 211, byte(rand.N(256)), byte(4 * rand.N(64))}
-		if !strings.Contains(string(addrs), fmt.Sprintf("10.211.%d.%d/30", b[2], b[3]+1)) {
-			b[3]++
-			n.host = netip.AddrFrom4(b)
-			n.peer = n.host.Next()
-		}
+	n := &netns{name: id, hostNS: id + "h"} // the veth ends: id+"h" (host), id+"d" (device, filterUDP)
+	for _, ns := range []string{n.hostNS, n.name} {
+		run(t, "ip", "netns", "add", ns)
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() }) // takes the veth pair with it
 	}
-	for v6only && !n.host6.IsValid() {
-		b := [16]byte{0xfd, 0, 0x02, 0x11, byte(rand.N(256)), byte(rand.N(256)), 15: 1}
-		if h := netip.AddrFrom16(b); !strings.Contains(string(addrs), h.String()+"/126") {
-			n.host6, n.peer6 = h, h.Next()
-		}
-	}
-	run(t, "ip", "netns", "add", n.name)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n.name).Run() }) // takes the veth pair with it
-	run(t, "ip", "link", "add", id+"h", "type", "veth", "peer", "name", id+"d", "netns", n.name)
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", id+"h").Run() })
+	run(t, "ip", "-n", n.hostNS, "link", "add", id+"h", "type", "veth", "peer", "name", id+"d", "netns", n.name)
 	if v6only {
-		run(t, "ip", "addr", "add", n.host6.String()+"/126", "dev", id+"h", "nodad")
+		n.host6, n.peer6 = netip.MustParseAddr("fd00:211::1"), netip.MustParseAddr("fd00:211::2")
+		run(t, "ip", "-n", n.hostNS, "addr", "add", n.host6.String()+"/126", "dev", id+"h", "nodad")
 		run(t, "ip", "-n", n.name, "addr", "add", n.peer6.String()+"/126", "dev", id+"d", "nodad")
 	} else {
-		run(t, "ip", "addr", "add", n.host.String()+"/30", "dev", id+"h")
+		n.host, n.peer = netip.MustParseAddr("10.211.0.1"), netip.MustParseAddr("10.211.0.2")
+		run(t, "ip", "-n", n.hostNS, "addr", "add", n.host.String()+"/30", "dev", id+"h")
 		run(t, "ip", "-n", n.name, "addr", "add", n.peer.String()+"/30", "dev", id+"d")
 	}
-	run(t, "ip", "link", "set", id+"h", "up")
-	run(t, "ip", "-n", n.name, "link", "set", id+"d", "up")
-	run(t, "ip", "-n", n.name, "link", "set", "lo", "up")
+	for _, l := range [][2]string{{n.hostNS, id + "h"}, {n.hostNS, "lo"}, {n.name, id + "d"}, {n.name, "lo"}} {
+		run(t, "ip", "-n", l[0], "link", "set", l[1], "up")
+	}
 	if v6only {
 		run(t, "ip", "-n", n.name, "addr", "del", "127.0.0.1/8", "dev", "lo")
 	}
@@ -269,8 +296,8 @@ func newNetnsFamily(t *testing.T, v6only bool) *netns {
 }
 
 // blockUDP drops (or, on false, lets through again) every UDP datagram
-// between the namespace and the host, both ways, with an nftables table
-// in the namespace (nftables from Debian's package, scripts/deps.sh).
+// between the device's namespace and the host namespace, both ways, with
+// an nftables table in the device's namespace (nftables from Debian's package, scripts/deps.sh).
 // Loopback inside the namespace is not touched.
 func (n *netns) blockUDP(t *testing.T, on bool) {
 	if !on {
@@ -313,8 +340,9 @@ func (n *netns) streams(r *relay) (tcp, tlsAddr netip.AddrPort) {
 	return tcp, tlsAddr
 }
 
-// hostSide is where an IPv4 member on the host joins r from, and at which
-// address: n's host address, or loopback beside an IPv6-only n.
+// hostSide is where an IPv4 member in the host namespace joins r from,
+// and at which address: n's host address, or (the host namespace's)
+// loopback beside an IPv6-only n.
 func (n *netns) hostSide(r *relay) (netip.AddrPort, netip.Addr) {
 	if n.host6.IsValid() {
 		return netip.AddrPortFrom(loopback, r.f.Addr().Port()), loopback
@@ -397,7 +425,7 @@ func (d *netnsDevice) stats(t *testing.T) mediaStats {
 	return s
 }
 
-// hostMember is a UDP member of the call on the host, sending and
+// hostMember is a UDP member of the call in the host namespace, sending and
 // recording like the device.
 func hostMember(t *testing.T, fwd netip.AddrPort, addr netip.Addr, token []byte) *mediaRecorder {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -420,7 +448,8 @@ func hostMember(t *testing.T, fwd netip.AddrPort, addr netip.Addr, token []byte)
 	return rec
 }
 
-// netnsRelay is a forwarder with TCP and TLS listeners on n's host side;
+// netnsRelay is a forwarder with TCP and TLS listeners on n's host side
+// (run inside the host namespace, netnsTest);
 // for an IPv6-only n, a dual-stack one on [::].
 func netnsRelay(t *testing.T, n *netns) (*relay, []byte) {
 	cert, _ := testCert(t)
@@ -445,14 +474,14 @@ func waitReceived(t *testing.T, rec *mediaRecorder, n int64, what string) {
 
 // TestNetnsJoinWithUDPBlocked: a device in a namespace whose UDP is
 // refused from the start joins over TCP, and over TLS, and exchanges media
-// byte-exact with a UDP member on the host.
-func TestNetnsJoinWithUDPBlocked(t *testing.T) { joinWithUDPBlocked(t, newNetns(t)) }
+// byte-exact with a UDP member in the host namespace.
+func TestNetnsJoinWithUDPBlocked(t *testing.T) { netnsTest(t, false, joinWithUDPBlocked) }
 
 // TestNetnsIPv6OnlyJoinWithUDPBlocked: the same from a namespace with no
 // IPv4 at all (loopback's 127.0.0.1 included, where the client's stream
 // bridge would bind by default), to a dual-stack forwarder's TCP and TLS
-// listeners over IPv6, with an IPv4 member on the host.
-func TestNetnsIPv6OnlyJoinWithUDPBlocked(t *testing.T) { joinWithUDPBlocked(t, newNetns6(t)) }
+// listeners over IPv6, with an IPv4 member in the host namespace.
+func TestNetnsIPv6OnlyJoinWithUDPBlocked(t *testing.T) { netnsTest(t, true, joinWithUDPBlocked) }
 
 func joinWithUDPBlocked(t *testing.T, n *netns) {
 	n.blockUDP(t, true)
@@ -487,20 +516,26 @@ func joinWithUDPBlocked(t *testing.T, n *netns) {
 // first sign of trouble, client/transport_session.go), with a media gap
 // under a second each way, and back to UDP (make-before-break) when UDP is
 // let through again.
-func TestNetnsUDPBlockedMidCall(t *testing.T) { udpBlockedMidCall(t, newNetns(t), "drop") }
+func TestNetnsUDPBlockedMidCall(t *testing.T) { netnsTest(t, false, udpBlockedMidCall("drop")) }
 
 // TestNetnsIPv6OnlyUDPBlockedMidCall: the same for a device with no IPv4
-// at all, on a dual-stack forwarder, with an IPv4 member on the host.
+// at all, on a dual-stack forwarder, with an IPv4 member in the host namespace.
 func TestNetnsIPv6OnlyUDPBlockedMidCall(t *testing.T) {
-	udpBlockedMidCall(t, newNetns6(t), "drop")
+	netnsTest(t, true, udpBlockedMidCall("drop"))
 }
 
 // TestNetnsUDPRejectedMidCall: the same when the firewall rejects UDP
 // (ICMP port unreachable, which a dead forwarder process also causes): the
 // device tries the same forwarder's TCP/TLS leg first, and moves to it.
-func TestNetnsUDPRejectedMidCall(t *testing.T) { udpBlockedMidCall(t, newNetns(t), "reject") }
+func TestNetnsUDPRejectedMidCall(t *testing.T) { netnsTest(t, false, udpBlockedMidCall("reject")) }
 
-func udpBlockedMidCall(t *testing.T, n *netns, verdict string) {
+// udpBlockedMidCall is those tests' body, the device's UDP filtered with
+// verdict mid-call.
+func udpBlockedMidCall(verdict string) func(t *testing.T, n *netns) {
+	return func(t *testing.T, n *netns) { udpFilteredMidCall(t, n, verdict) }
+}
+
+func udpFilteredMidCall(t *testing.T, n *netns, verdict string) {
 	r, ca := netnsRelay(t, n)
 	tcp, tlsAddr := n.streams(r)
 	member, local := n.hostSide(r)
@@ -543,9 +578,10 @@ func checkGap(t *testing.T, up, down mediaStats) {
 // TestNetnsIPv6OnlyDevice: a device in a namespace with no IPv4 at all
 // (no address, loopback's included, no route) joins, over IPv6 to a
 // dual-stack forwarder ([::]), a call whose other members are IPv4 devices
-// on the host (127.0.0.1), and media goes byte-exact both ways.
-func TestNetnsIPv6OnlyDevice(t *testing.T) {
-	n := newNetns6(t)
+// in the host namespace (its 127.0.0.1), and media goes byte-exact both ways.
+func TestNetnsIPv6OnlyDevice(t *testing.T) { netnsTest(t, true, ipv6OnlyDevice) }
+
+func ipv6OnlyDevice(t *testing.T, n *netns) {
 	for _, what := range [][]string{{"addr", "show"}, {"route", "show", "table", "all"}} {
 		out, err := exec.Command("ip", append([]string{"-n", n.name, "-4"}, what...)...).CombinedOutput()
 		require.NoError(t, err, "%s", out)
