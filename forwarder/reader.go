@@ -171,7 +171,9 @@ func (r *reader) rtp(rte *route, m *mediaInfo, b []byte) {
 			return
 		}
 		m.keep(&r.cw, b, &r.hdr, nowNS)
-		m.move.note(pathDirect, r.hdr.SSRC, true, r.hdr.SequenceNumber, nowNS, &r.f.moves)
+		if len(rte.dests) > 0 { // only where members here hear it (sender_moves.go)
+			m.move.note(pathDirect, r.hdr.SSRC, true, r.hdr.SequenceNumber, nowNS, &r.f.moves)
+		}
 		r.fanOut(rte, b)
 		return
 	}
@@ -186,7 +188,9 @@ func (r *reader) rtp(rte *route, m *mediaInfo, b []byte) {
 	vf, has := r.hdr.VideoFrame(r.f.adapt.videoID)
 	m.noteVideo(slot, vf, has, len(b), nowNS)
 	m.keep(&r.cw, b, &r.hdr, nowNS)
-	m.move.note(pathDirect, r.hdr.SSRC, false, r.hdr.SequenceNumber, nowNS, &r.f.moves)
+	if len(rte.dests) > 0 {
+		m.move.note(pathDirect, r.hdr.SSRC, false, r.hdr.SequenceNumber, nowNS, &r.f.moves)
+	}
 	for i := range rte.dests {
 		d := &rte.dests[i]
 		if d.pair != nil && d.pair.pass(vf, has, m, slot) {

@@ -27,6 +27,11 @@ import (
 // packets still in flight on the old path are counted as skipped, whether
 // or not they arrive later).
 //
+// Only packets that members here hear are followed: on the member's own
+// forwarder, only while it has listeners there; over a trunk, not when
+// the only member here is the sender itself, joined make-before-break and
+// about to switch (counting that would be a move nobody here heard).
+//
 // The gap is media time the listeners did not hear, and so includes what
 // the sender or the audio gate did not send: a move of a member who had
 // been quiet for over moveQuietMS is counted but its gap is not measured.

@@ -106,7 +106,9 @@ func (t *trunkReader) video(cr *callRoute, ts *trunkSender, payload []byte) bool
 	m := ts.media
 	slot := m.note(t.rtp.SSRC)
 	m.keep(&t.cw, payload, &t.rtp, t.nowNS)
-	m.move.note(trunkPath(t.hdr.Origin), t.rtp.SSRC, audio, t.rtp.SequenceNumber, t.nowNS, &t.f.moves)
+	if len(cr.members) > 1 || cr.members[0].participant != t.hdr.Sender { // a listener here, not only the sender moving in
+		m.move.note(trunkPath(t.hdr.Origin), t.rtp.SSRC, audio, t.rtp.SequenceNumber, t.nowNS, &t.f.moves)
+	}
 	if audio {
 		return false
 	}
