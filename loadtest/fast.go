@@ -162,6 +162,12 @@ type fastDev struct {
 	// read yet): see talking.
 	spurt              int
 	spurtFrom, spurtTo time.Duration
+	// Kept from its call by fanout: the call's class and start, and its
+	// receivers once all of them count (fanFull).
+	cls       int
+	callStart time.Time
+	fan       int32
+	fanFull   bool
 
 	// Pre-sealed frames (not probes): [0] silence, [1] speech, with the
 	// offsets of their abs-send-time bytes and payloads.

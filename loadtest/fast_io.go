@@ -160,6 +160,13 @@ func gatewayMAC(mac string, addrs []netip.AddrPort) (afpacket.MAC, error) {
 		"(a relay in a namespace of its own is not seen): give fast.packet.gateway (--fast-gateway), the MAC of the relay's end", addrs)
 }
 
+// packetWriteBatch is how many frames one sendmmsg on a packet conn
+// carries: a whole tick's frames at the rates a capacity ramp reaches
+// (~100 a millisecond at 200k packets/s in + out), so a tick costs one
+// system call and one wake-up of the relay's core, not two (each is a VM
+// exit here: docs/capacity.md, Packet I/O).
+const packetWriteBatch = 256
+
 // openConns opens the engine's Fast.Sockets conns and sets its device
 // range.
 func (e *fastEngine) openConns() error {
@@ -177,7 +184,7 @@ func (e *fastEngine) openConns() error {
 	}
 	for i := range e.f.Sockets {
 		c, err := afpacket.Open(afpacket.Config{NetNS: e.f.Packet.NetNS, Iface: e.f.Packet.Iface, Gateway: gw,
-			Port: uint16(e.f.Packet.Port + i)}) //nolint:gosec // validated
+			Port: uint16(e.f.Packet.Port + i), WriteBatch: packetWriteBatch}) //nolint:gosec // validated
 		if err != nil {
 			e.closeSockets()
 			return fmt.Errorf("loadtest: fast engine: %w", err)

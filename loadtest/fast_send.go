@@ -120,19 +120,18 @@ func rtpOffsets(b []byte, id uint8) (payload, ext int, ok bool) {
 // sealed frame, speech-sized while d talks.
 func (e *fastEngine) sendFrame(d *fastDev, now time.Time) {
 	cls, talking, fanout := idxOneToOne, true, 1
+	sentNs := int64(now.Sub(e.epoch))
 	var flags byte
 	if d.direct {
 		flags = stampDirect
 	} else {
-		c := e.calls[d.call]
-		cls = c.cls
+		cls, fanout = e.fanout(d, sentNs)
+		at := now.Sub(d.callStart)
 		var known bool
-		if talking, known = d.talkingNow(now.Sub(c.start)); !known {
-			talking = d.talking(c.spec.sched, now.Sub(c.start))
+		if talking, known = d.talkingNow(at); !known {
+			talking = d.talking(e.calls[d.call].spec.sched, at)
 		}
-		fanout = e.receivers(c, d, int64(now.Sub(e.epoch)))
 	}
-	sentNs := int64(now.Sub(e.epoch))
 	frame := d.frame
 	d.frame++
 	var pkt []byte
@@ -234,6 +233,25 @@ func (e *fastEngine) sealProbe(d *fastDev, now time.Time, sentNs int64, cls int,
 	}
 	d.out = out
 	return out
+}
+
+// fanout is d's call class and receivers() at sentNs. Once every other
+// member counts, the figure is kept in d: it cannot fall until the call
+// ends (members leave only with their call, which stops every frame of
+// it), and reading the call and each peer per frame cost the generator
+// cache misses on cold structures (a third of sendFrame's time in a
+// profile: docs/capacity.md, Packet I/O). d.callStart is set here too.
+func (e *fastEngine) fanout(d *fastDev, sentNs int64) (cls, n int) {
+	if d.fanFull {
+		return d.cls, int(d.fan)
+	}
+	c := e.calls[d.call]
+	d.cls, d.callStart = c.cls, c.start
+	n = e.receivers(c, d, sentNs)
+	if n == len(c.devs)-1 {
+		d.fanFull, d.fan = true, int32(n) //nolint:gosec // at most a call's size
+	}
+	return c.cls, n
 }
 
 // receivers counts the members of c other than d that count as receivers

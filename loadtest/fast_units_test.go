@@ -198,10 +198,53 @@ func TestFastCallShapes(t *testing.T) {
 		rng := rand.New(rand.NewPCG(1, 2))
 		for no := range 50 {
 			c := r.drawCall(rng, no)
+			c.sched = r.speech(c, 0)
 			require.Equal(t, tc.size, c.size)
 			require.Equal(t, tc.class, c.class)
 			require.Len(t, c.sched, tc.size, "every member talks")
 		}
 		require.Equal(t, 100*tc.size+8, deviceBound(p))
+	}
+}
+
+// TestSpeechEndsWithTheRun checks that a call's talkspurt schedule stops
+// at the run's end (plus the join time), not at the call's: an hour-long
+// call in a 70 s run gets 70 s of speech, the same speech an uncapped
+// schedule has up to there, and a call arriving later gets less.
+func TestSpeechEndsWithTheRun(t *testing.T) {
+	p := Plan{JoinTimeout: Duration(5 * time.Second), Bounds: Bounds{MaxDuration: Duration(70 * time.Second)}}
+	r := &runner{p: p}
+	for _, size := range []int{2, 4, 8} {
+		c := &callSpec{size: size, seed: uint64(size) * 7919, duration: time.Hour}
+		full := talkspurt.Group(rand.New(rand.NewPCG(c.seed, 0x59)), size, time.Hour)
+		for _, at := range []time.Duration{0, 30 * time.Second, 69 * time.Second} {
+			got := r.speech(c, at)
+			end := p.Bounds.MaxDuration.D() - at + p.JoinTimeout.D()
+			require.Len(t, got, size)
+			talked := false
+			for m := range size {
+				for i, sp := range got[m] {
+					require.LessOrEqual(t, sp.End, end, "member %d's spurt %d ends after the run", m, i)
+					want := full[m][i]
+					require.Equal(t, want.Start, sp.Start, "member %d's spurt %d", m, i)
+					if want.End <= end {
+						require.Equal(t, want.End, sp.End, "member %d's spurt %d", m, i)
+					} else {
+						require.Equal(t, end, sp.End, "the last spurt is cut at the end")
+					}
+					talked = true
+				}
+				if n := len(got[m]); n < len(full[m]) {
+					require.Greater(t, full[m][n].Start, end-1, "member %d: a spurt starting before the end is missing", m)
+				}
+			}
+			require.True(t, talked, "size %d at %v: nobody talks", size, at)
+		}
+	}
+	short := &callSpec{size: 2, seed: 3, duration: 10 * time.Second}
+	for _, sp := range r.speech(short, 0) {
+		for _, s := range sp {
+			require.LessOrEqual(t, s.End, 15*time.Second, "a short call keeps its own length")
+		}
 	}
 }
