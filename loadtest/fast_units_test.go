@@ -3,6 +3,7 @@ package loadtest
 import (
 	"math/rand/v2"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -247,4 +248,37 @@ func TestSpeechEndsWithTheRun(t *testing.T) {
 			require.LessOrEqual(t, s.End, 15*time.Second, "a short call keeps its own length")
 		}
 	}
+}
+
+// TestFanoutKeptOnceEveryPeerCounts checks the receiver count a device
+// keeps: counted afresh while a peer is not up or not ready yet, kept
+// once every peer counts, and the call's class and start kept with it.
+func TestFanoutKeptOnceEveryPeerCounts(t *testing.T) {
+	start := time.Now()
+	e := &fastEngine{epoch: start, readyAt: make([]atomic.Int64, 3)}
+	c := &fastCall{cls: idxGroup, start: start.Add(time.Second), devs: []int32{0, 1, 2}}
+	e.calls = []*fastCall{c}
+	for no := range int32(3) {
+		e.devs = append(e.devs, &fastDev{no: no, call: 0, state: devUp})
+	}
+	d := e.devs[0]
+	e.devs[2].state = devJoining
+	e.readyAt[1].Store(int64(100 * time.Millisecond))
+	cls, n := e.fanout(d, int64(50*time.Millisecond))
+	require.Equal(t, idxGroup, cls)
+	require.Equal(t, 0, n, "peer 1 is not ready yet, peer 2 not up")
+	require.False(t, d.fanFull)
+	require.Equal(t, c.start, d.callStart)
+	_, n = e.fanout(d, int64(150*time.Millisecond))
+	require.Equal(t, 1, n, "peer 1 counts from its readiness")
+	require.False(t, d.fanFull, "peer 2 may still join")
+	e.devs[2].state = devUp
+	e.readyAt[2].Store(int64(200 * time.Millisecond))
+	_, n = e.fanout(d, int64(250*time.Millisecond))
+	require.Equal(t, 2, n)
+	require.True(t, d.fanFull, "every peer counts: kept")
+	c.devs = nil // the call is no longer read
+	cls, n = e.fanout(d, int64(300*time.Millisecond))
+	require.Equal(t, idxGroup, cls)
+	require.Equal(t, 2, n)
 }
