@@ -30,9 +30,9 @@ import (
 // join is answered when the answer is back (the device's retransmissions
 // meanwhile are dropped). Without a store, or when it cannot be read, a call
 // not served here counts as new. A refused join is told to try the least
-// loaded peer whose load is below ours (300 Try Alternate, the reservation
-// of what we already sent there included) or to come back later (508 with
-// a retry-after; the client adds jitter).
+// loaded peer whose load is below ours (300 Try Alternate, the devices we
+// sent there that it has not reported yet included: referrals.go) or to
+// come back later (508 with a retry-after; the client adds jitter).
 //
 // Past admission, group calls shed their video (every RTP stream without
 // the audio level) from ShedVideoAt on; audio is never touched.
@@ -344,8 +344,9 @@ func (c *control) refuseBusyClass(src netip.AddrPort, req protocol.JoinRequest, 
 }
 
 // pickLessLoaded names the live, not draining peer with the lowest load,
-// counting what this forwarder sent there since its last report, if that
-// is below our own load; otherwise nothing (the device waits and retries).
+// counting the devices this forwarder sent there that its heartbeats do
+// not count yet (referrals.go), if that is below our own load; otherwise
+// nothing (the device waits and retries).
 // A forwarder with a region looks in its region first and spills over to
 // the nearest other region only when its region throttles
 // (region_spill.go).
@@ -367,7 +368,7 @@ func (c *control) pickLessLoaded(dev netip.AddrPort, class JoinClass) netip.Addr
 	if best == nil {
 		return netip.AddrPort{}
 	}
-	best.assigned++
+	best.referred.add(c.f.cfg.Now())
 	if ce := c.f.log.Check(zap.DebugLevel, "referring a join"); ce != nil {
 		loads := make(map[string]int, len(c.peers))
 		for id, p := range c.peers {
@@ -379,12 +380,12 @@ func (c *control) pickLessLoaded(dev netip.AddrPort, class JoinClass) netip.Addr
 }
 
 // effectiveLoad is the peer's reported load plus the share of the devices
-// sent there since (each counted as one session's share of its load, or
-// 1 % when it reported no sessions).
+// sent there that it has not reported yet (each counted as one session's
+// share of its load, or 1 % when it reported no sessions).
 func (p *peer) effectiveLoad() int {
 	share := 10
 	if p.last.Sessions > 0 && p.last.Load > 0 {
 		share = max(1, int(p.last.Load)/int(p.last.Sessions))
 	}
-	return int(p.last.Load) + p.assigned*share
+	return int(p.last.Load) + p.referred.n()*share
 }

@@ -36,9 +36,9 @@ type peer struct {
 	started    time.Time                  // its newest process heard of, on either path
 	trunkSeq   uint64                     // the last keepalive sequence of that process
 	held       uint8                      // holdReasons counted during its current silence
-	// assigned counts devices this forwarder sent there since the last
-	// heartbeat, so a burst of migrations or refusals is spread out.
-	assigned int
+	// referred are the devices this forwarder sent there that its
+	// heartbeats do not count yet (referrals.go).
+	referred referrals
 }
 
 // clusterMsg is a NATS message handed to the control goroutine.
@@ -186,7 +186,8 @@ func (c *control) onAnnounce(a protocol.ForwarderAnnounce, now time.Time) {
 		c.f.fresh.beatsStale.Add(1)
 		return // replayed or reordered: only a newer one says it is alive
 	}
-	p.last, p.heard, p.assigned = a, now, 0
+	p.referred.settle(int(a.Sessions)-int(p.last.Sessions), now)
+	p.last, p.heard = a, now
 }
 
 // forgetPeer drops the placements on fwd learned before since.
@@ -290,15 +291,15 @@ func (c *control) pickAlternate(dev netip.AddrPort) netip.AddrPort {
 		if best != nil {
 			bestCost = c.regionCost(best.last.ID)
 		}
-		if best == nil || cost < bestCost || cost == bestCost && (int(p.last.Sessions)+p.assigned < int(best.last.Sessions)+best.assigned ||
-			(int(p.last.Sessions)+p.assigned == int(best.last.Sessions)+best.assigned && p.last.ID < best.last.ID)) {
+		if best == nil || cost < bestCost || cost == bestCost && (int(p.last.Sessions)+p.referred.n() < int(best.last.Sessions)+best.referred.n() ||
+			(int(p.last.Sessions)+p.referred.n() == int(best.last.Sessions)+best.referred.n() && p.last.ID < best.last.ID)) {
 			best = p
 		}
 	}
 	if best == nil {
 		return c.f.cfg.Alternate
 	}
-	best.assigned++
+	best.referred.add(now)
 	return mediaFor(&best.last, dev)
 }
 
