@@ -175,11 +175,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.PreferNearerWithin == 0 {
 		c.PreferNearerWithin = defaultPreferNearerWithin
 	}
-	switch {
-	case c.MaxAlternates == 0:
-		c.MaxAlternates = 4
-	case c.MaxAlternates < 0:
-		c.MaxAlternates = 0
+	if c.MaxAlternates == 0 {
+		c.MaxAlternates = 4 // negative stays: defaulting twice (Join, then Dial) must not turn "none" into 4
 	}
 	setDefault(&c.MediaQueue, 512)
 	setDefault(&c.RejoinTimeout, 30*time.Second)

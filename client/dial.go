@@ -377,8 +377,8 @@ func (d *dialer) follow(alt netip.AddrPort) {
 			return
 		}
 	}
-	if d.alternates >= d.cfg.MaxAlternates {
-		d.log.Info("too many alternates, not following", zap.Stringer("alternate", alt), zap.Int("max", d.cfg.MaxAlternates))
+	if limit := max(d.cfg.MaxAlternates, 0); d.alternates >= limit {
+		d.log.Info("too many alternates, not following", zap.Stringer("alternate", alt), zap.Int("max", limit))
 		return
 	}
 	d.alternates++

@@ -161,6 +161,22 @@ func TestDialTryAlternateIsBounded(t *testing.T) {
 		require.Len(t, transactions(rs[2].from(netip.AddrPort{})), 1, "the second alternate is tried once")
 		require.Empty(t, rs[3].all(netip.AddrPort{}), "the third alternate is beyond MaxAlternates: not one datagram")
 	})
+	// Negative follows none, through Join as through Dial: Join defaults
+	// the config and Dial defaults it again, which once turned "none"
+	// into the default of 4.
+	t.Run("none", func(t *testing.T) {
+		e := newEnv(t)
+		a, b := e.responder(fastParams), e.responder(fastParams)
+		a.script(to(b))
+		cfg := e.config(a)
+		cfg.MaxAlternates = -1
+		_, err := Join(testContext(t), cfg)
+		var je *JoinError
+		require.ErrorAs(t, err, &je)
+		require.Equal(t, protocol.CodeTryAlternate, je.Code)
+		require.Equal(t, b.addr, je.Alternate, "the refusal names the alternate, for the caller to decide")
+		require.Empty(t, b.all(netip.AddrPort{}), "not followed: not one datagram")
+	})
 }
 
 func TestDialRetryAfterInsufficientCapacity(t *testing.T) {
