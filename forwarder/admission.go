@@ -368,7 +368,7 @@ func (c *control) pickLessLoaded(dev netip.AddrPort, class JoinClass) netip.Addr
 	if best == nil {
 		return netip.AddrPort{}
 	}
-	best.referred.add(c.f.cfg.Now())
+	best.referred.add(dev, c.f.cfg.Now())
 	if ce := c.f.log.Check(zap.DebugLevel, "referring a join"); ce != nil {
 		loads := make(map[string]int, len(c.peers))
 		for id, p := range c.peers {

@@ -299,7 +299,7 @@ func (c *control) pickAlternate(dev netip.AddrPort) netip.AddrPort {
 	if best == nil {
 		return c.f.cfg.Alternate
 	}
-	best.referred.add(now)
+	best.referred.add(dev, now)
 	return mediaFor(&best.last, dev)
 }
 

@@ -1,6 +1,7 @@
 package forwarder
 
 import (
+	"net/netip"
 	"slices"
 	"time"
 )
@@ -19,8 +20,18 @@ import (
 // a device that went elsewhere. Sessions the peer lost between two
 // heartbeats hide arrivals: those referrals then stay until referralWait,
 // which errs towards spreading more.
+//
+// A device is counted once per peer: a join retransmitted before its 300
+// arrived, or a drain's MigrateTo repeated to a device still on its way,
+// is referred again but is still one device.
 type referrals struct {
-	at []time.Time // when each was made, oldest first
+	q    []referral // oldest first
+	devs map[netip.AddrPort]struct{}
+}
+
+type referral struct {
+	dev netip.AddrPort
+	at  time.Time
 }
 
 const (
@@ -33,23 +44,38 @@ const (
 	maxReferrals = 4096
 )
 
-// add counts one device sent to the peer at now.
-func (r *referrals) add(now time.Time) {
-	if len(r.at) == maxReferrals {
-		r.at = slices.Delete(r.at, 0, 1)
+// add counts device dev, sent to the peer at now, unless it is counted.
+func (r *referrals) add(dev netip.AddrPort, now time.Time) {
+	if _, ok := r.devs[dev]; ok {
+		return
 	}
-	r.at = append(r.at, now)
+	if r.devs == nil {
+		r.devs = make(map[netip.AddrPort]struct{})
+	}
+	if len(r.q) == maxReferrals {
+		r.drop(1)
+	}
+	r.q = append(r.q, referral{dev, now})
+	r.devs[dev] = struct{}{}
 }
 
 // n is how many devices the peer's last heartbeat may not count.
-func (r *referrals) n() int { return len(r.at) }
+func (r *referrals) n() int { return len(r.q) }
 
 // settle takes a heartbeat heard at now that says the peer gained
 // sessions since its previous one.
 func (r *referrals) settle(gained int, now time.Time) {
-	k := min(max(gained, 0), len(r.at))
-	for k < len(r.at) && now.Sub(r.at[k]) > referralWait {
+	k := min(max(gained, 0), len(r.q))
+	for k < len(r.q) && now.Sub(r.q[k].at) > referralWait {
 		k++
 	}
-	r.at = slices.Delete(r.at, 0, k)
+	r.drop(k)
+}
+
+// drop forgets the k oldest.
+func (r *referrals) drop(k int) {
+	for _, x := range r.q[:k] {
+		delete(r.devs, x.dev)
+	}
+	r.q = slices.Delete(r.q, 0, k)
 }

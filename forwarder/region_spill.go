@@ -141,7 +141,7 @@ func (c *control) pickRegional(dev netip.AddrPort, class JoinClass, own int) net
 
 // referTo names p to dev, counting the referral.
 func (c *control) referTo(p *peer, dev netip.AddrPort, why spillOutcome) netip.AddrPort {
-	p.referred.add(c.f.cfg.Now())
+	p.referred.add(dev, c.f.cfg.Now())
 	c.f.live.regions.spill[why].Add(1)
 	return mediaFor(&p.last, dev)
 }
