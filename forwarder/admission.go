@@ -108,7 +108,8 @@ type classifiedJoin struct {
 	call, participant protocol.ID
 	class             JoinClass
 	until             time.Time
-	refused           [12]byte // the transaction last refused: its retransmissions are answered, not counted again
+	refused           [12]byte       // the transaction last refused: its retransmissions are answered, not counted again
+	alt               netip.AddrPort // the alternate it was named (none: it was told to wait)
 }
 
 // admissible decides whether a verified join may be admitted under the
@@ -141,14 +142,19 @@ func (c *control) admissible(src netip.AddrPort, req protocol.JoinRequest, tok p
 		delete(a.classified, src)
 		return class, true
 	}
+	reason := "overloaded: " + class.String() + " joins refused for now"
 	if cached && cj.refused == req.TransactionID {
-		c.f.thr.refusals[class][refusedThrottled].Add(^uint64(0)) // a retransmission: answered again, counted once
-		c.f.joinErrors.Add(^uint64(0))
-	} else if cached {
-		cj.refused = req.TransactionID
+		// A retransmission of the join just refused (its answer crossed
+		// it): the same answer, the same alternate, counted once. A new
+		// pick could name another peer and count the device on both.
+		c.answerBusy(src, req, reason, cj.alt)
+		return class, false
+	}
+	alt := c.refuseBusyClass(src, req, class, refusedThrottled, reason)
+	if cached {
+		cj.refused, cj.alt = req.TransactionID, alt
 		a.classified[src] = cj
 	}
-	c.refuseBusyClass(src, req, class, refusedThrottled, "overloaded: "+class.String()+" joins refused for now")
 	return class, false
 }
 
@@ -324,22 +330,29 @@ func (f *Forwarder) loadPermille() uint16 {
 }
 
 // refuseBusyClass refuses a join for capacity, naming a less loaded peer
-// when there is one.
-func (c *control) refuseBusyClass(src netip.AddrPort, req protocol.JoinRequest, class JoinClass, why refusalReason, reason string) {
+// when there is one; it returns the peer named.
+func (c *control) refuseBusyClass(src netip.AddrPort, req protocol.JoinRequest, class JoinClass, why refusalReason, reason string) netip.AddrPort {
 	c.f.thr.refusals[class][why].Add(1)
 	c.event(req.CallID, c.f.cfg.Now(), "refused", req.ParticipantID, reason)
-	e := protocol.JoinError{Code: protocol.CodeInsufficientCapacity, Reason: reason, RetryAfter: time.Second}
 	var alt netip.AddrPort
 	if why == refusedThrottled {
 		alt = c.pickLessLoaded(src, class)
 	} else {
 		alt = c.pickAlternate(src)
 	}
+	c.f.joinErrors.Add(1)
+	c.answerBusy(src, req, reason, alt)
+	return alt
+}
+
+// answerBusy sends a refusal for capacity: 300 Try Alternate naming alt
+// when it is valid, otherwise 508 with a retry-after.
+func (c *control) answerBusy(src netip.AddrPort, req protocol.JoinRequest, reason string, alt netip.AddrPort) {
+	e := protocol.JoinError{Code: protocol.CodeInsufficientCapacity, Reason: reason, RetryAfter: time.Second}
 	if alt.IsValid() {
 		e.Code = protocol.CodeTryAlternate
 		e.Alternate = alt
 	}
-	c.f.joinErrors.Add(1)
 	c.sendError(src, req, e)
 }
 
@@ -356,12 +369,12 @@ func (c *control) pickLessLoaded(dev netip.AddrPort, class JoinClass) netip.Addr
 		return c.pickRegional(dev, class, own)
 	}
 	var best *peer
-	bestLoad := own
+	bestLoad, idle := own, c.sessionShare(own)
 	for _, p := range c.peers {
 		if p.last.Draining || !p.last.Media.IsValid() {
 			continue
 		}
-		if l := p.effectiveLoad(); l < bestLoad || best != nil && l == bestLoad && p.last.ID < best.last.ID {
+		if l := p.effectiveLoad(idle); l < bestLoad || best != nil && l == bestLoad && p.last.ID < best.last.ID {
 			best, bestLoad = p, l
 		}
 	}
@@ -372,7 +385,7 @@ func (c *control) pickLessLoaded(dev netip.AddrPort, class JoinClass) netip.Addr
 	if ce := c.f.log.Check(zap.DebugLevel, "referring a join"); ce != nil {
 		loads := make(map[string]int, len(c.peers))
 		for id, p := range c.peers {
-			loads[id] = p.effectiveLoad()
+			loads[id] = p.effectiveLoad(idle)
 		}
 		ce.Write(zap.String("peer", best.last.ID), zap.Int("own_load", own), zap.Any("peer_loads", loads))
 	}
@@ -380,12 +393,25 @@ func (c *control) pickLessLoaded(dev netip.AddrPort, class JoinClass) netip.Addr
 }
 
 // effectiveLoad is the peer's reported load plus the share of the devices
-// sent there that it has not reported yet (each counted as one session's
-// share of its load, or 1 % when it reported no sessions).
-func (p *peer) effectiveLoad() int {
-	share := 10
+// sent there that it has not reported yet: each counted as one session's
+// share of its load or, while it reports none, as idle (sessionShare).
+func (p *peer) effectiveLoad(idle int) int {
+	share := idle
 	if p.last.Sessions > 0 && p.last.Load > 0 {
 		share = max(1, int(p.last.Load)/int(p.last.Sessions))
 	}
 	return int(p.last.Load) + p.referred.n()*share
+}
+
+// sessionShare is one session's share of our own load (own, permille):
+// the cost counted for a device referred to a peer that reports no
+// sessions, as the forwarders of a cluster run on like machines. A fixed
+// 1 % instead made an empty peer look 5 times cheaper than one that had
+// just reported its first arrivals, and took the rest of a burst. 1 %
+// when we serve none either.
+func (c *control) sessionShare(own int) int {
+	if n := len(c.sessions); n > 0 && own > 0 {
+		return max(1, own/n)
+	}
+	return 10
 }

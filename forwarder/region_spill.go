@@ -83,7 +83,7 @@ func (c *control) pickRegional(dev netip.AddrPort, class JoinClass, own int) net
 	now := f.cfg.Now()
 	regionLevel := ThrottleLevel(f.thr.level.Load())
 	var best *peer
-	bestLoad := own
+	bestLoad, idle := own, c.sessionShare(own)
 	for id, p := range c.peers {
 		pr := rs.peers[id]
 		if pr == nil || pr.region != cc.Region || !c.livePeer(p, now) {
@@ -92,7 +92,7 @@ func (c *control) pickRegional(dev netip.AddrPort, class JoinClass, own int) net
 		if pr.hasLevel {
 			regionLevel = min(regionLevel, pr.level)
 		}
-		if l := p.effectiveLoad(); l < bestLoad || best != nil && l == bestLoad && p.last.ID < best.last.ID {
+		if l := p.effectiveLoad(idle); l < bestLoad || best != nil && l == bestLoad && p.last.ID < best.last.ID {
 			best, bestLoad = p, l
 		}
 	}
@@ -120,8 +120,8 @@ func (c *control) pickRegional(dev netip.AddrPort, class JoinClass, own int) net
 			overBudget = true
 			continue
 		}
-		if best == nil || rtt < bestRTT || rtt == bestRTT && (p.effectiveLoad() < best.effectiveLoad() ||
-			p.effectiveLoad() == best.effectiveLoad() && p.last.ID < best.last.ID) {
+		if best == nil || rtt < bestRTT || rtt == bestRTT && (p.effectiveLoad(idle) < best.effectiveLoad(idle) ||
+			p.effectiveLoad(idle) == best.effectiveLoad(idle) && p.last.ID < best.last.ID) {
 			best, bestRTT, bestRegion = p, rtt, pr.region
 		}
 	}
