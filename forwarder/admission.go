@@ -369,23 +369,23 @@ func (c *control) pickLessLoaded(dev netip.AddrPort, class JoinClass) netip.Addr
 		return c.pickRegional(dev, class, own)
 	}
 	var best *peer
-	bestLoad, idle := own, c.sessionShare(own)
+	bestLoad, idle, now := own, c.sessionShare(own), c.f.cfg.Now()
 	for _, p := range c.peers {
 		if p.last.Draining || !p.last.Media.IsValid() {
 			continue
 		}
-		if l := p.effectiveLoad(idle); l < bestLoad || best != nil && l == bestLoad && p.last.ID < best.last.ID {
+		if l := p.effectiveLoad(dev, idle, now); l < bestLoad || best != nil && l == bestLoad && p.last.ID < best.last.ID {
 			best, bestLoad = p, l
 		}
 	}
 	if best == nil {
 		return netip.AddrPort{}
 	}
-	best.referred.add(dev, c.f.cfg.Now())
+	best.referred.add(dev, now)
 	if ce := c.f.log.Check(zap.DebugLevel, "referring a join"); ce != nil {
 		loads := make(map[string]int, len(c.peers))
 		for id, p := range c.peers {
-			loads[id] = p.effectiveLoad(idle)
+			loads[id] = p.effectiveLoad(dev, idle, now)
 		}
 		ce.Write(zap.String("peer", best.last.ID), zap.Int("own_load", own), zap.Any("peer_loads", loads))
 	}
@@ -393,25 +393,29 @@ func (c *control) pickLessLoaded(dev netip.AddrPort, class JoinClass) netip.Addr
 }
 
 // effectiveLoad is the peer's reported load plus the share of the devices
-// sent there that it has not reported yet: each counted as one session's
-// share of its load or, while it reports none, as idle (sessionShare).
-func (p *peer) effectiveLoad(idle int) int {
+// sent there that it has not admitted yet, dev's own referral left out:
+// each counted as one session's share of its load or, while it reports
+// none, as idle (sessionShare).
+func (p *peer) effectiveLoad(dev netip.AddrPort, idle int, now time.Time) int {
 	share := idle
 	if p.last.Sessions > 0 && p.last.Load > 0 {
 		share = max(1, int(p.last.Load)/int(p.last.Sessions))
 	}
-	return int(p.last.Load) + p.referred.n()*share
+	return int(p.last.Load) + p.referred.count(dev, now)*share
 }
 
 // sessionShare is one session's share of our own load (own, permille):
 // the cost counted for a device referred to a peer that reports no
 // sessions, as the forwarders of a cluster run on like machines. A fixed
-// 1 % instead made an empty peer look 5 times cheaper than one that had
-// just reported its first arrivals, and took the rest of a burst. 1 %
-// when we serve none either.
+// 1 % instead made an empty peer look cheaper than one that had just
+// reported its first arrivals (five times, at 20 sessions to a full
+// forwarder), and it took the rest of a burst. Capped at 5 %, as if a
+// full forwarder served at least 20 sessions: a forwarder loaded by
+// something else than its few sessions would otherwise charge each
+// referral most of a peer. 1 % when we serve none.
 func (c *control) sessionShare(own int) int {
 	if n := len(c.sessions); n > 0 && own > 0 {
-		return max(1, own/n)
+		return min(max(1, own/n), 50)
 	}
 	return 10
 }

@@ -36,8 +36,8 @@ type peer struct {
 	started    time.Time                  // its newest process heard of, on either path
 	trunkSeq   uint64                     // the last keepalive sequence of that process
 	held       uint8                      // holdReasons counted during its current silence
-	// referred are the devices this forwarder sent there that its
-	// heartbeats do not count yet (referrals.go).
+	// referred are the devices this forwarder sent there that it has not
+	// admitted yet (referrals.go).
 	referred referrals
 }
 
@@ -186,7 +186,6 @@ func (c *control) onAnnounce(a protocol.ForwarderAnnounce, now time.Time) {
 		c.f.fresh.beatsStale.Add(1)
 		return // replayed or reordered: only a newer one says it is alive
 	}
-	p.referred.settle(int(a.Sessions)-int(p.last.Sessions), now)
 	p.last, p.heard = a, now
 }
 
@@ -291,8 +290,8 @@ func (c *control) pickAlternate(dev netip.AddrPort) netip.AddrPort {
 		if best != nil {
 			bestCost = c.regionCost(best.last.ID)
 		}
-		if best == nil || cost < bestCost || cost == bestCost && (int(p.last.Sessions)+p.referred.n() < int(best.last.Sessions)+best.referred.n() ||
-			(int(p.last.Sessions)+p.referred.n() == int(best.last.Sessions)+best.referred.n() && p.last.ID < best.last.ID)) {
+		if best == nil || cost < bestCost || cost == bestCost && (int(p.last.Sessions)+p.referred.count(dev, now) < int(best.last.Sessions)+best.referred.count(dev, now) ||
+			(int(p.last.Sessions)+p.referred.count(dev, now) == int(best.last.Sessions)+best.referred.count(dev, now) && p.last.ID < best.last.ID)) {
 			best = p
 		}
 	}

@@ -92,7 +92,7 @@ func (c *control) pickRegional(dev netip.AddrPort, class JoinClass, own int) net
 		if pr.hasLevel {
 			regionLevel = min(regionLevel, pr.level)
 		}
-		if l := p.effectiveLoad(idle); l < bestLoad || best != nil && l == bestLoad && p.last.ID < best.last.ID {
+		if l := p.effectiveLoad(dev, idle, now); l < bestLoad || best != nil && l == bestLoad && p.last.ID < best.last.ID {
 			best, bestLoad = p, l
 		}
 	}
@@ -120,8 +120,8 @@ func (c *control) pickRegional(dev netip.AddrPort, class JoinClass, own int) net
 			overBudget = true
 			continue
 		}
-		if best == nil || rtt < bestRTT || rtt == bestRTT && (p.effectiveLoad(idle) < best.effectiveLoad(idle) ||
-			p.effectiveLoad(idle) == best.effectiveLoad(idle) && p.last.ID < best.last.ID) {
+		if best == nil || rtt < bestRTT || rtt == bestRTT && (p.effectiveLoad(dev, idle, now) < best.effectiveLoad(dev, idle, now) ||
+			p.effectiveLoad(dev, idle, now) == best.effectiveLoad(dev, idle, now) && p.last.ID < best.last.ID) {
 			best, bestRTT, bestRegion = p, rtt, pr.region
 		}
 	}

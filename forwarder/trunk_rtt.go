@@ -176,6 +176,11 @@ func (c *control) onPeerReport(r *protocol.LoadReport) {
 	}
 	p.reportStarted, p.reportSeq = r.Started, r.Seq
 	p.level, p.hasLevel = ThrottleLevel(r.Level), true
+	var admitted uint32
+	for _, n := range r.Admitted {
+		admitted += n
+	}
+	c.peers[r.Forwarder].referred.report(r.Started, admitted) // referrals.go
 	if r.HasOps {
 		p.region = r.Ops.Region
 	}
