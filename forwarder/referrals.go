@@ -56,6 +56,7 @@ const (
 
 // add counts device dev, sent to the peer at now, unless it is counted.
 func (r *referrals) add(dev netip.AddrPort, now time.Time) {
+	r.expire(now)
 	if _, ok := r.devs[dev]; ok {
 		return
 	}
@@ -72,11 +73,7 @@ func (r *referrals) add(dev netip.AddrPort, now time.Time) {
 // count is how many devices sent to the peer it has not admitted yet, at
 // now, dev's own referral left out.
 func (r *referrals) count(dev netip.AddrPort, now time.Time) int {
-	k := 0
-	for r.head+k < len(r.q) && now.Sub(r.q[r.head+k].at) > referralWait {
-		k++
-	}
-	r.drop(k)
+	r.expire(now)
 	n := len(r.q) - r.head
 	if _, ok := r.devs[dev]; ok {
 		n--
@@ -84,17 +81,30 @@ func (r *referrals) count(dev netip.AddrPort, now time.Time) int {
 	return n
 }
 
-// report takes the peer's load report: its process start and its joins
-// admitted since then (every class). The first report of a process only
-// sets where its count starts.
-func (r *referrals) report(started time.Time, admitted uint32) {
+// report takes the peer's load report, heard at now: its process start
+// and its joins admitted since then (every class). The first report of a
+// process only sets where its count starts. Expired referrals go first,
+// so that admissions settle live ones.
+func (r *referrals) report(started time.Time, admitted uint32, now time.Time) {
+	r.expire(now)
 	if !started.Equal(r.started) {
 		r.started, r.admitted = started, admitted
 		return
 	}
-	gained := int(admitted - r.admitted) // uint32 arithmetic: wraps like the counter
+	// Modulo 2^32 like the counter: a wrap is a gain; a step back (none
+	// within one process) is no gain, not four billion.
+	gained := int(int32(admitted - r.admitted))
 	r.admitted = admitted
 	r.drop(min(max(gained, 0), len(r.q)-r.head))
+}
+
+// expire forgets the referrals older than referralWait at now.
+func (r *referrals) expire(now time.Time) {
+	k := 0
+	for r.head+k < len(r.q) && now.Sub(r.q[r.head+k].at) > referralWait {
+		k++
+	}
+	r.drop(k)
 }
 
 // drop forgets the k oldest.

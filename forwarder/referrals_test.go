@@ -21,34 +21,49 @@ var (
 // settles none of them, and sessions that left hide nothing.
 func TestReferralsSettleOnAdmissionsNotReports(t *testing.T) {
 	var r referrals
-	r.report(refStarted, 40) // the first report of a process: where its count starts
+	r.report(refStarted, 40, refT0) // the first report of a process: where its count starts
 	for i := range 6 {
 		r.add(dev(i), refT0.Add(time.Duration(i)*10*time.Millisecond))
 	}
 	now := refT0.Add(time.Second)
-	r.report(refStarted, 40)
+	r.report(refStarted, 40, now)
 	require.Equal(t, 6, r.count(nobody, now), "a report with no new admissions settles nothing")
-	r.report(refStarted, 44)
+	r.report(refStarted, 44, now)
 	require.Equal(t, 2, r.count(nobody, now), "four admitted")
 	require.Equal(t, referral{dev(4), refT0.Add(40 * time.Millisecond)}, r.q[r.head], "the oldest settle first")
-	r.report(refStarted, 53)
+	r.report(refStarted, 53, now)
 	require.Zero(t, r.count(nobody, now), "more admissions than referrals: the others came by themselves")
 	r.add(dev(7), now)
-	r.report(refStarted.Add(time.Minute), 2)
+	r.report(refStarted.Add(time.Minute), 2, now)
 	require.Equal(t, 1, r.count(nobody, now), "a restarted peer's first report only starts its count")
-	r.report(refStarted.Add(time.Minute), 3)
+	r.report(refStarted.Add(time.Minute), 3, now)
 	require.Zero(t, r.count(nobody, now))
 }
 
 // The admissions counter is 32 bits on the wire: its wrap is a gain.
 func TestReferralsAdmissionsWrap(t *testing.T) {
 	var r referrals
-	r.report(refStarted, 1<<32-2)
+	r.report(refStarted, 1<<32-2, refT0)
 	for i := range 5 {
 		r.add(dev(i), refT0)
 	}
-	r.report(refStarted, 1) // 3 admissions, across the wrap
+	r.report(refStarted, 1, refT0) // 3 admissions, across the wrap
 	require.Equal(t, 2, r.count(nobody, refT0))
+	r.report(refStarted, 0, refT0) // a step back: no gain
+	require.Equal(t, 2, r.count(nobody, refT0))
+}
+
+// Admissions settle live referrals, not ones already expired but still
+// queued (nothing asked for a count since they expired).
+func TestReferralsExpiredGoBeforeAdmissionsSettle(t *testing.T) {
+	var r referrals
+	r.report(refStarted, 0, refT0)
+	r.add(dev(1), refT0)
+	r.add(dev(2), refT0.Add(referralWait+time.Second))
+	r.add(dev(3), refT0.Add(referralWait+time.Second))
+	r.report(refStarted, 1, refT0.Add(referralWait+2*time.Second))
+	require.Equal(t, []referral{{dev(3), refT0.Add(referralWait + time.Second)}}, r.q[r.head:],
+		"dev(1) expired; the one admission settles dev(2)")
 }
 
 // A referred device that never arrives stops counting after
@@ -77,14 +92,14 @@ func TestReferralsExpireAndAreBounded(t *testing.T) {
 // is left out when it is placed again.
 func TestReferralsCountADeviceOnce(t *testing.T) {
 	var r referrals
-	r.report(refStarted, 0)
+	r.report(refStarted, 0, refT0)
 	r.add(dev(1), refT0)
 	r.add(dev(1), refT0.Add(100*time.Millisecond))
 	r.add(dev(2), refT0.Add(200*time.Millisecond))
 	now := refT0.Add(time.Second)
 	require.Equal(t, 2, r.count(nobody, now))
 	require.Equal(t, 1, r.count(dev(1), now), "placing dev(1) again: its own referral does not count against this peer")
-	r.report(refStarted, 1)
+	r.report(refStarted, 1, now)
 	require.Equal(t, []referral{{dev(2), refT0.Add(200 * time.Millisecond)}}, r.q[r.head:])
 	r.add(dev(1), refT0.Add(2*time.Second))
 	require.Equal(t, 2, r.count(nobody, now), "settled, then referred again: a new referral")

@@ -180,7 +180,7 @@ func (c *control) onPeerReport(r *protocol.LoadReport) {
 	for _, n := range r.Admitted {
 		admitted += n
 	}
-	c.peers[r.Forwarder].referred.report(r.Started, admitted) // referrals.go
+	c.peers[r.Forwarder].referred.report(r.Started, admitted, c.f.cfg.Now()) // referrals.go
 	if r.HasOps {
 		p.region = r.Ops.Region
 	}
