@@ -31,7 +31,7 @@ import (
 // meanwhile are dropped). Without a store, or when it cannot be read, a call
 // not served here counts as new. A refused join is told to try the least
 // loaded peer whose load is below ours (300 Try Alternate, the devices we
-// sent there that it has not reported yet included: referrals.go) or to
+// sent there that it has not admitted yet included: referrals.go) or to
 // come back later (508 with a retry-after; the client adds jitter).
 //
 // Past admission, group calls shed their video (every RTP stream without
@@ -357,8 +357,8 @@ func (c *control) answerBusy(src netip.AddrPort, req protocol.JoinRequest, reaso
 }
 
 // pickLessLoaded names the live, not draining peer with the lowest load,
-// counting the devices this forwarder sent there that its heartbeats do
-// not count yet (referrals.go), if that is below our own load; otherwise
+// counting the devices this forwarder sent there that it has not admitted
+// yet (referrals.go), if that is below our own load; otherwise
 // nothing (the device waits and retries).
 // A forwarder with a region looks in its region first and spills over to
 // the nearest other region only when its region throttles
