@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/pion/stun/v3"
 	"github.com/stretchr/testify/require"
 
@@ -21,38 +19,6 @@ import (
 	"github.com/callrelay/callrelay/protocol"
 )
 
-// heartbeatWatch counts each forwarder's heartbeats on the real NATS
-// subject, as a peer hears them.
-type heartbeatWatch struct {
-	mu    sync.Mutex
-	beats map[string]int
-}
-
-func watchHeartbeats(t *testing.T, e *clusterEnv) *heartbeatWatch {
-	t.Helper()
-	w := &heartbeatWatch{beats: map[string]int{}}
-	nc, err := nats.Connect(e.nats.ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	_, err = nc.Subscribe(protocol.ForwardersSubject(forwarder.Default().Cluster.Subject), func(m *nats.Msg) {
-		var a protocol.ForwarderAnnounce
-		if a.Unmarshal(m.Data, e.key) == nil {
-			w.mu.Lock()
-			w.beats[a.ID]++
-			w.mu.Unlock()
-		}
-	})
-	require.NoError(t, err)
-	require.NoError(t, nc.Flush())
-	return w
-}
-
-func (w *heartbeatWatch) count(id string) int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.beats[id]
-}
-
 // Devices refused by a throttled forwarder do not arrive at once at the
 // peer it names: a mobile device needs a round trip back to it and two to
 // the peer. Heartbeats made meanwhile do not count them, so they must not
@@ -62,7 +28,7 @@ func (w *heartbeatWatch) count(id string) int {
 // forwarder that cleared its referrals on each heartbeat sent all six to
 // fwd-b, which looked empty after every report.)
 func TestThrottleReferralsOutliveReportsMadeBeforeArrival(t *testing.T) {
-	e, w, a, b, c := referralCluster(t)
+	e, bReports, a, b, c := referralCluster(t)
 	sent := map[netip.AddrPort]int{}
 	for i := range 6 {
 		p := e.party(t, protocol.NewID(), protocol.ClassGroup)
@@ -74,7 +40,7 @@ func TestThrottleReferralsOutliveReportsMadeBeforeArrival(t *testing.T) {
 		require.True(t, errors.As(err, &je), "refusal %d: %v %v", i, err, s)
 		require.Equal(t, protocol.CodeTryAlternate, je.Code, "refusal %d: %v", i, je)
 		sent[je.Alternate]++
-		w.twoMore(t, "fwd-b")
+		bReports.twoMore(t)
 	}
 	// 3/3 as a rule; 4/2 if this loop outlasted referralWait (5 s) on a
 	// loaded machine and the first referral expired.
@@ -91,12 +57,12 @@ func TestThrottleReferralsOutliveReportsMadeBeforeArrival(t *testing.T) {
 // 1 % per device, fwd-c looked five times cheaper than fwd-b's reported
 // 5 % per session and took five of the six.)
 func TestThrottleReferralsCostAnEmptyPeerLikeUs(t *testing.T) {
-	e, w, a, b, c := referralCluster(t)
+	e, bReports, a, b, c := referralCluster(t)
 	landed := map[netip.AddrPort]int{}
 	for range 6 {
 		at := e.party(t, protocol.NewID(), protocol.ClassGroup).join(t, a.f.Addr())
 		landed[at]++
-		w.twoMore(t, "fwd-b")
+		bReports.twoMore(t)
 	}
 	require.Zero(t, landed[a.f.Addr()], "fwd-a is at level 1: new group calls go elsewhere")
 	require.GreaterOrEqual(t, landed[b.f.Addr()], 2, "fwd-b: %v", landed)
@@ -108,10 +74,10 @@ func TestThrottleReferralsCostAnEmptyPeerLikeUs(t *testing.T) {
 // fwd-c (every minute), all three counting sessions as their only load,
 // and brings fwd-a to level 1 (14 sessions of 20): new group calls are
 // referred from then on.
-func referralCluster(t *testing.T) (*clusterEnv, *heartbeatWatch, *clusterNode, *clusterNode, *clusterNode) {
+func referralCluster(t *testing.T) (*clusterEnv, *reportTap, *clusterNode, *clusterNode, *clusterNode) {
 	t.Helper()
 	e := newClusterEnv(t)
-	w := watchHeartbeats(t, e)
+	bReports := e.loadReports(t, "fwd-b")
 	a := e.startWith(t, "fwd-a", steadyAdmission)
 	b := e.startWith(t, "fwd-b", steadyAdmission)
 	c := e.startWith(t, "fwd-c", func(cfg *forwarder.Config) {
@@ -128,18 +94,25 @@ func referralCluster(t *testing.T) (*clusterEnv, *heartbeatWatch, *clusterNode, 
 		require.Equal(t, a.f.Addr(), e.party(t, protocol.NewID(), protocol.ClassOneToOne).join(t, a.f.Addr()))
 	}
 	require.Equal(t, a.f.Addr(), e.party(t, protocol.NewID(), protocol.ClassGroup).join(t, a.f.Addr()), "the 14th: level 1 from here")
-	return e, w, a, b, c
+	return e, bReports, a, b, c
 }
 
-// twoMore waits for two more heartbeats from id: the first of them was
-// made after anything done before the call, and has reached every peer
-// by the time the second reaches the test.
-func (w *heartbeatWatch) twoMore(t *testing.T, id string) {
+// twoMore waits for two more of the tapped forwarder's load reports
+// (each sent with its heartbeat): the first of them was made after
+// anything done before the call, and has reached every peer by the time
+// the second reaches the test.
+func (p *reportTap) twoMore(t *testing.T) {
 	t.Helper()
-	before := w.count(id)
+	seq := func() uint64 {
+		if r := p.last(); r != nil {
+			return r.Seq
+		}
+		return 0
+	}
+	before := seq()
 	testenv.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-		if n := w.count(id); n < before+2 {
-			return fmt.Errorf("%s reported %d times, want 2", id, n-before)
+		if n := seq(); n < before+2 {
+			return fmt.Errorf("%d load reports since, want 2", n-before)
 		}
 		return nil
 	})
